@@ -1,0 +1,102 @@
+#pragma once
+/// \file
+/// The low-level checkpoint API: write a set of named DTensors to a prefix, read a prefix's
+/// manifest, read tensors back into caller shards of the same layout (verifying checksums),
+/// verify a checkpoint, and scan a directory. These are the blocking forms; each is a thin
+/// wrapper that runs the asynchronous form (api/tensor_io_async.hpp) to completion.
+///
+/// A checkpoint at prefix `DIR/NAME` is the file `DIR/NAME.manifest` plus the data files it
+/// lists; see docs/FORMAT.md. Errors name the operation, the file (relative to DIR), the tensor
+/// key and the errno.
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "meshckpt/error.hpp"
+#include "meshckpt/format/manifest.hpp"
+#include "meshckpt/io/backend.hpp"
+#include "meshckpt/plan/write_plan.hpp"
+
+namespace meshckpt {
+
+using plan::named_tensor;
+
+/// Options of `write_tensors`.
+struct write_options {
+  plan::layout_options layout{};
+  /// Checksum chunk size; a power of two in [4 KiB, 64 MiB].
+  std::uint64_t chunk_bytes = format::default_chunk_bytes;
+  /// Extra named sections stored in the manifest (for higher layers).
+  std::vector<format::extension> extensions{};
+};
+
+/// What a write did.
+struct write_report {
+  std::string manifest_path;  ///< "DIR/NAME.manifest"
+  std::uint64_t bytes = 0;    ///< tensor bytes stored
+  std::size_t tensors = 0;
+  std::size_t slices = 0;
+  std::size_t files = 0;            ///< data files written
+  std::size_t cleaned_files = 0;    ///< old data files and leftovers removed after the commit
+};
+
+/// Options of `read_tensors`.
+struct read_options {
+  bool verify_checksums = true;
+};
+
+/// What a read did.
+struct read_report {
+  std::uint64_t bytes_read = 0;
+  std::size_t tensors = 0;
+};
+
+/// The result of `verify`: what was checked and every problem found (empty when intact).
+struct verify_report {
+  std::uint64_t bytes_checked = 0;
+  std::size_t tensors = 0;
+  std::size_t slices = 0;
+  std::size_t files = 0;
+  std::vector<error> problems;
+  bool ok() const { return problems.empty(); }
+};
+
+/// What a checkpoint directory holds, judged by file names and manifests.
+struct directory_scan {
+  std::vector<std::string> checkpoints;  ///< names with a committed manifest, sorted
+  std::vector<std::string> leftovers;    ///< temp manifests and data files no manifest refers to
+};
+
+/// Writes `tensors` as the checkpoint `prefix`, atomically replacing any checkpoint already
+/// there. Returns only after the commit is durable (see src/api/commit.cpp for the protocol).
+/// On failure nothing new is visible, the old checkpoint (if any) is intact, and the files this
+/// attempt created are removed.
+result<write_report> write_tensors(io::backend& b, std::string_view prefix,
+                                   std::span<const named_tensor> tensors, const write_options& opt = {});
+
+/// Reads and validates the manifest of `prefix`. `errc::not_found` when there is none (with a
+/// hint when `prefix-N` checkpoints exist, i.e. a `-N` suffix looks missing).
+result<format::manifest> read_manifest(io::backend& b, std::string_view prefix);
+
+/// Reads the tensors named by `targets[i].key` into `targets[i].tensor`'s shards, which must have
+/// the saved dtype and global shape, and shard boxes that are slices of the saved layout
+/// (restoring into another layout is resharding, a later feature). Verifies checksums unless
+/// disabled. Errors: not_found (key), dtype_mismatch, shape_mismatch, layout_mismatch,
+/// checksum_mismatch, short_read, IO errors; the target shards may be partly written on error.
+result<read_report> read_tensors(io::backend& b, std::string_view prefix,
+                                 std::span<const named_tensor> targets, const read_options& opt = {});
+
+/// Reads every byte of the checkpoint `prefix` and checks every checksum and file size. Damage
+/// is listed in the report; the result is an error only when the manifest cannot be read.
+result<verify_report> verify(io::backend& b, std::string_view prefix);
+
+/// Lists the committed checkpoints of `dir` and the leftovers of interrupted saves.
+result<directory_scan> scan_directory(io::backend& b, std::string_view dir);
+
+/// Splits "DIR/NAME" into {"DIR", "NAME"} ("." when there is no '/').
+std::pair<std::string, std::string> split_prefix(std::string_view prefix);
+
+}  // namespace meshckpt

@@ -1,0 +1,133 @@
+#pragma once
+/// \file
+/// The manifest: the one file whose presence makes a checkpoint exist. It lists every tensor
+/// (key, dtype, global shape, the layout and mesh it was saved with) and every saved slice
+/// (box, data file, offset, length, an XXH3 checksum per chunk). Encoding and decoding are
+/// pure functions over bytes; docs/FORMAT.md specifies the bytes.
+///
+/// `decode` treats its input as hostile: every count is capped and checked against the bytes
+/// that remain before anything is allocated, all arithmetic on shapes and offsets is
+/// overflow-checked, every slice must be one of the shard boxes its layout implies (so the
+/// slices of a tensor tile it exactly, once each), every range must lie inside its data file's
+/// recorded size, and file names must be plain names.
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "meshckpt/error.hpp"
+#include "meshckpt/tensor/box.hpp"
+#include "meshckpt/tensor/dtype.hpp"
+#include "meshckpt/tensor/layout.hpp"
+#include "meshckpt/tensor/mesh.hpp"
+
+namespace meshckpt::format {
+
+/// The 8 bytes every manifest starts with.
+inline constexpr char magic[8] = {'M', 'E', 'S', 'H', 'C', 'K', 'P', 'T'};
+/// Format major version written; a reader rejects any other major version.
+inline constexpr std::uint16_t major_version = 1;
+/// Format minor version written; readers accept any minor (unknown sections are skipped).
+inline constexpr std::uint16_t minor_version = 0;
+/// Default checksum chunk size (1 MiB).
+inline constexpr std::uint64_t default_chunk_bytes = 1 << 20;
+
+/// Caps applied while decoding; a manifest exceeding one is rejected with
+/// `errc::limit_exceeded`.
+struct limits {
+  std::uint64_t max_manifest_bytes = std::uint64_t{1} << 31;
+  std::uint64_t max_tensors = std::uint64_t{1} << 26;
+  std::uint64_t max_files = std::uint64_t{1} << 20;
+  std::uint64_t max_meshes = std::uint64_t{1} << 16;
+  std::uint64_t max_rank = 32;
+  std::uint64_t max_key_bytes = 16384;
+  std::uint64_t max_extensions = 1024;
+  std::uint64_t max_slices_per_tensor = std::uint64_t{1} << 20;
+};
+
+/// A mesh as recorded in a manifest.
+struct saved_mesh {
+  std::vector<mesh_dim> dims;
+  std::vector<std::int64_t> device_ids;  ///< row-major mesh order
+  friend bool operator==(const saved_mesh&, const saved_mesh&) = default;
+};
+
+/// One stored slice of a tensor: the bytes of `where` in row-major order, at
+/// `[offset, offset + length)` of data file `file`.
+struct saved_slice {
+  box where;
+  std::uint32_t file = 0;
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  std::int64_t writer_device = 0;        ///< the replica that wrote it (deterministic owner)
+  std::vector<std::uint64_t> checksums;  ///< XXH3-64 of each chunk_bytes piece, in order
+  friend bool operator==(const saved_slice&, const saved_slice&) = default;
+};
+
+/// One tensor: key, dtype, global shape, saved layout (per dimension: mesh dimension index or
+/// -1 for unsharded) on mesh `mesh`, and its slices.
+struct saved_tensor {
+  std::string key;
+  dtype type = dtype::float32;
+  shape global;
+  std::uint32_t mesh = 0;
+  std::vector<std::int32_t> axes;
+  std::vector<saved_slice> slices;
+  friend bool operator==(const saved_tensor&, const saved_tensor&) = default;
+};
+
+/// A data file of the checkpoint, by plain name and exact size.
+struct data_file {
+  std::string name;
+  std::uint64_t size = 0;
+  friend bool operator==(const data_file&, const data_file&) = default;
+};
+
+/// A named opaque section (used by higher layers, e.g. for the object graph).
+struct extension {
+  std::string name;
+  std::vector<std::byte> bytes;
+  friend bool operator==(const extension&, const extension&) = default;
+};
+
+/// A decoded manifest. Tensors are sorted by key (strictly increasing).
+struct manifest {
+  std::uint16_t minor = minor_version;
+  std::uint64_t chunk_bytes = default_chunk_bytes;
+  std::uint64_t created_unix_ms = 0;
+  std::string writer;  ///< free text, e.g. "meshckpt 0.1.0"
+  std::vector<saved_mesh> meshes;
+  std::vector<data_file> files;
+  std::vector<saved_tensor> tensors;
+  std::vector<extension> extensions;
+
+  /// The tensor with this key, or nullptr (binary search).
+  const saved_tensor* find(std::string_view key) const;
+
+  /// Total bytes of tensor data stored (sum of slice lengths).
+  std::uint64_t stored_bytes() const;
+
+  friend bool operator==(const manifest&, const manifest&) = default;
+};
+
+/// Checks everything `decode` checks, on an in-memory manifest (the writer calls it before
+/// encoding, so a bug never produces a manifest that the reader would reject).
+result<void> validate(const manifest& m, const limits& lim = {});
+
+/// Encodes a manifest. \returns the error of `validate` when it is invalid.
+result<std::vector<std::byte>> encode(const manifest& m);
+
+/// Decodes and validates a manifest. Errors: `errc::corrupt_manifest` (bad magic, checksum,
+/// truncation, inconsistent field; the message gives the byte offset and the field),
+/// `errc::unsupported_version`, `errc::limit_exceeded`.
+result<manifest> decode(std::span<const std::byte> bytes, const limits& lim = {});
+
+/// The mesh a tensor was saved on, rebuilt as a `mesh` (all devices local).
+result<mesh> saved_mesh_of(const manifest& m, const saved_tensor& t);
+
+/// The layout a tensor was saved with, rebuilt on `saved_mesh_of`.
+result<layout> saved_layout_of(const manifest& m, const saved_tensor& t);
+
+}  // namespace meshckpt::format

@@ -1,0 +1,118 @@
+#pragma once
+/// \file
+/// Asio face of the backend interface: every backend operation as an asynchronous operation
+/// with a completion token (`asio::use_awaitable`, `asio::use_future`, a callback), completing
+/// with `result<T>` on the handler's associated executor. Include this only where you await IO
+/// (it pulls in Asio).
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+
+#include <memory>
+
+#include "meshckpt/io/backend.hpp"
+
+namespace meshckpt::io {
+
+namespace asio = boost::asio;
+
+/// Runs `start(completion<T>)` and completes `token` with its result on the handler's
+/// associated executor (default `ex`). Outstanding work is tracked on that executor until the
+/// completion is delivered, so `io_context::run()` does not return early while the backend
+/// works on another thread.
+template <class T, class Start, class Token>
+auto async_op(asio::any_io_executor ex, Start start, Token&& token) {
+  return asio::async_initiate<Token, void(result<T>)>(
+      [ex](auto handler, Start st) {
+        auto hex = asio::prefer(asio::get_associated_executor(handler, ex),
+                                asio::execution::outstanding_work.tracked);
+        struct state {
+          decltype(handler) h;
+          decltype(hex) ex;
+        };
+        auto s = std::make_shared<state>(state{std::move(handler), std::move(hex)});
+        st(completion<T>([s](result<T> r) {
+          auto ex2 = s->ex;
+          asio::post(ex2, [s, r = std::move(r)]() mutable { std::move(s->h)(std::move(r)); });
+        }));
+      },
+      token, std::move(start));
+}
+
+/// `backend::open_dir` as an asynchronous operation.
+template <class Token>
+auto async_open_dir(backend& b, asio::any_io_executor ex, std::string path, bool create, Token&& t) {
+  return async_op<handle>(ex, [&b, path = std::move(path), create](completion<handle> c) mutable {
+    b.open_dir(std::move(path), create, std::move(c));
+  }, std::forward<Token>(t));
+}
+
+/// `backend::open` as an asynchronous operation.
+template <class Token>
+auto async_open(backend& b, asio::any_io_executor ex, handle dir, std::string name, open_mode m, Token&& t) {
+  return async_op<handle>(ex, [&b, dir, name = std::move(name), m](completion<handle> c) mutable {
+    b.open(dir, std::move(name), m, std::move(c));
+  }, std::forward<Token>(t));
+}
+
+/// `backend::size` as an asynchronous operation.
+template <class Token>
+auto async_size(backend& b, asio::any_io_executor ex, handle f, Token&& t) {
+  return async_op<std::uint64_t>(ex, [&b, f](completion<std::uint64_t> c) { b.size(f, std::move(c)); },
+                                 std::forward<Token>(t));
+}
+
+/// `backend::read` as an asynchronous operation.
+template <class Token>
+auto async_read(backend& b, asio::any_io_executor ex, handle f, std::uint64_t off, std::span<std::byte> buf, Token&& t) {
+  return async_op<std::size_t>(ex, [&b, f, off, buf](completion<std::size_t> c) { b.read(f, off, buf, std::move(c)); },
+                               std::forward<Token>(t));
+}
+
+/// `backend::write` as an asynchronous operation.
+template <class Token>
+auto async_write(backend& b, asio::any_io_executor ex, handle f, std::uint64_t off, std::span<const std::byte> buf, Token&& t) {
+  return async_op<void>(ex, [&b, f, off, buf](completion<void> c) { b.write(f, off, buf, std::move(c)); },
+                        std::forward<Token>(t));
+}
+
+/// `backend::fsync` as an asynchronous operation.
+template <class Token>
+auto async_fsync(backend& b, asio::any_io_executor ex, handle f, Token&& t) {
+  return async_op<void>(ex, [&b, f](completion<void> c) { b.fsync(f, std::move(c)); }, std::forward<Token>(t));
+}
+
+/// `backend::close` as an asynchronous operation.
+template <class Token>
+auto async_close(backend& b, asio::any_io_executor ex, handle f, Token&& t) {
+  return async_op<void>(ex, [&b, f](completion<void> c) { b.close(f, std::move(c)); }, std::forward<Token>(t));
+}
+
+/// `backend::rename` as an asynchronous operation.
+template <class Token>
+auto async_rename(backend& b, asio::any_io_executor ex, handle dir, std::string from, std::string to, Token&& t) {
+  return async_op<void>(ex, [&b, dir, from = std::move(from), to = std::move(to)](completion<void> c) mutable {
+    b.rename(dir, std::move(from), std::move(to), std::move(c));
+  }, std::forward<Token>(t));
+}
+
+/// `backend::unlink` as an asynchronous operation.
+template <class Token>
+auto async_unlink(backend& b, asio::any_io_executor ex, handle dir, std::string name, Token&& t) {
+  return async_op<void>(ex, [&b, dir, name = std::move(name)](completion<void> c) mutable {
+    b.unlink(dir, std::move(name), std::move(c));
+  }, std::forward<Token>(t));
+}
+
+/// `backend::list` as an asynchronous operation.
+template <class Token>
+auto async_list(backend& b, asio::any_io_executor ex, handle dir, Token&& t) {
+  return async_op<std::vector<dir_entry>>(ex, [&b, dir](completion<std::vector<dir_entry>> c) { b.list(dir, std::move(c)); },
+                                          std::forward<Token>(t));
+}
+
+}  // namespace meshckpt::io

@@ -1,0 +1,107 @@
+#pragma once
+/// \file
+/// The IO backend interface: a narrow, file-shaped set of asynchronous operations. Each
+/// operation takes a completion callback that receives a `result<T>`; it may run on any thread
+/// (a backend's worker or the kernel's completion path). `io/async.hpp` turns these into Asio
+/// operations (awaitables, futures, callbacks) on an executor.
+///
+/// Backends convert errno to errors in one place and name the operation and the file:
+/// "write ck.data-…-0: No space left on device (errno 28)". Names passed to `open`, `rename`
+/// and `unlink` must be plain names (no '/', not "." or "..") inside the given directory;
+/// backends refuse anything else with `errc::unsafe_path`, never follow symlinks when opening
+/// files, and open for reading only regular files.
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "meshckpt/error.hpp"
+
+namespace meshckpt::io {
+
+/// An open file or directory of a backend (opaque; only meaningful to the backend).
+struct handle {
+  std::int64_t value = -1;
+  friend bool operator==(handle, handle) = default;
+};
+
+/// How to open a file.
+enum class open_mode {
+  read,              ///< existing regular file, read-only
+  create_exclusive,  ///< new file, write-only; fails with EEXIST when the name exists
+};
+
+/// What a backend can do; higher layers adapt buffers and reporting to it.
+struct capabilities {
+  bool direct_io = false;           ///< writes/reads bypass the page cache (O_DIRECT)
+  bool registered_buffers = false;  ///< fixed buffers registered with the kernel
+  std::size_t alignment = 1;        ///< required alignment of offsets, lengths and buffers
+  std::string notes;                ///< human-readable remarks (e.g. why a fallback happened)
+};
+
+/// One directory entry.
+struct dir_entry {
+  enum kind { regular, directory, symlink, other };
+  std::string name;
+  kind type = other;
+};
+
+/// Completion callback of an operation producing `T`.
+template <class T>
+using completion = std::function<void(result<T>)>;
+
+/// The backend interface. Implementations must be thread-safe: operations may be started from
+/// several threads, and many may be in flight at once. A buffer passed to `read`/`write` must
+/// stay valid until its completion runs. Destroying a backend waits for operations in flight
+/// and closes handles left open.
+class backend {
+ public:
+  virtual ~backend() = default;
+
+  /// Short name ("posix", "uring", ...).
+  virtual std::string_view name() const noexcept = 0;
+  virtual capabilities caps() const = 0;
+
+  /// Opens a directory by path; with `create`, creates it and missing parents first (each new
+  /// directory is made durable by fsyncing its parent).
+  virtual void open_dir(std::string path, bool create, completion<handle> done) = 0;
+  /// Opens `name` inside directory `dir`.
+  virtual void open(handle dir, std::string name, open_mode mode, completion<handle> done) = 0;
+  /// Current size of an open file in bytes.
+  virtual void size(handle file, completion<std::uint64_t> done) = 0;
+  /// Reads into `buf` from `offset` until it is full or the file ends; yields the bytes read
+  /// (short only at end of file). Short reads from the OS are resubmitted.
+  virtual void read(handle file, std::uint64_t offset, std::span<std::byte> buf,
+                    completion<std::size_t> done) = 0;
+  /// Writes all of `buf` at `offset` (short writes are resubmitted) or fails.
+  virtual void write(handle file, std::uint64_t offset, std::span<const std::byte> buf,
+                     completion<void> done) = 0;
+  /// Flushes a file's data and metadata (or a directory's entries) to stable storage.
+  virtual void fsync(handle file, completion<void> done) = 0;
+  /// Closes a handle (always releases it, even when reporting an error).
+  virtual void close(handle file, completion<void> done) = 0;
+  /// Atomically renames `from` to `to` inside `dir`, replacing `to` if it exists.
+  virtual void rename(handle dir, std::string from, std::string to, completion<void> done) = 0;
+  /// Removes file `name` from `dir`.
+  virtual void unlink(handle dir, std::string name, completion<void> done) = 0;
+  /// Lists the entries of `dir` (without "." and "..").
+  virtual void list(handle dir, completion<std::vector<dir_entry>> done) = 0;
+};
+
+/// Blocks the calling thread until an operation completes and returns its result, e.g.
+/// `io::wait<std::uint64_t>([&](auto done) { be.size(f, std::move(done)); })`. For tools and
+/// tests; library code awaits operations through `io/async.hpp` instead.
+template <class T, class Start>
+result<T> wait(Start&& start) {
+  auto p = std::make_shared<std::promise<result<T>>>();
+  auto f = p->get_future();
+  start(completion<T>([p](result<T> r) { p->set_value(std::move(r)); }));
+  return f.get();
+}
+
+}  // namespace meshckpt::io

@@ -1,0 +1,57 @@
+#pragma once
+/// \file
+/// Write planning (pure, no IO): which slices of which tensors this process writes, which
+/// replica owns each, and where in which data file each slice goes.
+///
+/// - Each distinct slice (shard box) of a tensor is stored once. Its owner among the replicas
+///   holding it is `replicas[xxh3(key) % replicas.size()]` (replicas in mesh order), so
+///   replicated tensors are spread over devices, and therefore over processes, instead of all
+///   landing on device 0 — and every process computes the same owner.
+/// - Slices of at least `align_threshold` bytes start at `alignment`-aligned offsets (O_DIRECT
+///   needs no bounce copy); smaller ones are packed densely after them.
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "meshckpt/error.hpp"
+#include "meshckpt/format/manifest.hpp"
+#include "meshckpt/tensor/dtensor.hpp"
+
+namespace meshckpt::plan {
+
+/// A tensor to save under `key` (an object path such as "model/dense/kernel").
+struct named_tensor {
+  std::string key;
+  dtensor_view tensor;
+};
+
+/// Data-file layout knobs.
+struct layout_options {
+  std::uint64_t alignment = 4096;
+  std::uint64_t align_threshold = 64 * 1024;
+  /// Start a new data file once one holds this many bytes (0: a single data file).
+  std::uint64_t max_file_bytes = 0;
+};
+
+/// One slice to write.
+struct slice_write {
+  std::size_t tensor = 0;        ///< index into `write_plan::tensors`
+  std::size_t slice = 0;         ///< index into that tensor's `slices`
+  std::int64_t owner = 0;        ///< device whose shard provides the bytes
+  std::span<const std::byte> source;  ///< the owner's shard bytes (empty when not local)
+};
+
+/// The plan: a manifest skeleton (everything but checksums and file names) plus the writes.
+struct write_plan {
+  format::manifest skeleton;           ///< tensors sorted by key; slices placed; checksums empty
+  std::vector<slice_write> writes;     ///< sorted by (file, offset)
+  std::vector<std::uint64_t> file_sizes;
+};
+
+/// Plans a save. Errors (`errc::invalid_argument`): empty, over-long or duplicate keys; a
+/// slice whose owner is not local to this process (multi-process saves need a coordinator).
+result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt = {});
+
+}  // namespace meshckpt::plan

@@ -1,0 +1,218 @@
+// The commit protocol of a save (write_tensors). Prefix DIR/NAME, a fresh random TOKEN per
+// attempt.
+//
+//   1. Plan: place every distinct slice in data files (pure; no IO).
+//   2. Create DIR (and missing parents, each fsynced into its parent).
+//   3. For each data file NAME.data-TOKEN-K: create exclusively, write all its slices (the XXH3
+//      of every chunk is computed from the bytes written), fsync, close.
+//   4. fsync DIR: the data files' directory entries are durable.
+//   5. Encode the manifest; write it to NAME.manifest.tmp-TOKEN (created exclusively), fsync,
+//      close.
+//   6. rename NAME.manifest.tmp-TOKEN -> NAME.manifest (atomically replaces an older one).
+//   7. fsync DIR. Only now is success reported: the checkpoint is durable.
+//   8. Clean up (best effort): remove NAME's data files of other tokens (the replaced checkpoint,
+//      or leftovers of crashed saves) and NAME's stray temp manifests.
+//
+// What a crash leaves behind:
+//   before 6:  the old NAME.manifest (if any) and its data files, untouched: the old checkpoint
+//              is intact; the new files are leftovers (never read as a checkpoint, since only
+//              NAME.manifest makes one), removed by step 8 of the next save of NAME.
+//   after 6, before 7 completes: either the old or the new manifest is visible; both reference
+//              only fsynced data files whose entries are durable (step 4), so either restores.
+//   after 7:   the new checkpoint; possibly leftovers of the old one, removed by the next save.
+//
+// A failure before step 6 removes the files this attempt created. A failure in step 6 or 7
+// reports an error and removes nothing: the new manifest may be visible, and its data must stay.
+// A failed fsync ends the attempt; it is never retried.
+
+#include <chrono>
+#include <random>
+#include <unistd.h>
+
+#include "common.hpp"
+#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/format/checksum.hpp"
+#include "meshckpt/format/names.hpp"
+
+namespace meshckpt {
+
+namespace detail {
+
+namespace {
+
+std::uint64_t fresh_token() {
+  static std::atomic<std::uint64_t> counter{0};
+  static const std::uint64_t seed = [] {
+    std::random_device rd;
+    return (std::uint64_t{rd()} << 32) ^ rd();
+  }();
+  std::uint64_t parts[4] = {seed, static_cast<std::uint64_t>(::getpid()),
+                            static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()),
+                            counter.fetch_add(1)};
+  return format::checksum(std::as_bytes(std::span(parts)));
+}
+
+// Coalesces small slices into one buffer so that many tiny tensors become few writes.
+constexpr std::size_t coalesce_bytes = 8u << 20;
+
+struct save_state {
+  save_state(io::backend& be, std::string p, std::string d, std::string n)
+      : b(be), prefix(std::move(p)), dir_path(std::move(d)), base(std::move(n)) {}
+  io::backend& b;
+  std::string prefix;
+  std::string dir_path;
+  std::string base;
+  std::uint64_t token = fresh_token();
+  std::optional<io::handle> dir;
+  std::vector<io::handle> open_files;
+  std::vector<std::string> created;  // files to remove if the attempt fails before the rename
+  bool renamed = false;
+};
+
+error at(const save_state& s, error e) { return with_context(std::move(e), "save " + s.prefix); }
+
+task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k,
+                           std::span<const plan::slice_write> writes, std::uint64_t chunk_bytes) {
+  auto ex = co_await asio::this_coro::executor;
+  std::string name = format::data_file_name(s.base, s.token, k);
+  auto h = co_await io::async_open(s.b, ex, *s.dir, name, io::open_mode::create_exclusive, use_awaitable);
+  if (!h) co_return h.error();
+  s.created.push_back(name);
+  s.open_files.push_back(*h);
+  std::vector<std::byte> buf;
+  std::uint64_t buf_off = 0;
+  auto flush = [&]() -> task<void> {
+    if (!buf.empty()) {
+      BOOST_OUTCOME_CO_TRY(co_await io::async_write(s.b, ex, *h, buf_off, buf, use_awaitable));
+      buf.clear();
+    }
+    co_return success();
+  };
+  for (const auto& w : writes) {
+    auto& slice = m.tensors[w.tensor].slices[w.slice];
+    format::append_chunk_checksums(w.source, chunk_bytes, slice.checksums);
+    if (w.source.size() >= coalesce_bytes / 4) {
+      BOOST_OUTCOME_CO_TRY(co_await flush());
+      BOOST_OUTCOME_CO_TRY(co_await io::async_write(s.b, ex, *h, slice.offset, w.source, use_awaitable));
+      continue;
+    }
+    if (!buf.empty() && (slice.offset != buf_off + buf.size() || buf.size() + w.source.size() > coalesce_bytes)) {
+      // A gap (alignment padding) or a full buffer: write what we have.
+      if (slice.offset < buf_off + buf.size() + 4096 && buf.size() + w.source.size() + 4096 <= coalesce_bytes) {
+        buf.resize(slice.offset - buf_off);  // pad with zeros rather than issue another write
+      } else {
+        BOOST_OUTCOME_CO_TRY(co_await flush());
+      }
+    }
+    if (buf.empty()) buf_off = slice.offset;
+    buf.insert(buf.end(), w.source.begin(), w.source.end());
+  }
+  BOOST_OUTCOME_CO_TRY(co_await flush());
+  BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, *h, use_awaitable));
+  s.open_files.pop_back();
+  BOOST_OUTCOME_CO_TRY(co_await io::async_close(s.b, ex, *h, use_awaitable));
+  co_return success();
+}
+
+task<write_report> save_steps(save_state& s, std::vector<named_tensor> tensors, write_options opt) {
+  auto ex = co_await asio::this_coro::executor;
+  if (opt.chunk_bytes < 4096 || opt.chunk_bytes > (64u << 20) || (opt.chunk_bytes & (opt.chunk_bytes - 1)))
+    co_return make_error(errc::invalid_argument, "chunk_bytes " + std::to_string(opt.chunk_bytes) + " is not a power of two in [4 KiB, 64 MiB]");
+  BOOST_OUTCOME_CO_TRY(format::check_base_name(s.base));
+
+  // 1. Plan.
+  BOOST_OUTCOME_CO_TRY(auto p, plan::plan_write(tensors, opt.layout));
+  format::manifest m = std::move(p.skeleton);
+  m.chunk_bytes = opt.chunk_bytes;
+  m.created_unix_ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::system_clock::now().time_since_epoch()).count());
+  m.writer = "meshckpt " MESHCKPT_VERSION;
+  m.extensions = std::move(opt.extensions);
+
+  // 2. Directory.
+  BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(s.b, ex, s.dir_path, true, use_awaitable));
+  s.dir = dir;
+
+  // 3. Data files.
+  std::size_t begin = 0;
+  for (std::uint32_t k = 0; k < p.file_sizes.size(); ++k) {
+    std::size_t end = begin;
+    while (end < p.writes.size() && m.tensors[p.writes[end].tensor].slices[p.writes[end].slice].file == k) ++end;
+    BOOST_OUTCOME_CO_TRY(co_await write_data_file(s, m, k, std::span(p.writes).subspan(begin, end - begin), opt.chunk_bytes));
+    m.files.push_back({format::data_file_name(s.base, s.token, k), p.file_sizes[k]});
+    begin = end;
+  }
+
+  // 4. Data file entries durable.
+  BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, dir, use_awaitable));
+
+  // 5. Manifest to a temp name.
+  BOOST_OUTCOME_CO_TRY(auto bytes, format::encode(m));
+  std::string tmp = format::temp_manifest_name(s.base, s.token);
+  BOOST_OUTCOME_CO_TRY(auto mh, co_await io::async_open(s.b, ex, dir, tmp, io::open_mode::create_exclusive, use_awaitable));
+  s.created.push_back(tmp);
+  s.open_files.push_back(mh);
+  BOOST_OUTCOME_CO_TRY(co_await io::async_write(s.b, ex, mh, 0, bytes, use_awaitable));
+  BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, mh, use_awaitable));
+  s.open_files.pop_back();
+  BOOST_OUTCOME_CO_TRY(co_await io::async_close(s.b, ex, mh, use_awaitable));
+
+  // 6. Publish.
+  std::string final_name = format::manifest_name(s.base);
+  auto rn = co_await io::async_rename(s.b, ex, dir, tmp, final_name, use_awaitable);
+  if (!rn) co_return rn.error();
+  s.renamed = true;
+
+  // 7. Durable.
+  BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, dir, use_awaitable));
+
+  write_report rep;
+  rep.manifest_path = (s.dir_path == "." ? std::string() : s.dir_path + "/") + final_name;
+  rep.bytes = m.stored_bytes();
+  rep.tensors = m.tensors.size();
+  for (const auto& t : m.tensors) rep.slices += t.slices.size();
+  rep.files = m.files.size();
+
+  // 8. Clean up older files of this checkpoint name.
+  if (auto entries = co_await io::async_list(s.b, ex, dir, use_awaitable)) {
+    for (const auto& e : *entries) {
+      if (e.type != io::dir_entry::regular) continue;
+      auto kind = format::classify(e.name);
+      if (kind.base != s.base || kind.token == s.token) continue;
+      if (kind.k != format::name_kind::data && kind.k != format::name_kind::temp_manifest) continue;
+      if (co_await io::async_unlink(s.b, ex, dir, e.name, use_awaitable)) ++rep.cleaned_files;
+    }
+  }
+  co_return rep;
+}
+
+task<write_report> save_coro(io::backend& b, std::string prefix, std::vector<named_tensor> tensors, write_options opt) {
+  auto ex = co_await asio::this_coro::executor;
+  auto [dir_path, base] = split_prefix(prefix);
+  save_state s{b, prefix, dir_path, base};
+  auto r = co_await save_steps(s, std::move(tensors), std::move(opt));
+  for (auto h : s.open_files) co_await close_quietly(b, h);
+  if (!r && !s.renamed && s.dir)
+    for (const auto& name : s.created) (void)co_await io::async_unlink(b, ex, *s.dir, name, use_awaitable);
+  if (s.dir) co_await close_quietly(b, *s.dir);
+  if (!r) co_return at(s, r.error());
+  co_return r;
+}
+
+}  // namespace
+
+void start_write_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> tensors,
+                         write_options opt, io::completion<write_report> done) {
+  spawn<write_report>(ex, save_coro(b, std::move(prefix), std::move(tensors), std::move(opt)), std::move(done));
+}
+
+}  // namespace detail
+
+result<write_report> write_tensors(io::backend& b, std::string_view prefix, std::span<const named_tensor> tensors,
+                                   const write_options& opt) {
+  return detail::run_blocking<write_report>([&](auto ex, auto done) {
+    detail::start_write_tensors(ex, b, std::string(prefix), {tensors.begin(), tensors.end()}, opt, std::move(done));
+  });
+}
+
+}  // namespace meshckpt

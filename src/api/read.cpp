@@ -1,0 +1,338 @@
+// Reading side of the low-level API: manifest loading (with the missing "-N" hint), reading
+// tensors into same-layout shards with checksum verification, verify, and directory scans.
+// Every size and offset used here comes from a manifest that format::decode validated, and is
+// checked again against the actual size of each data file before any byte is read.
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "common.hpp"
+#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/format/checksum.hpp"
+#include "meshckpt/format/names.hpp"
+
+namespace meshckpt {
+
+std::pair<std::string, std::string> split_prefix(std::string_view prefix) {
+  while (prefix.size() > 1 && prefix.ends_with('/')) prefix.remove_suffix(1);
+  auto slash = prefix.rfind('/');
+  if (slash == std::string_view::npos) return {".", std::string(prefix)};
+  return {slash == 0 ? "/" : std::string(prefix.substr(0, slash)), std::string(prefix.substr(slash + 1))};
+}
+
+namespace detail {
+
+asio::awaitable<void> close_quietly(io::backend& b, io::handle h) {
+  auto ex = co_await asio::this_coro::executor;
+  (void)co_await io::async_close(b, ex, h, use_awaitable);
+}
+
+task<opened_prefix> open_prefix_dir(io::backend& b, std::string_view prefix) {
+  auto ex = co_await asio::this_coro::executor;
+  auto [dir_path, base] = split_prefix(prefix);
+  BOOST_OUTCOME_CO_TRY(format::check_base_name(base));
+  auto dir = co_await io::async_open_dir(b, ex, dir_path, false, use_awaitable);
+  if (!dir) {
+    if (dir.error().code == std::errc::no_such_file_or_directory)
+      co_return make_error(errc::not_found, "checkpoint " + std::string(prefix) + " not found: directory " + dir_path + " does not exist");
+    co_return dir.error();
+  }
+  co_return opened_prefix{*dir, dir_path, base};
+}
+
+namespace {
+
+// "did you mean NAME-N?" when numbered checkpoints of this name exist.
+task<std::string> missing_hint(io::backend& b, const opened_prefix& p) {
+  auto ex = co_await asio::this_coro::executor;
+  auto entries = co_await io::async_list(b, ex, p.dir, use_awaitable);
+  if (!entries) co_return std::string();
+  long best = -1;
+  bool interrupted = false;
+  for (const auto& e : *entries) {
+    auto k = format::classify(e.name);
+    if (k.k == format::name_kind::temp_manifest && k.base == p.base) interrupted = true;
+    if (k.k != format::name_kind::manifest || !k.base.starts_with(p.base + "-")) continue;
+    std::string_view n = std::string_view(k.base).substr(p.base.size() + 1);
+    if (n.empty() || n.size() > 12 || !std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
+    best = std::max(best, std::stol(std::string(n)));
+  }
+  std::string hint;
+  if (best >= 0)
+    hint += " (checkpoints written by save() carry a -N suffix: did you mean " + p.base + "-" + std::to_string(best) + "?)";
+  if (interrupted) hint += " (a save of it was interrupted before its commit; its leftovers are ignored)";
+  co_return hint;
+}
+
+}  // namespace
+
+task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std::string_view prefix) {
+  auto ex = co_await asio::this_coro::executor;
+  std::string name = format::manifest_name(p.base);
+  auto h = co_await io::async_open(b, ex, p.dir, name, io::open_mode::read, use_awaitable);
+  if (!h) {
+    if (h.error().code == std::errc::no_such_file_or_directory) {
+      std::string hint = (co_await missing_hint(b, p)).value();
+      co_return make_error(errc::not_found, "checkpoint " + std::string(prefix) + " not found: " + name + " does not exist in " + p.dir_path + hint);
+    }
+    co_return h.error();
+  }
+  auto body = [&]() -> task<format::manifest> {
+    BOOST_OUTCOME_CO_TRY(auto size, co_await io::async_size(b, ex, *h, use_awaitable));
+    format::limits lim;
+    if (size > lim.max_manifest_bytes)
+      co_return make_error(errc::limit_exceeded, name + " is " + std::to_string(size) + " bytes, above the manifest cap");
+    std::vector<std::byte> bytes(size);
+    BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, *h, 0, bytes, use_awaitable));
+    if (got != size) co_return make_error(errc::short_read, name + " shrank while being read");
+    auto m = format::decode(bytes, lim);
+    if (!m) co_return with_context(m.error(), name);
+    co_return std::move(*m);
+  };
+  auto r = co_await body();
+  co_await close_quietly(b, *h);
+  co_return r;
+}
+
+namespace {
+
+// Opens data files on demand and checks each one's size against the manifest once.
+class file_cache {
+ public:
+  file_cache(io::backend& b, const opened_prefix& p, const format::manifest& m) : b_(b), p_(p), m_(m) {}
+
+  task<io::handle> get(std::uint32_t index) {
+    auto ex = co_await asio::this_coro::executor;
+    if (auto it = open_.find(index); it != open_.end()) co_return it->second;
+    const auto& f = m_.files[index];
+    auto h = co_await io::async_open(b_, ex, p_.dir, f.name, io::open_mode::read, use_awaitable);
+    if (!h) {
+      if (h.error().code == std::errc::no_such_file_or_directory)
+        co_return make_error(errc::not_found, "data file " + f.name + " is missing");
+      co_return h.error();
+    }
+    open_[index] = *h;
+    BOOST_OUTCOME_CO_TRY(auto size, co_await io::async_size(b_, ex, *h, use_awaitable));
+    if (size != f.size)
+      co_return make_error(size < f.size ? errc::short_read : errc::corrupt_manifest,
+                           "data file " + f.name + " is " + std::to_string(size) + " bytes, the manifest says " +
+                               std::to_string(f.size) + (size < f.size ? " (truncated)" : ""));
+    co_return *h;
+  }
+
+  asio::awaitable<void> close_all() {
+    for (auto& [i, h] : open_) co_await close_quietly(b_, h);
+    open_.clear();
+  }
+
+ private:
+  io::backend& b_;
+  const opened_prefix& p_;
+  const format::manifest& m_;
+  std::map<std::uint32_t, io::handle> open_;
+};
+
+std::string slice_ctx(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s) {
+  return "tensor \"" + t.key + "\" slice " + to_string(s.where) + " in " + m.files[s.file].name;
+}
+
+// Checks the chunk checksums of a slice's bytes; the error names tensor, slice, file and offset.
+result<void> check_chunks(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s,
+                          std::span<const std::byte> bytes, std::uint64_t first_chunk) {
+  for (std::uint64_t off = 0, c = first_chunk; off < bytes.size(); off += m.chunk_bytes, ++c) {
+    auto n = std::min<std::uint64_t>(m.chunk_bytes, bytes.size() - off);
+    if (format::checksum(bytes.subspan(off, n)) != s.checksums[c])
+      return make_error(errc::checksum_mismatch,
+                        "checksum mismatch in " + slice_ctx(m, t, s) + " at bytes [" +
+                            std::to_string(s.offset + c * m.chunk_bytes) + ", " +
+                            std::to_string(s.offset + c * m.chunk_bytes + n) + ")");
+  }
+  return success();
+}
+
+task<read_report> read_steps(io::backend& b, const opened_prefix& p, const format::manifest& m,
+                             const std::vector<named_tensor>& targets, read_options opt, file_cache& files) {
+  auto ex = co_await asio::this_coro::executor;
+  read_report rep;
+  for (const auto& target : targets) {
+    const auto* t = m.find(target.key);
+    if (!t) co_return make_error(errc::not_found, "tensor \"" + target.key + "\" is not in the checkpoint");
+    const auto& v = target.tensor;
+    if (v.type() != t->type)
+      co_return make_error(errc::dtype_mismatch, "tensor \"" + t->key + "\": saved dtype " + std::string(dtype_name(t->type)) +
+                                                     ", requested " + std::string(dtype_name(v.type())));
+    if (v.global_shape() != t->global)
+      co_return make_error(errc::shape_mismatch, "tensor \"" + t->key + "\": saved shape " + to_string(t->global) +
+                                                     ", requested " + to_string(v.global_shape()));
+    // Map each saved slice to the local shards whose box it is.
+    std::map<std::size_t, std::vector<std::span<std::byte>>> wanted;
+    for (const auto& sh : v.shards()) {
+      BOOST_OUTCOME_CO_TRY(auto bx, v.layout().shard_box(v.global_shape(), sh.device));
+      if (bx.empty()) continue;
+      auto it = std::find_if(t->slices.begin(), t->slices.end(), [&](const auto& s) { return s.where == bx; });
+      if (it == t->slices.end()) {
+        auto saved = format::saved_layout_of(m, *t);
+        co_return make_error(errc::layout_mismatch,
+                             "tensor \"" + t->key + "\": no saved slice matches the shard " + to_string(bx) + " of device " +
+                                 std::to_string(sh.device) + " (saved layout " + (saved ? saved->to_string() : "?") +
+                                 " on mesh " + (saved ? saved->mesh_ref().to_string() : "?") + ", requested " +
+                                 v.layout().to_string() + " on mesh " + v.layout().mesh_ref().to_string() +
+                                 "; restoring into a different layout requires resharding)");
+      }
+      wanted[static_cast<std::size_t>(it - t->slices.begin())].push_back(sh.data);
+    }
+    for (auto& [si, dests] : wanted) {
+      const auto& s = t->slices[si];
+      BOOST_OUTCOME_CO_TRY(auto h, co_await files.get(s.file));
+      auto dst = dests.front();
+      BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, h, s.offset, dst.first(s.length), use_awaitable));
+      if (got != s.length) co_return make_error(errc::short_read, slice_ctx(m, *t, s) + ": file ended early");
+      if (opt.verify_checksums) {
+        BOOST_OUTCOME_CO_TRY(check_chunks(m, *t, s, dst.first(s.length), 0));
+      }
+      for (std::size_t i = 1; i < dests.size(); ++i) std::copy(dst.begin(), dst.end(), dests[i].begin());
+      rep.bytes_read += s.length;
+    }
+    ++rep.tensors;
+  }
+  (void)p;
+  co_return rep;
+}
+
+task<read_report> read_coro(io::backend& b, std::string prefix, std::vector<named_tensor> targets, read_options opt) {
+  auto p = co_await open_prefix_dir(b, prefix);
+  if (!p) co_return with_context(p.error(), "restore " + prefix);
+  auto r = [&]() -> task<read_report> {
+    BOOST_OUTCOME_CO_TRY(auto m, co_await load_manifest(b, *p, prefix));
+    file_cache files(b, *p, m);
+    auto rr = co_await read_steps(b, *p, m, targets, opt, files);
+    co_await files.close_all();
+    co_return rr;
+  };
+  auto out = co_await r();
+  co_await close_quietly(b, p->dir);
+  if (!out) co_return with_context(out.error(), "restore " + prefix);
+  co_return out;
+}
+
+task<format::manifest> manifest_coro(io::backend& b, std::string prefix) {
+  auto p = co_await open_prefix_dir(b, prefix);
+  if (!p) co_return p.error();
+  auto m = co_await load_manifest(b, *p, prefix);
+  co_await close_quietly(b, p->dir);
+  co_return m;
+}
+
+task<verify_report> verify_coro(io::backend& b, std::string prefix) {
+  auto ex = co_await asio::this_coro::executor;
+  auto p = co_await open_prefix_dir(b, prefix);
+  if (!p) co_return p.error();
+  auto m = co_await load_manifest(b, *p, prefix);
+  if (!m) {
+    co_await close_quietly(b, p->dir);
+    co_return m.error();
+  }
+  verify_report rep;
+  rep.files = m->files.size();
+  rep.tensors = m->tensors.size();
+  file_cache files(b, *p, *m);
+  std::set<std::uint32_t> bad_files;
+  // Bounded memory: one buffer of at most 64 chunks, never larger than the slice being read.
+  std::vector<std::byte> buf;
+  for (const auto& t : m->tensors) {
+    for (const auto& s : t.slices) {
+      ++rep.slices;
+      if (bad_files.count(s.file)) {
+        continue;
+      }
+      auto h = co_await files.get(s.file);
+      if (!h) {
+        rep.problems.push_back(with_context(h.error(), "tensor \"" + t.key + "\""));
+        bad_files.insert(s.file);
+        continue;
+      }
+      std::uint64_t step = m->chunk_bytes * std::max<std::uint64_t>(1, (8u << 20) / m->chunk_bytes);
+      for (std::uint64_t off = 0; off < s.length; off += step) {
+        std::uint64_t n = std::min(step, s.length - off);
+        buf.resize(n);
+        auto got = co_await io::async_read(b, ex, *h, s.offset + off, buf, use_awaitable);
+        if (!got) {
+          rep.problems.push_back(with_context(got.error(), "tensor \"" + t.key + "\""));
+          break;
+        }
+        if (*got != n) {
+          rep.problems.push_back(make_error(errc::short_read, slice_ctx(*m, t, s) + ": file ended early"));
+          break;
+        }
+        rep.bytes_checked += n;
+        if (auto c = check_chunks(*m, t, s, buf, off / m->chunk_bytes); !c) {
+          rep.problems.push_back(c.error());
+          break;
+        }
+      }
+    }
+  }
+  co_await files.close_all();
+  co_await close_quietly(b, p->dir);
+  co_return rep;
+}
+
+}  // namespace
+
+void start_read_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> targets,
+                        read_options opt, io::completion<read_report> done) {
+  spawn<read_report>(ex, read_coro(b, std::move(prefix), std::move(targets), opt), std::move(done));
+}
+
+void start_read_manifest(asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<format::manifest> done) {
+  spawn<format::manifest>(ex, manifest_coro(b, std::move(prefix)), std::move(done));
+}
+
+void start_verify(asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<verify_report> done) {
+  spawn<verify_report>(ex, verify_coro(b, std::move(prefix)), std::move(done));
+}
+
+}  // namespace detail
+
+result<format::manifest> read_manifest(io::backend& b, std::string_view prefix) {
+  return detail::run_blocking<format::manifest>(
+      [&](auto ex, auto done) { detail::start_read_manifest(ex, b, std::string(prefix), std::move(done)); });
+}
+
+result<read_report> read_tensors(io::backend& b, std::string_view prefix, std::span<const named_tensor> targets,
+                                 const read_options& opt) {
+  return detail::run_blocking<read_report>([&](auto ex, auto done) {
+    detail::start_read_tensors(ex, b, std::string(prefix), {targets.begin(), targets.end()}, opt, std::move(done));
+  });
+}
+
+result<verify_report> verify(io::backend& b, std::string_view prefix) {
+  return detail::run_blocking<verify_report>(
+      [&](auto ex, auto done) { detail::start_verify(ex, b, std::string(prefix), std::move(done)); });
+}
+
+result<directory_scan> scan_directory(io::backend& b, std::string_view dir) {
+  std::string d(dir.empty() ? "." : dir);
+  BOOST_OUTCOME_TRY(auto h, io::wait<io::handle>([&](auto done) { b.open_dir(d, false, std::move(done)); }));
+  auto entries = io::wait<std::vector<io::dir_entry>>([&](auto done) { b.list(h, std::move(done)); });
+  (void)io::wait<void>([&](auto done) { b.close(h, std::move(done)); });
+  if (!entries) return entries.error();
+  directory_scan scan;
+  std::set<std::string> referenced;
+  for (const auto& e : *entries) {
+    auto k = format::classify(e.name);
+    if (k.k != format::name_kind::manifest || e.type != io::dir_entry::regular) continue;
+    scan.checkpoints.push_back(k.base);
+    if (auto m = read_manifest(b, d + "/" + k.base))
+      for (const auto& f : m->files) referenced.insert(f.name);
+  }
+  for (const auto& e : *entries) {
+    auto k = format::classify(e.name);
+    if (k.k == format::name_kind::temp_manifest || (k.k == format::name_kind::data && !referenced.count(e.name)))
+      scan.leftovers.push_back(e.name);
+  }
+  return scan;
+}
+
+}  // namespace meshckpt

@@ -1,0 +1,183 @@
+// meshckpt: the operator's command-line tool.
+//
+//   meshckpt inspect PATH [--json]   tensors, dtypes, shapes, saved layouts and meshes, bytes
+//   meshckpt verify PATH [--json]    read every byte and check every checksum
+//
+// Exit status: 0 success (and intact), 1 damage or error found, 2 usage error.
+
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/backends/posix.hpp"
+#include "meshckpt/format/describe.hpp"
+#include "meshckpt/format/names.hpp"
+
+namespace {
+
+using namespace meshckpt;
+
+constexpr const char* usage_text =
+    "usage: meshckpt <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  inspect PATH [--json]   list every tensor of checkpoint PATH: dtype, global shape,\n"
+    "                          saved layout and mesh, slice count, bytes\n"
+    "  verify PATH [--json]    read every byte of checkpoint PATH and check every checksum;\n"
+    "                          PATH may be a directory: every committed checkpoint in it is\n"
+    "                          verified and leftovers of interrupted saves are listed\n"
+    "\n"
+    "PATH is a checkpoint prefix (DIR/NAME, the file DIR/NAME.manifest) or, for verify, a\n"
+    "directory. Exit status: 0 ok, 1 damaged or failed, 2 usage error.\n"
+    "  --help      this text\n"
+    "  --version   print the version\n";
+
+int usage_error(const std::string& msg) {
+  std::fprintf(stderr, "meshckpt: %s\n\n%s", msg.c_str(), usage_text);
+  return 2;
+}
+
+bool is_directory(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::lstat(p.c_str(), &st) == 0;
+}
+
+// Accepts "DIR/NAME.manifest" as a spelling of the prefix "DIR/NAME".
+std::string normalize_prefix(std::string p) {
+  if (p.size() > format::manifest_suffix.size() && p.ends_with(format::manifest_suffix) && !exists(p + ".manifest"))
+    p.resize(p.size() - format::manifest_suffix.size());
+  while (p.size() > 1 && p.ends_with('/')) p.pop_back();
+  return p;
+}
+
+std::string join(const std::string& dir, const std::string& name) {
+  return dir == "." ? name : (dir.ends_with('/') ? dir + name : dir + "/" + name);
+}
+
+struct args {
+  std::string command, path;
+  bool json = false;
+};
+
+int cmd_inspect(io::backend& b, const args& a) {
+  std::string prefix = normalize_prefix(a.path);
+  if (is_directory(prefix) && !exists(prefix + ".manifest")) {
+    auto scan = scan_directory(b, prefix);
+    std::string names;
+    if (scan)
+      for (const auto& c : scan->checkpoints) names += "\n  " + join(prefix, c);
+    std::fprintf(stderr, "meshckpt inspect: %s is a directory; give a checkpoint prefix DIR/NAME%s%s\n", prefix.c_str(),
+                 names.empty() ? " (it holds no committed checkpoint)" : ". Checkpoints there:", names.c_str());
+    return 1;
+  }
+  auto m = read_manifest(b, prefix);
+  if (!m) {
+    std::fprintf(stderr, "meshckpt inspect: %s\n", m.error().what().c_str());
+    return 1;
+  }
+  std::string out = a.json ? format::describe_json(*m, prefix) + "\n" : format::describe_text(*m, prefix);
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+std::string code_name(const error& e) { return e.code.message(); }
+
+int cmd_verify(io::backend& b, const args& a) {
+  std::string path = normalize_prefix(a.path);
+  std::vector<std::string> prefixes;
+  std::vector<std::string> leftovers;
+  if (is_directory(path) && !exists(path + ".manifest")) {
+    auto scan = scan_directory(b, path);
+    if (!scan) {
+      std::fprintf(stderr, "meshckpt verify: %s\n", scan.error().what().c_str());
+      return 1;
+    }
+    for (const auto& c : scan->checkpoints) prefixes.push_back(join(path, c));
+    for (const auto& l : scan->leftovers) leftovers.push_back(join(path, l));
+    if (prefixes.empty()) {
+      if (a.json)
+        std::printf("{\"ok\":false,\"error\":%s,\"checkpoints\":[],\"leftovers\":[]}\n",
+                    format::json_string("no checkpoint found in " + path).c_str());
+      std::fprintf(stderr, "meshckpt verify: no checkpoint found in %s%s\n", path.c_str(),
+                   leftovers.empty() ? "" : " (only leftovers of interrupted saves)");
+      return 1;
+    }
+  } else {
+    prefixes.push_back(path);
+  }
+  bool all_ok = true;
+  std::string json = "{\"checkpoints\":[";
+  for (std::size_t i = 0; i < prefixes.size(); ++i) {
+    const auto& p = prefixes[i];
+    auto r = verify(b, p);
+    std::vector<error> problems;
+    verify_report rep;
+    if (!r) problems.push_back(r.error());
+    else {
+      rep = *r;
+      problems = rep.problems;
+    }
+    all_ok = all_ok && problems.empty();
+    if (a.json) {
+      json += std::string(i ? "," : "") + "{\"prefix\":" + format::json_string(p) + ",\"ok\":" + (problems.empty() ? "true" : "false") +
+              ",\"tensors\":" + std::to_string(rep.tensors) + ",\"slices\":" + std::to_string(rep.slices) +
+              ",\"files\":" + std::to_string(rep.files) + ",\"bytes_checked\":" + std::to_string(rep.bytes_checked) +
+              ",\"problems\":[";
+      for (std::size_t j = 0; j < problems.size(); ++j)
+        json += std::string(j ? "," : "") + "{\"code\":" + format::json_string(code_name(problems[j])) +
+                ",\"message\":" + format::json_string(problems[j].what()) + "}";
+      json += "]}";
+    } else if (problems.empty()) {
+      std::printf("ok        %s  (%zu tensors, %zu slices, %zu data file%s, %s checked)\n", p.c_str(), rep.tensors, rep.slices,
+                  rep.files, rep.files == 1 ? "" : "s", format::human_bytes(rep.bytes_checked).c_str());
+    } else {
+      std::printf("DAMAGED   %s\n", p.c_str());
+      for (const auto& e : problems) std::printf("          %s\n", e.what().c_str());
+    }
+  }
+  if (a.json) {
+    json += "],\"leftovers\":[";
+    for (std::size_t i = 0; i < leftovers.size(); ++i) json += std::string(i ? "," : "") + format::json_string(leftovers[i]);
+    json += "],\"ok\":" + std::string(all_ok ? "true" : "false") + "}\n";
+    std::fwrite(json.data(), 1, json.size(), stdout);
+  } else {
+    for (const auto& l : leftovers) std::printf("leftover  %s  (from an interrupted save; not a checkpoint, ignored)\n", l.c_str());
+  }
+  return all_ok ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> av(argv + 1, argv + argc);
+  args a;
+  std::vector<std::string> positional;
+  for (const auto& s : av) {
+    if (s == "--help" || s == "-h") {
+      std::fputs(usage_text, stdout);
+      return 0;
+    }
+    if (s == "--version") {
+      std::printf("meshckpt %s\n", MESHCKPT_VERSION);
+      return 0;
+    }
+    if (s == "--json") a.json = true;
+    else if (s.starts_with("--")) return usage_error("unknown option " + s);
+    else positional.push_back(s);
+  }
+  if (positional.empty()) return usage_error("no command given");
+  a.command = positional[0];
+  if (a.command != "inspect" && a.command != "verify") return usage_error("unknown command \"" + a.command + "\"");
+  if (positional.size() != 2) return usage_error(a.command + " takes exactly one PATH");
+  a.path = positional[1];
+  auto backend = backends::make_posix_backend();
+  return a.command == "inspect" ? cmd_inspect(*backend, a) : cmd_verify(*backend, a);
+}

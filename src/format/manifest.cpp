@@ -1,0 +1,536 @@
+#include "meshckpt/format/manifest.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "meshckpt/format/checksum.hpp"
+#include "meshckpt/format/names.hpp"
+#include "meshckpt/tensor/arith.hpp"
+
+namespace meshckpt::format {
+
+namespace {
+
+constexpr std::size_t header_bytes = 24;
+constexpr std::size_t trailer_bytes = 8;
+constexpr std::uint64_t max_mesh_dims = 16;
+constexpr std::uint64_t max_devices = std::uint64_t{1} << 20;
+
+enum section_tag : std::uint64_t { tag_info = 1, tag_meshes = 2, tag_files = 3, tag_tensors = 4, tag_extension = 5 };
+
+// ---------------------------------------------------------------- encoding
+
+class writer {
+ public:
+  void u8(std::uint8_t v) { out_.push_back(static_cast<std::byte>(v)); }
+  void fixed(std::uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) u8(static_cast<std::uint8_t>(v >> (8 * i)));
+  }
+  void varint(std::uint64_t v) {
+    while (v >= 0x80) {
+      u8(static_cast<std::uint8_t>(v | 0x80));
+      v >>= 7;
+    }
+    u8(static_cast<std::uint8_t>(v));
+  }
+  void str(std::string_view s) {
+    varint(s.size());
+    raw(s.data(), s.size());
+  }
+  void raw(const void* p, std::size_t n) {
+    auto b = static_cast<const std::byte*>(p);
+    out_.insert(out_.end(), b, b + n);
+  }
+  // A section is tag, length, payload; the payload is built in a scratch writer.
+  void section(std::uint64_t tag, const writer& payload) {
+    varint(tag);
+    varint(payload.out_.size());
+    raw(payload.out_.data(), payload.out_.size());
+  }
+  std::vector<std::byte>& bytes() { return out_; }
+
+ private:
+  std::vector<std::byte> out_;
+};
+
+// ---------------------------------------------------------------- decoding
+
+class reader {
+ public:
+  reader(const std::byte* begin, const std::byte* end, std::size_t base)
+      : begin_(begin), p_(begin), end_(end), base_(base) {}
+
+  bool failed() const { return failed_; }
+  std::size_t remaining() const { return static_cast<std::size_t>(end_ - p_); }
+  std::size_t offset() const { return base_ + static_cast<std::size_t>(p_ - begin_); }
+  const error& err() const { return err_; }
+
+  void fail(errc code, std::string what) {
+    if (failed_) return;
+    failed_ = true;
+    err_ = make_error(code, "manifest byte " + std::to_string(offset()) + ": " + what);
+    p_ = end_;
+  }
+
+  std::uint64_t varint(const char* field) {
+    std::uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (p_ == end_) {
+        fail(errc::corrupt_manifest, std::string("truncated ") + field);
+        return 0;
+      }
+      auto b = static_cast<std::uint8_t>(*p_++);
+      if (shift == 63 && b > 1) {
+        fail(errc::corrupt_manifest, std::string(field) + " overflows 64 bits");
+        return 0;
+      }
+      v |= std::uint64_t{b & 0x7fu} << shift;
+      if (!(b & 0x80)) return v;
+    }
+    fail(errc::corrupt_manifest, std::string(field) + " is an over-long varint");
+    return 0;
+  }
+
+  // A varint that must fit int64 and be <= cap.
+  std::int64_t bounded(const char* field, std::uint64_t cap) {
+    std::uint64_t v = varint(field);
+    if (!failed_ && v > cap) fail(errc::corrupt_manifest, std::string(field) + " " + std::to_string(v) + " is out of range");
+    return failed_ ? 0 : static_cast<std::int64_t>(v);
+  }
+
+  // A count of items each at least `min_item_bytes` long: rejected before any allocation when
+  // the remaining bytes cannot hold that many, or when it exceeds the cap.
+  std::size_t count(const char* field, std::uint64_t cap, std::size_t min_item_bytes) {
+    std::uint64_t n = varint(field);
+    if (failed_) return 0;
+    if (n > cap) {
+      fail(errc::limit_exceeded, std::string(field) + " " + std::to_string(n) + " exceeds the cap of " + std::to_string(cap));
+      return 0;
+    }
+    if (min_item_bytes && n > remaining() / min_item_bytes) {
+      fail(errc::corrupt_manifest, std::string(field) + " " + std::to_string(n) + " does not fit in the remaining " + std::to_string(remaining()) + " bytes");
+      return 0;
+    }
+    return static_cast<std::size_t>(n);
+  }
+
+  std::string str(const char* field, std::uint64_t cap) {
+    std::size_t n = count(field, cap, 1);
+    if (failed_) return {};
+    std::string s(reinterpret_cast<const char*>(p_), n);
+    p_ += n;
+    return s;
+  }
+
+  std::uint64_t fixed64(const char* field) {
+    if (remaining() < 8) {
+      fail(errc::corrupt_manifest, std::string("truncated ") + field);
+      return 0;
+    }
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v |= std::uint64_t{static_cast<std::uint8_t>(p_[i])} << (8 * i);
+    p_ += 8;
+    return v;
+  }
+
+  const std::byte* take(std::size_t n) {
+    const std::byte* p = p_;
+    p_ += n;
+    return p;
+  }
+
+ private:
+  const std::byte* begin_;
+  const std::byte* p_;
+  const std::byte* end_;
+  std::size_t base_;
+  bool failed_ = false;
+  error err_;
+};
+
+std::uint64_t le(const std::byte* p, int n) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < n; ++i) v |= std::uint64_t{static_cast<std::uint8_t>(p[i])} << (8 * i);
+  return v;
+}
+
+error bad(std::string what) { return make_error(errc::corrupt_manifest, std::move(what)); }
+
+std::string tensor_ctx(const saved_tensor& t) { return "tensor \"" + t.key + "\""; }
+
+// Validates the slices of one tensor: each must be one of the non-empty shard boxes that the
+// layout implies, each at most once, and all of them present.
+result<void> validate_slices(const manifest& m, const saved_tensor& t, const saved_mesh& mesh,
+                             const std::vector<std::int64_t>& sorted_devices, const limits& lim) {
+  const std::size_t rank = t.global.size();
+  std::int64_t elem = dtype_size(t.type);
+  // Per dimension: number of splits k (1 when unsharded), chunk length, number of non-empty shards.
+  std::vector<std::int64_t> chunk(rank), nonempty(rank);
+  std::uint64_t expected = 1;
+  for (std::size_t d = 0; d < rank; ++d) {
+    std::int64_t n = t.global[d];
+    std::int64_t k = t.axes[d] < 0 ? 1 : mesh.dims[static_cast<std::size_t>(t.axes[d])].size;
+    chunk[d] = n == 0 ? 0 : n / k + (n % k != 0);
+    nonempty[d] = n == 0 ? 0 : n / chunk[d] + (n % chunk[d] != 0);
+    expected *= static_cast<std::uint64_t>(nonempty[d]);  // <= devices <= 2^20 overall
+    if (expected > max_devices) expected = max_devices + 1;
+  }
+  if (t.slices.size() > lim.max_slices_per_tensor)
+    return make_error(errc::limit_exceeded, tensor_ctx(t) + " has too many slices");
+  if (t.slices.size() != expected)
+    return bad(tensor_ctx(t) + " has " + std::to_string(t.slices.size()) + " slices; its shape " +
+               to_string(t.global) + " and layout need " + std::to_string(expected));
+  std::vector<std::uint64_t> seen;
+  seen.reserve(t.slices.size());
+  for (const auto& s : t.slices) {
+    std::string where = tensor_ctx(t) + " slice " + (s.where.rank() == rank && s.where.extent.size() == rank ? to_string(s.where) : std::string("(wrong rank)"));
+    if (s.where.origin.size() != rank || s.where.extent.size() != rank)
+      return bad(where + ": box rank differs from the tensor's rank " + std::to_string(rank));
+    std::uint64_t flat = 0;
+    for (std::size_t d = 0; d < rank; ++d) {
+      std::int64_t o = s.where.origin[d], e = s.where.extent[d];
+      if (o < 0 || e <= 0 || chunk[d] == 0 || o % chunk[d] != 0)
+        return bad(where + ": not a shard box of the saved layout");
+      std::int64_t i = o / chunk[d];
+      if (i >= nonempty[d]) return bad(where + ": outside the global shape " + to_string(t.global));
+      auto [lo, hi] = split_range(t.global[d], t.axes[d] < 0 ? 1 : mesh.dims[static_cast<std::size_t>(t.axes[d])].size, i);
+      if (lo != o || hi - lo != e) return bad(where + ": not a shard box of the saved layout");
+      flat = flat * static_cast<std::uint64_t>(nonempty[d]) + static_cast<std::uint64_t>(i);
+    }
+    seen.push_back(flat);
+    auto vol = checked_mul(*s.where.volume(), elem);
+    if (!vol || static_cast<std::uint64_t>(*vol) != s.length)
+      return bad(where + ": length " + std::to_string(s.length) + " differs from the box's byte size");
+    if (s.file >= m.files.size())
+      return bad(where + ": file index " + std::to_string(s.file) + " is out of range");
+    const auto& f = m.files[s.file];
+    auto end = checked_add_u64(s.offset, s.length);
+    if (!end || *end > f.size)
+      return bad(where + ": range [" + std::to_string(s.offset) + ", +" + std::to_string(s.length) +
+                 ") is outside file \"" + f.name + "\" of " + std::to_string(f.size) + " bytes");
+    if (!std::binary_search(sorted_devices.begin(), sorted_devices.end(), s.writer_device))
+      return bad(where + ": writer device " + std::to_string(s.writer_device) + " is not in the mesh");
+    if (s.checksums.size() != chunk_count(s.length, m.chunk_bytes))
+      return bad(where + ": has " + std::to_string(s.checksums.size()) + " checksums, expected " +
+                 std::to_string(chunk_count(s.length, m.chunk_bytes)));
+  }
+  std::sort(seen.begin(), seen.end());
+  if (std::adjacent_find(seen.begin(), seen.end()) != seen.end())
+    return bad(tensor_ctx(t) + " stores the same slice twice");
+  return success();
+}
+
+}  // namespace
+
+const saved_tensor* manifest::find(std::string_view key) const {
+  auto it = std::lower_bound(tensors.begin(), tensors.end(), key,
+                             [](const saved_tensor& t, std::string_view k) { return t.key < k; });
+  return it != tensors.end() && it->key == key ? &*it : nullptr;
+}
+
+std::uint64_t manifest::stored_bytes() const {
+  std::uint64_t n = 0;
+  for (const auto& t : tensors)
+    for (const auto& s : t.slices) n += s.length;
+  return n;
+}
+
+result<void> validate(const manifest& m, const limits& lim) {
+  if (m.chunk_bytes < 4096 || m.chunk_bytes > (std::uint64_t{1} << 30))
+    return bad("chunk size " + std::to_string(m.chunk_bytes) + " is outside [4096, 2^30]");
+  if (m.meshes.size() > lim.max_meshes) return make_error(errc::limit_exceeded, "too many meshes");
+  if (m.files.size() > lim.max_files) return make_error(errc::limit_exceeded, "too many data files");
+  if (m.tensors.size() > lim.max_tensors) return make_error(errc::limit_exceeded, "too many tensors");
+  if (m.extensions.size() > lim.max_extensions) return make_error(errc::limit_exceeded, "too many extensions");
+
+  std::vector<std::vector<std::int64_t>> sorted_devices(m.meshes.size());
+  for (std::size_t i = 0; i < m.meshes.size(); ++i) {
+    const auto& ms = m.meshes[i];
+    std::string ctx = "mesh " + std::to_string(i);
+    if (ms.dims.size() > max_mesh_dims) return bad(ctx + " has more than 16 dimensions");
+    std::uint64_t n = 1;
+    for (std::size_t d = 0; d < ms.dims.size(); ++d) {
+      if (!valid_mesh_dim_name(ms.dims[d].name)) return bad(ctx + " has an invalid dimension name");
+      for (std::size_t e = 0; e < d; ++e)
+        if (ms.dims[e].name == ms.dims[d].name) return bad(ctx + " repeats dimension \"" + ms.dims[d].name + "\"");
+      if (ms.dims[d].size < 1 || static_cast<std::uint64_t>(ms.dims[d].size) > max_devices)
+        return bad(ctx + " dimension \"" + ms.dims[d].name + "\" has an invalid size");
+      n *= static_cast<std::uint64_t>(ms.dims[d].size);
+      if (n > max_devices) return bad(ctx + " has more than 2^20 devices");
+    }
+    if (ms.device_ids.size() != n) return bad(ctx + " lists " + std::to_string(ms.device_ids.size()) + " devices, its shape needs " + std::to_string(n));
+    auto& sd = sorted_devices[i];
+    sd = ms.device_ids;
+    std::sort(sd.begin(), sd.end());
+    if (!sd.empty() && sd.front() < 0) return bad(ctx + " has a negative device id");
+    if (std::adjacent_find(sd.begin(), sd.end()) != sd.end()) return bad(ctx + " repeats a device id");
+  }
+  {
+    std::vector<std::string_view> names;
+    names.reserve(m.files.size());
+    for (const auto& f : m.files) {
+      if (!is_plain_name(f.name))
+        return make_error(errc::unsafe_path, "data file name \"" + f.name + "\" is not a plain name inside the checkpoint directory");
+      if (f.size > (std::uint64_t{1} << 62)) return bad("data file \"" + f.name + "\" claims an impossible size");
+      names.push_back(f.name);
+    }
+    std::sort(names.begin(), names.end());
+    if (std::adjacent_find(names.begin(), names.end()) != names.end()) return bad("a data file is listed twice");
+  }
+  for (std::size_t i = 0; i < m.tensors.size(); ++i) {
+    const auto& t = m.tensors[i];
+    if (t.key.empty() || t.key.size() > lim.max_key_bytes) return bad("tensor " + std::to_string(i) + " has an empty or over-long key");
+    if (i && !(m.tensors[i - 1].key < t.key))
+      return bad(tensor_ctx(t) + " is out of order or duplicated (keys must be strictly increasing)");
+    if (dtype_size(t.type) == 0) return bad(tensor_ctx(t) + " has an unknown dtype");
+    if (t.global.size() > lim.max_rank) return make_error(errc::limit_exceeded, tensor_ctx(t) + " has rank above the cap");
+    if (t.mesh >= m.meshes.size()) return bad(tensor_ctx(t) + " refers to mesh " + std::to_string(t.mesh) + ", which does not exist");
+    const auto& ms = m.meshes[t.mesh];
+    if (t.axes.size() != t.global.size()) return bad(tensor_ctx(t) + " layout rank differs from its shape's rank");
+    for (std::size_t d = 0; d < t.axes.size(); ++d) {
+      if (t.axes[d] < -1 || t.axes[d] >= static_cast<std::int32_t>(ms.dims.size()))
+        return bad(tensor_ctx(t) + " layout names a mesh dimension that does not exist");
+      for (std::size_t e = 0; e < d; ++e)
+        if (t.axes[d] >= 0 && t.axes[e] == t.axes[d]) return bad(tensor_ctx(t) + " layout uses a mesh dimension twice");
+    }
+    auto n = num_elements(t.global);
+    if (!n || !checked_mul(*n, dtype_size(t.type)) || *checked_mul(*n, dtype_size(t.type)) > (std::int64_t{1} << 62))
+      return bad(tensor_ctx(t) + " shape " + to_string(t.global) + " is too large");
+    BOOST_OUTCOME_TRY(validate_slices(m, t, ms, sorted_devices[t.mesh], lim));
+  }
+  for (std::size_t i = 0; i < m.extensions.size(); ++i) {
+    const auto& e = m.extensions[i];
+    if (e.name.empty() || e.name.size() > 256) return bad("extension " + std::to_string(i) + " has an invalid name");
+    for (std::size_t j = 0; j < i; ++j)
+      if (m.extensions[j].name == e.name) return bad("extension \"" + e.name + "\" appears twice");
+  }
+  return success();
+}
+
+result<std::vector<std::byte>> encode(const manifest& m) {
+  BOOST_OUTCOME_TRY(validate(m));
+  writer body;
+  {
+    writer s;
+    s.varint(m.chunk_bytes);
+    s.varint(m.created_unix_ms);
+    s.str(m.writer);
+    body.section(tag_info, s);
+  }
+  {
+    writer s;
+    s.varint(m.meshes.size());
+    for (const auto& ms : m.meshes) {
+      s.varint(ms.dims.size());
+      for (const auto& d : ms.dims) {
+        s.str(d.name);
+        s.varint(static_cast<std::uint64_t>(d.size));
+      }
+      s.varint(ms.device_ids.size());
+      for (auto id : ms.device_ids) s.varint(static_cast<std::uint64_t>(id));
+    }
+    body.section(tag_meshes, s);
+  }
+  {
+    writer s;
+    s.varint(m.files.size());
+    for (const auto& f : m.files) {
+      s.str(f.name);
+      s.varint(f.size);
+    }
+    body.section(tag_files, s);
+  }
+  {
+    writer s;
+    s.varint(m.tensors.size());
+    for (const auto& t : m.tensors) {
+      s.str(t.key);
+      s.varint(static_cast<std::uint64_t>(t.type));
+      s.varint(t.global.size());
+      for (auto d : t.global) s.varint(static_cast<std::uint64_t>(d));
+      s.varint(t.mesh);
+      for (auto a : t.axes) s.varint(static_cast<std::uint64_t>(a + 1));
+      s.varint(t.slices.size());
+      for (const auto& sl : t.slices) {
+        for (auto o : sl.where.origin) s.varint(static_cast<std::uint64_t>(o));
+        for (auto e : sl.where.extent) s.varint(static_cast<std::uint64_t>(e));
+        s.varint(sl.file);
+        s.varint(sl.offset);
+        s.varint(sl.length);
+        s.varint(static_cast<std::uint64_t>(sl.writer_device));
+        for (auto c : sl.checksums) s.fixed(c, 8);
+      }
+    }
+    body.section(tag_tensors, s);
+  }
+  for (const auto& e : m.extensions) {
+    writer s;
+    s.str(e.name);
+    s.varint(e.bytes.size());
+    s.raw(e.bytes.data(), e.bytes.size());
+    body.section(tag_extension, s);
+  }
+  writer out;
+  out.raw(magic, sizeof magic);
+  out.fixed(major_version, 2);
+  out.fixed(minor_version, 2);
+  out.fixed(0, 4);
+  out.fixed(body.bytes().size(), 8);
+  out.raw(body.bytes().data(), body.bytes().size());
+  out.fixed(checksum(out.bytes()), 8);
+  return std::move(out.bytes());
+}
+
+result<manifest> decode(std::span<const std::byte> bytes, const limits& lim) {
+  if (bytes.size() > lim.max_manifest_bytes)
+    return make_error(errc::limit_exceeded, "manifest of " + std::to_string(bytes.size()) + " bytes exceeds the cap of " + std::to_string(lim.max_manifest_bytes));
+  if (bytes.size() < header_bytes + trailer_bytes) {
+    if (bytes.size() >= sizeof magic && std::memcmp(bytes.data(), magic, sizeof magic) != 0)
+      return bad("not a meshckpt manifest (bad magic)");
+    return bad("manifest is truncated: " + std::to_string(bytes.size()) + " bytes, at least " + std::to_string(header_bytes + trailer_bytes) + " needed");
+  }
+  if (std::memcmp(bytes.data(), magic, sizeof magic) != 0) return bad("not a meshckpt manifest (bad magic)");
+  auto major = le(bytes.data() + 8, 2), minor = le(bytes.data() + 10, 2);
+  std::uint64_t body_len = le(bytes.data() + 16, 8);
+  // The checksum is checked before the version so that a bit flip in the version field is
+  // reported as corruption, not as a future format.
+  if (body_len != bytes.size() - header_bytes - trailer_bytes)
+    return bad("manifest length field says " + std::to_string(body_len) + " body bytes but the file has " + std::to_string(bytes.size() - header_bytes - trailer_bytes) + " (truncated or padded)");
+  std::uint64_t want = le(bytes.data() + bytes.size() - trailer_bytes, 8);
+  std::uint64_t got = checksum(bytes.first(bytes.size() - trailer_bytes));
+  if (want != got) return make_error(errc::corrupt_manifest, "manifest checksum mismatch (stored " + token_hex(want) + ", computed " + token_hex(got) + ")");
+  if (major != major_version)
+    return make_error(errc::unsupported_version, "manifest format version " + std::to_string(major) + "." + std::to_string(minor) + " is not supported (this build reads major version " + std::to_string(major_version) + ")");
+  if (le(bytes.data() + 12, 4) != 0) return bad("manifest header flags are not zero");
+
+  manifest m;
+  m.minor = static_cast<std::uint16_t>(minor);
+  reader r(bytes.data() + header_bytes, bytes.data() + bytes.size() - trailer_bytes, header_bytes);
+  std::uint64_t next_required = tag_info;
+  while (!r.failed() && r.remaining() > 0) {
+    std::size_t section_start = r.offset();
+    std::uint64_t tag = r.varint("section tag");
+    std::size_t len = r.count("section length", ~std::uint64_t{0}, 1);
+    if (r.failed()) break;
+    std::size_t payload_offset = r.offset();
+    const std::byte* payload = r.take(len);
+    reader s(payload, payload + len, payload_offset);
+    if (tag < tag_extension) {
+      if (tag != next_required) return bad("manifest byte " + std::to_string(section_start) + ": section " + std::to_string(tag) + " is out of order or repeated");
+      ++next_required;
+    } else if (tag == tag_extension && next_required != tag_extension) {
+      return bad("manifest byte " + std::to_string(section_start) + ": extension before the tensor section");
+    }
+    switch (tag) {
+      case tag_info:
+        m.chunk_bytes = s.varint("chunk size");
+        m.created_unix_ms = s.varint("creation time");
+        m.writer = s.str("writer", 1024);
+        break;
+      case tag_meshes: {
+        std::size_t n = s.count("mesh count", lim.max_meshes, 2);
+        m.meshes.resize(n);
+        for (auto& ms : m.meshes) {
+          std::size_t nd = s.count("mesh rank", max_mesh_dims, 2);
+          ms.dims.resize(nd);
+          for (auto& d : ms.dims) {
+            d.name = s.str("mesh dimension name", 64);
+            d.size = s.bounded("mesh dimension size", max_devices);
+          }
+          std::size_t nid = s.count("device count", max_devices, 1);
+          ms.device_ids.resize(nid);
+          for (auto& id : ms.device_ids) id = s.bounded("device id", std::uint64_t{1} << 62);
+          if (s.failed()) break;
+        }
+        break;
+      }
+      case tag_files: {
+        std::size_t n = s.count("file count", lim.max_files, 2);
+        m.files.resize(n);
+        for (auto& f : m.files) {
+          f.name = s.str("file name", 255);
+          f.size = s.varint("file size");
+          if (s.failed()) break;
+        }
+        break;
+      }
+      case tag_tensors: {
+        // Smallest tensor: key(2) dtype rank mesh nslices = 6 bytes.
+        std::size_t n = s.count("tensor count", lim.max_tensors, 6);
+        m.tensors.resize(n);
+        for (auto& t : m.tensors) {
+          t.key = s.str("tensor key", lim.max_key_bytes);
+          auto code = s.varint("dtype");
+          auto dt = dtype_from_code(code);
+          if (!s.failed() && !dt) s.fail(errc::corrupt_manifest, "tensor \"" + t.key + "\" has unknown dtype code " + std::to_string(code));
+          t.type = dt.value_or(dtype::float32);
+          std::size_t rank = s.count("rank", lim.max_rank, 2);
+          t.global.resize(rank);
+          for (auto& d : t.global) d = s.bounded("dimension", std::uint64_t{1} << 62);
+          t.mesh = static_cast<std::uint32_t>(s.bounded("mesh index", lim.max_meshes));
+          t.axes.resize(rank);
+          for (auto& a : t.axes) a = static_cast<std::int32_t>(s.bounded("layout axis", max_mesh_dims)) - 1;
+          std::size_t ns = s.count("slice count", lim.max_slices_per_tensor, 4 + 2 * rank);
+          t.slices.resize(ns);
+          for (auto& sl : t.slices) {
+            sl.where.origin.resize(rank);
+            sl.where.extent.resize(rank);
+            for (auto& o : sl.where.origin) o = s.bounded("slice origin", std::uint64_t{1} << 62);
+            for (auto& e : sl.where.extent) e = s.bounded("slice extent", std::uint64_t{1} << 62);
+            sl.file = static_cast<std::uint32_t>(s.bounded("file index", lim.max_files));
+            sl.offset = s.varint("slice offset");
+            sl.length = s.varint("slice length");
+            sl.writer_device = s.bounded("writer device", std::uint64_t{1} << 62);
+            if (s.failed()) break;
+            std::uint64_t nc = m.chunk_bytes ? chunk_count(sl.length, m.chunk_bytes) : 0;
+            if (nc > s.remaining() / 8) {
+              s.fail(errc::corrupt_manifest, "tensor \"" + t.key + "\" slice checksums are truncated");
+              break;
+            }
+            sl.checksums.resize(nc);
+            for (auto& c : sl.checksums) c = s.fixed64("checksum");
+          }
+          if (s.failed()) break;
+        }
+        break;
+      }
+      case tag_extension: {
+        if (m.extensions.size() >= lim.max_extensions) return make_error(errc::limit_exceeded, "too many extensions");
+        extension e;
+        e.name = s.str("extension name", 256);
+        std::size_t n = s.count("extension length", ~std::uint64_t{0}, 1);
+        if (!s.failed()) {
+          const std::byte* p = s.take(n);
+          e.bytes.assign(p, p + n);
+        }
+        m.extensions.push_back(std::move(e));
+        break;
+      }
+      default:
+        s.take(s.remaining());  // an optional section from a newer minor version
+        break;
+    }
+    if (s.failed()) return s.err();
+    if (s.remaining() != 0) return bad("manifest byte " + std::to_string(s.offset()) + ": section " + std::to_string(tag) + " has " + std::to_string(s.remaining()) + " unparsed bytes");
+  }
+  if (r.failed()) return r.err();
+  if (next_required != tag_extension) return bad("manifest is missing required section " + std::to_string(next_required));
+  BOOST_OUTCOME_TRY(validate(m, lim));
+  return m;
+}
+
+result<mesh> saved_mesh_of(const manifest& m, const saved_tensor& t) {
+  if (t.mesh >= m.meshes.size()) return bad("tensor \"" + t.key + "\" refers to a missing mesh");
+  const auto& ms = m.meshes[t.mesh];
+  return mesh::create(ms.dims, ms.device_ids);
+}
+
+result<layout> saved_layout_of(const manifest& m, const saved_tensor& t) {
+  BOOST_OUTCOME_TRY(auto ms, saved_mesh_of(m, t));
+  std::vector<std::string> specs;
+  for (auto a : t.axes)
+    specs.push_back(a < 0 ? std::string(unsharded) : ms.dims()[static_cast<std::size_t>(a)].name);
+  return layout::create(std::move(specs), std::move(ms));
+}
+
+}  // namespace meshckpt::format

@@ -1,0 +1,115 @@
+#include "meshckpt/plan/write_plan.hpp"
+
+#include <algorithm>
+#include <map>
+
+#include "meshckpt/format/checksum.hpp"
+#include "meshckpt/tensor/arith.hpp"
+
+namespace meshckpt::plan {
+
+namespace {
+
+std::uint64_t key_hash(std::string_view key) {
+  return format::checksum(std::as_bytes(std::span(key.data(), key.size())));
+}
+
+}  // namespace
+
+result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt) {
+  write_plan p;
+  auto& m = p.skeleton;
+  std::vector<std::size_t> order(tensors.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](auto a, auto b) { return tensors[a].key < tensors[b].key; });
+  std::vector<mesh> meshes;
+  m.tensors.reserve(tensors.size());
+  for (std::size_t oi = 0; oi < order.size(); ++oi) {
+    const auto& nt = tensors[order[oi]];
+    if (nt.key.empty() || nt.key.size() > format::limits{}.max_key_bytes)
+      return make_error(errc::invalid_argument, "tensor key \"" + nt.key.substr(0, 64) + "\" is empty or longer than 16384 bytes");
+    if (oi && tensors[order[oi - 1]].key == nt.key)
+      return make_error(errc::invalid_argument, "tensor key \"" + nt.key + "\" is given twice");
+    const auto& v = nt.tensor;
+    const auto& l = v.layout();
+    const auto& ms = l.mesh_ref();
+    std::uint32_t mesh_index = 0;
+    while (mesh_index < meshes.size() && !(meshes[mesh_index] == ms)) ++mesh_index;
+    if (mesh_index == meshes.size()) {
+      meshes.push_back(ms);
+      m.meshes.push_back({ms.dims(), ms.device_ids()});
+    }
+    format::saved_tensor t;
+    t.key = nt.key;
+    t.type = v.type();
+    t.global = v.global_shape();
+    t.mesh = mesh_index;
+    t.axes.assign(l.mesh_axes().begin(), l.mesh_axes().end());
+    // Group devices by the box they hold; std::map keeps the result independent of hashing.
+    std::map<std::vector<std::int64_t>, std::vector<std::int64_t>> replicas;
+    for (auto dev : ms.device_ids()) {
+      BOOST_OUTCOME_TRY(auto b, l.shard_box(v.global_shape(), dev));
+      if (b.empty()) continue;
+      std::vector<std::int64_t> k = b.origin;
+      k.insert(k.end(), b.extent.begin(), b.extent.end());
+      replicas[std::move(k)].push_back(dev);
+    }
+    const std::uint64_t h = key_hash(nt.key);
+    const std::int64_t elem = dtype_size(v.type());
+    for (auto& [k, devs] : replicas) {
+      format::saved_slice s;
+      s.where.origin.assign(k.begin(), k.begin() + static_cast<std::ptrdiff_t>(t.global.size()));
+      s.where.extent.assign(k.begin() + static_cast<std::ptrdiff_t>(t.global.size()), k.end());
+      s.length = static_cast<std::uint64_t>(*s.where.volume() * elem);
+      s.writer_device = devs[h % devs.size()];
+      const local_shard* src = v.shard_of(s.writer_device);
+      if (!src)
+        return make_error(errc::invalid_argument,
+                          "tensor \"" + nt.key + "\" slice " + to_string(s.where) + " is owned by device " +
+                              std::to_string(s.writer_device) +
+                              ", which is not local to this process; a save that spans processes needs a coordinator");
+      p.writes.push_back({m.tensors.size(), t.slices.size(), s.writer_device, src->data});
+      t.slices.push_back(std::move(s));
+    }
+    m.tensors.push_back(std::move(t));
+  }
+
+  // Place slices: large ones aligned first, then small ones packed, per file.
+  std::vector<std::size_t> large, small;
+  for (std::size_t i = 0; i < p.writes.size(); ++i) {
+    const auto& s = m.tensors[p.writes[i].tensor].slices[p.writes[i].slice];
+    (s.length >= opt.align_threshold ? large : small).push_back(i);
+  }
+  std::uint32_t file = 0;
+  std::uint64_t cur = 0;
+  auto place = [&](std::size_t wi, bool aligned) -> result<void> {
+    auto& s = m.tensors[p.writes[wi].tensor].slices[p.writes[wi].slice];
+    if (opt.max_file_bytes && cur > 0 && cur + s.length > opt.max_file_bytes) {
+      p.file_sizes.push_back(cur);
+      ++file;
+      cur = 0;
+    }
+    auto off = aligned ? align_up(cur, opt.alignment) : std::optional<std::uint64_t>(cur);
+    auto end = off ? checked_add_u64(*off, s.length) : std::nullopt;
+    if (!end) return make_error(errc::limit_exceeded, "data file offsets overflow");
+    s.file = file;
+    s.offset = *off;
+    cur = *end;
+    return success();
+  };
+  for (auto wi : large) {
+    BOOST_OUTCOME_TRY(place(wi, true));
+  }
+  for (auto wi : small) {
+    BOOST_OUTCOME_TRY(place(wi, false));
+  }
+  if (cur > 0 || p.file_sizes.empty()) p.file_sizes.push_back(cur);
+  std::sort(p.writes.begin(), p.writes.end(), [&](const slice_write& a, const slice_write& b) {
+    const auto& sa = m.tensors[a.tensor].slices[a.slice];
+    const auto& sb = m.tensors[b.tensor].slices[b.slice];
+    return std::pair(sa.file, sa.offset) < std::pair(sb.file, sb.offset);
+  });
+  return p;
+}
+
+}  // namespace meshckpt::plan
