@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# End-to-end test of the meshckpt CLI on a checkpoint written by the demo: inspect (text and
+# JSON), verify (prefix, directory, damaged, empty, leftovers), usage errors and exit codes.
+set -u
+CLI=$1 DEMO=$2 WORK=$3
+fails=0 passes=0
+check() {  # check NAME CONDITION-COMMAND...
+  local name=$1; shift
+  if "$@"; then passes=$((passes + 1)); else echo "FAIL: $name"; fails=$((fails + 1)); fi
+}
+run() { out=$("$CLI" "$@" 2>&1); rc=$?; }
+has() { grep -qF -- "$1" <<<"$out"; }
+
+rm -rf "$WORK" && mkdir -p "$WORK/ck" "$WORK/empty"
+"$DEMO" --dir "$WORK/ck" >/dev/null || { echo "FAIL: demo"; exit 1; }
+
+run --help;                       check "help exits 0" test $rc -eq 0; check "help lists verify" has "verify PATH"
+run --version;                    check "version" has "meshckpt 0."
+run;                              check "no command is a usage error" test $rc -eq 2
+run frobnicate x;                 check "unknown command" test $rc -eq 2; check "names it" has 'unknown command "frobnicate"'
+run inspect;                      check "missing PATH" test $rc -eq 2
+run inspect a b;                  check "extra PATH" test $rc -eq 2
+run inspect x --bogus;            check "unknown option" test $rc -eq 2
+
+run inspect "$WORK/ck/model"
+check "inspect exits 0" test $rc -eq 0
+check "inspect shows a sharded tensor" has "model/embedding/table    float32   [4096, 512]   [x, y]          x=2,y=4  8"
+check "inspect shows an uneven tensor" has "model/layer_norm/scale   float16   [1022]        [y]"
+check "inspect shows the blob" has "rng/state                blob      [64]          [unsharded]"
+check "inspect summary" has "8 tensors, 25 slices, 1 data file"
+run inspect "$WORK/ck/model.manifest"; check "inspect accepts NAME.manifest" test $rc -eq 0
+
+run inspect "$WORK/ck/model" --json
+check "inspect --json exits 0" test $rc -eq 0
+if command -v python3 >/dev/null; then
+  python3 - "$out" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1])
+assert set(d) >= {"prefix", "format", "writer", "created_unix_ms", "chunk_bytes", "stored_bytes", "files", "tensors"}, d.keys()
+assert d["format"]["major"] == 1
+assert len(d["tensors"]) == 8
+for t in d["tensors"]:
+    assert set(t) == {"key", "dtype", "shape", "layout", "mesh", "slices", "bytes"}, t.keys()
+    assert len(t["shape"]) == len(t["layout"])
+    assert [x["name"] for x in t["mesh"]["dims"]] == ["x", "y"]
+    assert len(t["mesh"]["device_ids"]) == 8
+assert sum(t["bytes"] for t in d["tensors"]) == d["stored_bytes"]
+assert all(set(f) == {"name", "size"} for f in d["files"])
+PY
+  check "inspect --json schema" test $? -eq 0
+fi
+
+run inspect "$WORK/ck/nope";      check "inspect missing exits 1" test $rc -eq 1; check "says not found" has "not found"
+run inspect "$WORK/ck";           check "inspect of a directory exits 1" test $rc -eq 1; check "lists checkpoints there" has "$WORK/ck/model"
+
+run verify "$WORK/ck/model";      check "verify prefix exits 0" test $rc -eq 0; check "verify says ok" has "ok        $WORK/ck/model"
+run verify "$WORK/ck";            check "verify dir exits 0" test $rc -eq 0
+run verify "$WORK/empty";         check "verify empty dir exits 1" test $rc -eq 1; check "no checkpoint found" has "no checkpoint found in $WORK/empty"
+
+touch "$WORK/ck/model.manifest.tmp-0123456789abcdef"
+run verify "$WORK/ck";            check "leftovers do not fail verify" test $rc -eq 0; check "leftover reported" has "leftover  $WORK/ck/model.manifest.tmp-0123456789abcdef"
+cp -r "$WORK/ck" "$WORK/onlyleft" && rm "$WORK/onlyleft/model.manifest"
+run verify "$WORK/onlyleft";      check "only leftovers is no checkpoint" test $rc -eq 1; check "mentions leftovers" has "only leftovers"
+
+data=$(ls "$WORK/ck"/model.data-*)
+printf '\xff' | dd of="$data" bs=1 seek=100 conv=notrunc status=none
+run verify "$WORK/ck/model";      check "damaged verify exits 1" test $rc -eq 1
+check "names the damage" has "DAMAGED   $WORK/ck/model"
+check "checksum mismatch in a tensor" has 'checksum mismatch in tensor "model/'
+check "names the file" has "$(basename "$data")"
+run verify "$WORK/ck" --json;     check "damaged --json exits 1" test $rc -eq 1; check "json ok false" has '"ok":false'
+
+echo "$passes passed, $fails failed"
+[ $fails -eq 0 ]

@@ -1,0 +1,249 @@
+// Backend conformance: the behaviour every io::backend must have. Each TEST_CASE runs against
+// every backend in `all_backends()`; a new backend is added there.
+
+#include <catch2/catch.hpp>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <thread>
+
+#include "meshckpt/backends/posix.hpp"
+#include "meshckpt/io/async.hpp"
+#include "support.hpp"
+
+using namespace meshckpt;
+using io::handle;
+
+namespace {
+
+struct backend_factory {
+  const char* name;
+  std::function<std::unique_ptr<io::backend>()> make;
+};
+
+std::vector<backend_factory> all_backends() {
+  return {{"posix", [] { return backends::make_posix_backend(); }}};
+}
+
+// Blocking shorthands over the callback interface.
+struct ops {
+  io::backend& b;
+  result<handle> open_dir(const std::string& p, bool create = false) {
+    return io::wait<handle>([&](auto d) { b.open_dir(p, create, std::move(d)); });
+  }
+  result<handle> open(handle dir, const std::string& n, io::open_mode m) {
+    return io::wait<handle>([&](auto d) { b.open(dir, n, m, std::move(d)); });
+  }
+  result<void> write(handle f, std::uint64_t off, std::string_view s) {
+    return io::wait<void>([&](auto d) { b.write(f, off, std::as_bytes(std::span(s.data(), s.size())), std::move(d)); });
+  }
+  result<std::string> read(handle f, std::uint64_t off, std::size_t n) {
+    std::string s(n, '\0');
+    auto r = io::wait<std::size_t>([&](auto d) { b.read(f, off, std::as_writable_bytes(std::span(s.data(), s.size())), std::move(d)); });
+    if (!r) return r.error();
+    s.resize(*r);
+    return s;
+  }
+  result<std::uint64_t> size(handle f) { return io::wait<std::uint64_t>([&](auto d) { b.size(f, std::move(d)); }); }
+  result<void> fsync(handle f) { return io::wait<void>([&](auto d) { b.fsync(f, std::move(d)); }); }
+  result<void> close(handle f) { return io::wait<void>([&](auto d) { b.close(f, std::move(d)); }); }
+  result<void> rename(handle dir, const std::string& a, const std::string& c) {
+    return io::wait<void>([&](auto d) { b.rename(dir, a, c, std::move(d)); });
+  }
+  result<void> unlink(handle dir, const std::string& n) { return io::wait<void>([&](auto d) { b.unlink(dir, n, std::move(d)); }); }
+  result<std::vector<io::dir_entry>> list(handle dir) {
+    return io::wait<std::vector<io::dir_entry>>([&](auto d) { b.list(dir, std::move(d)); });
+  }
+};
+
+void write_file(const std::string& path, const std::string& content) { std::ofstream(path, std::ios::binary) << content; }
+
+}  // namespace
+
+TEST_CASE("backends create, write, read, size, fsync and close files", "[io][conformance]") {
+  for (const auto& f : all_backends()) {
+    INFO("backend " << f.name);
+    testing::temp_dir tmp;
+    auto be = f.make();
+    ops o{*be};
+    auto dir = o.open_dir(tmp / "a/b/c", true).value();
+    CHECK(std::filesystem::is_directory(tmp / "a/b/c"));
+    auto h = o.open(dir, "file", io::open_mode::create_exclusive).value();
+    REQUIRE(o.write(h, 0, "hello "));
+    REQUIRE(o.write(h, 6, "world"));
+    REQUIRE(o.write(h, 100, "!"));  // past the end: a hole of zeros
+    REQUIRE(o.fsync(h));
+    REQUIRE(o.close(h));
+    auto again = o.open(dir, "file", io::open_mode::create_exclusive);
+    REQUIRE_FALSE(again);
+    CHECK(again.error().code == std::errc::file_exists);
+    CHECK_THAT(again.error().what(), Catch::Contains("file"));
+    auto r = o.open(dir, "file", io::open_mode::read).value();
+    CHECK(o.size(r).value() == 101);
+    CHECK(o.read(r, 0, 11).value() == "hello world");
+    CHECK(o.read(r, 11, 3).value() == std::string(3, '\0'));
+    CHECK(o.read(r, 95, 100).value().size() == 6);  // short only at end of file
+    CHECK(o.read(r, 500, 10).value().empty());
+    REQUIRE(o.close(r));
+    REQUIRE(o.fsync(dir));
+    REQUIRE(o.close(dir));
+  }
+}
+
+TEST_CASE("backends report missing files with ENOENT and the file name", "[io][conformance]") {
+  for (const auto& f : all_backends()) {
+    INFO("backend " << f.name);
+    testing::temp_dir tmp;
+    auto be = f.make();
+    ops o{*be};
+    auto dir = o.open_dir(tmp.str()).value();
+    auto r = o.open(dir, "absent", io::open_mode::read);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == std::errc::no_such_file_or_directory);
+    CHECK_THAT(r.error().what(), Catch::Contains("open absent") && Catch::Contains("errno 2"));
+    CHECK(o.open_dir(tmp / "missing").error().code == std::errc::no_such_file_or_directory);
+    CHECK_FALSE(o.unlink(dir, "absent"));
+    CHECK_FALSE(o.rename(dir, "absent", "other"));
+    REQUIRE(o.close(dir));
+  }
+}
+
+TEST_CASE("backends refuse names outside the directory, symlinks, FIFOs and directories", "[io][conformance][hostile]") {
+  for (const auto& f : all_backends()) {
+    INFO("backend " << f.name);
+    testing::temp_dir tmp;
+    auto be = f.make();
+    ops o{*be};
+    write_file(tmp / "target", "secret");
+    REQUIRE(::symlink((tmp / "target").c_str(), (tmp / "link").c_str()) == 0);
+    REQUIRE(::mkfifo((tmp / "fifo").c_str(), 0644) == 0);
+    std::filesystem::create_directory(tmp / "sub");
+    auto dir = o.open_dir(tmp.str()).value();
+    for (std::string bad : {std::string(".."), std::string("."), std::string(""), std::string("sub/../target"),
+                            std::string("/etc/passwd"), std::string("a\0b", 3)}) {
+      auto r = o.open(dir, bad, io::open_mode::read);
+      REQUIRE_FALSE(r);
+      CHECK(r.error().code == errc::unsafe_path);
+      CHECK(o.open(dir, bad, io::open_mode::create_exclusive).error().code == errc::unsafe_path);
+      CHECK(o.unlink(dir, bad).error().code == errc::unsafe_path);
+      CHECK(o.rename(dir, "target", bad).error().code == errc::unsafe_path);
+    }
+    for (std::string special : {"link", "fifo", "sub"}) {
+      INFO(special);
+      auto r = o.open(dir, special, io::open_mode::read);  // must not block on the FIFO
+      REQUIRE_FALSE(r);
+      CHECK(r.error().code == errc::unsafe_path);
+    }
+    CHECK_FALSE(o.open(dir, "link", io::open_mode::create_exclusive));  // never writes through a symlink
+    REQUIRE(o.close(dir));
+  }
+}
+
+TEST_CASE("backends rename atomically over an existing file, unlink, and list entries with types", "[io][conformance]") {
+  for (const auto& f : all_backends()) {
+    INFO("backend " << f.name);
+    testing::temp_dir tmp;
+    auto be = f.make();
+    ops o{*be};
+    write_file(tmp / "old", "old");
+    write_file(tmp / "new", "new");
+    std::filesystem::create_directory(tmp / "d");
+    REQUIRE(::symlink("old", (tmp / "s").c_str()) == 0);
+    auto dir = o.open_dir(tmp.str()).value();
+    REQUIRE(o.rename(dir, "new", "old"));
+    auto h = o.open(dir, "old", io::open_mode::read).value();
+    CHECK(o.read(h, 0, 10).value() == "new");
+    REQUIRE(o.close(h));
+    auto l = o.list(dir).value();
+    REQUIRE(l.size() == 3);
+    CHECK(l[0].name == "d");
+    CHECK(l[0].type == io::dir_entry::directory);
+    CHECK(l[1].name == "old");
+    CHECK(l[1].type == io::dir_entry::regular);
+    CHECK(l[2].name == "s");
+    CHECK(l[2].type == io::dir_entry::symlink);
+    REQUIRE(o.unlink(dir, "old"));
+    CHECK(o.list(dir).value().size() == 2);
+    REQUIRE(o.close(dir));
+  }
+}
+
+TEST_CASE("backends run many operations in flight from several threads", "[io][conformance]") {
+  for (const auto& f : all_backends()) {
+    INFO("backend " << f.name);
+    testing::temp_dir tmp;
+    auto be = f.make();
+    ops o{*be};
+    auto dir = o.open_dir(tmp.str()).value();
+    auto h = o.open(dir, "big", io::open_mode::create_exclusive).value();
+    constexpr int blocks = 256;
+    std::vector<std::string> data(blocks);
+    std::vector<std::future<result<void>>> pending;
+    for (int i = 0; i < blocks; ++i) {
+      data[static_cast<std::size_t>(i)] = std::string(4096, static_cast<char>('a' + i % 26));
+      auto p = std::make_shared<std::promise<result<void>>>();
+      pending.push_back(p->get_future());
+      const auto& d = data[static_cast<std::size_t>(i)];
+      be->write(h, static_cast<std::uint64_t>(i) * 4096, std::as_bytes(std::span(d.data(), d.size())),
+                [p](result<void> r) { p->set_value(std::move(r)); });
+    }
+    for (auto& p : pending) REQUIRE(p.get());
+    REQUIRE(o.close(h));
+    auto r = o.open(dir, "big", io::open_mode::read).value();
+    for (int i = 0; i < blocks; i += 17) CHECK(o.read(r, static_cast<std::uint64_t>(i) * 4096, 4096).value() == data[static_cast<std::size_t>(i)]);
+    REQUIRE(o.close(r));
+    REQUIRE(o.close(dir));
+  }
+}
+
+TEST_CASE("backend operations complete through Asio tokens: awaitable, future, callback", "[io][conformance][async]") {
+  namespace asio = boost::asio;
+  for (const auto& f : all_backends()) {
+    INFO("backend " << f.name);
+    testing::temp_dir tmp;
+    write_file(tmp / "x", "0123456789");
+    auto be = f.make();
+    asio::io_context ctx;
+    std::string got;
+    asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
+      auto ex = co_await asio::this_coro::executor;
+      auto dir = co_await io::async_open_dir(*be, ex, tmp.str(), false, asio::use_awaitable);
+      REQUIRE(dir);
+      auto h = co_await io::async_open(*be, ex, *dir, "x", io::open_mode::read, asio::use_awaitable);
+      REQUIRE(h);
+      std::string buf(4, '\0');
+      auto n = co_await io::async_read(*be, ex, *h, 3, std::as_writable_bytes(std::span(buf.data(), buf.size())), asio::use_awaitable);
+      REQUIRE(n);
+      got = buf;
+      (void)co_await io::async_close(*be, ex, *h, asio::use_awaitable);
+      (void)co_await io::async_close(*be, ex, *dir, asio::use_awaitable);
+    }, asio::detached);
+    ctx.run();  // returns only when the coroutine finished: IO on other threads counts as work
+    CHECK(got == "3456");
+
+    asio::io_context ctx2;
+    auto work = asio::make_work_guard(ctx2);
+    std::thread runner([&] { ctx2.run(); });
+    auto fut = io::async_open_dir(*be, ctx2.get_executor(), tmp.str(), false, asio::use_future);
+    auto dir = fut.get();
+    REQUIRE(dir);
+    std::promise<std::uint64_t> sz;
+    auto h = io::wait<handle>([&](auto d) { be->open(*dir, "x", io::open_mode::read, std::move(d)); }).value();
+    io::async_size(*be, ctx2.get_executor(), h, [&](result<std::uint64_t> r) { sz.set_value(r.value()); });
+    CHECK(sz.get_future().get() == 10);
+    REQUIRE(io::async_close(*be, ctx2.get_executor(), h, asio::use_future).get());
+    REQUIRE(io::async_close(*be, ctx2.get_executor(), *dir, asio::use_future).get());
+    work.reset();
+    runner.join();
+  }
+}
