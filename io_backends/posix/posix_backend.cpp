@@ -148,7 +148,7 @@ class posix_backend final : public io::backend {
   }
 
   void rename(handle dir, std::string from, std::string to, completion<void> done) override {
-    run(std::move(done), [this, dir, from = std::move(from), to = std::move(to)]() -> result<void> {
+    run(std::move(done), [dir, from = std::move(from), to = std::move(to)]() -> result<void> {
       if (!format::is_plain_name(from) || !format::is_plain_name(to))
         return make_error(errc::unsafe_path, "rename \"" + from + "\" to \"" + to + "\": not plain file names");
       if (::renameat(dir_fd(dir), from.c_str(), dir_fd(dir), to.c_str()) != 0)
@@ -158,7 +158,7 @@ class posix_backend final : public io::backend {
   }
 
   void unlink(handle dir, std::string name, completion<void> done) override {
-    run(std::move(done), [this, dir, name = std::move(name)]() -> result<void> {
+    run(std::move(done), [dir, name = std::move(name)]() -> result<void> {
       if (!format::is_plain_name(name)) return make_error(errc::unsafe_path, "unlink \"" + name + "\": not a plain file name");
       if (::unlinkat(dir_fd(dir), name.c_str(), 0) != 0) return make_errno_error(errno, "unlink", name);
       return success();

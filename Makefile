@@ -1,0 +1,45 @@
+# meshckpt: the two front-door commands, `make demo` and `make test`.
+# Each installs missing Debian packages (as root; otherwise it prints the command), configures
+# and builds into build/ (incrementally), then runs the demo or the tests.
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+DIR        ?=
+JOBS       ?= $(shell nproc)
+
+# What the build needs (Debian 12 package names).
+DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libxxhash-dev catch2 python3
+# The sanitizer and libFuzzer build.
+SAN_DEBS  := clang-14 libclang-rt-14-dev
+
+.PHONY: all deps build demo test test-sanitize clean
+
+all: build
+
+deps:
+	@bash cmake/install-deps.sh $(DEBS)
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	$(BUILD)/bin/demo $(if $(DIR),--dir $(DIR))
+
+test: build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+# ASan + UBSan build with clang-14 (fuzz targets linked with libFuzzer); runs the tests
+# labelled "sanitize": the unit suites, the commit fault suite, and a short fuzzing run.
+test-sanitize: deps
+	@bash cmake/install-deps.sh $(SAN_DEBS)
+	@test -f $(ASAN_BUILD)/build.ninja || CC=clang-14 CXX=clang++-14 cmake -S . -B $(ASAN_BUILD) -G Ninja \
+	  -DCMAKE_BUILD_TYPE=Debug -DMESHCKPT_SANITIZE=address,undefined -DMESHCKPT_LIBFUZZER=ON \
+	  -DMESHCKPT_BUILD_EXAMPLES=OFF
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	ctest --test-dir $(ASAN_BUILD) -L sanitize --output-on-failure -j $(JOBS)
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)
