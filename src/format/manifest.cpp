@@ -1,6 +1,7 @@
 #include "meshckpt/format/manifest.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "meshckpt/format/checksum.hpp"
@@ -164,8 +165,10 @@ result<void> validate_slices(const manifest& m, const saved_tensor& t, const sav
                              const std::vector<std::int64_t>& sorted_devices, const limits& lim) {
   const std::size_t rank = t.global.size();
   std::int64_t elem = dtype_size(t.type);
-  // Per dimension: number of splits k (1 when unsharded), chunk length, number of non-empty shards.
-  std::vector<std::int64_t> chunk(rank), nonempty(rank);
+  // Per dimension: chunk length and number of non-empty shards (rank <= max_rank, checked by
+  // the caller; fixed arrays keep this allocation-free for the common one-slice tensor).
+  if (rank > 64) return make_error(errc::limit_exceeded, tensor_ctx(t) + " has rank above the cap");
+  std::array<std::int64_t, 64> chunk{}, nonempty{};
   std::uint64_t expected = 1;
   for (std::size_t d = 0; d < rank; ++d) {
     std::int64_t n = t.global[d];
@@ -181,37 +184,40 @@ result<void> validate_slices(const manifest& m, const saved_tensor& t, const sav
     return bad(tensor_ctx(t) + " has " + std::to_string(t.slices.size()) + " slices; its shape " +
                to_string(t.global) + " and layout need " + std::to_string(expected));
   std::vector<std::uint64_t> seen;
-  seen.reserve(t.slices.size());
+  if (t.slices.size() > 1) seen.reserve(t.slices.size());
   for (const auto& s : t.slices) {
-    std::string where = tensor_ctx(t) + " slice " + (s.where.rank() == rank && s.where.extent.size() == rank ? to_string(s.where) : std::string("(wrong rank)"));
+    // Built only on the error path: this loop runs once per slice of every tensor.
+    auto ctx = [&] {
+      return tensor_ctx(t) + " slice " + (s.where.rank() == rank && s.where.extent.size() == rank ? to_string(s.where) : std::string("(wrong rank)"));
+    };
     if (s.where.origin.size() != rank || s.where.extent.size() != rank)
-      return bad(where + ": box rank differs from the tensor's rank " + std::to_string(rank));
+      return bad(ctx() + ": box rank differs from the tensor's rank " + std::to_string(rank));
     std::uint64_t flat = 0;
     for (std::size_t d = 0; d < rank; ++d) {
       std::int64_t o = s.where.origin[d], e = s.where.extent[d];
       if (o < 0 || e <= 0 || chunk[d] == 0 || o % chunk[d] != 0)
-        return bad(where + ": not a shard box of the saved layout");
+        return bad(ctx() + ": not a shard box of the saved layout");
       std::int64_t i = o / chunk[d];
-      if (i >= nonempty[d]) return bad(where + ": outside the global shape " + to_string(t.global));
+      if (i >= nonempty[d]) return bad(ctx() + ": outside the global shape " + to_string(t.global));
       auto [lo, hi] = split_range(t.global[d], t.axes[d] < 0 ? 1 : mesh.dims[static_cast<std::size_t>(t.axes[d])].size, i);
-      if (lo != o || hi - lo != e) return bad(where + ": not a shard box of the saved layout");
+      if (lo != o || hi - lo != e) return bad(ctx() + ": not a shard box of the saved layout");
       flat = flat * static_cast<std::uint64_t>(nonempty[d]) + static_cast<std::uint64_t>(i);
     }
-    seen.push_back(flat);
+    if (t.slices.size() > 1) seen.push_back(flat);
     auto vol = checked_mul(*s.where.volume(), elem);
     if (!vol || static_cast<std::uint64_t>(*vol) != s.length)
-      return bad(where + ": length " + std::to_string(s.length) + " differs from the box's byte size");
+      return bad(ctx() + ": length " + std::to_string(s.length) + " differs from the box's byte size");
     if (s.file >= m.files.size())
-      return bad(where + ": file index " + std::to_string(s.file) + " is out of range");
+      return bad(ctx() + ": file index " + std::to_string(s.file) + " is out of range");
     const auto& f = m.files[s.file];
     auto end = checked_add_u64(s.offset, s.length);
     if (!end || *end > f.size)
-      return bad(where + ": range [" + std::to_string(s.offset) + ", +" + std::to_string(s.length) +
+      return bad(ctx() + ": range [" + std::to_string(s.offset) + ", +" + std::to_string(s.length) +
                  ") is outside file \"" + f.name + "\" of " + std::to_string(f.size) + " bytes");
     if (!std::binary_search(sorted_devices.begin(), sorted_devices.end(), s.writer_device))
-      return bad(where + ": writer device " + std::to_string(s.writer_device) + " is not in the mesh");
+      return bad(ctx() + ": writer device " + std::to_string(s.writer_device) + " is not in the mesh");
     if (s.checksums.size() != chunk_count(s.length, m.chunk_bytes))
-      return bad(where + ": has " + std::to_string(s.checksums.size()) + " checksums, expected " +
+      return bad(ctx() + ": has " + std::to_string(s.checksums.size()) + " checksums, expected " +
                  std::to_string(chunk_count(s.length, m.chunk_bytes)));
   }
   std::sort(seen.begin(), seen.end());
