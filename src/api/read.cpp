@@ -200,13 +200,18 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
   co_return rep;
 }
 
-task<read_report> read_coro(io::backend& b, std::string prefix, std::vector<named_tensor> targets, read_options opt) {
+task<read_report> read_coro(io::backend& b, std::string prefix, std::vector<named_tensor> targets, read_options opt,
+                            std::shared_ptr<const format::manifest> preloaded) {
   auto p = co_await open_prefix_dir(b, prefix);
   if (!p) co_return with_context(p.error(), "restore " + prefix);
   auto r = [&]() -> task<read_report> {
-    BOOST_OUTCOME_CO_TRY(auto m, co_await load_manifest(b, *p, prefix));
-    file_cache files(b, *p, m);
-    auto rr = co_await read_steps(b, *p, m, targets, opt, files);
+    std::shared_ptr<const format::manifest> m = preloaded;
+    if (!m) {
+      BOOST_OUTCOME_CO_TRY(auto loaded, co_await load_manifest(b, *p, prefix));
+      m = std::make_shared<const format::manifest>(std::move(loaded));
+    }
+    file_cache files(b, *p, *m);
+    auto rr = co_await read_steps(b, *p, *m, targets, opt, files);
     co_await files.close_all();
     co_return rr;
   };
@@ -282,7 +287,7 @@ task<verify_report> verify_coro(io::backend& b, std::string prefix) {
 
 void start_read_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> targets,
                         read_options opt, io::completion<read_report> done) {
-  spawn<read_report>(ex, read_coro(b, std::move(prefix), std::move(targets), opt), std::move(done));
+  spawn<read_report>(ex, read_coro(b, std::move(prefix), std::move(targets), opt, nullptr), std::move(done));
 }
 
 void start_read_manifest(asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<format::manifest> done) {
@@ -304,6 +309,16 @@ result<read_report> read_tensors(io::backend& b, std::string_view prefix, std::s
                                  const read_options& opt) {
   return detail::run_blocking<read_report>([&](auto ex, auto done) {
     detail::start_read_tensors(ex, b, std::string(prefix), {targets.begin(), targets.end()}, opt, std::move(done));
+  });
+}
+
+result<read_report> read_tensors(io::backend& b, std::string_view prefix, const format::manifest& m,
+                                 std::span<const named_tensor> targets, const read_options& opt) {
+  // Borrowed, not copied: the manifest outlives this blocking call.
+  std::shared_ptr<const format::manifest> borrowed(&m, [](const format::manifest*) {});
+  return detail::run_blocking<read_report>([&](auto ex, auto done) {
+    detail::spawn<read_report>(ex, detail::read_coro(b, std::string(prefix), {targets.begin(), targets.end()}, opt, borrowed),
+                               std::move(done));
   });
 }
 

@@ -89,6 +89,11 @@ result<format::manifest> read_manifest(io::backend& b, std::string_view prefix);
 result<read_report> read_tensors(io::backend& b, std::string_view prefix,
                                  std::span<const named_tensor> targets, const read_options& opt = {});
 
+/// As above, with the manifest already read (by `read_manifest`): for callers that read in
+/// several rounds from one checkpoint. `m` must be the manifest of `prefix`.
+result<read_report> read_tensors(io::backend& b, std::string_view prefix, const format::manifest& m,
+                                 std::span<const named_tensor> targets, const read_options& opt = {});
+
 /// Reads every byte of the checkpoint `prefix` and checks every checksum and file size. Damage
 /// is listed in the report; the result is an error only when the manifest cannot be read.
 result<verify_report> verify(io::backend& b, std::string_view prefix);

@@ -1,0 +1,158 @@
+#pragma once
+/// \file
+/// `checkpoint`: TensorFlow's `tf.train.Checkpoint` / DTensorCheckpoint in C++. Bound to a
+/// mesh, it saves an object graph of trackable values and restores it structurally, with load
+/// statuses, deferred restoration and a save counter. See docs/API.md and
+/// ../shared/SEMANTICS.md. Asynchronous forms (completion tokens) are in
+/// api/checkpoint_async.hpp; the blocking forms here are thin wrappers over them.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/graph/trackable.hpp"
+#include "meshckpt/io/backend.hpp"
+
+namespace meshckpt {
+
+namespace detail {
+struct status_state;
+struct checkpoint_impl;
+}  // namespace detail
+
+/// Options of a `checkpoint`.
+struct checkpoint_options {
+  /// IO backend; null means the default (POSIX).
+  std::shared_ptr<io::backend> backend;
+  write_options write{};
+  read_options read{};
+  /// Run, in order, with the written path after each successful `save`/`write` commit.
+  std::vector<std::function<void(const std::string& path)>> write_callbacks;
+};
+
+/// The outcome of `restore`/`read`: which checkpoint values were used and which live objects
+/// were restored. A cheap handle; copies share state. Assertions can start passing later, as
+/// deferred restorations fire when children are tracked.
+///
+/// When the last handle is destroyed, a warning lists checkpoint values never used and live
+/// objects never restored — unless `expect_partial()` was called (see `set_warning_handler`).
+class load_status {
+ public:
+  /// Every live object reachable from the root that holds a value was restored by this status;
+  /// extra checkpoint values are fine. Also fails if a deferred restoration failed.
+  result<load_status> assert_existing_objects_matched() const;
+  /// The above, plus every checkpoint object was matched and every checkpoint value used.
+  result<load_status> assert_consumed() const;
+  /// Something besides the root (and the save counter) was matched.
+  result<load_status> assert_nontrivial_match() const;
+  /// Silences the destruction warning; returns this status.
+  load_status expect_partial() const;
+
+  /// Keys of checkpoint values not used (so far).
+  std::vector<std::string> unused_keys() const;
+  /// Paths of live objects (reachable at restore time) not restored (so far).
+  std::vector<std::string> unrestored_objects() const;
+  /// Errors of deferred restorations (dtype/shape mismatches found when a child was tracked).
+  std::vector<error> deferred_errors() const;
+  /// The checkpoint path, or empty for `restore(std::nullopt)`.
+  std::string path() const;
+
+  explicit load_status(std::shared_ptr<detail::status_state> s) : s_(std::move(s)) {}
+
+ private:
+  std::shared_ptr<detail::status_state> s_;
+};
+
+/// Where load-status warnings go; the default prints them to stderr. Returns the old handler.
+std::function<void(std::string_view)> set_warning_handler(std::function<void(std::string_view)> h);
+
+/// A checkpoint of an object graph on a mesh.
+///
+/// Node 0 of the saved graph is `root` when given (the named children become extra edges of
+/// it), else the checkpoint itself with the children hanging off it in sorted name order. The
+/// save counter is an extra edge "save_counter" of node 0.
+///
+/// Thread-safety: calls on one checkpoint must not race with each other or with mutation of
+/// the object graph. Tensors being saved must not be modified until the save completes.
+class checkpoint : public graph::trackable {
+ public:
+  /// Creates a checkpoint. Errors (`errc::invalid_argument`): a null root or child ("child
+  /// 'k' is not a trackable object"), an empty or duplicate child name, a child named
+  /// "save_counter", or a root that already has a different child called `k` ("cannot create
+  /// a Checkpoint with child k: root.k already exists"; the same object is fine).
+  static result<std::unique_ptr<checkpoint>> create(mesh m, graph::trackable* root = nullptr,
+                                                    std::vector<std::pair<std::string, graph::trackable*>> children = {},
+                                                    checkpoint_options opt = {});
+  /// Waits for writes in flight (their errors are reported to their own completions).
+  ~checkpoint() override;
+
+  const mesh& mesh_ref() const;
+  io::backend& backend() const;
+  /// Node 0 of the graph: the root, or this checkpoint.
+  graph::trackable& root();
+
+  /// The save counter, created (at 0) on first use.
+  std::int64_t save_counter();
+  /// Sets the save counter (creating it); the next `save()` writes `prefix-(v+1)`.
+  void set_save_counter(std::int64_t v);
+  /// True once the save counter exists.
+  bool has_save_counter() const;
+
+  /// Increments the save counter, writes `prefix-N`, and after the commit updates the
+  /// `checkpoint` state file of the prefix's directory. Returns "prefix-N".
+  result<std::string> save(std::string_view prefix);
+  /// Writes exactly `prefix` (no numbering, no state file). Returns `prefix`.
+  result<std::string> write(std::string_view prefix);
+  /// Restores a checkpoint written by `write` (does not create the save counter).
+  result<load_status> read(std::string_view path);
+  /// Restores a checkpoint written by `save`; creates the save counter (holding the saved value
+  /// when the checkpoint has one). `std::nullopt` gives an initialization-only status whose
+  /// assertions all fail with "no checkpoint specified".
+  result<load_status> restore(std::optional<std::string> path);
+  /// Waits for every write queued so far; returns the error of the last one, if it failed.
+  result<void> sync();
+
+  std::string describe() const override { return "checkpoint"; }
+
+  // Asynchronous entry points used by api/checkpoint_async.hpp. `done` runs on an internal
+  // thread; at most one write runs at a time, later ones queue behind it.
+  void start_save(std::string prefix, bool numbered, io::completion<std::string> done);
+  void start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done);
+
+ private:
+  explicit checkpoint(std::unique_ptr<detail::checkpoint_impl> impl);
+  std::unique_ptr<detail::checkpoint_impl> impl_;
+};
+
+/// The path of the latest checkpoint recorded in `dir`'s `checkpoint` state file, if that
+/// checkpoint's manifest exists; otherwise nullopt.
+std::optional<std::string> latest_checkpoint(std::string_view dir);
+
+/// The `checkpoint` state file of a directory (TensorFlow's CheckpointState, as text).
+struct checkpoint_state {
+  std::string model_checkpoint_path;                ///< relative to the directory
+  std::vector<std::string> all_model_checkpoint_paths;  ///< oldest to newest
+  std::vector<double> all_model_checkpoint_timestamps;  ///< seconds since the epoch
+  double last_preserved_timestamp = 0;
+};
+
+/// Reads `dir/checkpoint`. `errc::not_found` when absent; `errc::corrupt_manifest` when
+/// malformed (the message names the line).
+result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view dir);
+/// Writes `dir/checkpoint` atomically: temp file, fsync, rename, directory fsync.
+result<void> write_checkpoint_state(io::backend& b, std::string_view dir, const checkpoint_state& s);
+/// Parses the text form (exposed for tests and tools).
+result<checkpoint_state> parse_checkpoint_state(std::string_view text);
+/// The text form.
+std::string format_checkpoint_state(const checkpoint_state& s);
+
+/// Deletes the checkpoint `prefix`: its manifest first, then a directory fsync, then the data
+/// files the manifest named (and leftovers of that name). Never touches other files.
+result<void> delete_checkpoint(io::backend& b, std::string_view prefix);
+
+}  // namespace meshckpt

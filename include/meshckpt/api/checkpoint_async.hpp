@@ -1,0 +1,57 @@
+#pragma once
+/// \file
+/// Asynchronous forms of `checkpoint::save`, `write` and `restore`/`read` with completion tokens:
+///
+///     auto path = co_await async_save(ckpt, "ckpts/run", asio::use_awaitable);  // result<std::string>
+///     auto fut  = async_save(ckpt, "ckpts/run", asio::use_future);             // future<result<std::string>>
+///     async_save(ckpt, "ckpts/run", [](result<std::string> r) { ... });
+///
+/// The graph and host values (scalars, bytes) are captured when the call is made; tensors must
+/// not be modified until completion. At most one write runs at a time per checkpoint; later
+/// ones queue behind it. Errors of a background write reach its completion, and `sync()`.
+
+#include <boost/asio/system_executor.hpp>
+
+#include "meshckpt/api/checkpoint.hpp"
+#include "meshckpt/io/async.hpp"
+
+namespace meshckpt {
+
+/// Asynchronous `checkpoint::save`: completes with "prefix-N" after the commit and the state
+/// file update.
+template <class Token>
+auto async_save(checkpoint& c, std::string prefix, Token&& token) {
+  return io::async_op<std::string>(
+      boost::asio::system_executor(),
+      [&c, prefix = std::move(prefix)](io::completion<std::string> done) mutable { c.start_save(std::move(prefix), true, std::move(done)); },
+      std::forward<Token>(token));
+}
+
+/// Asynchronous `checkpoint::write`.
+template <class Token>
+auto async_write(checkpoint& c, std::string prefix, Token&& token) {
+  return io::async_op<std::string>(
+      boost::asio::system_executor(),
+      [&c, prefix = std::move(prefix)](io::completion<std::string> done) mutable { c.start_save(std::move(prefix), false, std::move(done)); },
+      std::forward<Token>(token));
+}
+
+/// Asynchronous `checkpoint::restore` (runs after writes queued before it).
+template <class Token>
+auto async_restore(checkpoint& c, std::optional<std::string> path, Token&& token) {
+  return io::async_op<load_status>(
+      boost::asio::system_executor(),
+      [&c, path = std::move(path)](io::completion<load_status> done) mutable { c.start_restore(std::move(path), true, std::move(done)); },
+      std::forward<Token>(token));
+}
+
+/// Asynchronous `checkpoint::read`.
+template <class Token>
+auto async_read(checkpoint& c, std::string path, Token&& token) {
+  return io::async_op<load_status>(
+      boost::asio::system_executor(),
+      [&c, path = std::move(path)](io::completion<load_status> done) mutable { c.start_restore(std::move(path), false, std::move(done)); },
+      std::forward<Token>(token));
+}
+
+}  // namespace meshckpt

@@ -1,0 +1,72 @@
+#pragma once
+/// \file
+/// `checkpoint_manager`: TensorFlow's `tf.train.CheckpointManager` — numbered saves into a
+/// directory, the `checkpoint` state file, retention (`max_to_keep`,
+/// `keep_checkpoint_every_n_hours`), step intervals, and restore-or-initialize.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "meshckpt/api/checkpoint.hpp"
+
+namespace meshckpt {
+
+/// Options of a `checkpoint_manager` (TensorFlow's keyword arguments).
+struct manager_options {
+  /// Keep at most this many managed checkpoints (>= 1); nullopt keeps all.
+  std::optional<int> max_to_keep = 5;
+  /// A checkpoint at least this many hours newer than the last preserved one is preserved
+  /// forever instead of deleted.
+  std::optional<double> keep_checkpoint_every_n_hours;
+  std::string checkpoint_name = "ckpt";
+  /// Reads the current training step; with `checkpoint_interval`, `save()` skips steps.
+  std::function<std::int64_t()> step_counter;
+  std::optional<std::int64_t> checkpoint_interval;
+  /// Called by `restore_or_initialize()` when there is no checkpoint.
+  std::function<void()> init_fn;
+};
+
+/// Manages numbered checkpoints of one `checkpoint` in a directory.
+class checkpoint_manager {
+ public:
+  /// Creates a manager and recovers its state from `directory/checkpoint`: managed checkpoints
+  /// newer than `last_preserved_timestamp` are subject to deletion; older ones are preserved.
+  /// Errors: max_to_keep <= 0; checkpoint_interval without step_counter; an unreadable state file.
+  static result<std::unique_ptr<checkpoint_manager>> create(checkpoint& ckpt, std::string directory, manager_options opt = {});
+
+  /// Saves `DIR/NAME-N` (N = `checkpoint_number`, else the incremented save counter), unless an
+  /// interval is set and the step has not advanced enough (then returns nullopt). After the
+  /// commit: records it as latest, writes the state file, deletes the oldest managed checkpoints
+  /// beyond `max_to_keep` (manifest first), and writes the state file again.
+  result<std::optional<std::string>> save(std::optional<std::int64_t> checkpoint_number = std::nullopt, bool check_interval = true);
+
+  /// The newest checkpoint path, or nullopt.
+  std::optional<std::string> latest_checkpoint() const { return latest_; }
+  /// Managed (deletable) checkpoints, oldest to newest.
+  std::vector<std::string> checkpoints() const;
+  const std::string& directory() const { return dir_; }
+
+  /// Restores the latest checkpoint if there is one (returns its path), else calls `init_fn`
+  /// (returns nullopt).
+  result<std::optional<std::string>> restore_or_initialize();
+
+ private:
+  checkpoint_manager(checkpoint& c, std::string dir, manager_options opt) : ckpt_(c), dir_(std::move(dir)), opt_(std::move(opt)) {}
+  result<void> record_state();
+  result<void> sweep();
+  std::string full(const std::string& base) const { return dir_ + "/" + base; }
+
+  checkpoint& ckpt_;
+  std::string dir_;
+  manager_options opt_;
+  std::optional<std::string> latest_;
+  std::vector<std::pair<std::string, double>> maybe_delete_;  // base name, timestamp; oldest first
+  double last_preserved_ = 0;
+  std::optional<std::int64_t> last_step_;
+};
+
+}  // namespace meshckpt

@@ -1,0 +1,549 @@
+// checkpoint: object-graph saves and structural restores on top of the low-level tensor API.
+//
+// Saving walks the live graph on the caller's thread (so the graph and the replicated host
+// values are captured at the call), then queues the write; one write runs at a time, on the
+// checkpoint's own IO thread. Restoring matches checkpoint node 0 to the root and then children
+// by edge name, breadth-first; children the live graph does not have yet are left pending on
+// their live parent and restored when tracked (graph::detail::pending_restore).
+
+#include "meshckpt/api/checkpoint.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <mutex>
+#include <set>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/backends/posix.hpp"
+#include "meshckpt/format/names.hpp"
+#include "meshckpt/graph/object_graph.hpp"
+
+namespace meshckpt {
+
+namespace asio = boost::asio;
+
+namespace {
+
+std::mutex warning_mu;
+std::function<void(std::string_view)> warning_handler = [](std::string_view msg) {
+  std::fprintf(stderr, "meshckpt warning: %.*s\n", static_cast<int>(msg.size()), msg.data());
+};
+
+void warn(const std::string& msg) {
+  std::function<void(std::string_view)> h;
+  {
+    std::lock_guard lk(warning_mu);
+    h = warning_handler;
+  }
+  if (h) h(msg);
+}
+
+std::atomic<std::uint64_t> restore_seq{0};
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+std::function<void(std::string_view)> set_warning_handler(std::function<void(std::string_view)> h) {
+  std::lock_guard lk(warning_mu);
+  std::swap(h, warning_handler);
+  return h;
+}
+
+namespace detail {
+
+// One restore: the checkpoint's manifest and graph, what has been matched and used so far.
+struct session : std::enable_shared_from_this<session> {
+  std::shared_ptr<io::backend> backend;
+  std::string prefix;
+  format::manifest manifest;
+  std::optional<graph::object_graph> graph;  // nullopt: a name-based checkpoint
+  mesh m;
+  read_options ropt;
+  std::uint64_t seq = 0;
+  std::uint32_t save_counter_node = UINT32_MAX;
+  bool leave_save_counter = false;  // read(): never restores into (or creates) the save counter
+
+  std::mutex mu;
+  std::vector<char> node_matched;
+  std::vector<char> key_used;  // per manifest tensor
+  std::set<const graph::trackable*> restored;
+  std::vector<error> deferred_errors;
+
+  session(std::shared_ptr<io::backend> b, std::string p, format::manifest man, mesh mm, read_options ro)
+      : backend(std::move(b)), prefix(std::move(p)), manifest(std::move(man)), m(std::move(mm)), ropt(ro) {}
+
+  std::size_t tensor_index(const format::saved_tensor* t) const {
+    return static_cast<std::size_t>(t - manifest.tensors.data());
+  }
+
+  struct target {
+    graph::trackable* obj;
+    std::size_t tensor;
+  };
+
+  // Reads the values of `targets` in one batch and marks them restored.
+  result<void> read_values(std::vector<target>& targets, std::vector<named_tensor>& views) {
+    if (views.empty()) return success();
+    auto r = read_tensors(*backend, prefix, manifest, views, ropt);
+    if (!r) return r.error();
+    for (auto& t : targets) {
+      t.obj->value_restored();
+      restored.insert(t.obj);
+      key_used[t.tensor] = 1;
+    }
+    return success();
+  }
+
+  // Prepares a value read into `obj` for saved tensor `key`; errors name the key and shapes.
+  result<void> add_target(graph::trackable& obj, const std::string& key, std::vector<target>& targets,
+                          std::vector<named_tensor>& views) {
+    const auto* t = manifest.find(key);
+    if (!t) return make_error(errc::corrupt_manifest, "checkpoint " + prefix + ": object graph names value \"" + key + "\", which the manifest lacks");
+    auto v = obj.value_for_restore(t->type, t->global, m);
+    if (!v) return with_context(v.error(), "restore " + prefix + ": value \"" + key + "\"");
+    targets.push_back({&obj, tensor_index(t)});
+    views.push_back({key, std::move(*v)});
+    return success();
+  }
+
+  // Structural restore of checkpoint node `node` into `obj` and their subtrees. `extra` are
+  // additional edges of `obj` (a checkpoint's attached children, when `obj` is node 0).
+  result<void> restore_subtree(std::uint32_t node, graph::trackable& obj,
+                               const std::vector<std::pair<std::string, graph::trackable*>>& extra = {}) {
+    std::vector<target> targets;
+    std::vector<named_tensor> views;
+    std::deque<std::pair<std::uint32_t, graph::trackable*>> queue{{node, &obj}};
+    std::set<std::uint32_t> seen{node};
+    bool first = true;
+    while (!queue.empty()) {
+      auto [n, o] = queue.front();
+      queue.pop_front();
+      node_matched[n] = 1;
+      const auto& cn = graph->nodes[n];
+      if (cn.has_value && o->has_value()) {
+        BOOST_OUTCOME_TRY(add_target(*o, cn.key, targets, views));
+      }
+      for (const auto& [name, cid] : cn.children) {
+        graph::trackable* live = o->child(name);
+        if (!live && first)
+          for (const auto& [en, eo] : extra)
+            if (en == name) live = eo;
+        if (first && name == "save_counter" && leave_save_counter) continue;
+        if (live) {
+          if (seen.insert(cid).second) queue.emplace_back(cid, live);
+          continue;
+        }
+        auto p = std::make_shared<graph::detail::pending_restore>();
+        p->seq = seq;
+        std::weak_ptr<session> self = weak_from_this();
+        std::uint32_t child_node = cid;
+        p->apply = [self, child_node](graph::trackable& c) {
+          if (auto s = self.lock()) s->restore_deferred(child_node, c);
+        };
+        graph::detail::set_pending(*o, name, std::move(p));
+      }
+      first = false;
+    }
+    return read_values(targets, views);
+  }
+
+  void restore_deferred(std::uint32_t node, graph::trackable& obj) {
+    std::lock_guard lk(mu);
+    if (auto r = restore_subtree(node, obj); !r) {
+      warn(r.error().what());
+      deferred_errors.push_back(r.error());
+    }
+  }
+
+  // Name-based: each live value is matched by its full object path.
+  result<void> restore_by_name(graph::trackable& root, const std::vector<std::pair<std::string, graph::trackable*>>& extra) {
+    auto live = graph::walk(root, extra);
+    std::vector<target> targets;
+    std::vector<named_tensor> views;
+    for (std::size_t i = 0; i < live.objects.size(); ++i) {
+      const auto& n = live.graph.nodes[i];
+      if (!n.has_value || !manifest.find(n.key)) continue;
+      BOOST_OUTCOME_TRY(add_target(*live.objects[i], n.key, targets, views));
+    }
+    return read_values(targets, views);
+  }
+};
+
+struct status_state {
+  std::shared_ptr<session> s;  // null: initialization-only
+  std::string path;
+  graph::trackable* root = nullptr;
+  std::vector<std::pair<std::string, graph::trackable*>> extra;
+  std::vector<std::pair<const graph::trackable*, std::string>> live_at_restore;  // value holders and paths
+  bool expect_partial = false;
+
+  ~status_state() {
+    if (!s || expect_partial) return;
+    auto unused = unused_keys();
+    auto unrestored = unrestored_objects();
+    if (unused.empty() && unrestored.empty()) return;
+    std::string msg = "restore of " + path + " was incomplete and the status was not marked expect_partial().";
+    if (!unused.empty()) {
+      msg += " Unused checkpoint values:";
+      for (std::size_t i = 0; i < unused.size() && i < 20; ++i) msg += " " + unused[i];
+      if (unused.size() > 20) msg += " (and " + std::to_string(unused.size() - 20) + " more)";
+      msg += ".";
+    }
+    if (!unrestored.empty()) {
+      msg += " Live objects not restored:";
+      for (std::size_t i = 0; i < unrestored.size() && i < 20; ++i) msg += " " + unrestored[i];
+      if (unrestored.size() > 20) msg += " (and " + std::to_string(unrestored.size() - 20) + " more)";
+      msg += ".";
+    }
+    warn(msg);
+  }
+
+  std::vector<std::string> unused_keys() const {
+    std::vector<std::string> out;
+    if (!s) return out;
+    std::lock_guard lk(s->mu);
+    for (std::size_t i = 0; i < s->manifest.tensors.size(); ++i)
+      if (!s->key_used[i] && s->manifest.tensors[i].key != "save_counter") out.push_back(s->manifest.tensors[i].key);
+    return out;
+  }
+
+  std::vector<std::string> unrestored_objects() const {
+    std::vector<std::string> out;
+    if (!s) return out;
+    std::lock_guard lk(s->mu);
+    for (const auto& [obj, p] : live_at_restore)
+      if (!s->restored.count(obj)) out.push_back(p);
+    return out;
+  }
+};
+
+struct checkpoint_impl {
+  explicit checkpoint_impl(mesh mm) : m(std::move(mm)) {}
+  mesh m;
+  graph::trackable* root = nullptr;  // null: the checkpoint itself is node 0
+  std::vector<std::pair<std::string, graph::trackable*>> attached;
+  checkpoint_options opt;
+  std::shared_ptr<io::backend> backend;
+  std::unique_ptr<graph::scalar<std::int64_t>> save_counter;
+  asio::thread_pool io_thread{1};
+
+  std::mutex mu;
+  std::condition_variable idle;
+  std::deque<std::function<void()>> queue;
+  bool busy = false;
+  std::optional<error> last_error;
+
+  // Runs `job` after every job queued before it; `job` must call `finished` exactly once.
+  void enqueue(std::function<void(std::function<void()> finished)> job) {
+    std::lock_guard lk(mu);
+    queue.push_back([this, job = std::move(job)] { job([this] { finish_one(); }); });
+    if (!busy) start_next_locked();
+  }
+  void start_next_locked() {
+    if (queue.empty()) {
+      busy = false;
+      idle.notify_all();
+      return;
+    }
+    busy = true;
+    auto next = std::move(queue.front());
+    queue.pop_front();
+    asio::post(io_thread, std::move(next));
+  }
+  void finish_one() {
+    std::lock_guard lk(mu);
+    start_next_locked();
+  }
+  void wait_idle() {
+    std::unique_lock lk(mu);
+    idle.wait(lk, [&] { return !busy && queue.empty(); });
+  }
+};
+
+}  // namespace detail
+
+// ---------------------------------------------------------------- load_status
+
+namespace {
+
+error no_checkpoint() { return make_error(errc::invalid_argument, "no checkpoint specified (restore(std::nullopt) only initializes)"); }
+
+std::string list(const std::vector<std::string>& v) {
+  std::string out;
+  for (std::size_t i = 0; i < v.size() && i < 20; ++i) out += (i ? ", " : "") + v[i];
+  if (v.size() > 20) out += ", and " + std::to_string(v.size() - 20) + " more";
+  return out;
+}
+
+}  // namespace
+
+result<load_status> load_status::assert_existing_objects_matched() const {
+  if (!s_->s) return no_checkpoint();
+  if (auto e = deferred_errors(); !e.empty()) return e.front();
+  auto live = graph::walk(*s_->root, s_->extra);
+  std::vector<std::string> missing;
+  {
+    std::lock_guard lk(s_->s->mu);
+    for (std::size_t i = 0; i < live.objects.size(); ++i)
+      if (live.graph.nodes[i].has_value && !s_->s->restored.count(live.objects[i])) missing.push_back(live.graph.nodes[i].key);
+  }
+  if (!missing.empty())
+    return make_error(errc::not_found, "restore of " + s_->path + ": " + std::to_string(missing.size()) +
+                                           " existing object(s) not matched to the checkpoint: " + list(missing));
+  return *this;
+}
+
+result<load_status> load_status::assert_consumed() const {
+  BOOST_OUTCOME_TRY(assert_existing_objects_matched());
+  auto unused = unused_keys();
+  std::vector<std::string> unmatched;
+  {
+    std::lock_guard lk(s_->s->mu);
+    if (s_->s->graph)
+      for (std::size_t i = 0; i < s_->s->node_matched.size(); ++i)
+        if (!s_->s->node_matched[i] && i != s_->s->save_counter_node) {
+          const auto& n = s_->s->graph->nodes[i];
+          unmatched.push_back(n.has_value ? n.key : "node " + std::to_string(i));
+        }
+  }
+  if (!unused.empty() || !unmatched.empty())
+    return make_error(errc::not_found, "restore of " + s_->path + " did not consume the checkpoint: " +
+                                           (unused.empty() ? std::string() : "unused values: " + list(unused)) +
+                                           (unused.empty() || unmatched.empty() ? "" : "; ") +
+                                           (unmatched.empty() ? std::string() : "unmatched objects: " + list(unmatched)));
+  return *this;
+}
+
+result<load_status> load_status::assert_nontrivial_match() const {
+  if (!s_->s) return no_checkpoint();
+  std::lock_guard lk(s_->s->mu);
+  if (s_->s->graph) {
+    for (std::size_t i = 1; i < s_->s->node_matched.size(); ++i)
+      if (s_->s->node_matched[i] && i != s_->s->save_counter_node) return *this;
+  } else {
+    for (std::size_t i = 0; i < s_->s->key_used.size(); ++i)
+      if (s_->s->key_used[i] && s_->s->manifest.tensors[i].key != "save_counter") return *this;
+  }
+  return make_error(errc::not_found, "restore of " + s_->path + " matched nothing besides the root object");
+}
+
+load_status load_status::expect_partial() const {
+  s_->expect_partial = true;
+  return *this;
+}
+
+std::vector<std::string> load_status::unused_keys() const { return s_->unused_keys(); }
+std::vector<std::string> load_status::unrestored_objects() const { return s_->unrestored_objects(); }
+std::vector<error> load_status::deferred_errors() const {
+  if (!s_->s) return {};
+  std::lock_guard lk(s_->s->mu);
+  return s_->s->deferred_errors;
+}
+std::string load_status::path() const { return s_->path; }
+
+// ---------------------------------------------------------------- checkpoint
+
+checkpoint::checkpoint(std::unique_ptr<detail::checkpoint_impl> impl) : impl_(std::move(impl)) {}
+
+checkpoint::~checkpoint() {
+  impl_->wait_idle();
+  impl_->io_thread.join();
+}
+
+result<std::unique_ptr<checkpoint>> checkpoint::create(mesh m, graph::trackable* root,
+                                                       std::vector<std::pair<std::string, graph::trackable*>> children,
+                                                       checkpoint_options opt) {
+  std::sort(children.begin(), children.end(), [](auto& a, auto& b) { return a.first < b.first; });
+  for (std::size_t i = 0; i < children.size(); ++i) {
+    const auto& [name, c] = children[i];
+    if (!c) return make_error(errc::invalid_argument, "child '" + name + "' is not a trackable object (null)");
+    if (name.empty()) return make_error(errc::invalid_argument, "a child of a Checkpoint needs a non-empty name");
+    if (name == "save_counter") return make_error(errc::invalid_argument, "child 'save_counter' is reserved for the save counter");
+    if (i && children[i - 1].first == name) return make_error(errc::invalid_argument, "child '" + name + "' is given twice");
+    if (root) {
+      auto* existing = root->child(name);
+      if (existing && existing != c)
+        return make_error(errc::invalid_argument, "cannot create a Checkpoint with child " + name + ": root." + name + " already exists");
+    }
+  }
+  auto impl = std::make_unique<detail::checkpoint_impl>(std::move(m));
+  impl->root = root;
+  impl->attached = std::move(children);
+  impl->opt = std::move(opt);
+  impl->backend = impl->opt.backend ? impl->opt.backend : std::shared_ptr<io::backend>(backends::make_posix_backend());
+  return std::unique_ptr<checkpoint>(new checkpoint(std::move(impl)));
+}
+
+const mesh& checkpoint::mesh_ref() const { return impl_->m; }
+io::backend& checkpoint::backend() const { return *impl_->backend; }
+graph::trackable& checkpoint::root() { return impl_->root ? *impl_->root : *this; }
+
+bool checkpoint::has_save_counter() const { return impl_->save_counter != nullptr; }
+
+std::int64_t checkpoint::save_counter() {
+  if (!impl_->save_counter) {
+    impl_->save_counter = std::make_unique<graph::scalar<std::int64_t>>(0);
+    // A restore that ran before the counter existed left its value pending on node 0.
+    if (auto p = graph::detail::take_pending(root(), "save_counter")) p->apply(*impl_->save_counter);
+  }
+  return impl_->save_counter->get();
+}
+
+void checkpoint::set_save_counter(std::int64_t v) {
+  save_counter();
+  impl_->save_counter->set(v);
+}
+
+namespace {
+
+std::vector<std::pair<std::string, graph::trackable*>> extra_edges(detail::checkpoint_impl& impl) {
+  auto e = impl.attached;
+  if (impl.save_counter) e.emplace_back("save_counter", impl.save_counter.get());
+  return e;
+}
+
+}  // namespace
+
+void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done) {
+  auto& impl = *impl_;
+  std::string path = prefix;
+  if (numbered) {
+    save_counter();
+    impl.save_counter->set(impl.save_counter->get() + 1);
+    path = prefix + "-" + std::to_string(impl.save_counter->get());
+  }
+  // Capture the graph and the values now, on the caller's thread.
+  auto live = graph::walk(root(), extra_edges(impl));
+  std::vector<named_tensor> tensors;
+  for (std::size_t i = 0; i < live.objects.size(); ++i) {
+    const auto& n = live.graph.nodes[i];
+    if (!n.has_value) continue;
+    auto v = live.objects[i]->value_for_save(impl.m);
+    if (!v) {
+      done(with_context(v.error(), "save " + path + ": value \"" + n.key + "\""));
+      return;
+    }
+    tensors.push_back({n.key, std::move(*v)});
+  }
+  write_options wopt = impl.opt.write;
+  wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(live.graph)});
+  impl.enqueue([&impl, path, numbered, tensors = std::move(tensors), wopt = std::move(wopt), done = std::move(done)](
+                   std::function<void()> finished) mutable {
+    auto ex = impl.io_thread.get_executor();
+    async_write_tensors(ex, *impl.backend, path, std::move(tensors), std::move(wopt),
+                        [&impl, path, numbered, done = std::move(done), finished](result<write_report> r) {
+                          result<std::string> out = path;
+                          if (!r) out = r.error();
+                          if (out && numbered) {
+                            auto [dir, base] = split_prefix(path);
+                            checkpoint_state st;
+                            st.model_checkpoint_path = base;
+                            st.all_model_checkpoint_paths = {base};
+                            double now = now_seconds();
+                            st.all_model_checkpoint_timestamps = {now};
+                            st.last_preserved_timestamp = now - 1;
+                            if (auto w = write_checkpoint_state(*impl.backend, dir, st); !w) out = w.error();
+                          }
+                          if (out)
+                            for (const auto& cb : impl.opt.write_callbacks) cb(path);
+                          {
+                            std::lock_guard lk(impl.mu);
+                            impl.last_error = out ? std::nullopt : std::optional<error>(out.error());
+                          }
+                          done(std::move(out));
+                          finished();
+                        });
+  });
+}
+
+void checkpoint::start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done) {
+  auto& impl = *impl_;
+  if (!path) {
+    if (is_restore) save_counter();
+    auto st = std::make_shared<detail::status_state>();
+    done(load_status(std::move(st)));
+    return;
+  }
+  // Restores run behind queued writes, on the IO thread, so a save followed by a restore of it
+  // sees the committed files.
+  impl.enqueue([this, &impl, p = std::move(*path), is_restore, done = std::move(done)](std::function<void()> finished) mutable {
+    auto run = [&]() -> result<load_status> {
+      BOOST_OUTCOME_TRY(auto man, read_manifest(*impl.backend, p));
+      std::optional<graph::object_graph> g;
+      for (const auto& e : man.extensions)
+        if (e.name == graph::object_graph_extension) {
+          auto d = graph::decode_object_graph(e.bytes);
+          if (!d) return with_context(d.error(), "restore " + p);
+          g = std::move(*d);
+        }
+      auto s = std::make_shared<detail::session>(impl.backend, p, std::move(man), impl.m, impl.opt.read);
+      s->seq = ++restore_seq;
+      s->key_used.assign(s->manifest.tensors.size(), 0);
+      if (g) {
+        s->node_matched.assign(g->nodes.size(), 0);
+        for (const auto& [name, id] : g->nodes[0].children)
+          if (name == "save_counter") s->save_counter_node = id;
+        s->graph = std::move(g);
+      }
+      if (is_restore) save_counter();  // restore() creates the counter; the saved value lands in it
+      s->leave_save_counter = !is_restore;
+      auto st = std::make_shared<detail::status_state>();
+      st->s = s;
+      st->path = p;
+      st->root = &root();
+      st->extra = extra_edges(impl);
+      auto live = graph::walk(root(), st->extra);
+      for (std::size_t i = 0; i < live.objects.size(); ++i)
+        if (live.graph.nodes[i].has_value && live.objects[i] != impl.save_counter.get())
+          st->live_at_restore.emplace_back(live.objects[i], live.graph.nodes[i].key);
+      {
+        std::lock_guard lk(s->mu);
+        auto r = s->graph ? s->restore_subtree(0, root(), st->extra) : s->restore_by_name(root(), st->extra);
+        if (!r) {
+          st->expect_partial = true;  // the error is the report; no second warning
+          return r.error();
+        }
+      }
+      return load_status(std::move(st));
+    };
+    auto r = run();
+    done(std::move(r));
+    finished();
+  });
+}
+
+result<std::string> checkpoint::save(std::string_view prefix) {
+  return io::wait<std::string>([&](auto d) { start_save(std::string(prefix), true, std::move(d)); });
+}
+
+result<std::string> checkpoint::write(std::string_view prefix) {
+  return io::wait<std::string>([&](auto d) { start_save(std::string(prefix), false, std::move(d)); });
+}
+
+result<load_status> checkpoint::read(std::string_view path) {
+  return io::wait<load_status>([&](auto d) { start_restore(std::string(path), false, std::move(d)); });
+}
+
+result<load_status> checkpoint::restore(std::optional<std::string> path) {
+  return io::wait<load_status>([&](auto d) { start_restore(std::move(path), true, std::move(d)); });
+}
+
+result<void> checkpoint::sync() {
+  impl_->wait_idle();
+  std::lock_guard lk(impl_->mu);
+  if (impl_->last_error) return *impl_->last_error;
+  return success();
+}
+
+}  // namespace meshckpt
