@@ -26,7 +26,7 @@ build: deps $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
 
 demo: build
-	$(BUILD)/bin/demo $(if $(DIR),--dir $(DIR))
+	$(BUILD)/bin/trainer_coro $(if $(DIR),--dir $(DIR))
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)

@@ -2,7 +2,7 @@
 # End-to-end test of the meshckpt CLI on a checkpoint written by the demo: inspect (text and
 # JSON), verify (prefix, directory, damaged, empty, leftovers), usage errors and exit codes.
 set -u
-CLI=$1 DEMO=$2 WORK=$3
+CLI=$1 DEMO=$2 TRAINER=$3 WORK=$4
 fails=0 passes=0
 check() {  # check NAME CONDITION-COMMAND...
   local name=$1; shift
@@ -69,6 +69,16 @@ check "names the damage" has "DAMAGED   $WORK/ck/model"
 check "checksum mismatch in a tensor" has 'checksum mismatch in tensor "model/'
 check "names the file" has "$(basename "$data")"
 run verify "$WORK/ck" --json;     check "damaged --json exits 1" test $rc -eq 1; check "json ok false" has '"ok":false'
+
+# A directory written by a CheckpointManager: the state file is checked too.
+"$TRAINER" --dir "$WORK/managed" --steps 12 --every 4 --keep 2 --quiet >/dev/null || echo "FAIL: trainer"
+run verify "$WORK/managed";       check "managed dir verifies" test $rc -eq 0; check "verifies ckpt-3" has "ok        $WORK/managed/ckpt-3"
+run verify "$WORK/managed" --json; check "json state file present" has '"state_file":{"present":true,"problems":[]}'
+rm "$WORK/managed/ckpt-2.manifest"
+run verify "$WORK/managed";       check "missing listed checkpoint fails" test $rc -eq 1
+check "names the missing checkpoint" has "lists ckpt-2, which is missing"
+echo 'garbage' > "$WORK/managed/checkpoint"
+run verify "$WORK/managed";       check "corrupt state file fails" test $rc -eq 1; check "names the state file line" has "checkpoint state file line 1"
 
 echo "$passes passed, $fails failed"
 [ $fails -eq 0 ]

@@ -48,7 +48,10 @@ result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoin
   return m;
 }
 
+checkpoint_manager::~checkpoint_manager() { (void)ckpt_.sync(); }
+
 std::vector<std::string> checkpoint_manager::checkpoints() const {
+  std::lock_guard lk(mu_);
   std::vector<std::string> out;
   for (const auto& [b, t] : maybe_delete_) out.push_back(full(b));
   return out;
@@ -81,33 +84,61 @@ result<void> checkpoint_manager::sweep() {
   return success();
 }
 
-result<std::optional<std::string>> checkpoint_manager::save(std::optional<std::int64_t> number, bool check_interval) {
+void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool check_interval,
+                                    io::completion<std::optional<std::string>> done) {
   std::optional<std::int64_t> step;
   if (opt_.step_counter) step = opt_.step_counter();
-  if (opt_.checkpoint_interval && check_interval && last_step_) {
-    if (*step == *last_step_ || *step < *last_step_ + *opt_.checkpoint_interval) return std::optional<std::string>();
+  {
+    std::lock_guard lk(mu_);
+    if (opt_.checkpoint_interval && check_interval && last_step_ &&
+        (*step == *last_step_ || *step < *last_step_ + *opt_.checkpoint_interval)) {
+      done(std::optional<std::string>());
+      return;
+    }
   }
   // As TensorFlow does: the save counter advances on every managed save, whatever the number.
   std::int64_t counter = ckpt_.save_counter() + 1;
   ckpt_.set_save_counter(counter);
   std::string base = opt_.checkpoint_name + "-" + std::to_string(number.value_or(counter));
-  BOOST_OUTCOME_TRY(ckpt_.write(full(base)));
-  if (step) last_step_ = step;
-  double t = now_seconds();
-  std::erase_if(maybe_delete_, [&](auto& e) { return e.first == base; });
-  maybe_delete_.emplace_back(base, t);
-  latest_ = full(base);
-  BOOST_OUTCOME_TRY(record_state());
-  BOOST_OUTCOME_TRY(sweep());
-  BOOST_OUTCOME_TRY(record_state());
-  return std::optional<std::string>(full(base));
+  ckpt_.start_save(full(base), false, [this, base, step, done = std::move(done)](result<std::string> r) {
+    if (!r) {
+      done(r.error());
+      return;
+    }
+    // The commit is durable here; only now may retention delete anything.
+    auto after = [&]() -> result<void> {
+      std::lock_guard lk(mu_);
+      if (step) last_step_ = step;
+      std::erase_if(maybe_delete_, [&](auto& e) { return e.first == base; });
+      maybe_delete_.emplace_back(base, now_seconds());
+      latest_ = full(base);
+      BOOST_OUTCOME_TRY(record_state());
+      BOOST_OUTCOME_TRY(sweep());
+      return record_state();
+    };
+    if (auto a = after(); !a) {
+      done(a.error());
+      return;
+    }
+    done(std::optional<std::string>(full(base)));
+  });
+}
+
+result<std::optional<std::string>> checkpoint_manager::save(std::optional<std::int64_t> number, bool check_interval) {
+  return io::wait<std::optional<std::string>>([&](auto d) { start_save(number, check_interval, std::move(d)); });
+}
+
+std::optional<std::string> checkpoint_manager::latest_checkpoint() const {
+  std::lock_guard lk(mu_);
+  return latest_;
 }
 
 result<std::optional<std::string>> checkpoint_manager::restore_or_initialize() {
-  if (latest_) {
-    BOOST_OUTCOME_TRY(ckpt_.restore(*latest_));  // an incomplete match warns when the status goes away
+  if (auto latest = latest_checkpoint()) {
+    BOOST_OUTCOME_TRY(ckpt_.restore(*latest));  // an incomplete match warns when the status goes away
+    std::lock_guard lk(mu_);
     if (opt_.step_counter) last_step_ = opt_.step_counter();
-    return latest_;
+    return latest;
   }
   if (opt_.init_fn) opt_.init_fn();
   return std::optional<std::string>();

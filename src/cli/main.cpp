@@ -7,10 +7,12 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/format/describe.hpp"
@@ -28,7 +30,8 @@ constexpr const char* usage_text =
     "                          saved layout and mesh, slice count, bytes\n"
     "  verify PATH [--json]    read every byte of checkpoint PATH and check every checksum;\n"
     "                          PATH may be a directory: every committed checkpoint in it is\n"
-    "                          verified and leftovers of interrupted saves are listed\n"
+    "                          verified, leftovers of interrupted saves are listed, and\n"
+    "                          every checkpoint its `checkpoint` state file lists must exist\n"
     "\n"
     "PATH is a checkpoint prefix (DIR/NAME, the file DIR/NAME.manifest) or, for verify, a\n"
     "directory. Exit status: 0 ok, 1 damaged or failed, 2 usage error.\n"
@@ -94,6 +97,8 @@ int cmd_verify(io::backend& b, const args& a) {
   std::string path = normalize_prefix(a.path);
   std::vector<std::string> prefixes;
   std::vector<std::string> leftovers;
+  std::vector<std::string> state_problems;
+  bool state_present = false;
   if (is_directory(path) && !exists(path + ".manifest")) {
     auto scan = scan_directory(b, path);
     if (!scan) {
@@ -102,6 +107,21 @@ int cmd_verify(io::backend& b, const args& a) {
     }
     for (const auto& c : scan->checkpoints) prefixes.push_back(join(path, c));
     for (const auto& l : scan->leftovers) leftovers.push_back(join(path, l));
+    // The directory's `checkpoint` state file: every checkpoint it lists must be present (and,
+    // like every checkpoint here, intact).
+    auto st = read_checkpoint_state(b, path);
+    if (st) {
+      state_present = true;
+      std::vector<std::string> listed = st->all_model_checkpoint_paths;
+      if (!st->model_checkpoint_path.empty()) listed.push_back(st->model_checkpoint_path);
+      for (const auto& name : listed)
+        if (std::find(scan->checkpoints.begin(), scan->checkpoints.end(), name) == scan->checkpoints.end() &&
+            std::find(state_problems.begin(), state_problems.end(), name) == state_problems.end())
+          state_problems.push_back(join(path, "checkpoint") + " lists " + name + ", which is missing (no " + name + ".manifest)");
+    } else if (st.error().code != errc::not_found) {
+      state_present = true;
+      state_problems.push_back(st.error().what());
+    }
     if (prefixes.empty()) {
       if (a.json)
         std::printf("{\"ok\":false,\"error\":%s,\"checkpoints\":[],\"leftovers\":[]}\n",
@@ -113,7 +133,7 @@ int cmd_verify(io::backend& b, const args& a) {
   } else {
     prefixes.push_back(path);
   }
-  bool all_ok = true;
+  bool all_ok = state_problems.empty();
   std::string json = "{\"checkpoints\":[";
   for (std::size_t i = 0; i < prefixes.size(); ++i) {
     const auto& p = prefixes[i];
@@ -146,10 +166,13 @@ int cmd_verify(io::backend& b, const args& a) {
   if (a.json) {
     json += "],\"leftovers\":[";
     for (std::size_t i = 0; i < leftovers.size(); ++i) json += std::string(i ? "," : "") + format::json_string(leftovers[i]);
-    json += "],\"ok\":" + std::string(all_ok ? "true" : "false") + "}\n";
+    json += "],\"state_file\":{\"present\":" + std::string(state_present ? "true" : "false") + ",\"problems\":[";
+    for (std::size_t i = 0; i < state_problems.size(); ++i) json += std::string(i ? "," : "") + format::json_string(state_problems[i]);
+    json += "]},\"ok\":" + std::string(all_ok ? "true" : "false") + "}\n";
     std::fwrite(json.data(), 1, json.size(), stdout);
   } else {
     for (const auto& l : leftovers) std::printf("leftover  %s  (from an interrupted save; not a checkpoint, ignored)\n", l.c_str());
+    for (const auto& p : state_problems) std::printf("DAMAGED   %s\n", p.c_str());
   }
   return all_ok ? 0 : 1;
 }

@@ -13,6 +13,7 @@
 #include <boost/asio/system_executor.hpp>
 
 #include "meshckpt/api/checkpoint.hpp"
+#include "meshckpt/api/checkpoint_manager.hpp"
 #include "meshckpt/io/async.hpp"
 
 namespace meshckpt {
@@ -51,6 +52,19 @@ auto async_read(checkpoint& c, std::string path, Token&& token) {
   return io::async_op<load_status>(
       boost::asio::system_executor(),
       [&c, path = std::move(path)](io::completion<load_status> done) mutable { c.start_restore(std::move(path), false, std::move(done)); },
+      std::forward<Token>(token));
+}
+
+/// Asynchronous `checkpoint_manager::save`: completes with the path, or nullopt when the
+/// interval skipped this step, after the commit, the state file and retention.
+template <class Token>
+auto async_save(checkpoint_manager& m, Token&& token, std::optional<std::int64_t> checkpoint_number = std::nullopt,
+                bool check_interval = true) {
+  return io::async_op<std::optional<std::string>>(
+      boost::asio::system_executor(),
+      [&m, checkpoint_number, check_interval](io::completion<std::optional<std::string>> done) mutable {
+        m.start_save(checkpoint_number, check_interval, std::move(done));
+      },
       std::forward<Token>(token));
 }
 

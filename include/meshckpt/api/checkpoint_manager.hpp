@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,6 +38,8 @@ class checkpoint_manager {
   /// newer than `last_preserved_timestamp` are subject to deletion; older ones are preserved.
   /// Errors: max_to_keep <= 0; checkpoint_interval without step_counter; an unreadable state file.
   static result<std::unique_ptr<checkpoint_manager>> create(checkpoint& ckpt, std::string directory, manager_options opt = {});
+  /// Waits for this manager's saves in flight (`checkpoint::sync`).
+  ~checkpoint_manager();
 
   /// Saves `DIR/NAME-N` (N = `checkpoint_number`, else the incremented save counter), unless an
   /// interval is set and the step has not advanced enough (then returns nullopt). After the
@@ -44,8 +47,14 @@ class checkpoint_manager {
   /// beyond `max_to_keep` (manifest first), and writes the state file again.
   result<std::optional<std::string>> save(std::optional<std::int64_t> checkpoint_number = std::nullopt, bool check_interval = true);
 
+  /// The asynchronous form behind `save` and `async_save(manager, ...)`: the interval check,
+  /// numbering and graph capture happen now, on the calling thread; the write, the state file
+  /// and retention run on the checkpoint's IO thread, and `done` runs there afterwards.
+  void start_save(std::optional<std::int64_t> checkpoint_number, bool check_interval,
+                  io::completion<std::optional<std::string>> done);
+
   /// The newest checkpoint path, or nullopt.
-  std::optional<std::string> latest_checkpoint() const { return latest_; }
+  std::optional<std::string> latest_checkpoint() const;
   /// Managed (deletable) checkpoints, oldest to newest.
   std::vector<std::string> checkpoints() const;
   const std::string& directory() const { return dir_; }
@@ -67,6 +76,7 @@ class checkpoint_manager {
   std::vector<std::pair<std::string, double>> maybe_delete_;  // base name, timestamp; oldest first
   double last_preserved_ = 0;
   std::optional<std::int64_t> last_step_;
+  mutable std::mutex mu_;  // bookkeeping is updated on the checkpoint's IO thread
 };
 
 }  // namespace meshckpt

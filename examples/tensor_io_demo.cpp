@@ -1,9 +1,10 @@
-// meshckpt demo: a small model's state sharded over a simulated 8-device mesh (x=2, y=4) with a
-// mix of layouts — sharded over x, over y, over both, uneven, replicated, a scalar step counter
-// and an opaque RNG blob — written as a checkpoint, read back into fresh tensors, compared
-// bit-exact, and verified.
+// meshckpt tensor_io_demo: the low-level API (write_tensors, read_tensors, verify). A small
+// model's state sharded over a simulated 8-device mesh (x=2, y=4) with a mix of layouts —
+// sharded over x, over y, over both, uneven, replicated, a scalar step counter and an opaque
+// RNG blob — is written as a checkpoint, read back into fresh tensors, compared bit-exact, and
+// verified.
 //
-//   demo [--dir DIR]     (default: a fresh temporary directory; the checkpoint is left there)
+//   tensor_io_demo [--dir DIR]     (default: a fresh temporary directory; the checkpoint is left there)
 
 #include <chrono>
 #include <cmath>
@@ -63,7 +64,7 @@ bool same_bytes(const dtensor_view& a, const dtensor_view& b) {
 }
 
 int fail(const std::string& what, const error& e) {
-  std::fprintf(stderr, "demo: %s failed: %s\n", what.c_str(), e.what().c_str());
+  std::fprintf(stderr, "tensor_io_demo: %s failed: %s\n", what.c_str(), e.what().c_str());
   return 1;
 }
 
@@ -75,17 +76,17 @@ int main(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "--dir" && i + 1 < argc) dir = argv[++i];
     else if (a == "--help") {
-      std::printf("usage: demo [--dir DIR]\n");
+      std::printf("usage: tensor_io_demo [--dir DIR]\n");
       return 0;
     } else {
-      std::fprintf(stderr, "demo: unknown argument %s (usage: demo [--dir DIR])\n", a.c_str());
+      std::fprintf(stderr, "tensor_io_demo: unknown argument %s (usage: tensor_io_demo [--dir DIR])\n", a.c_str());
       return 2;
     }
   }
   if (dir.empty()) {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "meshckpt-demo-XXXXXX").string();
+    std::string tmpl = (std::filesystem::temp_directory_path() / "meshckpt-tensor-io-XXXXXX").string();
     if (!::mkdtemp(tmpl.data())) {
-      std::perror("demo: mkdtemp");
+      std::perror("tensor_io_demo: mkdtemp");
       return 1;
     }
     dir = tmpl;
@@ -102,7 +103,7 @@ int main(int argc, char** argv) {
       {"optimizer/step", dtype::int64, {}, {}},
       {"rng/state", dtype::blob, {64}, {"unsharded"}},
   };
-  std::printf("meshckpt demo\n  mesh x=2,y=4 (8 simulated devices, all local to this process)\n\n");
+  std::printf("meshckpt tensor_io_demo\n  mesh x=2,y=4 (8 simulated devices, all local to this process)\n\n");
 
   std::vector<dtensor> state, restored;
   std::vector<named_tensor> to_save, to_read;
@@ -135,7 +136,7 @@ int main(int argc, char** argv) {
   if (!r) return fail("read", r.error());
   for (std::size_t k = 0; k < specs.size(); ++k)
     if (!same_bytes(state[k].view(), restored[k].view())) {
-      std::fprintf(stderr, "demo: tensor %s differs after the round trip\n", specs[k].key.c_str());
+      std::fprintf(stderr, "tensor_io_demo: tensor %s differs after the round trip\n", specs[k].key.c_str());
       return 1;
     }
   std::printf("read     %zu tensors back into fresh shards on all 8 devices: bit-exact, checksums verified\n", r->tensors);
