@@ -79,9 +79,47 @@ struct session : std::enable_shared_from_this<session> {
   std::vector<char> key_used;  // per manifest tensor
   std::set<const graph::trackable*> restored;
   std::vector<error> deferred_errors;
+  std::vector<std::pair<const graph::trackable*, std::string>> live_at_restore;  // value holders and paths
+  bool expect_partial = false;
 
   session(std::shared_ptr<io::backend> b, std::string p, format::manifest man, mesh mm, read_options ro)
       : backend(std::move(b)), prefix(std::move(p)), manifest(std::move(man)), m(std::move(mm)), ropt(ro) {}
+
+  // The session ends when no status handle and no pending restore refers to it any more: only
+  // then can nothing else be restored, so only then does an incomplete restore warn (as
+  // TensorFlow's restore coordinator does). Paths were captured at restore time, so this never
+  // touches live objects, which may be gone.
+  ~session() {
+    if (expect_partial) return;
+    auto unused = unused_keys();
+    auto unrestored = unrestored_objects();
+    if (unused.empty() && unrestored.empty()) return;
+    std::string msg = "restore of " + prefix + " was incomplete and its status was not marked expect_partial().";
+    auto add = [&](const char* what, const std::vector<std::string>& v) {
+      if (v.empty()) return;
+      msg += std::string(" ") + what + ":";
+      for (std::size_t i = 0; i < v.size() && i < 20; ++i) msg += " " + v[i];
+      if (v.size() > 20) msg += " (and " + std::to_string(v.size() - 20) + " more)";
+      msg += ".";
+    };
+    add("Unused checkpoint values", unused);
+    add("Live objects not restored", unrestored);
+    warn(msg);
+  }
+
+  std::vector<std::string> unused_keys() const {
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < manifest.tensors.size(); ++i)
+      if (!key_used[i] && manifest.tensors[i].key != "save_counter") out.push_back(manifest.tensors[i].key);
+    return out;
+  }
+
+  std::vector<std::string> unrestored_objects() const {
+    std::vector<std::string> out;
+    for (const auto& [obj, p] : live_at_restore)
+      if (!restored.count(obj)) out.push_back(p);
+    return out;
+  }
 
   std::size_t tensor_index(const format::saved_tensor* t) const {
     return static_cast<std::size_t>(t - manifest.tensors.data());
@@ -146,11 +184,10 @@ struct session : std::enable_shared_from_this<session> {
         }
         auto p = std::make_shared<graph::detail::pending_restore>();
         p->seq = seq;
-        std::weak_ptr<session> self = weak_from_this();
+        // A strong reference: the restore must still happen if every status handle is gone.
+        std::shared_ptr<session> self = shared_from_this();
         std::uint32_t child_node = cid;
-        p->apply = [self, child_node](graph::trackable& c) {
-          if (auto s = self.lock()) s->restore_deferred(child_node, c);
-        };
+        p->apply = [self, child_node](graph::trackable& c) { self->restore_deferred(child_node, c); };
         graph::detail::set_pending(*o, name, std::move(p));
       }
       first = false;
@@ -185,47 +222,6 @@ struct status_state {
   std::string path;
   graph::trackable* root = nullptr;
   std::vector<std::pair<std::string, graph::trackable*>> extra;
-  std::vector<std::pair<const graph::trackable*, std::string>> live_at_restore;  // value holders and paths
-  bool expect_partial = false;
-
-  ~status_state() {
-    if (!s || expect_partial) return;
-    auto unused = unused_keys();
-    auto unrestored = unrestored_objects();
-    if (unused.empty() && unrestored.empty()) return;
-    std::string msg = "restore of " + path + " was incomplete and the status was not marked expect_partial().";
-    if (!unused.empty()) {
-      msg += " Unused checkpoint values:";
-      for (std::size_t i = 0; i < unused.size() && i < 20; ++i) msg += " " + unused[i];
-      if (unused.size() > 20) msg += " (and " + std::to_string(unused.size() - 20) + " more)";
-      msg += ".";
-    }
-    if (!unrestored.empty()) {
-      msg += " Live objects not restored:";
-      for (std::size_t i = 0; i < unrestored.size() && i < 20; ++i) msg += " " + unrestored[i];
-      if (unrestored.size() > 20) msg += " (and " + std::to_string(unrestored.size() - 20) + " more)";
-      msg += ".";
-    }
-    warn(msg);
-  }
-
-  std::vector<std::string> unused_keys() const {
-    std::vector<std::string> out;
-    if (!s) return out;
-    std::lock_guard lk(s->mu);
-    for (std::size_t i = 0; i < s->manifest.tensors.size(); ++i)
-      if (!s->key_used[i] && s->manifest.tensors[i].key != "save_counter") out.push_back(s->manifest.tensors[i].key);
-    return out;
-  }
-
-  std::vector<std::string> unrestored_objects() const {
-    std::vector<std::string> out;
-    if (!s) return out;
-    std::lock_guard lk(s->mu);
-    for (const auto& [obj, p] : live_at_restore)
-      if (!s->restored.count(obj)) out.push_back(p);
-    return out;
-  }
 };
 
 struct checkpoint_impl {
@@ -339,12 +335,24 @@ result<load_status> load_status::assert_nontrivial_match() const {
 }
 
 load_status load_status::expect_partial() const {
-  s_->expect_partial = true;
+  if (s_->s) {
+    std::lock_guard lk(s_->s->mu);
+    s_->s->expect_partial = true;
+  }
   return *this;
 }
 
-std::vector<std::string> load_status::unused_keys() const { return s_->unused_keys(); }
-std::vector<std::string> load_status::unrestored_objects() const { return s_->unrestored_objects(); }
+std::vector<std::string> load_status::unused_keys() const {
+  if (!s_->s) return {};
+  std::lock_guard lk(s_->s->mu);
+  return s_->s->unused_keys();
+}
+
+std::vector<std::string> load_status::unrestored_objects() const {
+  if (!s_->s) return {};
+  std::lock_guard lk(s_->s->mu);
+  return s_->s->unrestored_objects();
+}
 std::vector<error> load_status::deferred_errors() const {
   if (!s_->s) return {};
   std::lock_guard lk(s_->s->mu);
@@ -426,6 +434,7 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
   // Capture the graph and the values now, on the caller's thread.
   auto live = graph::walk(root(), extra_edges(impl));
   std::vector<named_tensor> tensors;
+  std::vector<std::shared_ptr<const void>> owners;  // host-value copies, alive until the save completes
   for (std::size_t i = 0; i < live.objects.size(); ++i) {
     const auto& n = live.graph.nodes[i];
     if (!n.has_value) continue;
@@ -434,15 +443,16 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
       done(with_context(v.error(), "save " + path + ": value \"" + n.key + "\""));
       return;
     }
-    tensors.push_back({n.key, std::move(*v)});
+    tensors.push_back({n.key, v->view});
+    if (v->owner) owners.push_back(std::move(v->owner));
   }
   write_options wopt = impl.opt.write;
   wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(live.graph)});
-  impl.enqueue([&impl, path, numbered, tensors = std::move(tensors), wopt = std::move(wopt), done = std::move(done)](
-                   std::function<void()> finished) mutable {
+  impl.enqueue([&impl, path, numbered, tensors = std::move(tensors), owners = std::move(owners), wopt = std::move(wopt),
+                done = std::move(done)](std::function<void()> finished) mutable {
     auto ex = impl.io_thread.get_executor();
     async_write_tensors(ex, *impl.backend, path, std::move(tensors), std::move(wopt),
-                        [&impl, path, numbered, done = std::move(done), finished](result<write_report> r) {
+                        [&impl, path, numbered, owners = std::move(owners), done = std::move(done), finished](result<write_report> r) {
                           result<std::string> out = path;
                           if (!r) out = r.error();
                           if (out && numbered) {
@@ -504,16 +514,14 @@ void checkpoint::start_restore(std::optional<std::string> path, bool is_restore,
       st->root = &root();
       st->extra = extra_edges(impl);
       auto live = graph::walk(root(), st->extra);
+      std::lock_guard lk(s->mu);
       for (std::size_t i = 0; i < live.objects.size(); ++i)
         if (live.graph.nodes[i].has_value && live.objects[i] != impl.save_counter.get())
-          st->live_at_restore.emplace_back(live.objects[i], live.graph.nodes[i].key);
-      {
-        std::lock_guard lk(s->mu);
-        auto r = s->graph ? s->restore_subtree(0, root(), st->extra) : s->restore_by_name(root(), st->extra);
-        if (!r) {
-          st->expect_partial = true;  // the error is the report; no second warning
-          return r.error();
-        }
+          s->live_at_restore.emplace_back(live.objects[i], live.graph.nodes[i].key);
+      auto r = s->graph ? s->restore_subtree(0, root(), st->extra) : s->restore_by_name(root(), st->extra);
+      if (!r) {
+        s->expect_partial = true;  // the error is the report; no second warning
+        return r.error();
       }
       return load_status(std::move(st));
     };

@@ -185,7 +185,10 @@ std::optional<std::string> latest_checkpoint(std::string_view dir_path) {
 }
 
 result<void> delete_checkpoint(io::backend& b, std::string_view prefix) {
-  auto [dir, base] = split_prefix(prefix);
+  // Not a structured binding: clang 14 cannot capture those in lambdas.
+  const auto parts = split_prefix(prefix);
+  const std::string& dir = parts.first;
+  const std::string& base = parts.second;
   BOOST_OUTCOME_TRY(format::check_base_name(base));
   BOOST_OUTCOME_TRY(auto d, call<io::handle>([&](auto done) { b.open_dir(dir, false, std::move(done)); }));
   auto steps = [&]() -> result<void> {

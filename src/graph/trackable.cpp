@@ -75,7 +75,7 @@ void trackable::add_child(std::string name, trackable& c) {
   }
 }
 
-result<dtensor_view> trackable::value_for_save(const mesh&) {
+result<value_snapshot> trackable::value_for_save(const mesh&) {
   return make_error(errc::invalid_argument, describe() + " holds no value");
 }
 
@@ -115,7 +115,7 @@ std::span<std::byte> variable::shard_bytes(std::int64_t device) const {
   return s ? s->data : std::span<std::byte>{};
 }
 
-result<dtensor_view> variable::value_for_save(const mesh&) { return view_; }
+result<value_snapshot> variable::value_for_save(const mesh&) { return value_snapshot{view_, nullptr}; }
 
 result<dtensor_view> variable::value_for_restore(dtype t, const shape& s, const mesh&) {
   if (t != view_.type())
@@ -132,11 +132,12 @@ std::string variable::describe() const {
 
 // ---------------------------------------------------------------- replicated_value
 
-result<dtensor_view> replicated_value::value_for_save(const mesh& m) {
+result<value_snapshot> replicated_value::value_for_save(const mesh& m) {
+  // A copy owned by the save: this object may change, or be saved again, before it completes.
   BOOST_OUTCOME_TRY(auto d, dtensor::create(type_, shape_, layout::replicated(shape_.size(), m)));
   for (const auto& sh : d.view().shards()) std::copy(bytes_.begin(), bytes_.end(), sh.data.begin());
-  staging_ = std::make_unique<dtensor>(std::move(d));
-  return staging_->view();
+  auto copy = std::make_shared<const dtensor>(std::move(d));
+  return value_snapshot{copy->view(), copy};
 }
 
 result<dtensor_view> replicated_value::value_for_restore(dtype t, const shape& s, const mesh& m) {

@@ -28,11 +28,11 @@ struct checkpoint_impl;
 /// Options of a `checkpoint`.
 struct checkpoint_options {
   /// IO backend; null means the default (POSIX).
-  std::shared_ptr<io::backend> backend;
+  std::shared_ptr<io::backend> backend{};
   write_options write{};
   read_options read{};
   /// Run, in order, with the written path after each successful `save`/`write` commit.
-  std::vector<std::function<void(const std::string& path)>> write_callbacks;
+  std::vector<std::function<void(const std::string& path)>> write_callbacks{};
 };
 
 /// The outcome of `restore`/`read`: which checkpoint values were used and which live objects

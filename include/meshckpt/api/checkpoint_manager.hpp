@@ -22,13 +22,13 @@ struct manager_options {
   std::optional<int> max_to_keep = 5;
   /// A checkpoint at least this many hours newer than the last preserved one is preserved
   /// forever instead of deleted.
-  std::optional<double> keep_checkpoint_every_n_hours;
+  std::optional<double> keep_checkpoint_every_n_hours{};
   std::string checkpoint_name = "ckpt";
   /// Reads the current training step; with `checkpoint_interval`, `save()` skips steps.
-  std::function<std::int64_t()> step_counter;
-  std::optional<std::int64_t> checkpoint_interval;
+  std::function<std::int64_t()> step_counter{};
+  std::optional<std::int64_t> checkpoint_interval{};
   /// Called by `restore_or_initialize()` when there is no checkpoint.
-  std::function<void()> init_fn;
+  std::function<void()> init_fn{};
 };
 
 /// Manages numbered checkpoints of one `checkpoint` in a directory.

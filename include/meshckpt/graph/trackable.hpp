@@ -38,6 +38,14 @@ std::string join_key(const std::vector<std::string>& names);
 /// Splits a key into unescaped names.
 result<std::vector<std::string>> split_key(std::string_view key);
 
+/// A value captured for a save: the view to write and, for values copied out of the object
+/// (host scalars and bytes), the owner of that copy, which the save keeps alive until it
+/// completes — so the object may change, or be saved again, meanwhile.
+struct value_snapshot {
+  dtensor_view view;
+  std::shared_ptr<const void> owner;
+};
+
 /// A node of the object graph. Derive from it (or from `module`) and call `track` for each child.
 class trackable {
  public:
@@ -60,7 +68,7 @@ class trackable {
   /// True when this object holds a value (a tensor) of its own.
   virtual bool has_value() const { return false; }
   /// The value to save; `m` is the checkpoint's mesh (for values that are not DTensors).
-  virtual result<dtensor_view> value_for_save(const mesh& m);
+  virtual result<value_snapshot> value_for_save(const mesh& m);
   /// A view to read a saved value of this dtype and global shape into; errors on mismatch.
   virtual result<dtensor_view> value_for_restore(dtype t, const shape& s, const mesh& m);
   /// Called after a value was read into the view from `value_for_restore`.
@@ -89,7 +97,8 @@ class module : public trackable {
   std::string describe() const override { return "module"; }
 };
 
-/// A DTensor-valued variable: owns its storage, or views caller memory.
+/// A DTensor-valued variable: owns its storage, or views caller memory. A save reads the
+/// variable's memory directly: do not modify it until the save completes.
 class variable : public trackable {
  public:
   /// Takes ownership of a DTensor.
@@ -104,7 +113,7 @@ class variable : public trackable {
   std::span<std::byte> shard_bytes(std::int64_t device) const;
 
   bool has_value() const override { return true; }
-  result<dtensor_view> value_for_save(const mesh& m) override;
+  result<value_snapshot> value_for_save(const mesh& m) override;
   result<dtensor_view> value_for_restore(dtype t, const shape& s, const mesh& m) override;
   std::string describe() const override;
 
@@ -118,7 +127,7 @@ class variable : public trackable {
 class replicated_value : public trackable {
  public:
   bool has_value() const override { return true; }
-  result<dtensor_view> value_for_save(const mesh& m) override;
+  result<value_snapshot> value_for_save(const mesh& m) override;
   result<dtensor_view> value_for_restore(dtype t, const shape& s, const mesh& m) override;
   void value_restored() override;
 
