@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "meshckpt/backends/posix.hpp"
+#include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/tensor/dtensor.hpp"
 
@@ -72,6 +74,14 @@ inline bool matches(const dtensor_view& v, const std::string& key, std::uint64_t
     });
   }
   return ok;
+}
+
+// The backend the API suites run on: MESHCKPT_TEST_BACKEND=posix|uring (ctest runs them with
+// both); unset means posix. A uring run on a kernel without io_uring falls back to posix.
+inline std::unique_ptr<io::backend> test_backend() {
+  const char* v = std::getenv("MESHCKPT_TEST_BACKEND");
+  if (v && std::string_view(v) == "uring") return backends::make_backend(backends::backend_kind::automatic).value();
+  return backends::make_posix_backend();
 }
 
 // A fresh directory removed at scope exit.

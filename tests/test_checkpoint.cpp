@@ -107,7 +107,7 @@ void corrupt_byte(const std::string& path, std::uint64_t offset) {
 
 TEST_CASE("tensors of every dtype and layout round-trip bit-exact", "[api][roundtrip]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto m = mesh24();
   auto src = make_state(m, model, 7);
   auto w = write_tensors(*be, tmp / "ck", src.named).value();
@@ -133,7 +133,7 @@ TEST_CASE("tensors of every dtype and layout round-trip bit-exact", "[api][round
 
 TEST_CASE("a process holding some devices reads only its shards", "[api][roundtrip]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto src = make_state(mesh24(), model, 11);
   REQUIRE(write_tensors(*be, tmp / "ck", src.named));
   auto part = mesh::create({{"x", 2}, {"y", 4}}, {}, {5, 6}).value();
@@ -147,7 +147,7 @@ TEST_CASE("a process holding some devices reads only its shards", "[api][roundtr
 
 TEST_CASE("async forms complete through use_future, use_awaitable and callbacks", "[api][async]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto src = make_state(mesh24(), model, 3);
   asio::thread_pool pool(1);
   auto ex = pool.get_executor();
@@ -176,7 +176,7 @@ TEST_CASE("async forms complete through use_future, use_awaitable and callbacks"
 
 TEST_CASE("overwriting a prefix replaces it atomically and removes the old data", "[api][commit]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto a = make_state(mesh24(), model, 1);
   auto b = make_state(mesh24(), model, 2);
   REQUIRE(write_tensors(*be, tmp / "ck", a.named));
@@ -192,7 +192,7 @@ TEST_CASE("overwriting a prefix replaces it atomically and removes the old data"
 
 TEST_CASE("leftovers of a crashed save are ignored, reported, and cleaned by the next save", "[api][commit]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto a = make_state(mesh24(), model, 1);
   REQUIRE(write_tensors(*be, tmp / "ck", a.named));
   std::ofstream(tmp / format::temp_manifest_name("ck", 0xdead)) << "half a manifest";
@@ -214,7 +214,7 @@ TEST_CASE("leftovers of a crashed save are ignored, reported, and cleaned by the
 
 TEST_CASE("a missing checkpoint is not_found, with a hint when a -N suffix looks missing", "[api][errors]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto a = make_state(mesh24(), model, 1);
   REQUIRE(write_tensors(*be, tmp / "ckpt-3", a.named));
   REQUIRE(write_tensors(*be, tmp / "ckpt-12", a.named));
@@ -230,7 +230,7 @@ TEST_CASE("a missing checkpoint is not_found, with a hint when a -N suffix looks
 
 TEST_CASE("dtype, shape, layout and key mismatches are errors naming the tensor", "[api][errors]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto m = mesh24();
   auto a = make_state(m, {{"w", dtype::float32, {8, 8}, {"x", "y"}}}, 1);
   REQUIRE(write_tensors(*be, tmp / "ck", a.named));
@@ -256,7 +256,7 @@ TEST_CASE("dtype, shape, layout and key mismatches are errors naming the tensor"
 
 TEST_CASE("a corrupted data byte fails verify and read with a checksum error naming the tensor", "[api][corruption]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto m = mesh24();
   auto a = make_state(m, model, 5);
   REQUIRE(write_tensors(*be, tmp / "ck", a.named));
@@ -282,7 +282,7 @@ TEST_CASE("a corrupted data byte fails verify and read with a checksum error nam
 
 TEST_CASE("truncated, missing and replaced data files are reported", "[api][corruption][hostile]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto m = mesh24();
   auto a = make_state(m, model, 5);
   auto dst = make_state(m, model, std::nullopt);
@@ -316,7 +316,7 @@ TEST_CASE("truncated, missing and replaced data files are reported", "[api][corr
 
 TEST_CASE("write rejects bad prefixes and options without touching the directory", "[api][errors]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto a = make_state(mesh24(), model, 1);
   CHECK(write_tensors(*be, tmp / "x.manifest", a.named).error().code == errc::invalid_argument);
   CHECK(write_tensors(*be, tmp.str() + "/..", a.named).error().code == errc::invalid_argument);
@@ -335,7 +335,7 @@ TEST_CASE("write rejects bad prefixes and options without touching the directory
 
 TEST_CASE("a save creates missing parent directories", "[api][commit]") {
   testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
+  auto be = testing::test_backend();
   auto a = make_state(mesh24(), model, 9);
   REQUIRE(write_tensors(*be, tmp / "runs/exp1/ckpts/step", a.named));
   CHECK(fs::exists(tmp / "runs/exp1/ckpts/step.manifest"));

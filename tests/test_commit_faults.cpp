@@ -117,7 +117,7 @@ int holds(io::backend& be, const std::string& prefix) {
 }  // namespace
 
 TEST_CASE("a save that fails at any IO operation never loses or damages a checkpoint", "[commit][faults]") {
-  auto real = backends::make_posix_backend();
+  auto real = testing::test_backend();
   auto a = make_state(1), b = make_state(2);
   testing::temp_dir tmp;
   const std::string prefix = tmp / "ck";
@@ -159,7 +159,7 @@ TEST_CASE("a save that fails at any IO operation never loses or damages a checkp
 }
 
 TEST_CASE("a save that dies before any IO operation leaves the old or the new checkpoint intact", "[commit][faults][crash]") {
-  auto real = backends::make_posix_backend();
+  auto real = testing::test_backend();
   auto a = make_state(1), b = make_state(2);
   testing::temp_dir tmp;
   const std::string prefix = tmp / "ck";

@@ -22,7 +22,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "meshckpt/api/tensor_io_async.hpp"
-#include "meshckpt/backends/posix.hpp"
+#include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 
@@ -389,7 +389,12 @@ result<std::unique_ptr<checkpoint>> checkpoint::create(mesh m, graph::trackable*
   impl->root = root;
   impl->attached = std::move(children);
   impl->opt = std::move(opt);
-  impl->backend = impl->opt.backend ? impl->opt.backend : std::shared_ptr<io::backend>(backends::make_posix_backend());
+  if (impl->opt.backend) {
+    impl->backend = impl->opt.backend;
+  } else {
+    BOOST_OUTCOME_TRY(auto b, backends::make_backend(backends::backend_kind::automatic));
+    impl->backend = std::move(b);
+  }
   return std::unique_ptr<checkpoint>(new checkpoint(std::move(impl)));
 }
 

@@ -14,7 +14,7 @@
 
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/backends/posix.hpp"
+#include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/names.hpp"
 
@@ -201,6 +201,10 @@ int main(int argc, char** argv) {
   if (a.command != "inspect" && a.command != "verify") return usage_error("unknown command \"" + a.command + "\"");
   if (positional.size() != 2) return usage_error(a.command + " takes exactly one PATH");
   a.path = positional[1];
-  auto backend = backends::make_posix_backend();
-  return a.command == "inspect" ? cmd_inspect(*backend, a) : cmd_verify(*backend, a);
+  auto backend = backends::make_backend(backends::backend_kind::automatic);
+  if (!backend) {
+    std::fprintf(stderr, "meshckpt: %s\n", backend.error().what().c_str());
+    return 1;
+  }
+  return a.command == "inspect" ? cmd_inspect(**backend, a) : cmd_verify(**backend, a);
 }

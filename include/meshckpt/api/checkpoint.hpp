@@ -27,7 +27,8 @@ struct checkpoint_impl;
 
 /// Options of a `checkpoint`.
 struct checkpoint_options {
-  /// IO backend; null means the default (POSIX).
+  /// IO backend; null means `backends::make_backend(automatic)`: io_uring when the kernel
+  /// allows it, else POSIX.
   std::shared_ptr<io::backend> backend{};
   write_options write{};
   read_options read{};

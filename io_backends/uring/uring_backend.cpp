@@ -1,0 +1,247 @@
+#include "meshckpt/backends/uring.hpp"
+
+#include <liburing.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "meshckpt/backends/posix.hpp"
+
+namespace meshckpt::backends {
+
+namespace {
+
+using io::completion;
+using io::handle;
+
+constexpr std::size_t max_io_chunk = 1u << 30;
+
+class uring_backend final : public io::backend {
+ public:
+  struct op {
+    enum kind { read, write, fsync } k;
+    int fd;
+    std::uint64_t offset;
+    std::byte* buf;
+    std::size_t len;
+    std::size_t done = 0;
+    completion<std::size_t> cb;
+  };
+
+  uring_backend(io_uring ring, unsigned depth, std::unique_ptr<io::backend> meta)
+      : ring_(ring), depth_(depth), meta_(std::move(meta)) {
+    reaper_ = std::thread([this] { reap(); });
+  }
+
+  ~uring_backend() override {
+    {
+      // TRICKY: buffers of operations in flight belong to the kernel until their completion
+      // arrives; wait for all of them before stopping the reaper and freeing the ring.
+      std::unique_lock lk(mu_);
+      drained_.wait(lk, [&] { return in_flight_ == 0 && backlog_.empty(); });
+      stopping_ = true;
+      io_uring_sqe* sqe = get_sqe_locked();
+      io_uring_prep_nop(sqe);
+      io_uring_sqe_set_data(sqe, nullptr);
+      io_uring_submit(&ring_);
+    }
+    reaper_.join();
+    io_uring_queue_exit(&ring_);
+  }
+
+  std::string_view name() const noexcept override { return "uring"; }
+  io::capabilities caps() const override {
+    return {false, false, 1, "io_uring, " + std::to_string(depth_) + " operations in flight, buffered IO"};
+  }
+
+  void open_dir(std::string p, bool c, completion<handle> d) override { meta_->open_dir(std::move(p), c, std::move(d)); }
+  void open(handle dir, std::string n, io::open_mode m, completion<handle> d) override {
+    std::string name = n;
+    meta_->open(dir, std::move(n), m, [this, name, d = std::move(d)](result<handle> r) {
+      if (r) {
+        std::lock_guard lk(names_mu_);
+        names_[r->value] = name;
+      }
+      d(std::move(r));
+    });
+  }
+  void size(handle f, completion<std::uint64_t> d) override { meta_->size(f, std::move(d)); }
+  void close(handle f, completion<void> d) override {
+    {
+      std::lock_guard lk(names_mu_);
+      names_.erase(f.value);
+    }
+    meta_->close(f, std::move(d));
+  }
+  void rename(handle dir, std::string a, std::string b, completion<void> d) override {
+    meta_->rename(dir, std::move(a), std::move(b), std::move(d));
+  }
+  void unlink(handle dir, std::string n, completion<void> d) override { meta_->unlink(dir, std::move(n), std::move(d)); }
+  void list(handle dir, completion<std::vector<io::dir_entry>> d) override { meta_->list(dir, std::move(d)); }
+
+  void read(handle f, std::uint64_t offset, std::span<std::byte> buf, completion<std::size_t> done) override {
+    if (buf.empty()) return done(std::size_t{0});
+    start(new op{op::read, static_cast<int>(f.value), offset, buf.data(), buf.size(), 0, std::move(done)});
+  }
+
+  void write(handle f, std::uint64_t offset, std::span<const std::byte> buf, completion<void> done) override {
+    if (buf.empty()) return done(success());
+    // The kernel only reads from the buffer; the cast lets one op type serve reads and writes.
+    start(new op{op::write, static_cast<int>(f.value), offset, const_cast<std::byte*>(buf.data()), buf.size(), 0,
+                 [d = std::move(done)](result<std::size_t> r) { r ? d(success()) : d(r.error()); }});
+  }
+
+  void fsync(handle f, completion<void> done) override {
+    start(new op{op::fsync, static_cast<int>(f.value), 0, nullptr, 0, 0,
+                 [d = std::move(done)](result<std::size_t> r) { r ? d(success()) : d(r.error()); }});
+  }
+
+ private:
+  io_uring_sqe* get_sqe_locked() {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    while (!sqe) {  // the SQ is full of prepared entries: hand them to the kernel
+      io_uring_submit(&ring_);
+      sqe = io_uring_get_sqe(&ring_);
+    }
+    return sqe;
+  }
+
+  void start(op* o) {
+    std::lock_guard lk(mu_);
+    if (in_flight_ >= depth_) {
+      backlog_.push_back(o);
+      return;
+    }
+    submit_locked(o);
+  }
+
+  void submit_locked(op* o) {
+    io_uring_sqe* sqe = get_sqe_locked();
+    std::size_t n = std::min(o->len - o->done, max_io_chunk);
+    switch (o->k) {
+      case op::read: io_uring_prep_read(sqe, o->fd, o->buf + o->done, static_cast<unsigned>(n), o->offset + o->done); break;
+      case op::write: io_uring_prep_write(sqe, o->fd, o->buf + o->done, static_cast<unsigned>(n), o->offset + o->done); break;
+      case op::fsync: io_uring_prep_fsync(sqe, o->fd, 0); break;
+    }
+    io_uring_sqe_set_data(sqe, o);
+    ++in_flight_;
+    int rc = io_uring_submit(&ring_);
+    if (rc < 0 && rc != -EBUSY && rc != -EAGAIN) {
+      // Nothing was queued for this op: fail it from the reaper's side to keep one code path.
+      std::fprintf(stderr, "meshckpt: io_uring_submit failed: %s\n", std::strerror(-rc));
+    }
+  }
+
+  std::string name_of(int fd) {
+    std::lock_guard lk(names_mu_);
+    auto it = names_.find(fd);
+    return it == names_.end() ? std::string("fd ") + std::to_string(fd) : it->second;
+  }
+
+  void reap() {
+    while (true) {
+      io_uring_cqe* cqe = nullptr;
+      int rc = io_uring_wait_cqe(&ring_, &cqe);
+      if (rc == -EINTR || rc == -EAGAIN) continue;
+      if (rc < 0) {
+        std::fprintf(stderr, "meshckpt: io_uring_wait_cqe failed: %s\n", std::strerror(-rc));
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+      auto* o = static_cast<op*>(io_uring_cqe_get_data(cqe));
+      int res = cqe->res;
+      io_uring_cqe_seen(&ring_, cqe);
+      if (!o) {
+        std::lock_guard lk(mu_);
+        if (stopping_) return;
+        continue;
+      }
+      finish(o, res);
+    }
+  }
+
+  // Handles one completion: resubmits short transfers and retryable errors, else completes.
+  void finish(op* o, int res) {
+    bool again = false;
+    result<std::size_t> out = std::size_t{0};
+    const char* what = o->k == op::read ? "read" : o->k == op::write ? "write" : "fsync";
+    if (res == -EAGAIN || res == -EINTR) {
+      again = true;
+    } else if (res < 0) {
+      out = make_errno_error(-res, what, name_of(o->fd) + (o->k == op::fsync ? "" : " at offset " + std::to_string(o->offset + o->done)));
+    } else if (o->k == op::fsync) {
+      out = std::size_t{0};
+    } else if (res == 0) {
+      if (o->k == op::write) out = make_errno_error(EIO, "write", name_of(o->fd) + " (no progress)");
+      else out = o->done;  // end of file
+    } else {
+      o->done += static_cast<std::size_t>(res);
+      if (o->done < o->len) again = true;
+      else out = o->done;
+    }
+    std::unique_lock lk(mu_);
+    --in_flight_;
+    if (again) {
+      submit_locked(o);
+      return;
+    }
+    while (!backlog_.empty() && in_flight_ < depth_) {
+      op* next = backlog_.front();
+      backlog_.pop_front();
+      submit_locked(next);
+    }
+    lk.unlock();
+    auto cb = std::move(o->cb);
+    delete o;
+    cb(std::move(out));
+    lk.lock();
+    if (in_flight_ == 0 && backlog_.empty()) drained_.notify_all();
+  }
+
+  io_uring ring_;
+  unsigned depth_;
+  std::unique_ptr<io::backend> meta_;
+  std::mutex mu_;
+  std::condition_variable drained_;
+  unsigned in_flight_ = 0;
+  std::deque<op*> backlog_;
+  bool stopping_ = false;
+  std::thread reaper_;
+  std::mutex names_mu_;
+  std::map<int, std::string> names_;
+};
+
+}  // namespace
+
+result<std::unique_ptr<io::backend>> make_uring_backend(uring_options opt) {
+  unsigned depth = std::max(4u, std::min(opt.queue_depth, 4096u));
+  io_uring ring;
+  io_uring_params params{};
+  params.flags = IORING_SETUP_CQSIZE;
+  params.cq_entries = depth * 2;
+  int rc = io_uring_queue_init_params(depth, &ring, &params);
+  if (rc < 0) {
+    std::string why = -rc == ENOSYS ? " (the kernel has no io_uring)"
+                      : -rc == EPERM ? " (forbidden: seccomp, a container policy, or kernel.io_uring_disabled)"
+                      : -rc == ENOMEM ? " (locked-memory limit too low)" : "";
+    return make_error(errc::unsupported, std::string("io_uring is not available: io_uring_queue_init: ") + std::strerror(-rc) + why);
+  }
+  return std::unique_ptr<io::backend>(new uring_backend(ring, depth, make_posix_backend({std::max(1u, opt.metadata_threads)})));
+}
+
+result<std::unique_ptr<io::backend>> make_backend(backend_kind kind) {
+  if (kind == backend_kind::posix) return make_posix_backend();
+  auto u = make_uring_backend();
+  if (u || kind == backend_kind::uring) return u;
+  static std::once_flag once;
+  std::call_once(once, [&] { std::fprintf(stderr, "meshckpt: using the POSIX backend: %s\n", u.error().what().c_str()); });
+  return make_posix_backend();
+}
+
+}  // namespace meshckpt::backends
