@@ -12,7 +12,7 @@ DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libx
 # The sanitizer and libFuzzer build.
 SAN_DEBS  := clang-14 libclang-rt-14-dev
 
-.PHONY: all deps build demo test test-sanitize clean
+.PHONY: all deps build demo test test-sanitize bench clean
 
 all: build
 
@@ -40,6 +40,13 @@ test-sanitize: deps
 	  -DMESHCKPT_BUILD_EXAMPLES=OFF
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	ctest --test-dir $(ASAN_BUILD) -L sanitize --output-on-failure -j $(JOBS)
+
+# The benchmark of BENCHMARKS.md, with fio's figures from the same run (fio is installed here,
+# not for the build). BENCH_DIR must be on the disk to measure; it is removed afterwards.
+BENCH_DIR ?= $(shell mktemp -d -p /var/tmp meshckpt-bench-XXXXXX)
+bench: build
+	@bash cmake/install-deps.sh fio
+	$(BUILD)/bin/meshckpt bench --dir $(BENCH_DIR) --workload all; rc=$$?; rm -rf $(BENCH_DIR); exit $$rc
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

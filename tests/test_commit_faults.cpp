@@ -47,6 +47,9 @@ class failing_backend final : public io::backend {
   void write(io::handle f, std::uint64_t o, std::span<const std::byte> b, io::completion<void> d) override {
     if (!inject("write", "", d)) inner_.write(f, o, b, std::move(d));
   }
+  void truncate(io::handle f, std::uint64_t n, io::completion<void> d) override {
+    if (!inject("truncate", "", d)) inner_.truncate(f, n, std::move(d));
+  }
   void fsync(io::handle f, io::completion<void> d) override {
     if (!inject("fsync", "", d)) inner_.fsync(f, std::move(d));
   }

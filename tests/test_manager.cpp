@@ -60,6 +60,7 @@ class no_fsync final : public io::backend {
   void read(io::handle f, std::uint64_t o, std::span<std::byte> b, io::completion<std::size_t> d) override { b_->read(f, o, b, std::move(d)); }
   void write(io::handle f, std::uint64_t o, std::span<const std::byte> b, io::completion<void> d) override { b_->write(f, o, b, std::move(d)); }
   void fsync(io::handle, io::completion<void> d) override { d(success()); }
+  void truncate(io::handle f, std::uint64_t n, io::completion<void> d) override { b_->truncate(f, n, std::move(d)); }
   void close(io::handle f, io::completion<void> d) override { b_->close(f, std::move(d)); }
   void rename(io::handle dir, std::string a, std::string c, io::completion<void> d) override { b_->rename(dir, std::move(a), std::move(c), std::move(d)); }
   void unlink(io::handle dir, std::string n, io::completion<void> d) override { b_->unlink(dir, std::move(n), std::move(d)); }

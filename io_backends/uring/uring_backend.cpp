@@ -57,7 +57,7 @@ class uring_backend final : public io::backend {
 
   std::string_view name() const noexcept override { return "uring"; }
   io::capabilities caps() const override {
-    return {false, false, 1, "io_uring, " + std::to_string(depth_) + " operations in flight, buffered IO"};
+    return {true, false, 4096, "io_uring, " + std::to_string(depth_) + " operations in flight; O_DIRECT for files opened create_exclusive_direct where supported"};
   }
 
   void open_dir(std::string p, bool c, completion<handle> d) override { meta_->open_dir(std::move(p), c, std::move(d)); }
@@ -72,6 +72,7 @@ class uring_backend final : public io::backend {
     });
   }
   void size(handle f, completion<std::uint64_t> d) override { meta_->size(f, std::move(d)); }
+  void truncate(handle f, std::uint64_t n, completion<void> d) override { meta_->truncate(f, n, std::move(d)); }
   void close(handle f, completion<void> d) override {
     {
       std::lock_guard lk(names_mu_);

@@ -26,6 +26,8 @@
 // A failed fsync ends the attempt; it is never retried.
 
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <random>
 #include <unistd.h>
 
@@ -52,8 +54,25 @@ std::uint64_t fresh_token() {
   return format::checksum(std::as_bytes(std::span(parts)));
 }
 
-// Coalesces small slices into one buffer so that many tiny tensors become few writes.
-constexpr std::size_t coalesce_bytes = 8u << 20;
+// Staging: data files are produced sequentially in aligned blocks of `staging_bytes`, copied
+// from the tensors into a small pool of aligned buffers and written with O_DIRECT (where the
+// filesystem allows), several writes in flight; the last block is padded and the file then
+// truncated to its exact size. Memory stays bounded by the pool, whatever the state's size.
+constexpr std::size_t staging_bytes = 8u << 20;
+constexpr std::size_t staging_buffers = 8;
+constexpr std::size_t block = 4096;
+
+struct aligned_buffer {
+  std::byte* p = nullptr;
+  explicit aligned_buffer(std::size_t n) {
+    void* mem = nullptr;
+    if (::posix_memalign(&mem, block, n) != 0) throw std::bad_alloc();
+    p = static_cast<std::byte*>(mem);
+  }
+  aligned_buffer(aligned_buffer&& o) noexcept : p(std::exchange(o.p, nullptr)) {}
+  aligned_buffer(const aligned_buffer&) = delete;
+  ~aligned_buffer() { std::free(p); }
+};
 
 struct save_state {
   save_state(io::backend& be, std::string p, std::string d, std::string n)
@@ -71,43 +90,116 @@ struct save_state {
 
 error at(const save_state& s, error e) { return with_context(std::move(e), "save " + s.prefix); }
 
-task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k,
-                           std::span<const plan::slice_write> writes, std::uint64_t chunk_bytes) {
+// Writes of staging blocks in flight on one file. Completions run on the coroutine's executor
+// (io::async_op posts them there), so this needs no locking.
+class write_window {
+ public:
+  write_window(io::backend& b, asio::any_io_executor ex, io::handle h) : b_(b), ex_(std::move(ex)), h_(h) {}
+
+  std::size_t in_flight() const { return in_flight_; }
+
+  // Starts a write; `release` runs when it completed (to return the buffer to the pool).
+  void start(std::uint64_t offset, std::span<const std::byte> bytes, std::function<void()> release) {
+    ++in_flight_;
+    io::async_write(b_, ex_, h_, offset, bytes, [this, release = std::move(release)](result<void> r) {
+      --in_flight_;
+      if (!r && !first_error_) first_error_ = r.error();
+      release();
+      if (waiter_) std::exchange(waiter_, nullptr)(success());
+    });
+  }
+
+  // Waits until fewer than `n` writes are in flight; reports the first failed write.
+  task<void> wait_below(std::size_t n) {
+    while (in_flight_ >= n && in_flight_ > 0)
+      (void)co_await io::async_op<void>(ex_, [this](io::completion<void> c) { waiter_ = std::move(c); }, use_awaitable);
+    if (first_error_) co_return *first_error_;
+    co_return success();
+  }
+
+ private:
+  io::backend& b_;
+  asio::any_io_executor ex_;
+  io::handle h_;
+  std::size_t in_flight_ = 0;
+  std::optional<error> first_error_;
+  io::completion<void> waiter_;
+};
+
+task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, std::span<const plan::slice_write> writes,
+                           std::uint64_t file_size, std::uint64_t chunk_bytes) {
   auto ex = co_await asio::this_coro::executor;
   std::string name = format::data_file_name(s.base, s.token, k);
-  auto h = co_await io::async_open(s.b, ex, *s.dir, name, io::open_mode::create_exclusive, use_awaitable);
+  auto h = co_await io::async_open(s.b, ex, *s.dir, name, io::open_mode::create_exclusive_direct, use_awaitable);
   if (!h) co_return h.error();
   s.created.push_back(name);
   s.open_files.push_back(*h);
-  std::vector<std::byte> buf;
-  std::uint64_t buf_off = 0;
-  auto flush = [&]() -> task<void> {
-    if (!buf.empty()) {
-      BOOST_OUTCOME_CO_TRY(co_await io::async_write(s.b, ex, *h, buf_off, buf, use_awaitable));
-      buf.clear();
+
+  std::vector<aligned_buffer> pool;
+  std::vector<std::size_t> free_list;
+  const std::size_t nbuf = std::min<std::size_t>(staging_buffers, file_size / staging_bytes + 1);
+  for (std::size_t i = 0; i < nbuf; ++i) {
+    pool.emplace_back(staging_bytes);
+    free_list.push_back(i);
+  }
+  write_window window(s.b, ex, *h);
+  // The block being filled: file range [block_off, block_off + staging_bytes) in pool[cur].
+  std::uint64_t block_off = 0;
+  std::size_t cur = free_list.back();
+  free_list.pop_back();
+  std::uint64_t filled = 0;  // bytes of the current block written so far (zero-filled gaps included)
+  auto emit = [&](std::size_t len) -> task<void> {
+    // Pad to a whole number of O_DIRECT blocks with zeros.
+    std::size_t padded = (len + block - 1) / block * block;
+    std::memset(pool[cur].p + len, 0, padded - len);
+    std::size_t idx = cur;
+    window.start(block_off, std::span<const std::byte>(pool[idx].p, padded), [&free_list, idx] { free_list.push_back(idx); });
+    block_off += staging_bytes;
+    filled = 0;
+    BOOST_OUTCOME_CO_TRY(co_await window.wait_below(nbuf));  // a buffer is free again
+    cur = free_list.back();
+    free_list.pop_back();
+    co_return success();
+  };
+  auto fill = [&]() -> task<void> {
+    for (const auto& w : writes) {
+      auto& slice = m.tensors[w.tensor].slices[w.slice];
+      format::append_chunk_checksums(w.source, chunk_bytes, slice.checksums);
+      std::uint64_t pos = slice.offset;
+      std::span<const std::byte> src = w.source;
+      while (!src.empty()) {
+        std::uint64_t in_block = pos - block_off;
+        if (in_block >= staging_bytes) {  // the slice starts in a later block: flush (with a gap)
+          std::memset(pool[cur].p + filled, 0, staging_bytes - filled);
+          BOOST_OUTCOME_CO_TRY(co_await emit(staging_bytes));
+          continue;
+        }
+        if (in_block > filled) std::memset(pool[cur].p + filled, 0, in_block - filled);  // alignment gap
+        std::size_t n = std::min<std::size_t>(src.size(), staging_bytes - in_block);
+        std::memcpy(pool[cur].p + in_block, src.data(), n);
+        filled = in_block + n;
+        src = src.subspan(n);
+        pos += n;
+        if (filled == staging_bytes) {
+          BOOST_OUTCOME_CO_TRY(co_await emit(staging_bytes));
+        }
+      }
+    }
+    if (filled > 0) {
+      std::size_t len = static_cast<std::size_t>(filled);
+      std::size_t padded = (len + block - 1) / block * block;
+      std::memset(pool[cur].p + len, 0, padded - len);
+      std::size_t idx = cur;
+      window.start(block_off, std::span<const std::byte>(pool[idx].p, padded), [&free_list, idx] { free_list.push_back(idx); });
     }
     co_return success();
   };
-  for (const auto& w : writes) {
-    auto& slice = m.tensors[w.tensor].slices[w.slice];
-    format::append_chunk_checksums(w.source, chunk_bytes, slice.checksums);
-    if (w.source.size() >= coalesce_bytes / 4) {
-      BOOST_OUTCOME_CO_TRY(co_await flush());
-      BOOST_OUTCOME_CO_TRY(co_await io::async_write(s.b, ex, *h, slice.offset, w.source, use_awaitable));
-      continue;
-    }
-    if (!buf.empty() && (slice.offset != buf_off + buf.size() || buf.size() + w.source.size() > coalesce_bytes)) {
-      // A gap (alignment padding) or a full buffer: write what we have.
-      if (slice.offset < buf_off + buf.size() + 4096 && buf.size() + w.source.size() + 4096 <= coalesce_bytes) {
-        buf.resize(slice.offset - buf_off);  // pad with zeros rather than issue another write
-      } else {
-        BOOST_OUTCOME_CO_TRY(co_await flush());
-      }
-    }
-    if (buf.empty()) buf_off = slice.offset;
-    buf.insert(buf.end(), w.source.begin(), w.source.end());
-  }
-  BOOST_OUTCOME_CO_TRY(co_await flush());
+  auto filled_ok = co_await fill();
+  // TRICKY: every write must complete before `pool` goes away, error or not.
+  auto drained = co_await window.wait_below(1);
+  if (!filled_ok) co_return filled_ok.error();
+  if (!drained) co_return drained.error();
+  BOOST_OUTCOME_CO_TRY(co_await io::async_truncate(s.b, ex, *h, file_size, use_awaitable));
   BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, *h, use_awaitable));
   s.open_files.pop_back();
   BOOST_OUTCOME_CO_TRY(co_await io::async_close(s.b, ex, *h, use_awaitable));
@@ -138,7 +230,7 @@ task<write_report> save_steps(save_state& s, std::vector<named_tensor> tensors, 
   for (std::uint32_t k = 0; k < p.file_sizes.size(); ++k) {
     std::size_t end = begin;
     while (end < p.writes.size() && m.tensors[p.writes[end].tensor].slices[p.writes[end].slice].file == k) ++end;
-    BOOST_OUTCOME_CO_TRY(co_await write_data_file(s, m, k, std::span(p.writes).subspan(begin, end - begin), opt.chunk_bytes));
+    BOOST_OUTCOME_CO_TRY(co_await write_data_file(s, m, k, std::span(p.writes).subspan(begin, end - begin), p.file_sizes[k], opt.chunk_bytes));
     m.files.push_back({format::data_file_name(s.base, s.token, k), p.file_sizes[k]});
     begin = end;
   }

@@ -4,6 +4,8 @@
 // checked again against the actual size of each data file before any byte is read.
 
 #include <algorithm>
+#include <cstring>
+#include <memory>
 #include <map>
 #include <set>
 
@@ -151,10 +153,57 @@ result<void> check_chunks(const format::manifest& m, const format::saved_tensor&
   return success();
 }
 
+// One saved slice to read, and the local shards (replicas) that need its bytes.
+struct need {
+  const format::saved_tensor* t;
+  const format::saved_slice* s;
+  std::vector<std::span<std::byte>> dests;
+};
+
+// Reads of one restore in flight. Completions run on the coroutine's executor.
+class read_window {
+ public:
+  read_window(io::backend& b, asio::any_io_executor ex) : b_(b), ex_(std::move(ex)) {}
+  std::size_t in_flight() const { return in_flight_; }
+
+  // Reads `buf` at `offset`; `done(bytes_read)` runs on completion (not on error).
+  void start(io::handle h, std::uint64_t offset, std::span<std::byte> buf, std::function<result<void>(std::size_t)> done) {
+    ++in_flight_;
+    io::async_read(b_, ex_, h, offset, buf, [this, done = std::move(done)](result<std::size_t> r) {
+      --in_flight_;
+      if (!r && !first_error_) first_error_ = r.error();
+      if (r)
+        if (auto d = done(*r); !d && !first_error_) first_error_ = d.error();
+      if (waiter_) std::exchange(waiter_, nullptr)(success());
+    });
+  }
+
+  task<void> wait_below(std::size_t n) {
+    while (in_flight_ >= n && in_flight_ > 0)
+      (void)co_await io::async_op<void>(ex_, [this](io::completion<void> c) { waiter_ = std::move(c); }, use_awaitable);
+    if (first_error_) co_return *first_error_;
+    co_return success();
+  }
+
+ private:
+  io::backend& b_;
+  asio::any_io_executor ex_;
+  std::size_t in_flight_ = 0;
+  std::optional<error> first_error_;
+  io::completion<void> waiter_;
+};
+
+constexpr std::size_t read_piece = 8u << 20;       // large slices: direct reads of this size
+constexpr std::size_t extent_max = 8u << 20;       // small slices: merged reads up to this size
+constexpr std::uint64_t merge_gap = 256u << 10;    // merge neighbours closer than this
+constexpr std::size_t reads_in_flight = 16;
+
 task<read_report> read_steps(io::backend& b, const opened_prefix& p, const format::manifest& m,
                              const std::vector<named_tensor>& targets, read_options opt, file_cache& files) {
   auto ex = co_await asio::this_coro::executor;
   read_report rep;
+  // 1. Match every target shard to the saved slice with its box.
+  std::vector<need> needs;
   for (const auto& target : targets) {
     const auto* t = m.find(target.key);
     if (!t) co_return make_error(errc::not_found, "tensor \"" + target.key + "\" is not in the checkpoint");
@@ -165,8 +214,7 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     if (v.global_shape() != t->global)
       co_return make_error(errc::shape_mismatch, "tensor \"" + t->key + "\": saved shape " + to_string(t->global) +
                                                      ", requested " + to_string(v.global_shape()));
-    // Map each saved slice to the local shards whose box it is.
-    std::map<std::size_t, std::vector<std::span<std::byte>>> wanted;
+    std::map<std::size_t, std::size_t> slot;  // saved slice index -> index in needs
     for (const auto& sh : v.shards()) {
       BOOST_OUTCOME_CO_TRY(auto bx, v.layout().shard_box(v.global_shape(), sh.device));
       if (bx.empty()) continue;
@@ -180,21 +228,73 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
                                  v.layout().to_string() + " on mesh " + v.layout().mesh_ref().to_string() +
                                  "; restoring into a different layout requires resharding)");
       }
-      wanted[static_cast<std::size_t>(it - t->slices.begin())].push_back(sh.data);
-    }
-    for (auto& [si, dests] : wanted) {
-      const auto& s = t->slices[si];
-      BOOST_OUTCOME_CO_TRY(auto h, co_await files.get(s.file));
-      auto dst = dests.front();
-      BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, h, s.offset, dst.first(s.length), use_awaitable));
-      if (got != s.length) co_return make_error(errc::short_read, slice_ctx(m, *t, s) + ": file ended early");
-      if (opt.verify_checksums) {
-        BOOST_OUTCOME_CO_TRY(check_chunks(m, *t, s, dst.first(s.length), 0));
-      }
-      for (std::size_t i = 1; i < dests.size(); ++i) std::copy(dst.begin(), dst.end(), dests[i].begin());
-      rep.bytes_read += s.length;
+      auto si = static_cast<std::size_t>(it - t->slices.begin());
+      auto [pos, fresh] = slot.emplace(si, needs.size());
+      if (fresh) needs.push_back({t, &*it, {}});
+      needs[pos->second].dests.push_back(sh.data);
     }
     ++rep.tensors;
+  }
+  // 2. Read: sorted by (file, offset); large slices straight into their first shard in pieces,
+  //    small neighbours merged into one read through a staging buffer and scattered. Many
+  //    reads are in flight; memory beyond the shards is bounded by the staging buffers.
+  std::sort(needs.begin(), needs.end(), [](const need& x, const need& y) {
+    return std::pair(x.s->file, x.s->offset) < std::pair(y.s->file, y.s->offset);
+  });
+  read_window window(b, ex);
+  std::vector<std::unique_ptr<std::byte[]>> staging;  // freed at the end, after every read completed
+  auto issue = [&]() -> task<void> {
+    for (std::size_t i = 0; i < needs.size();) {
+      const auto& n = needs[i];
+      BOOST_OUTCOME_CO_TRY(auto h, co_await files.get(n.s->file));
+      if (n.s->length >= (1u << 20)) {
+        for (std::uint64_t off = 0; off < n.s->length; off += read_piece) {
+          std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(read_piece, n.s->length - off));
+          BOOST_OUTCOME_CO_TRY(co_await window.wait_below(reads_in_flight));
+          const need* np = &n;
+          window.start(h, n.s->offset + off, n.dests.front().subspan(off, len), [np, len, &m](std::size_t got) -> result<void> {
+            if (got != len) return make_error(errc::short_read, slice_ctx(m, *np->t, *np->s) + ": file ended early");
+            return success();
+          });
+        }
+        ++i;
+        continue;
+      }
+      // Merge small neighbours in the same file into one extent.
+      std::size_t j = i + 1;
+      std::uint64_t begin = n.s->offset, end = n.s->offset + n.s->length;
+      while (j < needs.size() && needs[j].s->file == n.s->file && needs[j].s->length < (1u << 20) &&
+             needs[j].s->offset <= end + merge_gap && needs[j].s->offset + needs[j].s->length - begin <= extent_max) {
+        end = std::max(end, needs[j].s->offset + needs[j].s->length);
+        ++j;
+      }
+      BOOST_OUTCOME_CO_TRY(co_await window.wait_below(reads_in_flight));
+      staging.emplace_back(new std::byte[end - begin]);
+      std::byte* buf = staging.back().get();
+      std::span<const need> group(needs.data() + i, j - i);
+      window.start(h, begin, std::span<std::byte>(buf, end - begin), [group, buf, begin, end, &m](std::size_t got) -> result<void> {
+        if (got != end - begin)
+          return make_error(errc::short_read, slice_ctx(m, *group.front().t, *group.front().s) + ": file ended early");
+        for (const auto& g : group) std::memcpy(g.dests.front().data(), buf + (g.s->offset - begin), g.s->length);
+        return success();
+      });
+      i = j;
+    }
+    co_return success();
+  };
+  auto issued = co_await issue();
+  auto drained = co_await window.wait_below(1);  // TRICKY: no buffer may go away while the kernel writes it
+  if (!issued) co_return issued.error();
+  if (!drained) co_return drained.error();
+  staging.clear();
+  // 3. Verify every slice on the bytes read, then fill the replicas.
+  for (const auto& n : needs) {
+    auto dst = n.dests.front().first(n.s->length);
+    if (opt.verify_checksums) {
+      BOOST_OUTCOME_CO_TRY(check_chunks(m, *n.t, *n.s, dst, 0));
+    }
+    for (std::size_t i = 1; i < n.dests.size(); ++i) std::copy(dst.begin(), dst.end(), n.dests[i].begin());
+    rep.bytes_read += n.s->length;
   }
   (void)p;
   co_return rep;

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "bench.hpp"
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
@@ -32,6 +33,10 @@ constexpr const char* usage_text =
     "                          PATH may be a directory: every committed checkpoint in it is\n"
     "                          verified, leftovers of interrupted saves are listed, and\n"
     "                          every checkpoint its `checkpoint` state file lists must exist\n"
+    "  bench --dir DIR [--workload large|small|all] [--backend auto|uring|posix]\n"
+    "        [--reps N] [--json]\n"
+    "                          the workloads of BENCHMARKS.md against fio and memcpy, in the\n"
+    "                          same run (medians; drops the page cache when root)\n"
     "\n"
     "PATH is a checkpoint prefix (DIR/NAME, the file DIR/NAME.manifest) or, for verify, a\n"
     "directory. Exit status: 0 ok, 1 damaged or failed, 2 usage error.\n"
@@ -177,10 +182,34 @@ int cmd_verify(io::backend& b, const args& a) {
   return all_ok ? 0 : 1;
 }
 
+int bench_main(const std::vector<std::string>& av) {
+  cli::bench_args b;
+  for (std::size_t i = 1; i < av.size(); ++i) {
+    auto value = [&]() -> std::optional<std::string> {
+      if (i + 1 >= av.size()) return std::nullopt;
+      return av[++i];
+    };
+    std::optional<std::string> v;
+    if (av[i] == "--json") b.json = true;
+    else if (av[i] == "--help") {
+      std::fputs(usage_text, stdout);
+      return 0;
+    } else if (av[i] == "--dir" && (v = value())) b.dir = *v;
+    else if (av[i] == "--workload" && (v = value())) b.workload = *v;
+    else if (av[i] == "--backend" && (v = value())) b.backend = *v;
+    else if (av[i] == "--reps" && (v = value())) b.reps = std::max(1, std::atoi(v->c_str()));
+    else return usage_error("bench: unknown or incomplete option " + av[i]);
+  }
+  if (b.dir.empty()) return usage_error("bench needs --dir DIR (on the disk to measure)");
+  if (b.backend != "auto" && b.backend != "uring" && b.backend != "posix") return usage_error("bench: --backend is auto, uring or posix");
+  return cli::run_bench(b);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> av(argv + 1, argv + argc);
+  if (!av.empty() && av[0] == "bench") return bench_main(av);
   args a;
   std::vector<std::string> positional;
   for (const auto& s : av) {

@@ -80,6 +80,12 @@ auto async_write(backend& b, asio::any_io_executor ex, handle f, std::uint64_t o
                         std::forward<Token>(t));
 }
 
+/// `backend::truncate` as an asynchronous operation.
+template <class Token>
+auto async_truncate(backend& b, asio::any_io_executor ex, handle f, std::uint64_t size, Token&& t) {
+  return async_op<void>(ex, [&b, f, size](completion<void> c) { b.truncate(f, size, std::move(c)); }, std::forward<Token>(t));
+}
+
 /// `backend::fsync` as an asynchronous operation.
 template <class Token>
 auto async_fsync(backend& b, asio::any_io_executor ex, handle f, Token&& t) {

@@ -34,6 +34,10 @@ struct handle {
 enum class open_mode {
   read,              ///< existing regular file, read-only
   create_exclusive,  ///< new file, write-only; fails with EEXIST when the name exists
+  /// As `create_exclusive`, bypassing the page cache (O_DIRECT) where the filesystem allows it
+  /// (silently buffered elsewhere). Every write to it must then use a buffer, offset and length
+  /// aligned to 4096 bytes; `truncate` trims the padding of the last block.
+  create_exclusive_direct,
 };
 
 /// What a backend can do; higher layers adapt buffers and reporting to it.
@@ -81,6 +85,9 @@ class backend {
   /// Writes all of `buf` at `offset` (short writes are resubmitted) or fails.
   virtual void write(handle file, std::uint64_t offset, std::span<const std::byte> buf,
                      completion<void> done) = 0;
+  /// Sets the size of a file open for writing (used to trim the alignment padding of O_DIRECT
+  /// writes).
+  virtual void truncate(handle file, std::uint64_t size, completion<void> done) = 0;
   /// Flushes a file's data and metadata (or a directory's entries) to stable storage.
   virtual void fsync(handle file, completion<void> done) = 0;
   /// Closes a handle (always releases it, even when reporting an error).
