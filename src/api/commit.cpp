@@ -31,6 +31,7 @@
 #include <random>
 #include <unistd.h>
 
+#include "../runtime/staging_pool.hpp"
 #include "common.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/format/checksum.hpp"
@@ -58,21 +59,9 @@ std::uint64_t fresh_token() {
 // from the tensors into a small pool of aligned buffers and written with O_DIRECT (where the
 // filesystem allows), several writes in flight; the last block is padded and the file then
 // truncated to its exact size. Memory stays bounded by the pool, whatever the state's size.
-constexpr std::size_t staging_bytes = 8u << 20;
+constexpr std::size_t staging_bytes = runtime::staging_buffer_bytes;
 constexpr std::size_t staging_buffers = 8;
-constexpr std::size_t block = 4096;
-
-struct aligned_buffer {
-  std::byte* p = nullptr;
-  explicit aligned_buffer(std::size_t n) {
-    void* mem = nullptr;
-    if (::posix_memalign(&mem, block, n) != 0) throw std::bad_alloc();
-    p = static_cast<std::byte*>(mem);
-  }
-  aligned_buffer(aligned_buffer&& o) noexcept : p(std::exchange(o.p, nullptr)) {}
-  aligned_buffer(const aligned_buffer&) = delete;
-  ~aligned_buffer() { std::free(p); }
-};
+constexpr std::size_t block = runtime::staging_alignment;
 
 struct save_state {
   save_state(io::backend& be, std::string p, std::string d, std::string n)
@@ -135,11 +124,11 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   s.created.push_back(name);
   s.open_files.push_back(*h);
 
-  std::vector<aligned_buffer> pool;
+  std::vector<runtime::staging_buffer> pool;
   std::vector<std::size_t> free_list;
   const std::size_t nbuf = std::min<std::size_t>(staging_buffers, file_size / staging_bytes + 1);
   for (std::size_t i = 0; i < nbuf; ++i) {
-    pool.emplace_back(staging_bytes);
+    pool.push_back(runtime::staging_buffer::acquire());
     free_list.push_back(i);
   }
   write_window window(s.b, ex, *h);
@@ -151,9 +140,9 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   auto emit = [&](std::size_t len) -> task<void> {
     // Pad to a whole number of O_DIRECT blocks with zeros.
     std::size_t padded = (len + block - 1) / block * block;
-    std::memset(pool[cur].p + len, 0, padded - len);
+    std::memset(pool[cur].data() + len, 0, padded - len);
     std::size_t idx = cur;
-    window.start(block_off, std::span<const std::byte>(pool[idx].p, padded), [&free_list, idx] { free_list.push_back(idx); });
+    window.start(block_off, std::span<const std::byte>(pool[idx].data(), padded), [&free_list, idx] { free_list.push_back(idx); });
     block_off += staging_bytes;
     filled = 0;
     BOOST_OUTCOME_CO_TRY(co_await window.wait_below(nbuf));  // a buffer is free again
@@ -170,13 +159,13 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
       while (!src.empty()) {
         std::uint64_t in_block = pos - block_off;
         if (in_block >= staging_bytes) {  // the slice starts in a later block: flush (with a gap)
-          std::memset(pool[cur].p + filled, 0, staging_bytes - filled);
+          std::memset(pool[cur].data() + filled, 0, staging_bytes - filled);
           BOOST_OUTCOME_CO_TRY(co_await emit(staging_bytes));
           continue;
         }
-        if (in_block > filled) std::memset(pool[cur].p + filled, 0, in_block - filled);  // alignment gap
+        if (in_block > filled) std::memset(pool[cur].data() + filled, 0, in_block - filled);  // alignment gap
         std::size_t n = std::min<std::size_t>(src.size(), staging_bytes - in_block);
-        std::memcpy(pool[cur].p + in_block, src.data(), n);
+        std::memcpy(pool[cur].data() + in_block, src.data(), n);
         filled = in_block + n;
         src = src.subspan(n);
         pos += n;
@@ -188,9 +177,9 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
     if (filled > 0) {
       std::size_t len = static_cast<std::size_t>(filled);
       std::size_t padded = (len + block - 1) / block * block;
-      std::memset(pool[cur].p + len, 0, padded - len);
+      std::memset(pool[cur].data() + len, 0, padded - len);
       std::size_t idx = cur;
-      window.start(block_off, std::span<const std::byte>(pool[idx].p, padded), [&free_list, idx] { free_list.push_back(idx); });
+      window.start(block_off, std::span<const std::byte>(pool[idx].data(), padded), [&free_list, idx] { free_list.push_back(idx); });
     }
     co_return success();
   };

@@ -9,6 +9,7 @@
 #include <map>
 #include <set>
 
+#include "../runtime/staging_pool.hpp"
 #include "common.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/format/checksum.hpp"
@@ -194,7 +195,7 @@ class read_window {
 };
 
 constexpr std::size_t read_piece = 8u << 20;       // large slices: direct reads of this size
-constexpr std::size_t extent_max = 8u << 20;       // small slices: merged reads up to this size
+constexpr std::size_t extent_max = runtime::staging_buffer_bytes;  // small slices: merged reads up to this size
 constexpr std::uint64_t merge_gap = 256u << 10;    // merge neighbours closer than this
 constexpr std::size_t reads_in_flight = 16;
 
@@ -242,7 +243,9 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     return std::pair(x.s->file, x.s->offset) < std::pair(y.s->file, y.s->offset);
   });
   read_window window(b, ex);
-  std::vector<std::unique_ptr<std::byte[]>> staging;  // freed at the end, after every read completed
+  // One slot per merged read; each buffer goes back to the pool as soon as its read was scattered,
+  // so at most `reads_in_flight` are held at once.
+  std::vector<runtime::staging_buffer> staging;
   auto issue = [&]() -> task<void> {
     for (std::size_t i = 0; i < needs.size();) {
       const auto& n = needs[i];
@@ -269,10 +272,12 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
         ++j;
       }
       BOOST_OUTCOME_CO_TRY(co_await window.wait_below(reads_in_flight));
-      staging.emplace_back(new std::byte[end - begin]);
-      std::byte* buf = staging.back().get();
+      staging.push_back(runtime::staging_buffer::acquire());
+      std::size_t slot = staging.size() - 1;
+      std::byte* buf = staging.back().data();
       std::span<const need> group(needs.data() + i, j - i);
-      window.start(h, begin, std::span<std::byte>(buf, end - begin), [group, buf, begin, end, &m](std::size_t got) -> result<void> {
+      window.start(h, begin, std::span<std::byte>(buf, end - begin), [group, buf, begin, end, slot, &staging, &m](std::size_t got) -> result<void> {
+        runtime::staging_buffer release = std::move(staging[slot]);  // back to the pool on return
         if (got != end - begin)
           return make_error(errc::short_read, slice_ctx(m, *group.front().t, *group.front().s) + ": file ended early");
         for (const auto& g : group) std::memcpy(g.dests.front().data(), buf + (g.s->offset - begin), g.s->length);

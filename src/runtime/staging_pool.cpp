@@ -1,0 +1,61 @@
+#include "staging_pool.hpp"
+
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <vector>
+
+namespace meshckpt::runtime {
+
+namespace {
+
+constexpr std::size_t max_cached = 16;  // 128 MiB of idle staging memory at most
+
+struct pool {
+  std::mutex mu;
+  std::vector<std::byte*> idle;
+  ~pool() {
+    for (auto* p : idle) std::free(p);
+  }
+};
+
+pool& the_pool() {
+  static pool p;
+  return p;
+}
+
+}  // namespace
+
+staging_buffer staging_buffer::acquire() {
+  {
+    auto& p = the_pool();
+    std::lock_guard lk(p.mu);
+    if (!p.idle.empty()) {
+      auto* b = p.idle.back();
+      p.idle.pop_back();
+      return staging_buffer(b);
+    }
+  }
+  void* mem = nullptr;
+  if (::posix_memalign(&mem, staging_alignment, staging_buffer_bytes) != 0) throw std::bad_alloc();
+  return staging_buffer(static_cast<std::byte*>(mem));
+}
+
+staging_buffer& staging_buffer::operator=(staging_buffer&& o) noexcept {
+  if (this != &o) {
+    staging_buffer tmp(std::move(*this));
+    p_ = o.p_;
+    o.p_ = nullptr;
+  }
+  return *this;
+}
+
+staging_buffer::~staging_buffer() {
+  if (!p_) return;
+  auto& p = the_pool();
+  std::lock_guard lk(p.mu);
+  if (p.idle.size() < max_cached) p.idle.push_back(p_);
+  else std::free(p_);
+}
+
+}  // namespace meshckpt::runtime
