@@ -106,6 +106,33 @@ TEST_CASE("backends create, write, read, size, fsync and close files", "[io][con
   }
 }
 
+TEST_CASE("backends write aligned blocks to direct-IO files and truncate the padding", "[io][conformance][direct]") {
+  for (const auto& f : all_backends()) {
+    INFO("backend " << f.name);
+    testing::temp_dir tmp;
+    auto be = f.make();
+    ops o{*be};
+    auto dir = o.open_dir(tmp.str()).value();
+    auto h = o.open(dir, "d", io::open_mode::create_exclusive_direct).value();
+    void* mem = nullptr;
+    REQUIRE(::posix_memalign(&mem, 4096, 8192) == 0);
+    std::unique_ptr<std::byte, decltype(&std::free)> buf(static_cast<std::byte*>(mem), &std::free);
+    for (int i = 0; i < 8192; ++i) buf.get()[i] = static_cast<std::byte>(i % 251);
+    REQUIRE(io::wait<void>([&](auto d) { be->write(h, 4096, std::span<const std::byte>(buf.get(), 8192), std::move(d)); }));
+    REQUIRE(io::wait<void>([&](auto d) { be->truncate(h, 4096 + 5000, std::move(d)); }));
+    REQUIRE(o.fsync(h));
+    REQUIRE(o.close(h));
+    auto r = o.open(dir, "d", io::open_mode::read).value();
+    CHECK(o.size(r).value() == 9096);
+    auto back = o.read(r, 4096, 8192).value();
+    REQUIRE(back.size() == 5000);
+    for (int i = 0; i < 5000; ++i) CHECK(static_cast<unsigned char>(back[static_cast<std::size_t>(i)]) == i % 251);
+    CHECK(o.read(r, 0, 4096).value() == std::string(4096, '\0'));
+    REQUIRE(o.close(r));
+    REQUIRE(o.close(dir));
+  }
+}
+
 TEST_CASE("backends report missing files with ENOENT and the file name", "[io][conformance]") {
   for (const auto& f : all_backends()) {
     INFO("backend " << f.name);
