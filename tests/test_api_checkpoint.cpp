@@ -53,7 +53,8 @@ struct model : graph::module {
     track("rng.state", rng);
   }
   void fill(std::uint64_t seed) {
-    for (auto* v : {&d1.kernel, &d1.bias, &d2.kernel, &d2.bias}) testing::fill(v->view(), "v", seed + reinterpret_cast<std::uintptr_t>(v) % 7);
+    std::uint64_t j = 0;
+    for (auto* v : {&d1.kernel, &d1.bias, &d2.kernel, &d2.bias}) testing::fill(v->view(), "v" + std::to_string(j++), seed);
     step.set(static_cast<std::int64_t>(seed));
     rng.set(std::vector<std::byte>(seed % 50 + 1, static_cast<std::byte>(seed)));
   }
@@ -423,6 +424,32 @@ TEST_CASE("host values are captured when a save is issued, not when it runs", "[
     auto cb = ckpt_of(back);
     REQUIRE(cb->restore(tmp / ("ck-" + std::to_string(i + 1))));
     CHECK(back.step.get() == 100 + i);
+  }
+}
+
+TEST_CASE("tensors may be modified as soon as async_save returns: the save writes its snapshot", "[api][async][snapshot]") {
+  for (std::uint64_t budget : {std::uint64_t{0}, std::uint64_t{1}}) {  // unlimited; and too small, so the call blocks instead
+    INFO("snapshot budget " << budget);
+    testing::temp_dir tmp;
+    model m;
+    checkpoint_options opt;
+    opt.snapshot_budget_bytes = budget;
+    auto c = checkpoint::create(mesh24(), nullptr, {{"model", &m}}, opt).value();
+    std::vector<std::future<result<std::string>>> saves;
+    for (std::uint64_t i = 0; i < 4; ++i) {
+      m.fill(50 + i);
+      saves.push_back(async_save(*c, tmp / "ck", asio::use_future));
+      m.fill(99);  // scribble right away: must not reach the checkpoint
+    }
+    for (auto& f : saves) REQUIRE(f.get());
+    for (std::uint64_t i = 0; i < 4; ++i) {
+      model expect, back;
+      expect.fill(50 + i);
+      auto cb = ckpt_of(back);
+      REQUIRE(cb->restore(tmp / ("ck-" + std::to_string(i + 1))));
+      CHECK(same(expect.d1.kernel, back.d1.kernel));
+      CHECK(same(expect.d2.bias, back.d2.bias));
+    }
   }
 }
 

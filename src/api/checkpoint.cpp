@@ -12,7 +12,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <deque>
+#include <future>
+#include <map>
 #include <mutex>
 #include <set>
 
@@ -224,6 +227,12 @@ struct status_state {
   std::vector<std::pair<std::string, graph::trackable*>> extra;
 };
 
+// Host memory for snapshots, reused across saves so its pages are touched once.
+struct snapshot_arena {
+  std::unique_ptr<std::byte[]> bytes;
+  std::size_t capacity = 0;
+};
+
 struct checkpoint_impl {
   explicit checkpoint_impl(mesh mm) : m(std::move(mm)) {}
   mesh m;
@@ -232,6 +241,7 @@ struct checkpoint_impl {
   checkpoint_options opt;
   std::shared_ptr<io::backend> backend;
   std::unique_ptr<graph::scalar<std::int64_t>> save_counter;
+  std::vector<std::shared_ptr<snapshot_arena>> arenas;  // in use while a save holds a reference
   asio::thread_pool io_thread{1};
 
   std::mutex mu;
@@ -428,6 +438,78 @@ std::vector<std::pair<std::string, graph::trackable*>> extra_edges(detail::check
 
 }  // namespace
 
+namespace {
+
+// Copies the distinct slices of `tensors` (replicas once) into a free arena and re-points the
+// views at the copy. Returns the arena (the save holds it until it completes), or null when
+// the state exceeds the whole budget.
+std::shared_ptr<const void> take_snapshot(detail::checkpoint_impl& impl, std::vector<named_tensor>& tensors) {
+  // Distinct boxes per tensor, by the first local device holding each.
+  struct piece {
+    std::size_t tensor;
+    std::span<std::byte> src;
+    std::vector<std::size_t> shards;  // indices into the tensor's shards with this box
+  };
+  std::vector<piece> pieces;
+  std::uint64_t need = 0;
+  for (std::size_t t = 0; t < tensors.size(); ++t) {
+    const auto& v = tensors[t].tensor;
+    std::map<std::vector<std::int64_t>, std::size_t> seen;
+    for (std::size_t k = 0; k < v.shards().size(); ++k) {
+      auto b = v.layout().shard_box(v.global_shape(), v.shards()[k].device);
+      if (!b) continue;
+      auto key = b->origin;
+      key.insert(key.end(), b->extent.begin(), b->extent.end());
+      auto [it, fresh] = seen.emplace(std::move(key), pieces.size());
+      if (fresh) {
+        pieces.push_back({t, v.shards()[k].data, {}});
+        need += (v.shards()[k].data.size() + 63) / 64 * 64;
+      }
+      pieces[it->second].shards.push_back(k);
+    }
+  }
+  const std::uint64_t budget = impl.opt.snapshot_budget_bytes;
+  if (budget && need > budget) return nullptr;
+  std::shared_ptr<detail::snapshot_arena> arena;
+  while (!arena) {
+    for (auto& a : impl.arenas)
+      if (a.use_count() == 1 && a->capacity >= need) arena = a;
+    if (arena) break;
+    std::uint64_t held = 0;
+    for (auto& a : impl.arenas) held += a->capacity;
+    std::erase_if(impl.arenas, [](auto& a) { return a.use_count() == 1; });  // too small: drop idle ones
+    std::uint64_t busy = 0;
+    for (auto& a : impl.arenas) busy += a->capacity;
+    if (!budget || busy + need <= budget) {
+      auto a = std::make_shared<detail::snapshot_arena>();
+      a->bytes.reset(new std::byte[need]);
+      a->capacity = need;
+      impl.arenas.push_back(a);
+      arena = a;
+      break;
+    }
+    (void)held;
+    impl.wait_idle();  // the budget is taken by saves in flight: wait for them
+  }
+  // Copy, and re-point each tensor's shards at the copy.
+  std::vector<std::vector<local_shard>> shards(tensors.size());
+  for (std::size_t t = 0; t < tensors.size(); ++t) shards[t] = tensors[t].tensor.shards();
+  std::uint64_t off = 0;
+  for (const auto& p : pieces) {
+    std::byte* dst = arena->bytes.get() + off;
+    std::memcpy(dst, p.src.data(), p.src.size());
+    for (auto k : p.shards) shards[p.tensor][k].data = std::span<std::byte>(dst, p.src.size());
+    off += (p.src.size() + 63) / 64 * 64;
+  }
+  for (std::size_t t = 0; t < tensors.size(); ++t) {
+    const auto& v = tensors[t].tensor;
+    tensors[t].tensor = dtensor_view::create(v.type(), v.global_shape(), v.layout(), std::move(shards[t])).value();
+  }
+  return arena;
+}
+
+}  // namespace
+
 void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done) {
   auto& impl = *impl_;
   std::string path = prefix;
@@ -451,8 +533,24 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     tensors.push_back({n.key, v->view});
     if (v->owner) owners.push_back(std::move(v->owner));
   }
+  // Snapshot: after this the caller may modify its tensors (this copy is the save's only stall).
+  bool must_block = false;
+  if (impl.opt.snapshot) {
+    auto arena = take_snapshot(impl, tensors);
+    if (arena) owners.push_back(std::move(arena));
+    else must_block = true;
+  }
+  std::shared_ptr<std::promise<void>> written;
+  if (must_block) {
+    written = std::make_shared<std::promise<void>>();
+    done = [written, d = std::move(done)](result<std::string> r) {
+      d(std::move(r));
+      written->set_value();
+    };
+  }
   write_options wopt = impl.opt.write;
   wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(live.graph)});
+  auto fut = written ? std::optional<std::future<void>>(written->get_future()) : std::nullopt;
   impl.enqueue([&impl, path, numbered, tensors = std::move(tensors), owners = std::move(owners), wopt = std::move(wopt),
                 done = std::move(done)](std::function<void()> finished) mutable {
     auto ex = impl.io_thread.get_executor();
@@ -480,6 +578,9 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
                           finished();
                         });
   });
+  // Larger than the whole snapshot budget: the tensors are read by the write itself, so return
+  // only once it is done.
+  if (fut) fut->wait();
 }
 
 void checkpoint::start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done) {

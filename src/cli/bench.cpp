@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <future>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/describe.hpp"
@@ -111,6 +113,7 @@ struct figures {
   double save_MiBps = 0, restore_MiBps = 0;
   std::optional<double> fio_write_MiBps, fio_read_MiBps;
   double memcpy_s = 0;
+  std::optional<double> stall_s;
   std::uint64_t peak_rss = 0;
   bool cold = false;
   std::string backend;
@@ -128,10 +131,10 @@ int run_bench(const bench_args& a) {
   }
   std::filesystem::create_directories(a.dir);
   std::vector<std::string> workloads;
-  if (a.workload == "all") workloads = {"large", "small"};
-  else if (a.workload == "large" || a.workload == "small") workloads = {a.workload};
+  if (a.workload == "all") workloads = {"large", "small", "stall"};
+  else if (a.workload == "large" || a.workload == "small" || a.workload == "stall") workloads = {a.workload};
   else {
-    std::fprintf(stderr, "meshckpt bench: unknown workload \"%s\" (large, small, all)\n", a.workload.c_str());
+    std::fprintf(stderr, "meshckpt bench: unknown workload \"%s\" (large, small, stall, all)\n", a.workload.c_str());
     return 2;
   }
   std::vector<figures> all;
@@ -141,16 +144,49 @@ int run_bench(const bench_args& a) {
     f.backend = std::string((*be)->name());
     // Restores go into the saved tensors themselves (checksums prove the bytes): one copy of a
     // state that, with 8 simulated devices holding replicas, is already several times its size.
-    auto src = make_workload(w, true);
+    auto src = make_workload(w == "stall" ? "large" : w, true);
     auto& dst = src;
     f.bytes = src.bytes;
     f.tensors = src.named.size();
     if (!a.json) std::fprintf(stderr, "bench %s: %zu tensors, %s, %d repetitions, backend %s\n", w.c_str(), f.tensors,
                               format::human_bytes(f.bytes).c_str(), a.reps, f.backend.c_str());
     std::string prefix = a.dir + "/bench-" + w;
-    std::vector<double> save_s, restore_s;
+    std::vector<double> save_s, restore_s, stall_s;
     f.cold = true;
-    for (int r = 0; r < a.reps; ++r) {
+    if (w == "stall") {
+      // The time an asynchronous save blocks its caller (the snapshot copy), over saves after
+      // the first (warm snapshot memory), through the Checkpoint API.
+      graph::state_dict sd;
+      std::deque<graph::variable> vars;
+      for (const auto& n : src.named) {
+        vars.emplace_back(n.tensor);
+        sd.insert(n.key, vars.back());
+      }
+      checkpoint_options copt;
+      copt.backend = std::shared_ptr<io::backend>(std::move(*be));
+      auto ck = checkpoint::create(mesh::create({{"x", 2}, {"y", 4}}).value(), &sd, {}, copt).value();
+      for (int r = 0; r < a.reps + 1; ++r) {
+        std::promise<result<std::string>> done;
+        auto t0 = clock_type::now();
+        ck->start_save(prefix, false, [&](result<std::string> res) { done.set_value(std::move(res)); });
+        double stall = seconds_since(t0);
+        auto res = done.get_future().get();
+        double total = seconds_since(t0);
+        if (!res) {
+          std::fprintf(stderr, "meshckpt bench: save failed: %s\n", res.error().what().c_str());
+          return 1;
+        }
+        if (r > 0) {
+          stall_s.push_back(stall);
+          save_s.push_back(total);
+        }
+      }
+      f.stall_s = median(stall_s);
+      be = backends::make_backend(a.backend == "posix" ? backends::backend_kind::posix
+                                  : a.backend == "uring" ? backends::backend_kind::uring
+                                                         : backends::backend_kind::automatic);
+    }
+    for (int r = 0; r < (w == "stall" ? 0 : a.reps); ++r) {
       auto t0 = clock_type::now();
       auto wr = write_tensors(**be, prefix, src.named);
       if (!wr) {
@@ -168,7 +204,7 @@ int run_bench(const bench_args& a) {
       restore_s.push_back(seconds_since(t0));
     }
     f.save_MiBps = static_cast<double>(f.bytes) / (1 << 20) / median(save_s);
-    f.restore_MiBps = static_cast<double>(f.bytes) / (1 << 20) / median(restore_s);
+    f.restore_MiBps = restore_s.empty() ? 0 : static_cast<double>(f.bytes) / (1 << 20) / median(restore_s);
     // memcpy of the bytes a save writes (one copy of each distinct slice) into an already-touched
     // buffer: the floor of a copy-mode snapshot.
     std::vector<double> mc;
@@ -205,10 +241,10 @@ int run_bench(const bench_args& a) {
     for (std::size_t i = 0; i < all.size(); ++i) {
       const auto& f = all[i];
       std::printf("%s{\"workload\":\"%s\",\"backend\":\"%s\",\"bytes\":%llu,\"tensors\":%zu,\"save_MiBps\":%.1f,\"restore_MiBps\":%.1f,"
-                  "\"restore_cold_cache\":%s,\"fio_write_MiBps\":%s,\"fio_read_MiBps\":%s,\"stall_s\":null,\"memcpy_s\":%.4f,"
+                  "\"restore_cold_cache\":%s,\"fio_write_MiBps\":%s,\"fio_read_MiBps\":%s,\"stall_s\":%s,\"memcpy_s\":%.4f,"
                   "\"peak_rss_bytes\":%llu}",
                   i ? "," : "", f.workload.c_str(), f.backend.c_str(), static_cast<unsigned long long>(f.bytes), f.tensors, f.save_MiBps,
-                  f.restore_MiBps, f.cold ? "true" : "false", num(f.fio_write_MiBps).c_str(), num(f.fio_read_MiBps).c_str(), f.memcpy_s,
+                  f.restore_MiBps, f.cold ? "true" : "false", num(f.fio_write_MiBps).c_str(), num(f.fio_read_MiBps).c_str(), num(f.stall_s).c_str(), f.memcpy_s,
                   static_cast<unsigned long long>(f.peak_rss));
     }
     std::printf("]\n");
@@ -229,7 +265,11 @@ int run_bench(const bench_args& a) {
   }
   std::printf("medians of %d repetitions; saves durable and checksummed; restores verified%s. fio: 1 MiB blocks, io_uring, qd16, O_DIRECT.\n",
               a.reps, all.empty() || all[0].cold ? ", from a cold page cache" : " (page cache NOT dropped: run as root for cold reads)");
-  std::printf("stall: not measured yet (the asynchronous snapshot pipeline is not built); memcpy is its floor.\n");
+  for (const auto& f : all)
+    if (f.stall_s)
+      std::printf("stall: an async save of %s blocks its caller %.3f s (snapshot copy) = %.2fx one memcpy of the state (%.3f s); "
+                  "total save %.0f MiB/s\n",
+                  format::human_bytes(f.bytes).c_str(), *f.stall_s, *f.stall_s / f.memcpy_s, f.memcpy_s, f.save_MiBps);
   return 0;
 }
 

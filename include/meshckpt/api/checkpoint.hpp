@@ -34,6 +34,15 @@ struct checkpoint_options {
   read_options read{};
   /// Run, in order, with the written path after each successful `save`/`write` commit.
   std::vector<std::function<void(const std::string& path)>> write_callbacks{};
+  /// Snapshot (copy) the tensors when a save is issued, so the caller may modify them as soon as
+  /// `async_save`/`async_write` returns; the save then writes from the copy. The copy is one
+  /// memcpy of the distinct slices (replicas are copied once) into reusable host memory.
+  bool snapshot = true;
+  /// Most bytes of snapshot memory kept (0: no limit). A save whose state does not fit waits, on
+  /// the calling thread, for earlier saves to release theirs; one larger than the whole budget is
+  /// not snapshotted: the call then returns only after its write completed (so the caller may
+  /// still modify the tensors right after it returns).
+  std::uint64_t snapshot_budget_bytes = 0;
 };
 
 /// The outcome of `restore`/`read`: which checkpoint values were used and which live objects
