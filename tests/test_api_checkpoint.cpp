@@ -453,6 +453,23 @@ TEST_CASE("tensors may be modified as soon as async_save returns: the save write
   }
 }
 
+TEST_CASE("snapshots handle empty shards and empty tensors", "[api][async][snapshot][regression]") {
+  // Regression (UBSan): the snapshot memcpy'd from the null data of an empty shard.
+  testing::temp_dir tmp;
+  graph::state_dict sd;
+  auto* a = sd.emplace("uneven", dtype::int8, {3}, layout::create({"y"}, mesh24()).value()).value();  // 1,1,1,0
+  auto* e = sd.emplace("empty", dtype::float32, {0, 4}, layout::create({"x", "unsharded"}, mesh24()).value()).value();
+  testing::fill(a->view(), "uneven", 5);
+  auto c = checkpoint::create(mesh24(), &sd).value();
+  auto f = async_save(*c, tmp / "ck", asio::use_future);
+  testing::fill(a->view(), "uneven", 6);
+  REQUIRE(f.get());
+  testing::fill(a->view(), "uneven", 7);
+  REQUIRE(c->restore(tmp / "ck-1").value().assert_consumed());
+  CHECK(testing::matches(a->view(), "uneven", 5));
+  CHECK(e->view().global_bytes() == 0);
+}
+
 TEST_CASE("an error in a background write reaches the caller and sync", "[api][async][errors]") {
   testing::temp_dir tmp;
   model m;
