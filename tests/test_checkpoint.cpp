@@ -174,6 +174,38 @@ TEST_CASE("async forms complete through use_future, use_awaitable and callbacks"
   pool.join();
 }
 
+TEST_CASE("many concurrent async saves and restores share one io_context", "[api][async][concurrency]") {
+  testing::temp_dir tmp;
+  auto be = testing::test_backend();
+  constexpr int n = 12;
+  std::deque<state> src, dst;  // stable addresses: the views point into each state's tensors
+  for (int i = 0; i < n; ++i) {
+    src.push_back(make_state(mesh24(), model, 100 + static_cast<std::uint64_t>(i)));
+    dst.push_back(make_state(mesh24(), model, std::nullopt));
+  }
+  asio::io_context ctx;
+  int saved = 0, restored = 0, failed = 0;
+  for (int i = 0; i < n; ++i)
+    asio::co_spawn(ctx, [&, i]() -> asio::awaitable<void> {
+      auto e = co_await asio::this_coro::executor;
+      std::string prefix = tmp / ("c" + std::to_string(i));
+      auto w = co_await async_write_tensors(e, *be, prefix, src[static_cast<std::size_t>(i)].named, {}, asio::use_awaitable);
+      if (!w) {
+        ++failed;
+        co_return;
+      }
+      ++saved;
+      auto r = co_await async_read_tensors(e, *be, prefix, dst[static_cast<std::size_t>(i)].named, {}, asio::use_awaitable);
+      if (r) ++restored;
+      else ++failed;
+    }, asio::detached);
+  ctx.run();  // one thread drives all of them; IO completes on the backend's threads
+  CHECK(failed == 0);
+  CHECK(saved == n);
+  CHECK(restored == n);
+  for (int i = 0; i < n; ++i) CHECK(matches(dst[static_cast<std::size_t>(i)], 100 + static_cast<std::uint64_t>(i)));
+}
+
 TEST_CASE("overwriting a prefix replaces it atomically and removes the old data", "[api][commit]") {
   testing::temp_dir tmp;
   auto be = testing::test_backend();

@@ -176,3 +176,16 @@ TEST_CASE("dtensor views check that shards match the layout", "[tensor][dtensor]
   CHECK(t.shard_bytes(1).size() == 4);  // uneven: rows 3..4 of 5, int16
   CHECK(t.shard_bytes(0).empty());
 }
+
+TEST_CASE("an owning dtensor cannot be copied, only moved (its view points into its storage)", "[tensor][dtensor][regression]") {
+  // Regression: a copied dtensor kept a view into the original's memory; found when a vector of
+  // states reallocated (copying) in a concurrency test and the old storage was freed.
+  STATIC_REQUIRE_FALSE(std::is_copy_constructible_v<dtensor>);
+  STATIC_REQUIRE(std::is_nothrow_move_constructible_v<dtensor>);
+  auto m = mesh::create({{"x", 2}}).value();
+  auto a = dtensor::create(dtype::int32, {4}, layout::create({"x"}, m).value()).value();
+  auto* before = a.view().shards()[0].data.data();
+  dtensor b = std::move(a);
+  CHECK(b.view().shards()[0].data.data() == before);  // still its own storage
+  CHECK(b.shard_bytes(0).data() == before);
+}

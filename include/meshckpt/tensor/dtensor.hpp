@@ -50,9 +50,15 @@ class dtensor_view {
   std::vector<local_shard> shards_;
 };
 
-/// A DTensor that owns zero-initialised storage for each local shard.
+/// A DTensor that owns zero-initialised storage for each local shard. Move-only: its view
+/// points into its own storage, so a copy would alias the original's memory.
 class dtensor {
  public:
+  dtensor(const dtensor&) = delete;
+  dtensor& operator=(const dtensor&) = delete;
+  dtensor(dtensor&&) noexcept = default;
+  dtensor& operator=(dtensor&&) noexcept = default;
+
   /// Allocates the local shards of a tensor with this dtype, shape and layout.
   static result<dtensor> create(dtype t, shape global, layout l);
 
