@@ -23,6 +23,7 @@ class category final : public std::error_category {
       case errc::limit_exceeded: return "limit exceeded";
       case errc::short_read: return "file shorter than expected";
       case errc::unsupported: return "unsupported";
+      case errc::cancelled: return "cancelled";
     }
     return "unknown meshckpt error";
   }

@@ -206,6 +206,53 @@ TEST_CASE("many concurrent async saves and restores share one io_context", "[api
   for (int i = 0; i < n; ++i) CHECK(matches(dst[static_cast<std::size_t>(i)], 100 + static_cast<std::uint64_t>(i)));
 }
 
+TEST_CASE("saves and restores report progress up to the total", "[api][progress]") {
+  testing::temp_dir tmp;
+  auto be = testing::test_backend();
+  auto big = make_state(mesh24(), {{"w", dtype::float32, {2048, 4096}, {"x", "unsharded"}}}, 3);  // 32 MiB stored
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> seen;
+  write_options wo;
+  wo.progress = [&](std::uint64_t d, std::uint64_t t) { seen.emplace_back(d, t); };
+  REQUIRE(write_tensors(*be, tmp / "p", big.named, wo));
+  REQUIRE(seen.size() >= 4);
+  for (std::size_t i = 1; i < seen.size(); ++i) CHECK(seen[i].first >= seen[i - 1].first);
+  CHECK(seen.back().first == seen.back().second);
+  CHECK(seen.back().second == 32u << 20);
+  seen.clear();
+  read_options ro;
+  ro.progress = [&](std::uint64_t d, std::uint64_t t) { seen.emplace_back(d, t); };
+  auto dst = make_state(mesh24(), {{"w", dtype::float32, {2048, 4096}, {"x", "unsharded"}}}, std::nullopt);
+  REQUIRE(read_tensors(*be, tmp / "p", dst.named, ro));
+  REQUIRE_FALSE(seen.empty());
+  CHECK(seen.back().first == seen.back().second);
+  CHECK(matches(dst, 3));
+}
+
+TEST_CASE("a cancelled save leaves the previous checkpoint and no new file", "[api][cancel]") {
+  testing::temp_dir tmp;
+  auto be = testing::test_backend();
+  auto old = make_state(mesh24(), {{"w", dtype::float32, {2048, 4096}, {"x", "unsharded"}}}, 1);
+  auto neu = make_state(mesh24(), {{"w", dtype::float32, {2048, 4096}, {"x", "unsharded"}}}, 2);
+  REQUIRE(write_tensors(*be, tmp / "ck", old.named));
+  auto files_before = files_in(tmp.str());
+  for (int when : {0, 1}) {  // before it starts; in the middle of the flush
+    INFO("cancel " << (when ? "mid-flush" : "before start"));
+    std::stop_source stop;
+    write_options wo;
+    wo.stop = stop.get_token();
+    if (when == 0) stop.request_stop();
+    else wo.progress = [&](std::uint64_t d, std::uint64_t) { if (d > 0) stop.request_stop(); };
+    auto r = write_tensors(*be, tmp / "ck", neu.named, wo);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == errc::cancelled);
+    CHECK_THAT(r.error().what(), Catch::Contains("cancelled"));
+    CHECK(files_in(tmp.str()) == files_before);  // nothing new left behind
+    auto dst = make_state(mesh24(), {{"w", dtype::float32, {2048, 4096}, {"x", "unsharded"}}}, std::nullopt);
+    REQUIRE(read_tensors(*be, tmp / "ck", dst.named));
+    CHECK(matches(dst, 1));
+  }
+}
+
 TEST_CASE("overwriting a prefix replaces it atomically and removes the old data", "[api][commit]") {
   testing::temp_dir tmp;
   auto be = testing::test_backend();

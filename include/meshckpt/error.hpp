@@ -28,6 +28,7 @@ enum class errc {
   limit_exceeded = 10,     ///< a size or count exceeds a safety cap
   short_read = 11,         ///< a file ended before the bytes the manifest promises
   unsupported = 12,        ///< the request needs a capability this build or setup lacks
+  cancelled = 13,          ///< the operation was cancelled before it took effect
 };
 
 /// The `std::error_category` of `errc`; its name is "meshckpt".

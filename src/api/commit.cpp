@@ -29,6 +29,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <stop_token>
 #include <unistd.h>
 
 #include "../runtime/staging_pool.hpp"
@@ -66,6 +67,9 @@ constexpr std::size_t block = runtime::staging_alignment;
 struct save_state {
   save_state(io::backend& be, std::string p, std::string d, std::string n)
       : b(be), prefix(std::move(p)), dir_path(std::move(d)), base(std::move(n)) {}
+  std::stop_token stop;
+  std::function<void(std::uint64_t, std::uint64_t)> progress;
+  std::uint64_t done_bytes = 0, total_bytes = 0;
   io::backend& b;
   std::string prefix;
   std::string dir_path;
@@ -86,13 +90,15 @@ class write_window {
   write_window(io::backend& b, asio::any_io_executor ex, io::handle h) : b_(b), ex_(std::move(ex)), h_(h) {}
 
   std::size_t in_flight() const { return in_flight_; }
+  std::function<void(std::size_t)> on_written;  // bytes of each completed write
 
   // Starts a write; `release` runs when it completed (to return the buffer to the pool).
   void start(std::uint64_t offset, std::span<const std::byte> bytes, std::function<void()> release) {
     ++in_flight_;
-    io::async_write(b_, ex_, h_, offset, bytes, [this, release = std::move(release)](result<void> r) {
+    io::async_write(b_, ex_, h_, offset, bytes, [this, n = bytes.size(), release = std::move(release)](result<void> r) {
       --in_flight_;
       if (!r && !first_error_) first_error_ = r.error();
+      if (r && on_written) on_written(n);
       release();
       if (waiter_) std::exchange(waiter_, nullptr)(success());
     });
@@ -132,12 +138,17 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
     free_list.push_back(i);
   }
   write_window window(s.b, ex, *h);
+  window.on_written = [&s](std::size_t n) {
+    s.done_bytes = std::min(s.total_bytes, s.done_bytes + n);  // padding counts up to the total only
+    if (s.progress) s.progress(s.done_bytes, s.total_bytes);
+  };
   // The block being filled: file range [block_off, block_off + staging_bytes) in pool[cur].
   std::uint64_t block_off = 0;
   std::size_t cur = free_list.back();
   free_list.pop_back();
   std::uint64_t filled = 0;  // bytes of the current block written so far (zero-filled gaps included)
   auto emit = [&](std::size_t len) -> task<void> {
+    if (s.stop.stop_requested()) co_return make_error(errc::cancelled, "save cancelled");
     // Pad to a whole number of O_DIRECT blocks with zeros.
     std::size_t padded = (len + block - 1) / block * block;
     std::memset(pool[cur].data() + len, 0, padded - len);
@@ -210,6 +221,11 @@ task<write_report> save_steps(save_state& s, std::vector<named_tensor> tensors, 
   m.writer = "meshckpt " MESHCKPT_VERSION;
   m.extensions = std::move(opt.extensions);
 
+  for (auto sz : p.file_sizes) s.total_bytes += sz;
+  s.stop = opt.stop;
+  s.progress = opt.progress;
+  if (s.stop.stop_requested()) co_return make_error(errc::cancelled, "save cancelled before it started");
+
   // 2. Directory.
   BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(s.b, ex, s.dir_path, true, use_awaitable));
   s.dir = dir;
@@ -238,7 +254,8 @@ task<write_report> save_steps(save_state& s, std::vector<named_tensor> tensors, 
   s.open_files.pop_back();
   BOOST_OUTCOME_CO_TRY(co_await io::async_close(s.b, ex, mh, use_awaitable));
 
-  // 6. Publish.
+  // 6. Publish (the last moment a cancellation can still take effect).
+  if (s.stop.stop_requested()) co_return make_error(errc::cancelled, "save cancelled before its commit");
   std::string final_name = format::manifest_name(s.base);
   auto rn = co_await io::async_rename(s.b, ex, dir, tmp, final_name, use_awaitable);
   if (!rn) co_return rn.error();

@@ -243,6 +243,12 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     return std::pair(x.s->file, x.s->offset) < std::pair(y.s->file, y.s->offset);
   });
   read_window window(b, ex);
+  std::uint64_t total = 0, done_bytes = 0;
+  for (const auto& n : needs) total += n.s->length;
+  auto progressed = [&](std::uint64_t n) {
+    done_bytes = std::min(total, done_bytes + n);
+    if (opt.progress) opt.progress(done_bytes, total);
+  };
   // One slot per merged read; each buffer goes back to the pool as soon as its read was scattered,
   // so at most `reads_in_flight` are held at once.
   std::vector<runtime::staging_buffer> staging;
@@ -255,8 +261,9 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
           std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(read_piece, n.s->length - off));
           BOOST_OUTCOME_CO_TRY(co_await window.wait_below(reads_in_flight));
           const need* np = &n;
-          window.start(h, n.s->offset + off, n.dests.front().subspan(off, len), [np, len, &m](std::size_t got) -> result<void> {
+          window.start(h, n.s->offset + off, n.dests.front().subspan(off, len), [np, len, &m, &progressed](std::size_t got) -> result<void> {
             if (got != len) return make_error(errc::short_read, slice_ctx(m, *np->t, *np->s) + ": file ended early");
+            progressed(len);
             return success();
           });
         }
@@ -276,11 +283,16 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
       std::size_t slot = staging.size() - 1;
       std::byte* buf = staging.back().data();
       std::span<const need> group(needs.data() + i, j - i);
-      window.start(h, begin, std::span<std::byte>(buf, end - begin), [group, buf, begin, end, slot, &staging, &m](std::size_t got) -> result<void> {
+      window.start(h, begin, std::span<std::byte>(buf, end - begin), [group, buf, begin, end, slot, &staging, &m, &progressed](std::size_t got) -> result<void> {
         runtime::staging_buffer release = std::move(staging[slot]);  // back to the pool on return
         if (got != end - begin)
           return make_error(errc::short_read, slice_ctx(m, *group.front().t, *group.front().s) + ": file ended early");
-        for (const auto& g : group) std::memcpy(g.dests.front().data(), buf + (g.s->offset - begin), g.s->length);
+        std::uint64_t n = 0;
+        for (const auto& g : group) {
+          std::memcpy(g.dests.front().data(), buf + (g.s->offset - begin), g.s->length);
+          n += g.s->length;
+        }
+        progressed(n);
         return success();
       });
       i = j;

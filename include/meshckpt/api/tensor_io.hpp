@@ -10,6 +10,8 @@
 /// key and the errno.
 
 #include <cstdint>
+#include <functional>
+#include <stop_token>
 #include <span>
 #include <string>
 #include <string_view>
@@ -31,6 +33,12 @@ struct write_options {
   std::uint64_t chunk_bytes = format::default_chunk_bytes;
   /// Extra named sections stored in the manifest (for higher layers).
   std::vector<format::extension> extensions{};
+  /// Called with (bytes written, total bytes) as data blocks complete, on the IO thread.
+  std::function<void(std::uint64_t done, std::uint64_t total)> progress{};
+  /// Cancels the save when a stop is requested: it then fails with `errc::cancelled` before
+  /// the commit, leaving the previous checkpoint (if any) and no new file behind. A stop
+  /// requested after the rename has no effect (the checkpoint is already visible).
+  std::stop_token stop{};
 };
 
 /// What a write did.
@@ -46,6 +54,8 @@ struct write_report {
 /// Options of `read_tensors`.
 struct read_options {
   bool verify_checksums = true;
+  /// Called with (bytes read, total bytes) as reads complete, on the IO thread.
+  std::function<void(std::uint64_t done, std::uint64_t total)> progress{};
 };
 
 /// What a read did.
