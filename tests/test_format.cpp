@@ -126,12 +126,12 @@ TEST_CASE("decode rejects unknown major versions explicitly and accepts newer mi
 }
 
 TEST_CASE("decode refuses file names that would leave the checkpoint directory", "[format][hostile]") {
-  const std::string placeholder = "ck.data-0123456789abcdef-0";
+  const std::string stand_in = "ck.data-0123456789abcdef-0";
   for (std::string evil : {std::string("../../../../../../etc/passwd"), std::string("/etc/shadow/aaaaaaaaaaaaaaaaa"),
                            std::string("ok\0name-aaaaaaaaaaaaaaaaaaaaaa", 28), std::string("a/b")}) {
-    evil.resize(placeholder.size(), 'a');
-    auto bytes = encode(sample(placeholder)).value();
-    replace_all(bytes, placeholder, evil);
+    evil.resize(stand_in.size(), 'a');
+    auto bytes = encode(sample(stand_in)).value();
+    replace_all(bytes, stand_in, evil);
     reseal(bytes);
     auto r = decode(bytes);
     REQUIRE_FALSE(r);

@@ -83,42 +83,27 @@ struct save_state {
 
 error at(const save_state& s, error e) { return with_context(std::move(e), "save " + s.prefix); }
 
-// Writes of staging blocks in flight on one file. Completions run on the coroutine's executor
-// (io::async_op posts them there), so this needs no locking.
+// Writes of staging blocks in flight on one file.
 class write_window {
  public:
-  write_window(io::backend& b, asio::any_io_executor ex, io::handle h) : b_(b), ex_(std::move(ex)), h_(h) {}
-
-  std::size_t in_flight() const { return in_flight_; }
+  write_window(io::backend& b, asio::any_io_executor ex, io::handle h) : b_(b), h_(h), ops_(std::move(ex)) {}
   std::function<void(std::size_t)> on_written;  // bytes of each completed write
 
   // Starts a write; `release` runs when it completed (to return the buffer to the pool).
   void start(std::uint64_t offset, std::span<const std::byte> bytes, std::function<void()> release) {
-    ++in_flight_;
-    io::async_write(b_, ex_, h_, offset, bytes, [this, n = bytes.size(), release = std::move(release)](result<void> r) {
-      --in_flight_;
-      if (!r && !first_error_) first_error_ = r.error();
+    ops_.started();
+    io::async_write(b_, ops_.executor(), h_, offset, bytes, [this, n = bytes.size(), release = std::move(release)](result<void> r) {
       if (r && on_written) on_written(n);
       release();
-      if (waiter_) std::exchange(waiter_, nullptr)(success());
+      ops_.finished(std::move(r));
     });
   }
-
-  // Waits until fewer than `n` writes are in flight; reports the first failed write.
-  task<void> wait_below(std::size_t n) {
-    while (in_flight_ >= n && in_flight_ > 0)
-      (void)co_await io::async_op<void>(ex_, [this](io::completion<void> c) { waiter_ = std::move(c); }, use_awaitable);
-    if (first_error_) co_return *first_error_;
-    co_return success();
-  }
+  task<void> wait_below(std::size_t n) { return ops_.wait_below(n); }
 
  private:
   io::backend& b_;
-  asio::any_io_executor ex_;
   io::handle h_;
-  std::size_t in_flight_ = 0;
-  std::optional<error> first_error_;
-  io::completion<void> waiter_;
+  op_window ops_;
 };
 
 task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, std::span<const plan::slice_write> writes,

@@ -58,6 +58,38 @@ result<T> run_blocking(Start start) {
   return std::move(*out);
 }
 
+// Operations of one save or restore in flight, and a way to wait until fewer than n are. Their
+// completions run on the coroutine's executor (io::async_op posts them there): no locking.
+class op_window {
+ public:
+  explicit op_window(asio::any_io_executor ex) : ex_(std::move(ex)) {}
+  std::size_t in_flight() const { return in_flight_; }
+  const asio::any_io_executor& executor() const { return ex_; }
+
+  // Call when an operation starts; its completion must call `finished` exactly once.
+  void started() { ++in_flight_; }
+  void finished(result<void> r) {
+    --in_flight_;
+    if (!r && !first_error_) first_error_ = r.error();
+    if (waiter_) std::exchange(waiter_, nullptr)(success());
+  }
+
+  // Waits until fewer than `n` operations are in flight (n = 1: all done), then reports the
+  // first failure. It always waits, error or not, so buffers can be freed afterwards.
+  task<void> wait_below(std::size_t n) {
+    while (in_flight_ >= n && in_flight_ > 0)
+      (void)co_await io::async_op<void>(ex_, [this](io::completion<void> c) { waiter_ = std::move(c); }, use_awaitable);
+    if (first_error_) co_return *first_error_;
+    co_return success();
+  }
+
+ private:
+  asio::any_io_executor ex_;
+  std::size_t in_flight_ = 0;
+  std::optional<error> first_error_;
+  io::completion<void> waiter_;
+};
+
 // The directory handle and base name of a prefix, opened for reading.
 struct opened_prefix {
   io::handle dir;

@@ -161,37 +161,23 @@ struct need {
   std::vector<std::span<std::byte>> dests;
 };
 
-// Reads of one restore in flight. Completions run on the coroutine's executor.
+// Reads of one restore in flight.
 class read_window {
  public:
-  read_window(io::backend& b, asio::any_io_executor ex) : b_(b), ex_(std::move(ex)) {}
-  std::size_t in_flight() const { return in_flight_; }
+  read_window(io::backend& b, asio::any_io_executor ex) : b_(b), ops_(std::move(ex)) {}
 
   // Reads `buf` at `offset`; `done(bytes_read)` runs on completion (not on error).
   void start(io::handle h, std::uint64_t offset, std::span<std::byte> buf, std::function<result<void>(std::size_t)> done) {
-    ++in_flight_;
-    io::async_read(b_, ex_, h, offset, buf, [this, done = std::move(done)](result<std::size_t> r) {
-      --in_flight_;
-      if (!r && !first_error_) first_error_ = r.error();
-      if (r)
-        if (auto d = done(*r); !d && !first_error_) first_error_ = d.error();
-      if (waiter_) std::exchange(waiter_, nullptr)(success());
+    ops_.started();
+    io::async_read(b_, ops_.executor(), h, offset, buf, [this, done = std::move(done)](result<std::size_t> r) {
+      ops_.finished(r ? done(*r) : result<void>(r.error()));
     });
   }
-
-  task<void> wait_below(std::size_t n) {
-    while (in_flight_ >= n && in_flight_ > 0)
-      (void)co_await io::async_op<void>(ex_, [this](io::completion<void> c) { waiter_ = std::move(c); }, use_awaitable);
-    if (first_error_) co_return *first_error_;
-    co_return success();
-  }
+  task<void> wait_below(std::size_t n) { return ops_.wait_below(n); }
 
  private:
   io::backend& b_;
-  asio::any_io_executor ex_;
-  std::size_t in_flight_ = 0;
-  std::optional<error> first_error_;
-  io::completion<void> waiter_;
+  op_window ops_;
 };
 
 constexpr std::size_t read_piece = 8u << 20;       // large slices: direct reads of this size
