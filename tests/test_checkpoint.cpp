@@ -94,6 +94,17 @@ std::string only_data_file(const std::string& dir) {
   return {};
 }
 
+// Reads checkpoint `prefix` into fresh tensors of `model` and checks they hold the contents of `seed`.
+bool restores_to(io::backend& be, const std::string& prefix, std::uint64_t seed) {
+  auto dst = make_state(mesh24(), model, std::nullopt);
+  auto r = read_tensors(be, prefix, dst.named);
+  if (!r) {
+    UNSCOPED_INFO(r.error().what());
+    return false;
+  }
+  return matches(dst, seed);
+}
+
 void corrupt_byte(const std::string& path, std::uint64_t offset) {
   std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
   f.seekg(static_cast<std::streamoff>(offset));
@@ -264,9 +275,7 @@ TEST_CASE("overwriting a prefix replaces it atomically and removes the old data"
   CHECK(w.cleaned_files == 1);
   CHECK_FALSE(fs::exists(old_data));
   CHECK(files_in(tmp.str()).size() == 2);
-  auto dst = make_state(mesh24(), model, std::nullopt);
-  REQUIRE(read_tensors(*be, tmp / "ck", dst.named));
-  CHECK(matches(dst, 2));
+  CHECK(restores_to(*be, tmp / "ck", 2));
 }
 
 TEST_CASE("leftovers of a crashed save are ignored, reported, and cleaned by the next save", "[api][commit]") {
@@ -281,9 +290,7 @@ TEST_CASE("leftovers of a crashed save are ignored, reported, and cleaned by the
   auto scan = scan_directory(*be, tmp.str()).value();
   CHECK(scan.checkpoints == std::vector<std::string>{"ck"});
   CHECK(scan.leftovers.size() == 3);
-  auto dst = make_state(mesh24(), model, std::nullopt);
-  REQUIRE(read_tensors(*be, tmp / "ck", dst.named));
-  CHECK(matches(dst, 1));
+  CHECK(restores_to(*be, tmp / "ck", 1));
   auto w = write_tensors(*be, tmp / "ck", a.named).value();
   CHECK(w.cleaned_files == 3);  // old data + the two leftovers of "ck"
   CHECK(fs::exists(tmp / "notes.txt"));  // never touches files it did not write
@@ -407,9 +414,7 @@ TEST_CASE("write rejects bad prefixes and options without touching the directory
   write_options small;
   small.chunk_bytes = 4096;
   REQUIRE(write_tensors(*be, tmp / "ck", a.named, small));
-  auto dst = make_state(mesh24(), model, std::nullopt);
-  REQUIRE(read_tensors(*be, tmp / "ck", dst.named));
-  CHECK(matches(dst, 1));
+  CHECK(restores_to(*be, tmp / "ck", 1));
 }
 
 TEST_CASE("a save creates missing parent directories", "[api][commit]") {
@@ -418,7 +423,5 @@ TEST_CASE("a save creates missing parent directories", "[api][commit]") {
   auto a = make_state(mesh24(), model, 9);
   REQUIRE(write_tensors(*be, tmp / "runs/exp1/ckpts/step", a.named));
   CHECK(fs::exists(tmp / "runs/exp1/ckpts/step.manifest"));
-  auto dst = make_state(mesh24(), model, std::nullopt);
-  REQUIRE(read_tensors(*be, tmp / "runs/exp1/ckpts/step", dst.named));
-  CHECK(matches(dst, 9));
+  CHECK(restores_to(*be, tmp / "runs/exp1/ckpts/step", 9));
 }

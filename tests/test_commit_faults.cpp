@@ -117,6 +117,23 @@ int holds(io::backend& be, const std::string& prefix) {
   return 0;
 }
 
+// Writes `a`, then saves `b` over it through a counting backend: the number of IO operations
+// of that save and the index of its rename (the commit point).
+struct reference_save {
+  int ops;
+  int rename_at;
+  std::vector<std::string> log;
+};
+
+reference_save profile_save(io::backend& real, const std::string& prefix, const state& a, const state& b) {
+  failing_backend probe(real);
+  REQUIRE(write_tensors(real, prefix, a.named));
+  REQUIRE(write_tensors(probe, prefix, b.named));
+  auto it = std::find_if(probe.log.begin(), probe.log.end(), [](auto& s) { return s.starts_with("rename"); });
+  REQUIRE(it != probe.log.end());
+  return {static_cast<int>(probe.log.size()), static_cast<int>(it - probe.log.begin()), probe.log};
+}
+
 }  // namespace
 
 TEST_CASE("a save that fails at any IO operation never loses or damages a checkpoint", "[commit][faults]") {
@@ -125,18 +142,14 @@ TEST_CASE("a save that fails at any IO operation never loses or damages a checkp
   testing::temp_dir tmp;
   const std::string prefix = tmp / "ck";
 
-  failing_backend probe(*real);
-  REQUIRE(write_tensors(*real, prefix, a.named));
-  REQUIRE(write_tensors(probe, prefix, b.named));
-  const int ops = static_cast<int>(probe.log.size());
-  const int rename_at = static_cast<int>(std::find_if(probe.log.begin(), probe.log.end(), [](auto& s) { return s.starts_with("rename"); }) - probe.log.begin());
-  REQUIRE(rename_at < ops);
+  const auto ref = profile_save(*real, prefix, a, b);
+  const int ops = ref.ops, rename_at = ref.rename_at;
   INFO("reference save: " << ops << " operations, rename is #" << rename_at);
 
   int errors = 0, successes = 0;
   for (int err : {EIO, ENOSPC}) {
     for (int k = 0; k < ops; ++k) {
-      INFO("failing operation #" << k << " (" << probe.log[static_cast<std::size_t>(k)] << ") with errno " << err);
+      INFO("failing operation #" << k << " (" << ref.log[static_cast<std::size_t>(k)] << ") with errno " << err);
       REQUIRE(write_tensors(*real, prefix, a.named));
       failing_backend fb(*real);
       fb.fail_at = k;
@@ -166,11 +179,8 @@ TEST_CASE("a save that dies before any IO operation leaves the old or the new ch
   auto a = make_state(1), b = make_state(2);
   testing::temp_dir tmp;
   const std::string prefix = tmp / "ck";
-  failing_backend probe(*real);
-  REQUIRE(write_tensors(*real, prefix, a.named));
-  REQUIRE(write_tensors(probe, prefix, b.named));
-  const int ops = static_cast<int>(probe.log.size());
-  const int rename_at = static_cast<int>(std::find_if(probe.log.begin(), probe.log.end(), [](auto& s) { return s.starts_with("rename"); }) - probe.log.begin());
+  const auto ref = profile_save(*real, prefix, a, b);
+  const int ops = ref.ops, rename_at = ref.rename_at;
 
   for (int k = 0; k <= ops; ++k) {
     INFO("crash before operation #" << k);

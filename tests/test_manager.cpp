@@ -31,21 +31,18 @@ struct tiny : graph::module {
   }
 };
 
-std::set<std::string> manifests_in(const std::string& dir) {
+// Names (for manifests: checkpoint names) of the files of one kind in `dir`.
+std::set<std::string> files_of_kind(const std::string& dir, format::name_kind::kind k) {
   std::set<std::string> out;
   for (const auto& e : fs::directory_iterator(dir)) {
-    auto k = format::classify(e.path().filename().string());
-    if (k.k == format::name_kind::manifest) out.insert(k.base);
+    auto c = format::classify(e.path().filename().string());
+    if (c.k == k) out.insert(k == format::name_kind::manifest ? c.base : e.path().filename().string());
   }
   return out;
 }
 
-std::size_t data_files_in(const std::string& dir) {
-  std::size_t n = 0;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (format::classify(e.path().filename().string()).k == format::name_kind::data) ++n;
-  return n;
-}
+std::set<std::string> manifests_in(const std::string& dir) { return files_of_kind(dir, format::name_kind::manifest); }
+std::size_t data_files_in(const std::string& dir) { return files_of_kind(dir, format::name_kind::data).size(); }
 
 // Forwards to a real backend but makes fsync free: the retention model test checks the
 // manager's bookkeeping over thousands of saves, not durability (test_commit_faults does).

@@ -476,8 +476,6 @@ std::shared_ptr<const void> take_snapshot(detail::checkpoint_impl& impl, std::ve
     for (auto& a : impl.arenas)
       if (a.use_count() == 1 && a->capacity >= need) arena = a;
     if (arena) break;
-    std::uint64_t held = 0;
-    for (auto& a : impl.arenas) held += a->capacity;
     std::erase_if(impl.arenas, [](auto& a) { return a.use_count() == 1; });  // too small: drop idle ones
     std::uint64_t busy = 0;
     for (auto& a : impl.arenas) busy += a->capacity;
@@ -489,7 +487,6 @@ std::shared_ptr<const void> take_snapshot(detail::checkpoint_impl& impl, std::ve
       arena = a;
       break;
     }
-    (void)held;
     impl.wait_idle();  // the budget is taken by saves in flight: wait for them
   }
   // Copy, and re-point each tensor's shards at the copy.

@@ -132,13 +132,17 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   std::size_t cur = free_list.back();
   free_list.pop_back();
   std::uint64_t filled = 0;  // bytes of the current block written so far (zero-filled gaps included)
-  auto emit = [&](std::size_t len) -> task<void> {
-    if (s.stop.stop_requested()) co_return make_error(errc::cancelled, "save cancelled");
-    // Pad to a whole number of O_DIRECT blocks with zeros.
+  // Hands the current block (its first `len` bytes, zero-padded to whole O_DIRECT blocks) to the
+  // window; the buffer returns to the free list when the write completes.
+  auto submit = [&](std::size_t len) {
     std::size_t padded = (len + block - 1) / block * block;
     std::memset(pool[cur].data() + len, 0, padded - len);
     std::size_t idx = cur;
     window.start(block_off, std::span<const std::byte>(pool[idx].data(), padded), [&free_list, idx] { free_list.push_back(idx); });
+  };
+  auto emit = [&](std::size_t len) -> task<void> {
+    if (s.stop.stop_requested()) co_return make_error(errc::cancelled, "save cancelled");
+    submit(len);
     block_off += staging_bytes;
     filled = 0;
     BOOST_OUTCOME_CO_TRY(co_await window.wait_below(nbuf));  // a buffer is free again
@@ -170,13 +174,7 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
         }
       }
     }
-    if (filled > 0) {
-      std::size_t len = static_cast<std::size_t>(filled);
-      std::size_t padded = (len + block - 1) / block * block;
-      std::memset(pool[cur].data() + len, 0, padded - len);
-      std::size_t idx = cur;
-      window.start(block_off, std::span<const std::byte>(pool[idx].data(), padded), [&free_list, idx] { free_list.push_back(idx); });
-    }
+    if (filled > 0) submit(static_cast<std::size_t>(filled));
     co_return success();
   };
   auto filled_ok = co_await fill();

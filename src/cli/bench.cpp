@@ -122,9 +122,10 @@ struct figures {
 }  // namespace
 
 int run_bench(const bench_args& a) {
-  auto be = backends::make_backend(a.backend == "posix" ? backends::backend_kind::posix
-                                   : a.backend == "uring" ? backends::backend_kind::uring
-                                                          : backends::backend_kind::automatic);
+  const auto kind = a.backend == "posix" ? backends::backend_kind::posix
+                    : a.backend == "uring" ? backends::backend_kind::uring
+                                           : backends::backend_kind::automatic;
+  auto be = backends::make_backend(kind);
   if (!be) {
     std::fprintf(stderr, "meshckpt bench: %s\n", be.error().what().c_str());
     return 1;
@@ -182,9 +183,7 @@ int run_bench(const bench_args& a) {
         }
       }
       f.stall_s = median(stall_s);
-      be = backends::make_backend(a.backend == "posix" ? backends::backend_kind::posix
-                                  : a.backend == "uring" ? backends::backend_kind::uring
-                                                         : backends::backend_kind::automatic);
+      be = backends::make_backend(kind);
     }
     for (int r = 0; r < (w == "stall" ? 0 : a.reps); ++r) {
       auto t0 = clock_type::now();
