@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/format/checksum.hpp"
@@ -83,20 +84,43 @@ struct train_state : graph::module {
 
   // One deterministic "training step"; returns a loss-like number.
   double train_step() {
+    double loss = forward_backward();
+    apply_update();
+    return loss;
+  }
+
+  // The first half of a step: reads the weights (never writes them) and computes the update
+  // into `grads`; advances the step, the loader and the RNG (host values, captured by a save at
+  // its call). A lazy checkpoint's snapshot may still be copying the weights meanwhile.
+  double forward_backward() {
     step.set(step.get() + 1);
     loader_position.set(loader_position.get() + 32);
     float lr = 0.001f * static_cast<float>(next_random() % 1000) / 1000.0f;
     double sum = 0;
+    grads.clear();
     for (auto* v : net.variables())
       for (const auto& sh : v->view().shards()) {
-        auto* f = reinterpret_cast<float*>(sh.data.data());
-        for (std::size_t i = 0; i < sh.data.size() / 4; ++i) {
-          f[i] = f[i] * (1.0f - lr) + lr * std::sin(static_cast<float>(i % 97) * 0.01f + static_cast<float>(step.get()));
+        const auto* f = reinterpret_cast<const float*>(sh.data.data());
+        auto& g = grads.emplace_back(sh.data.size() / 4);
+        for (std::size_t i = 0; i < g.size(); ++i) {
+          g[i] = lr * std::sin(static_cast<float>(i % 97) * 0.01f + static_cast<float>(step.get())) - lr * f[i];
           sum += f[i];
         }
       }
     return sum / 1e4;
   }
+
+  // The second half: the optimizer writes the weights (after a lazy snapshot was taken).
+  void apply_update() {
+    std::size_t k = 0;
+    for (auto* v : net.variables())
+      for (const auto& sh : v->view().shards()) {
+        auto* f = reinterpret_cast<float*>(sh.data.data());
+        const auto& g = grads[k++];
+        for (std::size_t i = 0; i < g.size(); ++i) f[i] += g[i];
+      }
+  }
+  std::vector<std::vector<float>> grads;
 
   // XXH3 over every byte of state, to compare runs.
   std::uint64_t digest() {

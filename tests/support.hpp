@@ -5,6 +5,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <deque>
+#include <functional>
+#include <mutex>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -98,6 +101,56 @@ struct temp_dir {
   }
   std::string str() const { return path.string(); }
   std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+// Forwards every operation to `inner`, except that data writes are held back until `release()`
+// (then started in order): lets a test observe a save between its call and its first write.
+class gated_backend final : public io::backend {
+ public:
+  explicit gated_backend(std::shared_ptr<io::backend> inner) : inner_(std::move(inner)) {}
+  void release() {
+    std::deque<std::function<void()>> q;
+    {
+      std::lock_guard lk(mu_);
+      open_ = true;
+      q.swap(held_);
+    }
+    for (auto& f : q) f();
+  }
+  std::size_t held() const {
+    std::lock_guard lk(mu_);
+    return held_.size();
+  }
+  std::string_view name() const noexcept override { return "gated"; }
+  io::capabilities caps() const override { return inner_->caps(); }
+  void open_dir(std::string p, bool c, io::completion<io::handle> d) override { inner_->open_dir(std::move(p), c, std::move(d)); }
+  void open(io::handle dir, std::string n, io::open_mode m, io::completion<io::handle> d) override { inner_->open(dir, std::move(n), m, std::move(d)); }
+  void size(io::handle f, io::completion<std::uint64_t> d) override { inner_->size(f, std::move(d)); }
+  void read(io::handle f, std::uint64_t o, std::span<std::byte> b, io::completion<std::size_t> d) override { inner_->read(f, o, b, std::move(d)); }
+  void write(io::handle f, std::uint64_t o, std::span<const std::byte> b, io::completion<void> d) override {
+    {
+      std::lock_guard lk(mu_);
+      if (!open_) {
+        held_.push_back([this, f, o, b, d = std::move(d)]() mutable { inner_->write(f, o, b, std::move(d)); });
+        return;
+      }
+    }
+    inner_->write(f, o, b, std::move(d));
+  }
+  void truncate(io::handle f, std::uint64_t n, io::completion<void> d) override { inner_->truncate(f, n, std::move(d)); }
+  void fsync(io::handle f, io::completion<void> d) override { inner_->fsync(f, std::move(d)); }
+  void close(io::handle f, io::completion<void> d) override { inner_->close(f, std::move(d)); }
+  void rename(io::handle dir, std::string a, std::string b, io::completion<void> d) override {
+    inner_->rename(dir, std::move(a), std::move(b), std::move(d));
+  }
+  void unlink(io::handle dir, std::string n, io::completion<void> d) override { inner_->unlink(dir, std::move(n), std::move(d)); }
+  void list(io::handle dir, io::completion<std::vector<io::dir_entry>> d) override { inner_->list(dir, std::move(d)); }
+
+ private:
+  std::shared_ptr<io::backend> inner_;
+  mutable std::mutex mu_;
+  bool open_ = false;
+  std::deque<std::function<void()>> held_;
 };
 
 }  // namespace meshckpt::testing

@@ -558,3 +558,127 @@ TEST_CASE("the checkpoint state file round-trips and rejects hostile content", "
   CHECK_FALSE(parse_checkpoint_state("model_checkpoint_path: \"a\"\nall_model_checkpoint_paths: \"a\"\nall_model_checkpoint_timestamps: 1\nall_model_checkpoint_timestamps: 2\n"));
   CHECK_FALSE(parse_checkpoint_state("model_checkpoint_path: \"a\"\nlast_preserved_timestamp: x\n"));
 }
+
+// ---------------------------------------------------------------- lazy saves
+
+TEST_CASE("a lazy save returns before its IO; tensors are free once the snapshot is taken", "[api][lazy]") {
+  for (std::uint64_t budget : {std::uint64_t{0}, std::uint64_t{1}}) {  // snapshot; and over budget: the write reads the tensors
+    INFO("snapshot budget " << budget);
+    testing::temp_dir tmp;
+    auto gate = std::make_shared<testing::gated_backend>(testing::test_backend());
+    model m;
+    checkpoint_options opt;
+    opt.backend = gate;
+    opt.snapshot_budget_bytes = budget;
+    auto c = checkpoint::create(mesh24(), nullptr, {{"model", &m}}, opt).value();
+    m.fill(61);
+    auto pending = c->save_lazy(tmp / "lazy");
+    // No data has been written yet (the gate holds every write), yet the call returned.
+    CHECK_FALSE(pending.committed());
+    if (budget == 0) {
+      REQUIRE(pending.wait_snapshot());  // the copy needs no IO
+    } else {
+      CHECK_FALSE(pending.snapshot_taken());  // here the write itself reads the tensors
+    }
+    gate->release();
+    REQUIRE(pending.wait_snapshot());
+    m.fill(62);  // modify after the snapshot: must not reach the checkpoint
+    auto path = pending.wait_committed();
+    REQUIRE(path);
+    CHECK(*path == tmp / "lazy-1");
+    CHECK(latest_checkpoint(tmp.str()) == tmp / "lazy-1");
+    model expect, back;
+    expect.fill(61);
+    auto cb = ckpt_of(back);
+    REQUIRE(cb->restore(*path).value().assert_consumed());
+    CHECK(same(expect, back));
+  }
+}
+
+TEST_CASE("lazy saves queue in order and each writes the values of its own call", "[api][lazy]") {
+  testing::temp_dir tmp;
+  model m;
+  checkpoint_options opt;
+  opt.snapshot_budget_bytes = 64 << 10;  // room for about one snapshot: later ones wait for memory
+  auto c = checkpoint::create(mesh24(), nullptr, {{"model", &m}}, opt).value();
+  std::vector<lazy_save<std::string>> saves;
+  for (std::uint64_t i = 0; i < 6; ++i) {
+    m.fill(70 + i);
+    saves.push_back(c->write_lazy(tmp / ("w" + std::to_string(i))));
+    REQUIRE(saves.back().wait_snapshot());
+  }
+  for (std::uint64_t i = 0; i < 6; ++i) {
+    REQUIRE(saves[i].wait_committed());
+    model expect, back;
+    expect.fill(70 + i);
+    REQUIRE(ckpt_of(back)->read(tmp / ("w" + std::to_string(i))).value().assert_existing_objects_matched());
+    CHECK(same(expect, back));
+  }
+  CHECK(c->sync());
+}
+
+TEST_CASE("a lazy save that fails completes both events with the error", "[api][lazy][errors]") {
+  testing::temp_dir tmp;
+  model m;
+  auto c = ckpt_of(m);
+  std::ofstream(tmp / "file") << "not a directory";
+  auto pending = c->save_lazy(tmp / "file/ck");
+  auto committed = pending.wait_committed();
+  REQUIRE_FALSE(committed);
+  CHECK(pending.wait_snapshot());  // the snapshot itself was taken: the tensors are free
+  CHECK_FALSE(c->sync());
+
+  // A failure before the snapshot (a value that cannot be saved) fails both.
+  struct unsaveable : graph::trackable {
+    bool has_value() const override { return true; }
+    result<graph::value_snapshot> value_for_save(const mesh&) override { return make_error(errc::invalid_argument, "no value today"); }
+  } bad;
+  graph::state_dict sd;
+  sd.insert("bad", bad);
+  auto c2 = checkpoint::create(mesh24(), &sd).value();
+  auto p2 = c2->save_lazy(tmp / "bad");
+  REQUIRE_FALSE(p2.wait_snapshot());
+  REQUIRE_FALSE(p2.wait_committed());
+  CHECK(p2.wait_committed().error().code == p2.wait_snapshot().error().code);
+}
+
+TEST_CASE("lazy saves from a coroutine: co_await the snapshot, then the commit", "[api][lazy][async]") {
+  testing::temp_dir tmp;
+  model m;
+  auto c = ckpt_of(m);
+  auto mgr = checkpoint_manager::create(*c, tmp.str(), [] {
+    manager_options o;
+    o.max_to_keep = 2;
+    return o;
+  }()).value();
+  asio::io_context ctx;
+  std::vector<std::string> saved;
+  bool ok = true;
+  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
+    std::optional<lazy_save<std::optional<std::string>>> prev;
+    for (std::uint64_t i = 0; i < 5; ++i) {
+      m.fill(80 + i);
+      if (prev) {
+        auto r = co_await async_wait_committed(*prev, asio::use_awaitable);
+        ok = ok && r && *r;
+        if (r && *r) saved.push_back(**r);
+      }
+      auto s = mgr->save_lazy();
+      // ... a forward and backward pass would run here, reading the weights ...
+      ok = ok && co_await async_wait_snapshot(s, asio::use_awaitable);
+      m.fill(999);  // the optimizer step
+      prev = s;
+    }
+    auto r = co_await async_wait_committed(*prev, asio::use_awaitable);
+    ok = ok && r && *r;
+    if (r && *r) saved.push_back(**r);
+  }, asio::detached);
+  ctx.run();
+  CHECK(ok);
+  REQUIRE(saved.size() == 5);
+  CHECK(mgr->checkpoints() == std::vector<std::string>{saved[3], saved[4]});
+  model expect, back;
+  expect.fill(84);
+  REQUIRE(ckpt_of(back)->restore(saved[4]).value().assert_consumed());
+  CHECK(same(expect, back));
+}

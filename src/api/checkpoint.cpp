@@ -25,6 +25,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "meshckpt/api/lazy_save.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/names.hpp"
@@ -242,7 +243,13 @@ struct checkpoint_impl {
   checkpoint_options opt;
   std::shared_ptr<io::backend> backend;
   std::unique_ptr<graph::scalar<std::int64_t>> save_counter;
-  std::vector<std::shared_ptr<snapshot_arena>> arenas;  // in use while a save holds a reference
+  // Snapshot memory, in use while a save holds a reference. Snapshots are taken one at a time,
+  // in the order saves are issued, on `snapshot_thread`: a snapshot waiting for memory then only
+  // waits for saves issued before it, whose writes are ahead of it in the queue (no deadlock).
+  std::mutex arena_mu;
+  std::condition_variable arena_freed;
+  std::vector<std::shared_ptr<snapshot_arena>> arenas;
+  asio::thread_pool snapshot_thread{1};
   asio::thread_pool io_thread{1};
 
   std::mutex mu;
@@ -377,6 +384,7 @@ checkpoint::checkpoint(std::unique_ptr<detail::checkpoint_impl> impl) : impl_(st
 
 checkpoint::~checkpoint() {
   impl_->wait_idle();
+  impl_->snapshot_thread.join();
   impl_->io_thread.join();
 }
 
@@ -441,18 +449,19 @@ std::vector<std::pair<std::string, graph::trackable*>> extra_edges(detail::check
 
 namespace {
 
-// Copies the distinct slices of `tensors` (replicas once) into a free arena and re-points the
-// views at the copy. Returns the arena (the save holds it until it completes), or null when
-// the state exceeds the whole budget.
-std::shared_ptr<const void> take_snapshot(detail::checkpoint_impl& impl, std::vector<named_tensor>& tensors) {
-  // Distinct boxes per tensor, by the first local device holding each.
+// The distinct slices of a save's tensors (replicas once): what a snapshot copies.
+struct snapshot_plan {
   struct piece {
     std::size_t tensor;
     std::span<std::byte> src;
     std::vector<std::size_t> shards;  // indices into the tensor's shards with this box
   };
   std::vector<piece> pieces;
-  std::uint64_t need = 0;
+  std::uint64_t need = 0;  // bytes of snapshot memory (each piece 64-byte aligned)
+};
+
+snapshot_plan plan_snapshot(const std::vector<named_tensor>& tensors) {
+  snapshot_plan p;
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const auto& v = tensors[t].tensor;
     std::map<std::vector<std::int64_t>, std::size_t> seen;
@@ -461,21 +470,25 @@ std::shared_ptr<const void> take_snapshot(detail::checkpoint_impl& impl, std::ve
       if (!b) continue;
       auto key = b->origin;
       key.insert(key.end(), b->extent.begin(), b->extent.end());
-      auto [it, fresh] = seen.emplace(std::move(key), pieces.size());
+      auto [it, fresh] = seen.emplace(std::move(key), p.pieces.size());
       if (fresh) {
-        pieces.push_back({t, v.shards()[k].data, {}});
-        need += (v.shards()[k].data.size() + 63) / 64 * 64;
+        p.pieces.push_back({t, v.shards()[k].data, {}});
+        p.need += (v.shards()[k].data.size() + 63) / 64 * 64;
       }
-      pieces[it->second].shards.push_back(k);
+      p.pieces[it->second].shards.push_back(k);
     }
   }
+  return p;
+}
+
+// Takes snapshot memory of `need` bytes, reusing an idle arena; waits (on the snapshot thread)
+// while the budget is held by saves in flight.
+std::shared_ptr<detail::snapshot_arena> acquire_arena(detail::checkpoint_impl& impl, std::uint64_t need) {
   const std::uint64_t budget = impl.opt.snapshot_budget_bytes;
-  if (budget && need > budget) return nullptr;
-  std::shared_ptr<detail::snapshot_arena> arena;
-  while (!arena) {
+  std::unique_lock lk(impl.arena_mu);
+  while (true) {
     for (auto& a : impl.arenas)
-      if (a.use_count() == 1 && a->capacity >= need) arena = a;
-    if (arena) break;
+      if (a.use_count() == 1 && a->capacity >= need) return a;
     std::erase_if(impl.arenas, [](auto& a) { return a.use_count() == 1; });  // too small: drop idle ones
     std::uint64_t busy = 0;
     for (auto& a : impl.arenas) busy += a->capacity;
@@ -484,36 +497,33 @@ std::shared_ptr<const void> take_snapshot(detail::checkpoint_impl& impl, std::ve
       a->bytes.reset(new std::byte[need]);
       a->capacity = need;
       impl.arenas.push_back(a);
-      arena = a;
-      break;
+      return a;
     }
-    impl.wait_idle();  // the budget is taken by saves in flight: wait for them
+    impl.arena_freed.wait(lk);
   }
-  // Copy, and re-point each tensor's shards at the copy.
+}
+
+// Copies the planned slices into `arena` and re-points the views at the copy.
+void copy_snapshot(const snapshot_plan& p, detail::snapshot_arena& arena, std::vector<named_tensor>& tensors) {
   std::vector<std::vector<local_shard>> shards(tensors.size());
   for (std::size_t t = 0; t < tensors.size(); ++t) shards[t] = tensors[t].tensor.shards();
   std::uint64_t off = 0;
-  std::vector<std::pair<std::byte*, std::span<std::byte>>> copies;  // destination, source
-  for (const auto& p : pieces) {
-    std::byte* dst = arena->bytes.get() + off;
-    copies.emplace_back(dst, p.src);
-    for (auto k : p.shards) shards[p.tensor][k].data = std::span<std::byte>(dst, p.src.size());
-    off += (p.src.size() + 63) / 64 * 64;
-  }
-  // The copy is the caller's stall: split large ones across two threads (memory bandwidth, not
-  // one core, is the limit), in 16 MiB pieces handed out through an atomic cursor.
+  // The copy is the caller's stall (copy mode): split large ones across two threads (memory
+  // bandwidth, not one core, is the limit), in 16 MiB pieces handed out through an atomic cursor.
   constexpr std::size_t piece_bytes = 16u << 20;
-  std::vector<std::pair<std::byte*, std::span<std::byte>>> work;
-  for (auto& [dst, src] : copies)
-    for (std::size_t o = 0; o < src.size(); o += piece_bytes) {
-      std::size_t n = std::min(piece_bytes, src.size() - o);
-      work.emplace_back(dst + o, src.subspan(o, n));
-    }
+  std::vector<std::pair<std::byte*, std::span<std::byte>>> work;  // destination, source
+  for (const auto& pc : p.pieces) {
+    std::byte* dst = arena.bytes.get() + off;
+    for (auto k : pc.shards) shards[pc.tensor][k].data = std::span<std::byte>(dst, pc.src.size());
+    for (std::size_t o = 0; o < pc.src.size(); o += piece_bytes)
+      work.emplace_back(dst + o, pc.src.subspan(o, std::min(piece_bytes, pc.src.size() - o)));
+    off += (pc.src.size() + 63) / 64 * 64;
+  }
   std::atomic<std::size_t> next{0};
   auto run = [&] {
     for (std::size_t i; (i = next.fetch_add(1)) < work.size();) std::memcpy(work[i].first, work[i].second.data(), work[i].second.size());
   };
-  if (need >= (64u << 20) && std::thread::hardware_concurrency() > 1) {
+  if (p.need >= (64u << 20) && std::thread::hardware_concurrency() > 1) {
     std::thread helper(run);
     run();
     helper.join();
@@ -524,82 +534,143 @@ std::shared_ptr<const void> take_snapshot(detail::checkpoint_impl& impl, std::ve
     const auto& v = tensors[t].tensor;
     tensors[t].tensor = dtensor_view::create(v.type(), v.global_shape(), v.layout(), std::move(shards[t])).value();
   }
-  return arena;
 }
+
+// One save between its call and its completion.
+struct save_job {
+  std::string path;
+  bool numbered = false;
+  std::vector<named_tensor> tensors;
+  std::vector<std::shared_ptr<const void>> owners;  // host-value copies and the snapshot arena
+  write_options wopt;
+  io::completion<std::string> done;
+  // Set once the tensors may be modified (snapshot copied, or the write read them all), or the
+  // save failed first.
+  std::shared_ptr<detail::one_shot<void>> released = std::make_shared<detail::one_shot<void>>();
+  // The write may start once the snapshot (if any) is taken.
+  std::mutex gate_mu;
+  bool gate_open = false;
+  std::function<void()> on_open;
+};
 
 }  // namespace
 
-void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done) {
+void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken) {
   auto& impl = *impl_;
-  std::string path = prefix;
+  const bool lazy = static_cast<bool>(snapshot_taken);
+  auto job = std::make_shared<save_job>();
+  job->numbered = numbered;
+  job->path = prefix;
+  if (lazy) job->released->then(std::move(snapshot_taken));
+  auto fail = [&](error e) {
+    job->released->set(e);
+    done(std::move(e));
+  };
   if (numbered) {
     save_counter();
     impl.save_counter->set(impl.save_counter->get() + 1);
-    path = prefix + "-" + std::to_string(impl.save_counter->get());
+    job->path = prefix + "-" + std::to_string(impl.save_counter->get());
   }
-  // Capture the graph and the values now, on the caller's thread.
+  // Capture the graph and the host values now, on the caller's thread.
   auto live = graph::walk(root(), extra_edges(impl));
-  std::vector<named_tensor> tensors;
-  std::vector<std::shared_ptr<const void>> owners;  // host-value copies, alive until the save completes
   for (std::size_t i = 0; i < live.objects.size(); ++i) {
     const auto& n = live.graph.nodes[i];
     if (!n.has_value) continue;
     auto v = live.objects[i]->value_for_save(impl.m);
-    if (!v) {
-      done(with_context(v.error(), "save " + path + ": value \"" + n.key + "\""));
-      return;
+    if (!v) return fail(with_context(v.error(), "save " + job->path + ": value \"" + n.key + "\""));
+    job->tensors.push_back({n.key, v->view});
+    if (v->owner) job->owners.push_back(std::move(v->owner));
+  }
+  job->wopt = impl.opt.write;
+  job->wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(live.graph)});
+  job->done = [released = job->released, d = std::move(done)](result<std::string> r) {
+    // A save that failed before releasing its tensors reports that too; after success they are
+    // free in any case.
+    released->set(r ? result<void>(success()) : result<void>(r.error()));
+    d(std::move(r));
+  };
+
+  // Snapshot: copy the distinct slices into snapshot memory on the snapshot thread; the write
+  // starts once it is done. Without snapshot, or when the state exceeds the whole budget, the
+  // write reads the tensors itself, and they are released once it has read them all.
+  auto plan = std::make_shared<snapshot_plan>();
+  const std::uint64_t budget = impl.opt.snapshot_budget_bytes;
+  bool take = impl.opt.snapshot;
+  if (take) {
+    *plan = plan_snapshot(job->tensors);
+    take = !budget || plan->need <= budget;
+  }
+  auto open_gate = [job] {
+    std::function<void()> go;
+    {
+      std::lock_guard lk(job->gate_mu);
+      job->gate_open = true;
+      go = std::move(job->on_open);
     }
-    tensors.push_back({n.key, v->view});
-    if (v->owner) owners.push_back(std::move(v->owner));
+    if (go) go();
+  };
+  if (take) {
+    asio::post(impl.snapshot_thread, [&impl, job, plan, open_gate] {
+      try {
+        auto arena = acquire_arena(impl, plan->need);
+        copy_snapshot(*plan, *arena, job->tensors);
+        job->owners.push_back(std::move(arena));
+        job->released->set(success());
+      } catch (const std::bad_alloc&) {
+        // No memory for a snapshot: fall back to writing from the tensors themselves.
+        job->wopt.sources_released = [released = job->released] { released->set(success()); };
+      }
+      open_gate();
+    });
+  } else {
+    job->wopt.sources_released = [released = job->released] { released->set(success()); };
+    open_gate();
   }
-  // Snapshot: after this the caller may modify its tensors (this copy is the save's only stall).
-  bool must_block = false;
-  if (impl.opt.snapshot) {
-    auto arena = take_snapshot(impl, tensors);
-    if (arena) owners.push_back(std::move(arena));
-    else must_block = true;
-  }
-  std::shared_ptr<std::promise<void>> written;
-  if (must_block) {
-    written = std::make_shared<std::promise<void>>();
-    done = [written, d = std::move(done)](result<std::string> r) {
-      d(std::move(r));
-      written->set_value();
+  const bool must_wait = !lazy && impl.opt.snapshot;  // copy mode: return once the tensors are free
+  auto released = job->released;
+  impl.enqueue([&impl, job](std::function<void()> finished) {
+    auto write = [&impl, job, finished] {
+      auto ex = impl.io_thread.get_executor();
+      async_write_tensors(ex, *impl.backend, job->path, std::move(job->tensors), std::move(job->wopt),
+                          [&impl, job, finished](result<write_report> r) {
+                            result<std::string> out = job->path;
+                            if (!r) out = r.error();
+                            if (out && job->numbered) {
+                              auto [dir, base] = split_prefix(job->path);
+                              checkpoint_state st;
+                              st.model_checkpoint_path = base;
+                              st.all_model_checkpoint_paths = {base};
+                              double now = now_seconds();
+                              st.all_model_checkpoint_timestamps = {now};
+                              st.last_preserved_timestamp = now - 1;
+                              if (auto w = write_checkpoint_state(*impl.backend, dir, st); !w) out = w.error();
+                            }
+                            if (out)
+                              for (const auto& cb : impl.opt.write_callbacks) cb(job->path);
+                            {
+                              std::lock_guard lk(impl.mu);
+                              impl.last_error = out ? std::nullopt : std::optional<error>(out.error());
+                            }
+                            {
+                              // The snapshot memory is free for the next save.
+                              std::lock_guard lk(impl.arena_mu);
+                              job->owners.clear();
+                            }
+                            impl.arena_freed.notify_all();
+                            job->done(std::move(out));
+                            finished();
+                          });
     };
-  }
-  write_options wopt = impl.opt.write;
-  wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(live.graph)});
-  auto fut = written ? std::optional<std::future<void>>(written->get_future()) : std::nullopt;
-  impl.enqueue([&impl, path, numbered, tensors = std::move(tensors), owners = std::move(owners), wopt = std::move(wopt),
-                done = std::move(done)](std::function<void()> finished) mutable {
-    auto ex = impl.io_thread.get_executor();
-    async_write_tensors(ex, *impl.backend, path, std::move(tensors), std::move(wopt),
-                        [&impl, path, numbered, owners = std::move(owners), done = std::move(done), finished](result<write_report> r) {
-                          result<std::string> out = path;
-                          if (!r) out = r.error();
-                          if (out && numbered) {
-                            auto [dir, base] = split_prefix(path);
-                            checkpoint_state st;
-                            st.model_checkpoint_path = base;
-                            st.all_model_checkpoint_paths = {base};
-                            double now = now_seconds();
-                            st.all_model_checkpoint_timestamps = {now};
-                            st.last_preserved_timestamp = now - 1;
-                            if (auto w = write_checkpoint_state(*impl.backend, dir, st); !w) out = w.error();
-                          }
-                          if (out)
-                            for (const auto& cb : impl.opt.write_callbacks) cb(path);
-                          {
-                            std::lock_guard lk(impl.mu);
-                            impl.last_error = out ? std::nullopt : std::optional<error>(out.error());
-                          }
-                          done(std::move(out));
-                          finished();
-                        });
+    {
+      std::lock_guard lk(job->gate_mu);
+      if (!job->gate_open) {
+        job->on_open = [&impl, write] { asio::post(impl.io_thread, write); };
+        return;
+      }
+    }
+    write();
   });
-  // Larger than the whole snapshot budget: the tensors are read by the write itself, so return
-  // only once it is done.
-  if (fut) fut->wait();
+  if (must_wait) (void)released->wait();
 }
 
 void checkpoint::start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done) {
@@ -662,6 +733,18 @@ result<std::string> checkpoint::save(std::string_view prefix) {
 
 result<std::string> checkpoint::write(std::string_view prefix) {
   return io::wait<std::string>([&](auto d) { start_save(std::string(prefix), false, std::move(d)); });
+}
+
+lazy_save<std::string> checkpoint::save_lazy(std::string_view prefix) {
+  lazy_save<std::string> ls;
+  start_save(std::string(prefix), true, ls.commit_completion(), ls.snapshot_completion());
+  return ls;
+}
+
+lazy_save<std::string> checkpoint::write_lazy(std::string_view prefix) {
+  lazy_save<std::string> ls;
+  start_save(std::string(prefix), false, ls.commit_completion(), ls.snapshot_completion());
+  return ls;
 }
 
 result<load_status> checkpoint::read(std::string_view path) {

@@ -85,13 +85,14 @@ result<void> checkpoint_manager::sweep() {
 }
 
 void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool check_interval,
-                                    io::completion<std::optional<std::string>> done) {
+                                    io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken) {
   std::optional<std::int64_t> step;
   if (opt_.step_counter) step = opt_.step_counter();
   {
     std::lock_guard lk(mu_);
     if (opt_.checkpoint_interval && check_interval && last_step_ &&
         (*step == *last_step_ || *step < *last_step_ + *opt_.checkpoint_interval)) {
+      if (snapshot_taken) snapshot_taken(success());
       done(std::optional<std::string>());
       return;
     }
@@ -121,7 +122,13 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
       return;
     }
     done(std::optional<std::string>(full(base)));
-  });
+  }, std::move(snapshot_taken));
+}
+
+lazy_save<std::optional<std::string>> checkpoint_manager::save_lazy(std::optional<std::int64_t> number, bool check_interval) {
+  lazy_save<std::optional<std::string>> ls;
+  start_save(number, check_interval, ls.commit_completion(), ls.snapshot_completion());
+  return ls;
 }
 
 result<std::optional<std::string>> checkpoint_manager::save(std::optional<std::int64_t> number, bool check_interval) {

@@ -69,6 +69,7 @@ struct save_state {
       : b(be), prefix(std::move(p)), dir_path(std::move(d)), base(std::move(n)) {}
   std::stop_token stop;
   std::function<void(std::uint64_t, std::uint64_t)> progress;
+  std::function<void()> sources_released;  // called at most once, then cleared
   std::uint64_t done_bytes = 0, total_bytes = 0;
   io::backend& b;
   std::string prefix;
@@ -107,7 +108,7 @@ class write_window {
 };
 
 task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, std::span<const plan::slice_write> writes,
-                           std::uint64_t file_size, std::uint64_t chunk_bytes) {
+                           std::uint64_t file_size, std::uint64_t chunk_bytes, bool last_file) {
   auto ex = co_await asio::this_coro::executor;
   std::string name = format::data_file_name(s.base, s.token, k);
   auto h = co_await io::async_open(s.b, ex, *s.dir, name, io::open_mode::create_exclusive_direct, use_awaitable);
@@ -178,6 +179,7 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
     co_return success();
   };
   auto filled_ok = co_await fill();
+  if (filled_ok && last_file && s.sources_released) std::exchange(s.sources_released, nullptr)();
   // TRICKY: every write must complete before `pool` goes away, error or not.
   auto drained = co_await window.wait_below(1);
   if (!filled_ok) co_return filled_ok.error();
@@ -207,6 +209,7 @@ task<write_report> save_steps(save_state& s, std::vector<named_tensor> tensors, 
   for (auto sz : p.file_sizes) s.total_bytes += sz;
   s.stop = opt.stop;
   s.progress = opt.progress;
+  s.sources_released = std::move(opt.sources_released);
   if (s.stop.stop_requested()) co_return make_error(errc::cancelled, "save cancelled before it started");
 
   // 2. Directory.
@@ -218,10 +221,13 @@ task<write_report> save_steps(save_state& s, std::vector<named_tensor> tensors, 
   for (std::uint32_t k = 0; k < p.file_sizes.size(); ++k) {
     std::size_t end = begin;
     while (end < p.writes.size() && m.tensors[p.writes[end].tensor].slices[p.writes[end].slice].file == k) ++end;
-    BOOST_OUTCOME_CO_TRY(co_await write_data_file(s, m, k, std::span(p.writes).subspan(begin, end - begin), p.file_sizes[k], opt.chunk_bytes));
+    BOOST_OUTCOME_CO_TRY(co_await write_data_file(s, m, k, std::span(p.writes).subspan(begin, end - begin), p.file_sizes[k], opt.chunk_bytes,
+                                             k + 1 == p.file_sizes.size()));
     m.files.push_back({format::data_file_name(s.base, s.token, k), p.file_sizes[k]});
     begin = end;
   }
+
+  if (s.sources_released) std::exchange(s.sources_released, nullptr)();  // no data files at all
 
   // 4. Data file entries durable.
   BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, dir, use_awaitable));

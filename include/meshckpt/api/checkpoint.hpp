@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "meshckpt/api/lazy_save.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/graph/trackable.hpp"
 #include "meshckpt/io/backend.hpp"
@@ -127,11 +128,24 @@ class checkpoint : public graph::trackable {
   /// Waits for every write queued so far; returns the error of the last one, if it failed.
   result<void> sync();
 
+  /// Lazy `save`: returns at once (after capturing the graph and host values), with two
+  /// completions (see api/lazy_save.hpp): `snapshot_taken` — the tensors were copied and may be
+  /// modified — and `committed` — "prefix-N" is durable and the state file updated. Until the
+  /// snapshot is taken the caller may read its tensors (forward and backward passes) but not
+  /// write them. Numbering happens at the call, like `save`.
+  lazy_save<std::string> save_lazy(std::string_view prefix);
+  /// Lazy `write` (no numbering, no state file).
+  lazy_save<std::string> write_lazy(std::string_view prefix);
+
   std::string describe() const override { return "checkpoint"; }
 
-  // Asynchronous entry points used by api/checkpoint_async.hpp. `done` runs on an internal
-  // thread; at most one write runs at a time, later ones queue behind it.
-  void start_save(std::string prefix, bool numbered, io::completion<std::string> done);
+  /// Asynchronous entry points used by api/checkpoint_async.hpp and the lazy forms. `done` runs
+  /// on an internal thread; at most one write runs at a time, later ones queue behind it. With
+  /// `snapshot_taken` the save is lazy: the call returns at once and `snapshot_taken` runs (on
+  /// the snapshot thread, or with the error) once the tensors may be modified. Without it, in
+  /// snapshot mode, the call returns once the tensors are copied.
+  void start_save(std::string prefix, bool numbered, io::completion<std::string> done,
+                  io::completion<void> snapshot_taken = {});
   void start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done);
 
  private:

@@ -68,4 +68,22 @@ auto async_save(checkpoint_manager& m, Token&& token, std::optional<std::int64_t
       std::forward<Token>(token));
 }
 
+/// Waits, as an asynchronous operation, until a lazy save's snapshot is taken (the tensors may
+/// be modified): `co_await async_wait_snapshot(pending, asio::use_awaitable)` → `result<void>`.
+template <class T, class Token>
+auto async_wait_snapshot(const lazy_save<T>& s, Token&& token) {
+  return io::async_op<void>(
+      boost::asio::system_executor(), [s](io::completion<void> done) { s.on_snapshot(std::move(done)); },
+      std::forward<Token>(token));
+}
+
+/// Waits, as an asynchronous operation, until a lazy save committed; completes with its
+/// outcome (`result<T>`).
+template <class T, class Token>
+auto async_wait_committed(const lazy_save<T>& s, Token&& token) {
+  return io::async_op<T>(
+      boost::asio::system_executor(), [s](io::completion<T> done) { s.on_committed(std::move(done)); },
+      std::forward<Token>(token));
+}
+
 }  // namespace meshckpt

@@ -51,7 +51,13 @@ class checkpoint_manager {
   /// numbering and graph capture happen now, on the calling thread; the write, the state file
   /// and retention run on the checkpoint's IO thread, and `done` runs there afterwards.
   void start_save(std::optional<std::int64_t> checkpoint_number, bool check_interval,
-                  io::completion<std::optional<std::string>> done);
+                  io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken = {});
+
+  /// Lazy `save` (see `checkpoint::save_lazy` and api/lazy_save.hpp): returns at once; the
+  /// snapshot completion says when the tensors may be modified, the commit completion yields
+  /// what `save` returns (nullopt when the interval skipped this step: both complete at once).
+  lazy_save<std::optional<std::string>> save_lazy(std::optional<std::int64_t> checkpoint_number = std::nullopt,
+                                                  bool check_interval = true);
 
   /// The newest checkpoint path, or nullopt.
   std::optional<std::string> latest_checkpoint() const;

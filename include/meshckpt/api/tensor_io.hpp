@@ -39,6 +39,10 @@ struct write_options {
   /// the commit, leaving the previous checkpoint (if any) and no new file behind. A stop
   /// requested after the rename has no effect (the checkpoint is already visible).
   std::stop_token stop{};
+  /// Called once, on the IO thread, when the save has read every byte of the input tensors
+  /// (they are all in staging memory or written): from then on the caller may modify them,
+  /// although the commit is still to come. Not called when the save fails before that point.
+  std::function<void()> sources_released{};
 };
 
 /// What a write did.
