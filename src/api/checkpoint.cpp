@@ -503,13 +503,15 @@ std::shared_ptr<detail::snapshot_arena> acquire_arena(detail::checkpoint_impl& i
   }
 }
 
-// Copies the planned slices into `arena` and re-points the views at the copy.
-void copy_snapshot(const snapshot_plan& p, detail::snapshot_arena& arena, std::vector<named_tensor>& tensors) {
+// Copies the planned slices into `arena` and re-points the views at the copy; `helper` adds a
+// second copying thread.
+void copy_snapshot(const snapshot_plan& p, detail::snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper) {
   std::vector<std::vector<local_shard>> shards(tensors.size());
   for (std::size_t t = 0; t < tensors.size(); ++t) shards[t] = tensors[t].tensor.shards();
   std::uint64_t off = 0;
-  // The copy is the caller's stall (copy mode): split large ones across two threads (memory
+  // In copy mode the copy is the caller's stall: large ones are split across two threads (memory
   // bandwidth, not one core, is the limit), in 16 MiB pieces handed out through an atomic cursor.
+  // A lazy snapshot copies on one thread: the caller is computing meanwhile.
   constexpr std::size_t piece_bytes = 16u << 20;
   std::vector<std::pair<std::byte*, std::span<std::byte>>> work;  // destination, source
   for (const auto& pc : p.pieces) {
@@ -523,10 +525,10 @@ void copy_snapshot(const snapshot_plan& p, detail::snapshot_arena& arena, std::v
   auto run = [&] {
     for (std::size_t i; (i = next.fetch_add(1)) < work.size();) std::memcpy(work[i].first, work[i].second.data(), work[i].second.size());
   };
-  if (p.need >= (64u << 20) && std::thread::hardware_concurrency() > 1) {
-    std::thread helper(run);
+  if (helper && p.need >= (64u << 20) && std::thread::hardware_concurrency() > 1) {
+    std::thread second(run);
     run();
-    helper.join();
+    second.join();
   } else {
     run();
   }
@@ -610,10 +612,10 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     if (go) go();
   };
   if (take) {
-    asio::post(impl.snapshot_thread, [&impl, job, plan, open_gate] {
+    asio::post(impl.snapshot_thread, [&impl, job, plan, open_gate, lazy] {
       try {
         auto arena = acquire_arena(impl, plan->need);
-        copy_snapshot(*plan, *arena, job->tensors);
+        copy_snapshot(*plan, *arena, job->tensors, !lazy);
         job->owners.push_back(std::move(arena));
         job->released->set(success());
       } catch (const std::bad_alloc&) {

@@ -191,7 +191,7 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   co_return success();
 }
 
-task<write_report> save_steps(save_state& s, std::vector<named_tensor> tensors, write_options opt) {
+task<write_report> save_steps(save_state& s, std::span<const named_tensor> tensors, write_options opt) {
   auto ex = co_await asio::this_coro::executor;
   if (opt.chunk_bytes < 4096 || opt.chunk_bytes > (64u << 20) || (opt.chunk_bytes & (opt.chunk_bytes - 1)))
     co_return make_error(errc::invalid_argument, "chunk_bytes " + std::to_string(opt.chunk_bytes) + " is not a power of two in [4 KiB, 64 MiB]");
@@ -273,11 +273,11 @@ task<write_report> save_steps(save_state& s, std::vector<named_tensor> tensors, 
   co_return rep;
 }
 
-task<write_report> save_coro(io::backend& b, std::string prefix, std::vector<named_tensor> tensors, write_options opt) {
+task<write_report> save_coro(io::backend& b, std::string prefix, std::span<const named_tensor> tensors, write_options opt) {
   auto ex = co_await asio::this_coro::executor;
   auto [dir_path, base] = split_prefix(prefix);
   save_state s{b, prefix, dir_path, base};
-  auto r = co_await save_steps(s, std::move(tensors), std::move(opt));
+  auto r = co_await save_steps(s, tensors, std::move(opt));
   for (auto h : s.open_files) co_await close_quietly(b, h);
   if (!r && !s.renamed && s.dir)
     for (const auto& name : s.created) (void)co_await io::async_unlink(b, ex, *s.dir, name, use_awaitable);
@@ -290,7 +290,9 @@ task<write_report> save_coro(io::backend& b, std::string prefix, std::vector<nam
 
 void start_write_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> tensors,
                          write_options opt, io::completion<write_report> done) {
-  spawn<write_report>(ex, save_coro(b, std::move(prefix), std::move(tensors), std::move(opt)), std::move(done));
+  auto owned = std::make_shared<std::vector<named_tensor>>(std::move(tensors));
+  spawn<write_report>(ex, save_coro(b, std::move(prefix), *owned, std::move(opt)),
+                      [owned, done = std::move(done)](result<write_report> r) { done(std::move(r)); });
 }
 
 }  // namespace detail
@@ -298,7 +300,8 @@ void start_write_tensors(asio::any_io_executor ex, io::backend& b, std::string p
 result<write_report> write_tensors(io::backend& b, std::string_view prefix, std::span<const named_tensor> tensors,
                                    const write_options& opt) {
   return detail::run_blocking<write_report>([&](auto ex, auto done) {
-    detail::start_write_tensors(ex, b, std::string(prefix), {tensors.begin(), tensors.end()}, opt, std::move(done));
+    // The caller's tensors outlive the blocking call: no copy of the list.
+    detail::spawn<write_report>(ex, detail::save_coro(b, std::string(prefix), tensors, opt), std::move(done));
   });
 }
 

@@ -186,7 +186,7 @@ constexpr std::uint64_t merge_gap = 256u << 10;    // merge neighbours closer th
 constexpr std::size_t reads_in_flight = 16;
 
 task<read_report> read_steps(io::backend& b, const opened_prefix& p, const format::manifest& m,
-                             const std::vector<named_tensor>& targets, read_options opt, file_cache& files) {
+                             std::span<const named_tensor> targets, read_options opt, file_cache& files) {
   auto ex = co_await asio::this_coro::executor;
   read_report rep;
   // 1. Match every target shard to the saved slice with its box.
@@ -303,7 +303,7 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
   co_return rep;
 }
 
-task<read_report> read_coro(io::backend& b, std::string prefix, std::vector<named_tensor> targets, read_options opt,
+task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const named_tensor> targets, read_options opt,
                             std::shared_ptr<const format::manifest> preloaded) {
   auto p = co_await open_prefix_dir(b, prefix);
   if (!p) co_return with_context(p.error(), "restore " + prefix);
@@ -390,7 +390,9 @@ task<verify_report> verify_coro(io::backend& b, std::string prefix) {
 
 void start_read_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> targets,
                         read_options opt, io::completion<read_report> done) {
-  spawn<read_report>(ex, read_coro(b, std::move(prefix), std::move(targets), opt, nullptr), std::move(done));
+  auto owned = std::make_shared<std::vector<named_tensor>>(std::move(targets));
+  spawn<read_report>(ex, read_coro(b, std::move(prefix), *owned, opt, nullptr),
+                     [owned, done = std::move(done)](result<read_report> r) { done(std::move(r)); });
 }
 
 void start_read_manifest(asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<format::manifest> done) {
@@ -411,7 +413,8 @@ result<format::manifest> read_manifest(io::backend& b, std::string_view prefix) 
 result<read_report> read_tensors(io::backend& b, std::string_view prefix, std::span<const named_tensor> targets,
                                  const read_options& opt) {
   return detail::run_blocking<read_report>([&](auto ex, auto done) {
-    detail::start_read_tensors(ex, b, std::string(prefix), {targets.begin(), targets.end()}, opt, std::move(done));
+    // The caller's targets outlive the blocking call: no copy of the list.
+    detail::spawn<read_report>(ex, detail::read_coro(b, std::string(prefix), targets, opt, nullptr), std::move(done));
   });
 }
 
@@ -420,7 +423,7 @@ result<read_report> read_tensors(io::backend& b, std::string_view prefix, const 
   // Borrowed, not copied: the manifest outlives this blocking call.
   std::shared_ptr<const format::manifest> borrowed(&m, [](const format::manifest*) {});
   return detail::run_blocking<read_report>([&](auto ex, auto done) {
-    detail::spawn<read_report>(ex, detail::read_coro(b, std::string(prefix), {targets.begin(), targets.end()}, opt, borrowed),
+    detail::spawn<read_report>(ex, detail::read_coro(b, std::string(prefix), targets, opt, borrowed),
                                std::move(done));
   });
 }

@@ -45,10 +45,41 @@ bool drop_caches() {
   return static_cast<bool>(f.flush());
 }
 
-std::uint64_t peak_rss_bytes() {
-  rusage ru{};
-  ::getrusage(RUSAGE_SELF, &ru);
-  return static_cast<std::uint64_t>(ru.ru_maxrss) * 1024;
+// Peak resident set since the last `reset_peak_rss()` (VmHWM), and the current one (VmRSS).
+std::uint64_t status_kib(const char* field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(field, 0) == 0) return std::strtoull(line.c_str() + std::strlen(field), nullptr, 10);
+  return 0;
+}
+std::uint64_t peak_rss_bytes() { return status_kib("VmHWM:") * 1024; }
+std::uint64_t rss_bytes() { return status_kib("VmRSS:") * 1024; }
+// Resets VmHWM to the current RSS (Linux >= 4.0); false when not possible.
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!f) return false;
+  f << "5\n";
+  return static_cast<bool>(f.flush());
+}
+
+// A compute-bound loop standing in for a training step's math: floating-point work on an
+// L1-resident array. Runs until `stop()` (checked every unit of work); returns units per second.
+template <class Stop>
+double compute_rate(Stop stop) {
+  static float a[2048];
+  for (std::size_t i = 0; i < 2048; ++i) a[i] = static_cast<float>(i) * 1e-3f;
+  auto t0 = clock_type::now();
+  std::uint64_t units = 0;
+  float acc = 0;
+  while (!stop()) {
+    for (int rep = 0; rep < 64; ++rep)
+      for (std::size_t i = 0; i < 2048; ++i) acc = acc * 0.999f + a[i] * a[(i + 7) & 2047];
+    ++units;
+  }
+  volatile float sink = acc;
+  (void)sink;
+  return static_cast<double>(units) / seconds_since(t0);
 }
 
 struct state {
@@ -112,12 +143,20 @@ struct figures {
   std::size_t tensors = 0;
   double save_MiBps = 0, restore_MiBps = 0;
   std::optional<double> fio_write_MiBps, fio_read_MiBps;
+  std::optional<double> save_ratio, restore_ratio;  // median over repetitions of (ours / fio) in the same repetition
   double memcpy_s = 0;
-  std::optional<double> stall_s;
-  std::uint64_t peak_rss = 0;
+  std::optional<double> stall_s, lazy_stall_s, compute_ratio;
+  std::uint64_t peak_rss = 0;         // peak resident set during the saves
+  std::uint64_t rss_before = 0;       // resident set before them (the state and the program)
+  std::uint64_t snapshot_bytes = 0;   // snapshot memory a copy-mode save holds
   bool cold = false;
   std::string backend;
 };
+
+std::optional<double> median_opt(const std::vector<double>& v) {
+  if (v.empty()) return std::nullopt;
+  return median(v);
+}
 
 }  // namespace
 
@@ -125,11 +164,12 @@ int run_bench(const bench_args& a) {
   const auto kind = a.backend == "posix" ? backends::backend_kind::posix
                     : a.backend == "uring" ? backends::backend_kind::uring
                                            : backends::backend_kind::automatic;
-  auto be = backends::make_backend(kind);
-  if (!be) {
-    std::fprintf(stderr, "meshckpt bench: %s\n", be.error().what().c_str());
+  auto made = backends::make_backend(kind);
+  if (!made) {
+    std::fprintf(stderr, "meshckpt bench: %s\n", made.error().what().c_str());
     return 1;
   }
+  std::shared_ptr<io::backend> be = std::move(*made);
   std::filesystem::create_directories(a.dir);
   std::vector<std::string> workloads;
   if (a.workload == "all") workloads = {"large", "small", "stall"};
@@ -138,25 +178,28 @@ int run_bench(const bench_args& a) {
     std::fprintf(stderr, "meshckpt bench: unknown workload \"%s\" (large, small, stall, all)\n", a.workload.c_str());
     return 2;
   }
+  const bool have_fio = std::system("command -v fio >/dev/null 2>&1") == 0;
+  const bool rss_resettable = reset_peak_rss();
   std::vector<figures> all;
   for (const auto& w : workloads) {
     figures f;
     f.workload = w;
-    f.backend = std::string((*be)->name());
+    f.backend = std::string(be->name());
     // Restores go into the saved tensors themselves (checksums prove the bytes): one copy of a
     // state that, with 8 simulated devices holding replicas, is already several times its size.
     auto src = make_workload(w == "stall" ? "large" : w, true);
-    auto& dst = src;
     f.bytes = src.bytes;
     f.tensors = src.named.size();
     if (!a.json) std::fprintf(stderr, "bench %s: %zu tensors, %s, %d repetitions, backend %s\n", w.c_str(), f.tensors,
                               format::human_bytes(f.bytes).c_str(), a.reps, f.backend.c_str());
     std::string prefix = a.dir + "/bench-" + w;
-    std::vector<double> save_s, restore_s, stall_s;
+    std::vector<double> save_s, restore_s, stall_s, lazy_s, compute, save_ratio, restore_ratio, fio_w, fio_r;
     f.cold = true;
+    f.rss_before = rss_bytes();
+    reset_peak_rss();
     if (w == "stall") {
-      // The time an asynchronous save blocks its caller (the snapshot copy), over saves after
-      // the first (warm snapshot memory), through the Checkpoint API.
+      // Copy mode: the time an asynchronous save blocks its caller (the snapshot copy), over
+      // saves after the first (warm snapshot memory), through the Checkpoint API.
       graph::state_dict sd;
       std::deque<graph::variable> vars;
       for (const auto& n : src.named) {
@@ -164,7 +207,7 @@ int run_bench(const bench_args& a) {
         sd.insert(n.key, vars.back());
       }
       checkpoint_options copt;
-      copt.backend = std::shared_ptr<io::backend>(std::move(*be));
+      copt.backend = be;
       auto ck = checkpoint::create(mesh::create({{"x", 2}, {"y", 4}}).value(), &sd, {}, copt).value();
       for (int r = 0; r < a.reps + 1; ++r) {
         std::promise<result<std::string>> done;
@@ -182,28 +225,76 @@ int run_bench(const bench_args& a) {
           save_s.push_back(total);
         }
       }
-      f.stall_s = median(stall_s);
-      be = backends::make_backend(kind);
+      f.snapshot_bytes = f.bytes;
+      // Lazy mode: the time the call takes, and how fast a compute-bound loop runs while the
+      // save copies and flushes in the background, against the same loop alone for as long.
+      for (int r = 0; r < a.reps; ++r) {
+        auto t0 = clock_type::now();
+        auto pending = ck->write_lazy(prefix);
+        lazy_s.push_back(seconds_since(t0));
+        double during = compute_rate([&] { return pending.committed(); });
+        double flush = seconds_since(t0);
+        if (auto res = pending.wait_committed(); !res) {
+          std::fprintf(stderr, "meshckpt bench: lazy save failed: %s\n", res.error().what().c_str());
+          return 1;
+        }
+        auto t1 = clock_type::now();
+        double solo = compute_rate([&] { return seconds_since(t1) >= flush; });
+        compute.push_back(during / solo);
+      }
+      f.lazy_stall_s = median(lazy_s);
+      f.compute_ratio = median(compute);
     }
     for (int r = 0; r < (w == "stall" ? 0 : a.reps); ++r) {
+      // fio and our save/restore alternate within each repetition, so a ratio compares the
+      // disk at (nearly) the same moment: this machine's speed drifts between minutes.
+      std::optional<double> fw, fr;
+      if (w == "large" && have_fio) fw = run_fio(a.dir, true, f.bytes);
+      // Each save goes to a new name, as a training job's do; removing it afterwards is not
+      // timed (it is retention's work, not the save's).
+      const std::string name = prefix + "-" + std::to_string(r);
       auto t0 = clock_type::now();
-      auto wr = write_tensors(**be, prefix, src.named);
+      auto wr = write_tensors(*be, name, src.named);
       if (!wr) {
         std::fprintf(stderr, "meshckpt bench: save failed: %s\n", wr.error().what().c_str());
         return 1;
       }
       save_s.push_back(seconds_since(t0));
+      if (w == "large" && have_fio) {
+        f.cold = drop_caches() && f.cold;
+        fr = run_fio(a.dir, false, f.bytes);
+        std::filesystem::remove(a.dir + "/fio.bench");
+      }
       f.cold = drop_caches() && f.cold;
       t0 = clock_type::now();
-      auto rd = read_tensors(**be, prefix, dst.named);
+      auto rd = read_tensors(*be, name, src.named);
       if (!rd) {
         std::fprintf(stderr, "meshckpt bench: restore failed: %s\n", rd.error().what().c_str());
         return 1;
       }
       restore_s.push_back(seconds_since(t0));
+      if (auto del = delete_checkpoint(*be, name); !del) {
+        std::fprintf(stderr, "meshckpt bench: cleanup failed: %s\n", del.error().what().c_str());
+        return 1;
+      }
+      double mib = static_cast<double>(f.bytes) / (1 << 20);
+      if (fw) {
+        fio_w.push_back(*fw);
+        save_ratio.push_back(mib / save_s.back() / *fw);
+      }
+      if (fr) {
+        fio_r.push_back(*fr);
+        restore_ratio.push_back(mib / restore_s.back() / *fr);
+      }
     }
+    f.peak_rss = rss_resettable ? peak_rss_bytes() : 0;
     f.save_MiBps = static_cast<double>(f.bytes) / (1 << 20) / median(save_s);
     f.restore_MiBps = restore_s.empty() ? 0 : static_cast<double>(f.bytes) / (1 << 20) / median(restore_s);
+    f.fio_write_MiBps = median_opt(fio_w);
+    f.fio_read_MiBps = median_opt(fio_r);
+    f.save_ratio = median_opt(save_ratio);
+    f.restore_ratio = median_opt(restore_ratio);
+    f.stall_s = median_opt(stall_s);
     // memcpy of the bytes a save writes (one copy of each distinct slice) into an already-touched
     // buffer: the floor of a copy-mode snapshot.
     std::vector<double> mc;
@@ -225,50 +316,59 @@ int run_bench(const bench_args& a) {
       }
     }
     f.memcpy_s = median(mc);
-    if (w == "large") {
-      f.fio_write_MiBps = run_fio(a.dir, true, f.bytes);
-      drop_caches();
-      f.fio_read_MiBps = run_fio(a.dir, false, f.bytes);
-      std::filesystem::remove(a.dir + "/fio.bench");
-    }
-    f.peak_rss = peak_rss_bytes();
     all.push_back(f);
   }
-  auto num = [](std::optional<double> v) { return v ? std::to_string(*v) : std::string("null"); };
+  auto num = [](std::optional<double> v, const char* fmt = "%.1f") {
+    if (!v) return std::string("null");
+    char b[64];
+    std::snprintf(b, sizeof b, fmt, *v);
+    return std::string(b);
+  };
   if (a.json) {
     std::printf("[");
     for (std::size_t i = 0; i < all.size(); ++i) {
       const auto& f = all[i];
       std::printf("%s{\"workload\":\"%s\",\"backend\":\"%s\",\"bytes\":%llu,\"tensors\":%zu,\"save_MiBps\":%.1f,\"restore_MiBps\":%.1f,"
-                  "\"restore_cold_cache\":%s,\"fio_write_MiBps\":%s,\"fio_read_MiBps\":%s,\"stall_s\":%s,\"memcpy_s\":%.4f,"
-                  "\"peak_rss_bytes\":%llu}",
+                  "\"restore_cold_cache\":%s,\"fio_write_MiBps\":%s,\"fio_read_MiBps\":%s,\"save_vs_fio\":%s,\"restore_vs_fio\":%s,"
+                  "\"stall_s\":%s,\"memcpy_s\":%.4f,\"lazy_stall_s\":%s,\"compute_ratio\":%s,"
+                  "\"peak_rss_bytes\":%llu,\"rss_before_bytes\":%llu,\"snapshot_bytes\":%llu}",
                   i ? "," : "", f.workload.c_str(), f.backend.c_str(), static_cast<unsigned long long>(f.bytes), f.tensors, f.save_MiBps,
-                  f.restore_MiBps, f.cold ? "true" : "false", num(f.fio_write_MiBps).c_str(), num(f.fio_read_MiBps).c_str(), num(f.stall_s).c_str(), f.memcpy_s,
-                  static_cast<unsigned long long>(f.peak_rss));
+                  f.restore_MiBps, f.cold ? "true" : "false", num(f.fio_write_MiBps).c_str(), num(f.fio_read_MiBps).c_str(),
+                  num(f.save_ratio, "%.3f").c_str(), num(f.restore_ratio, "%.3f").c_str(), num(f.stall_s, "%.4f").c_str(), f.memcpy_s,
+                  num(f.lazy_stall_s, "%.6f").c_str(), num(f.compute_ratio, "%.3f").c_str(), static_cast<unsigned long long>(f.peak_rss),
+                  static_cast<unsigned long long>(f.rss_before), static_cast<unsigned long long>(f.snapshot_bytes));
     }
     std::printf("]\n");
     return 0;
   }
-  std::printf("%-8s %-7s %10s %9s %12s %12s %12s %12s %9s %10s\n", "workload", "backend", "bytes", "tensors", "save MiB/s",
-              "fio write", "restore MiB/s", "fio read", "memcpy s", "peak RSS");
+  std::printf("%-8s %-7s %10s %9s %12s %16s %14s %16s %11s\n", "workload", "backend", "bytes", "tensors", "save MiB/s",
+              "fio write (x)", "restore MiB/s", "fio read (x)", "RSS growth");
   for (const auto& f : all) {
-    auto ratio = [](double v, std::optional<double> base) {
-      char b[32];
-      if (!base) return std::string("—");
-      std::snprintf(b, sizeof b, "%.0f (%.2fx)", *base, v / *base);
+    auto ratio = [](std::optional<double> base, std::optional<double> r) {
+      char b[48];
+      if (!base || !r) return std::string("-");
+      std::snprintf(b, sizeof b, "%.0f (%.2fx)", *base, *r);
       return std::string(b);
     };
-    std::printf("%-8s %-7s %10s %9zu %12.0f %12s %12.0f %12s %9.3f %10s\n", f.workload.c_str(), f.backend.c_str(),
-                format::human_bytes(f.bytes).c_str(), f.tensors, f.save_MiBps, ratio(f.save_MiBps, f.fio_write_MiBps).c_str(),
-                f.restore_MiBps, ratio(f.restore_MiBps, f.fio_read_MiBps).c_str(), f.memcpy_s, format::human_bytes(f.peak_rss).c_str());
+    std::printf("%-8s %-7s %10s %9zu %12.0f %16s %14.0f %16s %11s\n", f.workload.c_str(), f.backend.c_str(),
+                format::human_bytes(f.bytes).c_str(), f.tensors, f.save_MiBps, ratio(f.fio_write_MiBps, f.save_ratio).c_str(),
+                f.restore_MiBps, ratio(f.fio_read_MiBps, f.restore_ratio).c_str(),
+                f.peak_rss ? format::human_bytes(f.peak_rss > f.rss_before ? f.peak_rss - f.rss_before : 0).c_str() : "?");
   }
-  std::printf("medians of %d repetitions; saves durable and checksummed; restores verified%s. fio: 1 MiB blocks, io_uring, qd16, O_DIRECT.\n",
+  std::printf("medians of %d repetitions; saves durable and checksummed; restores verified%s.\n"
+              "fio (1 MiB blocks, io_uring, qd16, O_DIRECT) runs in each repetition next to ours; (x) is the median of the per-repetition ratios.\n"
+              "Each save writes a new checkpoint name; deleting it afterwards is not timed.\n",
               a.reps, all.empty() || all[0].cold ? ", from a cold page cache" : " (page cache NOT dropped: run as root for cold reads)");
+  if (!have_fio) std::printf("fio is not installed: no disk baseline (make bench installs it)\n");
   for (const auto& f : all)
-    if (f.stall_s)
-      std::printf("stall: an async save of %s blocks its caller %.3f s (snapshot copy) = %.2fx one memcpy of the state (%.3f s); "
-                  "total save %.0f MiB/s\n",
+    if (f.stall_s) {
+      std::printf("stall (copy mode): an async save of %s blocks its caller %.3f s = %.2fx one memcpy of the state (%.3f s); total save %.0f MiB/s\n",
                   format::human_bytes(f.bytes).c_str(), *f.stall_s, *f.stall_s / f.memcpy_s, f.memcpy_s, f.save_MiBps);
+      std::printf("stall (lazy mode): the call returns in %.3f ms; a compute-bound loop keeps %.2f of its solo speed while the save copies and flushes\n",
+                  *f.lazy_stall_s * 1e3, *f.compute_ratio);
+      std::printf("memory: resident %s before the saves, peak %s (snapshot memory %s, staging 64 MiB)\n", format::human_bytes(f.rss_before).c_str(),
+                  format::human_bytes(f.peak_rss).c_str(), format::human_bytes(f.snapshot_bytes).c_str());
+    }
   return 0;
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <tuple>
 
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/tensor/arith.hpp"
@@ -23,6 +24,9 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](auto a, auto b) { return tensors[a].key < tensors[b].key; });
   std::vector<mesh> meshes;
+  std::map<std::tuple<std::uint32_t, std::vector<std::int32_t>, shape>,
+           std::vector<std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>>>>
+      groupings;
   m.tensors.reserve(tensors.size());
   for (std::size_t oi = 0; oi < order.size(); ++oi) {
     const auto& nt = tensors[order[oi]];
@@ -46,17 +50,24 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
     t.mesh = mesh_index;
     t.axes.assign(l.mesh_axes().begin(), l.mesh_axes().end());
     // Group devices by the box they hold; std::map keeps the result independent of hashing.
-    std::map<std::vector<std::int64_t>, std::vector<std::int64_t>> replicas;
-    for (auto dev : ms.device_ids()) {
-      BOOST_OUTCOME_TRY(auto b, l.shard_box(v.global_shape(), dev));
-      if (b.empty()) continue;
-      std::vector<std::int64_t> k = b.origin;
-      k.insert(k.end(), b.extent.begin(), b.extent.end());
-      replicas[std::move(k)].push_back(dev);
+    // Tensors of one shape and layout share the grouping (20,000 small tensors have a handful).
+    auto gkey = std::make_tuple(mesh_index, t.axes, t.global);
+    auto git = groupings.find(gkey);
+    if (git == groupings.end()) {
+      std::map<std::vector<std::int64_t>, std::vector<std::int64_t>> replicas;
+      for (auto dev : ms.device_ids()) {
+        BOOST_OUTCOME_TRY(auto b, l.shard_box(v.global_shape(), dev));
+        if (b.empty()) continue;
+        std::vector<std::int64_t> k = b.origin;
+        k.insert(k.end(), b.extent.begin(), b.extent.end());
+        replicas[std::move(k)].push_back(dev);
+      }
+      git = groupings.emplace(std::move(gkey), std::vector<std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>>>(replicas.begin(), replicas.end())).first;
     }
+    const auto& replicas = git->second;
     const std::uint64_t h = key_hash(nt.key);
     const std::int64_t elem = dtype_size(v.type());
-    for (auto& [k, devs] : replicas) {
+    for (const auto& [k, devs] : replicas) {
       format::saved_slice s;
       s.where.origin.assign(k.begin(), k.begin() + static_cast<std::ptrdiff_t>(t.global.size()));
       s.where.extent.assign(k.begin() + static_cast<std::ptrdiff_t>(t.global.size()), k.end());
