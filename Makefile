@@ -4,6 +4,7 @@
 
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 DIR        ?=
 JOBS       ?= $(shell nproc)
 
@@ -12,7 +13,7 @@ DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libx
 # The sanitizer and libFuzzer build.
 SAN_DEBS  := clang-14 libclang-rt-14-dev
 
-.PHONY: all deps build demo test test-sanitize bench clean
+.PHONY: all deps build demo test test-sanitize test-tsan bench clean
 
 all: build
 
@@ -41,6 +42,16 @@ test-sanitize: deps
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	ctest --test-dir $(ASAN_BUILD) -L sanitize --output-on-failure -j $(JOBS)
 
+# ThreadSanitizer build (clang-14) of the concurrency stress test: many async saves and
+# restores on a multi-threaded io_context, lazy saves racing with mutation, cancellation from
+# another thread, shutdown with IO in flight; on both backends.
+test-tsan: deps
+	@bash cmake/install-deps.sh $(SAN_DEBS)
+	@test -f $(TSAN_BUILD)/build.ninja || CC=clang-14 CXX=clang++-14 cmake -S . -B $(TSAN_BUILD) -G Ninja \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMESHCKPT_SANITIZE=thread -DMESHCKPT_BUILD_EXAMPLES=OFF
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_concurrency
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --test-dir $(TSAN_BUILD) -R '^test_concurrency$$' --output-on-failure
+
 # The benchmark of BENCHMARKS.md, with fio's figures from the same run (fio is installed here,
 # not for the build). BENCH_DIR must be on the disk to measure; it is removed afterwards.
 BENCH_DIR ?= $(shell mktemp -d -p /var/tmp meshckpt-bench-XXXXXX)
@@ -49,4 +60,4 @@ bench: build
 	$(BUILD)/bin/meshckpt bench --dir $(BENCH_DIR) --workload all; rc=$$?; rm -rf $(BENCH_DIR); exit $$rc
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)

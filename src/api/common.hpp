@@ -4,6 +4,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -26,12 +27,14 @@ asio::awaitable<void> store_result(task<T> coro, std::shared_ptr<std::optional<r
   out->emplace(co_await std::move(coro));
 }
 
-// Spawns `coro` on `ex` and hands its result to `done` (on `ex`). An exception escaping the
-// coroutine (a bug, or std::bad_alloc) is turned into an error rather than lost.
+// Spawns `coro` on a strand of `ex` and hands its result to `done` (on that strand). The strand
+// matters when several threads run the io_context: the coroutine and the IO completions it
+// counts (op_window) then never run at the same time. An exception escaping the coroutine (a
+// bug, or std::bad_alloc) is turned into an error rather than lost.
 template <class T>
 void spawn(asio::any_io_executor ex, task<T> coro, io::completion<T> done) {
   auto out = std::make_shared<std::optional<result<T>>>();
-  asio::co_spawn(ex, store_result<T>(std::move(coro), out), [out, done = std::move(done)](std::exception_ptr e) mutable {
+  asio::co_spawn(asio::any_io_executor(asio::make_strand(ex)), store_result<T>(std::move(coro), out), [out, done = std::move(done)](std::exception_ptr e) mutable {
     if (e) {
       try {
         std::rethrow_exception(e);
