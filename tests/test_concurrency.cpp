@@ -14,6 +14,7 @@
 #include <boost/asio/use_future.hpp>
 
 #include <atomic>
+#include <cstdio>
 #include <deque>
 #include <filesystem>
 #include <random>
@@ -49,7 +50,7 @@ state make_state(std::optional<std::uint64_t> seed, bool big = false) {
   add("dense/kernel", dtype::bfloat16, {48, 40}, {"unsharded", "y"});
   add("uneven", dtype::float64, {7, 5}, {"y", "x"});
   add("step", dtype::int64, {}, {});
-  if (big) add("big", dtype::float32, {4096, 2048}, {"x", "unsharded"});  // 16 MiB per slice
+  if (big) add("big", dtype::float32, {4096, 2048}, {"x", "y"});  // 4 MiB slices, 32 MiB: several staging blocks
   return s;
 }
 
@@ -133,12 +134,12 @@ TEST_CASE("cancellation from another thread at random moments: cancelled or comm
     REQUIRE(write_tensors(*be, tmp / "ck", base.named));
     std::mt19937_64 rng(42);
     int cancelled = 0, committed = 0;
-    for (int i = 0; i < 24; ++i) {
+    for (int i = 0; i < 12; ++i) {
       auto neu = make_state(100 + static_cast<std::uint64_t>(i), true);
       std::stop_source stop;
       write_options wo;
       wo.stop = stop.get_token();
-      auto delay = std::chrono::microseconds(rng() % 30000);
+      auto delay = std::chrono::microseconds(rng() % 80000);  // a save here takes tens of ms: both outcomes occur
       asio::io_context ctx;
       auto fut = async_write_tensors(ctx.get_executor(), *be, tmp / "ck", neu.named, wo, asio::use_future);
       std::thread canceller([&] {
@@ -150,12 +151,9 @@ TEST_CASE("cancellation from another thread at random moments: cancelled or comm
       auto r = fut.get();
       if (r) {
         ++committed;
-        base = std::move(neu);
-        // base now holds seed 100 + i
         auto back = make_state(std::nullopt, true);
         REQUIRE(read_tensors(*be, tmp / "ck", back.named));
         CHECK(matches(back, 100 + static_cast<std::uint64_t>(i)));
-        base = make_state(100 + static_cast<std::uint64_t>(i), true);
       } else {
         REQUIRE(r.error().code == errc::cancelled);
         ++cancelled;
@@ -167,8 +165,8 @@ TEST_CASE("cancellation from another thread at random moments: cancelled or comm
       auto v = verify(*be, tmp / "ck").value();
       CHECK(v.ok());
     }
-    INFO(cancelled << " cancelled, " << committed << " committed");
-    CHECK(cancelled + committed == 24);
+    std::printf("cancellation (%s): %d cancelled, %d committed, 0 half-done\n", kind.c_str(), cancelled, committed);
+    CHECK(cancelled + committed == 12);
   }
 }
 

@@ -13,6 +13,29 @@
 
 #include "meshckpt/backends/posix.hpp"
 
+// ThreadSanitizer cannot see the synchronization the kernel provides between a submission and
+// its completion: the thread that prepared an op (and its buffer) submits it, the reaper thread
+// reads it back from the completion queue. The kernel orders the two (the CQE is published
+// after the SQE was consumed), so we tell TSan: release on the op before submitting, acquire on
+// it when its completion is reaped. Buffers need nothing: TSan does not see the kernel's
+// accesses, and the completion reaches the caller through a mutex and the executor's queue.
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MESHCKPT_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define MESHCKPT_TSAN 1
+#endif
+#ifdef MESHCKPT_TSAN
+#include <sanitizer/tsan_interface.h>
+#define MESHCKPT_KERNEL_RELEASE(p) __tsan_release(p)
+#define MESHCKPT_KERNEL_ACQUIRE(p) __tsan_acquire(p)
+#else
+#define MESHCKPT_KERNEL_RELEASE(p) ((void)(p))
+#define MESHCKPT_KERNEL_ACQUIRE(p) ((void)(p))
+#endif
+
 namespace meshckpt::backends {
 
 namespace {
@@ -131,6 +154,7 @@ class uring_backend final : public io::backend {
       case op::fsync: io_uring_prep_fsync(sqe, o->fd, 0); break;
     }
     io_uring_sqe_set_data(sqe, o);
+    MESHCKPT_KERNEL_RELEASE(o);
     ++in_flight_;
     int rc = io_uring_submit(&ring_);
     if (rc < 0 && rc != -EBUSY && rc != -EAGAIN) {
@@ -156,6 +180,7 @@ class uring_backend final : public io::backend {
         continue;
       }
       auto* o = static_cast<op*>(io_uring_cqe_get_data(cqe));
+      if (o) MESHCKPT_KERNEL_ACQUIRE(o);
       int res = cqe->res;
       io_uring_cqe_seen(&ring_, cqe);
       if (!o) {
