@@ -36,7 +36,7 @@ class failing_backend final : public io::backend {
     if (!inject("open_dir", p, d)) inner_.open_dir(std::move(p), c, std::move(d));
   }
   void open(io::handle dir, std::string n, io::open_mode m, io::completion<io::handle> d) override {
-    if (!inject(m == io::open_mode::read ? "open" : "create", n, d)) inner_.open(dir, std::move(n), m, std::move(d));
+    if (!inject(m == io::open_mode::read || m == io::open_mode::read_direct ? "open" : "create", n, d)) inner_.open(dir, std::move(n), m, std::move(d));
   }
   void size(io::handle f, io::completion<std::uint64_t> d) override {
     if (!inject("size", "", d)) inner_.size(f, std::move(d));

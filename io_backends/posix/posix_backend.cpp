@@ -58,7 +58,7 @@ class posix_backend final : public io::backend {
       if (!format::is_plain_name(name))
         return make_error(errc::unsafe_path, "open \"" + name + "\": not a plain file name inside the checkpoint directory");
       int fd;
-      if (mode == io::open_mode::read) {
+      if (mode == io::open_mode::read || mode == io::open_mode::read_direct) {
         fd = retry([&] { return ::openat(dir_fd(dir), name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK); });
         if (fd < 0) {
           int err = errno;
@@ -75,7 +75,10 @@ class posix_backend final : public io::backend {
           ::close(fd);
           return make_error(errc::unsafe_path, "open " + name + ": not a regular file (refused)");
         }
-        ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+        int flags = ::fcntl(fd, F_GETFL) & ~O_NONBLOCK;
+        // As for writes: a filesystem refusing O_DIRECT leaves the file buffered.
+        if (mode == io::open_mode::read_direct && ::fcntl(fd, F_SETFL, flags | O_DIRECT) == 0) flags |= O_DIRECT;
+        ::fcntl(fd, F_SETFL, flags);
       } else {
         fd = retry([&] { return ::openat(dir_fd(dir), name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644); });
         if (fd < 0) return make_errno_error(errno, "create", name);
@@ -107,6 +110,8 @@ class posix_backend final : public io::backend {
         }
         if (r == 0) break;
         got += static_cast<std::size_t>(r);
+        // A short O_DIRECT read means end of file; retrying at the unaligned rest would fail.
+        if (static_cast<std::size_t>(r) < n && (::fcntl(fd_of(f), F_GETFL) & O_DIRECT)) break;
       }
       return got;
     });

@@ -1,5 +1,6 @@
 #include "meshckpt/backends/uring.hpp"
 
+#include <fcntl.h>
 #include <liburing.h>
 
 #include <atomic>
@@ -208,7 +209,9 @@ class uring_backend final : public io::backend {
       else out = o->done;  // end of file
     } else {
       o->done += static_cast<std::size_t>(res);
-      if (o->done < o->len) again = true;
+      // A short O_DIRECT read means end of file; retrying at the unaligned rest would fail.
+      bool direct_eof = o->k == op::read && o->done < o->len && (::fcntl(o->fd, F_GETFL) & O_DIRECT);
+      if (o->done < o->len && !direct_eof) again = true;
       else out = o->done;
     }
     std::unique_lock lk(mu_);

@@ -103,13 +103,15 @@ namespace {
 // Opens data files on demand and checks each one's size against the manifest once.
 class file_cache {
  public:
-  file_cache(io::backend& b, const opened_prefix& p, const format::manifest& m) : b_(b), p_(p), m_(m) {}
+  // `direct`: open with O_DIRECT (every read then aligned to 4096 bytes).
+  file_cache(io::backend& b, const opened_prefix& p, const format::manifest& m, bool direct = false)
+      : b_(b), p_(p), m_(m), direct_(direct) {}
 
   task<io::handle> get(std::uint32_t index) {
     auto ex = co_await asio::this_coro::executor;
     if (auto it = open_.find(index); it != open_.end()) co_return it->second;
     const auto& f = m_.files[index];
-    auto h = co_await io::async_open(b_, ex, p_.dir, f.name, io::open_mode::read, use_awaitable);
+    auto h = co_await io::async_open(b_, ex, p_.dir, f.name, direct_ ? io::open_mode::read_direct : io::open_mode::read, use_awaitable);
     if (!h) {
       if (h.error().code == std::errc::no_such_file_or_directory)
         co_return make_error(errc::not_found, "data file " + f.name + " is missing");
@@ -133,6 +135,7 @@ class file_cache {
   io::backend& b_;
   const opened_prefix& p_;
   const format::manifest& m_;
+  bool direct_;
   std::map<std::uint32_t, io::handle> open_;
 };
 
@@ -180,10 +183,14 @@ class read_window {
   op_window ops_;
 };
 
-constexpr std::size_t read_piece = 8u << 20;       // large slices: direct reads of this size
-constexpr std::size_t extent_max = runtime::staging_buffer_bytes;  // small slices: merged reads up to this size
-constexpr std::uint64_t merge_gap = 256u << 10;    // merge neighbours closer than this
+constexpr std::size_t read_piece = 4u << 20;  // large slices: reads of this size (a multiple of every chunk size up to it)
+constexpr std::uint64_t dio = 4096;            // O_DIRECT alignment of offsets, lengths and buffers
+constexpr std::size_t extent_max = runtime::staging_buffer_bytes - 2 * dio;  // merged reads, before alignment
+constexpr std::uint64_t merge_gap = 256u << 10;  // merge neighbours closer than this
 constexpr std::size_t reads_in_flight = 16;
+
+std::uint64_t align_down(std::uint64_t v) { return v / dio * dio; }
+std::uint64_t align_up(std::uint64_t v) { return (v + dio - 1) / dio * dio; }
 
 task<read_report> read_steps(io::backend& b, const opened_prefix& p, const format::manifest& m,
                              std::span<const named_tensor> targets, read_options opt, file_cache& files) {
@@ -222,12 +229,18 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     }
     ++rep.tensors;
   }
-  // 2. Read: sorted by (file, offset); large slices straight into their first shard in pieces,
-  //    small neighbours merged into one read through a staging buffer and scattered. Many
-  //    reads are in flight; memory beyond the shards is bounded by the staging buffers.
+  // 2. Read: sorted by (file, offset); large slices in pieces, small neighbours merged into one
+  //    read. Data files are open with O_DIRECT (where allowed), so every read is aligned: a
+  //    piece whose file range and destination are aligned goes straight into its shard, others
+  //    through a staging buffer covering the aligned range. As each read completes, its bytes
+  //    are verified (whole chunks) and copied to the replicas, while the next reads are in
+  //    flight. Memory beyond the shards is bounded by the staging buffers.
   std::sort(needs.begin(), needs.end(), [](const need& x, const need& y) {
     return std::pair(x.s->file, x.s->offset) < std::pair(y.s->file, y.s->offset);
   });
+  // Pieces cover whole chunks when the chunk size divides the piece size (chunk sizes are powers
+  // of two); otherwise verification waits for the whole slice (step 3).
+  const bool inline_verify = opt.verify_checksums && m.chunk_bytes <= read_piece;
   read_window window(b, ex);
   std::uint64_t total = 0, done_bytes = 0;
   for (const auto& n : needs) total += n.s->length;
@@ -235,23 +248,57 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     done_bytes = std::min(total, done_bytes + n);
     if (opt.progress) opt.progress(done_bytes, total);
   };
-  // One slot per merged read; each buffer goes back to the pool as soon as its read was scattered,
-  // so at most `reads_in_flight` are held at once.
+  // Verifies [off, off + len) of a need's bytes in its first shard and copies them to the others.
+  auto settle = [&m, inline_verify](const need& n, std::uint64_t off, std::uint64_t len) -> result<void> {
+    auto bytes = n.dests.front().subspan(off, len);
+    if (inline_verify) {
+      BOOST_OUTCOME_TRY(check_chunks(m, *n.t, *n.s, bytes, off / m.chunk_bytes));
+    }
+    for (std::size_t i = 1; i < n.dests.size(); ++i) std::memcpy(n.dests[i].data() + off, bytes.data(), len);
+    return success();
+  };
+  // One slot per staged read; each buffer goes back to the pool as soon as its read was settled.
   std::vector<runtime::staging_buffer> staging;
+  auto staged_read = [&](io::handle h, const need& first, std::uint64_t begin, std::uint64_t end,
+                         std::function<result<void>(const std::byte*)> scatter) {
+    const std::uint64_t a0 = align_down(begin), a1 = align_up(end);
+    staging.push_back(runtime::staging_buffer::acquire());
+    std::size_t slot = staging.size() - 1;
+    std::byte* buf = staging.back().data();
+    window.start(h, a0, std::span<std::byte>(buf, a1 - a0),
+                 [buf, a0, begin, end, slot, &staging, &m, f = &first, scatter = std::move(scatter)](std::size_t got) -> result<void> {
+                   runtime::staging_buffer release = std::move(staging[slot]);  // back to the pool on return
+                   if (got < end - a0) return make_error(errc::short_read, slice_ctx(m, *f->t, *f->s) + ": file ended early");
+                   return scatter(buf + (begin - a0));
+                 });
+  };
   auto issue = [&]() -> task<void> {
     for (std::size_t i = 0; i < needs.size();) {
       const auto& n = needs[i];
       BOOST_OUTCOME_CO_TRY(auto h, co_await files.get(n.s->file));
       if (n.s->length >= (1u << 20)) {
         for (std::uint64_t off = 0; off < n.s->length; off += read_piece) {
-          std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(read_piece, n.s->length - off));
+          std::uint64_t len = std::min<std::uint64_t>(read_piece, n.s->length - off);
           BOOST_OUTCOME_CO_TRY(co_await window.wait_below(reads_in_flight));
           const need* np = &n;
-          window.start(h, n.s->offset + off, n.dests.front().subspan(off, len), [np, len, &m, &progressed](std::size_t got) -> result<void> {
-            if (got != len) return make_error(errc::short_read, slice_ctx(m, *np->t, *np->s) + ": file ended early");
+          auto dst = n.dests.front().subspan(off, len);
+          const std::uint64_t at = n.s->offset + off;
+          auto finish = [np, off, len, &progressed, &settle]() -> result<void> {
+            if (auto r = settle(*np, off, len); !r) return r;
             progressed(len);
             return success();
-          });
+          };
+          if (at % dio == 0 && len % dio == 0 && reinterpret_cast<std::uintptr_t>(dst.data()) % dio == 0) {
+            window.start(h, at, dst, [np, len, &m, finish](std::size_t got) -> result<void> {
+              if (got != len) return make_error(errc::short_read, slice_ctx(m, *np->t, *np->s) + ": file ended early");
+              return finish();
+            });
+          } else {
+            staged_read(h, n, at, at + len, [dst, len, finish](const std::byte* src) -> result<void> {
+              std::memcpy(dst.data(), src, len);
+              return finish();
+            });
+          }
         }
         ++i;
         continue;
@@ -265,20 +312,15 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
         ++j;
       }
       BOOST_OUTCOME_CO_TRY(co_await window.wait_below(reads_in_flight));
-      staging.push_back(runtime::staging_buffer::acquire());
-      std::size_t slot = staging.size() - 1;
-      std::byte* buf = staging.back().data();
       std::span<const need> group(needs.data() + i, j - i);
-      window.start(h, begin, std::span<std::byte>(buf, end - begin), [group, buf, begin, end, slot, &staging, &m, &progressed](std::size_t got) -> result<void> {
-        runtime::staging_buffer release = std::move(staging[slot]);  // back to the pool on return
-        if (got != end - begin)
-          return make_error(errc::short_read, slice_ctx(m, *group.front().t, *group.front().s) + ": file ended early");
-        std::uint64_t n = 0;
+      staged_read(h, n, begin, end, [group, begin, &progressed, &settle](const std::byte* src) -> result<void> {
+        std::uint64_t bytes = 0;
         for (const auto& g : group) {
-          std::memcpy(g.dests.front().data(), buf + (g.s->offset - begin), g.s->length);
-          n += g.s->length;
+          std::memcpy(g.dests.front().data(), src + (g.s->offset - begin), g.s->length);
+          if (auto r = settle(g, 0, g.s->length); !r) return r;
+          bytes += g.s->length;
         }
-        progressed(n);
+        progressed(bytes);
         return success();
       });
       i = j;
@@ -290,13 +332,12 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
   if (!issued) co_return issued.error();
   if (!drained) co_return drained.error();
   staging.clear();
-  // 3. Verify every slice on the bytes read, then fill the replicas.
+  // 3. Chunks larger than a read piece are verified now, on the whole slice (the replicas were
+  //    filled as pieces arrived; on a mismatch the restore fails either way).
   for (const auto& n : needs) {
-    auto dst = n.dests.front().first(n.s->length);
-    if (opt.verify_checksums) {
-      BOOST_OUTCOME_CO_TRY(check_chunks(m, *n.t, *n.s, dst, 0));
+    if (opt.verify_checksums && !inline_verify) {
+      BOOST_OUTCOME_CO_TRY(check_chunks(m, *n.t, *n.s, n.dests.front().first(n.s->length), 0));
     }
-    for (std::size_t i = 1; i < n.dests.size(); ++i) std::copy(dst.begin(), dst.end(), n.dests[i].begin());
     rep.bytes_read += n.s->length;
   }
   (void)p;
@@ -313,7 +354,7 @@ task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const 
       BOOST_OUTCOME_CO_TRY(auto loaded, co_await load_manifest(b, *p, prefix));
       m = std::make_shared<const format::manifest>(std::move(loaded));
     }
-    file_cache files(b, *p, *m);
+    file_cache files(b, *p, *m, b.caps().direct_io);
     auto rr = co_await read_steps(b, *p, *m, targets, opt, files);
     co_await files.close_all();
     co_return rr;

@@ -1,12 +1,16 @@
 #include "meshckpt/tensor/dtensor.hpp"
 
 #include <algorithm>
+#include <cstring>
+#include <new>
 
 #include "meshckpt/tensor/arith.hpp"
 
 namespace meshckpt {
 
 namespace {
+
+constexpr std::size_t shard_alignment = 4096;
 
 result<std::int64_t> shard_bytes_of(dtype t, const shape& global, const layout& l, std::int64_t dev) {
   BOOST_OUTCOME_TRY(auto b, l.shard_box(global, dev));
@@ -57,17 +61,21 @@ std::int64_t dtensor_view::global_bytes() const {
 result<dtensor> dtensor::create(dtype t, shape global, meshckpt::layout l) {
   if (dtype_size(t) == 0) return make_error(errc::invalid_argument, "invalid dtype");
   BOOST_OUTCOME_TRY(l.validate_shape(global));
-  std::vector<std::vector<std::byte>> storage;
+  std::vector<buffer> storage;
   std::vector<local_shard> shards;
   for (auto dev : l.mesh_ref().local_device_ids()) {
     BOOST_OUTCOME_TRY(auto n, shard_bytes_of(t, global, l, dev));
-    storage.emplace_back(static_cast<std::size_t>(n));
+    auto size = static_cast<std::size_t>(n);
+    auto* p = static_cast<std::byte*>(::operator new(std::max<std::size_t>(size, 1), std::align_val_t{shard_alignment}));
+    std::memset(p, 0, size);
+    storage.emplace_back(p);
+    shards.push_back({dev, std::span<std::byte>(p, size)});
   }
-  const auto& local = l.mesh_ref().local_device_ids();
-  for (std::size_t i = 0; i < local.size(); ++i) shards.push_back({local[i], storage[i]});
   BOOST_OUTCOME_TRY(auto v, dtensor_view::create(t, std::move(global), std::move(l), std::move(shards)));
   return dtensor(std::move(storage), std::move(v));
 }
+
+void detail::aligned_free::operator()(std::byte* p) const noexcept { ::operator delete(p, std::align_val_t{shard_alignment}); }
 
 std::span<std::byte> dtensor::shard_bytes(std::int64_t device) {
   const local_shard* s = view_.shard_of(device);

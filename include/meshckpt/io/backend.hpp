@@ -33,6 +33,10 @@ struct handle {
 /// How to open a file.
 enum class open_mode {
   read,              ///< existing regular file, read-only
+  /// As `read`, bypassing the page cache (O_DIRECT) where the filesystem allows it (buffered
+  /// elsewhere). Every read must then use a buffer, offset and length aligned to 4096 bytes; a
+  /// read may extend past the end of the file and then returns the bytes up to it.
+  read_direct,
   create_exclusive,  ///< new file, write-only; fails with EEXIST when the name exists
   /// As `create_exclusive`, bypassing the page cache (O_DIRECT) where the filesystem allows it
   /// (silently buffered elsewhere). Every write to it must then use a buffer, offset and length

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <memory>
 #include <vector>
 
 #include "meshckpt/error.hpp"
@@ -50,7 +51,15 @@ class dtensor_view {
   std::vector<local_shard> shards_;
 };
 
-/// A DTensor that owns zero-initialised storage for each local shard. Move-only: its view
+namespace detail {
+/// Frees a shard allocated 4096-byte aligned.
+struct aligned_free {
+  void operator()(std::byte* p) const noexcept;
+};
+}  // namespace detail
+
+/// A DTensor that owns zero-initialised storage for each local shard, aligned to 4096 bytes (so
+/// restores can read into it with O_DIRECT, without a bounce buffer). Move-only: its view
 /// points into its own storage, so a copy would alias the original's memory.
 class dtensor {
  public:
@@ -68,9 +77,9 @@ class dtensor {
   std::span<std::byte> shard_bytes(std::int64_t device);
 
  private:
-  dtensor(std::vector<std::vector<std::byte>> storage, dtensor_view v)
-      : storage_(std::move(storage)), view_(std::move(v)) {}
-  std::vector<std::vector<std::byte>> storage_;
+  using buffer = std::unique_ptr<std::byte[], detail::aligned_free>;
+  dtensor(std::vector<buffer> storage, dtensor_view v) : storage_(std::move(storage)), view_(std::move(v)) {}
+  std::vector<buffer> storage_;
   dtensor_view view_;
 };
 
