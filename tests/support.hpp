@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <deque>
 #include <functional>
@@ -151,6 +152,37 @@ class gated_backend final : public io::backend {
   mutable std::mutex mu_;
   bool open_ = false;
   std::deque<std::function<void()>> held_;
+};
+
+// Forwards every operation to `inner`, except that the data writes numbered `fail_from` and
+// later (counting from 0) fail with `err` — an IO error in the middle of a background flush.
+class failing_writes final : public io::backend {
+ public:
+  failing_writes(std::shared_ptr<io::backend> inner, int fail_from, int err) : inner_(std::move(inner)), fail_from_(fail_from), err_(err) {}
+  std::string_view name() const noexcept override { return "failing-writes"; }
+  io::capabilities caps() const override { return inner_->caps(); }
+  void open_dir(std::string p, bool c, io::completion<io::handle> d) override { inner_->open_dir(std::move(p), c, std::move(d)); }
+  void open(io::handle dir, std::string n, io::open_mode m, io::completion<io::handle> d) override { inner_->open(dir, std::move(n), m, std::move(d)); }
+  void size(io::handle f, io::completion<std::uint64_t> d) override { inner_->size(f, std::move(d)); }
+  void read(io::handle f, std::uint64_t o, std::span<std::byte> b, io::completion<std::size_t> d) override { inner_->read(f, o, b, std::move(d)); }
+  void write(io::handle f, std::uint64_t o, std::span<const std::byte> b, io::completion<void> d) override {
+    if (n_.fetch_add(1) >= fail_from_) return d(make_errno_error(err_, "write", "injected at offset " + std::to_string(o)));
+    inner_->write(f, o, b, std::move(d));
+  }
+  void truncate(io::handle f, std::uint64_t n, io::completion<void> d) override { inner_->truncate(f, n, std::move(d)); }
+  void fsync(io::handle f, io::completion<void> d) override { inner_->fsync(f, std::move(d)); }
+  void close(io::handle f, io::completion<void> d) override { inner_->close(f, std::move(d)); }
+  void rename(io::handle dir, std::string a, std::string b, io::completion<void> d) override {
+    inner_->rename(dir, std::move(a), std::move(b), std::move(d));
+  }
+  void unlink(io::handle dir, std::string n, io::completion<void> d) override { inner_->unlink(dir, std::move(n), std::move(d)); }
+  void list(io::handle dir, io::completion<std::vector<io::dir_entry>> d) override { inner_->list(dir, std::move(d)); }
+
+ private:
+  std::shared_ptr<io::backend> inner_;
+  int fail_from_;
+  int err_;
+  std::atomic<int> n_{0};
 };
 
 }  // namespace meshckpt::testing

@@ -236,3 +236,34 @@ TEST_CASE("shutdown with IO in flight: destroying a checkpoint waits for its que
     CHECK(latest_checkpoint(tmp.str()) == tmp / "ck-6");
   }
 }
+
+TEST_CASE("an IO error in the middle of a background flush completes the save with that error", "[concurrency][errors]") {
+  for (const auto& kind : backends_to_test()) {
+    for (int err : {EIO, ENOSPC}) {
+      INFO("backend " << kind << ", errno " << err);
+      testing::temp_dir tmp;
+      graph::state_dict sd;
+      auto* w = sd.emplace("w", dtype::float32, {4096, 2048}, layout::create({"x", "y"}, mesh24()).value()).value();  // 32 MiB: 4 blocks
+      testing::fill(w->view(), "w", 1);
+      checkpoint_options opt;
+      opt.backend = std::make_shared<testing::failing_writes>(make(kind), 2, err);  // the third block fails
+      auto c = checkpoint::create(mesh24(), &sd, {}, opt).value();
+      // Copy mode through a future, and lazy mode: both complete with the injected error.
+      auto f = async_save(*c, tmp / "ck", asio::use_future).get();
+      REQUIRE_FALSE(f);
+      CHECK(f.error().code == static_cast<std::errc>(err));
+      CHECK_THAT(f.error().what(), Catch::Contains("injected"));
+      CHECK_THAT(f.error().what(), Catch::Contains("ck-1"));
+      auto lazy = c->save_lazy(tmp / "ck");
+      CHECK(lazy.wait_snapshot());  // the snapshot itself succeeded
+      auto r = lazy.wait_committed();
+      REQUIRE_FALSE(r);
+      CHECK(r.error().code == static_cast<std::errc>(err));
+      CHECK_FALSE(c->sync());
+      // Nothing was committed and nothing is left behind.
+      auto scan = scan_directory(c->backend(), tmp.str()).value();
+      CHECK(scan.checkpoints.empty());
+      CHECK(scan.leftovers.empty());
+    }
+  }
+}

@@ -56,10 +56,11 @@ class uring_backend final : public io::backend {
     std::size_t len;
     std::size_t done = 0;
     completion<std::size_t> cb;
+    int fixed = -1;  // index of the registered buffer holding [buf, buf + len), or -1
   };
 
-  uring_backend(io_uring ring, unsigned depth, std::unique_ptr<io::backend> meta)
-      : ring_(ring), depth_(depth), meta_(std::move(meta)) {
+  uring_backend(io_uring ring, unsigned depth, std::unique_ptr<io::backend> meta, unsigned fixed_slots)
+      : ring_(ring), depth_(depth), meta_(std::move(meta)), fixed_slots_(fixed_slots) {
     reaper_ = std::thread([this] { reap(); });
   }
 
@@ -81,7 +82,22 @@ class uring_backend final : public io::backend {
 
   std::string_view name() const noexcept override { return "uring"; }
   io::capabilities caps() const override {
-    return {true, false, 4096, "io_uring, " + std::to_string(depth_) + " operations in flight; O_DIRECT for files opened create_exclusive_direct where supported"};
+    return {true, fixed_slots_ > 0, 4096,
+            "io_uring, " + std::to_string(depth_) + " operations in flight; O_DIRECT for files opened *_direct where the filesystem "
+            "allows it (buffered per file elsewhere); " +
+                (fixed_slots_ ? std::to_string(fixed_slots_) + " slots for registered buffers" : std::string("no registered buffers (kernel refused)"))};
+  }
+
+  void register_buffer(std::span<std::byte> mem) override {
+    if (!fixed_slots_ || mem.empty()) return;
+    std::lock_guard lk(mu_);
+    if (auto it = fixed_.find(mem.data()); it != fixed_.end() && it->second.second >= mem.size()) return;
+    if (fixed_.size() >= fixed_slots_) return;  // table full: IO through this memory stays unregistered
+    iovec iov{mem.data(), mem.size()};
+    auto idx = static_cast<unsigned>(fixed_.size());
+    // Declined (e.g. RLIMIT_MEMLOCK): not an error, the memory is simply used unregistered.
+    if (io_uring_register_buffers_update_tag(&ring_, idx, &iov, nullptr, 1) != 1) return;
+    fixed_[mem.data()] = {static_cast<int>(idx), mem.size()};
   }
 
   void open_dir(std::string p, bool c, completion<handle> d) override { meta_->open_dir(std::move(p), c, std::move(d)); }
@@ -139,6 +155,14 @@ class uring_backend final : public io::backend {
 
   void start(op* o) {
     std::lock_guard lk(mu_);
+    if (o->k != op::fsync && !fixed_.empty()) {
+      // The registered buffer containing [buf, buf + len), if any.
+      auto it = fixed_.upper_bound(o->buf);
+      if (it != fixed_.begin()) {
+        --it;
+        if (o->buf + o->len <= it->first + it->second.second) o->fixed = it->second.first;
+      }
+    }
     if (in_flight_ >= depth_) {
       backlog_.push_back(o);
       return;
@@ -146,20 +170,37 @@ class uring_backend final : public io::backend {
     submit_locked(o);
   }
 
-  void submit_locked(op* o) {
+  // Prepares `o`'s next transfer; submits it to the kernel unless `batch` (the caller then
+  // submits the batch with one io_uring_submit).
+  void submit_locked(op* o, bool batch = false) {
     io_uring_sqe* sqe = get_sqe_locked();
     std::size_t n = std::min(o->len - o->done, max_io_chunk);
+    auto* b = o->buf + o->done;
+    auto len = static_cast<unsigned>(n);
+    auto off = o->offset + o->done;
     switch (o->k) {
-      case op::read: io_uring_prep_read(sqe, o->fd, o->buf + o->done, static_cast<unsigned>(n), o->offset + o->done); break;
-      case op::write: io_uring_prep_write(sqe, o->fd, o->buf + o->done, static_cast<unsigned>(n), o->offset + o->done); break;
+      case op::read:
+        if (o->fixed >= 0) io_uring_prep_read_fixed(sqe, o->fd, b, len, off, o->fixed);
+        else io_uring_prep_read(sqe, o->fd, b, len, off);
+        break;
+      case op::write:
+        if (o->fixed >= 0) io_uring_prep_write_fixed(sqe, o->fd, b, len, off, o->fixed);
+        else io_uring_prep_write(sqe, o->fd, b, len, off);
+        break;
       case op::fsync: io_uring_prep_fsync(sqe, o->fd, 0); break;
     }
     io_uring_sqe_set_data(sqe, o);
     MESHCKPT_KERNEL_RELEASE(o);
     ++in_flight_;
+    if (batch) return;
+    submit_prepared_locked();
+  }
+
+  void submit_prepared_locked() {
     int rc = io_uring_submit(&ring_);
     if (rc < 0 && rc != -EBUSY && rc != -EAGAIN) {
-      // Nothing was queued for this op: fail it from the reaper's side to keep one code path.
+      // The prepared entries stay in the submission queue and go with the next submit (every
+      // later operation and the destructor's nop submit); say so, since it delays them.
       std::fprintf(stderr, "meshckpt: io_uring_submit failed: %s\n", std::strerror(-rc));
     }
   }
@@ -220,11 +261,14 @@ class uring_backend final : public io::backend {
       submit_locked(o);
       return;
     }
-    while (!backlog_.empty() && in_flight_ < depth_) {
+    bool batched = false;
+    while (!backlog_.empty() && in_flight_ < depth_) {  // refill the window with one submission
       op* next = backlog_.front();
       backlog_.pop_front();
-      submit_locked(next);
+      submit_locked(next, true);
+      batched = true;
     }
+    if (batched) submit_prepared_locked();
     lk.unlock();
     auto cb = std::move(o->cb);
     delete o;
@@ -244,6 +288,8 @@ class uring_backend final : public io::backend {
   std::thread reaper_;
   std::mutex names_mu_;
   std::map<int, std::string> names_;
+  unsigned fixed_slots_;  // size of the sparse registered-buffer table (0: none)
+  std::map<std::byte*, std::pair<int, std::size_t>> fixed_;  // start -> (index, length); under mu_
 };
 
 }  // namespace
@@ -261,7 +307,11 @@ result<std::unique_ptr<io::backend>> make_uring_backend(uring_options opt) {
                       : -rc == ENOMEM ? " (locked-memory limit too low)" : "";
     return make_error(errc::unsupported, std::string("io_uring is not available: io_uring_queue_init: ") + std::strerror(-rc) + why);
   }
-  return std::unique_ptr<io::backend>(new uring_backend(ring, depth, make_posix_backend({std::max(1u, opt.metadata_threads)})));
+  // A sparse table of registered buffers, filled as staging buffers are offered (kernel >= 5.19;
+  // without it every transfer pins its pages, as plain reads and writes do).
+  constexpr unsigned fixed_slots = 256;
+  unsigned slots = io_uring_register_buffers_sparse(&ring, fixed_slots) == 0 ? fixed_slots : 0;
+  return std::unique_ptr<io::backend>(new uring_backend(ring, depth, make_posix_backend({std::max(1u, opt.metadata_threads)}), slots));
 }
 
 result<std::unique_ptr<io::backend>> make_backend(backend_kind kind) {

@@ -121,6 +121,7 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   const std::size_t nbuf = std::min<std::size_t>(staging_buffers, file_size / staging_bytes + 1);
   for (std::size_t i = 0; i < nbuf; ++i) {
     pool.push_back(runtime::staging_buffer::acquire());
+    s.b.register_buffer({pool.back().data(), runtime::staging_buffer::size()});  // pool buffers live for the process
     free_list.push_back(i);
   }
   write_window window(s.b, ex, *h);

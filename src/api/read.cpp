@@ -265,6 +265,7 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     staging.push_back(runtime::staging_buffer::acquire());
     std::size_t slot = staging.size() - 1;
     std::byte* buf = staging.back().data();
+    b.register_buffer({buf, runtime::staging_buffer::size()});  // pool buffers live for the process
     window.start(h, a0, std::span<std::byte>(buf, a1 - a0),
                  [buf, a0, begin, end, slot, &staging, &m, f = &first, scatter = std::move(scatter)](std::size_t got) -> result<void> {
                    runtime::staging_buffer release = std::move(staging[slot]);  // back to the pool on return

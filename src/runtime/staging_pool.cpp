@@ -9,7 +9,10 @@ namespace meshckpt::runtime {
 
 namespace {
 
-constexpr std::size_t max_cached = 16;  // 128 MiB of idle staging memory at most
+// Buffers are never freed while the process lives: a backend may have registered them with the
+// kernel (io_uring fixed buffers), which requires their address to stay valid. The pool is
+// therefore as large as the most buffers ever in use at once (8 per file being written, 16 per
+// restore).
 
 struct pool {
   std::mutex mu;
@@ -54,8 +57,7 @@ staging_buffer::~staging_buffer() {
   if (!p_) return;
   auto& p = the_pool();
   std::lock_guard lk(p.mu);
-  if (p.idle.size() < max_cached) p.idle.push_back(p_);
-  else std::free(p_);
+  p.idle.push_back(p_);
 }
 
 }  // namespace meshckpt::runtime

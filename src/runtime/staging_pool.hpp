@@ -1,8 +1,8 @@
 #pragma once
 // Private: a process-wide pool of 4096-aligned staging buffers of one size (8 MiB), reused
 // across saves and restores so that their pages are touched once, not on every checkpoint.
-// Memory is bounded: at most `max_cached` idle buffers are kept; callers bound how many they
-// hold at once.
+// Buffers are kept for the life of the process (backends may register them with the kernel);
+// callers bound how many they hold at once, which bounds the pool.
 
 #include <cstddef>
 #include <memory>

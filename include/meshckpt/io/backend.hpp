@@ -102,6 +102,13 @@ class backend {
   virtual void unlink(handle dir, std::string name, completion<void> done) = 0;
   /// Lists the entries of `dir` (without "." and "..").
   virtual void list(handle dir, completion<std::vector<dir_entry>> done) = 0;
+
+  /// Offers `memory` for registration with the kernel (io_uring fixed buffers): later reads and
+  /// writes whose buffer lies inside it then skip per-operation page pinning. `memory` must stay
+  /// allocated at the same address for the backend's whole lifetime (the staging pool never
+  /// frees its buffers for this reason). Optional and idempotent; the default ignores it, and a
+  /// backend may decline (no free slot, locked-memory limit) without error.
+  virtual void register_buffer(std::span<std::byte> memory) { (void)memory; }
 };
 
 /// Blocks the calling thread until an operation completes and returns its result, e.g.
