@@ -14,6 +14,7 @@
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/names.hpp"
+#include "meshckpt/plan/restore_plan.hpp"
 
 namespace meshckpt {
 
@@ -164,6 +165,15 @@ struct need {
   std::vector<std::span<std::byte>> dests;
 };
 
+// A saved slice that target shards of another layout need part of (resharding): the range of
+// its chunks to read, and the runs that copy from it into those shards.
+struct reshard_source {
+  const format::saved_tensor* t;
+  const format::saved_slice* s;
+  std::uint64_t first_chunk = ~std::uint64_t{0}, last_chunk = 0;
+  std::vector<std::pair<std::span<std::byte>, plan::copy_run>> runs;  // (target shard, run)
+};
+
 // Reads of one restore in flight.
 class read_window {
  public:
@@ -196,8 +206,13 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
                              std::span<const named_tensor> targets, read_options opt, file_cache& files) {
   auto ex = co_await asio::this_coro::executor;
   read_report rep;
-  // 1. Match every target shard to the saved slice with its box.
+  // 1. Match every target shard to the saved slice with its box, or (another layout) plan it
+  //    from the saved slices that intersect it.
   std::vector<need> needs;
+  std::vector<reshard_source> sources;
+  std::map<const format::saved_slice*, std::size_t> reshard_slot;
+  std::vector<box> boxes;  // the saved boxes of `boxes_of`
+  const format::saved_tensor* boxes_of = nullptr;
   for (const auto& target : targets) {
     const auto* t = m.find(target.key);
     if (!t) co_return make_error(errc::not_found, "tensor \"" + target.key + "\" is not in the checkpoint");
@@ -214,13 +229,31 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
       if (bx.empty()) continue;
       auto it = std::find_if(t->slices.begin(), t->slices.end(), [&](const auto& s) { return s.where == bx; });
       if (it == t->slices.end()) {
-        auto saved = format::saved_layout_of(m, *t);
-        co_return make_error(errc::layout_mismatch,
-                             "tensor \"" + t->key + "\": no saved slice matches the shard " + to_string(bx) + " of device " +
-                                 std::to_string(sh.device) + " (saved layout " + (saved ? saved->to_string() : "?") +
-                                 " on mesh " + (saved ? saved->mesh_ref().to_string() : "?") + ", requested " +
-                                 v.layout().to_string() + " on mesh " + v.layout().mesh_ref().to_string() +
-                                 "; restoring into a different layout requires resharding)");
+        // Resharding: assemble the shard from the saved slices that intersect it.
+        if (boxes_of != t) {
+          boxes.clear();
+          for (const auto& sl : t->slices) boxes.push_back(sl.where);
+          boxes_of = t;
+        }
+        auto runs = plan::plan_shard_restore(t->global, static_cast<std::int64_t>(dtype_size(t->type)), boxes, bx);
+        if (!runs) {
+          auto saved = format::saved_layout_of(m, *t);
+          co_return with_context(runs.error(), "tensor \"" + t->key + "\": shard " + to_string(bx) + " of device " +
+                                                   std::to_string(sh.device) + " (saved layout " + (saved ? saved->to_string() : "?") +
+                                                   " on mesh " + (saved ? saved->mesh_ref().to_string() : "?") + ", requested " +
+                                                   v.layout().to_string() + " on mesh " + v.layout().mesh_ref().to_string() + ")");
+        }
+        for (const auto& r : *runs) {
+          const auto* sl = &t->slices[r.slice];
+          auto [pos, fresh] = reshard_slot.emplace(sl, sources.size());
+          if (fresh) sources.push_back({t, sl, ~std::uint64_t{0}, 0, {}});
+          auto& src = sources[pos->second];
+          src.first_chunk = std::min(src.first_chunk, r.src_offset / m.chunk_bytes);
+          src.last_chunk = std::max(src.last_chunk, (r.src_offset + r.length - 1) / m.chunk_bytes);
+          src.runs.emplace_back(sh.data, r);
+        }
+        ++rep.resharded_shards;
+        continue;
       }
       auto si = static_cast<std::size_t>(it - t->slices.begin());
       auto [pos, fresh] = slot.emplace(si, needs.size());
@@ -244,6 +277,8 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
   read_window window(b, ex);
   std::uint64_t total = 0, done_bytes = 0;
   for (const auto& n : needs) total += n.s->length;
+  for (const auto& src : sources)
+    total += std::min(src.s->length, (src.last_chunk + 1) * m.chunk_bytes) - src.first_chunk * m.chunk_bytes;
   auto progressed = [&](std::uint64_t n) {
     done_bytes = std::min(total, done_bytes + n);
     if (opt.progress) opt.progress(done_bytes, total);
@@ -257,19 +292,31 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     for (std::size_t i = 1; i < n.dests.size(); ++i) std::memcpy(n.dests[i].data() + off, bytes.data(), len);
     return success();
   };
-  // One slot per staged read; each buffer goes back to the pool as soon as its read was settled.
-  std::vector<runtime::staging_buffer> staging;
-  auto staged_read = [&](io::handle h, const need& first, std::uint64_t begin, std::uint64_t end,
+  // One slot per staged read; each buffer goes back to the pool (or is freed) as soon as its read
+  // was settled. Reads larger than a staging buffer (chunks above 4 MiB) use aligned heap memory.
+  struct held {
+    runtime::staging_buffer staging;
+    std::unique_ptr<std::byte[], meshckpt::detail::aligned_free> heap;
+  };
+  std::vector<held> staging;
+  auto staged_read = [&](io::handle h, const format::saved_tensor& t, const format::saved_slice& sl, std::uint64_t begin, std::uint64_t end,
                          std::function<result<void>(const std::byte*)> scatter) {
     const std::uint64_t a0 = align_down(begin), a1 = align_up(end);
-    staging.push_back(runtime::staging_buffer::acquire());
+    std::byte* buf;
+    staging.emplace_back();
+    if (a1 - a0 <= runtime::staging_buffer::size()) {
+      staging.back().staging = runtime::staging_buffer::acquire();
+      buf = staging.back().staging.data();
+      b.register_buffer({buf, runtime::staging_buffer::size()});  // pool buffers live for the process
+    } else {
+      buf = static_cast<std::byte*>(::operator new(static_cast<std::size_t>(a1 - a0), std::align_val_t{dio}));
+      staging.back().heap.reset(buf);
+    }
     std::size_t slot = staging.size() - 1;
-    std::byte* buf = staging.back().data();
-    b.register_buffer({buf, runtime::staging_buffer::size()});  // pool buffers live for the process
     window.start(h, a0, std::span<std::byte>(buf, a1 - a0),
-                 [buf, a0, begin, end, slot, &staging, &m, f = &first, scatter = std::move(scatter)](std::size_t got) -> result<void> {
-                   runtime::staging_buffer release = std::move(staging[slot]);  // back to the pool on return
-                   if (got < end - a0) return make_error(errc::short_read, slice_ctx(m, *f->t, *f->s) + ": file ended early");
+                 [buf, a0, begin, end, slot, &staging, &m, t = &t, sl = &sl, scatter = std::move(scatter)](std::size_t got) -> result<void> {
+                   held release = std::move(staging[slot]);  // freed on return
+                   if (got < end - a0) return make_error(errc::short_read, slice_ctx(m, *t, *sl) + ": file ended early");
                    return scatter(buf + (begin - a0));
                  });
   };
@@ -295,7 +342,7 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
               return finish();
             });
           } else {
-            staged_read(h, n, at, at + len, [dst, len, finish](const std::byte* src) -> result<void> {
+            staged_read(h, *n.t, *n.s, at, at + len, [dst, len, finish](const std::byte* src) -> result<void> {
               std::memcpy(dst.data(), src, len);
               return finish();
             });
@@ -314,7 +361,7 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
       }
       BOOST_OUTCOME_CO_TRY(co_await window.wait_below(reads_in_flight));
       std::span<const need> group(needs.data() + i, j - i);
-      staged_read(h, n, begin, end, [group, begin, &progressed, &settle](const std::byte* src) -> result<void> {
+      staged_read(h, *n.t, *n.s, begin, end, [group, begin, &progressed, &settle](const std::byte* src) -> result<void> {
         std::uint64_t bytes = 0;
         for (const auto& g : group) {
           std::memcpy(g.dests.front().data(), src + (g.s->offset - begin), g.s->length);
@@ -325,6 +372,31 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
         return success();
       });
       i = j;
+    }
+    // Resharding sources: only the chunks some target needs, in pieces of whole chunks; each
+    // piece is verified, then every run overlapping it is copied into its target shard.
+    const std::uint64_t piece = std::max<std::uint64_t>(read_piece, m.chunk_bytes);
+    for (const auto& src : sources) {
+      BOOST_OUTCOME_CO_TRY(auto h, co_await files.get(src.s->file));
+      const std::uint64_t lo = src.first_chunk * m.chunk_bytes;
+      const std::uint64_t hi = std::min(src.s->length, (src.last_chunk + 1) * m.chunk_bytes);
+      for (std::uint64_t p0 = lo; p0 < hi; p0 += piece) {
+        const std::uint64_t p1 = std::min(hi, p0 + piece);
+        BOOST_OUTCOME_CO_TRY(co_await window.wait_below(reads_in_flight));
+        const reshard_source* sp = &src;
+        staged_read(h, *src.t, *src.s, src.s->offset + p0, src.s->offset + p1,
+                    [sp, p0, p1, &m, &opt, &progressed](const std::byte* bytes) -> result<void> {
+                      if (opt.verify_checksums) {
+                        BOOST_OUTCOME_TRY(check_chunks(m, *sp->t, *sp->s, std::span(bytes, p1 - p0), p0 / m.chunk_bytes));
+                      }
+                      for (const auto& [dst, r] : sp->runs) {
+                        std::uint64_t a = std::max(p0, r.src_offset), e = std::min(p1, r.src_offset + r.length);
+                        if (a < e) std::memcpy(dst.data() + r.dst_offset + (a - r.src_offset), bytes + (a - p0), e - a);
+                      }
+                      progressed(p1 - p0);
+                      return success();
+                    });
+      }
     }
     co_return success();
   };
@@ -341,6 +413,8 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     }
     rep.bytes_read += n.s->length;
   }
+  for (const auto& src : sources)
+    rep.bytes_read += std::min(src.s->length, (src.last_chunk + 1) * m.chunk_bytes) - src.first_chunk * m.chunk_bytes;
   (void)p;
   co_return rep;
 }

@@ -66,6 +66,7 @@ struct read_options {
 struct read_report {
   std::uint64_t bytes_read = 0;
   std::size_t tensors = 0;
+  std::size_t resharded_shards = 0;  ///< target shards assembled from slices of another layout
 };
 
 /// The result of `verify`: what was checked and every problem found (empty when intact).
@@ -96,9 +97,11 @@ result<write_report> write_tensors(io::backend& b, std::string_view prefix,
 result<format::manifest> read_manifest(io::backend& b, std::string_view prefix);
 
 /// Reads the tensors named by `targets[i].key` into `targets[i].tensor`'s shards, which must have
-/// the saved dtype and global shape, and shard boxes that are slices of the saved layout
-/// (restoring into another layout is resharding, a later feature). Verifies checksums unless
-/// disabled. Errors: not_found (key), dtype_mismatch, shape_mismatch, layout_mismatch,
+/// the saved dtype and global shape, in any mesh and layout: a shard whose box is a saved slice
+/// is read whole; any other shard is assembled from the saved slices intersecting it
+/// (resharding; only the chunks it needs are read, see plan/restore_plan.hpp). Verifies
+/// checksums unless disabled. Errors: not_found (key), dtype_mismatch, shape_mismatch,
+/// layout_mismatch (the saved slices do not cover a shard: a damaged manifest),
 /// checksum_mismatch, short_read, IO errors; the target shards may be partly written on error.
 result<read_report> read_tensors(io::backend& b, std::string_view prefix,
                                  std::span<const named_tensor> targets, const read_options& opt = {});
