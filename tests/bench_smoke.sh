@@ -11,7 +11,8 @@ d = json.loads(sys.argv[1])
 assert len(d) == 1, d
 f = d[0]
 for k in ["workload", "bytes", "tensors", "save_MiBps", "restore_MiBps", "fio_write_MiBps", "fio_read_MiBps", "save_vs_fio",
-          "restore_vs_fio", "stall_s", "memcpy_s", "lazy_stall_s", "compute_ratio", "peak_rss_bytes", "rss_before_bytes", "snapshot_bytes"]:
+          "restore_vs_fio", "stall_s", "memcpy_s", "lazy_stall_s", "compute_ratio", "restore_one_device_MiBps", "restore_one_device_vs_fio",
+          "peak_rss_bytes", "rss_before_bytes", "snapshot_bytes"]:
     assert k in f, k
 assert f["workload"] == "small" and f["tensors"] == 20000 and f["bytes"] == 20000 * 4096
 assert f["save_MiBps"] > 0 and f["restore_MiBps"] > 0 and f["peak_rss_bytes"] > 0

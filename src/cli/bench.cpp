@@ -144,6 +144,7 @@ struct figures {
   double save_MiBps = 0, restore_MiBps = 0;
   std::optional<double> fio_write_MiBps, fio_read_MiBps;
   std::optional<double> save_ratio, restore_ratio;  // median over repetitions of (ours / fio) in the same repetition
+  std::optional<double> one_device_MiBps, one_device_ratio;  // reshard: restore onto a single device
   double memcpy_s = 0;
   std::optional<double> stall_s, lazy_stall_s, compute_ratio;
   std::uint64_t peak_rss = 0;         // peak resident set during the saves
@@ -172,10 +173,10 @@ int run_bench(const bench_args& a) {
   std::shared_ptr<io::backend> be = std::move(*made);
   std::filesystem::create_directories(a.dir);
   std::vector<std::string> workloads;
-  if (a.workload == "all") workloads = {"large", "small", "stall"};
-  else if (a.workload == "large" || a.workload == "small" || a.workload == "stall") workloads = {a.workload};
+  if (a.workload == "all") workloads = {"large", "small", "stall", "reshard"};
+  else if (a.workload == "large" || a.workload == "small" || a.workload == "stall" || a.workload == "reshard") workloads = {a.workload};
   else {
-    std::fprintf(stderr, "meshckpt bench: unknown workload \"%s\" (large, small, stall, all)\n", a.workload.c_str());
+    std::fprintf(stderr, "meshckpt bench: unknown workload \"%s\" (large, small, stall, reshard, all)\n", a.workload.c_str());
     return 2;
   }
   const bool have_fio = std::system("command -v fio >/dev/null 2>&1") == 0;
@@ -187,13 +188,13 @@ int run_bench(const bench_args& a) {
     f.backend = std::string(be->name());
     // Restores go into the saved tensors themselves (checksums prove the bytes): one copy of a
     // state that, with 8 simulated devices holding replicas, is already several times its size.
-    auto src = make_workload(w == "stall" ? "large" : w, true);
+    auto src = make_workload(w == "stall" || w == "reshard" ? "large" : w, true);
     f.bytes = src.bytes;
     f.tensors = src.named.size();
     if (!a.json) std::fprintf(stderr, "bench %s: %zu tensors, %s, %d repetitions, backend %s\n", w.c_str(), f.tensors,
                               format::human_bytes(f.bytes).c_str(), a.reps, f.backend.c_str());
     std::string prefix = a.dir + "/bench-" + w;
-    std::vector<double> save_s, restore_s, stall_s, lazy_s, compute, save_ratio, restore_ratio, fio_w, fio_r;
+    std::vector<double> save_s, restore_s, one_s, stall_s, lazy_s, compute, save_ratio, restore_ratio, one_ratio, fio_w, fio_r;
     f.cold = true;
     f.rss_before = rss_bytes();
     reset_peak_rss();
@@ -249,7 +250,8 @@ int run_bench(const bench_args& a) {
       // fio and our save/restore alternate within each repetition, so a ratio compares the
       // disk at (nearly) the same moment: this machine's speed drifts between minutes.
       std::optional<double> fw, fr;
-      if (w == "large" && have_fio) fw = run_fio(a.dir, true, f.bytes);
+      const bool disk_baseline = (w == "large" || w == "reshard") && have_fio;
+      if (disk_baseline) fw = run_fio(a.dir, true, f.bytes);
       // Each save goes to a new name, as a training job's do; removing it afterwards is not
       // timed (it is retention's work, not the save's).
       const std::string name = prefix + "-" + std::to_string(r);
@@ -260,18 +262,49 @@ int run_bench(const bench_args& a) {
         return 1;
       }
       save_s.push_back(seconds_since(t0));
-      if (w == "large" && have_fio) {
+      if (disk_baseline) {
         f.cold = drop_caches() && f.cold;
         fr = run_fio(a.dir, false, f.bytes);
       }
       f.cold = drop_caches() && f.cold;
-      t0 = clock_type::now();
-      auto rd = read_tensors(*be, name, src.named);
-      if (!rd) {
-        std::fprintf(stderr, "meshckpt bench: restore failed: %s\n", rd.error().what().c_str());
-        return 1;
+      if (w == "reshard") {
+        // Saved on x=2,y=4; restored onto x=4,y=2 (the same layout names now split differently)
+        // and, separately, onto one device holding every tensor whole.
+        auto onto = [&](const mesh& m, bool whole) -> std::optional<double> {
+          std::deque<dtensor> dst;
+          std::vector<named_tensor> targets;
+          for (const auto& n : src.named) {
+            // The saved layout's dimension names ("x", "y", "unsharded"), on the target mesh.
+            std::vector<std::string> names;
+            for (int ax : n.tensor.layout().mesh_axes())
+              names.push_back(whole || ax < 0 ? std::string("unsharded") : n.tensor.layout().mesh_ref().dims()[static_cast<std::size_t>(ax)].name);
+            auto l = layout::create(names, m).value();
+            dst.push_back(dtensor::create(n.tensor.type(), n.tensor.global_shape(), l).value());
+            targets.push_back({n.key, dst.back().view()});
+          }
+          f.cold = drop_caches() && f.cold;
+          auto t = clock_type::now();
+          auto rd = read_tensors(*be, name, targets);
+          if (!rd) {
+            std::fprintf(stderr, "meshckpt bench: reshard restore failed: %s\n", rd.error().what().c_str());
+            return std::nullopt;
+          }
+          return seconds_since(t);
+        };
+        auto a42 = onto(mesh::create({{"x", 4}, {"y", 2}}).value(), false);
+        auto one = onto(mesh::create({{"x", 1}}).value(), true);
+        if (!a42 || !one) return 1;
+        restore_s.push_back(*a42);
+        one_s.push_back(*one);
+      } else {
+        t0 = clock_type::now();
+        auto rd = read_tensors(*be, name, src.named);
+        if (!rd) {
+          std::fprintf(stderr, "meshckpt bench: restore failed: %s\n", rd.error().what().c_str());
+          return 1;
+        }
+        restore_s.push_back(seconds_since(t0));
       }
-      restore_s.push_back(seconds_since(t0));
       // Deleting large files right before a timed phase slows it (the filesystem frees extents
       // in the background): both deletions happen here, followed by a sync.
       std::filesystem::remove(a.dir + "/fio.bench");
@@ -288,6 +321,7 @@ int run_bench(const bench_args& a) {
       if (fr) {
         fio_r.push_back(*fr);
         restore_ratio.push_back(mib / restore_s.back() / *fr);
+        if (!one_s.empty()) one_ratio.push_back(mib / one_s.back() / *fr);
       }
     }
     f.peak_rss = rss_resettable ? peak_rss_bytes() : 0;
@@ -298,6 +332,8 @@ int run_bench(const bench_args& a) {
     f.save_ratio = median_opt(save_ratio);
     f.restore_ratio = median_opt(restore_ratio);
     f.stall_s = median_opt(stall_s);
+    if (!one_s.empty()) f.one_device_MiBps = static_cast<double>(f.bytes) / (1 << 20) / median(one_s);
+    f.one_device_ratio = median_opt(one_ratio);
     // memcpy of the bytes a save writes (one copy of each distinct slice) into an already-touched
     // buffer: the floor of a copy-mode snapshot.
     std::vector<double> mc;
@@ -334,11 +370,13 @@ int run_bench(const bench_args& a) {
       std::printf("%s{\"workload\":\"%s\",\"backend\":\"%s\",\"bytes\":%llu,\"tensors\":%zu,\"save_MiBps\":%.1f,\"restore_MiBps\":%.1f,"
                   "\"restore_cold_cache\":%s,\"fio_write_MiBps\":%s,\"fio_read_MiBps\":%s,\"save_vs_fio\":%s,\"restore_vs_fio\":%s,"
                   "\"stall_s\":%s,\"memcpy_s\":%.4f,\"lazy_stall_s\":%s,\"compute_ratio\":%s,"
+                  "\"restore_one_device_MiBps\":%s,\"restore_one_device_vs_fio\":%s,"
                   "\"peak_rss_bytes\":%llu,\"rss_before_bytes\":%llu,\"snapshot_bytes\":%llu}",
                   i ? "," : "", f.workload.c_str(), f.backend.c_str(), static_cast<unsigned long long>(f.bytes), f.tensors, f.save_MiBps,
                   f.restore_MiBps, f.cold ? "true" : "false", num(f.fio_write_MiBps).c_str(), num(f.fio_read_MiBps).c_str(),
                   num(f.save_ratio, "%.3f").c_str(), num(f.restore_ratio, "%.3f").c_str(), num(f.stall_s, "%.4f").c_str(), f.memcpy_s,
-                  num(f.lazy_stall_s, "%.6f").c_str(), num(f.compute_ratio, "%.3f").c_str(), static_cast<unsigned long long>(f.peak_rss),
+                  num(f.lazy_stall_s, "%.6f").c_str(), num(f.compute_ratio, "%.3f").c_str(), num(f.one_device_MiBps).c_str(),
+                  num(f.one_device_ratio, "%.3f").c_str(), static_cast<unsigned long long>(f.peak_rss),
                   static_cast<unsigned long long>(f.rss_before), static_cast<unsigned long long>(f.snapshot_bytes));
     }
     std::printf("]\n");
@@ -363,6 +401,11 @@ int run_bench(const bench_args& a) {
               "Each save writes a new checkpoint name; deleting it afterwards is not timed.\n",
               a.reps, all.empty() || all[0].cold ? ", from a cold page cache" : " (page cache NOT dropped: run as root for cold reads)");
   if (!have_fio) std::printf("fio is not installed: no disk baseline (make bench installs it)\n");
+  for (const auto& f : all)
+    if (f.workload == "reshard")
+      std::printf("reshard: saved on x=2,y=4; restore onto x=4,y=2 %.0f MiB/s%s; onto one device %.0f MiB/s%s\n", f.restore_MiBps,
+                  f.restore_ratio ? (" (" + num(f.restore_ratio, "%.2f") + "x fio read)").c_str() : "", f.one_device_MiBps.value_or(0),
+                  f.one_device_ratio ? (" (" + num(f.one_device_ratio, "%.2f") + "x fio read)").c_str() : "");
   for (const auto& f : all)
     if (f.stall_s) {
       std::printf("stall (copy mode): an async save of %s blocks its caller %.3f s = %.2fx one memcpy of the state (%.3f s); total save %.0f MiB/s\n",

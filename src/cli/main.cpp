@@ -33,7 +33,7 @@ constexpr const char* usage_text =
     "                          PATH may be a directory: every committed checkpoint in it is\n"
     "                          verified, leftovers of interrupted saves are listed, and\n"
     "                          every checkpoint its `checkpoint` state file lists must exist\n"
-    "  bench --dir DIR [--workload large|small|all] [--backend auto|uring|posix]\n"
+    "  bench --dir DIR [--workload large|small|stall|reshard|all] [--backend auto|uring|posix]\n"
     "        [--reps N] [--json]\n"
     "                          the workloads of BENCHMARKS.md against fio and memcpy, in the\n"
     "                          same run (medians; drops the page cache when root)\n"
