@@ -130,64 +130,11 @@ TEST_CASE("planning rejects duplicate keys, empty keys, and slices owned elsewhe
 
 #include <random>
 
+#include "../fuzz/reshard_oracle.hpp"
 #include "meshckpt/plan/restore_plan.hpp"
 
-namespace {
-
-// The distinct shard boxes of a layout: a partition of the tensor (what a save stores).
-std::vector<box> partition(const shape& g, const layout& l) {
-  std::vector<box> out;
-  for (auto dev : l.mesh_ref().device_ids()) {
-    auto b = l.shard_box(g, dev).value();
-    if (!b.empty() && std::find(out.begin(), out.end(), b) == out.end()) out.push_back(b);
-  }
-  return out;
-}
-
-std::int64_t flat_of(const shape& g, const std::vector<std::int64_t>& idx) {
-  std::int64_t f = 0;
-  for (std::size_t d = 0; d < g.size(); ++d) f = f * g[d] + idx[d];
-  return f;
-}
-
-// Brute force: every element of `target` gets the global flat index of its element by executing
-// `runs` over slices whose elements hold their own global flat index; true when all match.
-bool runs_assemble(const shape& g, const std::vector<box>& slices, const box& target, const std::vector<copy_run>& runs) {
-  constexpr std::int64_t elem = 8;
-  std::vector<std::vector<std::int64_t>> src;
-  for (const auto& s : slices) {
-    std::vector<std::int64_t> v(static_cast<std::size_t>(*s.volume()));
-    std::vector<std::int64_t> idx = s.origin;
-    for (std::size_t i = 0; i < v.size(); ++i) {
-      v[i] = flat_of(g, idx);
-      for (std::size_t d = s.rank(); d > 0;) {
-        --d;
-        if (++idx[d] < s.origin[d] + s.extent[d]) break;
-        idx[d] = s.origin[d];
-      }
-    }
-    src.push_back(std::move(v));
-  }
-  std::vector<std::int64_t> dst(static_cast<std::size_t>(*target.volume()), -1);
-  for (const auto& r : runs) {
-    if (r.length % elem || r.src_offset % elem || r.dst_offset % elem) return false;
-    const auto& sv = src[r.slice];
-    if ((r.src_offset + r.length) / elem > sv.size() || (r.dst_offset + r.length) / elem > dst.size()) return false;
-    std::memcpy(dst.data() + r.dst_offset / elem, sv.data() + r.src_offset / elem, r.length);
-  }
-  std::vector<std::int64_t> idx = target.origin;
-  for (std::size_t i = 0; i < dst.size(); ++i) {
-    if (dst[i] != flat_of(g, idx)) return false;
-    for (std::size_t d = target.rank(); d > 0;) {
-      --d;
-      if (++idx[d] < target.origin[d] + target.extent[d]) break;
-      idx[d] = target.origin[d];
-    }
-  }
-  return true;
-}
-
-}  // namespace
+using oracle::partition;
+using oracle::runs_assemble;
 
 TEST_CASE("restore plans assemble any target shard from any saved layout (brute-force oracle)", "[plan][reshard]") {
   std::mt19937_64 rng(7);

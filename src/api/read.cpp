@@ -4,6 +4,9 @@
 // checked again against the actual size of each data file before any byte is read.
 
 #include <algorithm>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <cstring>
 #include <memory>
 #include <map>
@@ -11,6 +14,9 @@
 
 #include "../runtime/staging_pool.hpp"
 #include "common.hpp"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/names.hpp"
@@ -174,16 +180,29 @@ struct reshard_source {
   std::vector<std::pair<std::span<std::byte>, plan::copy_run>> runs;  // (target shard, run)
 };
 
+// Process-wide threads that settle completed reads (verify, scatter, fill replicas).
+asio::thread_pool& settling_threads() {
+  static asio::thread_pool pool(std::max(2u, std::min(4u, std::thread::hardware_concurrency())));
+  return pool;
+}
+
 // Reads of one restore in flight.
 class read_window {
  public:
   read_window(io::backend& b, asio::any_io_executor ex) : b_(b), ops_(std::move(ex)) {}
 
-  // Reads `buf` at `offset`; `done(bytes_read)` runs on completion (not on error).
+  // Reads `buf` at `offset`; `done(bytes_read)` runs on completion (not on error), on one of the
+  // settling threads: verifying checksums and filling replicas is CPU work that would otherwise
+  // serialize behind the coroutine's strand while the disk waits. The op counts as in flight
+  // until `done` returned, so its buffer stays valid.
   void start(io::handle h, std::uint64_t offset, std::span<std::byte> buf, std::function<result<void>(std::size_t)> done) {
     ops_.started();
-    io::async_read(b_, ops_.executor(), h, offset, buf, [this, done = std::move(done)](result<std::size_t> r) {
-      ops_.finished(r ? done(*r) : result<void>(r.error()));
+    io::async_read(b_, ops_.executor(), h, offset, buf, [this, done = std::move(done)](result<std::size_t> r) mutable {
+      if (!r) return ops_.finished(r.error());
+      asio::post(settling_threads(), [this, done = std::move(done), n = *r] {
+        auto out = done(n);
+        asio::post(ops_.executor(), [this, out = std::move(out)]() mutable { ops_.finished(std::move(out)); });
+      });
     });
   }
   task<void> wait_below(std::size_t n) { return ops_.wait_below(n); }
@@ -279,7 +298,9 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
   for (const auto& n : needs) total += n.s->length;
   for (const auto& src : sources)
     total += std::min(src.s->length, (src.last_chunk + 1) * m.chunk_bytes) - src.first_chunk * m.chunk_bytes;
+  std::mutex progress_mu;  // reads are settled on several threads
   auto progressed = [&](std::uint64_t n) {
+    std::lock_guard lk(progress_mu);
     done_bytes = std::min(total, done_bytes + n);
     if (opt.progress) opt.progress(done_bytes, total);
   };
@@ -298,7 +319,7 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     runtime::staging_buffer staging;
     std::unique_ptr<std::byte[], meshckpt::detail::aligned_free> heap;
   };
-  std::vector<held> staging;
+  std::deque<held> staging;  // a deque: settling threads hold pointers to elements while more are added
   auto staged_read = [&](io::handle h, const format::saved_tensor& t, const format::saved_slice& sl, std::uint64_t begin, std::uint64_t end,
                          std::function<result<void>(const std::byte*)> scatter) {
     const std::uint64_t a0 = align_down(begin), a1 = align_up(end);
@@ -312,10 +333,10 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
       buf = static_cast<std::byte*>(::operator new(static_cast<std::size_t>(a1 - a0), std::align_val_t{dio}));
       staging.back().heap.reset(buf);
     }
-    std::size_t slot = staging.size() - 1;
+    held* slot = &staging.back();
     window.start(h, a0, std::span<std::byte>(buf, a1 - a0),
-                 [buf, a0, begin, end, slot, &staging, &m, t = &t, sl = &sl, scatter = std::move(scatter)](std::size_t got) -> result<void> {
-                   held release = std::move(staging[slot]);  // freed on return
+                 [buf, a0, begin, end, slot, &m, t = &t, sl = &sl, scatter = std::move(scatter)](std::size_t got) -> result<void> {
+                   held release = std::move(*slot);  // freed on return
                    if (got < end - a0) return make_error(errc::short_read, slice_ctx(m, *t, *sl) + ": file ended early");
                    return scatter(buf + (begin - a0));
                  });

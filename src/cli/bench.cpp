@@ -250,8 +250,16 @@ int run_bench(const bench_args& a) {
       // fio and our save/restore alternate within each repetition, so a ratio compares the
       // disk at (nearly) the same moment: this machine's speed drifts between minutes.
       std::optional<double> fw, fr;
+      // fio's read follows its own write, as our restore follows our save: on a virtual disk the
+      // host may still cache recently written data, so both reads see data of the same age.
       const bool disk_baseline = (w == "large" || w == "reshard") && have_fio;
-      if (disk_baseline) fw = run_fio(a.dir, true, f.bytes);
+      if (disk_baseline) {
+        fw = run_fio(a.dir, true, f.bytes);
+        f.cold = drop_caches() && f.cold;
+        fr = run_fio(a.dir, false, f.bytes);
+        std::filesystem::remove(a.dir + "/fio.bench");
+        ::sync();
+      }
       // Each save goes to a new name, as a training job's do; removing it afterwards is not
       // timed (it is retention's work, not the save's).
       const std::string name = prefix + "-" + std::to_string(r);
@@ -262,10 +270,6 @@ int run_bench(const bench_args& a) {
         return 1;
       }
       save_s.push_back(seconds_since(t0));
-      if (disk_baseline) {
-        f.cold = drop_caches() && f.cold;
-        fr = run_fio(a.dir, false, f.bytes);
-      }
       f.cold = drop_caches() && f.cold;
       if (w == "reshard") {
         // Saved on x=2,y=4; restored onto x=4,y=2 (the same layout names now split differently)
@@ -306,8 +310,7 @@ int run_bench(const bench_args& a) {
         restore_s.push_back(seconds_since(t0));
       }
       // Deleting large files right before a timed phase slows it (the filesystem frees extents
-      // in the background): both deletions happen here, followed by a sync.
-      std::filesystem::remove(a.dir + "/fio.bench");
+      // in the background): deletions happen after the timed phases, followed by a sync.
       if (auto del = delete_checkpoint(*be, name); !del) {
         std::fprintf(stderr, "meshckpt bench: cleanup failed: %s\n", del.error().what().c_str());
         return 1;
