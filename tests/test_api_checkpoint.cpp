@@ -682,3 +682,30 @@ TEST_CASE("lazy saves from a coroutine: co_await the snapshot, then the commit",
   REQUIRE(ckpt_of(back)->restore(saved[4]).value().assert_consumed());
   CHECK(same(expect, back));
 }
+
+TEST_CASE("a checkpoint restores into another mesh and layout (resharding through the API)", "[api][reshard]") {
+  testing::temp_dir tmp;
+  graph::state_dict sd;
+  auto* w = sd.emplace("enc/w", dtype::float32, {64, 40}, layout::create({"x", "y"}, mesh24()).value()).value();
+  auto* b = sd.emplace("enc/b", dtype::bfloat16, {40}, layout::create({"y"}, mesh24()).value()).value();
+  testing::fill(w->view(), "enc/w", 21);
+  testing::fill(b->view(), "enc/b", 21);
+  auto c = checkpoint::create(mesh24(), &sd).value();
+  auto path = c->save(tmp / "ck").value();
+  struct target {
+    std::vector<mesh_dim> dims;
+    std::vector<std::string> wl, bl;
+  };
+  for (const auto& t : {target{{{"x", 4}, {"y", 2}}, {"y", "x"}, {"x"}}, target{{{"x", 8}}, {"unsharded", "x"}, {"unsharded"}},
+                        target{{{"x", 1}}, {"unsharded", "unsharded"}, {"x"}}, target{{{"x", 3}}, {"x", "unsharded"}, {"x"}}}) {
+    auto m = mesh::create(t.dims).value();
+    INFO("restoring onto " << m.to_string());
+    graph::state_dict back;
+    auto* w2 = back.emplace("enc/w", dtype::float32, {64, 40}, layout::create(t.wl, m).value()).value();
+    auto* b2 = back.emplace("enc/b", dtype::bfloat16, {40}, layout::create(t.bl, m).value()).value();
+    auto c2 = checkpoint::create(m, &back).value();
+    REQUIRE(c2->restore(path).value().assert_consumed());
+    CHECK(testing::matches(w2->view(), "enc/w", 21));
+    CHECK(testing::matches(b2->view(), "enc/b", 21));
+  }
+}

@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <deque>
+#include <cstring>
 #include <fstream>
 
 #include "meshckpt/api/tensor_io.hpp"
@@ -142,4 +143,55 @@ TEST_CASE("resharding verifies checksums of what it reads and names the damage",
   REQUIRE_FALSE(r);
   CHECK(r.error().code == errc::checksum_mismatch);
   CHECK_THAT(r.error().what(), Catch::Contains("\"w\"") && Catch::Contains("[512:1024, 0:512]"));
+}
+
+#include "meshckpt/tensor/convert.hpp"
+
+TEST_CASE("dtype changes on restore only when asked: float32 <-> bfloat16/float16, with resharding", "[reshard][convert]") {
+  testing::temp_dir tmp;
+  auto be = testing::test_backend();
+  auto m = mesh::create({{"x", 2}, {"y", 4}}).value();
+  auto src = dtensor::create(dtype::float32, {32, 24}, layout::create({"x", "y"}, m).value()).value();
+  // Finite floats (the generator's raw bits would include NaNs): i * 0.37 - 100.
+  for (const auto& sh : src.view().shards()) {
+    auto b = src.view().layout().shard_box(src.view().global_shape(), sh.device).value();
+    auto* f = reinterpret_cast<float*>(sh.data.data());
+    for (std::int64_t i = 0; i < *b.volume(); ++i) {
+      std::int64_t row = b.origin[0] + i / b.extent[1], col = b.origin[1] + i % b.extent[1];
+      f[i] = static_cast<float>(row * 24 + col) * 0.37f - 100.0f;
+    }
+  }
+  std::vector<named_tensor> saved = {{"w", src.view()}};
+  REQUIRE(write_tensors(*be, tmp / "ck", saved));
+  auto tm = mesh::create({{"x", 4}}).value();
+  for (dtype to : {dtype::bfloat16, dtype::float16, dtype::float64}) {
+    INFO("to " << dtype_name(to));
+    auto dst = dtensor::create(to, {32, 24}, layout::create({"unsharded", "x"}, tm).value()).value();
+    std::vector<named_tensor> targets = {{"w", dst.view()}};
+    auto refused = read_tensors(*be, tmp / "ck", targets);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code == errc::dtype_mismatch);
+    CHECK_THAT(refused.error().what(), Catch::Contains("convert_dtypes"));
+    read_options ro;
+    ro.convert_dtypes = true;
+    REQUIRE(read_tensors(*be, tmp / "ck", targets, ro));
+    for (const auto& sh : dst.view().shards()) {
+      auto b = dst.view().layout().shard_box(dst.view().global_shape(), sh.device).value();
+      for (std::int64_t i = 0; i < *b.volume(); ++i) {
+        std::int64_t row = b.origin[0] + i / b.extent[1], col = b.origin[1] + i % b.extent[1];
+        float v = static_cast<float>(row * 24 + col) * 0.37f - 100.0f;
+        std::byte expect[8];
+        convert(dtype::float32, std::as_bytes(std::span(&v, 1)), to, std::span(expect, static_cast<std::size_t>(dtype_size(to))));
+        REQUIRE(std::memcmp(sh.data.data() + i * dtype_size(to), expect, static_cast<std::size_t>(dtype_size(to))) == 0);
+      }
+    }
+  }
+  // Integers are never converted, even when asked.
+  auto ints = dtensor::create(dtype::int32, {32, 24}, layout::create({"x", "y"}, m).value()).value();
+  std::vector<named_tensor> int_targets = {{"w", ints.view()}};
+  read_options ro;
+  ro.convert_dtypes = true;
+  auto r = read_tensors(*be, tmp / "ck", int_targets, ro);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::dtype_mismatch);
 }

@@ -189,3 +189,69 @@ TEST_CASE("an owning dtensor cannot be copied, only moved (its view points into 
   CHECK(b.view().shards()[0].data.data() == before);  // still its own storage
   CHECK(b.shard_bytes(0).data() == before);
 }
+
+// ---------------------------------------------------------------- dtype conversion
+
+#include <cmath>
+
+#include "meshckpt/tensor/convert.hpp"
+
+TEST_CASE("half and bfloat16 conversions round-trip every bit pattern and round to nearest even", "[tensor][convert]") {
+  int nan_h = 0, nan_b = 0;
+  for (std::uint32_t v = 0; v < 65536; ++v) {
+    auto h = static_cast<std::uint16_t>(v);
+    float f = half_to_float(h);
+    if (std::isnan(f)) {
+      ++nan_h;
+      CHECK(std::isnan(half_to_float(float_to_half(f))));
+    } else {
+      REQUIRE(float_to_half(f) == h);
+    }
+    float g = bfloat16_to_float(h);
+    if (std::isnan(g)) {
+      ++nan_b;
+      CHECK(std::isnan(bfloat16_to_float(float_to_bfloat16(g))));
+    } else {
+      REQUIRE(float_to_bfloat16(g) == h);
+    }
+  }
+  CHECK(nan_h == 2046);
+  CHECK(nan_b == 254);
+  CHECK(float_to_half(1.0f) == 0x3c00);
+  CHECK(float_to_half(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);      // tie: to even
+  CHECK(float_to_half(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);  // tie: to even (up)
+  CHECK(float_to_half(65504.0f) == 0x7bff);
+  CHECK(float_to_half(65520.0f) == 0x7c00);  // rounds up to infinity
+  CHECK(float_to_half(-1e9f) == 0xfc00);
+  CHECK(float_to_half(std::ldexp(1.0f, -24)) == 0x0001);       // smallest subnormal
+  CHECK(float_to_half(std::ldexp(1.0f, -25)) == 0x0000);       // tie: to even (zero)
+  CHECK(float_to_half(3 * std::ldexp(1.0f, -26)) == 0x0001);   // above the tie
+  CHECK(float_to_half(std::ldexp(1.0f, -30)) == 0x0000);
+  CHECK(half_to_float(0x0001) == std::ldexp(1.0f, -24));
+  CHECK(half_to_float(0x03ff) == std::ldexp(1023.0f, -24));
+  CHECK(float_to_bfloat16(1.0f) == 0x3f80);
+  CHECK(float_to_bfloat16(1.0f + std::ldexp(1.0f, -8)) == 0x3f80);      // tie: to even
+  CHECK(float_to_bfloat16(1.0f + 3 * std::ldexp(1.0f, -8)) == 0x3f82);  // tie: to even (up)
+  CHECK(float_to_bfloat16(3.4e38f) == 0x7f80);                          // overflow: infinity
+}
+
+TEST_CASE("convert moves values between floating dtypes and refuses the rest", "[tensor][convert]") {
+  CHECK(convertible(dtype::float32, dtype::bfloat16));
+  CHECK(convertible(dtype::float64, dtype::float16));
+  CHECK(convertible(dtype::int32, dtype::int32));
+  CHECK_FALSE(convertible(dtype::int32, dtype::float32));
+  CHECK_FALSE(convertible(dtype::float32, dtype::float8_e4m3));
+  std::vector<float> src = {0.0f, -1.5f, 3.140625f, 1e-3f, 65504.0f};
+  std::vector<std::uint16_t> bf(src.size()), hf(src.size());
+  std::vector<double> back(src.size());
+  convert(dtype::float32, std::as_bytes(std::span(src)), dtype::bfloat16, std::as_writable_bytes(std::span(bf)));
+  convert(dtype::float32, std::as_bytes(std::span(src)), dtype::float16, std::as_writable_bytes(std::span(hf)));
+  for (std::size_t i = 0; i < src.size(); ++i) {
+    CHECK(bf[i] == float_to_bfloat16(src[i]));
+    CHECK(hf[i] == float_to_half(src[i]));
+  }
+  convert(dtype::float16, std::as_bytes(std::span(hf)), dtype::float64, std::as_writable_bytes(std::span(back)));
+  CHECK(back[1] == -1.5);
+  CHECK(back[2] == 3.140625);
+  CHECK(back[4] == 65504.0);
+}

@@ -21,6 +21,7 @@
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/plan/restore_plan.hpp"
+#include "meshckpt/tensor/convert.hpp"
 
 namespace meshckpt {
 
@@ -199,9 +200,13 @@ class read_window {
     ops_.started();
     io::async_read(b_, ops_.executor(), h, offset, buf, [this, done = std::move(done)](result<std::size_t> r) mutable {
       if (!r) return ops_.finished(r.error());
-      asio::post(settling_threads(), [this, done = std::move(done), n = *r] {
+      // TRICKY: the settling thread holds outstanding work on the executor until its post has
+      // returned; otherwise the io_context (run_blocking's, say) could finish and be destroyed
+      // while the post is still signalling it (found by TSan).
+      auto work = asio::prefer(ops_.executor(), asio::execution::outstanding_work.tracked);
+      asio::post(settling_threads(), [this, done = std::move(done), n = *r, work = std::move(work)] {
         auto out = done(n);
-        asio::post(ops_.executor(), [this, out = std::move(out)]() mutable { ops_.finished(std::move(out)); });
+        asio::post(work, [this, out = std::move(out)]() mutable { ops_.finished(std::move(out)); });
       });
     });
   }
@@ -238,7 +243,8 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     const auto& v = target.tensor;
     if (v.type() != t->type)
       co_return make_error(errc::dtype_mismatch, "tensor \"" + t->key + "\": saved dtype " + std::string(dtype_name(t->type)) +
-                                                     ", requested " + std::string(dtype_name(v.type())));
+                                                     ", requested " + std::string(dtype_name(v.type())) +
+                                                     (convertible(t->type, v.type()) ? " (set read_options::convert_dtypes to convert)" : ""));
     if (v.global_shape() != t->global)
       co_return make_error(errc::shape_mismatch, "tensor \"" + t->key + "\": saved shape " + to_string(t->global) +
                                                      ", requested " + to_string(v.global_shape()));
@@ -450,9 +456,33 @@ task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const 
       BOOST_OUTCOME_CO_TRY(auto loaded, co_await load_manifest(b, *p, prefix));
       m = std::make_shared<const format::manifest>(std::move(loaded));
     }
+    // Targets of another floating dtype (when asked): read into temporaries of the saved dtype
+    // and the target's layout, then convert into the target's shards.
+    std::deque<dtensor> temps;
+    std::vector<std::pair<const named_tensor*, const dtensor*>> casts;
+    std::vector<named_tensor> all;
+    if (opt.convert_dtypes) {
+      for (const auto& t : targets) {
+        const auto* saved = m->find(t.key);
+        if (saved && saved->type != t.tensor.type() && convertible(saved->type, t.tensor.type())) {
+          BOOST_OUTCOME_CO_TRY(auto tmp, dtensor::create(saved->type, t.tensor.global_shape(), t.tensor.layout()));
+          temps.push_back(std::move(tmp));
+          casts.emplace_back(&t, &temps.back());
+          all.push_back({t.key, temps.back().view()});
+        } else {
+          all.push_back(t);
+        }
+      }
+    }
     file_cache files(b, *p, *m, b.caps().direct_io);
-    auto rr = co_await read_steps(b, *p, *m, targets, opt, files);
+    auto rr = co_await read_steps(b, *p, *m, opt.convert_dtypes ? std::span<const named_tensor>(all) : targets, opt, files);
     co_await files.close_all();
+    if (rr)
+      for (const auto& [target, tmp] : casts)
+        for (const auto& sh : target->tensor.shards()) {
+          const local_shard* from = tmp->view().shard_of(sh.device);
+          if (from) convert(tmp->view().type(), from->data, target->tensor.type(), sh.data);
+        }
     co_return rr;
   };
   auto out = co_await r();

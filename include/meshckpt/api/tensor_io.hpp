@@ -58,6 +58,10 @@ struct write_report {
 /// Options of `read_tensors`.
 struct read_options {
   bool verify_checksums = true;
+  /// Allow a target whose dtype differs from the saved one when both are floating-point
+  /// (float64, float32, bfloat16, float16): the values are converted, rounding to nearest-even
+  /// (tensor/convert.hpp). Off by default: a different dtype is a `dtype_mismatch` error.
+  bool convert_dtypes = false;
   /// Called with (bytes read, total bytes) as reads complete, on the IO thread.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress{};
 };
