@@ -51,10 +51,15 @@ inline bool runs_assemble(const shape& g, const std::vector<box>& slices, const 
   }
   std::vector<std::int64_t> dst(static_cast<std::size_t>(*target.volume()), -1);
   for (const auto& r : runs) {
-    if (r.slice >= src.size() || r.length % elem || r.src_offset % elem || r.dst_offset % elem) return false;
+    if (r.slice >= src.size() || r.count == 0 || r.length % elem || r.src_offset % elem || r.dst_offset % elem ||
+        r.src_stride % elem || r.dst_stride % elem)
+      return false;
     const auto& sv = src[r.slice];
-    if ((r.src_offset + r.length) / elem > sv.size() || (r.dst_offset + r.length) / elem > dst.size()) return false;
-    std::memcpy(dst.data() + r.dst_offset / elem, sv.data() + r.src_offset / elem, r.length);
+    for (std::uint64_t j = 0; j < r.count; ++j) {
+      std::uint64_t so = r.src_offset + j * r.src_stride, d = r.dst_offset + j * r.dst_stride;
+      if ((so + r.length) / elem > sv.size() || (d + r.length) / elem > dst.size()) return false;
+      std::memcpy(dst.data() + d / elem, sv.data() + so / elem, r.length);
+    }
   }
   std::vector<std::int64_t> idx = target.origin;
   for (std::size_t i = 0; i < dst.size(); ++i, next_index(target, idx))

@@ -24,6 +24,7 @@ class category final : public std::error_category {
       case errc::short_read: return "file shorter than expected";
       case errc::unsupported: return "unsupported";
       case errc::cancelled: return "cancelled";
+      case errc::timed_out: return "timed out";
     }
     return "unknown meshckpt error";
   }

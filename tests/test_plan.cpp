@@ -191,9 +191,21 @@ TEST_CASE("restore plans merge contiguous rows and refuse uncovered or ill-forme
   REQUIRE(r.size() == 2);
   CHECK(r[0] == copy_run{0, 2 * 6 * 4, 0, 2 * 6 * 4});
   CHECK(r[1] == copy_run{1, 0, 2 * 6 * 4, 2 * 6 * 4});
-  // Saved split over columns; the whole tensor needs one run per row per slice.
+  // Saved split over columns; the whole tensor needs one strided run per slice: 8 rows of 12
+  // bytes, 12 apart in the slice and 24 apart in the target.
   std::vector<box> cols = {{{0, 0}, {8, 3}}, {{0, 3}, {8, 3}}};
-  CHECK(plan_shard_restore(g, 4, cols, box::whole(g)).value().size() == 16);
+  auto cr = plan_shard_restore(g, 4, cols, box::whole(g)).value();
+  REQUIRE(cr.size() == 2);
+  CHECK(cr[1] == copy_run{1, 0, 12, 12, 8, 12, 24});
+  CHECK(cr[1].src_end() == 96);
+  // Tall and skinny, split over columns (an embedding sharded on its hidden dimension): one
+  // strided run per slice however many rows, so planning stays small.
+  shape tall{1000000, 8};
+  std::vector<box> cols8;
+  for (std::int64_t c = 0; c < 8; ++c) cols8.push_back({{0, c}, {1000000, 1}});
+  auto tr = plan_shard_restore(tall, 4, cols8, box::whole(tall)).value();
+  CHECK(tr.size() == 8);
+  CHECK(tr[3] == copy_run{3, 0, 12, 4, 1000000, 4, 32});
   // A hole: only the first half of the rows saved.
   auto hole = plan_shard_restore(g, 4, std::span(rows).first(1), box::whole(g));
   REQUIRE_FALSE(hole);

@@ -23,12 +23,13 @@ enum class errc {
   unsupported_version = 5, ///< the manifest was written by an incompatible format version
   dtype_mismatch = 6,      ///< saved and requested dtypes differ
   shape_mismatch = 7,      ///< saved and requested global shapes differ
-  layout_mismatch = 8,     ///< no saved slice matches a requested shard
+  layout_mismatch = 8,     ///< the saved slices do not cover a requested shard
   unsafe_path = 9,         ///< a file name would escape the checkpoint directory, or is not a regular file
   limit_exceeded = 10,     ///< a size or count exceeds a safety cap
   short_read = 11,         ///< a file ended before the bytes the manifest promises
   unsupported = 12,        ///< the request needs a capability this build or setup lacks
   cancelled = 13,          ///< the operation was cancelled before it took effect
+  timed_out = 14,          ///< another process did not answer in time (dead, hung, or too slow)
 };
 
 /// The `std::error_category` of `errc`; its name is "meshckpt".

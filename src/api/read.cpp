@@ -274,7 +274,7 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
           if (fresh) sources.push_back({t, sl, ~std::uint64_t{0}, 0, {}});
           auto& src = sources[pos->second];
           src.first_chunk = std::min(src.first_chunk, r.src_offset / m.chunk_bytes);
-          src.last_chunk = std::max(src.last_chunk, (r.src_offset + r.length - 1) / m.chunk_bytes);
+          src.last_chunk = std::max(src.last_chunk, (r.src_end() - 1) / m.chunk_bytes);
           src.runs.emplace_back(sh.data, r);
         }
         ++rep.resharded_shards;
@@ -417,8 +417,19 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
                         BOOST_OUTCOME_TRY(check_chunks(m, *sp->t, *sp->s, std::span(bytes, p1 - p0), p0 / m.chunk_bytes));
                       }
                       for (const auto& [dst, r] : sp->runs) {
-                        std::uint64_t a = std::max(p0, r.src_offset), e = std::min(p1, r.src_offset + r.length);
-                        if (a < e) std::memcpy(dst.data() + r.dst_offset + (a - r.src_offset), bytes + (a - p0), e - a);
+                        if (r.src_end() <= p0 || r.src_offset >= p1) continue;
+                        // The blocks j that overlap [p0, p1): src_offset + j*stride + length > p0
+                        // and src_offset + j*stride < p1.
+                        std::uint64_t j0 = 0, j1 = r.count - 1;
+                        if (r.count > 1) {
+                          if (p0 >= r.src_offset + r.length) j0 = (p0 - r.src_offset - r.length) / r.src_stride + 1;
+                          j1 = std::min(j1, (p1 - 1 - r.src_offset) / r.src_stride);
+                        }
+                        for (std::uint64_t j = j0; j <= j1; ++j) {
+                          std::uint64_t so = r.src_offset + j * r.src_stride;
+                          std::uint64_t a = std::max(p0, so), e = std::min(p1, so + r.length);
+                          if (a < e) std::memcpy(dst.data() + r.dst_offset + j * r.dst_stride + (a - so), bytes + (a - p0), e - a);
+                        }
                       }
                       progressed(p1 - p0);
                       return success();

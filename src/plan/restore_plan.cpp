@@ -49,12 +49,25 @@ result<std::vector<copy_run>> plan_shard_restore(const shape& global, std::int64
       k = d;
     }
     const std::uint64_t run_bytes = static_cast<std::uint64_t>(run_elems * elem_bytes);
-    // One run per index of the outer dimensions [0, k) of the intersection (an odometer).
+    // Blocks along dimension k - 1 (if any) form one strided run; the odometer covers [0, k - 1).
+    std::uint64_t count = 1, src_stride = 0, dst_stride = 0;
+    std::size_t outer = k;
+    if (k > 0) {
+      outer = k - 1;
+      count = static_cast<std::uint64_t>(in.extent[outer]);
+      std::uint64_t s_row = static_cast<std::uint64_t>(elem_bytes), t_row = static_cast<std::uint64_t>(elem_bytes);
+      for (std::size_t d = k; d < r; ++d) {
+        s_row *= static_cast<std::uint64_t>(s.extent[d]);
+        t_row *= static_cast<std::uint64_t>(target.extent[d]);
+      }
+      src_stride = s_row;
+      dst_stride = t_row;
+    }
     std::vector<std::int64_t> idx = in.origin;
     while (true) {
-      runs.push_back({i, offset_in(s, idx, elem_bytes), offset_in(target, idx, elem_bytes), run_bytes});
+      runs.push_back({i, offset_in(s, idx, elem_bytes), offset_in(target, idx, elem_bytes), run_bytes, count, src_stride, dst_stride});
       bool done = true;
-      for (std::size_t d = k; d > 0;) {
+      for (std::size_t d = outer; d > 0;) {
         --d;
         if (++idx[d] < in.origin[d] + in.extent[d]) {
           done = false;

@@ -1,0 +1,87 @@
+// Coordinators: the single-process one, and the in-process thread group used to test
+// multi-process protocols — collectives in order over many rounds, and a missing rank turning
+// into a timeout (naming the rank) on the others instead of a hang.
+
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <thread>
+
+#include "meshckpt/dist/coordinator.hpp"
+
+using namespace meshckpt;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::vector<std::byte> bytes_of(const std::string& s) {
+  std::vector<std::byte> v;
+  for (char c : s) v.push_back(static_cast<std::byte>(c));
+  return v;
+}
+
+std::string string_of(const std::vector<std::byte>& v) {
+  std::string s;
+  for (auto b : v) s.push_back(static_cast<char>(b));
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("the single-process coordinator is trivial", "[dist]") {
+  auto c = dist::make_single_process_coordinator();
+  CHECK(c->rank() == 0);
+  CHECK(c->size() == 1);
+  auto g = c->gather(bytes_of("x"), 1ms).value();
+  REQUIRE(g.size() == 1);
+  CHECK(string_of(g[0]) == "x");
+  CHECK(string_of(c->broadcast(bytes_of("y"), 1ms).value()) == "y");
+  CHECK(c->barrier(1ms));
+}
+
+TEST_CASE("a thread group runs collectives in order, round after round", "[dist]") {
+  constexpr int n = 4, rounds = 200;
+  auto group = dist::make_thread_group(n);
+  std::vector<std::thread> ts;
+  std::atomic<int> bad{0};
+  for (int r = 0; r < n; ++r)
+    ts.emplace_back([&, r] {
+      auto& c = *group[static_cast<std::size_t>(r)];
+      for (int i = 0; i < rounds; ++i) {
+        auto g = c.gather(bytes_of(std::to_string(r * 1000 + i)), 10s);
+        if (!g) ++bad;
+        else if (r == 0) {
+          for (int k = 0; k < n; ++k)
+            if (string_of((*g)[static_cast<std::size_t>(k)]) != std::to_string(k * 1000 + i)) ++bad;
+        } else if (!g->empty()) {
+          ++bad;
+        }
+        auto b = c.broadcast(bytes_of(r == 0 ? "round " + std::to_string(i) : "ignored"), 10s);
+        if (!b || string_of(*b) != "round " + std::to_string(i)) ++bad;
+        if (!c.barrier(10s)) ++bad;
+      }
+    });
+  for (auto& t : ts) t.join();
+  CHECK(bad == 0);
+}
+
+TEST_CASE("a rank that never arrives makes the others time out, naming it, and breaks the group", "[dist][timeout]") {
+  auto group = dist::make_thread_group(3);
+  // Rank 2 is "dead": it never calls anything.
+  std::thread r1([&] { (void)group[1]->gather(bytes_of("one"), 5s); });
+  auto g = group[0]->gather(bytes_of("zero"), 200ms);
+  r1.join();
+  REQUIRE_FALSE(g);
+  CHECK(g.error().code == errc::timed_out);
+  CHECK_THAT(g.error().what(), Catch::Contains("rank(s) 2"));
+  // The group is broken from now on, for every rank, at once.
+  auto b = group[1]->barrier(10s);
+  REQUIRE_FALSE(b);
+  CHECK(b.error().code == errc::timed_out);
+  CHECK_THAT(b.error().what(), Catch::Contains("broken"));
+  // A broadcast whose root is missing.
+  auto group2 = dist::make_thread_group(2);
+  auto bc = group2[1]->broadcast({}, 100ms);
+  REQUIRE_FALSE(bc);
+  CHECK_THAT(bc.error().what(), Catch::Contains("rank(s) 0"));
+}
