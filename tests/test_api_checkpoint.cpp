@@ -18,6 +18,7 @@
 #include "meshckpt/api/checkpoint_async.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/graph/object_graph.hpp"
+#include "meshckpt/tensor/convert.hpp"
 #include "support.hpp"
 
 using namespace meshckpt;
@@ -707,5 +708,30 @@ TEST_CASE("a checkpoint restores into another mesh and layout (resharding throug
     REQUIRE(c2->restore(path).value().assert_consumed());
     CHECK(testing::matches(w2->view(), "enc/w", 21));
     CHECK(testing::matches(b2->view(), "enc/b", 21));
+  }
+}
+
+TEST_CASE("a checkpoint restores float32 into bfloat16 variables only when asked", "[api][reshard][convert]") {
+  testing::temp_dir tmp;
+  graph::state_dict sd;
+  auto* w = sd.emplace("w", dtype::float32, {16, 8}, layout::create({"x", "y"}, mesh24()).value()).value();
+  for (const auto& sh : w->view().shards()) {
+    auto* f = reinterpret_cast<float*>(sh.data.data());
+    for (std::size_t i = 0; i < sh.data.size() / 4; ++i) f[i] = 1.5f + static_cast<float>(i);
+  }
+  auto path = checkpoint::create(mesh24(), &sd).value()->save(tmp / "ck").value();
+  graph::state_dict back;
+  auto* b = back.emplace("w", dtype::bfloat16, {16, 8}, layout::create({"x", "y"}, mesh24()).value()).value();
+  auto refused = checkpoint::create(mesh24(), &back).value()->restore(path);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == errc::dtype_mismatch);
+  checkpoint_options opt;
+  opt.read.convert_dtypes = true;
+  auto c = checkpoint::create(mesh24(), &back, {}, opt).value();
+  REQUIRE(c->restore(path).value().assert_consumed());
+  for (std::size_t k = 0; k < b->view().shards().size(); ++k) {
+    const auto& sh = b->view().shards()[k];
+    const auto* hs = reinterpret_cast<const std::uint16_t*>(sh.data.data());
+    for (std::size_t i = 0; i < sh.data.size() / 2; ++i) REQUIRE(hs[i] == float_to_bfloat16(1.5f + static_cast<float>(i)));
   }
 }

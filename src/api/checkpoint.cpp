@@ -30,6 +30,7 @@
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/graph/object_graph.hpp"
+#include "meshckpt/tensor/convert.hpp"
 
 namespace meshckpt {
 
@@ -153,7 +154,12 @@ struct session : std::enable_shared_from_this<session> {
                           std::vector<named_tensor>& views) {
     const auto* t = manifest.find(key);
     if (!t) return make_error(errc::corrupt_manifest, "checkpoint " + prefix + ": object graph names value \"" + key + "\", which the manifest lacks");
-    auto v = obj.value_for_restore(t->type, t->global, m);
+    dtype as = t->type;
+    // With read_options::convert_dtypes, a variable of another floating dtype takes the value
+    // converted (read_tensors does the conversion; the variable keeps its dtype).
+    if (auto* var = dynamic_cast<graph::variable*>(&obj); var && ropt.convert_dtypes && convertible(t->type, var->view().type()))
+      as = var->view().type();
+    auto v = obj.value_for_restore(as, t->global, m);
     if (!v) return with_context(v.error(), "restore " + prefix + ": value \"" + key + "\"");
     targets.push_back({&obj, tensor_index(t)});
     views.push_back({key, std::move(*v)});
