@@ -9,6 +9,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <new>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -104,11 +105,37 @@ struct temp_dir {
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
 
-// Forwards every operation to `inner`, except that data writes are held back until `release()`
-// (then started in order): lets a test observe a save between its call and its first write.
-class gated_backend final : public io::backend {
+// Forwards every operation to `inner`; test decorators derive from it and override the one or
+// two operations they change.
+class forwarding_backend : public io::backend {
  public:
-  explicit gated_backend(std::shared_ptr<io::backend> inner) : inner_(std::move(inner)) {}
+  explicit forwarding_backend(std::shared_ptr<io::backend> inner) : inner_(std::move(inner)) {}
+  std::string_view name() const noexcept override { return "forwarding"; }
+  io::capabilities caps() const override { return inner_->caps(); }
+  void open_dir(std::string p, bool c, io::completion<io::handle> d) override { inner_->open_dir(std::move(p), c, std::move(d)); }
+  void open(io::handle dir, std::string n, io::open_mode m, io::completion<io::handle> d) override { inner_->open(dir, std::move(n), m, std::move(d)); }
+  void size(io::handle f, io::completion<std::uint64_t> d) override { inner_->size(f, std::move(d)); }
+  void read(io::handle f, std::uint64_t o, std::span<std::byte> b, io::completion<std::size_t> d) override { inner_->read(f, o, b, std::move(d)); }
+  void write(io::handle f, std::uint64_t o, std::span<const std::byte> b, io::completion<void> d) override { inner_->write(f, o, b, std::move(d)); }
+  void truncate(io::handle f, std::uint64_t n, io::completion<void> d) override { inner_->truncate(f, n, std::move(d)); }
+  void fsync(io::handle f, io::completion<void> d) override { inner_->fsync(f, std::move(d)); }
+  void close(io::handle f, io::completion<void> d) override { inner_->close(f, std::move(d)); }
+  void rename(io::handle dir, std::string a, std::string b, io::completion<void> d) override {
+    inner_->rename(dir, std::move(a), std::move(b), std::move(d));
+  }
+  void unlink(io::handle dir, std::string n, io::completion<void> d) override { inner_->unlink(dir, std::move(n), std::move(d)); }
+  void list(io::handle dir, io::completion<std::vector<io::dir_entry>> d) override { inner_->list(dir, std::move(d)); }
+  void register_buffer(std::span<std::byte> m) override { inner_->register_buffer(m); }
+
+ protected:
+  std::shared_ptr<io::backend> inner_;
+};
+
+// Holds data writes back until `release()` (then starts them in order): lets a test observe a
+// save between its call and its first write.
+class gated_backend final : public forwarding_backend {
+ public:
+  using forwarding_backend::forwarding_backend;
   void release() {
     std::deque<std::function<void()>> q;
     {
@@ -118,16 +145,7 @@ class gated_backend final : public io::backend {
     }
     for (auto& f : q) f();
   }
-  std::size_t held() const {
-    std::lock_guard lk(mu_);
-    return held_.size();
-  }
   std::string_view name() const noexcept override { return "gated"; }
-  io::capabilities caps() const override { return inner_->caps(); }
-  void open_dir(std::string p, bool c, io::completion<io::handle> d) override { inner_->open_dir(std::move(p), c, std::move(d)); }
-  void open(io::handle dir, std::string n, io::open_mode m, io::completion<io::handle> d) override { inner_->open(dir, std::move(n), m, std::move(d)); }
-  void size(io::handle f, io::completion<std::uint64_t> d) override { inner_->size(f, std::move(d)); }
-  void read(io::handle f, std::uint64_t o, std::span<std::byte> b, io::completion<std::size_t> d) override { inner_->read(f, o, b, std::move(d)); }
   void write(io::handle f, std::uint64_t o, std::span<const std::byte> b, io::completion<void> d) override {
     {
       std::lock_guard lk(mu_);
@@ -138,51 +156,38 @@ class gated_backend final : public io::backend {
     }
     inner_->write(f, o, b, std::move(d));
   }
-  void truncate(io::handle f, std::uint64_t n, io::completion<void> d) override { inner_->truncate(f, n, std::move(d)); }
-  void fsync(io::handle f, io::completion<void> d) override { inner_->fsync(f, std::move(d)); }
-  void close(io::handle f, io::completion<void> d) override { inner_->close(f, std::move(d)); }
-  void rename(io::handle dir, std::string a, std::string b, io::completion<void> d) override {
-    inner_->rename(dir, std::move(a), std::move(b), std::move(d));
-  }
-  void unlink(io::handle dir, std::string n, io::completion<void> d) override { inner_->unlink(dir, std::move(n), std::move(d)); }
-  void list(io::handle dir, io::completion<std::vector<io::dir_entry>> d) override { inner_->list(dir, std::move(d)); }
 
  private:
-  std::shared_ptr<io::backend> inner_;
-  mutable std::mutex mu_;
+  std::mutex mu_;
   bool open_ = false;
   std::deque<std::function<void()>> held_;
 };
 
-// Forwards every operation to `inner`, except that the data writes numbered `fail_from` and
-// later (counting from 0) fail with `err` — an IO error in the middle of a background flush.
-class failing_writes final : public io::backend {
+// Fails the data writes numbered `fail_from` and later (counting from 0) with `err`: an IO
+// error in the middle of a background flush.
+class failing_writes final : public forwarding_backend {
  public:
-  failing_writes(std::shared_ptr<io::backend> inner, int fail_from, int err) : inner_(std::move(inner)), fail_from_(fail_from), err_(err) {}
+  failing_writes(std::shared_ptr<io::backend> inner, int fail_from, int err) : forwarding_backend(std::move(inner)), fail_from_(fail_from), err_(err) {}
   std::string_view name() const noexcept override { return "failing-writes"; }
-  io::capabilities caps() const override { return inner_->caps(); }
-  void open_dir(std::string p, bool c, io::completion<io::handle> d) override { inner_->open_dir(std::move(p), c, std::move(d)); }
-  void open(io::handle dir, std::string n, io::open_mode m, io::completion<io::handle> d) override { inner_->open(dir, std::move(n), m, std::move(d)); }
-  void size(io::handle f, io::completion<std::uint64_t> d) override { inner_->size(f, std::move(d)); }
-  void read(io::handle f, std::uint64_t o, std::span<std::byte> b, io::completion<std::size_t> d) override { inner_->read(f, o, b, std::move(d)); }
   void write(io::handle f, std::uint64_t o, std::span<const std::byte> b, io::completion<void> d) override {
     if (n_.fetch_add(1) >= fail_from_) return d(make_errno_error(err_, "write", "injected at offset " + std::to_string(o)));
     inner_->write(f, o, b, std::move(d));
   }
-  void truncate(io::handle f, std::uint64_t n, io::completion<void> d) override { inner_->truncate(f, n, std::move(d)); }
-  void fsync(io::handle f, io::completion<void> d) override { inner_->fsync(f, std::move(d)); }
-  void close(io::handle f, io::completion<void> d) override { inner_->close(f, std::move(d)); }
-  void rename(io::handle dir, std::string a, std::string b, io::completion<void> d) override {
-    inner_->rename(dir, std::move(a), std::move(b), std::move(d));
-  }
-  void unlink(io::handle dir, std::string n, io::completion<void> d) override { inner_->unlink(dir, std::move(n), std::move(d)); }
-  void list(io::handle dir, io::completion<std::vector<io::dir_entry>> d) override { inner_->list(dir, std::move(d)); }
 
  private:
-  std::shared_ptr<io::backend> inner_;
   int fail_from_;
   int err_;
   std::atomic<int> n_{0};
+};
+
+// A 4096-aligned buffer of `n` bytes (for O_DIRECT transfers).
+struct aligned_bytes {
+  explicit aligned_bytes(std::size_t n) : p(static_cast<std::byte*>(::operator new(n, std::align_val_t{4096}))) {}
+  ~aligned_bytes() { ::operator delete(p, std::align_val_t{4096}); }
+  aligned_bytes(const aligned_bytes&) = delete;
+  aligned_bytes& operator=(const aligned_bytes&) = delete;
+  std::byte* get() const { return p; }
+  std::byte* p;
 };
 
 }  // namespace meshckpt::testing

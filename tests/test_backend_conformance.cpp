@@ -116,9 +116,7 @@ TEST_CASE("backends write aligned blocks to direct-IO files and truncate the pad
     ops o{*be};
     auto dir = o.open_dir(tmp.str()).value();
     auto h = o.open(dir, "d", io::open_mode::create_exclusive_direct).value();
-    void* mem = nullptr;
-    REQUIRE(::posix_memalign(&mem, 4096, 8192) == 0);
-    std::unique_ptr<std::byte, decltype(&std::free)> buf(static_cast<std::byte*>(mem), &std::free);
+    testing::aligned_bytes buf(8192);
     for (int i = 0; i < 8192; ++i) buf.get()[i] = static_cast<std::byte>(i % 251);
     REQUIRE(io::wait<void>([&](auto d) { be->write(h, 4096, std::span<const std::byte>(buf.get(), 8192), std::move(d)); }));
     REQUIRE(io::wait<void>([&](auto d) { be->truncate(h, 4096 + 5000, std::move(d)); }));
@@ -346,11 +344,7 @@ TEST_CASE("registered buffers: transfers inside them go through the fixed-buffer
     ops o{*be};
     auto dir = o.open_dir(tmp.str()).value();
     constexpr std::size_t size = 1 << 20;
-    void* m1 = nullptr;
-    void* m2 = nullptr;
-    REQUIRE(::posix_memalign(&m1, 4096, size) == 0);
-    REQUIRE(::posix_memalign(&m2, 4096, size) == 0);
-    std::unique_ptr<std::byte, decltype(&std::free)> src(static_cast<std::byte*>(m1), &std::free), dst(static_cast<std::byte*>(m2), &std::free);
+    testing::aligned_bytes src(size), dst(size);
     be->register_buffer({src.get(), size});
     be->register_buffer({src.get(), size});  // idempotent
     be->register_buffer({dst.get(), size});

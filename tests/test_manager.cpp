@@ -46,25 +46,11 @@ std::size_t data_files_in(const std::string& dir) { return files_of_kind(dir, fo
 
 // Forwards to a real backend but makes fsync free: the retention model test checks the
 // manager's bookkeeping over thousands of saves, not durability (test_commit_faults does).
-class no_fsync final : public io::backend {
+class no_fsync final : public testing::forwarding_backend {
  public:
-  explicit no_fsync(std::unique_ptr<io::backend> b) : b_(std::move(b)) {}
+  using forwarding_backend::forwarding_backend;
   std::string_view name() const noexcept override { return "no_fsync"; }
-  io::capabilities caps() const override { return b_->caps(); }
-  void open_dir(std::string p, bool c, io::completion<io::handle> d) override { b_->open_dir(std::move(p), c, std::move(d)); }
-  void open(io::handle dir, std::string n, io::open_mode m, io::completion<io::handle> d) override { b_->open(dir, std::move(n), m, std::move(d)); }
-  void size(io::handle f, io::completion<std::uint64_t> d) override { b_->size(f, std::move(d)); }
-  void read(io::handle f, std::uint64_t o, std::span<std::byte> b, io::completion<std::size_t> d) override { b_->read(f, o, b, std::move(d)); }
-  void write(io::handle f, std::uint64_t o, std::span<const std::byte> b, io::completion<void> d) override { b_->write(f, o, b, std::move(d)); }
   void fsync(io::handle, io::completion<void> d) override { d(success()); }
-  void truncate(io::handle f, std::uint64_t n, io::completion<void> d) override { b_->truncate(f, n, std::move(d)); }
-  void close(io::handle f, io::completion<void> d) override { b_->close(f, std::move(d)); }
-  void rename(io::handle dir, std::string a, std::string c, io::completion<void> d) override { b_->rename(dir, std::move(a), std::move(c), std::move(d)); }
-  void unlink(io::handle dir, std::string n, io::completion<void> d) override { b_->unlink(dir, std::move(n), std::move(d)); }
-  void list(io::handle dir, io::completion<std::vector<io::dir_entry>> d) override { b_->list(dir, std::move(d)); }
-
- private:
-  std::unique_ptr<io::backend> b_;
 };
 
 }  // namespace
