@@ -32,8 +32,11 @@
 #include <stop_token>
 #include <unistd.h>
 
+#include <thread>
+
 #include "../runtime/staging_pool.hpp"
 #include "common.hpp"
+#include "save_messages.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/names.hpp"
@@ -192,20 +195,46 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   co_return success();
 }
 
-task<write_report> save_steps(save_state& s, std::span<const named_tensor> tensors, write_options opt) {
-  auto ex = co_await asio::this_coro::executor;
-  if (opt.chunk_bytes < 4096 || opt.chunk_bytes > (64u << 20) || (opt.chunk_bytes & (opt.chunk_bytes - 1)))
-    co_return make_error(errc::invalid_argument, "chunk_bytes " + std::to_string(opt.chunk_bytes) + " is not a power of two in [4 KiB, 64 MiB]");
-  BOOST_OUTCOME_CO_TRY(format::check_base_name(s.base));
+// Runs a blocking collective on a thread of its own, so the executor (which may be shared with
+// other saves and restores) keeps running while this process waits for the others. Not a
+// coroutine, and callers pass a named function object: GCC 12 mishandles non-trivial
+// temporaries inside co_await expressions.
+template <class T, class F>
+auto off_executor(asio::any_io_executor ex, F fn) {
+  return io::async_op<T>(ex, [fn = std::move(fn)](io::completion<T> c) mutable {
+    std::thread([fn = std::move(fn), c = std::move(c)]() mutable { c(fn()); }).detach();
+  }, use_awaitable);
+}
 
+result<void> check_options(const save_state& s, const write_options& opt) {
+  if (opt.chunk_bytes < 4096 || opt.chunk_bytes > (64u << 20) || (opt.chunk_bytes & (opt.chunk_bytes - 1)))
+    return make_error(errc::invalid_argument, "chunk_bytes " + std::to_string(opt.chunk_bytes) + " is not a power of two in [4 KiB, 64 MiB]");
+  BOOST_OUTCOME_TRY(format::check_base_name(s.base));
+  if (opt.coordinator && (opt.coordinator->size() < 1 || opt.coordinator->size() > max_processes))
+    return make_error(errc::invalid_argument, "a save spans at most " + std::to_string(max_processes) + " processes, not " +
+                                                  std::to_string(opt.coordinator->size()));
+  if (opt.coordination_timeout.count() <= 0) return make_error(errc::invalid_argument, "coordination_timeout must be positive");
+  return success();
+}
+
+// Steps 1-4: plan, create the directory, write and fsync this process's data files, fsync the
+// directory. `rank` < 0: a single-process save; otherwise this process's files are numbered
+// from rank * files_per_process and only its devices' slices are written.
+task<void> write_local(save_state& s, format::manifest& m, std::span<const named_tensor> tensors, write_options& opt, int rank) {
+  auto ex = co_await asio::this_coro::executor;
   // 1. Plan.
-  BOOST_OUTCOME_CO_TRY(auto p, plan::plan_write(tensors, opt.layout));
-  format::manifest m = std::move(p.skeleton);
+  BOOST_OUTCOME_CO_TRY(auto p, plan::plan_write(tensors, opt.layout, rank >= 0));
+  m = std::move(p.skeleton);
   m.chunk_bytes = opt.chunk_bytes;
   m.created_unix_ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::system_clock::now().time_since_epoch()).count());
   m.writer = "meshckpt " MESHCKPT_VERSION;
   m.extensions = std::move(opt.extensions);
+  if (rank >= 0 && p.writes.empty()) p.file_sizes.clear();  // nothing of ours to store: no file
+  if (rank >= 0 && p.file_sizes.size() > files_per_process)
+    co_return make_error(errc::limit_exceeded, "a process of a multi-process save writes at most " + std::to_string(files_per_process) +
+                                                   " data files; raise layout.max_file_bytes");
+  const std::uint32_t first_index = rank >= 0 ? static_cast<std::uint32_t>(rank) * files_per_process : 0;
 
   for (auto sz : p.file_sizes) s.total_bytes += sz;
   s.stop = opt.stop;
@@ -222,9 +251,9 @@ task<write_report> save_steps(save_state& s, std::span<const named_tensor> tenso
   for (std::uint32_t k = 0; k < p.file_sizes.size(); ++k) {
     std::size_t end = begin;
     while (end < p.writes.size() && m.tensors[p.writes[end].tensor].slices[p.writes[end].slice].file == k) ++end;
-    BOOST_OUTCOME_CO_TRY(co_await write_data_file(s, m, k, std::span(p.writes).subspan(begin, end - begin), p.file_sizes[k], opt.chunk_bytes,
-                                             k + 1 == p.file_sizes.size()));
-    m.files.push_back({format::data_file_name(s.base, s.token, k), p.file_sizes[k]});
+    BOOST_OUTCOME_CO_TRY(co_await write_data_file(s, m, first_index + k, std::span(p.writes).subspan(begin, end - begin), p.file_sizes[k],
+                                             opt.chunk_bytes, k + 1 == p.file_sizes.size()));
+    m.files.push_back({format::data_file_name(s.base, s.token, first_index + k), p.file_sizes[k]});
     begin = end;
   }
 
@@ -232,6 +261,13 @@ task<write_report> save_steps(save_state& s, std::span<const named_tensor> tenso
 
   // 4. Data file entries durable.
   BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, dir, use_awaitable));
+  co_return success();
+}
+
+// Steps 5-8: write the manifest `m` under a temp name, publish it, make it durable, clean up.
+task<write_report> publish(save_state& s, const format::manifest& m) {
+  auto ex = co_await asio::this_coro::executor;
+  io::handle dir = *s.dir;
 
   // 5. Manifest to a temp name.
   BOOST_OUTCOME_CO_TRY(auto bytes, format::encode(m));
@@ -261,7 +297,8 @@ task<write_report> save_steps(save_state& s, std::span<const named_tensor> tenso
   for (const auto& t : m.tensors) rep.slices += t.slices.size();
   rep.files = m.files.size();
 
-  // 8. Clean up older files of this checkpoint name.
+  // 8. Clean up older files of this checkpoint name. Every process of a multi-process save
+  // shares the token, so this never touches the files just committed.
   if (auto entries = co_await io::async_list(s.b, ex, dir, use_awaitable)) {
     for (const auto& e : *entries) {
       if (e.type != io::dir_entry::regular) continue;
@@ -272,6 +309,117 @@ task<write_report> save_steps(save_state& s, std::span<const named_tensor> tenso
     }
   }
   co_return rep;
+}
+
+// The multi-process save (docs/MULTI_PROCESS.md). Every process:
+//   a. takes process 0's token (broadcast), so all data files carry the token of this save;
+//   b. runs steps 1-4 on its own slices (owner-local writes, its own data files);
+//   c. sends process 0 a report: its files and slices with their checksums, or its error.
+// Process 0 merges the reports into one manifest (every slice reported exactly once, by
+// processes that planned the same skeleton), runs steps 5-8, and broadcasts the outcome; the
+// others return it. So no manifest is written unless every process succeeded, and every process
+// that hears the outcome reports the same error. A process that does not hear it (process 0
+// died or is unreachable) fails with timed_out and keeps its files: the outcome is unknown, and
+// the next save of this name removes them if they are not part of a checkpoint.
+task<write_report> save_multi(save_state& s, dist::coordinator& co, std::span<const named_tensor> tensors, write_options opt) {
+  const auto timeout = opt.coordination_timeout;
+  const int rank = co.rank();
+
+  // a. The token.
+  std::vector<std::byte> tok(8);
+  for (int i = 0; i < 8; ++i) tok[static_cast<std::size_t>(i)] = static_cast<std::byte>(s.token >> (8 * i));
+  auto ex = co_await asio::this_coro::executor;
+  auto send_token = [&co, &tok, timeout] { return co.broadcast(tok, timeout); };
+  auto got = co_await off_executor<std::vector<std::byte>>(ex, send_token);
+  if (!got) co_return with_context(got.error(), "agreeing on the save's token with process 0");
+  if (got->size() != 8) co_return make_error(errc::invalid_argument, "process 0 sent a token of " + std::to_string(got->size()) + " bytes");
+  s.token = 0;
+  for (int i = 0; i < 8; ++i) s.token |= std::uint64_t{static_cast<std::uint8_t>((*got)[static_cast<std::size_t>(i)])} << (8 * i);
+
+  // b, c. Local writes, then the report.
+  format::manifest m;
+  auto local = co_await write_local(s, m, tensors, opt, rank);
+  process_report mine;
+  if (local) {
+    mine = report_of(m, m.files, skeleton_fingerprint(m));
+  } else {
+    mine.failure = local.error();
+  }
+  auto mine_bytes = encode(mine);
+  auto report = [&co, &mine_bytes, timeout] { return co.gather(mine_bytes, timeout); };
+  auto gathered = co_await off_executor<std::vector<std::vector<std::byte>>>(ex, report);
+
+  save_outcome out;
+  std::optional<write_report> committed;
+  if (rank == 0) {
+    if (!gathered) {
+      out.failure = with_context(gathered.error(), "collecting the processes' reports");
+    } else {
+      std::vector<process_report> reports;
+      std::optional<error> bad;
+      for (std::size_t r = 0; r < gathered->size() && !bad; ++r) {
+        auto rep = decode_report((*gathered)[r]);
+        if (!rep) bad = with_context(rep.error(), "process " + std::to_string(r));
+        else reports.push_back(std::move(*rep));
+      }
+      if (!bad && !local) bad = with_context(local.error(), "process 0");
+      if (!bad) {
+        if (auto mr = merge_reports(m, reports); !mr) bad = mr.error();
+      }
+      if (bad) {
+        out.failure = *bad;
+      } else {
+        auto pub = co_await publish(s, m);
+        if (pub) {
+          committed = *pub;
+          out.s = save_outcome::committed;
+          out.bytes = pub->bytes;
+          out.tensors = pub->tensors;
+          out.slices = pub->slices;
+          out.files = pub->files;
+        } else {
+          out.s = s.renamed ? save_outcome::failed_after_publish : save_outcome::failed;
+          out.failure = with_context(pub.error(), "process 0, committing");
+        }
+      }
+    }
+    auto said = encode(out);
+    // The outcome stands whether or not every process hears it; one that does not times out.
+    auto announce = [&co, &said, timeout] { return co.broadcast(said, timeout); };
+    (void)co_await off_executor<std::vector<std::byte>>(ex, announce);
+  } else {
+    if (!gathered) co_return gathered.error();
+    // Process 0 may first wait up to `timeout` for the slowest report, then commit.
+    auto listen = [&co, timeout] { return co.broadcast({}, 2 * timeout); };
+    auto heard = co_await off_executor<std::vector<std::byte>>(ex, listen);
+    if (!heard) {
+      s.renamed = true;  // the outcome is unknown: the files might belong to a committed checkpoint
+      co_return with_context(heard.error(), "waiting for process 0 to announce the save's outcome");
+    }
+    auto o = decode_outcome(*heard);
+    if (!o) co_return with_context(o.error(), "process 0's announcement of the outcome");
+    out = std::move(*o);
+    if (out.s == save_outcome::committed) {
+      committed.emplace();
+      committed->manifest_path = (s.dir_path == "." ? std::string() : s.dir_path + "/") + format::manifest_name(s.base);
+      committed->bytes = out.bytes;
+      committed->tensors = static_cast<std::size_t>(out.tensors);
+      committed->slices = static_cast<std::size_t>(out.slices);
+      committed->files = static_cast<std::size_t>(out.files);
+    }
+  }
+  if (out.s == save_outcome::failed_after_publish) s.renamed = true;  // the manifest may be visible: keep its data
+  if (!committed) co_return out.failure;
+  committed->processes = co.size();
+  co_return *committed;
+}
+
+task<write_report> save_steps(save_state& s, std::span<const named_tensor> tensors, write_options opt) {
+  BOOST_OUTCOME_CO_TRY(check_options(s, opt));
+  if (opt.coordinator && opt.coordinator->size() > 1) co_return co_await save_multi(s, *opt.coordinator, tensors, std::move(opt));
+  format::manifest m;
+  BOOST_OUTCOME_CO_TRY(co_await write_local(s, m, tensors, opt, -1));
+  co_return co_await publish(s, m);
 }
 
 task<write_report> save_coro(io::backend& b, std::string prefix, std::span<const named_tensor> tensors, write_options opt) {

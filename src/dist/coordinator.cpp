@@ -34,8 +34,9 @@ struct group {
     int arrived = 0;                                          // barrier, broadcast
     int left = 0;                                             // barrier: ranks that saw it complete
   };
-  std::map<std::pair<int, std::uint64_t>, round> rounds;  // (kind, round number)
-  bool broken = false;
+  // (kind, round number). A round some rank gave up on stays, so a late rank's contribution
+  // lands in it (and is ignored) instead of in the next round.
+  std::map<std::pair<int, std::uint64_t>, round> rounds;
 };
 
 class thread_rank final : public coordinator {
@@ -46,7 +47,6 @@ class thread_rank final : public coordinator {
 
   result<std::vector<std::vector<std::byte>>> gather(std::span<const std::byte> mine, milliseconds timeout) override {
     std::unique_lock lk(g_->mu);
-    if (g_->broken) return broken("gather");
     auto& r = entry(0, gathers_++);
     r.parts[static_cast<std::size_t>(rank_)] = std::vector<std::byte>(mine.begin(), mine.end());
     g_->cv.notify_all();
@@ -67,7 +67,6 @@ class thread_rank final : public coordinator {
 
   result<std::vector<std::byte>> broadcast(std::span<const std::byte> data, milliseconds timeout) override {
     std::unique_lock lk(g_->mu);
-    if (g_->broken) return broken("broadcast");
     auto key = std::pair(1, broadcasts_++);
     auto& r = entry(1, key.second);
     if (rank_ == 0) {
@@ -76,8 +75,7 @@ class thread_rank final : public coordinator {
       g_->cv.notify_all();
       return *r.parts[0];
     }
-    bool got = g_->cv.wait_for(lk, timeout, [&] { return g_->broken || g_->rounds[key].parts[0].has_value(); });
-    if (g_->broken) return broken("broadcast");
+    bool got = g_->cv.wait_for(lk, timeout, [&] { return g_->rounds[key].parts[0].has_value(); });
     if (!got) return fail(lk, "broadcast", g_->rounds[key]);
     auto& rr = g_->rounds[key];
     auto out = *rr.parts[0];
@@ -87,12 +85,10 @@ class thread_rank final : public coordinator {
 
   result<void> barrier(milliseconds timeout) override {
     std::unique_lock lk(g_->mu);
-    if (g_->broken) return broken("barrier");
     auto key = std::pair(2, barriers_++);
     ++entry(2, key.second).arrived;
     g_->cv.notify_all();
-    bool all = g_->cv.wait_for(lk, timeout, [&] { return g_->broken || g_->rounds[key].arrived >= g_->size; });
-    if (g_->broken) return broken("barrier");
+    bool all = g_->cv.wait_for(lk, timeout, [&] { return g_->rounds[key].arrived >= g_->size; });
     if (!all) return fail(lk, "barrier", g_->rounds[key]);
     if (++g_->rounds[key].left == g_->size) g_->rounds.erase(key);
     return success();
@@ -104,12 +100,7 @@ class thread_rank final : public coordinator {
     if (r.parts.empty()) r.parts.resize(static_cast<std::size_t>(g_->size));
     return r;
   }
-  error broken(const char* what) const {
-    return make_error(errc::timed_out, std::string(what) + " on rank " + std::to_string(rank_) + ": the group is broken by an earlier timeout");
-  }
-  error fail(std::unique_lock<std::mutex>&, const char* what, const group::round& r) {
-    g_->broken = true;
-    g_->cv.notify_all();
+  error fail(std::unique_lock<std::mutex>&, const char* what, const group::round& r) const {
     std::string missing;
     for (std::size_t i = 0; i < r.parts.size(); ++i)
       if (!r.parts[i] && (std::string(what) != "broadcast" || i == 0)) missing += (missing.empty() ? "" : ", ") + std::to_string(i);

@@ -17,7 +17,7 @@ std::uint64_t key_hash(std::string_view key) {
 
 }  // namespace
 
-result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt) {
+result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt, bool spans_processes) {
   write_plan p;
   auto& m = p.skeleton;
   std::vector<std::size_t> order(tensors.size());
@@ -74,6 +74,11 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
       s.length = static_cast<std::uint64_t>(*s.where.volume() * elem);
       s.writer_device = devs[h % devs.size()];
       const local_shard* src = v.shard_of(s.writer_device);
+      if (!src && spans_processes) {
+        s.file = remote_file;
+        t.slices.push_back(std::move(s));
+        continue;
+      }
       if (!src)
         return make_error(errc::invalid_argument,
                           "tensor \"" + nt.key + "\" slice " + to_string(s.where) + " is owned by device " +

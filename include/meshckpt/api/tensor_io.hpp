@@ -9,6 +9,7 @@
 /// lists; see docs/FORMAT.md. Errors name the operation, the file (relative to DIR), the tensor
 /// key and the errno.
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <stop_token>
@@ -17,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "meshckpt/dist/coordinator.hpp"
 #include "meshckpt/error.hpp"
 #include "meshckpt/format/manifest.hpp"
 #include "meshckpt/io/backend.hpp"
@@ -43,6 +45,18 @@ struct write_options {
   /// (they are all in staging memory or written): from then on the caller may modify them,
   /// although the commit is still to come. Not called when the save fails before that point.
   std::function<void()> sources_released{};
+  /// The processes saving this checkpoint together (docs/MULTI_PROCESS.md); nullptr or a group
+  /// of one: this process alone. Every process of the group calls `write_tensors` with the same
+  /// prefix and the same tensors (keys, dtypes, global shapes, layouts, meshes), each holding
+  /// its own local shards; each writes the slices its devices own to its own data files, and
+  /// process 0 commits the manifest once every process reported success. Every process gets
+  /// the same outcome. Must outlive the save.
+  dist::coordinator* coordinator = nullptr;
+  /// How long process 0 waits for the others' reports (from the moment it finished its own
+  /// writes), and the others for the token at the start. A process that died or hangs makes
+  /// the save fail with `errc::timed_out` on process 0 within this time, and on every process
+  /// within twice it. Must cover the slowest process's writes.
+  std::chrono::milliseconds coordination_timeout{std::chrono::minutes(5)};
 };
 
 /// What a write did.
@@ -53,6 +67,7 @@ struct write_report {
   std::size_t slices = 0;
   std::size_t files = 0;            ///< data files written
   std::size_t cleaned_files = 0;    ///< old data files and leftovers removed after the commit
+  int processes = 1;                ///< processes that wrote the checkpoint together
 };
 
 /// Options of `read_tensors`.

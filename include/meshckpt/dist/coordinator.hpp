@@ -5,11 +5,13 @@
 /// timeout, so that a process that died or hangs makes the operation fail everywhere instead of
 /// blocking it forever. Implementations: a single process (every collective is trivial), a
 /// group of in-process "ranks" on threads (for tests of multi-process protocols without MPI),
-/// and — with the multi-process issue — MPI.
+/// and MPI (dist/mpi.hpp, in the `meshckpt_mpi` library).
 ///
-/// Collectives must be called by every rank in the same order. After a timeout the group is
-/// broken: later collectives fail too (`errc::timed_out`), since ranks may disagree on which
-/// round they are in.
+/// Collectives must be called by every rank in the same order. Each rank numbers its own calls
+/// of each kind, and a message belongs to the round its sender numbered: so after a rank timed
+/// out waiting for a late one, the late rank's contribution goes to the round that was given up
+/// (and is dropped), and both meet again in the next round. A multi-process save relies on this:
+/// process 0 gives up on a late report, and the late process still hears the outcome.
 
 #include <chrono>
 #include <cstddef>

@@ -50,8 +50,18 @@ struct write_plan {
   std::vector<std::uint64_t> file_sizes;
 };
 
+/// Marks a slice of the skeleton that another process writes (`saved_slice::file`).
+inline constexpr std::uint32_t remote_file = 0xffffffffu;
+
 /// Plans a save. Errors (`errc::invalid_argument`): empty, over-long or duplicate keys; a
-/// slice whose owner is not local to this process (multi-process saves need a coordinator).
-result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt = {});
+/// slice whose owner is not local to this process, unless `spans_processes`.
+///
+/// With `spans_processes` (a save by several processes, each calling this with its own local
+/// shards), the skeleton still lists every slice of every tensor — all processes compute the
+/// same one — but only slices owned by a local device are placed in this process's data files
+/// and written; the others keep `file == remote_file` and are filled in from their owners'
+/// reports before the commit.
+result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt = {},
+                              bool spans_processes = false);
 
 }  // namespace meshckpt::plan
