@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "meshckpt/api/checkpoint_manager.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/format/names.hpp"
 #include "support.hpp"
@@ -290,4 +291,78 @@ TEST_CASE("processes that disagree, or a device no process holds, fail everywher
     same_error_everywhere(out, {0, 1, 2, 3}, errc::invalid_argument, "is local to both");
     CHECK(restores_in_one_process(*be, prefix, 1));
   }
+}
+
+namespace {
+
+// A model on the 2x2 mesh, holding the shards of `local` devices (empty: all).
+struct model : graph::module {
+  explicit model(std::vector<std::int64_t> local)
+      : m(mesh::create({{"x", 2}, {"y", 2}}, {}, local).value()),
+        w(dtensor::create(dtype::float32, {32, 16}, layout::create({"x", "y"}, m).value()).value()),
+        b(dtensor::create(dtype::float32, {16}, layout::create({"unsharded"}, m).value()).value()) {
+    track("w", w);
+    track("b", b);
+    track("step", step);
+  }
+  void set(std::uint64_t seed) {
+    testing::fill(w.view(), "w", seed);
+    testing::fill(b.view(), "b", seed);
+    step.set(static_cast<std::int64_t>(seed));
+  }
+  bool holds(std::uint64_t seed) const {
+    return testing::matches(w.view(), "w", seed) && testing::matches(b.view(), "b", seed) && step.get() == static_cast<std::int64_t>(seed);
+  }
+  mesh m;
+  graph::variable w, b;
+  graph::scalar<std::int64_t> step{0};
+};
+
+}  // namespace
+
+TEST_CASE("Checkpoint and CheckpointManager across processes: one commit, process 0 keeps the state file and retention", "[multiprocess][api]") {
+  testing::temp_dir tmp;
+  std::vector<std::vector<std::string>> kept(4);
+  std::vector<std::optional<std::string>> latest(4);
+  std::atomic<int> bad{0};
+  run_ranks(4, [&](int r, dist::coordinator& co) {
+    model mdl({r});
+    checkpoint_options o;
+    o.write.coordinator = &co;
+    o.write.coordination_timeout = 20s;
+    auto c = checkpoint::create(mdl.m, &mdl, {}, o).value();
+    CHECK(c->writes_shared_files() == (r == 0));
+    manager_options mo;
+    mo.max_to_keep = 2;
+    auto mgr = checkpoint_manager::create(*c, tmp.str(), mo).value();
+    for (std::uint64_t i = 1; i <= 3; ++i) {
+      mdl.set(i);
+      auto p = mgr->save();
+      if (!p || !*p) ++bad;
+    }
+    kept[static_cast<std::size_t>(r)] = mgr->checkpoints();
+    latest[static_cast<std::size_t>(r)] = mgr->latest_checkpoint();
+    // Every process restores its own shards of the latest one.
+    model back({r});
+    auto c2 = checkpoint::create(back.m, &back, {}, o).value();
+    auto st = c2->restore(*mgr->latest_checkpoint());
+    if (!st || !back.holds(3) || c2->save_counter() != 3) ++bad;
+  });
+  CHECK(bad == 0);
+  for (int r = 0; r < 4; ++r) {
+    CHECK(kept[static_cast<std::size_t>(r)] == std::vector<std::string>{tmp / "ckpt-2", tmp / "ckpt-3"});
+    CHECK(latest[static_cast<std::size_t>(r)] == tmp / "ckpt-3");
+  }
+  CHECK(count_files(tmp, "ckpt-1", format::name_kind::manifest) == 0);
+  CHECK(count_files(tmp, "ckpt-1", format::name_kind::data) == 0);
+  CHECK(count_files(tmp, "ckpt-3", format::name_kind::manifest) == 1);
+  // One process holding every device: the state file names ckpt-3, which restores exactly.
+  model all({});
+  auto c = checkpoint::create(all.m, &all).value();
+  auto mgr = checkpoint_manager::create(*c, tmp.str()).value();
+  REQUIRE(mgr->latest_checkpoint() == tmp / "ckpt-3");
+  auto st = c->restore(*mgr->latest_checkpoint());
+  REQUIRE(st);
+  CHECK(st->assert_consumed());
+  CHECK(all.holds(3));
 }

@@ -291,6 +291,12 @@ struct checkpoint_impl {
   }
 };
 
+// Process 0 of a multi-process checkpoint (or a single process) owns the shared files: the
+// state file and retention deletions.
+bool writes_shared_files(const checkpoint_impl& impl) {
+  return !impl.opt.write.coordinator || impl.opt.write.coordinator->rank() == 0;
+}
+
 }  // namespace detail
 
 // ---------------------------------------------------------------- load_status
@@ -425,6 +431,7 @@ result<std::unique_ptr<checkpoint>> checkpoint::create(mesh m, graph::trackable*
 
 const mesh& checkpoint::mesh_ref() const { return impl_->m; }
 io::backend& checkpoint::backend() const { return *impl_->backend; }
+bool checkpoint::writes_shared_files() const { return detail::writes_shared_files(*impl_); }
 graph::trackable& checkpoint::root() { return impl_->root ? *impl_->root : *this; }
 
 bool checkpoint::has_save_counter() const { return impl_->save_counter != nullptr; }
@@ -643,7 +650,7 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
                           [&impl, job, finished](result<write_report> r) {
                             result<std::string> out = job->path;
                             if (!r) out = r.error();
-                            if (out && job->numbered) {
+                            if (out && job->numbered && detail::writes_shared_files(impl)) {
                               auto [dir, base] = split_prefix(job->path);
                               checkpoint_state st;
                               st.model_checkpoint_path = base;

@@ -65,6 +65,7 @@ result<void> checkpoint_manager::record_state() {
     st.all_model_checkpoint_timestamps.push_back(t);
   }
   st.last_preserved_timestamp = last_preserved_;
+  if (!ckpt_.writes_shared_files()) return success();  // process 0 of a multi-process job writes it
   return write_checkpoint_state(ckpt_.backend(), dir_, st);
 }
 
@@ -79,7 +80,9 @@ result<void> checkpoint_manager::sweep() {
       last_preserved_ = stamp;
       continue;
     }
-    BOOST_OUTCOME_TRY(delete_checkpoint(ckpt_.backend(), full(base)));
+    if (ckpt_.writes_shared_files()) {
+      BOOST_OUTCOME_TRY(delete_checkpoint(ckpt_.backend(), full(base)));
+    }
   }
   return success();
 }

@@ -104,6 +104,11 @@ class checkpoint : public graph::trackable {
 
   const mesh& mesh_ref() const;
   io::backend& backend() const;
+  /// False on every process but process 0 of a multi-process checkpoint
+  /// (`checkpoint_options::write.coordinator`): process 0 alone writes the directory's
+  /// `checkpoint` state file and deletes old checkpoints; the others keep the same bookkeeping
+  /// in memory. Every process saves, restores and gets the same outcomes.
+  bool writes_shared_files() const;
   /// Node 0 of the graph: the root, or this checkpoint.
   graph::trackable& root();
 
