@@ -411,6 +411,32 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
         const std::uint64_t p1 = std::min(hi, p0 + piece);
         BOOST_OUTCOME_CO_TRY(co_await window.wait_below(reads_in_flight));
         const reshard_source* sp = &src;
+        // A piece that lands, whole and contiguous, in one place of one shard (a row split onto
+        // fewer or more rows, say) is read straight into it when O_DIRECT alignment allows, and
+        // verified there: no staging copy.
+        const std::pair<std::span<std::byte>, plan::copy_run>* only = nullptr;
+        std::size_t overlapping = 0;
+        for (const auto& dr : src.runs)
+          if (dr.second.src_end() > p0 && dr.second.src_offset < p1 && ++overlapping == 1) only = &dr;
+        if (overlapping == 1) {
+          const auto& r = only->second;
+          const bool contiguous = r.count == 1 || (r.length == r.src_stride && r.length == r.dst_stride);
+          const std::uint64_t at = src.s->offset + p0, len = p1 - p0;
+          if (contiguous && r.src_offset <= p0 && r.src_end() >= p1 && at % dio == 0 && len % dio == 0) {
+            std::byte* dst = only->first.data() + r.dst_offset + (p0 - r.src_offset);
+            if (reinterpret_cast<std::uintptr_t>(dst) % dio == 0) {
+              window.start(h, at, std::span<std::byte>(dst, len), [sp, p0, len, dst, &m, &opt, &progressed](std::size_t got) -> result<void> {
+                if (got != len) return make_error(errc::short_read, slice_ctx(m, *sp->t, *sp->s) + ": file ended early");
+                if (opt.verify_checksums) {
+                  BOOST_OUTCOME_TRY(check_chunks(m, *sp->t, *sp->s, std::span<const std::byte>(dst, len), p0 / m.chunk_bytes));
+                }
+                progressed(len);
+                return success();
+              });
+              continue;
+            }
+          }
+        }
         staged_read(h, *src.t, *src.s, src.s->offset + p0, src.s->offset + p1,
                     [sp, p0, p1, &m, &opt, &progressed](const std::byte* bytes) -> result<void> {
                       if (opt.verify_checksums) {

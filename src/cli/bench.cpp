@@ -145,6 +145,10 @@ struct figures {
   std::optional<double> fio_write_MiBps, fio_read_MiBps;
   std::optional<double> save_ratio, restore_ratio;  // median over repetitions of (ours / fio) in the same repetition
   std::optional<double> one_device_MiBps, one_device_ratio;  // reshard: restore onto a single device
+  // reshard: the same checkpoint restored into its saved layout in the same repetition, and the
+  // median per-repetition ratio of the x=4,y=2 restore to it (the cost of resharding itself,
+  // independent of how fast the disk is that minute).
+  std::optional<double> same_layout_MiBps, reshard_vs_same;
   double memcpy_s = 0;
   std::optional<double> stall_s, lazy_stall_s, compute_ratio;
   std::uint64_t peak_rss = 0;         // peak resident set during the saves
@@ -194,7 +198,7 @@ int run_bench(const bench_args& a) {
     if (!a.json) std::fprintf(stderr, "bench %s: %zu tensors, %s, %d repetitions, backend %s\n", w.c_str(), f.tensors,
                               format::human_bytes(f.bytes).c_str(), a.reps, f.backend.c_str());
     std::string prefix = a.dir + "/bench-" + w;
-    std::vector<double> save_s, restore_s, one_s, stall_s, lazy_s, compute, save_ratio, restore_ratio, one_ratio, fio_w, fio_r;
+    std::vector<double> same_s, vs_same, save_s, restore_s, one_s, stall_s, lazy_s, compute, save_ratio, restore_ratio, one_ratio, fio_w, fio_r;
     f.cold = true;
     f.rss_before = rss_bytes();
     reset_peak_rss();
@@ -295,9 +299,17 @@ int run_bench(const bench_args& a) {
           }
           return seconds_since(t);
         };
+        f.cold = drop_caches() && f.cold;
+        auto ts = clock_type::now();
+        if (auto rd = read_tensors(*be, name, src.named); !rd) {
+          std::fprintf(stderr, "meshckpt bench: restore failed: %s\n", rd.error().what().c_str());
+          return 1;
+        }
+        same_s.push_back(seconds_since(ts));
         auto a42 = onto(mesh::create({{"x", 4}, {"y", 2}}).value(), false);
         auto one = onto(mesh::create({{"x", 1}}).value(), true);
         if (!a42 || !one) return 1;
+        vs_same.push_back(same_s.back() / *a42);
         restore_s.push_back(*a42);
         one_s.push_back(*one);
       } else {
@@ -337,6 +349,8 @@ int run_bench(const bench_args& a) {
     f.stall_s = median_opt(stall_s);
     if (!one_s.empty()) f.one_device_MiBps = static_cast<double>(f.bytes) / (1 << 20) / median(one_s);
     f.one_device_ratio = median_opt(one_ratio);
+    if (!same_s.empty()) f.same_layout_MiBps = static_cast<double>(f.bytes) / (1 << 20) / median(same_s);
+    f.reshard_vs_same = median_opt(vs_same);
     // memcpy of the bytes a save writes (one copy of each distinct slice) into an already-touched
     // buffer: the floor of a copy-mode snapshot.
     std::vector<double> mc;
@@ -374,12 +388,14 @@ int run_bench(const bench_args& a) {
                   "\"restore_cold_cache\":%s,\"fio_write_MiBps\":%s,\"fio_read_MiBps\":%s,\"save_vs_fio\":%s,\"restore_vs_fio\":%s,"
                   "\"stall_s\":%s,\"memcpy_s\":%.4f,\"lazy_stall_s\":%s,\"compute_ratio\":%s,"
                   "\"restore_one_device_MiBps\":%s,\"restore_one_device_vs_fio\":%s,"
+                  "\"restore_same_layout_MiBps\":%s,\"reshard_vs_same_layout\":%s,"
                   "\"peak_rss_bytes\":%llu,\"rss_before_bytes\":%llu,\"snapshot_bytes\":%llu}",
                   i ? "," : "", f.workload.c_str(), f.backend.c_str(), static_cast<unsigned long long>(f.bytes), f.tensors, f.save_MiBps,
                   f.restore_MiBps, f.cold ? "true" : "false", num(f.fio_write_MiBps).c_str(), num(f.fio_read_MiBps).c_str(),
                   num(f.save_ratio, "%.3f").c_str(), num(f.restore_ratio, "%.3f").c_str(), num(f.stall_s, "%.4f").c_str(), f.memcpy_s,
                   num(f.lazy_stall_s, "%.6f").c_str(), num(f.compute_ratio, "%.3f").c_str(), num(f.one_device_MiBps).c_str(),
-                  num(f.one_device_ratio, "%.3f").c_str(), static_cast<unsigned long long>(f.peak_rss),
+                  num(f.one_device_ratio, "%.3f").c_str(), num(f.same_layout_MiBps).c_str(), num(f.reshard_vs_same, "%.3f").c_str(),
+                  static_cast<unsigned long long>(f.peak_rss),
                   static_cast<unsigned long long>(f.rss_before), static_cast<unsigned long long>(f.snapshot_bytes));
     }
     std::printf("]\n");
@@ -409,6 +425,10 @@ int run_bench(const bench_args& a) {
       std::printf("reshard: saved on x=2,y=4; restore onto x=4,y=2 %.0f MiB/s%s; onto one device %.0f MiB/s%s\n", f.restore_MiBps,
                   f.restore_ratio ? (" (" + num(f.restore_ratio, "%.2f") + "x fio read)").c_str() : "", f.one_device_MiBps.value_or(0),
                   f.one_device_ratio ? (" (" + num(f.one_device_ratio, "%.2f") + "x fio read)").c_str() : "");
+  for (const auto& f : all)
+    if (f.workload == "reshard" && f.same_layout_MiBps)
+      std::printf("reshard: the same checkpoint restored into its saved layout %.0f MiB/s; resharding onto x=4,y=2 runs at %.2fx of that\n",
+                  *f.same_layout_MiBps, f.reshard_vs_same.value_or(0));
   for (const auto& f : all)
     if (f.stall_s) {
       std::printf("stall (copy mode): an async save of %s blocks its caller %.3f s = %.2fx one memcpy of the state (%.3f s); total save %.0f MiB/s\n",
