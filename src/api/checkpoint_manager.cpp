@@ -118,7 +118,11 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
       latest_ = full(base);
       BOOST_OUTCOME_TRY(record_state());
       BOOST_OUTCOME_TRY(sweep());
-      return record_state();
+      BOOST_OUTCOME_TRY(record_state());
+      // Best effort: files of interrupted saves and deletions of managed names (no manifest).
+      // A failure here leaves them for the next save; the checkpoint is committed either way.
+      if (ckpt_.writes_shared_files()) (void)remove_orphans(ckpt_.backend(), dir_, opt_.checkpoint_name);
+      return success();
     };
     if (auto a = after(); !a) {
       done(a.error());

@@ -2,6 +2,7 @@
 // deletion, and latest_checkpoint. The state file is hostile input like any other: bounded in
 // size, parsed strictly, paths must be plain names (relative to the directory).
 
+#include <set>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -209,6 +210,37 @@ result<void> delete_checkpoint(io::backend& b, std::string_view prefix) {
   auto r = steps();
   (void)call<void>([&](auto done) { b.close(d, std::move(done)); });
   if (!r) return with_context(r.error(), "delete checkpoint " + std::string(prefix));
+  return r;
+}
+
+result<std::size_t> remove_orphans(io::backend& b, std::string_view dir, std::string_view name) {
+  BOOST_OUTCOME_TRY(auto d, call<io::handle>([&](auto done) { b.open_dir(std::string(dir), false, std::move(done)); }));
+  auto steps = [&]() -> result<std::size_t> {
+    BOOST_OUTCOME_TRY(auto entries, call<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); }));
+    auto numbered = [&](const std::string& base) {
+      if (base.size() <= name.size() + 1 || !base.starts_with(name) || base[name.size()] != '-') return false;
+      return base.find_first_not_of("0123456789", name.size() + 1) == std::string::npos;
+    };
+    std::set<std::string> committed;
+    for (const auto& e : entries) {
+      auto k = format::classify(e.name);
+      if (k.k == format::name_kind::manifest) committed.insert(k.base);
+    }
+    std::size_t removed = 0;
+    for (const auto& e : entries) {
+      if (e.type != io::dir_entry::regular) continue;
+      auto k = format::classify(e.name);
+      if (k.k != format::name_kind::data && k.k != format::name_kind::temp_manifest) continue;
+      if (!numbered(k.base) || committed.contains(k.base)) continue;
+      auto u = call<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
+      if (!u && u.error().code != std::errc::no_such_file_or_directory) return u.error();
+      if (u) ++removed;
+    }
+    return removed;
+  };
+  auto r = steps();
+  (void)call<void>([&](auto done) { b.close(d, std::move(done)); });
+  if (!r) return with_context(r.error(), "remove leftovers in " + std::string(dir));
   return r;
 }
 

@@ -184,4 +184,11 @@ std::string format_checkpoint_state(const checkpoint_state& s);
 /// files the manifest named (and leftovers of that name). Never touches other files.
 result<void> delete_checkpoint(io::backend& b, std::string_view prefix);
 
+/// Removes the leftovers in `dir` of checkpoints named `<name>-<number>`: data files and temp
+/// manifests of such a name that has no manifest (what an interrupted save or deletion leaves).
+/// Never touches a committed checkpoint or a file of another pattern. Call it only while no
+/// save of such a name is in progress: `checkpoint_manager` does after each of its saves (which
+/// run one at a time). Returns the number of files removed; stops at the first error.
+result<std::size_t> remove_orphans(io::backend& b, std::string_view dir, std::string_view name);
+
 }  // namespace meshckpt
