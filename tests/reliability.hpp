@@ -139,6 +139,8 @@ inline void check_recovery(const std::string& dir, const std::vector<int>& acked
   if (!s || !*s) return v.add(what + ": the save after recovery failed: " + (s ? std::string("skipped") : s.error().what()));
   auto after = scan_directory(*be, dir);
   if (after && !after->leftovers.empty()) v.add(what + ": I6: leftovers after recovery: " + after->leftovers.front() + " (" + std::to_string(after->leftovers.size()) + ")");
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().starts_with("checkpoint.tmp-")) v.add(what + ": I6: a temp state file is left: " + e.path().filename().string());
 }
 
 // The template: ckpt-1 and ckpt-2 written (durably) by a fault-free run.

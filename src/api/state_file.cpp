@@ -166,7 +166,17 @@ result<void> write_checkpoint_state(io::backend& b, std::string_view dir_path, c
       (void)call<void>([&](auto done) { b.unlink(d, tmp, std::move(done)); });
       return rn;
     }
-    return call<void>([&](auto done) { b.fsync(d, std::move(done)); });
+    BOOST_OUTCOME_TRY(call<void>([&](auto done) { b.fsync(d, std::move(done)); }));
+    // Best effort: temp state files of updates that died before their rename (the exact
+    // pattern "checkpoint.tmp-<16 hex>" is only ever written here).
+    if (auto entries = call<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); })) {
+      const std::string stem = std::string(state_name) + ".tmp-";
+      for (const auto& e : *entries)
+        if (e.type == io::dir_entry::regular && e.name.size() == stem.size() + 16 && e.name.starts_with(stem) &&
+            e.name.find_first_not_of("0123456789abcdef", stem.size()) == std::string::npos)
+          (void)call<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
+    }
+    return success();
   };
   auto r = steps();
   (void)call<void>([&](auto done) { b.close(d, std::move(done)); });
