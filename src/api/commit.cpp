@@ -103,6 +103,7 @@ class write_window {
     });
   }
   task<void> wait_below(std::size_t n) { return ops_.wait_below(n); }
+  task<void> drain() { return ops_.drain(); }
 
  private:
   io::backend& b_;
@@ -182,10 +183,16 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
     if (filled > 0) submit(static_cast<std::size_t>(filled));
     co_return success();
   };
-  auto filled_ok = co_await fill();
+  result<void> filled_ok = success();
+  try {
+    filled_ok = co_await fill();
+  } catch (const std::bad_alloc&) {
+    filled_ok = make_error(errc::limit_exceeded, "out of memory while writing " + name);
+  }
   if (filled_ok && last_file && s.sources_released) std::exchange(s.sources_released, nullptr)();
-  // TRICKY: every write must complete before `pool` goes away, error or not.
-  auto drained = co_await window.wait_below(1);
+  // TRICKY: every write must complete before `pool` goes away, error or not (and an allocation
+  // failure is no exception: tests/test_alloc.cpp).
+  auto drained = co_await window.drain();
   if (!filled_ok) co_return filled_ok.error();
   if (!drained) co_return drained.error();
   BOOST_OUTCOME_CO_TRY(co_await io::async_truncate(s.b, ex, *h, file_size, use_awaitable));

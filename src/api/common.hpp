@@ -31,10 +31,20 @@ asio::awaitable<void> store_result(task<T> coro, std::shared_ptr<std::optional<r
 // matters when several threads run the io_context: the coroutine and the IO completions it
 // counts (op_window) then never run at the same time. An exception escaping the coroutine (a
 // bug, or std::bad_alloc) is turned into an error rather than lost.
+//
+// The private io_context of a blocking call (run_blocking) is run by its calling thread alone:
+// no strand there. Besides saving the work, this keeps blocking calls clear of an Asio 1.81
+// bug: when the allocation of a strand's shared_ptr control block fails, the half-built strand
+// is destroyed through an unset mutex pointer (a crash instead of std::bad_alloc; found by
+// tests/test_alloc.cpp).
+inline thread_local const asio::io_context* blocking_context = nullptr;
+
 template <class T>
 void spawn(asio::any_io_executor ex, task<T> coro, io::completion<T> done) {
   auto out = std::make_shared<std::optional<result<T>>>();
-  asio::co_spawn(asio::any_io_executor(asio::make_strand(ex)), store_result<T>(std::move(coro), out), [out, done = std::move(done)](std::exception_ptr e) mutable {
+  const auto* own = ex.target<asio::io_context::executor_type>();
+  asio::any_io_executor where = own && &own->context() == blocking_context ? ex : asio::any_io_executor(asio::make_strand(ex));
+  asio::co_spawn(where, store_result<T>(std::move(coro), out), [out, done = std::move(done)](std::exception_ptr e) mutable {
     if (e) {
       try {
         std::rethrow_exception(e);
@@ -55,8 +65,29 @@ template <class T, class Start>
 result<T> run_blocking(Start start) {
   asio::io_context ctx;
   std::optional<result<T>> out;
-  start(ctx.get_executor(), io::completion<T>([&out](result<T> r) { out.emplace(std::move(r)); }));
-  ctx.run();
+  const auto* outer = blocking_context;
+  blocking_context = &ctx;
+  try {
+    start(ctx.get_executor(), io::completion<T>([&out](result<T> r) { out.emplace(std::move(r)); }));
+  } catch (...) {
+    blocking_context = outer;
+    throw;
+  }
+  blocking_context = outer;
+  // A handler that throws (std::bad_alloc) leaves ctx.run(); the context must still run until
+  // every operation in flight has completed — they hold buffers and post back to it — before
+  // it may be destroyed. The operation then reports running out of memory.
+  bool oom = false;
+  while (true) {
+    try {
+      ctx.run();
+      break;
+    } catch (const std::bad_alloc&) {
+      oom = true;
+      ctx.restart();
+    }
+  }
+  if (!out || (oom && *out)) return make_error(errc::limit_exceeded, "out of memory");
   if (!out) return make_error(errc::invalid_argument, "internal error: operation did not complete");
   return std::move(*out);
 }
@@ -79,6 +110,18 @@ class op_window {
 
   // Waits until fewer than `n` operations are in flight (n = 1: all done), then reports the
   // first failure. It always waits, error or not, so buffers can be freed afterwards.
+  // Waits until every operation completed, whatever happens meanwhile: an allocation failure
+  // while waiting is retried, since the buffers of the operations in flight may only be freed
+  // afterwards.
+  task<void> drain() {
+    while (true) {
+      try {
+        co_return co_await wait_below(1);
+      } catch (const std::bad_alloc&) {
+      }
+    }
+  }
+
   task<void> wait_below(std::size_t n) {
     while (in_flight_ >= n && in_flight_ > 0)
       (void)co_await io::async_op<void>(ex_, [this](io::completion<void> c) { waiter_ = std::move(c); }, use_awaitable);

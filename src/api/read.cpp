@@ -211,6 +211,7 @@ class read_window {
     });
   }
   task<void> wait_below(std::size_t n) { return ops_.wait_below(n); }
+  task<void> drain() { return ops_.drain(); }
 
  private:
   io::backend& b_;
@@ -464,8 +465,15 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     }
     co_return success();
   };
-  auto issued = co_await issue();
-  auto drained = co_await window.wait_below(1);  // TRICKY: no buffer may go away while the kernel writes it
+  // TRICKY: no buffer may go away while the kernel writes it — not even when an allocation
+  // failed while issuing (std::bad_alloc; tests/test_alloc.cpp).
+  result<void> issued = success();
+  try {
+    issued = co_await issue();
+  } catch (const std::bad_alloc&) {
+    issued = make_error(errc::limit_exceeded, "out of memory while reading");
+  }
+  auto drained = co_await window.drain();
   if (!issued) co_return issued.error();
   if (!drained) co_return drained.error();
   staging.clear();
