@@ -14,7 +14,7 @@ DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libx
 # The sanitizer and libFuzzer build.
 SAN_DEBS  := clang-14 libclang-rt-14-dev
 
-.PHONY: all deps build demo test test-sanitize test-tsan bench clean
+.PHONY: all deps build demo test test-sanitize test-tsan stress coverage bench clean
 
 all: build
 
@@ -52,6 +52,38 @@ test-tsan: deps
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMESHCKPT_SANITIZE=thread -DMESHCKPT_BUILD_EXAMPLES=OFF
 	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_concurrency
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --test-dir $(TSAN_BUILD) -R '^test_concurrency$$' --output-on-failure
+
+# The reliability suites in long mode (docs/RELIABILITY.md): 5,000 kills, 16 torn variants per
+# crash point, the MPI fault scenarios, and 10 minutes of each libFuzzer target under ASan+UBSan.
+# Not part of `make test` (CI runs the same suites at CI size).
+STRESS_FUZZ_SECONDS ?= 600
+stress: build test-sanitize
+	MESHCKPT_KILLS=5000 TMPDIR=/dev/shm $(BUILD)/bin/test_kill
+	MESHCKPT_TORN_SEEDS=16 TMPDIR=/dev/shm $(BUILD)/bin/test_crash
+	TMPDIR=/dev/shm $(BUILD)/bin/test_faults
+	$(BUILD)/bin/test_hostile
+	ctest --test-dir $(BUILD) -L mpi --output-on-failure
+	for t in fuzz_manifest_decode fuzz_restore_plan fuzz_open_restore; do \
+	  mkdir -p $(ASAN_BUILD)/fuzz-work/$$t && \
+	  $(ASAN_BUILD)/bin/$$t -max_total_time=$(STRESS_FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    $(ASAN_BUILD)/fuzz-work/$$t fuzz/corpus/$$t || exit 1; \
+	done
+
+# Line and branch coverage (gcov, gcovr) of the commit, recovery and retention code under the
+# reliability suites and the API suites; the report goes to build-cov/coverage.txt.
+COV_BUILD ?= build-cov
+COV_FILES := src/api/commit.cpp src/api/save_messages.cpp src/api/state_file.cpp src/api/checkpoint_manager.cpp
+coverage: deps
+	@bash cmake/install-deps.sh gcovr
+	@test -f $(COV_BUILD)/build.ninja || cmake -S . -B $(COV_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMESHCKPT_COVERAGE=ON \
+	  -DMESHCKPT_BUILD_EXAMPLES=OFF
+	cmake --build $(COV_BUILD) -j $(JOBS) --target test_crash test_faults test_kill test_checkpoint test_commit_faults test_manager test_api_checkpoint test_multiprocess
+	find $(COV_BUILD) -name '*.gcda' -delete
+	cd $(COV_BUILD) && for t in test_crash test_faults test_kill test_checkpoint test_commit_faults test_manager test_api_checkpoint test_multiprocess; do \
+	  TMPDIR=/dev/shm MESHCKPT_KILLS=200 bin/$$t > /dev/null || exit 1; done
+	gcovr -r . $(COV_BUILD) $(foreach f,$(COV_FILES),--filter $(f)) --exclude-unreachable-branches --exclude-throw-branches \
+	  --print-summary --txt $(COV_BUILD)/coverage.txt
+	@cat $(COV_BUILD)/coverage.txt
 
 # The benchmark of BENCHMARKS.md, with fio's figures from the same run (fio is installed here,
 # not for the build). BENCH_DIR must be on the disk to measure; it is removed afterwards.

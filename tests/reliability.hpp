@@ -96,6 +96,10 @@ struct violations {
 // acknowledged before the crash (including the ones on disk before the run).
 inline void check_recovery(const std::string& dir, const std::vector<int>& acked, const std::string& what, violations& v) {
   auto be = std::shared_ptr<io::backend>(backends::make_posix_backend());
+  if (!fs::exists(dir)) {  // killed before its first save created the directory
+    if (!acked.empty()) v.add(what + ": the directory is gone");
+    return;
+  }
   auto scan = scan_directory(*be, dir);
   if (!scan) return v.add(what + ": scan failed: " + scan.error().what());
   // I1: every manifest restores bit-exact or fails loudly.
