@@ -70,6 +70,24 @@ check "checksum mismatch in a tensor" has 'checksum mismatch in tensor "model/'
 check "names the file" has "$(basename "$data")"
 run verify "$WORK/ck" --json;     check "damaged --json exits 1" test $rc -eq 1; check "json ok false" has '"ok":false'
 
+# show: the sharding picture (golden lines), replicas with the writer marked, scalars, errors.
+run show "$WORK/ck/model" model/embedding/table
+check "show exits 0" test $rc -eq 0
+check "show header" has "model/embedding/table  float32 [4096, 512]  layout [x, y] on mesh x=2,y=4"
+check "show counts slices" has "8 distinct slices, each held by 1 device (* wrote it)"
+check "show grid row 0" has "|   d0*   |   d1*   |   d2*   |   d3*   |  rows 0:2048"
+check "show grid row 1" has "|   d4*   |   d5*   |   d6*   |   d7*   |  rows 2048:4096"
+check "show column ranges" has "   0:128    128:256   256:384   384:512  (columns)"
+run show "$WORK/ck/model" model/head/kernel
+check "show replicas" has "| d0,d1*,d2,d3 |  rows 0:512"
+run show "$WORK/ck/model" model/layer_norm/scale
+check "show uneven 1-D" has "   0:256     256:512    512:768    768:1022"
+run show "$WORK/ck/model" optimizer/step
+check "show scalar" has "  []  d0,d1*,d2,d3,d4,d5,d6,d7"
+run show "$WORK/ck/model" nope;   check "show unknown key fails" test $rc -eq 1; check "names the key" has 'no tensor "nope"'
+run show "$WORK/ck/model";        check "show without KEY" test $rc -eq 2
+run show "$WORK/ck/model" k --json; check "show --json is a usage error" test $rc -eq 2
+
 # A directory written by a CheckpointManager: the state file is checked too.
 "$TRAINER" --dir "$WORK/managed" --steps 12 --every 4 --keep 2 --quiet >/dev/null || echo "FAIL: trainer"
 run verify "$WORK/managed";       check "managed dir verifies" test $rc -eq 0; check "verifies ckpt-3" has "ok        $WORK/managed/ckpt-3"

@@ -2,6 +2,7 @@
 //
 //   meshckpt inspect PATH [--json]   tensors, dtypes, shapes, saved layouts and meshes, bytes
 //   meshckpt verify PATH [--json]    read every byte and check every checksum
+//   meshckpt show PATH KEY           how one tensor was sharded, as a picture
 //
 // Exit status: 0 success (and intact), 1 damage or error found, 2 usage error.
 
@@ -33,6 +34,9 @@ constexpr const char* usage_text =
     "                          PATH may be a directory: every committed checkpoint in it is\n"
     "                          verified, leftovers of interrupted saves are listed, and\n"
     "                          every checkpoint its `checkpoint` state file lists must exist\n"
+    "  show PATH KEY           a picture of how tensor KEY of checkpoint PATH was sharded:\n"
+    "                          its global shape as a grid of slices, each labelled with the\n"
+    "                          devices that held it (* wrote it)\n"
     "  bench --dir DIR [--workload large|small|stall|reshard|all] [--backend auto|uring|posix]\n"
     "        [--reps N] [--json]\n"
     "                          the workloads of BENCHMARKS.md against fio and memcpy, in the\n"
@@ -71,9 +75,32 @@ std::string join(const std::string& dir, const std::string& name) {
 }
 
 struct args {
-  std::string command, path;
+  std::string command, path, key;
   bool json = false;
 };
+
+// show PATH KEY: how one tensor was sharded when saved.
+int cmd_show(io::backend& b, const args& a) {
+  const std::string prefix = normalize_prefix(a.path);
+  auto m = read_manifest(b, prefix);
+  if (!m) {
+    std::fprintf(stderr, "meshckpt show: %s\n", m.error().what().c_str());
+    return 1;
+  }
+  const auto* t = m->find(a.key);
+  if (!t) {
+    std::fprintf(stderr, "meshckpt show: no tensor \"%s\" in %s (it has %zu; `meshckpt inspect %s` lists them)\n", a.key.c_str(),
+                 prefix.c_str(), m->tensors.size(), prefix.c_str());
+    return 1;
+  }
+  auto pic = format::describe_sharding(*m, *t);
+  if (!pic) {
+    std::fprintf(stderr, "meshckpt show: %s\n", pic.error().what().c_str());
+    return 1;
+  }
+  std::fputs(pic->c_str(), stdout);
+  return 0;
+}
 
 int cmd_inspect(io::backend& b, const args& a) {
   std::string prefix = normalize_prefix(a.path);
@@ -227,13 +254,20 @@ int main(int argc, char** argv) {
   }
   if (positional.empty()) return usage_error("no command given");
   a.command = positional[0];
-  if (a.command != "inspect" && a.command != "verify") return usage_error("unknown command \"" + a.command + "\"");
-  if (positional.size() != 2) return usage_error(a.command + " takes exactly one PATH");
+  if (a.command != "inspect" && a.command != "verify" && a.command != "show") return usage_error("unknown command \"" + a.command + "\"");
+  if (a.command == "show") {
+    if (positional.size() != 3) return usage_error("show takes a checkpoint PATH and a tensor KEY");
+    if (a.json) return usage_error("show draws a picture; for data use inspect --json");
+    a.key = positional[2];
+  } else if (positional.size() != 2) {
+    return usage_error(a.command + " takes exactly one PATH");
+  }
   a.path = positional[1];
   auto backend = backends::make_backend(backends::backend_kind::automatic);
   if (!backend) {
     std::fprintf(stderr, "meshckpt: %s\n", backend.error().what().c_str());
     return 1;
   }
+  if (a.command == "show") return cmd_show(**backend, a);
   return a.command == "inspect" ? cmd_inspect(**backend, a) : cmd_verify(**backend, a);
 }

@@ -1,6 +1,7 @@
 #include "meshckpt/format/describe.hpp"
 
 #include <algorithm>
+#include <optional>
 #include <array>
 #include <cstdio>
 #include <ctime>
@@ -144,6 +145,94 @@ std::string describe_json(const manifest& m, std::string_view prefix) {
     o += "]},\"slices\":" + std::to_string(t.slices.size()) + ",\"bytes\":" + std::to_string(tensor_bytes(t)) + "}";
   }
   return o + "]}";
+}
+
+namespace {
+
+// "d0,d4*" style list of devices, the writer marked.
+std::string device_label(const std::vector<std::int64_t>& devs, std::int64_t writer) {
+  std::string out;
+  for (auto d : devs) out += (out.empty() ? "d" : ",d") + std::to_string(d) + (d == writer ? "*" : "");
+  return out;
+}
+
+std::string range(std::int64_t a, std::int64_t b) { return std::to_string(a) + ":" + std::to_string(b); }
+
+}  // namespace
+
+result<std::string> describe_sharding(const manifest& m, const saved_tensor& t, std::size_t max_columns) {
+  BOOST_OUTCOME_TRY(auto l, saved_layout_of(m, t));
+  BOOST_OUTCOME_TRY(auto ms, saved_mesh_of(m, t));
+  // Devices per distinct box, in slice order.
+  std::vector<std::vector<std::int64_t>> holders(t.slices.size());
+  for (auto dev : ms.device_ids()) {
+    BOOST_OUTCOME_TRY(auto b, l.shard_box(t.global, dev));
+    for (std::size_t i = 0; i < t.slices.size(); ++i)
+      if (t.slices[i].where == b) holders[i].push_back(dev);
+  }
+  std::string axes;
+  for (std::size_t d = 0; d < t.axes.size(); ++d)
+    axes += (d ? ", " : "") + (t.axes[d] < 0 ? std::string("unsharded") : ms.dims()[static_cast<std::size_t>(t.axes[d])].name);
+  std::string out = t.key + "  " + std::string(dtype_name(t.type)) + " " + to_string(t.global) + "  layout [" + axes + "] on mesh " +
+                    ms.to_string() + "\n";
+  std::size_t replicas = holders.empty() ? 0 : holders[0].size();
+  for (const auto& h : holders) replicas = std::min(replicas, h.size());
+  out += std::to_string(t.slices.size()) + " distinct slice" + (t.slices.size() == 1 ? "" : "s") + ", each held by " +
+         (replicas == 1 ? std::string("1 device") : std::to_string(replicas) + " devices") + " (* wrote it)\n";
+
+  // Index boundaries per drawn dimension.
+  auto cuts = [&](std::size_t dim) {
+    std::vector<std::int64_t> c;
+    for (const auto& s : t.slices) {
+      c.push_back(s.where.origin[dim]);
+      c.push_back(s.where.origin[dim] + s.where.extent[dim]);
+    }
+    std::sort(c.begin(), c.end());
+    c.erase(std::unique(c.begin(), c.end()), c.end());
+    return c;
+  };
+  const std::size_t rank = t.global.size();
+  std::vector<std::int64_t> rows = rank == 2 ? cuts(0) : std::vector<std::int64_t>{0, 1};
+  std::vector<std::int64_t> cols = rank == 2 ? cuts(1) : rank == 1 ? cuts(0) : std::vector<std::int64_t>{};
+  const bool grid = (rank == 1 || rank == 2) && cols.size() >= 2 && cols.size() - 1 <= max_columns && rows.size() >= 2;
+  if (!grid) {
+    for (std::size_t i = 0; i < t.slices.size(); ++i)
+      out += "  " + to_string(t.slices[i].where) + "  " + device_label(holders[i], t.slices[i].writer_device) + "\n";
+    return out;
+  }
+  // The slice covering cell (r, c) of the grid.
+  auto slice_at = [&](std::size_t r, std::size_t c) -> std::optional<std::size_t> {
+    for (std::size_t i = 0; i < t.slices.size(); ++i) {
+      const auto& w = t.slices[i].where;
+      const bool in_col = w.origin[rank - 1] <= cols[c] && cols[c] < w.origin[rank - 1] + w.extent[rank - 1];
+      const bool in_row = rank == 1 || (w.origin[0] <= rows[r] && rows[r] < w.origin[0] + w.extent[0]);
+      if (in_col && in_row) return i;
+    }
+    return std::nullopt;
+  };
+  std::size_t width = 6;
+  for (std::size_t i = 0; i < t.slices.size(); ++i) width = std::max(width, device_label(holders[i], t.slices[i].writer_device).size() + 2);
+  for (std::size_t c = 0; c + 1 < cols.size(); ++c) width = std::max(width, range(cols[c], cols[c + 1]).size() + 2);
+  auto centered = [&](const std::string& s) {
+    std::size_t pad = width - std::min(width, s.size());
+    return std::string(pad / 2, ' ') + s + std::string(pad - pad / 2, ' ');
+  };
+  std::string rule = "+";
+  for (std::size_t c = 0; c + 1 < cols.size(); ++c) rule += std::string(width, '-') + "+";
+  out += "\n" + rule + "\n";
+  for (std::size_t r = 0; r + 1 < rows.size(); ++r) {
+    std::string line = "|";
+    for (std::size_t c = 0; c + 1 < cols.size(); ++c) {
+      auto i = slice_at(r, c);
+      line += centered(i ? device_label(holders[*i], t.slices[*i].writer_device) : "?") + "|";
+    }
+    out += line + (rank == 2 ? "  rows " + range(rows[r], rows[r + 1]) : std::string()) + "\n" + rule + "\n";
+  }
+  std::string labels = " ";
+  for (std::size_t c = 0; c + 1 < cols.size(); ++c) labels += centered(range(cols[c], cols[c + 1])) + " ";
+  while (!labels.empty() && labels.back() == ' ') labels.pop_back();
+  out += labels + (rank == 2 ? "  (columns)" : "") + "\n";
+  return out;
 }
 
 }  // namespace meshckpt::format

@@ -16,6 +16,13 @@ std::string describe_text(const manifest& m, std::string_view prefix);
 /// The same as one JSON object; the schema is documented in docs/CLI.md and kept stable.
 std::string describe_json(const manifest& m, std::string_view prefix);
 
+/// A picture of how tensor `t` was sharded when saved (what `meshckpt show` prints), in plain
+/// ASCII: for rank 1 and 2, the global shape as a grid of boxes, one per distinct slice, each
+/// labelled with the devices that held it (`*` marks the one that wrote it) and with its index
+/// ranges; for a scalar or rank > 2, one line per slice. At most `max_columns` columns of
+/// boxes are drawn; wider splits are listed instead.
+result<std::string> describe_sharding(const manifest& m, const saved_tensor& t, std::size_t max_columns = 16);
+
 /// `s` as a JSON string literal (with quotes).
 std::string json_string(std::string_view s);
 
