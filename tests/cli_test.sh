@@ -95,6 +95,34 @@ run verify "$WORK/managed" --json; check "json state file present" has '"state_f
 rm "$WORK/managed/ckpt-2.manifest"
 run verify "$WORK/managed";       check "missing listed checkpoint fails" test $rc -eq 1
 check "names the missing checkpoint" has "lists ckpt-2, which is missing"
+# ls: the managed directory, with leftovers of an interrupted save, as text and JSON.
+"$TRAINER" --dir "$WORK/listed" --steps 12 --every 4 --keep 2 --quiet >/dev/null || echo "FAIL: trainer"
+touch "$WORK/listed/ckpt-9.data-0123456789abcdef-0" "$WORK/listed/notes.txt"
+run ls "$WORK/listed";            check "ls exits 0" test $rc -eq 0
+check "ls summary" has "$WORK/listed: 2 checkpoints, latest ckpt-3 (from the state file)"
+check "ls header" has "NAME    NUMBER  CREATED                     SIZE  TENSORS  FILES  STATUS"
+check "ls latest row" has "committed, latest"
+check "ls incomplete row" has "incomplete (files of an interrupted save"
+check "ls ignores foreign files" bash -c '! grep -q notes.txt <<<"$1"' _ "$out"
+run ls "$WORK/listed" --json;     check "ls --json exits 0" test $rc -eq 0
+if command -v python3 >/dev/null; then
+  python3 - "$out" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1])
+assert set(d) == {"directory", "state_file", "checkpoints"}, d.keys()
+assert d["state_file"] == {"present": True, "latest": "ckpt-3", "problem": None}, d["state_file"]
+names = [c["name"] for c in d["checkpoints"]]
+assert names == ["ckpt-2", "ckpt-3", "ckpt-9"], names
+for c in d["checkpoints"]:
+    assert set(c) == {"name", "number", "created_unix_ms", "bytes", "tensors", "files", "status", "latest"}, c
+assert d["checkpoints"][1]["latest"] is True and d["checkpoints"][1]["status"] == "committed"
+assert d["checkpoints"][2]["status"] == "incomplete" and d["checkpoints"][2]["tensors"] is None
+PY
+  check "ls --json schema" test $? -eq 0
+fi
+run ls "$WORK/nowhere";           check "ls of a missing directory fails" test $rc -eq 1; check "says so" has "is not a directory"
+run ls "$WORK/empty";             check "ls of an empty directory" test $rc -eq 0; check "counts none" has "0 checkpoints"
+
 echo 'garbage' > "$WORK/managed/checkpoint"
 run verify "$WORK/managed";       check "corrupt state file fails" test $rc -eq 1; check "names the state file line" has "checkpoint state file line 1"
 
