@@ -88,6 +88,78 @@ run show "$WORK/ck/model" nope;   check "show unknown key fails" test $rc -eq 1;
 run show "$WORK/ck/model";        check "show without KEY" test $rc -eq 2
 run show "$WORK/ck/model" k --json; check "show --json is a usage error" test $rc -eq 2
 
+# safetensors: export, an independent minimal reader (Python's struct + json), import, export
+# again: bit-exact; hostile files refused by import.
+mkdir -p "$WORK/st"
+"$DEMO" --dir "$WORK/st-src" >/dev/null || echo "FAIL: demo for export"
+run export "$WORK/st-src/model" --to safetensors "$WORK/st/a.safetensors"
+check "export exits 0" test $rc -eq 0; check "export names the skipped blob" has "opaque blobs skipped: rng/state"
+run import "$WORK/st/a.safetensors" --to "$WORK/st/b"; check "import exits 0" test $rc -eq 0
+run verify "$WORK/st/b";          check "imported checkpoint verifies" test $rc -eq 0
+run export "$WORK/st/b" --to safetensors "$WORK/st/b.safetensors"; check "re-export exits 0" test $rc -eq 0
+if command -v python3 >/dev/null; then
+  python3 - "$WORK/st" <<'PY'
+import json, struct, sys, os
+d = sys.argv[1]
+def read(p):
+    raw = open(p, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    assert n % 8 == 0 and n <= len(raw) - 8
+    h = json.loads(raw[8:8 + n])
+    meta = h.pop("__metadata__")
+    assert all(isinstance(v, str) for v in meta.values())
+    data = raw[8 + n:]
+    size = {"F32": 4, "F64": 8, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+    spans = sorted((v["data_offsets"][0], v["data_offsets"][1], k) for k, v in h.items())
+    at = 0
+    for b, e, k in spans:
+        assert b == at, (k, b, at)
+        n_el = 1
+        for x in h[k]["shape"]:
+            n_el *= x
+        assert e - b == n_el * size[h[k]["dtype"]], k
+        at = e
+    assert at == len(data)
+    return meta, {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in h.items()}
+ma, a = read(os.path.join(d, "a.safetensors"))
+mb, b = read(os.path.join(d, "b.safetensors"))
+assert a == b, "round trip changed a tensor"
+assert a["model/embedding/table"][0:2] == ("F32", [4096, 512])
+assert a["model/head/kernel"][0] == "BF16" and a["optimizer/step"][1] == []
+assert ma["meshckpt.skipped_blobs"] == "rng/state"
+# Hostile files for import.
+good = open(os.path.join(d, "a.safetensors"), "rb").read()
+def write(name, blob):
+    open(os.path.join(d, name), "wb").write(blob)
+def with_header(h, data=b"\0" * 8):
+    j = json.dumps(h).encode()
+    return struct.pack("<Q", len(j)) + j + data
+write("huge.safetensors", struct.pack("<Q", 10**9) + b"{}")
+write("past.safetensors", struct.pack("<Q", 100) + b"{}")
+write("gap.safetensors", with_header({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}))
+write("dtype.safetensors", with_header({"x": {"dtype": "F33", "shape": [2], "data_offsets": [0, 8]}}))
+write("size.safetensors", with_header({"x": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}))
+write("trailing.safetensors", with_header({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}))
+write("notjson.safetensors", struct.pack("<Q", 8) + b"{not js}")
+write("truncated.safetensors", good[:len(good) - 100])
+write("ok.safetensors", with_header({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "__metadata__": {"a": "b"}}))
+PY
+  check "safetensors independent reader and round trip" test $? -eq 0
+  for bad in huge past gap dtype size trailing notjson truncated; do
+    run import "$WORK/st/$bad.safetensors" --to "$WORK/st/bad-$bad"
+    check "import refuses $bad" test $rc -eq 1
+    check "no checkpoint from $bad" test ! -e "$WORK/st/bad-$bad.manifest"
+  done
+  run import "$WORK/st/huge.safetensors" --to "$WORK/st/x"; check "names the header cap" has "exceeds the cap of 100 MB"
+  run import "$WORK/st/gap.safetensors" --to "$WORK/st/x";  check "names the gap" has "not contiguous"
+  run import "$WORK/st/dtype.safetensors" --to "$WORK/st/x"; check "names the dtype" has 'unknown dtype "F33"'
+  run import "$WORK/st/ok.safetensors" --to "$WORK/st/ok"; check "a minimal valid file imports" test $rc -eq 0
+fi
+run export "$WORK/st-src/model" "$WORK/st/c.safetensors"; check "export without --to" test $rc -eq 2
+run export "$WORK/ck/model" --to safetensors "$WORK/st/d.safetensors"; check "export of a damaged checkpoint fails" test $rc -eq 1
+check "and says why" has "checksum mismatch"; check "leaves no file" test ! -e "$WORK/st/d.safetensors"
+run import "$WORK/st/a.safetensors";                  check "import without --to" test $rc -eq 2
+
 # A directory written by a CheckpointManager: the state file is checked too.
 "$TRAINER" --dir "$WORK/managed" --steps 12 --every 4 --keep 2 --quiet >/dev/null || echo "FAIL: trainer"
 run verify "$WORK/managed";       check "managed dir verifies" test $rc -eq 0; check "verifies ckpt-3" has "ok        $WORK/managed/ckpt-3"

@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <deque>
+#include <unistd.h>
 #include <ctime>
 #include <map>
 #include <optional>
@@ -23,6 +25,7 @@
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/names.hpp"
+#include "meshckpt/format/safetensors.hpp"
 
 namespace {
 
@@ -40,6 +43,11 @@ constexpr const char* usage_text =
     "                          every checkpoint its `checkpoint` state file lists must exist\n"
     "  ls DIR [--json]         the checkpoints in DIR: number, time, size, tensors, files,\n"
     "                          status (committed, incomplete leftovers), which is latest\n"
+    "  export PATH --to safetensors OUT\n"
+    "                          every tensor of checkpoint PATH, whole, into the safetensors\n"
+    "                          file OUT (opaque blobs are skipped and named in __metadata__)\n"
+    "  import FILE --to PREFIX a safetensors FILE (checked by the format's safety rules) as the\n"
+    "                          checkpoint PREFIX, each tensor whole on one device\n"
     "  show PATH KEY           a picture of how tensor KEY of checkpoint PATH was sharded:\n"
     "                          its global shape as a grid of slices, each labelled with the\n"
     "                          devices that held it (* wrote it)\n"
@@ -81,7 +89,7 @@ std::string join(const std::string& dir, const std::string& name) {
 }
 
 struct args {
-  std::string command, path, key;
+  std::string command, path, key, to, out;
   bool json = false;
 };
 
@@ -198,6 +206,127 @@ int cmd_ls(io::backend& b, const args& a) {
     std::printf("  %-*s  %6s  %-20s  %10s  %7s  %5zu  %s%s\n", static_cast<int>(w), r.name.c_str(), r.number ? std::to_string(*r.number).c_str() : "-",
                 r.created_ms ? iso_utc(*r.created_ms).c_str() : "-", format::human_bytes(r.bytes).c_str(),
                 r.tensors ? std::to_string(*r.tensors).c_str() : "-", r.files, r.status.c_str(), r.latest ? ", latest" : "");
+  return 0;
+}
+
+// export PATH --to safetensors OUT: every tensor, whole (restored onto one device, one at a
+// time), into one safetensors file written to a temp name and renamed.
+int cmd_export(io::backend& b, const args& a) {
+  const std::string prefix = normalize_prefix(a.path);
+  auto m = read_manifest(b, prefix);
+  if (!m) {
+    std::fprintf(stderr, "meshckpt export: %s\n", m.error().what().c_str());
+    return 1;
+  }
+  std::vector<format::safetensor_entry> entries;
+  std::vector<const format::saved_tensor*> which;
+  std::string skipped;
+  for (const auto& t : m->tensors) {
+    if (t.type == dtype::blob) {
+      skipped += (skipped.empty() ? "" : ",") + t.key;
+      continue;
+    }
+    entries.push_back({t.key, t.type, t.global, 0, 0});
+    which.push_back(&t);
+  }
+  std::map<std::string, std::string> meta = {{"format", "pt"}, {"meshckpt.source", prefix}, {"meshckpt.writer", m->writer}};
+  if (!skipped.empty()) meta["meshckpt.skipped_blobs"] = skipped;
+  auto header = format::encode_safetensors_header(entries, meta);
+  if (!header) {
+    std::fprintf(stderr, "meshckpt export: %s\n", header.error().what().c_str());
+    return 1;
+  }
+  const std::string tmp = a.out + ".tmp-meshckpt";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) {
+    std::fprintf(stderr, "meshckpt export: cannot create %s\n", tmp.c_str());
+    return 1;
+  }
+  bool ok = std::fwrite(header->data(), 1, header->size(), f) == header->size();
+  auto one = mesh::create({{"x", 1}}).value();
+  for (std::size_t i = 0; ok && i < which.size(); ++i) {
+    const auto& t = *which[i];
+    auto l = layout::create(std::vector<std::string>(t.global.size(), "unsharded"), one).value();
+    auto d = dtensor::create(t.type, t.global, l);
+    if (!d) {
+      std::fprintf(stderr, "meshckpt export: tensor \"%s\": %s\n", t.key.c_str(), d.error().what().c_str());
+      ok = false;
+      break;
+    }
+    std::vector<named_tensor> target = {{t.key, d->view()}};
+    auto r = read_tensors(b, prefix, *m, target);
+    if (!r) {
+      std::fprintf(stderr, "meshckpt export: %s\n", r.error().what().c_str());
+      ok = false;
+      break;
+    }
+    const auto& bytes = d->view().shards().front().data;
+    ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  }
+  ok = std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0 && ok;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok || std::rename(tmp.c_str(), a.out.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    std::fprintf(stderr, "meshckpt export: writing %s failed\n", a.out.c_str());
+    return 1;
+  }
+  std::printf("exported %zu tensors of %s to %s%s\n", which.size(), prefix.c_str(), a.out.c_str(),
+              skipped.empty() ? "" : (" (opaque blobs skipped: " + skipped + ")").c_str());
+  return 0;
+}
+
+// import FILE --to PREFIX: a safetensors file (validated by the format's safety rules) as a
+// meshckpt checkpoint, each tensor whole on one device.
+int cmd_import(io::backend& b, const args& a) {
+  std::FILE* f = std::fopen(a.path.c_str(), "rb");
+  struct stat st;
+  if (!f || ::fstat(::fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (f) std::fclose(f);
+    std::fprintf(stderr, "meshckpt import: %s is not a readable regular file\n", a.path.c_str());
+    return 1;
+  }
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  std::vector<std::byte> head(8);
+  bool ok = std::fread(head.data(), 1, 8, f) == 8;
+  std::uint64_t n = 0;
+  for (int i = 0; i < 8 && ok; ++i) n |= std::uint64_t{static_cast<std::uint8_t>(head[static_cast<std::size_t>(i)])} << (8 * i);
+  if (ok && n <= format::safetensors_max_header && n <= size - 8) {
+    head.resize(8 + n);
+    ok = std::fread(head.data() + 8, 1, n, f) == n;
+  }
+  auto h = format::decode_safetensors_header(head, size);
+  if (!h) {
+    std::fclose(f);
+    std::fprintf(stderr, "meshckpt import: %s: %s\n", a.path.c_str(), h.error().what().c_str());
+    return 1;
+  }
+  auto one = mesh::create({{"x", 1}}).value();
+  std::deque<dtensor> keep;
+  std::vector<named_tensor> tensors;
+  for (const auto& e : h->tensors) {
+    auto l = layout::create(std::vector<std::string>(e.dims.size(), "unsharded"), one).value();
+    auto d = dtensor::create(e.type, e.dims, l);
+    if (!d) {
+      std::fclose(f);
+      std::fprintf(stderr, "meshckpt import: tensor \"%s\": %s\n", e.name.c_str(), d.error().what().c_str());
+      return 1;
+    }
+    keep.push_back(std::move(*d));
+    const auto& dst = keep.back().view().shards().front().data;
+    if (std::fseek(f, static_cast<long>(h->data_start + e.begin), SEEK_SET) != 0 || std::fread(dst.data(), 1, dst.size(), f) != dst.size()) {
+      std::fclose(f);
+      std::fprintf(stderr, "meshckpt import: %s: reading tensor \"%s\" failed\n", a.path.c_str(), e.name.c_str());
+      return 1;
+    }
+    tensors.push_back({e.name, keep.back().view()});
+  }
+  std::fclose(f);
+  auto w = write_tensors(b, a.to, tensors);
+  if (!w) {
+    std::fprintf(stderr, "meshckpt import: %s\n", w.error().what().c_str());
+    return 1;
+  }
+  std::printf("imported %zu tensors from %s as %s\n", tensors.size(), a.path.c_str(), w->manifest_path.c_str());
   return 0;
 }
 
@@ -371,11 +500,27 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (s == "--json") a.json = true;
+    else if (s == "--to" && &s != &av.back()) a.to = *(&s + 1);
     else if (s.starts_with("--")) return usage_error("unknown option " + s);
+    else if (&s != &av.front() && *(&s - 1) == "--to") continue;
     else positional.push_back(s);
   }
   if (positional.empty()) return usage_error("no command given");
   a.command = positional[0];
+  if (a.command == "export" || a.command == "import") {
+    if (a.json) return usage_error(a.command + " has no --json");
+    if (a.command == "export" && (positional.size() != 3 || a.to != "safetensors"))
+      return usage_error("export takes PATH --to safetensors OUT");
+    if (a.command == "import" && (positional.size() != 2 || a.to.empty())) return usage_error("import takes FILE.safetensors --to PREFIX");
+    a.path = positional[1];
+    if (a.command == "export") a.out = positional[2];
+    auto be = backends::make_backend(backends::backend_kind::automatic);
+    if (!be) {
+      std::fprintf(stderr, "meshckpt: %s\n", be.error().what().c_str());
+      return 1;
+    }
+    return a.command == "export" ? cmd_export(**be, a) : cmd_import(**be, a);
+  }
   if (a.command != "inspect" && a.command != "verify" && a.command != "show" && a.command != "ls") return usage_error("unknown command \"" + a.command + "\"");
   if (a.command == "show") {
     if (positional.size() != 3) return usage_error("show takes a checkpoint PATH and a tensor KEY");

@@ -1,0 +1,321 @@
+#include "meshckpt/format/safetensors.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "meshckpt/format/describe.hpp"
+#include "meshckpt/tensor/arith.hpp"
+
+namespace meshckpt::format {
+
+namespace {
+
+std::optional<std::uint64_t> checked_mul_u64(std::uint64_t a, std::uint64_t b) {
+  if (a != 0 && b > ~std::uint64_t{0} / a) return std::nullopt;
+  return a * b;
+}
+
+constexpr std::pair<dtype, const char*> names[] = {
+    {dtype::boolean, "BOOL"}, {dtype::int8, "I8"},     {dtype::int16, "I16"},        {dtype::int32, "I32"},
+    {dtype::int64, "I64"},    {dtype::uint8, "U8"},    {dtype::uint16, "U16"},       {dtype::uint32, "U32"},
+    {dtype::uint64, "U64"},   {dtype::float16, "F16"}, {dtype::bfloat16, "BF16"},    {dtype::float32, "F32"},
+    {dtype::float64, "F64"},  {dtype::float8_e4m3, "F8_E4M3"}, {dtype::float8_e5m2, "F8_E5M2"},
+};
+
+// A strict JSON reader for the header's shape: objects, strings, non-negative integers, arrays
+// of them. Anything else (floats, booleans, null, nesting deeper than needed) is an error.
+class json_reader {
+ public:
+  explicit json_reader(std::string_view s) : s_(s) {}
+  std::optional<error> err;
+
+  void ws() {
+    while (p_ < s_.size() && (s_[p_] == ' ' || s_[p_] == '\t' || s_[p_] == '\n' || s_[p_] == '\r')) ++p_;
+  }
+  bool eat(char c) {
+    ws();
+    if (p_ < s_.size() && s_[p_] == c) {
+      ++p_;
+      return true;
+    }
+    return false;
+  }
+  bool peek(char c) {
+    ws();
+    return p_ < s_.size() && s_[p_] == c;
+  }
+  bool at_end() {
+    ws();
+    return p_ == s_.size();
+  }
+  void fail(const std::string& what) {
+    if (!err) err = make_error(errc::corrupt_manifest, "safetensors header byte " + std::to_string(p_) + ": " + what);
+    p_ = s_.size();
+  }
+  std::string string() {
+    std::string out;
+    if (!eat('"')) {
+      fail("expected a string");
+      return out;
+    }
+    while (p_ < s_.size()) {
+      char c = s_[p_++];
+      if (c == '"') return out;
+      if (static_cast<unsigned char>(c) < 0x20) return fail("control character in a string"), out;
+      if (c != '\\') {
+        out.push_back(c);
+        continue;
+      }
+      if (p_ >= s_.size()) break;
+      char e = s_[p_++];
+      switch (e) {
+        case '"': out.push_back('"'); break;
+        case '\\': out.push_back('\\'); break;
+        case '/': out.push_back('/'); break;
+        case 'b': out.push_back('\b'); break;
+        case 'f': out.push_back('\f'); break;
+        case 'n': out.push_back('\n'); break;
+        case 'r': out.push_back('\r'); break;
+        case 't': out.push_back('\t'); break;
+        case 'u': {
+          auto hex4 = [&]() -> std::optional<std::uint32_t> {
+            if (p_ + 4 > s_.size()) return std::nullopt;
+            std::uint32_t v = 0;
+            for (int i = 0; i < 4; ++i) {
+              char h = s_[p_++];
+              v <<= 4;
+              if (h >= '0' && h <= '9') v |= static_cast<std::uint32_t>(h - '0');
+              else if (h >= 'a' && h <= 'f') v |= static_cast<std::uint32_t>(h - 'a' + 10);
+              else if (h >= 'A' && h <= 'F') v |= static_cast<std::uint32_t>(h - 'A' + 10);
+              else return std::nullopt;
+            }
+            return v;
+          };
+          auto cp = hex4();
+          if (!cp) return fail("bad \\u escape"), out;
+          std::uint32_t code = *cp;
+          if (code >= 0xD800 && code < 0xDC00) {  // a surrogate pair
+            if (p_ + 2 > s_.size() || s_[p_] != '\\' || s_[p_ + 1] != 'u') return fail("unpaired surrogate"), out;
+            p_ += 2;
+            auto lo = hex4();
+            if (!lo || *lo < 0xDC00 || *lo > 0xDFFF) return fail("unpaired surrogate"), out;
+            code = 0x10000 + ((code - 0xD800) << 10) + (*lo - 0xDC00);
+          } else if (code >= 0xDC00 && code < 0xE000) {
+            return fail("unpaired surrogate"), out;
+          }
+          if (code < 0x80) {
+            out.push_back(static_cast<char>(code));
+          } else if (code < 0x800) {
+            out.push_back(static_cast<char>(0xC0 | (code >> 6)));
+            out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
+          } else if (code < 0x10000) {
+            out.push_back(static_cast<char>(0xE0 | (code >> 12)));
+            out.push_back(static_cast<char>(0x80 | ((code >> 6) & 0x3F)));
+            out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
+          } else {
+            out.push_back(static_cast<char>(0xF0 | (code >> 18)));
+            out.push_back(static_cast<char>(0x80 | ((code >> 12) & 0x3F)));
+            out.push_back(static_cast<char>(0x80 | ((code >> 6) & 0x3F)));
+            out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
+          }
+          break;
+        }
+        default: return fail("bad escape"), out;
+      }
+    }
+    fail("unterminated string");
+    return out;
+  }
+  std::uint64_t integer() {
+    ws();
+    const std::size_t start = p_;
+    std::uint64_t v = 0;
+    while (p_ < s_.size() && s_[p_] >= '0' && s_[p_] <= '9') {
+      const std::uint64_t d = static_cast<std::uint64_t>(s_[p_] - '0');
+      if (v > (~std::uint64_t{0} - d) / 10) return fail("integer overflows 64 bits"), 0;
+      v = v * 10 + d;
+      ++p_;
+    }
+    if (p_ == start) fail("expected a non-negative integer");
+    else if (p_ - start > 1 && s_[start] == '0') fail("leading zero");
+    return v;
+  }
+  std::vector<std::uint64_t> integers() {
+    std::vector<std::uint64_t> out;
+    if (!eat('[')) return fail("expected an array"), out;
+    if (eat(']')) return out;
+    do {
+      out.push_back(integer());
+      if (out.size() > 64) return fail("array too long"), out;
+    } while (!err && eat(','));
+    if (!eat(']')) fail("expected ']'");
+    return out;
+  }
+
+ private:
+  std::string_view s_;
+  std::size_t p_ = 0;
+};
+
+}  // namespace
+
+std::optional<std::string> safetensors_dtype(dtype t) {
+  for (const auto& [d, n] : names)
+    if (d == t) return std::string(n);
+  return std::nullopt;
+}
+
+result<std::vector<std::byte>> encode_safetensors_header(std::vector<safetensor_entry>& tensors,
+                                                         const std::map<std::string, std::string>& metadata) {
+  std::string j = "{";
+  bool first = true;
+  if (!metadata.empty()) {
+    j += "\"__metadata__\":{";
+    bool f2 = true;
+    for (const auto& [k, v] : metadata) {
+      j += (f2 ? "" : ",") + json_string(k) + ":" + json_string(v);
+      f2 = false;
+    }
+    j += "}";
+    first = false;
+  }
+  std::uint64_t at = 0;
+  std::set<std::string> seen;
+  for (auto& t : tensors) {
+    auto dt = safetensors_dtype(t.type);
+    if (!dt) return make_error(errc::unsupported, "tensor \"" + t.name + "\" is an opaque blob, which safetensors cannot hold");
+    if (t.name == "__metadata__" || !seen.insert(t.name).second)
+      return make_error(errc::invalid_argument, "tensor name \"" + t.name + "\" is reserved or given twice");
+    std::uint64_t bytes = static_cast<std::uint64_t>(dtype_size(t.type));
+    for (auto d : t.dims) {
+      auto m = checked_mul_u64(bytes, static_cast<std::uint64_t>(d));
+      if (!m || d < 0) return make_error(errc::limit_exceeded, "tensor \"" + t.name + "\" is too large");
+      bytes = *m;
+    }
+    t.begin = at;
+    t.end = at + bytes;
+    at = t.end;
+    j += std::string(first ? "" : ",") + json_string(t.name) + ":{\"dtype\":\"" + *dt + "\",\"shape\":[";
+    for (std::size_t i = 0; i < t.dims.size(); ++i) j += (i ? "," : "") + std::to_string(t.dims[i]);
+    j += "],\"data_offsets\":[" + std::to_string(t.begin) + "," + std::to_string(t.end) + "]}";
+    first = false;
+  }
+  j += "}";
+  while (j.size() % 8) j += ' ';
+  std::vector<std::byte> out(8 + j.size());
+  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<std::byte>(static_cast<std::uint64_t>(j.size()) >> (8 * i));
+  std::memcpy(out.data() + 8, j.data(), j.size());
+  return out;
+}
+
+result<safetensors_header> decode_safetensors_header(std::span<const std::byte> prefix, std::uint64_t file_size) {
+  if (prefix.size() < 8 || file_size < 8) return make_error(errc::short_read, "safetensors file shorter than its 8-byte header length");
+  std::uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= std::uint64_t{static_cast<std::uint8_t>(prefix[static_cast<std::size_t>(i)])} << (8 * i);
+  if (n > safetensors_max_header)
+    return make_error(errc::limit_exceeded, "safetensors header of " + std::to_string(n) + " bytes exceeds the cap of 100 MB");
+  if (n > file_size - 8) return make_error(errc::corrupt_manifest, "safetensors header length " + std::to_string(n) + " runs past the end of the file");
+  if (prefix.size() < 8 + n) return make_error(errc::short_read, "safetensors header not fully read");
+  std::string_view text(reinterpret_cast<const char*>(prefix.data() + 8), static_cast<std::size_t>(n));
+  safetensors_header h;
+  h.data_start = 8 + n;
+  json_reader r(text);
+  std::set<std::string> seen;
+  if (!r.eat('{')) r.fail("the header is not a JSON object");
+  if (!r.err && !r.eat('}')) {
+    do {
+      std::string key = r.string();
+      if (r.err) break;
+      if (!seen.insert(key).second) {
+        r.fail("\"" + key + "\" appears twice");
+        break;
+      }
+      if (!r.eat(':')) {
+        r.fail("expected ':'");
+        break;
+      }
+      if (key == "__metadata__") {
+        if (!r.eat('{')) {
+          r.fail("__metadata__ is not an object");
+          break;
+        }
+        if (!r.eat('}')) {
+          do {
+            std::string k = r.string();
+            if (!r.eat(':')) r.fail("expected ':'");
+            std::string v = r.string();
+            if (!r.err) h.metadata[k] = v;
+          } while (!r.err && r.eat(','));
+          if (!r.err && !r.eat('}')) r.fail("expected '}' after __metadata__");
+        }
+        continue;
+      }
+      safetensor_entry e;
+      e.name = key;
+      bool have_dtype = false, have_shape = false, have_offsets = false;
+      if (!r.eat('{')) {
+        r.fail("tensor \"" + key + "\" is not an object");
+        break;
+      }
+      do {
+        std::string field = r.string();
+        if (!r.eat(':')) r.fail("expected ':'");
+        if (r.err) break;
+        if (field == "dtype" && !have_dtype) {
+          std::string d = r.string();
+          auto it = std::find_if(std::begin(names), std::end(names), [&](const auto& p) { return d == p.second; });
+          if (it == std::end(names)) r.fail("tensor \"" + key + "\" has unknown dtype \"" + d + "\"");
+          else e.type = it->first;
+          have_dtype = true;
+        } else if (field == "shape" && !have_shape) {
+          for (auto v : r.integers()) {
+            if (v > (std::uint64_t{1} << 62)) r.fail("tensor \"" + key + "\" has an absurd dimension");
+            e.dims.push_back(static_cast<std::int64_t>(v));
+          }
+          have_shape = true;
+        } else if (field == "data_offsets" && !have_offsets) {
+          auto o = r.integers();
+          if (!r.err && o.size() != 2) r.fail("tensor \"" + key + "\" data_offsets is not [begin, end]");
+          else if (!r.err) {
+            e.begin = o[0];
+            e.end = o[1];
+          }
+          have_offsets = true;
+        } else {
+          r.fail("tensor \"" + key + "\" has an unexpected or repeated field \"" + field + "\"");
+        }
+      } while (!r.err && r.eat(','));
+      if (!r.err && !r.eat('}')) r.fail("expected '}' after tensor \"" + key + "\"");
+      if (!r.err && !(have_dtype && have_shape && have_offsets)) r.fail("tensor \"" + key + "\" lacks dtype, shape or data_offsets");
+      if (!r.err) h.tensors.push_back(std::move(e));
+    } while (!r.err && r.eat(','));
+    if (!r.err && !r.eat('}')) r.fail("expected '}' or ','");
+  }
+  if (!r.err && !r.at_end()) r.fail("trailing characters after the header object");
+  if (r.err) return *r.err;
+  // Sizes and placement: contiguous from 0, in offset order, up to the end of the file exactly.
+  std::sort(h.tensors.begin(), h.tensors.end(), [](const auto& a, const auto& b) { return a.begin < b.begin; });
+  std::uint64_t at = 0;
+  const std::uint64_t data_size = file_size - h.data_start;
+  for (const auto& e : h.tensors) {
+    std::uint64_t bytes = static_cast<std::uint64_t>(dtype_size(e.type));
+    for (auto d : e.dims) {
+      auto m = checked_mul_u64(bytes, static_cast<std::uint64_t>(d));
+      if (!m) return make_error(errc::corrupt_manifest, "safetensors tensor \"" + e.name + "\" size overflows");
+      bytes = *m;
+    }
+    if (e.end < e.begin || e.end - e.begin != bytes)
+      return make_error(errc::corrupt_manifest, "safetensors tensor \"" + e.name + "\" data_offsets [" + std::to_string(e.begin) + ", " +
+                                                    std::to_string(e.end) + "] do not hold its " + std::to_string(bytes) + " bytes");
+    if (e.begin != at)
+      return make_error(errc::corrupt_manifest, "safetensors tensor \"" + e.name + "\" starts at " + std::to_string(e.begin) + ", not at " +
+                                                    std::to_string(at) + ": the data is not contiguous");
+    at = e.end;
+  }
+  if (at != data_size)
+    return make_error(errc::corrupt_manifest, "safetensors data is " + std::to_string(data_size) + " bytes but the tensors cover " + std::to_string(at));
+  return h;
+}
+
+}  // namespace meshckpt::format
