@@ -93,15 +93,6 @@ struct args {
   bool json = false;
 };
 
-std::string iso_utc(std::uint64_t unix_ms) {
-  std::time_t secs = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // ls DIR: the checkpoints of a directory, from its manifests, leftovers and state file.
 int cmd_ls(io::backend& b, const args& a) {
   std::string dir = a.path;
@@ -204,7 +195,7 @@ int cmd_ls(io::backend& b, const args& a) {
   std::printf("  %-*s  %6s  %-20s  %10s  %7s  %5s  %s\n", static_cast<int>(w), "NAME", "NUMBER", "CREATED", "SIZE", "TENSORS", "FILES", "STATUS");
   for (const auto& r : sorted)
     std::printf("  %-*s  %6s  %-20s  %10s  %7s  %5zu  %s%s\n", static_cast<int>(w), r.name.c_str(), r.number ? std::to_string(*r.number).c_str() : "-",
-                r.created_ms ? iso_utc(*r.created_ms).c_str() : "-", format::human_bytes(r.bytes).c_str(),
+                r.created_ms ? format::iso_time(*r.created_ms).c_str() : "-", format::human_bytes(r.bytes).c_str(),
                 r.tensors ? std::to_string(*r.tensors).c_str() : "-", r.files, r.status.c_str(), r.latest ? ", latest" : "");
   return 0;
 }

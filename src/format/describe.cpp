@@ -70,15 +70,6 @@ std::uint64_t tensor_bytes(const saved_tensor& t) {
   return n;
 }
 
-std::string iso_time(std::uint64_t unix_ms) {
-  std::time_t secs = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 void pad(std::string& out, const std::string& s, std::size_t w) {
   out += s;
   out.append(w > s.size() ? w - s.size() : 0, ' ');
@@ -233,6 +224,15 @@ result<std::string> describe_sharding(const manifest& m, const saved_tensor& t, 
   while (!labels.empty() && labels.back() == ' ') labels.pop_back();
   out += labels + (rank == 2 ? "  (columns)" : "") + "\n";
   return out;
+}
+
+std::string iso_time(std::uint64_t unix_ms) {
+  std::time_t secs = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
 }
 
 }  // namespace meshckpt::format

@@ -26,6 +26,9 @@ result<std::string> describe_sharding(const manifest& m, const saved_tensor& t, 
 /// `s` as a JSON string literal (with quotes).
 std::string json_string(std::string_view s);
 
+/// A Unix time in milliseconds as "2026-11-28T23:05:02Z" (UTC, whole seconds).
+std::string iso_time(std::uint64_t unix_ms);
+
 /// "1.5 MiB" style rendering of a byte count.
 std::string human_bytes(std::uint64_t n);
 
