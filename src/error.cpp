@@ -41,6 +41,10 @@ error make_error(errc code, std::string message) {
   return error{make_error_code(code), std::move(message)};
 }
 
+error out_of_memory(std::string_view during) {
+  return error{std::error_code(ENOMEM, std::system_category()), "out of memory while " + std::string(during)};
+}
+
 error make_errno_error(int err, std::string_view op, std::string_view path) {
   std::string msg(op);
   if (!path.empty()) {

@@ -60,6 +60,11 @@ error make_error(errc code, std::string message);
 /// gives "write ck.data-…-0: No space left on device (errno 28)".
 error make_errno_error(int err, std::string_view op, std::string_view path);
 
+/// The error of an allocation failure (`std::bad_alloc` caught inside an operation): ENOMEM in
+/// the system category, "out of memory while <during>". Operations report it instead of
+/// throwing, after releasing what they held.
+error out_of_memory(std::string_view during);
+
 /// Returns `e` with `context + ": "` prepended to its message (for adding the tensor key or the
 /// checkpoint path as an error travels up).
 error with_context(error e, std::string_view context);

@@ -265,11 +265,20 @@ struct checkpoint_impl {
   std::optional<error> last_error;
 
   // Runs `job` after every job queued before it; `job` must call `finished` exactly once.
+  // Queues `job`, or throws std::bad_alloc having queued nothing.
   void enqueue(std::function<void(std::function<void()> finished)> job) {
     std::lock_guard lk(mu);
     queue.push_back([this, job = std::move(job)] { job([this] { finish_one(); }); });
-    if (!busy) start_next_locked();
+    if (!busy) {
+      try {
+        start_next_locked();
+      } catch (const std::bad_alloc&) {
+        queue.pop_back();
+        throw;
+      }
+    }
   }
+  // The job stays queued until the io thread takes it: a failed post loses nothing.
   void start_next_locked() {
     if (queue.empty()) {
       busy = false;
@@ -277,13 +286,30 @@ struct checkpoint_impl {
       return;
     }
     busy = true;
-    auto next = std::move(queue.front());
-    queue.pop_front();
-    asio::post(io_thread, std::move(next));
+    try {
+      asio::post(io_thread, [this] { run_front(); });
+    } catch (const std::bad_alloc&) {
+      busy = false;
+      throw;
+    }
+  }
+  void run_front() {
+    std::function<void()> next;
+    {
+      std::lock_guard lk(mu);
+      next = std::move(queue.front());
+      queue.pop_front();
+    }
+    next();
   }
   void finish_one() {
     std::lock_guard lk(mu);
-    start_next_locked();
+    try {
+      start_next_locked();
+    } catch (const std::bad_alloc&) {
+      // No memory to post the next job on the io thread: it stays queued and starts with the
+      // next enqueue.
+    }
   }
   void wait_idle() {
     std::unique_lock lk(mu);
@@ -573,7 +599,12 @@ struct save_job {
 void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken) {
   auto& impl = *impl_;
   const bool lazy = static_cast<bool>(snapshot_taken);
-  auto job = std::make_shared<save_job>();
+  // An allocation failure before the job is queued fails the save through `done`, like any
+  // error; nothing after the enqueue allocates, so a queued save always reports through it.
+  std::shared_ptr<save_job> job;
+  std::shared_ptr<detail::one_shot<void>> released;
+  try {
+  job = std::make_shared<save_job>();
   job->numbered = numbered;
   job->path = prefix;
   if (lazy) job->released->then(std::move(snapshot_taken));
@@ -598,12 +629,16 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
   }
   job->wopt = impl.opt.write;
   job->wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(live.graph)});
-  job->done = [released = job->released, d = std::move(done)](result<std::string> r) {
+  // `done` moves in only once nothing can fail (moving a std::function does not allocate), so
+  // that the failure path still has it.
+  auto user_done = std::make_shared<io::completion<std::string>>();
+  job->done = [released = job->released, user_done](result<std::string> r) {
     // A save that failed before releasing its tensors reports that too; after success they are
     // free in any case.
     released->set(r ? result<void>(success()) : result<void>(r.error()));
-    d(std::move(r));
+    (*user_done)(std::move(r));
   };
+  *user_done = std::move(done);
 
   // Snapshot: copy the distinct slices into snapshot memory on the snapshot thread; the write
   // starts once it is done. Without snapshot, or when the state exceeds the whole budget, the
@@ -641,8 +676,7 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     job->wopt.sources_released = [released = job->released] { released->set(success()); };
     open_gate();
   }
-  const bool must_wait = !lazy && impl.opt.snapshot;  // copy mode: return once the tensors are free
-  auto released = job->released;
+  released = job->released;
   impl.enqueue([&impl, job](std::function<void()> finished) {
     auto write = [&impl, job, finished] {
       auto ex = impl.io_thread.get_executor();
@@ -685,6 +719,18 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     }
     write();
   });
+  } catch (const std::bad_alloc&) {
+    auto e = out_of_memory("starting save " + prefix);
+    if (!job || !job->done) {  // `done` and `snapshot_taken` are still ours
+      if (job) job->released->set(e);
+      else if (snapshot_taken) snapshot_taken(e);
+      done(std::move(e));
+    } else {
+      job->done(std::move(e));  // it also settles `released`, hence `snapshot_taken`
+    }
+    return;
+  }
+  const bool must_wait = !lazy && impl.opt.snapshot;  // copy mode: return once the tensors are free
   if (must_wait) (void)released->wait();
 }
 

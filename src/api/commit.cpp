@@ -95,11 +95,12 @@ class write_window {
 
   // Starts a write; `release` runs when it completed (to return the buffer to the pool).
   void start(std::uint64_t offset, std::span<const std::byte> bytes, std::function<void()> release) {
-    ops_.started();
-    io::async_write(b_, ops_.executor(), h_, offset, bytes, [this, n = bytes.size(), release = std::move(release)](result<void> r) {
-      if (r && on_written) on_written(n);
-      release();
-      ops_.finished(std::move(r));
+    ops_.launch([&] {
+      io::async_write(b_, ops_.executor(), h_, offset, bytes, [this, n = bytes.size(), release = std::move(release)](result<void> r) {
+        if (r && on_written) on_written(n);
+        release();
+        ops_.finished(std::move(r));
+      });
     });
   }
   task<void> wait_below(std::size_t n) { return ops_.wait_below(n); }
@@ -115,9 +116,13 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
                            std::uint64_t file_size, std::uint64_t chunk_bytes, bool last_file) {
   auto ex = co_await asio::this_coro::executor;
   std::string name = format::data_file_name(s.base, s.token, k);
+  // The bookkeeping after the open must not allocate: a failure there would lose the file.
+  std::string entry = name;
+  s.created.reserve(s.created.size() + 1);
+  s.open_files.reserve(s.open_files.size() + 1);
   auto h = co_await io::async_open(s.b, ex, *s.dir, name, io::open_mode::create_exclusive_direct, use_awaitable);
   if (!h) co_return h.error();
-  s.created.push_back(name);
+  s.created.push_back(std::move(entry));
   s.open_files.push_back(*h);
 
   std::vector<runtime::staging_buffer> pool;
@@ -187,7 +192,7 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   try {
     filled_ok = co_await fill();
   } catch (const std::bad_alloc&) {
-    filled_ok = make_error(errc::limit_exceeded, "out of memory while writing " + name);
+    filled_ok = out_of_memory("writing " + name);
   }
   if (filled_ok && last_file && s.sources_released) std::exchange(s.sources_released, nullptr)();
   // TRICKY: every write must complete before `pool` goes away, error or not (and an allocation
@@ -197,9 +202,12 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   if (!drained) co_return drained.error();
   BOOST_OUTCOME_CO_TRY(co_await io::async_truncate(s.b, ex, *h, file_size, use_awaitable));
   BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, *h, use_awaitable));
+  // Forgotten only once closed (a close always releases the handle): until then the cleanup of
+  // last resort closes it if an allocation fails.
+  auto closed = co_await io::async_close(s.b, ex, *h, use_awaitable);
+  if (!closed && closed.error().code == std::errc::not_enough_memory) io::close_detached(s.b, *h);  // it never started
   s.open_files.pop_back();
-  BOOST_OUTCOME_CO_TRY(co_await io::async_close(s.b, ex, *h, use_awaitable));
-  co_return success();
+  co_return closed;
 }
 
 // Runs a blocking collective on a thread of its own, so the executor (which may be shared with
@@ -279,13 +287,18 @@ task<write_report> publish(save_state& s, const format::manifest& m) {
   // 5. Manifest to a temp name.
   BOOST_OUTCOME_CO_TRY(auto bytes, format::encode(m));
   std::string tmp = format::temp_manifest_name(s.base, s.token);
+  std::string entry = tmp;
+  s.created.reserve(s.created.size() + 1);
+  s.open_files.reserve(s.open_files.size() + 1);
   BOOST_OUTCOME_CO_TRY(auto mh, co_await io::async_open(s.b, ex, dir, tmp, io::open_mode::create_exclusive, use_awaitable));
-  s.created.push_back(tmp);
+  s.created.push_back(std::move(entry));
   s.open_files.push_back(mh);
   BOOST_OUTCOME_CO_TRY(co_await io::async_write(s.b, ex, mh, 0, bytes, use_awaitable));
   BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, mh, use_awaitable));
+  auto closed = co_await io::async_close(s.b, ex, mh, use_awaitable);
+  if (!closed && closed.error().code == std::errc::not_enough_memory) io::close_detached(s.b, mh);  // it never started
   s.open_files.pop_back();
-  BOOST_OUTCOME_CO_TRY(co_await io::async_close(s.b, ex, mh, use_awaitable));
+  BOOST_OUTCOME_CO_TRY(closed);
 
   // 6. Publish (the last moment a cancellation can still take effect).
   if (s.stop.stop_requested()) co_return make_error(errc::cancelled, "save cancelled before its commit");
@@ -433,13 +446,29 @@ task<write_report> save_coro(io::backend& b, std::string prefix, std::span<const
   auto ex = co_await asio::this_coro::executor;
   auto [dir_path, base] = split_prefix(prefix);
   save_state s{b, prefix, dir_path, base};
-  auto r = co_await save_steps(s, tensors, std::move(opt));
-  for (auto h : s.open_files) co_await close_quietly(b, h);
-  if (!r && !s.renamed && s.dir)
+  on_unwind last_resort([&] {
+    for (auto h : s.open_files) io::close_detached(b, h);
+    if (s.dir) io::close_detached(b, *s.dir);
+  });
+  // An allocation failure anywhere in the steps must still close and remove what they made.
+  std::optional<result<write_report>> r;
+  try {
+    r = co_await save_steps(s, tensors, std::move(opt));
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory("saving");
+  }
+  while (!s.open_files.empty()) {
+    co_await close_quietly(b, s.open_files.back());
+    s.open_files.pop_back();
+  }
+  if (!*r && !s.renamed && s.dir)
     for (const auto& name : s.created) (void)co_await io::async_unlink(b, ex, *s.dir, name, use_awaitable);
-  if (s.dir) co_await close_quietly(b, *s.dir);
-  if (!r) co_return at(s, r.error());
-  co_return r;
+  if (s.dir) {
+    co_await close_quietly(b, *s.dir);
+    s.dir.reset();
+  }
+  if (!*r) co_return at(s, r->error());
+  co_return std::move(*r);
 }
 
 }  // namespace

@@ -49,7 +49,7 @@ void spawn(asio::any_io_executor ex, task<T> coro, io::completion<T> done) {
       try {
         std::rethrow_exception(e);
       } catch (const std::bad_alloc&) {
-        done(make_error(errc::limit_exceeded, "out of memory"));
+        done(out_of_memory("running an operation"));
       } catch (const std::exception& x) {
         done(make_error(errc::invalid_argument, std::string("internal error: ") + x.what()));
       }
@@ -87,10 +87,30 @@ result<T> run_blocking(Start start) {
       ctx.restart();
     }
   }
-  if (!out || (oom && *out)) return make_error(errc::limit_exceeded, "out of memory");
+  if (!out || (oom && *out)) return out_of_memory("running a blocking operation");
   if (!out) return make_error(errc::invalid_argument, "internal error: operation did not complete");
   return std::move(*out);
 }
+
+// Runs `f` when destroyed unless disarmed: closes handles (io::close_detached) when an exception
+// — an allocation failure — destroys a coroutine's frame before its awaited cleanup ran
+// (tests/test_alloc.cpp). Disarm it, or remove each handle from what `f` closes, as the awaited
+// cleanup closes them, so that nothing is closed twice.
+template <class F>
+class on_unwind {
+ public:
+  explicit on_unwind(F f) : f_(std::move(f)) {}
+  on_unwind(const on_unwind&) = delete;
+  on_unwind& operator=(const on_unwind&) = delete;
+  ~on_unwind() {
+    if (armed_) f_();
+  }
+  void disarm() { armed_ = false; }
+
+ private:
+  F f_;
+  bool armed_ = true;
+};
 
 // Operations of one save or restore in flight, and a way to wait until fewer than n are. Their
 // completions run on the coroutine's executor (io::async_op posts them there): no locking.
@@ -102,6 +122,20 @@ class op_window {
 
   // Call when an operation starts; its completion must call `finished` exactly once.
   void started() { ++in_flight_; }
+  // Starts an operation with `initiate()`, which either launches it (its completion then calls
+  // `finished`) or throws without launching it (backends allocate before they submit).
+  // TRICKY: a throw must not leave the operation counted, or `drain` would wait forever for a
+  // completion that never comes (an allocation failure did: tests/test_alloc.cpp).
+  template <class F>
+  void launch(F&& initiate) {
+    started();
+    try {
+      std::forward<F>(initiate)();
+    } catch (...) {
+      --in_flight_;
+      throw;
+    }
+  }
   void finished(result<void> r) {
     --in_flight_;
     if (!r && !first_error_) first_error_ = r.error();

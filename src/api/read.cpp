@@ -36,20 +36,30 @@ namespace detail {
 
 asio::awaitable<void> close_quietly(io::backend& b, io::handle h) {
   auto ex = co_await asio::this_coro::executor;
-  (void)co_await io::async_close(b, ex, h, use_awaitable);
+  // A close that could not even start (no memory for the operation) is retried a few times:
+  // giving up leaks the descriptor.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto r = co_await io::async_close(b, ex, h, use_awaitable);
+    if (r || r.error().code != std::errc::not_enough_memory) co_return;
+  }
+  io::close_detached(b, h);
 }
 
 task<opened_prefix> open_prefix_dir(io::backend& b, std::string_view prefix) {
   auto ex = co_await asio::this_coro::executor;
   auto [dir_path, base] = split_prefix(prefix);
   BOOST_OUTCOME_CO_TRY(format::check_base_name(base));
-  auto dir = co_await io::async_open_dir(b, ex, dir_path, false, use_awaitable);
+  // Built before the open: nothing may allocate between opening the directory and handing it
+  // over (an allocation failure would leak it).
+  opened_prefix out{{}, std::move(dir_path), std::move(base)};
+  auto dir = co_await io::async_open_dir(b, ex, out.dir_path, false, use_awaitable);
   if (!dir) {
     if (dir.error().code == std::errc::no_such_file_or_directory)
-      co_return make_error(errc::not_found, "checkpoint " + std::string(prefix) + " not found: directory " + dir_path + " does not exist");
+      co_return make_error(errc::not_found, "checkpoint " + std::string(prefix) + " not found: directory " + out.dir_path + " does not exist");
     co_return dir.error();
   }
-  co_return opened_prefix{*dir, dir_path, base};
+  out.dir = *dir;
+  co_return std::move(out);
 }
 
 namespace {
@@ -89,6 +99,7 @@ task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std
     }
     co_return h.error();
   }
+  on_unwind last_resort([&] { io::close_detached(b, *h); });
   auto body = [&]() -> task<format::manifest> {
     BOOST_OUTCOME_CO_TRY(auto size, co_await io::async_size(b, ex, *h, use_awaitable));
     format::limits lim;
@@ -101,9 +112,15 @@ task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std
     if (!m) co_return with_context(m.error(), name);
     co_return std::move(*m);
   };
-  auto r = co_await body();
+  std::optional<result<format::manifest>> r;
+  try {
+    r = co_await body();
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory("reading " + name);
+  }
   co_await close_quietly(b, *h);
-  co_return r;
+  last_resort.disarm();
+  co_return std::move(*r);
 }
 
 namespace {
@@ -125,7 +142,16 @@ class file_cache {
         co_return make_error(errc::not_found, "data file " + f.name + " is missing");
       co_return h.error();
     }
-    open_[index] = *h;
+    bool kept = false;  // or the handle would leak when the map cannot grow
+    try {
+      open_[index] = *h;
+      kept = true;
+    } catch (const std::bad_alloc&) {
+    }
+    if (!kept) {
+      io::close_detached(b_, *h);
+      co_return out_of_memory("opening " + f.name);
+    }
     BOOST_OUTCOME_CO_TRY(auto size, co_await io::async_size(b_, ex, *h, use_awaitable));
     if (size != f.size)
       co_return make_error(size < f.size ? errc::short_read : errc::corrupt_manifest,
@@ -135,8 +161,14 @@ class file_cache {
   }
 
   asio::awaitable<void> close_all() {
-    for (auto& [i, h] : open_) co_await close_quietly(b_, h);
-    open_.clear();
+    while (!open_.empty()) {
+      co_await close_quietly(b_, open_.begin()->second);
+      open_.erase(open_.begin());
+    }
+  }
+  // Handles left open when an exception skipped close_all.
+  ~file_cache() {
+    for (auto& [i, h] : open_) io::close_detached(b_, h);
   }
 
  private:
@@ -197,16 +229,22 @@ class read_window {
   // serialize behind the coroutine's strand while the disk waits. The op counts as in flight
   // until `done` returned, so its buffer stays valid.
   void start(io::handle h, std::uint64_t offset, std::span<std::byte> buf, std::function<result<void>(std::size_t)> done) {
-    ops_.started();
-    io::async_read(b_, ops_.executor(), h, offset, buf, [this, done = std::move(done)](result<std::size_t> r) mutable {
-      if (!r) return ops_.finished(r.error());
-      // TRICKY: the settling thread holds outstanding work on the executor until its post has
-      // returned; otherwise the io_context (run_blocking's, say) could finish and be destroyed
-      // while the post is still signalling it (found by TSan).
-      auto work = asio::prefer(ops_.executor(), asio::execution::outstanding_work.tracked);
-      asio::post(settling_threads(), [this, done = std::move(done), n = *r, work = std::move(work)] {
-        auto out = done(n);
-        asio::post(work, [this, out = std::move(out)]() mutable { ops_.finished(std::move(out)); });
+    ops_.launch([&] {
+      io::async_read(b_, ops_.executor(), h, offset, buf, [this, done = std::move(done)](result<std::size_t> r) mutable {
+        if (!r) return ops_.finished(r.error());
+        // TRICKY: the settling thread holds outstanding work on the executor until its post has
+        // returned; otherwise the io_context (run_blocking's, say) could finish and be destroyed
+        // while the post is still signalling it (found by TSan).
+        try {
+          auto work = asio::prefer(ops_.executor(), asio::execution::outstanding_work.tracked);
+          asio::post(settling_threads(), [this, done = std::move(done), n = *r, work = std::move(work)] {
+            auto out = done(n);
+            asio::post(work, [this, out = std::move(out)]() mutable { ops_.finished(std::move(out)); });
+          });
+        } catch (const std::bad_alloc&) {
+          // The read completed, so its buffer is free; without settling it is simply failed.
+          ops_.finished(out_of_memory("verifying a read"));
+        }
       });
     });
   }
@@ -471,7 +509,7 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
   try {
     issued = co_await issue();
   } catch (const std::bad_alloc&) {
-    issued = make_error(errc::limit_exceeded, "out of memory while reading");
+    issued = out_of_memory("reading");
   }
   auto drained = co_await window.drain();
   if (!issued) co_return issued.error();
@@ -495,6 +533,7 @@ task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const 
                             std::shared_ptr<const format::manifest> preloaded) {
   auto p = co_await open_prefix_dir(b, prefix);
   if (!p) co_return with_context(p.error(), "restore " + prefix);
+  on_unwind last_resort([&] { io::close_detached(b, p->dir); });
   auto r = [&]() -> task<read_report> {
     std::shared_ptr<const format::manifest> m = preloaded;
     if (!m) {
@@ -520,43 +559,59 @@ task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const 
       }
     }
     file_cache files(b, *p, *m, b.caps().direct_io);
-    auto rr = co_await read_steps(b, *p, *m, opt.convert_dtypes ? std::span<const named_tensor>(all) : targets, opt, files);
+    std::optional<result<read_report>> rr;
+    try {
+      rr = co_await read_steps(b, *p, *m, opt.convert_dtypes ? std::span<const named_tensor>(all) : targets, opt, files);
+    } catch (const std::bad_alloc&) {
+      rr = out_of_memory("restoring");
+    }
     co_await files.close_all();
-    if (rr)
+    if (*rr)
       for (const auto& [target, tmp] : casts)
         for (const auto& sh : target->tensor.shards()) {
           const local_shard* from = tmp->view().shard_of(sh.device);
           if (from) convert(tmp->view().type(), from->data, target->tensor.type(), sh.data);
         }
-    co_return rr;
+    co_return std::move(*rr);
   };
-  auto out = co_await r();
+  std::optional<result<read_report>> out;
+  try {
+    out = co_await r();
+  } catch (const std::bad_alloc&) {
+    out = out_of_memory("restoring");
+  }
   co_await close_quietly(b, p->dir);
-  if (!out) co_return with_context(out.error(), "restore " + prefix);
-  co_return out;
+  last_resort.disarm();
+  if (!*out) co_return with_context(out->error(), "restore " + prefix);
+  co_return std::move(*out);
 }
 
 task<format::manifest> manifest_coro(io::backend& b, std::string prefix) {
   auto p = co_await open_prefix_dir(b, prefix);
   if (!p) co_return p.error();
-  auto m = co_await load_manifest(b, *p, prefix);
+  on_unwind last_resort([&] { io::close_detached(b, p->dir); });
+  std::optional<result<format::manifest>> m;
+  try {
+    m = co_await load_manifest(b, *p, prefix);
+  } catch (const std::bad_alloc&) {
+    m = out_of_memory("reading the manifest");
+  }
   co_await close_quietly(b, p->dir);
-  co_return m;
+  last_resort.disarm();
+  co_return std::move(*m);
 }
 
-task<verify_report> verify_coro(io::backend& b, std::string prefix) {
+task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const std::string& prefix,
+                                 std::optional<format::manifest>& manifest, std::optional<file_cache>& cache,
+                                 const verify_progress& progress) {
   auto ex = co_await asio::this_coro::executor;
-  auto p = co_await open_prefix_dir(b, prefix);
-  if (!p) co_return p.error();
-  auto m = co_await load_manifest(b, *p, prefix);
-  if (!m) {
-    co_await close_quietly(b, p->dir);
-    co_return m.error();
-  }
+  BOOST_OUTCOME_CO_TRY(auto loaded, co_await load_manifest(b, p, prefix));
+  const auto* m = &manifest.emplace(std::move(loaded));
   verify_report rep;
   rep.files = m->files.size();
   rep.tensors = m->tensors.size();
-  file_cache files(b, *p, *m);
+  const std::uint64_t total = m->stored_bytes();
+  auto& files = cache.emplace(b, p, *m);
   std::set<std::uint32_t> bad_files;
   // Bounded memory: one buffer of at most 64 chunks, never larger than the slice being read.
   std::vector<std::byte> buf;
@@ -586,6 +641,7 @@ task<verify_report> verify_coro(io::backend& b, std::string prefix) {
           break;
         }
         rep.bytes_checked += n;
+        if (progress) progress(rep.bytes_checked, total);
         if (auto c = check_chunks(*m, t, s, buf, off / m->chunk_bytes); !c) {
           rep.problems.push_back(c.error());
           break;
@@ -593,9 +649,26 @@ task<verify_report> verify_coro(io::backend& b, std::string prefix) {
       }
     }
   }
-  co_await files.close_all();
-  co_await close_quietly(b, p->dir);
   co_return rep;
+}
+
+task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progress progress) {
+  auto p = co_await open_prefix_dir(b, prefix);
+  if (!p) co_return p.error();
+  on_unwind last_resort([&] { io::close_detached(b, p->dir); });
+  // Declared here so that the files are closed whatever happens (an allocation failure too).
+  std::optional<format::manifest> manifest;
+  std::optional<file_cache> files;
+  std::optional<result<verify_report>> rep;
+  try {
+    rep = co_await verify_files(b, *p, prefix, manifest, files, progress);
+  } catch (const std::bad_alloc&) {
+    rep = out_of_memory("verifying");
+  }
+  if (files) co_await files->close_all();
+  co_await close_quietly(b, p->dir);
+  last_resort.disarm();
+  co_return std::move(*rep);
 }
 
 }  // namespace
@@ -611,8 +684,9 @@ void start_read_manifest(asio::any_io_executor ex, io::backend& b, std::string p
   spawn<format::manifest>(ex, manifest_coro(b, std::move(prefix)), std::move(done));
 }
 
-void start_verify(asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<verify_report> done) {
-  spawn<verify_report>(ex, verify_coro(b, std::move(prefix)), std::move(done));
+void start_verify(asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<verify_report> done,
+                  verify_progress progress) {
+  spawn<verify_report>(ex, verify_coro(b, std::move(prefix), std::move(progress)), std::move(done));
 }
 
 }  // namespace detail
@@ -640,9 +714,9 @@ result<read_report> read_tensors(io::backend& b, std::string_view prefix, const 
   });
 }
 
-result<verify_report> verify(io::backend& b, std::string_view prefix) {
+result<verify_report> verify(io::backend& b, std::string_view prefix, verify_progress progress) {
   return detail::run_blocking<verify_report>(
-      [&](auto ex, auto done) { detail::start_verify(ex, b, std::string(prefix), std::move(done)); });
+      [&](auto ex, auto done) { detail::start_verify(ex, b, std::string(prefix), std::move(done), std::move(progress)); });
 }
 
 result<directory_scan> scan_directory(io::backend& b, std::string_view dir) {

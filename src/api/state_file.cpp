@@ -40,6 +40,23 @@ result<T> call(F f) {
   return io::wait<T>(std::move(f));
 }
 
+// Closes a handle, falling back to a detached close when the close cannot even start.
+void close_now(io::backend& b, io::handle h) {
+  auto r = call<void>([&](auto done) { b.close(h, std::move(done)); });
+  if (!r && r.error().code == std::errc::not_enough_memory) io::close_detached(b, h);
+}
+
+// Runs `f`, the steps between opening and closing a handle, turning an allocation failure into
+// an error so that the handle is still closed.
+template <class F>
+auto closing_safely(F&& f, std::string_view during) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return out_of_memory(during);
+  }
+}
+
 }  // namespace
 
 std::string format_checkpoint_state(const checkpoint_state& s) {
@@ -122,7 +139,7 @@ result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view 
     return d.error();
   }
   auto h = call<io::handle>([&](auto done) { b.open(*d, std::string(state_name), io::open_mode::read, std::move(done)); });
-  (void)call<void>([&](auto done) { b.close(*d, std::move(done)); });
+  close_now(b, *d);
   if (!h) {
     if (h.error().code == std::errc::no_such_file_or_directory) return make_error(errc::not_found, "no checkpoint state file in " + dir);
     return h.error();
@@ -139,8 +156,8 @@ result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view 
     if (!s) return with_context(s.error(), dir + "/checkpoint");
     return s;
   };
-  auto r = body();
-  (void)call<void>([&](auto done) { b.close(*h, std::move(done)); });
+  auto r = closing_safely(body, "reading the checkpoint state file");
+  close_now(b, *h);
   return r;
 }
 
@@ -157,6 +174,7 @@ result<void> write_checkpoint_state(io::backend& b, std::string_view dir_path, c
     auto w = call<void>([&](auto done) { b.write(h, 0, std::as_bytes(std::span(text.data(), text.size())), std::move(done)); });
     auto f = w ? call<void>([&](auto done) { b.fsync(h, std::move(done)); }) : w;
     auto c = call<void>([&](auto done) { b.close(h, std::move(done)); });
+    if (!c && c.error().code == std::errc::not_enough_memory) io::close_detached(b, h);  // it never started
     if (!f || !c) {
       (void)call<void>([&](auto done) { b.unlink(d, tmp, std::move(done)); });
       return !f ? f : c;
@@ -178,8 +196,8 @@ result<void> write_checkpoint_state(io::backend& b, std::string_view dir_path, c
     }
     return success();
   };
-  auto r = steps();
-  (void)call<void>([&](auto done) { b.close(d, std::move(done)); });
+  auto r = closing_safely(steps, "updating the checkpoint state file");
+  close_now(b, d);
   if (!r) return with_context(r.error(), "update " + dir + "/checkpoint");
   return r;
 }
@@ -217,8 +235,8 @@ result<void> delete_checkpoint(io::backend& b, std::string_view prefix) {
     }
     return success();
   };
-  auto r = steps();
-  (void)call<void>([&](auto done) { b.close(d, std::move(done)); });
+  auto r = closing_safely(steps, "deleting a checkpoint");
+  close_now(b, d);
   if (!r) return with_context(r.error(), "delete checkpoint " + std::string(prefix));
   return r;
 }
@@ -248,8 +266,8 @@ result<std::size_t> remove_orphans(io::backend& b, std::string_view dir, std::st
     }
     return removed;
   };
-  auto r = steps();
-  (void)call<void>([&](auto done) { b.close(d, std::move(done)); });
+  auto r = closing_safely(steps, "removing leftovers");
+  close_now(b, d);
   if (!r) return with_context(r.error(), "remove leftovers in " + std::string(dir));
   return r;
 }

@@ -130,9 +130,13 @@ result<read_report> read_tensors(io::backend& b, std::string_view prefix,
 result<read_report> read_tensors(io::backend& b, std::string_view prefix, const format::manifest& m,
                                  std::span<const named_tensor> targets, const read_options& opt = {});
 
+/// Progress of `verify`: (bytes checked so far, bytes to check), called on the verifying thread
+/// after each read (a few MiB), and once with the final figures.
+using verify_progress = std::function<void(std::uint64_t done, std::uint64_t total)>;
+
 /// Reads every byte of the checkpoint `prefix` and checks every checksum and file size. Damage
 /// is listed in the report; the result is an error only when the manifest cannot be read.
-result<verify_report> verify(io::backend& b, std::string_view prefix);
+result<verify_report> verify(io::backend& b, std::string_view prefix, verify_progress progress = {});
 
 /// Lists the committed checkpoints of `dir` and the leftovers of interrupted saves.
 result<directory_scan> scan_directory(io::backend& b, std::string_view dir);

@@ -25,7 +25,7 @@ void start_read_tensors(boost::asio::any_io_executor ex, io::backend& b, std::st
 void start_read_manifest(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
                          io::completion<format::manifest> done);
 void start_verify(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
-                  io::completion<verify_report> done);
+                  io::completion<verify_report> done, verify_progress progress = {});
 }  // namespace detail
 
 /// Asynchronous `write_tensors`.

@@ -13,12 +13,21 @@
 #include <boost/asio/prefer.hpp>
 
 #include <memory>
+#include <optional>
 
 #include "meshckpt/io/backend.hpp"
 
 namespace meshckpt::io {
 
 namespace asio = boost::asio;
+
+namespace detail {
+template <class Handler, class Executor>
+struct op_state {
+  Handler h;
+  Executor ex;
+};
+}  // namespace detail
 
 /// Runs `start(completion<T>)` and completes `token` with its result on the handler's
 /// associated executor (default `ex`). Outstanding work is tracked on that executor until the
@@ -30,15 +39,33 @@ auto async_op(asio::any_io_executor ex, Start start, Token&& token) {
       [ex](auto handler, Start st) {
         auto hex = asio::prefer(asio::get_associated_executor(handler, ex),
                                 asio::execution::outstanding_work.tracked);
-        struct state {
-          decltype(handler) h;
-          decltype(hex) ex;
-        };
-        auto s = std::make_shared<state>(state{std::move(handler), std::move(hex)});
-        st(completion<T>([s](result<T> r) {
-          auto ex2 = s->ex;
-          asio::post(ex2, [s, r = std::move(r)]() mutable { std::move(s->h)(std::move(r)); });
-        }));
+        using state = detail::op_state<decltype(handler), decltype(hex)>;
+        // TRICKY: with use_awaitable, Asio 1.81 runs this initiation after the coroutine has
+        // suspended; an exception thrown here escapes to the executor and destroys the
+        // coroutine's frames, buffers of IO in flight included. So an allocation failure is
+        // delivered to the handler as an error instead (tests/test_alloc.cpp). Allocate before
+        // moving the handler, so that it survives a failure.
+        std::shared_ptr<std::optional<state>> s;
+        try {
+          s = std::make_shared<std::optional<state>>();
+        } catch (const std::bad_alloc&) {
+          std::move(handler)(result<T>(out_of_memory("starting an IO operation")));
+          return;
+        }
+        s->emplace(state{std::move(handler), std::move(hex)});
+        try {
+          st(completion<T>([s](result<T> r) {
+            auto ex2 = (*s)->ex;
+            asio::post(ex2, [s, r = std::move(r)]() mutable { std::move((*s)->h)(std::move(r)); });
+          }));
+        } catch (const std::bad_alloc&) {
+          // A backend throws only before it took the operation (io/backend.hpp): the completion
+          // is gone unless someone still holds it, in which case it will be called.
+          if (s.use_count() != 1) throw;
+          auto h = std::move((*s)->h);
+          s.reset();
+          std::move(h)(result<T>(out_of_memory("starting an IO operation")));
+        }
       },
       token, std::move(start));
 }

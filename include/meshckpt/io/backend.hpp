@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <future>
+#include <new>
 #include <span>
 #include <string>
 #include <string_view>
@@ -66,7 +67,9 @@ using completion = std::function<void(result<T>)>;
 /// The backend interface. Implementations must be thread-safe: operations may be started from
 /// several threads, and many may be in flight at once. A buffer passed to `read`/`write` must
 /// stay valid until its completion runs. Destroying a backend waits for operations in flight
-/// and closes handles left open.
+/// and closes handles left open. An operation either takes its completion and calls it exactly
+/// once, or throws (`std::bad_alloc`) before it started anything, having destroyed its copy of
+/// the completion: callers rely on this to report an allocation failure as an error.
 class backend {
  public:
   virtual ~backend() = default;
@@ -116,10 +119,28 @@ class backend {
 /// tests; library code awaits operations through `io/async.hpp` instead.
 template <class T, class Start>
 result<T> wait(Start&& start) {
-  auto p = std::make_shared<std::promise<result<T>>>();
-  auto f = p->get_future();
-  start(completion<T>([p](result<T> r) { p->set_value(std::move(r)); }));
+  std::future<result<T>> f;
+  try {
+    auto p = std::make_shared<std::promise<result<T>>>();
+    f = p->get_future();
+    start(completion<T>([p](result<T> r) { p->set_value(std::move(r)); }));
+  } catch (const std::bad_alloc&) {
+    return out_of_memory("starting an IO operation");  // nothing was started (see `backend`)
+  }
   return f.get();
+}
+
+/// Closes `h` without waiting for the result: the cleanup of last resort, when an allocation
+/// failure unwinds code before it could await its close. It allocates nothing itself and retries
+/// a backend that cannot start the close for lack of memory a few times.
+inline void close_detached(backend& b, handle h) noexcept {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    try {
+      b.close(h, [](result<void>) {});
+      return;
+    } catch (const std::bad_alloc&) {
+    }
+  }
 }
 
 }  // namespace meshckpt::io
