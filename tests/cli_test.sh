@@ -198,5 +198,116 @@ run ls "$WORK/empty";             check "ls of an empty directory" test $rc -eq 
 echo 'garbage' > "$WORK/managed/checkpoint"
 run verify "$WORK/managed";       check "corrupt state file fails" test $rc -eq 1; check "names the state file line" has "checkpoint state file line 1"
 
+# Every subcommand: --help (exit 0, its own usage), clear usage errors.
+for c in inspect verify ls show cat diff export import; do
+  run $c --help; check "$c --help exits 0" test $rc -eq 0; check "$c --help shows its usage" has "usage: meshckpt $c "
+done
+run cat "$WORK/ck/model" k --to x; check "an option a command lacks is a usage error" test $rc -eq 2; check "says which" has "cat: has no --to"
+run diff "$WORK/ck/model";        check "diff needs two operands" test $rc -eq 2; check "says how many" has "takes 2 operand(s), got 1"
+
+# inspect: the object graph a Checkpoint recorded (trainer_coro writes one).
+"$TRAINER" --dir "$WORK/graph" >/dev/null 2>&1 || echo "FAIL: trainer for the object graph"
+gck=$(ls "$WORK"/graph/ckpt-*.manifest | head -1); gck=${gck%.manifest}
+run inspect "$gck";               check "inspect shows the object graph" has "object graph (13 objects):"
+check "graph tree lines" has "|   |-- kernel  = model/hidden/kernel"
+check "graph leaf" has "\`-- save_counter  = save_counter"
+run inspect "$gck" --json
+if command -v python3 >/dev/null; then
+  python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+g = d["object_graph"]
+assert len(g) == 13 and g[0]["id"] == 0 and g[0]["value"] is None
+names = {c["name"] for c in g[0]["children"]}
+assert {"model", "step", "save_counter"} <= names, names
+assert all(set(n) == {"id", "value", "children"} for n in g)
+' "$out"; check "inspect --json object_graph schema" test $? -eq 0
+fi
+
+# cat: values against an independent reader of the exported safetensors file.
+run cat "$WORK/st-src/model" optimizer/step; check "cat scalar" test $rc -eq 0; check "cat scalar header" has "optimizer/step: int64[]"
+run cat "$WORK/st-src/model" model/embedding/table --slice 1:3,0:4; check "cat slice exits 0" test $rc -eq 0
+check "cat slice header" has "model/embedding/table: float32[4096, 512] [1:3,0:4]"
+cat_text=$out
+run cat "$WORK/st-src/model" model/embedding/table; check "cat summarizes a large tensor" has ", ...,"
+check "cat summarized rows" has " ...,"
+run cat "$WORK/st-src/model" model/embedding/table --slice 1:3,0:4 --json; cat_json=$out
+run cat "$WORK/st-src/model" rng/state; check "cat of a blob fails" test $rc -eq 1; check "says it is opaque" has "opaque blob"
+run cat "$WORK/st-src/model" model/embedding/table --slice 9999; check "cat index out of range" test $rc -eq 2; check "names the part" has "--slice part 1"
+run cat "$WORK/st-src/model" nope; check "cat unknown key" test $rc -eq 1
+if command -v python3 >/dev/null; then
+  python3 - "$WORK/st/a.safetensors" "$cat_json" "$cat_text" <<'PY'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+(n,) = struct.unpack("<Q", raw[:8]); h = json.loads(raw[8:8 + n]); data = raw[8 + n:]
+t = h["model/embedding/table"]; b = t["data_offsets"][0]
+def f32(r, c): return struct.unpack_from("<f", data, b + 4 * (r * 512 + c))[0]
+want = [[f32(r, c) for c in range(4)] for r in (1, 2)]
+j = json.loads(sys.argv[2])
+assert j["dtype"] == "float32" and j["shape"] == [4096, 512] and j["selected_shape"] == [2, 4], j
+assert j["values"] == want, (j["values"], want)
+# The text form: numpy's look, 8 significant digits, right-aligned columns.
+cells = [["%.8g" % v for v in row] for row in want]
+w = max(len(x) for row in cells for x in row)
+lines = ["[[" + ", ".join(x.rjust(w) for x in cells[0]) + "],", " [" + ", ".join(x.rjust(w) for x in cells[1]) + "]]"]
+text = sys.argv[3].splitlines()[1:]
+assert text == lines, (text, lines)
+PY
+  check "cat values match an independent reader (text and JSON)" test $? -eq 0
+fi
+
+# diff: identical by checksum, identical by value (another slicing), changed values, added and
+# removed tensors, with the JSON schema.
+run diff "$WORK/ck/model" "$WORK/st-src/model"; check "diff of equal checkpoints exits 0" test $rc -eq 0
+check "compared by checksum" has "0 tensor(s) differ, 8 identical; 8 compared by checksum, 0 read and compared"
+run diff "$WORK/st-src/model" "$WORK/st/b"; check "diff across slicings: only the blob (not exported) differs" test $rc -eq 1
+check "the blob is removed" has "removed  rng/state  blob[64]"; check "the rest equal by value" has "1 tensor(s) differ, 7 identical"
+if command -v python3 >/dev/null; then
+  python3 - "$WORK/st" <<'PY'
+import json, struct, sys, os
+d = sys.argv[1]
+raw = open(os.path.join(d, "a.safetensors"), "rb").read()
+(n,) = struct.unpack("<Q", raw[:8]); h = json.loads(raw[8:8 + n]); data = bytearray(raw[8 + n:])
+# c: one element of the embedding table changed by +0.5.
+b = h["model/embedding/table"]["data_offsets"][0] + 4 * 77
+(v,) = struct.unpack_from("<f", data, b); struct.pack_into("<f", data, b, v + 0.5)
+def write(path, header, body):
+    hb = json.dumps(header, separators=(",", ":")).encode()
+    hb += b" " * (-len(hb) % 8)
+    open(path, "wb").write(struct.pack("<Q", len(hb)) + hb + bytes(body))
+write(os.path.join(d, "c.safetensors"), h, data)
+# e: optimizer/step removed, extra/flag added (a shape and dtype of its own).
+h2 = {k: v for k, v in h.items() if k not in ("optimizer/step", "__metadata__")}
+body = bytearray(); out = {}
+for k, v in sorted(h2.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+    s, e = v["data_offsets"]; out[k] = dict(v, data_offsets=[len(body), len(body) + e - s]); body += raw[8 + n + s:8 + n + e]
+out["extra/flag"] = {"dtype": "U8", "shape": [3], "data_offsets": [len(body), len(body) + 3]}; body += b"\x01\x02\x03"
+write(os.path.join(d, "e.safetensors"), out, body)
+PY
+  run import "$WORK/st/c.safetensors" --to "$WORK/st/c"; check "import c" test $rc -eq 0
+  run import "$WORK/st/e.safetensors" --to "$WORK/st/e"; check "import e" test $rc -eq 0
+  run diff "$WORK/st/b" "$WORK/st/c"; check "diff of changed values exits 1" test $rc -eq 1
+  check "names the changed tensor" has "values   model/embedding/table  1 element(s) differ, max abs difference 0.50000003"
+  check "the rest identical by checksum" has "1 tensor(s) differ, 6 identical; 6 compared by checksum, 1 read and compared"
+  run diff "$WORK/st/b" "$WORK/st/e"; check "diff of added/removed exits 1" test $rc -eq 1
+  check "removed" has "removed  optimizer/step  int64[]"; check "added" has "added    extra/flag  uint8[3]"
+  run diff "$WORK/st/b" "$WORK/st/c" --json
+  python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+assert set(d) == {"a", "b", "identical", "unchanged", "compared_by_checksum", "compared_by_value", "changes"}, d
+assert d["identical"] is False and d["unchanged"] == 6 and len(d["changes"]) == 1
+c = d["changes"][0]
+assert c["key"] == "model/embedding/table" and c["kind"] == "values" and c["differing"] == 1 and abs(c["max_abs_difference"] - 0.5) < 1e-6, c
+' "$out"; check "diff --json schema" test $? -eq 0
+fi
+
+# verify's progress bar: drawn on stderr when asked (a terminal, or MESHCKPT_PROGRESS), never
+# when piped, and erased at the end.
+err=$(MESHCKPT_PROGRESS=1 "$CLI" verify "$WORK/ck/model" 2>&1 >/dev/null); check "progress ends at 100%" grep -qF "100%" <<<"$err"
+check "progress shows the total" grep -qF "/ " <<<"$err"
+err=$("$CLI" verify "$WORK/ck/model" 2>&1 >/dev/null); check "no progress when piped" test -z "$err"
+err=$(MESHCKPT_PROGRESS=1 "$CLI" verify --no-progress "$WORK/ck/model" 2>&1 >/dev/null); check "--no-progress" test -z "$err"
+
 echo "$passes passed, $fails failed"
 [ $fails -eq 0 ]

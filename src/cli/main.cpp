@@ -4,12 +4,19 @@
 //   meshckpt verify PATH [--json]    read every byte and check every checksum
 //   meshckpt ls DIR [--json]         the checkpoints of a directory and their status
 //   meshckpt show PATH KEY           how one tensor was sharded, as a picture
+//   meshckpt cat PATH KEY            a tensor's values, numpy-style
+//   meshckpt diff A B                which tensors differ between two checkpoints
+//   meshckpt export / import         safetensors interchange
 //
 // Exit status: 0 success (and intact), 1 damage or error found, 2 usage error.
 
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <functional>
+#include <chrono>
+#include <cmath>
+#include <cstring>
 #include <deque>
 #include <unistd.h>
 #include <ctime>
@@ -20,12 +27,14 @@
 #include <vector>
 
 #include "bench.hpp"
+#include "values.hpp"
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
+#include "meshckpt/graph/object_graph.hpp"
 
 namespace {
 
@@ -51,6 +60,14 @@ constexpr const char* usage_text =
     "  show PATH KEY           a picture of how tensor KEY of checkpoint PATH was sharded:\n"
     "                          its global shape as a grid of slices, each labelled with the\n"
     "                          devices that held it (* wrote it)\n"
+    "  cat PATH KEY [--slice S] [--json]\n"
+    "                          the values of tensor KEY (numpy-style, summarized beyond 1000\n"
+    "                          elements); S selects like numpy: 0:4,2,: (start:stop or index\n"
+    "                          per dimension, negative counts from the end)\n"
+    "  diff A B [--json]       tensors added, removed, changed in dtype or shape, or changed in\n"
+    "                          value (with the largest absolute difference); checksums are\n"
+    "                          compared first, data read only where they differ.\n"
+    "                          Exit status 0 identical, 1 different\n"
     "  bench --dir DIR [--workload large|small|stall|reshard|all] [--backend auto|uring|posix]\n"
     "        [--reps N] [--json]\n"
     "                          the workloads of BENCHMARKS.md against fio and memcpy, in the\n"
@@ -58,7 +75,7 @@ constexpr const char* usage_text =
     "\n"
     "PATH is a checkpoint prefix (DIR/NAME, the file DIR/NAME.manifest) or, for verify, a\n"
     "directory. Exit status: 0 ok, 1 damaged or failed, 2 usage error.\n"
-    "  --help      this text\n"
+    "  --help      this text (meshckpt COMMAND --help: that command's)\n"
     "  --version   print the version\n";
 
 int usage_error(const std::string& msg) {
@@ -89,9 +106,36 @@ std::string join(const std::string& dir, const std::string& name) {
 }
 
 struct args {
-  std::string command, path, key, to, out;
+  std::string command, path, key, to, out, other, slice;
   bool json = false;
+  bool no_progress = false;
 };
+
+// The manifest of `prefix`, or nullopt after printing why not.
+std::optional<format::manifest> load_manifest(io::backend& b, const std::string& prefix, const args& a) {
+  auto m = read_manifest(b, prefix);
+  if (!m) {
+    std::fprintf(stderr, "meshckpt %s: %s\n", a.command.c_str(), m.error().what().c_str());
+    return std::nullopt;
+  }
+  return std::move(*m);
+}
+
+// Tensor `t` of checkpoint `prefix`, whole, in memory (restored onto one device, checksums
+// verified). Tensors above `max_bytes` are refused rather than allocated.
+result<dtensor> read_whole(io::backend& b, const std::string& prefix, const format::manifest& m, const format::saved_tensor& t,
+                           std::uint64_t max_bytes = std::uint64_t(1) << 62) {
+  auto bytes = num_elements(t.global);
+  if (bytes && *bytes * dtype_size(t.type) > static_cast<std::int64_t>(std::min<std::uint64_t>(max_bytes, INT64_MAX)))
+    return make_error(errc::limit_exceeded, "tensor \"" + t.key + "\" is " + format::human_bytes(static_cast<std::uint64_t>(*bytes * dtype_size(t.type))) +
+                                                ", above the " + format::human_bytes(max_bytes) + " this command reads into memory");
+  auto one = mesh::create({{"x", 1}}).value();
+  BOOST_OUTCOME_TRY(auto l, layout::create(std::vector<std::string>(t.global.size(), "unsharded"), one));
+  BOOST_OUTCOME_TRY(auto d, dtensor::create(t.type, t.global, l));
+  std::vector<named_tensor> target = {{t.key, d.view()}};
+  BOOST_OUTCOME_TRY(read_tensors(b, prefix, m, target));
+  return d;
+}
 
 // ls DIR: the checkpoints of a directory, from its manifests, leftovers and state file.
 int cmd_ls(io::backend& b, const args& a) {
@@ -204,11 +248,8 @@ int cmd_ls(io::backend& b, const args& a) {
 // time), into one safetensors file written to a temp name and renamed.
 int cmd_export(io::backend& b, const args& a) {
   const std::string prefix = normalize_prefix(a.path);
-  auto m = read_manifest(b, prefix);
-  if (!m) {
-    std::fprintf(stderr, "meshckpt export: %s\n", m.error().what().c_str());
-    return 1;
-  }
+  auto m = load_manifest(b, prefix, a);
+  if (!m) return 1;
   std::vector<format::safetensor_entry> entries;
   std::vector<const format::saved_tensor*> which;
   std::string skipped;
@@ -234,20 +275,10 @@ int cmd_export(io::backend& b, const args& a) {
     return 1;
   }
   bool ok = std::fwrite(header->data(), 1, header->size(), f) == header->size();
-  auto one = mesh::create({{"x", 1}}).value();
   for (std::size_t i = 0; ok && i < which.size(); ++i) {
-    const auto& t = *which[i];
-    auto l = layout::create(std::vector<std::string>(t.global.size(), "unsharded"), one).value();
-    auto d = dtensor::create(t.type, t.global, l);
+    auto d = read_whole(b, prefix, *m, *which[i]);
     if (!d) {
-      std::fprintf(stderr, "meshckpt export: tensor \"%s\": %s\n", t.key.c_str(), d.error().what().c_str());
-      ok = false;
-      break;
-    }
-    std::vector<named_tensor> target = {{t.key, d->view()}};
-    auto r = read_tensors(b, prefix, *m, target);
-    if (!r) {
-      std::fprintf(stderr, "meshckpt export: %s\n", r.error().what().c_str());
+      std::fprintf(stderr, "meshckpt export: %s\n", d.error().what().c_str());
       ok = false;
       break;
     }
@@ -324,11 +355,8 @@ int cmd_import(io::backend& b, const args& a) {
 // show PATH KEY: how one tensor was sharded when saved.
 int cmd_show(io::backend& b, const args& a) {
   const std::string prefix = normalize_prefix(a.path);
-  auto m = read_manifest(b, prefix);
-  if (!m) {
-    std::fprintf(stderr, "meshckpt show: %s\n", m.error().what().c_str());
-    return 1;
-  }
+  auto m = load_manifest(b, prefix, a);
+  if (!m) return 1;
   const auto* t = m->find(a.key);
   if (!t) {
     std::fprintf(stderr, "meshckpt show: no tensor \"%s\" in %s (it has %zu; `meshckpt inspect %s` lists them)\n", a.key.c_str(),
@@ -355,15 +383,264 @@ int cmd_inspect(io::backend& b, const args& a) {
                  names.empty() ? " (it holds no committed checkpoint)" : ". Checkpoints there:", names.c_str());
     return 1;
   }
-  auto m = read_manifest(b, prefix);
-  if (!m) {
-    std::fprintf(stderr, "meshckpt inspect: %s\n", m.error().what().c_str());
-    return 1;
+  auto m = load_manifest(b, prefix, a);
+  if (!m) return 1;
+  std::string out = a.json ? format::describe_json(*m, prefix) : format::describe_text(*m, prefix);
+  // The object graph a Checkpoint recorded: the tree of objects (by attribute name) and the
+  // tensors they hold. Shared objects are printed once and referred to afterwards.
+  for (const auto& e : m->extensions) {
+    if (e.name != graph::object_graph_extension) continue;
+    auto g = graph::decode_object_graph(e.bytes);
+    if (!g) {
+      std::fprintf(stderr, "meshckpt inspect: %s: object graph: %s\n", prefix.c_str(), g.error().what().c_str());
+      return 1;
+    }
+    if (a.json) {
+      std::string j = ",\"object_graph\":[";
+      for (std::size_t i = 0; i < g->nodes.size(); ++i) {
+        const auto& n = g->nodes[i];
+        j += std::string(i ? "," : "") + "{\"id\":" + std::to_string(i) + ",\"value\":" + (n.has_value ? format::json_string(n.key) : "null") +
+             ",\"children\":[";
+        for (std::size_t c = 0; c < n.children.size(); ++c)
+          j += std::string(c ? "," : "") + "{\"name\":" + format::json_string(n.children[c].first) + ",\"id\":" + std::to_string(n.children[c].second) + "}";
+        j += "]}";
+      }
+      out.insert(out.rfind('}'), j + "]");
+    } else {
+      out += "\nobject graph (" + std::to_string(g->nodes.size()) + " objects):\n(root)\n";
+      std::vector<bool> seen(g->nodes.size(), false);
+      seen[0] = true;
+      std::function<void(std::uint32_t, const std::string&)> tree = [&](std::uint32_t id, const std::string& indent) {
+        const auto& kids = g->nodes[id].children;
+        for (std::size_t c = 0; c < kids.size(); ++c) {
+          const bool last = c + 1 == kids.size();
+          const auto child = kids[c].second;
+          out += indent + (last ? "`-- " : "|-- ") + kids[c].first;
+          if (child >= g->nodes.size()) {
+            out += "  (dangling)\n";
+            continue;
+          }
+          if (g->nodes[child].has_value) out += "  = " + g->nodes[child].key;
+          if (seen[child]) {
+            out += "  (shared: object " + std::to_string(child) + ", shown above)\n";
+            continue;
+          }
+          seen[child] = true;
+          out += "\n";
+          tree(child, indent + (last ? "    " : "|   "));
+        }
+      };
+      if (!g->nodes.empty()) tree(0, "");
+    }
   }
-  std::string out = a.json ? format::describe_json(*m, prefix) + "\n" : format::describe_text(*m, prefix);
+  if (a.json) out += "\n";
   std::fwrite(out.data(), 1, out.size(), stdout);
   return 0;
 }
+
+// cat PATH KEY [--slice S]: a tensor's values.
+int cmd_cat(io::backend& b, const args& a) {
+  const std::string prefix = normalize_prefix(a.path);
+  auto m = load_manifest(b, prefix, a);
+  if (!m) return 1;
+  const auto* t = m->find(a.key);
+  if (!t) {
+    std::fprintf(stderr, "meshckpt cat: no tensor \"%s\" in %s (`meshckpt inspect %s` lists them)\n", a.key.c_str(), prefix.c_str(),
+                 prefix.c_str());
+    return 1;
+  }
+  if (t->type == dtype::blob) {
+    std::fprintf(stderr, "meshckpt cat: tensor \"%s\" is an opaque blob (%s); meshckpt does not interpret its bytes\n", a.key.c_str(),
+                 format::human_bytes(static_cast<std::uint64_t>(num_elements(t->global).value_or(0))).c_str());
+    return 1;
+  }
+  auto sel = cli::parse_slice(a.slice, t->global);
+  if (!sel) {
+    std::fprintf(stderr, "meshckpt cat: %s\n", sel.error().what().c_str());
+    return 2;
+  }
+  auto d = read_whole(b, prefix, *m, *t, std::uint64_t(4) << 30);
+  if (!d) {
+    std::fprintf(stderr, "meshckpt cat: %s\n", d.error().what().c_str());
+    return 1;
+  }
+  const auto& data = d->view().shards().front().data;
+  auto v = cli::select(t->type, data, t->global, *sel);
+  auto shape_json = [](const shape& s) {
+    std::string o = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) o += (i ? "," : "") + std::to_string(s[i]);
+    return o + "]";
+  };
+  if (a.json) {
+    if (v.offsets.size() > 10'000'000) {
+      std::fprintf(stderr, "meshckpt cat: %zu values are too many for --json; select fewer with --slice\n", v.offsets.size());
+      return 1;
+    }
+    std::string out = "{\"key\":" + format::json_string(t->key) + ",\"dtype\":" + format::json_string(std::string(dtype_name(t->type))) +
+                      ",\"shape\":" + shape_json(t->global) + ",\"slice\":" + format::json_string(a.slice) +
+                      ",\"selected_shape\":" + shape_json(v.dims) + ",\"values\":" + cli::json_values(t->type, data, v) + "}\n";
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    return 0;
+  }
+  std::string dims;
+  for (std::size_t i = 0; i < t->global.size(); ++i) dims += (i ? ", " : "") + std::to_string(t->global[i]);
+  std::string out = t->key + ": " + std::string(dtype_name(t->type)) + "[" + dims + "]" + (a.slice.empty() ? "" : " [" + a.slice + "]") + "\n" +
+                    cli::format_values(t->type, data, v) + "\n";
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+// diff A B: which tensors differ. Equal checksums of identically sliced tensors mean equal
+// values without reading them; otherwise both are read (one tensor at a time) and compared.
+int cmd_diff(io::backend& b, const args& a) {
+  const std::string pa = normalize_prefix(a.path), pb = normalize_prefix(a.other);
+  auto ma = load_manifest(b, pa, a);
+  if (!ma) return 2;
+  auto mb = load_manifest(b, pb, a);
+  if (!mb) return 2;
+  struct change {
+    std::string key, kind, detail;
+    std::optional<double> max_abs;
+    std::uint64_t differing = 0;
+  };
+  std::vector<change> changes;
+  std::size_t same = 0, compared_by_checksum = 0, compared_by_value = 0;
+  std::map<std::string, std::pair<const format::saved_tensor*, const format::saved_tensor*>> keys;
+  for (const auto& t : ma->tensors) keys[t.key].first = &t;
+  for (const auto& t : mb->tensors) keys[t.key].second = &t;
+  auto shape_text = [](const shape& s) {
+    std::string o = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+    return o + "]";
+  };
+  for (const auto& [key, pair] : keys) {
+    const auto* x = pair.first;
+    const auto* y = pair.second;
+    if (!y) {
+      changes.push_back({key, "removed", std::string(dtype_name(x->type)) + shape_text(x->global), {}, 0});
+      continue;
+    }
+    if (!x) {
+      changes.push_back({key, "added", std::string(dtype_name(y->type)) + shape_text(y->global), {}, 0});
+      continue;
+    }
+    if (x->type != y->type || x->global != y->global) {
+      changes.push_back({key, x->type != y->type ? "dtype" : "shape",
+                         std::string(dtype_name(x->type)) + shape_text(x->global) + " -> " + std::string(dtype_name(y->type)) + shape_text(y->global),
+                         {}, 0});
+      continue;
+    }
+    // Same slicing and chunking: the checksums decide (XXH3-64 per chunk).
+    bool same_slicing = ma->chunk_bytes == mb->chunk_bytes && x->slices.size() == y->slices.size();
+    for (std::size_t i = 0; same_slicing && i < x->slices.size(); ++i)
+      same_slicing = x->slices[i].where.origin == y->slices[i].where.origin && x->slices[i].where.extent == y->slices[i].where.extent;
+    if (same_slicing) {
+      bool equal = true;
+      for (std::size_t i = 0; equal && i < x->slices.size(); ++i) equal = x->slices[i].checksums == y->slices[i].checksums;
+      if (equal) {
+        ++same;
+        ++compared_by_checksum;
+        continue;
+      }
+    }
+    ++compared_by_value;
+    auto da = read_whole(b, pa, *ma, *x);
+    auto db = da ? read_whole(b, pb, *mb, *y) : result<dtensor>(da.error());
+    if (!da || !db) {
+      std::fprintf(stderr, "meshckpt diff: %s\n", (!da ? da.error() : db.error()).what().c_str());
+      return 2;
+    }
+    const auto& bx = da->view().shards().front().data;
+    const auto& by = db->view().shards().front().data;
+    change c{key, "values", {}, {}, 0};
+    if (x->type == dtype::blob) {
+      for (std::size_t i = 0; i < bx.size(); ++i) c.differing += bx[i] != by[i];
+    } else {
+      const std::size_t n = bx.size() / static_cast<std::size_t>(dtype_size(x->type));
+      const std::size_t es = static_cast<std::size_t>(dtype_size(x->type));
+      double worst = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        if (std::memcmp(bx.data() + i * es, by.data() + i * es, es) == 0) continue;
+        ++c.differing;
+        double u = *cli::element(x->type, bx, i), w = *cli::element(x->type, by, i);
+        double diff = std::fabs(u - w);
+        if (std::isnan(diff)) diff = INFINITY;  // NaN on one side only, or NaNs of other bits
+        worst = std::max(worst, diff);
+      }
+      if (c.differing) c.max_abs = worst;
+    }
+    if (c.differing == 0) {
+      ++same;  // equal values stored differently (another slicing, or padding)
+      continue;
+    }
+    char buf[96];
+    if (c.max_abs) std::snprintf(buf, sizeof buf, "%llu element(s) differ, max abs difference %.9g", (unsigned long long)c.differing, *c.max_abs);
+    else std::snprintf(buf, sizeof buf, "%llu byte(s) differ", (unsigned long long)c.differing);
+    c.detail = buf;
+    changes.push_back(std::move(c));
+  }
+  if (a.json) {
+    std::string out = "{\"a\":" + format::json_string(pa) + ",\"b\":" + format::json_string(pb) + ",\"identical\":" +
+                      (changes.empty() ? "true" : "false") + ",\"unchanged\":" + std::to_string(same) +
+                      ",\"compared_by_checksum\":" + std::to_string(compared_by_checksum) +
+                      ",\"compared_by_value\":" + std::to_string(compared_by_value) + ",\"changes\":[";
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+      const auto& c = changes[i];
+      out += std::string(i ? "," : "") + "{\"key\":" + format::json_string(c.key) + ",\"kind\":" + format::json_string(c.kind) +
+             ",\"detail\":" + format::json_string(c.detail);
+      if (c.kind == "values") {
+        out += ",\"differing\":" + std::to_string(c.differing);
+        if (c.max_abs) {
+          char buf[48];
+          std::snprintf(buf, sizeof buf, "%.17g", *c.max_abs);
+          out += std::string(",\"max_abs_difference\":") + (std::isinf(*c.max_abs) ? "\"inf\"" : buf);
+        }
+      }
+      out += "}";
+    }
+    out += "]}\n";
+    std::fwrite(out.data(), 1, out.size(), stdout);
+  } else {
+    for (const auto& c : changes) std::printf("%-8s %s  %s\n", c.kind.c_str(), c.key.c_str(), c.detail.c_str());
+    std::printf("%zu tensor(s) differ, %zu identical; %zu compared by checksum, %zu read and compared\n", changes.size(), same,
+                compared_by_checksum, compared_by_value);
+  }
+  return changes.empty() ? 0 : 1;
+}
+
+// A progress bar on stderr while verify reads, when stderr is a terminal (or MESHCKPT_PROGRESS
+// is set, for tests); redrawn at most ten times a second, erased at the end.
+class progress_bar {
+ public:
+  progress_bar(bool enabled, std::string label) : on_(enabled), label_(std::move(label)), start_(std::chrono::steady_clock::now()) {}
+  void update(std::uint64_t done, std::uint64_t total) {
+    if (!on_) return;
+    auto now = std::chrono::steady_clock::now();
+    // Not before 0.2 s (no rate to speak of yet), then ten times a second, and the end.
+    if (done < total && (now - start_ < std::chrono::milliseconds(200) || now - last_ < std::chrono::milliseconds(100))) return;
+    last_ = now;
+    const double secs = std::chrono::duration<double>(now - start_).count();
+    const double rate = secs > 0 ? done / secs : 0;
+    const double frac = total ? static_cast<double>(done) / total : 1.0;
+    const int cells = 24, full = static_cast<int>(frac * cells);
+    std::string bar(static_cast<std::size_t>(full), '#');
+    bar += std::string(static_cast<std::size_t>(cells - full), '.');
+    std::string eta = rate > 0 && done < total ? std::to_string(static_cast<long long>((total - done) / rate + 0.5)) + "s" : "-";
+    std::fprintf(stderr, "\r%s [%s] %3d%%  %s / %s  %s/s  ETA %s\033[K", label_.c_str(), bar.c_str(), static_cast<int>(frac * 100),
+                 format::human_bytes(done).c_str(), format::human_bytes(total).c_str(), format::human_bytes(static_cast<std::uint64_t>(rate)).c_str(),
+                 eta.c_str());
+    drawn_ = true;
+  }
+  ~progress_bar() {
+    if (drawn_) std::fprintf(stderr, "\r\033[K");
+  }
+
+ private:
+  bool on_;
+  std::string label_;
+  std::chrono::steady_clock::time_point start_, last_{};
+  bool drawn_ = false;
+};
 
 std::string code_name(const error& e) { return e.code.message(); }
 
@@ -411,7 +688,11 @@ int cmd_verify(io::backend& b, const args& a) {
   std::string json = "{\"checkpoints\":[";
   for (std::size_t i = 0; i < prefixes.size(); ++i) {
     const auto& p = prefixes[i];
-    auto r = verify(b, p);
+    const bool show_progress = !a.no_progress && (std::getenv("MESHCKPT_PROGRESS") || (!a.json && ::isatty(STDERR_FILENO)));
+    std::optional<progress_bar> bar;
+    bar.emplace(show_progress, "verifying " + p);
+    auto r = verify(b, p, [&bar](std::uint64_t done, std::uint64_t total) { bar->update(done, total); });
+    bar.reset();
     std::vector<error> problems;
     verify_report rep;
     if (!r) problems.push_back(r.error());
@@ -474,59 +755,127 @@ int bench_main(const std::vector<std::string>& av) {
   return cli::run_bench(b);
 }
 
+// The subcommands: how each is called, its help, and what it accepts.
+struct command_spec {
+  const char* name;
+  const char* synopsis;
+  const char* help;
+  std::size_t operands;
+  bool json, to, slice, progress;
+  int (*run)(io::backend&, const args&);
+};
+
+const command_spec commands[] = {
+    {"inspect", "inspect PATH [--json]",
+     "Lists every tensor of checkpoint PATH (DIR/NAME or DIR/NAME.manifest): dtype, global shape,\n"
+     "saved layout and mesh, slices, bytes; then the object graph the checkpoint recorded (the\n"
+     "tree of objects and the tensors they hold) and any other extensions.",
+     1, true, false, false, false, cmd_inspect},
+    {"verify", "verify PATH [--json] [--no-progress]",
+     "Reads every byte of checkpoint PATH and checks every checksum and file size. PATH may be a\n"
+     "directory: every committed checkpoint in it is verified, leftovers of interrupted saves are\n"
+     "listed, and every checkpoint its `checkpoint` state file lists must exist. On a terminal a\n"
+     "progress bar (bytes, rate, ETA) is drawn on stderr. Exit status 0 intact, 1 damaged.",
+     1, true, false, false, true, cmd_verify},
+    {"ls", "ls DIR [--json]",
+     "The checkpoints in DIR: number, creation time, size, tensors, files, status (committed,\n"
+     "incomplete leftovers, unreadable), and which one the state file names latest.",
+     1, true, false, false, false, cmd_ls},
+    {"show", "show PATH KEY",
+     "A picture of how tensor KEY of checkpoint PATH was sharded: its global shape as a grid of\n"
+     "slices, each labelled with the devices that held it (* marks the one that wrote it).",
+     2, false, false, false, false, cmd_show},
+    {"cat", "cat PATH KEY [--slice S] [--json]",
+     "The values of tensor KEY of checkpoint PATH, numpy-style (summarized with ... beyond 1000\n"
+     "elements). --slice selects like numpy, per dimension start:stop, an index, or : (e.g.\n"
+     "0:4,2 or -1); --json prints every selected value as nested arrays. Reads the whole tensor\n"
+     "(up to 4 GiB) onto one device, checksums verified.",
+     2, true, false, true, false, cmd_cat},
+    {"diff", "diff A B [--json]",
+     "Which tensors differ between checkpoints A and B: added, removed, dtype or shape changed,\n"
+     "values changed (count and largest absolute difference). Checksums are compared first;\n"
+     "data is read only when they differ. Exit status 0 identical, 1 different, 2 trouble.",
+     2, true, false, false, false, cmd_diff},
+    {"export", "export PATH --to safetensors OUT",
+     "Every tensor of checkpoint PATH, whole, into the safetensors file OUT (written to a temp\n"
+     "name, fsynced, renamed). Opaque blobs are skipped and named in __metadata__.",
+     2, false, true, false, false, cmd_export},
+    {"import", "import FILE --to PREFIX",
+     "The safetensors FILE (checked by the format's safety rules) as the checkpoint PREFIX, each\n"
+     "tensor whole on one device.",
+     1, false, true, false, false, cmd_import},
+};
+
+int command_usage_error(const command_spec& c, const std::string& msg) {
+  std::fprintf(stderr, "meshckpt %s: %s\nusage: meshckpt %s\n(meshckpt %s --help for more)\n", c.name, msg.c_str(), c.synopsis, c.name);
+  return 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> av(argv + 1, argv + argc);
   if (!av.empty() && av[0] == "bench") return bench_main(av);
   args a;
+  bool help = false;
   std::vector<std::string> positional;
-  for (const auto& s : av) {
-    if (s == "--help" || s == "-h") {
+  for (std::size_t i = 0; i < av.size(); ++i) {
+    const auto& s = av[i];
+    auto value = [&](std::string& out) {
+      if (i + 1 >= av.size()) return false;
+      out = av[++i];
+      return true;
+    };
+    if (s == "--help" || s == "-h") help = true;
+    else if (s == "--version") {
+      std::printf("meshckpt %s\n", MESHCKPT_VERSION);
+      return 0;
+    } else if (s == "--json") a.json = true;
+    else if (s == "--no-progress") a.no_progress = true;
+    else if (s == "--to") {
+      if (!value(a.to)) return usage_error("--to needs a value");
+    } else if (s == "--slice") {
+      if (!value(a.slice)) return usage_error("--slice needs a value");
+    } else if (s.starts_with("--") || (s.starts_with("-") && s.size() > 1 && !std::isdigit(static_cast<unsigned char>(s[1])))) {
+      return usage_error("unknown option " + s);
+    } else {
+      positional.push_back(s);
+    }
+  }
+  if (positional.empty()) {
+    if (help) {
       std::fputs(usage_text, stdout);
       return 0;
     }
-    if (s == "--version") {
-      std::printf("meshckpt %s\n", MESHCKPT_VERSION);
-      return 0;
-    }
-    if (s == "--json") a.json = true;
-    else if (s == "--to" && &s != &av.back()) a.to = *(&s + 1);
-    else if (s.starts_with("--")) return usage_error("unknown option " + s);
-    else if (&s != &av.front() && *(&s - 1) == "--to") continue;
-    else positional.push_back(s);
+    return usage_error("no command given");
   }
-  if (positional.empty()) return usage_error("no command given");
   a.command = positional[0];
-  if (a.command == "export" || a.command == "import") {
-    if (a.json) return usage_error(a.command + " has no --json");
-    if (a.command == "export" && (positional.size() != 3 || a.to != "safetensors"))
-      return usage_error("export takes PATH --to safetensors OUT");
-    if (a.command == "import" && (positional.size() != 2 || a.to.empty())) return usage_error("import takes FILE.safetensors --to PREFIX");
-    a.path = positional[1];
-    if (a.command == "export") a.out = positional[2];
-    auto be = backends::make_backend(backends::backend_kind::automatic);
-    if (!be) {
-      std::fprintf(stderr, "meshckpt: %s\n", be.error().what().c_str());
-      return 1;
-    }
-    return a.command == "export" ? cmd_export(**be, a) : cmd_import(**be, a);
+  const command_spec* cmd = nullptr;
+  for (const auto& c : commands)
+    if (a.command == c.name) cmd = &c;
+  if (!cmd) return usage_error("unknown command \"" + a.command + "\"");
+  if (help) {
+    std::printf("usage: meshckpt %s\n\n%s\n", cmd->synopsis, cmd->help);
+    return 0;
   }
-  if (a.command != "inspect" && a.command != "verify" && a.command != "show" && a.command != "ls") return usage_error("unknown command \"" + a.command + "\"");
-  if (a.command == "show") {
-    if (positional.size() != 3) return usage_error("show takes a checkpoint PATH and a tensor KEY");
-    if (a.json) return usage_error("show draws a picture; for data use inspect --json");
-    a.key = positional[2];
-  } else if (positional.size() != 2) {
-    return usage_error(a.command + " takes exactly one PATH");
-  }
+  if (a.json && !cmd->json) return command_usage_error(*cmd, std::string("has no --json") + (a.command == "show" ? "; for data use inspect --json" : ""));
+  if (!a.to.empty() && !cmd->to) return command_usage_error(*cmd, "has no --to");
+  if (!a.slice.empty() && !cmd->slice) return command_usage_error(*cmd, "has no --slice");
+  if (a.no_progress && !cmd->progress) return command_usage_error(*cmd, "has no --no-progress");
+  if (positional.size() - 1 != cmd->operands)
+    return command_usage_error(*cmd, "takes " + std::to_string(cmd->operands) + " operand(s), got " + std::to_string(positional.size() - 1));
+  if (cmd->to && a.to.empty()) return command_usage_error(*cmd, "needs --to");
+  if (a.command == "export" && a.to != "safetensors") return command_usage_error(*cmd, "exports only --to safetensors");
   a.path = positional[1];
+  if (cmd->operands == 2) {
+    if (a.command == "show" || a.command == "cat") a.key = positional[2];
+    else if (a.command == "diff") a.other = positional[2];
+    else a.out = positional[2];
+  }
   auto backend = backends::make_backend(backends::backend_kind::automatic);
   if (!backend) {
     std::fprintf(stderr, "meshckpt: %s\n", backend.error().what().c_str());
     return 1;
   }
-  if (a.command == "show") return cmd_show(**backend, a);
-  if (a.command == "ls") return cmd_ls(**backend, a);
-  return a.command == "inspect" ? cmd_inspect(**backend, a) : cmd_verify(**backend, a);
+  return cmd->run(**backend, a);
 }
