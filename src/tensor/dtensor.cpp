@@ -63,7 +63,12 @@ result<dtensor> dtensor::create(dtype t, shape global, meshckpt::layout l) {
   BOOST_OUTCOME_TRY(l.validate_shape(global));
   std::vector<buffer> storage;
   std::vector<local_shard> shards;
-  for (auto dev : l.mesh_ref().local_device_ids()) {
+  // Reserved first: a vector growing after a shard's allocation could throw and leak it (found
+  // by tests/test_alloc.cpp under ASan).
+  const auto devices = l.mesh_ref().local_device_ids();
+  storage.reserve(devices.size());
+  shards.reserve(devices.size());
+  for (auto dev : devices) {
     BOOST_OUTCOME_TRY(auto n, shard_bytes_of(t, global, l, dev));
     auto size = static_cast<std::size_t>(n);
     auto* p = static_cast<std::byte*>(::operator new(std::max<std::size_t>(size, 1), std::align_val_t{shard_alignment}));
