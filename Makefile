@@ -14,7 +14,7 @@ DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libx
 # The sanitizer and libFuzzer build.
 SAN_DEBS  := clang-14 libclang-rt-14-dev
 
-.PHONY: all deps build demo test test-sanitize test-tsan stress coverage bench clean
+.PHONY: all deps build demo test test-sanitize test-tsan stress coverage bench docs install clean
 
 all: build
 
@@ -69,20 +69,23 @@ stress: build test-sanitize
 	    $(ASAN_BUILD)/fuzz-work/$$t fuzz/corpus/$$t || exit 1; \
 	done
 
-# Line and branch coverage (gcov, gcovr) of the commit, recovery and retention code under the
-# reliability suites and the API suites; the report goes to build-cov/coverage.txt.
+# Line and branch coverage of the commit, recovery and retention code under the reliability and
+# API suites: clang's source-based coverage (llvm-cov), whose branches are the conditions in
+# the source. The report goes to build-cov/coverage.txt.
 COV_BUILD ?= build-cov
 COV_FILES := src/api/commit.cpp src/api/save_messages.cpp src/api/state_file.cpp src/api/checkpoint_manager.cpp
+COV_TESTS := test_crash test_faults test_kill test_alloc test_checkpoint test_commit_faults test_manager test_api_checkpoint test_multiprocess
 coverage: deps
-	@bash cmake/install-deps.sh gcovr
-	@test -f $(COV_BUILD)/build.ninja || cmake -S . -B $(COV_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMESHCKPT_COVERAGE=ON \
-	  -DMESHCKPT_BUILD_EXAMPLES=OFF
-	cmake --build $(COV_BUILD) -j $(JOBS) --target test_crash test_faults test_kill test_checkpoint test_commit_faults test_manager test_api_checkpoint test_multiprocess
-	find $(COV_BUILD) -name '*.gcda' -delete
-	cd $(COV_BUILD) && for t in test_crash test_faults test_kill test_checkpoint test_commit_faults test_manager test_api_checkpoint test_multiprocess; do \
-	  TMPDIR=/dev/shm MESHCKPT_KILLS=200 bin/$$t > /dev/null || exit 1; done
-	gcovr -r . $(COV_BUILD) $(foreach f,$(COV_FILES),--filter $(f)) --exclude-unreachable-branches --exclude-throw-branches \
-	  --print-summary --txt $(COV_BUILD)/coverage.txt
+	@bash cmake/install-deps.sh $(SAN_DEBS) llvm-14
+	@test -f $(COV_BUILD)/build.ninja || CC=clang-14 CXX=clang++-14 cmake -S . -B $(COV_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+	  -DMESHCKPT_COVERAGE=ON -DMESHCKPT_BUILD_EXAMPLES=OFF
+	cmake --build $(COV_BUILD) -j $(JOBS) --target $(COV_TESTS)
+	rm -rf $(COV_BUILD)/profraw && mkdir -p $(COV_BUILD)/profraw
+	cd $(COV_BUILD) && for t in $(COV_TESTS); do \
+	  LLVM_PROFILE_FILE=$(CURDIR)/$(COV_BUILD)/profraw/$$t-%p.profraw TMPDIR=/dev/shm MESHCKPT_KILLS=200 bin/$$t > /dev/null || exit 1; done
+	llvm-profdata-14 merge -sparse $(COV_BUILD)/profraw/*.profraw -o $(COV_BUILD)/coverage.profdata
+	llvm-cov-14 report -instr-profile=$(COV_BUILD)/coverage.profdata $(COV_BUILD)/bin/test_crash \
+	  $(foreach t,$(filter-out test_crash,$(COV_TESTS)),-object $(COV_BUILD)/bin/$(t)) $(COV_FILES) > $(COV_BUILD)/coverage.txt
 	@cat $(COV_BUILD)/coverage.txt
 
 # The benchmark of BENCHMARKS.md, with fio's figures from the same run (fio is installed here,
@@ -91,6 +94,18 @@ BENCH_DIR ?= $(shell mktemp -d -p /var/tmp meshckpt-bench-XXXXXX)
 bench: build
 	@bash cmake/install-deps.sh fio
 	$(BUILD)/bin/meshckpt bench --dir $(BENCH_DIR) --workload all; rc=$$?; rm -rf $(BENCH_DIR); exit $$rc
+
+# The API reference from the public headers' /// comments (Doxygen), in $(BUILD)/docs/html.
+docs:
+	@bash cmake/install-deps.sh doxygen
+	mkdir -p $(BUILD)/docs
+	( cat docs/Doxyfile; echo "OUTPUT_DIRECTORY = $(BUILD)/docs"; echo "WARN_LOGFILE = $(BUILD)/docs/warnings.txt" ) | doxygen -
+	@echo "API reference: $(BUILD)/docs/html/index.html ($$(wc -l < $(BUILD)/docs/warnings.txt) doxygen warnings in $(BUILD)/docs/warnings.txt)"
+
+# Installs headers, library, CLI, CMake package and pkg-config file under PREFIX.
+PREFIX ?= /usr/local
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD)
