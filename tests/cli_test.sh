@@ -302,6 +302,40 @@ assert c["key"] == "model/embedding/table" and c["kind"] == "values" and c["diff
 ' "$out"; check "diff --json schema" test $? -eq 0
 fi
 
+# Sharded export: N files of about equal size plus the index Hugging Face tools read; read back
+# by an independent reader and imported through the index.
+run export "$WORK/st-src/model" --to safetensors "$WORK/shards" --shards 3; check "sharded export exits 0" test $rc -eq 0
+check "sharded export names the files" has "to 3 safetensors shards"
+check "three shard files" test -f "$WORK/shards/model-00001-of-00003.safetensors" -a -f "$WORK/shards/model-00003-of-00003.safetensors"
+if command -v python3 >/dev/null; then
+  python3 - "$WORK/shards" "$WORK/st/a.safetensors" <<'PY'
+import json, struct, sys, os
+d = sys.argv[1]
+def read(p):
+    raw = open(p, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8]); h = json.loads(raw[8:8 + n]); h.pop("__metadata__", None); data = raw[8 + n:]
+    return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in h.items()}
+idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))
+assert set(idx) == {"metadata", "weight_map"} and isinstance(idx["metadata"]["total_size"], int)
+files = sorted(set(idx["weight_map"].values()))
+assert files == ["model-%05d-of-00003.safetensors" % i for i in (1, 2, 3)], files
+got = {}
+for f in files:
+    part = read(os.path.join(d, f))
+    assert all(idx["weight_map"][k] == f for k in part), f
+    got.update(part)
+assert got == read(sys.argv[2]), "the shards hold other tensors than the single file"
+assert idx["metadata"]["total_size"] == sum(len(v[2]) for v in got.values())
+PY
+  check "shards + index read by an independent reader equal the single file" test $? -eq 0
+fi
+run import "$WORK/shards/model.safetensors.index.json" --to "$WORK/st/from-shards"; check "import of a sharded model" test $rc -eq 0
+run diff "$WORK/st/b" "$WORK/st/from-shards"; check "sharded round trip is bit-exact" test $rc -eq 0
+run export "$WORK/st-src/model" --to safetensors "$WORK/per-process" --shards processes; check "export --shards processes" test $rc -eq 0
+check "one process wrote it: one shard" test -f "$WORK/per-process/model-00001-of-00001.safetensors"
+run export "$WORK/st-src/model" --to safetensors "$WORK/x" --shards 0; check "--shards 0 is a usage error" test $rc -eq 2
+run inspect "$WORK/st-src/model" --shards 2; check "--shards only for export" test $rc -eq 2
+
 # verify's progress bar: drawn on stderr when asked (a terminal, or MESHCKPT_PROGRESS), never
 # when piped, and erased at the end.
 err=$(MESHCKPT_PROGRESS=1 "$CLI" verify "$WORK/ck/model" 2>&1 >/dev/null); check "progress ends at 100%" grep -qF "100%" <<<"$err"

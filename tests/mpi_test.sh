@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi-process checkpoints over MPI (ctest: mpi_multi_process).
-#   mpi_test.sh MPIRUN MULTI_PROCESS MPI_FAULTS WORKDIR
+#   mpi_test.sh MPIRUN MULTI_PROCESS MPI_FAULTS WORKDIR [MESHCKPT_CLI]
 # 1. examples/multi_process saves from 4 ranks and restores onto 2 and 1 (other mesh, other
 #    layouts); then the same checkpoint is restored by separate jobs of 2 and 1 processes.
 # 2. Fault scenarios with 4 ranks (tests/mpi_faults.cpp): one rank's IO fails (a non-root and
@@ -9,7 +9,7 @@
 #    same error; afterwards the previous checkpoint restores exactly (0 partial commits) and the
 #    next save leaves no leftover.
 set -euo pipefail
-MPIRUN=$1 MULTI=$2 FAULTS=$3 WORK=$4
+MPIRUN=$1 MULTI=$2 FAULTS=$3 WORK=$4 CLI=${5:-}
 rm -rf "$WORK"
 mkdir -p "$WORK"
 flags=(--oversubscribe)
@@ -24,6 +24,17 @@ echo "== example: save from 4 ranks, restore onto 2 and 1"
 echo "== example: restore by a job of 2 processes, then of 1"
 "$MPIRUN" "${flags[@]}" -np 2 "$MULTI" --dir "$WORK/example" --restore-only
 "$MPIRUN" "${flags[@]}" -np 1 "$MULTI" --dir "$WORK/example" --restore-only
+
+if [[ -n $CLI ]]; then
+  echo "== meshckpt export --shards processes: one safetensors shard per writing process"
+  "$CLI" export "$WORK/example/ckpt" --to safetensors "$WORK/per-process" --shards processes
+  n=$(ls "$WORK"/per-process/model-*-of-00004.safetensors | wc -l)
+  [[ $n -eq 4 ]] || fail "expected 4 per-process shards, found $n"
+  "$CLI" import "$WORK/per-process/model.safetensors.index.json" --to "$WORK/per-process-import"
+  "$CLI" diff "$WORK/example/ckpt" "$WORK/per-process-import" > "$WORK/per-process-diff.txt" || true
+  grep -q "^0 tensor(s) differ" "$WORK/per-process-diff.txt" ||
+    fail "the per-process export does not round-trip: $(cat "$WORK/per-process-diff.txt")"
+fi
 
 timeout_ms=1500
 limit=120  # seconds; a scenario that takes longer counts as a hang

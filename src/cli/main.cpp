@@ -29,6 +29,7 @@
 #include "bench.hpp"
 #include "values.hpp"
 #include "meshckpt/api/checkpoint.hpp"
+#include "meshckpt/api/safetensors_io.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/describe.hpp"
@@ -106,7 +107,7 @@ std::string join(const std::string& dir, const std::string& name) {
 }
 
 struct args {
-  std::string command, path, key, to, out, other, slice;
+  std::string command, path, key, to, out, other, slice, shards;
   bool json = false;
   bool no_progress = false;
 };
@@ -244,105 +245,160 @@ int cmd_ls(io::backend& b, const args& a) {
   return 0;
 }
 
-// export PATH --to safetensors OUT: every tensor, whole (restored onto one device, one at a
-// time), into one safetensors file written to a temp name and renamed.
+// Writes the tensors `which` of checkpoint `prefix` into the safetensors file `out`: restored
+// whole onto one device one at a time, written to a temp name, fsynced, renamed.
+result<void> write_safetensors_file(io::backend& b, const std::string& prefix, const format::manifest& m,
+                                    const std::vector<const format::saved_tensor*>& which, const std::map<std::string, std::string>& meta,
+                                    const std::string& out) {
+  std::vector<format::safetensor_entry> entries;
+  for (const auto* t : which) entries.push_back({t->key, t->type, t->global, 0, 0});
+  BOOST_OUTCOME_TRY(auto header, format::encode_safetensors_header(entries, meta));
+  const std::string tmp = out + ".tmp-meshckpt";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) return make_errno_error(errno, "create", tmp);
+  std::optional<error> failed;
+  if (std::fwrite(header.data(), 1, header.size(), f) != header.size()) failed = make_errno_error(errno, "write", tmp);
+  for (std::size_t i = 0; !failed && i < which.size(); ++i) {
+    auto d = read_whole(b, prefix, m, *which[i]);
+    if (!d) {
+      failed = d.error();
+      break;
+    }
+    const auto& bytes = d->view().shards().front().data;
+    if (std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) failed = make_errno_error(errno, "write", tmp);
+  }
+  if (!failed && (std::fflush(f) != 0 || ::fsync(::fileno(f)) != 0)) failed = make_errno_error(errno, "fsync", tmp);
+  if (std::fclose(f) != 0 && !failed) failed = make_errno_error(errno, "close", tmp);
+  if (!failed && std::rename(tmp.c_str(), out.c_str()) != 0) failed = make_errno_error(errno, "rename", tmp);
+  if (failed) {
+    std::remove(tmp.c_str());
+    return *failed;
+  }
+  return success();
+}
+
+// export PATH --to safetensors OUT [--shards N|processes]: every tensor, whole, into one
+// safetensors file; or, with --shards, into OUT/model-0000k-of-0000N.safetensors plus
+// OUT/model.safetensors.index.json, as Hugging Face tools expect.
 int cmd_export(io::backend& b, const args& a) {
   const std::string prefix = normalize_prefix(a.path);
   auto m = load_manifest(b, prefix, a);
   if (!m) return 1;
-  std::vector<format::safetensor_entry> entries;
   std::vector<const format::saved_tensor*> which;
   std::string skipped;
+  std::uint64_t total = 0;
   for (const auto& t : m->tensors) {
     if (t.type == dtype::blob) {
       skipped += (skipped.empty() ? "" : ",") + t.key;
       continue;
     }
-    entries.push_back({t.key, t.type, t.global, 0, 0});
     which.push_back(&t);
+    total += static_cast<std::uint64_t>(num_elements(t.global).value_or(0) * dtype_size(t.type));
   }
   std::map<std::string, std::string> meta = {{"format", "pt"}, {"meshckpt.source", prefix}, {"meshckpt.writer", m->writer}};
   if (!skipped.empty()) meta["meshckpt.skipped_blobs"] = skipped;
-  auto header = format::encode_safetensors_header(entries, meta);
-  if (!header) {
-    std::fprintf(stderr, "meshckpt export: %s\n", header.error().what().c_str());
-    return 1;
-  }
-  const std::string tmp = a.out + ".tmp-meshckpt";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) {
-    std::fprintf(stderr, "meshckpt export: cannot create %s\n", tmp.c_str());
-    return 1;
-  }
-  bool ok = std::fwrite(header->data(), 1, header->size(), f) == header->size();
-  for (std::size_t i = 0; ok && i < which.size(); ++i) {
-    auto d = read_whole(b, prefix, *m, *which[i]);
-    if (!d) {
-      std::fprintf(stderr, "meshckpt export: %s\n", d.error().what().c_str());
-      ok = false;
-      break;
+  const std::string skipped_note = skipped.empty() ? "" : " (opaque blobs skipped: " + skipped + ")";
+  if (a.shards.empty()) {
+    if (auto w = write_safetensors_file(b, prefix, *m, which, meta, a.out); !w) {
+      std::fprintf(stderr, "meshckpt export: writing %s: %s\n", a.out.c_str(), w.error().what().c_str());
+      return 1;
     }
-    const auto& bytes = d->view().shards().front().data;
-    ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+    std::printf("exported %zu tensors of %s to %s%s\n", which.size(), prefix.c_str(), a.out.c_str(), skipped_note.c_str());
+    return 0;
   }
-  ok = std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0 && ok;
-  ok = std::fclose(f) == 0 && ok;
-  if (!ok || std::rename(tmp.c_str(), a.out.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    std::fprintf(stderr, "meshckpt export: writing %s failed\n", a.out.c_str());
+  // The groups: by the process that wrote most of each tensor's bytes (data file k belongs to
+  // process k / 10000, docs/FORMAT.md), or N groups of about equal size in key order.
+  std::vector<std::vector<const format::saved_tensor*>> groups;
+  if (a.shards == "processes") {
+    std::map<std::uint64_t, std::vector<const format::saved_tensor*>> by_process;
+    for (const auto* t : which) {
+      std::map<std::uint64_t, std::uint64_t> bytes;
+      for (const auto& sl : t->slices) {
+        const auto& fname = m->files[sl.file].name;
+        const auto dash = fname.rfind('-');
+        const std::uint64_t k = dash == std::string::npos ? 0 : std::strtoull(fname.c_str() + dash + 1, nullptr, 10);
+        bytes[k / 10000] += sl.length;
+      }
+      auto best = std::max_element(bytes.begin(), bytes.end(), [](auto& x, auto& y) { return x.second < y.second; });
+      by_process[best == bytes.end() ? 0 : best->first].push_back(t);
+    }
+    for (auto& [p, g] : by_process) groups.push_back(std::move(g));
+  } else {
+    const long n = std::atol(a.shards.c_str());
+    if (n < 1 || n > 99999 || a.shards.find_first_not_of("0123456789") != std::string::npos) {
+      std::fprintf(stderr, "meshckpt export: --shards takes a count from 1 to 99999 or \"processes\", not \"%s\"\n", a.shards.c_str());
+      return 2;
+    }
+    const std::uint64_t target = (total + static_cast<std::uint64_t>(n) - 1) / static_cast<std::uint64_t>(n);
+    groups.emplace_back();
+    std::uint64_t in_group = 0;
+    for (const auto* t : which) {
+      const auto bytes = static_cast<std::uint64_t>(num_elements(t->global).value_or(0) * dtype_size(t->type));
+      if (!groups.back().empty() && in_group + bytes > target && static_cast<long>(groups.size()) < n) {
+        groups.emplace_back();
+        in_group = 0;
+      }
+      groups.back().push_back(t);
+      in_group += bytes;
+    }
+  }
+  if (::mkdir(a.out.c_str(), 0755) != 0 && errno != EEXIST) {
+    std::fprintf(stderr, "meshckpt export: cannot create directory %s\n", a.out.c_str());
     return 1;
   }
-  std::printf("exported %zu tensors of %s to %s%s\n", which.size(), prefix.c_str(), a.out.c_str(),
-              skipped.empty() ? "" : (" (opaque blobs skipped: " + skipped + ")").c_str());
+  format::safetensors_index index;
+  index.total_size = total;
+  char name[64];
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", g + 1, groups.size());
+    if (auto w = write_safetensors_file(b, prefix, *m, groups[g], meta, join(a.out, name)); !w) {
+      std::fprintf(stderr, "meshckpt export: writing %s: %s\n", join(a.out, name).c_str(), w.error().what().c_str());
+      return 1;
+    }
+    for (const auto* t : groups[g]) index.weight_map[t->key] = name;
+  }
+  // The index last, under a temp name: a reader that finds it finds every shard.
+  const std::string idx_path = join(a.out, "model.safetensors.index.json"), tmp = idx_path + ".tmp-meshckpt";
+  const std::string text = format::encode_safetensors_index(index);
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  bool ok = f && std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
+  ok = f && std::fclose(f) == 0 && ok;
+  if (!ok || std::rename(tmp.c_str(), idx_path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    std::fprintf(stderr, "meshckpt export: writing %s failed\n", idx_path.c_str());
+    return 1;
+  }
+  std::printf("exported %zu tensors of %s to %zu safetensors shards in %s (index: model.safetensors.index.json)%s\n", which.size(),
+              prefix.c_str(), groups.size(), a.out.c_str(), skipped_note.c_str());
   return 0;
 }
 
-// import FILE --to PREFIX: a safetensors file (validated by the format's safety rules) as a
-// meshckpt checkpoint, each tensor whole on one device.
+// import FILE --to PREFIX: a safetensors file, or a sharded model through its
+// model.safetensors.index.json (validated by the format's safety rules), as a meshckpt
+// checkpoint, each tensor whole on one device.
 int cmd_import(io::backend& b, const args& a) {
-  std::FILE* f = std::fopen(a.path.c_str(), "rb");
-  struct stat st;
-  if (!f || ::fstat(::fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-    if (f) std::fclose(f);
-    std::fprintf(stderr, "meshckpt import: %s is not a readable regular file\n", a.path.c_str());
-    return 1;
-  }
-  const auto size = static_cast<std::uint64_t>(st.st_size);
-  std::vector<std::byte> head(8);
-  bool ok = std::fread(head.data(), 1, 8, f) == 8;
-  std::uint64_t n = 0;
-  for (int i = 0; i < 8 && ok; ++i) n |= std::uint64_t{static_cast<std::uint8_t>(head[static_cast<std::size_t>(i)])} << (8 * i);
-  if (ok && n <= format::safetensors_max_header && n <= size - 8) {
-    head.resize(8 + n);
-    ok = std::fread(head.data() + 8, 1, n, f) == n;
-  }
-  auto h = format::decode_safetensors_header(head, size);
-  if (!h) {
-    std::fclose(f);
-    std::fprintf(stderr, "meshckpt import: %s: %s\n", a.path.c_str(), h.error().what().c_str());
+  auto listed = list_safetensors(b, a.path);
+  if (!listed) {
+    std::fprintf(stderr, "meshckpt import: %s\n", listed.error().what().c_str());
     return 1;
   }
   auto one = mesh::create({{"x", 1}}).value();
   std::deque<dtensor> keep;
   std::vector<named_tensor> tensors;
-  for (const auto& e : h->tensors) {
+  for (const auto& e : *listed) {
     auto l = layout::create(std::vector<std::string>(e.dims.size(), "unsharded"), one).value();
     auto d = dtensor::create(e.type, e.dims, l);
     if (!d) {
-      std::fclose(f);
       std::fprintf(stderr, "meshckpt import: tensor \"%s\": %s\n", e.name.c_str(), d.error().what().c_str());
       return 1;
     }
     keep.push_back(std::move(*d));
-    const auto& dst = keep.back().view().shards().front().data;
-    if (std::fseek(f, static_cast<long>(h->data_start + e.begin), SEEK_SET) != 0 || std::fread(dst.data(), 1, dst.size(), f) != dst.size()) {
-      std::fclose(f);
-      std::fprintf(stderr, "meshckpt import: %s: reading tensor \"%s\" failed\n", a.path.c_str(), e.name.c_str());
-      return 1;
-    }
     tensors.push_back({e.name, keep.back().view()});
   }
-  std::fclose(f);
+  if (auto r = read_safetensors(b, a.path, tensors); !r) {
+    std::fprintf(stderr, "meshckpt import: %s\n", r.error().what().c_str());
+    return 1;
+  }
   auto w = write_tensors(b, a.to, tensors);
   if (!w) {
     std::fprintf(stderr, "meshckpt import: %s\n", w.error().what().c_str());
@@ -796,13 +852,16 @@ const command_spec commands[] = {
      "values changed (count and largest absolute difference). Checksums are compared first;\n"
      "data is read only when they differ. Exit status 0 identical, 1 different, 2 trouble.",
      2, true, false, false, false, cmd_diff},
-    {"export", "export PATH --to safetensors OUT",
+    {"export", "export PATH --to safetensors OUT [--shards N|processes]",
      "Every tensor of checkpoint PATH, whole, into the safetensors file OUT (written to a temp\n"
-     "name, fsynced, renamed). Opaque blobs are skipped and named in __metadata__.",
+     "name, fsynced, renamed). Opaque blobs are skipped and named in __metadata__. With --shards,\n"
+     "OUT is a directory receiving model-0000k-of-0000N.safetensors files and the\n"
+     "model.safetensors.index.json Hugging Face tools read: N files of about equal size, or one\n"
+     "per process that wrote the checkpoint (each tensor with the process that wrote most of it).",
      2, false, true, false, false, cmd_export},
     {"import", "import FILE --to PREFIX",
-     "The safetensors FILE (checked by the format's safety rules) as the checkpoint PREFIX, each\n"
-     "tensor whole on one device.",
+     "The safetensors FILE, or the sharded model of a model.safetensors.index.json (checked by\n"
+     "the format's safety rules), as the checkpoint PREFIX, each tensor whole on one device.",
      1, false, true, false, false, cmd_import},
 };
 
@@ -836,6 +895,8 @@ int main(int argc, char** argv) {
       if (!value(a.to)) return usage_error("--to needs a value");
     } else if (s == "--slice") {
       if (!value(a.slice)) return usage_error("--slice needs a value");
+    } else if (s == "--shards") {
+      if (!value(a.shards)) return usage_error("--shards needs a value");
     } else if (s.starts_with("--") || (s.starts_with("-") && s.size() > 1 && !std::isdigit(static_cast<unsigned char>(s[1])))) {
       return usage_error("unknown option " + s);
     } else {
@@ -861,6 +922,7 @@ int main(int argc, char** argv) {
   if (a.json && !cmd->json) return command_usage_error(*cmd, std::string("has no --json") + (a.command == "show" ? "; for data use inspect --json" : ""));
   if (!a.to.empty() && !cmd->to) return command_usage_error(*cmd, "has no --to");
   if (!a.slice.empty() && !cmd->slice) return command_usage_error(*cmd, "has no --slice");
+  if (!a.shards.empty() && a.command != "export") return command_usage_error(*cmd, "has no --shards");
   if (a.no_progress && !cmd->progress) return command_usage_error(*cmd, "has no --no-progress");
   if (positional.size() - 1 != cmd->operands)
     return command_usage_error(*cmd, "takes " + std::to_string(cmd->operands) + " operand(s), got " + std::to_string(positional.size() - 1));

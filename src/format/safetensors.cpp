@@ -1,6 +1,7 @@
 #include "meshckpt/format/safetensors.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <set>
 
@@ -27,7 +28,7 @@ constexpr std::pair<dtype, const char*> names[] = {
 // of them. Anything else (floats, booleans, null, nesting deeper than needed) is an error.
 class json_reader {
  public:
-  explicit json_reader(std::string_view s) : s_(s) {}
+  explicit json_reader(std::string_view s, std::string context = "safetensors header") : s_(s), context_(std::move(context)) {}
   std::optional<error> err;
 
   void ws() {
@@ -50,7 +51,7 @@ class json_reader {
     return p_ == s_.size();
   }
   void fail(const std::string& what) {
-    if (!err) err = make_error(errc::corrupt_manifest, "safetensors header byte " + std::to_string(p_) + ": " + what);
+    if (!err) err = make_error(errc::corrupt_manifest, context_ + " byte " + std::to_string(p_) + ": " + what);
     p_ = s_.size();
   }
   std::string string() {
@@ -141,6 +142,37 @@ class json_reader {
     else if (p_ - start > 1 && s_[start] == '0') fail("leading zero");
     return v;
   }
+  // Any JSON value, skipped (metadata we do not interpret); nesting is capped.
+  void skip(int depth = 0) {
+    ws();
+    if (depth > 64) return fail("nested too deeply");
+    if (p_ >= s_.size()) return fail("expected a value");
+    const char c = s_[p_];
+    if (c == '"') {
+      (void)string();
+    } else if (c == '{' || c == '[') {
+      const char close = c == '{' ? '}' : ']';
+      ++p_;
+      if (eat(close)) return;
+      do {
+        if (c == '{') {
+          (void)string();
+          if (!eat(':')) return fail("expected ':'");
+        }
+        skip(depth + 1);
+      } while (!err && eat(','));
+      if (!err && !eat(close)) fail(std::string("expected '") + close + "'");
+    } else if (s_.substr(p_, 4) == "true" || s_.substr(p_, 4) == "null") {
+      p_ += 4;
+    } else if (s_.substr(p_, 5) == "false") {
+      p_ += 5;
+    } else {
+      const std::size_t start = p_;
+      bool digit = false;
+      while (p_ < s_.size() && std::string_view("+-.eE0123456789").find(s_[p_]) != std::string_view::npos) digit |= s_[p_++] >= '0';
+      if (p_ == start || !digit) fail("expected a value");
+    }
+  }
   std::vector<std::uint64_t> integers() {
     std::vector<std::uint64_t> out;
     if (!eat('[')) return fail("expected an array"), out;
@@ -156,6 +188,7 @@ class json_reader {
  private:
   std::string_view s_;
   std::size_t p_ = 0;
+  std::string context_;
 };
 
 }  // namespace
@@ -316,6 +349,82 @@ result<safetensors_header> decode_safetensors_header(std::span<const std::byte> 
   if (at != data_size)
     return make_error(errc::corrupt_manifest, "safetensors data is " + std::to_string(data_size) + " bytes but the tensors cover " + std::to_string(at));
   return h;
+}
+
+result<safetensors_index> decode_safetensors_index(std::string_view text) {
+  if (text.size() > safetensors_max_header) return make_error(errc::limit_exceeded, "safetensors index larger than 100 MB");
+  json_reader r(text, "safetensors index");
+  safetensors_index idx;
+  bool have_map = false;
+  std::set<std::string> seen;
+  if (!r.eat('{')) r.fail("the index is not a JSON object");
+  if (!r.err && !r.eat('}')) {
+    do {
+      std::string key = r.string();
+      if (r.err) break;
+      if (!seen.insert(key).second) {
+        r.fail("\"" + key + "\" appears twice");
+        break;
+      }
+      if (!r.eat(':')) {
+        r.fail("expected ':'");
+        break;
+      }
+      if (key != "weight_map") {
+        r.skip();
+        continue;
+      }
+      have_map = true;
+      if (!r.eat('{')) {
+        r.fail("weight_map is not an object");
+        break;
+      }
+      if (r.eat('}')) continue;
+      do {
+        std::string name = r.string();
+        if (!r.eat(':')) r.fail("expected ':'");
+        std::string file = r.string();
+        if (r.err) break;
+        // Only plain file names next to the index: no directories, no way out of it.
+        if (file.empty() || file == "." || file == ".." || file.find('/') != std::string::npos || file.find('\0') != std::string::npos) {
+          r.fail("weight_map sends \"" + name + "\" to \"" + file + "\", which is not a plain file name");
+          break;
+        }
+        if (!idx.weight_map.emplace(name, file).second) r.fail("weight_map names \"" + name + "\" twice");
+        if (idx.weight_map.size() > 10'000'000) r.fail("weight_map too large");
+      } while (!r.err && r.eat(','));
+      if (!r.err && !r.eat('}')) r.fail("expected '}' after weight_map");
+    } while (!r.err && r.eat(','));
+    if (!r.err && !r.eat('}')) r.fail("expected '}' or ','");
+  }
+  if (!r.err && !r.at_end()) r.fail("trailing bytes after the index");
+  if (r.err) return *r.err;
+  if (!have_map) return make_error(errc::corrupt_manifest, "safetensors index has no weight_map");
+  return idx;
+}
+
+std::string encode_safetensors_index(const safetensors_index& idx) {
+  auto quote = [](const std::string& v) {
+    std::string o = "\"";
+    for (char c : v) {
+      if (c == '"' || c == '\\') o += '\\';
+      if (static_cast<unsigned char>(c) < 0x20) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+        o += buf;
+        continue;
+      }
+      o += c;
+    }
+    return o + "\"";
+  };
+  std::string out = "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(idx.total_size) + "\n  },\n  \"weight_map\": {";
+  bool first = true;
+  for (const auto& [name, file] : idx.weight_map) {
+    out += std::string(first ? "\n" : ",\n") + "    " + quote(name) + ": " + quote(file);
+    first = false;
+  }
+  return out + "\n  }\n}\n";
 }
 
 }  // namespace meshckpt::format

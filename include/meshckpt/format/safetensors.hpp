@@ -14,6 +14,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "meshckpt/error.hpp"
@@ -52,6 +53,21 @@ result<std::vector<std::byte>> encode_safetensors_header(std::vector<safetensor_
 /// Errors: `corrupt_manifest` naming the problem and the tensor, `limit_exceeded` for an
 /// oversized header.
 result<safetensors_header> decode_safetensors_header(std::span<const std::byte> prefix, std::uint64_t file_size);
+
+/// The index of a sharded safetensors model (`model.safetensors.index.json`): which file holds
+/// each tensor, and the total bytes of tensor data (`metadata.total_size`).
+struct safetensors_index {
+  std::map<std::string, std::string> weight_map;
+  std::uint64_t total_size = 0;
+};
+
+/// Decodes an index file, strictly: a JSON object whose `weight_map` maps names to plain file
+/// names (no '/', not "." or ".."), each name once; other members (`metadata`) are skipped.
+/// Errors: `corrupt_manifest` naming the problem and its byte, `limit_exceeded` above 100 MB.
+result<safetensors_index> decode_safetensors_index(std::string_view text);
+
+/// The index file's JSON, as Hugging Face tools write it (names sorted).
+std::string encode_safetensors_index(const safetensors_index& idx);
 
 /// Header size cap applied by the decoder (the reference implementation's).
 inline constexpr std::uint64_t safetensors_max_header = 100'000'000;

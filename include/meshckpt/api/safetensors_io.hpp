@@ -1,0 +1,40 @@
+#pragma once
+/// \file
+/// Restoring by name from safetensors files (https://github.com/huggingface/safetensors): a
+/// single `.safetensors` file, or a sharded model through its `model.safetensors.index.json`
+/// (`{"metadata": {...}, "weight_map": {"NAME": "model-00001-of-00002.safetensors", ...}}`, as
+/// Hugging Face tools write). Each target is filled in any mesh and layout: the tensor is read
+/// whole from its file once and every local shard's box copied out of it. Files are hostile
+/// input: the header is decoded with the format's safety rules (format/safetensors.hpp) and the
+/// index may only name plain files next to it.
+
+#include <span>
+#include <string>
+#include <vector>
+#include <string_view>
+
+#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/io/backend.hpp"
+
+namespace meshckpt {
+
+/// A tensor of a safetensors file or sharded model: name, dtype, shape, and the file holding it.
+struct safetensors_tensor {
+  std::string name;
+  dtype type = dtype::float32;
+  shape dims;
+  std::string file;
+};
+
+/// The tensors of the safetensors file `path`, or of the shards its index `*.index.json` maps
+/// (every mapped name must be found in its file), sorted by name.
+result<std::vector<safetensors_tensor>> list_safetensors(io::backend& b, std::string_view path);
+
+/// Reads `targets[i].key` from the safetensors file `path` (or from the shards an index file
+/// `*.index.json` maps it to) into `targets[i].tensor`'s shards. The saved dtype and shape must
+/// equal the target's. Memory: one tensor at a time. Errors: not_found (file or tensor name,
+/// with the file), dtype_mismatch, shape_mismatch, corrupt_manifest (a bad header or index),
+/// limit_exceeded, IO errors; the target shards may be partly written on error.
+result<read_report> read_safetensors(io::backend& b, std::string_view path, std::span<const named_tensor> targets);
+
+}  // namespace meshckpt
