@@ -214,6 +214,10 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
 // other saves and restores) keeps running while this process waits for the others. Not a
 // coroutine, and callers pass a named function object: GCC 12 mishandles non-trivial
 // temporaries inside co_await expressions.
+// A thread per collective (three per multi-process save), not a pool: collectives of ranks
+// that share a process (the thread-group coordinator; several checkpoints saving at once) block
+// until every rank has arrived, so a bounded pool could hold the waiting ranks while the missing
+// one queues behind them, and every save would end in a timeout.
 template <class T, class F>
 auto off_executor(asio::any_io_executor ex, F fn) {
   return io::async_op<T>(ex, [fn = std::move(fn)](io::completion<T> c) mutable {
