@@ -26,7 +26,8 @@
 namespace meshckpt {
 
 std::pair<std::string, std::string> split_prefix(std::string_view prefix) {
-  while (prefix.size() > 1 && prefix.ends_with('/')) prefix.remove_suffix(1);
+  // No stripping of a trailing '/': "ckpts/" names a directory, not the checkpoint "ckpts" next
+  // to it; its empty NAME is then refused (found by tests/test_edges.cpp).
   auto slash = prefix.rfind('/');
   if (slash == std::string_view::npos) return {".", std::string(prefix)};
   return {slash == 0 ? "/" : std::string(prefix.substr(0, slash)), std::string(prefix.substr(slash + 1))};

@@ -12,6 +12,8 @@ bool is_plain_name(std::string_view name) noexcept {
 }
 
 result<void> check_base_name(std::string_view base) {
+  if (base.empty())
+    return make_error(errc::invalid_argument, "checkpoint name is empty: a checkpoint prefix is DIR/NAME (the files DIR/NAME.*), not a directory");
   if (!is_plain_name(base))
     return make_error(errc::invalid_argument,
                       "checkpoint name \"" + std::string(base) +
