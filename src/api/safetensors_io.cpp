@@ -100,7 +100,10 @@ struct source {
 };
 
 result<std::unique_ptr<source>> open_source(io::backend& b, std::string_view path) {
-  auto [dir_path, name] = split_prefix(path);
+  // Not a structured binding: clang 14 cannot capture those in lambdas.
+  const auto parts = split_prefix(path);
+  const std::string& dir_path = parts.first;
+  const std::string& name = parts.second;
   if (!format::is_plain_name(name)) return make_error(errc::invalid_argument, "\"" + name + "\" is not a plain file name");
   auto d = call<io::handle>([&](auto done) { b.open_dir(dir_path, false, std::move(done)); });
   if (!d) {

@@ -37,71 +37,76 @@ inline constexpr std::uint64_t default_chunk_bytes = 1 << 20;
 /// Caps applied while decoding; a manifest exceeding one is rejected with
 /// `errc::limit_exceeded`.
 struct limits {
-  std::uint64_t max_manifest_bytes = std::uint64_t{1} << 31;
-  std::uint64_t max_tensors = std::uint64_t{1} << 26;
-  std::uint64_t max_files = std::uint64_t{1} << 20;
-  std::uint64_t max_meshes = std::uint64_t{1} << 16;
-  std::uint64_t max_rank = 32;
-  std::uint64_t max_key_bytes = 16384;
-  std::uint64_t max_extensions = 1024;
-  std::uint64_t max_slices_per_tensor = std::uint64_t{1} << 20;
+  std::uint64_t max_manifest_bytes = std::uint64_t{1} << 31;     ///< whole manifest file (2 GiB)
+  std::uint64_t max_tensors = std::uint64_t{1} << 26;            ///< tensors per checkpoint
+  std::uint64_t max_files = std::uint64_t{1} << 20;              ///< data files
+  std::uint64_t max_meshes = std::uint64_t{1} << 16;             ///< distinct meshes
+  std::uint64_t max_rank = 32;                                   ///< dimensions of a tensor or mesh
+  std::uint64_t max_key_bytes = 16384;                           ///< bytes of a tensor key
+  std::uint64_t max_extensions = 1024;                           ///< extension sections
+  std::uint64_t max_slices_per_tensor = std::uint64_t{1} << 20;  ///< stored slices of one tensor
 };
 
 /// A mesh as recorded in a manifest.
 struct saved_mesh {
-  std::vector<mesh_dim> dims;
+  std::vector<mesh_dim> dims;            ///< named dimensions and sizes, outermost first
   std::vector<std::int64_t> device_ids;  ///< row-major mesh order
+  /// Field-wise equality.
   friend bool operator==(const saved_mesh&, const saved_mesh&) = default;
 };
 
 /// One stored slice of a tensor: the bytes of `where` in row-major order, at
 /// `[offset, offset + length)` of data file `file`.
 struct saved_slice {
-  box where;
-  std::uint32_t file = 0;
-  std::uint64_t offset = 0;
-  std::uint64_t length = 0;
+  box where;                             ///< the slice's box of the global tensor
+  std::uint32_t file = 0;                ///< index into `manifest::files`
+  std::uint64_t offset = 0;              ///< first byte in that file
+  std::uint64_t length = 0;              ///< bytes (the box's volume times the dtype size)
   std::int64_t writer_device = 0;        ///< the replica that wrote it (deterministic owner)
   std::vector<std::uint64_t> checksums;  ///< XXH3-64 of each chunk_bytes piece, in order
+  /// Field-wise equality.
   friend bool operator==(const saved_slice&, const saved_slice&) = default;
 };
 
 /// One tensor: key, dtype, global shape, saved layout (per dimension: mesh dimension index or
 /// -1 for unsharded) on mesh `mesh`, and its slices.
 struct saved_tensor {
-  std::string key;
-  dtype type = dtype::float32;
-  shape global;
-  std::uint32_t mesh = 0;
-  std::vector<std::int32_t> axes;
-  std::vector<saved_slice> slices;
+  std::string key;                       ///< the object path, e.g. "model/dense/kernel"
+  dtype type = dtype::float32;           ///< element type
+  shape global;                          ///< global shape
+  std::uint32_t mesh = 0;                ///< index into `manifest::meshes`
+  std::vector<std::int32_t> axes;        ///< per dimension: the mesh dimension sharding it, or -1
+  std::vector<saved_slice> slices;       ///< the distinct shard boxes, each stored once
+  /// Field-wise equality.
   friend bool operator==(const saved_tensor&, const saved_tensor&) = default;
 };
 
 /// A data file of the checkpoint, by plain name and exact size.
 struct data_file {
-  std::string name;
-  std::uint64_t size = 0;
+  std::string name;                      ///< plain file name in the checkpoint's directory
+  std::uint64_t size = 0;                ///< exact size in bytes
+  /// Field-wise equality.
   friend bool operator==(const data_file&, const data_file&) = default;
 };
 
 /// A named opaque section (used by higher layers, e.g. for the object graph).
 struct extension {
-  std::string name;
-  std::vector<std::byte> bytes;
+  std::string name;                      ///< e.g. "object_graph"
+  std::vector<std::byte> bytes;          ///< opaque to the format
+  /// Field-wise equality.
   friend bool operator==(const extension&, const extension&) = default;
 };
 
 /// A decoded manifest. Tensors are sorted by key (strictly increasing).
 struct manifest {
-  std::uint16_t minor = minor_version;
-  std::uint64_t chunk_bytes = default_chunk_bytes;
-  std::uint64_t created_unix_ms = 0;
+  std::uint16_t minor = minor_version;                ///< format minor version it was written with
+  std::uint64_t chunk_bytes = default_chunk_bytes;    ///< checksum chunk size (a power of two)
+  std::uint64_t created_unix_ms = 0;                  ///< when the save started (milliseconds since the epoch)
   std::string writer;  ///< free text, e.g. "meshckpt 0.1.0"
-  std::vector<saved_mesh> meshes;
-  std::vector<data_file> files;
-  std::vector<saved_tensor> tensors;
-  std::vector<extension> extensions;
+  std::vector<saved_mesh> meshes;          ///< the meshes tensors were saved on
+  std::vector<data_file> files;            ///< the data files
+  std::vector<saved_tensor> tensors;       ///< sorted by key
+  std::vector<extension> extensions;       ///< named opaque sections
 
   /// The tensor with this key, or nullptr (binary search).
   const saved_tensor* find(std::string_view key) const;
@@ -109,6 +114,7 @@ struct manifest {
   /// Total bytes of tensor data stored (sum of slice lengths).
   std::uint64_t stored_bytes() const;
 
+  /// Field-wise equality.
   friend bool operator==(const manifest&, const manifest&) = default;
 };
 
