@@ -147,8 +147,8 @@ TEST_CASE("hostile checkpoint state files: a clear error naming the line, never 
       "model_checkpoint_path: \"a\"\nall_model_checkpoint_timestamps: x\n",  // not a number
       "model_checkpoint_path: \"a\"\nall_model_checkpoint_timestamps: 1.5junk\n",
       "all_model_checkpoint_paths: \"a\"\n",                 // no model_checkpoint_path
-      "model_checkpoint_path: \"a\"\nall_model_checkpoint_paths: \"a\"\nall_model_checkpoint_paths: \"b\"\n"
-      "all_model_checkpoint_timestamps: 1\n",                // 2 paths, 1 timestamp
+      // 2 paths, 1 timestamp:
+      "model_checkpoint_path: \"a\"\nall_model_checkpoint_paths: \"a\"\nall_model_checkpoint_paths: \"b\"\nall_model_checkpoint_timestamps: 1\n",
       "model_checkpoint_path: \"\n",
   };
   for (const char* text : bad) {
