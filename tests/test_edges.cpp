@@ -150,6 +150,9 @@ TEST_CASE("hostile checkpoint state files: a clear error naming the line, never 
       // 2 paths, 1 timestamp:
       "model_checkpoint_path: \"a\"\nall_model_checkpoint_paths: \"a\"\nall_model_checkpoint_paths: \"b\"\nall_model_checkpoint_timestamps: 1\n",
       "model_checkpoint_path: \"\n",
+      "model_checkpoint_path: ab\n",                        // no opening quote
+      "model_checkpoint_path: \"ab\n",                      // no closing quote
+      "model_checkpoint_path: \"a\"\nlast_preserved_timestamp:\n",  // no number at all
   };
   for (const char* text : bad) {
     INFO(text);
@@ -172,8 +175,26 @@ TEST_CASE("hostile checkpoint state files: a clear error naming the line, never 
   CHECK(back->all_model_checkpoint_paths == s.all_model_checkpoint_paths);
   CHECK(back->all_model_checkpoint_timestamps == s.all_model_checkpoint_timestamps);
 
+  // More paths than the parser accepts (a million).
+  {
+    std::string many = "model_checkpoint_path: \"a\"\n";
+    for (int i = 0; i <= 1000000; ++i) many += "all_model_checkpoint_paths: \"a\"\n";
+    auto r = parse_checkpoint_state(many);
+    REQUIRE(!r);
+    CHECK_THAT(r.error().what(), Catch::Contains("too many paths"));
+  }
+
   auto be = std::shared_ptr<io::backend>(backends::make_posix_backend());
   temp_dir dir;
+  // The empty directory is the current one.
+  {
+    const auto cwd = fs::current_path();
+    fs::current_path(dir.str());
+    auto none = read_checkpoint_state(*be, "");
+    CHECK(!none);
+    CHECK(!latest_checkpoint(""));
+    fs::current_path(cwd);
+  }
   auto missing = read_checkpoint_state(*be, dir / "nowhere");
   REQUIRE(!missing);
   CHECK(missing.error().code == errc::not_found);
@@ -268,6 +289,37 @@ TEST_CASE("invalid options are refused before anything is written", "[edges][opt
   REQUIRE(mgr);
   REQUIRE((*mgr)->save());
   CHECK(fs::exists(dir / "m/ckpt-1.manifest"));
+  // A relative prefix in the current directory, and a manager over the current directory ("").
+  {
+    const auto cwd = fs::current_path();
+    fs::current_path(dir.str());
+    auto r = write_tensors(*be, "relative", ts);
+    CHECK(r);
+    if (r) CHECK(r->manifest_path == "relative.manifest");
+    model here;
+    auto hc = checkpoint::create(mesh8(), &here, {}, opts(be)).value();
+    CHECK(checkpoint_manager::create(*hc, "", mopts()));
+    fs::current_path(cwd);
+  }
+  // A step counter with an interval: a save at the same step is skipped.
+  {
+    std::int64_t step = 10;
+    manager_options so = mopts();
+    so.step_counter = [&] { return step; };
+    so.checkpoint_interval = 5;
+    fs::create_directories(dir / "steps");
+    auto sm = checkpoint_manager::create(*c, dir / "steps", so).value();
+    auto first = sm->save(std::nullopt, true);
+    REQUIRE(first);
+    CHECK(*first);
+    auto again = sm->save(std::nullopt, true);
+    REQUIRE(again);
+    CHECK(!*again);  // skipped: the interval has not passed
+    step = 15;
+    auto later = sm->save(std::nullopt, true);
+    REQUIRE(later);
+    CHECK(*later);
+  }
   // A state file written by TensorFlow without timestamps is adopted.
   write_text(dir / "m/checkpoint", "model_checkpoint_path: \"ckpt-1\"\nall_model_checkpoint_paths: \"ckpt-1\"\n");
   auto again = checkpoint_manager::create(*c, dir / "m", mopts());
