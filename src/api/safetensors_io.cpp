@@ -18,40 +18,30 @@ namespace meshckpt {
 
 namespace {
 
-template <class T, class F>
-result<T> call(F f) {
-  return io::wait<T>(std::move(f));
-}
-
-void close_now(io::backend& b, io::handle h) {
-  auto r = call<void>([&](auto done) { b.close(h, std::move(done)); });
-  if (!r && r.error().code == std::errc::not_enough_memory) io::close_detached(b, h);
-}
-
 // A file of the directory, read whole or by ranges; closed on destruction.
 class open_file {
  public:
   static result<open_file> open(io::backend& b, io::handle dir, const std::string& dir_path, const std::string& name) {
-    auto h = call<io::handle>([&](auto done) { b.open(dir, name, io::open_mode::read, std::move(done)); });
+    auto h = io::wait<io::handle>([&](auto done) { b.open(dir, name, io::open_mode::read, std::move(done)); });
     if (!h) {
       if (h.error().code == std::errc::no_such_file_or_directory)
         return make_error(errc::not_found, "safetensors file " + dir_path + "/" + name + " does not exist");
       return h.error();
     }
     open_file f(b, *h, name);
-    BOOST_OUTCOME_TRY(auto size, call<std::uint64_t>([&](auto done) { b.size(*h, std::move(done)); }));
+    BOOST_OUTCOME_TRY(auto size, io::wait<std::uint64_t>([&](auto done) { b.size(*h, std::move(done)); }));
     f.size_ = size;
     return f;
   }
   open_file(open_file&& o) noexcept : b_(o.b_), h_(std::exchange(o.h_, std::nullopt)), name_(std::move(o.name_)), size_(o.size_) {}
   open_file& operator=(open_file&&) = delete;
   ~open_file() {
-    if (h_) close_now(b_, *h_);
+    if (h_) io::close_now(b_, *h_);
   }
   std::uint64_t size() const { return size_; }
   const std::string& name() const { return name_; }
   result<void> read(std::uint64_t offset, std::span<std::byte> out) {
-    BOOST_OUTCOME_TRY(auto n, call<std::size_t>([&](auto done) { b_.read(*h_, offset, out, std::move(done)); }));
+    BOOST_OUTCOME_TRY(auto n, io::wait<std::size_t>([&](auto done) { b_.read(*h_, offset, out, std::move(done)); }));
     if (n != out.size()) return make_error(errc::short_read, name_ + " ended before byte " + std::to_string(offset + out.size()));
     return success();
   }
@@ -87,7 +77,7 @@ struct source {
   std::optional<format::safetensors_index> index;
   source(io::backend& be, io::handle d, std::string dp, std::string n) : b(be), dir(d), dir_path(std::move(dp)), name(std::move(n)) {}
   source(const source&) = delete;
-  ~source() { close_now(b, dir); }
+  ~source() { io::close_now(b, dir); }
   // The files to read: the file itself, or every shard the index names (sorted, once each).
   std::vector<std::string> files() const {
     if (!index) return {name};
@@ -105,7 +95,7 @@ result<std::unique_ptr<source>> open_source(io::backend& b, std::string_view pat
   const std::string& dir_path = parts.first;
   const std::string& name = parts.second;
   if (!format::is_plain_name(name)) return make_error(errc::invalid_argument, "\"" + name + "\" is not a plain file name");
-  auto d = call<io::handle>([&](auto done) { b.open_dir(dir_path, false, std::move(done)); });
+  auto d = io::wait<io::handle>([&](auto done) { b.open_dir(dir_path, false, std::move(done)); });
   if (!d) {
     if (d.error().code == std::errc::no_such_file_or_directory) return make_error(errc::not_found, "directory " + dir_path + " does not exist");
     return d.error();

@@ -34,18 +34,6 @@ std::string number(double v) {
   return buf;
 }
 
-// Blocking shorthands over the backend (the state file is tiny).
-template <class T, class F>
-result<T> call(F f) {
-  return io::wait<T>(std::move(f));
-}
-
-// Closes a handle, falling back to a detached close when the close cannot even start.
-void close_now(io::backend& b, io::handle h) {
-  auto r = call<void>([&](auto done) { b.close(h, std::move(done)); });
-  if (!r && r.error().code == std::errc::not_enough_memory) io::close_detached(b, h);
-}
-
 // Runs `f`, the steps between opening and closing a handle, turning an allocation failure into
 // an error so that the handle is still closed.
 template <class F>
@@ -133,22 +121,22 @@ result<checkpoint_state> parse_checkpoint_state(std::string_view text) {
 
 result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view dir_path) {
   std::string dir(dir_path.empty() ? "." : dir_path);
-  auto d = call<io::handle>([&](auto done) { b.open_dir(dir, false, std::move(done)); });
+  auto d = io::wait<io::handle>([&](auto done) { b.open_dir(dir, false, std::move(done)); });
   if (!d) {
     if (d.error().code == std::errc::no_such_file_or_directory) return make_error(errc::not_found, "directory " + dir + " does not exist");
     return d.error();
   }
-  auto h = call<io::handle>([&](auto done) { b.open(*d, std::string(state_name), io::open_mode::read, std::move(done)); });
-  close_now(b, *d);
+  auto h = io::wait<io::handle>([&](auto done) { b.open(*d, std::string(state_name), io::open_mode::read, std::move(done)); });
+  io::close_now(b, *d);
   if (!h) {
     if (h.error().code == std::errc::no_such_file_or_directory) return make_error(errc::not_found, "no checkpoint state file in " + dir);
     return h.error();
   }
   auto body = [&]() -> result<checkpoint_state> {
-    BOOST_OUTCOME_TRY(auto size, call<std::uint64_t>([&](auto done) { b.size(*h, std::move(done)); }));
+    BOOST_OUTCOME_TRY(auto size, io::wait<std::uint64_t>([&](auto done) { b.size(*h, std::move(done)); }));
     if (size > max_state_bytes) return make_error(errc::limit_exceeded, dir + "/checkpoint is larger than 16 MiB");
     std::string text(size, '\0');
-    BOOST_OUTCOME_TRY(auto n, call<std::size_t>([&](auto done) {
+    BOOST_OUTCOME_TRY(auto n, io::wait<std::size_t>([&](auto done) {
       b.read(*h, 0, std::as_writable_bytes(std::span(text.data(), text.size())), std::move(done));
     }));
     text.resize(n);
@@ -157,7 +145,7 @@ result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view 
     return s;
   };
   auto r = closing_safely(body, "reading the checkpoint state file");
-  close_now(b, *h);
+  io::close_now(b, *h);
   return r;
 }
 
@@ -168,36 +156,36 @@ result<void> write_checkpoint_state(io::backend& b, std::string_view dir_path, c
   std::uint64_t token = (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ counter++ ^
                         static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   std::string tmp = std::string(state_name) + ".tmp-" + format::token_hex(token);
-  BOOST_OUTCOME_TRY(auto d, call<io::handle>([&](auto done) { b.open_dir(dir, true, std::move(done)); }));
+  BOOST_OUTCOME_TRY(auto d, io::wait<io::handle>([&](auto done) { b.open_dir(dir, true, std::move(done)); }));
   auto steps = [&]() -> result<void> {
-    BOOST_OUTCOME_TRY(auto h, call<io::handle>([&](auto done) { b.open(d, tmp, io::open_mode::create_exclusive, std::move(done)); }));
-    auto w = call<void>([&](auto done) { b.write(h, 0, std::as_bytes(std::span(text.data(), text.size())), std::move(done)); });
-    auto f = w ? call<void>([&](auto done) { b.fsync(h, std::move(done)); }) : w;
-    auto c = call<void>([&](auto done) { b.close(h, std::move(done)); });
+    BOOST_OUTCOME_TRY(auto h, io::wait<io::handle>([&](auto done) { b.open(d, tmp, io::open_mode::create_exclusive, std::move(done)); }));
+    auto w = io::wait<void>([&](auto done) { b.write(h, 0, std::as_bytes(std::span(text.data(), text.size())), std::move(done)); });
+    auto f = w ? io::wait<void>([&](auto done) { b.fsync(h, std::move(done)); }) : w;
+    auto c = io::wait<void>([&](auto done) { b.close(h, std::move(done)); });
     if (!c && c.error().code == std::errc::not_enough_memory) io::close_detached(b, h);  // it never started
     if (!f || !c) {
-      (void)call<void>([&](auto done) { b.unlink(d, tmp, std::move(done)); });
+      (void)io::wait<void>([&](auto done) { b.unlink(d, tmp, std::move(done)); });
       return !f ? f : c;
     }
-    auto rn = call<void>([&](auto done) { b.rename(d, tmp, std::string(state_name), std::move(done)); });
+    auto rn = io::wait<void>([&](auto done) { b.rename(d, tmp, std::string(state_name), std::move(done)); });
     if (!rn) {
-      (void)call<void>([&](auto done) { b.unlink(d, tmp, std::move(done)); });
+      (void)io::wait<void>([&](auto done) { b.unlink(d, tmp, std::move(done)); });
       return rn;
     }
-    BOOST_OUTCOME_TRY(call<void>([&](auto done) { b.fsync(d, std::move(done)); }));
+    BOOST_OUTCOME_TRY(io::wait<void>([&](auto done) { b.fsync(d, std::move(done)); }));
     // Best effort: temp state files of updates that died before their rename (the exact
     // pattern "checkpoint.tmp-<16 hex>" is only ever written here).
-    if (auto entries = call<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); })) {
+    if (auto entries = io::wait<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); })) {
       const std::string stem = std::string(state_name) + ".tmp-";
       for (const auto& e : *entries)
         if (e.type == io::dir_entry::regular && e.name.size() == stem.size() + 16 && e.name.starts_with(stem) &&
             e.name.find_first_not_of("0123456789abcdef", stem.size()) == std::string::npos)
-          (void)call<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
+          (void)io::wait<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
     }
     return success();
   };
   auto r = closing_safely(steps, "updating the checkpoint state file");
-  close_now(b, d);
+  io::close_now(b, d);
   if (!r) return with_context(r.error(), "update " + dir + "/checkpoint");
   return r;
 }
@@ -219,32 +207,32 @@ result<void> delete_checkpoint(io::backend& b, std::string_view prefix) {
   const std::string& dir = parts.first;
   const std::string& base = parts.second;
   BOOST_OUTCOME_TRY(format::check_base_name(base));
-  BOOST_OUTCOME_TRY(auto d, call<io::handle>([&](auto done) { b.open_dir(dir, false, std::move(done)); }));
+  BOOST_OUTCOME_TRY(auto d, io::wait<io::handle>([&](auto done) { b.open_dir(dir, false, std::move(done)); }));
   auto steps = [&]() -> result<void> {
-    auto rm = call<void>([&](auto done) { b.unlink(d, format::manifest_name(base), std::move(done)); });
+    auto rm = io::wait<void>([&](auto done) { b.unlink(d, format::manifest_name(base), std::move(done)); });
     if (!rm && rm.error().code != std::errc::no_such_file_or_directory) return rm;
-    BOOST_OUTCOME_TRY(call<void>([&](auto done) { b.fsync(d, std::move(done)); }));
+    BOOST_OUTCOME_TRY(io::wait<void>([&](auto done) { b.fsync(d, std::move(done)); }));
     // Only files this library writes for this name: its data files and temp manifests, found by
     // their exact name patterns (never mistaken for another checkpoint's or a foreign file).
-    BOOST_OUTCOME_TRY(auto entries, call<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); }));
+    BOOST_OUTCOME_TRY(auto entries, io::wait<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); }));
     for (const auto& e : entries) {
       auto k = format::classify(e.name);
       if (k.base != base || (k.k != format::name_kind::data && k.k != format::name_kind::temp_manifest)) continue;
-      auto u = call<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
+      auto u = io::wait<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
       if (!u && u.error().code != std::errc::no_such_file_or_directory) return u;
     }
     return success();
   };
   auto r = closing_safely(steps, "deleting a checkpoint");
-  close_now(b, d);
+  io::close_now(b, d);
   if (!r) return with_context(r.error(), "delete checkpoint " + std::string(prefix));
   return r;
 }
 
 result<std::size_t> remove_orphans(io::backend& b, std::string_view dir, std::string_view name) {
-  BOOST_OUTCOME_TRY(auto d, call<io::handle>([&](auto done) { b.open_dir(std::string(dir), false, std::move(done)); }));
+  BOOST_OUTCOME_TRY(auto d, io::wait<io::handle>([&](auto done) { b.open_dir(std::string(dir), false, std::move(done)); }));
   auto steps = [&]() -> result<std::size_t> {
-    BOOST_OUTCOME_TRY(auto entries, call<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); }));
+    BOOST_OUTCOME_TRY(auto entries, io::wait<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); }));
     auto numbered = [&](const std::string& base) {
       if (base.size() <= name.size() + 1 || !base.starts_with(name) || base[name.size()] != '-') return false;
       return base.find_first_not_of("0123456789", name.size() + 1) == std::string::npos;
@@ -260,14 +248,14 @@ result<std::size_t> remove_orphans(io::backend& b, std::string_view dir, std::st
       auto k = format::classify(e.name);
       if (k.k != format::name_kind::data && k.k != format::name_kind::temp_manifest) continue;
       if (!numbered(k.base) || committed.contains(k.base)) continue;
-      auto u = call<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
+      auto u = io::wait<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
       if (!u && u.error().code != std::errc::no_such_file_or_directory) return u.error();
       if (u) ++removed;
     }
     return removed;
   };
   auto r = closing_safely(steps, "removing leftovers");
-  close_now(b, d);
+  io::close_now(b, d);
   if (!r) return with_context(r.error(), "remove leftovers in " + std::string(dir));
   return r;
 }

@@ -143,4 +143,11 @@ inline void close_detached(backend& b, handle h) noexcept {
   }
 }
 
+/// Closes `h` and waits; a close that cannot even start for lack of memory falls back to
+/// `close_detached`. For blocking cleanup paths, which must not leak the handle.
+inline void close_now(backend& b, handle h) {
+  auto r = wait<void>([&](auto done) { b.close(h, std::move(done)); });
+  if (!r && r.error().code == std::errc::not_enough_memory) close_detached(b, h);
+}
+
 }  // namespace meshckpt::io
