@@ -21,7 +21,11 @@ class mem_backend final : public io::backend {
   std::map<std::string, std::vector<std::byte>> files;  // by name, in the one directory
 
   std::string_view name() const noexcept override { return "memory"; }
-  io::capabilities caps() const override { return {}; }
+  io::capabilities caps() const override {
+    io::capabilities c;
+    c.host_filesystem = false;  // its directories are not the host's: no directory lock
+    return c;
+  }
   void open_dir(std::string, bool, io::completion<io::handle> done) override { done(io::handle{0}); }
   void open(io::handle, std::string n, io::open_mode m, io::completion<io::handle> done) override {
     std::lock_guard lk(mu_);

@@ -25,6 +25,7 @@ class category final : public std::error_category {
       case errc::unsupported: return "unsupported";
       case errc::cancelled: return "cancelled";
       case errc::timed_out: return "timed out";
+      case errc::locked: return "directory locked by another writer";
     }
     return "unknown meshckpt error";
   }

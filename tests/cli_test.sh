@@ -158,6 +158,7 @@ fi
 run export "$WORK/st-src/model" "$WORK/st/c.safetensors"; check "export without --to" test $rc -eq 2
 run export "$WORK/ck/model" --to safetensors "$WORK/st/d.safetensors"; check "export of a damaged checkpoint fails" test $rc -eq 1
 check "and says why" has "checksum mismatch"; check "leaves no file" test ! -e "$WORK/st/d.safetensors"
+check "and no temp file" test -z "$(ls "$WORK/st" | grep "\.tmp-")"
 run import "$WORK/st/a.safetensors";                  check "import without --to" test $rc -eq 2
 
 # A directory written by a CheckpointManager: the state file is checked too.

@@ -87,6 +87,19 @@ inline std::vector<int> run_saves(const std::string& dir, std::shared_ptr<io::ba
   return acked;
 }
 
+// Runs the command-line tool's `verify DIR` (the path comes from the build: MESHCKPT_CLI) and
+// returns whether it passed, and what it printed.
+inline std::pair<bool, std::string> run_verify_cli(const std::string& dir) {
+  std::string cmd = std::string("'") + MESHCKPT_CLI + "' verify --no-progress '" + dir + "' 2>&1";
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (!f) return {false, "cannot run " + cmd};
+  std::string out;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  int rc = ::pclose(f);
+  return {rc == 0, out};
+}
+
 struct violations {
   std::vector<std::string> list;
   void add(std::string s) { list.push_back(std::move(s)); }
@@ -102,6 +115,12 @@ inline void check_recovery(const std::string& dir, const std::vector<int>& acked
   }
   auto scan = scan_directory(*be, dir);
   if (!scan) return v.add(what + ": scan failed: " + scan.error().what());
+  // What an operator runs first: `meshckpt verify DIR` passes (every checkpoint intact, the state
+  // file lists only checkpoints that are there), unless no checkpoint was ever committed.
+  if (!scan->checkpoints.empty()) {
+    auto out = run_verify_cli(dir);
+    if (!out.first) v.add(what + ": meshckpt verify " + dir + " fails: " + out.second);
+  }
   // I1: every manifest restores bit-exact or fails loudly.
   std::set<int> restorable;
   for (const auto& name : scan->checkpoints) {

@@ -1,4 +1,4 @@
-// The Checkpoint API, one or more tests per row of ../shared/SEMANTICS.md: construction
+// The Checkpoint API, one or more tests per behaviour of docs/API.md (TensorFlow's semantics): construction
 // errors, save_counter numbering across restarts, write vs save, read vs restore, the state
 // file and latest_checkpoint, every load-status assertion passing and failing, the warning,
 // deferred restoration, most-recent-restore-wins, mismatches, name-based restore, async forms.

@@ -30,6 +30,7 @@ enum class errc {
   unsupported = 12,        ///< the request needs a capability this build or setup lacks
   cancelled = 13,          ///< the operation was cancelled before it took effect
   timed_out = 14,          ///< another process did not answer in time (dead, hung, or too slow)
+  locked = 15,             ///< another process is writing into the checkpoint directory (it holds DIR/meshckpt.lock)
 };
 
 /// The `std::error_category` of `errc`; its name is "meshckpt".

@@ -22,9 +22,12 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "../runtime/executor_thread.hpp"
+#include "../runtime/serial_queue.hpp"
+#include "common.hpp"
+#include "state_file.hpp"
 #include "meshckpt/api/lazy_save.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/backends/uring.hpp"
@@ -136,22 +139,39 @@ struct session : std::enable_shared_from_this<session> {
     std::size_t tensor;
   };
 
-  // Reads the values of `targets` in one batch and marks them restored.
-  result<void> read_values(std::vector<target>& targets, std::vector<named_tensor>& views) {
-    if (views.empty()) return success();
-    auto r = read_tensors(*backend, prefix, manifest, views, ropt);
-    if (!r) return r.error();
-    for (auto& t : targets) {
+  // The values one restore step reads in one batch.
+  struct batch {
+    std::vector<target> targets;
+    std::vector<named_tensor> views;
+  };
+
+  // The manifest, shared with the reads (which keep the session alive).
+  std::shared_ptr<const format::manifest> shared_manifest() { return {shared_from_this(), &manifest}; }
+
+  // Marks the values of a batch that was read as restored.
+  void mark_restored(batch& b) {
+    for (auto& t : b.targets) {
       t.obj->value_restored();
       restored.insert(t.obj);
       key_used[t.tensor] = 1;
     }
+  }
+
+  // Reads a batch on the calling thread: a deferred restoration, which happens when the caller
+  // tracks a child (a blocking API face, through the one bridge).
+  result<void> read_blocking(batch& b) {
+    if (b.views.empty()) return success();
+    auto m = shared_manifest();
+    auto r = runtime::run_blocking<read_report>("deferred restore", [&](auto ex, auto done) {
+      runtime::spawn<read_report>(ex, detail::read_into(*backend, prefix, b.views, ropt, m), std::move(done));
+    });
+    if (!r) return r.error();
+    mark_restored(b);
     return success();
   }
 
   // Prepares a value read into `obj` for saved tensor `key`; errors name the key and shapes.
-  result<void> add_target(graph::trackable& obj, const std::string& key, std::vector<target>& targets,
-                          std::vector<named_tensor>& views) {
+  result<void> add_target(graph::trackable& obj, const std::string& key, batch& into) {
     const auto* t = manifest.find(key);
     if (!t) return make_error(errc::corrupt_manifest, "checkpoint " + prefix + ": object graph names value \"" + key + "\", which the manifest lacks");
     dtype as = t->type;
@@ -161,17 +181,16 @@ struct session : std::enable_shared_from_this<session> {
       as = var->view().type();
     auto v = obj.value_for_restore(as, t->global, m);
     if (!v) return with_context(v.error(), "restore " + prefix + ": value \"" + key + "\"");
-    targets.push_back({&obj, tensor_index(t)});
-    views.push_back({key, std::move(*v)});
+    into.targets.push_back({&obj, tensor_index(t)});
+    into.views.push_back({key, std::move(*v)});
     return success();
   }
 
-  // Structural restore of checkpoint node `node` into `obj` and their subtrees. `extra` are
-  // additional edges of `obj` (a checkpoint's attached children, when `obj` is node 0).
-  result<void> restore_subtree(std::uint32_t node, graph::trackable& obj,
-                               const std::vector<std::pair<std::string, graph::trackable*>>& extra = {}) {
-    std::vector<target> targets;
-    std::vector<named_tensor> views;
+  // Structural restore of checkpoint node `node` into `obj` and their subtrees: matches them
+  // and collects the values to read into `out`. `extra` are additional edges of `obj` (a
+  // checkpoint's attached children, when `obj` is node 0).
+  result<void> match_subtree(std::uint32_t node, graph::trackable& obj, batch& out,
+                             const std::vector<std::pair<std::string, graph::trackable*>>& extra = {}) {
     std::deque<std::pair<std::uint32_t, graph::trackable*>> queue{{node, &obj}};
     std::set<std::uint32_t> seen{node};
     bool first = true;
@@ -181,7 +200,7 @@ struct session : std::enable_shared_from_this<session> {
       node_matched[n] = 1;
       const auto& cn = graph->nodes[n];
       if (cn.has_value && o->has_value()) {
-        BOOST_OUTCOME_TRY(add_target(*o, cn.key, targets, views));
+        BOOST_OUTCOME_TRY(add_target(*o, cn.key, out));
       }
       for (const auto& [name, cid] : cn.children) {
         graph::trackable* live = o->child(name);
@@ -203,28 +222,29 @@ struct session : std::enable_shared_from_this<session> {
       }
       first = false;
     }
-    return read_values(targets, views);
+    return success();
   }
 
   void restore_deferred(std::uint32_t node, graph::trackable& obj) {
     std::lock_guard lk(mu);
-    if (auto r = restore_subtree(node, obj); !r) {
+    batch b;
+    auto r = match_subtree(node, obj, b);
+    if (r) r = read_blocking(b);
+    if (!r) {
       warn(r.error().what());
       deferred_errors.push_back(r.error());
     }
   }
 
   // Name-based: each live value is matched by its full object path.
-  result<void> restore_by_name(graph::trackable& root, const std::vector<std::pair<std::string, graph::trackable*>>& extra) {
+  result<void> match_by_name(graph::trackable& root, const std::vector<std::pair<std::string, graph::trackable*>>& extra, batch& out) {
     auto live = graph::walk(root, extra);
-    std::vector<target> targets;
-    std::vector<named_tensor> views;
     for (std::size_t i = 0; i < live.objects.size(); ++i) {
       const auto& n = live.graph.nodes[i];
       if (!n.has_value || !manifest.find(n.key)) continue;
-      BOOST_OUTCOME_TRY(add_target(*live.objects[i], n.key, targets, views));
+      BOOST_OUTCOME_TRY(add_target(*live.objects[i], n.key, out));
     }
-    return read_values(targets, views);
+    return success();
   }
 };
 
@@ -255,66 +275,13 @@ struct checkpoint_impl {
   std::mutex arena_mu;
   std::condition_variable arena_freed;
   std::vector<std::shared_ptr<snapshot_arena>> arenas;
-  asio::thread_pool snapshot_thread{1};
-  asio::thread_pool io_thread{1};
+  runtime::executor_thread snapshot_thread;
+  runtime::executor_thread io_thread;
+  // Saves and restores, one at a time in the order issued, as coroutines on the IO thread.
+  runtime::serial_queue jobs{io_thread.executor()};
 
   std::mutex mu;
-  std::condition_variable idle;
-  std::deque<std::function<void()>> queue;
-  bool busy = false;
   std::optional<error> last_error;
-
-  // Runs `job` after every job queued before it; `job` must call `finished` exactly once.
-  // Queues `job`, or throws std::bad_alloc having queued nothing.
-  void enqueue(std::function<void(std::function<void()> finished)> job) {
-    std::lock_guard lk(mu);
-    queue.push_back([this, job = std::move(job)] { job([this] { finish_one(); }); });
-    if (!busy) {
-      try {
-        start_next_locked();
-      } catch (const std::bad_alloc&) {
-        queue.pop_back();
-        throw;
-      }
-    }
-  }
-  // The job stays queued until the io thread takes it: a failed post loses nothing.
-  void start_next_locked() {
-    if (queue.empty()) {
-      busy = false;
-      idle.notify_all();
-      return;
-    }
-    busy = true;
-    try {
-      asio::post(io_thread, [this] { run_front(); });
-    } catch (const std::bad_alloc&) {
-      busy = false;
-      throw;
-    }
-  }
-  void run_front() {
-    std::function<void()> next;
-    {
-      std::lock_guard lk(mu);
-      next = std::move(queue.front());
-      queue.pop_front();
-    }
-    next();
-  }
-  void finish_one() {
-    std::lock_guard lk(mu);
-    try {
-      start_next_locked();
-    } catch (const std::bad_alloc&) {
-      // No memory to post the next job on the io thread: it stays queued and starts with the
-      // next enqueue.
-    }
-  }
-  void wait_idle() {
-    std::unique_lock lk(mu);
-    idle.wait(lk, [&] { return !busy && queue.empty(); });
-  }
 };
 
 // Process 0 of a multi-process checkpoint (or a single process) owns the shared files: the
@@ -421,7 +388,7 @@ std::string load_status::path() const { return s_->path; }
 checkpoint::checkpoint(std::unique_ptr<detail::checkpoint_impl> impl) : impl_(std::move(impl)) {}
 
 checkpoint::~checkpoint() {
-  impl_->wait_idle();
+  (void)sync();  // waits for the queued jobs (refused, and not waited for, on a library thread)
   impl_->snapshot_thread.join();
   impl_->io_thread.join();
 }
@@ -565,9 +532,14 @@ void copy_snapshot(const snapshot_plan& p, detail::snapshot_arena& arena, std::v
     for (std::size_t i; (i = next.fetch_add(1)) < work.size();) std::memcpy(work[i].first, work[i].second.data(), work[i].second.size());
   };
   if (helper && p.need >= (64u << 20) && std::thread::hardware_concurrency() > 1) {
-    std::thread second(run);
+    // The second copier comes from the process-wide CPU pool, not a thread of its own.
+    std::promise<void> second_done;
+    asio::post(runtime::cpu_pool().executor(), [&] {
+      run();
+      second_done.set_value();
+    });
     run();
-    second.join();
+    second_done.get_future().wait();
   } else {
     run();
   }
@@ -589,16 +561,75 @@ struct save_job {
   // save failed first.
   std::shared_ptr<detail::one_shot<void>> released = std::make_shared<detail::one_shot<void>>();
   // The write may start once the snapshot (if any) is taken.
-  std::mutex gate_mu;
-  bool gate_open = false;
-  std::function<void()> on_open;
+  std::shared_ptr<detail::one_shot<void>> gate = std::make_shared<detail::one_shot<void>>();
 };
+
+// The job of one save on the checkpoint's queue: once the snapshot is taken, write and commit;
+// then the state file (numbered saves), the manager's work, the write callbacks; then `done`.
+asio::awaitable<void> run_save(detail::checkpoint_impl& impl, std::shared_ptr<save_job> job, std::shared_ptr<detail::after_commit> after) {
+  auto ex = co_await asio::this_coro::executor;
+  auto steps = [&]() -> runtime::task<std::string> {
+    // Named awaitables throughout: GCC 12 destroys non-trivial temporaries of a co_await
+    // expression twice (docs/ARCHITECTURE.md).
+    auto snapshot_taken = io::async_op<void>(ex, [job](io::completion<void> c) { job->gate->then(std::move(c)); }, runtime::use_awaitable);
+    (void)co_await std::move(snapshot_taken);
+    auto written = async_write_tensors(ex, *impl.backend, job->path, std::move(job->tensors), std::move(job->wopt), runtime::use_awaitable);
+    BOOST_OUTCOME_CO_TRY(co_await std::move(written));
+    if (job->numbered && detail::writes_shared_files(impl)) {
+      auto [dir, base] = split_prefix(job->path);
+      checkpoint_state st;
+      st.model_checkpoint_path = base;
+      st.all_model_checkpoint_paths = {base};
+      double now = now_seconds();
+      st.all_model_checkpoint_timestamps = {now};
+      st.last_preserved_timestamp = now - 1;
+      auto recorded = detail::write_state(*impl.backend, dir, std::move(st));
+      BOOST_OUTCOME_CO_TRY(co_await std::move(recorded));
+    }
+    if (after) {
+      auto managed = after->run();
+      BOOST_OUTCOME_CO_TRY(co_await std::move(managed));
+    }
+    co_return job->path;
+  };
+  std::optional<result<std::string>> out;
+  try {
+    out = co_await steps();
+  } catch (const std::bad_alloc&) {
+    out = out_of_memory("saving " + job->path);
+  }
+  if (*out)
+    for (const auto& cb : impl.opt.write_callbacks) cb(job->path);
+  {
+    std::lock_guard lk(impl.mu);
+    impl.last_error = *out ? std::nullopt : std::optional<error>(out->error());
+  }
+  {
+    // The snapshot memory is free for the next save.
+    std::lock_guard lk(impl.arena_mu);
+    job->owners.clear();
+  }
+  impl.arena_freed.notify_all();
+  job->done(std::move(*out));
+}
 
 }  // namespace
 
 void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken) {
+  start_save(std::move(prefix), numbered, std::move(done), std::move(snapshot_taken), nullptr);
+}
+
+void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
+                            std::shared_ptr<detail::after_commit> after) {
   auto& impl = *impl_;
   const bool lazy = static_cast<bool>(snapshot_taken);
+  const bool must_wait = !lazy && impl.opt.snapshot;  // copy mode: return once the tensors are free
+  if (must_wait && runtime::on_library_thread()) {
+    // Copy mode waits for the copy; on a library thread that wait could hold up the very work
+    // it waits for. Refused before anything is queued.
+    done(runtime::refuse_blocking("async_save in copy mode (it returns once the tensors are copied)"));
+    return;
+  }
   // An allocation failure before the job is queued fails the save through `done`, like any
   // error; nothing after the enqueue allocates, so a queued save always reports through it.
   std::shared_ptr<save_job> job;
@@ -650,17 +681,9 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     *plan = plan_snapshot(job->tensors);
     take = !budget || plan->need <= budget;
   }
-  auto open_gate = [job] {
-    std::function<void()> go;
-    {
-      std::lock_guard lk(job->gate_mu);
-      job->gate_open = true;
-      go = std::move(job->on_open);
-    }
-    if (go) go();
-  };
+  auto open_gate = [job] { job->gate->set(success()); };
   if (take) {
-    asio::post(impl.snapshot_thread, [&impl, job, plan, open_gate, lazy] {
+    asio::post(impl.snapshot_thread.executor(), [&impl, job, plan, open_gate, lazy] {
       try {
         auto arena = acquire_arena(impl, plan->need);
         copy_snapshot(*plan, *arena, job->tensors, !lazy);
@@ -677,48 +700,7 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     open_gate();
   }
   released = job->released;
-  impl.enqueue([&impl, job](std::function<void()> finished) {
-    auto write = [&impl, job, finished] {
-      auto ex = impl.io_thread.get_executor();
-      async_write_tensors(ex, *impl.backend, job->path, std::move(job->tensors), std::move(job->wopt),
-                          [&impl, job, finished](result<write_report> r) {
-                            result<std::string> out = job->path;
-                            if (!r) out = r.error();
-                            if (out && job->numbered && detail::writes_shared_files(impl)) {
-                              auto [dir, base] = split_prefix(job->path);
-                              checkpoint_state st;
-                              st.model_checkpoint_path = base;
-                              st.all_model_checkpoint_paths = {base};
-                              double now = now_seconds();
-                              st.all_model_checkpoint_timestamps = {now};
-                              st.last_preserved_timestamp = now - 1;
-                              if (auto w = write_checkpoint_state(*impl.backend, dir, st); !w) out = w.error();
-                            }
-                            if (out)
-                              for (const auto& cb : impl.opt.write_callbacks) cb(job->path);
-                            {
-                              std::lock_guard lk(impl.mu);
-                              impl.last_error = out ? std::nullopt : std::optional<error>(out.error());
-                            }
-                            {
-                              // The snapshot memory is free for the next save.
-                              std::lock_guard lk(impl.arena_mu);
-                              job->owners.clear();
-                            }
-                            impl.arena_freed.notify_all();
-                            job->done(std::move(out));
-                            finished();
-                          });
-    };
-    {
-      std::lock_guard lk(job->gate_mu);
-      if (!job->gate_open) {
-        job->on_open = [&impl, write] { asio::post(impl.io_thread, write); };
-        return;
-      }
-    }
-    write();
-  });
+  impl.jobs.push([&impl, job, after]() { return run_save(impl, job, after); });
   } catch (const std::bad_alloc&) {
     auto e = out_of_memory("starting save " + prefix);
     if (!job || !job->done) {  // `done` and `snapshot_taken` are still ours
@@ -730,9 +712,75 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     }
     return;
   }
-  const bool must_wait = !lazy && impl.opt.snapshot;  // copy mode: return once the tensors are free
-  if (must_wait) (void)released->wait();
+  if (must_wait) {
+    (void)runtime::run_blocking<void>("save (copy mode)", [&](auto, io::completion<void> d) { released->then(std::move(d)); });
+    // The bridge ends early only when it could not allocate. The tensors must still not be
+    // handed back before they are copied: the last resort polls (tests/test_alloc.cpp).
+    while (!released->ready()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
+
+namespace {
+
+// The steps of a restore job: the manifest, the match of the object graph (or of names), one
+// batch of reads, and the load status.
+runtime::task<load_status> restore_steps(checkpoint& c, detail::checkpoint_impl& impl, std::string p, bool is_restore) {
+  auto ex = co_await asio::this_coro::executor;
+  auto loaded = async_read_manifest(ex, *impl.backend, p, runtime::use_awaitable);
+  BOOST_OUTCOME_CO_TRY(auto man, co_await std::move(loaded));
+  std::optional<graph::object_graph> g;
+  for (const auto& e : man.extensions)
+    if (e.name == graph::object_graph_extension) {
+      auto d = graph::decode_object_graph(e.bytes);
+      if (!d) co_return with_context(d.error(), "restore " + p);
+      g = std::move(*d);
+    }
+  auto s = std::make_shared<detail::session>(impl.backend, p, std::move(man), impl.m, impl.opt.read);
+  s->seq = ++restore_seq;
+  s->key_used.assign(s->manifest.tensors.size(), 0);
+  if (g) {
+    s->node_matched.assign(g->nodes.size(), 0);
+    for (const auto& [name, id] : g->nodes[0].children)
+      if (name == "save_counter") s->save_counter_node = id;
+    s->graph = std::move(g);
+  }
+  if (is_restore) c.save_counter();  // restore() creates the counter; the saved value lands in it
+  s->leave_save_counter = !is_restore;
+  auto st = std::make_shared<detail::status_state>();
+  st->s = s;
+  st->path = p;
+  st->root = &c.root();
+  st->extra = extra_edges(impl);
+  detail::session::batch values;
+  {
+    auto live = graph::walk(c.root(), st->extra);
+    std::lock_guard lk(s->mu);
+    for (std::size_t i = 0; i < live.objects.size(); ++i)
+      if (live.graph.nodes[i].has_value && live.objects[i] != impl.save_counter.get())
+        s->live_at_restore.emplace_back(live.objects[i], live.graph.nodes[i].key);
+    auto r = s->graph ? s->match_subtree(0, c.root(), values, st->extra) : s->match_by_name(c.root(), st->extra, values);
+    if (!r) {
+      s->expect_partial = true;  // the error is the report; no second warning
+      co_return r.error();
+    }
+  }
+  if (!values.views.empty()) {
+    auto read = detail::read_into(*impl.backend, p, values.views, impl.opt.read, s->shared_manifest());
+    auto r = co_await std::move(read);
+    if (!r) {
+      std::lock_guard lk(s->mu);
+      s->expect_partial = true;
+      co_return r.error();
+    }
+  }
+  {
+    std::lock_guard lk(s->mu);
+    s->mark_restored(values);
+  }
+  co_return load_status(std::move(st));
+}
+
+}  // namespace
 
 void checkpoint::start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done) {
   auto& impl = *impl_;
@@ -744,56 +792,38 @@ void checkpoint::start_restore(std::optional<std::string> path, bool is_restore,
   }
   // Restores run behind queued writes, on the IO thread, so a save followed by a restore of it
   // sees the committed files.
-  impl.enqueue([this, &impl, p = std::move(*path), is_restore, done = std::move(done)](std::function<void()> finished) mutable {
-    auto run = [&]() -> result<load_status> {
-      BOOST_OUTCOME_TRY(auto man, read_manifest(*impl.backend, p));
-      std::optional<graph::object_graph> g;
-      for (const auto& e : man.extensions)
-        if (e.name == graph::object_graph_extension) {
-          auto d = graph::decode_object_graph(e.bytes);
-          if (!d) return with_context(d.error(), "restore " + p);
-          g = std::move(*d);
-        }
-      auto s = std::make_shared<detail::session>(impl.backend, p, std::move(man), impl.m, impl.opt.read);
-      s->seq = ++restore_seq;
-      s->key_used.assign(s->manifest.tensors.size(), 0);
-      if (g) {
-        s->node_matched.assign(g->nodes.size(), 0);
-        for (const auto& [name, id] : g->nodes[0].children)
-          if (name == "save_counter") s->save_counter_node = id;
-        s->graph = std::move(g);
-      }
-      if (is_restore) save_counter();  // restore() creates the counter; the saved value lands in it
-      s->leave_save_counter = !is_restore;
-      auto st = std::make_shared<detail::status_state>();
-      st->s = s;
-      st->path = p;
-      st->root = &root();
-      st->extra = extra_edges(impl);
-      auto live = graph::walk(root(), st->extra);
-      std::lock_guard lk(s->mu);
-      for (std::size_t i = 0; i < live.objects.size(); ++i)
-        if (live.graph.nodes[i].has_value && live.objects[i] != impl.save_counter.get())
-          s->live_at_restore.emplace_back(live.objects[i], live.graph.nodes[i].key);
-      auto r = s->graph ? s->restore_subtree(0, root(), st->extra) : s->restore_by_name(root(), st->extra);
-      if (!r) {
-        s->expect_partial = true;  // the error is the report; no second warning
-        return r.error();
-      }
-      return load_status(std::move(st));
-    };
-    auto r = run();
-    done(std::move(r));
-    finished();
-  });
+  auto job = [this, &impl, p = std::move(*path), is_restore, done = std::move(done)]() -> asio::awaitable<void> {
+    std::optional<result<load_status>> r;
+    try {
+      auto steps = restore_steps(*this, impl, p, is_restore);
+      r = co_await std::move(steps);
+    } catch (const std::bad_alloc&) {
+      r = out_of_memory("restoring " + p);
+    }
+    done(std::move(*r));
+  };
+  try {
+    impl.jobs.push(std::move(job));
+  } catch (const std::bad_alloc&) {
+    // `done` went with the job: nothing else can report.
+    throw;
+  }
 }
 
+namespace detail {
+
+result<void> block_until(std::function<void(io::completion<void>)> subscribe, const char* what) {
+  return runtime::run_blocking<void>(what, [&](auto, io::completion<void> done) { subscribe(std::move(done)); });
+}
+
+}  // namespace detail
+
 result<std::string> checkpoint::save(std::string_view prefix) {
-  return io::wait<std::string>([&](auto d) { start_save(std::string(prefix), true, std::move(d)); });
+  return runtime::run_blocking<std::string>("checkpoint::save", [&](auto, auto d) { start_save(std::string(prefix), true, std::move(d)); });
 }
 
 result<std::string> checkpoint::write(std::string_view prefix) {
-  return io::wait<std::string>([&](auto d) { start_save(std::string(prefix), false, std::move(d)); });
+  return runtime::run_blocking<std::string>("checkpoint::write", [&](auto, auto d) { start_save(std::string(prefix), false, std::move(d)); });
 }
 
 lazy_save<std::string> checkpoint::save_lazy(std::string_view prefix) {
@@ -809,18 +839,27 @@ lazy_save<std::string> checkpoint::write_lazy(std::string_view prefix) {
 }
 
 result<load_status> checkpoint::read(std::string_view path) {
-  return io::wait<load_status>([&](auto d) { start_restore(std::string(path), false, std::move(d)); });
+  return runtime::run_blocking<load_status>("checkpoint::read", [&](auto, auto d) { start_restore(std::string(path), false, std::move(d)); });
 }
 
 result<load_status> checkpoint::restore(std::optional<std::string> path) {
-  return io::wait<load_status>([&](auto d) { start_restore(std::move(path), true, std::move(d)); });
+  return runtime::run_blocking<load_status>("checkpoint::restore", [&](auto, auto d) { start_restore(std::move(path), true, std::move(d)); });
 }
 
 result<void> checkpoint::sync() {
-  impl_->wait_idle();
-  std::lock_guard lk(impl_->mu);
-  if (impl_->last_error) return *impl_->last_error;
-  return success();
+  auto& impl = *impl_;
+  // A job of its own, behind every job queued so far.
+  return runtime::run_blocking<void>("checkpoint::sync", [&impl](auto, io::completion<void> done) {
+    impl.jobs.push([&impl, done = std::move(done)]() -> asio::awaitable<void> {
+      std::optional<error> e;
+      {
+        std::lock_guard lk(impl.mu);
+        e = impl.last_error;
+      }
+      done(e ? result<void>(*e) : result<void>(success()));
+      co_return;
+    });
+  });
 }
 
 }  // namespace meshckpt

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "../runtime/dir_lock.hpp"
+#include "state_file.hpp"
 #include "meshckpt/format/names.hpp"
 
 namespace meshckpt {
@@ -30,6 +32,14 @@ result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoin
   while (directory.size() > 1 && directory.ends_with('/')) directory.pop_back();
   if (directory.empty()) directory = ".";
   std::unique_ptr<checkpoint_manager> m(new checkpoint_manager(ckpt, std::move(directory), std::move(opt)));
+  if (ckpt.writes_shared_files() && ckpt.backend().caps().host_filesystem) {
+    // The directory exists durably before its lock file is made in it.
+    auto& b = ckpt.backend();
+    BOOST_OUTCOME_TRY(runtime::run_blocking<void>("checkpoint_manager::create", [&](auto ex, auto done) {
+      runtime::spawn<void>(ex, detail::make_directory(b, m->dir_), std::move(done));
+    }));
+    BOOST_OUTCOME_TRY(m->lock_, runtime::lock_dir_blocking(m->dir_, m->opt_.lock_timeout));
+  }
   double now = now_seconds();
   auto st = read_checkpoint_state(ckpt.backend(), m->dir_);
   if (!st) {
@@ -57,7 +67,7 @@ std::vector<std::string> checkpoint_manager::checkpoints() const {
   return out;
 }
 
-result<void> checkpoint_manager::record_state() {
+checkpoint_state checkpoint_manager::state() const {
   checkpoint_state st;
   st.model_checkpoint_path = latest_ ? split_prefix(*latest_).second : std::string();
   for (const auto& [b, t] : maybe_delete_) {
@@ -65,12 +75,12 @@ result<void> checkpoint_manager::record_state() {
     st.all_model_checkpoint_timestamps.push_back(t);
   }
   st.last_preserved_timestamp = last_preserved_;
-  if (!ckpt_.writes_shared_files()) return success();  // process 0 of a multi-process job writes it
-  return write_checkpoint_state(ckpt_.backend(), dir_, st);
+  return st;
 }
 
-result<void> checkpoint_manager::sweep() {
-  if (!opt_.max_to_keep) return success();
+std::vector<std::string> checkpoint_manager::plan_sweep() {
+  std::vector<std::string> doomed;
+  if (!opt_.max_to_keep) return doomed;
   const std::string newest = latest_ ? split_prefix(*latest_).second : std::string();
   while (maybe_delete_.size() > static_cast<std::size_t>(*opt_.max_to_keep)) {
     auto [base, stamp] = maybe_delete_.front();
@@ -80,11 +90,9 @@ result<void> checkpoint_manager::sweep() {
       last_preserved_ = stamp;
       continue;
     }
-    if (ckpt_.writes_shared_files()) {
-      BOOST_OUTCOME_TRY(delete_checkpoint(ckpt_.backend(), full(base)));
-    }
+    doomed.push_back(std::move(base));
   }
-  return success();
+  return doomed;
 }
 
 void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool check_interval,
@@ -104,32 +112,53 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
   std::int64_t counter = ckpt_.save_counter() + 1;
   ckpt_.set_save_counter(counter);
   std::string base = opt_.checkpoint_name + "-" + std::to_string(number.value_or(counter));
-  ckpt_.start_save(full(base), false, [this, base, step, done = std::move(done)](result<std::string> r) {
-    if (!r) {
-      done(r.error());
-      return;
-    }
-    // The commit is durable here; only now may retention delete anything.
-    auto after = [&]() -> result<void> {
+  // After the commit, inside the save's job (the next save or restore waits for it): the state
+  // file, then retention, then cleanup. The commit is durable by then; only now may retention
+  // delete anything.
+  auto after = std::make_shared<detail::after_commit>();
+  after->run = [this, base, step]() -> detail::task<void> {
+    std::vector<std::string> doomed;
+    checkpoint_state st;
+    std::vector<std::pair<std::string, double>> managed;
+    double preserved = 0;
+    {
       std::lock_guard lk(mu_);
       if (step) last_step_ = step;
       std::erase_if(maybe_delete_, [&](auto& e) { return e.first == base; });
       maybe_delete_.emplace_back(base, now_seconds());
       latest_ = full(base);
-      BOOST_OUTCOME_TRY(record_state());
-      BOOST_OUTCOME_TRY(sweep());
-      BOOST_OUTCOME_TRY(record_state());
-      // Best effort: files of interrupted saves and deletions of managed names (no manifest).
-      // A failure here leaves them for the next save; the checkpoint is committed either way.
-      if (ckpt_.writes_shared_files()) (void)remove_orphans(ckpt_.backend(), dir_, opt_.checkpoint_name);
-      return success();
-    };
-    if (auto a = after(); !a) {
-      done(a.error());
-      return;
+      // TRICKY: the state file must never name a checkpoint that is gone, whenever the process
+      // dies. So the new state (new latest, the kept list without the doomed ones) is durable
+      // first, and only then are the doomed checkpoints deleted. A crash in between leaves
+      // checkpoints that no state lists: whole ones (still restorable by path) or, once their
+      // manifest is gone, leftovers that the next save removes.
+      managed = maybe_delete_;
+      preserved = last_preserved_;
+      doomed = plan_sweep();
+      st = state();
     }
-    done(std::optional<std::string>(full(base)));
-  }, std::move(snapshot_taken));
+    if (!ckpt_.writes_shared_files()) co_return success();  // process 0 of a multi-process job writes and deletes
+    auto recorded = detail::write_state(ckpt_.backend(), dir_, std::move(st));
+    if (auto rs = co_await std::move(recorded); !rs) {
+      std::lock_guard lk(mu_);
+      maybe_delete_ = managed;  // nothing was deleted: they stay managed
+      last_preserved_ = preserved;
+      co_return rs.error();
+    }
+    for (const auto& d : doomed) {
+      auto deleted = detail::delete_checkpoint(ckpt_.backend(), full(d));
+      BOOST_OUTCOME_CO_TRY(co_await std::move(deleted));
+    }
+    // Best effort: files of interrupted saves and deletions of managed names (no manifest).
+    // A failure here leaves them for the next save; the checkpoint is committed either way.
+    auto cleaned = detail::remove_orphans(ckpt_.backend(), dir_, opt_.checkpoint_name);
+    (void)co_await std::move(cleaned);
+    co_return success();
+  };
+  ckpt_.start_save(full(base), false, [this, done = std::move(done)](result<std::string> r) {
+    if (!r) return done(r.error());
+    done(std::optional<std::string>(std::move(*r)));
+  }, std::move(snapshot_taken), std::move(after));
 }
 
 lazy_save<std::optional<std::string>> checkpoint_manager::save_lazy(std::optional<std::int64_t> number, bool check_interval) {
@@ -139,7 +168,8 @@ lazy_save<std::optional<std::string>> checkpoint_manager::save_lazy(std::optiona
 }
 
 result<std::optional<std::string>> checkpoint_manager::save(std::optional<std::int64_t> number, bool check_interval) {
-  return io::wait<std::optional<std::string>>([&](auto d) { start_save(number, check_interval, std::move(d)); });
+  return runtime::run_blocking<std::optional<std::string>>("checkpoint_manager::save",
+                                                          [&](auto, auto d) { start_save(number, check_interval, std::move(d)); });
 }
 
 std::optional<std::string> checkpoint_manager::latest_checkpoint() const {

@@ -2,7 +2,8 @@
 // attempt.
 //
 //   1. Plan: place every distinct slice in data files (pure; no IO).
-//   2. Create DIR (and missing parents, each fsynced into its parent).
+//   2. Create DIR (and missing parents, each fsynced into its parent); take DIR's writer lock
+//      (DIR/meshckpt.lock; process 0 of a multi-process save), held until the save returns.
 //   3. For each data file NAME.data-TOKEN-K: create exclusively, write all its slices (the XXH3
 //      of every chunk is computed from the bytes written), fsync, close.
 //   4. fsync DIR: the data files' directory entries are durable.
@@ -10,6 +11,7 @@
 //      close.
 //   6. rename NAME.manifest.tmp-TOKEN -> NAME.manifest (atomically replaces an older one).
 //   7. fsync DIR. Only now is success reported: the checkpoint is durable.
+//   (5-7 are runtime::durable_replace, the library's one way to publish a file.)
 //   8. Clean up (best effort): remove NAME's data files of other tokens (the replaced checkpoint,
 //      or leftovers of crashed saves) and NAME's stray temp manifests.
 //
@@ -34,6 +36,11 @@
 
 #include <thread>
 
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "../runtime/dir_lock.hpp"
+#include "../runtime/durable_replace.hpp"
 #include "../runtime/staging_pool.hpp"
 #include "common.hpp"
 #include "save_messages.hpp"
@@ -83,6 +90,7 @@ struct save_state {
   std::vector<io::handle> open_files;
   std::vector<std::string> created;  // files to remove if the attempt fails before the rename
   bool renamed = false;
+  runtime::dir_lock lock;  // released when the save ends
 };
 
 error at(const save_state& s, error e) { return with_context(std::move(e), "save " + s.prefix); }
@@ -225,6 +233,20 @@ auto off_executor(asio::any_io_executor ex, F fn) {
   }, use_awaitable);
 }
 
+// Takes the writer lock of `dir`, polling for up to `wait` while another process holds it.
+task<runtime::dir_lock> lock_directory(const std::string& dir, std::chrono::milliseconds wait) {
+  auto ex = co_await asio::this_coro::executor;
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (int attempt = 0;; ++attempt) {
+    auto l = runtime::try_lock_dir(dir);
+    if (l || l.error().code != errc::locked || std::chrono::steady_clock::now() >= deadline) co_return l;
+    asio::steady_timer t(ex, std::min<std::chrono::steady_clock::duration>(runtime::lock_retry_delay(attempt),
+                                                                           deadline - std::chrono::steady_clock::now()));
+    boost::system::error_code ec;
+    co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
+  }
+}
+
 result<void> check_options(const save_state& s, const write_options& opt) {
   if (opt.chunk_bytes < 4096 || opt.chunk_bytes > (64u << 20) || (opt.chunk_bytes & (opt.chunk_bytes - 1)))
     return make_error(errc::invalid_argument, "chunk_bytes " + std::to_string(opt.chunk_bytes) + " is not a power of two in [4 KiB, 64 MiB]");
@@ -261,9 +283,12 @@ task<void> write_local(save_state& s, format::manifest& m, std::span<const named
   s.sources_released = std::move(opt.sources_released);
   if (s.stop.stop_requested()) co_return make_error(errc::cancelled, "save cancelled before it started");
 
-  // 2. Directory.
+  // 2. Directory, and its writer lock.
   BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(s.b, ex, s.dir_path, true, use_awaitable));
   s.dir = dir;
+  if (rank <= 0 && s.b.caps().host_filesystem) {
+    BOOST_OUTCOME_CO_TRY(s.lock, co_await lock_directory(s.dir_path, opt.lock_timeout));
+  }
 
   // 3. Data files.
   std::size_t begin = 0;
@@ -288,31 +313,21 @@ task<write_report> publish(save_state& s, const format::manifest& m) {
   auto ex = co_await asio::this_coro::executor;
   io::handle dir = *s.dir;
 
-  // 5. Manifest to a temp name.
+  // 5-7. The manifest, published durably: temp name, fsync, rename, directory fsync. A stop
+  // requested before the rename (the last moment a cancellation can still take effect) ends the
+  // save without a trace.
   BOOST_OUTCOME_CO_TRY(auto bytes, format::encode(m));
-  std::string tmp = format::temp_manifest_name(s.base, s.token);
-  std::string entry = tmp;
-  s.created.reserve(s.created.size() + 1);
-  s.open_files.reserve(s.open_files.size() + 1);
-  BOOST_OUTCOME_CO_TRY(auto mh, co_await io::async_open(s.b, ex, dir, tmp, io::open_mode::create_exclusive, use_awaitable));
-  s.created.push_back(std::move(entry));
-  s.open_files.push_back(mh);
-  BOOST_OUTCOME_CO_TRY(co_await io::async_write(s.b, ex, mh, 0, bytes, use_awaitable));
-  BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, mh, use_awaitable));
-  auto closed = co_await io::async_close(s.b, ex, mh, use_awaitable);
-  if (!closed && closed.error().code == std::errc::not_enough_memory) io::close_detached(s.b, mh);  // it never started
-  s.open_files.pop_back();
-  BOOST_OUTCOME_CO_TRY(closed);
-
-  // 6. Publish (the last moment a cancellation can still take effect).
-  if (s.stop.stop_requested()) co_return make_error(errc::cancelled, "save cancelled before its commit");
   std::string final_name = format::manifest_name(s.base);
-  auto rn = co_await io::async_rename(s.b, ex, dir, tmp, final_name, use_awaitable);
-  if (!rn) co_return rn.error();
-  s.renamed = true;
-
-  // 7. Durable.
-  BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, dir, use_awaitable));
+  runtime::replace_options how;
+  how.renamed = &s.renamed;
+  how.before_rename = [&s]() -> result<void> {
+    if (s.stop.stop_requested()) return make_error(errc::cancelled, "save cancelled before its commit");
+    return success();
+  };
+  std::string tmp = format::temp_manifest_name(s.base, s.token);
+  s.created.push_back(tmp);  // removed by the save's cleanup too, should this frame unwind
+  auto published = runtime::durable_replace(s.b, dir, std::move(tmp), final_name, bytes, how);
+  BOOST_OUTCOME_CO_TRY(co_await std::move(published));
 
   write_report rep;
   rep.manifest_path = (s.dir_path == "." ? std::string() : s.dir_path + "/") + final_name;
@@ -488,7 +503,7 @@ void start_write_tensors(asio::any_io_executor ex, io::backend& b, std::string p
 
 result<write_report> write_tensors(io::backend& b, std::string_view prefix, std::span<const named_tensor> tensors,
                                    const write_options& opt) {
-  return detail::run_blocking<write_report>([&](auto ex, auto done) {
+  return runtime::run_blocking<write_report>("write_tensors", [&](auto ex, auto done) {
     // The caller's tensors outlive the blocking call: no copy of the list.
     detail::spawn<write_report>(ex, detail::save_coro(b, std::string(prefix), tensors, opt), std::move(done));
   });

@@ -12,11 +12,11 @@
 #include <map>
 #include <set>
 
+#include "../runtime/executor_thread.hpp"
 #include "../runtime/staging_pool.hpp"
 #include "common.hpp"
 
 #include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/names.hpp"
@@ -101,16 +101,18 @@ task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std
     co_return h.error();
   }
   on_unwind last_resort([&] { io::close_detached(b, *h); });
+  // Errors name the manifest with its directory, like every other error of a checkpoint.
+  const std::string where = p.dir_path == "." ? name : p.dir_path + "/" + name;
   auto body = [&]() -> task<format::manifest> {
     BOOST_OUTCOME_CO_TRY(auto size, co_await io::async_size(b, ex, *h, use_awaitable));
     format::limits lim;
     if (size > lim.max_manifest_bytes)
-      co_return make_error(errc::limit_exceeded, name + " is " + std::to_string(size) + " bytes, above the manifest cap");
+      co_return make_error(errc::limit_exceeded, where + " is " + std::to_string(size) + " bytes, above the manifest cap");
     std::vector<std::byte> bytes(size);
     BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, *h, 0, bytes, use_awaitable));
-    if (got != size) co_return make_error(errc::short_read, name + " shrank while being read");
+    if (got != size) co_return make_error(errc::short_read, where + " shrank while being read");
     auto m = format::decode(bytes, lim);
-    if (!m) co_return with_context(m.error(), name);
+    if (!m) co_return with_context(m.error(), where);
     co_return std::move(*m);
   };
   std::optional<result<format::manifest>> r;
@@ -214,11 +216,9 @@ struct reshard_source {
   std::vector<std::pair<std::span<std::byte>, plan::copy_run>> runs;  // (target shard, run)
 };
 
-// Process-wide threads that settle completed reads (verify, scatter, fill replicas).
-asio::thread_pool& settling_threads() {
-  static asio::thread_pool pool(std::max(2u, std::min(4u, std::thread::hardware_concurrency())));
-  return pool;
-}
+// Completed reads are settled (verified, scattered, copied to replicas) on the process-wide CPU
+// pool.
+asio::io_context::executor_type settling_threads() { return runtime::cpu_pool().executor(); }
 
 // Reads of one restore in flight.
 class read_window {
@@ -674,6 +674,11 @@ task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progr
 
 }  // namespace
 
+task<read_report> read_into(io::backend& b, std::string prefix, std::span<const named_tensor> targets, read_options opt,
+                            std::shared_ptr<const format::manifest> m) {
+  return read_coro(b, std::move(prefix), targets, opt, std::move(m));
+}
+
 void start_read_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> targets,
                         read_options opt, io::completion<read_report> done) {
   auto owned = std::make_shared<std::vector<named_tensor>>(std::move(targets));
@@ -693,13 +698,13 @@ void start_verify(asio::any_io_executor ex, io::backend& b, std::string prefix, 
 }  // namespace detail
 
 result<format::manifest> read_manifest(io::backend& b, std::string_view prefix) {
-  return detail::run_blocking<format::manifest>(
+  return runtime::run_blocking<format::manifest>("read_manifest",
       [&](auto ex, auto done) { detail::start_read_manifest(ex, b, std::string(prefix), std::move(done)); });
 }
 
 result<read_report> read_tensors(io::backend& b, std::string_view prefix, std::span<const named_tensor> targets,
                                  const read_options& opt) {
-  return detail::run_blocking<read_report>([&](auto ex, auto done) {
+  return runtime::run_blocking<read_report>("read_tensors", [&](auto ex, auto done) {
     // The caller's targets outlive the blocking call: no copy of the list.
     detail::spawn<read_report>(ex, detail::read_coro(b, std::string(prefix), targets, opt, nullptr), std::move(done));
   });
@@ -709,14 +714,14 @@ result<read_report> read_tensors(io::backend& b, std::string_view prefix, const 
                                  std::span<const named_tensor> targets, const read_options& opt) {
   // Borrowed, not copied: the manifest outlives this blocking call.
   std::shared_ptr<const format::manifest> borrowed(&m, [](const format::manifest*) {});
-  return detail::run_blocking<read_report>([&](auto ex, auto done) {
+  return runtime::run_blocking<read_report>("read_tensors", [&](auto ex, auto done) {
     detail::spawn<read_report>(ex, detail::read_coro(b, std::string(prefix), targets, opt, borrowed),
                                std::move(done));
   });
 }
 
 result<verify_report> verify(io::backend& b, std::string_view prefix, verify_progress progress) {
-  return detail::run_blocking<verify_report>(
+  return runtime::run_blocking<verify_report>("verify",
       [&](auto ex, auto done) { detail::start_verify(ex, b, std::string(prefix), std::move(done), std::move(progress)); });
 }
 

@@ -2,17 +2,28 @@
 // deletion, and latest_checkpoint. The state file is hostile input like any other: bounded in
 // size, parsed strictly, paths must be plain names (relative to the directory).
 
+#include "state_file.hpp"
+
 #include <set>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <random>
 
-#include "meshckpt/api/checkpoint.hpp"
+#include "../runtime/dir_lock.hpp"
+#include "../runtime/durable_replace.hpp"
+#include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/format/names.hpp"
 
 namespace meshckpt {
+
+using detail::close_quietly;
+using runtime::on_unwind;
+using runtime::spawn;
+using runtime::task;
+using runtime::use_awaitable;
+namespace asio = boost::asio;
 
 namespace {
 
@@ -34,15 +45,33 @@ std::string number(double v) {
   return buf;
 }
 
-// Runs `f`, the steps between opening and closing a handle, turning an allocation failure into
-// an error so that the handle is still closed.
-template <class F>
-auto closing_safely(F&& f, std::string_view during) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const std::bad_alloc&) {
-    return out_of_memory(during);
+// Runs `body(dir)` on directory `dir_path` opened (and created, with `create`), and closes it
+// whatever happens, an allocation failure included.
+template <class T, class Body>
+task<T> in_directory(io::backend& b, std::string dir_path, bool create, std::string during, Body body) {
+  auto ex = co_await asio::this_coro::executor;
+  auto d = co_await io::async_open_dir(b, ex, dir_path, create, use_awaitable);
+  if (!d) {
+    if (d.error().code == std::errc::no_such_file_or_directory) co_return make_error(errc::not_found, "directory " + dir_path + " does not exist");
+    co_return d.error();
   }
+  on_unwind last_resort([&] { io::close_detached(b, *d); });
+  std::optional<result<T>> r;
+  try {
+    r = co_await body(*d);
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory(during);
+  }
+  co_await close_quietly(b, *d);
+  last_resort.disarm();
+  co_return std::move(*r);
+}
+
+// Takes the directory's writer lock for a deletion or cleanup (shared with this process's own
+// writers; refused while another process writes there).
+result<runtime::dir_lock> lock_for_cleanup(io::backend& b, const std::string& dir) {
+  if (!b.caps().host_filesystem) return runtime::dir_lock();
+  return runtime::try_lock_dir(dir);
 }
 
 }  // namespace
@@ -119,120 +148,117 @@ result<checkpoint_state> parse_checkpoint_state(std::string_view text) {
   return s;
 }
 
-result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view dir_path) {
-  std::string dir(dir_path.empty() ? "." : dir_path);
-  auto d = io::wait<io::handle>([&](auto done) { b.open_dir(dir, false, std::move(done)); });
-  if (!d) {
-    if (d.error().code == std::errc::no_such_file_or_directory) return make_error(errc::not_found, "directory " + dir + " does not exist");
-    return d.error();
-  }
-  auto h = io::wait<io::handle>([&](auto done) { b.open(*d, std::string(state_name), io::open_mode::read, std::move(done)); });
-  io::close_now(b, *d);
-  if (!h) {
-    if (h.error().code == std::errc::no_such_file_or_directory) return make_error(errc::not_found, "no checkpoint state file in " + dir);
-    return h.error();
-  }
-  auto body = [&]() -> result<checkpoint_state> {
-    BOOST_OUTCOME_TRY(auto size, io::wait<std::uint64_t>([&](auto done) { b.size(*h, std::move(done)); }));
-    if (size > max_state_bytes) return make_error(errc::limit_exceeded, dir + "/checkpoint is larger than 16 MiB");
-    std::string text(size, '\0');
-    BOOST_OUTCOME_TRY(auto n, io::wait<std::size_t>([&](auto done) {
-      b.read(*h, 0, std::as_writable_bytes(std::span(text.data(), text.size())), std::move(done));
-    }));
-    text.resize(n);
-    auto s = parse_checkpoint_state(text);
-    if (!s) return with_context(s.error(), dir + "/checkpoint");
-    return s;
-  };
-  auto r = closing_safely(body, "reading the checkpoint state file");
-  io::close_now(b, *h);
-  return r;
+namespace detail {
+
+task<void> make_directory(io::backend& b, std::string dir) {
+  auto op = in_directory<void>(b, std::move(dir), true, "creating a directory", [](io::handle) -> task<void> { co_return success(); });
+  co_return co_await std::move(op);
 }
 
-result<void> write_checkpoint_state(io::backend& b, std::string_view dir_path, const checkpoint_state& s) {
-  std::string dir(dir_path.empty() ? "." : dir_path);
-  std::string text = format_checkpoint_state(s);
+task<checkpoint_state> read_state(io::backend& b, std::string dir) {
+  if (dir.empty()) dir = ".";
+  auto op = in_directory<checkpoint_state>(b, dir, false, "reading the checkpoint state file", [&](io::handle d) -> task<checkpoint_state> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string file(state_name);
+    auto h = co_await io::async_open(b, ex, d, file, io::open_mode::read, use_awaitable);
+    if (!h) {
+      if (h.error().code == std::errc::no_such_file_or_directory) co_return make_error(errc::not_found, "no checkpoint state file in " + dir);
+      co_return h.error();
+    }
+    on_unwind last_resort([&] { io::close_detached(b, *h); });
+    std::optional<result<checkpoint_state>> out;
+    try {
+      auto size = co_await io::async_size(b, ex, *h, use_awaitable);
+      if (!size) {
+        out = size.error();
+      } else if (*size > max_state_bytes) {
+        out = make_error(errc::limit_exceeded, dir + "/checkpoint is larger than 16 MiB");
+      } else {
+        std::string text(*size, '\0');
+        auto n = co_await io::async_read(b, ex, *h, 0, std::as_writable_bytes(std::span(text.data(), text.size())), use_awaitable);
+        if (!n) {
+          out = n.error();
+        } else {
+          text.resize(*n);
+          auto st = parse_checkpoint_state(text);
+          out = st ? std::move(st) : result<checkpoint_state>(with_context(st.error(), dir + "/checkpoint"));
+        }
+      }
+    } catch (const std::bad_alloc&) {
+      out = out_of_memory("reading the checkpoint state file");
+    }
+    co_await close_quietly(b, *h);
+    last_resort.disarm();
+    co_return std::move(*out);
+  });
+  auto r = co_await std::move(op);
+  co_return r;
+}
+
+task<void> write_state(io::backend& b, std::string dir, checkpoint_state st) {
+  if (dir.empty()) dir = ".";
+  std::string text = format_checkpoint_state(st);
   static std::atomic<std::uint64_t> counter{0};
   std::uint64_t token = (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ counter++ ^
                         static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
   std::string tmp = std::string(state_name) + ".tmp-" + format::token_hex(token);
-  BOOST_OUTCOME_TRY(auto d, io::wait<io::handle>([&](auto done) { b.open_dir(dir, true, std::move(done)); }));
-  auto steps = [&]() -> result<void> {
-    BOOST_OUTCOME_TRY(auto h, io::wait<io::handle>([&](auto done) { b.open(d, tmp, io::open_mode::create_exclusive, std::move(done)); }));
-    auto w = io::wait<void>([&](auto done) { b.write(h, 0, std::as_bytes(std::span(text.data(), text.size())), std::move(done)); });
-    auto f = w ? io::wait<void>([&](auto done) { b.fsync(h, std::move(done)); }) : w;
-    auto c = io::wait<void>([&](auto done) { b.close(h, std::move(done)); });
-    if (!c && c.error().code == std::errc::not_enough_memory) io::close_detached(b, h);  // it never started
-    if (!f || !c) {
-      (void)io::wait<void>([&](auto done) { b.unlink(d, tmp, std::move(done)); });
-      return !f ? f : c;
-    }
-    auto rn = io::wait<void>([&](auto done) { b.rename(d, tmp, std::string(state_name), std::move(done)); });
-    if (!rn) {
-      (void)io::wait<void>([&](auto done) { b.unlink(d, tmp, std::move(done)); });
-      return rn;
-    }
-    BOOST_OUTCOME_TRY(io::wait<void>([&](auto done) { b.fsync(d, std::move(done)); }));
+  auto op = in_directory<void>(b, dir, true, "updating the checkpoint state file", [&](io::handle d) -> task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string file(state_name);
+    auto replaced = runtime::durable_replace(b, d, tmp, file, std::as_bytes(std::span(text.data(), text.size())));
+    BOOST_OUTCOME_CO_TRY(co_await std::move(replaced));
     // Best effort: temp state files of updates that died before their rename (the exact
     // pattern "checkpoint.tmp-<16 hex>" is only ever written here).
-    if (auto entries = io::wait<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); })) {
+    if (auto entries = co_await io::async_list(b, ex, d, use_awaitable)) {
       const std::string stem = std::string(state_name) + ".tmp-";
       for (const auto& e : *entries)
         if (e.type == io::dir_entry::regular && e.name.size() == stem.size() + 16 && e.name.starts_with(stem) &&
             e.name.find_first_not_of("0123456789abcdef", stem.size()) == std::string::npos)
-          (void)io::wait<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
+          (void)co_await io::async_unlink(b, ex, d, e.name, use_awaitable);
     }
-    return success();
-  };
-  auto r = closing_safely(steps, "updating the checkpoint state file");
-  io::close_now(b, d);
-  if (!r) return with_context(r.error(), "update " + dir + "/checkpoint");
-  return r;
+    co_return success();
+  });
+  auto r = co_await std::move(op);
+  if (!r) co_return with_context(r.error(), "update " + dir + "/checkpoint");
+  co_return r;
 }
 
-std::optional<std::string> latest_checkpoint(std::string_view dir_path) {
-  auto b = backends::make_posix_backend({1});
-  std::string dir(dir_path.empty() ? "." : dir_path);
-  while (dir.size() > 1 && dir.ends_with('/')) dir.pop_back();
-  auto s = read_checkpoint_state(*b, dir);
-  if (!s) return std::nullopt;
-  std::string prefix = dir + "/" + s->model_checkpoint_path;
-  if (!read_manifest(*b, prefix)) return std::nullopt;
-  return prefix;
-}
-
-result<void> delete_checkpoint(io::backend& b, std::string_view prefix) {
+task<void> delete_checkpoint(io::backend& b, std::string prefix) {
   // Not a structured binding: clang 14 cannot capture those in lambdas.
   const auto parts = split_prefix(prefix);
   const std::string& dir = parts.first;
   const std::string& base = parts.second;
-  BOOST_OUTCOME_TRY(format::check_base_name(base));
-  BOOST_OUTCOME_TRY(auto d, io::wait<io::handle>([&](auto done) { b.open_dir(dir, false, std::move(done)); }));
-  auto steps = [&]() -> result<void> {
-    auto rm = io::wait<void>([&](auto done) { b.unlink(d, format::manifest_name(base), std::move(done)); });
-    if (!rm && rm.error().code != std::errc::no_such_file_or_directory) return rm;
-    BOOST_OUTCOME_TRY(io::wait<void>([&](auto done) { b.fsync(d, std::move(done)); }));
+  BOOST_OUTCOME_CO_TRY(format::check_base_name(base));
+  auto op = in_directory<void>(b, dir, false, "deleting a checkpoint", [&](io::handle d) -> task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    // Deleting is writing: never while another process writes here.
+    BOOST_OUTCOME_CO_TRY(auto lock, lock_for_cleanup(b, dir));
+    const std::string manifest = format::manifest_name(base);
+    auto rm = co_await io::async_unlink(b, ex, d, manifest, use_awaitable);
+    if (!rm && rm.error().code != std::errc::no_such_file_or_directory) co_return rm;
+    BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(b, ex, d, use_awaitable));
     // Only files this library writes for this name: its data files and temp manifests, found by
     // their exact name patterns (never mistaken for another checkpoint's or a foreign file).
-    BOOST_OUTCOME_TRY(auto entries, io::wait<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); }));
+    BOOST_OUTCOME_CO_TRY(auto entries, co_await io::async_list(b, ex, d, use_awaitable));
     for (const auto& e : entries) {
       auto k = format::classify(e.name);
       if (k.base != base || (k.k != format::name_kind::data && k.k != format::name_kind::temp_manifest)) continue;
-      auto u = io::wait<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
-      if (!u && u.error().code != std::errc::no_such_file_or_directory) return u;
+      auto u = co_await io::async_unlink(b, ex, d, e.name, use_awaitable);
+      if (!u && u.error().code != std::errc::no_such_file_or_directory) co_return u;
     }
-    return success();
-  };
-  auto r = closing_safely(steps, "deleting a checkpoint");
-  io::close_now(b, d);
-  if (!r) return with_context(r.error(), "delete checkpoint " + std::string(prefix));
-  return r;
+    co_return success();
+  });
+  auto r = co_await std::move(op);
+  if (!r) co_return with_context(r.error(), "delete checkpoint " + prefix);
+  co_return r;
 }
 
-result<std::size_t> remove_orphans(io::backend& b, std::string_view dir, std::string_view name) {
-  BOOST_OUTCOME_TRY(auto d, io::wait<io::handle>([&](auto done) { b.open_dir(std::string(dir), false, std::move(done)); }));
-  auto steps = [&]() -> result<std::size_t> {
-    BOOST_OUTCOME_TRY(auto entries, io::wait<std::vector<io::dir_entry>>([&](auto done) { b.list(d, std::move(done)); }));
+task<std::size_t> remove_orphans(io::backend& b, std::string dir, std::string name) {
+  auto op = in_directory<std::size_t>(b, dir, false, "removing leftovers", [&](io::handle d) -> task<std::size_t> {
+    auto ex = co_await asio::this_coro::executor;
+    // Files of a save in progress look like leftovers: only under the lock.
+    BOOST_OUTCOME_CO_TRY(auto lock, lock_for_cleanup(b, dir));
+    BOOST_OUTCOME_CO_TRY(auto entries, co_await io::async_list(b, ex, d, use_awaitable));
     auto numbered = [&](const std::string& base) {
       if (base.size() <= name.size() + 1 || !base.starts_with(name) || base[name.size()] != '-') return false;
       return base.find_first_not_of("0123456789", name.size() + 1) == std::string::npos;
@@ -248,16 +274,74 @@ result<std::size_t> remove_orphans(io::backend& b, std::string_view dir, std::st
       auto k = format::classify(e.name);
       if (k.k != format::name_kind::data && k.k != format::name_kind::temp_manifest) continue;
       if (!numbered(k.base) || committed.contains(k.base)) continue;
-      auto u = io::wait<void>([&](auto done) { b.unlink(d, e.name, std::move(done)); });
-      if (!u && u.error().code != std::errc::no_such_file_or_directory) return u.error();
+      auto u = co_await io::async_unlink(b, ex, d, e.name, use_awaitable);
+      if (!u && u.error().code != std::errc::no_such_file_or_directory) co_return u.error();
       if (u) ++removed;
     }
-    return removed;
-  };
-  auto r = closing_safely(steps, "removing leftovers");
-  io::close_now(b, d);
-  if (!r) return with_context(r.error(), "remove leftovers in " + std::string(dir));
-  return r;
+    co_return removed;
+  });
+  auto r = co_await std::move(op);
+  if (!r) co_return with_context(r.error(), "remove leftovers in " + dir);
+  co_return r;
+}
+
+task<std::optional<std::string>> latest_checkpoint(io::backend& b, std::string dir) {
+  if (dir.empty()) dir = ".";
+  while (dir.size() > 1 && dir.ends_with('/')) dir.pop_back();
+  auto op = read_state(b, dir);
+  auto s = co_await std::move(op);
+  if (!s) co_return std::optional<std::string>();
+  std::string prefix = dir + "/" + s->model_checkpoint_path;
+  auto ex = co_await asio::this_coro::executor;
+  auto m = co_await async_read_manifest(ex, b, prefix, use_awaitable);
+  if (!m) co_return std::optional<std::string>();
+  co_return std::optional<std::string>(prefix);
+}
+
+void start_latest_checkpoint(asio::any_io_executor ex, std::string dir, io::completion<std::optional<std::string>> done) {
+  std::shared_ptr<io::backend> b = backends::make_posix_backend({1});
+  auto& be = *b;
+  spawn<std::optional<std::string>>(ex, latest_checkpoint(be, std::move(dir)),
+                                    [b, done = std::move(done)](result<std::optional<std::string>> r) { done(std::move(r)); });
+}
+
+}  // namespace detail
+
+result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view dir) {
+  return runtime::run_blocking<checkpoint_state>("read_checkpoint_state", [&](auto ex, auto done) {
+    spawn<checkpoint_state>(ex, detail::read_state(b, std::string(dir)), std::move(done));
+  });
+}
+
+result<checkpoint_state> read_checkpoint_state(std::string_view dir) {
+  auto b = backends::make_posix_backend({1});
+  return read_checkpoint_state(*b, dir);
+}
+
+result<void> write_checkpoint_state(io::backend& b, std::string_view dir, const checkpoint_state& s) {
+  return runtime::run_blocking<void>("write_checkpoint_state", [&](auto ex, auto done) {
+    spawn<void>(ex, detail::write_state(b, std::string(dir), s), std::move(done));
+  });
+}
+
+std::optional<std::string> latest_checkpoint(std::string_view dir) {
+  auto b = backends::make_posix_backend({1});
+  auto r = runtime::run_blocking<std::optional<std::string>>("latest_checkpoint", [&](auto ex, auto done) {
+    spawn<std::optional<std::string>>(ex, detail::latest_checkpoint(*b, std::string(dir)), std::move(done));
+  });
+  return r ? *r : std::nullopt;
+}
+
+result<void> delete_checkpoint(io::backend& b, std::string_view prefix) {
+  return runtime::run_blocking<void>("delete_checkpoint", [&](auto ex, auto done) {
+    spawn<void>(ex, detail::delete_checkpoint(b, std::string(prefix)), std::move(done));
+  });
+}
+
+result<std::size_t> remove_orphans(io::backend& b, std::string_view dir, std::string_view name) {
+  return runtime::run_blocking<std::size_t>("remove_orphans", [&](auto ex, auto done) {
+    spawn<std::size_t>(ex, detail::remove_orphans(b, std::string(dir), std::string(name)), std::move(done));
+  });
 }
 
 }  // namespace meshckpt

@@ -151,12 +151,21 @@ struct figures {
   std::optional<double> same_layout_MiBps, reshard_vs_same;
   double memcpy_s = 0;
   std::optional<double> stall_s, lazy_stall_s, compute_ratio;
+  std::optional<int> threads_idle, threads_saving;  // threads of the process before and during an async save
   std::uint64_t peak_rss = 0;         // peak resident set during the saves
   std::uint64_t rss_before = 0;       // resident set before them (the state and the program)
   std::uint64_t snapshot_bytes = 0;   // snapshot memory a copy-mode save holds
   bool cold = false;
   std::string backend;
 };
+
+// Threads of this process now (/proc/self/task).
+int thread_count() {
+  int n = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/task", ec); !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) ++n;
+  return n;
+}
 
 std::optional<double> median_opt(const std::vector<double>& v) {
   if (v.empty()) return std::nullopt;
@@ -214,11 +223,13 @@ int run_bench(const bench_args& a) {
       checkpoint_options copt;
       copt.backend = be;
       auto ck = checkpoint::create(mesh::create({{"x", 2}, {"y", 4}}).value(), &sd, {}, copt).value();
+      f.threads_idle = thread_count();
       for (int r = 0; r < a.reps + 1; ++r) {
         std::promise<result<std::string>> done;
         auto t0 = clock_type::now();
         ck->start_save(prefix, false, [&](result<std::string> res) { done.set_value(std::move(res)); });
         double stall = seconds_since(t0);
+        f.threads_saving = std::max(f.threads_saving.value_or(0), thread_count());  // the flush is in flight
         auto res = done.get_future().get();
         double total = seconds_since(t0);
         if (!res) {
@@ -389,14 +400,16 @@ int run_bench(const bench_args& a) {
                   "\"stall_s\":%s,\"memcpy_s\":%.4f,\"lazy_stall_s\":%s,\"compute_ratio\":%s,"
                   "\"restore_one_device_MiBps\":%s,\"restore_one_device_vs_fio\":%s,"
                   "\"restore_same_layout_MiBps\":%s,\"reshard_vs_same_layout\":%s,"
-                  "\"peak_rss_bytes\":%llu,\"rss_before_bytes\":%llu,\"snapshot_bytes\":%llu}",
+                  "\"peak_rss_bytes\":%llu,\"rss_before_bytes\":%llu,\"snapshot_bytes\":%llu,\"threads_idle\":%s,\"threads_saving\":%s}",
                   i ? "," : "", f.workload.c_str(), f.backend.c_str(), static_cast<unsigned long long>(f.bytes), f.tensors, f.save_MiBps,
                   f.restore_MiBps, f.cold ? "true" : "false", num(f.fio_write_MiBps).c_str(), num(f.fio_read_MiBps).c_str(),
                   num(f.save_ratio, "%.3f").c_str(), num(f.restore_ratio, "%.3f").c_str(), num(f.stall_s, "%.4f").c_str(), f.memcpy_s,
                   num(f.lazy_stall_s, "%.6f").c_str(), num(f.compute_ratio, "%.3f").c_str(), num(f.one_device_MiBps).c_str(),
                   num(f.one_device_ratio, "%.3f").c_str(), num(f.same_layout_MiBps).c_str(), num(f.reshard_vs_same, "%.3f").c_str(),
                   static_cast<unsigned long long>(f.peak_rss),
-                  static_cast<unsigned long long>(f.rss_before), static_cast<unsigned long long>(f.snapshot_bytes));
+                  static_cast<unsigned long long>(f.rss_before), static_cast<unsigned long long>(f.snapshot_bytes),
+                  f.threads_idle ? std::to_string(*f.threads_idle).c_str() : "null",
+                  f.threads_saving ? std::to_string(*f.threads_saving).c_str() : "null");
     }
     std::printf("]\n");
     return 0;
@@ -435,6 +448,9 @@ int run_bench(const bench_args& a) {
                   format::human_bytes(f.bytes).c_str(), *f.stall_s, *f.stall_s / f.memcpy_s, f.memcpy_s, f.save_MiBps);
       std::printf("stall (lazy mode): the call returns in %.3f ms; a compute-bound loop keeps %.2f of its solo speed while the save copies and flushes\n",
                   *f.lazy_stall_s * 1e3, *f.compute_ratio);
+      if (f.threads_saving)
+        std::printf("threads: %d in the process with a checkpoint idle, %d while an async save flushes (backend %s)\n", *f.threads_idle,
+                    *f.threads_saving, f.backend.c_str());
       std::printf("memory: resident %s before the saves, peak %s (snapshot memory %s, staging 64 MiB)\n", format::human_bytes(f.rss_before).c_str(),
                   format::human_bytes(f.peak_rss).c_str(), format::human_bytes(f.snapshot_bytes).c_str());
     }

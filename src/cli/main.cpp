@@ -245,36 +245,14 @@ int cmd_ls(io::backend& b, const args& a) {
   return 0;
 }
 
-// Writes the tensors `which` of checkpoint `prefix` into the safetensors file `out`: restored
-// whole onto one device one at a time, written to a temp name, fsynced, renamed.
+// Writes the tensors `which` of checkpoint `prefix` into the safetensors file `out` (through the
+// backend, published durably: api/safetensors_io.hpp).
 result<void> write_safetensors_file(io::backend& b, const std::string& prefix, const format::manifest& m,
                                     const std::vector<const format::saved_tensor*>& which, const std::map<std::string, std::string>& meta,
                                     const std::string& out) {
-  std::vector<format::safetensor_entry> entries;
-  for (const auto* t : which) entries.push_back({t->key, t->type, t->global, 0, 0});
-  BOOST_OUTCOME_TRY(auto header, format::encode_safetensors_header(entries, meta));
-  const std::string tmp = out + ".tmp-meshckpt";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return make_errno_error(errno, "create", tmp);
-  std::optional<error> failed;
-  if (std::fwrite(header.data(), 1, header.size(), f) != header.size()) failed = make_errno_error(errno, "write", tmp);
-  for (std::size_t i = 0; !failed && i < which.size(); ++i) {
-    auto d = read_whole(b, prefix, m, *which[i]);
-    if (!d) {
-      failed = d.error();
-      break;
-    }
-    const auto& bytes = d->view().shards().front().data;
-    if (std::fwrite(bytes.data(), 1, bytes.size(), f) != bytes.size()) failed = make_errno_error(errno, "write", tmp);
-  }
-  if (!failed && (std::fflush(f) != 0 || ::fsync(::fileno(f)) != 0)) failed = make_errno_error(errno, "fsync", tmp);
-  if (std::fclose(f) != 0 && !failed) failed = make_errno_error(errno, "close", tmp);
-  if (!failed && std::rename(tmp.c_str(), out.c_str()) != 0) failed = make_errno_error(errno, "rename", tmp);
-  if (failed) {
-    std::remove(tmp.c_str());
-    return *failed;
-  }
-  return success();
+  std::vector<std::string> keys;
+  for (const auto* t : which) keys.push_back(t->key);
+  return export_safetensors(b, prefix, m, keys, meta, out);
 }
 
 // export PATH --to safetensors OUT [--shards N|processes]: every tensor, whole, into one
@@ -358,14 +336,10 @@ int cmd_export(io::backend& b, const args& a) {
     for (const auto* t : groups[g]) index.weight_map[t->key] = name;
   }
   // The index last, under a temp name: a reader that finds it finds every shard.
-  const std::string idx_path = join(a.out, "model.safetensors.index.json"), tmp = idx_path + ".tmp-meshckpt";
+  const std::string idx_path = join(a.out, "model.safetensors.index.json");
   const std::string text = format::encode_safetensors_index(index);
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  bool ok = f && std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  ok = f && std::fclose(f) == 0 && ok;
-  if (!ok || std::rename(tmp.c_str(), idx_path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    std::fprintf(stderr, "meshckpt export: writing %s failed\n", idx_path.c_str());
+  if (auto w = write_file_durably(b, idx_path, std::as_bytes(std::span(text.data(), text.size()))); !w) {
+    std::fprintf(stderr, "meshckpt export: writing %s: %s\n", idx_path.c_str(), w.error().what().c_str());
     return 1;
   }
   std::printf("exported %zu tensors of %s to %zu safetensors shards in %s (index: model.safetensors.index.json)%s\n", which.size(),

@@ -2,8 +2,8 @@
 /// \file
 /// `checkpoint`: TensorFlow's `tf.train.Checkpoint` / DTensorCheckpoint in C++. Bound to a
 /// mesh, it saves an object graph of trackable values and restores it structurally, with load
-/// statuses, deferred restoration and a save counter. See docs/API.md and
-/// ../shared/SEMANTICS.md. Asynchronous forms (completion tokens) are in
+/// statuses, deferred restoration and a save counter. See docs/API.md (with its table of
+/// TensorFlow calls and their meshckpt forms). Asynchronous forms (completion tokens) are in
 /// api/checkpoint_async.hpp; the blocking forms here are thin wrappers over them.
 
 #include <cstdint>
@@ -21,9 +21,12 @@
 
 namespace meshckpt {
 
+class checkpoint_manager;
+
 namespace detail {
 struct status_state;
 struct checkpoint_impl;
+struct after_commit;
 }  // namespace detail
 
 /// Options of a `checkpoint`.
@@ -99,6 +102,12 @@ class checkpoint : public graph::trackable {
   static result<std::unique_ptr<checkpoint>> create(mesh m, graph::trackable* root = nullptr,
                                                     std::vector<std::pair<std::string, graph::trackable*>> children = {},
                                                     checkpoint_options opt = {});
+  /// Creates a checkpoint without a root (no `nullptr` placeholder): the checkpoint itself is
+  /// node 0 and `children` are its named edges. Errors as above.
+  static result<std::unique_ptr<checkpoint>> create(mesh m, std::vector<std::pair<std::string, graph::trackable*>> children,
+                                                    checkpoint_options opt = {}) {
+    return create(std::move(m), nullptr, std::move(children), std::move(opt));
+  }
   /// Waits for writes in flight (their errors are reported to their own completions).
   ~checkpoint() override;
 
@@ -154,7 +163,12 @@ class checkpoint : public graph::trackable {
   void start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done);
 
  private:
+  friend class checkpoint_manager;
   explicit checkpoint(std::unique_ptr<detail::checkpoint_impl> impl);
+  // start_save with work run inside the save's job once it committed (a manager's state file
+  // and retention).
+  void start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
+                  std::shared_ptr<detail::after_commit> after);
   std::unique_ptr<detail::checkpoint_impl> impl_;
 };
 
@@ -173,6 +187,8 @@ struct checkpoint_state {
 /// Reads `dir/checkpoint`. `errc::not_found` when absent; `errc::corrupt_manifest` when
 /// malformed (the message names the line).
 result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view dir);
+/// `read_checkpoint_state` through the default POSIX backend (as `latest_checkpoint` does).
+result<checkpoint_state> read_checkpoint_state(std::string_view dir);
 /// Writes `dir/checkpoint` atomically: temp file, fsync, rename, directory fsync.
 result<void> write_checkpoint_state(io::backend& b, std::string_view dir, const checkpoint_state& s);
 /// Parses the text form (exposed for tests and tools).
@@ -182,13 +198,15 @@ std::string format_checkpoint_state(const checkpoint_state& s);
 
 /// Deletes the checkpoint `prefix`: its manifest first, then a directory fsync, then the data
 /// files the manifest named (and leftovers of that name). Never touches other files.
+/// `errc::locked` while another process writes into the directory (it holds DIR/meshckpt.lock).
 result<void> delete_checkpoint(io::backend& b, std::string_view prefix);
 
 /// Removes the leftovers in `dir` of checkpoints named `<name>-<number>`: data files and temp
 /// manifests of such a name that has no manifest (what an interrupted save or deletion leaves).
 /// Never touches a committed checkpoint or a file of another pattern. Call it only while no
 /// save of such a name is in progress: `checkpoint_manager` does after each of its saves (which
-/// run one at a time). Returns the number of files removed; stops at the first error.
+/// run one at a time, under the directory's writer lock). Returns the number of files removed;
+/// stops at the first error; `errc::locked` while another process writes into the directory.
 result<std::size_t> remove_orphans(io::backend& b, std::string_view dir, std::string_view name);
 
 }  // namespace meshckpt

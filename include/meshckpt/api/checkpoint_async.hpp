@@ -18,6 +18,22 @@
 
 namespace meshckpt {
 
+namespace detail {
+void start_latest_checkpoint(boost::asio::any_io_executor ex, std::string dir, io::completion<std::optional<std::string>> done);
+}  // namespace detail
+
+/// Asynchronous `latest_checkpoint(dir)`: reads `dir`'s `checkpoint` state file and checks that
+/// the checkpoint it names has its manifest, as coroutines on `ex`; completes with the path or
+/// nullopt (`result<std::optional<std::string>>`).
+template <class Token>
+auto async_latest_checkpoint(boost::asio::any_io_executor ex, std::string dir, Token&& token) {
+  return io::async_op<std::optional<std::string>>(
+      ex, [ex, dir = std::move(dir)](io::completion<std::optional<std::string>> done) mutable {
+        detail::start_latest_checkpoint(ex, std::move(dir), std::move(done));
+      },
+      std::forward<Token>(token));
+}
+
 /// Asynchronous `checkpoint::save`: completes with "prefix-N" after the commit and the state
 /// file update.
 template <class Token>
@@ -55,17 +71,23 @@ auto async_read(checkpoint& c, std::string path, Token&& token) {
       std::forward<Token>(token));
 }
 
-/// Asynchronous `checkpoint_manager::save`: completes with the path, or nullopt when the
-/// interval skipped this step, after the commit, the state file and retention.
+/// Asynchronous `checkpoint_manager::save(checkpoint_number, check_interval)`: completes with
+/// the path, or nullopt when the interval skipped this step, after the commit, the state file
+/// and retention. The completion token comes last, as in every async call.
 template <class Token>
-auto async_save(checkpoint_manager& m, Token&& token, std::optional<std::int64_t> checkpoint_number = std::nullopt,
-                bool check_interval = true) {
+auto async_save(checkpoint_manager& m, std::optional<std::int64_t> checkpoint_number, bool check_interval, Token&& token) {
   return io::async_op<std::optional<std::string>>(
       boost::asio::system_executor(),
       [&m, checkpoint_number, check_interval](io::completion<std::optional<std::string>> done) mutable {
         m.start_save(checkpoint_number, check_interval, std::move(done));
       },
       std::forward<Token>(token));
+}
+
+/// Asynchronous `checkpoint_manager::save()` (the next number, interval checked).
+template <class Token>
+auto async_save(checkpoint_manager& m, Token&& token) {
+  return async_save(m, std::nullopt, true, std::forward<Token>(token));
 }
 
 /// Waits, as an asynchronous operation, until a lazy save's snapshot is taken (the tensors may

@@ -4,6 +4,7 @@
 /// directory, the `checkpoint` state file, retention (`max_to_keep`,
 /// `keep_checkpoint_every_n_hours`), step intervals, and restore-or-initialize.
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -29,6 +30,12 @@ struct manager_options {
   std::optional<std::int64_t> checkpoint_interval{};
   /// Called by `restore_or_initialize()` when there is no checkpoint.
   std::function<void()> init_fn{};
+  /// The manager is the directory's writer: from `create` on it holds the directory's writer
+  /// lock (DIR/meshckpt.lock; process 0 of a multi-process job), so that a second job saving
+  /// into the same directory (a restarted job while its predecessor still flushes, two jobs given
+  /// the same path) cannot remove the other's files as leftovers. When another process holds
+  /// the lock, `create` waits up to this long, then fails with `errc::locked` naming the holder.
+  std::chrono::milliseconds lock_timeout{0};
 };
 
 /// Manages numbered checkpoints of one `checkpoint` in a directory.
@@ -36,15 +43,18 @@ class checkpoint_manager {
  public:
   /// Creates a manager and recovers its state from `directory/checkpoint`: managed checkpoints
   /// newer than `last_preserved_timestamp` are subject to deletion; older ones are preserved.
-  /// Errors: max_to_keep <= 0; checkpoint_interval without step_counter; an unreadable state file.
+  /// Creates `directory` (durably) and takes its writer lock (see `manager_options::lock_timeout`).
+  /// Errors: max_to_keep <= 0; checkpoint_interval without step_counter; an unreadable state
+  /// file; `errc::locked` when another process writes into the directory.
   static result<std::unique_ptr<checkpoint_manager>> create(checkpoint& ckpt, std::string directory, manager_options opt = {});
   /// Waits for this manager's saves in flight (`checkpoint::sync`).
   ~checkpoint_manager();
 
   /// Saves `DIR/NAME-N` (N = `checkpoint_number`, else the incremented save counter), unless an
   /// interval is set and the step has not advanced enough (then returns nullopt). After the
-  /// commit: records it as latest, writes the state file, deletes the oldest managed checkpoints
-  /// beyond `max_to_keep` (manifest first), and writes the state file again.
+  /// commit: records it as latest, writes the state file (which no longer lists the checkpoints
+  /// retention drops), then deletes the oldest managed checkpoints beyond `max_to_keep`
+  /// (manifest first). The state file never names a checkpoint that is gone.
   result<std::optional<std::string>> save(std::optional<std::int64_t> checkpoint_number = std::nullopt, bool check_interval = true);
 
   /// The asynchronous form behind `save` and `async_save(manager, ...)`: the interval check,
@@ -71,8 +81,10 @@ class checkpoint_manager {
 
  private:
   checkpoint_manager(checkpoint& c, std::string dir, manager_options opt) : ckpt_(c), dir_(std::move(dir)), opt_(std::move(opt)) {}
-  result<void> record_state();
-  result<void> sweep();
+  checkpoint_state state() const;  // what the state file records now
+  // Applies retention to the bookkeeping; returns the base names to delete, which the state
+  // written next no longer lists.
+  std::vector<std::string> plan_sweep();
   std::string full(const std::string& base) const { return dir_ + "/" + base; }
 
   checkpoint& ckpt_;
@@ -83,6 +95,7 @@ class checkpoint_manager {
   double last_preserved_ = 0;
   std::optional<std::int64_t> last_step_;
   mutable std::mutex mu_;  // bookkeeping is updated on the checkpoint's IO thread
+  std::shared_ptr<const void> lock_;  // the directory's writer lock (null on processes other than 0)
 };
 
 }  // namespace meshckpt

@@ -11,7 +11,6 @@
 /// A failure before the snapshot completes both events with the error. Coroutine forms are
 /// `async_wait_snapshot` / `async_wait_committed` in api/checkpoint_async.hpp.
 
-#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -23,6 +22,10 @@
 namespace meshckpt {
 
 namespace detail {
+
+// Blocks the calling thread, through the library's one blocking bridge, until `subscribe`'s
+// completion runs. Refused on a thread that runs the library's executors.
+result<void> block_until(std::function<void(io::completion<void>)> subscribe, const char* what);
 
 // A result set once, awaited by any number of waiters (blocking or by callback).
 template <class T>
@@ -36,16 +39,15 @@ class one_shot {
       value_.emplace(std::move(r));
       ws.swap(waiters_);
     }
-    cv_.notify_all();
     for (auto& w : ws) w(*value_);
   }
   bool ready() const {
     std::lock_guard lk(mu_);
     return value_.has_value();
   }
-  result<T> wait() const {
-    std::unique_lock lk(mu_);
-    cv_.wait(lk, [&] { return value_.has_value(); });
+  // The outcome; only once ready().
+  result<T> get() const {
+    std::lock_guard lk(mu_);
     return *value_;
   }
   // Runs `f` with the outcome: now (on this thread) when it is known, else on the thread that
@@ -63,7 +65,6 @@ class one_shot {
 
  private:
   mutable std::mutex mu_;
-  mutable std::condition_variable cv_;
   std::optional<result<T>> value_;  // never changes once set
   std::vector<io::completion<T>> waiters_;
 };
@@ -83,9 +84,21 @@ class lazy_save {
   /// True once the save committed (or failed).
   bool committed() const { return commit_->ready(); }
   /// Blocks until the tensors may be modified; the error when the save failed before that.
-  result<void> wait_snapshot() const { return snap_->wait(); }
-  /// Blocks until the commit is durable; its outcome.
-  result<T> wait_committed() const { return commit_->wait(); }
+  /// Refused (`errc::unsupported`; an abort in debug builds) on a thread running the library's
+  /// executors, such as inside a completion handler, where it would deadlock.
+  result<void> wait_snapshot() const {
+    auto s = snap_;
+    BOOST_OUTCOME_TRY(detail::block_until([s](io::completion<void> d) { s->then(std::move(d)); }, "lazy_save::wait_snapshot"));
+    return s->get();
+  }
+  /// Blocks until the commit is durable; its outcome. Refused like `wait_snapshot` on a
+  /// library thread.
+  result<T> wait_committed() const {
+    auto c = commit_;
+    BOOST_OUTCOME_TRY(detail::block_until([c](io::completion<void> d) { c->then([d = std::move(d)](const result<T>&) { d(success()); }); },
+                                          "lazy_save::wait_committed"));
+    return c->get();
+  }
   /// Calls `f` once with the snapshot outcome (at once, on this thread, if it is known).
   void on_snapshot(io::completion<void> f) const { snap_->then(std::move(f)); }
   /// Calls `f` once with the commit outcome (at once, on this thread, if it is known).

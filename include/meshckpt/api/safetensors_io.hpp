@@ -8,12 +8,14 @@
 /// input: the header is decoded with the format's safety rules (format/safetensors.hpp) and the
 /// index may only name plain files next to it.
 
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
 #include <string_view>
 
 #include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/format/manifest.hpp"
 #include "meshckpt/io/backend.hpp"
 
 namespace meshckpt {
@@ -36,5 +38,18 @@ result<std::vector<safetensors_tensor>> list_safetensors(io::backend& b, std::st
 /// with the file), dtype_mismatch, shape_mismatch, corrupt_manifest (a bad header or index),
 /// limit_exceeded, IO errors; the target shards may be partly written on error.
 result<read_report> read_safetensors(io::backend& b, std::string_view path, std::span<const named_tensor> targets);
+
+/// Writes the tensors `keys` of checkpoint `prefix` (whose manifest is `m`) into the safetensors
+/// file `out`, in that order, with `metadata` as its `__metadata__`. Each tensor is read whole
+/// (verified) and written through `b`; the file is published durably like a manifest: a temp
+/// name in `out`'s directory, fsync, rename, directory fsync. On failure nothing is left at
+/// `out` (an older file there stays) and the temp file is removed. Errors: not_found (a key),
+/// the format's limits (`format::encode_safetensors_header`), read and IO errors.
+result<void> export_safetensors(io::backend& b, std::string_view prefix, const format::manifest& m, const std::vector<std::string>& keys,
+                                const std::map<std::string, std::string>& metadata, std::string_view out);
+
+/// Publishes `bytes` as the file `path` durably through `b` (temp name, fsync, rename, directory
+/// fsync): readers see the old file or the whole new one, never part of it.
+result<void> write_file_durably(io::backend& b, std::string_view path, std::span<const std::byte> bytes);
 
 }  // namespace meshckpt

@@ -57,6 +57,11 @@ struct write_options {
   /// the save fail with `errc::timed_out` on process 0 within this time, and on every process
   /// within twice it. Must cover the slowest process's writes.
   std::chrono::milliseconds coordination_timeout{std::chrono::minutes(5)};
+  /// A save holds its directory's writer lock (DIR/meshckpt.lock, docs/RELIABILITY.md) from the
+  /// moment the directory exists until it returns; in a multi-process save, process 0 holds it.
+  /// When another process holds it, the save waits up to this long, then fails with
+  /// `errc::locked` naming the holder (pid, host) and leaving nothing behind. 0: fail at once.
+  std::chrono::milliseconds lock_timeout{0};
 };
 
 /// What a write did.

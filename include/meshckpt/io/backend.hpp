@@ -51,6 +51,10 @@ struct capabilities {
   bool registered_buffers = false;  ///< fixed buffers registered with the kernel
   std::size_t alignment = 1;        ///< required alignment of offsets, lengths and buffers
   std::string notes;                ///< human-readable remarks (e.g. why a fallback happened)
+  /// Directory paths name directories of this host's filesystem, which other processes share:
+  /// writers then take the directory's lock (DIR/meshckpt.lock). False for a backend with a
+  /// private namespace (in memory).
+  bool host_filesystem = true;
 };
 
 /// One directory entry.

@@ -16,7 +16,9 @@ struct posix_options {
   unsigned threads = 4;
 };
 
-/// Creates a POSIX backend. Buffered IO (no O_DIRECT); any alignment.
+/// Creates a POSIX backend. Files opened `create_exclusive_direct` / `read_direct` use O_DIRECT
+/// where the filesystem allows it (4096-aligned buffers, offsets and lengths; buffered
+/// elsewhere); other files are buffered, with any alignment.
 std::unique_ptr<io::backend> make_posix_backend(posix_options opt = {});
 
 }  // namespace meshckpt::backends

@@ -1,0 +1,37 @@
+#pragma once
+// Private: the one-writer-per-directory lock. A process that writes into a checkpoint directory
+// (a save's commit, a manager's retention and cleanup, a deletion) holds an exclusive advisory
+// lock (flock) on DIR/meshckpt.lock. The kernel releases it when the process dies, so a killed
+// writer never leaves the directory locked. The file records its holder ("pid P on host H
+// since T") so that a second writer's error can name it.
+//
+// Within a process the lock is shared: every holder of the same directory (a manager and the
+// saves of its checkpoint, the processes of a thread-group save) takes a reference to one
+// flock, released with the last reference. It excludes other processes only.
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "meshckpt/error.hpp"
+
+namespace meshckpt::runtime {
+
+inline constexpr std::string_view lock_file_name = "meshckpt.lock";
+
+// A held lock; the lock is released when the last copy goes away.
+using dir_lock = std::shared_ptr<const void>;
+
+// Takes the lock of directory `dir` (which must exist) without waiting. errc::locked, naming
+// the holder, when another process holds it.
+result<dir_lock> try_lock_dir(const std::string& dir);
+
+// As try_lock_dir, retrying for up to `wait` (blocking the calling thread: for blocking entry
+// points only; coroutines poll try_lock_dir with a timer).
+result<dir_lock> lock_dir_blocking(const std::string& dir, std::chrono::milliseconds wait);
+
+// The delay before the next try after `attempt` failed ones (10 ms doubling to 200 ms).
+std::chrono::milliseconds lock_retry_delay(int attempt);
+
+}  // namespace meshckpt::runtime

@@ -1,0 +1,50 @@
+#include "durable_replace.hpp"
+
+#include "meshckpt/io/async.hpp"
+
+namespace meshckpt::runtime {
+
+task<void> durable_replace(io::backend& b, io::handle dir, std::string temp, std::string name, std::span<const std::byte> bytes,
+                           replace_options opt) {
+  auto fill = [&b, bytes](io::handle h) -> task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    co_return co_await io::async_write(b, ex, h, 0, bytes, use_awaitable);
+  };
+  auto op = durable_replace(b, dir, std::move(temp), std::move(name), std::function<task<void>(io::handle)>(fill), std::move(opt));
+  co_return co_await std::move(op);
+}
+
+task<void> durable_replace(io::backend& b, io::handle dir, std::string temp, std::string name, std::function<task<void>(io::handle)> fill,
+                           replace_options opt) {
+  auto ex = co_await asio::this_coro::executor;
+  auto h = co_await io::async_open(b, ex, dir, temp, io::open_mode::create_exclusive, use_awaitable);
+  if (!h) co_return h.error();
+  // Closes the temp file if an allocation failure unwinds this frame before its close.
+  bool open = true;
+  on_unwind last_resort([&] {
+    if (open) io::close_detached(b, *h);
+  });
+  result<void> r = success();
+  try {
+    r = co_await fill(*h);
+    if (r) r = co_await io::async_fsync(b, ex, *h, use_awaitable);
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory("writing " + temp);
+  }
+  auto closed = co_await io::async_close(b, ex, *h, use_awaitable);
+  if (!closed && closed.error().code == std::errc::not_enough_memory) io::close_detached(b, *h);  // it never started
+  open = false;
+  if (r && !closed) r = closed;
+  if (r && opt.before_rename) r = opt.before_rename();
+  if (r) {
+    r = co_await io::async_rename(b, ex, dir, temp, name, use_awaitable);
+    if (r) {
+      if (opt.renamed) *opt.renamed = true;
+      co_return co_await io::async_fsync(b, ex, dir, use_awaitable);
+    }
+  }
+  (void)co_await io::async_unlink(b, ex, dir, temp, use_awaitable);
+  co_return r;
+}
+
+}  // namespace meshckpt::runtime

@@ -1,0 +1,81 @@
+// What a new user hit writing a program against the installed package (regressions of each):
+// a Checkpoint without a root needed a nullptr placeholder; the manager's async_save took its
+// completion token second while every other async call takes it last; read_checkpoint_state
+// needed a backend where latest_checkpoint does not; a corrupt manifest's error did not name its
+// directory.
+
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <future>
+
+#include <boost/asio/use_future.hpp>
+
+#include "meshckpt/api/checkpoint_async.hpp"
+#include "reliability.hpp"
+
+using namespace meshckpt;
+using namespace meshckpt::testing;
+
+TEST_CASE("a checkpoint without a root takes its children directly, no nullptr placeholder", "[api][usability]") {
+  temp_dir tmp;
+  model a;
+  graph::scalar<std::int64_t> step{7};
+  auto c = checkpoint::create(mesh8(), {{"model", &a}, {"step", &step}}, opts(backends::make_posix_backend()));
+  REQUIRE(c);
+  a.set(3);
+  REQUIRE((*c)->save(tmp / "ck"));
+  model b;
+  graph::scalar<std::int64_t> step2{0};
+  auto d = checkpoint::create(mesh8(), {{"model", &b}, {"step", &step2}}, opts(backends::make_posix_backend())).value();
+  REQUIRE(d->restore(tmp / "ck-1").value().assert_consumed());
+  CHECK(b.holds(3));
+  CHECK(step2.get() == 7);
+  // The same errors as the form with a root.
+  CHECK(checkpoint::create(mesh8(), {{"save_counter", &step}}).error().code == errc::invalid_argument);
+}
+
+TEST_CASE("every async call takes its completion token last, the manager's async_save included", "[api][usability]") {
+  temp_dir tmp;
+  model mdl;
+  auto c = checkpoint::create(mesh8(), &mdl, {}, opts(backends::make_posix_backend())).value();
+  auto m = checkpoint_manager::create(*c, tmp.str(), mopts()).value();
+  mdl.set(1);
+  auto f1 = async_save(*m, boost::asio::use_future);
+  CHECK(f1.get().value() == tmp / "ckpt-1");
+  mdl.set(2);
+  auto f2 = async_save(*m, std::optional<std::int64_t>(40), true, boost::asio::use_future);
+  CHECK(f2.get().value() == tmp / "ckpt-40");
+  std::promise<result<std::optional<std::string>>> p;
+  async_save(*m, std::nullopt, false, [&](result<std::optional<std::string>> r) { p.set_value(std::move(r)); });
+  CHECK(p.get_future().get().value() == tmp / "ckpt-3");  // the counter advances on every managed save: 1, 2 (saved as 40), 3
+}
+
+TEST_CASE("read_checkpoint_state needs no backend, like latest_checkpoint", "[api][usability]") {
+  temp_dir tmp;
+  model mdl;
+  auto c = checkpoint::create(mesh8(), &mdl, {}, opts(backends::make_posix_backend())).value();
+  REQUIRE(c->save(tmp / "ck"));
+  auto st = read_checkpoint_state(tmp.str());
+  REQUIRE(st);
+  CHECK(st->model_checkpoint_path == "ck-1");
+  CHECK(read_checkpoint_state(tmp / "absent").error().code == errc::not_found);
+}
+
+TEST_CASE("a corrupt manifest's error names its directory, like every other error", "[api][usability]") {
+  temp_dir tmp;
+  model mdl;
+  auto c = checkpoint::create(mesh8(), &mdl, {}, opts(backends::make_posix_backend())).value();
+  REQUIRE(c->write(tmp / "ck"));
+  {
+    std::fstream f(tmp / "ck.manifest", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(20);
+    f.put('\x7f');
+  }
+  auto r = c->read(tmp / "ck");
+  REQUIRE_FALSE(r);
+  CHECK_THAT(r.error().what(), Catch::Contains(tmp / "ck.manifest"));
+  auto v = verify(c->backend(), tmp / "ck");
+  REQUIRE_FALSE(v);
+  CHECK_THAT(v.error().what(), Catch::Contains(tmp / "ck.manifest"));
+}

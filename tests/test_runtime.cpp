@@ -1,0 +1,117 @@
+// The runtime's one waiting model (docs/ARCHITECTURE.md, "The runtime"): the blocking API faces
+// are one bridge over the asynchronous operations, and that bridge refuses to run on a thread
+// that runs the library's executors, where waiting would deadlock (a blocking call made inside a
+// completion handler waits for the very queue whose job is running it). Debug and sanitizer
+// builds abort with the reason; release builds return errc::unsupported.
+
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <future>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "meshckpt/api/checkpoint_async.hpp"
+#include "reliability.hpp"
+
+using namespace meshckpt;
+using namespace meshckpt::testing;
+
+namespace {
+
+// Inside the completion of a lazy save (which runs on the checkpoint's IO thread), makes a
+// blocking save; returns what that blocking call returned.
+result<std::string> blocking_call_inside_completion(const std::string& dir) {
+  model mdl;
+  mdl.set(1);
+  auto c = checkpoint::create(mesh8(), &mdl, {}, opts(backends::make_posix_backend())).value();
+  std::promise<result<std::string>> inner;
+  auto lazy = c->write_lazy(dir + "/a");
+  lazy.on_committed([&](result<std::string>) { inner.set_value(c->write(dir + "/b")); });
+  return inner.get_future().get();
+}
+
+constexpr bool refusal_aborts =
+#if !defined(NDEBUG) || defined(MESHCKPT_SANITIZED_BUILD)
+    true;
+#else
+    false;
+#endif
+
+}  // namespace
+
+TEST_CASE("a blocking call inside a completion on the library's thread is refused instead of deadlocking", "[runtime][bridge]") {
+  temp_dir tmp;
+  ::setenv("MESHCKPT_BLOCKING_REFUSAL_RETURNS", "1", 1);
+  auto r = blocking_call_inside_completion(tmp.str());
+  ::unsetenv("MESHCKPT_BLOCKING_REFUSAL_RETURNS");
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::unsupported);
+  CHECK_THAT(r.error().what(), Catch::Contains("checkpoint::write") && Catch::Contains("asynchronous form"));
+  CHECK_FALSE(fs::exists(tmp.str() + "/b.manifest"));
+  CHECK(fs::exists(tmp.str() + "/a.manifest"));
+}
+
+TEST_CASE("debug and sanitizer builds abort on a blocking call on a library thread; release builds return the error", "[runtime][bridge]") {
+  temp_dir tmp;
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::unsetenv("MESHCKPT_BLOCKING_REFUSAL_RETURNS");
+    ::freopen("/dev/null", "w", stderr);
+    auto r = blocking_call_inside_completion(tmp.str());
+    ::_exit(!r && r.error().code == errc::unsupported ? 0 : 1);
+  }
+  REQUIRE(pid > 0);
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  if (refusal_aborts) {
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGABRT);
+  } else {
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+}
+
+TEST_CASE("lazy_save's blocking waits are refused inside a completion too", "[runtime][bridge]") {
+  temp_dir tmp;
+  model mdl;
+  mdl.set(2);
+  auto c = checkpoint::create(mesh8(), &mdl, {}, opts(backends::make_posix_backend())).value();
+  ::setenv("MESHCKPT_BLOCKING_REFUSAL_RETURNS", "1", 1);
+  std::promise<result<void>> inner;
+  auto first = c->write_lazy(tmp.str() + "/a");
+  auto second = c->write_lazy(tmp.str() + "/b");
+  first.on_committed([&](result<std::string>) { inner.set_value(second.wait_snapshot()); });
+  auto r = inner.get_future().get();
+  ::unsetenv("MESHCKPT_BLOCKING_REFUSAL_RETURNS");
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::unsupported);
+  CHECK(second.wait_committed().value() == tmp.str() + "/b");  // off the library thread: fine
+}
+
+TEST_CASE("async_latest_checkpoint reads the state file without blocking the caller's executor", "[runtime][api]") {
+  temp_dir tmp;
+  model mdl;
+  mdl.set(3);
+  auto c = checkpoint::create(mesh8(), &mdl, {}, opts(backends::make_posix_backend())).value();
+  REQUIRE(c->save(tmp.str() + "/ckpt").value() == tmp.str() + "/ckpt-1");
+  boost::asio::io_context ctx;
+  std::optional<std::string> got;
+  bool ran = false;
+  boost::asio::co_spawn(ctx, [&]() -> boost::asio::awaitable<void> {
+    auto r = co_await async_latest_checkpoint(ctx.get_executor(), tmp.str(), boost::asio::use_awaitable);
+    got = r ? *r : std::nullopt;
+    auto none = co_await async_latest_checkpoint(ctx.get_executor(), tmp.str() + "/nothing-here", boost::asio::use_awaitable);
+    ran = none && !*none;
+  }, boost::asio::detached);
+  ctx.run();
+  CHECK(got == tmp.str() + "/ckpt-1");
+  CHECK(ran);
+}
