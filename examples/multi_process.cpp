@@ -24,7 +24,7 @@
 
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
-#include "meshckpt/dist/mpi.hpp"
+#include "meshckpt/coord/mpi.hpp"
 #include "meshckpt/format/checksum.hpp"
 
 using namespace meshckpt;
@@ -171,7 +171,7 @@ int main(int argc, char** argv) {
     MPI_Finalize();
     return 2;
   }
-  auto co = dist::make_mpi_coordinator();
+  auto co = coord::make_mpi_coordinator();
   if (!co) {
     std::fprintf(stderr, "rank %d: %s\n", rank, co.error().what().c_str());
     MPI_Abort(MPI_COMM_WORLD, 1);

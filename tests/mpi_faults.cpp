@@ -20,7 +20,7 @@
 #include <thread>
 
 #include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/dist/mpi.hpp"
+#include "meshckpt/coord/mpi.hpp"
 #include "support.hpp"
 
 using namespace meshckpt;
@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "mpi_faults runs with 4 processes\n");
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
-  auto co = dist::make_mpi_coordinator().value();
+  auto co = coord::make_mpi_coordinator().value();
   std::shared_ptr<io::backend> be = testing::test_backend();
   const std::string prefix = dir + "/ck";
   const auto timeout = std::chrono::milliseconds(timeout_ms);

@@ -7,7 +7,7 @@
 #include <string>
 #include <thread>
 
-#include "meshckpt/dist/coordinator.hpp"
+#include "meshckpt/coord/coordinator.hpp"
 
 using namespace meshckpt;
 using namespace std::chrono_literals;
@@ -28,8 +28,8 @@ std::string string_of(const std::vector<std::byte>& v) {
 
 }  // namespace
 
-TEST_CASE("the single-process coordinator is trivial", "[dist]") {
-  auto c = dist::make_single_process_coordinator();
+TEST_CASE("the single-process coordinator is trivial", "[coord]") {
+  auto c = coord::make_single_process_coordinator();
   CHECK(c->rank() == 0);
   CHECK(c->size() == 1);
   auto g = c->gather(bytes_of("x"), 1ms).value();
@@ -39,9 +39,9 @@ TEST_CASE("the single-process coordinator is trivial", "[dist]") {
   CHECK(c->barrier(1ms));
 }
 
-TEST_CASE("a thread group runs collectives in order, round after round", "[dist]") {
+TEST_CASE("a thread group runs collectives in order, round after round", "[coord]") {
   constexpr int n = 4, rounds = 200;
-  auto group = dist::make_thread_group(n);
+  auto group = coord::make_thread_group(n);
   std::vector<std::thread> ts;
   std::atomic<int> bad{0};
   for (int r = 0; r < n; ++r)
@@ -65,8 +65,8 @@ TEST_CASE("a thread group runs collectives in order, round after round", "[dist]
   CHECK(bad == 0);
 }
 
-TEST_CASE("a rank that arrives late makes the root time out, naming it, and still joins the next round", "[dist][timeout]") {
-  auto group = dist::make_thread_group(3);
+TEST_CASE("a rank that arrives late makes the root time out, naming it, and still joins the next round", "[coord][timeout]") {
+  auto group = coord::make_thread_group(3);
   // Rank 2 is late: it gathers only after the root gave up, then waits for the broadcast.
   std::thread r1([&] {
     (void)group[1]->gather(bytes_of("one"), 5s);
@@ -88,7 +88,7 @@ TEST_CASE("a rank that arrives late makes the root time out, naming it, and stil
   REQUIRE_FALSE(b);
   CHECK(b.error().code == errc::timed_out);
   // A broadcast whose root is missing.
-  auto group2 = dist::make_thread_group(2);
+  auto group2 = coord::make_thread_group(2);
   auto bc = group2[1]->broadcast({}, 100ms);
   REQUIRE_FALSE(bc);
   CHECK_THAT(bc.error().what(), Catch::Contains("rank(s) 0"));

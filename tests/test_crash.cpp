@@ -164,7 +164,7 @@ struct rank_state {
 // Saves `seed` from 4 ranks; rank i uses backends[i]. Returns each rank's result.
 std::vector<result<write_report>> save4(const std::string& prefix, std::vector<io::backend*> backends, std::uint64_t seed) {
   std::vector<result<write_report>> out(4, make_error(errc::invalid_argument, "did not run"));
-  auto group = dist::make_thread_group(4);
+  auto group = coord::make_thread_group(4);
   std::vector<std::thread> ts;
   for (int r = 0; r < 4; ++r)
     ts.emplace_back([&, r] {

@@ -1,5 +1,5 @@
 // Multi-process saves and restores, with "processes" played by threads of one test process
-// (dist::make_thread_group): each rank holds only its own devices' shards, writes its own data
+// (coord::make_thread_group): each rank holds only its own devices' shards, writes its own data
 // files, and rank 0 commits. The same protocol runs over MPI in examples/multi_process and
 // tests/mpi_*.sh. Checked here: the checkpoint restores bit-exact in one process and in other
 // process counts and layouts; replicated slices are spread over processes; one rank's IO
@@ -53,7 +53,7 @@ state make_state(const std::vector<std::int64_t>& local, std::uint64_t seed, boo
 // Runs body(rank, coordinator) on n threads ("processes"); `skip` ranks never run (dead).
 template <class F>
 void run_ranks(int n, F body, std::set<int> skip = {}) {
-  auto group = dist::make_thread_group(n);
+  auto group = coord::make_thread_group(n);
   std::vector<std::thread> ts;
   for (int r = 0; r < n; ++r)
     if (!skip.contains(r)) ts.emplace_back([&, r] { body(r, *group[static_cast<std::size_t>(r)]); });
@@ -84,7 +84,7 @@ TEST_CASE("four processes save one checkpoint; it restores in 1, 2 and 4 process
   testing::temp_dir tmp;
   const std::string prefix = tmp / "ck";
   std::vector<result<write_report>> reports(4, make_error(errc::invalid_argument, "did not run"));
-  run_ranks(4, [&](int r, dist::coordinator& co) {
+  run_ranks(4, [&](int r, coord::coordinator& co) {
     auto s = make_state({r}, 7);
     write_options o;
     o.coordinator = &co;
@@ -119,7 +119,7 @@ TEST_CASE("four processes save one checkpoint; it restores in 1, 2 and 4 process
   CHECK(restores_in_one_process(*be, prefix, 7));
   // Two processes of two devices each, another layout; each reads only its own shards.
   std::atomic<int> bad{0};
-  run_ranks(2, [&](int r, dist::coordinator&) {
+  run_ranks(2, [&](int r, coord::coordinator&) {
     auto t = make_state({2 * r, 2 * r + 1}, 0, true);
     auto rr = read_tensors(*be, prefix, t.tensors);
     if (!rr) ++bad;
@@ -128,7 +128,7 @@ TEST_CASE("four processes save one checkpoint; it restores in 1, 2 and 4 process
   });
   CHECK(bad == 0);
   // Four processes, one device each, the saved layout.
-  run_ranks(4, [&](int r, dist::coordinator&) {
+  run_ranks(4, [&](int r, coord::coordinator&) {
     auto t = make_state({r}, 0);
     if (!read_tensors(*be, prefix, t.tensors)) ++bad;
     for (const auto& nt : t.tensors)
@@ -137,7 +137,7 @@ TEST_CASE("four processes save one checkpoint; it restores in 1, 2 and 4 process
   CHECK(bad == 0);
 
   // A second save of the same name by the group replaces the first and removes its files.
-  run_ranks(4, [&](int r, dist::coordinator& co) {
+  run_ranks(4, [&](int r, coord::coordinator& co) {
     auto s = make_state({r}, 8);
     write_options o;
     o.coordinator = &co;
@@ -156,14 +156,14 @@ namespace {
 template <class Tweak>
 std::vector<result<write_report>> failing_second_save(io::backend& be, const std::string& prefix, Tweak tweak, std::set<int> dead = {}) {
   std::vector<result<write_report>> out(4, make_error(errc::invalid_argument, "did not run"));
-  run_ranks(4, [&](int r, dist::coordinator& co) {
+  run_ranks(4, [&](int r, coord::coordinator& co) {
     auto s = make_state({r}, 1);
     write_options o;
     o.coordinator = &co;
     out[static_cast<std::size_t>(r)] = write_tensors(be, prefix, s.tensors, o);
   });
   for (auto& rep : out) REQUIRE(rep);
-  run_ranks(4, [&](int r, dist::coordinator& co) {
+  run_ranks(4, [&](int r, coord::coordinator& co) {
     auto s = make_state({r}, 2);
     write_options o;
     o.coordinator = &co;
@@ -325,7 +325,7 @@ TEST_CASE("Checkpoint and CheckpointManager across processes: one commit, proces
   std::vector<std::vector<std::string>> kept(4);
   std::vector<std::optional<std::string>> latest(4);
   std::atomic<int> bad{0};
-  run_ranks(4, [&](int r, dist::coordinator& co) {
+  run_ranks(4, [&](int r, coord::coordinator& co) {
     model mdl({r});
     checkpoint_options o;
     o.write.coordinator = &co;

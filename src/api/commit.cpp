@@ -360,7 +360,7 @@ task<write_report> publish(save_state& s, const format::manifest& m) {
 // that hears the outcome reports the same error. A process that does not hear it (process 0
 // died or is unreachable) fails with timed_out and keeps its files: the outcome is unknown, and
 // the next save of this name removes them if they are not part of a checkpoint.
-task<write_report> save_multi(save_state& s, dist::coordinator& co, std::span<const named_tensor> tensors, write_options opt) {
+task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<const named_tensor> tensors, write_options opt) {
   const auto timeout = opt.coordination_timeout;
   const int rank = co.rank();
 

@@ -18,7 +18,7 @@
 #include <string_view>
 #include <vector>
 
-#include "meshckpt/dist/coordinator.hpp"
+#include "meshckpt/coord/coordinator.hpp"
 #include "meshckpt/error.hpp"
 #include "meshckpt/format/manifest.hpp"
 #include "meshckpt/io/backend.hpp"
@@ -51,7 +51,7 @@ struct write_options {
   /// its own local shards; each writes the slices its devices own to its own data files, and
   /// process 0 commits the manifest once every process reported success. Every process gets
   /// the same outcome. Must outlive the save.
-  dist::coordinator* coordinator = nullptr;
+  coord::coordinator* coordinator = nullptr;
   /// How long process 0 waits for the others' reports (from the moment it finished its own
   /// writes), and the others for the token at the start. A process that died or hangs makes
   /// the save fail with `errc::timed_out` on process 0 within this time, and on every process

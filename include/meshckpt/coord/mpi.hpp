@@ -1,13 +1,13 @@
 #pragma once
 /// \file
-/// The MPI implementation of `dist::coordinator` (library `meshckpt::mpi`, built when CMake
+/// The MPI implementation of `coord::coordinator` (library `meshckpt::mpi`, built when CMake
 /// finds MPI). Works with any MPI-3 implementation; tested with Open MPI.
 ///
 /// Collectives are built from point-to-point messages polled with `MPI_Iprobe`/`MPI_Test`
 /// against a deadline, not from MPI collectives, so that a dead or hung process turns into an
 /// `errc::timed_out` error naming it instead of a hang. Every message carries its round
 /// number; a message of a round its receiver already gave up on is dropped, which keeps the
-/// ranks in step after a timeout (see dist/coordinator.hpp).
+/// ranks in step after a timeout (see coord/coordinator.hpp).
 ///
 /// Threads: a save calls the coordinator from a thread of its own, so MPI must be initialized
 /// with at least `MPI_THREAD_SERIALIZED` (`MPI_Init_thread`); `make_mpi_coordinator` checks.
@@ -22,13 +22,13 @@
 
 #include <memory>
 
-#include "meshckpt/dist/coordinator.hpp"
+#include "meshckpt/coord/coordinator.hpp"
 
-namespace meshckpt::dist {
+namespace meshckpt::coord {
 
 /// A coordinator over a duplicate of `comm` (collective over `comm`: every rank must call it).
 /// Errors: `errc::unsupported` when MPI is not initialized or its thread level is below
 /// `MPI_THREAD_SERIALIZED`; `errc::invalid_argument` when an MPI call fails.
 result<std::unique_ptr<coordinator>> make_mpi_coordinator(MPI_Comm comm = MPI_COMM_WORLD);
 
-}  // namespace meshckpt::dist
+}  // namespace meshckpt::coord

@@ -5,7 +5,7 @@
 /// timeout, so that a process that died or hangs makes the operation fail everywhere instead of
 /// blocking it forever. Implementations: a single process (every collective is trivial), a
 /// group of in-process "ranks" on threads (for tests of multi-process protocols without MPI),
-/// and MPI (dist/mpi.hpp, in the `meshckpt_mpi` library).
+/// and MPI (coord/mpi.hpp, in the `meshckpt_mpi` library).
 ///
 /// Collectives must be called by every rank in the same order. Each rank numbers its own calls
 /// of each kind, and a message belongs to the round its sender numbered: so after a rank timed
@@ -21,7 +21,7 @@
 
 #include "meshckpt/error.hpp"
 
-namespace meshckpt::dist {
+namespace meshckpt::coord {
 
 using std::chrono::milliseconds;
 
@@ -50,4 +50,4 @@ std::unique_ptr<coordinator> make_single_process_coordinator();
 /// calling collectives behaves like a dead process).
 std::vector<std::unique_ptr<coordinator>> make_thread_group(int n);
 
-}  // namespace meshckpt::dist
+}  // namespace meshckpt::coord

@@ -1,4 +1,4 @@
-#include "meshckpt/dist/coordinator.hpp"
+#include "meshckpt/coord/coordinator.hpp"
 
 #include <condition_variable>
 #include <map>
@@ -6,7 +6,7 @@
 #include <optional>
 #include <string>
 
-namespace meshckpt::dist {
+namespace meshckpt::coord {
 
 namespace {
 
@@ -124,4 +124,4 @@ std::vector<std::unique_ptr<coordinator>> make_thread_group(int n) {
   return out;
 }
 
-}  // namespace meshckpt::dist
+}  // namespace meshckpt::coord

@@ -1,4 +1,4 @@
-#include "meshckpt/dist/mpi.hpp"
+#include "meshckpt/coord/mpi.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -9,7 +9,7 @@
 #include <string>
 #include <thread>
 
-namespace meshckpt::dist {
+namespace meshckpt::coord {
 
 namespace {
 
@@ -251,4 +251,4 @@ result<std::unique_ptr<coordinator>> make_mpi_coordinator(MPI_Comm comm) {
   return std::unique_ptr<coordinator>(std::make_unique<mpi_coordinator>(dup, rank, size));
 }
 
-}  // namespace meshckpt::dist
+}  // namespace meshckpt::coord

@@ -1,0 +1,96 @@
+// Snapshots (snapshot.hpp): planning the distinct slices, budgeted arenas, the copy.
+
+#include "snapshot.hpp"
+
+#include <atomic>
+#include <cstring>
+#include <future>
+#include <map>
+#include <thread>
+
+#include <boost/asio/post.hpp>
+
+namespace meshckpt::detail {
+
+namespace asio = boost::asio;
+
+snapshot_plan plan_snapshot(const std::vector<named_tensor>& tensors) {
+  snapshot_plan p;
+  for (std::size_t t = 0; t < tensors.size(); ++t) {
+    const auto& v = tensors[t].tensor;
+    std::map<std::vector<std::int64_t>, std::size_t> seen;
+    for (std::size_t k = 0; k < v.shards().size(); ++k) {
+      auto b = v.layout().shard_box(v.global_shape(), v.shards()[k].device);
+      if (!b) continue;
+      auto key = b->origin;
+      key.insert(key.end(), b->extent.begin(), b->extent.end());
+      auto [it, fresh] = seen.emplace(std::move(key), p.pieces.size());
+      if (fresh) {
+        p.pieces.push_back({t, v.shards()[k].data, {}});
+        p.need += (v.shards()[k].data.size() + 63) / 64 * 64;
+      }
+      p.pieces[it->second].shards.push_back(k);
+    }
+  }
+  return p;
+}
+
+std::shared_ptr<snapshot_arena> acquire_arena(checkpoint_impl& impl, std::uint64_t need) {
+  const std::uint64_t budget = impl.opt.snapshot_budget_bytes;
+  std::unique_lock lk(impl.arena_mu);
+  while (true) {
+    for (auto& a : impl.arenas)
+      if (a.use_count() == 1 && a->capacity >= need) return a;
+    std::erase_if(impl.arenas, [](auto& a) { return a.use_count() == 1; });  // too small: drop idle ones
+    std::uint64_t busy = 0;
+    for (auto& a : impl.arenas) busy += a->capacity;
+    if (!budget || busy + need <= budget) {
+      auto a = std::make_shared<snapshot_arena>();
+      a->bytes.reset(new std::byte[need]);
+      a->capacity = need;
+      impl.arenas.push_back(a);
+      return a;
+    }
+    impl.arena_freed.wait(lk);
+  }
+}
+
+void copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper) {
+  std::vector<std::vector<local_shard>> shards(tensors.size());
+  for (std::size_t t = 0; t < tensors.size(); ++t) shards[t] = tensors[t].tensor.shards();
+  std::uint64_t off = 0;
+  // In copy mode the copy is the caller's stall: large ones are split across two threads (memory
+  // bandwidth, not one core, is the limit), in 16 MiB pieces handed out through an atomic cursor.
+  // A lazy snapshot copies on one thread: the caller is computing meanwhile.
+  constexpr std::size_t piece_bytes = 16u << 20;
+  std::vector<std::pair<std::byte*, std::span<std::byte>>> work;  // destination, source
+  for (const auto& pc : p.pieces) {
+    std::byte* dst = arena.bytes.get() + off;
+    for (auto k : pc.shards) shards[pc.tensor][k].data = std::span<std::byte>(dst, pc.src.size());
+    for (std::size_t o = 0; o < pc.src.size(); o += piece_bytes)
+      work.emplace_back(dst + o, pc.src.subspan(o, std::min(piece_bytes, pc.src.size() - o)));
+    off += (pc.src.size() + 63) / 64 * 64;
+  }
+  std::atomic<std::size_t> next{0};
+  auto run = [&] {
+    for (std::size_t i; (i = next.fetch_add(1)) < work.size();) std::memcpy(work[i].first, work[i].second.data(), work[i].second.size());
+  };
+  if (helper && p.need >= (64u << 20) && std::thread::hardware_concurrency() > 1) {
+    // The second copier comes from the process-wide CPU pool, not a thread of its own.
+    std::promise<void> second_done;
+    asio::post(runtime::cpu_pool().executor(), [&] {
+      run();
+      second_done.set_value();
+    });
+    run();
+    second_done.get_future().wait();
+  } else {
+    run();
+  }
+  for (std::size_t t = 0; t < tensors.size(); ++t) {
+    const auto& v = tensors[t].tensor;
+    tensors[t].tensor = dtensor_view::create(v.type(), v.global_shape(), v.layout(), std::move(shards[t])).value();
+  }
+}
+
+}  // namespace meshckpt::detail

@@ -1,0 +1,36 @@
+#pragma once
+// Private: the snapshot of a copy-mode or lazy save: the distinct slices (replicas once) copied
+// into reusable, budgeted host memory, the save's views re-pointed at the copy.
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "checkpoint_impl.hpp"
+
+namespace meshckpt::detail {
+
+
+// The distinct slices of a save's tensors (replicas once): what a snapshot copies.
+struct snapshot_plan {
+  struct piece {
+    std::size_t tensor;
+    std::span<std::byte> src;
+    std::vector<std::size_t> shards;  // indices into the tensor's shards with this box
+  };
+  std::vector<piece> pieces;
+  std::uint64_t need = 0;  // bytes of snapshot memory (each piece 64-byte aligned)
+};
+
+snapshot_plan plan_snapshot(const std::vector<named_tensor>& tensors);
+
+// Takes snapshot memory of `need` bytes, reusing an idle arena; waits (on the snapshot thread)
+// while the budget is held by saves in flight.
+std::shared_ptr<snapshot_arena> acquire_arena(checkpoint_impl& impl, std::uint64_t need);
+
+// Copies the planned slices into `arena` and re-points the views at the copy; `helper` adds a
+// second copier from the CPU pool (copy mode: the copy is the caller's stall).
+void copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper);
+
+}  // namespace meshckpt::detail

@@ -1,0 +1,171 @@
+// meshckpt export / import: safetensors interchange.
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <functional>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <unistd.h>
+#include <ctime>
+#include <map>
+#include <optional>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench.hpp"
+#include "values.hpp"
+#include "meshckpt/api/checkpoint.hpp"
+#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/backends/uring.hpp"
+#include "meshckpt/format/describe.hpp"
+#include "meshckpt/format/names.hpp"
+#include "meshckpt/format/safetensors.hpp"
+#include "meshckpt/graph/object_graph.hpp"
+
+#include "commands.hpp"
+
+namespace meshckpt::cli {
+
+// Writes the tensors `which` of checkpoint `prefix` into the safetensors file `out` (through the
+// backend, published durably: api/safetensors_io.hpp).
+result<void> write_safetensors_file(io::backend& b, const std::string& prefix, const format::manifest& m,
+                                    const std::vector<const format::saved_tensor*>& which, const std::map<std::string, std::string>& meta,
+                                    const std::string& out) {
+  std::vector<std::string> keys;
+  for (const auto* t : which) keys.push_back(t->key);
+  return export_safetensors(b, prefix, m, keys, meta, out);
+}
+
+// export PATH --to safetensors OUT [--shards N|processes]: every tensor, whole, into one
+// safetensors file; or, with --shards, into OUT/model-0000k-of-0000N.safetensors plus
+// OUT/model.safetensors.index.json, as Hugging Face tools expect.
+int cmd_export(io::backend& b, const args& a) {
+  const std::string prefix = normalize_prefix(a.path);
+  auto m = load_manifest(b, prefix, a);
+  if (!m) return 1;
+  std::vector<const format::saved_tensor*> which;
+  std::string skipped;
+  std::uint64_t total = 0;
+  for (const auto& t : m->tensors) {
+    if (t.type == dtype::blob) {
+      skipped += (skipped.empty() ? "" : ",") + t.key;
+      continue;
+    }
+    which.push_back(&t);
+    total += static_cast<std::uint64_t>(num_elements(t.global).value_or(0) * dtype_size(t.type));
+  }
+  std::map<std::string, std::string> meta = {{"format", "pt"}, {"meshckpt.source", prefix}, {"meshckpt.writer", m->writer}};
+  if (!skipped.empty()) meta["meshckpt.skipped_blobs"] = skipped;
+  const std::string skipped_note = skipped.empty() ? "" : " (opaque blobs skipped: " + skipped + ")";
+  if (a.shards.empty()) {
+    if (auto w = write_safetensors_file(b, prefix, *m, which, meta, a.out); !w) {
+      std::fprintf(stderr, "meshckpt export: writing %s: %s\n", a.out.c_str(), w.error().what().c_str());
+      return 1;
+    }
+    std::printf("exported %zu tensors of %s to %s%s\n", which.size(), prefix.c_str(), a.out.c_str(), skipped_note.c_str());
+    return 0;
+  }
+  // The groups: by the process that wrote most of each tensor's bytes (data file k belongs to
+  // process k / 10000, docs/FORMAT.md), or N groups of about equal size in key order.
+  std::vector<std::vector<const format::saved_tensor*>> groups;
+  if (a.shards == "processes") {
+    std::map<std::uint64_t, std::vector<const format::saved_tensor*>> by_process;
+    for (const auto* t : which) {
+      std::map<std::uint64_t, std::uint64_t> bytes;
+      for (const auto& sl : t->slices) {
+        const auto& fname = m->files[sl.file].name;
+        const auto dash = fname.rfind('-');
+        const std::uint64_t k = dash == std::string::npos ? 0 : std::strtoull(fname.c_str() + dash + 1, nullptr, 10);
+        bytes[k / 10000] += sl.length;
+      }
+      auto best = std::max_element(bytes.begin(), bytes.end(), [](auto& x, auto& y) { return x.second < y.second; });
+      by_process[best == bytes.end() ? 0 : best->first].push_back(t);
+    }
+    for (auto& [p, g] : by_process) groups.push_back(std::move(g));
+  } else {
+    const long n = std::atol(a.shards.c_str());
+    if (n < 1 || n > 99999 || a.shards.find_first_not_of("0123456789") != std::string::npos) {
+      std::fprintf(stderr, "meshckpt export: --shards takes a count from 1 to 99999 or \"processes\", not \"%s\"\n", a.shards.c_str());
+      return 2;
+    }
+    const std::uint64_t target = (total + static_cast<std::uint64_t>(n) - 1) / static_cast<std::uint64_t>(n);
+    groups.emplace_back();
+    std::uint64_t in_group = 0;
+    for (const auto* t : which) {
+      const auto bytes = static_cast<std::uint64_t>(num_elements(t->global).value_or(0) * dtype_size(t->type));
+      if (!groups.back().empty() && in_group + bytes > target && static_cast<long>(groups.size()) < n) {
+        groups.emplace_back();
+        in_group = 0;
+      }
+      groups.back().push_back(t);
+      in_group += bytes;
+    }
+  }
+  if (::mkdir(a.out.c_str(), 0755) != 0 && errno != EEXIST) {
+    std::fprintf(stderr, "meshckpt export: cannot create directory %s\n", a.out.c_str());
+    return 1;
+  }
+  format::safetensors_index index;
+  index.total_size = total;
+  char name[64];
+  for (std::size_t g = 0; g < groups.size(); ++g) {
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", g + 1, groups.size());
+    if (auto w = write_safetensors_file(b, prefix, *m, groups[g], meta, join(a.out, name)); !w) {
+      std::fprintf(stderr, "meshckpt export: writing %s: %s\n", join(a.out, name).c_str(), w.error().what().c_str());
+      return 1;
+    }
+    for (const auto* t : groups[g]) index.weight_map[t->key] = name;
+  }
+  // The index last, under a temp name: a reader that finds it finds every shard.
+  const std::string idx_path = join(a.out, "model.safetensors.index.json");
+  const std::string text = format::encode_safetensors_index(index);
+  if (auto w = write_file_durably(b, idx_path, std::as_bytes(std::span(text.data(), text.size()))); !w) {
+    std::fprintf(stderr, "meshckpt export: writing %s: %s\n", idx_path.c_str(), w.error().what().c_str());
+    return 1;
+  }
+  std::printf("exported %zu tensors of %s to %zu safetensors shards in %s (index: model.safetensors.index.json)%s\n", which.size(),
+              prefix.c_str(), groups.size(), a.out.c_str(), skipped_note.c_str());
+  return 0;
+}
+
+// import FILE --to PREFIX: a safetensors file, or a sharded model through its
+// model.safetensors.index.json (validated by the format's safety rules), as a meshckpt
+// checkpoint, each tensor whole on one device.
+int cmd_import(io::backend& b, const args& a) {
+  auto listed = list_safetensors(b, a.path);
+  if (!listed) {
+    std::fprintf(stderr, "meshckpt import: %s\n", listed.error().what().c_str());
+    return 1;
+  }
+  auto one = mesh::create({{"x", 1}}).value();
+  std::deque<dtensor> keep;
+  std::vector<named_tensor> tensors;
+  for (const auto& e : *listed) {
+    auto l = layout::create(std::vector<std::string>(e.dims.size(), "unsharded"), one).value();
+    auto d = dtensor::create(e.type, e.dims, l);
+    if (!d) {
+      std::fprintf(stderr, "meshckpt import: tensor \"%s\": %s\n", e.name.c_str(), d.error().what().c_str());
+      return 1;
+    }
+    keep.push_back(std::move(*d));
+    tensors.push_back({e.name, keep.back().view()});
+  }
+  if (auto r = read_safetensors(b, a.path, tensors); !r) {
+    std::fprintf(stderr, "meshckpt import: %s\n", r.error().what().c_str());
+    return 1;
+  }
+  auto w = write_tensors(b, a.to, tensors);
+  if (!w) {
+    std::fprintf(stderr, "meshckpt import: %s\n", w.error().what().c_str());
+    return 1;
+  }
+  std::printf("imported %zu tensors from %s as %s\n", tensors.size(), a.path.c_str(), w->manifest_path.c_str());
+  return 0;
+}
+
+}  // namespace meshckpt::cli

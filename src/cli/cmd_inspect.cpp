@@ -1,0 +1,290 @@
+// meshckpt inspect, show, cat, diff: looking into checkpoints.
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <functional>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <unistd.h>
+#include <ctime>
+#include <map>
+#include <optional>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench.hpp"
+#include "values.hpp"
+#include "meshckpt/api/checkpoint.hpp"
+#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/backends/uring.hpp"
+#include "meshckpt/format/describe.hpp"
+#include "meshckpt/format/names.hpp"
+#include "meshckpt/format/safetensors.hpp"
+#include "meshckpt/graph/object_graph.hpp"
+
+#include "commands.hpp"
+
+namespace meshckpt::cli {
+
+// show PATH KEY: how one tensor was sharded when saved.
+int cmd_show(io::backend& b, const args& a) {
+  const std::string prefix = normalize_prefix(a.path);
+  auto m = load_manifest(b, prefix, a);
+  if (!m) return 1;
+  const auto* t = m->find(a.key);
+  if (!t) {
+    std::fprintf(stderr, "meshckpt show: no tensor \"%s\" in %s (it has %zu; `meshckpt inspect %s` lists them)\n", a.key.c_str(),
+                 prefix.c_str(), m->tensors.size(), prefix.c_str());
+    return 1;
+  }
+  auto pic = format::describe_sharding(*m, *t);
+  if (!pic) {
+    std::fprintf(stderr, "meshckpt show: %s\n", pic.error().what().c_str());
+    return 1;
+  }
+  std::fputs(pic->c_str(), stdout);
+  return 0;
+}
+
+int cmd_inspect(io::backend& b, const args& a) {
+  std::string prefix = normalize_prefix(a.path);
+  if (is_directory(prefix) && !exists(prefix + ".manifest")) {
+    auto scan = scan_directory(b, prefix);
+    std::string names;
+    if (scan)
+      for (const auto& c : scan->checkpoints) names += "\n  " + join(prefix, c);
+    std::fprintf(stderr, "meshckpt inspect: %s is a directory; give a checkpoint prefix DIR/NAME%s%s\n", prefix.c_str(),
+                 names.empty() ? " (it holds no committed checkpoint)" : ". Checkpoints there:", names.c_str());
+    return 1;
+  }
+  auto m = load_manifest(b, prefix, a);
+  if (!m) return 1;
+  std::string out = a.json ? format::describe_json(*m, prefix) : format::describe_text(*m, prefix);
+  // The object graph a Checkpoint recorded: the tree of objects (by attribute name) and the
+  // tensors they hold. Shared objects are printed once and referred to afterwards.
+  for (const auto& e : m->extensions) {
+    if (e.name != graph::object_graph_extension) continue;
+    auto g = graph::decode_object_graph(e.bytes);
+    if (!g) {
+      std::fprintf(stderr, "meshckpt inspect: %s: object graph: %s\n", prefix.c_str(), g.error().what().c_str());
+      return 1;
+    }
+    if (a.json) {
+      std::string j = ",\"object_graph\":[";
+      for (std::size_t i = 0; i < g->nodes.size(); ++i) {
+        const auto& n = g->nodes[i];
+        j += std::string(i ? "," : "") + "{\"id\":" + std::to_string(i) + ",\"value\":" + (n.has_value ? format::json_string(n.key) : "null") +
+             ",\"children\":[";
+        for (std::size_t c = 0; c < n.children.size(); ++c)
+          j += std::string(c ? "," : "") + "{\"name\":" + format::json_string(n.children[c].first) + ",\"id\":" + std::to_string(n.children[c].second) + "}";
+        j += "]}";
+      }
+      out.insert(out.rfind('}'), j + "]");
+    } else {
+      out += "\nobject graph (" + std::to_string(g->nodes.size()) + " objects):\n(root)\n";
+      std::vector<bool> seen(g->nodes.size(), false);
+      seen[0] = true;
+      std::function<void(std::uint32_t, const std::string&)> tree = [&](std::uint32_t id, const std::string& indent) {
+        const auto& kids = g->nodes[id].children;
+        for (std::size_t c = 0; c < kids.size(); ++c) {
+          const bool last = c + 1 == kids.size();
+          const auto child = kids[c].second;
+          out += indent + (last ? "`-- " : "|-- ") + kids[c].first;
+          if (child >= g->nodes.size()) {
+            out += "  (dangling)\n";
+            continue;
+          }
+          if (g->nodes[child].has_value) out += "  = " + g->nodes[child].key;
+          if (seen[child]) {
+            out += "  (shared: object " + std::to_string(child) + ", shown above)\n";
+            continue;
+          }
+          seen[child] = true;
+          out += "\n";
+          tree(child, indent + (last ? "    " : "|   "));
+        }
+      };
+      if (!g->nodes.empty()) tree(0, "");
+    }
+  }
+  if (a.json) out += "\n";
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+// cat PATH KEY [--slice S]: a tensor's values.
+int cmd_cat(io::backend& b, const args& a) {
+  const std::string prefix = normalize_prefix(a.path);
+  auto m = load_manifest(b, prefix, a);
+  if (!m) return 1;
+  const auto* t = m->find(a.key);
+  if (!t) {
+    std::fprintf(stderr, "meshckpt cat: no tensor \"%s\" in %s (`meshckpt inspect %s` lists them)\n", a.key.c_str(), prefix.c_str(),
+                 prefix.c_str());
+    return 1;
+  }
+  if (t->type == dtype::blob) {
+    std::fprintf(stderr, "meshckpt cat: tensor \"%s\" is an opaque blob (%s); meshckpt does not interpret its bytes\n", a.key.c_str(),
+                 format::human_bytes(static_cast<std::uint64_t>(num_elements(t->global).value_or(0))).c_str());
+    return 1;
+  }
+  auto sel = cli::parse_slice(a.slice, t->global);
+  if (!sel) {
+    std::fprintf(stderr, "meshckpt cat: %s\n", sel.error().what().c_str());
+    return 2;
+  }
+  auto d = read_whole(b, prefix, *m, *t, std::uint64_t(4) << 30);
+  if (!d) {
+    std::fprintf(stderr, "meshckpt cat: %s\n", d.error().what().c_str());
+    return 1;
+  }
+  const auto& data = d->view().shards().front().data;
+  auto v = cli::select(t->type, data, t->global, *sel);
+  auto shape_json = [](const shape& s) {
+    std::string o = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) o += (i ? "," : "") + std::to_string(s[i]);
+    return o + "]";
+  };
+  if (a.json) {
+    if (v.offsets.size() > 10'000'000) {
+      std::fprintf(stderr, "meshckpt cat: %zu values are too many for --json; select fewer with --slice\n", v.offsets.size());
+      return 1;
+    }
+    std::string out = "{\"key\":" + format::json_string(t->key) + ",\"dtype\":" + format::json_string(std::string(dtype_name(t->type))) +
+                      ",\"shape\":" + shape_json(t->global) + ",\"slice\":" + format::json_string(a.slice) +
+                      ",\"selected_shape\":" + shape_json(v.dims) + ",\"values\":" + cli::json_values(t->type, data, v) + "}\n";
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    return 0;
+  }
+  std::string dims;
+  for (std::size_t i = 0; i < t->global.size(); ++i) dims += (i ? ", " : "") + std::to_string(t->global[i]);
+  std::string out = t->key + ": " + std::string(dtype_name(t->type)) + "[" + dims + "]" + (a.slice.empty() ? "" : " [" + a.slice + "]") + "\n" +
+                    cli::format_values(t->type, data, v) + "\n";
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
+// diff A B: which tensors differ. Equal checksums of identically sliced tensors mean equal
+// values without reading them; otherwise both are read (one tensor at a time) and compared.
+int cmd_diff(io::backend& b, const args& a) {
+  const std::string pa = normalize_prefix(a.path), pb = normalize_prefix(a.other);
+  auto ma = load_manifest(b, pa, a);
+  if (!ma) return 2;
+  auto mb = load_manifest(b, pb, a);
+  if (!mb) return 2;
+  struct change {
+    std::string key, kind, detail;
+    std::optional<double> max_abs;
+    std::uint64_t differing = 0;
+  };
+  std::vector<change> changes;
+  std::size_t same = 0, compared_by_checksum = 0, compared_by_value = 0;
+  std::map<std::string, std::pair<const format::saved_tensor*, const format::saved_tensor*>> keys;
+  for (const auto& t : ma->tensors) keys[t.key].first = &t;
+  for (const auto& t : mb->tensors) keys[t.key].second = &t;
+  auto shape_text = [](const shape& s) {
+    std::string o = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+    return o + "]";
+  };
+  for (const auto& [key, pair] : keys) {
+    const auto* x = pair.first;
+    const auto* y = pair.second;
+    if (!y) {
+      changes.push_back({key, "removed", std::string(dtype_name(x->type)) + shape_text(x->global), {}, 0});
+      continue;
+    }
+    if (!x) {
+      changes.push_back({key, "added", std::string(dtype_name(y->type)) + shape_text(y->global), {}, 0});
+      continue;
+    }
+    if (x->type != y->type || x->global != y->global) {
+      changes.push_back({key, x->type != y->type ? "dtype" : "shape",
+                         std::string(dtype_name(x->type)) + shape_text(x->global) + " -> " + std::string(dtype_name(y->type)) + shape_text(y->global),
+                         {}, 0});
+      continue;
+    }
+    // Same slicing and chunking: the checksums decide (XXH3-64 per chunk).
+    bool same_slicing = ma->chunk_bytes == mb->chunk_bytes && x->slices.size() == y->slices.size();
+    for (std::size_t i = 0; same_slicing && i < x->slices.size(); ++i)
+      same_slicing = x->slices[i].where.origin == y->slices[i].where.origin && x->slices[i].where.extent == y->slices[i].where.extent;
+    if (same_slicing) {
+      bool equal = true;
+      for (std::size_t i = 0; equal && i < x->slices.size(); ++i) equal = x->slices[i].checksums == y->slices[i].checksums;
+      if (equal) {
+        ++same;
+        ++compared_by_checksum;
+        continue;
+      }
+    }
+    ++compared_by_value;
+    auto da = read_whole(b, pa, *ma, *x);
+    auto db = da ? read_whole(b, pb, *mb, *y) : result<dtensor>(da.error());
+    if (!da || !db) {
+      std::fprintf(stderr, "meshckpt diff: %s\n", (!da ? da.error() : db.error()).what().c_str());
+      return 2;
+    }
+    const auto& bx = da->view().shards().front().data;
+    const auto& by = db->view().shards().front().data;
+    change c{key, "values", {}, {}, 0};
+    if (x->type == dtype::blob) {
+      for (std::size_t i = 0; i < bx.size(); ++i) c.differing += bx[i] != by[i];
+    } else {
+      const std::size_t n = bx.size() / static_cast<std::size_t>(dtype_size(x->type));
+      const std::size_t es = static_cast<std::size_t>(dtype_size(x->type));
+      double worst = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        if (std::memcmp(bx.data() + i * es, by.data() + i * es, es) == 0) continue;
+        ++c.differing;
+        double u = *cli::element(x->type, bx, i), w = *cli::element(x->type, by, i);
+        double diff = std::fabs(u - w);
+        if (std::isnan(diff)) diff = INFINITY;  // NaN on one side only, or NaNs of other bits
+        worst = std::max(worst, diff);
+      }
+      if (c.differing) c.max_abs = worst;
+    }
+    if (c.differing == 0) {
+      ++same;  // equal values stored differently (another slicing, or padding)
+      continue;
+    }
+    char buf[96];
+    if (c.max_abs) std::snprintf(buf, sizeof buf, "%llu element(s) differ, max abs difference %.9g", (unsigned long long)c.differing, *c.max_abs);
+    else std::snprintf(buf, sizeof buf, "%llu byte(s) differ", (unsigned long long)c.differing);
+    c.detail = buf;
+    changes.push_back(std::move(c));
+  }
+  if (a.json) {
+    std::string out = "{\"a\":" + format::json_string(pa) + ",\"b\":" + format::json_string(pb) + ",\"identical\":" +
+                      (changes.empty() ? "true" : "false") + ",\"unchanged\":" + std::to_string(same) +
+                      ",\"compared_by_checksum\":" + std::to_string(compared_by_checksum) +
+                      ",\"compared_by_value\":" + std::to_string(compared_by_value) + ",\"changes\":[";
+    for (std::size_t i = 0; i < changes.size(); ++i) {
+      const auto& c = changes[i];
+      out += std::string(i ? "," : "") + "{\"key\":" + format::json_string(c.key) + ",\"kind\":" + format::json_string(c.kind) +
+             ",\"detail\":" + format::json_string(c.detail);
+      if (c.kind == "values") {
+        out += ",\"differing\":" + std::to_string(c.differing);
+        if (c.max_abs) {
+          char buf[48];
+          std::snprintf(buf, sizeof buf, "%.17g", *c.max_abs);
+          out += std::string(",\"max_abs_difference\":") + (std::isinf(*c.max_abs) ? "\"inf\"" : buf);
+        }
+      }
+      out += "}";
+    }
+    out += "]}\n";
+    std::fwrite(out.data(), 1, out.size(), stdout);
+  } else {
+    for (const auto& c : changes) std::printf("%-8s %s  %s\n", c.kind.c_str(), c.key.c_str(), c.detail.c_str());
+    std::printf("%zu tensor(s) differ, %zu identical; %zu compared by checksum, %zu read and compared\n", changes.size(), same,
+                compared_by_checksum, compared_by_value);
+  }
+  return changes.empty() ? 0 : 1;
+}
+
+}  // namespace meshckpt::cli

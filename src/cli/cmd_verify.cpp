@@ -1,0 +1,158 @@
+// meshckpt verify PATH|DIR: every byte, every checksum, the state file.
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <functional>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <unistd.h>
+#include <ctime>
+#include <map>
+#include <optional>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench.hpp"
+#include "values.hpp"
+#include "meshckpt/api/checkpoint.hpp"
+#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/backends/uring.hpp"
+#include "meshckpt/format/describe.hpp"
+#include "meshckpt/format/names.hpp"
+#include "meshckpt/format/safetensors.hpp"
+#include "meshckpt/graph/object_graph.hpp"
+
+#include "commands.hpp"
+
+namespace meshckpt::cli {
+
+// A progress bar on stderr while verify reads, when stderr is a terminal (or MESHCKPT_PROGRESS
+// is set, for tests); redrawn at most ten times a second, erased at the end.
+class progress_bar {
+ public:
+  progress_bar(bool enabled, std::string label) : on_(enabled), label_(std::move(label)), start_(std::chrono::steady_clock::now()) {}
+  void update(std::uint64_t done, std::uint64_t total) {
+    if (!on_) return;
+    auto now = std::chrono::steady_clock::now();
+    // Not before 0.2 s (no rate to speak of yet), then ten times a second, and the end.
+    if (done < total && (now - start_ < std::chrono::milliseconds(200) || now - last_ < std::chrono::milliseconds(100))) return;
+    last_ = now;
+    const double secs = std::chrono::duration<double>(now - start_).count();
+    const double rate = secs > 0 ? done / secs : 0;
+    const double frac = total ? static_cast<double>(done) / total : 1.0;
+    const int cells = 24, full = static_cast<int>(frac * cells);
+    std::string bar(static_cast<std::size_t>(full), '#');
+    bar += std::string(static_cast<std::size_t>(cells - full), '.');
+    std::string eta = rate > 0 && done < total ? std::to_string(static_cast<long long>((total - done) / rate + 0.5)) + "s" : "-";
+    std::fprintf(stderr, "\r%s [%s] %3d%%  %s / %s  %s/s  ETA %s\033[K", label_.c_str(), bar.c_str(), static_cast<int>(frac * 100),
+                 format::human_bytes(done).c_str(), format::human_bytes(total).c_str(), format::human_bytes(static_cast<std::uint64_t>(rate)).c_str(),
+                 eta.c_str());
+    drawn_ = true;
+  }
+  ~progress_bar() {
+    if (drawn_) std::fprintf(stderr, "\r\033[K");
+  }
+
+ private:
+  bool on_;
+  std::string label_;
+  std::chrono::steady_clock::time_point start_, last_{};
+  bool drawn_ = false;
+};
+
+std::string code_name(const error& e) { return e.code.message(); }
+
+int cmd_verify(io::backend& b, const args& a) {
+  std::string path = normalize_prefix(a.path);
+  std::vector<std::string> prefixes;
+  std::vector<std::string> leftovers;
+  std::vector<std::string> state_problems;
+  bool state_present = false;
+  if (is_directory(path) && !exists(path + ".manifest")) {
+    auto scan = scan_directory(b, path);
+    if (!scan) {
+      std::fprintf(stderr, "meshckpt verify: %s\n", scan.error().what().c_str());
+      return 1;
+    }
+    for (const auto& c : scan->checkpoints) prefixes.push_back(join(path, c));
+    for (const auto& l : scan->leftovers) leftovers.push_back(join(path, l));
+    // The directory's `checkpoint` state file: every checkpoint it lists must be present (and,
+    // like every checkpoint here, intact).
+    auto st = read_checkpoint_state(b, path);
+    if (st) {
+      state_present = true;
+      std::vector<std::string> listed = st->all_model_checkpoint_paths;
+      if (!st->model_checkpoint_path.empty()) listed.push_back(st->model_checkpoint_path);
+      for (const auto& name : listed)
+        if (std::find(scan->checkpoints.begin(), scan->checkpoints.end(), name) == scan->checkpoints.end() &&
+            std::find(state_problems.begin(), state_problems.end(), name) == state_problems.end())
+          state_problems.push_back(join(path, "checkpoint") + " lists " + name + ", which is missing (no " + name + ".manifest)");
+    } else if (st.error().code != errc::not_found) {
+      state_present = true;
+      state_problems.push_back(st.error().what());
+    }
+    if (prefixes.empty()) {
+      if (a.json)
+        std::printf("{\"ok\":false,\"error\":%s,\"checkpoints\":[],\"leftovers\":[]}\n",
+                    format::json_string("no checkpoint found in " + path).c_str());
+      std::fprintf(stderr, "meshckpt verify: no checkpoint found in %s%s\n", path.c_str(),
+                   leftovers.empty() ? "" : " (only leftovers of interrupted saves)");
+      return 1;
+    }
+  } else {
+    prefixes.push_back(path);
+  }
+  bool all_ok = state_problems.empty();
+  std::string json = "{\"checkpoints\":[";
+  for (std::size_t i = 0; i < prefixes.size(); ++i) {
+    const auto& p = prefixes[i];
+    const bool show_progress = !a.no_progress && (std::getenv("MESHCKPT_PROGRESS") || (!a.json && ::isatty(STDERR_FILENO)));
+    std::optional<progress_bar> bar;
+    bar.emplace(show_progress, "verifying " + p);
+    auto r = verify(b, p, [&bar](std::uint64_t done, std::uint64_t total) { bar->update(done, total); });
+    bar.reset();
+    std::vector<error> problems;
+    verify_report rep;
+    if (!r) problems.push_back(r.error());
+    else {
+      rep = *r;
+      problems = rep.problems;
+    }
+    all_ok = all_ok && problems.empty();
+    if (a.json) {
+      json += std::string(i ? "," : "") + "{\"prefix\":" + format::json_string(p) + ",\"ok\":" + (problems.empty() ? "true" : "false") +
+              ",\"tensors\":" + std::to_string(rep.tensors) + ",\"slices\":" + std::to_string(rep.slices) +
+              ",\"files\":" + std::to_string(rep.files) + ",\"bytes_checked\":" + std::to_string(rep.bytes_checked) +
+              ",\"problems\":[";
+      for (std::size_t j = 0; j < problems.size(); ++j)
+        json += std::string(j ? "," : "") + "{\"code\":" + format::json_string(code_name(problems[j])) +
+                ",\"message\":" + format::json_string(problems[j].what()) + "}";
+      json += "]}";
+    } else if (problems.empty()) {
+      std::printf("ok        %s  (%zu tensors, %zu slices, %zu data file%s, %s checked)\n", p.c_str(), rep.tensors, rep.slices,
+                  rep.files, rep.files == 1 ? "" : "s", format::human_bytes(rep.bytes_checked).c_str());
+    } else {
+      std::printf("DAMAGED   %s\n", p.c_str());
+      for (const auto& e : problems) std::printf("          %s\n", e.what().c_str());
+    }
+  }
+  if (a.json) {
+    json += "],\"leftovers\":[";
+    for (std::size_t i = 0; i < leftovers.size(); ++i) json += std::string(i ? "," : "") + format::json_string(leftovers[i]);
+    json += "],\"state_file\":{\"present\":" + std::string(state_present ? "true" : "false") + ",\"problems\":[";
+    for (std::size_t i = 0; i < state_problems.size(); ++i) json += std::string(i ? "," : "") + format::json_string(state_problems[i]);
+    json += "]},\"ok\":" + std::string(all_ok ? "true" : "false") + "}\n";
+    std::fwrite(json.data(), 1, json.size(), stdout);
+  } else {
+    for (const auto& l : leftovers) std::printf("leftover  %s  (from an interrupted save; not a checkpoint, ignored)\n", l.c_str());
+    for (const auto& p : state_problems) std::printf("DAMAGED   %s\n", p.c_str());
+  }
+  return all_ok ? 0 : 1;
+}
+
+}  // namespace meshckpt::cli

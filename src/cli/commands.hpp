@@ -1,0 +1,50 @@
+#pragma once
+// Private to the CLI: what every command shares (arguments, prefix spelling, loading a manifest,
+// reading a tensor whole) and the commands themselves, one file per family:
+// cmd_directory.cpp (ls), cmd_inspect.cpp (inspect, show, cat, diff), cmd_verify.cpp (verify),
+// cmd_convert.cpp (export, import); main.cpp parses and dispatches.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/format/manifest.hpp"
+#include "meshckpt/io/backend.hpp"
+#include "meshckpt/tensor/dtensor.hpp"
+
+namespace meshckpt::cli {
+
+// The tool's usage text (meshckpt --help).
+extern const char* const usage_text;
+
+struct args {
+  std::string command, path, key, to, out, other, slice, shards;
+  bool json = false;
+  bool no_progress = false;
+};
+
+// Prints `msg` and the usage text; returns the usage exit status (2).
+int usage_error(const std::string& msg);
+bool is_directory(const std::string& p);
+bool exists(const std::string& p);
+// Accepts "DIR/NAME.manifest" as a spelling of the prefix "DIR/NAME".
+std::string normalize_prefix(std::string p);
+std::string join(const std::string& dir, const std::string& name);
+// The manifest of `prefix`, or nullopt after printing why not.
+std::optional<format::manifest> load_manifest(io::backend& b, const std::string& prefix, const args& a);
+// Tensor `t` of checkpoint `prefix`, whole, in memory (restored onto one device, checksums
+// verified). Tensors above `max_bytes` are refused rather than allocated.
+result<dtensor> read_whole(io::backend& b, const std::string& prefix, const format::manifest& m, const format::saved_tensor& t,
+                           std::uint64_t max_bytes = std::uint64_t(1) << 62);
+
+int cmd_ls(io::backend& b, const args& a);
+int cmd_export(io::backend& b, const args& a);
+int cmd_import(io::backend& b, const args& a);
+int cmd_show(io::backend& b, const args& a);
+int cmd_inspect(io::backend& b, const args& a);
+int cmd_cat(io::backend& b, const args& a);
+int cmd_diff(io::backend& b, const args& a);
+int cmd_verify(io::backend& b, const args& a);
+
+}  // namespace meshckpt::cli

@@ -1,0 +1,123 @@
+// The CLI's shared helpers (commands.hpp) and its usage text.
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <functional>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <unistd.h>
+#include <ctime>
+#include <map>
+#include <optional>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench.hpp"
+#include "values.hpp"
+#include "meshckpt/api/checkpoint.hpp"
+#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/backends/uring.hpp"
+#include "meshckpt/format/describe.hpp"
+#include "meshckpt/format/names.hpp"
+#include "meshckpt/format/safetensors.hpp"
+#include "meshckpt/graph/object_graph.hpp"
+
+#include "commands.hpp"
+
+namespace meshckpt::cli {
+
+extern const char* const usage_text;
+const char* const usage_text =
+    "usage: meshckpt <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  inspect PATH [--json]   list every tensor of checkpoint PATH: dtype, global shape,\n"
+    "                          saved layout and mesh, slice count, bytes\n"
+    "  verify PATH [--json]    read every byte of checkpoint PATH and check every checksum;\n"
+    "                          PATH may be a directory: every committed checkpoint in it is\n"
+    "                          verified, leftovers of interrupted saves are listed, and\n"
+    "                          every checkpoint its `checkpoint` state file lists must exist\n"
+    "  ls DIR [--json]         the checkpoints in DIR: number, time, size, tensors, files,\n"
+    "                          status (committed, incomplete leftovers), which is latest\n"
+    "  export PATH --to safetensors OUT\n"
+    "                          every tensor of checkpoint PATH, whole, into the safetensors\n"
+    "                          file OUT (opaque blobs are skipped and named in __metadata__)\n"
+    "  import FILE --to PREFIX a safetensors FILE (checked by the format's safety rules) as the\n"
+    "                          checkpoint PREFIX, each tensor whole on one device\n"
+    "  show PATH KEY           a picture of how tensor KEY of checkpoint PATH was sharded:\n"
+    "                          its global shape as a grid of slices, each labelled with the\n"
+    "                          devices that held it (* wrote it)\n"
+    "  cat PATH KEY [--slice S] [--json]\n"
+    "                          the values of tensor KEY (numpy-style, summarized beyond 1000\n"
+    "                          elements); S selects like numpy: 0:4,2,: (start:stop or index\n"
+    "                          per dimension, negative counts from the end)\n"
+    "  diff A B [--json]       tensors added, removed, changed in dtype or shape, or changed in\n"
+    "                          value (with the largest absolute difference); checksums are\n"
+    "                          compared first, data read only where they differ.\n"
+    "                          Exit status 0 identical, 1 different\n"
+    "  bench --dir DIR [--workload large|small|stall|reshard|all] [--backend auto|uring|posix]\n"
+    "        [--reps N] [--json]\n"
+    "                          the workloads of BENCHMARKS.md against fio and memcpy, in the\n"
+    "                          same run (medians; drops the page cache when root)\n"
+    "\n"
+    "PATH is a checkpoint prefix (DIR/NAME, the file DIR/NAME.manifest) or, for verify, a\n"
+    "directory. Exit status: 0 ok, 1 damaged or failed, 2 usage error.\n"
+    "  --help      this text (meshckpt COMMAND --help: that command's)\n"
+    "  --version   print the version\n";
+
+int usage_error(const std::string& msg) {
+  std::fprintf(stderr, "meshckpt: %s\n\n%s", msg.c_str(), usage_text);
+  return 2;
+}
+
+bool is_directory(const std::string& p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool exists(const std::string& p) {
+  struct stat st;
+  return ::lstat(p.c_str(), &st) == 0;
+}
+
+std::string normalize_prefix(std::string p) {
+  if (p.size() > format::manifest_suffix.size() && p.ends_with(format::manifest_suffix) && !exists(p + ".manifest"))
+    p.resize(p.size() - format::manifest_suffix.size());
+  while (p.size() > 1 && p.ends_with('/')) p.pop_back();
+  return p;
+}
+
+std::string join(const std::string& dir, const std::string& name) {
+  return dir == "." ? name : (dir.ends_with('/') ? dir + name : dir + "/" + name);
+}
+
+
+std::optional<format::manifest> load_manifest(io::backend& b, const std::string& prefix, const args& a) {
+  auto m = read_manifest(b, prefix);
+  if (!m) {
+    std::fprintf(stderr, "meshckpt %s: %s\n", a.command.c_str(), m.error().what().c_str());
+    return std::nullopt;
+  }
+  return std::move(*m);
+}
+
+result<dtensor> read_whole(io::backend& b, const std::string& prefix, const format::manifest& m, const format::saved_tensor& t,
+                           std::uint64_t max_bytes) {
+  auto bytes = num_elements(t.global);
+  if (bytes && *bytes * dtype_size(t.type) > static_cast<std::int64_t>(std::min<std::uint64_t>(max_bytes, INT64_MAX)))
+    return make_error(errc::limit_exceeded, "tensor \"" + t.key + "\" is " + format::human_bytes(static_cast<std::uint64_t>(*bytes * dtype_size(t.type))) +
+                                                ", above the " + format::human_bytes(max_bytes) + " this command reads into memory");
+  auto one = mesh::create({{"x", 1}}).value();
+  BOOST_OUTCOME_TRY(auto l, layout::create(std::vector<std::string>(t.global.size(), "unsharded"), one));
+  BOOST_OUTCOME_TRY(auto d, dtensor::create(t.type, t.global, l));
+  std::vector<named_tensor> target = {{t.key, d.view()}};
+  BOOST_OUTCOME_TRY(read_tensors(b, prefix, m, target));
+  return d;
+}
+
+}  // namespace meshckpt::cli
