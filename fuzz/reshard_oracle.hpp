@@ -1,5 +1,5 @@
 #pragma once
-// The brute-force oracle for the restore planner, shared by tests/test_plan.cpp and
+// The brute-force oracle for the restore planner, shared by tests/unit/test_plan.cpp and
 // fuzz_restore_plan: slices whose elements hold their own global flat index are copied into the
 // target by the planned runs, and every target element must then hold its own global index.
 

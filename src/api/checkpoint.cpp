@@ -288,7 +288,7 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
   if (must_wait) {
     (void)runtime::run_blocking<void>("save (copy mode)", [&](auto, io::completion<void> d) { released->then(std::move(d)); });
     // The bridge ends early only when it could not allocate. The tensors must still not be
-    // handed back before they are copied: the last resort polls (tests/test_alloc.cpp).
+    // handed back before they are copied: the last resort polls (tests/reliability/test_alloc.cpp).
     while (!released->ready()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }

@@ -204,7 +204,7 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   }
   if (filled_ok && last_file && s.sources_released) std::exchange(s.sources_released, nullptr)();
   // TRICKY: every write must complete before `pool` goes away, error or not (and an allocation
-  // failure is no exception: tests/test_alloc.cpp).
+  // failure is no exception: tests/reliability/test_alloc.cpp).
   auto drained = co_await window.drain();
   if (!filled_ok) co_return filled_ok.error();
   if (!drained) co_return drained.error();

@@ -27,7 +27,7 @@ namespace meshckpt {
 
 std::pair<std::string, std::string> split_prefix(std::string_view prefix) {
   // No stripping of a trailing '/': "ckpts/" names a directory, not the checkpoint "ckpts" next
-  // to it; its empty NAME is then refused (found by tests/test_edges.cpp).
+  // to it; its empty NAME is then refused (found by tests/api/test_edges.cpp).
   auto slash = prefix.rfind('/');
   if (slash == std::string_view::npos) return {".", std::string(prefix)};
   return {slash == 0 ? "/" : std::string(prefix.substr(0, slash)), std::string(prefix.substr(slash + 1))};
@@ -505,7 +505,7 @@ task<read_report> read_steps(io::backend& b, const opened_prefix& p, const forma
     co_return success();
   };
   // TRICKY: no buffer may go away while the kernel writes it — not even when an allocation
-  // failed while issuing (std::bad_alloc; tests/test_alloc.cpp).
+  // failed while issuing (std::bad_alloc; tests/reliability/test_alloc.cpp).
   result<void> issued = success();
   try {
     issued = co_await issue();

@@ -76,7 +76,7 @@ std::string holder_line() {
   return "pid " + std::to_string(::getpid()) + " on host " + host + " since " + format::iso_time(now_ms) + "\n";
 }
 
-// TRICKY: every allocation may fail (tests/test_alloc.cpp). An open descriptor holding the
+// TRICKY: every allocation may fail (tests/reliability/test_alloc.cpp). An open descriptor holding the
 // flock must never leak: it would lock this process out of its own directory. So what can be
 // allocated is allocated before the open, and a guard closes the descriptor and forgets the
 // table entry on every way out but success.

@@ -23,7 +23,7 @@ class op_window {
   // Starts an operation with `initiate()`, which either launches it (its completion then calls
   // `finished`) or throws without launching it (backends allocate before they submit).
   // TRICKY: a throw must not leave the operation counted, or `drain` would wait forever for a
-  // completion that never comes (an allocation failure did: tests/test_alloc.cpp).
+  // completion that never comes (an allocation failure did: tests/reliability/test_alloc.cpp).
   template <class F>
   void launch(F&& initiate) {
     started();

@@ -45,7 +45,7 @@ inline thread_local const asio::io_context* blocking_context = nullptr;
 // no strand there. Besides saving the work, this keeps blocking calls clear of an Asio 1.81
 // bug: when the allocation of a strand's shared_ptr control block fails, the half-built strand
 // is destroyed through an unset mutex pointer (a crash instead of std::bad_alloc; found by
-// tests/test_alloc.cpp).
+// tests/reliability/test_alloc.cpp).
 template <class T>
 void spawn(asio::any_io_executor ex, task<T> coro, io::completion<T> done) {
   auto out = std::make_shared<std::optional<result<T>>>();
@@ -68,7 +68,7 @@ void spawn(asio::any_io_executor ex, task<T> coro, io::completion<T> done) {
 
 // Runs `f` when destroyed unless disarmed: closes handles (io::close_detached) when an exception
 // — an allocation failure — destroys a coroutine's frame before its awaited cleanup ran
-// (tests/test_alloc.cpp). Disarm it, or remove each handle from what `f` closes, as the awaited
+// (tests/reliability/test_alloc.cpp). Disarm it, or remove each handle from what `f` closes, as the awaited
 // cleanup closes them, so that nothing is closed twice.
 template <class F>
 class on_unwind {

@@ -64,7 +64,7 @@ result<dtensor> dtensor::create(dtype t, shape global, meshckpt::layout l) {
   std::vector<buffer> storage;
   std::vector<local_shard> shards;
   // Reserved first: a vector growing after a shard's allocation could throw and leak it (found
-  // by tests/test_alloc.cpp under ASan).
+  // by tests/reliability/test_alloc.cpp under ASan).
   const auto devices = l.mesh_ref().local_device_ids();
   storage.reserve(devices.size());
   shards.reserve(devices.size());

@@ -43,7 +43,7 @@ auto async_op(asio::any_io_executor ex, Start start, Token&& token) {
         // TRICKY: with use_awaitable, Asio 1.81 runs this initiation after the coroutine has
         // suspended; an exception thrown here escapes to the executor and destroys the
         // coroutine's frames, buffers of IO in flight included. So an allocation failure is
-        // delivered to the handler as an error instead (tests/test_alloc.cpp). Allocate before
+        // delivered to the handler as an error instead (tests/reliability/test_alloc.cpp). Allocate before
         // moving the handler, so that it survives a failure.
         std::shared_ptr<std::optional<state>> s;
         try {

@@ -1,7 +1,7 @@
 #pragma once
 /// \file
-/// The fault backend: a decorator over any backend for reliability tests (tests/test_crash.cpp,
-/// tests/test_faults.cpp). It numbers every operation, records them in an op log, and can
+/// The fault backend: a decorator over any backend for reliability tests (tests/reliability/test_crash.cpp,
+/// tests/reliability/test_faults.cpp). It numbers every operation, records them in an op log, and can
 ///
 /// - fail operation N with a chosen errno, once (transient) or from N on (persistent: a dead
 ///   disk); make write N a *short write* (half of it reaches the file, then ENOSPC) or read N a

@@ -1,7 +1,7 @@
 // Multi-process saves and restores, with "processes" played by threads of one test process
 // (coord::make_thread_group): each rank holds only its own devices' shards, writes its own data
 // files, and rank 0 commits. The same protocol runs over MPI in examples/multi_process and
-// tests/mpi_*.sh. Checked here: the checkpoint restores bit-exact in one process and in other
+// tests/reliability/mpi_test.sh. Checked here: the checkpoint restores bit-exact in one process and in other
 // process counts and layouts; replicated slices are spread over processes; one rank's IO
 // failure, a late rank, a dead rank, a dead root, and ranks that disagree all fail the save on
 // every rank with the same error, leave no new manifest, and keep the previous checkpoint.

@@ -130,7 +130,7 @@ TEST_CASE("planning rejects duplicate keys, empty keys, and slices owned elsewhe
 
 #include <random>
 
-#include "../fuzz/reshard_oracle.hpp"
+#include "../../fuzz/reshard_oracle.hpp"
 #include "meshckpt/plan/restore_plan.hpp"
 
 using oracle::partition;

@@ -3,7 +3,7 @@
 #   mpi_test.sh MPIRUN MULTI_PROCESS MPI_FAULTS WORKDIR [MESHCKPT_CLI]
 # 1. examples/multi_process saves from 4 ranks and restores onto 2 and 1 (other mesh, other
 #    layouts); then the same checkpoint is restored by separate jobs of 2 and 1 processes.
-# 2. Fault scenarios with 4 ranks (tests/mpi_faults.cpp): one rank's IO fails (a non-root and
+# 2. Fault scenarios with 4 ranks (tests/reliability/mpi_faults.cpp): one rank's IO fails (a non-root and
 #    the root), one rank is late, one rank is killed (a non-root and the root). Each must end
 #    well within its time limit (0 hangs); every rank that hears the outcome must report the
 #    same error; afterwards the previous checkpoint restores exactly (0 partial commits) and the

@@ -1,4 +1,4 @@
-// Multi-process saves over MPI under faults (run by tests/mpi_test.sh under mpirun).
+// Multi-process saves over MPI under faults (run by tests/reliability/mpi_test.sh under mpirun).
 //
 //   mpi_faults --dir D --fault none|io|delay|kill --victim R [--timeout-ms T]
 //       Every rank saves seed 1 (must succeed), then seed 2 with the fault injected on rank R:

@@ -183,7 +183,7 @@ std::vector<result<write_report>> save4(const std::string& prefix, std::vector<i
 // Multi-process commits: in a 4-process save (thread group), one process's IO stops at each of
 // its operations in turn (the crash point; its files are then put in the crash state), while
 // its protocol goes on reporting the failure. Deaths of whole processes are the kill scenarios
-// of test_multiprocess.cpp and tests/mpi_test.sh.
+// of test_multiprocess.cpp and tests/reliability/mpi_test.sh.
 TEST_CASE("multi-process commits: one process's IO crashes at each of its operations; every process agrees and the checkpoint is old or new, never broken", "[crash][multiprocess]") {
   auto posix = std::shared_ptr<io::backend>(backends::make_posix_backend());
   // The operations of each rank in a fault-free second save.
