@@ -1,6 +1,6 @@
 // Property: opening, verifying and restoring a checkpoint made of arbitrary bytes never
 // crashes, hangs, reads outside a file or allocates beyond a cap: every input ends in a result
-// (usually an error). Runs over an in-memory backend (fuzz/mem_backend.hpp).
+// (usually an error). Runs over an in-memory backend (io_backends/memory).
 //
 // Input: [manifest length, 4 bytes LE][manifest][data files' bytes]. The manifest is resealed
 // (body length and trailing checksum recomputed, as in fuzz_manifest_decode) so mutations
@@ -41,7 +41,7 @@ void run(std::span<const std::byte> input) {
     for (int i = 0; i < 8; ++i) man[man.size() - 8 + static_cast<std::size_t>(i)] = static_cast<std::byte>(c >> (8 * i));
   }
   fuzzing::mem_backend be;
-  be.files["ck.manifest"] = man;
+  be.file("ck.manifest") = man;
   format::limits lim;
   lim.max_manifest_bytes = 1 << 20;
   auto m = format::decode(man, lim);
@@ -50,7 +50,7 @@ void run(std::span<const std::byte> input) {
     std::size_t at = 0;
     for (std::size_t i = 0; i < m->files.size(); ++i) {
       std::size_t want = i + 1 == m->files.size() ? data.size() - at : std::min<std::size_t>(static_cast<std::size_t>(std::min<std::uint64_t>(m->files[i].size, data.size())), data.size() - at);
-      be.files[m->files[i].name].assign(data.begin() + static_cast<std::ptrdiff_t>(at), data.begin() + static_cast<std::ptrdiff_t>(at + want));
+      be.file(m->files[i].name).assign(data.begin() + static_cast<std::ptrdiff_t>(at), data.begin() + static_cast<std::ptrdiff_t>(at + want));
       at += want;
     }
   }

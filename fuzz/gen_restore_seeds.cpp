@@ -51,8 +51,8 @@ int main(int argc, char** argv) {
       }
       auto man = read_manifest(be, "ck").value();
       std::vector<std::vector<std::byte>> data;
-      for (const auto& f : man.files) data.push_back(be.files[f.name]);
-      auto bytes = fuzzing::pack(be.files["ck.manifest"], data);
+      for (const auto& f : man.files) data.push_back(be.file(f.name));
+      auto bytes = fuzzing::pack(be.file("ck.manifest"), data);
       std::ofstream(std::string(argv[1]) + "/seed-" + std::to_string(n++), std::ios::binary)
           .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
     }

@@ -314,13 +314,4 @@ result<std::unique_ptr<io::backend>> make_uring_backend(uring_options opt) {
   return std::unique_ptr<io::backend>(new uring_backend(ring, depth, make_posix_backend({std::max(1u, opt.metadata_threads)}), slots));
 }
 
-result<std::unique_ptr<io::backend>> make_backend(backend_kind kind) {
-  if (kind == backend_kind::posix) return make_posix_backend();
-  auto u = make_uring_backend();
-  if (u || kind == backend_kind::uring) return u;
-  static std::once_flag once;
-  std::call_once(once, [&] { std::fprintf(stderr, "meshckpt: using the POSIX backend: %s\n", u.error().what().c_str()); });
-  return make_posix_backend();
-}
-
 }  // namespace meshckpt::backends

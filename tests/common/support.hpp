@@ -18,6 +18,7 @@
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/checksum.hpp"
+#include "meshckpt/io/forwarding.hpp"
 #include "meshckpt/tensor/dtensor.hpp"
 
 namespace meshckpt::testing {
@@ -105,31 +106,9 @@ struct temp_dir {
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
 
-// Forwards every operation to `inner`; test decorators derive from it and override the one or
-// two operations they change.
-class forwarding_backend : public io::backend {
- public:
-  explicit forwarding_backend(std::shared_ptr<io::backend> inner) : inner_(std::move(inner)) {}
-  std::string_view name() const noexcept override { return "forwarding"; }
-  io::capabilities caps() const override { return inner_->caps(); }
-  void open_dir(std::string p, bool c, io::completion<io::handle> d) override { inner_->open_dir(std::move(p), c, std::move(d)); }
-  void open(io::handle dir, std::string n, io::open_mode m, io::completion<io::handle> d) override { inner_->open(dir, std::move(n), m, std::move(d)); }
-  void size(io::handle f, io::completion<std::uint64_t> d) override { inner_->size(f, std::move(d)); }
-  void read(io::handle f, std::uint64_t o, std::span<std::byte> b, io::completion<std::size_t> d) override { inner_->read(f, o, b, std::move(d)); }
-  void write(io::handle f, std::uint64_t o, std::span<const std::byte> b, io::completion<void> d) override { inner_->write(f, o, b, std::move(d)); }
-  void truncate(io::handle f, std::uint64_t n, io::completion<void> d) override { inner_->truncate(f, n, std::move(d)); }
-  void fsync(io::handle f, io::completion<void> d) override { inner_->fsync(f, std::move(d)); }
-  void close(io::handle f, io::completion<void> d) override { inner_->close(f, std::move(d)); }
-  void rename(io::handle dir, std::string a, std::string b, io::completion<void> d) override {
-    inner_->rename(dir, std::move(a), std::move(b), std::move(d));
-  }
-  void unlink(io::handle dir, std::string n, io::completion<void> d) override { inner_->unlink(dir, std::move(n), std::move(d)); }
-  void list(io::handle dir, io::completion<std::vector<io::dir_entry>> d) override { inner_->list(dir, std::move(d)); }
-  void register_buffer(std::span<std::byte> m) override { inner_->register_buffer(m); }
-
- protected:
-  std::shared_ptr<io::backend> inner_;
-};
+// Test decorators derive from the library's forwarding base (meshckpt/io/forwarding.hpp) and
+// override the one or two operations they change.
+using io::forwarding_backend;
 
 // Holds data writes back until `release()` (then starts them in order): lets a test observe a
 // save between its call and its first write.

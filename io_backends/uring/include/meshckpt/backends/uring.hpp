@@ -3,13 +3,14 @@
 /// The io_uring backend: reads, writes and fsyncs go through one io_uring (liburing), many in
 /// flight, completed by a reaper thread; metadata operations (open, close, rename, unlink,
 /// list, size) are delegated to the POSIX backend. Picked automatically when the kernel allows
-/// io_uring (see `make_backend`).
+/// io_uring (`make_backend`, meshckpt/io/make_backend.hpp).
 
 #include <memory>
 #include <string>
 
 #include "meshckpt/error.hpp"
 #include "meshckpt/io/backend.hpp"
+#include "meshckpt/io/make_backend.hpp"  // make_backend: the choice between this backend and POSIX
 
 namespace meshckpt::backends {
 
@@ -26,12 +27,5 @@ struct uring_options {
 /// Creates an io_uring backend, or explains why io_uring cannot be used here (ENOSYS on old
 /// kernels, EPERM under seccomp or `kernel.io_uring_disabled`, ENOMEM for locked memory).
 result<std::unique_ptr<io::backend>> make_uring_backend(uring_options opt = {});
-
-/// Which backend `make_backend` returns.
-enum class backend_kind { automatic, uring, posix };
-
-/// `uring` or `posix` as asked; `automatic` tries io_uring and falls back to POSIX, printing the
-/// reason once per process to stderr (and in `caps().notes`).
-result<std::unique_ptr<io::backend>> make_backend(backend_kind kind = backend_kind::automatic);
 
 }  // namespace meshckpt::backends
