@@ -135,6 +135,10 @@ struct save_job {
   std::shared_ptr<detail::one_shot<void>> released = std::make_shared<detail::one_shot<void>>();
   // The write may start once the snapshot (if any) is taken.
   std::shared_ptr<detail::one_shot<void>> gate = std::make_shared<detail::one_shot<void>>();
+  // A stop of this call (per-operation cancellation) or of the checkpoint's options stops the
+  // write: both forward to `stop`.
+  std::stop_source stop;
+  std::optional<std::stop_callback<std::function<void()>>> on_call_stop, on_options_stop;
 };
 
 // The job of one save on the checkpoint's queue: once the snapshot is taken, write and commit;
@@ -188,12 +192,13 @@ asio::awaitable<void> run_save(detail::checkpoint_impl& impl, std::shared_ptr<sa
 
 }  // namespace
 
-void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken) {
-  start_save(std::move(prefix), numbered, std::move(done), std::move(snapshot_taken), nullptr);
+void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
+                            std::stop_token stop) {
+  start_save(std::move(prefix), numbered, std::move(done), std::move(snapshot_taken), std::move(stop), nullptr);
 }
 
 void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
-                            std::shared_ptr<detail::after_commit> after) {
+                            std::stop_token stop, std::shared_ptr<detail::after_commit> after) {
   auto& impl = *impl_;
   const bool lazy = static_cast<bool>(snapshot_taken);
   const bool must_wait = !lazy && impl.opt.snapshot;  // copy mode: return once the tensors are free
@@ -232,6 +237,12 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     if (v->owner) job->owners.push_back(std::move(v->owner));
   }
   job->wopt = impl.opt.write;
+  if (stop.stop_possible()) {
+    job->on_call_stop.emplace(std::move(stop), std::function<void()>([s = &job->stop] { s->request_stop(); }));
+    if (impl.opt.write.stop.stop_possible())
+      job->on_options_stop.emplace(impl.opt.write.stop, std::function<void()>([s = &job->stop] { s->request_stop(); }));
+    job->wopt.stop = job->stop.get_token();
+  }
   job->wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(live.graph)});
   // `done` moves in only once nothing can fail (moving a std::function does not allocate), so
   // that the failure path still has it.

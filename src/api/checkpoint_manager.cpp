@@ -96,7 +96,8 @@ std::vector<std::string> checkpoint_manager::plan_sweep() {
 }
 
 void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool check_interval,
-                                    io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken) {
+                                    io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken,
+                                    std::stop_token stop) {
   std::optional<std::int64_t> step;
   if (opt_.step_counter) step = opt_.step_counter();
   {
@@ -158,7 +159,7 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
   ckpt_.start_save(full(base), false, [this, done = std::move(done)](result<std::string> r) {
     if (!r) return done(r.error());
     done(std::optional<std::string>(std::move(*r)));
-  }, std::move(snapshot_taken), std::move(after));
+  }, std::move(snapshot_taken), std::move(stop), std::move(after));
 }
 
 lazy_save<std::optional<std::string>> checkpoint_manager::save_lazy(std::optional<std::int64_t> number, bool check_interval) {

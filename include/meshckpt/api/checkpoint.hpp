@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -105,9 +106,11 @@ class checkpoint : public graph::trackable {
   /// on an internal thread; at most one write runs at a time, later ones queue behind it. With
   /// `snapshot_taken` the save is lazy: the call returns at once and `snapshot_taken` runs (on
   /// the snapshot thread, or with the error) once the tensors may be modified. Without it, in
-  /// snapshot mode, the call returns once the tensors are copied.
+  /// snapshot mode, the call returns once the tensors are copied. A stop requested on `stop`
+  /// (as on `checkpoint_options::write.stop`) before the commit ends the save with
+  /// `errc::cancelled` and no new file; after the commit the checkpoint stands.
   void start_save(std::string prefix, bool numbered, io::completion<std::string> done,
-                  io::completion<void> snapshot_taken = {});
+                  io::completion<void> snapshot_taken = {}, std::stop_token stop = {});
   void start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done);
 
  private:
@@ -116,7 +119,7 @@ class checkpoint : public graph::trackable {
   // start_save with work run inside the save's job once it committed (a manager's state file
   // and retention).
   void start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
-                  std::shared_ptr<detail::after_commit> after);
+                  std::stop_token stop, std::shared_ptr<detail::after_commit> after);
   std::unique_ptr<detail::checkpoint_impl> impl_;
 };
 

@@ -9,6 +9,12 @@
 /// The graph and host values (scalars, bytes) are captured when the call is made; tensors must
 /// not be modified until completion. At most one write runs at a time per checkpoint; later
 /// ones queue behind it. Errors of a background write reach its completion, and `sync()`.
+///
+/// Saves honour Asio per-operation cancellation as well as `write_options::stop`: a save whose
+/// handler has a cancellation slot (`asio::bind_cancellation_slot(signal.slot(), token)`, or an
+/// `awaitable_operators` `||` with a timer) and is cancelled before its commit completes with
+/// `errc::cancelled` and leaves no new file (the previous checkpoint of that name stands); once
+/// committed, the checkpoint stands and the save reports it.
 
 #include <boost/asio/system_executor.hpp>
 
@@ -38,18 +44,22 @@ auto async_latest_checkpoint(boost::asio::any_io_executor ex, std::string dir, T
 /// file update.
 template <class Token>
 auto async_save(checkpoint& c, std::string prefix, Token&& token) {
-  return io::async_op<std::string>(
+  return io::async_stoppable_op<std::string>(
       boost::asio::system_executor(),
-      [&c, prefix = std::move(prefix)](io::completion<std::string> done) mutable { c.start_save(std::move(prefix), true, std::move(done)); },
+      [&c, prefix = std::move(prefix)](io::completion<std::string> done, std::stop_token stop) mutable {
+        c.start_save(std::move(prefix), true, std::move(done), {}, std::move(stop));
+      },
       std::forward<Token>(token));
 }
 
 /// Asynchronous `checkpoint::write`.
 template <class Token>
 auto async_write(checkpoint& c, std::string prefix, Token&& token) {
-  return io::async_op<std::string>(
+  return io::async_stoppable_op<std::string>(
       boost::asio::system_executor(),
-      [&c, prefix = std::move(prefix)](io::completion<std::string> done) mutable { c.start_save(std::move(prefix), false, std::move(done)); },
+      [&c, prefix = std::move(prefix)](io::completion<std::string> done, std::stop_token stop) mutable {
+        c.start_save(std::move(prefix), false, std::move(done), {}, std::move(stop));
+      },
       std::forward<Token>(token));
 }
 
@@ -76,10 +86,10 @@ auto async_read(checkpoint& c, std::string path, Token&& token) {
 /// and retention. The completion token comes last, as in every async call.
 template <class Token>
 auto async_save(checkpoint_manager& m, std::optional<std::int64_t> checkpoint_number, bool check_interval, Token&& token) {
-  return io::async_op<std::optional<std::string>>(
+  return io::async_stoppable_op<std::optional<std::string>>(
       boost::asio::system_executor(),
-      [&m, checkpoint_number, check_interval](io::completion<std::optional<std::string>> done) mutable {
-        m.start_save(checkpoint_number, check_interval, std::move(done));
+      [&m, checkpoint_number, check_interval](io::completion<std::optional<std::string>> done, std::stop_token stop) mutable {
+        m.start_save(checkpoint_number, check_interval, std::move(done), {}, std::move(stop));
       },
       std::forward<Token>(token));
 }

@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <vector>
 
@@ -60,8 +61,10 @@ class checkpoint_manager {
   /// The asynchronous form behind `save` and `async_save(manager, ...)`: the interval check,
   /// numbering and graph capture happen now, on the calling thread; the write, the state file
   /// and retention run on the checkpoint's IO thread, and `done` runs there afterwards.
+  /// A stop requested on `stop` before the commit cancels it (`errc::cancelled`, no new file).
   void start_save(std::optional<std::int64_t> checkpoint_number, bool check_interval,
-                  io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken = {});
+                  io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken = {},
+                  std::stop_token stop = {});
 
   /// Lazy `save` (see `checkpoint::save_lazy` and api/lazy_save.hpp): returns at once; the
   /// snapshot completion says when the tensors may be modified, the commit completion yields

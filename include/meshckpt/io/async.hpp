@@ -7,13 +7,16 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/cancellation_type.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/prefer.hpp>
 
 #include <memory>
 #include <optional>
+#include <stop_token>
 
 #include "meshckpt/io/backend.hpp"
 
@@ -29,45 +32,86 @@ struct op_state {
 };
 }  // namespace detail
 
-/// Runs `start(completion<T>)` and completes `token` with its result on the handler's
-/// associated executor (default `ex`). Outstanding work is tracked on that executor until the
-/// completion is delivered, so `io_context::run()` does not return early while the backend
-/// works on another thread.
+namespace detail {
+
+// What a cancellation slot runs: a stop request to the operation's stop token.
+struct request_stop {
+  std::shared_ptr<std::stop_source> source;
+  void operator()(asio::cancellation_type type) const {
+    if (type != asio::cancellation_type::none) source->request_stop();
+  }
+};
+
+// The initiation of every operation below: `start(completion, stop_token)`.
+template <class T>
+struct initiate_op {
+  asio::any_io_executor ex;
+
+  template <class Handler, class Start>
+  void operator()(Handler handler, Start st) const {
+    auto hex = asio::prefer(asio::get_associated_executor(handler, ex), asio::execution::outstanding_work.tracked);
+    auto slot = asio::get_associated_cancellation_slot(handler);
+    using state = detail::op_state<Handler, decltype(hex)>;
+    // TRICKY: with use_awaitable, Asio 1.81 runs this initiation after the coroutine has
+    // suspended; an exception thrown here escapes to the executor and destroys the
+    // coroutine's frames, buffers of IO in flight included. So an allocation failure is
+    // delivered to the handler as an error instead (tests/reliability/test_alloc.cpp). Allocate
+    // before moving the handler, so that it survives a failure.
+    std::shared_ptr<std::optional<state>> s;
+    std::shared_ptr<std::stop_source> stop;
+    try {
+      s = std::make_shared<std::optional<state>>();
+      // Per-operation cancellation (bind_cancellation_slot, awaitable_operators' ||): the
+      // slot's signal becomes a stop request the operation honours where it can.
+      if (slot.is_connected()) {
+        stop = std::make_shared<std::stop_source>();
+        slot.template emplace<request_stop>(request_stop{stop});
+      }
+    } catch (const std::bad_alloc&) {
+      std::move(handler)(result<T>(out_of_memory("starting an IO operation")));
+      return;
+    }
+    s->emplace(state{std::move(handler), std::move(hex)});
+    try {
+      st(completion<T>([s, slot, connected = static_cast<bool>(stop)](result<T> r) mutable {
+           auto ex2 = (*s)->ex;
+           asio::post(ex2, [s, slot, connected, r = std::move(r)]() mutable {
+             if (connected) slot.clear();  // on the handler's executor, before the handler runs
+             std::move((*s)->h)(std::move(r));
+           });
+         }),
+         stop ? stop->get_token() : std::stop_token());
+    } catch (const std::bad_alloc&) {
+      // A backend throws only before it took the operation (io/backend.hpp): the completion
+      // is gone unless someone still holds it, in which case it will be called.
+      if (s.use_count() != 1) throw;
+      if (stop) slot.clear();
+      auto h = std::move((*s)->h);
+      s.reset();
+      std::move(h)(result<T>(out_of_memory("starting an IO operation")));
+    }
+  }
+};
+
+}  // namespace detail
+
+/// Runs `start(completion<T>, std::stop_token)` and completes `token` with its result on the
+/// handler's associated executor (default `ex`). Outstanding work is tracked on that executor
+/// until the completion is delivered, so `io_context::run()` does not return early while the
+/// backend works on another thread. When the handler has a cancellation slot
+/// (`asio::bind_cancellation_slot`, `awaitable_operators`), a cancellation signal requests a
+/// stop on the token passed to `start`; otherwise the token can never stop.
+template <class T, class Start, class Token>
+auto async_stoppable_op(asio::any_io_executor ex, Start start, Token&& token) {
+  return asio::async_initiate<Token, void(result<T>)>(detail::initiate_op<T>{ex}, token, std::move(start));
+}
+
+/// `async_stoppable_op` for operations that cannot stop half-way (single backend calls):
+/// `start(completion<T>)`.
 template <class T, class Start, class Token>
 auto async_op(asio::any_io_executor ex, Start start, Token&& token) {
-  return asio::async_initiate<Token, void(result<T>)>(
-      [ex](auto handler, Start st) {
-        auto hex = asio::prefer(asio::get_associated_executor(handler, ex),
-                                asio::execution::outstanding_work.tracked);
-        using state = detail::op_state<decltype(handler), decltype(hex)>;
-        // TRICKY: with use_awaitable, Asio 1.81 runs this initiation after the coroutine has
-        // suspended; an exception thrown here escapes to the executor and destroys the
-        // coroutine's frames, buffers of IO in flight included. So an allocation failure is
-        // delivered to the handler as an error instead (tests/reliability/test_alloc.cpp). Allocate before
-        // moving the handler, so that it survives a failure.
-        std::shared_ptr<std::optional<state>> s;
-        try {
-          s = std::make_shared<std::optional<state>>();
-        } catch (const std::bad_alloc&) {
-          std::move(handler)(result<T>(out_of_memory("starting an IO operation")));
-          return;
-        }
-        s->emplace(state{std::move(handler), std::move(hex)});
-        try {
-          st(completion<T>([s](result<T> r) {
-            auto ex2 = (*s)->ex;
-            asio::post(ex2, [s, r = std::move(r)]() mutable { std::move((*s)->h)(std::move(r)); });
-          }));
-        } catch (const std::bad_alloc&) {
-          // A backend throws only before it took the operation (io/backend.hpp): the completion
-          // is gone unless someone still holds it, in which case it will be called.
-          if (s.use_count() != 1) throw;
-          auto h = std::move((*s)->h);
-          s.reset();
-          std::move(h)(result<T>(out_of_memory("starting an IO operation")));
-        }
-      },
-      token, std::move(start));
+  return async_stoppable_op<T>(
+      ex, [start = std::move(start)](completion<T> c, std::stop_token) mutable { start(std::move(c)); }, std::forward<Token>(token));
 }
 
 /// `backend::open_dir` as an asynchronous operation.
