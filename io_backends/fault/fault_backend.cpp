@@ -2,6 +2,8 @@
 
 #include <cerrno>
 #include <filesystem>
+#include <sys/stat.h>
+
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -41,10 +43,19 @@ const char* to_string(crash_state s) noexcept {
 
 namespace {
 
+// The content of a regular file (what a crash state may restore), or nullopt. Names come from
+// the caller unchecked (the inner backend refuses the unsafe ones): "." or "" name the directory
+// itself, which must not be read as a file (found by the conformance suite).
 std::optional<std::string> read_all(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return std::nullopt;
-  return std::string(std::istreambuf_iterator<char>(f), {});
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+  try {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return std::nullopt;
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  } catch (const std::ios_base::failure&) {
+    return std::nullopt;
+  }
 }
 
 void write_all(const std::string& path, const std::string& content) {
