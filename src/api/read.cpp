@@ -725,19 +725,25 @@ result<verify_report> verify(io::backend& b, std::string_view prefix, verify_pro
       [&](auto ex, auto done) { detail::start_verify(ex, b, std::string(prefix), std::move(done), std::move(progress)); });
 }
 
-result<directory_scan> scan_directory(io::backend& b, std::string_view dir) {
-  std::string d(dir.empty() ? "." : dir);
-  BOOST_OUTCOME_TRY(auto h, io::wait<io::handle>([&](auto done) { b.open_dir(d, false, std::move(done)); }));
-  auto entries = io::wait<std::vector<io::dir_entry>>([&](auto done) { b.list(h, std::move(done)); });
-  (void)io::wait<void>([&](auto done) { b.close(h, std::move(done)); });
-  if (!entries) return entries.error();
+namespace detail {
+
+namespace {
+
+task<directory_scan> scan_coro(io::backend& b, std::string d) {
+  auto ex = co_await asio::this_coro::executor;
+  auto h = co_await io::async_open_dir(b, ex, d, false, use_awaitable);
+  if (!h) co_return h.error();
+  auto entries = co_await io::async_list(b, ex, *h, use_awaitable);
+  co_await close_quietly(b, *h);
+  if (!entries) co_return entries.error();
   directory_scan scan;
   std::set<std::string> referenced;
   for (const auto& e : *entries) {
     auto k = format::classify(e.name);
     if (k.k != format::name_kind::manifest || e.type != io::dir_entry::regular) continue;
     scan.checkpoints.push_back(k.base);
-    if (auto m = read_manifest(b, d + "/" + k.base))
+    auto loading = manifest_coro(b, d + "/" + k.base);
+    if (auto m = co_await std::move(loading))
       for (const auto& f : m->files) referenced.insert(f.name);
   }
   for (const auto& e : *entries) {
@@ -745,7 +751,18 @@ result<directory_scan> scan_directory(io::backend& b, std::string_view dir) {
     if (k.k == format::name_kind::temp_manifest || (k.k == format::name_kind::data && !referenced.count(e.name)))
       scan.leftovers.push_back(e.name);
   }
-  return scan;
+  co_return scan;
+}
+
+}  // namespace
+
+}  // namespace detail
+
+result<directory_scan> scan_directory(io::backend& b, std::string_view dir) {
+  std::string d(dir.empty() ? "." : dir);
+  return runtime::run_blocking<directory_scan>("scan_directory", [&](auto ex, auto done) {
+    detail::spawn<directory_scan>(ex, detail::scan_coro(b, d), std::move(done));
+  });
 }
 
 }  // namespace meshckpt
