@@ -1,5 +1,5 @@
 // What a new user hit writing a program against the installed package (regressions of each):
-// a Checkpoint without a root needed a nullptr placeholder; the manager's async_save took its
+// a Checkpoint without a root had to be given a null root before its children; the manager's async_save took its
 // completion token second while every other async call takes it last; read_checkpoint_state
 // needed a backend where latest_checkpoint does not; a corrupt manifest's error did not name its
 // directory.
@@ -17,7 +17,7 @@
 using namespace meshckpt;
 using namespace meshckpt::testing;
 
-TEST_CASE("a checkpoint without a root takes its children directly, no nullptr placeholder", "[api][usability]") {
+TEST_CASE("a checkpoint without a root takes its children as its second argument", "[api][usability]") {
   temp_dir tmp;
   model a;
   graph::scalar<std::int64_t> step{7};

@@ -51,7 +51,7 @@ class checkpoint : public graph::trackable {
   static result<std::unique_ptr<checkpoint>> create(mesh m, graph::trackable* root = nullptr,
                                                     std::vector<std::pair<std::string, graph::trackable*>> children = {},
                                                     checkpoint_options opt = {});
-  /// Creates a checkpoint without a root (no `nullptr` placeholder): the checkpoint itself is
+  /// Creates a checkpoint without a root (the children are the second argument): the checkpoint itself is
   /// node 0 and `children` are its named edges. Errors as above.
   static result<std::unique_ptr<checkpoint>> create(mesh m, std::vector<std::pair<std::string, graph::trackable*>> children,
                                                     checkpoint_options opt = {}) {
