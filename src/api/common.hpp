@@ -34,6 +34,9 @@ task<opened_prefix> open_prefix_dir(io::backend& b, std::string_view prefix);
 // Reads and decodes the manifest of `base` in an open directory.
 task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std::string_view prefix);
 
+// Opens the directory of `prefix`, loads its manifest, closes the directory.
+task<format::manifest> load_manifest_at(io::backend& b, std::string prefix);
+
 // Reads `targets` from checkpoint `prefix` whose manifest `m` is already loaded (a restore of
 // the object graph). `targets` must outlive the read.
 task<read_report> read_into(io::backend& b, std::string prefix, std::span<const named_tensor> targets, read_options opt,

@@ -1,0 +1,65 @@
+#include "data_files.hpp"
+
+#include <algorithm>
+
+#include "meshckpt/format/checksum.hpp"
+
+namespace meshckpt::detail {
+
+file_cache::~file_cache() {
+  for (auto& [i, h] : open_) io::close_detached(b_, h);
+}
+
+task<io::handle> file_cache::get(std::uint32_t index) {
+  auto ex = co_await asio::this_coro::executor;
+  if (auto it = open_.find(index); it != open_.end()) co_return it->second;
+  const auto& f = m_.files[index];
+  auto h = co_await io::async_open(b_, ex, p_.dir, f.name, direct_ ? io::open_mode::read_direct : io::open_mode::read, use_awaitable);
+  if (!h) {
+    if (h.error().code == std::errc::no_such_file_or_directory)
+      co_return make_error(errc::not_found, "data file " + f.name + " is missing");
+    co_return h.error();
+  }
+  bool kept = false;  // or the handle would leak when the map cannot grow
+  try {
+    open_[index] = *h;
+    kept = true;
+  } catch (const std::bad_alloc&) {
+  }
+  if (!kept) {
+    io::close_detached(b_, *h);
+    co_return out_of_memory("opening " + f.name);
+  }
+  BOOST_OUTCOME_CO_TRY(auto size, co_await io::async_size(b_, ex, *h, use_awaitable));
+  if (size != f.size)
+    co_return make_error(size < f.size ? errc::short_read : errc::corrupt_manifest,
+                         "data file " + f.name + " is " + std::to_string(size) + " bytes, the manifest says " +
+                             std::to_string(f.size) + (size < f.size ? " (truncated)" : ""));
+  co_return *h;
+}
+
+asio::awaitable<void> file_cache::close_all() {
+  while (!open_.empty()) {
+    co_await close_quietly(b_, open_.begin()->second);
+    open_.erase(open_.begin());
+  }
+}
+
+std::string slice_ctx(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s) {
+  return "tensor \"" + t.key + "\" slice " + to_string(s.where) + " in " + m.files[s.file].name;
+}
+
+result<void> check_chunks(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s,
+                          std::span<const std::byte> bytes, std::uint64_t first_chunk) {
+  for (std::uint64_t off = 0, c = first_chunk; off < bytes.size(); off += m.chunk_bytes, ++c) {
+    auto n = std::min<std::uint64_t>(m.chunk_bytes, bytes.size() - off);
+    if (format::checksum(bytes.subspan(off, n)) != s.checksums[c])
+      return make_error(errc::checksum_mismatch,
+                        "checksum mismatch in " + slice_ctx(m, t, s) + " at bytes [" +
+                            std::to_string(s.offset + c * m.chunk_bytes) + ", " +
+                            std::to_string(s.offset + c * m.chunk_bytes + n) + ")");
+  }
+  return success();
+}
+
+}  // namespace meshckpt::detail
