@@ -75,8 +75,11 @@ result<std::unique_ptr<checkpoint>> checkpoint::create(mesh m, graph::trackable*
     }
   }
   auto impl = std::make_unique<detail::checkpoint_impl>(std::move(m));
-  impl->root = root;
-  impl->attached = std::move(children);
+  if (root) {
+    impl->has_root = true;
+    impl->root_edge.add_child("root", *root);
+  }
+  for (auto& [name, c] : children) impl->attached.add_child(name, *c);
   impl->opt = std::move(opt);
   if (impl->opt.backend) {
     impl->backend = impl->opt.backend;
@@ -90,7 +93,16 @@ result<std::unique_ptr<checkpoint>> checkpoint::create(mesh m, graph::trackable*
 const mesh& checkpoint::mesh_ref() const { return impl_->m; }
 io::backend& checkpoint::backend() const { return *impl_->backend; }
 bool checkpoint::writes_shared_files() const { return detail::writes_shared_files(*impl_); }
-graph::trackable& checkpoint::root() { return impl_->root ? *impl_->root : *this; }
+graph::trackable& checkpoint::root() {
+  if (!impl_->has_root) return *this;
+  auto* r = impl_->root_edge.child("root");
+  if (!r) {
+    // A broken precondition, not an IO condition: nothing sensible can be saved or restored.
+    std::fprintf(stderr, "meshckpt: the root object of a checkpoint was destroyed before the checkpoint\n");
+    std::abort();
+  }
+  return *r;
+}
 
 bool checkpoint::has_save_counter() const { return impl_->save_counter != nullptr; }
 
@@ -111,7 +123,7 @@ void checkpoint::set_save_counter(std::int64_t v) {
 namespace {
 
 std::vector<std::pair<std::string, graph::trackable*>> extra_edges(detail::checkpoint_impl& impl) {
-  auto e = impl.attached;
+  auto e = impl.attached.children();
   if (impl.save_counter) e.emplace_back("save_counter", impl.save_counter.get());
   return e;
 }

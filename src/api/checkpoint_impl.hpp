@@ -215,8 +215,11 @@ struct snapshot_arena {
 struct checkpoint_impl {
   explicit checkpoint_impl(mesh mm) : m(std::move(mm)) {}
   mesh m;
-  graph::trackable* root = nullptr;  // null: the checkpoint itself is node 0
-  std::vector<std::pair<std::string, graph::trackable*>> attached;
+  // The root (child "root" of `root_edge`) and the children given to create (children of
+  // `attached`): held as edges of the graph, so that they follow the objects when those move.
+  bool has_root = false;  // false: the checkpoint itself is node 0
+  graph::module root_edge;
+  graph::module attached;
   checkpoint_options opt;
   std::shared_ptr<io::backend> backend;
   std::unique_ptr<graph::scalar<std::int64_t>> save_counter;

@@ -56,7 +56,38 @@ result<std::vector<std::string>> split_key(std::string_view key) {
   return out;
 }
 
-trackable::~trackable() = default;
+namespace {
+
+void replace_all(std::vector<trackable*>& v, const trackable* from, trackable* to) {
+  std::replace(v.begin(), v.end(), const_cast<trackable*>(from), to);
+}
+
+}  // namespace
+
+// No allocation on a move: every edge is rewritten in place, so the graph is never half moved.
+trackable::trackable(trackable&& o) noexcept
+    : children_(std::move(o.children_)), parents_(std::move(o.parents_)), pending_(std::move(o.pending_)) {
+  o.children_.clear();
+  o.parents_.clear();
+  o.pending_.clear();
+  for (auto& [n, c] : children_)
+    if (c == &o) c = this;  // an object that tracks itself
+  for (auto& p : parents_)
+    if (p == &o) p = this;
+  for (auto& [n, c] : children_)
+    if (c != this) replace_all(c->parents_, &o, this);
+  for (auto* p : parents_)
+    if (p != this)
+      for (auto& [n, c] : p->children_)
+        if (c == &o) c = this;
+}
+
+trackable::~trackable() {
+  for (auto& [n, c] : children_)
+    if (c != this) std::erase(c->parents_, this);
+  for (auto* p : parents_)
+    if (p != this) std::erase_if(p->children_, [this](const auto& e) { return e.second == this; });
+}
 
 trackable* trackable::child(std::string_view name) const {
   for (const auto& [n, c] : children_)
@@ -66,8 +97,22 @@ trackable* trackable::child(std::string_view name) const {
 
 void trackable::add_child(std::string name, trackable& c) {
   auto it = std::find_if(children_.begin(), children_.end(), [&](auto& e) { return e.first == name; });
-  if (it != children_.end()) it->second = &c;
-  else children_.emplace_back(name, &c);
+  if (it != children_.end()) {
+    if (it->second != &c) {
+      c.parents_.push_back(this);  // first: it may throw
+      auto gone = std::find(it->second->parents_.begin(), it->second->parents_.end(), this);
+      if (gone != it->second->parents_.end()) it->second->parents_.erase(gone);
+      it->second = &c;
+    }
+  } else {
+    c.parents_.push_back(this);
+    try {
+      children_.emplace_back(name, &c);
+    } catch (...) {
+      c.parents_.pop_back();
+      throw;
+    }
+  }
   if (auto p = pending_.find(name); p != pending_.end()) {
     auto pending = std::move(p->second);
     pending_.erase(p);

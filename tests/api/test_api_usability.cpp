@@ -2,12 +2,13 @@
 // a Checkpoint without a root had to be given a null root before its children; the manager's async_save took its
 // completion token second while every other async call takes it last; read_checkpoint_state
 // needed a backend where latest_checkpoint does not; a corrupt manifest's error did not name its
-// directory.
+// directory; trackable modules could not be returned from functions (not movable).
 
 #include <catch2/catch.hpp>
 
 #include <fstream>
 #include <future>
+#include <vector>
 
 #include <boost/asio/use_future.hpp>
 
@@ -78,4 +79,80 @@ TEST_CASE("a corrupt manifest's error names its directory, like every other erro
   auto v = verify(c->backend(), tmp / "ck");
   REQUIRE_FALSE(v);
   CHECK_THAT(v.error().what(), Catch::Contains(tmp / "ck.manifest"));
+}
+
+namespace {
+
+model make_model(std::int64_t s) {
+  model m;  // a named object: returning it moves it (no guaranteed elision)
+  m.set(s);
+  return m;
+}
+
+struct two_layers : graph::module {
+  model first, second;
+  two_layers() {
+    track("first", first);
+    track("second", second);
+  }
+};
+
+// Every edge under `t` points at an object whose parents include `t`, and back.
+bool edges_consistent(const graph::trackable& t, const graph::trackable* want_first_child = nullptr) {
+  if (want_first_child && (t.children().empty() || t.children().front().second != want_first_child)) return false;
+  for (const auto& [name, c] : t.children())
+    if (!edges_consistent(*c)) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("trackable modules can be returned from functions and kept in containers; the graph follows them", "[api][usability]") {
+  temp_dir tmp;
+  model a = make_model(5);
+  // The moved model tracks its own members, at their new addresses.
+  REQUIRE(a.children().size() == 5);
+  CHECK(a.child("w") == &a.w);
+  CHECK(a.child("step") == &a.step);
+  CHECK(edges_consistent(a, &a.w));
+
+  // Nested modules: the outer module moves, and so do the inner ones and their members.
+  std::vector<two_layers> stack;
+  stack.emplace_back();
+  stack.front().first.set(1);
+  stack.emplace_back();  // grows the vector: the first element is moved
+  stack.emplace_back();
+  auto& moved = stack.front();
+  CHECK(moved.child("first") == &moved.first);
+  CHECK(moved.first.child("w") == &moved.first.w);
+  CHECK(moved.first.holds(1));
+
+  // A checkpoint follows its root when the root moves, and saves what the moved object holds.
+  auto holder = std::make_unique<model>(make_model(9));
+  auto c = checkpoint::create(mesh8(), holder.get(), {}, opts(backends::make_posix_backend())).value();
+  model relocated = std::move(*holder);
+  holder.reset();  // the moved-from object is gone
+  CHECK(&c->root() == &relocated);
+  REQUIRE(c->save(tmp / "ck"));
+  model back;
+  auto d = checkpoint::create(mesh8(), &back, {}, opts(backends::make_posix_backend())).value();
+  REQUIRE(d->restore(tmp / "ck-1").value().assert_consumed());
+  CHECK(back.holds(9));
+
+  // A destroyed child leaves the graph: no dangling edge in its parent.
+  graph::module parent;
+  {
+    graph::scalar<std::int64_t> temporary{1};
+    parent.add_child("t", temporary);
+    CHECK(parent.children().size() == 1);
+  }
+  CHECK(parent.children().empty());
+  // A destroyed parent leaves its children's parent lists: moving the child later is safe.
+  graph::scalar<std::int64_t> kept{2};
+  {
+    graph::module short_lived;
+    short_lived.add_child("k", kept);
+  }
+  graph::scalar<std::int64_t> kept2 = std::move(kept);
+  CHECK(kept2.get() == 2);
 }

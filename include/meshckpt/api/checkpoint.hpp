@@ -38,7 +38,9 @@ struct after_commit;
 ///
 /// Node 0 of the saved graph is `root` when given (the named children become extra edges of
 /// it), else the checkpoint itself with the children hanging off it in sorted name order. The
-/// save counter is an extra edge "save_counter" of node 0.
+/// save counter is an extra edge "save_counter" of node 0. The root and the children are held
+/// as edges of the graph: when they move (graph::trackable), the checkpoint follows them; the
+/// root must outlive the checkpoint.
 ///
 /// Thread-safety: calls on one checkpoint must not race with each other or with mutation of
 /// the object graph. Tensors being saved must not be modified until the save completes.

@@ -4,8 +4,12 @@
 /// tensor). Checkpoints save the graph and match it structurally on restore: node 0 is the
 /// root, then children by edge name, breadth-first — never by variable names.
 ///
-/// Children are non-owning references: a child must outlive every checkpoint operation on its
-/// parents (the usual case: children are members of their parent).
+/// Children are non-owning references (the usual case: children are members of their parent).
+/// The graph keeps itself right when objects move or die: a trackable can be moved (returned
+/// from a function, put in a container), and its edges move with it — every parent that tracked
+/// it now tracks the new object, and the new object has its children; members moved along with
+/// it are tracked at their new addresses. A trackable that is destroyed leaves the graph: its
+/// parents lose that edge, its children lose that parent.
 
 #include <cstring>
 #include <map>
@@ -52,6 +56,11 @@ class trackable {
   trackable() = default;
   trackable(const trackable&) = delete;
   trackable& operator=(const trackable&) = delete;
+  /// Takes `other`'s place in the graph: its parents now track this object, and this object
+  /// tracks its children and any restore still pending for them. `other` is left with no edges.
+  trackable(trackable&& other) noexcept;
+  /// Not assignable: an object that is already in a graph cannot take another's place.
+  trackable& operator=(trackable&&) = delete;
   virtual ~trackable();
 
   /// Named children, in the order they were first tracked.
@@ -88,6 +97,7 @@ class trackable {
   friend void detail::set_pending(trackable&, const std::string&, std::shared_ptr<detail::pending_restore>);
   friend std::shared_ptr<detail::pending_restore> detail::take_pending(trackable&, const std::string&);
   std::vector<std::pair<std::string, trackable*>> children_;
+  std::vector<trackable*> parents_;  // one entry per edge into this object
   std::map<std::string, std::shared_ptr<detail::pending_restore>, std::less<>> pending_;
 };
 
