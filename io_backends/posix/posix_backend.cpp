@@ -1,18 +1,23 @@
 #include "meshckpt/backends/posix.hpp"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <map>
+#include <memory>
 #include <mutex>
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include "meshckpt/backends/blocking_pool.hpp"
 #include "meshckpt/format/names.hpp"
 
 namespace meshckpt::backends {
@@ -27,10 +32,18 @@ constexpr std::size_t max_io_chunk = 1u << 30;  // Linux caps one read/write at 
 
 class posix_backend final : public io::backend {
  public:
-  explicit posix_backend(posix_options opt) : pool_(std::max(1u, opt.threads)) {}
+  explicit posix_backend(posix_options opt)
+      : own_(opt.threads ? std::make_unique<asio::thread_pool>(opt.threads) : nullptr),
+        ex_(own_ ? own_->get_executor() : blocking_pool().get_executor()) {}
 
   ~posix_backend() override {
-    pool_.join();
+    if (own_) {
+      own_->join();
+    } else {
+      // The shared pool outlives us: wait for our own operations only.
+      std::unique_lock lk(flight_mu_);
+      idle_.wait(lk, [&] { return in_flight_ == 0; });
+    }
     std::lock_guard lk(mu_);
     for (auto& [fd, name] : names_) ::close(static_cast<int>(fd));
   }
@@ -220,7 +233,22 @@ class posix_backend final : public io::backend {
  private:
   template <class T, class F>
   void run(completion<T> done, F f) {
-    asio::post(pool_, [done = std::move(done), f = std::move(f)]() mutable { done(f()); });
+    {
+      std::lock_guard lk(flight_mu_);
+      ++in_flight_;
+    }
+    try {
+      asio::post(ex_, [this, done = std::move(done), f = std::move(f)]() mutable {
+        done(f());
+        // Under the lock: the destructor cannot return while this thread still touches `this`.
+        std::lock_guard lk(flight_mu_);
+        if (--in_flight_ == 0) idle_.notify_all();
+      });
+    } catch (...) {
+      std::lock_guard lk(flight_mu_);
+      --in_flight_;
+      throw;
+    }
   }
 
   template <class F>
@@ -270,12 +298,34 @@ class posix_backend final : public io::backend {
   static int fd_of(handle h) { return static_cast<int>(h.value); }
   static int dir_fd(handle h) { return static_cast<int>(h.value); }
 
-  asio::thread_pool pool_;
+  std::unique_ptr<asio::thread_pool> own_;  // threads of its own, when asked for
+  asio::thread_pool::executor_type ex_;
+  std::mutex flight_mu_;
+  std::condition_variable idle_;
+  std::size_t in_flight_ = 0;
   std::mutex mu_;
   std::map<std::int64_t, std::string> names_;
 };
 
 }  // namespace
+
+namespace {
+
+// A child of fork() has none of the parent's threads: it starts a fresh pool on first use.
+std::atomic<asio::thread_pool*> pool_instance{nullptr};
+
+}  // namespace
+
+asio::thread_pool& blocking_pool() {
+  static const bool fork_aware = (::pthread_atfork(nullptr, nullptr, [] { pool_instance.store(nullptr); }), true);
+  (void)fork_aware;
+  if (auto* p = pool_instance.load(std::memory_order_acquire)) return *p;
+  auto* fresh = new asio::thread_pool(blocking_pool_threads);  // never destroyed: completions may run during exit
+  asio::thread_pool* expected = nullptr;
+  if (pool_instance.compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;
+  return *expected;
+}
 
 std::unique_ptr<io::backend> make_posix_backend(posix_options opt) {
   return std::make_unique<posix_backend>(opt);

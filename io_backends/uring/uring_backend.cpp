@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -12,11 +14,14 @@
 #include <mutex>
 #include <thread>
 
+#include <boost/asio/posix/stream_descriptor.hpp>
+
+#include "meshckpt/backends/blocking_pool.hpp"
 #include "meshckpt/backends/posix.hpp"
 
 // ThreadSanitizer cannot see the synchronization the kernel provides between a submission and
-// its completion: the thread that prepared an op (and its buffer) submits it, the reaper thread
-// reads it back from the completion queue. The kernel orders the two (the CQE is published
+// its completion: the thread that prepared an op (and its buffer) submits it, a thread of the
+// completion pool reads it back from the completion queue. The kernel orders the two (the CQE is published
 // after the SQE was consumed), so we tell TSan: release on the op before submitting, acquire on
 // it when its completion is reaped. Buffers need nothing: TSan does not see the kernel's
 // accesses, and the completion reaches the caller through a mutex and the executor's queue.
@@ -59,24 +64,32 @@ class uring_backend final : public io::backend {
     int fixed = -1;  // index of the registered buffer holding [buf, buf + len), or -1
   };
 
-  uring_backend(io_uring ring, unsigned depth, std::unique_ptr<io::backend> meta, unsigned fixed_slots)
-      : ring_(ring), depth_(depth), meta_(std::move(meta)), fixed_slots_(fixed_slots) {
-    reaper_ = std::thread([this] { reap(); });
+  uring_backend(io_uring ring, unsigned depth, std::unique_ptr<io::backend> meta, unsigned fixed_slots, int efd)
+      : ring_(ring), depth_(depth), meta_(std::move(meta)), fixed_slots_(fixed_slots), efd_(efd),
+        ready_(blocking_pool().get_executor(), efd) {
+    std::lock_guard lk(mu_);
+    try {
+      arm_locked();
+    } catch (...) {
+      ready_.release();  // the factory closes the eventfd and the ring
+      throw;
+    }
   }
 
   ~uring_backend() override {
     {
       // TRICKY: buffers of operations in flight belong to the kernel until their completion
-      // arrives; wait for all of them before stopping the reaper and freeing the ring.
+      // arrives; wait for all of them, then for the completion handler to stand down, before
+      // freeing the ring.
       std::unique_lock lk(mu_);
       drained_.wait(lk, [&] { return in_flight_ == 0 && backlog_.empty(); });
       stopping_ = true;
-      io_uring_sqe* sqe = get_sqe_locked();
-      io_uring_prep_nop(sqe);
-      io_uring_sqe_set_data(sqe, nullptr);
-      io_uring_submit(&ring_);
+      const std::uint64_t one = 1;
+      while (::write(efd_, &one, sizeof one) < 0 && errno == EINTR) {
+      }
+      drained_.wait(lk, [&] { return reaper_idle_; });
     }
-    reaper_.join();
+    ready_.close();  // also closes the eventfd
     io_uring_queue_exit(&ring_);
   }
 
@@ -211,26 +224,39 @@ class uring_backend final : public io::backend {
     return it == names_.end() ? std::string("fd ") + std::to_string(fd) : it->second;
   }
 
+  // One wait on the eventfd is pending at any time (or its handler is running): completions are
+  // reaped by one thread at a time, the ring's only consumer.
+  void arm_locked() {
+    ready_.async_wait(boost::asio::posix::stream_descriptor::wait_read, [this](const boost::system::error_code& ec) {
+      if (ec == boost::asio::error::operation_aborted) return;
+      reap();
+    });
+  }
+
   void reap() {
-    while (true) {
-      io_uring_cqe* cqe = nullptr;
-      int rc = io_uring_wait_cqe(&ring_, &cqe);
-      if (rc == -EINTR || rc == -EAGAIN) continue;
-      if (rc < 0) {
-        std::fprintf(stderr, "meshckpt: io_uring_wait_cqe failed: %s\n", std::strerror(-rc));
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        continue;
-      }
+    std::uint64_t count;
+    (void)::read(efd_, &count, sizeof count);  // non-blocking; CQEs posted after it signal again
+    io_uring_cqe* cqe = nullptr;
+    while (io_uring_peek_cqe(&ring_, &cqe) == 0 && cqe) {
       auto* o = static_cast<op*>(io_uring_cqe_get_data(cqe));
       if (o) MESHCKPT_KERNEL_ACQUIRE(o);
       int res = cqe->res;
       io_uring_cqe_seen(&ring_, cqe);
-      if (!o) {
-        std::lock_guard lk(mu_);
-        if (stopping_) return;
-        continue;
+      if (o) finish(o, res);
+    }
+    std::lock_guard lk(mu_);
+    if (stopping_) {
+      reaper_idle_ = true;
+      drained_.notify_all();
+      return;
+    }
+    // Re-armed until it succeeds: without a pending wait no completion would ever be seen.
+    while (true) {
+      try {
+        arm_locked();
+        return;
+      } catch (const std::bad_alloc&) {
       }
-      finish(o, res);
     }
   }
 
@@ -285,11 +311,13 @@ class uring_backend final : public io::backend {
   unsigned in_flight_ = 0;
   std::deque<op*> backlog_;
   bool stopping_ = false;
-  std::thread reaper_;
+  bool reaper_idle_ = false;
   std::mutex names_mu_;
   std::map<int, std::string> names_;
   unsigned fixed_slots_;  // size of the sparse registered-buffer table (0: none)
   std::map<std::byte*, std::pair<int, std::size_t>> fixed_;  // start -> (index, length); under mu_
+  int efd_;                                            // signalled by the ring on every completion
+  boost::asio::posix::stream_descriptor ready_;        // owns efd_
 };
 
 }  // namespace
@@ -311,7 +339,20 @@ result<std::unique_ptr<io::backend>> make_uring_backend(uring_options opt) {
   // without it every transfer pins its pages, as plain reads and writes do).
   constexpr unsigned fixed_slots = 256;
   unsigned slots = io_uring_register_buffers_sparse(&ring, fixed_slots) == 0 ? fixed_slots : 0;
-  return std::unique_ptr<io::backend>(new uring_backend(ring, depth, make_posix_backend({std::max(1u, opt.metadata_threads)}), slots));
+  int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0 || io_uring_register_eventfd(&ring, efd) < 0) {
+    int err = efd < 0 ? errno : EINVAL;
+    if (efd >= 0) ::close(efd);
+    io_uring_queue_exit(&ring);
+    return make_error(errc::unsupported, std::string("io_uring is not available: no completion eventfd: ") + std::strerror(err));
+  }
+  try {
+    return std::unique_ptr<io::backend>(new uring_backend(ring, depth, make_posix_backend({opt.metadata_threads}), slots, efd));
+  } catch (...) {
+    ::close(efd);
+    io_uring_queue_exit(&ring);
+    throw;
+  }
 }
 
 }  // namespace meshckpt::backends

@@ -54,8 +54,7 @@ checkpoint::checkpoint(std::unique_ptr<detail::checkpoint_impl> impl) : impl_(st
 
 checkpoint::~checkpoint() {
   (void)sync();  // waits for the queued jobs (refused, and not waited for, on a library thread)
-  impl_->snapshot_thread.join();
-  impl_->io_thread.join();
+  // The queues' destructors then wait until their last job has let go of them.
 }
 
 result<std::unique_ptr<checkpoint>> checkpoint::create(mesh m, graph::trackable* root,
@@ -193,12 +192,7 @@ asio::awaitable<void> run_save(detail::checkpoint_impl& impl, std::shared_ptr<sa
     std::lock_guard lk(impl.mu);
     impl.last_error = *out ? std::nullopt : std::optional<error>(out->error());
   }
-  {
-    // The snapshot memory is free for the next save.
-    std::lock_guard lk(impl.arena_mu);
-    job->owners.clear();
-  }
-  impl.arena_freed.notify_all();
+  detail::release_arena(impl, job->owners);  // the snapshot memory is free for the next save
   job->done(std::move(*out));
 }
 
@@ -278,21 +272,62 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     take = !budget || plan->need <= budget;
   }
   auto open_gate = [job] { job->gate->set(success()); };
-  if (take) {
-    asio::post(impl.snapshot_thread.executor(), [&impl, job, plan, open_gate, lazy] {
-      try {
-        auto arena = detail::acquire_arena(impl, plan->need);
-        detail::copy_snapshot(*plan, *arena, job->tensors, !lazy);
-        job->owners.push_back(std::move(arena));
-        job->released->set(success());
-      } catch (const std::bad_alloc&) {
-        // No memory for a snapshot: fall back to writing from the tensors themselves.
-        job->wopt.sources_released = [released = job->released] { released->set(success()); };
-      }
-      open_gate();
-    });
-  } else {
+  auto unsnapped = [job] {
+    // No memory for a snapshot: the write reads the tensors themselves.
     job->wopt.sources_released = [released = job->released] { released->set(success()); };
+  };
+  std::shared_ptr<detail::snapshot_arena> inline_arena;
+  if (take && must_wait) {
+    // Copy mode with no snapshot queued before this one: copy here, on the caller's thread,
+    // which waits for the copy in any case (no hand-off to another thread).
+    std::unique_lock lk(impl.arena_mu);
+    if (impl.snapshots_queued == 0) {
+      lk.unlock();
+      inline_arena = detail::try_acquire_arena(impl, plan->need);
+    }
+  }
+  // TRICKY: the arena joins the save's owners before the copy: a copy that fails half-way may
+  // already have re-pointed views at it, and those must stay valid for the fallback write.
+  if (inline_arena) {
+    job->owners.push_back(inline_arena);
+    try {
+      detail::copy_snapshot(*plan, *inline_arena, job->tensors, true);
+      job->released->set(success());
+    } catch (const std::bad_alloc&) {
+      unsnapped();
+    }
+    open_gate();
+  } else if (take) {
+    {
+      std::lock_guard lk(impl.arena_mu);
+      ++impl.snapshots_queued;
+    }
+    try {
+      impl.snapshots.push([&impl, job, plan, open_gate, unsnapped, lazy]() -> asio::awaitable<void> {
+        bool copied = false;
+        try {
+          auto memory = detail::acquire_arena(impl, plan->need);
+          auto arena = (co_await std::move(memory)).value();
+          job->owners.push_back(arena);
+          auto copy = runtime::on_cpu_pool([&] { detail::copy_snapshot(*plan, *arena, job->tensors, !lazy); });
+          copied = static_cast<bool>(co_await std::move(copy));
+        } catch (const std::bad_alloc&) {
+        }
+        if (copied) job->released->set(success());
+        else unsnapped();
+        {
+          std::lock_guard lk(impl.arena_mu);
+          --impl.snapshots_queued;
+        }
+        open_gate();
+      });
+    } catch (...) {
+      std::lock_guard lk(impl.arena_mu);
+      --impl.snapshots_queued;
+      throw;
+    }
+  } else {
+    unsnapped();
     open_gate();
   }
   released = job->released;

@@ -1,5 +1,5 @@
 #pragma once
-// Private: what a `checkpoint` holds (its executor threads, job queue, snapshot memory), and the
+// Private: what a `checkpoint` holds (its job queues, snapshot memory), and the
 // state of a restore that its load statuses and pending restorations share.
 
 #include <condition_variable>
@@ -224,15 +224,18 @@ struct checkpoint_impl {
   std::shared_ptr<io::backend> backend;
   std::unique_ptr<graph::scalar<std::int64_t>> save_counter;
   // Snapshot memory, in use while a save holds a reference. Snapshots are taken one at a time,
-  // in the order saves are issued, on `snapshot_thread`: a snapshot waiting for memory then only
-  // waits for saves issued before it, whose writes are ahead of it in the queue (no deadlock).
+  // in the order saves are issued (`snapshots`): a snapshot waiting for memory then only waits
+  // for saves issued before it, whose writes are ahead of it in the queue (no deadlock). A
+  // copy-mode save copies on the caller's thread when no snapshot is queued before it.
   std::mutex arena_mu;
-  std::condition_variable arena_freed;
   std::vector<std::shared_ptr<snapshot_arena>> arenas;
-  runtime::executor_thread snapshot_thread;
-  runtime::executor_thread io_thread;
-  // Saves and restores, one at a time in the order issued, as coroutines on the IO thread.
-  runtime::serial_queue jobs{io_thread.executor()};
+  std::uint64_t arena_releases = 0;                 // under arena_mu
+  std::vector<io::completion<void>> arena_waiters;  // under arena_mu
+  std::size_t snapshots_queued = 0;                 // under arena_mu
+  // Saves and restores, one at a time in the order issued, as coroutines on the process-wide
+  // engine; snapshots likewise, their copies on the CPU pool. No thread of its own.
+  runtime::serial_queue jobs{runtime::engine().executor()};
+  runtime::serial_queue snapshots{runtime::engine().executor()};
 
   std::mutex mu;
   std::optional<error> last_error;

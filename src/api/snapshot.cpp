@@ -3,8 +3,9 @@
 #include "snapshot.hpp"
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
-#include <future>
+#include <mutex>
 #include <map>
 #include <thread>
 
@@ -35,57 +36,97 @@ snapshot_plan plan_snapshot(const std::vector<named_tensor>& tensors) {
   return p;
 }
 
-std::shared_ptr<snapshot_arena> acquire_arena(checkpoint_impl& impl, std::uint64_t need) {
+std::shared_ptr<snapshot_arena> try_acquire_arena(checkpoint_impl& impl, std::uint64_t need) {
   const std::uint64_t budget = impl.opt.snapshot_budget_bytes;
-  std::unique_lock lk(impl.arena_mu);
+  std::lock_guard lk(impl.arena_mu);
+  for (auto& a : impl.arenas)
+    if (a.use_count() == 1 && a->capacity >= need) return a;
+  std::erase_if(impl.arenas, [](auto& a) { return a.use_count() == 1; });  // too small: drop idle ones
+  std::uint64_t busy = 0;
+  for (auto& a : impl.arenas) busy += a->capacity;
+  if (budget && busy + need > budget) return nullptr;
+  auto a = std::make_shared<snapshot_arena>();
+  a->bytes.reset(new std::byte[need]);
+  a->capacity = need;
+  impl.arenas.push_back(a);
+  return a;
+}
+
+runtime::task<std::shared_ptr<snapshot_arena>> acquire_arena(checkpoint_impl& impl, std::uint64_t need) {
+  auto ex = co_await asio::this_coro::executor;
   while (true) {
-    for (auto& a : impl.arenas)
-      if (a.use_count() == 1 && a->capacity >= need) return a;
-    std::erase_if(impl.arenas, [](auto& a) { return a.use_count() == 1; });  // too small: drop idle ones
-    std::uint64_t busy = 0;
-    for (auto& a : impl.arenas) busy += a->capacity;
-    if (!budget || busy + need <= budget) {
-      auto a = std::make_shared<snapshot_arena>();
-      a->bytes.reset(new std::byte[need]);
-      a->capacity = need;
-      impl.arenas.push_back(a);
-      return a;
+    std::uint64_t seen;
+    {
+      std::lock_guard lk(impl.arena_mu);
+      seen = impl.arena_releases;
     }
-    impl.arena_freed.wait(lk);
+    if (auto a = try_acquire_arena(impl, need)) co_return a;
+    // Woken by the next release (or at once, when one happened since the attempt).
+    auto freed = io::async_op<void>(ex, [&impl, seen](io::completion<void> c) {
+      std::unique_lock lk(impl.arena_mu);
+      if (impl.arena_releases != seen) {
+        lk.unlock();
+        return c(success());
+      }
+      impl.arena_waiters.push_back(std::move(c));
+    }, runtime::use_awaitable);
+    (void)co_await std::move(freed);
   }
+}
+
+void release_arena(checkpoint_impl& impl, std::vector<std::shared_ptr<const void>>& owners) {
+  std::vector<io::completion<void>> waiters;
+  {
+    std::lock_guard lk(impl.arena_mu);
+    owners.clear();
+    ++impl.arena_releases;
+    waiters.swap(impl.arena_waiters);
+  }
+  for (auto& w : waiters) w(success());
 }
 
 void copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper) {
   std::vector<std::vector<local_shard>> shards(tensors.size());
   for (std::size_t t = 0; t < tensors.size(); ++t) shards[t] = tensors[t].tensor.shards();
-  std::uint64_t off = 0;
   // In copy mode the copy is the caller's stall: large ones are split across two threads (memory
   // bandwidth, not one core, is the limit), in 16 MiB pieces handed out through an atomic cursor.
   // A lazy snapshot copies on one thread: the caller is computing meanwhile.
   constexpr std::size_t piece_bytes = 16u << 20;
-  std::vector<std::pair<std::byte*, std::span<std::byte>>> work;  // destination, source
+  struct shared_work {
+    std::vector<std::pair<std::byte*, std::span<std::byte>>> work;  // destination, source
+    std::atomic<std::size_t> next{0};
+    std::atomic<std::size_t> finished{0};
+    std::mutex mu;
+    std::condition_variable all_done;
+    void run() {
+      std::size_t mine = 0;
+      for (std::size_t i; (i = next.fetch_add(1)) < work.size(); ++mine) std::memcpy(work[i].first, work[i].second.data(), work[i].second.size());
+      if (!mine) return;
+      std::lock_guard lk(mu);
+      if (finished.fetch_add(mine) + mine == work.size()) all_done.notify_all();
+    }
+  };
+  auto w = std::make_shared<shared_work>();
+  std::uint64_t off = 0;
   for (const auto& pc : p.pieces) {
     std::byte* dst = arena.bytes.get() + off;
     for (auto k : pc.shards) shards[pc.tensor][k].data = std::span<std::byte>(dst, pc.src.size());
     for (std::size_t o = 0; o < pc.src.size(); o += piece_bytes)
-      work.emplace_back(dst + o, pc.src.subspan(o, std::min(piece_bytes, pc.src.size() - o)));
+      w->work.emplace_back(dst + o, pc.src.subspan(o, std::min(piece_bytes, pc.src.size() - o)));
     off += (pc.src.size() + 63) / 64 * 64;
   }
-  std::atomic<std::size_t> next{0};
-  auto run = [&] {
-    for (std::size_t i; (i = next.fetch_add(1)) < work.size();) std::memcpy(work[i].first, work[i].second.data(), work[i].second.size());
-  };
   if (helper && p.need >= (64u << 20) && std::thread::hardware_concurrency() > 1) {
-    // The second copier comes from the process-wide CPU pool, not a thread of its own.
-    std::promise<void> second_done;
-    asio::post(runtime::cpu_pool().executor(), [&] {
-      run();
-      second_done.set_value();
-    });
-    run();
-    second_done.get_future().wait();
-  } else {
-    run();
+    // The second copier comes from the process-wide CPU pool, not a thread of its own. It may
+    // start late, or after we are done (it then finds nothing left): the work is shared.
+    try {
+      asio::post(runtime::cpu_pool().executor(), [w] { w->run(); });
+    } catch (const std::bad_alloc&) {
+    }
+  }
+  w->run();
+  {
+    std::unique_lock lk(w->mu);
+    w->all_done.wait(lk, [&] { return w->finished.load() == w->work.size(); });
   }
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const auto& v = tensors[t].tensor;

@@ -25,12 +25,21 @@ struct snapshot_plan {
 
 snapshot_plan plan_snapshot(const std::vector<named_tensor>& tensors);
 
-// Takes snapshot memory of `need` bytes, reusing an idle arena; waits (on the snapshot thread)
-// while the budget is held by saves in flight.
-std::shared_ptr<snapshot_arena> acquire_arena(checkpoint_impl& impl, std::uint64_t need);
+// Snapshot memory of `need` bytes, reusing an idle arena, when the budget allows it now; null
+// when the budget is held by saves in flight. Throws std::bad_alloc.
+std::shared_ptr<snapshot_arena> try_acquire_arena(checkpoint_impl& impl, std::uint64_t need);
 
-// Copies the planned slices into `arena` and re-points the views at the copy; `helper` adds a
-// second copier from the CPU pool (copy mode: the copy is the caller's stall).
+// As try_acquire_arena, waiting (a coroutine: no thread waits) until saves in flight free the
+// budget.
+runtime::task<std::shared_ptr<snapshot_arena>> acquire_arena(checkpoint_impl& impl, std::uint64_t need);
+
+// Gives the memory held by `owners` back and wakes the snapshots waiting for it.
+void release_arena(checkpoint_impl& impl, std::vector<std::shared_ptr<const void>>& owners);
+
+// Copies the planned slices into `arena` and re-points the views at the copy, on the calling
+// thread; `helper` adds a second copier from the CPU pool (copy mode: the copy is the caller's
+// stall). Never waits for the helper to start: pieces are handed out through a shared cursor,
+// and only pieces the helper already took are waited for.
 void copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper);
 
 }  // namespace meshckpt::detail

@@ -299,7 +299,7 @@ task<std::optional<std::string>> latest_checkpoint(io::backend& b, std::string d
 }
 
 void start_latest_checkpoint(asio::any_io_executor ex, std::string dir, io::completion<std::optional<std::string>> done) {
-  std::shared_ptr<io::backend> b = backends::make_posix_backend({1});
+  std::shared_ptr<io::backend> b = backends::make_posix_backend();
   auto& be = *b;
   spawn<std::optional<std::string>>(ex, latest_checkpoint(be, std::move(dir)),
                                     [b, done = std::move(done)](result<std::optional<std::string>> r) { done(std::move(r)); });
@@ -314,7 +314,7 @@ result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view 
 }
 
 result<checkpoint_state> read_checkpoint_state(std::string_view dir) {
-  auto b = backends::make_posix_backend({1});
+  auto b = backends::make_posix_backend();
   return read_checkpoint_state(*b, dir);
 }
 
@@ -325,7 +325,7 @@ result<void> write_checkpoint_state(io::backend& b, std::string_view dir, const 
 }
 
 std::optional<std::string> latest_checkpoint(std::string_view dir) {
-  auto b = backends::make_posix_backend({1});
+  auto b = backends::make_posix_backend();
   auto r = runtime::run_blocking<std::optional<std::string>>("latest_checkpoint", [&](auto ex, auto done) {
     spawn<std::optional<std::string>>(ex, detail::latest_checkpoint(*b, std::string(dir)), std::move(done));
   });

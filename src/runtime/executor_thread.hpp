@@ -1,12 +1,15 @@
 #pragma once
-// Private: an executor with threads of its own (a checkpoint's IO thread and snapshot thread;
-// the process-wide CPU pool), each marked as a library thread so that the blocking bridge
+// Private: an executor with threads of its own (the process-wide engine and CPU pool), each marked as a library thread so that the blocking bridge
 // refuses to wait on it.
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+
+#include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include <optional>
 #include <thread>
@@ -53,13 +56,61 @@ class executor_thread {
   std::vector<std::thread> threads_;
 };
 
+namespace detail {
+
+// The process-wide executors. A child of fork() has none of the parent's threads: it starts
+// fresh ones on first use (the parent's are left alone, not destroyed: their threads are gone).
+inline std::atomic<executor_thread*> cpu_pool_instance{nullptr};
+inline std::atomic<executor_thread*> engine_instance{nullptr};
+
+inline void forget_after_fork() {
+  cpu_pool_instance.store(nullptr);
+  engine_instance.store(nullptr);
+}
+
+inline executor_thread& process_wide(std::atomic<executor_thread*>& slot, unsigned threads) {
+  static const bool fork_aware = (::pthread_atfork(nullptr, nullptr, forget_after_fork), true);
+  (void)fork_aware;
+  if (auto* e = slot.load(std::memory_order_acquire)) return *e;
+  auto* fresh = new executor_thread(threads);  // never destroyed: work may run during exit
+  executor_thread* expected = nullptr;
+  if (slot.compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) return *fresh;
+  delete fresh;  // another thread won the race
+  return *expected;
+}
+
+}  // namespace detail
+
 // The process-wide pool for CPU work that would otherwise queue behind IO completions: verifying
-// and scattering the pieces of a restore as they arrive, and the second copier of a large
-// snapshot. Its size is fixed: min(4, max(2, hardware threads)).
+// and scattering the pieces of a restore as they arrive, and the copies of snapshots. Its size
+// is fixed: min(4, max(2, hardware threads)).
 inline unsigned cpu_pool_threads() { return std::max(2u, std::min(4u, std::thread::hardware_concurrency())); }
-inline executor_thread& cpu_pool() {
-  static auto* pool = new executor_thread(cpu_pool_threads());  // never destroyed: work may run during exit
-  return *pool;
+inline executor_thread& cpu_pool() { return detail::process_wide(detail::cpu_pool_instance, cpu_pool_threads()); }
+
+// The process-wide executor of the library's coroutines: every checkpoint's jobs (saves,
+// restores, snapshots) run on it, and the IO completions they await come back to it. One
+// thread: the heavy work (copies, checksums, scatter) goes to the CPU pool, and blocking system
+// calls to the backends' pool, so the number of threads is fixed whatever the number of
+// checkpoints.
+inline executor_thread& engine() { return detail::process_wide(detail::engine_instance, 1); }
+
+// Runs `f` on the CPU pool; the awaiting coroutine resumes on its own executor afterwards. An
+// allocation failure in `f` is its result.
+template <class F>
+task<void> on_cpu_pool(F f) {
+  auto ex = co_await asio::this_coro::executor;
+  auto done = io::async_op<void>(ex, [&f](io::completion<void> c) {
+    asio::post(cpu_pool().executor(), [&f, c = std::move(c)]() mutable {
+      result<void> r = success();
+      try {
+        f();
+      } catch (const std::bad_alloc&) {
+        r = out_of_memory("CPU pool work");
+      }
+      c(std::move(r));
+    });
+  }, use_awaitable);
+  co_return co_await std::move(done);
 }
 
 }  // namespace meshckpt::runtime

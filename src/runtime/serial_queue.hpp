@@ -1,12 +1,14 @@
 #pragma once
 // Private: jobs run one at a time, in the order queued, as coroutines on one executor (a
-// checkpoint's writes and restores: a restore queued after a save sees its commit). It replaces
+// checkpoint's writes and restores on the process-wide engine: a restore queued after a save
+// sees its commit). It replaces
 // a queue of callbacks with condition variables: a job is a coroutine, and waiting for the
 // queue is awaiting a job of its own.
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 
+#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <mutex>
@@ -20,6 +22,14 @@ class serial_queue {
   using job = std::function<asio::awaitable<void>()>;
 
   explicit serial_queue(asio::any_io_executor ex) : ex_(std::move(ex)) {}
+  serial_queue(const serial_queue&) = delete;
+  serial_queue& operator=(const serial_queue&) = delete;
+  // Waits until the last job has finished and the queue's coroutine has let go of it (the
+  // executor is shared and outlives the queue).
+  ~serial_queue() {
+    std::unique_lock lk(mu_);
+    idle_.wait(lk, [&] { return !running_; });
+  }
 
   // Queues `j` behind every job queued before it, or throws std::bad_alloc having queued
   // nothing. A job must not throw (it reports its own errors).
@@ -45,6 +55,7 @@ class serial_queue {
         std::lock_guard lk(mu_);
         if (jobs_.empty()) {
           running_ = false;
+          idle_.notify_all();  // under the lock: `this` may be gone once it is released
           co_return;
         }
         next = std::move(jobs_.front());
@@ -60,6 +71,7 @@ class serial_queue {
 
   asio::any_io_executor ex_;
   std::mutex mu_;
+  std::condition_variable idle_;
   std::deque<job> jobs_;
   bool running_ = false;
 };

@@ -10,12 +10,17 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <future>
+#include <iterator>
+#include <memory>
+#include <vector>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
 
 #include "meshckpt/api/checkpoint_async.hpp"
 #include "reliability.hpp"
@@ -114,4 +119,58 @@ TEST_CASE("async_latest_checkpoint reads the state file without blocking the cal
   ctx.run();
   CHECK(got == tmp.str() + "/ckpt-1");
   CHECK(ran);
+}
+
+namespace {
+
+// Threads of the process, not counting io_uring's workers (kernel threads shown as tasks of the
+// process: "iou-wrk-N", "iou-sqp-N"), which the kernel starts and retires by itself.
+std::ptrdiff_t threads_in_process(std::string* names = nullptr) {
+  std::ptrdiff_t n = 0;
+  for (const auto& t : fs::directory_iterator("/proc/self/task")) {
+    std::ifstream f(t.path() / "comm");
+    std::string comm;
+    std::getline(f, comm);
+    if (comm.rfind("iou-", 0) == 0) continue;
+    if (names) *names += comm + " ";
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("the process's threads are a fixed number, whatever the number of checkpoints and backends", "[runtime][threads]") {
+  temp_dir tmp;
+  // Warm: the engine, the CPU pool and the blocking pool exist once a save and a restore ran.
+  {
+    model a;
+    a.set(1);
+    auto c = checkpoint::create(mesh8(), &a).value();
+    REQUIRE(c->save(tmp / "warm"));
+    model b;
+    auto d = checkpoint::create(mesh8(), &b).value();
+    REQUIRE(d->restore(tmp / "warm-1"));
+    REQUIRE(b.holds(1));
+  }
+  std::string names;
+  const auto fixed = threads_in_process(&names);
+  INFO("threads: " << names);
+  // The main thread, the engine, the CPU pool (2-4) and the blocking pool (4).
+  CHECK(fixed <= 10);
+  std::vector<std::unique_ptr<model>> models;
+  std::vector<std::unique_ptr<checkpoint>> ckpts;
+  for (int i = 0; i < 8; ++i) {
+    models.push_back(std::make_unique<model>());
+    models.back()->set(i);
+    // Each with a backend of its own (io_uring where the kernel allows it).
+    ckpts.push_back(checkpoint::create(mesh8(), models.back().get()).value());
+  }
+  CHECK(threads_in_process() == fixed);
+  std::vector<std::future<result<std::string>>> saves;
+  for (int i = 0; i < 8; ++i) saves.push_back(async_save(*ckpts[static_cast<std::size_t>(i)], tmp / ("c" + std::to_string(i)) + "/ck", boost::asio::use_future));
+  CHECK(threads_in_process() == fixed);  // while eight saves are in flight
+  for (auto& s : saves) CHECK(s.get());
+  ckpts.clear();
+  CHECK(threads_in_process() == fixed);
 }

@@ -1,6 +1,7 @@
 #pragma once
 /// \file
-/// The POSIX backend: pread/pwrite/fsync/renameat/unlinkat on a small thread pool. The
+/// The POSIX backend: pread/pwrite/fsync/renameat/unlinkat on a thread pool (by default the
+/// process-wide one of blocking_pool.hpp). The
 /// reference implementation of `io::backend`, and the fallback wherever io_uring is not
 /// available.
 
@@ -12,8 +13,9 @@ namespace meshckpt::backends {
 
 /// Options of the POSIX backend.
 struct posix_options {
-  /// Worker threads running blocking system calls (at least 1).
-  unsigned threads = 4;
+  /// Worker threads of its own for the blocking system calls; 0 (the default): the
+  /// process-wide pool shared by every backend (blocking_pool.hpp).
+  unsigned threads = 0;
 };
 
 /// Creates a POSIX backend. Files opened `create_exclusive_direct` / `read_direct` use O_DIRECT

@@ -1,7 +1,8 @@
 #pragma once
 /// \file
 /// The io_uring backend: reads, writes and fsyncs go through one io_uring (liburing), many in
-/// flight, completed by a reaper thread; metadata operations (open, close, rename, unlink,
+/// flight. No thread per ring: the ring signals completions on an eventfd, which the
+/// process-wide pool of blocking_pool.hpp awaits (Asio), and reaps them there; metadata operations (open, close, rename, unlink,
 /// list, size) are delegated to the POSIX backend. Picked automatically when the kernel allows
 /// io_uring (`make_backend`, meshckpt/io/make_backend.hpp).
 
@@ -20,8 +21,9 @@ struct uring_options {
   /// reads/writes/fsyncs are in the kernel at once, more wait in a backlog, so the completion
   /// queue can never overflow.
   unsigned queue_depth = 64;
-  /// Threads of the POSIX backend that runs metadata operations.
-  unsigned metadata_threads = 2;
+  /// Threads of its own for the metadata operations (the POSIX backend's); 0 (the default):
+  /// the process-wide pool (blocking_pool.hpp).
+  unsigned metadata_threads = 0;
 };
 
 /// Creates an io_uring backend, or explains why io_uring cannot be used here (ENOSYS on old
