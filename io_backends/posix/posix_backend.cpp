@@ -13,7 +13,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <thread>
 
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 
@@ -34,7 +37,7 @@ class posix_backend final : public io::backend {
  public:
   explicit posix_backend(posix_options opt)
       : own_(opt.threads ? std::make_unique<asio::thread_pool>(opt.threads) : nullptr),
-        ex_(own_ ? own_->get_executor() : blocking_pool().get_executor()) {}
+        ex_(own_ ? asio::any_io_executor(own_->get_executor()) : asio::any_io_executor(blocking_pool().get_executor())) {}
 
   ~posix_backend() override {
     if (own_) {
@@ -299,7 +302,7 @@ class posix_backend final : public io::backend {
   static int dir_fd(handle h) { return static_cast<int>(h.value); }
 
   std::unique_ptr<asio::thread_pool> own_;  // threads of its own, when asked for
-  asio::thread_pool::executor_type ex_;
+  asio::any_io_executor ex_;
   std::mutex flight_mu_;
   std::condition_variable idle_;
   std::size_t in_flight_ = 0;
@@ -311,20 +314,40 @@ class posix_backend final : public io::backend {
 
 namespace {
 
+struct shared_pool {
+  asio::io_context ctx{static_cast<int>(blocking_pool_threads)};
+  asio::executor_work_guard<asio::io_context::executor_type> work{ctx.get_executor()};
+  shared_pool() {
+    for (unsigned i = 0; i < blocking_pool_threads; ++i)
+      std::thread([this] {
+        ::pthread_setname_np(::pthread_self(), "meshckpt-io");
+        while (true) {
+          try {
+            ctx.run();
+            return;
+          } catch (...) {
+            // A completion threw (std::bad_alloc): its operation reported what it could.
+          }
+        }
+      }).detach();
+  }
+};
+
 // A child of fork() has none of the parent's threads: it starts a fresh pool on first use.
-std::atomic<asio::thread_pool*> pool_instance{nullptr};
+std::atomic<shared_pool*> pool_instance{nullptr};
 
 }  // namespace
 
-asio::thread_pool& blocking_pool() {
+asio::io_context& blocking_pool() {
   static const bool fork_aware = (::pthread_atfork(nullptr, nullptr, [] { pool_instance.store(nullptr); }), true);
   (void)fork_aware;
-  if (auto* p = pool_instance.load(std::memory_order_acquire)) return *p;
-  auto* fresh = new asio::thread_pool(blocking_pool_threads);  // never destroyed: completions may run during exit
-  asio::thread_pool* expected = nullptr;
-  if (pool_instance.compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) return *fresh;
-  delete fresh;
-  return *expected;
+  if (auto* p = pool_instance.load(std::memory_order_acquire)) return p->ctx;
+  static std::mutex creating;  // one pool, even when first used by several threads at once
+  std::lock_guard lk(creating);
+  if (auto* p = pool_instance.load(std::memory_order_acquire)) return p->ctx;
+  auto* fresh = new shared_pool;  // never destroyed: completions may run during exit
+  pool_instance.store(fresh, std::memory_order_release);
+  return fresh->ctx;
 }
 
 std::unique_ptr<io::backend> make_posix_backend(posix_options opt) {

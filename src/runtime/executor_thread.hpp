@@ -21,8 +21,12 @@ namespace meshckpt::runtime {
 
 class executor_thread {
  public:
-  explicit executor_thread(unsigned threads = 1) : ctx_(static_cast<int>(threads)), work_(ctx_.get_executor()) {
-    for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this] { run(); });
+  // `name`: the threads' name in ps/top (at most 15 characters).
+  explicit executor_thread(unsigned threads, const char* name) : ctx_(static_cast<int>(threads)), work_(ctx_.get_executor()) {
+    for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this, name] {
+      ::pthread_setname_np(::pthread_self(), name);
+      run();
+    });
   }
   executor_thread(const executor_thread&) = delete;
   executor_thread& operator=(const executor_thread&) = delete;
@@ -68,11 +72,11 @@ inline void forget_after_fork() {
   engine_instance.store(nullptr);
 }
 
-inline executor_thread& process_wide(std::atomic<executor_thread*>& slot, unsigned threads) {
+inline executor_thread& process_wide(std::atomic<executor_thread*>& slot, unsigned threads, const char* name) {
   static const bool fork_aware = (::pthread_atfork(nullptr, nullptr, forget_after_fork), true);
   (void)fork_aware;
   if (auto* e = slot.load(std::memory_order_acquire)) return *e;
-  auto* fresh = new executor_thread(threads);  // never destroyed: work may run during exit
+  auto* fresh = new executor_thread(threads, name);  // never destroyed: work may run during exit
   executor_thread* expected = nullptr;
   if (slot.compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) return *fresh;
   delete fresh;  // another thread won the race
@@ -85,14 +89,14 @@ inline executor_thread& process_wide(std::atomic<executor_thread*>& slot, unsign
 // and scattering the pieces of a restore as they arrive, and the copies of snapshots. Its size
 // is fixed: min(4, max(2, hardware threads)).
 inline unsigned cpu_pool_threads() { return std::max(2u, std::min(4u, std::thread::hardware_concurrency())); }
-inline executor_thread& cpu_pool() { return detail::process_wide(detail::cpu_pool_instance, cpu_pool_threads()); }
+inline executor_thread& cpu_pool() { return detail::process_wide(detail::cpu_pool_instance, cpu_pool_threads(), "meshckpt-cpu"); }
 
 // The process-wide executor of the library's coroutines: every checkpoint's jobs (saves,
 // restores, snapshots) run on it, and the IO completions they await come back to it. One
 // thread: the heavy work (copies, checksums, scatter) goes to the CPU pool, and blocking system
 // calls to the backends' pool, so the number of threads is fixed whatever the number of
 // checkpoints.
-inline executor_thread& engine() { return detail::process_wide(detail::engine_instance, 1); }
+inline executor_thread& engine() { return detail::process_wide(detail::engine_instance, 1, "meshckpt-engine"); }
 
 // Runs `f` on the CPU pool; the awaiting coroutine resumes on its own executor afterwards. An
 // allocation failure in `f` is its result.

@@ -7,14 +7,15 @@
 /// grow with the number of backends or checkpoints. A child of fork() starts a pool of its own
 /// on first use; backends (and checkpoints) created before a fork are for the parent only.
 
-#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/io_context.hpp>
 
 namespace meshckpt::backends {
 
 /// Threads of the shared pool.
 inline constexpr unsigned blocking_pool_threads = 4;
 
-/// The shared pool (created on first use, never destroyed: completions may run during exit).
-boost::asio::thread_pool& blocking_pool();
+/// The shared pool: an io_context run by `blocking_pool_threads` threads named "meshckpt-io"
+/// (created on first use, never destroyed: completions may run during exit).
+boost::asio::io_context& blocking_pool();
 
 }  // namespace meshckpt::backends
