@@ -179,28 +179,74 @@ result<void> check_target(const format::saved_tensor& t, const dtensor_view& v) 
   return success();
 }
 
+// The shard boxes of a (layout, shape), computed once per distinct pair in a restore: a model's
+// tensors share a handful of layouts and shapes, and a box costs allocations.
+class shard_boxes {
+ public:
+  result<const std::vector<box>*> of(const dtensor_view& v) {
+    auto same_devices = [&](const entry& e) {
+      if (e.devices.size() != v.shards().size()) return false;
+      for (std::size_t k = 0; k < e.devices.size(); ++k)
+        if (e.devices[k] != v.shards()[k].device) return false;
+      return true;
+    };
+    for (auto& e : seen_)
+      if (e.global == v.global_shape() && same_devices(e) && e.l == v.layout()) return &e.boxes;
+    entry e{v.layout(), v.global_shape(), {}, {}};
+    e.boxes.reserve(v.shards().size());
+    for (const auto& sh : v.shards()) {
+      e.devices.push_back(sh.device);
+      BOOST_OUTCOME_TRY(auto bx, v.layout().shard_box(v.global_shape(), sh.device));
+      e.boxes.push_back(std::move(bx));
+    }
+    // A few recent pairs are enough; the oldest goes first.
+    if (seen_.size() == 8) seen_.erase(seen_.begin());
+    seen_.push_back(std::move(e));
+    return &seen_.back().boxes;
+  }
+
+ private:
+  struct entry {
+    layout l;
+    meshckpt::shape global;
+    std::vector<std::int64_t> devices;  // of the view's shards, in order
+    std::vector<box> boxes;
+  };
+  std::vector<entry> seen_;
+};
+
 // Matches every target shard to the saved slice with its box (every replica a whole run), or,
 // in another layout, to the runs of the saved slices that intersect it; a slice that resharding
 // reads is wanted only from its first to its last needed chunk.
 result<wanted> match_targets(const format::manifest& m, std::span<const named_tensor> targets, read_report& rep) {
   wanted w;
+  // Most tensors want one saved slice; sharded ones a few (moving ranges as the vector grows
+  // costs more than the spare room).
+  w.ranges.reserve(2 * targets.size());
+  w.from.reserve(2 * targets.size());
+  shard_boxes boxes_of;
+  std::vector<std::pair<const format::saved_slice*, std::size_t>> slot;  // saved slice -> its wanted range
+  std::vector<box> saved_boxes;
   for (const auto& target : targets) {
     const auto* t = m.find(target.key);
     if (!t) return make_error(errc::not_found, "tensor \"" + target.key + "\" is not in the checkpoint");
     const auto& v = target.tensor;
     BOOST_OUTCOME_TRY(check_target(*t, v));
-    std::map<const format::saved_slice*, std::size_t> slot;  // saved slice -> its wanted range
+    BOOST_OUTCOME_TRY(const auto* boxes, boxes_of.of(v));
+    slot.clear();
     auto want = [&](const format::saved_slice* s) -> plan::wanted_range& {
-      auto [pos, fresh] = slot.emplace(s, w.ranges.size());
-      if (fresh) {
-        w.ranges.push_back({s->file, s->offset, s->length, ~std::uint64_t{0}, 0, {}});
-        w.from.emplace_back(t, s);
-      }
-      return w.ranges[pos->second];
+      for (const auto& [sl, k] : slot)
+        if (sl == s) return w.ranges[k];
+      slot.emplace_back(s, w.ranges.size());
+      w.ranges.push_back({s->file, s->offset, s->length, ~std::uint64_t{0}, 0, {}});
+      w.ranges.back().targets.reserve(v.shards().size());
+      w.from.emplace_back(t, s);
+      return w.ranges.back();
     };
-    std::vector<box> boxes;  // the saved boxes, once a shard needs resharding
-    for (const auto& sh : v.shards()) {
-      BOOST_OUTCOME_TRY(auto bx, v.layout().shard_box(v.global_shape(), sh.device));
+    saved_boxes.clear();  // filled once a shard of this tensor needs resharding
+    for (std::size_t k = 0; k < v.shards().size(); ++k) {
+      const auto& sh = v.shards()[k];
+      const box& bx = (*boxes)[k];
       if (bx.empty()) continue;
       auto it = std::find_if(t->slices.begin(), t->slices.end(), [&](const auto& s) { return s.where == bx; });
       if (it != t->slices.end()) {
@@ -210,9 +256,9 @@ result<wanted> match_targets(const format::manifest& m, std::span<const named_te
         r.targets.push_back({sh.data.data(), plan::copy_run{.length = it->length}});
         continue;
       }
-      if (boxes.empty())
-        for (const auto& sl : t->slices) boxes.push_back(sl.where);
-      auto runs = plan::plan_shard_restore(t->global, static_cast<std::int64_t>(dtype_size(t->type)), boxes, bx);
+      if (saved_boxes.empty())
+        for (const auto& sl : t->slices) saved_boxes.push_back(sl.where);
+      auto runs = plan::plan_shard_restore(t->global, static_cast<std::int64_t>(dtype_size(t->type)), saved_boxes, bx);
       if (!runs) {
         auto saved = format::saved_layout_of(m, *t);
         return with_context(runs.error(), "tensor \"" + t->key + "\": shard " + to_string(bx) + " of device " +
@@ -332,6 +378,7 @@ class plan_runner {
       const auto& [t, s] = w_.from[q.pieces.front().want];
       return make_error(errc::short_read, slice_ctx(m_, *t, *s) + ": file ended early");
     }
+    std::uint64_t settled = 0;
     for (const auto& piece : q.pieces) {
       const auto& r = w_.ranges[piece.want];
       const auto& [t, s] = w_.from[piece.want];
@@ -346,8 +393,9 @@ class plan_runner {
           std::memcpy(base + dst, bytes + (src - piece.begin), len);
         });
       }
-      meter_.add(piece.end - piece.begin);
+      settled += piece.end - piece.begin;
     }
+    meter_.add(settled);  // once per read: the meter takes a lock
     return success();
   }
 

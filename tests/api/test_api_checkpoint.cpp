@@ -1,7 +1,8 @@
 // The Checkpoint API, one or more tests per behaviour of docs/API.md (TensorFlow's semantics): construction
 // errors, save_counter numbering across restarts, write vs save, read vs restore, the state
 // file and latest_checkpoint, every load-status assertion passing and failing, the warning,
-// deferred restoration, most-recent-restore-wins, mismatches, name-based restore, async forms.
+// deferred restoration, most-recent-restore-wins, mismatches, name-based restore, resharding.
+// The asynchronous and lazy forms are in test_api_async.cpp.
 
 #include <catch2/catch.hpp>
 
@@ -19,82 +20,13 @@
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 #include "meshckpt/tensor/convert.hpp"
-#include "support.hpp"
+#include "api_model.hpp"
 
 using namespace meshckpt;
 namespace fs = std::filesystem;
 namespace asio = boost::asio;
 
-namespace {
-
-mesh mesh24() { return mesh::create({{"x", 2}, {"y", 4}}).value(); }
-
-dtensor make(dtype t, shape s, std::vector<std::string> l) {
-  return dtensor::create(t, std::move(s), layout::create(std::move(l), mesh24()).value()).value();
-}
-
-struct dense : graph::module {
-  graph::variable kernel, bias;
-  dense(std::int64_t in, std::int64_t out)
-      : kernel(make(dtype::float32, {in, out}, {"unsharded", "y"})), bias(make(dtype::float32, {out}, {"y"})) {
-    track("kernel", kernel);
-    track("bias", bias);
-  }
-};
-
-struct model : graph::module {
-  dense d1{8, 16};
-  dense d2{16, 4};
-  graph::scalar<std::int64_t> step{0};
-  graph::bytes_state rng;
-  explicit model(bool with_d2 = true) {
-    track("dense1", d1);
-    if (with_d2) track("dense/2", d2);  // a name with '/' round-trips
-    track("step", step);
-    track("rng.state", rng);
-  }
-  void fill(std::uint64_t seed) {
-    std::uint64_t j = 0;
-    for (auto* v : {&d1.kernel, &d1.bias, &d2.kernel, &d2.bias}) testing::fill(v->view(), "v" + std::to_string(j++), seed);
-    step.set(static_cast<std::int64_t>(seed));
-    rng.set(std::vector<std::byte>(seed % 50 + 1, static_cast<std::byte>(seed)));
-  }
-};
-
-bool same(const graph::variable& a, const graph::variable& b) {
-  for (std::size_t i = 0; i < a.view().shards().size(); ++i) {
-    auto x = a.view().shards()[i].data, y = b.view().shards()[i].data;
-    if (!std::equal(x.begin(), x.end(), y.begin(), y.end())) return false;
-  }
-  return true;
-}
-
-bool same(const model& a, const model& b) {
-  return same(a.d1.kernel, b.d1.kernel) && same(a.d1.bias, b.d1.bias) && same(a.d2.kernel, b.d2.kernel) &&
-         same(a.d2.bias, b.d2.bias) && a.step.get() == b.step.get() && a.rng.get() == b.rng.get();
-}
-
-// Collects warnings for the duration of a test.
-struct warnings {
-  std::shared_ptr<std::vector<std::string>> got = std::make_shared<std::vector<std::string>>();
-  std::function<void(std::string_view)> old;
-  warnings() {
-    auto g = got;
-    old = set_warning_handler([g](std::string_view m) { g->emplace_back(m); });
-  }
-  ~warnings() { set_warning_handler(old); }
-};
-
-std::unique_ptr<checkpoint> ckpt_of(model& m) { return checkpoint::create(mesh24(), nullptr, {{"model", &m}}).value(); }
-
-std::string slurp(const std::string& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
+using namespace api_test;
 
 TEST_CASE("object names with / and . round-trip through key escaping", "[graph][keys]") {
   for (std::string n : {"a", "a.b", "a/b", "..", "./.S", ".S", "x..y//z"}) CHECK(graph::unescape_name(graph::escape_name(n)).value() == n);
@@ -377,131 +309,6 @@ TEST_CASE("name-based restore matches flat checkpoints by full variable path", "
   st.expect_partial();
 }
 
-TEST_CASE("async save, write and restore complete through futures, coroutines and callbacks", "[api][async]") {
-  testing::temp_dir tmp;
-  model m;
-  m.fill(31);
-  auto c = ckpt_of(m);
-  auto f1 = async_save(*c, tmp / "ck", asio::use_future);
-  auto f2 = async_save(*c, tmp / "ck", asio::use_future);  // queued behind the first
-  CHECK(f1.get().value() == tmp / "ck-1");
-  CHECK(f2.get().value() == tmp / "ck-2");
-  CHECK(c->sync());
-
-  asio::io_context ctx;
-  model back;
-  auto cb = ckpt_of(back);
-  bool ok = false;
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    auto w = co_await async_write(*c, tmp / "w", asio::use_awaitable);
-    REQUIRE(w);
-    auto st = co_await async_restore(*cb, std::string(tmp / "ck-2"), asio::use_awaitable);
-    REQUIRE(st);
-    ok = st->assert_consumed().has_value();
-  }, asio::detached);
-  ctx.run();
-  CHECK(ok);
-  CHECK(same(m, back));
-
-  std::promise<std::string> got;
-  async_read(*cb, tmp / "w", [&](result<load_status> r) { got.set_value(r ? r->path() : r.error().what()); });
-  CHECK(got.get_future().get() == tmp / "w");
-}
-
-TEST_CASE("host values are captured when a save is issued, not when it runs", "[api][async][regression]") {
-  // Regression (found by ASan): queued saves shared one staging copy of a scalar; the second
-  // save freed the first one's bytes while it was being written.
-  testing::temp_dir tmp;
-  model m;
-  auto c = ckpt_of(m);
-  std::vector<std::future<result<std::string>>> saves;
-  for (std::int64_t i = 0; i < 8; ++i) {
-    m.step.set(100 + i);
-    saves.push_back(async_save(*c, tmp / "ck", asio::use_future));
-  }
-  for (auto& f : saves) REQUIRE(f.get());
-  for (std::int64_t i = 0; i < 8; ++i) {
-    model back;
-    auto cb = ckpt_of(back);
-    REQUIRE(cb->restore(tmp / ("ck-" + std::to_string(i + 1))));
-    CHECK(back.step.get() == 100 + i);
-  }
-}
-
-TEST_CASE("tensors may be modified as soon as async_save returns: the save writes its snapshot", "[api][async][snapshot]") {
-  for (std::uint64_t budget : {std::uint64_t{0}, std::uint64_t{1}}) {  // unlimited; and too small, so the call blocks instead
-    INFO("snapshot budget " << budget);
-    testing::temp_dir tmp;
-    model m;
-    checkpoint_options opt;
-    opt.snapshot_budget_bytes = budget;
-    auto c = checkpoint::create(mesh24(), nullptr, {{"model", &m}}, opt).value();
-    std::vector<std::future<result<std::string>>> saves;
-    for (std::uint64_t i = 0; i < 4; ++i) {
-      m.fill(50 + i);
-      saves.push_back(async_save(*c, tmp / "ck", asio::use_future));
-      m.fill(99);  // scribble right away: must not reach the checkpoint
-    }
-    for (auto& f : saves) REQUIRE(f.get());
-    for (std::uint64_t i = 0; i < 4; ++i) {
-      model expect, back;
-      expect.fill(50 + i);
-      auto cb = ckpt_of(back);
-      REQUIRE(cb->restore(tmp / ("ck-" + std::to_string(i + 1))));
-      CHECK(same(expect.d1.kernel, back.d1.kernel));
-      CHECK(same(expect.d2.bias, back.d2.bias));
-    }
-  }
-}
-
-TEST_CASE("snapshots handle empty shards and empty tensors", "[api][async][snapshot][regression]") {
-  // Regression (UBSan): the snapshot memcpy'd from the null data of an empty shard.
-  testing::temp_dir tmp;
-  graph::state_dict sd;
-  auto* a = sd.emplace("uneven", dtype::int8, {3}, layout::create({"y"}, mesh24()).value()).value();  // 1,1,1,0
-  auto* e = sd.emplace("empty", dtype::float32, {0, 4}, layout::create({"x", "unsharded"}, mesh24()).value()).value();
-  testing::fill(a->view(), "uneven", 5);
-  auto c = checkpoint::create(mesh24(), &sd).value();
-  auto f = async_save(*c, tmp / "ck", asio::use_future);
-  testing::fill(a->view(), "uneven", 6);
-  REQUIRE(f.get());
-  testing::fill(a->view(), "uneven", 7);
-  REQUIRE(c->restore(tmp / "ck-1").value().assert_consumed());
-  CHECK(testing::matches(a->view(), "uneven", 5));
-  CHECK(e->view().global_bytes() == 0);
-}
-
-TEST_CASE("an error in a background write reaches the caller and sync", "[api][async][errors]") {
-  testing::temp_dir tmp;
-  model m;
-  auto c = ckpt_of(m);
-  std::ofstream(tmp / "file") << "not a directory";
-  auto f = async_save(*c, tmp / "file/ck", asio::use_future);
-  auto r = f.get();
-  REQUIRE_FALSE(r);
-  CHECK_THAT(r.error().what(), Catch::Contains("file"));
-  auto s = c->sync();
-  REQUIRE_FALSE(s);
-  CHECK(s.error().code == r.error().code);
-  REQUIRE(c->save(tmp / "ok"));
-  CHECK(c->sync());
-}
-
-TEST_CASE("write callbacks run with the path after each commit", "[api][callbacks]") {
-  testing::temp_dir tmp;
-  model m;
-  std::vector<std::string> seen;
-  checkpoint_options opt;
-  opt.write_callbacks.push_back([&](const std::string& p) {
-    CHECK(fs::exists(p + ".manifest"));  // committed before the callback runs
-    seen.push_back(p);
-  });
-  auto c = checkpoint::create(mesh24(), nullptr, {{"model", &m}}, opt).value();
-  REQUIRE(c->save(tmp / "a"));
-  REQUIRE(c->write(tmp / "b"));
-  CHECK(seen == std::vector<std::string>{tmp / "a-1", tmp / "b"});
-}
-
 TEST_CASE("with a root, node 0 is the root and children are extra edges", "[api][checkpoint][root]") {
   testing::temp_dir tmp;
   model m;
@@ -561,128 +368,6 @@ TEST_CASE("the checkpoint state file round-trips and rejects hostile content", "
 }
 
 // ---------------------------------------------------------------- lazy saves
-
-TEST_CASE("a lazy save returns before its IO; tensors are free once the snapshot is taken", "[api][lazy]") {
-  for (std::uint64_t budget : {std::uint64_t{0}, std::uint64_t{1}}) {  // snapshot; and over budget: the write reads the tensors
-    INFO("snapshot budget " << budget);
-    testing::temp_dir tmp;
-    auto gate = std::make_shared<testing::gated_backend>(testing::test_backend());
-    model m;
-    checkpoint_options opt;
-    opt.backend = gate;
-    opt.snapshot_budget_bytes = budget;
-    auto c = checkpoint::create(mesh24(), nullptr, {{"model", &m}}, opt).value();
-    m.fill(61);
-    auto pending = c->save_lazy(tmp / "lazy");
-    // No data has been written yet (the gate holds every write), yet the call returned.
-    CHECK_FALSE(pending.committed());
-    if (budget == 0) {
-      REQUIRE(pending.wait_snapshot());  // the copy needs no IO
-    } else {
-      CHECK_FALSE(pending.snapshot_taken());  // here the write itself reads the tensors
-    }
-    gate->release();
-    REQUIRE(pending.wait_snapshot());
-    m.fill(62);  // modify after the snapshot: must not reach the checkpoint
-    auto path = pending.wait_committed();
-    REQUIRE(path);
-    CHECK(*path == tmp / "lazy-1");
-    CHECK(latest_checkpoint(tmp.str()) == tmp / "lazy-1");
-    model expect, back;
-    expect.fill(61);
-    auto cb = ckpt_of(back);
-    REQUIRE(cb->restore(*path).value().assert_consumed());
-    CHECK(same(expect, back));
-  }
-}
-
-TEST_CASE("lazy saves queue in order and each writes the values of its own call", "[api][lazy]") {
-  testing::temp_dir tmp;
-  model m;
-  checkpoint_options opt;
-  opt.snapshot_budget_bytes = 64 << 10;  // room for about one snapshot: later ones wait for memory
-  auto c = checkpoint::create(mesh24(), nullptr, {{"model", &m}}, opt).value();
-  std::vector<lazy_save<std::string>> saves;
-  for (std::uint64_t i = 0; i < 6; ++i) {
-    m.fill(70 + i);
-    saves.push_back(c->write_lazy(tmp / ("w" + std::to_string(i))));
-    REQUIRE(saves.back().wait_snapshot());
-  }
-  for (std::uint64_t i = 0; i < 6; ++i) {
-    REQUIRE(saves[i].wait_committed());
-    model expect, back;
-    expect.fill(70 + i);
-    REQUIRE(ckpt_of(back)->read(tmp / ("w" + std::to_string(i))).value().assert_existing_objects_matched());
-    CHECK(same(expect, back));
-  }
-  CHECK(c->sync());
-}
-
-TEST_CASE("a lazy save that fails completes both events with the error", "[api][lazy][errors]") {
-  testing::temp_dir tmp;
-  model m;
-  auto c = ckpt_of(m);
-  std::ofstream(tmp / "file") << "not a directory";
-  auto pending = c->save_lazy(tmp / "file/ck");
-  auto committed = pending.wait_committed();
-  REQUIRE_FALSE(committed);
-  CHECK(pending.wait_snapshot());  // the snapshot itself was taken: the tensors are free
-  CHECK_FALSE(c->sync());
-
-  // A failure before the snapshot (a value that cannot be saved) fails both.
-  struct unsaveable : graph::trackable {
-    bool has_value() const override { return true; }
-    result<graph::value_snapshot> value_for_save(const mesh&) override { return make_error(errc::invalid_argument, "no value today"); }
-  } bad;
-  graph::state_dict sd;
-  sd.insert("bad", bad);
-  auto c2 = checkpoint::create(mesh24(), &sd).value();
-  auto p2 = c2->save_lazy(tmp / "bad");
-  REQUIRE_FALSE(p2.wait_snapshot());
-  REQUIRE_FALSE(p2.wait_committed());
-  CHECK(p2.wait_committed().error().code == p2.wait_snapshot().error().code);
-}
-
-TEST_CASE("lazy saves from a coroutine: co_await the snapshot, then the commit", "[api][lazy][async]") {
-  testing::temp_dir tmp;
-  model m;
-  auto c = ckpt_of(m);
-  auto mgr = checkpoint_manager::create(*c, tmp.str(), [] {
-    manager_options o;
-    o.max_to_keep = 2;
-    return o;
-  }()).value();
-  asio::io_context ctx;
-  std::vector<std::string> saved;
-  bool ok = true;
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    std::optional<lazy_save<std::optional<std::string>>> prev;
-    for (std::uint64_t i = 0; i < 5; ++i) {
-      m.fill(80 + i);
-      if (prev) {
-        auto r = co_await async_wait_committed(*prev, asio::use_awaitable);
-        ok = ok && r && *r;
-        if (r && *r) saved.push_back(**r);
-      }
-      auto s = mgr->save_lazy();
-      // ... a forward and backward pass would run here, reading the weights ...
-      ok = ok && co_await async_wait_snapshot(s, asio::use_awaitable);
-      m.fill(999);  // the optimizer step
-      prev = s;
-    }
-    auto r = co_await async_wait_committed(*prev, asio::use_awaitable);
-    ok = ok && r && *r;
-    if (r && *r) saved.push_back(**r);
-  }, asio::detached);
-  ctx.run();
-  CHECK(ok);
-  REQUIRE(saved.size() == 5);
-  CHECK(mgr->checkpoints() == std::vector<std::string>{saved[3], saved[4]});
-  model expect, back;
-  expect.fill(84);
-  REQUIRE(ckpt_of(back)->restore(saved[4]).value().assert_consumed());
-  CHECK(same(expect, back));
-}
 
 TEST_CASE("a checkpoint restores into another mesh and layout (resharding through the API)", "[api][reshard]") {
   testing::temp_dir tmp;

@@ -2,7 +2,9 @@
 // slot bound to the completion token (asio::bind_cancellation_slot) or an awaitable_operators
 // `||` with a timer. Cancelled before the commit: errc::cancelled, no new file, the previous
 // checkpoint of the name intact, the manager's state untouched. The save is held at its first
-// data write (a gated backend) so that the cancellation lands before the commit.
+// data write (a gated backend) so that the cancellation lands before the commit. Cancelled after
+// the commit (held between the manifest's rename and its completion): the checkpoint stands and
+// the save reports it.
 
 #include <catch2/catch.hpp>
 
@@ -16,6 +18,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include <future>
+#include <mutex>
 #include <thread>
 
 #include "meshckpt/api/checkpoint_async.hpp"
@@ -48,7 +52,63 @@ bool holds_step(const std::string& prefix, int step) {
   return st && back.holds(step);
 }
 
+// Holds the completion of the manifest's rename — the commit has happened, the save does not know
+// it yet — until released; `committed` is ready once the rename is done.
+class hold_after_commit final : public forwarding_backend {
+ public:
+  using forwarding_backend::forwarding_backend;
+  std::promise<void> committed;
+  void release() {
+    std::function<void()> go;
+    {
+      std::lock_guard lk(mu_);
+      open_ = true;
+      go.swap(held_);
+    }
+    if (go) go();
+  }
+  std::string_view name() const noexcept override { return "hold-after-commit"; }
+  void rename(io::handle dir, std::string from, std::string to, io::completion<void> d) override {
+    if (!to.ends_with(".manifest")) return inner_->rename(dir, std::move(from), std::move(to), std::move(d));
+    inner_->rename(dir, std::move(from), std::move(to), [this, d = std::move(d)](result<void> r) mutable {
+      {
+        std::lock_guard lk(mu_);
+        if (!open_) {
+          held_ = [d = std::move(d), r = std::move(r)]() mutable { d(std::move(r)); };
+          committed.set_value();
+          return;
+        }
+      }
+      d(std::move(r));
+    });
+  }
+
+ private:
+  std::mutex mu_;
+  bool open_ = false;
+  std::function<void()> held_;
+};
+
 }  // namespace
+
+TEST_CASE("a save cancelled after its commit stands and reports success", "[api][cancel]") {
+  temp_dir tmp;
+  commit_first(tmp.str());
+  auto held = std::make_shared<hold_after_commit>(backends::make_posix_backend());
+  model mdl;
+  mdl.set(2);
+  auto c = checkpoint::create(mesh8(), &mdl, {}, opts(held)).value();
+  asio::cancellation_signal signal;
+  auto f = async_write(*c, tmp / "ck", asio::bind_cancellation_slot(signal.slot(), asio::use_future));
+  held->committed.get_future().wait();  // the manifest is renamed: the checkpoint is committed
+  signal.emit(asio::cancellation_type::terminal);
+  held->release();
+  auto r = f.get();
+  REQUIRE(r);
+  CHECK(*r == tmp / "ck");
+  CHECK(holds_step(tmp / "ck", 2));
+  CHECK(run_verify_cli(tmp.str()).first);
+}
 
 TEST_CASE("a save cancelled through its cancellation slot before the commit leaves the previous checkpoint and no file", "[api][cancel]") {
   temp_dir tmp;

@@ -107,7 +107,7 @@ class checkpoint : public graph::trackable {
   /// Asynchronous entry points used by api/checkpoint_async.hpp and the lazy forms. `done` runs
   /// on an internal thread; at most one write runs at a time, later ones queue behind it. With
   /// `snapshot_taken` the save is lazy: the call returns at once and `snapshot_taken` runs (on
-  /// the snapshot thread, or with the error) once the tensors may be modified. Without it, in
+  /// a library thread, or with the error) once the tensors may be modified. Without it, in
   /// snapshot mode, the call returns once the tensors are copied. A stop requested on `stop`
   /// (as on `checkpoint_options::write.stop`) before the commit ends the save with
   /// `errc::cancelled` and no new file; after the commit the checkpoint stands.

@@ -60,7 +60,7 @@ class checkpoint_manager {
 
   /// The asynchronous form behind `save` and `async_save(manager, ...)`: the interval check,
   /// numbering and graph capture happen now, on the calling thread; the write, the state file
-  /// and retention run on the checkpoint's IO thread, and `done` runs there afterwards.
+  /// and retention run on the library's engine thread, and `done` runs there afterwards.
   /// A stop requested on `stop` before the commit cancels it (`errc::cancelled`, no new file).
   void start_save(std::optional<std::int64_t> checkpoint_number, bool check_interval,
                   io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken = {},
@@ -97,7 +97,7 @@ class checkpoint_manager {
   std::vector<std::pair<std::string, double>> maybe_delete_;  // base name, timestamp; oldest first
   double last_preserved_ = 0;
   std::optional<std::int64_t> last_step_;
-  mutable std::mutex mu_;  // bookkeeping is updated on the checkpoint's IO thread
+  mutable std::mutex mu_;  // bookkeeping is updated on the engine thread
   std::shared_ptr<const void> lock_;  // the directory's writer lock (null on processes other than 0)
 };
 

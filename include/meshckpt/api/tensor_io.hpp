@@ -35,13 +35,13 @@ struct write_options {
   std::uint64_t chunk_bytes = format::default_chunk_bytes;
   /// Extra named sections stored in the manifest (for higher layers).
   std::vector<format::extension> extensions{};
-  /// Called with (bytes written, total bytes) as data blocks complete, on the IO thread.
+  /// Called with (bytes written, total bytes) as data blocks complete, on the library's engine thread.
   std::function<void(std::uint64_t done, std::uint64_t total)> progress{};
   /// Cancels the save when a stop is requested: it then fails with `errc::cancelled` before
   /// the commit, leaving the previous checkpoint (if any) and no new file behind. A stop
   /// requested after the rename has no effect (the checkpoint is already visible).
   std::stop_token stop{};
-  /// Called once, on the IO thread, when the save has read every byte of the input tensors
+  /// Called once, on the library's engine thread (or the caller's executor), when the save has read every byte of the input tensors
   /// (they are all in staging memory or written): from then on the caller may modify them,
   /// although the commit is still to come. Not called when the save fails before that point.
   std::function<void()> sources_released{};
