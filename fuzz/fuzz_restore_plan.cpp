@@ -8,21 +8,14 @@
 #include <string>
 #include <vector>
 
+#include "byte_source.hpp"
 #include "reshard_oracle.hpp"
 
 using namespace meshckpt;
 
 namespace {
 
-struct input {
-  const std::uint8_t* p;
-  std::size_t n;
-  std::uint8_t next() {
-    if (!n) return 0;
-    --n;
-    return *p++;
-  }
-};
+using input = oracle::byte_source;
 
 const std::vector<std::vector<mesh_dim>> meshes = {
     {{"x", 2}, {"y", 4}}, {{"x", 4}, {"y", 2}}, {{"x", 8}}, {{"x", 1}}, {{"x", 3}}, {{"x", 2}, {"y", 3}}, {{"x", 2}, {"y", 2}, {"z", 2}}, {{"x", 5}, {"y", 1}}};

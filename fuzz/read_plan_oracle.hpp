@@ -13,20 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "byte_source.hpp"
 #include "meshckpt/plan/read_plan.hpp"
 
 namespace meshckpt::oracle {
-
-struct byte_source {
-  const std::uint8_t* p;
-  std::size_t n;
-  std::uint8_t next() {
-    if (!n) return 0;
-    --n;
-    return *p++;
-  }
-  std::uint64_t upto(std::uint64_t limit) { return limit ? (next() | std::uint64_t{next()} << 8) % (limit + 1) : 0; }
-};
 
 inline std::byte file_byte(std::uint32_t file, std::uint64_t off) {
   return static_cast<std::byte>((off * 131 + file * 17 + (off >> 8)) & 0xff);

@@ -196,6 +196,90 @@ asio::awaitable<void> run_save(detail::checkpoint_impl& impl, std::shared_ptr<sa
   job->done(std::move(*out));
 }
 
+// A snapshot taken behind the ones queued before it: its memory awaited on the engine (no
+// thread waits), the copy on the CPU pool; then the write may start.
+void queue_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_job>& job,
+                    const std::shared_ptr<snapshot_plan>& plan, bool lazy) {
+  auto open_gate = [job] { job->gate->set(success()); };
+  auto unsnapped = [job] {
+    // No memory for a snapshot: the write reads the tensors themselves.
+    job->wopt.sources_released = [released = job->released] { released->set(success()); };
+  };
+  {
+    std::lock_guard lk(impl.arena_mu);
+    ++impl.snapshots_queued;
+  }
+  try {
+    impl.snapshots.push([&impl, job, plan, open_gate, unsnapped, lazy]() -> asio::awaitable<void> {
+      bool copied = false;
+      try {
+        auto memory = detail::acquire_arena(impl, plan->need);
+        auto arena = (co_await std::move(memory)).value();
+        job->owners.push_back(arena);
+        auto copy = runtime::on_cpu_pool([&] { detail::copy_snapshot(*plan, *arena, job->tensors, !lazy); });
+        copied = static_cast<bool>(co_await std::move(copy));
+      } catch (const std::bad_alloc&) {
+      }
+      if (copied) job->released->set(success());
+      else unsnapped();
+      {
+        std::lock_guard lk(impl.arena_mu);
+        --impl.snapshots_queued;
+      }
+      open_gate();
+    });
+  } catch (...) {
+    std::lock_guard lk(impl.arena_mu);
+    --impl.snapshots_queued;
+    throw;
+  }
+}
+
+// The snapshot of a save: the distinct slices copied into snapshot memory; the write starts
+// once it is taken (the job's gate). Without snapshot, or when the state exceeds the whole
+// budget, the write reads the tensors itself, and they are released once it has read them all.
+void take_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_job>& job, bool lazy, bool must_wait) {
+  auto plan = std::make_shared<snapshot_plan>();
+  const std::uint64_t budget = impl.opt.snapshot_budget_bytes;
+  bool take = impl.opt.snapshot;
+  if (take) {
+    *plan = detail::plan_snapshot(job->tensors);
+    take = !budget || plan->need <= budget;
+  }
+  auto open_gate = [job] { job->gate->set(success()); };
+  auto unsnapped = [job] {
+    // No memory for a snapshot: the write reads the tensors themselves.
+    job->wopt.sources_released = [released = job->released] { released->set(success()); };
+  };
+  std::shared_ptr<detail::snapshot_arena> inline_arena;
+  if (take && must_wait) {
+    // Copy mode with no snapshot queued before this one: copy here, on the caller's thread,
+    // which waits for the copy in any case (no hand-off to another thread).
+    std::unique_lock lk(impl.arena_mu);
+    if (impl.snapshots_queued == 0) {
+      lk.unlock();
+      inline_arena = detail::try_acquire_arena(impl, plan->need);
+    }
+  }
+  // TRICKY: the arena joins the save's owners before the copy: a copy that fails half-way may
+  // already have re-pointed views at it, and those must stay valid for the fallback write.
+  if (inline_arena) {
+    job->owners.push_back(inline_arena);
+    try {
+      detail::copy_snapshot(*plan, *inline_arena, job->tensors, true);
+      job->released->set(success());
+    } catch (const std::bad_alloc&) {
+      unsnapped();
+    }
+    open_gate();
+  } else if (take) {
+    queue_snapshot(impl, job, plan, lazy);
+  } else {
+    unsnapped();
+    open_gate();
+  }
+}
+
 }  // namespace
 
 void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
@@ -261,75 +345,7 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
   };
   *user_done = std::move(done);
 
-  // Snapshot: copy the distinct slices into snapshot memory on the snapshot thread; the write
-  // starts once it is done. Without snapshot, or when the state exceeds the whole budget, the
-  // write reads the tensors itself, and they are released once it has read them all.
-  auto plan = std::make_shared<snapshot_plan>();
-  const std::uint64_t budget = impl.opt.snapshot_budget_bytes;
-  bool take = impl.opt.snapshot;
-  if (take) {
-    *plan = detail::plan_snapshot(job->tensors);
-    take = !budget || plan->need <= budget;
-  }
-  auto open_gate = [job] { job->gate->set(success()); };
-  auto unsnapped = [job] {
-    // No memory for a snapshot: the write reads the tensors themselves.
-    job->wopt.sources_released = [released = job->released] { released->set(success()); };
-  };
-  std::shared_ptr<detail::snapshot_arena> inline_arena;
-  if (take && must_wait) {
-    // Copy mode with no snapshot queued before this one: copy here, on the caller's thread,
-    // which waits for the copy in any case (no hand-off to another thread).
-    std::unique_lock lk(impl.arena_mu);
-    if (impl.snapshots_queued == 0) {
-      lk.unlock();
-      inline_arena = detail::try_acquire_arena(impl, plan->need);
-    }
-  }
-  // TRICKY: the arena joins the save's owners before the copy: a copy that fails half-way may
-  // already have re-pointed views at it, and those must stay valid for the fallback write.
-  if (inline_arena) {
-    job->owners.push_back(inline_arena);
-    try {
-      detail::copy_snapshot(*plan, *inline_arena, job->tensors, true);
-      job->released->set(success());
-    } catch (const std::bad_alloc&) {
-      unsnapped();
-    }
-    open_gate();
-  } else if (take) {
-    {
-      std::lock_guard lk(impl.arena_mu);
-      ++impl.snapshots_queued;
-    }
-    try {
-      impl.snapshots.push([&impl, job, plan, open_gate, unsnapped, lazy]() -> asio::awaitable<void> {
-        bool copied = false;
-        try {
-          auto memory = detail::acquire_arena(impl, plan->need);
-          auto arena = (co_await std::move(memory)).value();
-          job->owners.push_back(arena);
-          auto copy = runtime::on_cpu_pool([&] { detail::copy_snapshot(*plan, *arena, job->tensors, !lazy); });
-          copied = static_cast<bool>(co_await std::move(copy));
-        } catch (const std::bad_alloc&) {
-        }
-        if (copied) job->released->set(success());
-        else unsnapped();
-        {
-          std::lock_guard lk(impl.arena_mu);
-          --impl.snapshots_queued;
-        }
-        open_gate();
-      });
-    } catch (...) {
-      std::lock_guard lk(impl.arena_mu);
-      --impl.snapshots_queued;
-      throw;
-    }
-  } else {
-    unsnapped();
-    open_gate();
-  }
+  take_snapshot(impl, job, lazy, must_wait);
   released = job->released;
   impl.jobs.push([&impl, job, after]() { return run_save(impl, job, after); });
   } catch (const std::bad_alloc&) {

@@ -159,11 +159,17 @@ struct figures {
   std::string backend;
 };
 
-// Threads of this process now (/proc/self/task).
+// Threads of this process now (/proc/self/task), without io_uring's kernel workers ("iou-wrk-N",
+// "iou-sqp-N"), which the kernel starts and retires by itself.
 int thread_count() {
   int n = 0;
   std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator("/proc/self/task", ec); !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) ++n;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/task", ec); !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    std::ifstream comm(it->path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    if (name.rfind("iou-", 0) != 0) ++n;
+  }
   return n;
 }
 
@@ -449,7 +455,7 @@ int run_bench(const bench_args& a) {
       std::printf("stall (lazy mode): the call returns in %.3f ms; a compute-bound loop keeps %.2f of its solo speed while the save copies and flushes\n",
                   *f.lazy_stall_s * 1e3, *f.compute_ratio);
       if (f.threads_saving)
-        std::printf("threads: %d in the process with a checkpoint idle, %d while an async save flushes (backend %s)\n", *f.threads_idle,
+        std::printf("threads: %d in the process with a checkpoint idle, %d while an async save flushes (backend %s; io_uring's kernel workers not counted)\n", *f.threads_idle,
                     *f.threads_saving, f.backend.c_str());
       std::printf("memory: resident %s before the saves, peak %s (snapshot memory %s, staging 64 MiB)\n", format::human_bytes(f.rss_before).c_str(),
                   format::human_bytes(f.peak_rss).c_str(), format::human_bytes(f.snapshot_bytes).c_str());

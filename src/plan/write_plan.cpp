@@ -24,9 +24,17 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](auto a, auto b) { return tensors[a].key < tensors[b].key; });
   std::vector<mesh> meshes;
-  std::map<std::tuple<std::uint32_t, std::vector<std::int32_t>, shape>,
-           std::vector<std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>>>>
-      groupings;
+  const mesh* last_mesh = nullptr;  // the mesh object of the previous tensor (most share one)
+  std::uint32_t last_mesh_index = 0;
+  // Devices grouped by the box they hold, per (mesh, axes, shape): a model's tensors share a
+  // handful of these, so a short list searched in place beats building a key per tensor.
+  struct grouping {
+    std::uint32_t mesh_index;
+    std::vector<std::int32_t> axes;
+    shape global;
+    std::vector<std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>>> replicas;
+  };
+  std::vector<grouping> groupings;
   m.tensors.reserve(tensors.size());
   for (std::size_t oi = 0; oi < order.size(); ++oi) {
     const auto& nt = tensors[order[oi]];
@@ -38,10 +46,16 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
     const auto& l = v.layout();
     const auto& ms = l.mesh_ref();
     std::uint32_t mesh_index = 0;
-    while (mesh_index < meshes.size() && !(meshes[mesh_index] == ms)) ++mesh_index;
-    if (mesh_index == meshes.size()) {
-      meshes.push_back(ms);
-      m.meshes.push_back({ms.dims(), ms.device_ids()});
+    if (&ms == last_mesh) {
+      mesh_index = last_mesh_index;
+    } else {
+      while (mesh_index < meshes.size() && !(meshes[mesh_index] == ms)) ++mesh_index;
+      if (mesh_index == meshes.size()) {
+        meshes.push_back(ms);
+        m.meshes.push_back({ms.dims(), ms.device_ids()});
+      }
+      last_mesh = &ms;
+      last_mesh_index = mesh_index;
     }
     format::saved_tensor t;
     t.key = nt.key;
@@ -50,9 +64,9 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
     t.mesh = mesh_index;
     t.axes.assign(l.mesh_axes().begin(), l.mesh_axes().end());
     // Group devices by the box they hold; std::map keeps the result independent of hashing.
-    // Tensors of one shape and layout share the grouping (20,000 small tensors have a handful).
-    auto gkey = std::make_tuple(mesh_index, t.axes, t.global);
-    auto git = groupings.find(gkey);
+    auto git = std::find_if(groupings.begin(), groupings.end(), [&](const grouping& g) {
+      return g.mesh_index == mesh_index && g.global == t.global && g.axes == t.axes;
+    });
     if (git == groupings.end()) {
       std::map<std::vector<std::int64_t>, std::vector<std::int64_t>> replicas;
       for (auto dev : ms.device_ids()) {
@@ -62,9 +76,12 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
         k.insert(k.end(), b.extent.begin(), b.extent.end());
         replicas[std::move(k)].push_back(dev);
       }
-      git = groupings.emplace(std::move(gkey), std::vector<std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>>>(replicas.begin(), replicas.end())).first;
+      // Bounded: a state of thousands of distinct shapes keeps only the most recent ones.
+      if (groupings.size() == 64) groupings.erase(groupings.begin());
+      groupings.push_back({mesh_index, t.axes, t.global, {replicas.begin(), replicas.end()}});
+      git = groupings.end() - 1;
     }
-    const auto& replicas = git->second;
+    const auto& replicas = git->replicas;
     const std::uint64_t h = key_hash(nt.key);
     const std::int64_t elem = dtype_size(v.type());
     for (const auto& [k, devs] : replicas) {
