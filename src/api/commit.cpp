@@ -41,6 +41,7 @@
 
 #include "../runtime/dir_lock.hpp"
 #include "../runtime/durable_replace.hpp"
+#include "../runtime/recycler.hpp"
 #include "../runtime/staging_pool.hpp"
 #include "common.hpp"
 #include "save_messages.hpp"
@@ -73,6 +74,7 @@ std::uint64_t fresh_token() {
 constexpr std::size_t staging_bytes = runtime::staging_buffer_bytes;
 constexpr std::size_t staging_buffers = 8;
 constexpr std::size_t block = runtime::staging_alignment;
+constexpr std::size_t copy_piece = 256u << 10;
 
 struct save_state {
   save_state(io::backend& be, std::string p, std::string d, std::string n)
@@ -169,10 +171,19 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
     free_list.pop_back();
     co_return success();
   };
+  // Each piece is hashed right after its copy, from the staging buffer: the bytes hashed are
+  // the bytes written, read from cache rather than a second time from the tensor.
+  format::chunk_hasher hasher(chunk_bytes);
   auto fill = [&]() -> task<void> {
-    for (const auto& w : writes) {
+    for (std::size_t wi = 0; wi < writes.size(); ++wi) {
+      const auto& w = writes[wi];
       auto& slice = m.tensors[w.tensor].slices[w.slice];
-      format::append_chunk_checksums(w.source, chunk_bytes, slice.checksums);
+      hasher.start(w.source.size(), slice.checksums);
+      // Small slices are scattered over the heap, where the hardware prefetcher loses the
+      // stream at each one: ask for the next one's first lines while this one is copied.
+      if (wi + 1 < writes.size())
+        for (std::size_t off = 0; off < std::min<std::size_t>(writes[wi + 1].source.size(), 1024); off += 64)
+          __builtin_prefetch(writes[wi + 1].source.data() + off);
       std::uint64_t pos = slice.offset;
       std::span<const std::byte> src = w.source;
       while (!src.empty()) {
@@ -183,8 +194,10 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
           continue;
         }
         if (in_block > filled) std::memset(pool[cur].data() + filled, 0, in_block - filled);  // alignment gap
-        std::size_t n = std::min<std::size_t>(src.size(), staging_bytes - in_block);
+        // At most a copy piece at a time, so the hash finds it in cache.
+        std::size_t n = std::min<std::size_t>({src.size(), staging_bytes - in_block, copy_piece});
         std::memcpy(pool[cur].data() + in_block, src.data(), n);
+        hasher.update({pool[cur].data() + in_block, n});
         filled = in_block + n;
         src = src.subspan(n);
         pos += n;
@@ -264,7 +277,11 @@ result<void> check_options(const save_state& s, const write_options& opt) {
 task<void> write_local(save_state& s, format::manifest& m, std::span<const named_tensor> tensors, write_options& opt, int rank) {
   auto ex = co_await asio::this_coro::executor;
   // 1. Plan.
-  BOOST_OUTCOME_CO_TRY(auto p, plan::plan_write(tensors, opt.layout, rank >= 0));
+  plan::write_plan reuse;
+  reuse.skeleton = runtime::manifests().take();
+  reuse.writes = runtime::slice_writes().take();
+  BOOST_OUTCOME_CO_TRY(auto p, plan::plan_write(tensors, opt.layout, rank >= 0, std::move(reuse)));
+  runtime::give_back_at_exit writes_back(runtime::slice_writes(), p.writes, [](auto& w) { w.clear(); });
   m = std::move(p.skeleton);
   m.chunk_bytes = opt.chunk_bytes;
   m.created_unix_ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -316,7 +333,9 @@ task<write_report> publish(save_state& s, const format::manifest& m) {
   // 5-7. The manifest, published durably: temp name, fsync, rename, directory fsync. A stop
   // requested before the rename (the last moment a cancellation can still take effect) ends the
   // save without a trace.
-  BOOST_OUTCOME_CO_TRY(auto bytes, format::encode(m));
+  auto bytes = runtime::byte_buffers().take();
+  runtime::give_back_at_exit bytes_back(runtime::byte_buffers(), bytes, [](auto&) {});
+  BOOST_OUTCOME_CO_TRY(format::encode_into(m, bytes));
   std::string final_name = format::manifest_name(s.base);
   runtime::replace_options how;
   how.renamed = &s.renamed;
@@ -377,6 +396,7 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
 
   // b, c. Local writes, then the report.
   format::manifest m;
+  runtime::give_back_at_exit m_back(runtime::manifests(), m, [](auto&) {});
   auto local = co_await write_local(s, m, tensors, opt, rank);
   process_report mine;
   if (local) {
@@ -457,6 +477,7 @@ task<write_report> save_steps(save_state& s, std::span<const named_tensor> tenso
   BOOST_OUTCOME_CO_TRY(check_options(s, opt));
   if (opt.coordinator && opt.coordinator->size() > 1) co_return co_await save_multi(s, *opt.coordinator, tensors, std::move(opt));
   format::manifest m;
+  runtime::give_back_at_exit m_back(runtime::manifests(), m, [](auto&) {});
   BOOST_OUTCOME_CO_TRY(co_await write_local(s, m, tensors, opt, -1));
   co_return co_await publish(s, m);
 }

@@ -14,6 +14,7 @@
 #include <boost/asio/post.hpp>
 
 #include "../runtime/executor_thread.hpp"
+#include "../runtime/recycler.hpp"
 #include "../runtime/staging_pool.hpp"
 #include "common.hpp"
 #include "data_files.hpp"
@@ -107,12 +108,15 @@ task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std
     format::limits lim;
     if (size > lim.max_manifest_bytes)
       co_return make_error(errc::limit_exceeded, where + " is " + std::to_string(size) + " bytes, above the manifest cap");
-    std::vector<std::byte> bytes(size);
+    auto bytes = runtime::byte_buffers().take();
+    runtime::give_back_at_exit bytes_back(runtime::byte_buffers(), bytes, [](auto&) {});
+    bytes.clear();
+    bytes.resize(size);
     BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, *h, 0, bytes, use_awaitable));
     if (got != size) co_return make_error(errc::short_read, where + " shrank while being read");
-    auto m = format::decode(bytes, lim);
-    if (!m) co_return with_context(m.error(), where);
-    co_return std::move(*m);
+    auto m = runtime::manifests().take();
+    if (auto d = format::decode_into(bytes, m, lim); !d) co_return with_context(d.error(), where);
+    co_return std::move(m);
   };
   std::optional<result<format::manifest>> r;
   try {
@@ -218,12 +222,16 @@ class shard_boxes {
 // Matches every target shard to the saved slice with its box (every replica a whole run), or,
 // in another layout, to the runs of the saved slices that intersect it; a slice that resharding
 // reads is wanted only from its first to its last needed chunk.
-result<wanted> match_targets(const format::manifest& m, std::span<const named_tensor> targets, read_report& rep) {
-  wanted w;
+//
+// `w` may hold an earlier restore's ranges: they are overwritten in place, so their target
+// lists keep their capacity (runtime/recycler.hpp says why that matters).
+result<void> match_targets(const format::manifest& m, std::span<const named_tensor> targets, read_report& rep, wanted& w) {
   // Most tensors want one saved slice; sharded ones a few (moving ranges as the vector grows
   // costs more than the spare room).
   w.ranges.reserve(2 * targets.size());
+  w.from.clear();
   w.from.reserve(2 * targets.size());
+  std::size_t used = 0;  // ranges filled so far; those after it are left from a recycled `w`
   shard_boxes boxes_of;
   std::vector<std::pair<const format::saved_slice*, std::size_t>> slot;  // saved slice -> its wanted range
   std::vector<box> saved_boxes;
@@ -237,11 +245,18 @@ result<wanted> match_targets(const format::manifest& m, std::span<const named_te
     auto want = [&](const format::saved_slice* s) -> plan::wanted_range& {
       for (const auto& [sl, k] : slot)
         if (sl == s) return w.ranges[k];
-      slot.emplace_back(s, w.ranges.size());
-      w.ranges.push_back({s->file, s->offset, s->length, ~std::uint64_t{0}, 0, {}});
-      w.ranges.back().targets.reserve(v.shards().size());
+      slot.emplace_back(s, used);
+      if (used == w.ranges.size()) w.ranges.emplace_back();
+      auto& r = w.ranges[used++];
+      r.file = s->file;
+      r.file_offset = s->offset;
+      r.length = s->length;
+      r.begin = ~std::uint64_t{0};
+      r.end = 0;
+      r.targets.clear();
+      r.targets.reserve(v.shards().size());
       w.from.emplace_back(t, s);
-      return w.ranges.back();
+      return r;
     };
     saved_boxes.clear();  // filled once a shard of this tensor needs resharding
     for (std::size_t k = 0; k < v.shards().size(); ++k) {
@@ -277,7 +292,13 @@ result<wanted> match_targets(const format::manifest& m, std::span<const named_te
     }
     ++rep.tensors;
   }
-  return w;
+  w.ranges.resize(used);
+  return success();
+}
+
+runtime::recycler<wanted>& wanted_recycler() {
+  static auto* r = new runtime::recycler<wanted>([](const wanted& w) { return w.ranges.capacity() <= 65536; });
+  return *r;
 }
 
 // Reads larger than a staging buffer (chunks above it) use aligned heap memory.
@@ -416,7 +437,12 @@ task<read_report> read_steps(io::backend& b, const format::manifest& m, std::spa
                              const read_options& opt, file_cache& files) {
   auto ex = co_await asio::this_coro::executor;
   read_report rep;
-  BOOST_OUTCOME_CO_TRY(auto w, match_targets(m, targets, rep));
+  auto w = wanted_recycler().take();
+  runtime::give_back_at_exit w_back(wanted_recycler(), w, [](wanted& x) {
+    for (auto& r : x.ranges) r.targets.clear();  // nothing kept points into the targets
+    x.from.clear();
+  });
+  BOOST_OUTCOME_CO_TRY(match_targets(m, targets, rep, w));
   plan::read_policy policy;
   // Without O_DIRECT nothing needs aligning, and every range that lies contiguous in a shard
   // is read in place.
@@ -437,7 +463,11 @@ task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const 
     std::shared_ptr<const format::manifest> m = preloaded;
     if (!m) {
       BOOST_OUTCOME_CO_TRY(auto loaded, co_await load_manifest(b, *p, prefix));
-      m = std::make_shared<const format::manifest>(std::move(loaded));
+      // Its memory goes back to the recycler once the restore is done with it.
+      m = std::shared_ptr<const format::manifest>(new format::manifest(std::move(loaded)), [](const format::manifest* x) {
+        runtime::manifests().give(std::move(*const_cast<format::manifest*>(x)));
+        delete x;
+      });
     }
     // Targets of another floating dtype (when asked): read into temporaries of the saved dtype
     // and the target's layout, then convert into the target's shards.

@@ -16,6 +16,9 @@ namespace meshckpt::format::codec {
 
 class writer {
  public:
+  writer() = default;
+  // Appends to `out`, reusing its capacity; hand it back with bytes().
+  explicit writer(std::vector<std::byte>&& out) : out_(std::move(out)) {}
   void u8(std::uint8_t v) { out_.push_back(static_cast<std::byte>(v)); }
   void fixed(std::uint64_t v, int bytes) {
     for (int i = 0; i < bytes; ++i) u8(static_cast<std::uint8_t>(v >> (8 * i)));
@@ -40,6 +43,24 @@ class writer {
     varint(tag);
     varint(payload.out_.size());
     raw(payload.out_.data(), payload.out_.size());
+  }
+  // Or written in place: open_section() writes the tag, the caller appends the payload, and
+  // close_section() inserts the length before it (one move of bytes still in cache, instead of
+  // a scratch buffer and a copy).
+  std::size_t open_section(std::uint64_t tag) {
+    varint(tag);
+    return out_.size();
+  }
+  void close_section(std::size_t payload_start) {
+    std::uint64_t n = out_.size() - payload_start;
+    std::byte len[10];
+    std::size_t k = 0;
+    while (n >= 0x80) {
+      len[k++] = static_cast<std::byte>(static_cast<std::uint8_t>(n | 0x80));
+      n >>= 7;
+    }
+    len[k++] = static_cast<std::byte>(static_cast<std::uint8_t>(n));
+    out_.insert(out_.begin() + static_cast<std::ptrdiff_t>(payload_start), len, len + k);
   }
   std::vector<std::byte>& bytes() { return out_; }
 
@@ -107,11 +128,19 @@ class reader {
   }
 
   std::string str(const char* field, std::uint64_t cap) {
-    std::size_t n = count(field, cap, 1);
-    if (failed_) return {};
-    std::string s(reinterpret_cast<const char*>(p_), n);
-    p_ += n;
+    std::string s;
+    str(field, cap, s);
     return s;
+  }
+  // Into an existing string, reusing its capacity.
+  void str(const char* field, std::uint64_t cap, std::string& into) {
+    std::size_t n = count(field, cap, 1);
+    if (failed_) {
+      into.clear();
+      return;
+    }
+    into.assign(reinterpret_cast<const char*>(p_), n);
+    p_ += n;
   }
 
   std::uint64_t fixed64(const char* field) {

@@ -187,81 +187,90 @@ result<void> validate(const manifest& m, const limits& lim) {
   return success();
 }
 
-result<std::vector<std::byte>> encode(const manifest& m) {
+result<void> encode_into(const manifest& m, std::vector<std::byte>& out) {
   BOOST_OUTCOME_TRY(validate(m));
-  writer body;
-  {
-    writer s;
-    s.varint(m.chunk_bytes);
-    s.varint(m.created_unix_ms);
-    s.str(m.writer);
-    body.section(tag_info, s);
-  }
-  {
-    writer s;
-    s.varint(m.meshes.size());
-    for (const auto& ms : m.meshes) {
-      s.varint(ms.dims.size());
-      for (const auto& d : ms.dims) {
-        s.str(d.name);
-        s.varint(static_cast<std::uint64_t>(d.size));
-      }
-      s.varint(ms.device_ids.size());
-      for (auto id : ms.device_ids) s.varint(static_cast<std::uint64_t>(id));
+  out.clear();
+  writer w(std::move(out));
+  w.raw(magic, sizeof magic);
+  w.fixed(major_version, 2);
+  w.fixed(minor_version, 2);
+  w.fixed(0, 4);
+  w.fixed(0, 8);  // the body's length, patched below
+  auto sec = w.open_section(tag_info);
+  w.varint(m.chunk_bytes);
+  w.varint(m.created_unix_ms);
+  w.str(m.writer);
+  w.close_section(sec);
+  sec = w.open_section(tag_meshes);
+  w.varint(m.meshes.size());
+  for (const auto& ms : m.meshes) {
+    w.varint(ms.dims.size());
+    for (const auto& d : ms.dims) {
+      w.str(d.name);
+      w.varint(static_cast<std::uint64_t>(d.size));
     }
-    body.section(tag_meshes, s);
+    w.varint(ms.device_ids.size());
+    for (auto id : ms.device_ids) w.varint(static_cast<std::uint64_t>(id));
   }
-  {
-    writer s;
-    s.varint(m.files.size());
-    for (const auto& f : m.files) {
-      s.str(f.name);
-      s.varint(f.size);
+  w.close_section(sec);
+  sec = w.open_section(tag_files);
+  w.varint(m.files.size());
+  for (const auto& f : m.files) {
+    w.str(f.name);
+    w.varint(f.size);
+  }
+  w.close_section(sec);
+  sec = w.open_section(tag_tensors);
+  w.varint(m.tensors.size());
+  for (const auto& t : m.tensors) {
+    w.str(t.key);
+    w.varint(static_cast<std::uint64_t>(t.type));
+    w.varint(t.global.size());
+    for (auto d : t.global) w.varint(static_cast<std::uint64_t>(d));
+    w.varint(t.mesh);
+    for (auto a : t.axes) w.varint(static_cast<std::uint64_t>(a + 1));
+    w.varint(t.slices.size());
+    for (const auto& sl : t.slices) {
+      for (auto o : sl.where.origin) w.varint(static_cast<std::uint64_t>(o));
+      for (auto e : sl.where.extent) w.varint(static_cast<std::uint64_t>(e));
+      w.varint(sl.file);
+      w.varint(sl.offset);
+      w.varint(sl.length);
+      w.varint(static_cast<std::uint64_t>(sl.writer_device));
+      for (auto c : sl.checksums) w.fixed(c, 8);
     }
-    body.section(tag_files, s);
   }
-  {
-    writer s;
-    s.varint(m.tensors.size());
-    for (const auto& t : m.tensors) {
-      s.str(t.key);
-      s.varint(static_cast<std::uint64_t>(t.type));
-      s.varint(t.global.size());
-      for (auto d : t.global) s.varint(static_cast<std::uint64_t>(d));
-      s.varint(t.mesh);
-      for (auto a : t.axes) s.varint(static_cast<std::uint64_t>(a + 1));
-      s.varint(t.slices.size());
-      for (const auto& sl : t.slices) {
-        for (auto o : sl.where.origin) s.varint(static_cast<std::uint64_t>(o));
-        for (auto e : sl.where.extent) s.varint(static_cast<std::uint64_t>(e));
-        s.varint(sl.file);
-        s.varint(sl.offset);
-        s.varint(sl.length);
-        s.varint(static_cast<std::uint64_t>(sl.writer_device));
-        for (auto c : sl.checksums) s.fixed(c, 8);
-      }
-    }
-    body.section(tag_tensors, s);
-  }
+  w.close_section(sec);
   for (const auto& e : m.extensions) {
-    writer s;
-    s.str(e.name);
-    s.varint(e.bytes.size());
-    s.raw(e.bytes.data(), e.bytes.size());
-    body.section(tag_extension, s);
+    sec = w.open_section(tag_extension);
+    w.str(e.name);
+    w.varint(e.bytes.size());
+    w.raw(e.bytes.data(), e.bytes.size());
+    w.close_section(sec);
   }
-  writer out;
-  out.raw(magic, sizeof magic);
-  out.fixed(major_version, 2);
-  out.fixed(minor_version, 2);
-  out.fixed(0, 4);
-  out.fixed(body.bytes().size(), 8);
-  out.raw(body.bytes().data(), body.bytes().size());
-  out.fixed(checksum(out.bytes()), 8);
-  return std::move(out.bytes());
+  out = std::move(w.bytes());
+  const std::uint64_t body = out.size() - header_bytes;
+  for (int i = 0; i < 8; ++i) out[16 + static_cast<std::size_t>(i)] = static_cast<std::byte>(body >> (8 * i));
+  const std::uint64_t sum = checksum(out);
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(sum >> (8 * i)));
+  return success();
+}
+
+result<std::vector<std::byte>> encode(const manifest& m) {
+  std::vector<std::byte> out;
+  BOOST_OUTCOME_TRY(encode_into(m, out));
+  return out;
 }
 
 result<manifest> decode(std::span<const std::byte> bytes, const limits& lim) {
+  manifest m;
+  BOOST_OUTCOME_TRY(decode_into(bytes, m, lim));
+  return m;
+}
+
+// Fills `m` in place: every field of every element that stays is overwritten, so a recycled
+// manifest's vectors keep their capacity.
+result<void> decode_into(std::span<const std::byte> bytes, manifest& m, const limits& lim) {
   if (bytes.size() > lim.max_manifest_bytes)
     return make_error(errc::limit_exceeded, "manifest of " + std::to_string(bytes.size()) + " bytes exceeds the cap of " + std::to_string(lim.max_manifest_bytes));
   if (bytes.size() < header_bytes + trailer_bytes) {
@@ -283,8 +292,8 @@ result<manifest> decode(std::span<const std::byte> bytes, const limits& lim) {
     return make_error(errc::unsupported_version, "manifest format version " + std::to_string(major) + "." + std::to_string(minor) + " is not supported (this build reads major version " + std::to_string(major_version) + ")");
   if (le(bytes.data() + 12, 4) != 0) return bad("manifest header flags are not zero");
 
-  manifest m;
   m.minor = static_cast<std::uint16_t>(minor);
+  m.extensions.clear();
   reader r(bytes.data() + header_bytes, bytes.data() + bytes.size() - trailer_bytes, header_bytes);
   std::uint64_t next_required = tag_info;
   while (!r.failed() && r.remaining() > 0) {
@@ -305,7 +314,7 @@ result<manifest> decode(std::span<const std::byte> bytes, const limits& lim) {
       case tag_info:
         m.chunk_bytes = s.varint("chunk size");
         m.created_unix_ms = s.varint("creation time");
-        m.writer = s.str("writer", 1024);
+        s.str("writer", 1024, m.writer);
         break;
       case tag_meshes: {
         std::size_t n = s.count("mesh count", lim.max_meshes, 2);
@@ -314,7 +323,7 @@ result<manifest> decode(std::span<const std::byte> bytes, const limits& lim) {
           std::size_t nd = s.count("mesh rank", max_mesh_dims, 2);
           ms.dims.resize(nd);
           for (auto& d : ms.dims) {
-            d.name = s.str("mesh dimension name", 64);
+            s.str("mesh dimension name", 64, d.name);
             d.size = s.bounded("mesh dimension size", max_devices);
           }
           std::size_t nid = s.count("device count", max_devices, 1);
@@ -328,7 +337,7 @@ result<manifest> decode(std::span<const std::byte> bytes, const limits& lim) {
         std::size_t n = s.count("file count", lim.max_files, 2);
         m.files.resize(n);
         for (auto& f : m.files) {
-          f.name = s.str("file name", 255);
+          s.str("file name", 255, f.name);
           f.size = s.varint("file size");
           if (s.failed()) break;
         }
@@ -339,7 +348,7 @@ result<manifest> decode(std::span<const std::byte> bytes, const limits& lim) {
         std::size_t n = s.count("tensor count", lim.max_tensors, 6);
         m.tensors.resize(n);
         for (auto& t : m.tensors) {
-          t.key = s.str("tensor key", lim.max_key_bytes);
+          s.str("tensor key", lim.max_key_bytes, t.key);
           auto code = s.varint("dtype");
           auto dt = dtype_from_code(code);
           if (!s.failed() && !dt) s.fail(errc::corrupt_manifest, "tensor \"" + t.key + "\" has unknown dtype code " + std::to_string(code));
@@ -396,7 +405,7 @@ result<manifest> decode(std::span<const std::byte> bytes, const limits& lim) {
   if (r.failed()) return r.err();
   if (next_required != tag_extension) return bad("manifest is missing required section " + std::to_string(next_required));
   BOOST_OUTCOME_TRY(validate(m, lim));
-  return m;
+  return success();
 }
 
 result<mesh> saved_mesh_of(const manifest& m, const saved_tensor& t) {

@@ -17,9 +17,15 @@ std::uint64_t key_hash(std::string_view key) {
 
 }  // namespace
 
-result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt, bool spans_processes) {
+result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt, bool spans_processes, write_plan reuse) {
   write_plan p;
   auto& m = p.skeleton;
+  // Built in place in the reused elements: every field of each is overwritten below.
+  m.tensors = std::move(reuse.skeleton.tensors);
+  m.tensors.resize(tensors.size());
+  p.writes = std::move(reuse.writes);
+  p.writes.clear();
+  p.writes.reserve(tensors.size());
   std::vector<std::size_t> order(tensors.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](auto a, auto b) { return tensors[a].key < tensors[b].key; });
@@ -35,7 +41,6 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
     std::vector<std::pair<std::vector<std::int64_t>, std::vector<std::int64_t>>> replicas;
   };
   std::vector<grouping> groupings;
-  m.tensors.reserve(tensors.size());
   for (std::size_t oi = 0; oi < order.size(); ++oi) {
     const auto& nt = tensors[order[oi]];
     if (nt.key.empty() || nt.key.size() > format::limits{}.max_key_bytes)
@@ -57,7 +62,7 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
       last_mesh = &ms;
       last_mesh_index = mesh_index;
     }
-    format::saved_tensor t;
+    auto& t = m.tensors[oi];
     t.key = nt.key;
     t.type = v.type();
     t.global = v.global_shape();
@@ -84,8 +89,13 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
     const auto& replicas = git->replicas;
     const std::uint64_t h = key_hash(nt.key);
     const std::int64_t elem = dtype_size(v.type());
-    for (const auto& [k, devs] : replicas) {
-      format::saved_slice s;
+    t.slices.resize(replicas.size());
+    for (std::size_t j = 0; j < replicas.size(); ++j) {
+      const auto& [k, devs] = replicas[j];
+      auto& s = t.slices[j];
+      s.file = 0;
+      s.offset = 0;
+      s.checksums.clear();
       s.where.origin.assign(k.begin(), k.begin() + static_cast<std::ptrdiff_t>(t.global.size()));
       s.where.extent.assign(k.begin() + static_cast<std::ptrdiff_t>(t.global.size()), k.end());
       s.length = static_cast<std::uint64_t>(*s.where.volume() * elem);
@@ -93,7 +103,6 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
       const local_shard* src = v.shard_of(s.writer_device);
       if (!src && spans_processes) {
         s.file = remote_file;
-        t.slices.push_back(std::move(s));
         continue;
       }
       if (!src)
@@ -101,10 +110,8 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
                           "tensor \"" + nt.key + "\" slice " + to_string(s.where) + " is owned by device " +
                               std::to_string(s.writer_device) +
                               ", which is not local to this process; a save that spans processes needs a coordinator");
-      p.writes.push_back({m.tensors.size(), t.slices.size(), s.writer_device, src->data});
-      t.slices.push_back(std::move(s));
+      p.writes.push_back({oi, j, s.writer_device, src->data});
     }
-    m.tensors.push_back(std::move(t));
   }
 
   // Place slices: large ones aligned first, then small ones packed, per file.

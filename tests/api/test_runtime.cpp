@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <fstream>
 #include <future>
 #include <iterator>
@@ -23,7 +25,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include "runtime/recycler.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
+#include "meshckpt/api/tensor_io.hpp"
 #include "reliability.hpp"
 
 using namespace meshckpt;
@@ -180,4 +184,69 @@ TEST_CASE("the process's threads are a fixed number, whatever the number of chec
   auto now = threads_in_process(&after);
   INFO("after: " << after);
   CHECK(now == fixed);
+}
+
+TEST_CASE("a recycler keeps at most its slots, only what it accepts, and never waits", "[runtime][recycle]") {
+  runtime::recycler<std::vector<int>, 2> r([](const std::vector<int>& v) { return v.capacity() <= 100; });
+  CHECK(r.take().capacity() == 0);  // nothing kept yet: a new one
+  std::vector<int> a(50), b(60), c(70), big(1000);
+  const int* pa = a.data();
+  r.give(std::move(big));  // too big: freed
+  r.give(std::move(a));
+  r.give(std::move(b));
+  r.give(std::move(c));  // both slots taken: freed
+  auto x = r.take(), y = r.take(), z = r.take();
+  CHECK((x.data() == pa || y.data() == pa));
+  CHECK(x.capacity() + y.capacity() == 110);
+  CHECK(z.capacity() == 0);
+}
+
+TEST_CASE("saves and restores of different states in one process reuse memory and stay exact", "[runtime][recycle]") {
+  temp_dir tmp;
+  auto m = mesh::create({{"x", 2}, {"y", 4}}).value();
+  auto be = backends::make_posix_backend();
+  // States of different sizes, keys, ranks and layouts, saved and restored in turn: each
+  // save plans in the memory of the previous manifest, each restore decodes into it.
+  struct state {
+    std::deque<dtensor> tensors;
+    std::vector<named_tensor> named;
+  };
+  auto make = [&](int n, int variant, bool fill) {
+    state s;
+    for (int i = 0; i < n; ++i) {
+      auto l = (i + variant) % 3 == 0 ? std::vector<std::string>{"x", "y"}
+               : (i + variant) % 3 == 1 ? std::vector<std::string>{"unsharded", "y"}
+                                        : std::vector<std::string>{"unsharded", "unsharded"};
+      s.tensors.push_back(dtensor::create(dtype::float32, {4 + variant * 4, 8}, layout::create(l, m).value()).value());
+      if (fill)
+        for (const auto& sh : s.tensors.back().view().shards()) {
+          auto* p = reinterpret_cast<float*>(sh.data.data());
+          for (std::size_t k = 0; k < sh.data.size() / 4; ++k) p[k] = static_cast<float>(variant * 1000 + i) + static_cast<float>(k);
+        }
+      s.named.push_back({"v" + std::to_string(variant) + "/" + std::to_string(i), s.tensors.back().view()});
+    }
+    return s;
+  };
+  auto same = [](const state& a, const state& b) {
+    for (std::size_t i = 0; i < a.tensors.size(); ++i)
+      for (std::size_t k = 0; k < a.tensors[i].view().shards().size(); ++k) {
+        auto x = a.tensors[i].view().shards()[k].data, y = b.tensors[i].view().shards()[k].data;
+        if (x.size() != y.size() || std::memcmp(x.data(), y.data(), x.size()) != 0) return false;
+      }
+    return true;
+  };
+  const std::vector<std::pair<int, int>> runs = {{300, 0}, {20, 1}, {500, 2}, {1, 3}, {300, 0}};
+  for (const auto& [n, variant] : runs) {
+    auto src = make(n, variant, true);
+    const std::string prefix = tmp / ("s" + std::to_string(variant));
+    REQUIRE(write_tensors(*be, prefix, src.named));
+    auto dst = make(n, variant, false);
+    REQUIRE(read_tensors(*be, prefix, dst.named));
+    CHECK(same(src, dst));
+  }
+  // And once more the first, from disk, into memory last used by other states.
+  auto src = make(300, 0, true);
+  auto dst = make(300, 0, false);
+  REQUIRE(read_tensors(*be, tmp / "s0", dst.named));
+  CHECK(same(src, dst));
 }

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/describe.hpp"
@@ -265,4 +267,80 @@ TEST_CASE("file names classify unambiguously", "[format][names]") {
   CHECK_FALSE(is_plain_name(std::string("a\0b", 3)));
   CHECK_FALSE(is_plain_name(std::string(256, 'a')));
   CHECK_FALSE(check_base_name("x.manifest"));
+}
+
+TEST_CASE("chunk checksums fed in pieces of any size equal those of the whole slice", "[format][checksum]") {
+  std::vector<std::byte> data(70000);
+  std::uint64_t x = 88172645463325252ull;
+  for (auto& b : data) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    b = static_cast<std::byte>(x);
+  }
+  chunk_hasher h(4096);
+  for (std::size_t length : {std::size_t{0}, std::size_t{1}, std::size_t{4095}, std::size_t{4096}, std::size_t{4097}, std::size_t{12288}, data.size()}) {
+    auto slice = std::span<const std::byte>(data).first(length);
+    std::vector<std::uint64_t> want;
+    append_chunk_checksums(slice, 4096, want);
+    // Piece sizes that cut chunks anywhere: single bytes, primes, whole chunks and more.
+    for (std::size_t piece : {std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{4096}, std::size_t{5000}, std::size_t{65536}}) {
+      std::vector<std::uint64_t> got = {42};  // appended after what is there
+      h.start(length, got);
+      CHECK(h.done() == (length == 0));
+      for (std::size_t off = 0; off < length; off += piece) h.update(slice.subspan(off, std::min(piece, length - off)));
+      CHECK(h.done());
+      REQUIRE(got.size() == want.size() + 1);
+      CHECK(got[0] == 42);
+      CHECK(std::equal(want.begin(), want.end(), got.begin() + 1));
+    }
+  }
+}
+
+TEST_CASE("encode_into and decode_into reuse memory without keeping anything of what was there", "[format][recycle]") {
+  auto big = sample();
+  big.meshes.push_back({{{"d", 4}}, {0, 1, 2, 3}});
+  big.files.push_back({"ck.data-0123456789abcdef-1", 10});
+  big.extensions.push_back({"more", {std::byte{9}}});
+  auto small = sample();
+  small.tensors.pop_back();  // one tensor fewer
+  small.tensors[0].slices[1].checksums = {7, 8};
+  small.extensions.clear();
+  small.writer = "w";
+  // Same bytes as encode(), whatever the buffer held.
+  std::vector<std::byte> buf(100000, std::byte{0xee});
+  for (const auto* m : {&big, &small, &big}) {
+    auto r = encode_into(*m, buf);
+    INFO((r ? std::string() : r.error().what()));
+    REQUIRE(r);
+    CHECK(buf == encode(*m).value());
+  }
+  // Decoding into a manifest that held another one gives exactly the decoded manifest.
+  manifest into = big;
+  REQUIRE(decode_into(encode(small).value(), into));
+  CHECK(into == small);
+  REQUIRE(decode_into(encode(big).value(), into));
+  CHECK(into == big);
+  // A failed decode leaves a manifest that still takes the next one.
+  auto bytes = encode(small).value();
+  bytes[30] ^= std::byte{1};
+  CHECK_FALSE(decode_into(bytes, into));
+  REQUIRE(decode_into(encode(small).value(), into));
+  CHECK(into == small);
+}
+
+TEST_CASE("the encoding is canonical: every stored seed that decodes re-encodes to its own bytes", "[format]") {
+  int seeds = 0, valid = 0;
+  for (const auto& e : std::filesystem::directory_iterator(MESHCKPT_MANIFEST_CORPUS)) {
+    std::ifstream in(e.path(), std::ios::binary);
+    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<std::byte> bytes(s.size());
+    std::memcpy(bytes.data(), s.data(), s.size());
+    ++seeds;
+    auto m = decode(bytes);
+    if (!m) continue;
+    ++valid;
+    INFO(e.path().string());
+    CHECK(encode(*m).value() == bytes);
+  }
+  CHECK(seeds > 10);
+  CHECK(valid >= 5);
 }

@@ -220,3 +220,46 @@ TEST_CASE("restore plans merge contiguous rows and refuse uncovered or ill-forme
   std::vector<box> scalar = {box{}};
   CHECK(plan_shard_restore({}, 8, scalar, box{}).value() == std::vector<copy_run>{{0, 0, 0, 8}});
 }
+
+TEST_CASE("a plan built in the memory of an earlier one equals a fresh plan", "[plan][recycle]") {
+  auto m24 = mesh::create({{"x", 2}, {"y", 4}}).value();
+  auto m8 = mesh::create({{"d", 8}}).value();
+  // Tensor sets of different sizes, ranks, meshes and layouts: each is planned fresh and in the
+  // memory of the previous set's plan (with checksums filled in, as a save leaves them).
+  auto set = [&](int n, int variant) {
+    std::vector<named_tensor> ts;
+    for (int i = 0; i < n; ++i) {
+      const std::string key = "v" + std::to_string(variant) + "/t" + std::to_string((i * 7919) % n);
+      switch ((i + variant) % 5) {
+        case 0: ts.push_back(make(key, dtype::float32, {16, 8}, {"x", "y"}, m24)); break;
+        case 1: ts.push_back(make(key, dtype::float32, {6}, {"unsharded"}, m24)); break;
+        case 2: ts.push_back(make(key, dtype::int64, {}, {}, m8)); break;
+        case 3: ts.push_back(make(key, dtype::float16, {8, 3, 2}, {"d", "unsharded", "unsharded"}, m8)); break;
+        default: ts.push_back(make(key, dtype::float32, {0, 4}, {"unsharded", "y"}, m24)); break;
+      }
+    }
+    return ts;
+  };
+  const std::vector<std::pair<int, int>> sets = {{40, 0}, {7, 1}, {60, 2}, {1, 3}, {25, 4}};
+  write_plan previous;
+  for (bool spans : {false, true}) {
+    for (const auto& [n, variant] : sets) {
+      auto ts = set(n, variant);
+      for (auto& t : previous.skeleton.tensors)
+        for (auto& s : t.slices) s.checksums = {1, 2, 3};
+      auto fresh = plan_write(ts, {}, spans).value();
+      auto reused = plan_write(ts, {}, spans, std::move(previous)).value();
+      CHECK(reused.skeleton == fresh.skeleton);
+      CHECK(reused.file_sizes == fresh.file_sizes);
+      REQUIRE(reused.writes.size() == fresh.writes.size());
+      for (std::size_t i = 0; i < fresh.writes.size(); ++i) {
+        CHECK(reused.writes[i].tensor == fresh.writes[i].tensor);
+        CHECK(reused.writes[i].slice == fresh.writes[i].slice);
+        CHECK(reused.writes[i].owner == fresh.writes[i].owner);
+        CHECK(reused.writes[i].source.data() == fresh.writes[i].source.data());
+        CHECK(reused.writes[i].source.size() == fresh.writes[i].source.size());
+      }
+      previous = std::move(reused);
+    }
+  }
+}

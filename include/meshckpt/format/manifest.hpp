@@ -125,10 +125,18 @@ result<void> validate(const manifest& m, const limits& lim = {});
 /// Encodes a manifest. \returns the error of `validate` when it is invalid.
 result<std::vector<std::byte>> encode(const manifest& m);
 
+/// `encode` into `out`, replacing its contents and reusing its capacity.
+result<void> encode_into(const manifest& m, std::vector<std::byte>& out);
+
 /// Decodes and validates a manifest. Errors: `errc::corrupt_manifest` (bad magic, checksum,
 /// truncation, inconsistent field; the message gives the byte offset and the field),
 /// `errc::unsupported_version`, `errc::limit_exceeded`.
 result<manifest> decode(std::span<const std::byte> bytes, const limits& lim = {});
+
+/// `decode` into `m`, reusing the memory of what it held (its vectors keep their capacity:
+/// a process that reads many manifests does not allocate them anew each time). On error `m`
+/// holds an unspecified part of the input.
+result<void> decode_into(std::span<const std::byte> bytes, manifest& m, const limits& lim = {});
 
 /// The mesh a tensor was saved on, rebuilt as a `mesh` (all devices local).
 result<mesh> saved_mesh_of(const manifest& m, const saved_tensor& t);

@@ -61,7 +61,10 @@ inline constexpr std::uint32_t remote_file = 0xffffffffu;
 /// same one — but only slices owned by a local device are placed in this process's data files
 /// and written; the others keep `file == remote_file` and are filled in from their owners'
 /// reports before the commit.
+///
+/// `reuse`: an earlier plan whose memory (the skeleton's tensors and slices, the writes) the
+/// new one is built in; its contents are discarded.
 result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt = {},
-                              bool spans_processes = false);
+                              bool spans_processes = false, write_plan reuse = {});
 
 }  // namespace meshckpt::plan
