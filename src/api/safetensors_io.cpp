@@ -1,83 +1,92 @@
-// Restoring by name from safetensors files (api/safetensors_io.hpp). Blocking backend calls
-// (io::wait): one tensor is read whole, then each target shard's box is copied out with the
-// restore planner's strided runs, so any mesh and layout can be filled.
+// Restoring by name from safetensors files (api/safetensors_io.hpp). Coroutines over the
+// backend like every other read, behind the one blocking bridge: one tensor is read whole, then
+// each target shard's box is copied out with the restore planner's strided runs, so any mesh and
+// layout can be filled.
 
 #include "meshckpt/api/safetensors_io.hpp"
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
 #include <map>
 #include <optional>
 
+#include "common.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/plan/restore_plan.hpp"
 
 namespace meshckpt {
 
+namespace detail {
+
 namespace {
 
-// A file of the directory, read whole or by ranges; closed on destruction.
-class open_file {
- public:
-  static result<open_file> open(io::backend& b, io::handle dir, const std::string& dir_path, const std::string& name) {
-    auto h = io::wait<io::handle>([&](auto done) { b.open(dir, name, io::open_mode::read, std::move(done)); });
-    if (!h) {
-      if (h.error().code == std::errc::no_such_file_or_directory)
-        return make_error(errc::not_found, "safetensors file " + dir_path + "/" + name + " does not exist");
-      return h.error();
-    }
-    open_file f(b, *h, name);
-    BOOST_OUTCOME_TRY(auto size, io::wait<std::uint64_t>([&](auto done) { b.size(*h, std::move(done)); }));
-    f.size_ = size;
-    return f;
-  }
-  open_file(open_file&& o) noexcept : b_(o.b_), h_(std::exchange(o.h_, std::nullopt)), name_(std::move(o.name_)), size_(o.size_) {}
-  open_file& operator=(open_file&&) = delete;
-  ~open_file() {
-    if (h_) io::close_now(b_, *h_);
-  }
-  std::uint64_t size() const { return size_; }
-  const std::string& name() const { return name_; }
-  result<void> read(std::uint64_t offset, std::span<std::byte> out) {
-    BOOST_OUTCOME_TRY(auto n, io::wait<std::size_t>([&](auto done) { b_.read(*h_, offset, out, std::move(done)); }));
-    if (n != out.size()) return make_error(errc::short_read, name_ + " ended before byte " + std::to_string(offset + out.size()));
-    return success();
-  }
-
- private:
-  open_file(io::backend& b, io::handle h, std::string name) : b_(b), h_(h), name_(std::move(name)) {}
-  io::backend& b_;
-  std::optional<io::handle> h_;
-  std::string name_;
-  std::uint64_t size_ = 0;
+// A file of the directory, open for reading.
+struct open_file {
+  io::handle h;
+  std::string name;
+  std::uint64_t size = 0;
 };
 
-result<format::safetensors_header> read_header(open_file& f) {
-  std::vector<std::byte> head(8);
-  if (f.size() < 8) return make_error(errc::short_read, f.name() + " is shorter than the 8-byte header length");
-  BOOST_OUTCOME_TRY(f.read(0, head));
-  std::uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= std::uint64_t{static_cast<std::uint8_t>(head[static_cast<std::size_t>(i)])} << (8 * i);
-  if (n <= format::safetensors_max_header && n <= f.size() - 8) {
-    head.resize(static_cast<std::size_t>(8 + n));
-    BOOST_OUTCOME_TRY(f.read(8, std::span(head).subspan(8)));
-  }
-  auto h = format::decode_safetensors_header(head, f.size());
-  if (!h) return with_context(h.error(), f.name());
-  return h;
+task<void> read_exact(io::backend& b, const open_file& f, std::uint64_t offset, std::span<std::byte> out) {
+  auto ex = co_await asio::this_coro::executor;
+  BOOST_OUTCOME_CO_TRY(auto n, co_await io::async_read(b, ex, f.h, offset, out, use_awaitable));
+  if (n != out.size()) co_return make_error(errc::short_read, f.name + " ended before byte " + std::to_string(offset + out.size()));
+  co_return success();
 }
 
-// The directory of a safetensors path, open, and the index when the path is one.
+task<format::safetensors_header> read_header(io::backend& b, const open_file& f) {
+  std::vector<std::byte> head(8);
+  if (f.size < 8) co_return make_error(errc::short_read, f.name + " is shorter than the 8-byte header length");
+  BOOST_OUTCOME_CO_TRY(co_await read_exact(b, f, 0, head));
+  std::uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= std::uint64_t{static_cast<std::uint8_t>(head[static_cast<std::size_t>(i)])} << (8 * i);
+  if (n <= format::safetensors_max_header && n <= f.size - 8) {
+    head.resize(static_cast<std::size_t>(8 + n));
+    BOOST_OUTCOME_CO_TRY(co_await read_exact(b, f, 8, std::span(head).subspan(8)));
+  }
+  auto h = format::decode_safetensors_header(head, f.size);
+  if (!h) co_return with_context(h.error(), f.name);
+  co_return std::move(*h);
+}
+
+// Opens file `name` of `dir`, runs `body(file)` (a coroutine), and closes the file whatever
+// happened, an allocation failure included.
+template <class T, class Body>
+task<T> with_file(io::backend& b, io::handle dir, const std::string& dir_path, const std::string& name, Body body) {
+  auto ex = co_await asio::this_coro::executor;
+  open_file f{{}, name, 0};  // built before the open: nothing may allocate between it and the guard
+  auto h = co_await io::async_open(b, ex, dir, name, io::open_mode::read, use_awaitable);
+  if (!h) {
+    if (h.error().code == std::errc::no_such_file_or_directory)
+      co_return make_error(errc::not_found, "safetensors file " + dir_path + "/" + name + " does not exist");
+    co_return h.error();
+  }
+  f.h = *h;
+  on_unwind last_resort([&] { io::close_detached(b, f.h); });
+  std::optional<result<T>> r;
+  try {
+    auto size = co_await io::async_size(b, ex, f.h, use_awaitable);
+    if (!size) {
+      r = size.error();
+    } else {
+      f.size = *size;
+      auto run = body(f);
+      r = co_await std::move(run);
+    }
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory("reading " + name);
+  }
+  co_await close_quietly(b, f.h);
+  last_resort.disarm();
+  co_return std::move(*r);
+}
+
+// The directory of a safetensors path, and the index when the path is one.
 struct source {
-  io::backend& b;
   io::handle dir;
   std::string dir_path, name;
   std::optional<format::safetensors_index> index;
-  source(io::backend& be, io::handle d, std::string dp, std::string n) : b(be), dir(d), dir_path(std::move(dp)), name(std::move(n)) {}
-  source(const source&) = delete;
-  ~source() { io::close_now(b, dir); }
   // The files to read: the file itself, or every shard the index names (sorted, once each).
   std::vector<std::string> files() const {
     if (!index) return {name};
@@ -89,110 +98,150 @@ struct source {
   }
 };
 
-result<std::unique_ptr<source>> open_source(io::backend& b, std::string_view path) {
-  // Not a structured binding: clang 14 cannot capture those in lambdas.
+// Opens the directory of `path`, reads its index when it is one, runs `body(source)`, and
+// closes the directory whatever happened.
+template <class T, class Body>
+task<T> with_source(io::backend& b, std::string_view path, Body body) {
+  auto ex = co_await asio::this_coro::executor;
   const auto parts = split_prefix(path);
-  const std::string& dir_path = parts.first;
-  const std::string& name = parts.second;
-  if (!format::is_plain_name(name)) return make_error(errc::invalid_argument, "\"" + name + "\" is not a plain file name");
-  auto d = io::wait<io::handle>([&](auto done) { b.open_dir(dir_path, false, std::move(done)); });
+  source src{{}, parts.first, parts.second, std::nullopt};
+  if (!format::is_plain_name(src.name)) co_return make_error(errc::invalid_argument, "\"" + src.name + "\" is not a plain file name");
+  auto d = co_await io::async_open_dir(b, ex, src.dir_path, false, use_awaitable);
   if (!d) {
-    if (d.error().code == std::errc::no_such_file_or_directory) return make_error(errc::not_found, "directory " + dir_path + " does not exist");
-    return d.error();
+    if (d.error().code == std::errc::no_such_file_or_directory) co_return make_error(errc::not_found, "directory " + src.dir_path + " does not exist");
+    co_return d.error();
   }
-  auto src = std::make_unique<source>(b, *d, dir_path, name);
-  if (name.ends_with(".json")) {
-    BOOST_OUTCOME_TRY(auto f, open_file::open(b, *d, dir_path, name));
-    if (f.size() > format::safetensors_max_header) return make_error(errc::limit_exceeded, name + " is larger than 100 MB");
-    std::string text(static_cast<std::size_t>(f.size()), '\0');
-    BOOST_OUTCOME_TRY(f.read(0, std::as_writable_bytes(std::span(text.data(), text.size()))));
-    auto idx = format::decode_safetensors_index(text);
-    if (!idx) return with_context(idx.error(), name);
-    src->index = std::move(*idx);
-  }
-  return src;
-}
-
-}  // namespace
-
-result<std::vector<safetensors_tensor>> list_safetensors(io::backend& b, std::string_view path) {
-  auto run = [&]() -> result<std::vector<safetensors_tensor>> {
-    BOOST_OUTCOME_TRY(auto src, open_source(b, path));
-    std::vector<safetensors_tensor> out;
-    for (const auto& file : src->files()) {
-      BOOST_OUTCOME_TRY(auto f, open_file::open(b, src->dir, src->dir_path, file));
-      BOOST_OUTCOME_TRY(auto h, read_header(f));
-      for (const auto& e : h.tensors) {
-        if (src->index) {
-          auto it = src->index->weight_map.find(e.name);
-          if (it == src->index->weight_map.end() || it->second != file) continue;  // the index decides
-        }
-        out.push_back({e.name, e.type, e.dims, file});
-      }
+  src.dir = *d;
+  on_unwind last_resort([&] { io::close_detached(b, src.dir); });
+  auto steps = [&]() -> task<T> {
+    if (src.name.ends_with(".json")) {
+      auto read_index = [&](const open_file& f) -> task<format::safetensors_index> {
+        if (f.size > format::safetensors_max_header) co_return make_error(errc::limit_exceeded, f.name + " is larger than 100 MB");
+        std::string text(static_cast<std::size_t>(f.size), '\0');
+        BOOST_OUTCOME_CO_TRY(co_await read_exact(b, f, 0, std::as_writable_bytes(std::span(text.data(), text.size()))));
+        auto idx = format::decode_safetensors_index(text);
+        if (!idx) co_return with_context(idx.error(), f.name);
+        co_return std::move(*idx);
+      };
+      BOOST_OUTCOME_CO_TRY(auto idx, co_await with_file<format::safetensors_index>(b, src.dir, src.dir_path, src.name, read_index));
+      src.index = std::move(idx);
     }
-    if (src->index && out.size() != src->index->weight_map.size())
-      return make_error(errc::not_found, src->name + " maps " + std::to_string(src->index->weight_map.size()) + " tensors, its files hold " +
-                                             std::to_string(out.size()) + " of them");
-    std::sort(out.begin(), out.end(), [](const auto& x, const auto& y) { return x.name < y.name; });
-    return out;
+    auto run = body(src);
+    co_return co_await std::move(run);
   };
-  auto r = run();
-  if (!r) return with_context(r.error(), "list safetensors " + std::string(path));
-  return r;
+  std::optional<result<T>> r;
+  try {
+    r = co_await steps();
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory("reading " + std::string(path));
+  }
+  co_await close_quietly(b, src.dir);
+  last_resort.disarm();
+  co_return std::move(*r);
 }
 
-result<read_report> read_safetensors(io::backend& b, std::string_view path, std::span<const named_tensor> targets) {
-  auto run = [&]() -> result<read_report> {
-    BOOST_OUTCOME_TRY(auto src, open_source(b, path));
-    const auto& name = src->name;
-    const auto& index = src->index;
+task<std::vector<safetensors_tensor>> list_coro(io::backend& b, std::string path) {
+  auto body = [&b](const source& src) -> task<std::vector<safetensors_tensor>> {
+    std::vector<safetensors_tensor> out;
+    for (const auto& file : src.files()) {
+      auto entries = [&](const open_file& f) -> task<void> {
+        BOOST_OUTCOME_CO_TRY(auto h, co_await read_header(b, f));
+        for (const auto& e : h.tensors) {
+          if (src.index) {
+            auto it = src.index->weight_map.find(e.name);
+            if (it == src.index->weight_map.end() || it->second != file) continue;  // the index decides
+          }
+          out.push_back({e.name, e.type, e.dims, file});
+        }
+        co_return success();
+      };
+      BOOST_OUTCOME_CO_TRY(co_await with_file<void>(b, src.dir, src.dir_path, file, entries));
+    }
+    if (src.index && out.size() != src.index->weight_map.size())
+      co_return make_error(errc::not_found, src.name + " maps " + std::to_string(src.index->weight_map.size()) + " tensors, its files hold " +
+                                                std::to_string(out.size()) + " of them");
+    std::sort(out.begin(), out.end(), [](const auto& x, const auto& y) { return x.name < y.name; });
+    co_return std::move(out);
+  };
+  auto r = co_await with_source<std::vector<safetensors_tensor>>(b, path, body);
+  if (!r) co_return with_context(r.error(), "list safetensors " + path);
+  co_return std::move(*r);
+}
+
+// Fills every target shard of `t` from tensor `e` of an open file.
+task<void> read_one(io::backend& b, const open_file& f, const format::safetensors_header& h, const format::safetensor_entry& e,
+                    const named_tensor& t, read_report& rep) {
+  const auto& view = t.tensor;
+  if (e.type != view.type())
+    co_return make_error(errc::dtype_mismatch, "tensor \"" + t.key + "\" is " + std::string(dtype_name(e.type)) + " in " + f.name +
+                                                   ", the target is " + std::string(dtype_name(view.type())));
+  if (e.dims != view.global_shape())
+    co_return make_error(errc::shape_mismatch, "tensor \"" + t.key + "\" has shape " + to_string(e.dims) + " in " + f.name +
+                                                   ", the target " + to_string(view.global_shape()));
+  std::vector<std::byte> whole(static_cast<std::size_t>(e.end - e.begin));
+  BOOST_OUTCOME_CO_TRY(co_await read_exact(b, f, h.data_start + e.begin, whole));
+  rep.bytes_read += whole.size();
+  const box all = box::whole(e.dims);
+  for (const auto& sh : view.shards()) {
+    BOOST_OUTCOME_CO_TRY(auto target_box, view.layout().shard_box(e.dims, sh.device));
+    BOOST_OUTCOME_CO_TRY(auto runs, plan::plan_shard_restore(e.dims, dtype_size(e.type), std::span(&all, 1), target_box));
+    for (const auto& r : runs)
+      for (std::uint64_t j = 0; j < r.count; ++j)
+        std::memcpy(sh.data.data() + r.dst_offset + j * r.dst_stride, whole.data() + r.src_offset + j * r.src_stride, r.length);
+    if (!(target_box.origin == all.origin && target_box.extent == all.extent)) ++rep.resharded_shards;
+  }
+  ++rep.tensors;
+  co_return success();
+}
+
+task<read_report> read_coro(io::backend& b, std::string path, std::span<const named_tensor> targets) {
+  auto body = [&b, targets](const source& src) -> task<read_report> {
     std::map<std::string, std::vector<const named_tensor*>> by_file;
     for (const auto& t : targets) {
-      if (!index) {
-        by_file[name].push_back(&t);
+      if (!src.index) {
+        by_file[src.name].push_back(&t);
         continue;
       }
-      auto it = index->weight_map.find(t.key);
-      if (it == index->weight_map.end()) return make_error(errc::not_found, "tensor \"" + t.key + "\" is not in " + name);
+      auto it = src.index->weight_map.find(t.key);
+      if (it == src.index->weight_map.end()) co_return make_error(errc::not_found, "tensor \"" + t.key + "\" is not in " + src.name);
       by_file[it->second].push_back(&t);
     }
     read_report rep;
     for (const auto& [file, wanted] : by_file) {
-      BOOST_OUTCOME_TRY(auto f, open_file::open(b, src->dir, src->dir_path, file));
-      BOOST_OUTCOME_TRY(auto h, read_header(f));
-      std::map<std::string_view, const format::safetensor_entry*> entries;
-      for (const auto& e : h.tensors) entries[e.name] = &e;
-      for (const auto* t : wanted) {
-        auto it = entries.find(t->key);
-        if (it == entries.end()) return make_error(errc::not_found, "tensor \"" + t->key + "\" is not in " + file);
-        const auto& e = *it->second;
-        const auto& view = t->tensor;
-        if (e.type != view.type())
-          return make_error(errc::dtype_mismatch, "tensor \"" + t->key + "\" is " + std::string(dtype_name(e.type)) + " in " + file +
-                                                      ", the target is " + std::string(dtype_name(view.type())));
-        if (e.dims != view.global_shape())
-          return make_error(errc::shape_mismatch, "tensor \"" + t->key + "\" has shape " + to_string(e.dims) + " in " + file +
-                                                      ", the target " + to_string(view.global_shape()));
-        std::vector<std::byte> whole(static_cast<std::size_t>(e.end - e.begin));
-        BOOST_OUTCOME_TRY(f.read(h.data_start + e.begin, whole));
-        rep.bytes_read += whole.size();
-        const box all = box::whole(e.dims);
-        for (const auto& sh : view.shards()) {
-          BOOST_OUTCOME_TRY(auto target_box, view.layout().shard_box(e.dims, sh.device));
-          BOOST_OUTCOME_TRY(auto runs, plan::plan_shard_restore(e.dims, dtype_size(e.type), std::span(&all, 1), target_box));
-          for (const auto& r : runs)
-            for (std::uint64_t j = 0; j < r.count; ++j)
-              std::memcpy(sh.data.data() + r.dst_offset + j * r.dst_stride, whole.data() + r.src_offset + j * r.src_stride, r.length);
-          if (!(target_box.origin == all.origin && target_box.extent == all.extent)) ++rep.resharded_shards;
+      auto fill = [&](const open_file& f) -> task<void> {
+        BOOST_OUTCOME_CO_TRY(auto h, co_await read_header(b, f));
+        std::map<std::string_view, const format::safetensor_entry*> entries;
+        for (const auto& e : h.tensors) entries[e.name] = &e;
+        for (const auto* t : wanted) {
+          auto it = entries.find(t->key);
+          if (it == entries.end()) co_return make_error(errc::not_found, "tensor \"" + t->key + "\" is not in " + f.name);
+          BOOST_OUTCOME_CO_TRY(co_await read_one(b, f, h, *it->second, *t, rep));
         }
-        ++rep.tensors;
-      }
+        co_return success();
+      };
+      BOOST_OUTCOME_CO_TRY(co_await with_file<void>(b, src.dir, src.dir_path, file, fill));
     }
-    return rep;
+    co_return rep;
   };
-  auto r = run();
-  if (!r) return with_context(r.error(), "read safetensors " + std::string(path));
-  return r;
+  auto r = co_await with_source<read_report>(b, path, body);
+  if (!r) co_return with_context(r.error(), "read safetensors " + path);
+  co_return std::move(*r);
+}
+
+}  // namespace
+
+}  // namespace detail
+
+result<std::vector<safetensors_tensor>> list_safetensors(io::backend& b, std::string_view path) {
+  return runtime::run_blocking<std::vector<safetensors_tensor>>("list_safetensors", [&](auto ex, auto done) {
+    runtime::spawn<std::vector<safetensors_tensor>>(ex, detail::list_coro(b, std::string(path)), std::move(done));
+  });
+}
+
+result<read_report> read_safetensors(io::backend& b, std::string_view path, std::span<const named_tensor> targets) {
+  return runtime::run_blocking<read_report>("read_safetensors", [&](auto ex, auto done) {
+    runtime::spawn<read_report>(ex, detail::read_coro(b, std::string(path), targets), std::move(done));
+  });
 }
 
 }  // namespace meshckpt
