@@ -207,7 +207,9 @@ task<read_report> read_coro(io::backend& b, std::string path, std::span<const na
       by_file[it->second].push_back(&t);
     }
     read_report rep;
-    for (const auto& [file, wanted] : by_file) {
+    for (const auto& per_file : by_file) {  // not a structured binding: clang 14 cannot capture those
+      const auto& file = per_file.first;
+      const auto& wanted = per_file.second;
       auto fill = [&](const open_file& f) -> task<void> {
         BOOST_OUTCOME_CO_TRY(auto h, co_await read_header(b, f));
         std::map<std::string_view, const format::safetensor_entry*> entries;
