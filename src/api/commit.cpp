@@ -334,7 +334,7 @@ task<write_report> publish(save_state& s, const format::manifest& m) {
   // requested before the rename (the last moment a cancellation can still take effect) ends the
   // save without a trace.
   auto bytes = runtime::byte_buffers().take();
-  runtime::give_back_at_exit bytes_back(runtime::byte_buffers(), bytes, [](auto&) {});
+  runtime::give_back_at_exit bytes_back(runtime::byte_buffers(), bytes);
   BOOST_OUTCOME_CO_TRY(format::encode_into(m, bytes));
   std::string final_name = format::manifest_name(s.base);
   runtime::replace_options how;
@@ -396,7 +396,7 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
 
   // b, c. Local writes, then the report.
   format::manifest m;
-  runtime::give_back_at_exit m_back(runtime::manifests(), m, [](auto&) {});
+  runtime::give_back_at_exit m_back(runtime::manifests(), m);
   auto local = co_await write_local(s, m, tensors, opt, rank);
   process_report mine;
   if (local) {
@@ -477,7 +477,7 @@ task<write_report> save_steps(save_state& s, std::span<const named_tensor> tenso
   BOOST_OUTCOME_CO_TRY(check_options(s, opt));
   if (opt.coordinator && opt.coordinator->size() > 1) co_return co_await save_multi(s, *opt.coordinator, tensors, std::move(opt));
   format::manifest m;
-  runtime::give_back_at_exit m_back(runtime::manifests(), m, [](auto&) {});
+  runtime::give_back_at_exit m_back(runtime::manifests(), m);
   BOOST_OUTCOME_CO_TRY(co_await write_local(s, m, tensors, opt, -1));
   co_return co_await publish(s, m);
 }

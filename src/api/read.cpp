@@ -110,7 +110,7 @@ task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std
     if (size > lim.max_manifest_bytes)
       co_return make_error(errc::limit_exceeded, where + " is " + std::to_string(size) + " bytes, above the manifest cap");
     auto bytes = runtime::byte_buffers().take();
-    runtime::give_back_at_exit bytes_back(runtime::byte_buffers(), bytes, [](auto&) {});
+    runtime::give_back_at_exit bytes_back(runtime::byte_buffers(), bytes);
     bytes.clear();
     bytes.resize(size);
     BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, *h, 0, bytes, use_awaitable));

@@ -5,6 +5,8 @@
 
 #include "bench.hpp"
 
+#include "../runtime/thread_count.hpp"
+
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -159,34 +161,7 @@ struct figures {
   std::string backend;
 };
 
-// io_uring's kernel workers carry PF_IO_WORKER in their flags (field 9 of /proc/.../stat); one
-// just created may still have the name of the thread that submitted the operation.
-bool io_worker(const std::filesystem::path& task) {
-  std::ifstream f(task / "stat");
-  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  auto close = stat.rfind(')');
-  if (close == std::string::npos || close + 2 > stat.size()) return false;
-  unsigned long flags = 0;
-  char state = 0;
-  long skip = 0;
-  // state ppid pgrp session tty_nr tpgid flags
-  if (std::sscanf(stat.c_str() + close + 2, "%c %ld %ld %ld %ld %ld %lu", &state, &skip, &skip, &skip, &skip, &skip, &flags) != 7) return false;
-  return (flags & 0x10) != 0;
-}
-
-// Threads of this process now (/proc/self/task), without io_uring's kernel workers ("iou-wrk-N",
-// "iou-sqp-N"), which the kernel starts and retires by itself.
-int thread_count() {
-  int n = 0;
-  std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator("/proc/self/task", ec); !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    std::ifstream comm(it->path() / "comm");
-    std::string name;
-    std::getline(comm, name);
-    if (!name.empty() && name.rfind("iou-", 0) != 0 && !io_worker(it->path())) ++n;  // empty: the task is gone
-  }
-  return n;
-}
+using runtime::thread_count;
 
 std::optional<double> median_opt(const std::vector<double>& v) {
   if (v.empty()) return std::nullopt;

@@ -38,15 +38,9 @@ class writer {
     auto b = static_cast<const std::byte*>(p);
     out_.insert(out_.end(), b, b + n);
   }
-  // A section is tag, length, payload; the payload is built in a scratch writer.
-  void section(std::uint64_t tag, const writer& payload) {
-    varint(tag);
-    varint(payload.out_.size());
-    raw(payload.out_.data(), payload.out_.size());
-  }
-  // Or written in place: open_section() writes the tag, the caller appends the payload, and
-  // close_section() inserts the length before it (one move of bytes still in cache, instead of
-  // a scratch buffer and a copy).
+  // A section is tag, length, payload: open_section() writes the tag, the caller appends the
+  // payload, and close_section() inserts the length before it (one move of bytes still in
+  // cache, instead of a scratch buffer and a copy).
   std::size_t open_section(std::uint64_t tag) {
     varint(tag);
     return out_.size();

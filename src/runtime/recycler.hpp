@@ -70,11 +70,16 @@ recycler<std::vector<plan::slice_write>>& slice_writes();
 
 namespace meshckpt::runtime {
 
+struct keep_contents {
+  template <class T>
+  void operator()(T&) const noexcept {}
+};
+
 // Gives `v` back to `r` when the scope ends (after `clear`, so nothing it pointed to is kept).
-template <class T, class Clear>
+template <class T, class Clear = keep_contents>
 class give_back_at_exit {
  public:
-  give_back_at_exit(recycler<T>& r, T& v, Clear clear) : r_(r), v_(v), clear_(std::move(clear)) {}
+  give_back_at_exit(recycler<T>& r, T& v, Clear clear = {}) : r_(r), v_(v), clear_(std::move(clear)) {}
   give_back_at_exit(const give_back_at_exit&) = delete;
   ~give_back_at_exit() {
     clear_(v_);

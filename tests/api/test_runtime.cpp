@@ -27,6 +27,7 @@
 #include <boost/asio/use_future.hpp>
 
 #include "runtime/recycler.hpp"
+#include "runtime/thread_count.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "reliability.hpp"
@@ -131,35 +132,7 @@ namespace {
 
 // Threads of the process, not counting io_uring's workers (kernel threads shown as tasks of the
 // process: "iou-wrk-N", "iou-sqp-N"), which the kernel starts and retires by itself.
-// io_uring's kernel workers (PF_IO_WORKER in the task's flags): the kernel starts and retires
-// them by itself, and one just created may still carry the name of the thread that submitted
-// the operation ("meshckpt-engine") for a moment before it becomes "iou-wrk-N".
-bool io_worker(const fs::path& task) {
-  std::ifstream f(task / "stat");
-  std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  auto close = stat.rfind(')');
-  if (close == std::string::npos) return false;
-  std::istringstream rest(stat.substr(close + 2));
-  std::string field;
-  for (int i = 3; i <= 9 && rest >> field; ++i) {
-  }
-  constexpr unsigned long pf_io_worker = 0x10;
-  return !field.empty() && (std::stoul(field) & pf_io_worker) != 0;
-}
-
-std::ptrdiff_t threads_in_process(std::string* names = nullptr) {
-  std::ptrdiff_t n = 0;
-  for (const auto& t : fs::directory_iterator("/proc/self/task")) {
-    std::ifstream f(t.path() / "comm");
-    std::string comm;
-    std::getline(f, comm);
-    // A task gone between the listing and the read (an idle io_uring worker retiring) has no comm.
-    if (comm.empty() || comm.rfind("iou-", 0) == 0 || io_worker(t.path())) continue;
-    if (names) *names += comm + " ";
-    ++n;
-  }
-  return n;
-}
+std::ptrdiff_t threads_in_process(std::string* names = nullptr) { return runtime::thread_count(names); }
 
 }  // namespace
 
