@@ -34,11 +34,10 @@
 #include <stop_token>
 #include <unistd.h>
 
-#include <thread>
-
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "../runtime/collective.hpp"
 #include "../runtime/dir_lock.hpp"
 #include "../runtime/durable_replace.hpp"
 #include "../runtime/recycler.hpp"
@@ -231,21 +230,6 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   co_return closed;
 }
 
-// Runs a blocking collective on a thread of its own, so the executor (which may be shared with
-// other saves and restores) keeps running while this process waits for the others. Not a
-// coroutine, and callers pass a named function object: GCC 12 mishandles non-trivial
-// temporaries inside co_await expressions.
-// A thread per collective (three per multi-process save), not a pool: collectives of ranks
-// that share a process (the thread-group coordinator; several checkpoints saving at once) block
-// until every rank has arrived, so a bounded pool could hold the waiting ranks while the missing
-// one queues behind them, and every save would end in a timeout.
-template <class T, class F>
-auto off_executor(asio::any_io_executor ex, F fn) {
-  return io::async_op<T>(ex, [fn = std::move(fn)](io::completion<T> c) mutable {
-    std::thread([fn = std::move(fn), c = std::move(c)]() mutable { c(fn()); }).detach();
-  }, use_awaitable);
-}
-
 // Takes the writer lock of `dir`, polling for up to `wait` while another process holds it.
 task<runtime::dir_lock> lock_directory(const std::string& dir, std::chrono::milliseconds wait) {
   auto ex = co_await asio::this_coro::executor;
@@ -386,9 +370,10 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
   // a. The token.
   std::vector<std::byte> tok(8);
   for (int i = 0; i < 8; ++i) tok[static_cast<std::size_t>(i)] = static_cast<std::byte>(s.token >> (8 * i));
-  auto ex = co_await asio::this_coro::executor;
-  auto send_token = [&co, &tok, timeout] { return co.broadcast(tok, timeout); };
-  auto got = co_await off_executor<std::vector<std::byte>>(ex, send_token);
+  // Collectives started apart from their co_await: GCC 12 mishandles non-trivial temporaries
+  // inside co_await expressions.
+  auto token_op = co.start_broadcast(tok, timeout);
+  auto got = co_await runtime::await_collective(std::move(token_op));
   if (!got) co_return with_context(got.error(), "agreeing on the save's token with process 0");
   if (got->size() != 8) co_return make_error(errc::invalid_argument, "process 0 sent a token of " + std::to_string(got->size()) + " bytes");
   s.token = 0;
@@ -405,8 +390,8 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
     mine.failure = local.error();
   }
   auto mine_bytes = encode(mine);
-  auto report = [&co, &mine_bytes, timeout] { return co.gather(mine_bytes, timeout); };
-  auto gathered = co_await off_executor<std::vector<std::vector<std::byte>>>(ex, report);
+  auto report_op = co.start_gather(mine_bytes, timeout);
+  auto gathered = co_await runtime::await_collective(std::move(report_op));
 
   save_outcome out;
   std::optional<write_report> committed;
@@ -444,13 +429,13 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
     }
     auto said = encode(out);
     // The outcome stands whether or not every process hears it; one that does not times out.
-    auto announce = [&co, &said, timeout] { return co.broadcast(said, timeout); };
-    (void)co_await off_executor<std::vector<std::byte>>(ex, announce);
+    auto announce = co.start_broadcast(said, timeout);
+    (void)co_await runtime::await_collective(std::move(announce));
   } else {
     if (!gathered) co_return gathered.error();
     // Process 0 may first wait up to `timeout` for the slowest report, then commit.
-    auto listen = [&co, timeout] { return co.broadcast({}, 2 * timeout); };
-    auto heard = co_await off_executor<std::vector<std::byte>>(ex, listen);
+    auto listen = co.start_broadcast({}, 2 * timeout);
+    auto heard = co_await runtime::await_collective(std::move(listen));
     if (!heard) {
       s.renamed = true;  // the outcome is unknown: the files might belong to a committed checkpoint
       co_return with_context(heard.error(), "waiting for process 0 to announce the save's outcome");

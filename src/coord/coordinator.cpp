@@ -1,12 +1,36 @@
 #include "meshckpt/coord/coordinator.hpp"
 
-#include <condition_variable>
+#include <algorithm>
 #include <map>
 #include <mutex>
-#include <optional>
 #include <string>
+#include <thread>
 
 namespace meshckpt::coord {
+
+std::chrono::microseconds poll_delay(int attempt) noexcept {
+  return std::min(std::chrono::microseconds(20 << std::clamp(attempt, 0, 6)), std::chrono::microseconds(1000));
+}
+
+namespace {
+
+template <class T>
+result<T> wait(collective<T>& c) {
+  for (int attempt = 0;; ++attempt) {
+    if (auto r = c.poll()) return std::move(*r);
+    std::this_thread::sleep_for(poll_delay(attempt));
+  }
+}
+
+}  // namespace
+
+result<std::vector<bytes>> coordinator::gather(std::span<const std::byte> mine, milliseconds timeout) {
+  return wait(*start_gather(mine, timeout));
+}
+result<bytes> coordinator::broadcast(std::span<const std::byte> data, milliseconds timeout) {
+  return wait(*start_broadcast(data, timeout));
+}
+result<void> coordinator::barrier(milliseconds timeout) { return wait(*start_barrier(timeout)); }
 
 namespace {
 
@@ -14,98 +38,147 @@ class single_process final : public coordinator {
  public:
   int rank() const noexcept override { return 0; }
   int size() const noexcept override { return 1; }
-  result<std::vector<std::vector<std::byte>>> gather(std::span<const std::byte> mine, milliseconds) override {
-    return std::vector<std::vector<std::byte>>{{mine.begin(), mine.end()}};
+  std::unique_ptr<collective<std::vector<bytes>>> start_gather(std::span<const std::byte> mine, milliseconds) override {
+    return finished<std::vector<bytes>>(std::vector<bytes>{{mine.begin(), mine.end()}});
   }
-  result<std::vector<std::byte>> broadcast(std::span<const std::byte> data, milliseconds) override {
-    return std::vector<std::byte>(data.begin(), data.end());
+  std::unique_ptr<collective<bytes>> start_broadcast(std::span<const std::byte> data, milliseconds) override {
+    return finished<bytes>(bytes(data.begin(), data.end()));
   }
-  result<void> barrier(milliseconds) override { return success(); }
+  std::unique_ptr<collective<void>> start_barrier(milliseconds) override { return finished<void>(success()); }
 };
+
+using clock = std::chrono::steady_clock;
 
 // Shared state of a thread group: one entry per (collective, round).
 struct group {
   explicit group(int n) : size(n) {}
   const int size;
-  std::mutex mu;
-  std::condition_variable cv;
+  std::mutex mu;  // held only to look and to change, never across a wait
   struct round {
-    std::vector<std::optional<std::vector<std::byte>>> parts;  // gather: per rank; broadcast: [0]
-    int arrived = 0;                                          // barrier, broadcast
-    int left = 0;                                             // barrier: ranks that saw it complete
+    std::vector<std::optional<bytes>> parts;  // gather: per rank; broadcast: [0]
+    int arrived = 0;                          // barrier
+    int left = 0;                             // ranks done with it: it goes when all are
   };
+  enum kind : int { gather = 0, broadcast = 1, barrier = 2 };
   // (kind, round number). A round some rank gave up on stays, so a late rank's contribution
   // lands in it (and is ignored) instead of in the next round.
   std::map<std::pair<int, std::uint64_t>, round> rounds;
+
+  round& entry(std::pair<int, std::uint64_t> key) {
+    auto& r = rounds[key];
+    if (r.parts.empty()) r.parts.resize(static_cast<std::size_t>(size));
+    return r;
+  }
+  // Rank done with a round; the last one removes it.
+  void leave(std::pair<int, std::uint64_t> key) {
+    auto it = rounds.find(key);
+    if (it != rounds.end() && ++it->second.left == size) rounds.erase(it);
+  }
+};
+
+// One rank's collective of one round; `step` looks at the round under the lock and returns the
+// outcome once there is one.
+template <class T, class Step>
+class group_collective final : public collective<T> {
+ public:
+  group_collective(std::shared_ptr<group> g, std::pair<int, std::uint64_t> key, clock::time_point deadline, Step step)
+      : g_(std::move(g)), key_(key), deadline_(deadline), step_(std::move(step)) {}
+  ~group_collective() override {
+    if (done_) return;
+    std::lock_guard lk(g_->mu);
+    g_->leave(key_);
+  }
+  std::optional<result<T>> poll() override {
+    std::lock_guard lk(g_->mu);
+    auto out = step_(g_->entry(key_), clock::now() >= deadline_);
+    if (out) {
+      done_ = true;
+      g_->leave(key_);
+    }
+    return out;
+  }
+
+ private:
+  std::shared_ptr<group> g_;
+  std::pair<int, std::uint64_t> key_;
+  clock::time_point deadline_;
+  Step step_;
+  bool done_ = false;
 };
 
 class thread_rank final : public coordinator {
+ private:
+  // Declared first: the collectives below deduce their types from it.
+  template <class Step>
+  auto make(std::pair<int, std::uint64_t> key, milliseconds timeout, Step step) {
+    using T = typename std::invoke_result_t<Step, group::round&, bool>::value_type::value_type;
+    return std::unique_ptr<collective<T>>(std::make_unique<group_collective<T, Step>>(g_, key, clock::now() + timeout, std::move(step)));
+  }
+
  public:
   thread_rank(std::shared_ptr<group> g, int r) : g_(std::move(g)), rank_(r) {}
   int rank() const noexcept override { return rank_; }
   int size() const noexcept override { return g_->size; }
 
-  result<std::vector<std::vector<std::byte>>> gather(std::span<const std::byte> mine, milliseconds timeout) override {
-    std::unique_lock lk(g_->mu);
-    auto& r = entry(0, gathers_++);
-    r.parts[static_cast<std::size_t>(rank_)] = std::vector<std::byte>(mine.begin(), mine.end());
-    g_->cv.notify_all();
-    if (rank_ != 0) return std::vector<std::vector<std::byte>>{};
-    auto key = std::pair(0, gathers_ - 1);
-    bool all = g_->cv.wait_for(lk, timeout, [&] {
-      auto& rr = g_->rounds[key];
-      for (const auto& p : rr.parts)
-        if (!p) return false;
-      return true;
-    });
-    if (!all) return fail(lk, "gather", g_->rounds[key]);
-    std::vector<std::vector<std::byte>> out;
-    for (auto& p : g_->rounds[key].parts) out.push_back(std::move(*p));
-    g_->rounds.erase(key);
-    return out;
-  }
-
-  result<std::vector<std::byte>> broadcast(std::span<const std::byte> data, milliseconds timeout) override {
-    std::unique_lock lk(g_->mu);
-    auto key = std::pair(1, broadcasts_++);
-    auto& r = entry(1, key.second);
-    if (rank_ == 0) {
-      r.parts[0] = std::vector<std::byte>(data.begin(), data.end());
-      ++r.arrived;
-      g_->cv.notify_all();
-      return *r.parts[0];
+  std::unique_ptr<collective<std::vector<bytes>>> start_gather(std::span<const std::byte> mine, milliseconds timeout) override {
+    auto key = std::pair<int, std::uint64_t>(group::gather, gathers_++);
+    {
+      std::lock_guard lk(g_->mu);
+      g_->entry(key).parts[static_cast<std::size_t>(rank_)] = bytes(mine.begin(), mine.end());
     }
-    bool got = g_->cv.wait_for(lk, timeout, [&] { return g_->rounds[key].parts[0].has_value(); });
-    if (!got) return fail(lk, "broadcast", g_->rounds[key]);
-    auto& rr = g_->rounds[key];
-    auto out = *rr.parts[0];
-    if (++rr.arrived == g_->size) g_->rounds.erase(key);
-    return out;
+    if (rank_ != 0) {
+      std::lock_guard lk(g_->mu);
+      g_->leave(key);
+      return finished<std::vector<bytes>>(std::vector<bytes>{});
+    }
+    return make(key, timeout, [this](group::round& r, bool late) -> std::optional<result<std::vector<bytes>>> {
+      if (std::all_of(r.parts.begin(), r.parts.end(), [](const auto& p) { return p.has_value(); })) {
+        std::vector<bytes> out;
+        for (auto& p : r.parts) out.push_back(std::move(*p));
+        return out;
+      }
+      if (late) return result<std::vector<bytes>>(timed_out("gather", missing(r)));
+      return std::nullopt;
+    });
   }
 
-  result<void> barrier(milliseconds timeout) override {
-    std::unique_lock lk(g_->mu);
-    auto key = std::pair(2, barriers_++);
-    ++entry(2, key.second).arrived;
-    g_->cv.notify_all();
-    bool all = g_->cv.wait_for(lk, timeout, [&] { return g_->rounds[key].arrived >= g_->size; });
-    if (!all) return fail(lk, "barrier", g_->rounds[key]);
-    if (++g_->rounds[key].left == g_->size) g_->rounds.erase(key);
-    return success();
+  std::unique_ptr<collective<bytes>> start_broadcast(std::span<const std::byte> data, milliseconds timeout) override {
+    auto key = std::pair<int, std::uint64_t>(group::broadcast, broadcasts_++);
+    if (rank_ == 0) {
+      std::lock_guard lk(g_->mu);
+      g_->entry(key).parts[0] = bytes(data.begin(), data.end());
+      g_->leave(key);
+      return finished<bytes>(bytes(data.begin(), data.end()));
+    }
+    return make(key, timeout, [this](group::round& r, bool late) -> std::optional<result<bytes>> {
+      if (r.parts[0]) return *r.parts[0];
+      if (late) return result<bytes>(timed_out("broadcast", " waiting for rank(s) 0"));
+      return std::nullopt;
+    });
+  }
+
+  std::unique_ptr<collective<void>> start_barrier(milliseconds timeout) override {
+    auto key = std::pair<int, std::uint64_t>(group::barrier, barriers_++);
+    {
+      std::lock_guard lk(g_->mu);
+      ++g_->entry(key).arrived;
+    }
+    return make(key, timeout, [this](group::round& r, bool late) -> std::optional<result<void>> {
+      if (r.arrived >= g_->size) return success();
+      if (late) return result<void>(timed_out("barrier", ""));
+      return std::nullopt;
+    });
   }
 
  private:
-  group::round& entry(int kind, std::uint64_t round) {
-    auto& r = g_->rounds[{kind, round}];
-    if (r.parts.empty()) r.parts.resize(static_cast<std::size_t>(g_->size));
-    return r;
-  }
-  error fail(std::unique_lock<std::mutex>&, const char* what, const group::round& r) const {
-    std::string missing;
+  static std::string missing(const group::round& r) {
+    std::string m;
     for (std::size_t i = 0; i < r.parts.size(); ++i)
-      if (!r.parts[i] && (std::string(what) != "broadcast" || i == 0)) missing += (missing.empty() ? "" : ", ") + std::to_string(i);
-    return make_error(errc::timed_out, std::string(what) + " on rank " + std::to_string(rank_) + " timed out" +
-                                           (missing.empty() || std::string(what) == "barrier" ? std::string() : " waiting for rank(s) " + missing));
+      if (!r.parts[i]) m += (m.empty() ? "" : ", ") + std::to_string(i);
+    return m.empty() ? m : " waiting for rank(s) " + m;
+  }
+  error timed_out(const char* what, const std::string& waiting_for) const {
+    return make_error(errc::timed_out, std::string(what) + " on rank " + std::to_string(rank_) + " timed out" + waiting_for);
   }
 
   std::shared_ptr<group> g_;

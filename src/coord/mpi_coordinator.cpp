@@ -4,10 +4,12 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
-#include <thread>
+#include <tuple>
 
 namespace meshckpt::coord {
 
@@ -35,20 +37,36 @@ std::string rank_list(const std::vector<int>& ranks) {
   return s;
 }
 
-// Polling backs off from 20 us to 1 ms: latency stays low for the common quick answer, and a
-// long wait (process 0 waiting for every data write) does not burn a core.
-class backoff {
+class mpi_coordinator;
+
+// One collective of one rank: `step` looks at the mailbox and the sends under the
+// coordinator's lock and returns the outcome once there is one. `rounds` are the (tag, round)
+// pairs whose messages it waits for: kept in the mailbox while it lives, dropped after.
+template <class T, class Step>
+class mpi_collective final : public collective<T> {
  public:
-  void pause() {
-    std::this_thread::sleep_for(delay_);
-    delay_ = std::min(delay_ * 2, std::chrono::microseconds(1000));
-  }
+  mpi_collective(mpi_coordinator& c, std::vector<std::pair<int, std::uint64_t>> rounds, clock::time_point deadline, Step step);
+  ~mpi_collective() override;
+  std::optional<result<T>> poll() override;
 
  private:
-  std::chrono::microseconds delay_{20};
+  mpi_coordinator& c_;
+  std::vector<std::pair<int, std::uint64_t>> rounds_;
+  clock::time_point deadline_;
+  Step step_;
+  bool done_ = false;
 };
 
 class mpi_coordinator final : public coordinator {
+ private:
+  // Declared first: the collectives below deduce their types from it.
+  template <class Step>
+  auto make(std::vector<std::pair<int, std::uint64_t>> rounds, clock::time_point deadline, Step step) {
+    using T = typename std::invoke_result_t<Step&, bool>::value_type::value_type;
+    for (const auto& r : rounds) open_.insert(r);
+    return std::unique_ptr<collective<T>>(std::make_unique<mpi_collective<T, Step>>(*this, std::move(rounds), deadline, std::move(step)));
+  }
+
  public:
   mpi_coordinator(MPI_Comm comm, int rank, int size) : comm_(comm), rank_(rank), size_(size) {}
   ~mpi_coordinator() override {
@@ -68,77 +86,101 @@ class mpi_coordinator final : public coordinator {
   int rank() const noexcept override { return rank_; }
   int size() const noexcept override { return size_; }
 
-  result<std::vector<std::vector<std::byte>>> gather(std::span<const std::byte> mine, milliseconds timeout) override {
+  std::unique_ptr<collective<std::vector<bytes>>> start_gather(std::span<const std::byte> mine, milliseconds timeout) override {
     std::lock_guard lk(mu_);
     const auto deadline = clock::now() + timeout;
     const std::uint64_t round = gathers_++;
     if (rank_ != 0) {
-      BOOST_OUTCOME_TRY(auto id, send(0, tag_gather, round, mine));
-      if (!wait_sent({id}, deadline).empty())
-        return make_error(errc::timed_out, "gather on rank " + std::to_string(rank_) + " timed out: rank 0 did not take this rank's message");
-      return std::vector<std::vector<std::byte>>{};
+      auto id = send(0, tag_gather, round, mine);
+      if (!id) return finished<std::vector<bytes>>(id.error());
+      return make({}, deadline, [this, id = *id](bool late) -> std::optional<result<std::vector<bytes>>> {
+        if (sent({id}).empty()) return std::vector<bytes>{};
+        if (late) return result<std::vector<bytes>>(make_error(errc::timed_out, "gather on rank " + std::to_string(rank_) +
+                                                                                     " timed out: rank 0 did not take this rank's message"));
+        return std::nullopt;
+      });
     }
-    std::vector<std::vector<std::byte>> out(static_cast<std::size_t>(size_));
-    out[0].assign(mine.begin(), mine.end());
-    std::vector<int> missing;
-    for (int r = 1; r < size_; ++r) missing.push_back(r);
-    BOOST_OUTCOME_TRY(receive_all(missing, tag_gather, round, deadline, &out));
-    if (!missing.empty())
-      return make_error(errc::timed_out, "gather on rank 0 timed out waiting for rank(s) " + rank_list(missing));
-    return out;
+    bytes own(mine.begin(), mine.end());
+    return make({{tag_gather, round}}, deadline, [this, round, own = std::move(own)](bool late) mutable -> std::optional<result<std::vector<bytes>>> {
+      auto missing = absent(tag_gather, round, 1);
+      if (missing.empty()) {
+        std::vector<bytes> out(static_cast<std::size_t>(size_));
+        out[0] = std::move(own);
+        for (int r = 1; r < size_; ++r) out[static_cast<std::size_t>(r)] = take(tag_gather, r, round);
+        return out;
+      }
+      if (late) return result<std::vector<bytes>>(make_error(errc::timed_out, "gather on rank 0 timed out waiting for rank(s) " + rank_list(missing)));
+      return std::nullopt;
+    });
   }
 
-  result<std::vector<std::byte>> broadcast(std::span<const std::byte> data, milliseconds timeout) override {
+  std::unique_ptr<collective<bytes>> start_broadcast(std::span<const std::byte> data, milliseconds timeout) override {
     std::lock_guard lk(mu_);
     const auto deadline = clock::now() + timeout;
     const std::uint64_t round = broadcasts_++;
     if (rank_ == 0) {
       std::vector<std::uint64_t> ids;
       for (int r = 1; r < size_; ++r) {
-        BOOST_OUTCOME_TRY(auto id, send(r, tag_bcast, round, data));
-        ids.push_back(id);
+        auto id = send(r, tag_bcast, round, data);
+        if (!id) return finished<bytes>(id.error());
+        ids.push_back(*id);
       }
-      if (auto late = wait_sent(ids, deadline); !late.empty())
-        return make_error(errc::timed_out, "broadcast on rank 0 timed out: rank(s) " + rank_list(late) + " did not take the message");
-      return std::vector<std::byte>(data.begin(), data.end());
+      bytes own(data.begin(), data.end());
+      return make({}, deadline, [this, ids = std::move(ids), own = std::move(own)](bool late) mutable -> std::optional<result<bytes>> {
+        auto open = sent(ids);
+        if (open.empty()) return std::move(own);
+        if (late) return result<bytes>(make_error(errc::timed_out, "broadcast on rank 0 timed out: rank(s) " + rank_list(open) + " did not take the message"));
+        return std::nullopt;
+      });
     }
-    std::vector<int> missing{0};
-    std::vector<std::vector<std::byte>> got(1);
-    BOOST_OUTCOME_TRY(receive_all(missing, tag_bcast, round, deadline, &got, true));
-    if (!missing.empty())
-      return make_error(errc::timed_out, "broadcast on rank " + std::to_string(rank_) + " timed out waiting for rank(s) 0");
-    return std::move(got[0]);
+    return make({{tag_bcast, round}}, deadline, [this, round](bool late) -> std::optional<result<bytes>> {
+      if (absent(tag_bcast, round, 0, 0).empty()) return take(tag_bcast, 0, round);
+      if (late) return result<bytes>(make_error(errc::timed_out, "broadcast on rank " + std::to_string(rank_) + " timed out waiting for rank(s) 0"));
+      return std::nullopt;
+    });
   }
 
-  result<void> barrier(milliseconds timeout) override {
+  std::unique_ptr<collective<void>> start_barrier(milliseconds timeout) override {
     std::lock_guard lk(mu_);
     const auto deadline = clock::now() + timeout;
     const std::uint64_t round = barriers_++;
     if (rank_ != 0) {
-      BOOST_OUTCOME_TRY(send(0, tag_barrier_in, round, {}));
-      std::vector<int> missing{0};
-      std::vector<std::vector<std::byte>> got(1);
-      BOOST_OUTCOME_TRY(receive_all(missing, tag_barrier_out, round, deadline, &got, true));
-      if (!missing.empty()) return make_error(errc::timed_out, "barrier on rank " + std::to_string(rank_) + " timed out waiting for rank 0");
-      return success();
+      if (auto id = send(0, tag_barrier_in, round, {}); !id) return finished<void>(id.error());
+      return make({{tag_barrier_out, round}}, deadline, [this, round](bool late) -> std::optional<result<void>> {
+        if (absent(tag_barrier_out, round, 0, 0).empty()) {
+          (void)take(tag_barrier_out, 0, round);
+          return success();
+        }
+        if (late) return result<void>(make_error(errc::timed_out, "barrier on rank " + std::to_string(rank_) + " timed out waiting for rank 0"));
+        return std::nullopt;
+      });
     }
-    std::vector<int> missing;
-    for (int r = 1; r < size_; ++r) missing.push_back(r);
-    BOOST_OUTCOME_TRY(receive_all(missing, tag_barrier_in, round, deadline, nullptr));
-    if (!missing.empty()) return make_error(errc::timed_out, "barrier on rank 0 timed out waiting for rank(s) " + rank_list(missing));
-    for (int r = 1; r < size_; ++r) {
-      BOOST_OUTCOME_TRY(send(r, tag_barrier_out, round, {}));
-    }
-    return success();
+    return make({{tag_barrier_in, round}}, deadline, [this, round](bool late) -> std::optional<result<void>> {
+      auto missing = absent(tag_barrier_in, round, 1);
+      if (missing.empty()) {
+        for (int r = 1; r < size_; ++r) {
+          (void)take(tag_barrier_in, r, round);
+          if (auto id = send(r, tag_barrier_out, round, {}); !id) return result<void>(id.error());
+        }
+        return success();
+      }
+      if (late) return result<void>(make_error(errc::timed_out, "barrier on rank 0 timed out waiting for rank(s) " + rank_list(missing)));
+      return std::nullopt;
+    });
   }
 
  private:
+  template <class T, class Step>
+  friend class mpi_collective;
+
   struct pending_send {
     std::uint64_t id;
     MPI_Request req;
     std::vector<std::byte> buf;
     int dest;
   };
+  using key = std::tuple<int, int, std::uint64_t>;  // tag, source, round
+
 
   // Starts a send of [round (8 bytes, little-endian)][payload]; returns its id.
   result<std::uint64_t> send(int dest, int tag, std::uint64_t round, std::span<const std::byte> payload) {
@@ -166,68 +208,104 @@ class mpi_coordinator final : public coordinator {
     }
   }
 
-  // Waits until the sends `ids` completed; returns the ranks still not served at the deadline
-  // (empty: all done).
-  std::vector<int> wait_sent(const std::vector<std::uint64_t>& ids, clock::time_point deadline) {
-    backoff b;
+  // The destinations of the sends `ids` not completed yet (empty: all done).
+  std::vector<int> sent(const std::vector<std::uint64_t>& ids) const {
+    std::vector<int> open;
+    for (const auto& s : sends_)
+      if (std::find(ids.begin(), ids.end(), s.id) != ids.end()) open.push_back(s.dest);
+    return open;
+  }
+
+  // Receives every message that has arrived into the mailbox. A message of a round this rank
+  // is over with (finished, or given up on after a timeout) is dropped; one of a round still
+  // open, or not started here yet (its sender is ahead), is kept.
+  result<void> drain() {
     while (true) {
-      reap();
-      std::vector<int> open;
-      for (const auto& s : sends_)
-        if (std::find(ids.begin(), ids.end(), s.id) != ids.end()) open.push_back(s.dest);
-      if (open.empty()) return open;
-      if (clock::now() >= deadline) return open;
-      b.pause();
+      int flag = 0;
+      MPI_Status st;
+      int rc = MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, &st);
+      if (rc != MPI_SUCCESS) return mpi_error("MPI_Iprobe", rc);
+      if (!flag) return success();
+      int count = 0;
+      MPI_Get_count(&st, MPI_BYTE, &count);
+      std::vector<std::byte> buf(static_cast<std::size_t>(std::max(count, 0)));
+      rc = MPI_Recv(buf.data(), count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, comm_, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) return mpi_error("MPI_Recv", rc);
+      if (buf.size() < 8)
+        return make_error(errc::invalid_argument, "a coordinator message from rank " + std::to_string(st.MPI_SOURCE) + " is truncated");
+      std::uint64_t r = 0;
+      for (int i = 0; i < 8; ++i) r |= std::uint64_t{static_cast<std::uint8_t>(buf[static_cast<std::size_t>(i)])} << (8 * i);
+      if (r < started(st.MPI_TAG) && !open_.contains({st.MPI_TAG, r})) continue;
+      buf.erase(buf.begin(), buf.begin() + 8);
+      mailbox_[key{st.MPI_TAG, st.MPI_SOURCE, r}] = std::move(buf);
     }
   }
 
-  // Receives this round's message of kind `tag` from every rank in `from` (removing each from
-  // it) until the deadline; `out[r]` (or out[0] when `single`) gets rank r's payload. Messages
-  // of earlier rounds (given up on) are dropped.
-  result<void> receive_all(std::vector<int>& from, int tag, std::uint64_t round, clock::time_point deadline,
-                           std::vector<std::vector<std::byte>>* out, bool single = false) {
-    backoff b;
-    while (!from.empty()) {
-      bool progress = false;
-      for (auto it = from.begin(); it != from.end();) {
-        int flag = 0;
-        MPI_Status st;
-        int rc = MPI_Iprobe(*it, tag, comm_, &flag, &st);
-        if (rc != MPI_SUCCESS) return mpi_error("MPI_Iprobe", rc);
-        if (!flag) {
-          ++it;
-          continue;
-        }
-        int count = 0;
-        MPI_Get_count(&st, MPI_BYTE, &count);
-        std::vector<std::byte> buf(static_cast<std::size_t>(std::max(count, 0)));
-        rc = MPI_Recv(buf.data(), count, MPI_BYTE, *it, tag, comm_, MPI_STATUS_IGNORE);
-        if (rc != MPI_SUCCESS) return mpi_error("MPI_Recv", rc);
-        progress = true;
-        if (buf.size() < 8) return make_error(errc::invalid_argument, "a coordinator message from rank " + std::to_string(*it) + " is truncated");
-        std::uint64_t r = 0;
-        for (int i = 0; i < 8; ++i) r |= std::uint64_t{static_cast<std::uint8_t>(buf[static_cast<std::size_t>(i)])} << (8 * i);
-        if (r < round) continue;  // a round this rank gave up on: drop, probe again
-        if (r > round)
-          return make_error(errc::invalid_argument, "rank " + std::to_string(*it) + " is in round " + std::to_string(r) + ", this rank in " +
-                                                        std::to_string(round) + ": collectives were called in different orders");
-        if (out) (*out)[single ? 0 : static_cast<std::size_t>(*it)].assign(buf.begin() + 8, buf.end());
-        it = from.erase(it);
-      }
-      if (from.empty()) break;
-      if (clock::now() >= deadline) break;
-      if (!progress) b.pause();
+  // Rounds of the kind of `tag` this rank has started.
+  std::uint64_t started(int tag) const {
+    switch (tag) {
+      case tag_gather: return gathers_;
+      case tag_bcast: return broadcasts_;
+      default: return barriers_;
     }
-    return success();
+  }
+
+  // The ranks in [from, to] (to < 0: size - 1) whose message of (tag, round) has not arrived.
+  std::vector<int> absent(int tag, std::uint64_t round, int from, int to = -1) const {
+    std::vector<int> missing;
+    for (int r = from; r <= (to < 0 ? size_ - 1 : to); ++r)
+      if (!mailbox_.contains(key{tag, r, round})) missing.push_back(r);
+    return missing;
+  }
+
+  bytes take(int tag, int source, std::uint64_t round) {
+    auto node = mailbox_.extract(key{tag, source, round});
+    return std::move(node.mapped());
+  }
+
+  // A collective is over: later messages of its rounds are dropped, and so is what came.
+  void close(const std::vector<std::pair<int, std::uint64_t>>& rounds) {
+    for (const auto& [tag, round] : rounds) {
+      open_.erase({tag, round});
+      std::erase_if(mailbox_, [t = tag, r = round](const auto& m) { return std::get<0>(m.first) == t && std::get<2>(m.first) == r; });
+    }
   }
 
   MPI_Comm comm_;
   int rank_, size_;
-  std::mutex mu_;
+  std::mutex mu_;  // the coordinator's MPI calls and state; held only to look and to change
   std::uint64_t gathers_ = 0, broadcasts_ = 0, barriers_ = 0;
   std::uint64_t next_id_ = 0;
   std::deque<pending_send> sends_;
+  std::map<key, bytes> mailbox_;
+  std::set<std::pair<int, std::uint64_t>> open_;
 };
+
+template <class T, class Step>
+mpi_collective<T, Step>::mpi_collective(mpi_coordinator& c, std::vector<std::pair<int, std::uint64_t>> rounds, clock::time_point deadline,
+                                        Step step)
+    : c_(c), rounds_(std::move(rounds)), deadline_(deadline), step_(std::move(step)) {}
+
+template <class T, class Step>
+mpi_collective<T, Step>::~mpi_collective() {
+  if (done_) return;
+  std::lock_guard lk(c_.mu_);
+  c_.close(rounds_);
+}
+
+template <class T, class Step>
+std::optional<result<T>> mpi_collective<T, Step>::poll() {
+  std::lock_guard lk(c_.mu_);
+  c_.reap();
+  std::optional<result<T>> out;
+  if (auto d = c_.drain(); !d) out.emplace(d.error());
+  else out = step_(clock::now() >= deadline_);
+  if (out) {
+    done_ = true;
+    c_.close(rounds_);
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -240,7 +318,7 @@ result<std::unique_ptr<coordinator>> make_mpi_coordinator(MPI_Comm comm) {
   MPI_Query_thread(&level);
   if (level < MPI_THREAD_SERIALIZED)
     return make_error(errc::unsupported, "MPI was initialized with a thread level below MPI_THREAD_SERIALIZED; a save calls the "
-                                         "coordinator from a thread of its own: use MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...)");
+                                         "coordinator from the library's engine thread: use MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...)");
   MPI_Comm dup;
   int rc = MPI_Comm_dup(comm, &dup);
   if (rc != MPI_SUCCESS) return mpi_error("MPI_Comm_dup", rc);

@@ -13,8 +13,13 @@
 #include <set>
 #include <thread>
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
 #include "meshckpt/api/checkpoint_manager.hpp"
 #include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/api/tensor_io_async.hpp"
+#include "runtime/thread_count.hpp"
 #include "meshckpt/format/names.hpp"
 #include "support.hpp"
 
@@ -78,6 +83,54 @@ bool restores_in_one_process(io::backend& b, const std::string& prefix, std::uin
 }
 
 }  // namespace
+
+TEST_CASE("four ranks save together from one thread: collectives are polled, never a thread each", "[multiprocess][threads]") {
+  // The four "processes" are four asynchronous saves on one io_context run by this thread. A
+  // collective that blocked a thread (the engine's, or this one) would hang the job until the
+  // timeout; a thread per collective would show in the count, sampled while the saves run.
+  auto be = testing::test_backend();
+  testing::temp_dir tmp;
+  const std::string prefix = tmp / "ck";
+  {  // warm the process-wide threads
+    auto s = make_state({0, 1, 2, 3}, 1);
+    REQUIRE(write_tensors(*be, tmp / "warm", s.tensors));
+  }
+  const int fixed = runtime::thread_count();
+  auto group = coord::make_thread_group(4);
+  boost::asio::io_context io;
+  std::deque<state> states;  // never relocated: the tensors view their shards
+  for (int r = 0; r < 4; ++r) states.push_back(make_state({r}, 11));
+  std::vector<std::optional<result<write_report>>> reports(4);
+  for (int r = 0; r < 4; ++r) {
+    write_options o;
+    o.coordinator = group[static_cast<std::size_t>(r)].get();
+    o.coordination_timeout = 20s;
+    async_write_tensors(io.get_executor(), *be, prefix, states[static_cast<std::size_t>(r)].tensors, o,
+                        [&reports, r](result<write_report> rep) { reports[static_cast<std::size_t>(r)] = std::move(rep); });
+  }
+  int most = 0, samples = 0;
+  boost::asio::steady_timer sampler(io);
+  std::function<void()> sample = [&] {
+    most = std::max(most, runtime::thread_count());
+    ++samples;
+    if (std::all_of(reports.begin(), reports.end(), [](const auto& r) { return r.has_value(); })) return;
+    sampler.expires_after(200us);
+    sampler.async_wait([&](boost::system::error_code) { sample(); });
+  };
+  sample();
+  const auto started = std::chrono::steady_clock::now();
+  io.run();
+  CHECK(std::chrono::steady_clock::now() - started < 10s);  // no collective waited out a timeout
+  for (auto& rep : reports) {
+    REQUIRE(rep);
+    REQUIRE(*rep);
+    CHECK((*rep)->processes == 4);
+  }
+  INFO(samples << " samples");
+  CHECK(samples > 1);
+  CHECK(most == fixed);
+  CHECK(restores_in_one_process(*be, prefix, 11));
+}
 
 TEST_CASE("four processes save one checkpoint; it restores in 1, 2 and 4 processes in other layouts", "[multiprocess]") {
   auto be = testing::test_backend();

@@ -93,3 +93,73 @@ TEST_CASE("a rank that arrives late makes the root time out, naming it, and stil
   REQUIRE_FALSE(bc);
   CHECK_THAT(bc.error().what(), Catch::Contains("rank(s) 0"));
 }
+
+TEST_CASE("collectives of every rank are polled from one thread: none blocks, each completes", "[coord][poll]") {
+  // What a multi-process save does on the library's engine: start, then poll, never wait.
+  constexpr int n = 4;
+  auto group = coord::make_thread_group(n);
+  for (int round = 0; round < 20; ++round) {
+    std::vector<std::unique_ptr<coord::collective<std::vector<coord::bytes>>>> gathers;
+    for (int r = n - 1; r >= 0; --r)  // the root starts last: it finds everything there
+      gathers.push_back(group[static_cast<std::size_t>(r)]->start_gather(bytes_of(std::to_string(r + round)), 5s));
+    std::vector<std::unique_ptr<coord::collective<coord::bytes>>> casts;
+    for (int r = 1; r < n; ++r) casts.push_back(group[static_cast<std::size_t>(r)]->start_broadcast({}, 5s));
+    // Non-root ranks wait for the broadcast: nothing yet.
+    for (auto& c : casts) CHECK_FALSE(c->poll());
+    casts.push_back(group[0]->start_broadcast(bytes_of("r" + std::to_string(round)), 5s));
+    for (auto& c : casts) {
+      auto got = c->poll();
+      REQUIRE(got);
+      REQUIRE(*got);
+      CHECK(string_of(**got) == "r" + std::to_string(round));
+    }
+    for (std::size_t i = 0; i < gathers.size(); ++i) {
+      auto got = gathers[i]->poll();
+      REQUIRE(got);
+      REQUIRE(*got);
+      if (i + 1 < gathers.size()) {
+        CHECK((*got)->empty());
+      } else {
+        REQUIRE((*got)->size() == n);
+        for (int r = 0; r < n; ++r) CHECK(string_of((**got)[static_cast<std::size_t>(r)]) == std::to_string(r + round));
+      }
+    }
+    std::vector<std::unique_ptr<coord::collective<void>>> barriers;
+    for (int r = 0; r < n; ++r) {
+      for (auto& b : barriers) CHECK_FALSE(b->poll());  // not everyone is in
+      barriers.push_back(group[static_cast<std::size_t>(r)]->start_barrier(5s));
+    }
+    for (auto& b : barriers) {
+      auto got = b->poll();
+      REQUIRE(got);
+      CHECK(*got);
+    }
+  }
+}
+
+TEST_CASE("a polled collective times out by itself, and one given up early drops its round", "[coord][poll][timeout]") {
+  auto group = coord::make_thread_group(2);
+  // The root's gather, polled until its deadline: rank 1 never comes.
+  auto g = group[0]->start_gather(bytes_of("zero"), 30ms);
+  CHECK_FALSE(g->poll());
+  const auto until = std::chrono::steady_clock::now() + 2s;
+  std::optional<result<std::vector<coord::bytes>>> out;
+  while (!(out = g->poll()) && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(coord::poll_delay(5));
+  REQUIRE(out);
+  REQUIRE_FALSE(*out);
+  CHECK(out->error().code == errc::timed_out);
+  CHECK_THAT(out->error().what(), Catch::Contains("rank(s) 1"));
+  // A broadcast rank 1 gives up on by dropping it; rank 1's late gather lands in the round the
+  // root gave up on, and both meet in the next broadcast.
+  group[1]->start_broadcast({}, 5s).reset();
+  (void)group[1]->gather(bytes_of("one, late"), 1s);
+  CHECK(group[0]->broadcast(bytes_of("round 0"), 1s));  // round 0: rank 1 gave it up
+  auto later = group[1]->start_broadcast({}, 1s);
+  CHECK(group[0]->broadcast(bytes_of("round 1"), 1s));
+  auto got = later->poll();
+  REQUIRE(got);
+  REQUIRE(*got);
+  CHECK(string_of(**got) == "round 1");
+  CHECK(coord::poll_delay(0) == 20us);
+  CHECK(coord::poll_delay(100) == 1000us);
+}
