@@ -20,6 +20,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 
+#include "io/executor_thread.hpp"
 #include "meshckpt/backends/blocking_pool.hpp"
 #include "meshckpt/format/names.hpp"
 
@@ -313,42 +314,10 @@ class posix_backend final : public io::backend {
 }  // namespace
 
 namespace {
-
-struct shared_pool {
-  asio::io_context ctx{static_cast<int>(blocking_pool_threads)};
-  asio::executor_work_guard<asio::io_context::executor_type> work{ctx.get_executor()};
-  shared_pool() {
-    for (unsigned i = 0; i < blocking_pool_threads; ++i)
-      std::thread([this] {
-        ::pthread_setname_np(::pthread_self(), "meshckpt-io");
-        while (true) {
-          try {
-            ctx.run();
-            return;
-          } catch (...) {
-            // A completion threw (std::bad_alloc): its operation reported what it could.
-          }
-        }
-      }).detach();
-  }
-};
-
-// A child of fork() has none of the parent's threads: it starts a fresh pool on first use.
-std::atomic<shared_pool*> pool_instance{nullptr};
-
-}  // namespace
-
-asio::io_context& blocking_pool() {
-  static const bool fork_aware = (::pthread_atfork(nullptr, nullptr, [] { pool_instance.store(nullptr); }), true);
-  (void)fork_aware;
-  if (auto* p = pool_instance.load(std::memory_order_acquire)) return p->ctx;
-  static std::mutex creating;  // one pool, even when first used by several threads at once
-  std::lock_guard lk(creating);
-  if (auto* p = pool_instance.load(std::memory_order_acquire)) return p->ctx;
-  auto* fresh = new shared_pool;  // never destroyed: completions may run during exit
-  pool_instance.store(fresh, std::memory_order_release);
-  return fresh->ctx;
+std::atomic<io::executor_thread*> pool_instance{nullptr};
 }
+
+asio::io_context& blocking_pool() { return io::process_wide<&pool_instance>(blocking_pool_threads, "meshckpt-io").context(); }
 
 std::unique_ptr<io::backend> make_posix_backend(posix_options opt) {
   return std::make_unique<posix_backend>(opt);

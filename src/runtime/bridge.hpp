@@ -12,25 +12,14 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "../io/executor_thread.hpp"
 #include "meshckpt/io/async.hpp"
 #include "task.hpp"
 
 namespace meshckpt::runtime {
 
-namespace detail {
-inline thread_local int library_thread_depth = 0;
-}
-
-// While alive, marks the calling thread as running one of the library's executors.
-class library_thread_scope {
- public:
-  library_thread_scope() noexcept { ++detail::library_thread_depth; }
-  ~library_thread_scope() { --detail::library_thread_depth; }
-  library_thread_scope(const library_thread_scope&) = delete;
-  library_thread_scope& operator=(const library_thread_scope&) = delete;
-};
-
-inline bool on_library_thread() noexcept { return detail::library_thread_depth > 0; }
+using io::library_thread_scope;
+using io::on_library_thread;
 
 // What a blocking call on a library thread gets (after the abort of debug and sanitizer builds).
 inline error refuse_blocking(std::string_view what) {
