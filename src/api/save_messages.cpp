@@ -36,28 +36,13 @@ error get_error(reader& r) {
 
 std::uint64_t skeleton_fingerprint(const format::manifest& m) {
   writer w;
-  w.varint(m.meshes.size());
-  for (const auto& ms : m.meshes) {
-    w.varint(ms.dims.size());
-    for (const auto& d : ms.dims) {
-      w.str(d.name);
-      w.varint(static_cast<std::uint64_t>(d.size));
-    }
-    w.varint(ms.device_ids.size());
-    for (auto id : ms.device_ids) w.varint(static_cast<std::uint64_t>(id));
-  }
+  format::put_meshes(w, m.meshes);
   w.varint(m.tensors.size());
   for (const auto& t : m.tensors) {
-    w.str(t.key);
-    w.u8(static_cast<std::uint8_t>(t.type));
-    w.varint(t.global.size());
-    for (auto d : t.global) w.varint(static_cast<std::uint64_t>(d));
-    w.varint(t.mesh);
-    for (auto a : t.axes) w.varint(static_cast<std::uint64_t>(static_cast<std::int64_t>(a)));
+    format::put_tensor_head(w, t);
     w.varint(t.slices.size());
     for (const auto& s : t.slices) {
-      for (auto o : s.where.origin) w.varint(static_cast<std::uint64_t>(o));
-      for (auto e : s.where.extent) w.varint(static_cast<std::uint64_t>(e));
+      format::put_box(w, s);
       w.varint(static_cast<std::uint64_t>(s.writer_device));
     }
   }

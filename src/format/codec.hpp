@@ -165,3 +165,18 @@ class reader {
 };
 
 }  // namespace meshckpt::format::codec
+
+namespace meshckpt::format {
+
+// Parts of the manifest's encoding (manifest.cpp), shared with the fingerprint by which a
+// multi-process save checks that every process planned the same skeleton.
+struct saved_mesh;
+struct saved_tensor;
+struct saved_slice;
+void put_meshes(codec::writer& w, const std::vector<saved_mesh>& meshes);
+// Key, dtype, global shape, mesh and axes.
+void put_tensor_head(codec::writer& w, const saved_tensor& t);
+// The slice's origin and extent.
+void put_box(codec::writer& w, const saved_slice& s);
+
+}  // namespace meshckpt::format

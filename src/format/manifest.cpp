@@ -187,6 +187,33 @@ result<void> validate(const manifest& m, const limits& lim) {
   return success();
 }
 
+void put_meshes(codec::writer& w, const std::vector<saved_mesh>& meshes) {
+  w.varint(meshes.size());
+  for (const auto& ms : meshes) {
+    w.varint(ms.dims.size());
+    for (const auto& d : ms.dims) {
+      w.str(d.name);
+      w.varint(static_cast<std::uint64_t>(d.size));
+    }
+    w.varint(ms.device_ids.size());
+    for (auto id : ms.device_ids) w.varint(static_cast<std::uint64_t>(id));
+  }
+}
+
+void put_tensor_head(codec::writer& w, const saved_tensor& t) {
+  w.str(t.key);
+  w.varint(static_cast<std::uint64_t>(t.type));
+  w.varint(t.global.size());
+  for (auto d : t.global) w.varint(static_cast<std::uint64_t>(d));
+  w.varint(t.mesh);
+  for (auto a : t.axes) w.varint(static_cast<std::uint64_t>(a + 1));
+}
+
+void put_box(codec::writer& w, const saved_slice& s) {
+  for (auto o : s.where.origin) w.varint(static_cast<std::uint64_t>(o));
+  for (auto e : s.where.extent) w.varint(static_cast<std::uint64_t>(e));
+}
+
 result<void> encode_into(const manifest& m, std::vector<std::byte>& out) {
   BOOST_OUTCOME_TRY(validate(m));
   out.clear();
@@ -202,16 +229,7 @@ result<void> encode_into(const manifest& m, std::vector<std::byte>& out) {
   w.str(m.writer);
   w.close_section(sec);
   sec = w.open_section(tag_meshes);
-  w.varint(m.meshes.size());
-  for (const auto& ms : m.meshes) {
-    w.varint(ms.dims.size());
-    for (const auto& d : ms.dims) {
-      w.str(d.name);
-      w.varint(static_cast<std::uint64_t>(d.size));
-    }
-    w.varint(ms.device_ids.size());
-    for (auto id : ms.device_ids) w.varint(static_cast<std::uint64_t>(id));
-  }
+  put_meshes(w, m.meshes);
   w.close_section(sec);
   sec = w.open_section(tag_files);
   w.varint(m.files.size());
@@ -223,16 +241,10 @@ result<void> encode_into(const manifest& m, std::vector<std::byte>& out) {
   sec = w.open_section(tag_tensors);
   w.varint(m.tensors.size());
   for (const auto& t : m.tensors) {
-    w.str(t.key);
-    w.varint(static_cast<std::uint64_t>(t.type));
-    w.varint(t.global.size());
-    for (auto d : t.global) w.varint(static_cast<std::uint64_t>(d));
-    w.varint(t.mesh);
-    for (auto a : t.axes) w.varint(static_cast<std::uint64_t>(a + 1));
+    put_tensor_head(w, t);
     w.varint(t.slices.size());
     for (const auto& sl : t.slices) {
-      for (auto o : sl.where.origin) w.varint(static_cast<std::uint64_t>(o));
-      for (auto e : sl.where.extent) w.varint(static_cast<std::uint64_t>(e));
+      put_box(w, sl);
       w.varint(sl.file);
       w.varint(sl.offset);
       w.varint(sl.length);
