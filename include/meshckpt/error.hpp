@@ -18,7 +18,7 @@ enum class errc {
   ok = 0,
   invalid_argument = 1,    ///< a caller-supplied value is malformed (shape, layout, name, ...)
   not_found = 2,           ///< the checkpoint, file or tensor does not exist
-  checksum_mismatch = 3,   ///< bytes on disk do not match their recorded XXH3 checksum
+  checksum_mismatch = 3,   ///< bytes on disk do not match their recorded checksum (XXH3; CRC-32C in TensorFlow files)
   corrupt_manifest = 4,    ///< the manifest is truncated, malformed or inconsistent
   unsupported_version = 5, ///< the manifest was written by an incompatible format version
   dtype_mismatch = 6,      ///< saved and requested dtypes differ
