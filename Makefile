@@ -9,7 +9,7 @@ DIR        ?=
 JOBS       ?= $(shell nproc)
 
 # What the build needs (Debian 12 package names).
-DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libxxhash-dev libsnappy-dev catch2 python3 \
+DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libxxhash-dev libsnappy-dev libprotobuf-dev protobuf-compiler catch2 python3 \
              libopenmpi-dev openmpi-bin
 # The sanitizer and libFuzzer build.
 SAN_DEBS  := clang-14 libclang-rt-14-dev

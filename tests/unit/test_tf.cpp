@@ -5,7 +5,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
+#include <set>
 #include <fstream>
 #include <iterator>
 #include <random>
@@ -14,8 +17,12 @@
 #include "format/codec.hpp"
 #include "format/tf_table.hpp"
 #include "meshckpt/format/crc32c.hpp"
+#include "meshckpt/format/tf_bundle.hpp"
+#include "tensor_bundle.pb.h"
+#include "trackable_object_graph.pb.h"
 
 using namespace meshckpt;
+namespace tfproto = meshckpt::tfproto;
 using format::tf::table_entry;
 
 namespace {
@@ -235,4 +242,236 @@ TEST_CASE("malformed blocks behind a right checksum are refused with what and wh
   // Not a table at all.
   CHECK(err(bytes_of("short")).code == errc::corrupt_manifest);
   CHECK_THAT(err(std::vector<std::byte>(100)).what(), Catch::Contains("no table magic"));
+}
+
+// ---------------------------------------------------------------- bundles
+
+namespace {
+
+std::vector<std::byte> slice_of_file(const std::vector<std::byte>& f, std::uint64_t offset, std::uint64_t size) {
+  REQUIRE(offset + size <= f.size());
+  return {f.begin() + static_cast<std::ptrdiff_t>(offset), f.begin() + static_cast<std::ptrdiff_t>(offset + size)};
+}
+
+std::string serialized(const google::protobuf::MessageLite& m) { return m.SerializeAsString(); }
+
+std::vector<table_entry> bundle_with(const tfproto::BundleHeaderProto& h, std::vector<std::pair<std::string, tfproto::BundleEntryProto>> entries) {
+  std::vector<table_entry> t{{"", serialized(h)}};
+  for (auto& [k, e] : entries) t.push_back({k, serialized(e)});
+  std::sort(t.begin(), t.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
+  return t;
+}
+
+tfproto::BundleHeaderProto header(int shards = 1) {
+  tfproto::BundleHeaderProto h;
+  h.set_num_shards(shards);
+  h.mutable_version()->set_producer(1);
+  return h;
+}
+
+tfproto::BundleEntryProto entry(int dtype, std::vector<std::int64_t> dims, std::int64_t offset, std::int64_t size, int shard = 0) {
+  tfproto::BundleEntryProto e;
+  e.set_dtype(static_cast<tfproto::DataType>(dtype));
+  for (auto d : dims) e.mutable_shape()->add_dim()->set_size(d);
+  e.set_offset(offset);
+  e.set_size(size);
+  e.set_shard_id(shard);
+  return e;
+}
+
+error index_error(const std::vector<table_entry>& t) {
+  auto r = format::tf::decode_bundle_index(format::tf::write_table(t).value());
+  REQUIRE_FALSE(r);
+  return r.error();
+}
+
+}  // namespace
+
+TEST_CASE("TF bundles written by TensorFlow: every entry decodes and every tensor's bytes match its CRC-32C", "[tf][bundle]") {
+  struct want {
+    std::filesystem::path prefix;
+    int shards;
+    std::size_t entries;
+  };
+  for (const auto& w : {want{data / "t2t_transformer_tf1_ckpt/model.ckpt-1", 2, 250}, want{data / "bert_lite_tf2_ckpt/bert_lite_tf2.ckpt", 1, 25},
+                        want{data / "half_plus_two_tf2_savedmodel/variables/variables", 1, 4}}) {
+    INFO(w.prefix);
+    auto idx = format::tf::decode_bundle_index(file(w.prefix.string() + ".index"));
+    REQUIRE(idx);
+    CHECK(idx->num_shards == w.shards);
+    CHECK(idx->entries.size() == w.entries);
+    CHECK(idx->producer == 1);
+    std::vector<std::vector<std::byte>> shards;
+    for (int s = 0; s < w.shards; ++s)
+      shards.push_back(file(w.prefix.parent_path() / format::tf::data_file_name(w.prefix.filename().string(), s, w.shards)));
+    std::size_t numeric = 0;
+    for (const auto& e : idx->entries) {
+      INFO(e.key);
+      CHECK(idx->find(e.key) == &e);
+      auto bytes = slice_of_file(shards[static_cast<std::size_t>(e.shard)], e.offset, e.size);
+      if (e.type) {
+        ++numeric;
+        CHECK(format::crc32c::value(bytes) == e.crc32c);
+      } else {
+        // A string tensor's checksum covers its lengths as integers, not their varints.
+        REQUIRE(e.tf_type == static_cast<int>(format::tf::tf_dtype::string));
+        auto n = num_elements(e.global);
+        REQUIRE(n);
+        CHECK(format::tf::decode_string_tensor(bytes, static_cast<std::uint64_t>(*n), e.crc32c));
+      }
+    }
+    CHECK(numeric + (w.shards == 2 ? 0 : 1) == w.entries);  // TF2: one DT_STRING, the object graph
+  }
+}
+
+TEST_CASE("the object graph of a TF2 checkpoint decodes and names the checkpoint's keys", "[tf][bundle][graph]") {
+  const auto prefix = data / "half_plus_two_tf2_savedmodel/variables/variables";
+  auto idx = format::tf::decode_bundle_index(file(prefix.string() + ".index")).value();
+  const auto* g = idx.find("_CHECKPOINTABLE_OBJECT_GRAPH");
+  REQUIRE(g);
+  CHECK(g->global.empty());
+  auto bytes = slice_of_file(file(prefix.string() + ".data-00000-of-00001"), g->offset, g->size);
+  auto strings = format::tf::decode_string_tensor(bytes, 1, g->crc32c);
+  REQUIRE(strings);
+  REQUIRE(strings->size() == 1);
+  tfproto::TrackableObjectGraph graph;
+  REQUIRE(graph.ParseFromString(strings->front()));
+  std::set<std::string> keys, children;
+  for (const auto& n : graph.nodes()) {
+    for (const auto& a : n.attributes()) keys.insert(a.checkpoint_key());
+    for (const auto& c : n.children()) children.insert(c.local_name());
+  }
+  CHECK(keys == std::set<std::string>{"a/.ATTRIBUTES/VARIABLE_VALUE", "b/.ATTRIBUTES/VARIABLE_VALUE", "c/.ATTRIBUTES/VARIABLE_VALUE"});
+  CHECK(children.contains("a"));
+  // a = 0.5, b = 2.0, c = 3.0 (SOURCES.md).
+  auto value = [&](const char* key) {
+    const auto* e = idx.find(key);
+    REQUIRE(e);
+    REQUIRE(e->type == dtype::float32);
+    auto b = slice_of_file(file(prefix.string() + ".data-00000-of-00001"), e->offset, e->size);
+    float f;
+    std::memcpy(&f, b.data(), 4);
+    return f;
+  };
+  CHECK(value("a/.ATTRIBUTES/VARIABLE_VALUE") == 0.5f);
+  CHECK(value("b/.ATTRIBUTES/VARIABLE_VALUE") == 2.0f);
+  CHECK(value("c/.ATTRIBUTES/VARIABLE_VALUE") == 3.0f);
+  // A flipped string byte fails its checksum.
+  bytes.back() ^= std::byte{1};
+  CHECK(format::tf::decode_string_tensor(bytes, 1, g->crc32c).error().code == errc::checksum_mismatch);
+}
+
+TEST_CASE("string tensors round-trip, and malformed ones are refused", "[tf][bundle][strings]") {
+  std::vector<std::string> s{"", "a", std::string(300, 'x'), std::string("\0\xff", 2)};
+  std::uint32_t crc = 0;
+  auto bytes = format::tf::encode_string_tensor(s, crc);
+  auto back = format::tf::decode_string_tensor(bytes, s.size(), crc);
+  REQUIRE(back);
+  CHECK(*back == s);
+  CHECK(format::tf::decode_string_tensor(bytes, s.size(), crc ^ 1).error().code == errc::checksum_mismatch);
+  CHECK_FALSE(format::tf::decode_string_tensor(bytes, s.size() + 1, crc));
+  CHECK_FALSE(format::tf::decode_string_tensor(std::span(bytes).first(bytes.size() - 1), s.size(), crc));
+  CHECK(format::tf::decode_string_tensor(bytes, 1u << 30, crc).error().code == errc::corrupt_manifest);  // refused before allocating
+  for (std::size_t n = 0; n < bytes.size(); ++n) CHECK_FALSE(format::tf::decode_string_tensor(std::span(bytes).first(n), s.size(), crc));
+}
+
+TEST_CASE("dtypes map both ways; the ones meshckpt lacks are named", "[tf][bundle]") {
+  for (auto t : {dtype::boolean, dtype::int8, dtype::int16, dtype::int32, dtype::int64, dtype::uint8, dtype::uint16, dtype::uint32,
+                 dtype::uint64, dtype::float16, dtype::bfloat16, dtype::float32, dtype::float64, dtype::float8_e4m3, dtype::float8_e5m2}) {
+    auto tf = format::tf::to_tf_dtype(t);
+    REQUIRE(tf);
+    CHECK(format::tf::from_tf_dtype(*tf) == t);
+  }
+  CHECK_FALSE(format::tf::to_tf_dtype(dtype::blob));
+  CHECK(format::tf::tf_dtype_name(8) == "DT_COMPLEX64");
+  CHECK(format::tf::tf_dtype_name(101) == "DT_FLOAT_REF");
+  CHECK(format::tf::tf_dtype_name(999) == "DT_999");
+  CHECK_FALSE(format::tf::from_tf_dtype(7));
+}
+
+TEST_CASE("OrderedCode's signed numbers sort as the numbers do", "[tf][bundle][slices]") {
+  CHECK(format::tf::ordered_signed(0) == "\x80");
+  CHECK(format::tf::ordered_signed(-1) == "\x7f");
+  CHECK(format::tf::ordered_signed(63) == "\xbf");
+  CHECK(format::tf::ordered_signed(-64) == "\x40");
+  std::vector<std::int64_t> v{INT64_MIN, INT64_MIN + 1, -1, 0, 1, 63, 64, 65, -64, -65, 8191, 8192, -8192, -8193, INT64_MAX, INT64_MAX - 1};
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 2000; ++i) v.push_back(static_cast<std::int64_t>(rng()) >> (rng() % 64));
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  for (std::size_t i = 1; i < v.size(); ++i) {
+    INFO(v[i - 1] << " < " << v[i]);
+    auto a = format::tf::ordered_signed(v[i - 1]), b = format::tf::ordered_signed(v[i]);
+    REQUIRE(std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(),
+                                         [](char x, char y) { return static_cast<unsigned char>(x) < static_cast<unsigned char>(y); }));
+  }
+}
+
+TEST_CASE("partitioned variables: slices resolve to their own entries, checked", "[tf][bundle][slices]") {
+  auto full = entry(1, {4, 6}, 0, 0);
+  format::tf::tf_slice top{{0, 0}, {2, -1}}, bottom{{2, 0}, {2, -1}};
+  auto add_slice = [](tfproto::BundleEntryProto& e, const format::tf::tf_slice& s) {
+    auto* p = e.add_slices();
+    for (std::size_t d = 0; d < s.start.size(); ++d) {
+      auto* x = p->add_extent();
+      x->set_start(s.start[d]);
+      if (s.length[d] != -1) x->set_length(s.length[d]);
+    }
+  };
+  add_slice(full, top);
+  add_slice(full, bottom);
+  auto t = bundle_with(header(), {{"w", full},
+                                  {format::tf::slice_key("w", top), entry(1, {2, 6}, 0, 48)},
+                                  {format::tf::slice_key("w", bottom), entry(1, {2, 6}, 48, 48)}});
+  auto idx = format::tf::decode_bundle_index(format::tf::write_table(t).value());
+  REQUIRE(idx);
+  const auto* w = idx->find("w");
+  REQUIRE(w);
+  REQUIRE(w->slices.size() == 2);
+  CHECK(w->slices[1].in(w->global) == box{{2, 0}, {2, 6}});
+  // A slice whose entry is missing, or of another shape.
+  auto missing = bundle_with(header(), {{"w", full}, {format::tf::slice_key("w", top), entry(1, {2, 6}, 0, 48)}});
+  CHECK_THAT(index_error(missing).what(), Catch::Contains("has no entry of its own"));
+  auto wrong = bundle_with(header(), {{"w", full},
+                                      {format::tf::slice_key("w", top), entry(1, {2, 6}, 0, 48)},
+                                      {format::tf::slice_key("w", bottom), entry(1, {3, 6}, 48, 72)}});
+  CHECK_THAT(index_error(wrong).what(), Catch::Contains("another dtype or shape"));
+  auto outside = entry(1, {4, 6}, 0, 0);
+  add_slice(outside, format::tf::tf_slice{{3, 0}, {2, -1}});
+  CHECK_THAT(index_error(bundle_with(header(), {{"w", outside}})).what(), Catch::Contains("does not fit"));
+}
+
+TEST_CASE("malformed bundle indexes are refused with what and where", "[tf][bundle][hostile]") {
+  // No header: a V1 checkpoint (or no checkpoint).
+  std::vector<table_entry> v1{{"global_step", "x"}};
+  auto e = index_error(v1);
+  CHECK(e.code == errc::unsupported);
+  CHECK_THAT(e.what(), Catch::Contains("V1"));
+  auto big = header();
+  big.set_endianness(tfproto::BundleHeaderProto::BIG);
+  e = index_error(bundle_with(big, {}));
+  CHECK(e.code == errc::unsupported);
+  CHECK_THAT(e.what(), Catch::Contains("big-endian"));
+  auto newer = header();
+  newer.mutable_version()->set_min_consumer(2);
+  CHECK_THAT(index_error(bundle_with(newer, {})).what(), Catch::Contains("bundle version 2"));
+  CHECK_THAT(index_error(bundle_with(header(0), {})).what(), Catch::Contains("0 data files"));
+  CHECK_THAT(index_error(std::vector<table_entry>{{"", "\xff\xff"}}).what(), Catch::Contains("not a BundleHeaderProto"));
+  CHECK_THAT(index_error(bundle_with(header(), {{"w", entry(1, {4}, 0, 15)}})).what(), Catch::Contains("takes 16 bytes, not 15"));
+  CHECK_THAT(index_error(bundle_with(header(), {{"w", entry(1, {4}, 0, 16, 1)}})).what(), Catch::Contains("data file 1 of a bundle of 1"));
+  CHECK_THAT(index_error(bundle_with(header(), {{"w", entry(1, {-4}, 0, 16)}})).what(), Catch::Contains("a dimension of size -4"));
+  CHECK_THAT(index_error(bundle_with(header(), {{"w", entry(1, {1ll << 40, 1ll << 40}, 0, 16)}})).what(), Catch::Contains("more elements"));
+  CHECK_THAT(index_error(bundle_with(header(), {{"w", entry(1, {4}, -1, 16)}})).what(), Catch::Contains("out of range"));
+  auto unknown = entry(1, {}, 0, 4);
+  unknown.mutable_shape()->set_unknown_rank(true);
+  CHECK_THAT(index_error(bundle_with(header(), {{"w", unknown}})).what(), Catch::Contains("unknown rank"));
+  std::vector<table_entry> garbage{{"", serialized(header())}, {"w", "\xff\xff\xff"}};
+  e = index_error(garbage);
+  CHECK(e.code == errc::corrupt_manifest);
+  CHECK_THAT(e.what(), Catch::Contains("entry \"w\": not a BundleEntryProto"));
+  // Kept, for a clear error when restored: a dtype meshckpt lacks.
+  auto idx = format::tf::decode_bundle_index(format::tf::write_table(bundle_with(header(), {{"z", entry(8, {2}, 0, 16)}})).value());
+  REQUIRE(idx);
+  CHECK_FALSE(idx->entries[0].type);
+  CHECK(format::tf::tf_dtype_name(idx->entries[0].tf_type) == "DT_COMPLEX64");
 }

@@ -1,0 +1,109 @@
+#pragma once
+/// \file
+/// TensorFlow's tensor bundles (the checkpoints of `tf.train.Saver` V2, `tf.train.Checkpoint`
+/// and a SavedModel's `variables/`), read as hostile input. Pure: the caller reads the files.
+///
+/// A bundle with prefix P is `P.index`, a LevelDB-format table, and the data files
+/// `P.data-0000k-of-0000N`. The table maps the empty key to a header (shard count, endianness,
+/// version) and every tensor's key to its entry: dtype, shape, data file (shard), offset, size
+/// and the masked CRC-32C of its bytes. A partitioned variable's entry lists its slices instead;
+/// each slice is stored under a key of its own (`slice_key`).
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "meshckpt/error.hpp"
+#include "meshckpt/tensor/box.hpp"
+#include "meshckpt/tensor/dtype.hpp"
+
+namespace meshckpt::format::tf {
+
+/// TensorFlow's DataType numbers of the dtypes that have a meaning here.
+enum class tf_dtype : int {
+  invalid = 0, float32 = 1, float64 = 2, int32 = 3, uint8 = 4, int16 = 5, int8 = 6, string = 7, complex64 = 8,
+  int64 = 9, boolean = 10, bfloat16 = 14, uint16 = 17, complex128 = 18, float16 = 19, resource = 20, variant = 21,
+  uint32 = 22, uint64 = 23, float8_e5m2 = 24, float8_e4m3fn = 25,
+};
+
+/// TensorFlow's name of DataType number `t` ("DT_FLOAT", "DT_COMPLEX64", ...; "DT_<n>" when
+/// unknown).
+std::string tf_dtype_name(int t);
+
+/// The meshckpt dtype of TensorFlow's DataType number `t`, or nullopt when meshckpt has none
+/// (strings, complex and quantized types, resources, variants).
+std::optional<dtype> from_tf_dtype(int t) noexcept;
+
+/// TensorFlow's DataType number of a meshckpt dtype, or nullopt (`blob` has none).
+std::optional<int> to_tf_dtype(dtype t) noexcept;
+
+/// One slice of a partitioned variable as TensorFlow describes it: per dimension a start and a
+/// length, a length of -1 standing for the whole dimension.
+struct tf_slice {
+  std::vector<std::int64_t> start;
+  std::vector<std::int64_t> length;
+  /// The box it covers in a tensor of shape `global`.
+  box in(const shape& global) const;
+  friend bool operator==(const tf_slice&, const tf_slice&) = default;
+};
+
+/// One tensor of a bundle, as its `.index` entry describes it.
+struct bundle_entry {
+  std::string key;
+  int tf_type = 0;            ///< TensorFlow's DataType number
+  std::optional<dtype> type;  ///< meshckpt's dtype; nullopt for DT_STRING and what meshckpt lacks
+  shape global;
+  int shard = 0;              ///< data file index
+  std::uint64_t offset = 0;   ///< in the data file
+  std::uint64_t size = 0;     ///< bytes
+  std::uint32_t crc32c = 0;   ///< CRC-32C of the bytes (unmasked)
+  /// A partitioned variable's slices (each stored under `slice_key(key, slice)`, an entry of
+  /// its own); empty for a tensor stored whole.
+  std::vector<tf_slice> slices;
+};
+
+/// A bundle's `.index`, decoded and checked.
+struct bundle_index {
+  int num_shards = 1;
+  int producer = 0;      ///< bundle format version that wrote it
+  int min_consumer = 0;  ///< oldest reader version that can read it
+  std::vector<bundle_entry> entries;  ///< key order; the header is not among them
+
+  /// The entry of `key`, or nullptr.
+  const bundle_entry* find(std::string_view key) const;
+};
+
+/// The newest bundle format version this reader reads (TensorFlow's kTensorBundleVersion).
+inline constexpr int bundle_version = 1;
+
+/// Decodes a `.index` file. Errors: corrupt_manifest (a malformed table, header or entry, with
+/// the key), checksum_mismatch (a table block), unsupported (a big-endian bundle, a newer
+/// bundle version, or a file that is a TF1 "V1" checkpoint, which is a table without bundle
+/// header), limit_exceeded.
+result<bundle_index> decode_bundle_index(std::span<const std::byte> index_file);
+
+/// "P.data-00000-of-00001": the base name of data file `shard` of `num_shards` of prefix base
+/// name `base`.
+std::string data_file_name(std::string_view base, int shard, int num_shards);
+
+/// The key under which TensorFlow stores slice `s` of the partitioned tensor `key`
+/// (TensorFlow's EncodeTensorNameSlice: an OrderedCode encoding).
+std::string slice_key(std::string_view key, const tf_slice& s);
+
+/// OrderedCode's encoding of a signed number, whose byte order is the numbers' order (exposed
+/// for tests).
+std::string ordered_signed(std::int64_t v);
+
+/// The elements of a DT_STRING tensor of `count` elements from its stored bytes: varint64
+/// lengths, a masked CRC-32C of the lengths, the strings. `crc32c` is the entry's (unmasked)
+/// checksum, verified over all of it.
+result<std::vector<std::string>> decode_string_tensor(std::span<const std::byte> bytes, std::uint64_t count, std::uint32_t crc32c);
+
+/// Stored bytes of a DT_STRING tensor, and their CRC-32C (unmasked) for the entry.
+std::vector<std::byte> encode_string_tensor(std::span<const std::string> elements, std::uint32_t& crc32c);
+
+}  // namespace meshckpt::format::tf
