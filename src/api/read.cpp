@@ -90,44 +90,50 @@ task<std::string> missing_hint(io::backend& b, const opened_prefix& p) {
 
 }  // namespace
 
-task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std::string_view prefix) {
+task<void> read_small_file(io::backend& b, const opened_prefix& p, const std::string& name, std::uint64_t cap, std::vector<std::byte>& into) {
   auto ex = co_await asio::this_coro::executor;
-  std::string name = format::manifest_name(p.base);
   auto h = co_await io::async_open(b, ex, p.dir, name, io::open_mode::read, use_awaitable);
-  if (!h) {
-    if (h.error().code == std::errc::no_such_file_or_directory) {
-      std::string hint = (co_await missing_hint(b, p)).value();
-      co_return make_error(errc::not_found, "checkpoint " + std::string(prefix) + " not found: " + name + " does not exist in " + p.dir_path + hint);
-    }
-    co_return h.error();
-  }
+  if (!h) co_return h.error();
   on_unwind last_resort([&] { io::close_detached(b, *h); });
-  // Errors name the manifest with its directory, like every other error of a checkpoint.
   const std::string where = p.dir_path == "." ? name : p.dir_path + "/" + name;
-  auto body = [&]() -> task<format::manifest> {
+  auto body = [&]() -> task<void> {
     BOOST_OUTCOME_CO_TRY(auto size, co_await io::async_size(b, ex, *h, use_awaitable));
-    format::limits lim;
-    if (size > lim.max_manifest_bytes)
-      co_return make_error(errc::limit_exceeded, where + " is " + std::to_string(size) + " bytes, above the manifest cap");
-    auto bytes = runtime::byte_buffers().take();
-    runtime::give_back_at_exit bytes_back(runtime::byte_buffers(), bytes);
-    bytes.clear();
-    bytes.resize(size);
-    BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, *h, 0, bytes, use_awaitable));
+    if (size > cap) co_return make_error(errc::limit_exceeded, where + " is " + std::to_string(size) + " bytes, above the cap of " + std::to_string(cap));
+    into.clear();
+    into.resize(size);
+    BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, *h, 0, into, use_awaitable));
     if (got != size) co_return make_error(errc::short_read, where + " shrank while being read");
-    auto m = runtime::manifests().take();
-    if (auto d = format::decode_into(bytes, m, lim); !d) co_return with_context(d.error(), where);
-    co_return std::move(m);
+    co_return success();
   };
-  std::optional<result<format::manifest>> r;
+  std::optional<result<void>> r;
   try {
     r = co_await body();
   } catch (const std::bad_alloc&) {
-    r = out_of_memory("reading " + name);
+    r = out_of_memory("reading " + where);
   }
   co_await close_quietly(b, *h);
   last_resort.disarm();
   co_return std::move(*r);
+}
+
+task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std::string_view prefix) {
+  std::string name = format::manifest_name(p.base);
+  // Errors name the manifest with its directory, like every other error of a checkpoint.
+  const std::string where = p.dir_path == "." ? name : p.dir_path + "/" + name;
+  auto bytes = runtime::byte_buffers().take();
+  runtime::give_back_at_exit bytes_back(runtime::byte_buffers(), bytes);
+  format::limits lim;
+  auto read = co_await read_small_file(b, p, name, lim.max_manifest_bytes, bytes);
+  if (!read) {
+    if (read.error().code == std::errc::no_such_file_or_directory) {
+      std::string hint = (co_await missing_hint(b, p)).value();
+      co_return make_error(errc::not_found, "checkpoint " + std::string(prefix) + " not found: " + name + " does not exist in " + p.dir_path + hint);
+    }
+    co_return read.error();
+  }
+  auto m = runtime::manifests().take();
+  if (auto d = format::decode_into(bytes, m, lim); !d) co_return with_context(d.error(), where);
+  co_return std::move(m);
 }
 
 task<format::manifest> load_manifest_at(io::backend& b, std::string prefix) {

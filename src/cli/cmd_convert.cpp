@@ -137,6 +137,12 @@ int cmd_export(io::backend& b, const args& a) {
 // model.safetensors.index.json (validated by the format's safety rules), as a meshckpt
 // checkpoint, each tensor whole on one device.
 int cmd_import(io::backend& b, const args& a) {
+  if (auto tf = tf_bundle_prefix(a.path)) {
+    // Not a safetensors file: say what it is rather than misread its bytes as one.
+    std::fprintf(stderr, "meshckpt import: %s is a TensorFlow checkpoint (tensor bundle %s.index); this version imports safetensors "
+                         "files only (`meshckpt inspect %s` lists its tensors)\n", a.path.c_str(), tf->c_str(), tf->c_str());
+    return 1;
+  }
   auto listed = list_safetensors(b, a.path);
   if (!listed) {
     std::fprintf(stderr, "meshckpt import: %s\n", listed.error().what().c_str());

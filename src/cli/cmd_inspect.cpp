@@ -52,6 +52,16 @@ int cmd_show(io::backend& b, const args& a) {
 }
 
 int cmd_inspect(io::backend& b, const args& a) {
+  if (auto tf = tf_bundle_prefix(a.path)) {
+    auto idx = read_tf_bundle_index(b, *tf);
+    if (!idx) {
+      std::fprintf(stderr, "meshckpt inspect: %s\n", idx.error().what().c_str());
+      return 1;
+    }
+    std::string out = a.json ? format::describe_json(*idx, *tf) + "\n" : format::describe_text(*idx, *tf);
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    return 0;
+  }
   std::string prefix = normalize_prefix(a.path);
   if (is_directory(prefix) && !exists(prefix + ".manifest")) {
     auto scan = scan_directory(b, prefix);

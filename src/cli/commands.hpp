@@ -9,6 +9,7 @@
 #include <string>
 
 #include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/api/tf_bundle_io.hpp"
 #include "meshckpt/format/manifest.hpp"
 #include "meshckpt/io/backend.hpp"
 #include "meshckpt/tensor/dtensor.hpp"
@@ -28,6 +29,9 @@ struct args {
 int usage_error(const std::string& msg);
 bool is_directory(const std::string& p);
 bool exists(const std::string& p);
+// The prefix of the TensorFlow bundle that `path` names (PREFIX, or PREFIX.index, with
+// PREFIX.index present and no meshckpt manifest of that name), or nothing.
+std::optional<std::string> tf_bundle_prefix(const std::string& path);
 // Accepts "DIR/NAME.manifest" as a spelling of the prefix "DIR/NAME".
 std::string normalize_prefix(std::string p);
 std::string join(const std::string& dir, const std::string& name);

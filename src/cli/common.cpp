@@ -85,6 +85,12 @@ bool exists(const std::string& p) {
   return ::lstat(p.c_str(), &st) == 0;
 }
 
+std::optional<std::string> tf_bundle_prefix(const std::string& path) {
+  std::string prefix = path.ends_with(".index") ? path.substr(0, path.size() - 6) : path;
+  if (prefix.empty() || exists(prefix + ".manifest") || !exists(prefix + ".index") || is_directory(prefix + ".index")) return std::nullopt;
+  return prefix;
+}
+
 std::string normalize_prefix(std::string p) {
   if (p.size() > format::manifest_suffix.size() && p.ends_with(format::manifest_suffix) && !exists(p + ".manifest"))
     p.resize(p.size() - format::manifest_suffix.size());

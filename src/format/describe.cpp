@@ -76,6 +76,19 @@ void pad(std::string& out, const std::string& s, std::size_t w) {
   out += "  ";
 }
 
+// Rows as aligned columns (each at most 60 characters wide, the last unpadded), indented.
+void table(std::string& out, const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> w(rows.empty() ? 0 : rows.front().size());
+  for (const auto& r : rows)
+    for (std::size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], std::min<std::size_t>(r[i].size(), 60));
+  for (const auto& r : rows) {
+    std::string line = "  ";
+    for (std::size_t i = 0; i < r.size(); ++i) pad(line, r[i], i + 1 == r.size() ? 0 : w[i]);
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+  }
+}
+
 }  // namespace
 
 std::string describe_text(const manifest& m, std::string_view prefix) {
@@ -87,20 +100,12 @@ std::string describe_text(const manifest& m, std::string_view prefix) {
   out += "  " + std::to_string(m.tensors.size()) + " tensors, " + std::to_string(slices) + " slices, " +
          std::to_string(m.files.size()) + " data file" + (m.files.size() == 1 ? "" : "s") + ", " +
          human_bytes(m.stored_bytes()) + " stored, checksum chunk " + human_bytes(m.chunk_bytes) + "\n\n";
-  std::vector<std::array<std::string, 7>> rows;
+  std::vector<std::vector<std::string>> rows;
   rows.push_back({"KEY", "DTYPE", "SHAPE", "LAYOUT", "MESH", "SLICES", "BYTES"});
   for (const auto& t : m.tensors)
     rows.push_back({t.key, std::string(dtype_name(t.type)), to_string(t.global), layout_string(m, t),
                     mesh_string(m.meshes[t.mesh]), std::to_string(t.slices.size()), human_bytes(tensor_bytes(t))});
-  std::array<std::size_t, 7> w{};
-  for (const auto& r : rows)
-    for (std::size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], std::min<std::size_t>(r[i].size(), 60));
-  for (const auto& r : rows) {
-    std::string line = "  ";
-    for (std::size_t i = 0; i < r.size(); ++i) pad(line, r[i], i + 1 == r.size() ? 0 : w[i]);
-    while (!line.empty() && line.back() == ' ') line.pop_back();
-    out += line + "\n";
-  }
+  table(out, rows);
   out += "\n  data files:\n";
   for (const auto& f : m.files) out += "    " + f.name + "  " + human_bytes(f.size) + "\n";
   return out;
@@ -233,6 +238,66 @@ std::string iso_time(std::uint64_t unix_ms) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
+}
+
+namespace {
+
+std::string tf_type_string(const tf::bundle_entry& e) {
+  return e.type ? std::string(dtype_name(*e.type)) : tf::tf_dtype_name(e.tf_type);
+}
+
+std::string slice_list(const tf::bundle_entry& e) {
+  std::string s;
+  for (const auto& sl : e.slices) s += (s.empty() ? "" : " ") + to_string(sl.in(e.global));
+  return s;
+}
+
+}  // namespace
+
+std::string describe_text(const tf::bundle_index& idx, std::string_view prefix) {
+  std::uint64_t bytes = 0;
+  std::size_t partitioned = 0;
+  bool graph = false;
+  for (const auto& e : idx.entries) {
+    bytes += e.size;
+    partitioned += !e.slices.empty();
+    graph = graph || e.key == "_CHECKPOINTABLE_OBJECT_GRAPH";
+  }
+  std::string out = "TensorFlow checkpoint " + std::string(prefix) + "\n";
+  out += "  tensor bundle, format version " + std::to_string(idx.producer) + ", " + std::to_string(idx.num_shards) + " data file" +
+         (idx.num_shards == 1 ? "" : "s") + "; " + (graph ? "TF2 object-based (it holds an object graph)" : "TF1 name-based (no object graph)") + "\n";
+  out += "  " + std::to_string(idx.entries.size()) + " entries, " + std::to_string(partitioned) + " partitioned, " + human_bytes(bytes) + " stored\n\n";
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back({"KEY", "DTYPE", "SHAPE", "FILE", "BYTES", "SLICES"});
+  for (const auto& e : idx.entries)
+    rows.push_back({e.key, tf_type_string(e), to_string(e.global), e.slices.empty() ? std::to_string(e.shard) : "-",
+                    e.slices.empty() ? human_bytes(e.size) : "-", slice_list(e)});
+  table(out, rows);
+  return out;
+}
+
+std::string describe_json(const tf::bundle_index& idx, std::string_view prefix) {
+  std::string o = "{\"prefix\":" + json_string(prefix) + ",\"format\":\"tensorflow\"";
+  o += ",\"num_shards\":" + std::to_string(idx.num_shards) + ",\"producer\":" + std::to_string(idx.producer);
+  o += ",\"min_consumer\":" + std::to_string(idx.min_consumer) + ",\"tensors\":[";
+  for (std::size_t i = 0; i < idx.entries.size(); ++i) {
+    const auto& e = idx.entries[i];
+    o += std::string(i ? "," : "") + "{\"key\":" + json_string(e.key) + ",\"dtype\":" + json_string(tf_type_string(e)) +
+         ",\"tf_dtype\":" + json_string(tf::tf_dtype_name(e.tf_type)) + ",\"shape\":[";
+    for (std::size_t d = 0; d < e.global.size(); ++d) o += std::string(d ? "," : "") + std::to_string(e.global[d]);
+    o += "],\"file\":" + std::to_string(e.shard) + ",\"offset\":" + std::to_string(e.offset) + ",\"bytes\":" + std::to_string(e.size) +
+         ",\"crc32c\":" + std::to_string(e.crc32c) + ",\"slices\":[";
+    for (std::size_t k = 0; k < e.slices.size(); ++k) {
+      auto b = e.slices[k].in(e.global);
+      o += std::string(k ? "," : "") + "{\"origin\":[";
+      for (std::size_t d = 0; d < b.origin.size(); ++d) o += std::string(d ? "," : "") + std::to_string(b.origin[d]);
+      o += "],\"extent\":[";
+      for (std::size_t d = 0; d < b.extent.size(); ++d) o += std::string(d ? "," : "") + std::to_string(b.extent[d]);
+      o += "]}";
+    }
+    o += "]}";
+  }
+  return o + "]}";
 }
 
 }  // namespace meshckpt::format

@@ -344,5 +344,37 @@ check "progress shows the total" grep -qF "/ " <<<"$err"
 err=$("$CLI" verify "$WORK/ck/model" 2>&1 >/dev/null); check "no progress when piped" test -z "$err"
 err=$(MESHCKPT_PROGRESS=1 "$CLI" verify --no-progress "$WORK/ck/model" 2>&1 >/dev/null); check "--no-progress" test -z "$err"
 
+# TensorFlow checkpoints (tests/data/tf, written by TensorFlow): inspect says what they are and
+# lists their tensors; import says so instead of misreading the .index file as a safetensors
+# file; a damaged index names the damage.
+TF=$(cd "$(dirname "$0")/../data/tf" && pwd)
+run inspect "$TF/t2t_transformer_tf1_ckpt/model.ckpt-1"
+check "inspect of a TF1 checkpoint exits 0" test $rc -eq 0
+check "calls it TF1 name-based" has "TF1 name-based"
+check "its two data files" has "2 data files"
+check "lists a TF1 tensor" has "global_step"
+check "TF summary line" has "250 entries, 0 partitioned"
+run inspect "$TF/bert_lite_tf2_ckpt/bert_lite_tf2.ckpt.index"
+check "inspect accepts PREFIX.index" test $rc -eq 0; check "calls it TF2 object-based" has "TF2 object-based"
+check "shows the object graph's dtype by TF's name" has "DT_STRING"
+run inspect "$TF/half_plus_two_tf2_savedmodel/variables/variables" --json
+check "inspect --json of a TF bundle exits 0" test $rc -eq 0
+python3 - "$out" <<'PY'
+import json, sys
+d = json.loads(sys.argv[1])
+assert d["format"] == "tensorflow" and d["num_shards"] == 1, d
+keys = {t["key"]: t for t in d["tensors"]}
+assert set(keys) == {"_CHECKPOINTABLE_OBJECT_GRAPH", "a/.ATTRIBUTES/VARIABLE_VALUE", "b/.ATTRIBUTES/VARIABLE_VALUE", "c/.ATTRIBUTES/VARIABLE_VALUE"}, keys
+assert keys["a/.ATTRIBUTES/VARIABLE_VALUE"]["dtype"] == "float32" and keys["a/.ATTRIBUTES/VARIABLE_VALUE"]["bytes"] == 4
+PY
+check "TF --json schema" test $? -eq 0
+run import "$TF/t2t_transformer_tf1_ckpt/model.ckpt-1.index" --to "$WORK/tf-import"
+check "import of a TF index exits 1" test $rc -eq 1; check "says it is a TensorFlow checkpoint" has "is a TensorFlow checkpoint"
+mkdir -p "$WORK/tf-bad"
+cp "$TF/bert_lite_tf2_ckpt/bert_lite_tf2.ckpt.index" "$WORK/tf-bad/x.index"
+python3 -c "import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[100]^=1; open(p,'wb').write(bytes(b))" "$WORK/tf-bad/x.index"
+run inspect "$WORK/tf-bad/x"
+check "a damaged TF index exits 1" test $rc -eq 1; check "names the block checksum" has "CRC-32C"; check "names the file" has "x.index"
+
 echo "$passes passed, $fails failed"
 [ $fails -eq 0 ]

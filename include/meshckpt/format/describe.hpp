@@ -1,11 +1,13 @@
 #pragma once
 /// \file
-/// Renderings of a manifest for people and scripts (what `meshckpt inspect` prints).
+/// Renderings of a manifest, or of a TensorFlow bundle's index, for people and scripts (what
+/// `meshckpt inspect` prints).
 
 #include <string>
 #include <string_view>
 
 #include "meshckpt/format/manifest.hpp"
+#include "meshckpt/format/tf_bundle.hpp"
 
 namespace meshckpt::format {
 
@@ -15,6 +17,13 @@ std::string describe_text(const manifest& m, std::string_view prefix);
 
 /// The same as one JSON object; the schema is documented in docs/CLI.md and kept stable.
 std::string describe_json(const manifest& m, std::string_view prefix);
+
+/// A TensorFlow bundle's index for people: its kind (TF1 name-based or TF2 object-based), its
+/// data files, and a table of every entry (key, dtype, shape, data file, bytes, slices).
+std::string describe_text(const tf::bundle_index& idx, std::string_view prefix);
+
+/// The same as one JSON object ("format": "tensorflow"; schema in docs/CLI.md).
+std::string describe_json(const tf::bundle_index& idx, std::string_view prefix);
 
 /// A picture of how tensor `t` was sharded when saved (what `meshckpt show` prints), in plain
 /// ASCII: for rank 1 and 2, the global shape as a grid of boxes, one per distinct slice, each
