@@ -156,7 +156,7 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
     (void)co_await std::move(cleaned);
     co_return success();
   };
-  ckpt_.start_save(full(base), false, [this, done = std::move(done)](result<std::string> r) {
+  ckpt_.start_save(full(base), false, [done = std::move(done)](result<std::string> r) {
     if (!r) return done(r.error());
     done(std::optional<std::string>(std::move(*r)));
   }, std::move(snapshot_taken), std::move(stop), std::move(after));

@@ -13,6 +13,7 @@
 #include "../runtime/dir_lock.hpp"
 #include "../runtime/durable_replace.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/api/tf_bundle_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/format/names.hpp"
 
@@ -112,6 +113,9 @@ result<checkpoint_state> parse_checkpoint_state(std::string_view text) {
         }
         out += c;
       }
+      // An absolute path (TensorFlow writes them; the directory may have been copied from
+      // another machine) stands for its base name in this directory, as TensorFlow resolves it.
+      if (out.starts_with('/')) out.erase(0, out.rfind('/') + 1);
       if (!format::is_plain_name(out)) return bad("path \"" + out + "\" is not a plain name inside the directory");
       return success();
     };
@@ -294,7 +298,11 @@ task<std::optional<std::string>> latest_checkpoint(io::backend& b, std::string d
   std::string prefix = dir + "/" + s->model_checkpoint_path;
   auto ex = co_await asio::this_coro::executor;
   auto m = co_await async_read_manifest(ex, b, prefix, use_awaitable);
-  if (!m) co_return std::optional<std::string>();
+  if (m) co_return std::optional<std::string>(prefix);
+  if (m.error().code != errc::not_found) co_return std::optional<std::string>();
+  // A TensorFlow checkpoint (written by TensorFlow into this directory): its index is there.
+  auto tf = co_await async_read_tf_bundle_index(ex, b, prefix, use_awaitable);
+  if (!tf) co_return std::optional<std::string>();
   co_return std::optional<std::string>(prefix);
 }
 

@@ -361,6 +361,14 @@ TEST_CASE("the checkpoint state file round-trips and rejects hostile content", "
   CHECK(back.all_model_checkpoint_timestamps == s.all_model_checkpoint_timestamps);
   CHECK(back.last_preserved_timestamp == 50);
   CHECK_THAT(parse_checkpoint_state("model_checkpoint_path: \"../../etc/x\"\n").error().what(), Catch::Contains("not a plain name"));
+  // Absolute paths (TensorFlow writes them) stand for their base names in the directory.
+  auto abs = parse_checkpoint_state("model_checkpoint_path: \"/mnt/job7/train/model.ckpt-9\"\n"
+                                    "all_model_checkpoint_paths: \"/mnt/job7/train/model.ckpt-8\"\n"
+                                    "all_model_checkpoint_paths: \"/mnt/job7/train/model.ckpt-9\"\n").value();
+  CHECK(abs.model_checkpoint_path == "model.ckpt-9");
+  CHECK(abs.all_model_checkpoint_paths == std::vector<std::string>{"model.ckpt-8", "model.ckpt-9"});
+  CHECK_FALSE(parse_checkpoint_state("model_checkpoint_path: \"/\"\n"));
+  CHECK_FALSE(parse_checkpoint_state("model_checkpoint_path: \"/a/..\"\n"));
   CHECK_THAT(parse_checkpoint_state("model_checkpoint_path: \"a\"\nbogus: 1\n").error().what(), Catch::Contains("line 2"));
   CHECK_FALSE(parse_checkpoint_state("all_model_checkpoint_paths: \"a\"\n"));
   CHECK_FALSE(parse_checkpoint_state("model_checkpoint_path: \"a\"\nall_model_checkpoint_paths: \"a\"\nall_model_checkpoint_timestamps: 1\nall_model_checkpoint_timestamps: 2\n"));
@@ -420,3 +428,22 @@ TEST_CASE("a checkpoint restores float32 into bfloat16 variables only when asked
     for (std::size_t i = 0; i < sh.data.size() / 2; ++i) REQUIRE(hs[i] == float_to_bfloat16(1.5f + static_cast<float>(i)));
   }
 }
+
+TEST_CASE("latest_checkpoint finds a checkpoint TensorFlow wrote, its absolute paths from another machine resolved", "[api][checkpoint][tf]") {
+  testing::temp_dir tmp;
+  const std::filesystem::path src = std::filesystem::path(MESHCKPT_TF_TESTDATA) / "t2t_transformer_tf1_ckpt";
+  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / e.path().filename());
+  // As TensorFlow wrote it: a relative path.
+  CHECK(latest_checkpoint(tmp.path.string()) == tmp / "model.ckpt-1");
+  // As a copy from another machine holds it: absolute paths there.
+  {
+    std::ofstream f(tmp / "checkpoint", std::ios::trunc);
+    f << "model_checkpoint_path: \"/home/someone/t2t/train/model.ckpt-1\"\n"
+         "all_model_checkpoint_paths: \"/home/someone/t2t/train/model.ckpt-1\"\n";
+  }
+  CHECK(latest_checkpoint(tmp.path.string()) == tmp / "model.ckpt-1");
+  // Its index gone: no checkpoint.
+  std::filesystem::remove(tmp / "model.ckpt-1.index");
+  CHECK_FALSE(latest_checkpoint(tmp.path.string()));
+}
+

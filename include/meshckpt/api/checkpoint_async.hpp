@@ -29,7 +29,8 @@ void start_latest_checkpoint(boost::asio::any_io_executor ex, std::string dir, i
 }  // namespace detail
 
 /// Asynchronous `latest_checkpoint(dir)`: reads `dir`'s `checkpoint` state file and checks that
-/// the checkpoint it names has its manifest, as coroutines on `ex`; completes with the path or
+/// the checkpoint it names has its manifest (or, written by TensorFlow, its index), as
+/// coroutines on `ex`; completes with the path or
 /// nullopt (`result<std::optional<std::string>>`).
 template <class Token>
 auto async_latest_checkpoint(boost::asio::any_io_executor ex, std::string dir, Token&& token) {

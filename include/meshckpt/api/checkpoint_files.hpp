@@ -16,7 +16,10 @@
 namespace meshckpt {
 
 /// The path of the latest checkpoint recorded in `dir`'s `checkpoint` state file, if that
-/// checkpoint's manifest exists; otherwise nullopt.
+/// checkpoint's manifest exists — or, for a checkpoint TensorFlow wrote, its valid `.index` —
+/// otherwise nullopt. A path the state file gives as absolute (TensorFlow writes them, and the
+/// directory may come from another machine) is taken by its base name in `dir`, as TensorFlow
+/// resolves it.
 std::optional<std::string> latest_checkpoint(std::string_view dir);
 
 /// The `checkpoint` state file of a directory (TensorFlow's CheckpointState, as text).
@@ -28,7 +31,7 @@ struct checkpoint_state {
 };
 
 /// Reads `dir/checkpoint`. `errc::not_found` when absent; `errc::corrupt_manifest` when
-/// malformed (the message names the line).
+/// malformed (the message names the line). Absolute paths come back as their base names.
 result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view dir);
 /// `read_checkpoint_state` through the default POSIX backend (as `latest_checkpoint` does).
 result<checkpoint_state> read_checkpoint_state(std::string_view dir);
