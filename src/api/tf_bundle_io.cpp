@@ -1,6 +1,7 @@
 #include "meshckpt/api/tf_bundle_io.hpp"
 
 #include "common.hpp"
+#include "meshckpt/format/crc32c.hpp"
 
 namespace meshckpt {
 
@@ -35,6 +36,97 @@ task<format::tf::bundle_index> read_index_coro(io::backend& b, std::string prefi
   co_return std::move(*out);
 }
 
+// The bytes of `e`, read in pieces, against its checksum; a problem is appended to `rep`.
+task<void> verify_entry(io::backend& b, io::handle h, const std::string& file, const format::tf::bundle_entry& e, verify_report& rep,
+                        std::uint64_t total, const verify_progress& progress, std::vector<std::byte>& buf) {
+  auto ex = co_await asio::this_coro::executor;
+  const std::string where = "tensor \"" + e.key + "\" in " + file + " at offset " + std::to_string(e.offset);
+  const bool strings = !e.type;
+  std::uint32_t crc = 0;
+  std::vector<std::byte> whole;  // a string tensor is decoded whole
+  constexpr std::uint64_t step = 8u << 20;
+  for (std::uint64_t off = 0; off < e.size; off += step) {
+    const std::uint64_t n = std::min(step, e.size - off);
+    buf.resize(n);
+    auto got = co_await io::async_read(b, ex, h, e.offset + off, buf, use_awaitable);
+    if (!got) {
+      rep.problems.push_back(with_context(got.error(), where));
+      co_return success();
+    }
+    if (*got != n) {
+      rep.problems.push_back(make_error(errc::short_read, where + ": the file ends before its " + std::to_string(e.size) + " bytes"));
+      co_return success();
+    }
+    if (strings) whole.insert(whole.end(), buf.begin(), buf.end());
+    else crc = format::crc32c::extend(crc, buf);
+    rep.bytes_checked += n;
+    if (progress) progress(rep.bytes_checked, total);
+  }
+  if (strings) {
+    auto n = num_elements(e.global);
+    auto d = format::tf::decode_string_tensor(whole, static_cast<std::uint64_t>(n.value_or(0)), e.crc32c);
+    if (!d) rep.problems.push_back(with_context(d.error(), where));
+  } else if (crc != e.crc32c) {
+    rep.problems.push_back(make_error(errc::checksum_mismatch, where + ": CRC-32C " + std::to_string(crc) + ", recorded " + std::to_string(e.crc32c)));
+  }
+  co_return success();
+}
+
+task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progress progress) {
+  if (prefix.ends_with(".index")) prefix.resize(prefix.size() - 6);
+  auto ex = co_await asio::this_coro::executor;
+  auto loading = read_index_coro(b, prefix);
+  BOOST_OUTCOME_CO_TRY(auto idx, co_await std::move(loading));
+  auto p = co_await open_prefix_dir(b, prefix);
+  if (!p) co_return p.error();
+  std::vector<std::optional<io::handle>> files(static_cast<std::size_t>(idx.num_shards));
+  on_unwind last_resort([&] {
+    for (auto& h : files)
+      if (h) io::close_detached(b, *h);
+    io::close_detached(b, p->dir);
+  });
+  std::optional<result<verify_report>> out;
+  try {
+    verify_report rep;
+    rep.files = files.size();
+    std::uint64_t total = 0;
+    for (const auto& e : idx.entries) {
+      ++rep.slices;
+      rep.tensors += e.key.empty() || e.key[0] != '\0';  // slice entries' keys start with a 0 byte
+      if (e.slices.empty()) total += e.size;
+    }
+    std::vector<bool> unreadable(files.size(), false);
+    std::vector<std::byte> buf;
+    for (const auto& e : idx.entries) {
+      if (!e.slices.empty() || unreadable[static_cast<std::size_t>(e.shard)]) continue;  // a partitioned tensor's slices are entries of their own
+      const std::string name = format::tf::data_file_name(p->base, e.shard, idx.num_shards);
+      auto& h = files[static_cast<std::size_t>(e.shard)];
+      if (!h) {
+        auto opened = co_await io::async_open(b, ex, p->dir, name, io::open_mode::read, use_awaitable);
+        if (!opened) {
+          rep.problems.push_back(with_context(opened.error(), "data file " + name));
+          unreadable[static_cast<std::size_t>(e.shard)] = true;
+          continue;
+        }
+        h = *opened;
+      }
+      auto checked = verify_entry(b, *h, name, e, rep, total, progress, buf);
+      BOOST_OUTCOME_CO_TRY(co_await std::move(checked));
+    }
+    out = std::move(rep);
+  } catch (const std::bad_alloc&) {
+    out = out_of_memory("verifying " + prefix);
+  }
+  for (auto& h : files)
+    if (h) {
+      co_await close_quietly(b, *h);
+      h.reset();
+    }
+  co_await close_quietly(b, p->dir);
+  last_resort.disarm();
+  co_return std::move(*out);
+}
+
 }  // namespace
 
 void start_read_tf_bundle_index(asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<format::tf::bundle_index> done) {
@@ -42,6 +134,12 @@ void start_read_tf_bundle_index(asio::any_io_executor ex, io::backend& b, std::s
 }
 
 }  // namespace detail
+
+result<verify_report> verify_tf_bundle(io::backend& b, std::string_view prefix, verify_progress progress) {
+  return runtime::run_blocking<verify_report>("verify_tf_bundle", [&](auto ex, auto done) {
+    detail::spawn<verify_report>(ex, detail::verify_coro(b, std::string(prefix), std::move(progress)), std::move(done));
+  });
+}
 
 result<format::tf::bundle_index> read_tf_bundle_index(io::backend& b, std::string_view prefix) {
   return runtime::run_blocking<format::tf::bundle_index>("read_tf_bundle_index", [&](auto ex, auto done) {

@@ -69,11 +69,13 @@ std::string code_name(const error& e) { return e.code.message(); }
 
 int cmd_verify(io::backend& b, const args& a) {
   std::string path = normalize_prefix(a.path);
+  const auto tf = tf_bundle_prefix(a.path);  // a TensorFlow bundle: its tensors against their CRC-32C
+  if (tf) path = *tf;
   std::vector<std::string> prefixes;
   std::vector<std::string> leftovers;
   std::vector<std::string> state_problems;
   bool state_present = false;
-  if (is_directory(path) && !exists(path + ".manifest")) {
+  if (!tf && is_directory(path) && !exists(path + ".manifest")) {
     auto scan = scan_directory(b, path);
     if (!scan) {
       std::fprintf(stderr, "meshckpt verify: %s\n", scan.error().what().c_str());
@@ -114,7 +116,8 @@ int cmd_verify(io::backend& b, const args& a) {
     const bool show_progress = !a.no_progress && (std::getenv("MESHCKPT_PROGRESS") || (!a.json && ::isatty(STDERR_FILENO)));
     std::optional<progress_bar> bar;
     bar.emplace(show_progress, "verifying " + p);
-    auto r = verify(b, p, [&bar](std::uint64_t done, std::uint64_t total) { bar->update(done, total); });
+    auto on_progress = [&bar](std::uint64_t done, std::uint64_t total) { bar->update(done, total); };
+    auto r = tf ? verify_tf_bundle(b, p, on_progress) : verify(b, p, on_progress);
     bar.reset();
     std::vector<error> problems;
     verify_report rep;

@@ -86,7 +86,8 @@ const command_spec commands[] = {
     {"verify", "verify PATH [--json] [--no-progress]",
      "Reads every byte of checkpoint PATH and checks every checksum and file size. PATH may be a\n"
      "directory: every committed checkpoint in it is verified, leftovers of interrupted saves are\n"
-     "listed, and every checkpoint its `checkpoint` state file lists must exist. On a terminal a\n"
+     "listed, and every checkpoint its `checkpoint` state file lists must exist. A TensorFlow\n"
+     "checkpoint (PATH.index) is checked tensor by tensor against its CRC-32C. On a terminal a\n"
      "progress bar (bytes, rate, ETA) is drawn on stderr. Exit status 0 intact, 1 damaged.",
      1, true, false, false, true, cmd_verify},
     {"ls", "ls DIR [--json]",

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "meshckpt/api/checkpoint_async.hpp"
+#include "meshckpt/api/tf_bundle_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 #include "meshckpt/tensor/convert.hpp"
@@ -445,5 +446,46 @@ TEST_CASE("latest_checkpoint finds a checkpoint TensorFlow wrote, its absolute p
   // Its index gone: no checkpoint.
   std::filesystem::remove(tmp / "model.ckpt-1.index");
   CHECK_FALSE(latest_checkpoint(tmp.path.string()));
+}
+
+TEST_CASE("verify_tf_bundle checks every tensor of a TensorFlow checkpoint against its CRC-32C and lists the damage", "[api][tf][verify]") {
+  testing::temp_dir tmp;
+  const std::filesystem::path src = std::filesystem::path(MESHCKPT_TF_TESTDATA) / "bert_lite_tf2_ckpt";
+  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / e.path().filename());
+  auto b = backends::make_posix_backend();
+  const std::string prefix = tmp / "bert_lite_tf2.ckpt";
+  auto ok = verify_tf_bundle(*b, prefix);
+  REQUIRE(ok);
+  CHECK(ok->ok());
+  CHECK(ok->tensors == 25);
+  CHECK(ok->files == 1);
+  CHECK(ok->bytes_checked == std::filesystem::file_size(prefix + ".data-00000-of-00001"));
+  // One flipped byte in a float tensor, one in the object graph (a string tensor).
+  const auto idx = read_tf_bundle_index(*b, prefix).value();
+  const auto* graph = idx.find("_CHECKPOINTABLE_OBJECT_GRAPH");
+  const auto* gamma = idx.find("model/layer_with_weights-3/gamma/.ATTRIBUTES/VARIABLE_VALUE");
+  REQUIRE(graph);
+  REQUIRE(gamma);
+  {
+    std::fstream f(prefix + ".data-00000-of-00001", std::ios::in | std::ios::out | std::ios::binary);
+    for (auto at : {gamma->offset + 1, graph->offset + graph->size - 1}) {
+      f.seekg(static_cast<std::streamoff>(at));
+      char c = 0;
+      f.read(&c, 1);
+      c ^= 0x10;
+      f.seekp(static_cast<std::streamoff>(at));
+      f.write(&c, 1);
+    }
+  }
+  auto bad = verify_tf_bundle(*b, prefix).value();
+  REQUIRE(bad.problems.size() == 2);
+  for (const auto& p : bad.problems) CHECK(p.code == errc::checksum_mismatch);
+  CHECK_THAT(bad.problems[1].what(), Catch::Contains("gamma"));
+  // Truncated: the last tensors end past the file's end.
+  std::filesystem::resize_file(prefix + ".data-00000-of-00001", gamma->offset);
+  auto cut = verify_tf_bundle(*b, prefix).value();
+  CHECK_FALSE(cut.ok());
+  // No index: an error, not a report.
+  CHECK(verify_tf_bundle(*b, tmp / "nothing").error().code == errc::not_found);
 }
 

@@ -376,5 +376,18 @@ python3 -c "import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[100]^
 run inspect "$WORK/tf-bad/x"
 check "a damaged TF index exits 1" test $rc -eq 1; check "names the block checksum" has "CRC-32C"; check "names the file" has "x.index"
 
+run verify "$TF/t2t_transformer_tf1_ckpt/model.ckpt-1"
+check "verify of a TF checkpoint exits 0" test $rc -eq 0; check "reports its tensors" has "(250 tensors, 250 slices, 2 data files"
+run verify "$TF/half_plus_two_tf2_savedmodel/variables/variables.index" --json
+check "verify --json of a TF checkpoint" test $rc -eq 0; check "is ok" has '"ok":true'
+mkdir -p "$WORK/tf-data"
+cp "$TF/t2t_transformer_tf1_ckpt/"model.ckpt-1.* "$WORK/tf-data/"
+python3 -c "import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[800000]^=1; open(p,'wb').write(bytes(b))" "$WORK/tf-data/model.ckpt-1.data-00001-of-00002"
+run verify "$WORK/tf-data/model.ckpt-1"
+check "a damaged TF data file exits 1" test $rc -eq 1; check "says DAMAGED" has "DAMAGED"
+check "names the CRC and the file" has "model.ckpt-1.data-00001-of-00002 at offset"
+rm "$WORK/tf-data/model.ckpt-1.data-00000-of-00002"
+run verify "$WORK/tf-data/model.ckpt-1"
+check "a missing TF data file exits 1" test $rc -eq 1; check "names the missing file" has "data file model.ckpt-1.data-00000-of-00002"
 echo "$passes passed, $fails failed"
 [ $fails -eq 0 ]

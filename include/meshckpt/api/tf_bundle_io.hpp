@@ -6,6 +6,7 @@
 
 #include <string_view>
 
+#include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/format/tf_bundle.hpp"
 #include "meshckpt/io/async.hpp"
 #include "meshckpt/io/backend.hpp"
@@ -19,6 +20,12 @@ inline constexpr std::uint64_t max_tf_index_bytes = std::uint64_t{1} << 30;
 /// in ".index" names it too), decoded and checked. Errors: not_found (naming the file) when
 /// it does not exist; those of `format::tf::decode_bundle_index`, naming the file.
 result<format::tf::bundle_index> read_tf_bundle_index(io::backend& b, std::string_view prefix);
+
+/// Reads every tensor of the TensorFlow bundle `prefix` and checks it against its CRC-32C (a
+/// string tensor against its two checksums), in pieces of at most 8 MiB. Damage is listed in
+/// the report (`problems`, each naming the tensor, its data file and offset), not returned as
+/// an error; an index that cannot be read is the error. `slices` counts the stored entries.
+result<verify_report> verify_tf_bundle(io::backend& b, std::string_view prefix, verify_progress progress = {});
 
 namespace detail {
 void start_read_tf_bundle_index(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
