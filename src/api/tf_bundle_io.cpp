@@ -9,27 +9,35 @@ namespace detail {
 
 namespace {
 
-task<format::tf::bundle_index> read_index_coro(io::backend& b, std::string prefix) {
+// Reads and decodes `p.base`.index in an open directory.
+task<format::tf::bundle_index> load_index(io::backend& b, const opened_prefix& p, const std::string& prefix) {
+  const std::string name = p.base + ".index";
+  const std::string where = p.dir_path == "." ? name : p.dir_path + "/" + name;
+  std::vector<std::byte> bytes;
+  auto read = co_await read_small_file(b, p, name, max_tf_index_bytes, bytes);
+  if (!read && read.error().code == std::errc::no_such_file_or_directory)
+    co_return make_error(errc::not_found, "TensorFlow checkpoint " + prefix + " not found: " + name + " does not exist in " + p.dir_path);
+  if (!read) co_return read.error();
+  auto idx = format::tf::decode_bundle_index(bytes);
+  if (!idx) co_return with_context(idx.error(), where);
+  co_return std::move(*idx);
+}
+
+std::string strip_index(std::string prefix) {
   if (prefix.ends_with(".index")) prefix.resize(prefix.size() - 6);
+  return prefix;
+}
+
+task<format::tf::bundle_index> read_index_coro(io::backend& b, std::string prefix) {
+  prefix = strip_index(std::move(prefix));
   auto p = co_await open_prefix_dir(b, prefix);
   if (!p) co_return p.error();
   on_unwind last_resort([&] { io::close_detached(b, p->dir); });
-  const std::string name = p->base + ".index";
-  const std::string where = p->dir_path == "." ? name : p->dir_path + "/" + name;
   std::optional<result<format::tf::bundle_index>> out;
   try {
-    std::vector<std::byte> bytes;
-    auto read = co_await read_small_file(b, *p, name, max_tf_index_bytes, bytes);
-    if (!read && read.error().code == std::errc::no_such_file_or_directory)
-      out = make_error(errc::not_found, "TensorFlow checkpoint " + prefix + " not found: " + name + " does not exist in " + p->dir_path);
-    else if (!read)
-      out = read.error();
-    else if (auto idx = format::tf::decode_bundle_index(bytes); !idx)
-      out = with_context(idx.error(), where);
-    else
-      out = std::move(*idx);
+    out = co_await load_index(b, *p, prefix);
   } catch (const std::bad_alloc&) {
-    out = out_of_memory("reading " + where);
+    out = out_of_memory("reading " + prefix + ".index");
   }
   co_await close_quietly(b, p->dir);
   last_resort.disarm();
@@ -72,14 +80,49 @@ task<void> verify_entry(io::backend& b, io::handle h, const std::string& file, c
   co_return success();
 }
 
-task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progress progress) {
-  if (prefix.ends_with(".index")) prefix.resize(prefix.size() - 6);
+// Every stored tensor of the bundle in the open directory `p`; the data files it opens are left
+// in `files` for the caller to close.
+task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const std::string& prefix, std::vector<std::optional<io::handle>>& files,
+                                 const verify_progress& progress) {
   auto ex = co_await asio::this_coro::executor;
-  auto loading = read_index_coro(b, prefix);
+  auto loading = load_index(b, p, prefix);
   BOOST_OUTCOME_CO_TRY(auto idx, co_await std::move(loading));
+  files.resize(static_cast<std::size_t>(idx.num_shards));
+  verify_report rep;
+  rep.files = files.size();
+  std::uint64_t total = 0;
+  for (const auto& e : idx.entries) {
+    ++rep.slices;
+    rep.tensors += e.key.empty() || e.key[0] != '\0';  // slice entries' keys start with a 0 byte
+    if (e.slices.empty()) total += e.size;
+  }
+  std::vector<bool> unreadable(files.size(), false);
+  std::vector<std::byte> buf;
+  for (const auto& e : idx.entries) {
+    // A partitioned tensor's slices are entries of their own.
+    if (!e.slices.empty() || unreadable[static_cast<std::size_t>(e.shard)]) continue;
+    const std::string name = format::tf::data_file_name(p.base, e.shard, idx.num_shards);
+    auto& h = files[static_cast<std::size_t>(e.shard)];
+    if (!h) {
+      auto opened = co_await io::async_open(b, ex, p.dir, name, io::open_mode::read, use_awaitable);
+      if (!opened) {
+        rep.problems.push_back(with_context(opened.error(), "data file " + name));
+        unreadable[static_cast<std::size_t>(e.shard)] = true;
+        continue;
+      }
+      h = *opened;
+    }
+    auto checked = verify_entry(b, *h, name, e, rep, total, progress, buf);
+    BOOST_OUTCOME_CO_TRY(co_await std::move(checked));
+  }
+  co_return rep;
+}
+
+task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progress progress) {
+  prefix = strip_index(std::move(prefix));
   auto p = co_await open_prefix_dir(b, prefix);
   if (!p) co_return p.error();
-  std::vector<std::optional<io::handle>> files(static_cast<std::size_t>(idx.num_shards));
+  std::vector<std::optional<io::handle>> files;
   on_unwind last_resort([&] {
     for (auto& h : files)
       if (h) io::close_detached(b, *h);
@@ -87,33 +130,7 @@ task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progr
   });
   std::optional<result<verify_report>> out;
   try {
-    verify_report rep;
-    rep.files = files.size();
-    std::uint64_t total = 0;
-    for (const auto& e : idx.entries) {
-      ++rep.slices;
-      rep.tensors += e.key.empty() || e.key[0] != '\0';  // slice entries' keys start with a 0 byte
-      if (e.slices.empty()) total += e.size;
-    }
-    std::vector<bool> unreadable(files.size(), false);
-    std::vector<std::byte> buf;
-    for (const auto& e : idx.entries) {
-      if (!e.slices.empty() || unreadable[static_cast<std::size_t>(e.shard)]) continue;  // a partitioned tensor's slices are entries of their own
-      const std::string name = format::tf::data_file_name(p->base, e.shard, idx.num_shards);
-      auto& h = files[static_cast<std::size_t>(e.shard)];
-      if (!h) {
-        auto opened = co_await io::async_open(b, ex, p->dir, name, io::open_mode::read, use_awaitable);
-        if (!opened) {
-          rep.problems.push_back(with_context(opened.error(), "data file " + name));
-          unreadable[static_cast<std::size_t>(e.shard)] = true;
-          continue;
-        }
-        h = *opened;
-      }
-      auto checked = verify_entry(b, *h, name, e, rep, total, progress, buf);
-      BOOST_OUTCOME_CO_TRY(co_await std::move(checked));
-    }
-    out = std::move(rep);
+    out = co_await verify_files(b, *p, prefix, files, progress);
   } catch (const std::bad_alloc&) {
     out = out_of_memory("verifying " + prefix);
   }

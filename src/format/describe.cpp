@@ -261,7 +261,7 @@ std::string describe_text(const tf::bundle_index& idx, std::string_view prefix) 
   for (const auto& e : idx.entries) {
     bytes += e.size;
     partitioned += !e.slices.empty();
-    graph = graph || e.key == "_CHECKPOINTABLE_OBJECT_GRAPH";
+    graph = graph || e.key == tf::object_graph_key;
   }
   std::string out = "TensorFlow checkpoint " + std::string(prefix) + "\n";
   out += "  tensor bundle, format version " + std::to_string(idx.producer) + ", " + std::to_string(idx.num_shards) + " data file" +

@@ -48,8 +48,8 @@ bool same(const std::vector<table_entry>& a, const std::vector<table_entry>& b) 
   return true;
 }
 
-std::vector<std::byte> table_with_block(std::vector<std::byte> contents, std::uint8_t type = 0) {
-  return format::tf::table_around_block(contents, type);
+std::vector<std::byte> table_with_block(std::span<const std::byte> contents, std::uint8_t type = 0) {
+  return format::tf::table_around_block(contents, type);  // default type: uncompressed
 }
 
 // Block contents from raw entries (shared, unshared, value length, key delta, value) and a
@@ -327,7 +327,7 @@ TEST_CASE("TF bundles written by TensorFlow: every entry decodes and every tenso
 TEST_CASE("the object graph of a TF2 checkpoint decodes and names the checkpoint's keys", "[tf][bundle][graph]") {
   const auto prefix = data / "half_plus_two_tf2_savedmodel/variables/variables";
   auto idx = format::tf::decode_bundle_index(file(prefix.string() + ".index")).value();
-  const auto* g = idx.find("_CHECKPOINTABLE_OBJECT_GRAPH");
+  const auto* g = idx.find(format::tf::object_graph_key);
   REQUIRE(g);
   CHECK(g->global.empty());
   auto bytes = slice_of_file(file(prefix.string() + ".data-00000-of-00001"), g->offset, g->size);

@@ -77,6 +77,10 @@ struct bundle_index {
   const bundle_entry* find(std::string_view key) const;
 };
 
+/// The key of a TF2 checkpoint's object graph (a DT_STRING scalar holding a serialized
+/// TrackableObjectGraph); a TF1 name-based checkpoint has none.
+inline constexpr std::string_view object_graph_key = "_CHECKPOINTABLE_OBJECT_GRAPH";
+
 /// The newest bundle format version this reader reads (TensorFlow's kTensorBundleVersion).
 inline constexpr int bundle_version = 1;
 
