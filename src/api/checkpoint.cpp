@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <future>
@@ -22,11 +23,13 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/system_executor.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include "checkpoint_impl.hpp"
 #include "snapshot.hpp"
 #include "state_file.hpp"
+#include "meshckpt/api/checkpoint_async.hpp"
 #include "meshckpt/api/lazy_save.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/backends/uring.hpp"
@@ -53,6 +56,14 @@ double now_seconds() {
 checkpoint::checkpoint(std::unique_ptr<detail::checkpoint_impl> impl) : impl_(std::move(impl)) {}
 
 checkpoint::~checkpoint() {
+  if (impl_->jobs.runs_here()) {
+    // A job of this checkpoint runs on an executor this thread runs: it cannot finish while
+    // the destructor waits for it. A hang would hide the cause.
+    std::fprintf(stderr,
+                 "meshckpt: checkpoint destroyed on a thread that runs the executor of its own unfinished asynchronous "
+                 "save or restore; await it before destroying the checkpoint\n");
+    std::abort();
+  }
   (void)sync();  // waits for the queued jobs (refused, and not waited for, on a library thread)
   // The queues' destructors then wait until their last job has let go of them.
 }
@@ -238,7 +249,11 @@ void queue_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_jo
 // The snapshot of a save: the distinct slices copied into snapshot memory; the write starts
 // once it is taken (the job's gate). Without snapshot, or when the state exceeds the whole
 // budget, the write reads the tensors itself, and they are released once it has read them all.
-void take_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_job>& job, bool lazy, bool must_wait) {
+// With `now_or_never`, only a copy made here and now will do: `refused`, having done nothing,
+// when there is none.
+enum class snapshot_outcome { copied_or_queued, write_releases, refused };
+snapshot_outcome take_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_job>& job, bool lazy, bool must_wait,
+                   bool now_or_never) {
   auto plan = std::make_shared<snapshot_plan>();
   const std::uint64_t budget = impl.opt.snapshot_budget_bytes;
   bool take = impl.opt.snapshot;
@@ -261,6 +276,7 @@ void take_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_job
       inline_arena = detail::try_acquire_arena(impl, plan->need);
     }
   }
+  if (now_or_never && !inline_arena) return snapshot_outcome::refused;
   // TRICKY: the arena joins the save's owners before the copy: a copy that fails half-way may
   // already have re-pointed views at it, and those must stay valid for the fallback write.
   if (inline_arena) {
@@ -277,18 +293,20 @@ void take_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_job
   } else {
     unsnapped();
     open_gate();
+    return snapshot_outcome::write_releases;
   }
+  return snapshot_outcome::copied_or_queued;
 }
 
 }  // namespace
 
 void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
                             std::stop_token stop) {
-  start_save(std::move(prefix), numbered, std::move(done), std::move(snapshot_taken), std::move(stop), nullptr);
+  start_save(std::move(prefix), numbered, std::move(done), std::move(snapshot_taken), std::move(stop), nullptr, nullptr);
 }
 
 void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
-                            std::stop_token stop, std::shared_ptr<detail::after_commit> after) {
+                            std::stop_token stop, std::shared_ptr<detail::after_commit> after, const detail::job_executor* where) {
   auto& impl = *impl_;
   const bool lazy = static_cast<bool>(snapshot_taken);
   const bool must_wait = !lazy && impl.opt.snapshot;  // copy mode: return once the tensors are free
@@ -298,6 +316,9 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     done(runtime::refuse_blocking("async_save in copy mode (it returns once the tensors are copied)"));
     return;
   }
+  // Copy mode on a thread that runs the executor of an earlier job: it may copy here, now, but
+  // not wait for snapshot memory or for the write, which the earlier job holds up.
+  const bool copy_now_or_refuse = must_wait && impl.jobs.runs_here();
   // An allocation failure before the job is queued fails the save through `done`, like any
   // error; nothing after the enqueue allocates, so a queued save always reports through it.
   std::shared_ptr<save_job> job;
@@ -345,9 +366,18 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
   };
   *user_done = std::move(done);
 
-  take_snapshot(impl, job, lazy, must_wait);
+  auto snap = take_snapshot(impl, job, lazy, must_wait, copy_now_or_refuse);
+  if (snap == snapshot_outcome::refused) {
+    if (numbered) impl.save_counter->set(impl.save_counter->get() - 1);  // nothing was saved under that number
+    job->done(detail::refuse_wait_on_caller(impl, "async_save in copy mode (it returns once the tensors are copied)"));
+    return;
+  }
   released = job->released;
-  impl.jobs.push([&impl, job, after]() { return run_save(impl, job, after); });
+  // A copy-mode save not snapshotted returns once its write has read the tensors: the caller
+  // waits for its own job, which then runs on the engine rather than on an executor that the
+  // waiting thread may be the one to run.
+  auto place = must_wait && snap == snapshot_outcome::write_releases ? asio::any_io_executor() : detail::job_place(where);
+  impl.jobs.push([&impl, job, after]() { return run_save(impl, job, after); }, std::move(place));
   } catch (const std::bad_alloc&) {
     auto e = out_of_memory("starting save " + prefix);
     if (!job || !job->done) {  // `done` and `snapshot_taken` are still ours
@@ -430,6 +460,11 @@ runtime::task<load_status> restore_steps(checkpoint& c, detail::checkpoint_impl&
 }  // namespace
 
 void checkpoint::start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done) {
+  start_restore(std::move(path), is_restore, std::move(done), nullptr);
+}
+
+void checkpoint::start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done,
+                               const detail::job_executor* where) {
   auto& impl = *impl_;
   if (!path) {
     if (is_restore) save_counter();
@@ -450,7 +485,7 @@ void checkpoint::start_restore(std::optional<std::string> path, bool is_restore,
     done(std::move(*r));
   };
   try {
-    impl.jobs.push(std::move(job));
+    impl.jobs.push(std::move(job), detail::job_place(where));
   } catch (const std::bad_alloc&) {
     // `done` went with the job: nothing else can report.
     throw;
@@ -459,6 +494,30 @@ void checkpoint::start_restore(std::optional<std::string> path, bool is_restore,
 
 namespace detail {
 
+asio::any_io_executor job_place(const job_executor* where) {
+  if (!where || !where->ex || where->ex.target<asio::system_executor>()) return {};
+  return where->ex;
+}
+
+error refuse_wait_on_caller(const checkpoint_impl&, std::string_view what) {
+  return make_error(errc::unsupported, std::string(what) +
+                                           " called on a thread that runs the executor of an unfinished asynchronous save or "
+                                           "restore of this checkpoint: that call needs this thread, so waiting here would "
+                                           "never end; await it first, or use the asynchronous form");
+}
+
+void async_entry::save(checkpoint& c, asio::any_io_executor where, std::string prefix, bool numbered, io::completion<std::string> done,
+                       std::stop_token stop) {
+  const job_executor at{std::move(where)};
+  c.start_save(std::move(prefix), numbered, std::move(done), {}, std::move(stop), nullptr, &at);
+}
+
+void async_entry::restore(checkpoint& c, asio::any_io_executor where, std::optional<std::string> path, bool is_restore,
+                          io::completion<load_status> done) {
+  const job_executor at{std::move(where)};
+  c.start_restore(std::move(path), is_restore, std::move(done), &at);
+}
+
 result<void> block_until(std::function<void(io::completion<void>)> subscribe, const char* what) {
   return runtime::run_blocking<void>(what, [&](auto, io::completion<void> done) { subscribe(std::move(done)); });
 }
@@ -466,10 +525,12 @@ result<void> block_until(std::function<void(io::completion<void>)> subscribe, co
 }  // namespace detail
 
 result<std::string> checkpoint::save(std::string_view prefix) {
+  if (impl_->jobs.runs_here()) return detail::refuse_wait_on_caller(*impl_, "checkpoint::save");
   return runtime::run_blocking<std::string>("checkpoint::save", [&](auto, auto d) { start_save(std::string(prefix), true, std::move(d)); });
 }
 
 result<std::string> checkpoint::write(std::string_view prefix) {
+  if (impl_->jobs.runs_here()) return detail::refuse_wait_on_caller(*impl_, "checkpoint::write");
   return runtime::run_blocking<std::string>("checkpoint::write", [&](auto, auto d) { start_save(std::string(prefix), false, std::move(d)); });
 }
 
@@ -486,15 +547,18 @@ lazy_save<std::string> checkpoint::write_lazy(std::string_view prefix) {
 }
 
 result<load_status> checkpoint::read(std::string_view path) {
+  if (impl_->jobs.runs_here()) return detail::refuse_wait_on_caller(*impl_, "checkpoint::read");
   return runtime::run_blocking<load_status>("checkpoint::read", [&](auto, auto d) { start_restore(std::string(path), false, std::move(d)); });
 }
 
 result<load_status> checkpoint::restore(std::optional<std::string> path) {
+  if (impl_->jobs.runs_here()) return detail::refuse_wait_on_caller(*impl_, "checkpoint::restore");
   return runtime::run_blocking<load_status>("checkpoint::restore", [&](auto, auto d) { start_restore(std::move(path), true, std::move(d)); });
 }
 
 result<void> checkpoint::sync() {
   auto& impl = *impl_;
+  if (impl.jobs.runs_here()) return detail::refuse_wait_on_caller(impl, "checkpoint::sync");
   // A job of its own, behind every job queued so far.
   return runtime::run_blocking<void>("checkpoint::sync", [&impl](auto, io::completion<void> done) {
     impl.jobs.push([&impl, done = std::move(done)]() -> asio::awaitable<void> {

@@ -242,6 +242,14 @@ struct checkpoint_impl {
 };
 
 
+// Where a job of a call with the caller's executor `where` runs: that executor, or the
+// checkpoint's default (empty: the engine) for none or the system executor.
+asio::any_io_executor job_place(const job_executor* where);
+
+// The error of a blocking call (`what`) made where it would wait forever: on a thread that runs
+// the executor of a job queued ahead of it (`jobs.runs_here()`).
+error refuse_wait_on_caller(const checkpoint_impl& impl, std::string_view what);
+
 // Process 0 of a multi-process checkpoint (or a single process) owns the shared files: the
 // state file and retention deletions.
 inline bool writes_shared_files(const checkpoint_impl& impl) {

@@ -6,8 +6,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 
 #include "../runtime/dir_lock.hpp"
+#include "checkpoint_impl.hpp"
+#include "meshckpt/api/checkpoint_async.hpp"
 #include "state_file.hpp"
 #include "meshckpt/format/names.hpp"
 
@@ -58,7 +62,17 @@ result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoin
   return m;
 }
 
-checkpoint_manager::~checkpoint_manager() { (void)ckpt_.sync(); }
+checkpoint_manager::~checkpoint_manager() {
+  if (ckpt_.impl_->jobs.runs_here()) {
+    // The save's job uses this manager after its commit and runs on this thread's executor:
+    // it cannot finish while the destructor waits for it.
+    std::fprintf(stderr,
+                 "meshckpt: checkpoint_manager destroyed on a thread that runs the executor of its own unfinished "
+                 "asynchronous save; await it before destroying the manager\n");
+    std::abort();
+  }
+  (void)ckpt_.sync();
+}
 
 std::vector<std::string> checkpoint_manager::checkpoints() const {
   std::lock_guard lk(mu_);
@@ -98,6 +112,18 @@ std::vector<std::string> checkpoint_manager::plan_sweep() {
 void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool check_interval,
                                     io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken,
                                     std::stop_token stop) {
+  start_save(number, check_interval, std::move(done), std::move(snapshot_taken), std::move(stop), nullptr);
+}
+
+void detail::async_entry::save(checkpoint_manager& m, asio::any_io_executor where, std::optional<std::int64_t> number,
+                               bool check_interval, io::completion<std::optional<std::string>> done, std::stop_token stop) {
+  const job_executor at{std::move(where)};
+  m.start_save(number, check_interval, std::move(done), {}, std::move(stop), &at);
+}
+
+void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool check_interval,
+                                    io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken,
+                                    std::stop_token stop, const detail::job_executor* where) {
   std::optional<std::int64_t> step;
   if (opt_.step_counter) step = opt_.step_counter();
   {
@@ -159,7 +185,7 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
   ckpt_.start_save(full(base), false, [done = std::move(done)](result<std::string> r) {
     if (!r) return done(r.error());
     done(std::optional<std::string>(std::move(*r)));
-  }, std::move(snapshot_taken), std::move(stop), std::move(after));
+  }, std::move(snapshot_taken), std::move(stop), std::move(after), where);
 }
 
 lazy_save<std::optional<std::string>> checkpoint_manager::save_lazy(std::optional<std::int64_t> number, bool check_interval) {
@@ -169,6 +195,7 @@ lazy_save<std::optional<std::string>> checkpoint_manager::save_lazy(std::optiona
 }
 
 result<std::optional<std::string>> checkpoint_manager::save(std::optional<std::int64_t> number, bool check_interval) {
+  if (ckpt_.impl_->jobs.runs_here()) return detail::refuse_wait_on_caller(*ckpt_.impl_, "checkpoint_manager::save");
   return runtime::run_blocking<std::optional<std::string>>("checkpoint_manager::save",
                                                           [&](auto, auto d) { start_save(number, check_interval, std::move(d)); });
 }

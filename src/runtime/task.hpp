@@ -6,7 +6,9 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/prefer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -15,6 +17,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "meshckpt/io/backend.hpp"
 
@@ -36,6 +40,28 @@ asio::awaitable<void> store_result(task<T> coro, std::shared_ptr<std::optional<r
 // The private io_context of the blocking call running on this thread (bridge.hpp), if any.
 inline thread_local const asio::io_context* blocking_context = nullptr;
 
+// Where coroutines spawned on `ex` run: a strand of it, or `ex` itself for the private
+// io_context of a blocking call (see `spawn`).
+inline asio::any_io_executor serialized(asio::any_io_executor ex) {
+  const auto* own = ex.target<asio::io_context::executor_type>();
+  return own && &own->context() == blocking_context ? ex : asio::any_io_executor(asio::make_strand(ex));
+}
+
+// Whether the calling thread is running `ex` (an io_context's run(), or a strand of one, is on
+// this thread's stack): work queued on `ex` cannot progress while this thread waits. Executors
+// of other kinds are never taken to run here.
+inline bool runs_in_this_thread(const asio::any_io_executor& ex) {
+  using plain = asio::io_context::executor_type;
+  using tracked = std::decay_t<decltype(asio::prefer(std::declval<plain>(), asio::execution::outstanding_work.tracked))>;
+  if (!ex) return false;
+  if (const auto* e = ex.target<plain>()) return e->running_in_this_thread();
+  if (const auto* e = ex.target<tracked>()) return e->running_in_this_thread();
+  if (const auto* s = ex.target<asio::strand<plain>>()) return s->running_in_this_thread() || s->get_inner_executor().running_in_this_thread();
+  if (const auto* s = ex.target<asio::strand<asio::any_io_executor>>())
+    return s->running_in_this_thread() || runs_in_this_thread(s->get_inner_executor());
+  return false;
+}
+
 // Spawns `coro` on a strand of `ex` and hands its result to `done` (on that strand). The strand
 // matters when several threads run the io_context: the coroutine and the IO completions it
 // counts (op_window) then never run at the same time. An exception escaping the coroutine (a
@@ -49,9 +75,7 @@ inline thread_local const asio::io_context* blocking_context = nullptr;
 template <class T>
 void spawn(asio::any_io_executor ex, task<T> coro, io::completion<T> done) {
   auto out = std::make_shared<std::optional<result<T>>>();
-  const auto* own = ex.target<asio::io_context::executor_type>();
-  asio::any_io_executor where = own && &own->context() == blocking_context ? ex : asio::any_io_executor(asio::make_strand(ex));
-  asio::co_spawn(where, detail::store_result<T>(std::move(coro), out), [out, done = std::move(done)](std::exception_ptr e) mutable {
+  asio::co_spawn(serialized(std::move(ex)), detail::store_result<T>(std::move(coro), out), [out, done = std::move(done)](std::exception_ptr e) mutable {
     if (e) {
       try {
         std::rethrow_exception(e);

@@ -125,6 +125,52 @@ TEST_CASE("many saves and restores in flight on one io_context run by three thre
   }
 }
 
+TEST_CASE("checkpoint saves and restores as coroutine chains on an io_context run by three threads", "[concurrency][executor]") {
+  // Each call's job runs on a strand of the caller's io_context, with its IO completions and
+  // the queue's hand-offs crossing threads.
+  for (const auto& kind : backends_to_test()) {
+    INFO("backend " << kind);
+    testing::temp_dir tmp;
+    constexpr int n = 4;
+    std::deque<graph::state_dict> src, dst;
+    std::vector<graph::variable*> restored;
+    std::deque<graph::scalar<std::int64_t>> steps;
+    std::vector<std::unique_ptr<checkpoint>> saving, restoring;
+    auto l = layout::create({"x", "y"}, mesh24()).value();
+    for (int i = 0; i < n; ++i) {
+      checkpoint_options opt;
+      opt.backend = make(kind);
+      auto* w = src.emplace_back().emplace("w", dtype::float32, {256, 64}, l).value();
+      testing::fill(w->view(), "w", 300 + static_cast<std::uint64_t>(i));
+      steps.emplace_back(i);
+      src.back().insert("step", steps.back());
+      restored.push_back(dst.emplace_back().emplace("w", dtype::float32, {256, 64}, l).value());
+      saving.push_back(checkpoint::create(mesh24(), &src.back(), {}, opt).value());
+      restoring.push_back(checkpoint::create(mesh24(), &dst.back(), {}, opt).value());
+    }
+    asio::io_context ctx;
+    std::atomic<int> ok{0};
+    for (int i = 0; i < n; ++i)
+      asio::co_spawn(ctx, [&, i]() -> asio::awaitable<void> {
+        auto k = static_cast<std::size_t>(i);
+        for (int round = 0; round < 3; ++round) {
+          auto saved = co_await async_save(*saving[k], tmp / ("d" + std::to_string(i) + "/c"), asio::use_awaitable);
+          if (!saved) co_return;
+          auto back = co_await async_restore(*restoring[k], *saved, asio::use_awaitable);
+          if (!back) co_return;
+        }
+        ++ok;
+      }, asio::detached);
+    run_on_threads(ctx, 3);
+    CHECK(ok == n);
+    for (int i = 0; i < n; ++i) {
+      CHECK(testing::matches(restored[static_cast<std::size_t>(i)]->view(), "w", 300 + static_cast<std::uint64_t>(i)));
+      const std::string dir = tmp / ("d" + std::to_string(i));
+      CHECK(latest_checkpoint(dir) == dir + "/c-3");
+    }
+  }
+}
+
 TEST_CASE("cancellation from another thread at random moments: cancelled or committed, never half", "[concurrency][cancel]") {
   for (const auto& kind : backends_to_test()) {
     INFO("backend " << kind);

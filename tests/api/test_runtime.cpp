@@ -16,13 +16,17 @@
 #include <future>
 #include <iterator>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <vector>
 
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
@@ -30,6 +34,7 @@
 #include "runtime/thread_count.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
 #include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/io/forwarding.hpp"
 #include "reliability.hpp"
 
 using namespace meshckpt;
@@ -126,6 +131,155 @@ TEST_CASE("async_latest_checkpoint reads the state file without blocking the cal
   ctx.run();
   CHECK(got == tmp.str() + "/ckpt-1");
   CHECK(ran);
+}
+
+namespace {
+
+// Records the threads that make a checkpoint's metadata calls (directory opens, file opens,
+// renames, unlinks): those come from the job's coroutine itself, not from the CPU pool or the
+// backend's completions.
+class thread_recorder : public io::forwarding_backend {
+ public:
+  using forwarding_backend::forwarding_backend;
+  void open_dir(std::string p, bool c, io::completion<io::handle> d) override {
+    note();
+    inner_->open_dir(std::move(p), c, std::move(d));
+  }
+  void open(io::handle dir, std::string n, io::open_mode m, io::completion<io::handle> d) override {
+    note();
+    inner_->open(dir, std::move(n), m, std::move(d));
+  }
+  void rename(io::handle dir, std::string a, std::string b, io::completion<void> d) override {
+    note();
+    inner_->rename(dir, std::move(a), std::move(b), std::move(d));
+  }
+  void unlink(io::handle dir, std::string n, io::completion<void> d) override {
+    note();
+    inner_->unlink(dir, std::move(n), std::move(d));
+  }
+  std::set<std::thread::id> take() {
+    std::lock_guard lk(mu_);
+    return std::exchange(seen_, {});
+  }
+
+ private:
+  void note() {
+    std::lock_guard lk(mu_);
+    seen_.insert(std::this_thread::get_id());
+  }
+  std::mutex mu_;
+  std::set<std::thread::id> seen_;
+};
+
+}  // namespace
+
+TEST_CASE("async save, restore and manager save run as one coroutine chain on the caller's executor", "[runtime][async][executor]") {
+  temp_dir tmp;
+  auto rec = std::make_shared<thread_recorder>(backends::make_posix_backend());
+  model mdl;
+  mdl.set(4);
+  auto c = checkpoint::create(mesh8(), &mdl, {}, opts(rec)).value();
+  model back;
+  auto d = checkpoint::create(mesh8(), &back, {}, opts(rec)).value();
+  manager_options mo;
+  mo.max_to_keep = 1;  // the second managed save deletes the first: retention runs on the caller's executor too
+  auto mgr = checkpoint_manager::create(*c, tmp / "managed", mo).value();
+  (void)rec->take();
+
+  // The caller's io_context is run by this thread alone: every step of every call runs here.
+  boost::asio::io_context ctx;
+  std::vector<std::string> steps;
+  boost::asio::co_spawn(ctx, [&]() -> boost::asio::awaitable<void> {
+    auto saved = co_await async_save(*c, tmp / "ck", boost::asio::use_awaitable);
+    steps.push_back(saved ? *saved : saved.error().what());
+    auto written = co_await async_write(*c, tmp / "w", boost::asio::use_awaitable);
+    steps.push_back(written ? *written : written.error().what());
+    auto restored = co_await async_restore(*d, tmp / "ck-1", boost::asio::use_awaitable);
+    steps.push_back(restored ? "restored" : restored.error().what());
+    auto read = co_await async_read(*d, tmp / "w", boost::asio::use_awaitable);
+    steps.push_back(read ? "read" : read.error().what());
+    for (int i = 0; i < 2; ++i) {
+      auto managed = co_await async_save(*mgr, boost::asio::use_awaitable);
+      steps.push_back(!managed ? managed.error().what() : *managed ? **managed : "skipped");
+    }
+  }, boost::asio::detached);
+  ctx.run();
+  REQUIRE(steps == std::vector<std::string>{tmp / "ck-1", tmp / "w", "restored", "read", tmp / "managed/ckpt-2", tmp / "managed/ckpt-3"});
+  CHECK(back.holds(4));
+  CHECK_FALSE(fs::exists(tmp / "managed/ckpt-2.manifest"));  // retention ran
+  CHECK(rec->take() == std::set<std::thread::id>{std::this_thread::get_id()});
+
+  // Without an executor of its own (a future), the work runs on the library's engine.
+  REQUIRE(async_save(*c, tmp / "ck", boost::asio::use_future).get());
+  auto engine_side = rec->take();
+  CHECK_FALSE(engine_side.empty());
+  CHECK_FALSE(engine_side.count(std::this_thread::get_id()));
+}
+
+TEST_CASE("a blocking call on the thread that runs an unfinished async call's executor fails instead of hanging",
+          "[runtime][async][executor]") {
+  temp_dir tmp;
+  model mdl;
+  mdl.set(5);
+  checkpoint_options o = opts(backends::make_posix_backend());
+  auto c = checkpoint::create(mesh8(), &mdl, {}, o).value();
+  auto mgr = checkpoint_manager::create(*c, tmp / "managed", mopts()).value();
+  o.snapshot_budget_bytes = 1;  // no snapshot fits: a copy-mode save returns once its write read the tensors
+  model tight;
+  tight.set(6);
+  auto t = checkpoint::create(mesh8(), &tight, {}, o).value();
+  auto t2 = checkpoint::create(mesh8(), &tight, {}, o).value();
+
+  boost::asio::io_context ctx;
+  std::vector<std::string> errors;
+  std::optional<result<std::string>> first, second, refused, third;
+  std::optional<result<load_status>> pending_restore;
+  auto note = [&](const auto& r) { errors.push_back(r ? std::string("no error") : std::string(r.error().what())); };
+  auto into = [&](auto& slot) { return boost::asio::bind_executor(ctx, [&slot](auto r) { slot = std::move(r); }); };
+  boost::asio::post(ctx, [&] {
+    // Queued on this very context, not awaited: it cannot progress until this handler returns.
+    async_save(*c, tmp / "ck", into(first));
+    note(c->save(tmp / "blocking"));
+    note(c->restore(tmp / "ck-1"));
+    note(c->sync());
+    note(mgr->save());
+    // A copy-mode save may still copy here and now (no limit on snapshot memory)...
+    async_save(*c, tmp / "ck", into(second));
+    // ...but not wait for a write that a job ahead of it, on this context, holds up.
+    async_restore(*t, tmp / "nothing", into(pending_restore));
+    async_save(*t, tmp / "t", into(refused));
+    // With no job ahead of it here, such a save's own job runs on the engine: this thread may
+    // wait for it, and for blocking calls after it.
+    async_save(*t2, tmp / "t2", into(third));
+    note(t2->save(tmp / "t2"));
+  });
+  ctx.run();
+  REQUIRE(errors.size() == 5);
+  CHECK(errors[4] == "no error");
+  for (std::size_t i = 0; i < 4; ++i) {
+    INFO(errors[i]);
+    CHECK_THAT(errors[i], Catch::Contains("runs the executor of an unfinished asynchronous save or restore"));
+  }
+  CHECK_THAT(errors[0], Catch::StartsWith("checkpoint::save"));
+  CHECK_THAT(errors[3], Catch::StartsWith("checkpoint_manager::save"));
+  REQUIRE(first);
+  CHECK(first->value() == tmp / "ck-1");
+  REQUIRE(second);
+  CHECK(second->value() == tmp / "ck-2");  // refused calls took no number
+  REQUIRE(pending_restore);
+  CHECK_FALSE(*pending_restore);
+  REQUIRE(refused);
+  REQUIRE_FALSE(*refused);
+  CHECK_THAT(refused->error().what(), Catch::StartsWith("async_save in copy mode"));
+  CHECK(t->save_counter() == 0);  // the refused save took no number either
+  REQUIRE(third);
+  CHECK(third->value() == tmp / "t2-1");
+  CHECK(fs::exists(tmp / "t2-2.manifest"));
+  CHECK_FALSE(fs::exists(tmp / "t-1.manifest"));
+  CHECK_FALSE(fs::exists(tmp / "blocking-1.manifest"));
+  // Off that thread, the same calls work.
+  CHECK(c->save(tmp / "blocking").value() == tmp / "blocking-3");
+  CHECK(c->sync());
 }
 
 namespace {

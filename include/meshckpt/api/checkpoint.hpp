@@ -32,6 +32,8 @@ class checkpoint_manager;
 namespace detail {
 struct checkpoint_impl;
 struct after_commit;
+struct job_executor;
+struct async_entry;
 }  // namespace detail
 
 /// A checkpoint of an object graph on a mesh.
@@ -104,7 +106,8 @@ class checkpoint : public graph::trackable {
 
   std::string describe() const override { return "checkpoint"; }
 
-  /// Asynchronous entry points used by api/checkpoint_async.hpp and the lazy forms. `done` runs
+  /// Asynchronous entry points used by the lazy forms (api/checkpoint_async.hpp's calls run
+  /// the same work on the caller's executor). The work runs on the library's engine and `done`
   /// on an internal thread; at most one write runs at a time, later ones queue behind it. With
   /// `snapshot_taken` the save is lazy: the call returns at once and `snapshot_taken` runs (on
   /// a library thread, or with the error) once the tensors may be modified. Without it, in
@@ -117,11 +120,14 @@ class checkpoint : public graph::trackable {
 
  private:
   friend class checkpoint_manager;
+  friend struct detail::async_entry;
   explicit checkpoint(std::unique_ptr<detail::checkpoint_impl> impl);
   // start_save with work run inside the save's job once it committed (a manager's state file
-  // and retention).
+  // and retention), the job on `where` (the engine when null).
   void start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
-                  std::stop_token stop, std::shared_ptr<detail::after_commit> after);
+                  std::stop_token stop, std::shared_ptr<detail::after_commit> after, const detail::job_executor* where);
+  void start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done,
+                     const detail::job_executor* where);
   std::unique_ptr<detail::checkpoint_impl> impl_;
 };
 

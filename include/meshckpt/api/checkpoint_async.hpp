@@ -10,6 +10,15 @@
 /// not be modified until completion. At most one write runs at a time per checkpoint; later
 /// ones queue behind it. Errors of a background write reach its completion, and `sync()`.
 ///
+/// Each runs as one coroutine chain on the caller's executor: the awaiting coroutine's, or the
+/// one bound to the handler (`asio::bind_executor`); with none (`asio::use_future`, a plain
+/// callback) on the library's engine. The copies, checksums and IO go to the library's CPU
+/// pool and backends as always. That executor must keep running until the call completes, and
+/// a thread running it must not block on this checkpoint meanwhile: a blocking `save`,
+/// `restore`, `sync` (or a copy-mode `async_save`) made there while such a call is unfinished
+/// fails with `errc::unsupported` instead of waiting forever, and destroying the checkpoint
+/// there then aborts with a message (as a joinable std::thread does).
+///
 /// Saves honour Asio per-operation cancellation as well as `write_options::stop`: a save whose
 /// handler has a cancellation slot (`asio::bind_cancellation_slot(signal.slot(), token)`, or an
 /// `awaitable_operators` `||` with a timer) and is cancelled before its commit completes with
@@ -26,6 +35,22 @@ namespace meshckpt {
 
 namespace detail {
 void start_latest_checkpoint(boost::asio::any_io_executor ex, std::string dir, io::completion<std::optional<std::string>> done);
+
+/// Where a checkpoint's job runs: the caller's executor (the engine when it is the system
+/// executor, as for `asio::use_future` or a plain callback).
+struct job_executor {
+  boost::asio::any_io_executor ex;
+};
+
+/// The calls below, with the job on the caller's executor `where`.
+struct async_entry {
+  static void save(checkpoint& c, boost::asio::any_io_executor where, std::string prefix, bool numbered,
+                   io::completion<std::string> done, std::stop_token stop);
+  static void restore(checkpoint& c, boost::asio::any_io_executor where, std::optional<std::string> path, bool is_restore,
+                      io::completion<load_status> done);
+  static void save(checkpoint_manager& m, boost::asio::any_io_executor where, std::optional<std::int64_t> checkpoint_number,
+                   bool check_interval, io::completion<std::optional<std::string>> done, std::stop_token stop);
+};
 }  // namespace detail
 
 /// Asynchronous `latest_checkpoint(dir)`: reads `dir`'s `checkpoint` state file and checks that
@@ -45,10 +70,10 @@ auto async_latest_checkpoint(boost::asio::any_io_executor ex, std::string dir, T
 /// file update.
 template <class Token>
 auto async_save(checkpoint& c, std::string prefix, Token&& token) {
-  return io::async_stoppable_op<std::string>(
+  return io::async_stoppable_op_at_caller<std::string>(
       boost::asio::system_executor(),
-      [&c, prefix = std::move(prefix)](io::completion<std::string> done, std::stop_token stop) mutable {
-        c.start_save(std::move(prefix), true, std::move(done), {}, std::move(stop));
+      [&c, prefix = std::move(prefix)](io::completion<std::string> done, std::stop_token stop, boost::asio::any_io_executor where) mutable {
+        detail::async_entry::save(c, std::move(where), std::move(prefix), true, std::move(done), std::move(stop));
       },
       std::forward<Token>(token));
 }
@@ -56,10 +81,10 @@ auto async_save(checkpoint& c, std::string prefix, Token&& token) {
 /// Asynchronous `checkpoint::write`.
 template <class Token>
 auto async_write(checkpoint& c, std::string prefix, Token&& token) {
-  return io::async_stoppable_op<std::string>(
+  return io::async_stoppable_op_at_caller<std::string>(
       boost::asio::system_executor(),
-      [&c, prefix = std::move(prefix)](io::completion<std::string> done, std::stop_token stop) mutable {
-        c.start_save(std::move(prefix), false, std::move(done), {}, std::move(stop));
+      [&c, prefix = std::move(prefix)](io::completion<std::string> done, std::stop_token stop, boost::asio::any_io_executor where) mutable {
+        detail::async_entry::save(c, std::move(where), std::move(prefix), false, std::move(done), std::move(stop));
       },
       std::forward<Token>(token));
 }
@@ -67,18 +92,22 @@ auto async_write(checkpoint& c, std::string prefix, Token&& token) {
 /// Asynchronous `checkpoint::restore` (runs after writes queued before it).
 template <class Token>
 auto async_restore(checkpoint& c, std::optional<std::string> path, Token&& token) {
-  return io::async_op<load_status>(
+  return io::async_stoppable_op_at_caller<load_status>(
       boost::asio::system_executor(),
-      [&c, path = std::move(path)](io::completion<load_status> done) mutable { c.start_restore(std::move(path), true, std::move(done)); },
+      [&c, path = std::move(path)](io::completion<load_status> done, std::stop_token, boost::asio::any_io_executor where) mutable {
+        detail::async_entry::restore(c, std::move(where), std::move(path), true, std::move(done));
+      },
       std::forward<Token>(token));
 }
 
 /// Asynchronous `checkpoint::read`.
 template <class Token>
 auto async_read(checkpoint& c, std::string path, Token&& token) {
-  return io::async_op<load_status>(
+  return io::async_stoppable_op_at_caller<load_status>(
       boost::asio::system_executor(),
-      [&c, path = std::move(path)](io::completion<load_status> done) mutable { c.start_restore(std::move(path), false, std::move(done)); },
+      [&c, path = std::move(path)](io::completion<load_status> done, std::stop_token, boost::asio::any_io_executor where) mutable {
+        detail::async_entry::restore(c, std::move(where), std::move(path), false, std::move(done));
+      },
       std::forward<Token>(token));
 }
 
@@ -87,10 +116,11 @@ auto async_read(checkpoint& c, std::string path, Token&& token) {
 /// and retention. The completion token comes last, as in every async call.
 template <class Token>
 auto async_save(checkpoint_manager& m, std::optional<std::int64_t> checkpoint_number, bool check_interval, Token&& token) {
-  return io::async_stoppable_op<std::optional<std::string>>(
+  return io::async_stoppable_op_at_caller<std::optional<std::string>>(
       boost::asio::system_executor(),
-      [&m, checkpoint_number, check_interval](io::completion<std::optional<std::string>> done, std::stop_token stop) mutable {
-        m.start_save(checkpoint_number, check_interval, std::move(done), {}, std::move(stop));
+      [&m, checkpoint_number, check_interval](io::completion<std::optional<std::string>> done, std::stop_token stop,
+                                              boost::asio::any_io_executor where) mutable {
+        detail::async_entry::save(m, std::move(where), checkpoint_number, check_interval, std::move(done), std::move(stop));
       },
       std::forward<Token>(token));
 }

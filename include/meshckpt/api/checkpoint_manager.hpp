@@ -58,9 +58,10 @@ class checkpoint_manager {
   /// (manifest first). The state file never names a checkpoint that is gone.
   result<std::optional<std::string>> save(std::optional<std::int64_t> checkpoint_number = std::nullopt, bool check_interval = true);
 
-  /// The asynchronous form behind `save` and `async_save(manager, ...)`: the interval check,
-  /// numbering and graph capture happen now, on the calling thread; the write, the state file
-  /// and retention run on the library's engine thread, and `done` runs there afterwards.
+  /// The asynchronous form behind `save` and the lazy save: the interval check, numbering and
+  /// graph capture happen now, on the calling thread; the write, the state file and retention
+  /// run on the library's engine thread, and `done` runs there afterwards
+  /// (`async_save(manager, ...)` runs them on the caller's executor).
   /// A stop requested on `stop` before the commit cancels it (`errc::cancelled`, no new file).
   void start_save(std::optional<std::int64_t> checkpoint_number, bool check_interval,
                   io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken = {},
@@ -83,7 +84,12 @@ class checkpoint_manager {
   result<std::optional<std::string>> restore_or_initialize();
 
  private:
+  friend struct detail::async_entry;
   checkpoint_manager(checkpoint& c, std::string dir, manager_options opt) : ckpt_(c), dir_(std::move(dir)), opt_(std::move(opt)) {}
+  // start_save with the save's job on `where` (the engine when null).
+  void start_save(std::optional<std::int64_t> checkpoint_number, bool check_interval,
+                  io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken, std::stop_token stop,
+                  const detail::job_executor* where);
   checkpoint_state state() const;  // what the state file records now
   // Applies retention to the bookkeeping; returns the base names to delete, which the state
   // written next no longer lists.
@@ -97,7 +103,7 @@ class checkpoint_manager {
   std::vector<std::pair<std::string, double>> maybe_delete_;  // base name, timestamp; oldest first
   double last_preserved_ = 0;
   std::optional<std::int64_t> last_step_;
-  mutable std::mutex mu_;  // bookkeeping is updated on the engine thread
+  mutable std::mutex mu_;  // bookkeeping is updated where the save's job runs
   std::shared_ptr<const void> lock_;  // the directory's writer lock (null on processes other than 0)
 };
 

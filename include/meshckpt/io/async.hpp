@@ -42,14 +42,17 @@ struct request_stop {
   }
 };
 
-// The initiation of every operation below: `start(completion, stop_token)`.
-template <class T>
+// The initiation of every operation below: `start(completion, stop_token)`, or, with
+// `WithExecutor`, `start(completion, stop_token, executor)` where `executor` is the handler's
+// associated executor (the caller's: a coroutine's own, a bound one), `ex` when it has none.
+template <class T, bool WithExecutor = false>
 struct initiate_op {
   asio::any_io_executor ex;
 
   template <class Handler, class Start>
   void operator()(Handler handler, Start st) const {
-    auto hex = asio::prefer(asio::get_associated_executor(handler, ex), asio::execution::outstanding_work.tracked);
+    auto caller = asio::get_associated_executor(handler, ex);
+    auto hex = asio::prefer(caller, asio::execution::outstanding_work.tracked);
     auto slot = asio::get_associated_cancellation_slot(handler);
     using state = detail::op_state<Handler, decltype(hex)>;
     // TRICKY: with use_awaitable, Asio 1.81 runs this initiation after the coroutine has
@@ -73,14 +76,17 @@ struct initiate_op {
     }
     s->emplace(state{std::move(handler), std::move(hex)});
     try {
-      st(completion<T>([s, slot, connected = static_cast<bool>(stop)](result<T> r) mutable {
-           auto ex2 = (*s)->ex;
-           asio::post(ex2, [s, slot, connected, r = std::move(r)]() mutable {
-             if (connected) slot.clear();  // on the handler's executor, before the handler runs
-             std::move((*s)->h)(std::move(r));
-           });
-         }),
-         stop ? stop->get_token() : std::stop_token());
+      completion<T> done([s, slot, connected = static_cast<bool>(stop)](result<T> r) mutable {
+        auto ex2 = (*s)->ex;
+        asio::post(ex2, [s, slot, connected, r = std::move(r)]() mutable {
+          if (connected) slot.clear();  // on the handler's executor, before the handler runs
+          std::move((*s)->h)(std::move(r));
+        });
+      });
+      if constexpr (WithExecutor)
+        st(std::move(done), stop ? stop->get_token() : std::stop_token(), asio::any_io_executor(caller));
+      else
+        st(std::move(done), stop ? stop->get_token() : std::stop_token());
     } catch (const std::bad_alloc&) {
       // A backend throws only before it took the operation (io/backend.hpp): the completion
       // is gone unless someone still holds it, in which case it will be called.
@@ -104,6 +110,15 @@ struct initiate_op {
 template <class T, class Start, class Token>
 auto async_stoppable_op(asio::any_io_executor ex, Start start, Token&& token) {
   return asio::async_initiate<Token, void(result<T>)>(detail::initiate_op<T>{ex}, token, std::move(start));
+}
+
+/// `async_stoppable_op` whose work runs where the caller runs:
+/// `start(completion<T>, std::stop_token, asio::any_io_executor caller)`, with `caller` the
+/// handler's associated executor (`ex` when the handler has none: `asio::use_future`, a plain
+/// callback).
+template <class T, class Start, class Token>
+auto async_stoppable_op_at_caller(asio::any_io_executor ex, Start start, Token&& token) {
+  return asio::async_initiate<Token, void(result<T>)>(detail::initiate_op<T, true>{ex}, token, std::move(start));
 }
 
 /// `async_stoppable_op` for operations that cannot stop half-way (single backend calls):
