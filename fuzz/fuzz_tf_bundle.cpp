@@ -7,7 +7,8 @@
 //   1: a list of table entries, each [u8 key length][key][u16 value length, little-endian]
 //      [value], written into a table whose checksums are right, so that mutations reach the
 //      header and entry messages instead of stopping at a block checksum;
-//   2: a string tensor: [u8 element count][u32 CRC-32C, little-endian][stored bytes].
+//   2: a string tensor: [u8 element count][u32 CRC-32C, little-endian][stored bytes];
+//   3: a serialized TrackableObjectGraph (a TF2 checkpoint's object graph).
 
 #include <algorithm>
 #include <cstdint>
@@ -36,12 +37,24 @@ void check_index(std::span<const std::byte> index) {
   }
 }
 
+void check_graph(std::span<const std::byte> bytes) {
+  auto g = decode_trackable_graph(bytes);
+  if (!g) return;
+  if (g->nodes.empty()) std::abort();
+  for (const auto& n : g->nodes) {
+    for (const auto& [name, id] : n.children)
+      if (id >= g->nodes.size()) std::abort();
+    for (const auto& sv : n.slot_variables)
+      if (sv.original >= g->nodes.size() || sv.slot >= g->nodes.size()) std::abort();
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1) return 0;
   auto in = std::as_bytes(std::span(data + 1, size - 1));
-  switch (data[0] % 3) {
+  switch (data[0] % 4) {
     case 0:
       check_index(in);
       break;
@@ -66,6 +79,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       check_index(*table);
       break;
     }
+    case 3:
+      check_graph(in);
+      break;
     default: {
       if (in.size() < 5) return 0;
       const std::uint64_t count = static_cast<std::uint8_t>(in[0]);

@@ -27,6 +27,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "checkpoint_impl.hpp"
+#include "restorable.hpp"
 #include "snapshot.hpp"
 #include "state_file.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
@@ -402,17 +403,12 @@ namespace {
 // The steps of a restore job: the manifest, the match of the object graph (or of names), one
 // batch of reads, and the load status.
 runtime::task<load_status> restore_steps(checkpoint& c, detail::checkpoint_impl& impl, std::string p, bool is_restore) {
-  auto ex = co_await asio::this_coro::executor;
-  auto loaded = async_read_manifest(ex, *impl.backend, p, runtime::use_awaitable);
-  BOOST_OUTCOME_CO_TRY(auto man, co_await std::move(loaded));
-  std::optional<graph::object_graph> g;
-  for (const auto& e : man.extensions)
-    if (e.name == graph::object_graph_extension) {
-      auto d = graph::decode_object_graph(e.bytes);
-      if (!d) co_return with_context(d.error(), "restore " + p);
-      g = std::move(*d);
-    }
-  auto s = std::make_shared<detail::session>(impl.backend, p, std::move(man), impl.m, impl.opt.read);
+  // meshckpt's own checkpoint, or TensorFlow's (a bundle, a SavedModel directory) read as one.
+  auto loaded = detail::load_restorable(*impl.backend, p);
+  BOOST_OUTCOME_CO_TRY(auto found, co_await std::move(loaded));
+  p = std::move(found.prefix);
+  auto g = std::move(found.graph);
+  auto s = std::make_shared<detail::session>(impl.backend, p, std::move(found.manifest), impl.m, impl.opt.read);
   s->seq = ++restore_seq;
   s->key_used.assign(s->manifest.tensors.size(), 0);
   if (g) {
@@ -421,6 +417,7 @@ runtime::task<load_status> restore_steps(checkpoint& c, detail::checkpoint_impl&
       if (name == "save_counter") s->save_counter_node = id;
     s->graph = std::move(g);
   }
+  s->saved_counter = s->graph ? s->save_counter_node != UINT32_MAX : s->manifest.find("save_counter") != nullptr;
   if (is_restore) c.save_counter();  // restore() creates the counter; the saved value lands in it
   s->leave_save_counter = !is_restore;
   auto st = std::make_shared<detail::status_state>();

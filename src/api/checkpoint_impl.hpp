@@ -33,6 +33,10 @@ struct session : std::enable_shared_from_this<session> {
   read_options ropt;
   std::uint64_t seq = 0;
   std::uint32_t save_counter_node = UINT32_MAX;
+  // Whether the checkpoint holds a save counter. A name-based, imported or TensorFlow 1
+  // checkpoint, or a SavedModel, has none: the live counter is then not expected to match
+  // (as in TensorFlow, where the counter is optional for such restores).
+  bool saved_counter = true;
   bool leave_save_counter = false;  // read(): never restores into (or creates) the save counter
 
   std::mutex mu;
@@ -188,13 +192,24 @@ struct session : std::enable_shared_from_this<session> {
     }
   }
 
-  // Name-based: each live value is matched by its full object path.
+  // Name-based: each live value is matched by its full object path. A TensorFlow checkpoint
+  // names a variable by its names joined with '/', unescaped ("dense/kernel" for child
+  // "kernel" of "dense", or for a state_dict entry named "dense/kernel").
   result<void> match_by_name(graph::trackable& root, const std::vector<std::pair<std::string, graph::trackable*>>& extra, batch& out) {
     auto live = graph::walk(root, extra);
+    const bool tensorflow = manifest.checksum == format::checksum_kind::crc32c_whole;
     for (std::size_t i = 0; i < live.objects.size(); ++i) {
       const auto& n = live.graph.nodes[i];
-      if (!n.has_value || !manifest.find(n.key)) continue;
-      BOOST_OUTCOME_TRY(add_target(*live.objects[i], n.key, out));
+      if (!n.has_value) continue;
+      std::string key = n.key;
+      if (tensorflow) {
+        auto names = graph::split_key(n.key);
+        if (!names) continue;
+        key.clear();
+        for (const auto& nm : *names) key += (key.empty() ? "" : "/") + nm;
+      }
+      if (!manifest.find(key)) continue;
+      BOOST_OUTCOME_TRY(add_target(*live.objects[i], key, out));
     }
     return success();
   }

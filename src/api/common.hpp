@@ -10,6 +10,7 @@
 #include "../runtime/op_window.hpp"
 #include "../runtime/task.hpp"
 #include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/format/tf_bundle.hpp"
 #include "meshckpt/io/async.hpp"
 
 namespace meshckpt::detail {
@@ -37,6 +38,13 @@ task<void> read_small_file(io::backend& b, const opened_prefix& p, const std::st
 
 // Reads and decodes the manifest of `base` in an open directory.
 task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std::string_view prefix);
+
+// Reads and decodes `p.base`.index, a TensorFlow bundle's index, in an open directory;
+// not_found naming the file when it does not exist.
+task<format::tf::bundle_index> load_tf_index(io::backend& b, const opened_prefix& p, const std::string& prefix);
+
+// `prefix` without a trailing ".index" (a TensorFlow bundle may be named by its index file).
+std::string strip_index(std::string prefix);
 
 // Opens the directory of `prefix`, loads its manifest, closes the directory.
 task<format::manifest> load_manifest_at(io::backend& b, std::string prefix);

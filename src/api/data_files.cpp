@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "meshckpt/format/checksum.hpp"
+#include "meshckpt/format/crc32c.hpp"
 
 namespace meshckpt::detail {
 
@@ -51,6 +52,16 @@ std::string slice_ctx(const format::manifest& m, const format::saved_tensor& t, 
 
 result<void> check_chunks(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s,
                           std::span<const std::byte> bytes, std::uint64_t first_chunk) {
+  if (m.checksum == format::checksum_kind::crc32c_whole) {
+    // A TensorFlow tensor: its one checksum covers the whole slice, which a restore of it
+    // therefore always reads whole (its chunk is larger than any slice).
+    if (first_chunk != 0 || bytes.size() != s.length || s.checksums.size() != 1)
+      return make_error(errc::invalid_argument, "internal: a partial check of " + slice_ctx(m, t, s) + " (its CRC-32C covers it whole)");
+    if (format::crc32c::value(bytes) != s.checksums[0])
+      return make_error(errc::checksum_mismatch, "CRC-32C mismatch in " + slice_ctx(m, t, s) + " at bytes [" + std::to_string(s.offset) +
+                                                     ", " + std::to_string(s.offset + s.length) + ")");
+    return success();
+  }
   for (std::uint64_t off = 0, c = first_chunk; off < bytes.size(); off += m.chunk_bytes, ++c) {
     auto n = std::min<std::uint64_t>(m.chunk_bytes, bytes.size() - off);
     if (format::checksum(bytes.subspan(off, n)) != s.checksums[c])

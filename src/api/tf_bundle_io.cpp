@@ -7,10 +7,7 @@ namespace meshckpt {
 
 namespace detail {
 
-namespace {
-
-// Reads and decodes `p.base`.index in an open directory.
-task<format::tf::bundle_index> load_index(io::backend& b, const opened_prefix& p, const std::string& prefix) {
+task<format::tf::bundle_index> load_tf_index(io::backend& b, const opened_prefix& p, const std::string& prefix) {
   const std::string name = p.base + ".index";
   const std::string where = p.dir_path == "." ? name : p.dir_path + "/" + name;
   std::vector<std::byte> bytes;
@@ -28,6 +25,8 @@ std::string strip_index(std::string prefix) {
   return prefix;
 }
 
+namespace {
+
 task<format::tf::bundle_index> read_index_coro(io::backend& b, std::string prefix) {
   prefix = strip_index(std::move(prefix));
   auto p = co_await open_prefix_dir(b, prefix);
@@ -35,7 +34,7 @@ task<format::tf::bundle_index> read_index_coro(io::backend& b, std::string prefi
   on_unwind last_resort([&] { io::close_detached(b, p->dir); });
   std::optional<result<format::tf::bundle_index>> out;
   try {
-    out = co_await load_index(b, *p, prefix);
+    out = co_await load_tf_index(b, *p, prefix);
   } catch (const std::bad_alloc&) {
     out = out_of_memory("reading " + prefix + ".index");
   }
@@ -85,7 +84,7 @@ task<void> verify_entry(io::backend& b, io::handle h, const std::string& file, c
 task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const std::string& prefix, std::vector<std::optional<io::handle>>& files,
                                  const verify_progress& progress) {
   auto ex = co_await asio::this_coro::executor;
-  auto loading = load_index(b, p, prefix);
+  auto loading = load_tf_index(b, p, prefix);
   BOOST_OUTCOME_CO_TRY(auto idx, co_await std::move(loading));
   files.resize(static_cast<std::size_t>(idx.num_shards));
   verify_report rep;

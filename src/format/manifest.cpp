@@ -116,6 +116,8 @@ std::uint64_t manifest::stored_bytes() const {
 }
 
 result<void> validate(const manifest& m, const limits& lim) {
+  if (m.checksum != checksum_kind::xxh3_chunks)
+    return make_error(errc::unsupported, "a TensorFlow bundle read as a manifest (one CRC-32C per slice) is not a meshckpt manifest");
   if (m.chunk_bytes < 4096 || m.chunk_bytes > (std::uint64_t{1} << 30))
     return bad("chunk size " + std::to_string(m.chunk_bytes) + " is outside [4096, 2^30]");
   if (m.meshes.size() > lim.max_meshes) return make_error(errc::limit_exceeded, "too many meshes");

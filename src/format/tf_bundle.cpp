@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <bit>
 #include <cstdio>
+#include <limits>
 
 #include "codec.hpp"
 #include "meshckpt/format/crc32c.hpp"
 #include "tensor_bundle.pb.h"
+#include "trackable_object_graph.pb.h"
 #include "tf_table.hpp"
 
 namespace meshckpt::format::tf {
@@ -192,6 +194,73 @@ result<bundle_index> decode_bundle_index(std::span<const std::byte> index_file) 
   }
 }
 
+result<std::vector<std::byte>> encode_bundle_index(const bundle_index& idx) {
+  try {
+    std::vector<table_entry> table;
+    table.reserve(idx.entries.size() + 1);
+    tfproto::BundleHeaderProto h;
+    h.set_num_shards(idx.num_shards);
+    h.set_endianness(tfproto::BundleHeaderProto::LITTLE);
+    h.mutable_version()->set_producer(idx.producer);
+    h.mutable_version()->set_min_consumer(idx.min_consumer);
+    table.push_back({"", h.SerializeAsString()});
+    for (std::size_t i = 0; i < idx.entries.size(); ++i) {
+      const auto& e = idx.entries[i];
+      if (e.key.empty()) return make_error(errc::invalid_argument, "TF bundle: an entry with an empty key (the header's)");
+      if (i > 0 && !(idx.entries[i - 1].key < e.key))
+        return make_error(errc::invalid_argument, "TF bundle: entry \"" + e.key + "\" out of key order");
+      tfproto::BundleEntryProto p;
+      p.set_dtype(static_cast<tfproto::DataType>(e.tf_type));
+      for (auto d : e.global) p.mutable_shape()->add_dim()->set_size(d);
+      if (e.slices.empty()) {
+        p.set_shard_id(e.shard);
+        p.set_offset(static_cast<std::int64_t>(e.offset));
+        p.set_size(static_cast<std::int64_t>(e.size));
+        p.set_crc32c(crc32c::mask(e.crc32c));
+      }
+      for (const auto& sl : e.slices) {
+        auto* sp = p.add_slices();
+        for (std::size_t d = 0; d < sl.start.size(); ++d) {
+          auto* x = sp->add_extent();
+          // TensorFlow leaves a whole dimension's extent empty (start 0, no length).
+          if (sl.length[d] == -1) continue;
+          x->set_start(sl.start[d]);
+          x->set_length(sl.length[d]);
+        }
+      }
+      table.push_back({e.key, p.SerializeAsString()});
+    }
+    return write_table(table);
+  } catch (const std::bad_alloc&) {
+    return out_of_memory("encoding a TF bundle index");
+  }
+}
+
+std::string encode_trackable_graph(const trackable_graph& g) {
+  meshckpt::tfproto::TrackableObjectGraph p;
+  for (const auto& n : g.nodes) {
+    auto* pn = p.add_nodes();
+    for (const auto& [name, id] : n.children) {
+      auto* c = pn->add_children();
+      c->set_node_id(static_cast<std::int32_t>(id));
+      c->set_local_name(name);
+    }
+    for (const auto& a : n.attributes) {
+      auto* pa = pn->add_attributes();
+      pa->set_name(a.name);
+      pa->set_full_name(a.full_name);
+      pa->set_checkpoint_key(a.checkpoint_key);
+    }
+    for (const auto& sv : n.slot_variables) {
+      auto* ps = pn->add_slot_variables();
+      ps->set_original_variable_node_id(static_cast<std::int32_t>(sv.original));
+      ps->set_slot_name(sv.slot_name);
+      ps->set_slot_variable_node_id(static_cast<std::int32_t>(sv.slot));
+    }
+  }
+  return p.SerializeAsString();
+}
+
 std::string data_file_name(std::string_view base, int shard, int num_shards) {
   char buf[64];
   std::snprintf(buf, sizeof buf, ".data-%05d-of-%05d", shard, num_shards);
@@ -227,6 +296,39 @@ std::string slice_key(std::string_view key, const tf_slice& s) {
     out += ordered_signed(s.length[d]);
   }
   return out;
+}
+
+result<trackable_graph> decode_trackable_graph(std::span<const std::byte> bytes, std::size_t max_nodes) {
+  auto bad = [](const std::string& what) { return make_error(errc::corrupt_manifest, "TensorFlow object graph: " + what); };
+  meshckpt::tfproto::TrackableObjectGraph p;
+  if (bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max()) ||
+      !p.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
+    return bad("not a TrackableObjectGraph");
+  if (p.nodes_size() == 0) return bad("no nodes");
+  const auto n = static_cast<std::size_t>(p.nodes_size());
+  if (n > max_nodes) return make_error(errc::limit_exceeded, "TensorFlow object graph: " + std::to_string(n) + " nodes exceed " + std::to_string(max_nodes));
+  auto id = [&](std::int32_t v, std::size_t node, const std::string& what) -> result<std::uint32_t> {
+    if (v < 0 || static_cast<std::size_t>(v) >= n)
+      return bad("node " + std::to_string(node) + ": " + what + " names node " + std::to_string(v) + " of " + std::to_string(n));
+    return static_cast<std::uint32_t>(v);
+  };
+  trackable_graph g;
+  g.nodes.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& pn = p.nodes(static_cast<int>(i));
+    auto& node = g.nodes[i];
+    for (const auto& c : pn.children()) {
+      BOOST_OUTCOME_TRY(auto to, id(c.node_id(), i, "child \"" + c.local_name() + "\""));
+      node.children.emplace_back(c.local_name(), to);
+    }
+    for (const auto& a : pn.attributes()) node.attributes.push_back({a.name(), a.full_name(), a.checkpoint_key()});
+    for (const auto& sv : pn.slot_variables()) {
+      BOOST_OUTCOME_TRY(auto orig, id(sv.original_variable_node_id(), i, "slot \"" + sv.slot_name() + "\" (its variable)"));
+      BOOST_OUTCOME_TRY(auto slot, id(sv.slot_variable_node_id(), i, "slot \"" + sv.slot_name() + "\""));
+      node.slot_variables.push_back({orig, sv.slot_name(), slot});
+    }
+  }
+  return g;
 }
 
 result<std::vector<std::string>> decode_string_tensor(std::span<const std::byte> bytes, std::uint64_t count, std::uint32_t crc) {

@@ -14,10 +14,13 @@
 
 #include <filesystem>
 #include <fstream>
+#include <deque>
+#include <map>
 #include <sstream>
 
 #include "meshckpt/api/checkpoint_async.hpp"
 #include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/format/crc32c.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 #include "meshckpt/tensor/convert.hpp"
@@ -489,3 +492,217 @@ TEST_CASE("verify_tf_bundle checks every tensor of a TensorFlow checkpoint again
   CHECK(verify_tf_bundle(*b, tmp / "nothing").error().code == errc::not_found);
 }
 
+
+namespace {
+
+// The global tensor's row-major bytes, gathered from the shards by their boxes.
+std::vector<std::byte> gather(const dtensor_view& v) {
+  const auto es = static_cast<std::size_t>(dtype_size(v.type()));
+  const auto& g = v.global_shape();
+  std::vector<std::byte> out(static_cast<std::size_t>(v.global_bytes()));
+  for (const auto& sh : v.shards()) {
+    auto b = v.layout().shard_box(g, sh.device).value();
+    if (b.empty()) continue;
+    const std::size_t rank = g.size();
+    const std::size_t run = es * static_cast<std::size_t>(rank ? b.extent[rank - 1] : 1);
+    std::int64_t rows = 1;
+    for (std::size_t d = 0; d + 1 < rank; ++d) rows *= b.extent[d];
+    for (std::int64_t r = 0; r < rows; ++r) {
+      std::vector<std::int64_t> at(rank, 0);
+      for (std::int64_t rem = r, d = static_cast<std::int64_t>(rank) - 2; d >= 0; --d) {
+        at[static_cast<std::size_t>(d)] = rem % b.extent[static_cast<std::size_t>(d)];
+        rem /= b.extent[static_cast<std::size_t>(d)];
+      }
+      std::int64_t flat = 0;
+      for (std::size_t d = 0; d < rank; ++d) flat = flat * g[d] + b.origin[d] + at[d];
+      std::memcpy(out.data() + static_cast<std::size_t>(flat) * es, sh.data.data() + static_cast<std::size_t>(r) * run, run);
+    }
+  }
+  return out;
+}
+
+float scalar_float(const graph::variable& v) {
+  float f;
+  std::memcpy(&f, v.view().shards()[0].data.data(), 4);
+  return f;
+}
+
+const std::filesystem::path tf_data = MESHCKPT_TF_TESTDATA;
+
+}  // namespace
+
+TEST_CASE("a SavedModel directory restores through its object graph: y = 0.5 x + 2", "[api][checkpoint][tf]") {
+  struct half_plus_two : graph::module {
+    graph::variable a{make(dtype::float32, {}, {})}, b{make(dtype::float32, {}, {})}, c{make(dtype::float32, {}, {})};
+    half_plus_two() {
+      track("a", a);
+      track("b", b);
+      track("c", c);
+    }
+  } m;
+  auto ck = checkpoint::create(mesh24(), &m).value();
+  auto st = ck->restore((tf_data / "half_plus_two_tf2_savedmodel").string());
+  REQUIRE(st);
+  {
+    auto ok = st->assert_existing_objects_matched();
+    INFO((ok ? std::string() : ok.error().what()));
+    CHECK(ok);
+  }
+  for (float x : {0.f, 1.f, 4.f, -6.f}) CHECK(scalar_float(m.a) * x + scalar_float(m.b) == 0.5f * x + 2.f);
+  CHECK(scalar_float(m.c) == 3.f);  // half_plus_three's offset
+  // The bundle inside it, named by its prefix or by its .index file, restores the same way.
+  for (const char* p : {"variables/variables", "variables/variables.index"}) {
+    half_plus_two again;
+    auto ck2 = checkpoint::create(mesh24(), &again).value();
+    REQUIRE(ck2->restore((tf_data / "half_plus_two_tf2_savedmodel" / p).string()));
+    CHECK(scalar_float(again.b) == 2.f);
+  }
+}
+
+TEST_CASE("a TF1 checkpoint restores by name onto sharded layouts, every value checked against TensorFlow's CRC-32C", "[api][checkpoint][tf]") {
+  const auto prefix = (tf_data / "t2t_transformer_tf1_ckpt" / "model.ckpt-1").string();
+  auto idx = read_tf_bundle_index(*backends::make_posix_backend(), prefix).value();
+  // Every tensor, by its TensorFlow name: matrices split over x and y, vectors over y.
+  graph::state_dict sharded, whole;
+  std::map<std::string, std::pair<graph::variable*, graph::variable*>> vars;
+  for (const auto& e : idx.entries) {
+    if (!e.type) continue;
+    std::vector<std::string> l(e.global.size(), "unsharded"), u = l;
+    if (l.size() == 2) l = {"x", "y"};
+    if (l.size() == 1) l = {"y"};
+    vars[e.key] = {sharded.emplace(e.key, *e.type, e.global, layout::create(l, mesh24()).value()).value(),
+                   whole.emplace(e.key, *e.type, e.global, layout::create(u, mesh24()).value()).value()};
+  }
+  REQUIRE(vars.size() == 250);
+  auto a = checkpoint::create(mesh24(), &sharded).value();
+  auto st = a->restore(prefix);
+  REQUIRE(st);
+  {
+    auto ok = st->assert_consumed();
+    INFO((ok ? std::string() : ok.error().what()));
+    CHECK(ok);
+  }
+  auto b = checkpoint::create(mesh24(), &whole).value();
+  REQUIRE(b->restore(prefix));
+  std::size_t checked = 0;
+  for (const auto& [key, v] : vars) {
+    INFO(key);
+    const auto* e = idx.find(key);
+    const auto& one = v.second->view().shards()[0].data;
+    CHECK(format::crc32c::value(one) == e->crc32c);  // TensorFlow's checksum of the bytes it wrote
+    auto g = gather(v.first->view());
+    CHECK(std::equal(g.begin(), g.end(), one.begin(), one.end()));
+    ++checked;
+  }
+  CHECK(checked == 250);
+}
+
+TEST_CASE("a TF2 checkpoint restores through its object graph into a live graph of the same structure", "[api][checkpoint][tf]") {
+  const auto prefix = (tf_data / "bert_lite_tf2_ckpt" / "bert_lite_tf2.ckpt").string();
+  auto be = backends::make_posix_backend();
+  auto idx = read_tf_bundle_index(*be, prefix).value();
+  // The live graph, built from TensorFlow's object graph: a module per object, a variable per
+  // saved value (sharded over y where it divides).
+  std::vector<std::byte> graph_bytes;
+  {
+    const auto* e = idx.find(format::tf::object_graph_key);
+    REQUIRE(e);
+    std::ifstream f(prefix + ".data-00000-of-00001", std::ios::binary);
+    graph_bytes.resize(e->size);
+    f.seekg(static_cast<std::streamoff>(e->offset));
+    f.read(reinterpret_cast<char*>(graph_bytes.data()), static_cast<std::streamsize>(e->size));
+    auto s = format::tf::decode_string_tensor(graph_bytes, 1, e->crc32c).value();
+    auto bytes = std::as_bytes(std::span(s[0].data(), s[0].size()));
+    graph_bytes.assign(bytes.begin(), bytes.end());
+  }
+  auto tg = format::tf::decode_trackable_graph(graph_bytes).value();
+  std::deque<graph::module> mods;
+  std::deque<graph::variable> values;
+  std::map<std::uint32_t, graph::trackable*> built;
+  std::map<std::string, graph::variable*> by_key;
+  std::function<graph::trackable*(std::uint32_t)> build = [&](std::uint32_t n) -> graph::trackable* {
+    if (auto it = built.find(n); it != built.end()) return it->second;
+    for (const auto& at : tg.nodes[n].attributes)
+      if (at.name == "VARIABLE_VALUE") {
+        const auto* e = idx.find(at.checkpoint_key);
+        REQUIRE(e);
+        std::vector<std::string> l(e->global.size(), "unsharded");
+        if (!l.empty() && e->global.back() % 4 == 0) l.back() = "y";
+        auto& v = values.emplace_back(dtensor::create(*e->type, e->global, layout::create(l, mesh24()).value()).value());
+        by_key[at.checkpoint_key] = &v;
+        return built[n] = &v;
+      }
+    auto& m = mods.emplace_back();
+    built[n] = &m;
+    for (const auto& [name, child] : tg.nodes[n].children)
+      if (!(n == 0 && name == "save_counter")) m.add_child(name, *build(child));
+    return &m;
+  };
+  auto* root = build(0);
+  auto ck = checkpoint::create(mesh24(), root).value();
+  auto st = ck->restore(prefix);
+  REQUIRE(st);
+  CHECK(st->assert_existing_objects_matched());
+  CHECK(by_key.size() + 1 == 24);  // every numeric entry but the save counter, which the checkpoint's own takes
+  for (const auto& [key, v] : by_key) {
+    INFO(key);
+    CHECK(format::crc32c::value(gather(v->view())) == idx.find(key)->crc32c);
+  }
+  CHECK(ck->save_counter() == [&] {
+    const auto* e = idx.find("save_counter/.ATTRIBUTES/VARIABLE_VALUE");
+    std::ifstream f(prefix + ".data-00000-of-00001", std::ios::binary);
+    std::int64_t n = 0;
+    f.seekg(static_cast<std::streamoff>(e->offset));
+    f.read(reinterpret_cast<char*>(&n), 8);
+    return n;
+  }());
+}
+
+TEST_CASE("restoring from a path that holds no checkpoint of any kind is not_found and says what was looked for", "[api][checkpoint][tf]") {
+  testing::temp_dir tmp;
+  model m;
+  auto ck = checkpoint::create(mesh24(), &m).value();
+  auto r = ck->restore(tmp / "nothing");
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::not_found);
+  CHECK_THAT(r.error().what(), Catch::Contains("nothing.manifest") && Catch::Contains("TensorFlow checkpoint") &&
+                                   Catch::Contains("SavedModel directory"));
+  // A TF bundle missing a data file says which.
+  const auto src = tf_data / "t2t_transformer_tf1_ckpt";
+  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / e.path().filename());
+  std::filesystem::remove(tmp / "model.ckpt-1.data-00001-of-00002");
+  graph::state_dict sd;
+  auto idx = read_tf_bundle_index(*backends::make_posix_backend(), tmp / "model.ckpt-1").value();
+  const auto& e = *std::find_if(idx.entries.begin(), idx.entries.end(), [](const auto& x) { return x.type && x.shard == 1; });
+  (void)sd.emplace(e.key, *e.type, e.global, layout::create(std::vector<std::string>(e.global.size(), "unsharded"), mesh24()).value());
+  auto ck2 = checkpoint::create(mesh24(), &sd).value();
+  auto missing = ck2->restore(tmp / "model.ckpt-1");
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().code == errc::not_found);
+  CHECK_THAT(missing.error().what(), Catch::Contains("model.ckpt-1.data-00001-of-00002 of TensorFlow checkpoint"));
+}
+
+TEST_CASE("a damaged TensorFlow tensor fails its restore with a CRC-32C mismatch naming tensor, file and offset", "[api][checkpoint][tf]") {
+  testing::temp_dir tmp;
+  const auto src = tf_data / "half_plus_two_tf2_savedmodel" / "variables";
+  std::filesystem::create_directories(tmp.path / "sm" / "variables");
+  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / "sm" / "variables" / e.path().filename());
+  auto idx = read_tf_bundle_index(*backends::make_posix_backend(), tmp / "sm/variables/variables").value();
+  const auto* b = idx.find("b/.ATTRIBUTES/VARIABLE_VALUE");
+  REQUIRE(b);
+  {
+    std::fstream f(tmp / "sm/variables/variables.data-00000-of-00001", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(b->offset + 1));
+    f.put('\x55');
+  }
+  struct one : graph::module {
+    graph::variable b{make(dtype::float32, {}, {})};
+    one() { track("b", b); }
+  } m;
+  auto ck = checkpoint::create(mesh24(), &m).value();
+  auto r = ck->restore(tmp / "sm");
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::checksum_mismatch);
+  CHECK_THAT(r.error().what(), Catch::Contains("b/.ATTRIBUTES/VARIABLE_VALUE") && Catch::Contains("variables.data-00000-of-00001") &&
+                                   Catch::Contains("[" + std::to_string(b->offset) + ", "));
+}

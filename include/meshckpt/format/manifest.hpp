@@ -97,6 +97,12 @@ struct extension {
   friend bool operator==(const extension&, const extension&) = default;
 };
 
+/// How a manifest's slices are checksummed.
+enum class checksum_kind : std::uint8_t {
+  xxh3_chunks,   ///< meshckpt's format: XXH3-64 of each `chunk_bytes` piece
+  crc32c_whole,  ///< a TensorFlow bundle read as a manifest: one CRC-32C (unmasked) of the whole slice
+};
+
 /// A decoded manifest. Tensors are sorted by key (strictly increasing).
 struct manifest {
   std::uint16_t minor = minor_version;                ///< format minor version it was written with
@@ -107,6 +113,10 @@ struct manifest {
   std::vector<data_file> files;            ///< the data files
   std::vector<saved_tensor> tensors;       ///< sorted by key
   std::vector<extension> extensions;       ///< named opaque sections
+  /// `crc32c_whole` only for a TensorFlow bundle presented as a manifest in memory (then
+  /// `chunk_bytes` exceeds every slice, each slice's `checksums` holds its CRC-32C, and the
+  /// manifest cannot be encoded); never in a manifest file.
+  checksum_kind checksum = checksum_kind::xxh3_chunks;
 
   /// The tensor with this key, or nullptr (binary search).
   const saved_tensor* find(std::string_view key) const;

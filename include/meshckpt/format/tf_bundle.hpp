@@ -81,6 +81,36 @@ struct bundle_index {
 /// TrackableObjectGraph); a TF1 name-based checkpoint has none.
 inline constexpr std::string_view object_graph_key = "_CHECKPOINTABLE_OBJECT_GRAPH";
 
+/// A TF2 checkpoint's object graph (TensorFlow's TrackableObjectGraph), as far as a restore
+/// uses it. Node 0 is the root.
+struct trackable_graph {
+  /// A value an object saved: `name` is the attribute ("VARIABLE_VALUE" for a variable),
+  /// `checkpoint_key` the bundle key it is stored under.
+  struct attribute {
+    std::string name, full_name, checkpoint_key;
+    friend bool operator==(const attribute&, const attribute&) = default;
+  };
+  /// An optimizer's slot: slot `slot_name` of the variable at node `original` is node `slot`.
+  struct slot_variable {
+    std::uint32_t original = 0;
+    std::string slot_name;
+    std::uint32_t slot = 0;
+    friend bool operator==(const slot_variable&, const slot_variable&) = default;
+  };
+  struct node {
+    std::vector<std::pair<std::string, std::uint32_t>> children;  ///< local name, node id
+    std::vector<attribute> attributes;
+    std::vector<slot_variable> slot_variables;
+    friend bool operator==(const node&, const node&) = default;
+  };
+  std::vector<node> nodes;
+};
+
+/// Decodes the serialized TrackableObjectGraph stored under `object_graph_key`. Errors:
+/// corrupt_manifest (not a TrackableObjectGraph, no nodes, a node id out of range, saying
+/// which node and edge); limit_exceeded beyond `max_nodes`.
+result<trackable_graph> decode_trackable_graph(std::span<const std::byte> bytes, std::size_t max_nodes = std::size_t{1} << 24);
+
 /// The newest bundle format version this reader reads (TensorFlow's kTensorBundleVersion).
 inline constexpr int bundle_version = 1;
 
@@ -89,6 +119,19 @@ inline constexpr int bundle_version = 1;
 /// bundle version, or a file that is a TF1 "V1" checkpoint, which is a table without bundle
 /// header), limit_exceeded.
 result<bundle_index> decode_bundle_index(std::span<const std::byte> index_file);
+
+/// Encodes `idx` as a `.index` file as TensorFlow's BundleWriter writes it: a table (no
+/// compression, blocks of about 4 KiB) whose empty key holds the header (`num_shards`,
+/// little-endian, version {producer, min_consumer}) and every other key an entry. Entries must
+/// be in strictly increasing key order; a partitioned tensor's entry carries dtype, shape and
+/// slices only, each slice an entry of its own under `slice_key`. `crc32c` is given unmasked.
+/// Errors: invalid_argument (keys out of order or empty, a dtype TensorFlow lacks).
+/// `decode_bundle_index` reads back what this writes.
+result<std::vector<std::byte>> encode_bundle_index(const bundle_index& idx);
+
+/// A TensorFlow object graph's serialized TrackableObjectGraph (the inverse of
+/// `decode_trackable_graph`).
+std::string encode_trackable_graph(const trackable_graph& g);
 
 /// "P.data-00000-of-00001": the base name of data file `shard` of `num_shards` of prefix base
 /// name `base`.

@@ -1,0 +1,31 @@
+#pragma once
+// Private: what a restore reads, whoever wrote it. A meshckpt checkpoint is its manifest; a
+// TensorFlow bundle is presented as one (format::checksum_kind::crc32c_whole: each tensor or
+// partitioned-variable slice is a slice of one CRC-32C), with its object graph translated, so
+// that the same matching, read planner and pipeline restore it onto any mesh and layout.
+
+#include <optional>
+#include <string>
+
+#include "common.hpp"
+#include "meshckpt/graph/object_graph.hpp"
+
+namespace meshckpt::detail {
+
+struct restorable {
+  std::string prefix;  // where its files are: for a SavedModel directory D, D/variables/variables
+  format::manifest manifest;
+  std::optional<graph::object_graph> graph;  // none: matched by name (TF1, flat, imported)
+  bool tensorflow = false;
+};
+
+// The checkpoint at `path`: meshckpt's (`path.manifest`), else TensorFlow's (`path.index`, or
+// a SavedModel directory with `path/variables/variables.index`), in that order. not_found,
+// naming what was looked for, when none is there.
+task<restorable> load_restorable(io::backend& b, std::string path);
+
+// TensorFlow's object graph as meshckpt's: the same nodes and edges; a node that saved a
+// variable ("VARIABLE_VALUE") whose key `m` holds has that key as its value. Exposed for tests.
+graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const format::manifest& m);
+
+}  // namespace meshckpt::detail
