@@ -3,6 +3,7 @@
 // its manifest, closing quietly. The coroutine machinery they use is the runtime layer's
 // (src/runtime/).
 
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -59,6 +60,10 @@ task<read_report> read_into(io::backend& b, std::string prefix, std::span<const 
 struct after_commit {
   std::function<task<void>()> run;
 };
+
+// Publishes the file `path` durably (runtime::durable_replace under a temp name in its
+// directory), its content written by `fill`.
+task<void> publish_file(io::backend& b, std::string path, std::function<task<void>(io::handle)> fill);
 
 // Closes a handle, ignoring errors (used on paths that already failed or only read).
 asio::awaitable<void> close_quietly(io::backend& b, io::handle h);

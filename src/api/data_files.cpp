@@ -73,4 +73,28 @@ result<void> check_chunks(const format::manifest& m, const format::saved_tensor&
   return success();
 }
 
+task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& src, const format::saved_tensor& t,
+                               const format::saved_slice& s, io::handle out, std::uint64_t out_offset, std::vector<std::byte>& buf) {
+  auto ex = co_await asio::this_coro::executor;
+  std::uint32_t crc = 0;
+  BOOST_OUTCOME_CO_TRY(auto in, co_await src.get(s.file));
+  for (std::uint64_t off = 0; off < s.length; off += buf.size()) {
+    const auto n = std::min<std::uint64_t>(buf.size(), s.length - off);
+    std::span<std::byte> part(buf.data(), n);
+    BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, in, s.offset + off, part, use_awaitable));
+    if (got != n) co_return make_error(errc::short_read, slice_ctx(m, t, s) + ": file ended early");
+    BOOST_OUTCOME_CO_TRY(check_chunks(m, t, s, part, off / m.chunk_bytes));
+    crc = format::crc32c::extend(crc, part);
+    BOOST_OUTCOME_CO_TRY(co_await io::async_write(b, ex, out, out_offset + off, part, use_awaitable));
+  }
+  co_return crc;
+}
+
+std::vector<std::byte> copy_buffer(const format::manifest& m) {
+  // Whole chunks (each is checked alone): 8 MiB of them, or one when chunks are larger. A
+  // TensorFlow bundle read as a manifest (one chunk per slice) is never a copy source.
+  const std::uint64_t chunk = m.chunk_bytes;
+  return std::vector<std::byte>(static_cast<std::size_t>(chunk >= (8u << 20) ? chunk : (8u << 20) / chunk * chunk));
+}
+
 }  // namespace meshckpt::detail

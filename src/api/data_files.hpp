@@ -42,4 +42,14 @@ std::string slice_ctx(const format::manifest& m, const format::saved_tensor& t, 
 result<void> check_chunks(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s,
                           std::span<const std::byte> bytes, std::uint64_t first_chunk);
 
+// Copies stored slice `s` of tensor `t` to `[out_offset, out_offset + s.length)` of the open
+// file `out`, through `buf` (its size a multiple of the chunk size), checking every chunk on
+// the way; returns the CRC-32C of the bytes (for a TensorFlow bundle's entry). Memory: `buf`,
+// whatever the slice's size.
+task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& src, const format::saved_tensor& t,
+                               const format::saved_slice& s, io::handle out, std::uint64_t out_offset, std::vector<std::byte>& buf);
+
+// A staging buffer for copy_slice: about 8 MiB, whole chunks.
+std::vector<std::byte> copy_buffer(const format::manifest& m);
+
 }  // namespace meshckpt::detail

@@ -7,6 +7,7 @@
 
 #include "../runtime/durable_replace.hpp"
 #include "common.hpp"
+#include "data_files.hpp"
 #include "meshckpt/api/safetensors_io.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
@@ -26,7 +27,10 @@ std::string temp_name_for(const std::string& name) {
   return name + ".tmp-" + format::token_hex(token);
 }
 
-// Publishes the file `path`, its content written by `fill`.
+}  // namespace
+
+namespace detail {
+
 task<void> publish_file(io::backend& b, std::string path, std::function<task<void>(io::handle)> fill) {
   auto ex = co_await asio::this_coro::executor;
   auto [dir, name] = split_prefix(path);
@@ -46,15 +50,34 @@ task<void> publish_file(io::backend& b, std::string path, std::function<task<voi
   co_return std::move(*r);
 }
 
+}  // namespace detail
+
+namespace {
+
+using detail::publish_file;
+
 task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m,
                        std::vector<const format::saved_tensor*> which, std::vector<std::byte> header, std::string out) {
+  auto sp = co_await detail::open_prefix_dir(b, prefix);
+  if (!sp) co_return sp.error();
+  detail::file_cache src(b, *sp, *m);
+  runtime::on_unwind last_resort([&] { io::close_detached(b, sp->dir); });
+  std::vector<std::byte> buf;
   auto fill = [&](io::handle h) -> task<void> {
     auto ex = co_await asio::this_coro::executor;
     BOOST_OUTCOME_CO_TRY(co_await io::async_write(b, ex, h, 0, header, use_awaitable));
     std::uint64_t offset = header.size();
     auto one = mesh::create({{"x", 1}}).value();
     for (const auto* t : which) {
-      // One tensor whole in memory at a time, on one device.
+      if (t->slices.size() == 1 && t->slices[0].where == box::whole(t->global)) {
+        // Stored whole: its bytes are the row-major tensor, copied in pieces, checked on the way.
+        if (buf.empty()) buf = detail::copy_buffer(*m);
+        auto copied = detail::copy_slice(b, *m, src, *t, t->slices[0], h, offset, buf);
+        BOOST_OUTCOME_CO_TRY(co_await std::move(copied));
+        offset += t->slices[0].length;
+        continue;
+      }
+      // Stored as several slices: gathered whole in memory, one tensor at a time, on one device.
       BOOST_OUTCOME_CO_TRY(auto l, layout::create(std::vector<std::string>(t->global.size(), "unsharded"), one));
       BOOST_OUTCOME_CO_TRY(auto whole, dtensor::create(t->type, t->global, l));
       std::vector<named_tensor> target = {{t->key, whole.view()}};
@@ -67,7 +90,11 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
     co_return success();
   };
   auto op = publish_file(b, out, fill);
-  co_return co_await std::move(op);
+  auto r = co_await std::move(op);
+  co_await src.close_all();
+  co_await detail::close_quietly(b, sp->dir);
+  last_resort.disarm();
+  co_return r;
 }
 
 }  // namespace

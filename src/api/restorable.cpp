@@ -114,6 +114,8 @@ task<restorable> load_tf(io::backend& b, std::string prefix) {
     r.prefix = prefix;
     r.tensorflow = true;
     r.manifest = manifest_of(idx, p->base);
+    r.tf_producer = idx.producer;
+    r.tf_min_consumer = idx.min_consumer;
     auto sizing = size_files(b, *p, r.manifest);
     BOOST_OUTCOME_CO_TRY(co_await std::move(sizing));
     if (const auto* e = idx.find(format::tf::object_graph_key)) {
@@ -161,11 +163,14 @@ graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const fo
   return out;
 }
 
-task<restorable> load_restorable(io::backend& b, std::string path) {
+task<restorable> load_restorable(io::backend& b, std::string path, bool tensorflow_only) {
   const bool named_index = path.ends_with(".index");
   if (!named_index) {
-    auto own = load_manifest_at(b, path);
-    auto m = co_await std::move(own);
+    result<format::manifest> m = make_error(errc::not_found, "no TensorFlow checkpoint at " + path);
+    if (!tensorflow_only) {
+      auto own = load_manifest_at(b, path);
+      m = co_await std::move(own);
+    }
     if (m || m.error().code != errc::not_found) {
       if (!m) co_return m.error();
       restorable r;

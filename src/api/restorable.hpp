@@ -17,12 +17,14 @@ struct restorable {
   format::manifest manifest;
   std::optional<graph::object_graph> graph;  // none: matched by name (TF1, flat, imported)
   bool tensorflow = false;
+  std::int32_t tf_producer = 0, tf_min_consumer = 0;  // a bundle header's version
 };
 
 // The checkpoint at `path`: meshckpt's (`path.manifest`), else TensorFlow's (`path.index`, or
-// a SavedModel directory with `path/variables/variables.index`), in that order. not_found,
-// naming what was looked for, when none is there.
-task<restorable> load_restorable(io::backend& b, std::string path);
+// a SavedModel directory with `path/variables/variables.index`), in that order; with
+// `tensorflow_only`, only the last two. not_found, naming what was looked for, when none is
+// there.
+task<restorable> load_restorable(io::backend& b, std::string path, bool tensorflow_only = false);
 
 // TensorFlow's object graph as meshckpt's: the same nodes and edges; a node that saved a
 // variable ("VARIABLE_VALUE") whose key `m` holds has that key as its value. Exposed for tests.

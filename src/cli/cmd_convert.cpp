@@ -1,4 +1,4 @@
-// meshckpt export / import: safetensors interchange.
+// meshckpt export / import: safetensors and TensorFlow interchange.
 
 #include <sys/stat.h>
 
@@ -21,6 +21,7 @@
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/api/safetensors_io.hpp"
 #include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/api/tf_bundle_io.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/names.hpp"
@@ -45,7 +46,27 @@ result<void> write_safetensors_file(io::backend& b, const std::string& prefix, c
 // safetensors file; or, with --shards, into OUT/model-0000k-of-0000N.safetensors plus
 // OUT/model.safetensors.index.json, as Hugging Face tools expect.
 int cmd_export(io::backend& b, const args& a) {
-  const std::string prefix = normalize_prefix(a.path);
+  std::string prefix = normalize_prefix(a.path);
+  if (a.to == "tf") {
+    tf_export_options opt;
+    if (!a.shards.empty()) {
+      const long n = std::atol(a.shards.c_str());
+      if (n < 1 || n > 99999 || a.shards.find_first_not_of("0123456789") != std::string::npos) {
+        std::fprintf(stderr, "meshckpt export: --shards takes a count from 1 to 99999, not \"%s\"\n", a.shards.c_str());
+        return 2;
+      }
+      opt.num_shards = static_cast<int>(n);
+    }
+    auto r = export_tf_bundle(b, prefix, a.out, opt);
+    if (!r) {
+      std::fprintf(stderr, "meshckpt export: %s\n", r.error().what().c_str());
+      return 1;
+    }
+    std::printf("exported %zu tensors of %s to the TensorFlow bundle %s (%zu index entries, %zu data file%s, %s)%s\n", r->tensors,
+                prefix.c_str(), a.out.c_str(), r->entries, r->files, r->files == 1 ? "" : "s",
+                r->object_graph ? "with its object graph" : "no object graph", r->skipped.empty() ? "" : (" (opaque blobs skipped: " + r->skipped + ")").c_str());
+    return 0;
+  }
   auto m = load_manifest(b, prefix, a);
   if (!m) return 1;
   std::vector<const format::saved_tensor*> which;
@@ -138,10 +159,13 @@ int cmd_export(io::backend& b, const args& a) {
 // checkpoint, each tensor whole on one device.
 int cmd_import(io::backend& b, const args& a) {
   if (auto tf = tf_bundle_prefix(a.path)) {
-    // Not a safetensors file: say what it is rather than misread its bytes as one.
-    std::fprintf(stderr, "meshckpt import: %s is a TensorFlow checkpoint (tensor bundle %s.index); this version imports safetensors "
-                         "files only (`meshckpt inspect %s` lists its tensors)\n", a.path.c_str(), tf->c_str(), tf->c_str());
-    return 1;
+    auto w = import_tf_checkpoint(b, *tf, a.to);
+    if (!w) {
+      std::fprintf(stderr, "meshckpt import: %s\n", w.error().what().c_str());
+      return 1;
+    }
+    std::printf("imported %zu tensors from the TensorFlow checkpoint %s as %s\n", w->tensors, a.path.c_str(), w->manifest_path.c_str());
+    return 0;
   }
   auto listed = list_safetensors(b, a.path);
   if (!listed) {

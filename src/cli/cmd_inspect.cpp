@@ -33,7 +33,7 @@ namespace meshckpt::cli {
 
 // show PATH KEY: how one tensor was sharded when saved.
 int cmd_show(io::backend& b, const args& a) {
-  const std::string prefix = normalize_prefix(a.path);
+  std::string prefix = normalize_prefix(a.path);
   auto m = load_manifest(b, prefix, a);
   if (!m) return 1;
   const auto* t = m->find(a.key);
@@ -52,7 +52,13 @@ int cmd_show(io::backend& b, const args& a) {
 }
 
 int cmd_inspect(io::backend& b, const args& a) {
-  if (auto tf = tf_bundle_prefix(a.path)) {
+  auto tf = a.format == "meshckpt" ? std::nullopt : tf_bundle_prefix(a.path);
+  if (!tf && a.format == "tf") {
+    std::fprintf(stderr, "meshckpt inspect: %s is not a TensorFlow checkpoint (no %s.index, nor a SavedModel directory)\n", a.path.c_str(),
+                 a.path.c_str());
+    return 1;
+  }
+  if (tf) {
     auto idx = read_tf_bundle_index(b, *tf);
     if (!idx) {
       std::fprintf(stderr, "meshckpt inspect: %s\n", idx.error().what().c_str());
@@ -129,7 +135,7 @@ int cmd_inspect(io::backend& b, const args& a) {
 
 // cat PATH KEY [--slice S]: a tensor's values.
 int cmd_cat(io::backend& b, const args& a) {
-  const std::string prefix = normalize_prefix(a.path);
+  std::string prefix = normalize_prefix(a.path);
   auto m = load_manifest(b, prefix, a);
   if (!m) return 1;
   const auto* t = m->find(a.key);
@@ -182,7 +188,7 @@ int cmd_cat(io::backend& b, const args& a) {
 // diff A B: which tensors differ. Equal checksums of identically sliced tensors mean equal
 // values without reading them; otherwise both are read (one tensor at a time) and compared.
 int cmd_diff(io::backend& b, const args& a) {
-  const std::string pa = normalize_prefix(a.path), pb = normalize_prefix(a.other);
+  std::string pa = normalize_prefix(a.path), pb = normalize_prefix(a.other);
   auto ma = load_manifest(b, pa, a);
   if (!ma) return 2;
   auto mb = load_manifest(b, pb, a);
@@ -220,7 +226,7 @@ int cmd_diff(io::backend& b, const args& a) {
       continue;
     }
     // Same slicing and chunking: the checksums decide (XXH3-64 per chunk).
-    bool same_slicing = ma->chunk_bytes == mb->chunk_bytes && x->slices.size() == y->slices.size();
+    bool same_slicing = ma->chunk_bytes == mb->chunk_bytes && ma->checksum == mb->checksum && x->slices.size() == y->slices.size();
     for (std::size_t i = 0; same_slicing && i < x->slices.size(); ++i)
       same_slicing = x->slices[i].where.origin == y->slices[i].where.origin && x->slices[i].where.extent == y->slices[i].where.extent;
     if (same_slicing) {

@@ -69,7 +69,7 @@ std::string code_name(const error& e) { return e.code.message(); }
 
 int cmd_verify(io::backend& b, const args& a) {
   std::string path = normalize_prefix(a.path);
-  const auto tf = tf_bundle_prefix(a.path);  // a TensorFlow bundle: its tensors against their CRC-32C
+  const auto tf = a.format == "meshckpt" ? std::nullopt : tf_bundle_prefix(a.path);  // a TensorFlow bundle: its tensors against their CRC-32C
   if (tf) path = *tf;
   std::vector<std::string> prefixes;
   std::vector<std::string> leftovers;

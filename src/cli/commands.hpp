@@ -21,6 +21,7 @@ extern const char* const usage_text;
 
 struct args {
   std::string command, path, key, to, out, other, slice, shards;
+  std::string format;  // --format meshckpt|tf: what PATH is, instead of detecting it
   bool json = false;
   bool no_progress = false;
 };
@@ -30,13 +31,14 @@ int usage_error(const std::string& msg);
 bool is_directory(const std::string& p);
 bool exists(const std::string& p);
 // The prefix of the TensorFlow bundle that `path` names (PREFIX, or PREFIX.index, with
-// PREFIX.index present and no meshckpt manifest of that name), or nothing.
+// PREFIX.index present and no meshckpt manifest of that name; a SavedModel directory D with
+// D/variables/variables.index names D/variables/variables), or nothing.
 std::optional<std::string> tf_bundle_prefix(const std::string& path);
 // Accepts "DIR/NAME.manifest" as a spelling of the prefix "DIR/NAME".
 std::string normalize_prefix(std::string p);
 std::string join(const std::string& dir, const std::string& name);
 // The manifest of `prefix`, or nullopt after printing why not.
-std::optional<format::manifest> load_manifest(io::backend& b, const std::string& prefix, const args& a);
+std::optional<format::manifest> load_manifest(io::backend& b, std::string& prefix, const args& a);
 // Tensor `t` of checkpoint `prefix`, whole, in memory (restored onto one device, checksums
 // verified). Tensors above `max_bytes` are refused rather than allocated.
 result<dtensor> read_whole(io::backend& b, const std::string& prefix, const format::manifest& m, const format::saved_tensor& t,

@@ -27,6 +27,7 @@
 #include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 
+#include "meshckpt/api/tf_bundle_io.hpp"
 #include "commands.hpp"
 
 namespace meshckpt::cli {
@@ -47,7 +48,11 @@ const char* const usage_text =
     "  export PATH --to safetensors OUT\n"
     "                          every tensor of checkpoint PATH, whole, into the safetensors\n"
     "                          file OUT (opaque blobs are skipped and named in __metadata__)\n"
-    "  import FILE --to PREFIX a safetensors FILE (checked by the format's safety rules) as the\n"
+    "  export PATH --to tf OUT [--shards N]\n"
+    "                          checkpoint PATH as the TensorFlow bundle OUT (keys verbatim,\n"
+    "                          with its object graph), streamed\n"
+    "  import SRC --to PREFIX  a safetensors file (checked by the format's safety rules), a\n"
+    "                          TensorFlow checkpoint or a SavedModel directory as the\n"
     "                          checkpoint PREFIX, each tensor whole on one device\n"
     "  show PATH KEY           a picture of how tensor KEY of checkpoint PATH was sharded:\n"
     "                          its global shape as a grid of slices, each labelled with the\n"
@@ -86,6 +91,7 @@ bool exists(const std::string& p) {
 }
 
 std::optional<std::string> tf_bundle_prefix(const std::string& path) {
+  if (is_directory(path) && exists(join(path, "variables/variables.index"))) return join(path, "variables/variables");
   std::string prefix = path.ends_with(".index") ? path.substr(0, path.size() - 6) : path;
   if (prefix.empty() || exists(prefix + ".manifest") || !exists(prefix + ".index") || is_directory(prefix + ".index")) return std::nullopt;
   return prefix;
@@ -103,8 +109,17 @@ std::string join(const std::string& dir, const std::string& name) {
 }
 
 
-std::optional<format::manifest> load_manifest(io::backend& b, const std::string& prefix, const args& a) {
+std::optional<format::manifest> load_manifest(io::backend& b, std::string& prefix, const args& a) {
   auto m = read_manifest(b, prefix);
+  if (!m && m.error().code == errc::not_found && a.format != "meshckpt") {
+    // A TensorFlow checkpoint (bundle or SavedModel) there: read as a manifest of its tensors.
+    auto tf = read_tf_checkpoint(b, prefix);
+    if (tf) {
+      prefix = tf->prefix;
+      return std::move(tf->manifest);
+    }
+    if (tf.error().code != errc::not_found || a.format == "tf") m = tf.error();
+  }
   if (!m) {
     std::fprintf(stderr, "meshckpt %s: %s\n", a.command.c_str(), m.error().what().c_str());
     return std::nullopt;

@@ -78,47 +78,59 @@ struct command_spec {
 };
 
 const command_spec commands[] = {
-    {"inspect", "inspect PATH [--json]",
+    {"inspect", "inspect PATH [--json] [--format meshckpt|tf]",
      "Lists every tensor of checkpoint PATH (DIR/NAME or DIR/NAME.manifest): dtype, global shape,\n"
      "saved layout and mesh, slices, bytes; then the object graph the checkpoint recorded (the\n"
-     "tree of objects and the tensors they hold) and any other extensions.",
+     "tree of objects and the tensors they hold) and any other extensions. PATH may be a\n"
+     "TensorFlow checkpoint (PREFIX or PREFIX.index) or a SavedModel directory: its entries,\n"
+     "with TensorFlow's dtype names and partitioned slices. --format says which PATH is.",
      1, true, false, false, false, cmd_inspect},
-    {"verify", "verify PATH [--json] [--no-progress]",
+    {"verify", "verify PATH [--json] [--no-progress] [--format meshckpt|tf]",
      "Reads every byte of checkpoint PATH and checks every checksum and file size. PATH may be a\n"
      "directory: every committed checkpoint in it is verified, leftovers of interrupted saves are\n"
      "listed, and every checkpoint its `checkpoint` state file lists must exist. A TensorFlow\n"
-     "checkpoint (PATH.index) is checked tensor by tensor against its CRC-32C. On a terminal a\n"
+     "checkpoint (PATH.index, or a SavedModel directory) is checked tensor by tensor against its\n"
+     "CRC-32C (--format tf or meshckpt says which PATH is). On a terminal a\n"
      "progress bar (bytes, rate, ETA) is drawn on stderr. Exit status 0 intact, 1 damaged.",
      1, true, false, false, true, cmd_verify},
     {"ls", "ls DIR [--json]",
      "The checkpoints in DIR: number, creation time, size, tensors, files, status (committed,\n"
      "incomplete leftovers, unreadable), and which one the state file names latest.",
      1, true, false, false, false, cmd_ls},
-    {"show", "show PATH KEY",
+    {"show", "show PATH KEY [--format meshckpt|tf]",
      "A picture of how tensor KEY of checkpoint PATH was sharded: its global shape as a grid of\n"
-     "slices, each labelled with the devices that held it (* marks the one that wrote it).",
+     "slices, each labelled with the devices that held it (* marks the one that wrote it).\n"
+     "For a TensorFlow checkpoint, the slices of a partitioned variable.",
      2, false, false, false, false, cmd_show},
-    {"cat", "cat PATH KEY [--slice S] [--json]",
+    {"cat", "cat PATH KEY [--slice S] [--json] [--format meshckpt|tf]",
      "The values of tensor KEY of checkpoint PATH, numpy-style (summarized with ... beyond 1000\n"
      "elements). --slice selects like numpy, per dimension start:stop, an index, or : (e.g.\n"
      "0:4,2 or -1); --json prints every selected value as nested arrays. Reads the whole tensor\n"
-     "(up to 4 GiB) onto one device, checksums verified.",
+     "(up to 4 GiB) onto one device, checksums verified. PATH may be a TensorFlow checkpoint or\n"
+     "SavedModel directory (KEY is TensorFlow's name).",
      2, true, false, true, false, cmd_cat},
-    {"diff", "diff A B [--json]",
+    {"diff", "diff A B [--json] [--format meshckpt|tf]",
      "Which tensors differ between checkpoints A and B: added, removed, dtype or shape changed,\n"
      "values changed (count and largest absolute difference). Checksums are compared first;\n"
-     "data is read only when they differ. Exit status 0 identical, 1 different, 2 trouble.",
+     "data is read only when they differ. A and B may be TensorFlow checkpoints (compared by\n"
+     "key with meshckpt ones). Exit status 0 identical, 1 different, 2 trouble.",
      2, true, false, false, false, cmd_diff},
-    {"export", "export PATH --to safetensors OUT [--shards N|processes]",
+    {"export", "export PATH --to safetensors|tf OUT [--shards N|processes]",
      "Every tensor of checkpoint PATH, whole, into the safetensors file OUT (written to a temp\n"
      "name, fsynced, renamed). Opaque blobs are skipped and named in __metadata__. With --shards,\n"
      "OUT is a directory receiving model-0000k-of-0000N.safetensors files and the\n"
      "model.safetensors.index.json Hugging Face tools read: N files of about equal size, or one\n"
-     "per process that wrote the checkpoint (each tensor with the process that wrote most of it).",
+     "per process that wrote the checkpoint (each tensor with the process that wrote most of it).\n"
+     "With --to tf, OUT is the prefix of a TensorFlow V2 bundle (OUT.index,\n"
+     "OUT.data-0000k-of-0000N, N from --shards, default 1), keys verbatim, the object graph\n"
+     "included; a tensor saved sharded is a partitioned variable of its shard boxes. Streamed:\n"
+     "each stored slice is copied in 8 MiB pieces, checksums verified on the way.",
      2, false, true, false, false, cmd_export},
-    {"import", "import FILE --to PREFIX",
-     "The safetensors FILE, or the sharded model of a model.safetensors.index.json (checked by\n"
-     "the format's safety rules), as the checkpoint PREFIX, each tensor whole on one device.",
+    {"import", "import SRC --to PREFIX",
+     "SRC as the checkpoint PREFIX, each tensor whole on one device: a safetensors file, the\n"
+     "sharded model of a model.safetensors.index.json (checked by the format's safety rules), a\n"
+     "TensorFlow checkpoint (a bundle prefix or its .index) or a SavedModel directory (TensorFlow\n"
+     "keys verbatim, the TF2 object graph kept, every tensor checked against its CRC-32C).",
      1, false, true, false, false, cmd_import},
 };
 
@@ -154,6 +166,9 @@ int main(int argc, char** argv) {
       if (!value(a.slice)) return usage_error("--slice needs a value");
     } else if (s == "--shards") {
       if (!value(a.shards)) return usage_error("--shards needs a value");
+    } else if (s == "--format") {
+      if (!value(a.format)) return usage_error("--format needs a value");
+      if (a.format != "meshckpt" && a.format != "tf") return usage_error("--format is meshckpt or tf, not " + a.format);
     } else if (s.starts_with("--") || (s.starts_with("-") && s.size() > 1 && !std::isdigit(static_cast<unsigned char>(s[1])))) {
       return usage_error("unknown option " + s);
     } else {
@@ -180,11 +195,14 @@ int main(int argc, char** argv) {
   if (!a.to.empty() && !cmd->to) return command_usage_error(*cmd, "has no --to");
   if (!a.slice.empty() && !cmd->slice) return command_usage_error(*cmd, "has no --slice");
   if (!a.shards.empty() && a.command != "export") return command_usage_error(*cmd, "has no --shards");
+  if (!a.format.empty() && a.command != "inspect" && a.command != "verify" && a.command != "cat" && a.command != "diff" && a.command != "show")
+    return command_usage_error(*cmd, "has no --format");
   if (a.no_progress && !cmd->progress) return command_usage_error(*cmd, "has no --no-progress");
   if (positional.size() - 1 != cmd->operands)
     return command_usage_error(*cmd, "takes " + std::to_string(cmd->operands) + " operand(s), got " + std::to_string(positional.size() - 1));
   if (cmd->to && a.to.empty()) return command_usage_error(*cmd, "needs --to");
-  if (a.command == "export" && a.to != "safetensors") return command_usage_error(*cmd, "exports only --to safetensors");
+  if (a.command == "export" && a.to != "safetensors" && a.to != "tf") return command_usage_error(*cmd, "exports --to safetensors or --to tf");
+  if (a.command == "export" && a.to == "tf" && a.shards == "processes") return command_usage_error(*cmd, "--to tf takes --shards N");
   a.path = positional[1];
   if (cmd->operands == 2) {
     if (a.command == "show" || a.command == "cat") a.key = positional[2];

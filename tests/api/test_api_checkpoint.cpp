@@ -16,9 +16,11 @@
 #include <fstream>
 #include <deque>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "meshckpt/api/checkpoint_async.hpp"
+#include "meshckpt/api/safetensors_io.hpp"
 #include "meshckpt/api/tf_bundle_io.hpp"
 #include "meshckpt/format/crc32c.hpp"
 #include "meshckpt/backends/posix.hpp"
@@ -705,4 +707,184 @@ TEST_CASE("a damaged TensorFlow tensor fails its restore with a CRC-32C mismatch
   CHECK(r.error().code == errc::checksum_mismatch);
   CHECK_THAT(r.error().what(), Catch::Contains("b/.ATTRIBUTES/VARIABLE_VALUE") && Catch::Contains("variables.data-00000-of-00001") &&
                                    Catch::Contains("[" + std::to_string(b->offset) + ", "));
+}
+
+namespace {
+
+std::vector<std::byte> read_all(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  return std::vector<std::byte>(reinterpret_cast<const std::byte*>(s.data()), reinterpret_cast<const std::byte*>(s.data()) + s.size());
+}
+
+// One variable per dtype TensorFlow has, some split over x and y (stored as several slices),
+// some whole, a scalar and an empty tensor, under a module tree.
+struct every_dtype : graph::module {
+  std::deque<graph::module> groups;
+  std::deque<graph::variable> vars;
+  std::vector<std::string> keys;
+  explicit every_dtype(std::uint64_t seed) {
+    auto& sharded = groups.emplace_back();
+    auto& whole = groups.emplace_back();
+    track("sharded", sharded);
+    track("whole", whole);
+    for (int k = 1; k <= 15; ++k) {
+      const auto t = static_cast<dtype>(k);
+      if (!format::tf::to_tf_dtype(t)) continue;
+      const std::string n = "v" + std::to_string(k);
+      auto& a = vars.emplace_back(make(t, {10, 12}, {"x", "y"}));
+      sharded.add_child(n, a);
+      auto& b = vars.emplace_back(make(t, {7, 3}, {"unsharded", "unsharded"}));
+      whole.add_child(n, b);
+      testing::fill(a.view(), n + "a", seed);
+      testing::fill(b.view(), n + "b", seed);
+    }
+    auto& s = vars.emplace_back(make(dtype::int64, {}, {}));
+    whole.add_child("scalar", s);
+    testing::fill(s.view(), "scalar", seed);
+    auto& e = vars.emplace_back(make(dtype::float32, {0, 4}, {"unsharded", "y"}));
+    whole.add_child("empty", e);
+  }
+};
+
+bool same_values(const every_dtype& a, const every_dtype& b) {
+  for (std::size_t i = 0; i < a.vars.size(); ++i)
+    if (!same(a.vars[i], b.vars[i])) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("export to TensorFlow and back is bit-exact for every dtype, with partitioned slices and several data files", "[api][tf][export]") {
+  testing::temp_dir tmp;
+  auto be = backends::make_posix_backend();
+  every_dtype src(11);
+  auto ck = checkpoint::create(mesh24(), &src).value();
+  const auto saved = ck->write(tmp / "ck").value();
+  auto rep = export_tf_bundle(*be, saved, tmp / "tf", {3}).value();
+  CHECK(rep.files == 3);
+  CHECK(rep.object_graph);
+  CHECK(rep.skipped.empty());
+  // What TensorFlow would read: three data files, partitioned variables for the sharded ones.
+  for (int k = 0; k < 3; ++k) CHECK(std::filesystem::exists(tmp / ("tf.data-0000" + std::to_string(k) + "-of-00003")));
+  auto idx = read_tf_bundle_index(*be, tmp / "tf").value();
+  CHECK(idx.num_shards == 3);
+  const auto* part = idx.find("sharded/v12");
+  REQUIRE(part);
+  CHECK(part->slices.size() == 8);  // the 2 x 4 shard boxes
+  const auto* whole = idx.find("whole/v12");
+  REQUIRE(whole);
+  CHECK(whole->slices.empty());
+  CHECK(idx.find(format::tf::object_graph_key));
+  std::set<int> used;
+  for (const auto& e : idx.entries)
+    if (e.size) used.insert(e.shard);
+  CHECK(used.size() == 3);
+  auto v = verify_tf_bundle(*be, tmp / "tf").value();
+  CHECK(v.problems.empty());
+
+  // TensorFlow's way back: a restore through the object graph, onto the same structure.
+  every_dtype back(0);
+  auto ck2 = checkpoint::create(mesh24(), &back).value();
+  auto st = ck2->restore(tmp / "tf");
+  REQUIRE(st);
+  CHECK(st->assert_consumed());
+  CHECK(same_values(src, back));
+
+  // Import (partitioned variables joined, whole on one device) and export again: the same
+  // values, whole entries stored as they were; once more, and the bundle is the same byte for
+  // byte.
+  REQUIRE(import_tf_checkpoint(*be, tmp / "tf", tmp / "imported"));
+  REQUIRE(export_tf_bundle(*be, tmp / "imported", tmp / "again", {3}));
+  auto again = read_tf_bundle_index(*be, tmp / "again").value();
+  for (const auto& e : idx.entries) {
+    if (e.key[0] == '\0' || !e.type) continue;  // slices; the object graph
+    const auto* a = again.find(e.key);
+    REQUIRE(a);
+    CHECK(a->slices.empty());
+    if (e.slices.empty()) CHECK(a->crc32c == e.crc32c);
+  }
+  every_dtype fourth(0);
+  auto ck4 = checkpoint::create(mesh24(), &fourth).value();
+  REQUIRE(ck4->restore(tmp / "again"));
+  CHECK(same_values(src, fourth));
+  REQUIRE(import_tf_checkpoint(*be, tmp / "again", tmp / "imported2"));
+  REQUIRE(export_tf_bundle(*be, tmp / "imported2", tmp / "third", {3}));
+  CHECK(read_all(tmp / "third.index") == read_all(tmp / "again.index"));
+  for (int k = 0; k < 3; ++k) {
+    const std::string suffix = ".data-0000" + std::to_string(k) + "-of-00003";
+    CHECK(read_all(tmp / ("third" + suffix)) == read_all(tmp / ("again" + suffix)));
+  }
+  // The imported checkpoint restores by structure too, with its TensorFlow keys.
+  every_dtype third(0);
+  auto ck3 = checkpoint::create(mesh24(), &third).value();
+  REQUIRE(ck3->restore(tmp / "imported"));
+  CHECK(same_values(src, third));
+}
+
+TEST_CASE("the real TensorFlow checkpoints import and export back with every value and the header kept", "[api][tf][export]") {
+  testing::temp_dir tmp;
+  auto be = backends::make_posix_backend();
+  for (const char* p : {"t2t_transformer_tf1_ckpt/model.ckpt-1", "bert_lite_tf2_ckpt/bert_lite_tf2.ckpt", "half_plus_two_tf2_savedmodel"}) {
+    INFO(p);
+    const auto src = (tf_data / p).string();
+    auto imported = import_tf_checkpoint(*be, src, tmp / "imp");
+    REQUIRE(imported);
+    auto orig = read_tf_bundle_index(*be, std::string(p) == "half_plus_two_tf2_savedmodel" ? src + "/variables/variables" : src).value();
+    auto m = read_manifest(*be, tmp / "imp").value();
+    for (const auto& e : orig.entries)
+      if (e.type) CHECK(m.find(e.key));
+    auto rep = export_tf_bundle(*be, tmp / "imp", tmp / "out", {2}).value();
+    CHECK(rep.object_graph == (orig.find(format::tf::object_graph_key) != nullptr));
+    auto back = read_tf_bundle_index(*be, tmp / "out").value();
+    CHECK(back.producer == orig.producer);
+    CHECK(back.min_consumer == orig.min_consumer);
+    for (const auto& e : orig.entries) {
+      if (!e.type) continue;
+      const auto* b = back.find(e.key);
+      REQUIRE(b);
+      CHECK(b->global == e.global);
+      CHECK(b->tf_type == e.tf_type);
+      CHECK(b->crc32c == e.crc32c);  // the same bytes
+    }
+    CHECK(verify_tf_bundle(*be, tmp / "out").value().problems.empty());
+  }
+}
+
+TEST_CASE("a damaged checkpoint fails a streamed export, to TensorFlow or safetensors, and leaves no file", "[api][tf][export]") {
+  testing::temp_dir tmp;
+  auto be = backends::make_posix_backend();
+  graph::state_dict sd;
+  auto* w = sd.emplace("w", dtype::float32, {512, 1024}, layout::create({"unsharded", "unsharded"}, mesh24()).value()).value();
+  testing::fill(w->view(), "w", 3);
+  auto ck = checkpoint::create(mesh24(), &sd).value();
+  const auto saved = ck->write(tmp / "ck").value();
+  auto m = read_manifest(*be, saved).value();
+  REQUIRE(m.find("w")->slices.size() == 1);  // stored whole: the streamed path
+  // Undamaged, both exports hold exactly the tensor's bytes.
+  REQUIRE(export_tf_bundle(*be, saved, tmp / "tf"));
+  auto idx = read_tf_bundle_index(*be, tmp / "tf").value();
+  CHECK(idx.find("w")->crc32c == format::crc32c::value(w->view().shards()[0].data));
+  REQUIRE(export_safetensors(*be, saved, m, {"w"}, {}, tmp / "w.safetensors"));
+  auto st = read_all(tmp / "w.safetensors");
+  const auto& bytes = w->view().shards()[0].data;
+  REQUIRE(st.size() >= bytes.size());
+  CHECK(std::equal(bytes.begin(), bytes.end(), st.end() - static_cast<std::ptrdiff_t>(bytes.size())));
+  // One flipped byte in the middle of the stored slice.
+  const auto& sl = m.find("w")->slices[0];
+  {
+    std::fstream f(tmp / m.files[sl.file].name, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(sl.offset + sl.length / 2));
+    f.put('\x5a');
+  }
+  std::filesystem::remove(tmp / "tf.index");
+  auto tf = export_tf_bundle(*be, saved, tmp / "tf2");
+  REQUIRE_FALSE(tf);
+  CHECK(tf.error().code == errc::checksum_mismatch);
+  CHECK_FALSE(std::filesystem::exists(tmp / "tf2.index"));
+  auto sf = export_safetensors(*be, saved, m, {"w"}, {}, tmp / "w2.safetensors");
+  REQUIRE_FALSE(sf);
+  CHECK(sf.error().code == errc::checksum_mismatch);
+  CHECK_FALSE(std::filesystem::exists(tmp / "w2.safetensors"));
+  for (const auto& e : std::filesystem::directory_iterator(tmp.path)) CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
 }

@@ -368,8 +368,47 @@ assert set(keys) == {"_CHECKPOINTABLE_OBJECT_GRAPH", "a/.ATTRIBUTES/VARIABLE_VAL
 assert keys["a/.ATTRIBUTES/VARIABLE_VALUE"]["dtype"] == "float32" and keys["a/.ATTRIBUTES/VARIABLE_VALUE"]["bytes"] == 4
 PY
 check "TF --json schema" test $? -eq 0
+# import and export: TensorFlow keys verbatim, values checked; the SavedModel by its directory.
 run import "$TF/t2t_transformer_tf1_ckpt/model.ckpt-1.index" --to "$WORK/tf-import"
-check "import of a TF index exits 1" test $rc -eq 1; check "says it is a TensorFlow checkpoint" has "is a TensorFlow checkpoint"
+check "import of a TF index exits 0" test $rc -eq 0; check "says what it imported" has "imported 250 tensors from the TensorFlow checkpoint"
+run cat "$WORK/tf-import" global_step
+check "the imported TF1 tensor keeps its name" test $rc -eq 0; check "global_step is 1" has "1"
+run import "$TF/half_plus_two_tf2_savedmodel" --to "$WORK/hp"
+check "import of a SavedModel directory exits 0" test $rc -eq 0
+run cat "$WORK/hp" "b/.ATTRIBUTES/VARIABLE_VALUE"
+check "b of half_plus_two is 2" has "float32[]"; check "its value" has "2."
+run inspect "$WORK/hp"
+check "the imported object graph is the checkpoint's" has "object graph (" ; check "with TF's child names" has "|-- a  = a/.ATTRIBUTES/VARIABLE_VALUE"
+run export "$WORK/hp" --to tf "$WORK/hp-tf" --shards 2
+check "export --to tf exits 0" test $rc -eq 0; check "says it kept the object graph" has "with its object graph"
+check "two data files" test -f "$WORK/hp-tf.data-00001-of-00002"
+run verify "$WORK/hp-tf"
+check "the exported bundle verifies" test $rc -eq 0
+run inspect "$WORK/hp-tf"
+check "inspect calls the export TF2" has "TF2 object-based"
+run diff "$WORK/hp-tf" "$TF/half_plus_two_tf2_savedmodel"
+check "export and original hold the same values" test $rc -eq 0; check "3 identical" has "3 identical"
+run export "$WORK/ck/ckpt-3" --to tf "$WORK/demo-tf" --shards 0
+check "--shards 0 is refused" test $rc -eq 2
+run export "$WORK/ck/ckpt-3" --to onnx "$WORK/x"
+check "an unknown --to is refused" test $rc -eq 2; check "names the formats" has "--to safetensors or --to tf"
+# cat, show and diff read TensorFlow checkpoints in place; --format forces the kind.
+run cat "$TF/half_plus_two_tf2_savedmodel" "a/.ATTRIBUTES/VARIABLE_VALUE"
+check "cat of a SavedModel" test $rc -eq 0; check "a is 0.5" has "0.5"
+run cat "$TF/t2t_transformer_tf1_ckpt/model.ckpt-1" global_step --format tf
+check "cat --format tf" test $rc -eq 0
+run cat "$TF/t2t_transformer_tf1_ckpt/model.ckpt-1" global_step --format meshckpt
+check "--format meshckpt does not read TF" test $rc -eq 1; check "says the manifest is missing" has "model.ckpt-1.manifest"
+run show "$TF/bert_lite_tf2_ckpt/bert_lite_tf2.ckpt" "save_counter/.ATTRIBUTES/VARIABLE_VALUE"
+check "show of a TF tensor" test $rc -eq 0
+run diff "$TF/t2t_transformer_tf1_ckpt/model.ckpt-1" "$WORK/tf-import"
+check "a TF checkpoint and its import are identical" test $rc -eq 0; check "250 identical" has "250 identical"
+run inspect "$TF/half_plus_two_tf2_savedmodel" --format tf
+check "inspect of a SavedModel directory" test $rc -eq 0
+run inspect "$WORK/ck/ckpt-3" --format tf
+check "--format tf on a meshckpt checkpoint is refused" test $rc -eq 1; check "says it is not TF" has "is not a TensorFlow checkpoint"
+run ls "$WORK/ck" --format tf
+check "ls has no --format" test $rc -eq 2
 mkdir -p "$WORK/tf-bad"
 cp "$TF/bert_lite_tf2_ckpt/bert_lite_tf2.ckpt.index" "$WORK/tf-bad/x.index"
 python3 -c "import sys; p=sys.argv[1]; b=bytearray(open(p,'rb').read()); b[100]^=1; open(p,'wb').write(bytes(b))" "$WORK/tf-bad/x.index"

@@ -40,8 +40,10 @@ result<std::vector<safetensors_tensor>> list_safetensors(io::backend& b, std::st
 result<read_report> read_safetensors(io::backend& b, std::string_view path, std::span<const named_tensor> targets);
 
 /// Writes the tensors `keys` of checkpoint `prefix` (whose manifest is `m`) into the safetensors
-/// file `out`, in that order, with `metadata` as its `__metadata__`. Each tensor is read whole
-/// (verified) and written through `b`; the file is published durably like a manifest: a temp
+/// file `out`, in that order, with `metadata` as its `__metadata__`. A tensor stored as one
+/// slice is copied in 8 MiB pieces (its checksums verified on the way), whatever its size; one
+/// stored as several slices is restored whole onto one device (verified), one at a time. The
+/// file is written through `b`; the file is published durably like a manifest: a temp
 /// name in `out`'s directory, fsync, rename, directory fsync. On failure nothing is left at
 /// `out` (an older file there stays) and the temp file is removed. Errors: not_found (a key),
 /// the format's limits (`format::encode_safetensors_header`), read and IO errors.

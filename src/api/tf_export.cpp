@@ -1,0 +1,281 @@
+// TensorFlow bundles from meshckpt checkpoints and back (api/tf_bundle_io.hpp).
+//
+// Export streams: a stored slice is already the row-major bytes of its box, which is what a
+// bundle stores for a tensor or a partitioned variable's slice, so each one is copied from its
+// data file to the bundle's in pieces, its XXH3 chunks verified and its CRC-32C computed on the
+// way; memory is a few staging pieces whatever the tensor's size.
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <set>
+
+#include "common.hpp"
+#include "data_files.hpp"
+#include "restorable.hpp"
+#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/format/crc32c.hpp"
+#include "meshckpt/graph/object_graph.hpp"
+
+namespace meshckpt {
+
+namespace detail {
+
+namespace {
+
+// One stored piece of the bundle: a whole tensor or one slice, its bytes from the source.
+struct piece {
+  std::string key;                    // its bundle key (a slice's under slice_key)
+  const format::saved_tensor* t = nullptr;
+  const format::saved_slice* s = nullptr;  // null for an empty tensor (no slices)
+  int shard = 0;
+  std::uint64_t offset = 0;  // in its bundle data file
+};
+
+std::vector<std::int64_t> header_of(const format::manifest& m) {
+  for (const auto& e : m.extensions)
+    if (e.name == tf_header_extension && e.bytes.size() == 8) {
+      std::int32_t p, c;
+      std::memcpy(&p, e.bytes.data(), 4);
+      std::memcpy(&c, e.bytes.data() + 4, 4);
+      return {p, c};
+    }
+  return {1, 0};
+}
+
+// The bundle's entries and where each stored piece goes; pieces spread over the data files,
+// largest first onto the emptiest, so that the files come out about even.
+result<void> plan_export(const format::manifest& m, int num_shards, std::vector<piece>& pieces, format::tf::bundle_index& idx,
+                         std::string& skipped) {
+  idx.num_shards = num_shards;
+  auto hdr = header_of(m);
+  idx.producer = static_cast<int>(hdr[0]);
+  idx.min_consumer = static_cast<int>(hdr[1]);
+  for (const auto& t : m.tensors) {
+    auto tf = format::tf::to_tf_dtype(t.type);
+    if (!tf) {
+      skipped += (skipped.empty() ? "" : ", ") + t.key;
+      continue;
+    }
+    const bool whole = t.slices.empty() || (t.slices.size() == 1 && t.slices[0].where == box::whole(t.global));
+    format::tf::bundle_entry e{t.key, *tf, t.type, t.global, 0, 0, 0, 0, {}};
+    if (whole) {
+      pieces.push_back({t.key, &t, t.slices.empty() ? nullptr : &t.slices[0]});
+    } else {
+      for (const auto& s : t.slices) {
+        format::tf::tf_slice ts{s.where.origin, s.where.extent};
+        e.slices.push_back(ts);
+        pieces.push_back({format::tf::slice_key(t.key, ts), &t, &s});
+      }
+    }
+    idx.entries.push_back(std::move(e));
+  }
+  std::vector<std::size_t> order(pieces.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  auto len = [&](std::size_t i) { return pieces[i].s ? pieces[i].s->length : 0; };
+  std::stable_sort(order.begin(), order.end(), [&](auto a, auto b) { return len(a) > len(b); });
+  std::vector<std::uint64_t> fill(static_cast<std::size_t>(num_shards), 0);
+  for (auto i : order) {
+    auto k = static_cast<std::size_t>(std::min_element(fill.begin(), fill.end()) - fill.begin());
+    pieces[i].shard = static_cast<int>(k);
+    pieces[i].offset = fill[k];
+    fill[k] += len(i);
+  }
+  return success();
+}
+
+// Copies one piece into the bundle's data file `out`; its CRC-32C.
+task<std::uint32_t> copy_piece(io::backend& b, const format::manifest& m, file_cache& src, const piece& p, io::handle out,
+                               std::vector<std::byte>& buf) {
+  if (!p.s) co_return std::uint32_t{0};
+  auto copied = copy_slice(b, m, src, *p.t, *p.s, out, p.offset, buf);
+  co_return co_await std::move(copied);
+}
+
+// The object graph of a meshckpt checkpoint as TensorFlow's: same nodes and edges, a value as
+// its VARIABLE_VALUE attribute under its key.
+format::tf::trackable_graph tf_graph_of(const graph::object_graph& g) {
+  format::tf::trackable_graph out;
+  out.nodes.resize(g.nodes.size());
+  for (std::size_t i = 0; i < g.nodes.size(); ++i) {
+    out.nodes[i].children = g.nodes[i].children;
+    if (g.nodes[i].has_value) out.nodes[i].attributes.push_back({"VARIABLE_VALUE", g.nodes[i].key, g.nodes[i].key});
+  }
+  return out;
+}
+
+task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::string out, tf_export_options opt) {
+  auto ex = co_await asio::this_coro::executor;
+  auto loading = load_manifest_at(b, prefix);
+  BOOST_OUTCOME_CO_TRY(auto m, co_await std::move(loading));
+  if (opt.num_shards < 1 || opt.num_shards > 99999)
+    co_return make_error(errc::invalid_argument, "a TensorFlow bundle has 1 to 99999 data files, not " + std::to_string(opt.num_shards));
+  std::vector<piece> pieces;
+  format::tf::bundle_index idx;
+  tf_export_report rep;
+  BOOST_OUTCOME_CO_TRY(plan_export(m, opt.num_shards, pieces, idx, rep.skipped));
+  // The object graph, a string scalar at the end of data file 0.
+  std::vector<std::byte> graph_bytes;
+  for (const auto& e : m.extensions)
+    if (e.name == graph::object_graph_extension) {
+      auto g = graph::decode_object_graph(e.bytes);
+      if (!g) co_return with_context(g.error(), "export " + prefix);
+      std::uint32_t crc = 0;
+      std::vector<std::string> one{format::tf::encode_trackable_graph(tf_graph_of(*g))};
+      graph_bytes = format::tf::encode_string_tensor(one, crc);
+      std::uint64_t end0 = 0;
+      for (const auto& p : pieces)
+        if (p.shard == 0 && p.s) end0 = std::max(end0, p.offset + p.s->length);
+      format::tf::bundle_entry ge{std::string(format::tf::object_graph_key), 7, std::nullopt, {}, 0, end0, graph_bytes.size(), crc, {}};
+      idx.entries.push_back(std::move(ge));
+      rep.object_graph = true;
+    }
+  std::map<std::string, std::uint32_t> crcs;
+  auto sp = co_await open_prefix_dir(b, prefix);
+  if (!sp) co_return sp.error();
+  file_cache src(b, *sp, m);
+  auto [out_dir, out_base] = split_prefix(out);
+  // A crash from here on leaves no bundle at `out` (its index goes first) or the whole new one.
+  {
+    auto d = co_await io::async_open_dir(b, ex, out_dir, false, use_awaitable);
+    if (!d) {
+      co_await src.close_all();
+      co_await close_quietly(b, sp->dir);
+      co_return with_context(d.error(), "export to " + out);
+    }
+    (void)co_await io::async_unlink(b, ex, *d, out_base + ".index", use_awaitable);
+    co_await close_quietly(b, *d);
+  }
+  auto buf = copy_buffer(m);
+  result<void> r = success();
+  for (int k = 0; k < opt.num_shards && r; ++k) {
+    const std::string name = format::tf::data_file_name(out_base, k, opt.num_shards);
+    auto fill = [&, k](io::handle h) -> task<void> {
+      auto e2 = co_await asio::this_coro::executor;
+      for (const auto& p : pieces) {
+        if (p.shard != k) continue;
+        auto copied = copy_piece(b, m, src, p, h, buf);
+        BOOST_OUTCOME_CO_TRY(auto crc, co_await std::move(copied));
+        crcs[p.key] = crc;
+        if (p.s) rep.bytes += p.s->length;
+      }
+      if (k == 0 && !graph_bytes.empty()) {
+        const auto& ge = idx.entries.back();
+        BOOST_OUTCOME_CO_TRY(co_await io::async_write(b, e2, h, ge.offset, graph_bytes, use_awaitable));
+      }
+      co_return success();
+    };
+    auto published = publish_file(b, out_dir + "/" + name, fill);
+    r = co_await std::move(published);
+    if (!r) r = with_context(r.error(), "export to " + out + ": " + name);
+  }
+  co_await src.close_all();
+  co_await close_quietly(b, sp->dir);
+  BOOST_OUTCOME_CO_TRY(std::move(r));
+  // Entries in key order with their places and checksums; slices as entries of their own.
+  std::vector<format::tf::bundle_entry> all;
+  for (auto& e : idx.entries) {
+    if (e.key == format::tf::object_graph_key) {
+      all.push_back(e);
+      continue;
+    }
+    const auto* t = m.find(e.key);
+    if (e.slices.empty()) {
+      for (const auto& p : pieces)
+        if (p.key == e.key) {
+          e.shard = p.shard;
+          e.offset = p.offset;
+          e.size = p.s ? p.s->length : 0;
+          e.crc32c = crcs[p.key];
+        }
+    } else {
+      for (const auto& p : pieces)
+        if (p.t == t && p.key != e.key)
+          all.push_back({p.key, e.tf_type, e.type, p.s->where.extent, p.shard, p.offset, p.s->length, crcs[p.key], {}});
+    }
+    all.push_back(e);
+  }
+  std::sort(all.begin(), all.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
+  idx.entries = std::move(all);
+  BOOST_OUTCOME_CO_TRY(auto index_bytes, format::tf::encode_bundle_index(idx));
+  auto write_index = [&](io::handle h) -> task<void> {
+    auto e2 = co_await asio::this_coro::executor;
+    co_return co_await io::async_write(b, e2, h, 0, index_bytes, use_awaitable);
+  };
+  auto indexed = publish_file(b, out + ".index", write_index);
+  BOOST_OUTCOME_CO_TRY(co_await std::move(indexed));
+  rep.tensors = m.tensors.size();
+  rep.entries = idx.entries.size();
+  rep.files = static_cast<std::size_t>(opt.num_shards);
+  co_return rep;
+}
+
+task<write_report> import_coro(io::backend& b, std::string path, std::string to, write_options wopt) {
+  auto ex = co_await asio::this_coro::executor;
+  auto loading = load_restorable(b, path, true);
+  BOOST_OUTCOME_CO_TRY(auto found, co_await std::move(loading));
+  // Each tensor whole on one device, under its TensorFlow key.
+  auto one = mesh::create({{"x", 1}}).value();
+  std::deque<dtensor> keep;
+  std::vector<named_tensor> tensors;
+  for (const auto& t : found.manifest.tensors) {
+    BOOST_OUTCOME_CO_TRY(auto l, layout::create(std::vector<std::string>(t.global.size(), "unsharded"), one));
+    BOOST_OUTCOME_CO_TRY(auto d, dtensor::create(t.type, t.global, l));
+    keep.push_back(std::move(d));
+    tensors.push_back({t.key, keep.back().view()});
+  }
+  auto m = std::make_shared<const format::manifest>(std::move(found.manifest));
+  auto reading = read_into(b, found.prefix, tensors, {}, m);
+  BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
+  // What TensorFlow recorded besides the tensors comes along: the object graph (so that a
+  // restore of the imported checkpoint matches by structure, and an export writes it back)
+  // and the bundle header's version.
+  if (found.graph) wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(*found.graph)});
+  std::vector<std::byte> hdr(8);
+  std::memcpy(hdr.data(), &found.tf_producer, 4);
+  std::memcpy(hdr.data() + 4, &found.tf_min_consumer, 4);
+  wopt.extensions.push_back({std::string(tf_header_extension), std::move(hdr)});
+  auto writing = async_write_tensors(ex, b, to, tensors, std::move(wopt), use_awaitable);
+  co_return co_await std::move(writing);
+}
+
+}  // namespace
+
+void start_import_tf_checkpoint(asio::any_io_executor ex, io::backend& b, std::string path, std::string to, write_options opt,
+                                io::completion<write_report> done) {
+  spawn<write_report>(ex, import_coro(b, std::move(path), std::move(to), std::move(opt)), std::move(done));
+}
+
+void start_export_tf_bundle(asio::any_io_executor ex, io::backend& b, std::string prefix, std::string out, tf_export_options opt,
+                            io::completion<tf_export_report> done) {
+  spawn<tf_export_report>(ex, export_coro(b, std::move(prefix), std::move(out), std::move(opt)), std::move(done));
+}
+
+}  // namespace detail
+
+result<tf_export_report> export_tf_bundle(io::backend& b, std::string_view prefix, std::string_view out, const tf_export_options& opt) {
+  return runtime::run_blocking<tf_export_report>("export_tf_bundle", [&](auto ex, auto done) {
+    detail::start_export_tf_bundle(ex, b, std::string(prefix), std::string(out), opt, std::move(done));
+  });
+}
+
+result<tf_checkpoint> read_tf_checkpoint(io::backend& b, std::string_view path) {
+  return runtime::run_blocking<tf_checkpoint>("read_tf_checkpoint", [&](auto ex, auto done) {
+    auto coro = [](io::backend& be, std::string p) -> runtime::task<tf_checkpoint> {
+      auto loading = detail::load_restorable(be, std::move(p), true);
+      BOOST_OUTCOME_CO_TRY(auto r, co_await std::move(loading));
+      co_return tf_checkpoint{std::move(r.prefix), std::move(r.manifest)};
+    };
+    detail::spawn<tf_checkpoint>(ex, coro(b, std::string(path)), std::move(done));
+  });
+}
+
+result<write_report> import_tf_checkpoint(io::backend& b, std::string_view path, std::string_view to, const write_options& opt) {
+  return runtime::run_blocking<write_report>("import_tf_checkpoint", [&](auto ex, auto done) {
+    detail::start_import_tf_checkpoint(ex, b, std::string(path), std::string(to), opt, std::move(done));
+  });
+}
+
+}  // namespace meshckpt
