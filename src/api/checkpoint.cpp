@@ -418,8 +418,8 @@ runtime::task<load_status> restore_steps(checkpoint& c, detail::checkpoint_impl&
     s->graph = std::move(g);
   }
   s->saved_counter = s->graph ? s->save_counter_node != UINT32_MAX : s->manifest.find("save_counter") != nullptr;
+  s->names = impl.opt.restore_names;
   if (is_restore) c.save_counter();  // restore() creates the counter; the saved value lands in it
-  s->leave_save_counter = !is_restore;
   auto st = std::make_shared<detail::status_state>();
   st->s = s;
   st->path = p;

@@ -2,6 +2,7 @@
 // Private: what a `checkpoint` holds (its job queues, snapshot memory), and the
 // state of a restore that its load statuses and pending restorations share.
 
+#include <map>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -37,7 +38,7 @@ struct session : std::enable_shared_from_this<session> {
   // checkpoint, or a SavedModel, has none: the live counter is then not expected to match
   // (as in TensorFlow, where the counter is optional for such restores).
   bool saved_counter = true;
-  bool leave_save_counter = false;  // read(): never restores into (or creates) the save counter
+  std::map<std::string, std::string> names;  // checkpoint_options::restore_names
 
   std::mutex mu;
   std::vector<char> node_matched;
@@ -75,7 +76,9 @@ struct session : std::enable_shared_from_this<session> {
   std::vector<std::string> unused_keys() const {
     std::vector<std::string> out;
     for (std::size_t i = 0; i < manifest.tensors.size(); ++i)
-      if (!key_used[i] && manifest.tensors[i].key != "save_counter") out.push_back(manifest.tensors[i].key);
+      // The save counter is optional for a name-based restore; with an object graph, an unused
+      // saved value of it is pending (read() before the counter exists) and reported.
+      if (!key_used[i] && (graph || manifest.tensors[i].key != "save_counter")) out.push_back(manifest.tensors[i].key);
     return out;
   }
 
@@ -163,7 +166,6 @@ struct session : std::enable_shared_from_this<session> {
         if (!live && first)
           for (const auto& [en, eo] : extra)
             if (en == name) live = eo;
-        if (first && name == "save_counter" && leave_save_counter) continue;
         if (live) {
           if (seen.insert(cid).second) queue.emplace_back(cid, live);
           continue;
@@ -202,7 +204,9 @@ struct session : std::enable_shared_from_this<session> {
       const auto& n = live.graph.nodes[i];
       if (!n.has_value) continue;
       std::string key = n.key;
-      if (tensorflow) {
+      if (auto it = names.find(n.key); it != names.end()) {
+        key = it->second;
+      } else if (tensorflow) {
         auto names = graph::split_key(n.key);
         if (!names) continue;
         key.clear();

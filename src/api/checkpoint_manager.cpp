@@ -128,8 +128,9 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
   if (opt_.step_counter) step = opt_.step_counter();
   {
     std::lock_guard lk(mu_);
-    if (opt_.checkpoint_interval && check_interval && last_step_ &&
-        (*step == *last_step_ || *step < *last_step_ + *opt_.checkpoint_interval)) {
+    // As TensorFlow: a save at the step of the last one is skipped even when check_interval is
+    // false (that only waives the interval).
+    if (opt_.checkpoint_interval && last_step_ && (*step == *last_step_ || (check_interval && *step < *last_step_ + *opt_.checkpoint_interval))) {
       if (snapshot_taken) snapshot_taken(success());
       done(std::optional<std::string>());
       return;

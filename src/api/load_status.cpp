@@ -79,7 +79,7 @@ result<load_status> load_status::assert_consumed() const {
     std::lock_guard lk(s_->s->mu);
     if (s_->s->graph)
       for (std::size_t i = 0; i < s_->s->node_matched.size(); ++i)
-        if (!s_->s->node_matched[i] && i != s_->s->save_counter_node) {
+        if (!s_->s->node_matched[i]) {
           const auto& n = s_->s->graph->nodes[i];
           unmatched.push_back(n.has_value ? n.key : "node " + std::to_string(i));
         }

@@ -108,13 +108,26 @@ TEST_CASE("write neither numbers nor touches the save counter or the state file;
   CHECK(st.assert_consumed());
   CHECK(same(m, fresh));
   CHECK_FALSE(c2->has_save_counter());
-  // restore() of a saved checkpoint creates the counter with the saved value; read() leaves it alone.
+  // restore() of a saved checkpoint creates the counter with the saved value; read() does not
+  // create it, but keeps the saved value pending like any deferred restoration: reported
+  // unused until the counter is created, which then takes it (SEMANTICS.md, save_counter).
   REQUIRE(c->save(tmp / "s"));
   model third;
   auto c3 = ckpt_of(third);
-  c3->read(tmp / "s-1").value().expect_partial();
+  auto st3 = c3->read(tmp / "s-1").value();
   CHECK_FALSE(c3->has_save_counter());
-  CHECK(c3->save_counter() == 0);
+  CHECK(st3.assert_existing_objects_matched());
+  auto pending = st3.assert_consumed();
+  REQUIRE_FALSE(pending);
+  CHECK_THAT(pending.error().what(), Catch::Contains("save_counter"));
+  CHECK(c3->save_counter() == 1);  // created now: the saved value lands in it
+  CHECK(st3.assert_consumed());
+  // A counter that exists already is read like any object.
+  model fourth;
+  auto c4 = ckpt_of(fourth);
+  c4->set_save_counter(7);
+  CHECK(c4->read(tmp / "s-1").value().assert_consumed());
+  CHECK(c4->save_counter() == 1);
 }
 
 TEST_CASE("restore of a missing path is not_found with a hint about the -N suffix", "[api][checkpoint][errors]") {
@@ -887,4 +900,38 @@ TEST_CASE("a damaged checkpoint fails a streamed export, to TensorFlow or safete
   CHECK(sf.error().code == errc::checksum_mismatch);
   CHECK_FALSE(std::filesystem::exists(tmp / "w2.safetensors"));
   for (const auto& e : std::filesystem::directory_iterator(tmp.path)) CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
+}
+
+TEST_CASE("a name map restores TF1 variables whose live paths differ from TensorFlow's names", "[api][checkpoint][tf]") {
+  const auto prefix = (tf_data / "t2t_transformer_tf1_ckpt" / "model.ckpt-1").string();
+  auto idx = read_tf_bundle_index(*backends::make_posix_backend(), prefix).value();
+  const format::tf::bundle_entry* e = nullptr;
+  for (const auto& x : idx.entries)
+    if (x.type == dtype::float32 && x.global.size() == 2 && (!e || x.size > e->size)) e = &x;
+  REQUIRE(e);
+  struct net : graph::module {
+    graph::module enc;
+    graph::variable w;
+    explicit net(const format::tf::bundle_entry& x) : w(make(dtype::float32, x.global, {"x", "y"})) {
+      track("enc", enc);
+      enc.add_child("w", w);
+    }
+  };
+  {
+    net plain(*e);
+    auto ck = checkpoint::create(mesh24(), &plain).value();
+    auto st = ck->restore(prefix).value();
+    auto ok = st.assert_existing_objects_matched();
+    REQUIRE_FALSE(ok);  // "enc/w" is no TensorFlow name
+    CHECK_THAT(ok.error().what(), Catch::Contains("enc/w"));
+    st.expect_partial();
+  }
+  net mapped(*e);
+  checkpoint_options o;
+  o.restore_names = {{"enc/w", e->key}};
+  auto ck = checkpoint::create(mesh24(), &mapped, {}, o).value();
+  auto st = ck->restore(prefix).value();
+  CHECK(st.assert_existing_objects_matched());
+  CHECK(format::crc32c::value(gather(mapped.w.view())) == e->crc32c);
+  st.expect_partial();
 }

@@ -159,7 +159,10 @@ TEST_CASE("checkpoint_interval skips saves until the step advanced enough", "[ma
   step = 5;
   CHECK(m->save().value());
   CHECK_FALSE(m->save().value());    // same step
-  CHECK(m->save(std::nullopt, false).value());  // check_interval = false forces it
+  CHECK_FALSE(m->save(std::nullopt, false).value());  // same step even with check_interval = false (TensorFlow's rule)
+  step = 7;
+  CHECK_FALSE(m->save().value());    // 7 < 5 + 5
+  CHECK(m->save(std::nullopt, false).value());  // check_interval = false waives the interval
   step = 12;
   CHECK(m->save(100).value().value() == tmp / "ckpt-100");  // explicit number
   CHECK(m->checkpoints().size() == 4);

@@ -52,7 +52,9 @@ class checkpoint_manager {
   ~checkpoint_manager();
 
   /// Saves `DIR/NAME-N` (N = `checkpoint_number`, else the incremented save counter), unless an
-  /// interval is set and the step has not advanced enough (then returns nullopt). After the
+  /// interval is set and the step has not advanced enough (then returns nullopt;
+  /// `check_interval = false` waives the interval but, as in TensorFlow, not the rule that a
+  /// step is saved once: a save at the last saved step returns nullopt). After the
   /// commit: records it as latest, writes the state file (which no longer lists the checkpoints
   /// retention drops), then deletes the oldest managed checkpoints beyond `max_to_keep`
   /// (manifest first). The state file never names a checkpoint that is gone.

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,12 @@ struct checkpoint_options {
   /// not snapshotted: the call then returns only after its write completed (so the caller may
   /// still modify the tensors right after it returns).
   std::uint64_t snapshot_budget_bytes = 0;
+  /// Name-based restores (a checkpoint without an object graph: TensorFlow 1, flat or
+  /// imported): the checkpoint key of a live object path where it is not the default one.
+  /// Keys are live object paths as `meshckpt inspect` prints a checkpoint's (escaped names
+  /// joined by '/'); by default a path is looked up as itself, and in a TensorFlow checkpoint as
+  /// its names unescaped and joined by '/'. E.g. {{"encoder/kernel", "bert/encoder/layer_0/kernel"}}.
+  std::map<std::string, std::string> restore_names{};
 };
 
 }  // namespace meshckpt
