@@ -178,10 +178,22 @@ task<void> read_one(io::backend& b, const open_file& f, const format::safetensor
   if (e.dims != view.global_shape())
     co_return make_error(errc::shape_mismatch, "tensor \"" + t.key + "\" has shape " + to_string(e.dims) + " in " + f.name +
                                                    ", the target " + to_string(view.global_shape()));
+  const box all = box::whole(e.dims);
+  if (view.shards().size() == 1) {
+    // One shard holding the whole tensor (an import, a one-device target): read straight into
+    // it, with no second copy in memory.
+    const auto& sh = view.shards().front();
+    BOOST_OUTCOME_CO_TRY(auto target_box, view.layout().shard_box(e.dims, sh.device));
+    if (target_box == all && sh.data.size() == e.end - e.begin) {
+      BOOST_OUTCOME_CO_TRY(co_await read_exact(b, f, h.data_start + e.begin, sh.data));
+      rep.bytes_read += sh.data.size();
+      ++rep.tensors;
+      co_return success();
+    }
+  }
   std::vector<std::byte> whole(static_cast<std::size_t>(e.end - e.begin));
   BOOST_OUTCOME_CO_TRY(co_await read_exact(b, f, h.data_start + e.begin, whole));
   rep.bytes_read += whole.size();
-  const box all = box::whole(e.dims);
   for (const auto& sh : view.shards()) {
     BOOST_OUTCOME_CO_TRY(auto target_box, view.layout().shard_box(e.dims, sh.device));
     BOOST_OUTCOME_CO_TRY(auto runs, plan::plan_shard_restore(e.dims, dtype_size(e.type), std::span(&all, 1), target_box));
