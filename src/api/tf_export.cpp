@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
-#include <map>
 #include <set>
 
 #include "common.hpp"
@@ -30,6 +29,8 @@ struct piece {
   std::string key;                    // its bundle key (a slice's under slice_key)
   const format::saved_tensor* t = nullptr;
   const format::saved_slice* s = nullptr;  // null for an empty tensor (no slices)
+  std::size_t entry = 0;                   // the entry of its tensor in the index
+  std::uint32_t crc = 0;                   // CRC-32C of its bytes, once copied
   int shard = 0;
   std::uint64_t offset = 0;  // in its bundle data file
 };
@@ -62,12 +63,12 @@ result<void> plan_export(const format::manifest& m, int num_shards, std::vector<
     const bool whole = t.slices.empty() || (t.slices.size() == 1 && t.slices[0].where == box::whole(t.global));
     format::tf::bundle_entry e{t.key, *tf, t.type, t.global, 0, 0, 0, 0, {}};
     if (whole) {
-      pieces.push_back({t.key, &t, t.slices.empty() ? nullptr : &t.slices[0]});
+      pieces.push_back({t.key, &t, t.slices.empty() ? nullptr : &t.slices[0], idx.entries.size()});
     } else {
       for (const auto& s : t.slices) {
         format::tf::tf_slice ts{s.where.origin, s.where.extent};
         e.slices.push_back(ts);
-        pieces.push_back({format::tf::slice_key(t.key, ts), &t, &s});
+        pieces.push_back({format::tf::slice_key(t.key, ts), &t, &s, idx.entries.size()});
       }
     }
     idx.entries.push_back(std::move(e));
@@ -132,7 +133,6 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
       idx.entries.push_back(std::move(ge));
       rep.object_graph = true;
     }
-  std::map<std::string, std::uint32_t> crcs;
   auto sp = co_await open_prefix_dir(b, prefix);
   if (!sp) co_return sp.error();
   file_cache src(b, *sp, m);
@@ -154,11 +154,11 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
     const std::string name = format::tf::data_file_name(out_base, k, opt.num_shards);
     auto fill = [&, k](io::handle h) -> task<void> {
       auto e2 = co_await asio::this_coro::executor;
-      for (const auto& p : pieces) {
+      for (auto& p : pieces) {
         if (p.shard != k) continue;
         auto copied = copy_piece(b, m, src, p, h, buf);
         BOOST_OUTCOME_CO_TRY(auto crc, co_await std::move(copied));
-        crcs[p.key] = crc;
+        p.crc = crc;
         if (p.s) rep.bytes += p.s->length;
       }
       if (k == 0 && !graph_bytes.empty()) {
@@ -176,27 +176,18 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
   BOOST_OUTCOME_CO_TRY(std::move(r));
   // Entries in key order with their places and checksums; slices as entries of their own.
   std::vector<format::tf::bundle_entry> all;
-  for (auto& e : idx.entries) {
-    if (e.key == format::tf::object_graph_key) {
-      all.push_back(e);
-      continue;
-    }
-    const auto* t = m.find(e.key);
+  for (const auto& p : pieces) {
+    auto& e = idx.entries[p.entry];
     if (e.slices.empty()) {
-      for (const auto& p : pieces)
-        if (p.key == e.key) {
-          e.shard = p.shard;
-          e.offset = p.offset;
-          e.size = p.s ? p.s->length : 0;
-          e.crc32c = crcs[p.key];
-        }
+      e.shard = p.shard;
+      e.offset = p.offset;
+      e.size = p.s ? p.s->length : 0;
+      e.crc32c = p.crc;
     } else {
-      for (const auto& p : pieces)
-        if (p.t == t && p.key != e.key)
-          all.push_back({p.key, e.tf_type, e.type, p.s->where.extent, p.shard, p.offset, p.s->length, crcs[p.key], {}});
+      all.push_back({p.key, e.tf_type, e.type, p.s->where.extent, p.shard, p.offset, p.s->length, p.crc, {}});
     }
-    all.push_back(e);
   }
+  for (auto& e : idx.entries) all.push_back(std::move(e));
   std::sort(all.begin(), all.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
   idx.entries = std::move(all);
   BOOST_OUTCOME_CO_TRY(auto index_bytes, format::tf::encode_bundle_index(idx));
