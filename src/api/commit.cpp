@@ -81,6 +81,8 @@ struct save_state {
   std::stop_token stop;
   std::function<void(std::uint64_t, std::uint64_t)> progress;
   std::function<void()> sources_released;  // called at most once, then cleared
+  std::span<const plan::streamed_tensor> streamed;
+  stream_reader read_stream;  // the bytes of `streamed`
   std::uint64_t done_bytes = 0, total_bytes = 0;
   io::backend& b;
   std::string prefix;
@@ -173,16 +175,46 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   // Each piece is hashed right after its copy, from the staging buffer: the bytes hashed are
   // the bytes written, read from cache rather than a second time from the tensor.
   format::chunk_hasher hasher(chunk_bytes);
+  // A streamed slice is read straight into the staging block, as much of it as fits at a time
+  // (so each read is large), while the writes of the blocks before it are in flight.
+  auto fill_streamed = [&](const plan::slice_write& w, const format::saved_slice& slice) -> task<void> {
+    std::uint64_t pos = slice.offset, done = 0;
+    while (done < slice.length) {
+      std::uint64_t in_block = pos - block_off;
+      if (in_block >= staging_bytes) {
+        std::memset(pool[cur].data() + filled, 0, staging_bytes - filled);
+        BOOST_OUTCOME_CO_TRY(co_await emit(staging_bytes));
+        continue;
+      }
+      if (in_block > filled) std::memset(pool[cur].data() + filled, 0, in_block - filled);
+      std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(slice.length - done, staging_bytes - in_block));
+      std::span<std::byte> into(pool[cur].data() + in_block, n);
+      auto reading = s.read_stream(w.streamed, done, into);
+      BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
+      hasher.update(into);
+      filled = in_block + n;
+      done += n;
+      pos += n;
+      if (filled == staging_bytes) {
+        BOOST_OUTCOME_CO_TRY(co_await emit(staging_bytes));
+      }
+    }
+    co_return success();
+  };
   auto fill = [&]() -> task<void> {
     for (std::size_t wi = 0; wi < writes.size(); ++wi) {
       const auto& w = writes[wi];
       auto& slice = m.tensors[w.tensor].slices[w.slice];
-      hasher.start(w.source.size(), slice.checksums);
+      hasher.start(slice.length, slice.checksums);
       // Small slices are scattered over the heap, where the hardware prefetcher loses the
       // stream at each one: ask for the next one's first lines while this one is copied.
       if (wi + 1 < writes.size())
         for (std::size_t off = 0; off < std::min<std::size_t>(writes[wi + 1].source.size(), 1024); off += 64)
           __builtin_prefetch(writes[wi + 1].source.data() + off);
+      if (w.streamed != plan::not_streamed) {
+        BOOST_OUTCOME_CO_TRY(co_await fill_streamed(w, slice));
+        continue;
+      }
       std::uint64_t pos = slice.offset;
       std::span<const std::byte> src = w.source;
       while (!src.empty()) {
@@ -264,7 +296,7 @@ task<void> write_local(save_state& s, format::manifest& m, std::span<const named
   plan::write_plan reuse;
   reuse.skeleton = runtime::manifests().take();
   reuse.writes = runtime::slice_writes().take();
-  BOOST_OUTCOME_CO_TRY(auto p, plan::plan_write(tensors, opt.layout, rank >= 0, std::move(reuse)));
+  BOOST_OUTCOME_CO_TRY(auto p, plan::plan_write(tensors, opt.layout, rank >= 0, std::move(reuse), s.streamed));
   runtime::give_back_at_exit writes_back(runtime::slice_writes(), p.writes, [](auto& w) { w.clear(); });
   m = std::move(p.skeleton);
   m.chunk_bytes = opt.chunk_bytes;
@@ -460,17 +492,23 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
 
 task<write_report> save_steps(save_state& s, std::span<const named_tensor> tensors, write_options opt) {
   BOOST_OUTCOME_CO_TRY(check_options(s, opt));
-  if (opt.coordinator && opt.coordinator->size() > 1) co_return co_await save_multi(s, *opt.coordinator, tensors, std::move(opt));
+  if (opt.coordinator && opt.coordinator->size() > 1) {
+    if (!s.streamed.empty()) co_return make_error(errc::unsupported, "a save that spans processes takes tensors in memory only");
+    co_return co_await save_multi(s, *opt.coordinator, tensors, std::move(opt));
+  }
   format::manifest m;
   runtime::give_back_at_exit m_back(runtime::manifests(), m);
   BOOST_OUTCOME_CO_TRY(co_await write_local(s, m, tensors, opt, -1));
   co_return co_await publish(s, m);
 }
 
-task<write_report> save_coro(io::backend& b, std::string prefix, std::span<const named_tensor> tensors, write_options opt) {
+task<write_report> save_coro(io::backend& b, std::string prefix, std::span<const named_tensor> tensors, write_options opt,
+                             std::span<const plan::streamed_tensor> streamed = {}, stream_reader read = {}) {
   auto ex = co_await asio::this_coro::executor;
   auto [dir_path, base] = split_prefix(prefix);
   save_state s{b, prefix, dir_path, base};
+  s.streamed = streamed;
+  s.read_stream = std::move(read);
   on_unwind last_resort([&] {
     for (auto h : s.open_files) io::close_detached(b, h);
     if (s.dir) io::close_detached(b, *s.dir);
@@ -497,6 +535,11 @@ task<write_report> save_coro(io::backend& b, std::string prefix, std::span<const
 }
 
 }  // namespace
+
+task<write_report> write_streamed(io::backend& b, std::string prefix, std::span<const named_tensor> tensors,
+                                  std::span<const plan::streamed_tensor> streamed, stream_reader read, write_options opt) {
+  return save_coro(b, std::move(prefix), tensors, std::move(opt), streamed, std::move(read));
+}
 
 void start_write_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> tensors,
                          write_options opt, io::completion<write_report> done) {

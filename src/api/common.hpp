@@ -55,6 +55,16 @@ task<format::manifest> load_manifest_at(io::backend& b, std::string prefix);
 task<read_report> read_into(io::backend& b, std::string prefix, std::span<const named_tensor> targets, read_options opt,
                             std::shared_ptr<const format::manifest> m);
 
+// Reads bytes [offset, offset + out.size()) of streamed tensor `tensor` into `out`. A save
+// asks for each streamed tensor's bytes once, in order, a staging block at most at a time.
+using stream_reader = std::function<task<void>(std::size_t tensor, std::uint64_t offset, std::span<std::byte> out)>;
+
+// write_tensors of `tensors` (in memory) and `streamed` (read through `read` while they are
+// written): memory stays bounded by the staging pool whatever the streamed tensors' size. A
+// failure of `read` fails the save like a failed write (its files removed). Single process.
+task<write_report> write_streamed(io::backend& b, std::string prefix, std::span<const named_tensor> tensors,
+                                  std::span<const plan::streamed_tensor> streamed, stream_reader read, write_options opt);
+
 // Work a managed save does after its commit, inside the checkpoint's job (so that the next save
 // or restore starts only after it): the state file, retention, cleanup.
 struct after_commit {

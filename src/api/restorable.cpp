@@ -137,14 +137,30 @@ task<restorable> load_tf(io::backend& b, std::string prefix) {
 }
 
 // Whether `name` exists in the directory of `prefix` (as the directory's listing shows it).
-asio::awaitable<bool> has_file(io::backend& b, std::string prefix_dir, std::string name) {
+// Whether `prefix_dir/name` exists: false when it or its directory does not, an error for
+// any other failure (an IO error or an allocation failure is not an absent checkpoint).
+task<bool> has_file(io::backend& b, std::string prefix_dir, std::string name) {
   auto ex = co_await asio::this_coro::executor;
+  auto absent = [](const error& e) {
+    return e.code == std::errc::no_such_file_or_directory || e.code == std::errc::not_a_directory || e.code == errc::not_found;
+  };
   auto d = co_await io::async_open_dir(b, ex, prefix_dir, false, use_awaitable);
-  if (!d) co_return false;
-  auto h = co_await io::async_open(b, ex, *d, name, io::open_mode::read, use_awaitable);
-  if (h) co_await close_quietly(b, *h);
+  if (!d) {
+    if (absent(d.error())) co_return false;
+    co_return d.error();
+  }
+  on_unwind last_resort([&] { io::close_detached(b, *d); });
+  std::optional<result<io::handle>> h;
+  try {
+    h = co_await io::async_open(b, ex, *d, std::move(name), io::open_mode::read, use_awaitable);
+  } catch (const std::bad_alloc&) {
+    h = out_of_memory("looking for " + prefix_dir);
+  }
+  if (*h) co_await close_quietly(b, **h);
   co_await close_quietly(b, *d);
-  co_return static_cast<bool>(h);
+  last_resort.disarm();
+  if (!*h && !absent(h->error())) co_return h->error();
+  co_return static_cast<bool>(*h);
 }
 
 }  // namespace
@@ -186,9 +202,11 @@ task<restorable> load_restorable(io::backend& b, std::string path, bool tensorfl
     }
     auto [dir, base] = split_prefix(path);
     auto tf_there = has_file(b, dir, base + ".index");
-    if (!co_await std::move(tf_there)) {
+    BOOST_OUTCOME_CO_TRY(const bool is_tf, co_await std::move(tf_there));
+    if (!is_tf) {
       auto saved_model = has_file(b, path + "/variables", "variables.index");
-      if (co_await std::move(saved_model)) {
+      BOOST_OUTCOME_CO_TRY(const bool is_saved_model, co_await std::move(saved_model));
+      if (is_saved_model) {
         auto variables = load_tf(b, path + "/variables/variables");
         co_return co_await std::move(variables);
       }

@@ -242,9 +242,85 @@ task<read_report> read_coro(io::backend& b, std::string path, std::span<const na
   co_return std::move(*r);
 }
 
+// Import: every file of the source open at once, its header decoded, and each tensor streamed
+// by the save from its byte range.
+task<write_report> import_coro(io::backend& b, std::string path, std::string to, write_options opt) {
+  auto body = [&](const source& src) -> task<write_report> {
+    auto ex = co_await asio::this_coro::executor;
+    const auto names = src.files();
+    std::vector<open_file> files;
+    files.reserve(names.size());  // no allocation between an open and its bookkeeping
+    on_unwind last_resort([&] {
+      for (const auto& f : files) io::close_detached(b, f.h);
+    });
+    auto steps = [&]() -> task<write_report> {
+      std::vector<format::safetensors_header> headers;
+      for (const auto& name : names) {
+        open_file f{{}, name, 0};
+        auto h = co_await io::async_open(b, ex, src.dir, name, io::open_mode::read, use_awaitable);
+        if (!h) {
+          if (h.error().code == std::errc::no_such_file_or_directory)
+            co_return make_error(errc::not_found, "safetensors file " + src.dir_path + "/" + name + " does not exist");
+          co_return h.error();
+        }
+        f.h = *h;
+        files.push_back(std::move(f));
+        BOOST_OUTCOME_CO_TRY(files.back().size, co_await io::async_size(b, ex, files.back().h, use_awaitable));
+        BOOST_OUTCOME_CO_TRY(auto hdr, co_await read_header(b, files.back()));
+        headers.push_back(std::move(hdr));
+      }
+      std::vector<plan::streamed_tensor> streamed;
+      std::vector<std::pair<std::size_t, const format::safetensor_entry*>> where;  // file, entry
+      for (std::size_t i = 0; i < files.size(); ++i)
+        for (const auto& e : headers[i].tensors) {
+          if (src.index) {
+            auto it = src.index->weight_map.find(e.name);
+            if (it == src.index->weight_map.end() || it->second != files[i].name) continue;  // the index decides
+          }
+          streamed.push_back({e.name, e.type, e.dims});
+          where.emplace_back(i, &e);
+        }
+      if (src.index && streamed.size() != src.index->weight_map.size())
+        co_return make_error(errc::not_found, src.name + " maps " + std::to_string(src.index->weight_map.size()) + " tensors, its files hold " +
+                                                  std::to_string(streamed.size()) + " of them");
+      if (!headers.empty() && !headers.front().metadata.empty())
+        opt.extensions.push_back({std::string(safetensors_metadata_extension), format::encode_string_map(headers.front().metadata)});
+      stream_reader read = [&](std::size_t t, std::uint64_t offset, std::span<std::byte> out) {
+        const auto& [fi, e] = where[t];
+        return read_exact(b, files[fi], headers[fi].data_start + e->begin + offset, out);
+      };
+      auto writing = write_streamed(b, to, {}, streamed, std::move(read), std::move(opt));
+      co_return co_await std::move(writing);
+    };
+    std::optional<result<write_report>> r;
+    try {
+      r = co_await steps();
+    } catch (const std::bad_alloc&) {
+      r = out_of_memory("importing " + path);
+    }
+    for (const auto& f : files) co_await close_quietly(b, f.h);
+    last_resort.disarm();
+    co_return std::move(*r);
+  };
+  auto r = co_await with_source<write_report>(b, path, body);
+  if (!r) co_return with_context(r.error(), "import safetensors " + path);
+  co_return std::move(*r);
+}
+
 }  // namespace
 
+void start_import_safetensors(asio::any_io_executor ex, io::backend& b, std::string path, std::string to, write_options opt,
+                              io::completion<write_report> done) {
+  spawn<write_report>(ex, import_coro(b, std::move(path), std::move(to), std::move(opt)), std::move(done));
+}
+
 }  // namespace detail
+
+result<write_report> import_safetensors(io::backend& b, std::string_view path, std::string_view to, const write_options& opt) {
+  return runtime::run_blocking<write_report>("import_safetensors", [&](auto ex, auto done) {
+    detail::start_import_safetensors(ex, b, std::string(path), std::string(to), opt, std::move(done));
+  });
+}
 
 result<std::vector<safetensors_tensor>> list_safetensors(io::backend& b, std::string_view path) {
   return runtime::run_blocking<std::vector<safetensors_tensor>>("list_safetensors", [&](auto ex, auto done) {

@@ -80,7 +80,17 @@ int cmd_export(io::backend& b, const args& a) {
     which.push_back(&t);
     total += static_cast<std::uint64_t>(num_elements(t.global).value_or(0) * dtype_size(t.type));
   }
+  // The metadata of an imported safetensors file go back out as they came in.
   std::map<std::string, std::string> meta = {{"format", "pt"}, {"meshckpt.source", prefix}, {"meshckpt.writer", m->writer}};
+  for (const auto& e : m->extensions) {
+    if (e.name != safetensors_metadata_extension) continue;
+    auto kept = format::decode_string_map(e.bytes);
+    if (!kept) {
+      std::fprintf(stderr, "meshckpt export: %s: extension %s: %s\n", prefix.c_str(), e.name.c_str(), kept.error().what().c_str());
+      return 1;
+    }
+    meta = std::move(*kept);
+  }
   if (!skipped.empty()) meta["meshckpt.skipped_blobs"] = skipped;
   const std::string skipped_note = skipped.empty() ? "" : " (opaque blobs skipped: " + skipped + ")";
   if (a.shards.empty()) {
@@ -167,34 +177,12 @@ int cmd_import(io::backend& b, const args& a) {
     std::printf("imported %zu tensors from the TensorFlow checkpoint %s as %s\n", w->tensors, a.path.c_str(), w->manifest_path.c_str());
     return 0;
   }
-  auto listed = list_safetensors(b, a.path);
-  if (!listed) {
-    std::fprintf(stderr, "meshckpt import: %s\n", listed.error().what().c_str());
-    return 1;
-  }
-  auto one = mesh::create({{"x", 1}}).value();
-  std::deque<dtensor> keep;
-  std::vector<named_tensor> tensors;
-  for (const auto& e : *listed) {
-    auto l = layout::create(std::vector<std::string>(e.dims.size(), "unsharded"), one).value();
-    auto d = dtensor::create(e.type, e.dims, l);
-    if (!d) {
-      std::fprintf(stderr, "meshckpt import: tensor \"%s\": %s\n", e.name.c_str(), d.error().what().c_str());
-      return 1;
-    }
-    keep.push_back(std::move(*d));
-    tensors.push_back({e.name, keep.back().view()});
-  }
-  if (auto r = read_safetensors(b, a.path, tensors); !r) {
-    std::fprintf(stderr, "meshckpt import: %s\n", r.error().what().c_str());
-    return 1;
-  }
-  auto w = write_tensors(b, a.to, tensors);
+  auto w = import_safetensors(b, a.path, a.to);
   if (!w) {
     std::fprintf(stderr, "meshckpt import: %s\n", w.error().what().c_str());
     return 1;
   }
-  std::printf("imported %zu tensors from %s as %s\n", tensors.size(), a.path.c_str(), w->manifest_path.c_str());
+  std::printf("imported %zu tensors from %s as %s\n", w->tensors, a.path.c_str(), w->manifest_path.c_str());
   return 0;
 }
 

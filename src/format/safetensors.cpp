@@ -5,6 +5,7 @@
 #include <cstring>
 #include <set>
 
+#include "codec.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/tensor/arith.hpp"
 
@@ -425,6 +426,30 @@ std::string encode_safetensors_index(const safetensors_index& idx) {
     first = false;
   }
   return out + "\n  }\n}\n";
+}
+
+std::vector<std::byte> encode_string_map(const std::map<std::string, std::string>& m) {
+  codec::writer w;
+  w.varint(m.size());
+  for (const auto& [k, v] : m) {
+    w.str(k);
+    w.str(v);
+  }
+  return std::move(w.bytes());
+}
+
+result<std::map<std::string, std::string>> decode_string_map(std::span<const std::byte> bytes) {
+  codec::reader r(bytes.data(), bytes.data() + bytes.size(), 0, "safetensors metadata");
+  std::map<std::string, std::string> m;
+  const std::size_t n = r.count("entry count", safetensors_max_header, 2);
+  for (std::size_t i = 0; i < n && !r.failed(); ++i) {
+    auto k = r.str("key", safetensors_max_header);
+    auto v = r.str("value", safetensors_max_header);
+    if (!r.failed() && !m.emplace(std::move(k), std::move(v)).second) r.fail(errc::corrupt_manifest, "a key appears twice");
+  }
+  if (!r.failed() && r.remaining()) r.fail(errc::corrupt_manifest, std::to_string(r.remaining()) + " trailing bytes");
+  if (r.failed()) return r.err();
+  return m;
 }
 
 }  // namespace meshckpt::format

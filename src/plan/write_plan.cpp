@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <tuple>
 
 #include "meshckpt/format/checksum.hpp"
@@ -17,18 +18,23 @@ std::uint64_t key_hash(std::string_view key) {
 
 }  // namespace
 
-result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt, bool spans_processes, write_plan reuse) {
+result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt, bool spans_processes, write_plan reuse,
+                              std::span<const streamed_tensor> streamed) {
   write_plan p;
   auto& m = p.skeleton;
   // Built in place in the reused elements: every field of each is overwritten below.
   m.tensors = std::move(reuse.skeleton.tensors);
-  m.tensors.resize(tensors.size());
+  // Indices below tensors.size() are tensors in memory, the rest streamed ones.
+  const std::size_t n = tensors.size() + streamed.size();
+  auto key_of = [&](std::size_t i) -> const std::string& { return i < tensors.size() ? tensors[i].key : streamed[i - tensors.size()].key; };
+  m.tensors.resize(n);
   p.writes = std::move(reuse.writes);
   p.writes.clear();
-  p.writes.reserve(tensors.size());
-  std::vector<std::size_t> order(tensors.size());
+  p.writes.reserve(n);
+  std::vector<std::size_t> order(n);
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](auto a, auto b) { return tensors[a].key < tensors[b].key; });
+  std::sort(order.begin(), order.end(), [&](auto a, auto b) { return key_of(a) < key_of(b); });
+  std::optional<std::uint32_t> streamed_mesh;  // the one-device mesh of streamed tensors, once used
   std::vector<mesh> meshes;
   const mesh* last_mesh = nullptr;  // the mesh object of the previous tensor (most share one)
   std::uint32_t last_mesh_index = 0;
@@ -42,11 +48,45 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
   };
   std::vector<grouping> groupings;
   for (std::size_t oi = 0; oi < order.size(); ++oi) {
+    const auto& key = key_of(order[oi]);
+    if (key.empty() || key.size() > format::limits{}.max_key_bytes)
+      return make_error(errc::invalid_argument, "tensor key \"" + key.substr(0, 64) + "\" is empty or longer than 16384 bytes");
+    if (oi && key_of(order[oi - 1]) == key)
+      return make_error(errc::invalid_argument, "tensor key \"" + key + "\" is given twice");
+    if (order[oi] >= tensors.size()) {
+      const std::size_t si = order[oi] - tensors.size();
+      const auto& st = streamed[si];
+      if (!streamed_mesh) {
+        streamed_mesh = static_cast<std::uint32_t>(m.meshes.size());
+        m.meshes.push_back({{{"x", 1}}, {0}});
+        meshes.push_back(mesh::create({{"x", 1}}).value());
+        last_mesh = nullptr;
+      }
+      auto volume = box::whole(st.global).volume();
+      auto length = volume ? checked_mul(*volume, dtype_size(st.type)) : std::nullopt;
+      if (!length) return make_error(errc::limit_exceeded, "tensor \"" + key + "\" of shape " + to_string(st.global) + " is too large");
+      auto& t = m.tensors[oi];
+      t.key = key;
+      t.type = st.type;
+      t.global = st.global;
+      t.mesh = *streamed_mesh;
+      t.axes.assign(st.global.size(), -1);
+      if (*length == 0) {  // an empty tensor has no slice, as in memory
+        t.slices.clear();
+        continue;
+      }
+      t.slices.resize(1);
+      auto& s = t.slices[0];
+      s.file = 0;
+      s.offset = 0;
+      s.checksums.clear();
+      s.where = box::whole(st.global);
+      s.length = static_cast<std::uint64_t>(*length);
+      s.writer_device = 0;
+      p.writes.push_back({oi, 0, 0, {}, si});
+      continue;
+    }
     const auto& nt = tensors[order[oi]];
-    if (nt.key.empty() || nt.key.size() > format::limits{}.max_key_bytes)
-      return make_error(errc::invalid_argument, "tensor key \"" + nt.key.substr(0, 64) + "\" is empty or longer than 16384 bytes");
-    if (oi && tensors[order[oi - 1]].key == nt.key)
-      return make_error(errc::invalid_argument, "tensor key \"" + nt.key + "\" is given twice");
     const auto& v = nt.tensor;
     const auto& l = v.layout();
     const auto& ms = l.mesh_ref();

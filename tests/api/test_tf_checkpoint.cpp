@@ -384,7 +384,9 @@ TEST_CASE("export to TensorFlow and back is bit-exact for every dtype, with part
   // Import (partitioned variables joined, whole on one device) and export again: the same
   // values, whole entries stored as they were; once more, and the bundle is the same byte for
   // byte.
-  REQUIRE(import_tf_checkpoint(*be, tmp / "tf", tmp / "imported"));
+  auto imported = import_tf_checkpoint(*be, tmp / "tf", tmp / "imported");
+  INFO((imported ? std::string() : imported.error().what()));
+  REQUIRE(imported);
   REQUIRE(export_tf_bundle(*be, tmp / "imported", tmp / "again", {3}));
   auto again = read_tf_bundle_index(*be, tmp / "again").value();
   for (const auto& e : idx.entries) {

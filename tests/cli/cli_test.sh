@@ -127,6 +127,7 @@ assert a == b, "round trip changed a tensor"
 assert a["model/embedding/table"][0:2] == ("F32", [4096, 512])
 assert a["model/head/kernel"][0] == "BF16" and a["optimizer/step"][1] == []
 assert ma["meshckpt.skipped_blobs"] == "rng/state"
+assert ma == mb, ("__metadata__ did not survive import and export", ma, mb)
 # Hostile files for import.
 good = open(os.path.join(d, "a.safetensors"), "rb").read()
 def write(name, blob):

@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <deque>
@@ -15,7 +16,10 @@
 #include <new>
 #include <thread>
 
+#include "meshckpt/api/safetensors_io.hpp"
 #include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/format/safetensors.hpp"
 #include "reliability.hpp"
 
 namespace {
@@ -23,6 +27,7 @@ namespace {
 thread_local long countdown = -1;  // < 0: off; the allocation that brings it to 0 fails
 thread_local long counted = 0;     // allocations while counting
 thread_local long pending = -1;    // the countdown `arm()` starts
+thread_local std::size_t largest = 0;  // the largest allocation while counting
 
 void* allocate(std::size_t n, std::size_t align) {
   if (countdown > 0 && --countdown == 0) {
@@ -33,7 +38,10 @@ void* allocate(std::size_t n, std::size_t align) {
     }
     throw std::bad_alloc();
   }
-  if (countdown == -2) ++counted;
+  if (countdown == -2) {
+    ++counted;
+    largest = std::max(largest, n);
+  }
   void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (n + align - 1) / align * align) : std::malloc(n ? n : 1);
   if (!p) throw std::bad_alloc();
   return p;
@@ -81,10 +89,11 @@ std::string open_fd_list() {
 // the call whose allocations are failed (not before its set-up).
 void arm() { countdown = std::exchange(pending, -1); }
 
-// Counts the allocations of f() on this thread.
+// Counts the allocations of f() on this thread (and notes the largest).
 template <class F>
 long allocations_of(F f) {
   counted = 0;
+  largest = 0;
   countdown = -2;
   f();
   countdown = -1;
@@ -294,4 +303,91 @@ TEST_CASE("the n-th allocation fails during a save, a restore and a managed save
   CHECK(managed_runs.problems.empty());
   CHECK(retention_runs.problems.empty());
   if (!std::getenv("MESHCKPT_ALLOC_PHASE")) CHECK(saves.runs > 50);
+}
+
+namespace {
+
+// A safetensors file, a meshckpt checkpoint and a TensorFlow bundle of `tensors` (whole, one
+// device each) in `dir`: "in.safetensors", "src", "tf".
+void write_sources(io::backend& be, const temp_dir& dir, const std::vector<named_tensor>& tensors) {
+  std::vector<format::safetensor_entry> entries;
+  for (const auto& t : tensors) entries.push_back({t.key, t.tensor.type(), t.tensor.global_shape(), 0, 0});
+  auto header = format::encode_safetensors_header(entries, {{"format", "pt"}}).value();
+  std::FILE* f = std::fopen((dir / "in.safetensors").c_str(), "wb");
+  REQUIRE(f);
+  std::fwrite(header.data(), 1, header.size(), f);
+  for (const auto& t : tensors) std::fwrite(t.tensor.shards().front().data.data(), 1, t.tensor.shards().front().data.size(), f);
+  std::fclose(f);
+  REQUIRE(write_tensors(be, dir / "src", tensors));
+  REQUIRE(export_tf_bundle(be, dir / "src", dir / "tf"));
+}
+
+dtensor whole_tensor(dtype t, shape s, const std::string& key) {
+  auto one = mesh::create({{"x", 1}}).value();
+  auto d = dtensor::create(t, s, layout::create(std::vector<std::string>(s.size(), "unsharded"), one).value()).value();
+  fill(d.view(), key, 5);
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("imports stream: no allocation holds a tensor, and a failed allocation leaves no checkpoint", "[alloc][import]") {
+  auto be = std::shared_ptr<io::backend>(test_backend());
+  auto import = [&](bool tf, const temp_dir& dir, const std::string& to) {
+    auto r = tf ? import_tf_checkpoint(*be, dir / "tf", to) : import_safetensors(*be, dir / "in.safetensors", to);
+    return r ? result<void>(success()) : result<void>(r.error());
+  };
+  {
+    // 48 MiB in one tensor: no allocation of the import is larger than a staging buffer (8 MiB;
+    // the old import allocated the whole tensor).
+    temp_dir big_dir;
+    auto big = whole_tensor(dtype::float32, {4096, 3072}, "big");
+    write_sources(*be, big_dir, {{"big", big.view()}});
+    for (const bool tf : {false, true}) {
+      INFO((tf ? "TensorFlow" : "safetensors"));
+      result<void> r = success();
+      allocations_of([&] { r = import(tf, big_dir, big_dir / (tf ? "from-tf" : "from-st")); });
+      REQUIRE(r);
+      std::printf("import of a 48 MiB tensor from %s: largest allocation %zu bytes\n", tf ? "TensorFlow" : "safetensors", largest);
+      CHECK(largest <= (8u << 20) + 4096);
+    }
+  }
+  temp_dir dir;
+  auto a = whole_tensor(dtype::float32, {300, 100}, "a");
+  auto b = whole_tensor(dtype::int64, {3}, "b");
+  write_sources(*be, dir, {{"a", a.view()}, {"b", b.view()}});
+  for (const bool tf : {false, true}) {
+    INFO((tf ? "TensorFlow" : "safetensors"));
+    const long total = allocations_of([&] { (void)import(tf, dir, dir / "counted"); });
+    int attempt = 0;
+    std::string to;
+    auto runs = each_failure(
+        tf ? "import_tf" : "import_safetensors", total,
+        [&] {
+          to = dir / ("imp" + std::to_string(attempt++));
+          arm();
+          auto r = import(tf, dir, to);
+          countdown = -1;
+          return r;
+        },
+        [&]() -> std::string {
+          const bool committed = std::filesystem::exists(to + ".manifest");
+          if (committed) {
+            auto ta = whole_tensor(dtype::float32, {300, 100}, "x");
+            auto tb = whole_tensor(dtype::int64, {3}, "x");
+            std::vector<named_tensor> back = {{"a", ta.view()}, {"b", tb.view()}};
+            if (!read_tensors(*be, to, back) || !matches(ta.view(), "a", 5) || !matches(tb.view(), "b", 5)) return "the import does not restore";
+            return {};
+          }
+          const auto base = std::filesystem::path(to).filename().string();
+          for (const auto& e : std::filesystem::directory_iterator(dir.path))
+            if (e.path().filename().string().rfind(base + ".", 0) == 0) return "left " + e.path().filename().string();
+          return {};
+        });
+    std::printf("allocation failures: import from %s %ld runs (%ld failed cleanly, %ld succeeded)\n", tf ? "TensorFlow" : "safetensors",
+                runs.runs, runs.failed, runs.succeeded);
+    for (std::size_t i = 0; i < std::min<std::size_t>(runs.problems.size(), 10); ++i) std::printf("  %s\n", runs.problems[i].c_str());
+    CHECK(runs.problems.empty());
+    CHECK(runs.failed > 20);
+  }
 }

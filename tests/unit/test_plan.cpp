@@ -126,6 +126,56 @@ TEST_CASE("planning rejects duplicate keys, empty keys, and slices owned elsewhe
   CHECK_THAT(rr.error().what(), Catch::Contains("not local to this process"));
 }
 
+TEST_CASE("streamed tensors are planned with those in memory: one whole slice each, their writes named", "[plan]") {
+  auto m = mesh::create({{"x", 2}}).value();
+  std::vector<named_tensor> mem = {make("b_mem", dtype::float32, {4, 2}, {"x", "unsharded"}, m)};
+  std::vector<streamed_tensor> st = {{"c_big", dtype::bfloat16, {1000, 300}},
+                                     {"a_scalar", dtype::int64, {}},
+                                     {"d_empty", dtype::float32, {0, 7}}};
+  auto p = plan_write(mem, {}, false, {}, st).value();
+  auto& t = p.skeleton.tensors;
+  REQUIRE(t.size() == 4);
+  CHECK(t[0].key == "a_scalar");
+  CHECK(t[1].key == "b_mem");
+  CHECK(t[2].key == "c_big");
+  CHECK(t[3].key == "d_empty");
+  CHECK(t[3].slices.empty());  // empty: nothing to write, as in memory
+  REQUIRE(t[2].slices.size() == 1);
+  CHECK(t[2].slices[0].length == 1000 * 300 * 2);
+  CHECK(t[2].slices[0].where == box::whole({1000, 300}));
+  CHECK(t[2].axes == std::vector<std::int32_t>{-1, -1});
+  // The streamed tensors' one-device mesh, apart from the two-device mesh in memory.
+  REQUIRE(p.skeleton.meshes.size() == 2);
+  CHECK(p.skeleton.meshes[t[2].mesh].device_ids == std::vector<std::int64_t>{0});
+  CHECK(t[0].mesh == t[2].mesh);
+  std::size_t streamed_writes = 0;
+  for (const auto& w : p.writes) {
+    if (w.streamed == not_streamed) {
+      CHECK(t[w.tensor].key == "b_mem");
+      CHECK_FALSE(w.source.empty());
+      continue;
+    }
+    ++streamed_writes;
+    CHECK(w.source.empty());
+    CHECK(st[w.streamed].key == t[w.tensor].key);
+  }
+  CHECK(streamed_writes == 2);
+  auto man = p.skeleton;
+  man.files.push_back({"f", p.file_sizes[0]});
+  for (auto& x : man.tensors)
+    for (auto& s : x.slices) s.checksums.assign((s.length + man.chunk_bytes - 1) / man.chunk_bytes, 0);
+  CHECK(format::validate(man));
+  // Keys are unique across both lists; an overflowing shape is refused.
+  std::vector<streamed_tensor> dup = {{"b_mem", dtype::float32, {1}}};
+  auto r = plan_write(mem, {}, false, {}, dup);
+  REQUIRE_FALSE(r);
+  CHECK_THAT(r.error().what(), Catch::Contains("\"b_mem\" is given twice"));
+  std::vector<streamed_tensor> huge = {{"h", dtype::float64, {std::int64_t{1} << 40, std::int64_t{1} << 30}}};
+  auto rh = plan_write({}, {}, false, {}, huge);
+  REQUIRE_FALSE(rh);
+  CHECK(rh.error().code == errc::limit_exceeded);
+}
+
 // ---------------------------------------------------------------- restore planning (resharding)
 
 #include <random>

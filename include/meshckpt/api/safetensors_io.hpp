@@ -16,6 +16,7 @@
 
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/format/manifest.hpp"
+#include "meshckpt/io/async.hpp"
 #include "meshckpt/io/backend.hpp"
 
 namespace meshckpt {
@@ -38,6 +39,35 @@ result<std::vector<safetensors_tensor>> list_safetensors(io::backend& b, std::st
 /// with the file), dtype_mismatch, shape_mismatch, corrupt_manifest (a bad header or index),
 /// limit_exceeded, IO errors; the target shards may be partly written on error.
 result<read_report> read_safetensors(io::backend& b, std::string_view path, std::span<const named_tensor> targets);
+
+/// The manifest extension that keeps a safetensors file's `__metadata__` through an import
+/// (`format::encode_string_map`); an export to safetensors writes it back.
+inline constexpr std::string_view safetensors_metadata_extension = "safetensors_metadata";
+
+/// Writes the safetensors file `path` (or the sharded model its index `*.index.json` maps) as
+/// the meshckpt checkpoint `to`: every tensor whole on one device, under its name verbatim, its
+/// bytes streamed from the file into the save's staging buffers, so memory stays bounded by the
+/// staging pool (`write_tensors`) whatever the tensors' size. The first file's `__metadata__`
+/// is kept as `safetensors_metadata_extension`. Errors: those of `list_safetensors`, of the
+/// reads (short_read naming the file and offset) and of `write_tensors`; on any error the
+/// checkpoint is not written and the save's files are removed.
+result<write_report> import_safetensors(io::backend& b, std::string_view path, std::string_view to, const write_options& opt = {});
+
+namespace detail {
+void start_import_safetensors(boost::asio::any_io_executor ex, io::backend& b, std::string path, std::string to, write_options opt,
+                              io::completion<write_report> done);
+}  // namespace detail
+
+/// Asynchronous `import_safetensors`.
+template <class Token>
+auto async_import_safetensors(boost::asio::any_io_executor ex, io::backend& b, std::string path, std::string to, write_options opt,
+                              Token&& token) {
+  return io::async_op<write_report>(
+      ex, [ex, &b, path = std::move(path), to = std::move(to), opt = std::move(opt)](io::completion<write_report> done) mutable {
+        detail::start_import_safetensors(ex, b, std::move(path), std::move(to), std::move(opt), std::move(done));
+      },
+      std::forward<Token>(token));
+}
 
 /// Writes the tensors `keys` of checkpoint `prefix` (whose manifest is `m`) into the safetensors
 /// file `out`, in that order, with `metadata` as its `__metadata__`. A tensor stored as one

@@ -83,9 +83,12 @@ result<tf_export_report> export_tf_bundle(io::backend& b, std::string_view prefi
 /// one device, under its TensorFlow key verbatim (partitioned variables joined); a TF2 object
 /// graph as the checkpoint's object graph, so a `checkpoint::restore` of the result matches by
 /// structure as it would the original; the bundle header's version as `tf_header_extension`.
-/// Every tensor is checked against its CRC-32C. This version holds the tensors in memory
-/// while it writes them. Errors: not_found (no TensorFlow checkpoint there), those of reading
-/// it and of `write_tensors`.
+/// Every tensor is checked against its CRC-32C. Streamed: a tensor stored whole or
+/// partitioned along its first dimension (TensorFlow's usual partitioning) is read from the
+/// bundle while the save writes it, so memory stays bounded by the staging pool whatever its
+/// size; only a variable partitioned along another dimension is assembled in memory first. A
+/// CRC mismatch fails the import and leaves no checkpoint. Errors: not_found (no TensorFlow
+/// checkpoint there), those of reading it and of `write_tensors`.
 result<write_report> import_tf_checkpoint(io::backend& b, std::string_view path, std::string_view to, const write_options& opt = {});
 
 namespace detail {

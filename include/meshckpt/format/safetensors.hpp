@@ -69,6 +69,14 @@ result<safetensors_index> decode_safetensors_index(std::string_view text);
 /// The index file's JSON, as Hugging Face tools write it (names sorted).
 std::string encode_safetensors_index(const safetensors_index& idx);
 
+/// A string map as bytes (a count, then each key and value, length-prefixed varints): how a
+/// checkpoint keeps a safetensors file's `__metadata__` in a manifest extension.
+std::vector<std::byte> encode_string_map(const std::map<std::string, std::string>& m);
+
+/// Decodes `encode_string_map`'s bytes, strictly (hostile input: lengths checked against the
+/// bytes left, trailing bytes refused). Errors: `corrupt_manifest` naming the byte.
+result<std::map<std::string, std::string>> decode_string_map(std::span<const std::byte> bytes);
+
 /// Header size cap applied by the decoder (the reference implementation's).
 inline constexpr std::uint64_t safetensors_max_header = 100'000'000;
 

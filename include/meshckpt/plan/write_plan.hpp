@@ -27,6 +27,18 @@ struct named_tensor {
   dtensor_view tensor;
 };
 
+/// A tensor whose bytes are not in memory: the save reads them while it writes them, so
+/// memory stays bounded whatever the tensor's size (an import streams the file it converts
+/// this way). Stored whole, as one slice on the one device of a one-device mesh.
+struct streamed_tensor {
+  std::string key;
+  dtype type = dtype::float32;
+  shape global;
+};
+
+/// Marks a write whose bytes are in memory (`slice_write::streamed`).
+inline constexpr std::size_t not_streamed = static_cast<std::size_t>(-1);
+
 /// Data-file layout knobs.
 struct layout_options {
   std::uint64_t alignment = 4096;
@@ -40,7 +52,8 @@ struct slice_write {
   std::size_t tensor = 0;        ///< index into `write_plan::tensors`
   std::size_t slice = 0;         ///< index into that tensor's `slices`
   std::int64_t owner = 0;        ///< device whose shard provides the bytes
-  std::span<const std::byte> source;  ///< the owner's shard bytes (empty when not local)
+  std::span<const std::byte> source;  ///< the owner's shard bytes (empty when not local or streamed)
+  std::size_t streamed = not_streamed;  ///< index into the streamed tensors, or `not_streamed`
 };
 
 /// The plan: a manifest skeleton (everything but checksums and file names) plus the writes.
@@ -64,7 +77,11 @@ inline constexpr std::uint32_t remote_file = 0xffffffffu;
 ///
 /// `reuse`: an earlier plan whose memory (the skeleton's tensors and slices, the writes) the
 /// new one is built in; its contents are discarded.
+///
+/// `streamed`: tensors planned with `tensors` (keys unique across both), each one whole slice
+/// whose write names it in `slice_write::streamed`.
 result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt = {},
-                              bool spans_processes = false, write_plan reuse = {});
+                              bool spans_processes = false, write_plan reuse = {},
+                              std::span<const streamed_tensor> streamed = {});
 
 }  // namespace meshckpt::plan

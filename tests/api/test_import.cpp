@@ -1,0 +1,239 @@
+// Imports stream: a safetensors file or a TensorFlow bundle becomes a meshckpt checkpoint with
+// each tensor read from its source while the save writes it (tensors larger than the staging
+// block included), every value checked after, the source's metadata kept, every TensorFlow
+// CRC checked, and nothing left behind when a read or a write fails at any point.
+
+#include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/backends/fault.hpp"
+#include "meshckpt/format/safetensors.hpp"
+#include "support.hpp"
+
+using namespace meshckpt;
+using namespace meshckpt::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+dtensor whole(dtype t, shape s, const std::string& key, std::uint64_t seed) {
+  auto one = mesh::create({{"x", 1}}).value();
+  auto d = dtensor::create(t, s, layout::create(std::vector<std::string>(s.size(), "unsharded"), one).value()).value();
+  fill(d.view(), key, seed);
+  return d;
+}
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, const dtensor*>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<format::safetensor_entry> entries;
+  for (const auto& [k, d] : tensors) entries.push_back({k, d->view().type(), d->view().global_shape(), 0, 0});
+  auto header = format::encode_safetensors_header(entries, metadata).value();
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(header.data()), static_cast<std::streamsize>(header.size()));
+  for (const auto& [k, d] : tensors) {
+    const auto& b = d->view().shards().front().data;
+    f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  }
+}
+
+// The tensors of the tests: one spans three 8 MiB staging blocks at an unaligned size.
+struct source_state {
+  std::deque<dtensor> keep;
+  std::vector<std::pair<std::string, const dtensor*>> list;
+  source_state() {
+    keep.push_back(whole(dtype::float32, {2600, 2101}, "big", 3));
+    keep.push_back(whole(dtype::bfloat16, {5, 3, 4}, "small", 3));
+    keep.push_back(whole(dtype::int64, {}, "scalar", 3));
+    keep.push_back(whole(dtype::float32, {0, 4}, "empty", 3));
+    list = {{"big", &keep[0]}, {"small", &keep[1]}, {"scalar", &keep[2]}, {"empty", &keep[3]}};
+  }
+};
+
+// Restores checkpoint `prefix` onto a 2x2 mesh (resharded) and checks every value.
+void check_values(io::backend& be, const std::string& prefix) {
+  auto m = mesh::create({{"x", 2}, {"y", 2}}).value();
+  auto big = dtensor::create(dtype::float32, {2600, 2101}, layout::create({"x", "y"}, m).value()).value();
+  auto small = dtensor::create(dtype::bfloat16, {5, 3, 4}, layout::create({"y", "unsharded", "x"}, m).value()).value();
+  auto scalar = dtensor::create(dtype::int64, {}, layout::create(std::vector<std::string>{}, m).value()).value();
+  auto empty = dtensor::create(dtype::float32, {0, 4}, layout::create({"x", "unsharded"}, m).value()).value();
+  std::vector<named_tensor> targets = {{"big", big.view()}, {"small", small.view()}, {"scalar", scalar.view()}, {"empty", empty.view()}};
+  auto r = read_tensors(be, prefix, targets);
+  REQUIRE(r);
+  CHECK(matches(big.view(), "big", 3));
+  CHECK(matches(small.view(), "small", 3));
+  CHECK(matches(scalar.view(), "scalar", 3));
+  auto v = verify(be, prefix);
+  REQUIRE(v);
+  CHECK(v->ok());
+}
+
+// The files of the checkpoint named `base` in `dir` (its manifest, data files, temp manifests).
+std::vector<std::string> files_of(const std::string& dir, const std::string& base) {
+  std::vector<std::string> out;
+  if (!fs::exists(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().rfind(base + ".", 0) == 0) out.push_back(e.path().filename().string());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("import_safetensors streams every tensor into a checkpoint and keeps __metadata__", "[import]") {
+  auto be = test_backend();
+  temp_dir dir;
+  source_state src;
+  const std::map<std::string, std::string> meta = {{"format", "pt"}, {"origin", "test_import"}};
+  write_safetensors(dir / "one.safetensors", src.list, meta);
+  write_safetensors(dir / "model-00001-of-00002.safetensors", {src.list[0]}, meta);
+  write_safetensors(dir / "model-00002-of-00002.safetensors", {src.list[1], src.list[2], src.list[3]}, meta);
+  format::safetensors_index idx;
+  for (const auto& [k, d] : src.list) idx.weight_map[k] = k == "big" ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  std::ofstream(dir / "model.safetensors.index.json") << format::encode_safetensors_index(idx);
+
+  for (const char* from : {"one.safetensors", "model.safetensors.index.json"}) {
+    INFO(from);
+    const std::string to = dir / (std::string("ck-") + from[0]);
+    auto w = import_safetensors(*be, dir / from, to);
+    REQUIRE(w);
+    CHECK(w->tensors == 4);
+    CHECK(w->bytes == 2600u * 2101 * 4 + 5 * 3 * 4 * 2 + 8);
+    check_values(*be, to);
+    auto m = read_manifest(*be, to).value();
+    auto ext = std::find_if(m.extensions.begin(), m.extensions.end(),
+                                   [](const auto& e) { return e.name == safetensors_metadata_extension; });
+    REQUIRE(ext != m.extensions.end());
+    CHECK(format::decode_string_map(ext->bytes).value() == meta);
+  }
+
+  // Errors say where; nothing is written.
+  auto r = import_safetensors(*be, dir / "absent.safetensors", dir / "x");
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::not_found);
+  CHECK(files_of(dir.str(), "x").empty());
+}
+
+TEST_CASE("the metadata map codec is strict", "[import]") {
+  const std::map<std::string, std::string> m = {{"", "empty key"}, {"k", std::string("\0v", 2)}};
+  auto bytes = format::encode_string_map(m);
+  CHECK(format::decode_string_map(bytes).value() == m);
+  CHECK(format::decode_string_map(format::encode_string_map({})).value().empty());
+  for (std::size_t n = 0; n < bytes.size(); ++n) CHECK_FALSE(format::decode_string_map(std::span(bytes).first(n)));
+  auto longer = bytes;
+  longer.push_back(std::byte{0});
+  auto r = format::decode_string_map(longer);
+  REQUIRE_FALSE(r);
+  CHECK_THAT(r.error().what(), Catch::Contains("trailing"));
+  std::vector<std::byte> twice = {std::byte{2}, std::byte{1}, std::byte{'a'}, std::byte{0}, std::byte{1}, std::byte{'a'}, std::byte{0}};
+  CHECK_FALSE(format::decode_string_map(twice));
+  std::vector<std::byte> lying = {std::byte{0xff}, std::byte{0xff}, std::byte{0x7f}};
+  CHECK_FALSE(format::decode_string_map(lying));
+}
+
+TEST_CASE("import_tf_checkpoint streams whole and row-partitioned tensors and checks every CRC", "[import]") {
+  auto be = test_backend();
+  temp_dir dir;
+  // A meshckpt checkpoint, exported as a TensorFlow bundle: "big" whole, "rows" partitioned
+  // along its first dimension (streamed), "cols" along its second (through memory).
+  source_state src;
+  auto m2 = mesh::create({{"x", 2}}).value();
+  auto rows = dtensor::create(dtype::float64, {6, 5}, layout::create({"x", "unsharded"}, m2).value()).value();
+  auto cols = dtensor::create(dtype::int32, {3, 4}, layout::create({"unsharded", "x"}, m2).value()).value();
+  fill(rows.view(), "rows", 3);
+  fill(cols.view(), "cols", 3);
+  std::vector<named_tensor> tensors = {{"rows", rows.view()}, {"cols", cols.view()}};
+  for (const auto& [k, d] : src.list) tensors.push_back({k, d->view()});
+  REQUIRE(write_tensors(*be, dir / "src", tensors));
+  REQUIRE(export_tf_bundle(*be, dir / "src", dir / "tf", {2}));
+
+  auto w = import_tf_checkpoint(*be, dir / "tf", dir / "ck");
+  REQUIRE(w);
+  CHECK(w->tensors == 6);
+  check_values(*be, dir / "ck");
+  auto back_rows = dtensor::create(dtype::float64, {6, 5}, layout::create({"unsharded", "x"}, m2).value()).value();
+  auto back_cols = dtensor::create(dtype::int32, {3, 4}, layout::create({"x", "unsharded"}, m2).value()).value();
+  std::vector<named_tensor> back = {{"rows", back_rows.view()}, {"cols", back_cols.view()}};
+  REQUIRE(read_tensors(*be, dir / "ck", back));
+  CHECK(matches(back_rows.view(), "rows", 3));
+  CHECK(matches(back_cols.view(), "cols", 3));
+
+  // One flipped byte in the middle of "big": the import fails on its CRC, naming the tensor and
+  // the file, and leaves no checkpoint.
+  auto idx = read_tf_bundle_index(*be, dir / "tf").value();
+  const auto* e = idx.find("big");
+  REQUIRE(e);
+  const std::string data = dir / format::tf::data_file_name("tf", e->shard, idx.num_shards);
+  {
+    std::fstream f(data, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(e->offset + e->size / 2));
+    char c = 0;
+    f.seekg(static_cast<std::streamoff>(e->offset + e->size / 2));
+    f.get(c);
+    f.seekp(static_cast<std::streamoff>(e->offset + e->size / 2));
+    f.put(static_cast<char>(c ^ 0x10));
+  }
+  auto bad = import_tf_checkpoint(*be, dir / "tf", dir / "bad");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().code == errc::checksum_mismatch);
+  CHECK_THAT(bad.error().what(), Catch::Contains("\"big\"") && Catch::Contains(fs::path(data).filename().string()));
+  CHECK(files_of(dir.str(), "bad").empty());
+}
+
+TEST_CASE("an import failing at any read or write of its source or checkpoint leaves nothing", "[import][faults]") {
+  auto inner = std::shared_ptr<io::backend>(test_backend());
+  temp_dir dir;
+  auto small = whole(dtype::float32, {1500, 1500}, "big", 3);  // 9 MB: two staging blocks
+  auto tiny = whole(dtype::int16, {7}, "tiny", 3);
+  write_safetensors(dir / "in.safetensors", {{"big", &small}, {"tiny", &tiny}}, {{"format", "pt"}});
+  std::vector<named_tensor> tensors = {{"big", small.view()}, {"tiny", tiny.view()}};
+  REQUIRE(write_tensors(*inner, dir / "src", tensors));
+  REQUIRE(export_tf_bundle(*inner, dir / "src", dir / "tf"));
+
+  // The checkpoint imported: every value, read back and verified.
+  auto holds = [&](const std::string& prefix) {
+    auto b = dtensor::create(dtype::float32, {1500, 1500}, layout::create({"unsharded", "unsharded"}, mesh::create({{"x", 1}}).value()).value()).value();
+    auto t = dtensor::create(dtype::int16, {7}, layout::create({"unsharded"}, mesh::create({{"x", 1}}).value()).value()).value();
+    std::vector<named_tensor> back = {{"big", b.view()}, {"tiny", t.view()}};
+    auto v = verify(*inner, prefix);
+    return read_tensors(*inner, prefix, back) && matches(b.view(), "big", 3) && matches(t.view(), "tiny", 3) && v && v->ok();
+  };
+  for (const bool tf : {false, true}) {
+    for (const bool short_read : {false, true}) {
+      INFO((tf ? "TensorFlow" : "safetensors") << (short_read ? ", short transfers" : ", failures"));
+      auto run = [&](io::backend& b, const std::string& to) {
+        return tf ? import_tf_checkpoint(b, dir / "tf", to) : import_safetensors(b, dir / "in.safetensors", to);
+      };
+      backends::fault_backend counting(inner);
+      REQUIRE(run(counting, dir / "count"));
+      const auto ops = counting.ops();
+      std::size_t failed = 0;
+      for (std::uint64_t n = 0; n < ops; ++n) {
+        INFO("operation " << n << " of " << ops);
+        backends::fault_plan plan;
+        plan.fail_at = n;
+        plan.short_transfer = short_read;
+        backends::fault_backend fb(inner, plan);
+        const std::string base = "ck" + std::to_string(n) + (tf ? "t" : "s") + (short_read ? "r" : "f");
+        auto r = run(fb, dir / base);
+        if (r) {
+          CHECK(holds(dir / base));  // the failed operation was cleanup (a failed close or unlink)
+          continue;
+        }
+        ++failed;
+        CHECK_FALSE(r.error().what().empty());
+        // Failed before its commit: no file of it is left. Failed in the commit's last steps
+        // (the rename's directory fsync): the checkpoint may be visible, and then it is whole.
+        if (fs::exists(dir / (base + ".manifest")))
+          CHECK(holds(dir / base));
+        else
+          CHECK(files_of(dir.str(), base).empty());
+      }
+      CHECK(failed > 4);
+    }
+  }
+}
