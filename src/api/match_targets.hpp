@@ -29,6 +29,13 @@ struct wanted {
 // lists keep their capacity (runtime/recycler.hpp says why that matters).
 result<void> match_targets(const format::manifest& m, std::span<const named_tensor> targets, read_report& rep, wanted& w);
 
+// Matches box `where` of tensor `key` (its row-major bytes: `out`) to the saved ranges that
+// hold it, each wanted from and to a multiple of `granule` (the checksum chunk when the reads
+// are verified). Errors: not_found, invalid_argument (a box outside the tensor, a buffer of
+// another size), a box the saved slices do not cover.
+result<void> match_box(const format::manifest& m, std::string_view key, const box& where, std::span<std::byte> out, std::uint64_t granule,
+                       wanted& w);
+
 // Wanted ranges kept between restores.
 runtime::recycler<wanted>& wanted_recycler();
 

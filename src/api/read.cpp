@@ -20,6 +20,7 @@
 #include "data_files.hpp"
 #include "match_targets.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/format/crc32c.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/plan/read_plan.hpp"
 #include "meshckpt/tensor/convert.hpp"
@@ -304,10 +305,24 @@ class plan_runner {
   std::deque<read_buffer> buffers_;
 };
 
-// A restore: match the targets to saved ranges, plan the reads (plan/read_plan), run them.
+// Plans the reads of `w` (ranges rounded to `granule`; plan/read_plan) and runs them.
+// Returns the bytes read.
+task<std::uint64_t> run_wanted(io::backend& b, const format::manifest& m, const wanted& w, std::uint64_t granule, bool direct,
+                               const read_options& opt, file_cache& files) {
+  auto ex = co_await asio::this_coro::executor;
+  plan::read_policy policy;
+  // Without O_DIRECT nothing needs aligning, and every range that lies contiguous in a shard
+  // is read in place.
+  if (!direct) policy.alignment = 1;
+  BOOST_OUTCOME_CO_TRY(auto rp, plan::plan_reads(w.ranges, granule, policy));
+  plan_runner runner(b, ex, m, w, rp, opt, files);
+  BOOST_OUTCOME_CO_TRY(co_await runner.run());
+  co_return rp.bytes;
+}
+
+// A restore: match the targets to saved ranges, plan the reads, run them.
 task<read_report> read_steps(io::backend& b, const format::manifest& m, std::span<const named_tensor> targets,
                              const read_options& opt, file_cache& files) {
-  auto ex = co_await asio::this_coro::executor;
   read_report rep;
   auto w = wanted_recycler().take();
   runtime::give_back_at_exit w_back(wanted_recycler(), w, [](wanted& x) {
@@ -315,15 +330,95 @@ task<read_report> read_steps(io::backend& b, const format::manifest& m, std::spa
     x.from.clear();
   });
   BOOST_OUTCOME_CO_TRY(match_targets(m, targets, rep, w));
-  plan::read_policy policy;
-  // Without O_DIRECT nothing needs aligning, and every range that lies contiguous in a shard
-  // is read in place.
-  if (!b.caps().direct_io) policy.alignment = 1;
-  BOOST_OUTCOME_CO_TRY(auto rp, plan::plan_reads(w.ranges, m.chunk_bytes, policy));
-  plan_runner runner(b, ex, m, w, rp, opt, files);
-  BOOST_OUTCOME_CO_TRY(co_await runner.run());
-  rep.bytes_read = rp.bytes;
+  BOOST_OUTCOME_CO_TRY(rep.bytes_read, co_await run_wanted(b, m, w, m.chunk_bytes, b.caps().direct_io, opt, files));
   co_return rep;
+}
+
+// Checks every byte of the slices `from` against their checksums, reading each in staging
+// pieces of whole chunks: memory stays bounded whatever the slice's size. A TensorFlow
+// tensor's one CRC-32C covers it whole, so a read of part of it checks it this way first.
+task<void> check_slices(io::backend& b, const format::manifest& m, std::span<const std::pair<const format::saved_tensor*, const format::saved_slice*>> from,
+                        file_cache& files) {
+  auto ex = co_await asio::this_coro::executor;
+  const bool whole_crc = m.checksum == format::checksum_kind::crc32c_whole;
+  std::vector<std::byte> buf = whole_crc ? std::vector<std::byte>(runtime::staging_buffer_bytes) : copy_buffer(m);
+  for (const auto& [t, s] : from) {
+    BOOST_OUTCOME_CO_TRY(auto h, co_await files.get(s->file));
+    std::uint32_t crc = 0;
+    for (std::uint64_t off = 0; off < s->length; off += buf.size()) {
+      std::span<std::byte> part(buf.data(), static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), s->length - off)));
+      BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, h, s->offset + off, part, use_awaitable));
+      if (got != part.size()) co_return make_error(errc::short_read, slice_ctx(m, *t, *s) + ": file ended early");
+      if (whole_crc) {
+        crc = format::crc32c::extend(crc, part);
+      } else {
+        BOOST_OUTCOME_CO_TRY(check_chunks(m, *t, *s, part, off / m.chunk_bytes));
+      }
+    }
+    if (whole_crc && (s->checksums.size() != 1 || crc != s->checksums[0]))
+      co_return make_error(errc::checksum_mismatch, "CRC-32C mismatch in " + slice_ctx(m, *t, *s) + " at bytes [" +
+                                                        std::to_string(s->offset) + ", " + std::to_string(s->offset + s->length) + ")");
+  }
+  co_return success();
+}
+
+// Opens the data directory of `prefix` and a file cache (buffered), runs `body(files)`, and
+// closes everything whatever happened.
+template <class T, class Body>
+task<T> with_data_files(io::backend& b, const std::string& prefix, const format::manifest& m, bool direct, Body body) {
+  auto p = co_await open_prefix_dir(b, prefix);
+  if (!p) co_return p.error();
+  on_unwind last_resort([&] { io::close_detached(b, p->dir); });
+  std::optional<file_cache> files;
+  std::optional<result<T>> r;
+  try {
+    files.emplace(b, *p, m, direct);
+    auto run = body(*files);
+    r = co_await std::move(run);
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory("reading");
+  }
+  if (files) co_await files->close_all();
+  co_await close_quietly(b, p->dir);
+  last_resort.disarm();
+  co_return std::move(*r);
+}
+
+task<void> verify_tensor_coro(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string key) {
+  const auto* t = m->find(key);
+  if (!t) co_return make_error(errc::not_found, "verify " + prefix + ": tensor \"" + key + "\" is not in the checkpoint");
+  auto body = [&](file_cache& files) -> task<void> {
+    std::vector<std::pair<const format::saved_tensor*, const format::saved_slice*>> from;
+    for (const auto& s : t->slices) from.emplace_back(t, &s);
+    co_return co_await check_slices(b, *m, from, files);
+  };
+  auto r = co_await with_data_files<void>(b, prefix, *m, false, body);
+  if (!r) co_return with_context(r.error(), "verify tensor \"" + key + "\" of " + prefix);
+  co_return success();
+}
+
+// read_tensor_box: one box of one tensor, only the ranges (whole checksum chunks) that hold it.
+task<read_report> read_box_coro(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string key, box where,
+                                std::span<std::byte> out, read_options opt) {
+  const bool whole_crc = m->checksum == format::checksum_kind::crc32c_whole;
+  const bool direct = b.caps().direct_io && !whole_crc;
+  // Unverified or checked whole first: ranges of whole pages suffice.
+  const std::uint64_t granule = whole_crc || !opt.verify_checksums ? runtime::staging_alignment : m->chunk_bytes;
+  auto body = [&](file_cache& files) -> task<read_report> {
+    wanted w;
+    BOOST_OUTCOME_CO_TRY(match_box(*m, key, where, out, granule, w));
+    if (whole_crc && opt.verify_checksums) {
+      BOOST_OUTCOME_CO_TRY(co_await check_slices(b, *m, w.from, files));
+    }
+    if (whole_crc || granule != m->chunk_bytes) opt.verify_checksums = false;
+    read_report rep;
+    rep.tensors = 1;
+    BOOST_OUTCOME_CO_TRY(rep.bytes_read, co_await run_wanted(b, *m, w, granule, direct, opt, files));
+    co_return rep;
+  };
+  auto r = co_await with_data_files<read_report>(b, prefix, *m, direct, body);
+  if (!r) co_return with_context(r.error(), "read tensor \"" + key + "\" box " + to_string(where) + " of " + prefix);
+  co_return std::move(*r);
 }
 
 task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const named_tensor> targets, read_options opt,
@@ -401,6 +496,12 @@ void start_read_tensors(asio::any_io_executor ex, io::backend& b, std::string pr
                      [owned, done = std::move(done)](result<read_report> r) { done(std::move(r)); });
 }
 
+void start_read_tensor_box(asio::any_io_executor ex, io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m,
+                           std::string key, box where, std::span<std::byte> out, read_options opt, io::completion<read_report> done) {
+  spawn<read_report>(ex, read_box_coro(b, std::move(prefix), std::move(m), std::move(key), std::move(where), out, std::move(opt)),
+                     std::move(done));
+}
+
 void start_read_manifest(asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<format::manifest> done) {
   spawn<format::manifest>(ex, load_manifest_at(b, std::move(prefix)), std::move(done));
 }
@@ -427,6 +528,21 @@ result<read_report> read_tensors(io::backend& b, std::string_view prefix, const 
   return runtime::run_blocking<read_report>("read_tensors", [&](auto ex, auto done) {
     detail::spawn<read_report>(ex, detail::read_coro(b, std::string(prefix), targets, opt, borrowed),
                                std::move(done));
+  });
+}
+
+result<read_report> read_tensor_box(io::backend& b, std::string_view prefix, const format::manifest& m, std::string_view key,
+                                    const box& where, std::span<std::byte> out, const read_options& opt) {
+  std::shared_ptr<const format::manifest> borrowed(&m, [](const format::manifest*) {});
+  return runtime::run_blocking<read_report>("read_tensor_box", [&](auto ex, auto done) {
+    detail::start_read_tensor_box(ex, b, std::string(prefix), borrowed, std::string(key), where, out, opt, std::move(done));
+  });
+}
+
+result<void> verify_tensor(io::backend& b, std::string_view prefix, const format::manifest& m, std::string_view key) {
+  std::shared_ptr<const format::manifest> borrowed(&m, [](const format::manifest*) {});
+  return runtime::run_blocking<void>("verify_tensor", [&](auto ex, auto done) {
+    detail::spawn<void>(ex, detail::verify_tensor_coro(b, std::string(prefix), borrowed, std::string(key)), std::move(done));
   });
 }
 

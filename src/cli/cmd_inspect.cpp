@@ -14,6 +14,7 @@
 #include <optional>
 #include <cstdio>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bench.hpp"
@@ -26,6 +27,7 @@
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/graph/object_graph.hpp"
+#include "meshckpt/tensor/arith.hpp"
 
 #include "commands.hpp"
 
@@ -154,13 +156,29 @@ int cmd_cat(io::backend& b, const args& a) {
     std::fprintf(stderr, "meshckpt cat: %s\n", sel.error().what().c_str());
     return 2;
   }
-  auto d = read_whole(b, prefix, *m, *t, std::uint64_t(4) << 30);
-  if (!d) {
-    std::fprintf(stderr, "meshckpt cat: %s\n", d.error().what().c_str());
+  // Only the box that bounds the selection is read (its checksum chunks), whatever the
+  // tensor's size.
+  box where;
+  std::vector<cli::dim_selection> in_box;
+  for (const auto& s : *sel) {
+    where.origin.push_back(s.start);
+    where.extent.push_back(std::max<std::int64_t>(0, s.stop - s.start));
+    in_box.push_back({0, std::max<std::int64_t>(0, s.stop - s.start), s.keep});
+  }
+  const std::uint64_t cap = std::uint64_t(4) << 30;
+  const auto bytes = checked_mul(where.volume().value_or(INT64_MAX), dtype_size(t->type));
+  if (!bytes || static_cast<std::uint64_t>(*bytes) > cap) {
+    std::fprintf(stderr, "meshckpt cat: the selection %s of tensor \"%s\" is %s, above the %s this command reads into memory; select less with --slice\n",
+                 to_string(where).c_str(), a.key.c_str(), bytes ? format::human_bytes(static_cast<std::uint64_t>(*bytes)).c_str() : "too large",
+                 format::human_bytes(cap).c_str());
     return 1;
   }
-  const auto& data = d->view().shards().front().data;
-  auto v = cli::select(t->type, data, t->global, *sel);
+  std::vector<std::byte> data(static_cast<std::size_t>(*bytes));
+  if (auto r = read_tensor_box(b, prefix, *m, t->key, where, data); !r) {
+    std::fprintf(stderr, "meshckpt cat: %s\n", r.error().what().c_str());
+    return 1;
+  }
+  auto v = cli::select(t->type, data, where.extent, in_box);
   auto shape_json = [](const shape& s) {
     std::string o = "[";
     for (std::size_t i = 0; i < s.size(); ++i) o += (i ? "," : "") + std::to_string(s[i]);
@@ -239,22 +257,47 @@ int cmd_diff(io::backend& b, const args& a) {
       }
     }
     ++compared_by_value;
-    auto da = read_whole(b, pa, *ma, *x);
-    auto db = da ? read_whole(b, pb, *mb, *y) : result<dtensor>(da.error());
-    if (!da || !db) {
-      std::fprintf(stderr, "meshckpt diff: %s\n", (!da ? da.error() : db.error()).what().c_str());
-      return 2;
-    }
-    const auto& bx = da->view().shards().front().data;
-    const auto& by = db->view().shards().front().data;
+    // Compared in blocks of whole rows (dimension 0) of about 64 MiB: memory stays bounded
+    // whatever the tensors' size.
     change c{key, "values", {}, {}, 0};
-    if (x->type == dtype::blob) {
-      for (std::size_t i = 0; i < bx.size(); ++i) c.differing += bx[i] != by[i];
-    } else {
-      const std::size_t n = bx.size() / static_cast<std::size_t>(dtype_size(x->type));
-      const std::size_t es = static_cast<std::size_t>(dtype_size(x->type));
-      double worst = 0;
-      for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t es = static_cast<std::size_t>(dtype_size(x->type));
+    const std::int64_t rows = x->global.empty() ? 1 : x->global[0];
+    const std::int64_t row_elems = x->global.empty() ? 1 : num_elements(shape(x->global.begin() + 1, x->global.end())).value_or(0);
+    const std::int64_t row_bytes = std::max<std::int64_t>(1, row_elems * static_cast<std::int64_t>(es));
+    const std::int64_t per_block = std::max<std::int64_t>(1, (std::int64_t{64} << 20) / row_bytes);
+    // A TensorFlow tensor's one CRC covers it whole: checked once, then its blocks are read
+    // unverified (each block would otherwise check the whole tensor again).
+    read_options opt_a, opt_b;
+    for (auto [m, p, opt] : {std::tuple{&*ma, &pa, &opt_a}, std::tuple{&*mb, &pb, &opt_b}}) {
+      if (m->checksum != format::checksum_kind::crc32c_whole) continue;
+      if (auto v = verify_tensor(b, *p, *m, key); !v) {
+        std::fprintf(stderr, "meshckpt diff: %s\n", v.error().what().c_str());
+        return 2;
+      }
+      opt->verify_checksums = false;
+    }
+    double worst = 0;
+    std::vector<std::byte> bx, by;
+    for (std::int64_t r0 = 0; r0 < rows && row_elems > 0; r0 += per_block) {
+      box where = box::whole(x->global);
+      if (!x->global.empty()) {
+        where.origin[0] = r0;
+        where.extent[0] = std::min(per_block, rows - r0);
+      }
+      const auto n = static_cast<std::size_t>(where.volume().value_or(0)) * es;
+      bx.resize(n);
+      by.resize(n);
+      auto ra = read_tensor_box(b, pa, *ma, key, where, bx, opt_a);
+      auto rb = ra ? read_tensor_box(b, pb, *mb, key, where, by, opt_b) : ra;
+      if (!ra || !rb) {
+        std::fprintf(stderr, "meshckpt diff: %s\n", (!ra ? ra.error() : rb.error()).what().c_str());
+        return 2;
+      }
+      if (x->type == dtype::blob) {
+        for (std::size_t i = 0; i < n; ++i) c.differing += bx[i] != by[i];
+        continue;
+      }
+      for (std::size_t i = 0; i < n / es; ++i) {
         if (std::memcmp(bx.data() + i * es, by.data() + i * es, es) == 0) continue;
         ++c.differing;
         double u = *cli::element(x->type, bx, i), w = *cli::element(x->type, by, i);
@@ -262,8 +305,8 @@ int cmd_diff(io::backend& b, const args& a) {
         if (std::isnan(diff)) diff = INFINITY;  // NaN on one side only, or NaNs of other bits
         worst = std::max(worst, diff);
       }
-      if (c.differing) c.max_abs = worst;
     }
+    if (c.differing && x->type != dtype::blob) c.max_abs = worst;
     if (c.differing == 0) {
       ++same;  // equal values stored differently (another slicing, or padding)
       continue;

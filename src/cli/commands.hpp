@@ -39,10 +39,6 @@ std::string normalize_prefix(std::string p);
 std::string join(const std::string& dir, const std::string& name);
 // The manifest of `prefix`, or nullopt after printing why not.
 std::optional<format::manifest> load_manifest(io::backend& b, std::string& prefix, const args& a);
-// Tensor `t` of checkpoint `prefix`, whole, in memory (restored onto one device, checksums
-// verified). Tensors above `max_bytes` are refused rather than allocated.
-result<dtensor> read_whole(io::backend& b, const std::string& prefix, const format::manifest& m, const format::saved_tensor& t,
-                           std::uint64_t max_bytes = std::uint64_t(1) << 62);
 
 int cmd_ls(io::backend& b, const args& a);
 int cmd_export(io::backend& b, const args& a);

@@ -127,18 +127,4 @@ std::optional<format::manifest> load_manifest(io::backend& b, std::string& prefi
   return std::move(*m);
 }
 
-result<dtensor> read_whole(io::backend& b, const std::string& prefix, const format::manifest& m, const format::saved_tensor& t,
-                           std::uint64_t max_bytes) {
-  auto bytes = num_elements(t.global);
-  if (bytes && *bytes * dtype_size(t.type) > static_cast<std::int64_t>(std::min<std::uint64_t>(max_bytes, INT64_MAX)))
-    return make_error(errc::limit_exceeded, "tensor \"" + t.key + "\" is " + format::human_bytes(static_cast<std::uint64_t>(*bytes * dtype_size(t.type))) +
-                                                ", above the " + format::human_bytes(max_bytes) + " this command reads into memory");
-  auto one = mesh::create({{"x", 1}}).value();
-  BOOST_OUTCOME_TRY(auto l, layout::create(std::vector<std::string>(t.global.size(), "unsharded"), one));
-  BOOST_OUTCOME_TRY(auto d, dtensor::create(t.type, t.global, l));
-  std::vector<named_tensor> target = {{t.key, d.view()}};
-  BOOST_OUTCOME_TRY(read_tensors(b, prefix, m, target));
-  return d;
-}
-
 }  // namespace meshckpt::cli

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <cstring>
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -236,4 +237,99 @@ TEST_CASE("an import failing at any read or write of its source or checkpoint le
       CHECK(failed > 4);
     }
   }
+}
+
+namespace {
+
+// True when `bytes` hold box `b` of tensor `key` as `fill` writes it.
+bool box_holds(std::span<const std::byte> bytes, dtype t, const shape& global, const box& b, const std::string& key, std::uint64_t seed) {
+  const auto es = static_cast<std::size_t>(dtype_size(t));
+  bool ok = bytes.size() == static_cast<std::size_t>(b.volume().value_or(0)) * es;
+  for_each_element(global, b, [&](std::int64_t flat, std::int64_t local) {
+    const std::uint64_t bits = element_bits(seed, key, flat);
+    if (ok && std::memcmp(bytes.data() + static_cast<std::size_t>(local) * es, &bits, es) != 0) ok = false;
+  });
+  return ok;
+}
+
+}  // namespace
+
+TEST_CASE("read_tensor_box reads one box of a tensor, only the chunks that hold it, from meshckpt and TensorFlow", "[box]") {
+  auto be = test_backend();
+  temp_dir dir;
+  auto m22 = mesh::create({{"x", 2}, {"y", 2}}).value();
+  auto w = dtensor::create(dtype::float32, {300, 200}, layout::create({"x", "y"}, m22).value()).value();
+  auto v = dtensor::create(dtype::int16, {1000}, layout::create({"unsharded"}, m22).value()).value();
+  fill(w.view(), "w", 4);
+  fill(v.view(), "v", 4);
+  std::vector<named_tensor> tensors = {{"w", w.view()}, {"v", v.view()}};
+  write_options opt;
+  opt.chunk_bytes = 4096;
+  REQUIRE(write_tensors(*be, dir / "ck", tensors, opt));
+  REQUIRE(export_tf_bundle(*be, dir / "ck", dir / "tf"));
+  auto mc = read_manifest(*be, dir / "ck").value();
+  auto tf = read_tf_checkpoint(*be, dir / "tf").value();
+
+  const std::vector<box> boxes = {box{{0, 0}, {300, 200}}, box{{298, 198}, {2, 2}}, box{{140, 90}, {20, 30}},
+                                  box{{0, 99}, {300, 2}},   box{{5, 5}, {0, 3}}};
+  for (int source = 0; source < 2; ++source) {
+    const std::string prefix = source ? tf.prefix : dir / "ck";
+    const auto& m = source ? tf.manifest : mc;
+    for (const auto& b : boxes) {
+      INFO((source ? "TensorFlow " : "meshckpt ") << to_string(b));
+      std::vector<std::byte> out(static_cast<std::size_t>(b.volume().value()) * 4);
+      auto r = read_tensor_box(*be, prefix, m, "w", b, out);
+      REQUIRE(r);
+      CHECK(box_holds(out, dtype::float32, {300, 200}, b, "w", 4));
+      if (source == 0 && b.extent == shape{2, 2}) CHECK(r->bytes_read <= 2 * 4096);  // the last two rows' ends: a chunk or two
+    }
+    std::vector<std::byte> last(2 * 2);
+    REQUIRE(read_tensor_box(*be, prefix, m, "v", box{{998}, {2}}, last));
+    CHECK(box_holds(last, dtype::int16, {1000}, box{{998}, {2}}, "v", 4));
+    CHECK(verify_tensor(*be, prefix, m, "w"));
+    // Boxes outside the tensor, of another rank, buffers of another size, unknown keys.
+    std::vector<std::byte> four(4);
+    CHECK(read_tensor_box(*be, prefix, m, "w", box{{300, 0}, {1, 1}}, four).error().code == errc::invalid_argument);
+    CHECK(read_tensor_box(*be, prefix, m, "w", box{{-1, 0}, {1, 1}}, four).error().code == errc::invalid_argument);
+    CHECK(read_tensor_box(*be, prefix, m, "w", box{{0}, {1}}, four).error().code == errc::invalid_argument);
+    CHECK(read_tensor_box(*be, prefix, m, "w", box{{0, 0}, {1, 2}}, four).error().code == errc::invalid_argument);
+    CHECK(read_tensor_box(*be, prefix, m, "nope", box{{0}, {1}}, four).error().code == errc::not_found);
+    CHECK(verify_tensor(*be, prefix, m, "nope").error().code == errc::not_found);
+  }
+
+  // A damaged byte: a box that reads its chunk fails, one that does not succeeds; the TensorFlow
+  // tensor's CRC covers it whole, so every box of it fails, and so does verify_tensor.
+  const auto& ws = *mc.find("w");
+  const auto& first = ws.slices.front();  // the slice that holds [0, 150) x [0, 100)
+  REQUIRE(first.where == box({0, 0}, {150, 100}));
+  auto flip = [](const std::string& path, std::uint64_t at) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(at));
+    char c = 0;
+    f.get(c);
+    f.seekp(static_cast<std::streamoff>(at));
+    f.put(static_cast<char>(c ^ 1));
+  };
+  flip(dir / mc.files[first.file].name, first.offset + 5);  // element (0, 1)
+  std::vector<std::byte> out(4);
+  auto bad = read_tensor_box(*be, dir / "ck", mc, "w", box{{0, 0}, {1, 1}}, out);
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().code == errc::checksum_mismatch);
+  CHECK(read_tensor_box(*be, dir / "ck", mc, "w", box{{299, 199}, {1, 1}}, out));
+  read_options unchecked;
+  unchecked.verify_checksums = false;
+  CHECK(read_tensor_box(*be, dir / "ck", mc, "w", box{{0, 0}, {1, 1}}, out, unchecked));
+  CHECK(verify_tensor(*be, dir / "ck", mc, "w").error().code == errc::checksum_mismatch);
+
+  // The stored piece (a partition of the exported variable) that holds element (299, 199).
+  const auto& tw = *tf.manifest.find("w");
+  auto holder = std::find_if(tw.slices.begin(), tw.slices.end(), [](const auto& sl) { return sl.where == box({150, 100}, {150, 100}); });
+  REQUIRE(holder != tw.slices.end());
+  flip(dir / tf.manifest.files[holder->file].name, holder->offset + 5);  // its element (150, 101), not in the box read
+  auto bad_tf = read_tensor_box(*be, tf.prefix, tf.manifest, "w", box{{299, 199}, {1, 1}}, out);
+  REQUIRE_FALSE(bad_tf);
+  CHECK(bad_tf.error().code == errc::checksum_mismatch);
+  CHECK_THAT(bad_tf.error().what(), Catch::Contains("CRC-32C"));
+  CHECK(verify_tensor(*be, tf.prefix, tf.manifest, "w").error().code == errc::checksum_mismatch);
+  CHECK(read_tensor_box(*be, tf.prefix, tf.manifest, "w", box{{299, 199}, {1, 1}}, out, unchecked));
 }

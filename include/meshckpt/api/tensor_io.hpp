@@ -135,6 +135,25 @@ result<read_report> read_tensors(io::backend& b, std::string_view prefix,
 result<read_report> read_tensors(io::backend& b, std::string_view prefix, const format::manifest& m,
                                  std::span<const named_tensor> targets, const read_options& opt = {});
 
+/// Reads box `where` of tensor `key` of checkpoint `prefix` (manifest `m`, from `read_manifest`
+/// or `read_tf_checkpoint`) into `out`: the box's elements, row-major, `out.size()` equal to its
+/// volume times the dtype size. Only the checksum chunks that hold the box are read and
+/// verified, so memory and IO follow the box, not the tensor: the last two elements of a
+/// 5 GiB tensor take one chunk. A TensorFlow tensor's one CRC-32C covers it whole: its stored
+/// pieces that hold the box are first checked in staging-sized reads, then only the box is
+/// read. Errors: not_found (key), invalid_argument (a box outside the tensor or of another
+/// rank, a buffer of another size), checksum_mismatch, short_read, IO errors. With
+/// `opt.verify_checksums` false nothing is checked and only the box's pages are read (after a
+/// `verify_tensor`, say, when many boxes of one tensor are read).
+result<read_report> read_tensor_box(io::backend& b, std::string_view prefix, const format::manifest& m, std::string_view key,
+                                    const box& where, std::span<std::byte> out, const read_options& opt = {});
+
+/// Checks every stored byte of tensor `key` of checkpoint `prefix` (manifest `m`) against its
+/// checksums (chunk checksums, or a TensorFlow tensor's CRC-32C), reading in staging-sized
+/// pieces: bounded memory whatever the tensor's size. Errors: not_found (key),
+/// checksum_mismatch naming the slice, file and byte range, short_read, IO errors.
+result<void> verify_tensor(io::backend& b, std::string_view prefix, const format::manifest& m, std::string_view key);
+
 /// Progress of `verify`: (bytes checked so far, bytes to check), called on the verifying thread
 /// after each read (a few MiB), and once with the final figures.
 using verify_progress = std::function<void(std::uint64_t done, std::uint64_t total)>;

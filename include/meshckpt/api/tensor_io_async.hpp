@@ -9,6 +9,7 @@
 /// The tensors' memory must stay valid and unmodified until completion. The backend must outlive
 /// the operation.
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,9 @@ void start_read_tensors(boost::asio::any_io_executor ex, io::backend& b, std::st
                         std::vector<named_tensor> targets, read_options opt, io::completion<read_report> done);
 void start_read_manifest(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
                          io::completion<format::manifest> done);
+void start_read_tensor_box(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
+                           std::shared_ptr<const format::manifest> m, std::string key, box where, std::span<std::byte> out,
+                           read_options opt, io::completion<read_report> done);
 void start_verify(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
                   io::completion<verify_report> done, verify_progress progress = {});
 }  // namespace detail
@@ -60,6 +64,20 @@ auto async_read_manifest(boost::asio::any_io_executor ex, io::backend& b, std::s
       ex,
       [ex, &b, prefix = std::move(prefix)](io::completion<format::manifest> done) mutable {
         detail::start_read_manifest(ex, b, std::move(prefix), std::move(done));
+      },
+      std::forward<Token>(token));
+}
+
+/// Asynchronous `read_tensor_box`; `m` is shared with the operation, `out` must outlive it.
+template <class Token>
+auto async_read_tensor_box(boost::asio::any_io_executor ex, io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m,
+                           std::string key, box where, std::span<std::byte> out, read_options opt, Token&& token) {
+  return io::async_op<read_report>(
+      ex,
+      [ex, &b, prefix = std::move(prefix), m = std::move(m), key = std::move(key), where = std::move(where), out, opt = std::move(opt)](
+          io::completion<read_report> done) mutable {
+        detail::start_read_tensor_box(ex, b, std::move(prefix), std::move(m), std::move(key), std::move(where), out, std::move(opt),
+                                      std::move(done));
       },
       std::forward<Token>(token));
 }
