@@ -136,13 +136,14 @@ class range_builder {
 
 }  // namespace
 
-result<void> match_targets(const format::manifest& m, std::span<const named_tensor> targets, read_report& rep, wanted& w) {
+result<void> match_targets(const format::manifest& m, std::span<const named_tensor> targets, read_report& rep, wanted& w,
+                           std::uint64_t granule) {
   // Most tensors want one saved slice; sharded ones a few (moving ranges as the vector grows
   // costs more than the spare room).
   w.ranges.reserve(2 * targets.size());
   w.from.clear();
   w.from.reserve(2 * targets.size());
-  range_builder ranges(m, w, m.chunk_bytes);
+  range_builder ranges(m, w, granule ? granule : m.chunk_bytes);
   shard_boxes boxes_of;
   for (const auto& target : targets) {
     const auto* t = m.find(target.key);

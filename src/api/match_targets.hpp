@@ -26,8 +26,10 @@ struct wanted {
 // the checkpoint, another dtype or shape, a shard the saved slices do not cover.
 //
 // `w` may hold an earlier restore's ranges: they are overwritten in place, so their target
-// lists keep their capacity (runtime/recycler.hpp says why that matters).
-result<void> match_targets(const format::manifest& m, std::span<const named_tensor> targets, read_report& rep, wanted& w);
+// lists keep their capacity (runtime/recycler.hpp says why that matters). Ranges are wanted
+// from and to multiples of `granule` (0: the checksum chunk).
+result<void> match_targets(const format::manifest& m, std::span<const named_tensor> targets, read_report& rep, wanted& w,
+                           std::uint64_t granule = 0);
 
 // Matches box `where` of tensor `key` (its row-major bytes: `out`) to the saved ranges that
 // hold it, each wanted from and to a multiple of `granule` (the checksum chunk when the reads

@@ -305,35 +305,6 @@ class plan_runner {
   std::deque<read_buffer> buffers_;
 };
 
-// Plans the reads of `w` (ranges rounded to `granule`; plan/read_plan) and runs them.
-// Returns the bytes read.
-task<std::uint64_t> run_wanted(io::backend& b, const format::manifest& m, const wanted& w, std::uint64_t granule, bool direct,
-                               const read_options& opt, file_cache& files) {
-  auto ex = co_await asio::this_coro::executor;
-  plan::read_policy policy;
-  // Without O_DIRECT nothing needs aligning, and every range that lies contiguous in a shard
-  // is read in place.
-  if (!direct) policy.alignment = 1;
-  BOOST_OUTCOME_CO_TRY(auto rp, plan::plan_reads(w.ranges, granule, policy));
-  plan_runner runner(b, ex, m, w, rp, opt, files);
-  BOOST_OUTCOME_CO_TRY(co_await runner.run());
-  co_return rp.bytes;
-}
-
-// A restore: match the targets to saved ranges, plan the reads, run them.
-task<read_report> read_steps(io::backend& b, const format::manifest& m, std::span<const named_tensor> targets,
-                             const read_options& opt, file_cache& files) {
-  read_report rep;
-  auto w = wanted_recycler().take();
-  runtime::give_back_at_exit w_back(wanted_recycler(), w, [](wanted& x) {
-    for (auto& r : x.ranges) r.targets.clear();  // nothing kept points into the targets
-    x.from.clear();
-  });
-  BOOST_OUTCOME_CO_TRY(match_targets(m, targets, rep, w));
-  BOOST_OUTCOME_CO_TRY(rep.bytes_read, co_await run_wanted(b, m, w, m.chunk_bytes, b.caps().direct_io, opt, files));
-  co_return rep;
-}
-
 // Checks every byte of the slices `from` against their checksums, reading each in staging
 // pieces of whole chunks: memory stays bounded whatever the slice's size. A TensorFlow
 // tensor's one CRC-32C covers it whole, so a read of part of it checks it this way first.
@@ -360,6 +331,67 @@ task<void> check_slices(io::backend& b, const format::manifest& m, std::span<con
                                                         std::to_string(s->offset) + ", " + std::to_string(s->offset + s->length) + ")");
   }
   co_return success();
+}
+
+// Plans the reads of `w` (ranges rounded to `granule`; plan/read_plan) and runs them.
+// Returns the bytes read.
+task<std::uint64_t> run_wanted(io::backend& b, const format::manifest& m, const wanted& w, std::uint64_t granule, bool direct,
+                               const read_options& opt, file_cache& files) {
+  auto ex = co_await asio::this_coro::executor;
+  plan::read_policy policy;
+  // Without O_DIRECT nothing needs aligning, and every range that lies contiguous in a shard
+  // is read in place.
+  if (!direct) policy.alignment = 1;
+  BOOST_OUTCOME_CO_TRY(auto rp, plan::plan_reads(w.ranges, granule, policy));
+  plan_runner runner(b, ex, m, w, rp, opt, files);
+  BOOST_OUTCOME_CO_TRY(co_await runner.run());
+  co_return rp.bytes;
+}
+
+// A restore: match the targets to saved ranges, plan the reads, run them.
+task<read_report> read_steps(io::backend& b, const format::manifest& m, std::span<const named_tensor> targets,
+                             const read_options& opt, file_cache& files) {
+  read_report rep;
+  auto w = wanted_recycler().take();
+  runtime::give_back_at_exit w_back(wanted_recycler(), w, [](wanted& x) {
+    for (auto& r : x.ranges) r.targets.clear();  // nothing kept points into the targets
+    x.from.clear();
+  });
+  if (m.checksum != format::checksum_kind::crc32c_whole) {
+    BOOST_OUTCOME_CO_TRY(match_targets(m, targets, rep, w));
+    BOOST_OUTCOME_CO_TRY(rep.bytes_read, co_await run_wanted(b, m, w, m.chunk_bytes, b.caps().direct_io, opt, files));
+    co_return rep;
+  }
+  // A TensorFlow tensor's one CRC covers it whole. Stored pieces copied whole into shards are
+  // read once, checked as they land; pieces that shards need parts of (resharding) are first
+  // checked in staging-sized reads, then only the pages needed are read: memory stays bounded
+  // whatever the stored tensor's size (never a buffer of a whole piece).
+  BOOST_OUTCOME_CO_TRY(match_targets(m, targets, rep, w, runtime::staging_alignment));
+  wanted whole, partial;
+  for (std::size_t k = 0; k < w.ranges.size(); ++k) {
+    const auto& r = w.ranges[k];
+    const bool copied_whole = std::all_of(r.targets.begin(), r.targets.end(), [&](const plan::read_target& t) {
+      return t.run.count <= 1 && t.run.src_offset == 0 && t.run.length == r.length;
+    });
+    auto& into = copied_whole ? whole : partial;
+    into.ranges.push_back(r);
+    into.from.push_back(w.from[k]);
+  }
+  std::uint64_t bytes = 0;
+  if (!whole.ranges.empty()) {
+    BOOST_OUTCOME_CO_TRY(bytes, co_await run_wanted(b, m, whole, m.chunk_bytes, false, opt, files));
+  }
+  if (!partial.ranges.empty()) {
+    read_options unchecked = opt;
+    if (opt.verify_checksums) {
+      BOOST_OUTCOME_CO_TRY(co_await check_slices(b, m, partial.from, files));
+      unchecked.verify_checksums = false;
+    }
+    BOOST_OUTCOME_CO_TRY(auto more, co_await run_wanted(b, m, partial, runtime::staging_alignment, false, unchecked, files));
+    bytes += more;
+  }
+  rep.bytes_read = bytes;
+  co_return rep;
 }
 
 // Opens the data directory of `prefix` and a file cache (buffered), runs `body(files)`, and
@@ -454,7 +486,9 @@ task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const 
         }
       }
     }
-    file_cache files(b, *p, *m, b.caps().direct_io);
+    // A TensorFlow bundle's tensors lie at any offset, and a partial read of one checks it
+    // whole first: buffered reads.
+    file_cache files(b, *p, *m, b.caps().direct_io && m->checksum != format::checksum_kind::crc32c_whole);
     std::optional<result<read_report>> rr;
     try {
       rr = co_await read_steps(b, *m, opt.convert_dtypes ? std::span<const named_tensor>(all) : targets, opt, files);

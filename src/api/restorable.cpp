@@ -1,5 +1,8 @@
 #include "restorable.hpp"
 
+#include <algorithm>
+#include <deque>
+
 #include <limits>
 #include <set>
 
@@ -122,6 +125,7 @@ task<restorable> load_tf(io::backend& b, std::string prefix) {
       auto reading = read_tf_graph(b, *p, idx, *e);
       BOOST_OUTCOME_CO_TRY(auto g, co_await std::move(reading));
       r.graph = from_tf_graph(g, r.manifest);
+      r.tf_graph = std::move(g);
     }
     co_return r;
   };
@@ -176,6 +180,41 @@ graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const fo
         out.nodes[i].key = a.checkpoint_key;
       }
   }
+  // Optimizer slots: TensorFlow lists them on the optimizer beside its children (slot "m" of
+  // variable V is node S). meshckpt has no slots, only children, so slot "m" of the variable
+  // at path "model/dense/kernel" becomes the child "model/dense/kernel" (one name) of the
+  // optimizer's child "m" (added when the optimizer has no child of that name): an optimizer
+  // that tracks its slots that way restores them by structure. The paths are the first found
+  // from the root, breadth first, as TensorFlow's own slot restoration finds variables.
+  std::vector<std::optional<std::string>> path(g.nodes.size());
+  if (!g.nodes.empty()) {
+    path[0] = "";
+    std::deque<std::uint32_t> todo{0};
+    while (!todo.empty()) {
+      const auto n = todo.front();
+      todo.pop_front();
+      for (const auto& [name, child] : g.nodes[n].children)
+        if (child < path.size() && !path[child]) {
+          path[child] = path[n]->empty() ? name : *path[n] + "/" + name;
+          todo.push_back(child);
+        }
+    }
+  }
+  for (std::size_t o = 0; o < g.nodes.size(); ++o)
+    for (const auto& sv : g.nodes[o].slot_variables) {
+      if (sv.original >= path.size() || !path[sv.original] || path[sv.original]->empty()) continue;
+      auto& kids = out.nodes[o].children;
+      auto it = std::find_if(kids.begin(), kids.end(), [&](const auto& c) { return c.first == sv.slot_name; });
+      std::uint32_t holder = 0;
+      if (it != kids.end()) {
+        holder = it->second;
+      } else {
+        holder = static_cast<std::uint32_t>(out.nodes.size());
+        out.nodes[o].children.emplace_back(sv.slot_name, holder);
+        out.nodes.emplace_back();  // invalidates `kids`: not used after this
+      }
+      out.nodes[holder].children.emplace_back(*path[sv.original], sv.slot);
+    }
   return out;
 }
 

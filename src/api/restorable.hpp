@@ -18,6 +18,7 @@ struct restorable {
   std::optional<graph::object_graph> graph;  // none: matched by name (TF1, flat, imported)
   bool tensorflow = false;
   std::int32_t tf_producer = 0, tf_min_consumer = 0;  // a bundle header's version
+  std::optional<format::tf::trackable_graph> tf_graph;  // TensorFlow's object graph as it was saved
 };
 
 // The checkpoint at `path`: meshckpt's (`path.manifest`), else TensorFlow's (`path.index`, or
@@ -27,7 +28,8 @@ struct restorable {
 task<restorable> load_restorable(io::backend& b, std::string path, bool tensorflow_only = false);
 
 // TensorFlow's object graph as meshckpt's: the same nodes and edges; a node that saved a
-// variable ("VARIABLE_VALUE") whose key `m` holds has that key as its value. Exposed for tests.
+// variable ("VARIABLE_VALUE") whose key `m` holds has that key as its value; an optimizer's
+// slot "m" of the variable at path P is its child "m"'s child "P". Exposed for tests.
 graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const format::manifest& m);
 
 }  // namespace meshckpt::detail

@@ -117,14 +117,26 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
   format::tf::bundle_index idx;
   tf_export_report rep;
   BOOST_OUTCOME_CO_TRY(plan_export(m, opt.num_shards, pieces, idx, rep.skipped));
-  // The object graph, a string scalar at the end of data file 0.
+  // The object graph, a string scalar at the end of data file 0: TensorFlow's own as it was
+  // imported (its optimizer slots included) while every value it names is still here, else
+  // meshckpt's translated.
+  std::optional<std::string> tf_graph;
+  for (const auto& e : m.extensions)
+    if (e.name == tf_object_graph_extension) {
+      auto g = format::tf::decode_trackable_graph(e.bytes);
+      if (!g) co_return with_context(g.error(), "export " + prefix + ": extension " + e.name);
+      bool complete = true;
+      for (const auto& n : g->nodes)
+        for (const auto& a : n.attributes) complete = complete && (a.name != "VARIABLE_VALUE" || m.find(a.checkpoint_key));
+      if (complete) tf_graph = std::string(reinterpret_cast<const char*>(e.bytes.data()), e.bytes.size());
+    }
   std::vector<std::byte> graph_bytes;
   for (const auto& e : m.extensions)
     if (e.name == graph::object_graph_extension) {
       auto g = graph::decode_object_graph(e.bytes);
       if (!g) co_return with_context(g.error(), "export " + prefix);
       std::uint32_t crc = 0;
-      std::vector<std::string> one{format::tf::encode_trackable_graph(tf_graph_of(*g))};
+      std::vector<std::string> one{tf_graph ? *tf_graph : format::tf::encode_trackable_graph(tf_graph_of(*g))};
       graph_bytes = format::tf::encode_string_tensor(one, crc);
       std::uint64_t end0 = 0;
       for (const auto& p : pieces)
@@ -273,6 +285,11 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
   // restore of the imported checkpoint matches by structure, and an export writes it back)
   // and the bundle header's version.
   if (found.graph) wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(*found.graph)});
+  if (found.tf_graph) {
+    const std::string g = format::tf::encode_trackable_graph(*found.tf_graph);
+    wopt.extensions.push_back({std::string(tf_object_graph_extension), std::vector<std::byte>(reinterpret_cast<const std::byte*>(g.data()),
+                                                                                              reinterpret_cast<const std::byte*>(g.data()) + g.size())});
+  }
   std::vector<std::byte> hdr(8);
   std::memcpy(hdr.data(), &found.tf_producer, 4);
   std::memcpy(hdr.data() + 4, &found.tf_min_consumer, 4);

@@ -257,14 +257,14 @@ int cmd_diff(io::backend& b, const args& a) {
       }
     }
     ++compared_by_value;
-    // Compared in blocks of whole rows (dimension 0) of about 64 MiB: memory stays bounded
+    // Compared in blocks of whole rows (dimension 0) of about 16 MiB: memory stays bounded
     // whatever the tensors' size.
     change c{key, "values", {}, {}, 0};
     const std::size_t es = static_cast<std::size_t>(dtype_size(x->type));
     const std::int64_t rows = x->global.empty() ? 1 : x->global[0];
     const std::int64_t row_elems = x->global.empty() ? 1 : num_elements(shape(x->global.begin() + 1, x->global.end())).value_or(0);
     const std::int64_t row_bytes = std::max<std::int64_t>(1, row_elems * static_cast<std::int64_t>(es));
-    const std::int64_t per_block = std::max<std::int64_t>(1, (std::int64_t{64} << 20) / row_bytes);
+    const std::int64_t per_block = std::max<std::int64_t>(1, (std::int64_t{16} << 20) / row_bytes);
     // A TensorFlow tensor's one CRC covers it whole: checked once, then its blocks are read
     // unverified (each block would otherwise check the whole tensor again).
     read_options opt_a, opt_b;

@@ -10,11 +10,15 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <tuple>
 
+#include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/api/safetensors_io.hpp"
 #include "meshckpt/api/tf_bundle_io.hpp"
 #include "meshckpt/backends/fault.hpp"
 #include "meshckpt/format/safetensors.hpp"
+#include "meshckpt/graph/object_graph.hpp"
 #include "support.hpp"
 
 using namespace meshckpt;
@@ -332,4 +336,80 @@ TEST_CASE("read_tensor_box reads one box of a tensor, only the chunks that hold 
   CHECK_THAT(bad_tf.error().what(), Catch::Contains("CRC-32C"));
   CHECK(verify_tensor(*be, tf.prefix, tf.manifest, "w").error().code == errc::checksum_mismatch);
   CHECK(read_tensor_box(*be, tf.prefix, tf.manifest, "w", box{{299, 199}, {1, 1}}, out, unchecked));
+}
+
+TEST_CASE("TensorFlow optimizer slots restore by structure, and survive import and export verbatim", "[import][tf][slots]") {
+  auto be = test_backend();
+  temp_dir dir;
+  const std::string K = "model/kernel/.ATTRIBUTES/VARIABLE_VALUE", M = "model/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE",
+                    V = "model/kernel/.OPTIMIZER_SLOT/optimizer/v/.ATTRIBUTES/VARIABLE_VALUE", I = "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE",
+                    C = "save_counter/.ATTRIBUTES/VARIABLE_VALUE";
+  // A Keras-like state as TensorFlow saves it: Adam's slots m and v of the kernel are listed on
+  // the optimizer (node 3), not among its children.
+  std::deque<dtensor> keep;
+  std::vector<named_tensor> tensors;
+  for (const auto& [key, t, s] : {std::tuple{K, dtype::float32, shape{4, 2}}, std::tuple{M, dtype::float32, shape{4, 2}},
+                                  std::tuple{V, dtype::float32, shape{4, 2}}, std::tuple{I, dtype::int64, shape{}},
+                                  std::tuple{C, dtype::int64, shape{}}}) {
+    keep.push_back(whole(t, s, key, 6));
+    tensors.push_back({key, keep.back().view()});
+  }
+  format::tf::trackable_graph tg;
+  tg.nodes.resize(8);
+  tg.nodes[0].children = {{"model", 1}, {"optimizer", 3}, {"save_counter", 5}};
+  tg.nodes[1].children = {{"kernel", 2}};
+  tg.nodes[2].attributes = {{"VARIABLE_VALUE", "kernel", K}};
+  tg.nodes[3].children = {{"iter", 4}};
+  tg.nodes[3].slot_variables = {{2, "m", 6}, {2, "v", 7}};
+  tg.nodes[4].attributes = {{"VARIABLE_VALUE", "iter", I}};
+  tg.nodes[5].attributes = {{"VARIABLE_VALUE", "save_counter", C}};
+  tg.nodes[6].attributes = {{"VARIABLE_VALUE", "m", M}};
+  tg.nodes[7].attributes = {{"VARIABLE_VALUE", "v", V}};
+  const std::string tg_bytes = format::tf::encode_trackable_graph(tg);
+  write_options opt;
+  graph::object_graph root_only;
+  root_only.nodes.resize(1);
+  opt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(root_only)});
+  opt.extensions.push_back({std::string(tf_object_graph_extension), std::vector<std::byte>(reinterpret_cast<const std::byte*>(tg_bytes.data()),
+                                                                                        reinterpret_cast<const std::byte*>(tg_bytes.data()) + tg_bytes.size())});
+  REQUIRE(write_tensors(*be, dir / "src", tensors, opt));
+  REQUIRE(export_tf_bundle(*be, dir / "src", dir / "tf"));  // TensorFlow's graph written verbatim
+  REQUIRE(import_tf_checkpoint(*be, dir / "tf", dir / "imported"));
+  {
+    auto m = read_manifest(*be, dir / "imported").value();
+    auto it = std::find_if(m.extensions.begin(), m.extensions.end(), [](const auto& e) { return e.name == tf_object_graph_extension; });
+    REQUIRE(it != m.extensions.end());
+    CHECK(format::tf::decode_trackable_graph(it->bytes).value() == tg);
+  }
+  REQUIRE(export_tf_bundle(*be, dir / "imported", dir / "tf2"));
+
+  // The live state: an optimizer that tracks slot "m" of the variable at "model/kernel" as its
+  // child "m"'s child "model/kernel" (docs/API.md).
+  auto one = mesh::create({{"x", 2}}).value();
+  auto var = [&](dtype t, shape s) {
+    std::vector<std::string> l(s.size(), "unsharded");
+    if (!s.empty()) l[0] = "x";
+    return std::make_unique<graph::variable>(dtensor::create(t, s, layout::create(l, one).value()).value());
+  };
+  for (const char* from : {"tf", "imported", "tf2"}) {
+    INFO(from);
+    graph::module root, model, optimizer, m_slots, v_slots;
+    auto kernel = var(dtype::float32, {4, 2}), m = var(dtype::float32, {4, 2}), v = var(dtype::float32, {4, 2}), iter = var(dtype::int64, {});
+    root.add_child("model", model);
+    root.add_child("optimizer", optimizer);
+    model.add_child("kernel", *kernel);
+    optimizer.add_child("iter", *iter);
+    optimizer.add_child("m", m_slots);
+    optimizer.add_child("v", v_slots);
+    m_slots.add_child("model/kernel", *m);
+    v_slots.add_child("model/kernel", *v);
+    auto ck = checkpoint::create(mesh::create({{"x", 2}}).value(), &root).value();
+    auto st = ck->restore(dir / from);
+    REQUIRE(st);
+    CHECK(st->assert_consumed());
+    CHECK(matches(kernel->view(), K, 6));
+    CHECK(matches(m->view(), M, 6));
+    CHECK(matches(v->view(), V, 6));
+    CHECK(matches(iter->view(), I, 6));
+  }
 }

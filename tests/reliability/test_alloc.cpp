@@ -351,6 +351,18 @@ TEST_CASE("imports stream: no allocation holds a tensor, and a failed allocation
       std::printf("import of a 48 MiB tensor from %s: largest allocation %zu bytes\n", tf ? "TensorFlow" : "safetensors", largest);
       CHECK(largest <= (8u << 20) + 4096);
     }
+    // Restored from TensorFlow onto two shards (each needs half of the stored tensor, whose
+    // one CRC covers it whole): checked in staging pieces, never buffered whole.
+    auto tf = read_tf_checkpoint(*be, big_dir / "tf").value();
+    auto m2 = mesh::create({{"x", 2}}).value();
+    auto target = dtensor::create(dtype::float32, {4096, 3072}, layout::create({"unsharded", "x"}, m2).value()).value();
+    std::vector<named_tensor> targets = {{"big", target.view()}};
+    result<read_report> r = read_report{};
+    allocations_of([&] { r = read_tensors(*be, tf.prefix, tf.manifest, targets); });
+    REQUIRE(r);
+    CHECK(matches(target.view(), "big", 5));
+    std::printf("resharded restore of a 48 MiB TensorFlow tensor: largest allocation %zu bytes\n", largest);
+    CHECK(largest <= (8u << 20) + 4096);
   }
   temp_dir dir;
   auto a = whole_tensor(dtype::float32, {300, 100}, "a");

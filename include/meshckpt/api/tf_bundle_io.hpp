@@ -46,6 +46,12 @@ result<tf_checkpoint> read_tf_checkpoint(io::backend& b, std::string_view path);
 /// `export_tf_bundle` writes back.
 inline constexpr std::string_view tf_header_extension = "tf_bundle_header";
 
+/// The manifest extension holding TensorFlow's object graph as it was saved (a
+/// TrackableObjectGraph proto, optimizer slot variables included) in a checkpoint imported
+/// from TensorFlow; `export_tf_bundle` writes it back verbatim while every value it names is
+/// in the checkpoint.
+inline constexpr std::string_view tf_object_graph_extension = "tf_object_graph";
+
 /// How `export_tf_bundle` lays out a bundle.
 struct tf_export_options {
   /// Data files (`OUT.data-0000k-of-0000N`), 1 to 99999: stored tensors are spread over them,
@@ -69,8 +75,9 @@ struct tf_export_report {
 /// sharded) is a partitioned variable whose slices are those boxes, which TensorFlow restores
 /// into any partitioning. The checkpoint's object graph becomes `_CHECKPOINTABLE_OBJECT_GRAPH`
 /// (each value a `VARIABLE_VALUE` attribute under its key), so TensorFlow restores it by
-/// structure; the header's version comes from `tf_header_extension` when the checkpoint was
-/// imported from TensorFlow. Streaming: each stored slice is copied in 8 MiB pieces, its
+/// structure; the header's version comes from `tf_header_extension` and the graph from
+/// `tf_object_graph_extension` (optimizer slots as TensorFlow lists them) when the checkpoint
+/// was imported from TensorFlow. Streaming: each stored slice is copied in 8 MiB pieces, its
 /// checksums verified and its CRC-32C computed on the way, whatever the tensor's size. Files
 /// are published durably (temp name, fsync, rename); an older `out.index` is removed first, so
 /// a crash leaves no bundle at `out` or the whole new one. Errors: those of reading the

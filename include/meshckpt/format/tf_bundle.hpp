@@ -104,6 +104,7 @@ struct trackable_graph {
     friend bool operator==(const node&, const node&) = default;
   };
   std::vector<node> nodes;
+  friend bool operator==(const trackable_graph&, const trackable_graph&) = default;
 };
 
 /// Decodes the serialized TrackableObjectGraph stored under `object_graph_key`. Errors:
