@@ -55,6 +55,14 @@ task<format::manifest> load_manifest_at(io::backend& b, std::string prefix);
 task<read_report> read_into(io::backend& b, std::string prefix, std::span<const named_tensor> targets, read_options opt,
                             std::shared_ptr<const format::manifest> m);
 
+// read_tensor_box as a coroutine: box `where` of tensor `key` of checkpoint `prefix` (manifest
+// `m`) into `out`, row-major.
+task<read_report> read_box(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string key, box where,
+                           std::span<std::byte> out, read_options opt);
+
+// verify_tensor as a coroutine.
+task<void> verify_one_tensor(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string key);
+
 // Reads bytes [offset, offset + out.size()) of streamed tensor `tensor` into `out`. A save
 // asks for each streamed tensor's bytes once, in order, a staging block at most at a time.
 using stream_reader = std::function<task<void>(std::size_t tensor, std::uint64_t offset, std::span<std::byte> out)>;

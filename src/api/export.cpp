@@ -62,14 +62,21 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
   if (!sp) co_return sp.error();
   detail::file_cache src(b, *sp, *m);
   runtime::on_unwind last_resort([&] { io::close_detached(b, sp->dir); });
-  std::vector<std::byte> buf;
+  std::vector<std::byte> buf, block;
   auto fill = [&](io::handle h) -> task<void> {
     auto ex = co_await asio::this_coro::executor;
     BOOST_OUTCOME_CO_TRY(co_await io::async_write(b, ex, h, 0, header, use_awaitable));
     std::uint64_t offset = header.size();
-    auto one = mesh::create({{"x", 1}}).value();
     for (const auto* t : which) {
-      if (t->slices.size() == 1 && t->slices[0].where == box::whole(t->global)) {
+      // A TensorFlow tensor's one CRC covers it whole: checked once, then read in blocks.
+      const bool whole_crc = m->checksum == format::checksum_kind::crc32c_whole;
+      read_options block_opt;
+      if (whole_crc) {
+        auto checking = detail::verify_one_tensor(b, prefix, m, t->key);
+        BOOST_OUTCOME_CO_TRY(co_await std::move(checking));
+        block_opt.verify_checksums = false;
+      }
+      if (!whole_crc && t->slices.size() == 1 && t->slices[0].where == box::whole(t->global)) {
         // Stored whole: its bytes are the row-major tensor, copied in pieces, checked on the way.
         if (buf.empty()) buf = detail::copy_buffer(*m);
         auto copied = detail::copy_slice(b, *m, src, *t, t->slices[0], h, offset, buf);
@@ -77,15 +84,27 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
         offset += t->slices[0].length;
         continue;
       }
-      // Stored as several slices: gathered whole in memory, one tensor at a time, on one device.
-      BOOST_OUTCOME_CO_TRY(auto l, layout::create(std::vector<std::string>(t->global.size(), "unsharded"), one));
-      BOOST_OUTCOME_CO_TRY(auto whole, dtensor::create(t->type, t->global, l));
-      std::vector<named_tensor> target = {{t->key, whole.view()}};
-      auto rd = detail::read_into(b, prefix, target, {}, m);
-      BOOST_OUTCOME_CO_TRY(co_await std::move(rd));
-      const auto& bytes = whole.view().shards().front().data;
-      BOOST_OUTCOME_CO_TRY(co_await io::async_write(b, ex, h, offset, bytes, use_awaitable));
-      offset += bytes.size();
+      // Stored as several slices (or by TensorFlow): assembled in blocks of whole rows of about
+      // 8 MiB, each read from the slices that hold it, so memory stays bounded whatever the
+      // tensor's size.
+      const auto es = static_cast<std::uint64_t>(dtype_size(t->type));
+      const std::int64_t rows = t->global.empty() ? 1 : t->global[0];
+      const std::int64_t row_elems = t->global.empty() ? 1 : num_elements(shape(t->global.begin() + 1, t->global.end())).value_or(0);
+      if (row_elems == 0 || rows == 0) continue;
+      const auto row_bytes = static_cast<std::uint64_t>(row_elems) * es;
+      const std::int64_t per_block = static_cast<std::int64_t>(std::max<std::uint64_t>(1, (8u << 20) / row_bytes));
+      for (std::int64_t r0 = 0; r0 < rows; r0 += per_block) {
+        box where = box::whole(t->global);
+        if (!t->global.empty()) {
+          where.origin[0] = r0;
+          where.extent[0] = std::min(per_block, rows - r0);
+        }
+        block.resize(static_cast<std::size_t>(where.volume().value_or(0)) * es);
+        auto rd = detail::read_box(b, prefix, m, t->key, where, block, block_opt);
+        BOOST_OUTCOME_CO_TRY(co_await std::move(rd));
+        BOOST_OUTCOME_CO_TRY(co_await io::async_write(b, ex, h, offset, block, use_awaitable));
+        offset += block.size();
+      }
     }
     co_return success();
   };

@@ -530,6 +530,15 @@ void start_read_tensors(asio::any_io_executor ex, io::backend& b, std::string pr
                      [owned, done = std::move(done)](result<read_report> r) { done(std::move(r)); });
 }
 
+task<read_report> read_box(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string key, box where,
+                           std::span<std::byte> out, read_options opt) {
+  return read_box_coro(b, std::move(prefix), std::move(m), std::move(key), std::move(where), out, std::move(opt));
+}
+
+task<void> verify_one_tensor(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string key) {
+  return verify_tensor_coro(b, std::move(prefix), std::move(m), std::move(key));
+}
+
 void start_read_tensor_box(asio::any_io_executor ex, io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m,
                            std::string key, box where, std::span<std::byte> out, read_options opt, io::completion<read_report> done) {
   spawn<read_report>(ex, read_box_coro(b, std::move(prefix), std::move(m), std::move(key), std::move(where), out, std::move(opt)),

@@ -301,6 +301,20 @@ TEST_CASE("read_tensor_box reads one box of a tensor, only the chunks that hold 
     CHECK(verify_tensor(*be, prefix, m, "nope").error().code == errc::not_found);
   }
 
+  // Exported to safetensors from the sharded checkpoint and from TensorFlow: assembled in blocks
+  // of rows, every value in place.
+  for (int source = 0; source < 2; ++source) {
+    INFO((source ? "from TensorFlow" : "from meshckpt"));
+    const std::string out = dir / (source ? "from-tf.safetensors" : "from-ck.safetensors");
+    REQUIRE(export_safetensors(*be, source ? tf.prefix : dir / "ck", source ? tf.manifest : mc, {"w", "v"}, {{"format", "pt"}}, out));
+    auto bw = whole(dtype::float32, {300, 200}, "x", 0);
+    auto bv = whole(dtype::int16, {1000}, "x", 0);
+    std::vector<named_tensor> back = {{"w", bw.view()}, {"v", bv.view()}};
+    REQUIRE(read_safetensors(*be, out, back));
+    CHECK(matches(bw.view(), "w", 4));
+    CHECK(matches(bv.view(), "v", 4));
+  }
+
   // A damaged byte: a box that reads its chunk fails, one that does not succeeds; the TensorFlow
   // tensor's CRC covers it whole, so every box of it fails, and so does verify_tensor.
   const auto& ws = *mc.find("w");

@@ -363,6 +363,25 @@ TEST_CASE("imports stream: no allocation holds a tensor, and a failed allocation
     CHECK(matches(target.view(), "big", 5));
     std::printf("resharded restore of a 48 MiB TensorFlow tensor: largest allocation %zu bytes\n", largest);
     CHECK(largest <= (8u << 20) + 4096);
+    // Exported to safetensors from a sharded checkpoint and from TensorFlow: blocks of rows.
+    REQUIRE(write_tensors(*be, big_dir / "sharded", targets));
+    auto sharded = read_manifest(*be, big_dir / "sharded").value();
+    for (const bool from_tf : {false, true}) {
+      INFO((from_tf ? "from TensorFlow" : "from a sharded checkpoint"));
+      result<void> e = success();
+      allocations_of([&] {
+        e = from_tf ? export_safetensors(*be, tf.prefix, tf.manifest, {"big"}, {}, big_dir / "tf.safetensors")
+                    : export_safetensors(*be, big_dir / "sharded", sharded, {"big"}, {}, big_dir / "sharded.safetensors");
+      });
+      REQUIRE(e);
+      std::printf("export to safetensors of a 48 MiB tensor %s: largest allocation %zu bytes\n", from_tf ? "from TensorFlow" : "stored sharded",
+                  largest);
+      CHECK(largest <= (8u << 20) + 4096);
+      auto back = whole_tensor(dtype::float32, {4096, 3072}, "x");
+      std::vector<named_tensor> into = {{"big", back.view()}};
+      REQUIRE(read_safetensors(*be, big_dir / (from_tf ? "tf.safetensors" : "sharded.safetensors"), into));
+      CHECK(matches(back.view(), "big", 5));
+    }
   }
   temp_dir dir;
   auto a = whole_tensor(dtype::float32, {300, 100}, "a");

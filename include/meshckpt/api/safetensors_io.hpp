@@ -71,8 +71,10 @@ auto async_import_safetensors(boost::asio::any_io_executor ex, io::backend& b, s
 
 /// Writes the tensors `keys` of checkpoint `prefix` (whose manifest is `m`) into the safetensors
 /// file `out`, in that order, with `metadata` as its `__metadata__`. A tensor stored as one
-/// slice is copied in 8 MiB pieces (its checksums verified on the way), whatever its size; one
-/// stored as several slices is restored whole onto one device (verified), one at a time. The
+/// slice is copied in 8 MiB pieces (its checksums verified on the way); one stored as several
+/// slices is assembled in blocks of rows of about 8 MiB (`read_tensor_box`, verified); `m` may
+/// be a TensorFlow checkpoint's (`read_tf_checkpoint`), each tensor then checked against its
+/// CRC-32C first. Memory stays bounded whatever the tensors' size. The
 /// file is written through `b`; the file is published durably like a manifest: a temp
 /// name in `out`'s directory, fsync, rename, directory fsync. On failure nothing is left at
 /// `out` (an older file there stays) and the temp file is removed. Errors: not_found (a key),
