@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common.hpp"
+#include "match_targets.hpp"
 #include "meshckpt/format/manifest.hpp"
 
 namespace meshckpt::detail {
@@ -51,5 +52,15 @@ task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_c
 
 // A staging buffer for copy_slice: about 8 MiB, whole chunks.
 std::vector<std::byte> copy_buffer(const format::manifest& m);
+
+// Checks every byte of the slices `from` against their checksums (chunks, or a TensorFlow
+// piece's whole CRC-32C), reading each in staging pieces: bounded memory. (read.cpp)
+task<void> check_slices(io::backend& b, const format::manifest& m,
+                        std::span<const std::pair<const format::saved_tensor*, const format::saved_slice*>> from, file_cache& files);
+
+// Plans the reads of `w` (ranges rounded to `granule`; plan/read_plan) and runs them, `direct`
+// as `files` was opened. Returns the bytes read. (read.cpp)
+task<std::uint64_t> run_wanted(io::backend& b, const format::manifest& m, const wanted& w, std::uint64_t granule, bool direct,
+                               const read_options& opt, file_cache& files);
 
 }  // namespace meshckpt::detail

@@ -319,7 +319,7 @@ TEST_CASE("read_tensor_box reads one box of a tensor, only the chunks that hold 
   // tensor's CRC covers it whole, so every box of it fails, and so does verify_tensor.
   const auto& ws = *mc.find("w");
   const auto& first = ws.slices.front();  // the slice that holds [0, 150) x [0, 100)
-  REQUIRE(first.where == box({0, 0}, {150, 100}));
+  REQUIRE(first.where == box{{0, 0}, {150, 100}});
   auto flip = [](const std::string& path, std::uint64_t at) {
     std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
     f.seekg(static_cast<std::streamoff>(at));
@@ -341,7 +341,7 @@ TEST_CASE("read_tensor_box reads one box of a tensor, only the chunks that hold 
 
   // The stored piece (a partition of the exported variable) that holds element (299, 199).
   const auto& tw = *tf.manifest.find("w");
-  auto holder = std::find_if(tw.slices.begin(), tw.slices.end(), [](const auto& sl) { return sl.where == box({150, 100}, {150, 100}); });
+  auto holder = std::find_if(tw.slices.begin(), tw.slices.end(), [](const auto& sl) { return sl.where == box{{150, 100}, {150, 100}}; });
   REQUIRE(holder != tw.slices.end());
   flip(dir / tf.manifest.files[holder->file].name, holder->offset + 5);  // its element (150, 101), not in the box read
   auto bad_tf = read_tensor_box(*be, tf.prefix, tf.manifest, "w", box{{299, 199}, {1, 1}}, out);
