@@ -7,6 +7,8 @@
 
 #include "codec.hpp"
 #include "meshckpt/format/crc32c.hpp"
+#include <google/protobuf/arena.h>
+
 #include "tensor_bundle.pb.h"
 #include "trackable_object_graph.pb.h"
 #include "tf_table.hpp"
@@ -61,7 +63,10 @@ result<tf_slice> slice_of(std::string_view key, const tfproto::TensorSliceProto&
 }
 
 result<bundle_entry> entry_of(const table_entry& t, int num_shards) {
-  tfproto::BundleEntryProto p;
+  // Parsed on an arena: protobuf is not exception-safe, and an allocation failure in the middle
+  // of a parse would leak what it had built; the arena frees it whatever happened.
+  google::protobuf::Arena arena;
+  auto& p = *google::protobuf::Arena::CreateMessage<tfproto::BundleEntryProto>(&arena);
   if (!p.ParseFromString(t.value)) return corrupt(t.key, "not a BundleEntryProto");
   bundle_entry e;
   e.key = t.key;
@@ -156,7 +161,8 @@ result<bundle_index> decode_bundle_index(std::span<const std::byte> index_file) 
       return make_error(errc::unsupported, "a LevelDB-format table without a tensor-bundle header (the empty key): a TensorFlow 1 \"V1\" "
                                            "checkpoint (tf.compat.v1.train.Saver with write_version=V1), which meshckpt does not read; "
                                            "convert it to V2 with TensorFlow, or it is not a checkpoint");
-    tfproto::BundleHeaderProto h;
+    google::protobuf::Arena arena;  // as in entry_of
+    auto& h = *google::protobuf::Arena::CreateMessage<tfproto::BundleHeaderProto>(&arena);
     if (!h.ParseFromString(table.front().value)) return make_error(errc::corrupt_manifest, "TF bundle index: the header is not a BundleHeaderProto");
     if (h.endianness() == tfproto::BundleHeaderProto::BIG)
       return make_error(errc::unsupported, "TF bundle index: the bundle was written on a big-endian machine; meshckpt reads little-endian bundles");
@@ -300,7 +306,8 @@ std::string slice_key(std::string_view key, const tf_slice& s) {
 
 result<trackable_graph> decode_trackable_graph(std::span<const std::byte> bytes, std::size_t max_nodes) {
   auto bad = [](const std::string& what) { return make_error(errc::corrupt_manifest, "TensorFlow object graph: " + what); };
-  meshckpt::tfproto::TrackableObjectGraph p;
+  google::protobuf::Arena arena;  // as in entry_of
+  auto& p = *google::protobuf::Arena::CreateMessage<meshckpt::tfproto::TrackableObjectGraph>(&arena);
   if (bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max()) ||
       !p.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
     return bad("not a TrackableObjectGraph");

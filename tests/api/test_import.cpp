@@ -27,35 +27,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
-dtensor whole(dtype t, shape s, const std::string& key, std::uint64_t seed) {
-  auto one = mesh::create({{"x", 1}}).value();
-  auto d = dtensor::create(t, s, layout::create(std::vector<std::string>(s.size(), "unsharded"), one).value()).value();
-  fill(d.view(), key, seed);
-  return d;
-}
-
-void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, const dtensor*>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
-  std::vector<format::safetensor_entry> entries;
-  for (const auto& [k, d] : tensors) entries.push_back({k, d->view().type(), d->view().global_shape(), 0, 0});
-  auto header = format::encode_safetensors_header(entries, metadata).value();
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(header.data()), static_cast<std::streamsize>(header.size()));
-  for (const auto& [k, d] : tensors) {
-    const auto& b = d->view().shards().front().data;
-    f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-  }
-}
-
-// The tensors of the tests: one spans three 8 MiB staging blocks at an unaligned size.
+// The tensors of the tests: one spans two 8 MiB staging blocks at an unaligned size.
 struct source_state {
   std::deque<dtensor> keep;
   std::vector<std::pair<std::string, const dtensor*>> list;
   source_state() {
-    keep.push_back(whole(dtype::float32, {2600, 2101}, "big", 3));
-    keep.push_back(whole(dtype::bfloat16, {5, 3, 4}, "small", 3));
-    keep.push_back(whole(dtype::int64, {}, "scalar", 3));
-    keep.push_back(whole(dtype::float32, {0, 4}, "empty", 3));
+    keep.push_back(whole_tensor(dtype::float64, {1050, 1001}, "big", 3));
+    keep.push_back(whole_tensor(dtype::bfloat16, {5, 3, 4}, "small", 3));
+    keep.push_back(whole_tensor(dtype::int64, {}, "scalar", 3));
+    keep.push_back(whole_tensor(dtype::float32, {0, 4}, "empty", 3));
     list = {{"big", &keep[0]}, {"small", &keep[1]}, {"scalar", &keep[2]}, {"empty", &keep[3]}};
   }
 };
@@ -63,7 +43,7 @@ struct source_state {
 // Restores checkpoint `prefix` onto a 2x2 mesh (resharded) and checks every value.
 void check_values(io::backend& be, const std::string& prefix) {
   auto m = mesh::create({{"x", 2}, {"y", 2}}).value();
-  auto big = dtensor::create(dtype::float32, {2600, 2101}, layout::create({"x", "y"}, m).value()).value();
+  auto big = dtensor::create(dtype::float64, {1050, 1001}, layout::create({"x", "y"}, m).value()).value();
   auto small = dtensor::create(dtype::bfloat16, {5, 3, 4}, layout::create({"y", "unsharded", "x"}, m).value()).value();
   auto scalar = dtensor::create(dtype::int64, {}, layout::create(std::vector<std::string>{}, m).value()).value();
   auto empty = dtensor::create(dtype::float32, {0, 4}, layout::create({"x", "unsharded"}, m).value()).value();
@@ -94,9 +74,9 @@ TEST_CASE("import_safetensors streams every tensor into a checkpoint and keeps _
   temp_dir dir;
   source_state src;
   const std::map<std::string, std::string> meta = {{"format", "pt"}, {"origin", "test_import"}};
-  write_safetensors(dir / "one.safetensors", src.list, meta);
-  write_safetensors(dir / "model-00001-of-00002.safetensors", {src.list[0]}, meta);
-  write_safetensors(dir / "model-00002-of-00002.safetensors", {src.list[1], src.list[2], src.list[3]}, meta);
+  write_safetensors_file(dir / "one.safetensors", src.list, meta);
+  write_safetensors_file(dir / "model-00001-of-00002.safetensors", {src.list[0]}, meta);
+  write_safetensors_file(dir / "model-00002-of-00002.safetensors", {src.list[1], src.list[2], src.list[3]}, meta);
   format::safetensors_index idx;
   for (const auto& [k, d] : src.list) idx.weight_map[k] = k == "big" ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
   std::ofstream(dir / "model.safetensors.index.json") << format::encode_safetensors_index(idx);
@@ -107,7 +87,7 @@ TEST_CASE("import_safetensors streams every tensor into a checkpoint and keeps _
     auto w = import_safetensors(*be, dir / from, to);
     REQUIRE(w);
     CHECK(w->tensors == 4);
-    CHECK(w->bytes == 2600u * 2101 * 4 + 5 * 3 * 4 * 2 + 8);
+    CHECK(w->bytes == 1050u * 1001 * 8 + 5 * 3 * 4 * 2 + 8);
     check_values(*be, to);
     auto m = read_manifest(*be, to).value();
     auto ext = std::find_if(m.extensions.begin(), m.extensions.end(),
@@ -192,16 +172,16 @@ TEST_CASE("import_tf_checkpoint streams whole and row-partitioned tensors and ch
 TEST_CASE("an import failing at any read or write of its source or checkpoint leaves nothing", "[import][faults]") {
   auto inner = std::shared_ptr<io::backend>(test_backend());
   temp_dir dir;
-  auto small = whole(dtype::float32, {1500, 1500}, "big", 3);  // 9 MB: two staging blocks
-  auto tiny = whole(dtype::int16, {7}, "tiny", 3);
-  write_safetensors(dir / "in.safetensors", {{"big", &small}, {"tiny", &tiny}}, {{"format", "pt"}});
+  auto small = whole_tensor(dtype::float64, {1050, 1000}, "big", 3);  // 8.4 MB: two staging blocks
+  auto tiny = whole_tensor(dtype::int16, {7}, "tiny", 3);
+  write_safetensors_file(dir / "in.safetensors", {{"big", &small}, {"tiny", &tiny}}, {{"format", "pt"}});
   std::vector<named_tensor> tensors = {{"big", small.view()}, {"tiny", tiny.view()}};
   REQUIRE(write_tensors(*inner, dir / "src", tensors));
   REQUIRE(export_tf_bundle(*inner, dir / "src", dir / "tf"));
 
   // The checkpoint imported: every value, read back and verified.
   auto holds = [&](const std::string& prefix) {
-    auto b = dtensor::create(dtype::float32, {1500, 1500}, layout::create({"unsharded", "unsharded"}, mesh::create({{"x", 1}}).value()).value()).value();
+    auto b = dtensor::create(dtype::float64, {1050, 1000}, layout::create({"unsharded", "unsharded"}, mesh::create({{"x", 1}}).value()).value()).value();
     auto t = dtensor::create(dtype::int16, {7}, layout::create({"unsharded"}, mesh::create({{"x", 1}}).value()).value()).value();
     std::vector<named_tensor> back = {{"big", b.view()}, {"tiny", t.view()}};
     auto v = verify(*inner, prefix);
@@ -307,8 +287,8 @@ TEST_CASE("read_tensor_box reads one box of a tensor, only the chunks that hold 
     INFO((source ? "from TensorFlow" : "from meshckpt"));
     const std::string out = dir / (source ? "from-tf.safetensors" : "from-ck.safetensors");
     REQUIRE(export_safetensors(*be, source ? tf.prefix : dir / "ck", source ? tf.manifest : mc, {"w", "v"}, {{"format", "pt"}}, out));
-    auto bw = whole(dtype::float32, {300, 200}, "x", 0);
-    auto bv = whole(dtype::int16, {1000}, "x", 0);
+    auto bw = whole_tensor(dtype::float32, {300, 200}, "x", 0);
+    auto bv = whole_tensor(dtype::int16, {1000}, "x", 0);
     std::vector<named_tensor> back = {{"w", bw.view()}, {"v", bv.view()}};
     REQUIRE(read_safetensors(*be, out, back));
     CHECK(matches(bw.view(), "w", 4));
@@ -365,7 +345,7 @@ TEST_CASE("TensorFlow optimizer slots restore by structure, and survive import a
   for (const auto& [key, t, s] : {std::tuple{K, dtype::float32, shape{4, 2}}, std::tuple{M, dtype::float32, shape{4, 2}},
                                   std::tuple{V, dtype::float32, shape{4, 2}}, std::tuple{I, dtype::int64, shape{}},
                                   std::tuple{C, dtype::int64, shape{}}}) {
-    keep.push_back(whole(t, s, key, 6));
+    keep.push_back(whole_tensor(t, s, key, 6));
     tensors.push_back({key, keep.back().view()});
   }
   format::tf::trackable_graph tg;

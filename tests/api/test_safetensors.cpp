@@ -15,27 +15,6 @@ using namespace meshckpt::testing;
 
 namespace {
 
-// A tensor whole on one device, filled by the generator.
-dtensor whole(dtype t, shape s, const std::string& key, std::uint64_t seed) {
-  auto one = mesh::create({{"x", 1}}).value();
-  auto d = dtensor::create(t, s, layout::create(std::vector<std::string>(s.size(), "unsharded"), one).value()).value();
-  fill(d.view(), key, seed);
-  return d;
-}
-
-// Writes a safetensors file of `tensors` (whole, one device each) at `path`.
-void write_file(const std::string& path, const std::vector<std::pair<std::string, const dtensor*>>& tensors) {
-  std::vector<format::safetensor_entry> entries;
-  for (const auto& [k, d] : tensors) entries.push_back({k, d->view().type(), d->view().global_shape(), 0, 0});
-  auto header = format::encode_safetensors_header(entries, {{"format", "pt"}}).value();
-  std::ofstream f(path, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(header.data()), static_cast<std::streamsize>(header.size()));
-  for (const auto& [k, d] : tensors) {
-    const auto& b = d->view().shards().front().data;
-    f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-  }
-}
-
 void write_text(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
 
 }  // namespace
@@ -43,12 +22,12 @@ void write_text(const std::string& path, const std::string& text) { std::ofstrea
 TEST_CASE("read_safetensors fills any layout by name, from a file and from a sharded model", "[safetensors]") {
   auto be = test_backend();
   temp_dir dir;
-  auto w = whole(dtype::float32, {8, 6}, "w", 1);
-  auto e = whole(dtype::bfloat16, {5, 3, 4}, "e", 1);
-  auto s = whole(dtype::int64, {}, "s", 1);
-  write_file(dir / "one.safetensors", {{"w", &w}, {"e", &e}, {"s", &s}});
-  write_file(dir / "model-00001-of-00002.safetensors", {{"w", &w}});
-  write_file(dir / "model-00002-of-00002.safetensors", {{"e", &e}, {"s", &s}});
+  auto w = whole_tensor(dtype::float32, {8, 6}, "w", 1);
+  auto e = whole_tensor(dtype::bfloat16, {5, 3, 4}, "e", 1);
+  auto s = whole_tensor(dtype::int64, {}, "s", 1);
+  write_safetensors_file(dir / "one.safetensors", {{"w", &w}, {"e", &e}, {"s", &s}});
+  write_safetensors_file(dir / "model-00001-of-00002.safetensors", {{"w", &w}});
+  write_safetensors_file(dir / "model-00002-of-00002.safetensors", {{"e", &e}, {"s", &s}});
   format::safetensors_index idx;
   idx.weight_map = {{"w", "model-00001-of-00002.safetensors"}, {"e", "model-00002-of-00002.safetensors"},
                     {"s", "model-00002-of-00002.safetensors"}};

@@ -12,12 +12,15 @@
 #include <new>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/checksum.hpp"
+#include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/io/forwarding.hpp"
 #include "meshckpt/tensor/dtensor.hpp"
 
@@ -65,6 +68,29 @@ inline void fill(const dtensor_view& v, const std::string& key, std::uint64_t se
       std::uint64_t bits = element_bits(seed, key, flat);
       std::memcpy(sh.data.data() + static_cast<std::size_t>(local) * es, &bits, es);
     });
+  }
+}
+
+// A tensor whole on a one-device mesh, filled as `fill` does (a safetensors file's or an
+// import's tensors).
+inline dtensor whole_tensor(dtype t, const shape& s, const std::string& key, std::uint64_t seed) {
+  auto one = mesh::create({{"x", 1}}).value();
+  auto d = dtensor::create(t, s, layout::create(std::vector<std::string>(s.size(), "unsharded"), one).value()).value();
+  fill(d.view(), key, seed);
+  return d;
+}
+
+// Writes a safetensors file of `tensors` (whole, one device each) at `path`.
+inline void write_safetensors_file(const std::string& path, const std::vector<std::pair<std::string, const dtensor*>>& tensors,
+                                   const std::map<std::string, std::string>& metadata = {{"format", "pt"}}) {
+  std::vector<format::safetensor_entry> entries;
+  for (const auto& [k, d] : tensors) entries.push_back({k, d->view().type(), d->view().global_shape(), 0, 0});
+  auto header = format::encode_safetensors_header(entries, metadata).value();
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(header.data()), static_cast<std::streamsize>(header.size()));
+  for (const auto& [k, d] : tensors) {
+    const auto& b = d->view().shards().front().data;
+    f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
   }
 }
 

@@ -322,13 +322,6 @@ void write_sources(io::backend& be, const temp_dir& dir, const std::vector<named
   REQUIRE(export_tf_bundle(be, dir / "src", dir / "tf"));
 }
 
-dtensor whole_tensor(dtype t, shape s, const std::string& key) {
-  auto one = mesh::create({{"x", 1}}).value();
-  auto d = dtensor::create(t, s, layout::create(std::vector<std::string>(s.size(), "unsharded"), one).value()).value();
-  fill(d.view(), key, 5);
-  return d;
-}
-
 }  // namespace
 
 TEST_CASE("imports stream: no allocation holds a tensor, and a failed allocation leaves no checkpoint", "[alloc][import]") {
@@ -341,7 +334,7 @@ TEST_CASE("imports stream: no allocation holds a tensor, and a failed allocation
     // 48 MiB in one tensor: no allocation of the import is larger than a staging buffer (8 MiB;
     // the old import allocated the whole tensor).
     temp_dir big_dir;
-    auto big = whole_tensor(dtype::float32, {4096, 3072}, "big");
+    auto big = whole_tensor(dtype::float32, {4096, 3072}, "big", 5);
     write_sources(*be, big_dir, {{"big", big.view()}});
     for (const bool tf : {false, true}) {
       INFO((tf ? "TensorFlow" : "safetensors"));
@@ -377,15 +370,15 @@ TEST_CASE("imports stream: no allocation holds a tensor, and a failed allocation
       std::printf("export to safetensors of a 48 MiB tensor %s: largest allocation %zu bytes\n", from_tf ? "from TensorFlow" : "stored sharded",
                   largest);
       CHECK(largest <= (8u << 20) + 4096);
-      auto back = whole_tensor(dtype::float32, {4096, 3072}, "x");
+      auto back = whole_tensor(dtype::float32, {4096, 3072}, "x", 5);
       std::vector<named_tensor> into = {{"big", back.view()}};
       REQUIRE(read_safetensors(*be, big_dir / (from_tf ? "tf.safetensors" : "sharded.safetensors"), into));
       CHECK(matches(back.view(), "big", 5));
     }
   }
   temp_dir dir;
-  auto a = whole_tensor(dtype::float32, {300, 100}, "a");
-  auto b = whole_tensor(dtype::int64, {3}, "b");
+  auto a = whole_tensor(dtype::float32, {300, 100}, "a", 5);
+  auto b = whole_tensor(dtype::int64, {3}, "b", 5);
   write_sources(*be, dir, {{"a", a.view()}, {"b", b.view()}});
   for (const bool tf : {false, true}) {
     INFO((tf ? "TensorFlow" : "safetensors"));
@@ -404,8 +397,8 @@ TEST_CASE("imports stream: no allocation holds a tensor, and a failed allocation
         [&]() -> std::string {
           const bool committed = std::filesystem::exists(to + ".manifest");
           if (committed) {
-            auto ta = whole_tensor(dtype::float32, {300, 100}, "x");
-            auto tb = whole_tensor(dtype::int64, {3}, "x");
+            auto ta = whole_tensor(dtype::float32, {300, 100}, "x", 5);
+            auto tb = whole_tensor(dtype::int64, {3}, "x", 5);
             std::vector<named_tensor> back = {{"a", ta.view()}, {"b", tb.view()}};
             if (!read_tensors(*be, to, back) || !matches(ta.view(), "a", 5) || !matches(tb.view(), "b", 5)) return "the import does not restore";
             return {};
