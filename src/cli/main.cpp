@@ -105,15 +105,16 @@ const command_spec commands[] = {
     {"cat", "cat PATH KEY [--slice S] [--json] [--format meshckpt|tf]",
      "The values of tensor KEY of checkpoint PATH, numpy-style (summarized with ... beyond 1000\n"
      "elements). --slice selects like numpy, per dimension start:stop, an index, or : (e.g.\n"
-     "0:4,2 or -1); --json prints every selected value as nested arrays. Reads the whole tensor\n"
-     "(up to 4 GiB) onto one device, checksums verified. PATH may be a TensorFlow checkpoint or\n"
-     "SavedModel directory (KEY is TensorFlow's name).",
+     "0:4,2 or -1); --json prints every selected value as nested arrays. Reads only the box that\n"
+     "bounds the selection (up to 4 GiB), checksums verified. PATH may be a TensorFlow checkpoint\n"
+     "or SavedModel directory (KEY is TensorFlow's name).",
      2, true, false, true, false, cmd_cat},
     {"diff", "diff A B [--json] [--format meshckpt|tf]",
      "Which tensors differ between checkpoints A and B: added, removed, dtype or shape changed,\n"
      "values changed (count and largest absolute difference). Checksums are compared first;\n"
-     "data is read only when they differ. A and B may be TensorFlow checkpoints (compared by\n"
-     "key with meshckpt ones). Exit status 0 identical, 1 different, 2 trouble.",
+     "data is read only when they differ, in blocks of rows (bounded memory). A and B may be\n"
+     "TensorFlow checkpoints (compared by key with meshckpt ones). Exit status 0 identical,\n"
+     "1 different, 2 trouble.",
      2, true, false, false, false, cmd_diff},
     {"export", "export PATH --to safetensors|tf OUT [--shards N|processes]",
      "Every tensor of checkpoint PATH, whole, into the safetensors file OUT (written to a temp\n"
@@ -130,7 +131,8 @@ const command_spec commands[] = {
      "SRC as the checkpoint PREFIX, each tensor whole on one device: a safetensors file, the\n"
      "sharded model of a model.safetensors.index.json (checked by the format's safety rules), a\n"
      "TensorFlow checkpoint (a bundle prefix or its .index) or a SavedModel directory (TensorFlow\n"
-     "keys verbatim, the TF2 object graph kept, every tensor checked against its CRC-32C).",
+     "keys verbatim, the TF2 object graph kept, every tensor checked against its CRC-32C).\n"
+     "Streamed: memory stays at the save's staging buffers whatever the tensor size.",
      1, false, true, false, false, cmd_import},
 };
 
