@@ -189,14 +189,14 @@ graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const fo
   std::vector<std::optional<std::string>> path(g.nodes.size());
   if (!g.nodes.empty()) {
     path[0] = "";
-    std::deque<std::uint32_t> todo{0};
-    while (!todo.empty()) {
-      const auto n = todo.front();
-      todo.pop_front();
+    std::deque<std::uint32_t> frontier{0};
+    while (!frontier.empty()) {
+      const auto n = frontier.front();
+      frontier.pop_front();
       for (const auto& [name, child] : g.nodes[n].children)
         if (child < path.size() && !path[child]) {
           path[child] = path[n]->empty() ? name : *path[n] + "/" + name;
-          todo.push_back(child);
+          frontier.push_back(child);
         }
     }
   }
