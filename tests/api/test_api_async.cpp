@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <thread>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -149,7 +151,9 @@ TEST_CASE("a lazy save returns before its IO; tensors are free once the snapshot
   for (std::uint64_t budget : {std::uint64_t{0}, std::uint64_t{1}}) {  // snapshot; and over budget: the write reads the tensors
     INFO("snapshot budget " << budget);
     testing::temp_dir tmp;
-    auto gate = std::make_shared<testing::gated_backend>(testing::test_backend());
+    // Opens wait too: a small model fits the staging pool, so the write could otherwise read
+    // it all (and release the tensors) before any write, racing the check below.
+    auto gate = std::make_shared<testing::gated_backend>(testing::test_backend(), /*hold_opens=*/budget != 0);
     model m;
     checkpoint_options opt;
     opt.backend = gate;
@@ -162,7 +166,10 @@ TEST_CASE("a lazy save returns before its IO; tensors are free once the snapshot
     if (budget == 0) {
       REQUIRE(pending.wait_snapshot());  // the copy needs no IO
     } else {
-      CHECK_FALSE(pending.snapshot_taken());  // here the write itself reads the tensors
+      // Here the write itself reads the tensors, after opening its file. The pause gives a save
+      // that wrongly released them (or read them without the open) the time to show it.
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      CHECK_FALSE(pending.snapshot_taken());
     }
     gate->release();
     REQUIRE(pending.wait_snapshot());

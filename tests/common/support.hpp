@@ -137,10 +137,12 @@ struct temp_dir {
 using io::forwarding_backend;
 
 // Holds data writes back until `release()` (then starts them in order): lets a test observe a
-// save between its call and its first write.
+// save between its call and its first write. With `hold_opens`, file opens wait too, so a save
+// cannot even read its tensors into staging (which needs no write) before the release.
 class gated_backend final : public forwarding_backend {
  public:
-  using forwarding_backend::forwarding_backend;
+  explicit gated_backend(std::shared_ptr<io::backend> inner, bool hold_opens = false)
+      : forwarding_backend(std::move(inner)), hold_opens_(hold_opens) {}
   void release() {
     std::deque<std::function<void()>> q;
     {
@@ -161,9 +163,22 @@ class gated_backend final : public forwarding_backend {
     }
     inner_->write(f, o, b, std::move(d));
   }
+  void open(io::handle dir, std::string name, io::open_mode mode, io::completion<io::handle> d) override {
+    {
+      std::lock_guard lk(mu_);
+      if (!open_ && hold_opens_) {
+        held_.push_back([this, dir, name = std::move(name), mode, d = std::move(d)]() mutable {
+          inner_->open(dir, std::move(name), mode, std::move(d));
+        });
+        return;
+      }
+    }
+    inner_->open(dir, std::move(name), mode, std::move(d));
+  }
 
  private:
   std::mutex mu_;
+  bool hold_opens_;
   bool open_ = false;
   std::deque<std::function<void()>> held_;
 };
