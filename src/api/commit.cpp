@@ -41,7 +41,7 @@
 #include "../runtime/dir_lock.hpp"
 #include "../runtime/durable_replace.hpp"
 #include "../runtime/recycler.hpp"
-#include "../runtime/staging_pool.hpp"
+#include "../runtime/staged_writer.hpp"
 #include "common.hpp"
 #include "save_messages.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
@@ -66,13 +66,9 @@ std::uint64_t fresh_token() {
   return format::checksum(std::as_bytes(std::span(parts)));
 }
 
-// Staging: data files are produced sequentially in aligned blocks of `staging_bytes`, copied
-// from the tensors into a small pool of aligned buffers and written with O_DIRECT (where the
-// filesystem allows), several writes in flight; the last block is padded and the file then
-// truncated to its exact size. Memory stays bounded by the pool, whatever the state's size.
-constexpr std::size_t staging_bytes = runtime::staging_buffer_bytes;
-constexpr std::size_t staging_buffers = 8;
-constexpr std::size_t block = runtime::staging_alignment;
+// Data files are produced front to back through runtime::staged_writer, opened with O_DIRECT
+// (where the filesystem allows); the file is then truncated to its exact size. Memory stays
+// bounded by the staging pool, whatever the state's size.
 constexpr std::size_t copy_piece = 256u << 10;
 
 struct save_state {
@@ -98,31 +94,6 @@ struct save_state {
 
 error at(const save_state& s, error e) { return with_context(std::move(e), "save " + s.prefix); }
 
-// Writes of staging blocks in flight on one file.
-class write_window {
- public:
-  write_window(io::backend& b, asio::any_io_executor ex, io::handle h) : b_(b), h_(h), ops_(std::move(ex)) {}
-  std::function<void(std::size_t)> on_written;  // bytes of each completed write
-
-  // Starts a write; `release` runs when it completed (to return the buffer to the pool).
-  void start(std::uint64_t offset, std::span<const std::byte> bytes, std::function<void()> release) {
-    ops_.launch([&] {
-      io::async_write(b_, ops_.executor(), h_, offset, bytes, [this, n = bytes.size(), release = std::move(release)](result<void> r) {
-        if (r && on_written) on_written(n);
-        release();
-        ops_.finished(std::move(r));
-      });
-    });
-  }
-  task<void> wait_below(std::size_t n) { return ops_.wait_below(n); }
-  task<void> drain() { return ops_.drain(); }
-
- private:
-  io::backend& b_;
-  io::handle h_;
-  op_window ops_;
-};
-
 task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, std::span<const plan::slice_write> writes,
                            std::uint64_t file_size, std::uint64_t chunk_bytes, bool last_file) {
   auto ex = co_await asio::this_coro::executor;
@@ -136,41 +107,10 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   s.created.push_back(std::move(entry));
   s.open_files.push_back(*h);
 
-  std::vector<runtime::staging_buffer> pool;
-  std::vector<std::size_t> free_list;
-  const std::size_t nbuf = std::min<std::size_t>(staging_buffers, file_size / staging_bytes + 1);
-  for (std::size_t i = 0; i < nbuf; ++i) {
-    pool.push_back(runtime::staging_buffer::acquire());
-    s.b.register_buffer({pool.back().data(), runtime::staging_buffer::size()});  // pool buffers live for the process
-    free_list.push_back(i);
-  }
-  write_window window(s.b, ex, *h);
-  window.on_written = [&s](std::size_t n) {
+  runtime::staged_writer out(s.b, ex, *h, file_size, s.stop);
+  out.on_written = [&s](std::size_t n) {
     s.done_bytes = std::min(s.total_bytes, s.done_bytes + n);  // padding counts up to the total only
     if (s.progress) s.progress(s.done_bytes, s.total_bytes);
-  };
-  // The block being filled: file range [block_off, block_off + staging_bytes) in pool[cur].
-  std::uint64_t block_off = 0;
-  std::size_t cur = free_list.back();
-  free_list.pop_back();
-  std::uint64_t filled = 0;  // bytes of the current block written so far (zero-filled gaps included)
-  // Hands the current block (its first `len` bytes, zero-padded to whole O_DIRECT blocks) to the
-  // window; the buffer returns to the free list when the write completes.
-  auto submit = [&](std::size_t len) {
-    std::size_t padded = (len + block - 1) / block * block;
-    std::memset(pool[cur].data() + len, 0, padded - len);
-    std::size_t idx = cur;
-    window.start(block_off, std::span<const std::byte>(pool[idx].data(), padded), [&free_list, idx] { free_list.push_back(idx); });
-  };
-  auto emit = [&](std::size_t len) -> task<void> {
-    if (s.stop.stop_requested()) co_return make_error(errc::cancelled, "save cancelled");
-    submit(len);
-    block_off += staging_bytes;
-    filled = 0;
-    BOOST_OUTCOME_CO_TRY(co_await window.wait_below(nbuf));  // a buffer is free again
-    cur = free_list.back();
-    free_list.pop_back();
-    co_return success();
   };
   // Each piece is hashed right after its copy, from the staging buffer: the bytes hashed are
   // the bytes written, read from cache rather than a second time from the tensor.
@@ -180,24 +120,18 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   auto fill_streamed = [&](const plan::slice_write& w, const format::saved_slice& slice) -> task<void> {
     std::uint64_t pos = slice.offset, done = 0;
     while (done < slice.length) {
-      std::uint64_t in_block = pos - block_off;
-      if (in_block >= staging_bytes) {
-        std::memset(pool[cur].data() + filled, 0, staging_bytes - filled);
-        BOOST_OUTCOME_CO_TRY(co_await emit(staging_bytes));
+      auto into = out.room(pos);
+      if (into.empty()) {
+        BOOST_OUTCOME_CO_TRY(co_await out.next_block());
         continue;
       }
-      if (in_block > filled) std::memset(pool[cur].data() + filled, 0, in_block - filled);
-      std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(slice.length - done, staging_bytes - in_block));
-      std::span<std::byte> into(pool[cur].data() + in_block, n);
+      into = into.first(static_cast<std::size_t>(std::min<std::uint64_t>(slice.length - done, into.size())));
       auto reading = s.read_stream(w.streamed, done, into);
       BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
       hasher.update(into);
-      filled = in_block + n;
-      done += n;
-      pos += n;
-      if (filled == staging_bytes) {
-        BOOST_OUTCOME_CO_TRY(co_await emit(staging_bytes));
-      }
+      done += into.size();
+      pos += into.size();
+      out.filled_to(pos);
     }
     co_return success();
   };
@@ -218,26 +152,21 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
       std::uint64_t pos = slice.offset;
       std::span<const std::byte> src = w.source;
       while (!src.empty()) {
-        std::uint64_t in_block = pos - block_off;
-        if (in_block >= staging_bytes) {  // the slice starts in a later block: flush (with a gap)
-          std::memset(pool[cur].data() + filled, 0, staging_bytes - filled);
-          BOOST_OUTCOME_CO_TRY(co_await emit(staging_bytes));
+        auto into = out.room(pos);
+        if (into.empty()) {
+          BOOST_OUTCOME_CO_TRY(co_await out.next_block());
           continue;
         }
-        if (in_block > filled) std::memset(pool[cur].data() + filled, 0, in_block - filled);  // alignment gap
         // At most a copy piece at a time, so the hash finds it in cache.
-        std::size_t n = std::min<std::size_t>({src.size(), staging_bytes - in_block, copy_piece});
-        std::memcpy(pool[cur].data() + in_block, src.data(), n);
-        hasher.update({pool[cur].data() + in_block, n});
-        filled = in_block + n;
+        std::size_t n = std::min<std::size_t>({src.size(), into.size(), copy_piece});
+        std::memcpy(into.data(), src.data(), n);
+        hasher.update(into.first(n));
         src = src.subspan(n);
         pos += n;
-        if (filled == staging_bytes) {
-          BOOST_OUTCOME_CO_TRY(co_await emit(staging_bytes));
-        }
+        out.filled_to(pos);
       }
     }
-    if (filled > 0) submit(static_cast<std::size_t>(filled));
+    out.submit_last();
     co_return success();
   };
   result<void> filled_ok = success();
@@ -247,9 +176,7 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
     filled_ok = out_of_memory("writing " + name);
   }
   if (filled_ok && last_file && s.sources_released) std::exchange(s.sources_released, nullptr)();
-  // TRICKY: every write must complete before `pool` goes away, error or not (and an allocation
-  // failure is no exception: tests/reliability/test_alloc.cpp).
-  auto drained = co_await window.drain();
+  auto drained = co_await out.drain();  // before `out` goes away, error or not (staged_writer.hpp)
   if (!filled_ok) co_return filled_ok.error();
   if (!drained) co_return drained.error();
   BOOST_OUTCOME_CO_TRY(co_await io::async_truncate(s.b, ex, *h, file_size, use_awaitable));
