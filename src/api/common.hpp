@@ -9,6 +9,7 @@
 
 #include "../runtime/bridge.hpp"
 #include "../runtime/op_window.hpp"
+#include "../runtime/staged_writer.hpp"
 #include "../runtime/task.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/format/tf_bundle.hpp"
@@ -81,7 +82,13 @@ struct after_commit {
 
 // Publishes the file `path` durably (runtime::durable_replace under a temp name in its
 // directory), its content written by `fill`.
-task<void> publish_file(io::backend& b, std::string path, std::function<task<void>(io::handle)> fill);
+task<void> publish_file(io::backend& b, std::string path, std::function<task<void>(io::handle)> fill, bool direct = false);
+
+// Publishes a file of `size` bytes streamed front to back: `produce` places them through a
+// runtime::staged_writer (O_DIRECT, writes in flight), at increasing offsets, each once at most
+// (gaps are zeros). Memory stays bounded by the staging pool whatever the size.
+task<void> publish_streamed(io::backend& b, std::string path, std::uint64_t size,
+                            std::function<task<void>(runtime::staged_writer&)> produce);
 
 // Closes a handle, ignoring errors (used on paths that already failed or only read).
 asio::awaitable<void> close_quietly(io::backend& b, io::handle h);

@@ -73,28 +73,52 @@ result<void> check_chunks(const format::manifest& m, const format::saved_tensor&
   return success();
 }
 
-task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& src, const format::saved_tensor& t,
-                               const format::saved_slice& s, io::handle out, std::uint64_t out_offset, std::vector<std::byte>& buf) {
-  auto ex = co_await asio::this_coro::executor;
-  std::uint32_t crc = 0;
-  BOOST_OUTCOME_CO_TRY(auto in, co_await src.get(s.file));
-  for (std::uint64_t off = 0; off < s.length; off += buf.size()) {
-    const auto n = std::min<std::uint64_t>(buf.size(), s.length - off);
-    std::span<std::byte> part(buf.data(), n);
-    BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, in, s.offset + off, part, use_awaitable));
-    if (got != n) co_return make_error(errc::short_read, slice_ctx(m, t, s) + ": file ended early");
-    BOOST_OUTCOME_CO_TRY(check_chunks(m, t, s, part, off / m.chunk_bytes));
-    crc = format::crc32c::extend(crc, part);
-    BOOST_OUTCOME_CO_TRY(co_await io::async_write(b, ex, out, out_offset + off, part, use_awaitable));
-  }
-  co_return crc;
+slice_checker::slice_checker(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s, bool want_crc)
+    : m_(m), t_(t), s_(s), whole_crc_(m.checksum == format::checksum_kind::crc32c_whole), want_crc_(want_crc || whole_crc_),
+      hasher_(std::max<std::uint64_t>(m.chunk_bytes, 1)) {
+  if (!whole_crc_) hasher_.start(s.length, sums_);
 }
 
-std::vector<std::byte> copy_buffer(const format::manifest& m) {
-  // Whole chunks (each is checked alone): 8 MiB of them, or one when chunks are larger. A
-  // TensorFlow bundle read as a manifest (one chunk per slice) is never a copy source.
-  const std::uint64_t chunk = m.chunk_bytes;
-  return std::vector<std::byte>(static_cast<std::size_t>(chunk >= (8u << 20) ? chunk : (8u << 20) / chunk * chunk));
+result<void> slice_checker::update(std::span<const std::byte> bytes) {
+  if (want_crc_) crc_ = format::crc32c::extend(crc_, bytes);
+  fed_ += bytes.size();
+  if (whole_crc_) {
+    if (fed_ == s_.length && (s_.checksums.size() != 1 || crc_ != s_.checksums[0]))
+      return make_error(errc::checksum_mismatch, "CRC-32C mismatch in " + slice_ctx(m_, t_, s_) + " at bytes [" +
+                                                     std::to_string(s_.offset) + ", " + std::to_string(s_.offset + s_.length) + ")");
+    return success();
+  }
+  const std::size_t before = sums_.size();
+  hasher_.update(bytes);
+  for (std::size_t c = before; c < sums_.size(); ++c)
+    if (c >= s_.checksums.size() || sums_[c] != s_.checksums[c]) {
+      const std::uint64_t from = s_.offset + c * m_.chunk_bytes;
+      const std::uint64_t to = std::min(from + m_.chunk_bytes, s_.offset + s_.length);
+      return make_error(errc::checksum_mismatch, "checksum mismatch in " + slice_ctx(m_, t_, s_) + " at bytes [" + std::to_string(from) +
+                                                     ", " + std::to_string(to) + ")");
+    }
+  return success();
+}
+
+task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& src, const format::saved_tensor& t,
+                               const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, bool want_crc) {
+  auto ex = co_await asio::this_coro::executor;
+  BOOST_OUTCOME_CO_TRY(auto in, co_await src.get(s.file));
+  slice_checker check(m, t, s, want_crc);
+  for (std::uint64_t done = 0; done < s.length;) {
+    auto into = out.room(out_offset + done);
+    if (into.empty()) {
+      BOOST_OUTCOME_CO_TRY(co_await out.next_block());
+      continue;
+    }
+    into = into.first(static_cast<std::size_t>(std::min<std::uint64_t>(into.size(), s.length - done)));
+    BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, in, s.offset + done, into, use_awaitable));
+    if (got != into.size()) co_return make_error(errc::short_read, slice_ctx(m, t, s) + ": file ended early");
+    BOOST_OUTCOME_CO_TRY(check.update(into));
+    done += into.size();
+    out.filled_to(out_offset + done);
+  }
+  co_return want_crc ? check.crc() : std::uint32_t{0};
 }
 
 }  // namespace meshckpt::detail

@@ -9,6 +9,7 @@
 
 #include "common.hpp"
 #include "match_targets.hpp"
+#include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/manifest.hpp"
 
 namespace meshckpt::detail {
@@ -43,15 +44,37 @@ std::string slice_ctx(const format::manifest& m, const format::saved_tensor& t, 
 result<void> check_chunks(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s,
                           std::span<const std::byte> bytes, std::uint64_t first_chunk);
 
-// Copies stored slice `s` of tensor `t` to `[out_offset, out_offset + s.length)` of the open
-// file `out`, through `buf` (its size a multiple of the chunk size), checking every chunk on
-// the way; returns the CRC-32C of the bytes (for a TensorFlow bundle's entry). Memory: `buf`,
-// whatever the slice's size.
-task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& src, const format::saved_tensor& t,
-                               const format::saved_slice& s, io::handle out, std::uint64_t out_offset, std::vector<std::byte>& buf);
+// Checks a stored slice's bytes as they arrive in order, in pieces of any size: each chunk
+// against its checksum once its last byte is in (a TensorFlow piece's one CRC-32C at the
+// slice's end). Errors name tensor, slice, file and byte range.
+class slice_checker {
+ public:
+  // `want_crc`: also compute the CRC-32C of the bytes (a TensorFlow bundle entry's). Throws
+  // std::bad_alloc.
+  slice_checker(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s, bool want_crc = false);
+  // The next bytes of the slice. Precondition: no more than it has left.
+  result<void> update(std::span<const std::byte> bytes);
+  // The CRC-32C of the bytes fed so far (with `want_crc`, or from a TensorFlow source).
+  std::uint32_t crc() const { return crc_; }
 
-// A staging buffer for copy_slice: about 8 MiB, whole chunks.
-std::vector<std::byte> copy_buffer(const format::manifest& m);
+ private:
+  const format::manifest& m_;
+  const format::saved_tensor& t_;
+  const format::saved_slice& s_;
+  bool whole_crc_, want_crc_;
+  std::uint64_t fed_ = 0;
+  std::uint32_t crc_ = 0;
+  format::chunk_hasher hasher_;
+  std::vector<std::uint64_t> sums_;  // of the chunks complete so far
+};
+
+// Copies stored slice `s` of tensor `t` to `[out_offset, out_offset + s.length)` of the file
+// `out` writes, reading it straight into the staging blocks and checking it on the way
+// (slice_checker); with `want_crc`, returns the CRC-32C of the bytes (a TensorFlow bundle
+// entry's), else 0. A
+// mismatch fails the copy after some of the bytes were placed: the caller's file is discarded.
+task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& src, const format::saved_tensor& t,
+                               const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, bool want_crc);
 
 // Checks every byte of the slices `from` against their checksums (chunks, or a TensorFlow
 // piece's whole CRC-32C), reading each in staging pieces: bounded memory. (read.cpp)

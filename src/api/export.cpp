@@ -31,7 +31,7 @@ std::string temp_name_for(const std::string& name) {
 
 namespace detail {
 
-task<void> publish_file(io::backend& b, std::string path, std::function<task<void>(io::handle)> fill) {
+task<void> publish_file(io::backend& b, std::string path, std::function<task<void>(io::handle)> fill, bool direct) {
   auto ex = co_await asio::this_coro::executor;
   auto [dir, name] = split_prefix(path);
   if (!format::is_plain_name(name)) co_return make_error(errc::invalid_argument, "\"" + path + "\" does not name a file");
@@ -40,7 +40,9 @@ task<void> publish_file(io::backend& b, std::string path, std::function<task<voi
   runtime::on_unwind last_resort([&] { io::close_detached(b, *d); });
   std::optional<result<void>> r;
   try {
-    auto op = runtime::durable_replace(b, *d, temp_name_for(name), name, std::move(fill));
+    runtime::replace_options opt;
+    opt.direct = direct;
+    auto op = runtime::durable_replace(b, *d, temp_name_for(name), name, std::move(fill), std::move(opt));
     r = co_await std::move(op);
   } catch (const std::bad_alloc&) {
     r = out_of_memory("writing " + path);
@@ -48,6 +50,26 @@ task<void> publish_file(io::backend& b, std::string path, std::function<task<voi
   co_await detail::close_quietly(b, *d);
   last_resort.disarm();
   co_return std::move(*r);
+}
+
+task<void> publish_streamed(io::backend& b, std::string path, std::uint64_t size, std::function<task<void>(runtime::staged_writer&)> produce) {
+  auto fill = [&b, &path, size, &produce](io::handle h) -> task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    runtime::staged_writer out(b, ex, h, size);
+    result<void> r = success();
+    try {
+      r = co_await produce(out);
+      if (r) out.submit_last();
+    } catch (const std::bad_alloc&) {
+      r = out_of_memory("writing " + path);
+    }
+    auto drained = co_await out.drain();  // before `out` goes away, error or not (staged_writer.hpp)
+    BOOST_OUTCOME_CO_TRY(std::move(r));
+    BOOST_OUTCOME_CO_TRY(std::move(drained));
+    co_return co_await io::async_truncate(b, ex, h, size, use_awaitable);  // the last block's padding
+  };
+  auto op = publish_file(b, path, fill, true);
+  co_return co_await std::move(op);
 }
 
 }  // namespace detail
@@ -58,35 +80,34 @@ using detail::publish_file;
 
 task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m,
                        std::vector<const format::saved_tensor*> which, std::vector<std::byte> header, std::string out) {
+  std::uint64_t size = header.size();
+  for (const auto* t : which) size += static_cast<std::uint64_t>(num_elements(t->global).value_or(0)) * dtype_size(t->type);
   auto sp = co_await detail::open_prefix_dir(b, prefix);
   if (!sp) co_return sp.error();
   detail::file_cache src(b, *sp, *m);
   runtime::on_unwind last_resort([&] { io::close_detached(b, sp->dir); });
-  std::vector<std::byte> buf, block;
-  auto fill = [&](io::handle h) -> task<void> {
-    auto ex = co_await asio::this_coro::executor;
-    BOOST_OUTCOME_CO_TRY(co_await io::async_write(b, ex, h, 0, header, use_awaitable));
+  std::vector<std::byte> block;
+  auto produce = [&](runtime::staged_writer& w) -> task<void> {
+    BOOST_OUTCOME_CO_TRY(co_await w.write(0, header));
     std::uint64_t offset = header.size();
     for (const auto* t : which) {
-      // A TensorFlow tensor's one CRC covers it whole: checked once, then read in blocks.
-      const bool whole_crc = m->checksum == format::checksum_kind::crc32c_whole;
-      read_options block_opt;
-      if (whole_crc) {
-        auto checking = detail::verify_one_tensor(b, prefix, m, t->key);
-        BOOST_OUTCOME_CO_TRY(co_await std::move(checking));
-        block_opt.verify_checksums = false;
-      }
-      if (!whole_crc && t->slices.size() == 1 && t->slices[0].where == box::whole(t->global)) {
-        // Stored whole: its bytes are the row-major tensor, copied in pieces, checked on the way.
-        if (buf.empty()) buf = detail::copy_buffer(*m);
-        auto copied = detail::copy_slice(b, *m, src, *t, t->slices[0], h, offset, buf);
+      if (t->slices.size() == 1 && t->slices[0].where == box::whole(t->global)) {
+        // Stored whole: its bytes are the row-major tensor, read straight into the staging
+        // blocks and checked on the way (a TensorFlow tensor's CRC-32C at its last byte).
+        auto copied = detail::copy_slice(b, *m, src, *t, t->slices[0], w, offset, false);
         BOOST_OUTCOME_CO_TRY(co_await std::move(copied));
         offset += t->slices[0].length;
         continue;
       }
-      // Stored as several slices (or by TensorFlow): assembled in blocks of whole rows of about
-      // 8 MiB, each read from the slices that hold it, so memory stays bounded whatever the
-      // tensor's size.
+      // Stored as several slices: assembled in blocks of whole rows of about 8 MiB, each read
+      // from the slices that hold it, so memory stays bounded whatever the tensor's size. A
+      // TensorFlow tensor's one CRC covers each of its pieces whole: checked once, first.
+      read_options block_opt;
+      if (m->checksum == format::checksum_kind::crc32c_whole) {
+        auto checking = detail::verify_one_tensor(b, prefix, m, t->key);
+        BOOST_OUTCOME_CO_TRY(co_await std::move(checking));
+        block_opt.verify_checksums = false;
+      }
       const auto es = static_cast<std::uint64_t>(dtype_size(t->type));
       const std::int64_t rows = t->global.empty() ? 1 : t->global[0];
       const std::int64_t row_elems = t->global.empty() ? 1 : num_elements(shape(t->global.begin() + 1, t->global.end())).value_or(0);
@@ -102,13 +123,13 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
         block.resize(static_cast<std::size_t>(where.volume().value_or(0)) * es);
         auto rd = detail::read_box(b, prefix, m, t->key, where, block, block_opt);
         BOOST_OUTCOME_CO_TRY(co_await std::move(rd));
-        BOOST_OUTCOME_CO_TRY(co_await io::async_write(b, ex, h, offset, block, use_awaitable));
+        BOOST_OUTCOME_CO_TRY(co_await w.write(offset, block));
         offset += block.size();
       }
     }
     co_return success();
   };
-  auto op = publish_file(b, out, fill);
+  auto op = detail::publish_streamed(b, out, size, produce);
   auto r = co_await std::move(op);
   co_await src.close_all();
   co_await detail::close_quietly(b, sp->dir);

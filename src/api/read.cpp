@@ -308,29 +308,21 @@ class plan_runner {
 }  // namespace
 
 // Checks every byte of the slices `from` against their checksums, reading each in staging
-// pieces of whole chunks: memory stays bounded whatever the slice's size. A TensorFlow
-// tensor's one CRC-32C covers it whole, so a read of part of it checks it this way first.
+// pieces: memory stays bounded whatever the slice's size. A TensorFlow tensor's one CRC-32C
+// covers it whole, so a read of part of it checks it this way first.
 task<void> check_slices(io::backend& b, const format::manifest& m, std::span<const std::pair<const format::saved_tensor*, const format::saved_slice*>> from,
                         file_cache& files) {
   auto ex = co_await asio::this_coro::executor;
-  const bool whole_crc = m.checksum == format::checksum_kind::crc32c_whole;
-  std::vector<std::byte> buf = whole_crc ? std::vector<std::byte>(runtime::staging_buffer_bytes) : copy_buffer(m);
+  std::vector<std::byte> buf(runtime::staging_buffer_bytes);
   for (const auto& [t, s] : from) {
     BOOST_OUTCOME_CO_TRY(auto h, co_await files.get(s->file));
-    std::uint32_t crc = 0;
+    slice_checker check(m, *t, *s);
     for (std::uint64_t off = 0; off < s->length; off += buf.size()) {
       std::span<std::byte> part(buf.data(), static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), s->length - off)));
       BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, h, s->offset + off, part, use_awaitable));
       if (got != part.size()) co_return make_error(errc::short_read, slice_ctx(m, *t, *s) + ": file ended early");
-      if (whole_crc) {
-        crc = format::crc32c::extend(crc, part);
-      } else {
-        BOOST_OUTCOME_CO_TRY(check_chunks(m, *t, *s, part, off / m.chunk_bytes));
-      }
+      BOOST_OUTCOME_CO_TRY(check.update(part));
     }
-    if (whole_crc && (s->checksums.size() != 1 || crc != s->checksums[0]))
-      co_return make_error(errc::checksum_mismatch, "CRC-32C mismatch in " + slice_ctx(m, *t, *s) + " at bytes [" +
-                                                        std::to_string(s->offset) + ", " + std::to_string(s->offset + s->length) + ")");
   }
   co_return success();
 }

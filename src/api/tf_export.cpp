@@ -87,14 +87,6 @@ result<void> plan_export(const format::manifest& m, int num_shards, std::vector<
   return success();
 }
 
-// Copies one piece into the bundle's data file `out`; its CRC-32C.
-task<std::uint32_t> copy_piece(io::backend& b, const format::manifest& m, file_cache& src, const piece& p, io::handle out,
-                               std::vector<std::byte>& buf) {
-  if (!p.s) co_return std::uint32_t{0};
-  auto copied = copy_slice(b, m, src, *p.t, *p.s, out, p.offset, buf);
-  co_return co_await std::move(copied);
-}
-
 // The object graph of a meshckpt checkpoint as TensorFlow's: same nodes and edges, a value as
 // its VARIABLE_VALUE attribute under its key.
 format::tf::trackable_graph tf_graph_of(const graph::object_graph& g) {
@@ -160,26 +152,34 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
     (void)co_await io::async_unlink(b, ex, *d, out_base + ".index", use_awaitable);
     co_await close_quietly(b, *d);
   }
-  auto buf = copy_buffer(m);
   result<void> r = success();
   for (int k = 0; k < opt.num_shards && r; ++k) {
     const std::string name = format::tf::data_file_name(out_base, k, opt.num_shards);
-    auto fill = [&, k](io::handle h) -> task<void> {
-      auto e2 = co_await asio::this_coro::executor;
-      for (auto& p : pieces) {
-        if (p.shard != k) continue;
-        auto copied = copy_piece(b, m, src, p, h, buf);
+    // The file is written front to back: its pieces in the order of their offsets, then the
+    // object graph after them.
+    std::vector<piece*> here;
+    std::uint64_t size = 0;
+    for (auto& p : pieces)
+      if (p.shard == k && p.s) {
+        here.push_back(&p);
+        size = std::max(size, p.offset + p.s->length);
+      }
+    std::sort(here.begin(), here.end(), [](const piece* x, const piece* y) { return x->offset < y->offset; });
+    if (k == 0 && !graph_bytes.empty()) size = idx.entries.back().offset + graph_bytes.size();
+    auto produce = [&, k](runtime::staged_writer& w) -> task<void> {
+      for (auto* p : here) {
+        auto copied = copy_slice(b, m, src, *p->t, *p->s, w, p->offset, true);
         BOOST_OUTCOME_CO_TRY(auto crc, co_await std::move(copied));
-        p.crc = crc;
-        if (p.s) rep.bytes += p.s->length;
+        p->crc = crc;
+        rep.bytes += p->s->length;
       }
       if (k == 0 && !graph_bytes.empty()) {
         const auto& ge = idx.entries.back();
-        BOOST_OUTCOME_CO_TRY(co_await io::async_write(b, e2, h, ge.offset, graph_bytes, use_awaitable));
+        BOOST_OUTCOME_CO_TRY(co_await w.write(ge.offset, graph_bytes));
       }
       co_return success();
     };
-    auto published = publish_file(b, out_dir + "/" + name, fill);
+    auto published = publish_streamed(b, out_dir + "/" + name, size, produce);
     r = co_await std::move(published);
     if (!r) r = with_context(r.error(), "export to " + out + ": " + name);
   }

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <tuple>
 
@@ -237,6 +238,78 @@ TEST_CASE("an import failing at any read or write of its source or checkpoint le
             CHECK(files_of(dir.str(), base).empty());
         }
         CHECK(failed >= (only_reads ? 2u : 5u));
+      }
+    }
+  }
+}
+
+TEST_CASE("an export failing at any operation leaves no file, or the whole file", "[export][faults]") {
+  auto inner = std::shared_ptr<io::backend>(test_backend());
+  temp_dir dir;
+  // Sources: tensors stored whole (copied slice by slice) and sharded in two (assembled in
+  // blocks of rows); 2.4 MB.
+  auto two = mesh::create({{"x", 2}}).value();
+  auto big = dtensor::create(dtype::float64, {300, 1000}, layout::create({"x", "unsharded"}, two).value()).value();
+  auto tiny = whole_tensor(dtype::int16, {7}, "tiny", 3);
+  fill(big.view(), "big", 3);
+  REQUIRE(write_tensors(*inner, dir / "sharded", std::vector<named_tensor>{{"big", big.view()}, {"tiny", tiny.view()}}));
+  auto whole = whole_tensor(dtype::float64, {300, 1000}, "big", 3);
+  REQUIRE(write_tensors(*inner, dir / "whole", std::vector<named_tensor>{{"big", whole.view()}, {"tiny", tiny.view()}}));
+  // The files of `base`, by their names after it.
+  auto bytes_of = [&](const std::string& base) {
+    std::map<std::string, std::string> out;
+    for (const auto& f : files_of(dir.str(), base)) {
+      std::ifstream in(dir / f, std::ios::binary);
+      out[f.substr(base.size())] = std::string(std::istreambuf_iterator<char>(in), {});
+    }
+    return out;
+  };
+  for (const bool sharded : {false, true}) {
+    const std::string src = dir / (sharded ? "sharded" : "whole");
+    auto m = read_manifest(*inner, src).value();
+    REQUIRE(m.find("big")->slices.size() == (sharded ? 2u : 1u));
+    for (const bool tf : {false, true}) {
+      INFO((sharded ? "sharded" : "whole") << " source, to " << (tf ? "TensorFlow" : "safetensors"));
+      auto run = [&](io::backend& b, const std::string& base) -> result<void> {
+        if (tf) {
+          auto r = export_tf_bundle(b, src, dir / base, {2});
+          if (!r) return r.error();
+          return success();
+        }
+        return export_safetensors(b, src, m, {"big", "tiny"}, {{"format", "pt"}}, dir / (base + ".safetensors"));
+      };
+      const std::string ref = std::string("ref") + (sharded ? "s" : "w") + (tf ? "t" : "s");
+      backends::fault_backend counting(inner);
+      REQUIRE(run(counting, ref));
+      const auto expect = bytes_of(ref);
+      REQUIRE(expect.size() == (tf ? 3u : 1u));
+      const auto ops = counting.ops();
+      const auto log = counting.log();
+      for (const bool short_transfer : {false, true}) {
+        std::size_t failed = 0;
+        for (std::uint64_t n = 0; n < ops; ++n) {
+          const auto k = n < log.size() ? log[n].k : backends::fault_op::read;
+          if (short_transfer && k != backends::fault_op::read && k != backends::fault_op::write) continue;
+          INFO("operation " << n << " of " << ops << (short_transfer ? ", cut short" : ", failed"));
+          backends::fault_plan plan;
+          plan.fail_at = n;
+          plan.short_transfer = short_transfer;
+          backends::fault_backend fb(inner, plan);
+          const std::string base = ref + "-" + std::to_string(n) + (short_transfer ? "r" : "f");
+          auto r = run(fb, base);
+          if (!r) {
+            ++failed;
+            CHECK_FALSE(r.error().what().empty());
+          }
+          // No temp file is ever left; the output is absent or whole (a failed directory fsync
+          // after the rename reports an error with the new file in place). A TensorFlow bundle
+          // exists once its index does: data files without it are not a bundle.
+          auto got = bytes_of(base);
+          for (const auto& [f, b] : got) CHECK(f.find(".tmp-") == std::string::npos);
+          const bool present = tf ? got.count(".index") > 0 : !got.empty();
+          if (r || present) CHECK(got == expect);
+        }
+        CHECK(failed >= (short_transfer ? 2u : 5u));
       }
     }
   }

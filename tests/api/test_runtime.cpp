@@ -31,6 +31,7 @@
 #include <boost/asio/use_future.hpp>
 
 #include "runtime/recycler.hpp"
+#include "runtime/staged_writer.hpp"
 #include "runtime/thread_count.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
 #include "meshckpt/api/tensor_io.hpp"
@@ -404,4 +405,64 @@ TEST_CASE("saves and restores of different states in one process reuse memory an
   auto dst = make(300, 0, false);
   REQUIRE(read_tensors(*be, tmp / "s0", dst.named));
   CHECK(same(src, dst));
+}
+
+TEST_CASE("staged_writer places bytes at increasing offsets over blocks, zero-fills the gaps and reports a failed write",
+          "[runtime][staging]") {
+  temp_dir tmp;
+  // Pieces at increasing offsets: unaligned, across block boundaries, one larger than a block,
+  // one after a gap longer than a block; the file ends unaligned.
+  constexpr std::uint64_t blk = runtime::staged_writer::block_bytes;
+  const std::vector<std::pair<std::uint64_t, std::uint64_t>> pieces = {
+      {0, 13}, {100, 5000}, {blk - 7, 20}, {blk + 4096, 2 * blk + 3}, {5 * blk + 11, 4001}};
+  const std::uint64_t size = pieces.back().first + pieces.back().second;
+  std::vector<std::byte> expect(size);
+  for (std::size_t i = 0; i < pieces.size(); ++i)
+    for (std::uint64_t j = 0; j < pieces[i].second; ++j) expect[pieces[i].first + j] = static_cast<std::byte>((i * 131 + j * 7) % 251 + 1);
+
+  // Writes the pieces to `name` through `b`; the error of the first failure.
+  auto write_file = [&](io::backend& b, const std::string& name) {
+    boost::asio::io_context ctx;
+    std::optional<result<void>> out;
+    auto coro = [&]() -> runtime::task<void> {
+      auto ex = co_await boost::asio::this_coro::executor;
+      BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(b, ex, tmp.str(), false, runtime::use_awaitable));
+      BOOST_OUTCOME_CO_TRY(auto h, co_await io::async_open(b, ex, dir, name, io::open_mode::create_exclusive_direct, runtime::use_awaitable));
+      result<void> r = success();
+      {
+        runtime::staged_writer w(b, ex, h, size);
+        std::uint64_t written = 0;
+        w.on_written = [&](std::size_t n) { written += n; };
+        for (const auto& [at, n] : pieces) {
+          if (!r) break;
+          auto op = w.write(at, std::span(expect).subspan(at, n));
+          r = co_await std::move(op);
+        }
+        if (r) w.submit_last();
+        auto drained = co_await w.drain();  // always, before the writer goes away
+        if (r) r = drained;
+        if (r) CHECK(written == (size + 4095) / 4096 * 4096);  // every block, the last padded to a page
+      }
+      if (r) r = co_await io::async_truncate(b, ex, h, size, runtime::use_awaitable);
+      (void)co_await io::async_close(b, ex, h, runtime::use_awaitable);
+      (void)co_await io::async_close(b, ex, dir, runtime::use_awaitable);
+      co_return r;
+    };
+    runtime::spawn<void>(ctx.get_executor(), coro(), [&](result<void> r) { out = std::move(r); });
+    ctx.run();
+    REQUIRE(out);
+    return *out;
+  };
+  auto be = std::shared_ptr<io::backend>(backends::make_posix_backend());
+  REQUIRE(write_file(*be, "f"));
+  std::ifstream in(tmp / "f", std::ios::binary);
+  std::vector<char> got((std::istreambuf_iterator<char>(in)), {});
+  REQUIRE(got.size() == size);
+  CHECK(std::memcmp(got.data(), expect.data(), size) == 0);
+
+  // A write that fails (the third block's) fails the writer, which still waits for the others.
+  failing_writes failing(be, 2, EIO);
+  auto r = write_file(failing, "g");
+  REQUIRE_FALSE(r);
+  CHECK(r.error().what().find("injected") != std::string::npos);
 }

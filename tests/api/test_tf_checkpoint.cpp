@@ -462,6 +462,34 @@ TEST_CASE("a damaged checkpoint fails a streamed export, to TensorFlow or safete
   const auto& bytes = w->view().shards()[0].data;
   REQUIRE(st.size() >= bytes.size());
   CHECK(std::equal(bytes.begin(), bytes.end(), st.end() - static_cast<std::ptrdiff_t>(bytes.size())));
+  // From the TensorFlow bundle, whose tensor is one piece under one CRC-32C: copied in one pass,
+  // the CRC checked at its last byte. Undamaged, the same bytes; one flipped byte fails the
+  // export and leaves no file.
+  auto tf_src = read_tf_checkpoint(*be, tmp / "tf").value();
+  struct counting_reads final : io::forwarding_backend {
+    using io::forwarding_backend::forwarding_backend;
+    std::atomic<std::uint64_t> bytes{0};
+    void read(io::handle f, std::uint64_t o, std::span<std::byte> b, io::completion<std::size_t> d) override {
+      inner_->read(f, o, b, [this, d = std::move(d)](result<std::size_t> r) {
+        if (r) bytes += *r;
+        d(std::move(r));
+      });
+    }
+  } counted(backends::make_posix_backend());
+  REQUIRE(export_safetensors(counted, tf_src.prefix, tf_src.manifest, {"w"}, {}, tmp / "from-tf.safetensors"));
+  CHECK(counted.bytes == tf_src.manifest.find("w")->slices.at(0).length);  // each byte read once
+  CHECK(read_all(tmp / "from-tf.safetensors") == st);
+  {
+    const auto& ts = tf_src.manifest.find("w")->slices.at(0);
+    std::fstream f(tmp / tf_src.manifest.files[ts.file].name, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(ts.offset + ts.length - 3));
+    f.put('\x5a');
+  }
+  auto bad = export_safetensors(*be, tf_src.prefix, tf_src.manifest, {"w"}, {}, tmp / "from-tf2.safetensors");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().code == errc::checksum_mismatch);
+  CHECK(bad.error().message.find("CRC-32C mismatch in tensor \"w\"") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(tmp / "from-tf2.safetensors"));
   // One flipped byte in the middle of the stored slice.
   const auto& sl = m.find("w")->slices[0];
   {
