@@ -46,6 +46,21 @@ asio::awaitable<void> file_cache::close_all() {
   }
 }
 
+task<void> source_stream::read(io::handle file, std::uint64_t at, std::uint64_t end, std::span<std::byte> out, std::string what) {
+  auto ex = co_await asio::this_coro::executor;
+  if (!cur_ || cur_->file() != file || cur_->position() != at || cur_->end() != end) {
+    co_await close();
+    cur_.emplace(b_, ex, file, at, end, std::move(what));
+  }
+  co_return co_await cur_->read(out);
+}
+
+asio::awaitable<void> source_stream::close() {
+  if (!cur_) co_return;
+  (void)co_await cur_->drain();  // before the reader goes away (sequential_reader.hpp)
+  cur_.reset();
+}
+
 std::string slice_ctx(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s) {
   return "tensor \"" + t.key + "\" slice " + to_string(s.where) + " in " + m.files[s.file].name;
 }
@@ -103,21 +118,32 @@ result<void> slice_checker::update(std::span<const std::byte> bytes) {
 task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& src, const format::saved_tensor& t,
                                const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, bool want_crc) {
   auto ex = co_await asio::this_coro::executor;
-  BOOST_OUTCOME_CO_TRY(auto in, co_await src.get(s.file));
+  BOOST_OUTCOME_CO_TRY(auto h, co_await src.get(s.file));
   slice_checker check(m, t, s, want_crc);
-  for (std::uint64_t done = 0; done < s.length;) {
-    auto into = out.room(out_offset + done);
-    if (into.empty()) {
-      BOOST_OUTCOME_CO_TRY(co_await out.next_block());
-      continue;
+  runtime::sequential_reader in(b, ex, h, s.offset, s.offset + s.length, slice_ctx(m, t, s));
+  auto copy = [&]() -> task<void> {
+    for (std::uint64_t done = 0; done < s.length;) {
+      auto into = out.room(out_offset + done);
+      if (into.empty()) {
+        BOOST_OUTCOME_CO_TRY(co_await out.next_block());
+        continue;
+      }
+      into = into.first(static_cast<std::size_t>(std::min<std::uint64_t>(into.size(), s.length - done)));
+      BOOST_OUTCOME_CO_TRY(co_await in.read(into));
+      BOOST_OUTCOME_CO_TRY(check.update(into));
+      done += into.size();
+      out.filled_to(out_offset + done);
     }
-    into = into.first(static_cast<std::size_t>(std::min<std::uint64_t>(into.size(), s.length - done)));
-    BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, in, s.offset + done, into, use_awaitable));
-    if (got != into.size()) co_return make_error(errc::short_read, slice_ctx(m, t, s) + ": file ended early");
-    BOOST_OUTCOME_CO_TRY(check.update(into));
-    done += into.size();
-    out.filled_to(out_offset + done);
+    co_return success();
+  };
+  result<void> r = success();
+  try {
+    r = co_await copy();
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory("copying " + slice_ctx(m, t, s));
   }
+  (void)co_await in.drain();  // before `in` goes away (sequential_reader.hpp)
+  BOOST_OUTCOME_CO_TRY(std::move(r));
   co_return want_crc ? check.crc() : std::uint32_t{0};
 }
 

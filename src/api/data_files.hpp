@@ -7,6 +7,7 @@
 #include <span>
 #include <string>
 
+#include "../runtime/sequential_reader.hpp"
 #include "common.hpp"
 #include "match_targets.hpp"
 #include "meshckpt/format/checksum.hpp"
@@ -75,6 +76,20 @@ class slice_checker {
 // mismatch fails the copy after some of the bytes were placed: the caller's file is discarded.
 task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& src, const format::saved_tensor& t,
                                const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, bool want_crc);
+
+// Reads the byte ranges an import streams from its source files, each ahead of the save that
+// asks for it (runtime::sequential_reader, one at a time): a read where the current reader does
+// not stand starts a new one over [at, end) of `file`. `close()` before it goes away.
+class source_stream {
+ public:
+  explicit source_stream(io::backend& b) : b_(b) {}
+  task<void> read(io::handle file, std::uint64_t at, std::uint64_t end, std::span<std::byte> out, std::string what);
+  asio::awaitable<void> close();
+
+ private:
+  io::backend& b_;
+  std::optional<runtime::sequential_reader> cur_;
+};
 
 // Checks every byte of the slices `from` against their checksums (chunks, or a TensorFlow
 // piece's whole CRC-32C), reading each in staging pieces: bounded memory. (read.cpp)

@@ -84,7 +84,7 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
   for (const auto* t : which) size += static_cast<std::uint64_t>(num_elements(t->global).value_or(0)) * dtype_size(t->type);
   auto sp = co_await detail::open_prefix_dir(b, prefix);
   if (!sp) co_return sp.error();
-  detail::file_cache src(b, *sp, *m);
+  detail::file_cache src(b, *sp, *m, true);  // read with O_DIRECT (sequential_reader)
   runtime::on_unwind last_resort([&] { io::close_detached(b, sp->dir); });
   std::vector<std::byte> block;
   auto produce = [&](runtime::staged_writer& w) -> task<void> {

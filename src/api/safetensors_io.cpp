@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "common.hpp"
+#include "data_files.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/plan/restore_plan.hpp"
@@ -26,6 +27,7 @@ struct open_file {
   io::handle h;
   std::string name;
   std::uint64_t size = 0;
+  std::optional<io::handle> direct;  // an import's second handle, O_DIRECT, for the tensors' bytes
 };
 
 task<void> read_exact(io::backend& b, const open_file& f, std::uint64_t offset, std::span<std::byte> out) {
@@ -55,7 +57,7 @@ task<format::safetensors_header> read_header(io::backend& b, const open_file& f)
 template <class T, class Body>
 task<T> with_file(io::backend& b, io::handle dir, const std::string& dir_path, const std::string& name, Body body) {
   auto ex = co_await asio::this_coro::executor;
-  open_file f{{}, name, 0};  // built before the open: nothing may allocate between it and the guard
+  open_file f{{}, name, 0, std::nullopt};  // built before the open: nothing may allocate between it and the guard
   auto h = co_await io::async_open(b, ex, dir, name, io::open_mode::read, use_awaitable);
   if (!h) {
     if (h.error().code == std::errc::no_such_file_or_directory)
@@ -250,13 +252,17 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
     const auto names = src.files();
     std::vector<open_file> files;
     files.reserve(names.size());  // no allocation between an open and its bookkeeping
+    source_stream stream(b);  // closed before the files
     on_unwind last_resort([&] {
-      for (const auto& f : files) io::close_detached(b, f.h);
+      for (const auto& f : files) {
+        io::close_detached(b, f.h);
+        if (f.direct) io::close_detached(b, *f.direct);
+      }
     });
     auto steps = [&]() -> task<write_report> {
       std::vector<format::safetensors_header> headers;
       for (const auto& name : names) {
-        open_file f{{}, name, 0};
+        open_file f{{}, name, 0, std::nullopt};
         auto h = co_await io::async_open(b, ex, src.dir, name, io::open_mode::read, use_awaitable);
         if (!h) {
           if (h.error().code == std::errc::no_such_file_or_directory)
@@ -268,6 +274,9 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
         BOOST_OUTCOME_CO_TRY(files.back().size, co_await io::async_size(b, ex, files.back().h, use_awaitable));
         BOOST_OUTCOME_CO_TRY(auto hdr, co_await read_header(b, files.back()));
         headers.push_back(std::move(hdr));
+        auto d = co_await io::async_open(b, ex, src.dir, name, io::open_mode::read_direct, use_awaitable);
+        if (!d) co_return with_context(d.error(), src.dir_path + "/" + name);
+        files.back().direct = *d;
       }
       std::vector<plan::streamed_tensor> streamed;
       std::vector<std::pair<std::size_t, const format::safetensor_entry*>> where;  // file, entry
@@ -285,9 +294,12 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
                                                   std::to_string(streamed.size()) + " of them");
       if (!headers.empty() && !headers.front().metadata.empty())
         opt.extensions.push_back({std::string(safetensors_metadata_extension), format::encode_string_map(headers.front().metadata)});
+      // Each tensor is read ahead of the save, with O_DIRECT: its range [begin, end) in turn.
       stream_reader read = [&](std::size_t t, std::uint64_t offset, std::span<std::byte> out) {
         const auto& [fi, e] = where[t];
-        return read_exact(b, files[fi], headers[fi].data_start + e->begin + offset, out);
+        const std::uint64_t begin = headers[fi].data_start + e->begin;
+        return stream.read(*files[fi].direct, begin + offset, headers[fi].data_start + e->end, out,
+                           "tensor \"" + e->name + "\" of " + files[fi].name);
       };
       auto writing = write_streamed(b, to, {}, streamed, std::move(read), std::move(opt));
       co_return co_await std::move(writing);
@@ -298,7 +310,11 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
     } catch (const std::bad_alloc&) {
       r = out_of_memory("importing " + path);
     }
-    for (const auto& f : files) co_await close_quietly(b, f.h);
+    co_await stream.close();
+    for (const auto& f : files) {
+      co_await close_quietly(b, f.h);
+      if (f.direct) co_await close_quietly(b, *f.direct);
+    }
     last_resort.disarm();
     co_return std::move(*r);
   };

@@ -139,7 +139,7 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
     }
   auto sp = co_await open_prefix_dir(b, prefix);
   if (!sp) co_return sp.error();
-  file_cache src(b, *sp, m);
+  file_cache src(b, *sp, m, true);  // read with O_DIRECT (sequential_reader)
   auto [out_dir, out_base] = split_prefix(out);
   // A crash from here on leaves no bundle at `out` (its index goes first) or the whole new one.
   {
@@ -297,6 +297,7 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
 
   const std::string dir_path = split_prefix(found.prefix).first;
   std::vector<std::optional<io::handle>> files(m->files.size());  // allocated before the open: nothing may throw between it and the guard
+  source_stream stream(b);  // closed before the files
   BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(b, ex, dir_path, false, use_awaitable));
   on_unwind last_resort([&] {
     for (const auto& h : files)
@@ -306,7 +307,7 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
   auto steps = [&]() -> task<write_report> {
     for (std::size_t k = 0; k < files.size(); ++k) {
       if (!needed[k]) continue;
-      auto h = co_await io::async_open(b, ex, dir, m->files[k].name, io::open_mode::read, use_awaitable);
+      auto h = co_await io::async_open(b, ex, dir, m->files[k].name, io::open_mode::read_direct, use_awaitable);
       if (!h) {
         if (h.error().code == std::errc::no_such_file_or_directory)
           co_return make_error(errc::not_found, "data file " + dir_path + "/" + m->files[k].name + " of " + found.prefix + " does not exist");
@@ -314,8 +315,8 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
       }
       files[k] = *h;
     }
+    // Each stored piece is read ahead of the save, with O_DIRECT.
     stream_reader read = [&](std::size_t t, std::uint64_t offset, std::span<std::byte> out) -> task<void> {
-      auto e = co_await asio::this_coro::executor;
       std::uint64_t start = 0;
       for (auto& run : runs[t]) {
         if (out.empty()) break;
@@ -328,11 +329,9 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
         const auto& fname = m->files[run.file].name;
         if (in != run.read)
           co_return make_error(errc::invalid_argument, "internal: tensor \"" + streamed[t].key + "\" read out of order");
-        auto got = co_await io::async_read(b, e, *files[run.file], run.offset + in, out.first(n), use_awaitable);
-        if (!got) co_return with_context(got.error(), "reading " + fname);
-        if (*got != n)
-          co_return make_error(errc::short_read, fname + " ended before byte " + std::to_string(run.offset + in + n) + " (tensor \"" +
-                                                     streamed[t].key + "\")");
+        auto reading = stream.read(*files[run.file], run.offset + in, run.offset + run.length, out.first(n),
+                                   "tensor \"" + streamed[t].key + "\" in " + fname);
+        BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
         run.running = format::crc32c::extend(run.running, out.first(n));
         run.read += n;
         if (run.read == run.length && run.running != run.crc)
@@ -355,6 +354,7 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
   } catch (const std::bad_alloc&) {
     r = out_of_memory("importing " + found.prefix);
   }
+  co_await stream.close();
   for (const auto& h : files)
     if (h) co_await close_quietly(b, *h);
   co_await close_quietly(b, dir);

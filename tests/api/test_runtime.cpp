@@ -31,6 +31,7 @@
 #include <boost/asio/use_future.hpp>
 
 #include "runtime/recycler.hpp"
+#include "runtime/sequential_reader.hpp"
 #include "runtime/staged_writer.hpp"
 #include "runtime/thread_count.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
@@ -465,4 +466,68 @@ TEST_CASE("staged_writer places bytes at increasing offsets over blocks, zero-fi
   auto r = write_file(failing, "g");
   REQUIRE_FALSE(r);
   CHECK(r.error().what().find("injected") != std::string::npos);
+}
+
+TEST_CASE("sequential_reader reads a range ahead in aligned blocks, in pieces of any size, and reports a short file or a failed read",
+          "[runtime][staging]") {
+  temp_dir tmp;
+  constexpr std::uint64_t blk = runtime::sequential_reader::block_bytes;
+  const std::uint64_t file_size = 4 * blk + 777;
+  std::vector<std::byte> bytes(file_size);
+  for (std::uint64_t i = 0; i < file_size; ++i) bytes[i] = static_cast<std::byte>((i * 2654435761u) >> 13);
+  {
+    std::ofstream out(tmp / "f", std::ios::binary);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  // Reads [begin, end) of the file in pieces of the sizes given (cycled) into `got`.
+  auto read_range = [&](io::backend& b, std::uint64_t begin, std::uint64_t end, std::vector<std::size_t> sizes, std::vector<std::byte>& got) {
+    boost::asio::io_context ctx;
+    std::optional<result<void>> out;
+    got.assign(end - begin, std::byte{0});
+    auto coro = [&]() -> runtime::task<void> {
+      auto ex = co_await boost::asio::this_coro::executor;
+      BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(b, ex, tmp.str(), false, runtime::use_awaitable));
+      BOOST_OUTCOME_CO_TRY(auto h, co_await io::async_open(b, ex, dir, "f", io::open_mode::read_direct, runtime::use_awaitable));
+      result<void> r = success();
+      {
+        runtime::sequential_reader in(b, ex, h, begin, end, "the test range");
+        std::span<std::byte> rest(got);
+        for (std::size_t k = 0; r && !rest.empty(); ++k) {
+          auto piece = rest.first(std::min(rest.size(), sizes[k % sizes.size()]));
+          auto op = in.read(piece);
+          r = co_await std::move(op);
+          rest = rest.subspan(piece.size());
+        }
+        (void)co_await in.drain();  // always, before the reader goes away
+      }
+      (void)co_await io::async_close(b, ex, h, runtime::use_awaitable);
+      (void)co_await io::async_close(b, ex, dir, runtime::use_awaitable);
+      co_return r;
+    };
+    runtime::spawn<void>(ctx.get_executor(), coro(), [&](result<void> r) { out = std::move(r); });
+    ctx.run();
+    REQUIRE(out);
+    return *out;
+  };
+  auto be = std::shared_ptr<io::backend>(backends::make_posix_backend());
+  std::vector<std::byte> got;
+  // Unaligned ranges: inside one block, across several, to the end of the file; pieces small,
+  // odd, larger than a block.
+  for (const auto& [begin, end] : {std::pair{std::uint64_t{5}, std::uint64_t{4000}}, std::pair{blk - 3, 3 * blk + 10},
+                                   std::pair{std::uint64_t{4097}, file_size}}) {
+    INFO("range [" << begin << ", " << end << ")");
+    REQUIRE(read_range(*be, begin, end, {1, 4093, blk + 5, 70000}, got));
+    CHECK(std::memcmp(got.data(), bytes.data() + begin, got.size()) == 0);
+  }
+  // A range past the end of the file: the bytes before it arrive, then errc::short_read.
+  auto r = read_range(*be, blk, file_size + 10, {blk}, got);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::short_read);
+  CHECK(r.error().what().find("the test range") != std::string::npos);
+  // A failed read fails the reader, which still waits for the others.
+  backends::fault_plan plan;
+  plan.fail_at = 4;  // the third block's read (after the directory and file opens)
+  backends::fault_backend failing(be, plan);
+  r = read_range(failing, 0, file_size, {blk / 2}, got);
+  REQUIRE_FALSE(r);
 }
