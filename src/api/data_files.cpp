@@ -46,11 +46,19 @@ asio::awaitable<void> file_cache::close_all() {
   }
 }
 
-task<void> source_stream::read(io::handle file, std::uint64_t at, std::uint64_t end, std::span<std::byte> out, std::string what) {
+task<void> source_stream::read(io::handle direct, io::handle buffered, std::uint64_t at, std::uint64_t end, std::span<std::byte> out,
+                               std::string what) {
   auto ex = co_await asio::this_coro::executor;
-  if (!cur_ || cur_->file() != file || cur_->position() != at || cur_->end() != end) {
+  if (!cur_ || cur_->file() != direct || cur_->position() != at || cur_->end() != end) {
     co_await close();
-    cur_.emplace(b_, ex, file, at, end, std::move(what));
+    if (end - at < runtime::direct_read_min) {
+      BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b_, ex, buffered, at, out, use_awaitable));
+      if (got != out.size())
+        co_return make_error(errc::short_read, what + ": the file ends at byte " + std::to_string(at + got) + ", before byte " +
+                                                   std::to_string(at + out.size()));
+      co_return success();
+    }
+    cur_.emplace(b_, ex, direct, at, end, std::move(what));
   }
   co_return co_await cur_->read(out);
 }
@@ -115,12 +123,14 @@ result<void> slice_checker::update(std::span<const std::byte> bytes) {
   return success();
 }
 
-task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& src, const format::saved_tensor& t,
+task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct, const format::saved_tensor& t,
                                const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, bool want_crc) {
   auto ex = co_await asio::this_coro::executor;
-  BOOST_OUTCOME_CO_TRY(auto h, co_await src.get(s.file));
   slice_checker check(m, t, s, want_crc);
-  runtime::sequential_reader in(b, ex, h, s.offset, s.offset + s.length, slice_ctx(m, t, s));
+  const bool small = s.length < runtime::direct_read_min;
+  BOOST_OUTCOME_CO_TRY(auto h, co_await (small ? buffered : direct).get(s.file));
+  std::optional<runtime::sequential_reader> ahead;
+  if (!small) ahead.emplace(b, ex, h, s.offset, s.offset + s.length, slice_ctx(m, t, s));
   auto copy = [&]() -> task<void> {
     for (std::uint64_t done = 0; done < s.length;) {
       auto into = out.room(out_offset + done);
@@ -129,7 +139,12 @@ task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_c
         continue;
       }
       into = into.first(static_cast<std::size_t>(std::min<std::uint64_t>(into.size(), s.length - done)));
-      BOOST_OUTCOME_CO_TRY(co_await in.read(into));
+      if (ahead) {
+        BOOST_OUTCOME_CO_TRY(co_await ahead->read(into));
+      } else {
+        BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, h, s.offset + done, into, use_awaitable));
+        if (got != into.size()) co_return make_error(errc::short_read, slice_ctx(m, t, s) + ": file ended early");
+      }
       BOOST_OUTCOME_CO_TRY(check.update(into));
       done += into.size();
       out.filled_to(out_offset + done);
@@ -142,7 +157,7 @@ task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_c
   } catch (const std::bad_alloc&) {
     r = out_of_memory("copying " + slice_ctx(m, t, s));
   }
-  (void)co_await in.drain();  // before `in` goes away (sequential_reader.hpp)
+  if (ahead) (void)co_await ahead->drain();  // before the reader goes away (sequential_reader.hpp)
   BOOST_OUTCOME_CO_TRY(std::move(r));
   co_return want_crc ? check.crc() : std::uint32_t{0};
 }

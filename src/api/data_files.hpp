@@ -70,20 +70,23 @@ class slice_checker {
 };
 
 // Copies stored slice `s` of tensor `t` to `[out_offset, out_offset + s.length)` of the file
-// `out` writes, reading it straight into the staging blocks and checking it on the way
-// (slice_checker); with `want_crc`, returns the CRC-32C of the bytes (a TensorFlow bundle
-// entry's), else 0. A
-// mismatch fails the copy after some of the bytes were placed: the caller's file is discarded.
-task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& src, const format::saved_tensor& t,
+// `out` writes, reading it into the staging blocks and checking it on the way (slice_checker):
+// through a runtime::sequential_reader from `direct` (files opened read_direct), or from
+// `buffered` when it is shorter than runtime::direct_read_min. With `want_crc`, returns the
+// CRC-32C of the bytes (a TensorFlow bundle entry's), else 0. A mismatch fails the copy after
+// some of the bytes were placed: the caller's file is discarded.
+task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct, const format::saved_tensor& t,
                                const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, bool want_crc);
 
 // Reads the byte ranges an import streams from its source files, each ahead of the save that
-// asks for it (runtime::sequential_reader, one at a time): a read where the current reader does
-// not stand starts a new one over [at, end) of `file`. `close()` before it goes away.
+// asks for it (runtime::sequential_reader on `direct`, the file opened read_direct, one range at
+// a time): a read where the current reader does not stand starts a new one over [at, end). A
+// range shorter than runtime::direct_read_min is read from `buffered`, the file opened
+// buffered. `close()` before it goes away.
 class source_stream {
  public:
   explicit source_stream(io::backend& b) : b_(b) {}
-  task<void> read(io::handle file, std::uint64_t at, std::uint64_t end, std::span<std::byte> out, std::string what);
+  task<void> read(io::handle direct, io::handle buffered, std::uint64_t at, std::uint64_t end, std::span<std::byte> out, std::string what);
   asio::awaitable<void> close();
 
  private:

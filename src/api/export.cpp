@@ -84,7 +84,7 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
   for (const auto* t : which) size += static_cast<std::uint64_t>(num_elements(t->global).value_or(0)) * dtype_size(t->type);
   auto sp = co_await detail::open_prefix_dir(b, prefix);
   if (!sp) co_return sp.error();
-  detail::file_cache src(b, *sp, *m, true);  // read with O_DIRECT (sequential_reader)
+  detail::file_cache src(b, *sp, *m), src_direct(b, *sp, *m, true);  // small slices buffered, large ones O_DIRECT
   runtime::on_unwind last_resort([&] { io::close_detached(b, sp->dir); });
   std::vector<std::byte> block;
   auto produce = [&](runtime::staged_writer& w) -> task<void> {
@@ -94,7 +94,7 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
       if (t->slices.size() == 1 && t->slices[0].where == box::whole(t->global)) {
         // Stored whole: its bytes are the row-major tensor, read straight into the staging
         // blocks and checked on the way (a TensorFlow tensor's CRC-32C at its last byte).
-        auto copied = detail::copy_slice(b, *m, src, *t, t->slices[0], w, offset, false);
+        auto copied = detail::copy_slice(b, *m, src, src_direct, *t, t->slices[0], w, offset, false);
         BOOST_OUTCOME_CO_TRY(co_await std::move(copied));
         offset += t->slices[0].length;
         continue;
@@ -132,6 +132,7 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
   auto op = detail::publish_streamed(b, out, size, produce);
   auto r = co_await std::move(op);
   co_await src.close_all();
+  co_await src_direct.close_all();
   co_await detail::close_quietly(b, sp->dir);
   last_resort.disarm();
   co_return r;

@@ -294,11 +294,12 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
                                                   std::to_string(streamed.size()) + " of them");
       if (!headers.empty() && !headers.front().metadata.empty())
         opt.extensions.push_back({std::string(safetensors_metadata_extension), format::encode_string_map(headers.front().metadata)});
-      // Each tensor is read ahead of the save, with O_DIRECT: its range [begin, end) in turn.
+      // Each tensor is read ahead of the save, with O_DIRECT: its range [begin, end) in turn
+      // (small ones buffered).
       stream_reader read = [&](std::size_t t, std::uint64_t offset, std::span<std::byte> out) {
         const auto& [fi, e] = where[t];
         const std::uint64_t begin = headers[fi].data_start + e->begin;
-        return stream.read(*files[fi].direct, begin + offset, headers[fi].data_start + e->end, out,
+        return stream.read(*files[fi].direct, files[fi].h, begin + offset, headers[fi].data_start + e->end, out,
                            "tensor \"" + e->name + "\" of " + files[fi].name);
       };
       auto writing = write_streamed(b, to, {}, streamed, std::move(read), std::move(opt));

@@ -139,13 +139,14 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
     }
   auto sp = co_await open_prefix_dir(b, prefix);
   if (!sp) co_return sp.error();
-  file_cache src(b, *sp, m, true);  // read with O_DIRECT (sequential_reader)
+  file_cache src(b, *sp, m), src_direct(b, *sp, m, true);  // small slices buffered, large ones O_DIRECT
   auto [out_dir, out_base] = split_prefix(out);
   // A crash from here on leaves no bundle at `out` (its index goes first) or the whole new one.
   {
     auto d = co_await io::async_open_dir(b, ex, out_dir, false, use_awaitable);
     if (!d) {
       co_await src.close_all();
+      co_await src_direct.close_all();
       co_await close_quietly(b, sp->dir);
       co_return with_context(d.error(), "export to " + out);
     }
@@ -168,7 +169,7 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
     if (k == 0 && !graph_bytes.empty()) size = idx.entries.back().offset + graph_bytes.size();
     auto produce = [&, k](runtime::staged_writer& w) -> task<void> {
       for (auto* p : here) {
-        auto copied = copy_slice(b, m, src, *p->t, *p->s, w, p->offset, true);
+        auto copied = copy_slice(b, m, src, src_direct, *p->t, *p->s, w, p->offset, true);
         BOOST_OUTCOME_CO_TRY(auto crc, co_await std::move(copied));
         p->crc = crc;
         rep.bytes += p->s->length;
@@ -184,6 +185,7 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
     if (!r) r = with_context(r.error(), "export to " + out + ": " + name);
   }
   co_await src.close_all();
+  co_await src_direct.close_all();
   co_await close_quietly(b, sp->dir);
   BOOST_OUTCOME_CO_TRY(std::move(r));
   // Entries in key order with their places and checksums; slices as entries of their own.
@@ -296,26 +298,32 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
   wopt.extensions.push_back({std::string(tf_header_extension), std::move(hdr)});
 
   const std::string dir_path = split_prefix(found.prefix).first;
-  std::vector<std::optional<io::handle>> files(m->files.size());  // allocated before the open: nothing may throw between it and the guard
+  // Each needed data file open twice: buffered for small pieces, O_DIRECT for large ones.
+  // Allocated before the opens: nothing may throw between one and the guard.
+  std::vector<std::optional<io::handle>> files(m->files.size()), direct(m->files.size());
   source_stream stream(b);  // closed before the files
   BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(b, ex, dir_path, false, use_awaitable));
   on_unwind last_resort([&] {
-    for (const auto& h : files)
-      if (h) io::close_detached(b, *h);
+    for (const auto* v : {&files, &direct})
+      for (const auto& h : *v)
+        if (h) io::close_detached(b, *h);
     io::close_detached(b, dir);
   });
   auto steps = [&]() -> task<write_report> {
     for (std::size_t k = 0; k < files.size(); ++k) {
       if (!needed[k]) continue;
-      auto h = co_await io::async_open(b, ex, dir, m->files[k].name, io::open_mode::read_direct, use_awaitable);
-      if (!h) {
-        if (h.error().code == std::errc::no_such_file_or_directory)
-          co_return make_error(errc::not_found, "data file " + dir_path + "/" + m->files[k].name + " of " + found.prefix + " does not exist");
-        co_return with_context(h.error(), m->files[k].name);
+      for (auto* v : {&files, &direct}) {
+        auto h = co_await io::async_open(b, ex, dir, m->files[k].name, v == &files ? io::open_mode::read : io::open_mode::read_direct,
+                                         use_awaitable);
+        if (!h) {
+          if (h.error().code == std::errc::no_such_file_or_directory)
+            co_return make_error(errc::not_found, "data file " + dir_path + "/" + m->files[k].name + " of " + found.prefix + " does not exist");
+          co_return with_context(h.error(), m->files[k].name);
+        }
+        (*v)[k] = *h;
       }
-      files[k] = *h;
     }
-    // Each stored piece is read ahead of the save, with O_DIRECT.
+    // Each stored piece is read ahead of the save, with O_DIRECT (small ones buffered).
     stream_reader read = [&](std::size_t t, std::uint64_t offset, std::span<std::byte> out) -> task<void> {
       std::uint64_t start = 0;
       for (auto& run : runs[t]) {
@@ -329,7 +337,7 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
         const auto& fname = m->files[run.file].name;
         if (in != run.read)
           co_return make_error(errc::invalid_argument, "internal: tensor \"" + streamed[t].key + "\" read out of order");
-        auto reading = stream.read(*files[run.file], run.offset + in, run.offset + run.length, out.first(n),
+        auto reading = stream.read(*direct[run.file], *files[run.file], run.offset + in, run.offset + run.length, out.first(n),
                                    "tensor \"" + streamed[t].key + "\" in " + fname);
         BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
         run.running = format::crc32c::extend(run.running, out.first(n));
@@ -355,8 +363,9 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
     r = out_of_memory("importing " + found.prefix);
   }
   co_await stream.close();
-  for (const auto& h : files)
-    if (h) co_await close_quietly(b, *h);
+  for (const auto* v : {&files, &direct})
+    for (const auto& h : *v)
+      if (h) co_await close_quietly(b, *h);
   co_await close_quietly(b, dir);
   last_resort.disarm();
   co_return std::move(*r);

@@ -21,6 +21,10 @@
 
 namespace meshckpt::runtime {
 
+// Ranges shorter than this are better read buffered: O_DIRECT has no readahead, so each small
+// range would cost a round trip to the disk where the page cache has its neighbours already.
+inline constexpr std::uint64_t direct_read_min = 1u << 20;
+
 class sequential_reader {
  public:
   static constexpr std::size_t block_bytes = staging_buffer_bytes;
