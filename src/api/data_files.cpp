@@ -128,7 +128,8 @@ task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_c
   auto ex = co_await asio::this_coro::executor;
   slice_checker check(m, t, s, want_crc);
   const bool small = s.length < runtime::direct_read_min;
-  BOOST_OUTCOME_CO_TRY(auto h, co_await (small ? buffered : direct).get(s.file));
+  file_cache& files = small ? buffered : direct;
+  BOOST_OUTCOME_CO_TRY(auto h, co_await files.get(s.file));
   std::optional<runtime::sequential_reader> ahead;
   if (!small) ahead.emplace(b, ex, h, s.offset, s.offset + s.length, slice_ctx(m, t, s));
   auto copy = [&]() -> task<void> {

@@ -408,6 +408,37 @@ TEST_CASE("saves and restores of different states in one process reuse memory an
   CHECK(same(src, dst));
 }
 
+namespace {
+
+// Runs `body(executor, file)` as a coroutine on a private io_context, with `name` in `dir` open
+// in `mode` through `b` (closed after); its result.
+result<void> with_open_file(io::backend& b, const std::string& dir, const std::string& name, io::open_mode mode,
+                            std::function<runtime::task<void>(boost::asio::any_io_executor, io::handle)> body) {
+  boost::asio::io_context ctx;
+  std::optional<result<void>> out;
+  auto coro = [&]() -> runtime::task<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    BOOST_OUTCOME_CO_TRY(auto d, co_await io::async_open_dir(b, ex, dir, false, runtime::use_awaitable));
+    auto h = co_await io::async_open(b, ex, d, name, mode, runtime::use_awaitable);
+    result<void> r = success();
+    if (!h) {
+      r = h.error();
+    } else {
+      auto running = body(ex, *h);  // named before co_await (GCC 12)
+      r = co_await std::move(running);
+      (void)co_await io::async_close(b, ex, *h, runtime::use_awaitable);
+    }
+    (void)co_await io::async_close(b, ex, d, runtime::use_awaitable);
+    co_return r;
+  };
+  runtime::spawn<void>(ctx.get_executor(), coro(), [&](result<void> r) { out = std::move(r); });
+  ctx.run();
+  REQUIRE(out);  // the coroutine finished
+  return *out;
+}
+
+}  // namespace
+
 TEST_CASE("staged_writer places bytes at increasing offsets over blocks, zero-fills the gaps and reports a failed write",
           "[runtime][staging]") {
   temp_dir tmp;
@@ -423,12 +454,7 @@ TEST_CASE("staged_writer places bytes at increasing offsets over blocks, zero-fi
 
   // Writes the pieces to `name` through `b`; the error of the first failure.
   auto write_file = [&](io::backend& b, const std::string& name) {
-    boost::asio::io_context ctx;
-    std::optional<result<void>> out;
-    auto coro = [&]() -> runtime::task<void> {
-      auto ex = co_await boost::asio::this_coro::executor;
-      BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(b, ex, tmp.str(), false, runtime::use_awaitable));
-      BOOST_OUTCOME_CO_TRY(auto h, co_await io::async_open(b, ex, dir, name, io::open_mode::create_exclusive_direct, runtime::use_awaitable));
+    return with_open_file(b, tmp.str(), name, io::open_mode::create_exclusive_direct, [&](auto ex, io::handle h) -> runtime::task<void> {
       result<void> r = success();
       {
         runtime::staged_writer w(b, ex, h, size);
@@ -445,14 +471,8 @@ TEST_CASE("staged_writer places bytes at increasing offsets over blocks, zero-fi
         if (r) CHECK(written == (size + 4095) / 4096 * 4096);  // every block, the last padded to a page
       }
       if (r) r = co_await io::async_truncate(b, ex, h, size, runtime::use_awaitable);
-      (void)co_await io::async_close(b, ex, h, runtime::use_awaitable);
-      (void)co_await io::async_close(b, ex, dir, runtime::use_awaitable);
       co_return r;
-    };
-    runtime::spawn<void>(ctx.get_executor(), coro(), [&](result<void> r) { out = std::move(r); });
-    ctx.run();
-    REQUIRE(out);
-    return *out;
+    });
   };
   auto be = std::shared_ptr<io::backend>(backends::make_posix_backend());
   REQUIRE(write_file(*be, "f"));
@@ -481,33 +501,20 @@ TEST_CASE("sequential_reader reads a range ahead in aligned blocks, in pieces of
   }
   // Reads [begin, end) of the file in pieces of the sizes given (cycled) into `got`.
   auto read_range = [&](io::backend& b, std::uint64_t begin, std::uint64_t end, std::vector<std::size_t> sizes, std::vector<std::byte>& got) {
-    boost::asio::io_context ctx;
-    std::optional<result<void>> out;
     got.assign(end - begin, std::byte{0});
-    auto coro = [&]() -> runtime::task<void> {
-      auto ex = co_await boost::asio::this_coro::executor;
-      BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(b, ex, tmp.str(), false, runtime::use_awaitable));
-      BOOST_OUTCOME_CO_TRY(auto h, co_await io::async_open(b, ex, dir, "f", io::open_mode::read_direct, runtime::use_awaitable));
+    return with_open_file(b, tmp.str(), "f", io::open_mode::read_direct, [&](auto ex, io::handle h) -> runtime::task<void> {
       result<void> r = success();
-      {
-        runtime::sequential_reader in(b, ex, h, begin, end, "the test range");
-        std::span<std::byte> rest(got);
-        for (std::size_t k = 0; r && !rest.empty(); ++k) {
-          auto piece = rest.first(std::min(rest.size(), sizes[k % sizes.size()]));
-          auto op = in.read(piece);
-          r = co_await std::move(op);
-          rest = rest.subspan(piece.size());
-        }
-        (void)co_await in.drain();  // always, before the reader goes away
+      runtime::sequential_reader in(b, ex, h, begin, end, "the test range");
+      std::span<std::byte> rest(got);
+      for (std::size_t k = 0; r && !rest.empty(); ++k) {
+        auto piece = rest.first(std::min(rest.size(), sizes[k % sizes.size()]));
+        auto op = in.read(piece);
+        r = co_await std::move(op);
+        rest = rest.subspan(piece.size());
       }
-      (void)co_await io::async_close(b, ex, h, runtime::use_awaitable);
-      (void)co_await io::async_close(b, ex, dir, runtime::use_awaitable);
+      (void)co_await in.drain();  // always, before the reader goes away
       co_return r;
-    };
-    runtime::spawn<void>(ctx.get_executor(), coro(), [&](result<void> r) { out = std::move(r); });
-    ctx.run();
-    REQUIRE(out);
-    return *out;
+    });
   };
   auto be = std::shared_ptr<io::backend>(backends::make_posix_backend());
   std::vector<std::byte> got;
