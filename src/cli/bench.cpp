@@ -38,6 +38,8 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
+}  // namespace
+
 // Drops the page cache so that the next read comes from the device. Needs root.
 bool drop_caches() {
   ::sync();
@@ -46,6 +48,8 @@ bool drop_caches() {
   f << "3\n";
   return static_cast<bool>(f.flush());
 }
+
+namespace {
 
 // Peak resident set since the last `reset_peak_rss()` (VmHWM), and the current one (VmRSS).
 std::uint64_t status_kib(const char* field) {
@@ -116,6 +120,8 @@ state make_workload(const std::string& name, bool fill) {
   return s;
 }
 
+}  // namespace
+
 // Runs fio and returns MiB/s, or nullopt when fio is missing or fails.
 std::optional<double> run_fio(const std::string& dir, bool write, std::uint64_t bytes) {
   if (std::system("command -v fio >/dev/null 2>&1") != 0) return std::nullopt;
@@ -138,6 +144,8 @@ std::optional<double> run_fio(const std::string& dir, bool write, std::uint64_t 
   double v = std::strtod(out.c_str() + colon + 1, nullptr);
   return v / (1 << 20);
 }
+
+namespace {
 
 struct figures {
   std::string workload;
@@ -184,10 +192,11 @@ int run_bench(const bench_args& a) {
   std::vector<std::string> workloads;
   if (a.workload == "all") workloads = {"large", "small", "stall", "reshard"};
   else if (a.workload == "large" || a.workload == "small" || a.workload == "stall" || a.workload == "reshard") workloads = {a.workload};
-  else {
-    std::fprintf(stderr, "meshckpt bench: unknown workload \"%s\" (large, small, stall, reshard, all)\n", a.workload.c_str());
+  else if (a.workload != "convert") {
+    std::fprintf(stderr, "meshckpt bench: unknown workload \"%s\" (large, small, stall, reshard, convert, all)\n", a.workload.c_str());
     return 2;
   }
+  const bool convert = a.workload == "convert" || a.workload == "all";
   const bool have_fio = std::system("command -v fio >/dev/null 2>&1") == 0;
   const bool rss_resettable = reset_peak_rss();
   std::vector<figures> all;
@@ -381,6 +390,13 @@ int run_bench(const bench_args& a) {
     f.memcpy_s = median(mc);
     all.push_back(f);
   }
+  std::optional<convert_figures> conv;
+  if (convert) {
+    if (!a.json) std::fprintf(stderr, "bench convert: one tensor of %llu MiB, %d repetitions, backend %s\n",
+                              static_cast<unsigned long long>(a.convert_mib), a.reps, std::string(be->name()).c_str());
+    conv = run_convert(*be, a, have_fio);
+    if (!conv) return 1;
+  }
   auto num = [](std::optional<double> v, const char* fmt = "%.1f") {
     if (!v) return std::string("null");
     char b[64];
@@ -407,10 +423,20 @@ int run_bench(const bench_args& a) {
                   f.threads_idle ? std::to_string(*f.threads_idle).c_str() : "null",
                   f.threads_saving ? std::to_string(*f.threads_saving).c_str() : "null");
     }
+    if (conv)
+      std::printf("%s{\"workload\":\"convert\",\"backend\":\"%s\",\"bytes\":%llu,\"tensors\":1,\"import_MiBps\":%.1f,\"import_tf_MiBps\":%.1f,"
+                  "\"export_MiBps\":%.1f,\"export_tf_MiBps\":%.1f,\"restore_MiBps\":%.1f,\"import_vs_restore\":%.3f,\"import_tf_vs_restore\":%.3f,"
+                  "\"fio_write_MiBps\":%s,\"import_vs_fio\":%s,\"import_tf_vs_fio\":%s,\"export_vs_fio\":%s,\"export_tf_vs_fio\":%s,"
+                  "\"cold_cache\":%s}",
+                  all.empty() ? "" : ",", std::string(be->name()).c_str(), static_cast<unsigned long long>(conv->bytes), conv->import_MiBps,
+                  conv->import_tf_MiBps, conv->export_MiBps, conv->export_tf_MiBps, conv->restore_MiBps, conv->import_vs_restore,
+                  conv->import_tf_vs_restore, num(conv->fio_write_MiBps).c_str(), num(conv->import_vs_fio, "%.3f").c_str(),
+                  num(conv->import_tf_vs_fio, "%.3f").c_str(), num(conv->export_vs_fio, "%.3f").c_str(), num(conv->export_tf_vs_fio, "%.3f").c_str(),
+                  conv->cold ? "true" : "false");
     std::printf("]\n");
     return 0;
   }
-  std::printf("%-8s %-7s %10s %9s %12s %16s %14s %16s %11s\n", "workload", "backend", "bytes", "tensors", "save MiB/s",
+  if (!all.empty()) std::printf("%-8s %-7s %10s %9s %12s %16s %14s %16s %11s\n", "workload", "backend", "bytes", "tensors", "save MiB/s",
               "fio write (x)", "restore MiB/s", "fio read (x)", "RSS growth");
   for (const auto& f : all) {
     auto ratio = [](std::optional<double> base, std::optional<double> r) {
@@ -424,11 +450,22 @@ int run_bench(const bench_args& a) {
                 f.restore_MiBps, ratio(f.fio_read_MiBps, f.restore_ratio).c_str(),
                 f.peak_rss ? format::human_bytes(f.peak_rss > f.rss_before ? f.peak_rss - f.rss_before : 0).c_str() : "?");
   }
-  std::printf("medians of %d repetitions; saves durable and checksummed; restores verified%s.\n"
+  if (!all.empty())
+    std::printf("medians of %d repetitions; saves durable and checksummed; restores verified%s.\n"
               "fio (1 MiB blocks, io_uring, qd16, O_DIRECT) runs in each repetition next to ours; (x) is the median of the per-repetition ratios.\n"
               "Each save writes a new checkpoint name; deleting it afterwards is not timed.\n",
               a.reps, all.empty() || all[0].cold ? ", from a cold page cache" : " (page cache NOT dropped: run as root for cold reads)");
   if (!have_fio) std::printf("fio is not installed: no disk baseline (make bench installs it)\n");
+  if (conv) {
+    auto x = [&](std::optional<double> r) { return r ? ", " + num(r, "%.2f") + "x fio write" : std::string(); };
+    std::printf("convert: one tensor of %s%s; fio write %s MiB/s\n", format::human_bytes(conv->bytes).c_str(),
+                conv->cold ? ", each step from a cold page cache" : "", num(conv->fio_write_MiBps, "%.0f").c_str());
+    std::printf("convert: import safetensors %.0f MiB/s (%.2fx a cold verified restore of it, %.0f MiB/s%s); import tf %.0f MiB/s (%.2fx%s)\n",
+                conv->import_MiBps, conv->import_vs_restore, conv->restore_MiBps, x(conv->import_vs_fio).c_str(), conv->import_tf_MiBps,
+                conv->import_tf_vs_restore, x(conv->import_tf_vs_fio).c_str());
+    std::printf("convert: export safetensors %.0f MiB/s%s; export tf %.0f MiB/s%s\n", conv->export_MiBps, x(conv->export_vs_fio).c_str(),
+                conv->export_tf_MiBps, x(conv->export_tf_vs_fio).c_str());
+  }
   for (const auto& f : all)
     if (f.workload == "reshard")
       std::printf("reshard: saved on x=2,y=4; restore onto x=4,y=2 %.0f MiB/s%s; onto one device %.0f MiB/s%s\n", f.restore_MiBps,

@@ -60,6 +60,7 @@ int bench_main(const std::vector<std::string>& av) {
     else if (av[i] == "--workload" && (v = value())) b.workload = *v;
     else if (av[i] == "--backend" && (v = value())) b.backend = *v;
     else if (av[i] == "--reps" && (v = value())) b.reps = std::max(1, std::atoi(v->c_str()));
+    else if (av[i] == "--size" && (v = value())) b.convert_mib = static_cast<std::uint64_t>(std::max(1, std::atoi(v->c_str())));
     else return usage_error("bench: unknown or incomplete option " + av[i]);
   }
   if (b.dir.empty()) return usage_error("bench needs --dir DIR (on the disk to measure)");
