@@ -32,13 +32,18 @@ using clock_type = std::chrono::steady_clock;
 
 double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
+}  // namespace
+
 double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
-}  // namespace
+std::optional<double> median_opt(const std::vector<double>& v) {
+  if (v.empty()) return std::nullopt;
+  return median(v);
+}
 
 // Drops the page cache so that the next read comes from the device. Needs root.
 bool drop_caches() {
@@ -170,11 +175,6 @@ struct figures {
 };
 
 using runtime::thread_count;
-
-std::optional<double> median_opt(const std::vector<double>& v) {
-  if (v.empty()) return std::nullopt;
-  return median(v);
-}
 
 }  // namespace
 

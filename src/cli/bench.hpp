@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "meshckpt/io/backend.hpp"
 
@@ -32,6 +33,9 @@ struct convert_figures {
   bool cold = true;
 };
 
+// The median of `v` (0 when empty); as optional (nullopt when empty). (bench.cpp)
+double median(std::vector<double> v);
+std::optional<double> median_opt(const std::vector<double>& v);
 // Drops the page cache (needs root); false when it could not. (bench.cpp)
 bool drop_caches();
 // fio's sequential write of `bytes` in `dir` (O_DIRECT, qd16, final fsync), MiB/s. (bench.cpp)

@@ -23,16 +23,6 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-double median_of(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-}
-
-std::optional<double> median_if(const std::vector<double>& v) {
-  if (v.empty()) return std::nullopt;
-  return median_of(v);
-}
-
 // Writes the source: a safetensors file holding one float32 tensor of `rows` x 4096.
 bool write_source(const std::string& path, std::int64_t rows) {
   std::vector<format::safetensor_entry> e{{"weight", dtype::float32, {rows, 4096}, 0, 0}};
@@ -126,18 +116,18 @@ std::optional<convert_figures> run_convert(io::backend& be, const bench_args& a,
   remove_outputs(ref);
   remove_outputs(tf);
   std::filesystem::remove(src);
-  f.import_MiBps = mib / median_of(imp);
-  f.import_tf_MiBps = mib / median_of(imp_tf);
-  f.export_MiBps = mib / median_of(exp);
-  f.export_tf_MiBps = mib / median_of(exp_tf);
-  f.restore_MiBps = mib / median_of(rst);
-  f.import_vs_restore = median_of(imp_r);
-  f.import_tf_vs_restore = median_of(imp_tf_r);
-  f.fio_write_MiBps = median_if(fio);
-  f.import_vs_fio = median_if(imp_f);
-  f.import_tf_vs_fio = median_if(imp_tf_f);
-  f.export_vs_fio = median_if(exp_f);
-  f.export_tf_vs_fio = median_if(exp_tf_f);
+  f.import_MiBps = mib / median(imp);
+  f.import_tf_MiBps = mib / median(imp_tf);
+  f.export_MiBps = mib / median(exp);
+  f.export_tf_MiBps = mib / median(exp_tf);
+  f.restore_MiBps = mib / median(rst);
+  f.import_vs_restore = median(imp_r);
+  f.import_tf_vs_restore = median(imp_tf_r);
+  f.fio_write_MiBps = median_opt(fio);
+  f.import_vs_fio = median_opt(imp_f);
+  f.import_tf_vs_fio = median_opt(imp_tf_f);
+  f.export_vs_fio = median_opt(exp_f);
+  f.export_tf_vs_fio = median_opt(exp_tf_f);
   return f;
 }
 
