@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "meshckpt/graph/object_graph.hpp"
+#include "meshckpt/plan/global_copy.hpp"
 
 namespace meshckpt::graph {
 
@@ -159,6 +160,10 @@ std::span<std::byte> variable::shard_bytes(std::int64_t device) const {
   const local_shard* s = view_.shard_of(device);
   return s ? s->data : std::span<std::byte>{};
 }
+
+result<void> variable::assign_global(std::span<const std::byte> global) const { return meshckpt::assign_global(view_, global); }
+
+result<void> variable::copy_to_global(std::span<std::byte> global) const { return meshckpt::copy_to_global(view_, global); }
 
 result<value_snapshot> variable::value_for_save(const mesh&) { return value_snapshot{view_, nullptr}; }
 

@@ -6,6 +6,8 @@
 #include <random>
 
 #include "../../fuzz/read_plan_oracle.hpp"
+#include "meshckpt/plan/global_copy.hpp"
+#include "meshckpt/tensor/dtensor.hpp"
 
 using namespace meshckpt;
 using namespace meshckpt::plan;
@@ -125,4 +127,47 @@ TEST_CASE("read plans match the brute-force oracle", "[plan][read][oracle]") {
   CHECK(direct > 1000);
   CHECK(merged > 1000);
   CHECK(requests - direct > 1000);
+}
+
+// ---------------------------------------------------------------- a whole array in and out
+
+TEST_CASE("assign_global and copy_to_global move a whole array into every layout's shards and back", "[plan][global]") {
+  auto m = mesh::create({{"x", 2}, {"y", 3}}).value();
+  const shape g = {5, 7, 2};  // uneven over both mesh dimensions
+  std::vector<std::int32_t> whole(5 * 7 * 2);
+  for (std::size_t i = 0; i < whole.size(); ++i) whole[i] = static_cast<std::int32_t>(i * 7 + 1);
+  const auto bytes = std::as_bytes(std::span(whole));
+  for (std::vector<std::string> specs : {std::vector<std::string>{"x", "y", "unsharded"}, {"y", "unsharded", "x"},
+                                         {"unsharded", "x", "unsharded"}, {"unsharded", "unsharded", "unsharded"}}) {
+    auto l = layout::create(specs, m).value();
+    auto d = dtensor::create(dtype::int32, g, l).value();
+    REQUIRE(assign_global(d.view(), bytes));
+    // Every element of every shard is the global element at its coordinates.
+    for (const auto& s : d.view().shards()) {
+      const box b = l.shard_box(g, s.device).value();
+      const auto* p = reinterpret_cast<const std::int32_t*>(s.data.data());
+      std::size_t k = 0;
+      for (std::int64_t i = 0; i < b.extent[0]; ++i)
+        for (std::int64_t j = 0; j < b.extent[1]; ++j)
+          for (std::int64_t c = 0; c < b.extent[2]; ++c, ++k)
+            REQUIRE(p[k] == whole[((b.origin[0] + i) * 7 + b.origin[1] + j) * 2 + b.origin[2] + c]);
+    }
+    std::vector<std::int32_t> back(whole.size(), -1);
+    REQUIRE(copy_to_global(d.view(), std::as_writable_bytes(std::span(back))));
+    CHECK(back == whole);
+  }
+}
+
+TEST_CASE("copy_to_global leaves other processes' parts alone; a wrongly sized array is refused", "[plan][global]") {
+  auto m = mesh::create({{"x", 4}}, {}, {1, 2}).value();
+  auto d = dtensor::create(dtype::int32, {8}, layout::create({"x"}, m).value()).value();
+  std::vector<std::int32_t> whole = {0, 1, 2, 3, 4, 5, 6, 7};
+  REQUIRE(assign_global(d.view(), std::as_bytes(std::span(whole))));
+  std::vector<std::int32_t> back(8, -1);
+  REQUIRE(copy_to_global(d.view(), std::as_writable_bytes(std::span(back))));
+  CHECK(back == std::vector<std::int32_t>{-1, -1, 2, 3, 4, 5, -1, -1});
+  auto r = assign_global(d.view(), std::as_bytes(std::span(whole)).first(28));
+  REQUIRE(!r);
+  CHECK(r.error().code == errc::invalid_argument);
+  CHECK(r.error().message.find("28 bytes") != std::string::npos);
 }

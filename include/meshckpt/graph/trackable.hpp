@@ -121,6 +121,11 @@ class variable : public trackable {
   const dtensor_view& view() const { return view_; }
   /// Bytes of the shard of local device `device` (empty when not local).
   std::span<std::byte> shard_bytes(std::int64_t device) const;
+  /// Fills every local shard from `global`, the whole tensor row-major (`meshckpt::assign_global`).
+  result<void> assign_global(std::span<const std::byte> global) const;
+  /// Copies every local shard into its box of `global`, the whole tensor row-major
+  /// (`meshckpt::copy_to_global`); parts held by other processes are left as they are.
+  result<void> copy_to_global(std::span<std::byte> global) const;
 
   bool has_value() const override { return true; }
   result<value_snapshot> value_for_save(const mesh& m) override;

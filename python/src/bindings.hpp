@@ -1,0 +1,88 @@
+// Shared parts of the Python extension `meshckpt._meshckpt`: error translation, the Python
+// objects kept alive by saves, and the futures that C++ completions resolve.
+#pragma once
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <functional>
+#include <memory>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "meshckpt/error.hpp"
+
+namespace meshckpt::python {
+
+namespace py = pybind11;
+
+// A meshckpt error on its way to Python: the translator registered in module.cpp raises the
+// exception class of meshckpt/errors.py that matches its code.
+struct error_exception {
+  error e;
+};
+
+// Throws `r`'s error as an error_exception, or returns its value.
+template <class T>
+T unwrap(result<T> r) {
+  if (!r) throw error_exception{r.error()};
+  if constexpr (!std::is_void_v<T>) return std::move(r).value();
+}
+
+// The Python exception object for `e` (an instance of the matching meshckpt.errors class).
+py::object to_exception(const error& e);
+
+// False once the interpreter is finalizing: a library thread must then not take the GIL.
+bool python_alive();
+
+// Python objects owned by C++ that may be released on a library thread: the destructor takes
+// the GIL (or, during interpreter shutdown, leaks them instead of touching a dead interpreter).
+class py_refs {
+ public:
+  py_refs() = default;
+  py_refs(const py_refs&) = delete;
+  py_refs& operator=(const py_refs&) = delete;
+  ~py_refs();
+  void add(py::object o) { objs_.push_back(std::move(o)); }
+  // Keeps a buffer export (Py_buffer) until destruction; the exporter cannot resize meanwhile.
+  void add_buffer(std::unique_ptr<Py_buffer> b) { bufs_.push_back(std::move(b)); }
+
+ private:
+  std::vector<py::object> objs_;
+  std::vector<std::unique_ptr<Py_buffer>> bufs_;
+};
+
+// A concurrent.futures.Future resolved from a library thread. Counted while unresolved, so that
+// interpreter exit can wait for every operation to finish (`drain`).
+class future_slot {
+ public:
+  // Creates the future (GIL held), already "running": it cannot be cancelled through the
+  // Future API, only through the operation's stop.
+  future_slot();
+  py::object future() const { return fut_->obj; }
+  // Resolves with `make_value()` (GIL taken) or the exception of `e`.
+  void set(std::function<py::object()> make_value) const;
+  void fail(const error& e) const;
+
+ private:
+  struct holder {
+    py::object obj;
+    ~holder();
+  };
+  std::shared_ptr<holder> fut_;
+};
+
+// Waits (GIL released) until every future created so far is resolved.
+void drain();
+
+// A stop request callable from Python for an operation in flight.
+struct stop_handle {
+  std::shared_ptr<std::stop_source> src = std::make_shared<std::stop_source>();
+  void request() const { src->request_stop(); }
+};
+
+void bind_tensors(py::module_& m);
+void bind_checkpoint(py::module_& m);
+
+}  // namespace meshckpt::python

@@ -1,0 +1,143 @@
+// The extension module: error translation and the futures C++ completions resolve.
+#include <condition_variable>
+#include <mutex>
+#include <stop_token>
+
+#include "bindings.hpp"
+
+namespace meshckpt::python {
+
+namespace {
+
+std::mutex pending_mu;
+std::condition_variable pending_cv;
+long pending = 0;
+
+// The name of errors.py's class for `e`.
+const char* class_for(const error& e) {
+  if (e.code.category() == meshckpt_category()) {
+    switch (static_cast<errc>(e.code.value())) {
+      case errc::invalid_argument: return "InvalidArgumentError";
+      case errc::not_found: return "NotFoundError";
+      case errc::checksum_mismatch: return "ChecksumMismatchError";
+      case errc::corrupt_manifest:
+      case errc::short_read:
+      case errc::unsafe_path:
+      case errc::unsupported_version: return "CorruptCheckpointError";
+      case errc::dtype_mismatch:
+      case errc::shape_mismatch:
+      case errc::layout_mismatch: return "MismatchError";
+      case errc::cancelled: return "CancelledError";
+      case errc::timed_out: return "TimedOutError";
+      case errc::locked: return "LockedError";
+      case errc::unsupported: return "UnsupportedError";
+      default: return "MeshckptError";
+    }
+  }
+  if (e.code.category() == std::system_category() || e.code.category() == std::generic_category()) {
+    if (e.code.value() == ENOENT) return "NotFoundError";
+    if (e.code.value() == ENOMEM) return "OutOfMemoryError";
+    return "MeshckptIOError";
+  }
+  return "MeshckptError";
+}
+
+}  // namespace
+
+py::object to_exception(const error& e) {
+  py::object cls = py::module_::import("meshckpt.errors").attr(class_for(e));
+  const bool meshckpt_code = e.code.category() == meshckpt_category();
+  return cls.attr("_make")(e.what(), meshckpt_code ? e.code.value() : 0, meshckpt_code ? 0 : e.code.value());
+}
+
+bool python_alive() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsInitialized() && !Py_IsFinalizing();
+#else
+  return Py_IsInitialized() && !_Py_IsFinalizing();
+#endif
+}
+
+py_refs::~py_refs() {
+  if (!python_alive()) {
+    for (auto& o : objs_) o.release();  // the interpreter is going away: leak, never touch it
+    for (auto& b : bufs_) b.release();
+    return;
+  }
+  py::gil_scoped_acquire gil;
+  for (auto& b : bufs_) PyBuffer_Release(b.get());
+  bufs_.clear();
+  objs_.clear();
+}
+
+future_slot::holder::~holder() {
+  if (!python_alive()) {
+    obj.release();
+    return;
+  }
+  py::gil_scoped_acquire gil;
+  obj = py::object();
+}
+
+future_slot::future_slot() : fut_(std::make_shared<holder>()) {
+  fut_->obj = py::module_::import("concurrent.futures").attr("Future")();
+  fut_->obj.attr("set_running_or_notify_cancel")();
+  std::lock_guard lk(pending_mu);
+  ++pending;
+}
+
+namespace {
+void resolved() {
+  std::lock_guard lk(pending_mu);
+  if (--pending == 0) pending_cv.notify_all();
+}
+}  // namespace
+
+void future_slot::set(std::function<py::object()> make_value) const {
+  if (python_alive()) {
+    py::gil_scoped_acquire gil;
+    try {
+      fut_->obj.attr("set_result")(make_value());
+    } catch (error_exception& e) {
+      fut_->obj.attr("set_exception")(to_exception(e.e));
+    } catch (py::error_already_set& e) {
+      fut_->obj.attr("set_exception")(e.value());
+    }
+  }
+  resolved();
+}
+
+void future_slot::fail(const error& e) const {
+  if (python_alive()) {
+    py::gil_scoped_acquire gil;
+    fut_->obj.attr("set_exception")(to_exception(e));
+  }
+  resolved();
+}
+
+void drain() {
+  py::gil_scoped_release nogil;
+  std::unique_lock lk(pending_mu);
+  pending_cv.wait(lk, [] { return pending == 0; });
+}
+
+}  // namespace meshckpt::python
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_meshckpt, m) {
+  namespace mp = meshckpt::python;
+  m.doc() = "meshckpt's C++ core (use the `meshckpt` package)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const mp::error_exception& e) {
+      py::object exc = mp::to_exception(e.e);
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+    }
+  });
+  m.def("_drain", &mp::drain, "Waits until every meshckpt future is resolved (called at exit).");
+  py::class_<mp::stop_handle>(m, "StopHandle").def("__call__", &mp::stop_handle::request, "Requests the operation's stop.");
+  mp::bind_tensors(m);
+  mp::bind_checkpoint(m);
+}
