@@ -37,20 +37,43 @@ def mpi_coordinator():
 _atexit.register(_C._drain)
 
 
-def _wait(fut, stop=None):
-    """fut.result(); on KeyboardInterrupt, stops the operation, waits for its end, re-raises."""
+def _future():
+    f = _futures.Future()
+    f.set_running_or_notify_cancel()  # the operation, not the Future API, decides its end
+    return f
+
+
+def _run(start, *args, stop=None):
+    """Starts an operation that resolves a new future and waits for it. On KeyboardInterrupt
+    (Ctrl-C), requests the operation's stop (when it has one), waits for its end (cancelled:
+    nothing left behind; or already committed), then re-raises."""
+    fut = _future()
     try:
+        start(*args, fut)
         return fut.result()
     except KeyboardInterrupt:
-        if stop is not None:
-            stop()
-        while True:
-            try:
-                _futures.wait([fut])
-                break
-            except KeyboardInterrupt:  # a second Ctrl-C: keep waiting, the stop is requested
-                continue
+        if getattr(fut, "_meshckpt_started", False):
+            if stop is not None:
+                stop()
+            while True:
+                try:
+                    _futures.wait([fut])
+                    break
+                except KeyboardInterrupt:  # another Ctrl-C: the stop is requested, keep waiting
+                    continue
         raise
+
+
+def _start_save(impl, *args, lazy=False):
+    """(future of the outcome, future of the snapshot or None, stop handle) of a started save."""
+    fut, snap, stop = _future(), _future() if lazy else None, _C.StopHandle()
+    impl.start_save(*args, fut, snap, stop)
+    return fut, snap, stop
+
+
+def _save(impl, *args):
+    stop = _C.StopHandle()
+    return _run(lambda *a: impl.start_save(*a[:-1], a[-1], None, stop), *args, stop=stop)
 
 
 class Module(_C.Module):
@@ -199,44 +222,45 @@ class Checkpoint:
     def save(self, file_prefix):
         """Increments the save counter, writes `file_prefix-N` and updates the directory's
         `checkpoint` state file. Returns the path."""
-        fut, _, stop = self._impl.start_save(str(file_prefix), True)
-        return _wait(fut, stop)
+        return _save(self._impl, str(file_prefix), True)
 
     def write(self, file_prefix):
         """Writes exactly `file_prefix` (no numbering, no state file). Returns it."""
-        fut, _, stop = self._impl.start_save(str(file_prefix), False)
-        return _wait(fut, stop)
+        return _save(self._impl, str(file_prefix), False)
 
     def save_async(self, file_prefix):
         """`save` as a concurrent.futures.Future of the path (`await asyncio.wrap_future(f)`)."""
-        return self._impl.start_save(str(file_prefix), True)[0]
+        return _start_save(self._impl, str(file_prefix), True)[0]
 
     def write_async(self, file_prefix):
-        return self._impl.start_save(str(file_prefix), False)[0]
+        return _start_save(self._impl, str(file_prefix), False)[0]
 
     def save_lazy(self, file_prefix):
         """Returns at once: a LazySave with `snapshot` and `committed` futures."""
-        fut, snap, stop = self._impl.start_save(str(file_prefix), True, True)
-        return LazySave(fut, snap, stop)
+        return LazySave(*_start_save(self._impl, str(file_prefix), True, lazy=True))
 
     def write_lazy(self, file_prefix):
-        fut, snap, stop = self._impl.start_save(str(file_prefix), False, True)
-        return LazySave(fut, snap, stop)
+        return LazySave(*_start_save(self._impl, str(file_prefix), False, lazy=True))
 
     def read(self, save_path):
         """Restores a checkpoint written by `write` (the save counter is left alone)."""
-        return _wait(self._impl.start_restore(str(save_path), False))
+        return _run(self._impl.start_restore, str(save_path), False)
 
     def restore(self, save_path):
         """Restores a checkpoint written by `save` (or None: an initialization-only status);
         the save counter takes the saved value. Returns a LoadStatus."""
-        return _wait(self._impl.start_restore(None if save_path is None else str(save_path), True))
+        return _run(self._impl.start_restore, None if save_path is None else str(save_path), True)
 
     def read_async(self, save_path):
-        return self._impl.start_restore(str(save_path), False)
+        f = _future()
+        self._impl.start_restore(str(save_path), False, f)
+        return f
 
     def restore_async(self, save_path):
-        return self._impl.start_restore(None if save_path is None else str(save_path), True)
+        """`restore` as a concurrent.futures.Future of the LoadStatus."""
+        f = _future()
+        self._impl.start_restore(None if save_path is None else str(save_path), True, f)
+        return f
 
     def sync(self):
         """Waits for every save queued so far; raises the error of the last one, if it failed."""
@@ -276,15 +300,13 @@ class CheckpointManager:
     def save(self, checkpoint_number=None, check_interval=True):
         """Saves DIR/NAME-N; returns its path, or None when the interval (or the same step)
         skipped it."""
-        fut, _, stop = self._impl.start_save(checkpoint_number, check_interval)
-        return _wait(fut, stop)
+        return _save(self._impl, checkpoint_number, check_interval)
 
     def save_async(self, checkpoint_number=None, check_interval=True):
-        return self._impl.start_save(checkpoint_number, check_interval)[0]
+        return _start_save(self._impl, checkpoint_number, check_interval)[0]
 
     def save_lazy(self, checkpoint_number=None, check_interval=True):
-        fut, snap, stop = self._impl.start_save(checkpoint_number, check_interval, True)
-        return LazySave(fut, snap, stop)
+        return LazySave(*_start_save(self._impl, checkpoint_number, check_interval, lazy=True))
 
     def restore_or_initialize(self):
         return self._impl.restore_or_initialize()

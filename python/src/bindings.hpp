@@ -57,9 +57,9 @@ class py_refs {
 // interpreter exit can wait for every operation to finish (`drain`).
 class future_slot {
  public:
-  // Creates the future (GIL held), already "running": it cannot be cancelled through the
-  // Future API, only through the operation's stop.
-  future_slot();
+  // Takes a concurrent.futures.Future the caller created (GIL held) and marks it started
+  // (`_meshckpt_started`): from then on the operation will resolve it.
+  explicit future_slot(py::object fut);
   py::object future() const { return fut_->obj; }
   // Resolves with `make_value()` (GIL taken) or the exception of `e`.
   void set(std::function<py::object()> make_value) const;

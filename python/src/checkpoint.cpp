@@ -60,28 +60,25 @@ io::completion<void> resolve_void(future_slot slot) {
 
 py::object optional_str(std::optional<std::string>& s) { return s ? py::object(py::str(*s)) : py::object(py::none()); }
 
-// A save started: its future (and, lazy, the snapshot future) and its stop.
-py::tuple start_save(checkpoint& c, const std::string& prefix, bool numbered, bool lazy) {
-  future_slot done;
+// Starts a save that resolves `fut` (and, lazy, `snap_fut` when the snapshot is taken) and
+// stops when `stop` is requested.
+void start_save(checkpoint& c, const std::string& prefix, bool numbered, py::object fut, py::object snap_fut, const stop_handle& stop) {
+  future_slot done(std::move(fut));
   std::optional<future_slot> snap;
-  if (lazy) snap.emplace();
-  stop_handle stop;
+  if (!snap_fut.is_none()) snap.emplace(std::move(snap_fut));
   auto on_done = resolve<std::string>(done, [](std::string& s) { return py::str(s); });
   io::completion<void> on_snap = snap ? resolve_void(*snap) : io::completion<void>{};
   {
     py::gil_scoped_release nogil;  // the snapshot copy runs here unless lazy
     c.start_save(prefix, numbered, std::move(on_done), std::move(on_snap), stop.src->get_token());
   }
-  return py::make_tuple(done.future(), snap ? snap->future() : py::none(), stop);
 }
 
-py::object start_restore(checkpoint& c, std::optional<std::string> path, bool is_restore) {
-  future_slot done;
+void start_restore(checkpoint& c, std::optional<std::string> path, bool is_restore, py::object fut) {
+  future_slot done(std::move(fut));
   auto on_done = resolve<load_status>(done, [](load_status& s) { return py::cast(s); });
   py::gil_scoped_release nogil;
   c.start_restore(std::move(path), is_restore, std::move(on_done));
-  py::gil_scoped_acquire gil;
-  return done.future();
 }
 
 checkpoint_holder make_checkpoint(mesh me, graph::trackable* root, std::vector<std::pair<std::string, graph::trackable*>> children,
@@ -148,13 +145,13 @@ void bind_checkpoint(py::module_& m) {
            py::arg("snapshot_budget_bytes") = 0, py::arg("coordinator") = nullptr,
            py::arg("restore_names") = std::map<std::string, std::string>{}, py::arg("verify_checksums") = true,
            py::arg("chunk_bytes") = 0)
-      .def("start_save", [](py_checkpoint& p, const std::string& prefix, bool numbered, bool lazy) {
-        return start_save(*p.c, prefix, numbered, lazy);
-      }, py::arg("prefix"), py::arg("numbered"), py::arg("lazy") = false,
-         "Starts a save: (future of the path, future of the snapshot or None, stop handle).")
-      .def("start_restore", [](py_checkpoint& p, std::optional<std::string> path, bool is_restore) {
-        return start_restore(*p.c, std::move(path), is_restore);
-      })
+      .def("start_save", [](py_checkpoint& p, const std::string& prefix, bool numbered, py::object fut, py::object snap,
+                            const stop_handle& stop) { start_save(*p.c, prefix, numbered, std::move(fut), std::move(snap), stop); },
+           py::arg("prefix"), py::arg("numbered"), py::arg("future"), py::arg("snapshot_future"), py::arg("stop"),
+           "Starts a save that resolves `future` with the path (and `snapshot_future`, unless None, when the tensors may change).")
+      .def("start_restore", [](py_checkpoint& p, std::optional<std::string> path, bool is_restore, py::object fut) {
+        start_restore(*p.c, std::move(path), is_restore, std::move(fut));
+      }, py::arg("path"), py::arg("is_restore"), py::arg("future"))
       .def_property("save_counter", [](py_checkpoint& p) { return p.c->save_counter(); },
                     [](py_checkpoint& p, std::int64_t v) { p.c->set_save_counter(v); })
       .def("sync", [](py_checkpoint& p) { unwrap(p.c->sync()); }, py::call_guard<py::gil_scoped_release>())
@@ -179,19 +176,18 @@ void bind_checkpoint(py::module_& m) {
            py::arg("checkpoint"), py::arg("directory"), py::arg("max_to_keep"), py::arg("keep_checkpoint_every_n_hours"),
            py::arg("checkpoint_name"), py::arg("step_counter"), py::arg("checkpoint_interval"), py::arg("init_fn"),
            py::arg("lock_timeout"), py::keep_alive<1, 2>())
-      .def("start_save", [](py_manager& p, std::optional<std::int64_t> number, bool check_interval, bool lazy) {
-        future_slot done;
+      .def("start_save", [](py_manager& p, std::optional<std::int64_t> number, bool check_interval, py::object fut,
+                            py::object snap_fut, const stop_handle& stop) {
+        future_slot done(std::move(fut));
         std::optional<future_slot> snap;
-        if (lazy) snap.emplace();
-        stop_handle stop;
+        if (!snap_fut.is_none()) snap.emplace(std::move(snap_fut));
         auto on_done = resolve<std::optional<std::string>>(done, optional_str);
         io::completion<void> on_snap = snap ? resolve_void(*snap) : io::completion<void>{};
         {
           py::gil_scoped_release nogil;
           p.m->start_save(number, check_interval, std::move(on_done), std::move(on_snap), stop.src->get_token());
         }
-        return py::make_tuple(done.future(), snap ? snap->future() : py::none(), stop);
-      }, py::arg("checkpoint_number"), py::arg("check_interval"), py::arg("lazy") = false)
+      }, py::arg("checkpoint_number"), py::arg("check_interval"), py::arg("future"), py::arg("snapshot_future"), py::arg("stop"))
       .def_property_readonly("latest_checkpoint", [](py_manager& p) { return p.m->latest_checkpoint(); })
       .def_property_readonly("checkpoints", [](py_manager& p) { return p.m->checkpoints(); })
       .def_property_readonly("directory", [](py_manager& p) { return p.m->directory(); })

@@ -79,9 +79,9 @@ future_slot::holder::~holder() {
   obj = py::object();
 }
 
-future_slot::future_slot() : fut_(std::make_shared<holder>()) {
-  fut_->obj = py::module_::import("concurrent.futures").attr("Future")();
-  fut_->obj.attr("set_running_or_notify_cancel")();
+future_slot::future_slot(py::object fut) : fut_(std::make_shared<holder>()) {
+  fut_->obj = std::move(fut);
+  fut_->obj.attr("_meshckpt_started") = true;
   std::lock_guard lk(pending_mu);
   ++pending;
 }
@@ -137,7 +137,7 @@ PYBIND11_MODULE(_meshckpt, m) {
     }
   });
   m.def("_drain", &mp::drain, "Waits until every meshckpt future is resolved (called at exit).");
-  py::class_<mp::stop_handle>(m, "StopHandle").def("__call__", &mp::stop_handle::request, "Requests the operation's stop.");
+  py::class_<mp::stop_handle>(m, "StopHandle").def(py::init<>()).def("__call__", &mp::stop_handle::request, "Requests the operation's stop.");
   mp::bind_tensors(m);
   mp::bind_checkpoint(m);
 }
