@@ -19,7 +19,6 @@ Mesh = _C.Mesh
 Layout = _C.Layout
 Trackable = _C.Trackable
 Bytes = _C.Bytes
-LoadStatus = _C.LoadStatus
 Coordinator = _C.Coordinator
 UNSHARDED = "unsharded"
 
@@ -133,6 +132,53 @@ class Variable:
         return _C.Variable.zeros(list(shape), dtype, layout)
 
 
+class LoadStatus:
+    """The outcome of `restore`/`read` (TensorFlow's CheckpointLoadStatus). Its assertions
+    raise AssertionError naming what did not match, and return the status for chaining. It
+    keeps its Checkpoint (and so the restored objects) alive: assertions look at them, and
+    deferred restorations can still fire."""
+
+    def __init__(self, status, checkpoint):
+        self._status = status  # destroyed first: its warning walks the checkpoint's graph
+        self._checkpoint = checkpoint
+
+    def assert_consumed(self):
+        """Every live object was restored, every checkpoint value used."""
+        self._status.assert_consumed()
+        return self
+
+    def assert_existing_objects_matched(self):
+        """Every live object holding a value was restored (extra checkpoint values are fine)."""
+        self._status.assert_existing_objects_matched()
+        return self
+
+    def assert_nontrivial_match(self):
+        """Something besides the root and the save counter was matched."""
+        self._status.assert_nontrivial_match()
+        return self
+
+    def expect_partial(self):
+        """Silences the warning about values not used when the status is released."""
+        self._status.expect_partial()
+        return self
+
+    @property
+    def unused_keys(self):
+        return self._status.unused_keys
+
+    @property
+    def unrestored_objects(self):
+        return self._status.unrestored_objects
+
+    @property
+    def deferred_errors(self):
+        return self._status.deferred_errors
+
+    @property
+    def path(self):
+        return self._status.path
+
+
 class CheckpointOptions:
     """How a Checkpoint writes and reads.
 
@@ -244,23 +290,35 @@ class Checkpoint:
 
     def read(self, save_path):
         """Restores a checkpoint written by `write` (the save counter is left alone)."""
-        return _run(self._impl.start_restore, str(save_path), False)
+        return LoadStatus(_run(self._impl.start_restore, str(save_path), False), self)
 
     def restore(self, save_path):
         """Restores a checkpoint written by `save` (or None: an initialization-only status);
         the save counter takes the saved value. Returns a LoadStatus."""
-        return _run(self._impl.start_restore, None if save_path is None else str(save_path), True)
+        return LoadStatus(_run(self._impl.start_restore, None if save_path is None else str(save_path), True), self)
 
     def read_async(self, save_path):
-        f = _future()
-        self._impl.start_restore(str(save_path), False, f)
-        return f
+        """`read` as a concurrent.futures.Future of the LoadStatus."""
+        return self._restore_async(str(save_path), False)
 
     def restore_async(self, save_path):
         """`restore` as a concurrent.futures.Future of the LoadStatus."""
-        f = _future()
-        self._impl.start_restore(None if save_path is None else str(save_path), True, f)
-        return f
+        return self._restore_async(None if save_path is None else str(save_path), True)
+
+    def _restore_async(self, path, is_restore):
+        inner, outer = _future(), _futures.Future()
+        outer.set_running_or_notify_cancel()
+
+        def done(f):
+            e = f.exception()
+            if e is None:
+                outer.set_result(LoadStatus(f.result(), self))
+            else:
+                outer.set_exception(e)
+
+        inner.add_done_callback(done)
+        self._impl.start_restore(path, is_restore, inner)
+        return outer
 
     def sync(self):
         """Waits for every save queued so far; raises the error of the last one, if it failed."""

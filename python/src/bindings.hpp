@@ -73,8 +73,23 @@ class future_slot {
   std::shared_ptr<holder> fut_;
 };
 
-// Waits (GIL released) until every future created so far is resolved.
+// Waits (GIL released) until every future created so far is resolved and every deferred
+// deletion done.
 void drain();
+
+// Deletes an object whose destructor may wait for the library (a checkpoint waits for its
+// writes): now, with the GIL released, on a Python thread; on the reaper thread when the last
+// reference went away inside a completion that runs on a library thread (waiting there for
+// the library would wait for itself).
+void delete_outside_library(std::function<void()> del);
+
+// Destroys with `delete_outside_library`.
+template <class T>
+struct library_safe_delete {
+  void operator()(T* p) const {
+    delete_outside_library([p] { delete p; });
+  }
+};
 
 // A stop request callable from Python for an operation in flight.
 struct stop_handle {

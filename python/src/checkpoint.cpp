@@ -12,26 +12,16 @@ namespace meshckpt::python {
 
 namespace {
 
-// Destroys with the GIL released: destructors wait for writes in flight, whose completions
-// need the GIL.
-template <class T>
-struct release_gil_delete {
-  void operator()(T* p) const {
-    py::gil_scoped_release nogil;
-    delete p;
-  }
-};
-
 struct py_checkpoint {
   std::unique_ptr<checkpoint> c;
   std::shared_ptr<coord::coordinator> coordinator;
 };
-using checkpoint_holder = std::unique_ptr<py_checkpoint, release_gil_delete<py_checkpoint>>;
+using checkpoint_holder = std::unique_ptr<py_checkpoint, library_safe_delete<py_checkpoint>>;
 
 struct py_manager {
   std::unique_ptr<checkpoint_manager> m;
 };
-using manager_holder = std::unique_ptr<py_manager, release_gil_delete<py_manager>>;
+using manager_holder = std::unique_ptr<py_manager, library_safe_delete<py_manager>>;
 
 // Raises AssertionError with the message of a failed load-status assertion (as TensorFlow does).
 load_status check_assertion(result<load_status> r) {

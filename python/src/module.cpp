@@ -2,6 +2,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <stop_token>
+#include <thread>
 
 #include "bindings.hpp"
 
@@ -11,7 +12,32 @@ namespace {
 
 std::mutex pending_mu;
 std::condition_variable pending_cv;
-long pending = 0;
+long pending = 0;  // futures not resolved, deletions not done
+std::vector<std::function<void()>> graveyard;
+bool reaper_started = false;
+
+// True on a library thread while it runs Python code (resolving a future, releasing objects).
+thread_local bool in_library_callback = false;
+
+struct library_callback_scope {
+  bool old = in_library_callback;
+  library_callback_scope() { in_library_callback = true; }
+  ~library_callback_scope() { in_library_callback = old; }
+};
+
+void reaper() {
+  std::unique_lock lk(pending_mu);
+  for (;;) {
+    pending_cv.wait(lk, [] { return !graveyard.empty(); });
+    auto work = std::move(graveyard);
+    graveyard.clear();
+    lk.unlock();
+    for (auto& w : work) w();
+    lk.lock();
+    pending -= static_cast<long>(work.size());
+    pending_cv.notify_all();
+  }
+}
 
 // The name of errors.py's class for `e`.
 const char* class_for(const error& e) {
@@ -58,6 +84,22 @@ bool python_alive() {
 #endif
 }
 
+void delete_outside_library(std::function<void()> del) {
+  if (!in_library_callback) {
+    py::gil_scoped_release nogil;
+    del();
+    return;
+  }
+  std::lock_guard lk(pending_mu);
+  if (!reaper_started) {
+    std::thread(reaper).detach();
+    reaper_started = true;
+  }
+  graveyard.push_back(std::move(del));
+  ++pending;
+  pending_cv.notify_all();
+}
+
 py_refs::~py_refs() {
   if (!python_alive()) {
     for (auto& o : objs_) o.release();  // the interpreter is going away: leak, never touch it
@@ -65,6 +107,7 @@ py_refs::~py_refs() {
     return;
   }
   py::gil_scoped_acquire gil;
+  library_callback_scope in_callback;
   for (auto& b : bufs_) PyBuffer_Release(b.get());
   bufs_.clear();
   objs_.clear();
@@ -76,6 +119,7 @@ future_slot::holder::~holder() {
     return;
   }
   py::gil_scoped_acquire gil;
+  library_callback_scope in_callback;
   obj = py::object();
 }
 
@@ -96,6 +140,7 @@ void resolved() {
 void future_slot::set(std::function<py::object()> make_value) const {
   if (python_alive()) {
     py::gil_scoped_acquire gil;
+    library_callback_scope in_callback;
     try {
       fut_->obj.attr("set_result")(make_value());
     } catch (error_exception& e) {
@@ -110,6 +155,7 @@ void future_slot::set(std::function<py::object()> make_value) const {
 void future_slot::fail(const error& e) const {
   if (python_alive()) {
     py::gil_scoped_acquire gil;
+    library_callback_scope in_callback;
     fut_->obj.attr("set_exception")(to_exception(e));
   }
   resolved();
