@@ -55,7 +55,6 @@ array_memory torch_memory(py::handle t, py_refs& keep) {
     throw error_exception{make_error(errc::invalid_argument, "a torch tensor that is not contiguous (call .contiguous())")};
   std::string name = py::str(t.attr("dtype")).cast<std::string>();  // "torch.float32"
   if (name.rfind("torch.", 0) == 0) name.erase(0, 6);
-  if (name == "bool") name = "boolean";
   auto dt = dtype_from_name(name);
   if (!dt || *dt == dtype::blob) throw error_exception{make_error(errc::invalid_argument, "torch dtype " + name + " has no meshckpt dtype")};
   array_memory m;
@@ -112,7 +111,6 @@ std::string numpy_name(dtype t) {
 dtype parse_dtype(py::handle d) {
   std::string name = py::str(d).cast<std::string>();
   if (name.rfind("torch.", 0) == 0) name.erase(0, 6);
-  if (name == "bool") name = "boolean";
   auto t = dtype_from_name(name);
   if (!t) throw error_exception{make_error(errc::invalid_argument, "unknown dtype '" + name + "'")};
   return *t;

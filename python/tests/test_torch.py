@@ -1,0 +1,101 @@
+"""meshckpt.torch: nested state dicts (model, optimizer, plain values) saved and loaded in
+place, by one process and by several under mpirun, onto a different world size."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import meshckpt as mc
+import meshckpt.torch as mt
+from conftest import mpirun
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def trained(seed, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).to(dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(5, 8).to(dtype)).square().mean().backward()
+        opt.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)  # torch has no CPU float16 matmul
+def test_model_and_optimizer_resume_exactly(tmp_path, dtype):
+    model, opt = trained(1, dtype)
+    sd = {"model": model.state_dict(), "optim": opt.state_dict(), "epoch": 7, "note": "warmup done",
+          "history": [0.5, 0.25, None], "flags": (True, 3)}
+    assert mt.save(sd, tmp_path / "t") == str(tmp_path / "t")
+
+    model2, opt2 = trained(2, dtype)
+    params = {k: v.data_ptr() for k, v in model2.state_dict().items()}
+    target = {"model": model2.state_dict(), "optim": opt2.state_dict()}
+    mt.load(target, tmp_path / "t")
+    opt2.load_state_dict(target["optim"])
+    # Model tensors were loaded in place: the model itself now holds the saved weights.
+    for k, v in model2.state_dict().items():
+        assert v.data_ptr() == params[k]
+        assert torch.equal(v, model.state_dict()[k])
+    for i, s in opt.state_dict()["state"].items():
+        for k, v in s.items():
+            assert torch.equal(opt2.state_dict()["state"][i][k], v)
+    assert target["optim"]["param_groups"][0]["lr"] == 1e-3
+    assert (target["epoch"], target["note"], target["history"], target["flags"]) == (7, "warmup done", [0.5, 0.25, None], (True, 3))
+    # Training continues identically from the two.
+    x = torch.randn(3, 8).to(dtype)
+    assert torch.equal(model(x), model2(x))
+
+
+def test_load_fills_entries_the_target_lacks_and_refuses_mismatches(tmp_path):
+    sd = {"w": torch.arange(6.0).reshape(2, 3), "state": {0: {"step": torch.tensor(3)}}}
+    mt.save(sd, tmp_path / "t")
+    empty = {}
+    mt.load(empty, tmp_path / "t")
+    assert torch.equal(empty["w"], sd["w"]) and torch.equal(empty["state"][0]["step"], sd["state"][0]["step"])
+    with pytest.raises(mc.MismatchError, match="w: saved float32"):
+        mt.load({"w": torch.zeros(3, 2)}, tmp_path / "t")
+
+
+def test_values_are_json_never_pickle(tmp_path):
+    with pytest.raises(ValueError, match="cannot store"):
+        mt.save({"f": lambda: 0}, tmp_path / "t")
+    with pytest.raises(ValueError, match="CPU"):
+        mt.save({"t": torch.zeros(2, device="meta")}, tmp_path / "m")
+    mt.save({"a": 1}, tmp_path / "ok")
+    # A checkpoint written without meshckpt.torch is refused with a reason.
+    mesh = mc.Mesh([("x", 1)])
+    mc.Checkpoint(mesh, v=mc.Variable(torch.zeros(2), mesh=mesh)).write(tmp_path / "plain")
+    with pytest.raises(ValueError, match="not written by meshckpt.torch"):
+        mt.load({}, tmp_path / "plain")
+
+
+def run_mpi(n, mode, path):
+    cmd = mpirun() + ["-np", str(n), sys.executable, os.path.join(HERE, "mpi_torch.py"), mode, str(path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count(f"{mode} ok") == n, r.stdout
+
+
+@pytest.mark.skipif(mpirun() is None, reason="needs mpirun")
+def test_four_ranks_save_one_checkpoint_that_two_ranks_and_one_process_load(tmp_path):
+    path = tmp_path / "ranks4"
+    run_mpi(4, "save", path)
+    data_files = [f for f in os.listdir(tmp_path) if f.startswith("ranks4.data-")]
+    assert len(data_files) == 4, data_files  # every rank wrote its part
+    run_mpi(2, "load", path)
+    # One process, no MPI: the whole state.
+    got = {}
+    mt.load(got, path)
+    assert got["epoch"] == 1 and got["emb"].dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(mpirun() is None, reason="needs mpirun")
+def test_two_ranks_save_and_four_load(tmp_path):
+    run_mpi(2, "save", tmp_path / "ranks2")
+    run_mpi(4, "load", tmp_path / "ranks2")
