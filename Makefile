@@ -15,7 +15,7 @@ DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libx
 # The sanitizer and libFuzzer build.
 SAN_DEBS  := clang-14 libclang-rt-14-dev
 
-.PHONY: all deps build demo test test-sanitize test-tsan stress coverage bench docs install clean
+.PHONY: all deps build demo test test-sanitize test-tsan stress coverage bench bench-python docs install clean
 
 all: build
 
@@ -95,6 +95,13 @@ BENCH_DIR ?= $(shell mktemp -d -p /var/tmp meshckpt-bench-XXXXXX)
 bench: build
 	@bash cmake/install-deps.sh fio
 	$(BUILD)/bin/meshckpt bench --dir $(BENCH_DIR) --workload all; rc=$$?; rm -rf $(BENCH_DIR); exit $$rc
+
+# The Python benchmark (docs/PYTHON.md): meshckpt from Python against the C++ bench, torch.save,
+# numpy.savez and h5py, in one run. BENCH_DIR as for `make bench`.
+bench-python: build
+	@bash cmake/install-deps.sh fio
+	PYTHONPATH=$(BUILD)/python MESHCKPT_CLI=$(BUILD)/bin/meshckpt /usr/bin/python3 python/benchmarks/bench.py --dir $(BENCH_DIR); \
+	  rc=$$?; rm -rf $(BENCH_DIR); exit $$rc
 
 # The API reference from the public headers' /// comments (Doxygen), in $(BUILD)/docs/html.
 docs:

@@ -70,18 +70,44 @@ def _variable(t, mesh, rank, world, shard_rows):
     return Variable.from_shards({rank: t}, Layout.replicated(len(shape), mesh), shape)
 
 
+class StateModule(Module):
+    """A state dict as a trackable tree, for `Checkpoint` and `CheckpointManager` (numbered
+    saves, retention, lazy saves): `update(state_dict)` (re)tracks its tensors, in place, and
+    its plain values. Checkpoints it writes load with `load`. Keep the structure stable from
+    one update to the next (entries that disappear stay tracked)."""
+
+    def __init__(self, coordinator=None):
+        super().__init__()
+        self.mesh, self._rank, self._world = _mesh(coordinator)
+        self.coordinator = coordinator
+
+    def update(self, state_dict):
+        tensors = []
+        skeleton = _flatten(state_dict, [], tensors)
+        for key, t in tensors:
+            self[key] = _variable(t, self.mesh, self._rank, self._world, shard_rows=True)
+        self[_META] = Bytes(json.dumps({"format": _FORMAT, "state": skeleton}).encode())
+        return self
+
+    def checkpoint(self):
+        """A Checkpoint of this tree (with the coordinator of the processes saving together)."""
+        return Checkpoint(self.mesh, self, options=CheckpointOptions(coordinator=self.coordinator))
+
+
 def save(state_dict, path, *, coordinator=None):
     """Writes `state_dict` to the checkpoint `path` (no numbering); returns the path. Every
     rank of `coordinator` calls it with a state dict of the same structure."""
-    mesh, rank, world = _mesh(coordinator)
-    tensors = []
-    skeleton = _flatten(state_dict, [], tensors)
-    root = Module()
-    for key, t in tensors:
-        root[key] = _variable(t, mesh, rank, world, shard_rows=True)
-    root[_META] = Bytes(json.dumps({"format": _FORMAT, "state": skeleton}).encode())
-    ckpt = Checkpoint(mesh, root, options=CheckpointOptions(coordinator=coordinator))
-    return ckpt.write(str(path))
+    return StateModule(coordinator).update(state_dict).checkpoint().write(str(path))
+
+
+def save_lazy(state_dict, path, *, coordinator=None):
+    """`save` that returns at once: a LazySave whose `snapshot` future says when the tensors
+    may be modified again (the forward and backward passes may read them meanwhile) and whose
+    `committed` future gives the path."""
+    ckpt = StateModule(coordinator).update(state_dict).checkpoint()
+    lazy = ckpt.write_lazy(str(path))
+    lazy._checkpoint = ckpt  # kept until the caller drops the LazySave
+    return lazy
 
 
 def _rebuild(skel, target, tensors):
@@ -135,7 +161,8 @@ def load(state_dict, path, *, coordinator=None):
     for key, t in tensors:
         root[key] = _variable(t, mesh, rank, 1, shard_rows=False)  # every rank reads the whole tensor
     root[_META] = Bytes()
-    Checkpoint(mesh, root).read(str(path)).assert_consumed()
+    # Every tensor the skeleton names was restored; a save counter (a manager's save) may be unused.
+    Checkpoint(mesh, root).read(str(path)).assert_existing_objects_matched().expect_partial()
     return state_dict
 
 

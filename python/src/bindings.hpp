@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <stop_token>
@@ -68,6 +69,7 @@ class future_slot {
  private:
   struct holder {
     py::object obj;
+    std::atomic<bool> done{false};  // resolved (or being resolved)
     ~holder();
   };
   std::shared_ptr<holder> fut_;

@@ -113,14 +113,27 @@ py_refs::~py_refs() {
   objs_.clear();
 }
 
+namespace {
+void resolved() {
+  std::lock_guard lk(pending_mu);
+  if (--pending == 0) pending_cv.notify_all();
+}
+}  // namespace
+
 future_slot::holder::~holder() {
+  // An operation whose completion was dropped without being called (a start that threw) still
+  // resolves its future, so that neither its waiter nor the exit drain waits forever.
+  const bool unresolved = !done.exchange(true);
   if (!python_alive()) {
     obj.release();
-    return;
+  } else {
+    py::gil_scoped_acquire gil;
+    library_callback_scope in_callback;
+    if (unresolved)
+      obj.attr("set_exception")(to_exception(make_error(errc::cancelled, "the operation ended without an outcome")));
+    obj = py::object();
   }
-  py::gil_scoped_acquire gil;
-  library_callback_scope in_callback;
-  obj = py::object();
+  if (unresolved) resolved();
 }
 
 future_slot::future_slot(py::object fut) : fut_(std::make_shared<holder>()) {
@@ -130,14 +143,8 @@ future_slot::future_slot(py::object fut) : fut_(std::make_shared<holder>()) {
   ++pending;
 }
 
-namespace {
-void resolved() {
-  std::lock_guard lk(pending_mu);
-  if (--pending == 0) pending_cv.notify_all();
-}
-}  // namespace
-
 void future_slot::set(std::function<py::object()> make_value) const {
+  if (fut_->done.exchange(true)) return;
   if (python_alive()) {
     py::gil_scoped_acquire gil;
     library_callback_scope in_callback;
@@ -153,6 +160,7 @@ void future_slot::set(std::function<py::object()> make_value) const {
 }
 
 void future_slot::fail(const error& e) const {
+  if (fut_->done.exchange(true)) return;
   if (python_alive()) {
     py::gil_scoped_acquire gil;
     library_callback_scope in_callback;

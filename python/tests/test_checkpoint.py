@@ -233,3 +233,21 @@ def test_the_cli_verifies_and_lists_what_python_saved(tmp_path, mesh1):
     assert r.returncode == 0, r.stdout + r.stderr
     r = subprocess.run([cli(), "inspect", path], capture_output=True, text=True)
     assert "dense" in r.stdout and "kernel" in r.stdout
+
+
+def test_an_exception_in_a_python_callback_reaches_the_caller(tmp_path, mesh1):
+    def boom():
+        raise RuntimeError("no step counter today")
+
+    ckpt = mc.Checkpoint(mesh1, model=model_on(mesh1))
+    mgr = mc.CheckpointManager(ckpt, tmp_path / "a", step_counter=boom, checkpoint_interval=5)
+    with pytest.raises(RuntimeError, match="no step counter today"):
+        mgr.save()
+    with pytest.raises(RuntimeError, match="no step counter today"):
+        mgr.save_async()
+    init = mc.CheckpointManager(ckpt, tmp_path / "b", init_fn=boom)
+    with pytest.raises(RuntimeError, match="no step counter today"):
+        init.restore_or_initialize()
+    # Nothing was written, and the checkpoint still saves.
+    assert not any(f.endswith(".manifest") for f in os.listdir(tmp_path / "a"))
+    assert init.save() == str(tmp_path / "b" / "ckpt-1")

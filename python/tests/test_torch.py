@@ -99,3 +99,24 @@ def test_four_ranks_save_one_checkpoint_that_two_ranks_and_one_process_load(tmp_
 def test_two_ranks_save_and_four_load(tmp_path):
     run_mpi(2, "save", tmp_path / "ranks2")
     run_mpi(4, "load", tmp_path / "ranks2")
+
+
+def test_the_example_trainer_resumes_exactly_where_it_stopped(tmp_path):
+    trainer = os.path.join(HERE, "..", "..", "examples", "python", "trainer.py")
+
+    def train(d, steps):
+        r = subprocess.run([sys.executable, trainer, "--dir", str(d), "--steps", str(steps)], capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ))
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    train(tmp_path / "straight", 100)
+    train(tmp_path / "resumed", 60)
+    assert "resumed from" in train(tmp_path / "resumed", 100)
+    a, b = {}, {}
+    mt.load(a, tmp_path / "straight" / "ckpt-100")
+    mt.load(b, tmp_path / "resumed" / "ckpt-100")
+    assert a["step"] == b["step"] == 100
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert sorted(os.listdir(tmp_path / "resumed")).count("ckpt-100.manifest") == 1

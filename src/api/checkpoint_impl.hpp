@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../runtime/executor_thread.hpp"
+#include "../runtime/host_memory.hpp"
 #include "../runtime/serial_queue.hpp"
 #include "common.hpp"
 #include "meshckpt/api/checkpoint.hpp"
@@ -227,7 +228,7 @@ struct status_state {
 };
 // Host memory for snapshots, reused across saves so its pages are touched once.
 struct snapshot_arena {
-  std::unique_ptr<std::byte[]> bytes;
+  runtime::host_buffer bytes;
   std::size_t capacity = 0;
 };
 

@@ -46,7 +46,7 @@ std::shared_ptr<snapshot_arena> try_acquire_arena(checkpoint_impl& impl, std::ui
   for (auto& a : impl.arenas) busy += a->capacity;
   if (budget && busy + need > budget) return nullptr;
   auto a = std::make_shared<snapshot_arena>();
-  a->bytes.reset(new std::byte[need]);
+  a->bytes = runtime::allocate_host(need);
   a->capacity = need;
   impl.arenas.push_back(a);
   return a;

@@ -67,48 +67,71 @@ void replace_all(std::vector<trackable*>& v, const trackable* from, trackable* t
 
 // No allocation on a move: every edge is rewritten in place, so the graph is never half moved.
 trackable::trackable(trackable&& o) noexcept
-    : children_(std::move(o.children_)), parents_(std::move(o.parents_)), pending_(std::move(o.pending_)) {
+    : children_(std::move(o.children_)), index_(std::move(o.index_)), parents_(std::move(o.parents_)), pending_(std::move(o.pending_)) {
   o.children_.clear();
+  o.index_.clear();
   o.parents_.clear();
   o.pending_.clear();
   for (auto& [n, c] : children_)
     if (c == &o) c = this;  // an object that tracks itself
+  for (auto& [n, c] : index_)
+    if (c == &o) c = this;
   for (auto& p : parents_)
     if (p == &o) p = this;
   for (auto& [n, c] : children_)
     if (c != this) replace_all(c->parents_, &o, this);
   for (auto* p : parents_)
-    if (p != this)
+    if (p != this) {
       for (auto& [n, c] : p->children_)
         if (c == &o) c = this;
+      for (auto& [n, c] : p->index_)
+        if (c == &o) c = this;
+    }
 }
 
 trackable::~trackable() {
   for (auto& [n, c] : children_)
     if (c != this) std::erase(c->parents_, this);
   for (auto* p : parents_)
-    if (p != this) std::erase_if(p->children_, [this](const auto& e) { return e.second == this; });
+    if (p != this) p->drop_edges_to(this);
+}
+
+// Removes every edge to `c`, keeping the other children in order.
+void trackable::drop_edges_to(const trackable* c) noexcept {
+  std::erase_if(children_, [&](const auto& e) {
+    if (e.second != c) return false;
+    index_.erase(e.first);
+    return true;
+  });
 }
 
 trackable* trackable::child(std::string_view name) const {
-  for (const auto& [n, c] : children_)
-    if (n == name) return c;
-  return nullptr;
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : it->second;
 }
 
 void trackable::add_child(std::string name, trackable& c) {
-  auto it = std::find_if(children_.begin(), children_.end(), [&](auto& e) { return e.first == name; });
+  auto found = index_.find(name);
+  auto it = found == index_.end() ? children_.end()
+                                  : std::find_if(children_.begin(), children_.end(), [&](auto& e) { return e.first == name; });
   if (it != children_.end()) {
     if (it->second != &c) {
       c.parents_.push_back(this);  // first: it may throw
       auto gone = std::find(it->second->parents_.begin(), it->second->parents_.end(), this);
       if (gone != it->second->parents_.end()) it->second->parents_.erase(gone);
       it->second = &c;
+      found->second = &c;
     }
   } else {
     c.parents_.push_back(this);
     try {
-      children_.emplace_back(name, &c);
+      index_.emplace(name, &c);
+      try {
+        children_.emplace_back(name, &c);
+      } catch (...) {
+        index_.erase(name);
+        throw;
+      }
     } catch (...) {
       c.parents_.pop_back();
       throw;

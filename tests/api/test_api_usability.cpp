@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <deque>
 #include <fstream>
 #include <future>
 #include <vector>
@@ -155,4 +156,29 @@ TEST_CASE("trackable modules can be returned from functions and kept in containe
   }
   graph::scalar<std::int64_t> kept2 = std::move(kept);
   CHECK(kept2.get() == 2);
+}
+
+TEST_CASE("a child is found by name in a module of 20,000, after moves, replacements and deaths", "[api][usability][graph]") {
+  graph::module parent;
+  std::deque<graph::scalar<std::int64_t>> values;
+  for (int i = 0; i < 20000; ++i) {
+    values.emplace_back(i);
+    parent.add_child("t" + std::to_string(i), values.back());
+  }
+  for (int i = 0; i < 20000; i += 997) CHECK(parent.child("t" + std::to_string(i)) == &values[static_cast<std::size_t>(i)]);
+  CHECK(parent.child("t20000") == nullptr);
+  // A moved child is found at its new address; a replaced one gives way; a dead one is gone.
+  graph::scalar<std::int64_t> moved = std::move(values[5]);
+  CHECK(parent.child("t5") == &moved);
+  graph::scalar<std::int64_t> other{7};
+  parent.add_child("t6", other);
+  CHECK(parent.child("t6") == &other);
+  CHECK(parent.children()[6].second == &other);  // in its place, order kept
+  values.pop_back();
+  CHECK(parent.child("t19999") == nullptr);
+  CHECK(parent.children().size() == 19999);
+  // A moved parent keeps its index.
+  graph::module parent2 = std::move(parent);
+  CHECK(parent2.child("t5") == &moved);
+  CHECK(parent.child("t5") == nullptr);
 }

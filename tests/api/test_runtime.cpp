@@ -30,6 +30,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include "runtime/host_memory.hpp"
 #include "runtime/recycler.hpp"
 #include "runtime/sequential_reader.hpp"
 #include "runtime/staged_writer.hpp"
@@ -537,4 +538,15 @@ TEST_CASE("sequential_reader reads a range ahead in aligned blocks, in pieces of
   backends::fault_backend failing(be, plan);
   r = read_range(failing, 0, file_size, {blk / 2}, got);
   REQUIRE_FALSE(r);
+}
+
+TEST_CASE("host buffers: large ones are huge-page mappings, small ones plain memory; both hold their bytes", "[runtime][memory]") {
+  for (std::size_t n : {std::size_t{1}, std::size_t{4096}, (std::size_t{2} << 20) - 1, std::size_t{2} << 20, (std::size_t{5} << 20) + 3}) {
+    auto b = runtime::allocate_host(n);
+    REQUIRE(b);
+    if (n >= (std::size_t{2} << 20)) CHECK(reinterpret_cast<std::uintptr_t>(b.get()) % 4096 == 0);  // a fresh mapping
+    std::memset(b.get(), 0x5a, n);
+    CHECK(b[0] == std::byte{0x5a});
+    CHECK(b[n - 1] == std::byte{0x5a});
+  }
 }

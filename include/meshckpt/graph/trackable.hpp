@@ -96,7 +96,9 @@ class trackable {
  private:
   friend void detail::set_pending(trackable&, const std::string&, std::shared_ptr<detail::pending_restore>);
   friend std::shared_ptr<detail::pending_restore> detail::take_pending(trackable&, const std::string&);
+  void drop_edges_to(const trackable* c) noexcept;
   std::vector<std::pair<std::string, trackable*>> children_;
+  std::map<std::string, trackable*, std::less<>> index_;  // children_ by name (lookups in large modules)
   std::vector<trackable*> parents_;  // one entry per edge into this object
   std::map<std::string, std::shared_ptr<detail::pending_restore>, std::less<>> pending_;
 };
