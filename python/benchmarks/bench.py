@@ -189,6 +189,8 @@ def run(args):
         times = {p.name: ([], []) for p in peers}
         cpp, fio = ([], []), []
         for rep in range(args.reps):
+            written = []  # removed at the end of the repetition: the filesystem frees a
+            # deleted file's extents in the background, which would slow the next timed save
             if args.cli and not args.smoke:
                 s, r, fw = cpp_bench(args.cli, wname, args.dir)
                 cpp[0].append(mib / s)
@@ -196,21 +198,23 @@ def run(args):
                 if fw:
                     fio.append(fw)
                 # The C++ bench is a separate process of ~9 GiB. On these virtual machines the
-                # first 2 GiB save and restore after it exits run several times slower (seen:
+                # first 2 GiB save and restore after it exits ran several times slower (seen:
                 # restore 5.6 s, the next 0.55 s), so one unmeasured round of ours settles first.
                 settle = os.path.join(args.dir, f"{wname}-settle")
                 peers[0].save(settle)
                 drop_caches()
                 peers[0].load(settle)
-                peers[0].remove(settle)
-                os.sync()
+                written.append((peers[0], settle))
             for p in peers:
                 path = os.path.join(args.dir, f"{wname}-{type(p).__name__}-{rep}")
                 times[p.name][0].append(timed(lambda: p.save(path)))
                 cold = drop_caches() and cold
                 times[p.name][1].append(timed(lambda: p.load(path)))
+                written.append((p, path))
+            for p, path in written:
                 p.remove(path)
-                os.sync()
+            os.sync()
+            time.sleep(2)
         row = {"workload": wname, "MiB": round(mib, 1), "tensors": len(arrays), "cold": cold,
                "fio_write_MiBps": statistics.median(fio) if fio else None}
         for name, (s, l) in times.items():
