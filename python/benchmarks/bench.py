@@ -98,7 +98,7 @@ class MeshckptPeer:
     def remove(self, path):
         d, base = os.path.split(path)
         for f in os.listdir(d):
-            if f.startswith(base + ".") :
+            if f.startswith(base + "."):
                 os.remove(os.path.join(d, f))
 
 

@@ -71,8 +71,9 @@ def _start_save(impl, *args, lazy=False):
 
 
 def _save(impl, *args):
+    """A blocking save: `impl.start_save(*args, future, None, stop)` waited for by `_run`."""
     stop = _C.StopHandle()
-    return _run(lambda *a: impl.start_save(*a[:-1], a[-1], None, stop), *args, stop=stop)
+    return _run(lambda fut: impl.start_save(*args, fut, None, stop), stop=stop)
 
 
 class Module(_C.Module):

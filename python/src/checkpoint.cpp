@@ -48,16 +48,18 @@ io::completion<void> resolve_void(future_slot slot) {
   };
 }
 
+// The completion of a lazy save's snapshot that resolves `snap_fut`; none when it is None.
+io::completion<void> snapshot_completion(py::object snap_fut) {
+  return snap_fut.is_none() ? io::completion<void>{} : resolve_void(future_slot(std::move(snap_fut)));
+}
+
 py::object optional_str(std::optional<std::string>& s) { return s ? py::object(py::str(*s)) : py::object(py::none()); }
 
 // Starts a save that resolves `fut` (and, lazy, `snap_fut` when the snapshot is taken) and
 // stops when `stop` is requested.
 void start_save(checkpoint& c, const std::string& prefix, bool numbered, py::object fut, py::object snap_fut, const stop_handle& stop) {
-  future_slot done(std::move(fut));
-  std::optional<future_slot> snap;
-  if (!snap_fut.is_none()) snap.emplace(std::move(snap_fut));
-  auto on_done = resolve<std::string>(done, [](std::string& s) { return py::str(s); });
-  io::completion<void> on_snap = snap ? resolve_void(*snap) : io::completion<void>{};
+  auto on_done = resolve<std::string>(future_slot(std::move(fut)), [](std::string& s) { return py::str(s); });
+  auto on_snap = snapshot_completion(std::move(snap_fut));
   {
     py::gil_scoped_release nogil;  // the snapshot copy runs here unless lazy
     c.start_save(prefix, numbered, std::move(on_done), std::move(on_snap), stop.src->get_token());
@@ -168,11 +170,8 @@ void bind_checkpoint(py::module_& m) {
            py::arg("lock_timeout"), py::keep_alive<1, 2>())
       .def("start_save", [](py_manager& p, std::optional<std::int64_t> number, bool check_interval, py::object fut,
                             py::object snap_fut, const stop_handle& stop) {
-        future_slot done(std::move(fut));
-        std::optional<future_slot> snap;
-        if (!snap_fut.is_none()) snap.emplace(std::move(snap_fut));
-        auto on_done = resolve<std::optional<std::string>>(done, optional_str);
-        io::completion<void> on_snap = snap ? resolve_void(*snap) : io::completion<void>{};
+        auto on_done = resolve<std::optional<std::string>>(future_slot(std::move(fut)), optional_str);
+        auto on_snap = snapshot_completion(std::move(snap_fut));
         {
           py::gil_scoped_release nogil;
           p.m->start_save(number, check_interval, std::move(on_done), std::move(on_snap), stop.src->get_token());

@@ -40,6 +40,15 @@ std::optional<dtype> dtype_of_format(std::string_view f, py::ssize_t itemsize) {
   }
 }
 
+// A dtype from its name, a numpy dtype or a torch dtype ("torch.bfloat16").
+dtype parse_dtype(py::handle d) {
+  std::string name = py::str(d).cast<std::string>();
+  if (name.rfind("torch.", 0) == 0) name.erase(0, 6);
+  auto t = dtype_from_name(name);
+  if (!t) throw error_exception{make_error(errc::invalid_argument, "dtype '" + name + "' has no meshckpt dtype")};
+  return *t;
+}
+
 bool is_torch_tensor(py::handle o) {
   py::object mod = py::type::of(o).attr("__module__");
   return py::isinstance<py::str>(mod) && mod.cast<std::string>().rfind("torch", 0) == 0 && py::hasattr(o, "data_ptr");
@@ -53,14 +62,12 @@ array_memory torch_memory(py::handle t, py_refs& keep) {
                                                              " (meshckpt takes CPU tensors)")};
   if (!t.attr("is_contiguous")().cast<bool>())
     throw error_exception{make_error(errc::invalid_argument, "a torch tensor that is not contiguous (call .contiguous())")};
-  std::string name = py::str(t.attr("dtype")).cast<std::string>();  // "torch.float32"
-  if (name.rfind("torch.", 0) == 0) name.erase(0, 6);
-  auto dt = dtype_from_name(name);
-  if (!dt || *dt == dtype::blob) throw error_exception{make_error(errc::invalid_argument, "torch dtype " + name + " has no meshckpt dtype")};
+  const dtype dt = parse_dtype(t.attr("dtype"));  // "torch.float32"
+  if (dt == dtype::blob) throw error_exception{make_error(errc::invalid_argument, "torch tensors have no blob dtype")};
   array_memory m;
-  m.type = *dt;
+  m.type = dt;
   m.data = reinterpret_cast<std::byte*>(t.attr("data_ptr")().cast<std::uintptr_t>());
-  m.bytes = t.attr("numel")().cast<std::size_t>() * static_cast<std::size_t>(dtype_size(*dt));
+  m.bytes = t.attr("numel")().cast<std::size_t>() * static_cast<std::size_t>(dtype_size(dt));
   for (auto d : t.attr("shape")) m.dims.push_back(d.cast<std::int64_t>());
   keep.add(py::reinterpret_borrow<py::object>(t));
   return m;
@@ -108,13 +115,6 @@ std::string numpy_name(dtype t) {
   }
 }
 
-dtype parse_dtype(py::handle d) {
-  std::string name = py::str(d).cast<std::string>();
-  if (name.rfind("torch.", 0) == 0) name.erase(0, 6);
-  auto t = dtype_from_name(name);
-  if (!t) throw error_exception{make_error(errc::invalid_argument, "unknown dtype '" + name + "'")};
-  return *t;
-}
 
 // A module: a trackable with named children, the base of Python `meshckpt.Module`.
 class py_module : public graph::module {
