@@ -8,6 +8,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 #include <vector>
@@ -34,8 +35,22 @@ T unwrap(result<T> r) {
 // The Python exception object for `e` (an instance of the matching meshckpt.errors class).
 py::object to_exception(const error& e);
 
-// False once the interpreter is finalizing: a library thread must then not take the GIL.
-bool python_alive();
+// The GIL, taken by any thread, unless the interpreter is exiting: then `ok()` is false and the
+// caller must leak what it holds instead of touching Python. Once the exit drain (`drain`) has
+// begun, no new section opens, and the drain waits for those open: a library thread never
+// blocks on the GIL while the interpreter finalizes (Python would end that thread with
+// pthread_exit, which a C++ thread turns into std::terminate).
+class python_section {
+ public:
+  python_section();
+  ~python_section();
+  python_section(const python_section&) = delete;
+  python_section& operator=(const python_section&) = delete;
+  bool ok() const { return gil_.has_value(); }
+
+ private:
+  std::optional<py::gil_scoped_acquire> gil_;
+};
 
 // Python objects owned by C++ that may be released on a library thread: the destructor takes
 // the GIL (or, during interpreter shutdown, leaks them instead of touching a dead interpreter).

@@ -92,8 +92,9 @@ template <class R>
 std::function<R()> with_gil(py::object f) {
   if (f.is_none()) return {};
   auto shared = std::shared_ptr<py::object>(new py::object(std::move(f)), [](py::object* o) {
-    if (python_alive()) {
-      py::gil_scoped_acquire gil;
+    if (python_section py; py.ok()) delete o;
+    else {
+      o->release();  // exiting: never touch the interpreter
       delete o;
     }
   });

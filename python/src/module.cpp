@@ -76,12 +76,33 @@ py::object to_exception(const error& e) {
   return cls.attr("_make")(e.what(), meshckpt_code ? e.code.value() : 0, meshckpt_code ? 0 : e.code.value());
 }
 
-bool python_alive() {
+namespace {
+bool exiting = false;  // set by drain: no new python_section opens
+int in_python = 0;     // python_sections open (under pending_mu)
+
+bool interpreter_running() {
 #if PY_VERSION_HEX >= 0x030D0000
   return Py_IsInitialized() && !Py_IsFinalizing();
 #else
   return Py_IsInitialized() && !_Py_IsFinalizing();
 #endif
+}
+}  // namespace
+
+python_section::python_section() {
+  {
+    std::lock_guard lk(pending_mu);
+    if (exiting || !interpreter_running()) return;
+    ++in_python;
+  }
+  gil_.emplace();
+}
+
+python_section::~python_section() {
+  if (!gil_) return;
+  gil_.reset();
+  std::lock_guard lk(pending_mu);
+  if (--in_python == 0) pending_cv.notify_all();
 }
 
 void delete_outside_library(std::function<void()> del) {
@@ -101,12 +122,12 @@ void delete_outside_library(std::function<void()> del) {
 }
 
 py_refs::~py_refs() {
-  if (!python_alive()) {
+  python_section py;
+  if (!py.ok()) {
     for (auto& o : objs_) o.release();  // the interpreter is going away: leak, never touch it
     for (auto& b : bufs_) b.release();
     return;
   }
-  py::gil_scoped_acquire gil;
   library_callback_scope in_callback;
   for (auto& b : bufs_) PyBuffer_Release(b.get());
   bufs_.clear();
@@ -124,10 +145,10 @@ future_slot::holder::~holder() {
   // An operation whose completion was dropped without being called (a start that threw) still
   // resolves its future, so that neither its waiter nor the exit drain waits forever.
   const bool unresolved = !done.exchange(true);
-  if (!python_alive()) {
+  python_section py;
+  if (!py.ok()) {
     obj.release();
   } else {
-    py::gil_scoped_acquire gil;
     library_callback_scope in_callback;
     if (unresolved)
       obj.attr("set_exception")(to_exception(make_error(errc::cancelled, "the operation ended without an outcome")));
@@ -145,8 +166,7 @@ future_slot::future_slot(py::object fut) : fut_(std::make_shared<holder>()) {
 
 void future_slot::set(std::function<py::object()> make_value) const {
   if (fut_->done.exchange(true)) return;
-  if (python_alive()) {
-    py::gil_scoped_acquire gil;
+  if (python_section py; py.ok()) {
     library_callback_scope in_callback;
     try {
       fut_->obj.attr("set_result")(make_value());
@@ -161,8 +181,7 @@ void future_slot::set(std::function<py::object()> make_value) const {
 
 void future_slot::fail(const error& e) const {
   if (fut_->done.exchange(true)) return;
-  if (python_alive()) {
-    py::gil_scoped_acquire gil;
+  if (python_section py; py.ok()) {
     library_callback_scope in_callback;
     fut_->obj.attr("set_exception")(to_exception(e));
   }
@@ -173,6 +192,8 @@ void drain() {
   py::gil_scoped_release nogil;
   std::unique_lock lk(pending_mu);
   pending_cv.wait(lk, [] { return pending == 0; });
+  exiting = true;
+  pending_cv.wait(lk, [] { return in_python == 0; });
 }
 
 }  // namespace meshckpt::python
