@@ -15,7 +15,7 @@ DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libx
 # The sanitizer and libFuzzer build.
 SAN_DEBS  := clang-14 libclang-rt-14-dev
 
-.PHONY: all deps build demo test test-sanitize test-tsan stress coverage bench bench-python docs install clean
+.PHONY: all deps build demo test test-sanitize test-tsan stress coverage bench bench-python gpu-check docs install clean
 
 all: build
 
@@ -33,6 +33,14 @@ demo: build
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+# The device check on a machine with a CUDA GPU (docs/DEVICES.md): save from GPU shards and
+# restore onto GPU shards of another layout, bit-exact; D2H and H2D against cudaMemcpy; disk
+# throughput; the lazy save's stall. One line per figure; under 8 minutes.
+gpu-check: build
+	cmake --build $(BUILD) -j $(JOBS) --target gpu_check test_cuda
+	$(BUILD)/bin/test_cuda
+	timeout 480 $(BUILD)/bin/gpu_check --dir $(or $(DIR),/var/tmp/meshckpt-gpu-check)
 
 # ASan + UBSan build with clang-14 (fuzz targets linked with libFuzzer); runs the tests
 # labelled "sanitize": the unit suites, the commit fault suite, and a short fuzzing run.

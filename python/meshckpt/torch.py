@@ -57,8 +57,8 @@ def _flatten(obj, path, tensors):
 
 
 def _variable(t, mesh, rank, world, shard_rows):
-    if t.device.type != "cpu":
-        raise InvalidArgumentError(f"a tensor on {t.device}: meshckpt.torch takes CPU tensors")
+    if t.device.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"a tensor on {t.device}: meshckpt.torch takes CPU and CUDA tensors")
     if not t.is_contiguous():
         t = t.contiguous()
     shape = list(t.shape)

@@ -5,7 +5,13 @@
 #include <cstring>
 
 #include "bindings.hpp"
+#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/device/accelerator.hpp"
+#ifdef MESHCKPT_PYTHON_CUDA
+#include "meshckpt/device/cuda.hpp"
+#endif
 #include "meshckpt/graph/trackable.hpp"
+#include "meshckpt/io/make_backend.hpp"
 #include "meshckpt/plan/global_copy.hpp"
 
 namespace meshckpt::python {
@@ -18,7 +24,20 @@ struct array_memory {
   std::size_t bytes = 0;
   dtype type{};
   shape dims;
+  device::accelerator* memory = nullptr;  // device memory (a torch CUDA tensor)
+  int gpu = 0;
 };
+
+// The accelerator of torch CUDA tensors: the process's CUDA accelerator, when this build has
+// meshckpt_cuda and a GPU is visible.
+device::accelerator* cuda_accelerator() {
+#ifdef MESHCKPT_PYTHON_CUDA
+  return unwrap(device::make_cuda()).get();  // kept for the life of the process
+#else
+  throw error_exception{make_error(errc::unsupported, "a torch CUDA tensor, but this meshckpt was built without CUDA "
+                                                      "(meshckpt_cuda needs the CUDA toolkit at build time)")};
+#endif
+}
 
 std::optional<dtype> dtype_of_format(std::string_view f, py::ssize_t itemsize) {
   if (!f.empty() && (f[0] == '<' || f[0] == '=' || f[0] == '@' || f[0] == '|')) f.remove_prefix(1);
@@ -54,12 +73,14 @@ bool is_torch_tensor(py::handle o) {
   return py::isinstance<py::str>(mod) && mod.cast<std::string>().rfind("torch", 0) == 0 && py::hasattr(o, "data_ptr");
 }
 
-// A torch CPU tensor's memory, through its own attributes (every torch dtype meshckpt has,
-// bfloat16 and bool included). The tensor object is kept alive by `keep`.
+// A torch tensor's memory, through its own attributes (every torch dtype meshckpt has,
+// bfloat16 and bool included): host memory for a CPU tensor, device memory of the CUDA
+// accelerator for a CUDA tensor. The tensor object is kept alive by `keep`.
 array_memory torch_memory(py::handle t, py_refs& keep) {
-  if (py::str(t.attr("device").attr("type")).cast<std::string>() != "cpu")
+  const std::string where = py::str(t.attr("device").attr("type")).cast<std::string>();
+  if (where != "cpu" && where != "cuda")
     throw error_exception{make_error(errc::unsupported, "a torch tensor on " + py::str(t.attr("device")).cast<std::string>() +
-                                                             " (meshckpt takes CPU tensors)")};
+                                                             " (meshckpt takes CPU and CUDA tensors)")};
   if (!t.attr("is_contiguous")().cast<bool>())
     throw error_exception{make_error(errc::invalid_argument, "a torch tensor that is not contiguous (call .contiguous())")};
   const dtype dt = parse_dtype(t.attr("dtype"));  // "torch.float32"
@@ -69,6 +90,11 @@ array_memory torch_memory(py::handle t, py_refs& keep) {
   m.data = reinterpret_cast<std::byte*>(t.attr("data_ptr")().cast<std::uintptr_t>());
   m.bytes = t.attr("numel")().cast<std::size_t>() * static_cast<std::size_t>(dtype_size(dt));
   for (auto d : t.attr("shape")) m.dims.push_back(d.cast<std::int64_t>());
+  if (where == "cuda") {
+    m.memory = cuda_accelerator();
+    py::object index = t.attr("device").attr("index");
+    m.gpu = index.is_none() ? 0 : index.cast<int>();
+  }
   keep.add(py::reinterpret_borrow<py::object>(t));
   return m;
 }
@@ -167,7 +193,7 @@ std::unique_ptr<py_variable> from_shards(py::dict shards, layout l, std::optiona
                                                                    std::string(dtype_name(*type)))};
     type = mem.type;
     only_shape = mem.dims;
-    views.push_back({dev, std::span(mem.data, mem.bytes)});
+    views.push_back({dev, std::span(mem.data, mem.bytes), mem.memory, mem.gpu});
   }
   if (!type) throw error_exception{make_error(errc::invalid_argument, "no shards given and no dtype")};
   if (!global) {
@@ -276,6 +302,27 @@ void bind_tensors(py::module_& m) {
         return out;
       }, "The whole tensor as a new numpy array (bfloat16 as its uint16 bits).")
       .def("__repr__", [](const py_variable& v) { return "<meshckpt.Variable " + v.describe() + " " + v.view().layout().to_string() + ">"; });
+
+  // The benchmark's baseline: the very C++ calls `meshckpt bench` times (write_tensors and
+  // read_tensors, on the automatic backend), on the same variables and in the same process as
+  // the Python API's, so a ratio of the two is the binding's cost and not the machine's drift.
+  auto named = [](const std::vector<std::pair<std::string, py_variable*>>& vars) {
+    std::vector<named_tensor> out;
+    for (const auto& [key, v] : vars) out.push_back({key, v->view()});
+    return out;
+  };
+  m.def("_cpp_write_tensors", [named](std::string prefix, const std::vector<std::pair<std::string, py_variable*>>& vars) {
+    auto tensors = named(vars);
+    py::gil_scoped_release nogil;
+    auto b = unwrap(backends::make_backend());
+    unwrap(write_tensors(*b, prefix, tensors));
+  }, py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: write_tensors of (key, Variable) pairs.");
+  m.def("_cpp_read_tensors", [named](std::string prefix, const std::vector<std::pair<std::string, py_variable*>>& vars) {
+    auto tensors = named(vars);
+    py::gil_scoped_release nogil;
+    auto b = unwrap(backends::make_backend());
+    unwrap(read_tensors(*b, prefix, tensors));
+  }, py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: read_tensors into (key, Variable) pairs.");
 
   py::class_<graph::bytes_state, graph::trackable>(m, "Bytes")
       .def(py::init([](py::bytes b) {

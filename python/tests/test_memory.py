@@ -92,6 +92,46 @@ def test_arrays_that_cannot_be_shards_are_refused_with_a_reason(tmp_path, mesh1)
         mc.Variable(np.zeros((4, 4), np.float32), lay)
 
 
+class _Device:
+    def __init__(self, type, index):
+        self.type, self.index = type, index
+
+    def __str__(self):
+        return f"{self.type}:{self.index}"
+
+
+class _FakeDeviceTensor:
+    """What the binding reads of a torch tensor, on a device this machine may not have."""
+    __module__ = "torch.fake"
+
+    def __init__(self, device_type):
+        self.device = _Device(device_type, 0)
+        self.dtype = torch.float32
+        self.shape = (4, 4)
+
+    def is_contiguous(self):
+        return True
+
+    def data_ptr(self):
+        return 0x1000
+
+    def numel(self):
+        return 16
+
+
+def test_torch_cuda_tensors_need_the_cuda_build_and_a_gpu_other_devices_are_refused(mesh1):
+    if torch.cuda.is_available():
+        v = mc.Variable(torch.arange(16.0, device="cuda").reshape(4, 4), mesh=mesh1)
+        assert v.shape == [4, 4]
+    else:
+        # Without a GPU the binding must refuse a CUDA tensor (no CUDA build, or no device),
+        # never read its pointer as host memory.
+        with pytest.raises(mc.errors.UnsupportedError, match="CUDA"):
+            mc.Variable(_FakeDeviceTensor("cuda"), mesh=mesh1)
+    with pytest.raises(mc.errors.UnsupportedError, match="CPU and CUDA"):
+        mc.Variable(_FakeDeviceTensor("mps"), mesh=mesh1)
+
+
 def test_a_dropped_array_stays_alive_until_its_lazy_save_is_done(tmp_path, mesh1):
     ckpt = mc.Checkpoint(mesh1, options=mc.CheckpointOptions(snapshot=False),
                          v=mc.Variable(pattern((1 << 18,), np.int32, 2), mesh=mesh1))

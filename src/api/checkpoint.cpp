@@ -228,8 +228,9 @@ void queue_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_jo
         auto memory = detail::acquire_arena(impl, plan->need);
         auto arena = (co_await std::move(memory)).value();
         job->owners.push_back(arena);
-        auto copy = runtime::on_cpu_pool([&] { detail::copy_snapshot(*plan, *arena, job->tensors, !lazy); });
-        copied = static_cast<bool>(co_await std::move(copy));
+        result<void> snapped = success();
+        auto copy = runtime::on_cpu_pool([&] { snapped = detail::copy_snapshot(*plan, *arena, job->tensors, !lazy); });
+        copied = co_await std::move(copy) && snapped;
       } catch (const std::bad_alloc&) {
       }
       if (copied) job->released->set(success());
@@ -283,8 +284,8 @@ snapshot_outcome take_snapshot(detail::checkpoint_impl& impl, const std::shared_
   if (inline_arena) {
     job->owners.push_back(inline_arena);
     try {
-      detail::copy_snapshot(*plan, *inline_arena, job->tensors, true);
-      job->released->set(success());
+      if (detail::copy_snapshot(*plan, *inline_arena, job->tensors, true)) job->released->set(success());
+      else unsnapped();  // a device copy failed: the write copies from the device itself
     } catch (const std::bad_alloc&) {
       unsnapped();
     }

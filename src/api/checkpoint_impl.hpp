@@ -230,6 +230,9 @@ struct status_state {
 struct snapshot_arena {
   runtime::host_buffer bytes;
   std::size_t capacity = 0;
+  // Accelerators this memory is pinned for (device shards are copied into it), and the pins.
+  std::vector<device::accelerator*> pinned_for;
+  std::vector<std::shared_ptr<void>> pins;
 };
 
 struct checkpoint_impl {

@@ -37,6 +37,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "../device/device_copy.hpp"
 #include "../runtime/collective.hpp"
 #include "../runtime/dir_lock.hpp"
 #include "../runtime/durable_replace.hpp"
@@ -142,7 +143,7 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
       hasher.start(slice.length, slice.checksums);
       // Small slices are scattered over the heap, where the hardware prefetcher loses the
       // stream at each one: ask for the next one's first lines while this one is copied.
-      if (wi + 1 < writes.size())
+      if (wi + 1 < writes.size() && !writes[wi + 1].memory)
         for (std::size_t off = 0; off < std::min<std::size_t>(writes[wi + 1].source.size(), 1024); off += 64)
           __builtin_prefetch(writes[wi + 1].source.data() + off);
       if (w.streamed != plan::not_streamed) {
@@ -151,6 +152,28 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
       }
       std::uint64_t pos = slice.offset;
       std::span<const std::byte> src = w.source;
+      if (w.memory) {
+        // Device memory: the accelerator copies it into the staging block, as much as fits at
+        // a time, while the blocks before it are being written.
+        while (!src.empty()) {
+          auto into = out.room(pos);
+          if (into.empty()) {
+            BOOST_OUTCOME_CO_TRY(co_await out.next_block());
+            continue;
+          }
+          into = into.first(std::min(src.size(), into.size()));
+          BOOST_OUTCOME_CO_TRY(device::detail::pin_staging_buffer(*w.memory, out.current_buffer()));
+          auto copied = device::detail::to_host(*w.memory, w.gpu, into, src.data());
+          if (auto r = co_await std::move(copied); !r)
+            co_return with_context(r.error(), "copying tensor \"" + m.tensors[w.tensor].key + "\" slice " + to_string(slice.where) +
+                                                  " from " + std::string(w.memory->name()) + " device " + std::to_string(w.gpu));
+          hasher.update(into);
+          src = src.subspan(into.size());
+          pos += into.size();
+          out.filled_to(pos);
+        }
+        continue;
+      }
       while (!src.empty()) {
         auto into = out.room(pos);
         if (into.empty()) {

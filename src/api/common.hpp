@@ -61,6 +61,15 @@ task<read_report> read_into(io::backend& b, std::string prefix, std::span<const 
 task<read_report> read_box(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string key, box where,
                            std::span<std::byte> out, read_options opt);
 
+// One round of a restore into host memory: the targets given, read with the restore's manifest,
+// files and options.
+using staged_round = std::function<task<read_report>(std::span<const named_tensor>)>;
+
+// Restores `targets`, some of whose shards are device memory: those through page-locked
+// staging (device_restore.cpp), each batch's copies to the device overlapping the next
+// batch's reads; host targets in one round of their own.
+task<read_report> read_through_staging(std::span<const named_tensor> targets, const staged_round& round);
+
 // verify_tensor as a coroutine.
 task<void> verify_one_tensor(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string key);
 

@@ -405,40 +405,45 @@ task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const 
         delete x;
       });
     }
-    // Targets of another floating dtype (when asked): read into temporaries of the saved dtype
-    // and the target's layout, then convert into the target's shards.
-    std::deque<dtensor> temps;
-    std::vector<std::pair<const named_tensor*, const dtensor*>> casts;
-    std::vector<named_tensor> all;
-    if (opt.convert_dtypes) {
-      for (const auto& t : targets) {
-        const auto* saved = m->find(t.key);
-        if (saved && saved->type != t.tensor.type() && convertible(saved->type, t.tensor.type())) {
-          BOOST_OUTCOME_CO_TRY(auto tmp, dtensor::create(saved->type, t.tensor.global_shape(), t.tensor.layout()));
-          temps.push_back(std::move(tmp));
-          casts.emplace_back(&t, &temps.back());
-          all.push_back({t.key, temps.back().view()});
-        } else {
-          all.push_back(t);
-        }
-      }
-    }
     // A TensorFlow bundle's tensors lie at any offset, and a partial read of one checks it
     // whole first: buffered reads.
     file_cache files(b, *p, *m, b.caps().direct_io && m->checksum != format::checksum_kind::crc32c_whole);
-    std::optional<result<read_report>> rr;
-    try {
-      rr = co_await read_steps(b, *m, opt.convert_dtypes ? std::span<const named_tensor>(all) : targets, opt, files);
-    } catch (const std::bad_alloc&) {
-      rr = out_of_memory("restoring");
-    }
-    co_await files.close_all();
-    if (*rr)
+    const staged_round round = [&](std::span<const named_tensor> ts) -> task<read_report> {
+      // Targets of another floating dtype (when asked): read into temporaries of the saved
+      // dtype and the target's layout, then convert into the target's shards.
+      std::deque<dtensor> temps;
+      std::vector<std::pair<const named_tensor*, const dtensor*>> casts;
+      std::vector<named_tensor> all;
+      if (opt.convert_dtypes) {
+        for (const auto& t : ts) {
+          const auto* saved = m->find(t.key);
+          if (saved && saved->type != t.tensor.type() && convertible(saved->type, t.tensor.type())) {
+            BOOST_OUTCOME_CO_TRY(auto tmp, dtensor::create(saved->type, t.tensor.global_shape(), t.tensor.layout()));
+            temps.push_back(std::move(tmp));
+            casts.emplace_back(&t, &temps.back());
+            all.push_back({t.key, temps.back().view()});
+          } else {
+            all.push_back(t);
+          }
+        }
+      }
+      BOOST_OUTCOME_CO_TRY(auto rep, co_await read_steps(b, *m, opt.convert_dtypes ? std::span<const named_tensor>(all) : ts, opt, files));
       for (const auto& [target, tmp] : casts)
         for (const auto& sh : target->tensor.shards()) {
           const local_shard* from = tmp->view().shard_of(sh.device);
           if (from) convert(tmp->view().type(), from->data, target->tensor.type(), sh.data);
         }
+      co_return rep;
+    };
+    const bool on_device = std::any_of(targets.begin(), targets.end(), [](const named_tensor& t) { return any_on_device(t.tensor.shards()); });
+    std::optional<result<read_report>> rr;
+    try {
+      auto reading = on_device ? read_through_staging(targets, round) : round(targets);
+      rr = co_await std::move(reading);
+    } catch (const std::bad_alloc&) {
+      rr = out_of_memory("restoring");
+    }
+    co_await files.close_all();
     co_return std::move(*rr);
   };
   std::optional<result<read_report>> out;

@@ -209,6 +209,14 @@ task<void> read_one(io::backend& b, const open_file& f, const format::safetensor
 }
 
 task<read_report> read_coro(io::backend& b, std::string path, std::span<const named_tensor> targets) {
+  if (std::any_of(targets.begin(), targets.end(), [](const named_tensor& t) { return any_on_device(t.tensor.shards()); })) {
+    // Device shards: through host staging, a batch at a time (each batch opens the file anew).
+    // The round and the call are named first: GCC 12 mishandles non-trivial temporaries inside
+    // co_await expressions.
+    const staged_round per_batch = [&b, path](std::span<const named_tensor> host) { return read_coro(b, path, host); };
+    auto reading = read_through_staging(targets, per_batch);
+    co_return co_await std::move(reading);
+  }
   auto body = [&b, targets](const source& src) -> task<read_report> {
     std::map<std::string, std::vector<const named_tensor*>> by_file;
     for (const auto& t : targets) {

@@ -2,11 +2,14 @@
 
 #include "snapshot.hpp"
 
+#include "../device/device_copy.hpp"
+
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include <boost/asio/post.hpp>
@@ -27,7 +30,7 @@ snapshot_plan plan_snapshot(const std::vector<named_tensor>& tensors) {
       key.insert(key.end(), b->extent.begin(), b->extent.end());
       auto [it, fresh] = seen.emplace(std::move(key), p.pieces.size());
       if (fresh) {
-        p.pieces.push_back({t, v.shards()[k].data, {}});
+        p.pieces.push_back({t, v.shards()[k].data, {}, v.shards()[k].memory, v.shards()[k].gpu});
         p.need += (v.shards()[k].data.size() + 63) / 64 * 64;
       }
       p.pieces[it->second].shards.push_back(k);
@@ -85,7 +88,7 @@ void release_arena(checkpoint_impl& impl, std::vector<std::shared_ptr<const void
   for (auto& w : waiters) w(success());
 }
 
-void copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper) {
+result<void> copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper) {
   std::vector<std::vector<local_shard>> shards(tensors.size());
   for (std::size_t t = 0; t < tensors.size(); ++t) shards[t] = tensors[t].tensor.shards();
   // In copy mode the copy is the caller's stall: large ones are split across two threads (memory
@@ -106,14 +109,41 @@ void copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<na
       if (finished.fetch_add(mine) + mine == work.size()) all_done.notify_all();
     }
   };
+  // Device copies: counted down by their completions (on the accelerators' threads).
+  struct device_work {
+    std::mutex mu;
+    std::condition_variable done;
+    std::size_t pending = 0;
+    std::optional<error> failed;
+  };
+  auto dw = std::make_shared<device_work>();
   auto w = std::make_shared<shared_work>();
+  std::vector<std::pair<const snapshot_plan::piece*, std::byte*>> on_device;
   std::uint64_t off = 0;
   for (const auto& pc : p.pieces) {
     std::byte* dst = arena.bytes.get() + off;
-    for (auto k : pc.shards) shards[pc.tensor][k].data = std::span<std::byte>(dst, pc.src.size());
-    for (std::size_t o = 0; o < pc.src.size(); o += piece_bytes)
-      w->work.emplace_back(dst + o, pc.src.subspan(o, std::min(piece_bytes, pc.src.size() - o)));
+    for (auto k : pc.shards) {
+      shards[pc.tensor][k].data = std::span<std::byte>(dst, pc.src.size());
+      shards[pc.tensor][k].memory = nullptr;
+    }
+    if (pc.memory) {
+      const std::span<std::byte> whole(arena.bytes.get(), arena.capacity);
+      BOOST_OUTCOME_TRY(device::detail::pin_once(*pc.memory, whole, arena.pinned_for, arena.pins));
+      on_device.emplace_back(&pc, dst);
+    } else {
+      for (std::size_t o = 0; o < pc.src.size(); o += piece_bytes)
+        w->work.emplace_back(dst + o, pc.src.subspan(o, std::min(piece_bytes, pc.src.size() - o)));
+    }
     off += (pc.src.size() + 63) / 64 * 64;
+  }
+  dw->pending = on_device.size();
+  for (const auto& [pc, dst] : on_device) {
+    const std::string key = tensors[pc->tensor].key;
+    pc->memory->copy_to_host(pc->gpu, dst, pc->src.data(), pc->src.size(), [dw, key](result<void> r) {
+      std::lock_guard lk(dw->mu);
+      if (!r && !dw->failed) dw->failed = with_context(r.error(), "snapshot of tensor \"" + key + "\"");
+      if (--dw->pending == 0) dw->done.notify_all();
+    });
   }
   if (helper && p.need >= (64u << 20) && std::thread::hardware_concurrency() > 1) {
     // The second copier comes from the process-wide CPU pool, not a thread of its own. It may
@@ -128,10 +158,16 @@ void copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<na
     std::unique_lock lk(w->mu);
     w->all_done.wait(lk, [&] { return w->finished.load() == w->work.size(); });
   }
+  {
+    std::unique_lock lk(dw->mu);
+    dw->done.wait(lk, [&] { return dw->pending == 0; });
+    if (dw->failed) return *dw->failed;
+  }
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const auto& v = tensors[t].tensor;
     tensors[t].tensor = dtensor_view::create(v.type(), v.global_shape(), v.layout(), std::move(shards[t])).value();
   }
+  return success();
 }
 
 }  // namespace meshckpt::detail

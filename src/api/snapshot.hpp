@@ -18,6 +18,8 @@ struct snapshot_plan {
     std::size_t tensor;
     std::span<std::byte> src;
     std::vector<std::size_t> shards;  // indices into the tensor's shards with this box
+    device::accelerator* memory = nullptr;  // device memory: copied by the accelerator
+    int gpu = 0;
   };
   std::vector<piece> pieces;
   std::uint64_t need = 0;  // bytes of snapshot memory (each piece 64-byte aligned)
@@ -39,7 +41,9 @@ void release_arena(checkpoint_impl& impl, std::vector<std::shared_ptr<const void
 // Copies the planned slices into `arena` and re-points the views at the copy, on the calling
 // thread; `helper` adds a second copier from the CPU pool (copy mode: the copy is the caller's
 // stall). Never waits for the helper to start: pieces are handed out through a shared cursor,
-// and only pieces the helper already took are waited for.
-void copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper);
+// and only pieces the helper already took are waited for. Device pieces are copied by their
+// accelerator meanwhile (started first, so they overlap the host copies); a failed device copy
+// fails the snapshot with the views untouched (the write then copies from the device itself).
+result<void> copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper);
 
 }  // namespace meshckpt::detail

@@ -18,6 +18,9 @@ result<void> for_each_run(const dtensor_view& v, std::size_t global_size, bool r
                                                   " tensor, which has " + std::to_string(v.global_bytes()));
   const box whole = box::whole(v.global_shape());
   const auto& shards = v.shards();
+  if (any_on_device(shards))
+    return make_error(errc::unsupported, "a global array copied to or from device shards (this copies host memory; save or restore "
+                                         "device shards, or copy them through their accelerator)");
   for (std::size_t i = 0; i < shards.size(); ++i) {
     const local_shard& s = shards[reverse ? shards.size() - 1 - i : i];
     BOOST_OUTCOME_TRY(auto b, v.layout().shard_box(v.global_shape(), s.device));

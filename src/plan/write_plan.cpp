@@ -150,7 +150,7 @@ result<write_plan> plan_write(std::span<const named_tensor> tensors, const layou
                           "tensor \"" + nt.key + "\" slice " + to_string(s.where) + " is owned by device " +
                               std::to_string(s.writer_device) +
                               ", which is not local to this process; a save that spans processes needs a coordinator");
-      p.writes.push_back({oi, j, s.writer_device, src->data});
+      p.writes.push_back({oi, j, s.writer_device, src->data, plan::not_streamed, src->memory, src->gpu});
     }
   }
 

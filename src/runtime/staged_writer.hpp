@@ -46,6 +46,8 @@ class staged_writer {
   // is full): call `next_block()`, then ask again. Precondition: `pos` is not before the end
   // of what was filled.
   std::span<std::byte> room(std::uint64_t pos);
+  // The whole buffer of the current block (pool memory, alive for the process).
+  std::span<std::byte> current_buffer() const { return {pool_[cur_].data(), block_bytes}; }
   // The bytes before file offset `pos` (in the current block) are filled.
   void filled_to(std::uint64_t pos) { filled_ = pos - block_off_; }
   // Hands the current block, zero-padded, to the writes and waits for a free buffer. Fails

@@ -48,6 +48,12 @@ result<dtensor_view> dtensor_view::create(dtype t, shape global, meshckpt::layou
   return dtensor_view(t, std::move(global), std::move(l), std::move(shards));
 }
 
+bool any_on_device(std::span<const local_shard> shards) {
+  for (const auto& s : shards)
+    if (s.on_device()) return true;
+  return false;
+}
+
 const local_shard* dtensor_view::shard_of(std::int64_t device) const {
   auto it = std::lower_bound(shards_.begin(), shards_.end(), device,
                              [](const local_shard& s, std::int64_t d) { return s.device < d; });

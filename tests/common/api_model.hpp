@@ -16,8 +16,9 @@ using namespace meshckpt;
 
 inline mesh mesh24() { return mesh::create({{"x", 2}, {"y", 4}}).value(); }
 
-inline dtensor make(dtype t, shape s, std::vector<std::string> l) {
-  return dtensor::create(t, std::move(s), layout::create(std::move(l), mesh24()).value()).value();
+// Host storage, or simulated device memory under MESHCKPT_TEST_SHARDS=simulated (support.hpp).
+inline graph::variable make(dtype t, shape s, std::vector<std::string> l) {
+  return testing::make_variable(t, std::move(s), layout::create(std::move(l), mesh24()).value());
 }
 
 struct dense : graph::module {
@@ -48,9 +49,10 @@ struct model : graph::module {
   }
 };
 
-inline bool same(const graph::variable& a, const graph::variable& b) {
-  for (std::size_t i = 0; i < a.view().shards().size(); ++i) {
-    auto x = a.view().shards()[i].data, y = b.view().shards()[i].data;
+inline bool same(const graph::variable& va, const graph::variable& vb) {
+  testing::host_image a(va.view()), b(vb.view());
+  for (std::size_t i = 0; i < a.view.shards().size(); ++i) {
+    auto x = a.view.shards()[i].data, y = b.view.shards()[i].data;
     if (!std::equal(x.begin(), x.end(), y.begin(), y.end())) return false;
   }
   return true;

@@ -22,10 +22,11 @@ inline mesh mesh8() { return mesh::create({{"x", 2}, {"y", 4}}).value(); }
 // Several layouts over 8 devices: sharded both ways, one way (replicated along the other),
 // uneven, replicated, and a host scalar.
 struct model : graph::module {
-  graph::variable w{dtensor::create(dtype::float32, {64, 96}, layout::create({"x", "y"}, mesh8()).value()).value()};
-  graph::variable e{dtensor::create(dtype::bfloat16, {50, 16}, layout::create({"y", "unsharded"}, mesh8()).value()).value()};
-  graph::variable b{dtensor::create(dtype::float32, {96}, layout::create({"unsharded"}, mesh8()).value()).value()};
-  graph::variable u{dtensor::create(dtype::float32, {13, 8}, layout::create({"x", "unsharded"}, mesh8()).value()).value()};
+  // Host storage, or simulated device memory under MESHCKPT_TEST_SHARDS=simulated (support.hpp).
+  graph::variable w = make_variable(dtype::float32, {64, 96}, layout::create({"x", "y"}, mesh8()).value());
+  graph::variable e = make_variable(dtype::bfloat16, {50, 16}, layout::create({"y", "unsharded"}, mesh8()).value());
+  graph::variable b = make_variable(dtype::float32, {96}, layout::create({"unsharded"}, mesh8()).value());
+  graph::variable u = make_variable(dtype::float32, {13, 8}, layout::create({"x", "unsharded"}, mesh8()).value());
   graph::scalar<std::int64_t> step{0};
   model() {
     track("w", w);

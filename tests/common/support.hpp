@@ -10,6 +10,7 @@
 #include <functional>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +19,8 @@
 #include <vector>
 
 #include "meshckpt/backends/posix.hpp"
+#include "meshckpt/device/accelerator.hpp"
+#include "meshckpt/graph/trackable.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/safetensors.hpp"
@@ -59,8 +62,63 @@ void for_each_element(const shape& global, const box& b, F f) {
   }
 }
 
+// The shard memory of the suites' models: host memory, or with MESHCKPT_TEST_SHARDS=simulated
+// (ctest's *_device runs) device memory of one simulated device for the whole process, so the
+// same suites run through the device paths (docs/DEVICES.md).
+inline device::accelerator* shard_device() {
+  static device::accelerator* const acc = []() -> device::accelerator* {
+    const char* v = std::getenv("MESHCKPT_TEST_SHARDS");
+    if (!v || std::string_view(v) != "simulated") return nullptr;
+    device::simulated_options o;
+    o.devices = 2;
+    return device::make_simulated(o).value().release();  // lives as long as the process
+  }();
+  return acc;
+}
+
+// A variable with zeroed shards of its own: host storage, or device memory under
+// MESHCKPT_TEST_SHARDS=simulated (kept until the process ends: test models are small).
+inline graph::variable make_variable(dtype t, shape s, layout l) {
+  auto host = dtensor::create(t, s, l).value();
+  auto* acc = shard_device();
+  if (!acc) return graph::variable(std::move(host));
+  std::vector<local_shard> shards;
+  int k = 0;
+  for (const auto& sh : host.view().shards()) {
+    const int gpu = k++ % acc->device_count();
+    std::byte* p = acc->allocate(gpu, sh.data.size()).value();
+    device::copy_to_device_blocking(*acc, gpu, p, sh.data).value();
+    shards.push_back({sh.device, {p, sh.data.size()}, acc, gpu});
+  }
+  return graph::variable(dtensor_view::create(t, std::move(s), std::move(l), std::move(shards)).value());
+}
+
+// `v` as host memory: itself, or (device shards) a host copy that `store` writes back.
+struct host_image {
+  std::optional<dtensor> twin;
+  dtensor_view view;
+  explicit host_image(const dtensor_view& v) : view(v) {
+    if (!any_on_device(v.shards())) return;
+    twin.emplace(dtensor::create(v.type(), v.global_shape(), v.layout()).value());
+    for (const auto& sh : v.shards())
+      if (sh.on_device()) device::copy_to_host_blocking(*sh.memory, sh.gpu, twin->view().shard_of(sh.device)->data, sh.data.data()).value();
+      else std::memcpy(twin->view().shard_of(sh.device)->data.data(), sh.data.data(), sh.data.size());
+    view = twin->view();
+  }
+  void store(const dtensor_view& v) const {
+    if (!twin) return;
+    for (const auto& sh : v.shards()) {
+      auto from = twin->view().shard_of(sh.device)->data;
+      if (sh.on_device()) device::copy_to_device_blocking(*sh.memory, sh.gpu, sh.data.data(), from).value();
+      else std::memcpy(sh.data.data(), from.data(), from.size());
+    }
+  }
+};
+
 // Fills every local shard of `v` with the deterministic contents of tensor `key`.
-inline void fill(const dtensor_view& v, const std::string& key, std::uint64_t seed) {
+inline void fill(const dtensor_view& dv, const std::string& key, std::uint64_t seed) {
+  host_image img(dv);
+  const dtensor_view& v = img.view;
   auto es = static_cast<std::size_t>(dtype_size(v.type()));
   for (const auto& sh : v.shards()) {
     auto b = v.layout().shard_box(v.global_shape(), sh.device).value();
@@ -69,6 +127,7 @@ inline void fill(const dtensor_view& v, const std::string& key, std::uint64_t se
       std::memcpy(sh.data.data() + static_cast<std::size_t>(local) * es, &bits, es);
     });
   }
+  img.store(dv);
 }
 
 // A tensor whole on a one-device mesh, filled as `fill` does (a safetensors file's or an
@@ -95,7 +154,9 @@ inline void write_safetensors_file(const std::string& path, const std::vector<st
 }
 
 // True when every local shard of `v` holds exactly the contents `fill` would write.
-inline bool matches(const dtensor_view& v, const std::string& key, std::uint64_t seed) {
+inline bool matches(const dtensor_view& dv, const std::string& key, std::uint64_t seed) {
+  host_image img(dv);
+  const dtensor_view& v = img.view;
   auto es = static_cast<std::size_t>(dtype_size(v.type()));
   bool ok = true;
   for (const auto& sh : v.shards()) {

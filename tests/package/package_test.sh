@@ -47,7 +47,7 @@ fi
 
 # Shared: the library alone, from the same sources.
 check "shared: configure" quiet cmake -S "$SRC" -B "$WORK/shared-build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON \
-  -DMESHCKPT_BUILD_TESTS=OFF -DMESHCKPT_BUILD_EXAMPLES=OFF -DMESHCKPT_PYTHON=OFF
+  -DMESHCKPT_BUILD_TESTS=OFF -DMESHCKPT_BUILD_EXAMPLES=OFF -DMESHCKPT_PYTHON=OFF -DMESHCKPT_CUDA=OFF
 check "shared: build" quiet cmake --build "$WORK/shared-build" -j "$JOBS" --target meshckpt meshckpt_cli
 check "shared: install" quiet cmake --install "$WORK/shared-build" --prefix "$WORK/shared"
 so=$(ls "$WORK"/shared/lib/libmeshckpt.so.* 2>/dev/null | head -1)

@@ -54,6 +54,8 @@ struct slice_write {
   std::int64_t owner = 0;        ///< device whose shard provides the bytes
   std::span<const std::byte> source;  ///< the owner's shard bytes (empty when not local or streamed)
   std::size_t streamed = not_streamed;  ///< index into the streamed tensors, or `not_streamed`
+  device::accelerator* memory = nullptr;  ///< the owner shard's device memory (`local_shard::memory`)
+  int gpu = 0;
 };
 
 /// The plan: a manifest skeleton (everything but checksums and file names) plus the writes.

@@ -16,11 +16,23 @@
 
 namespace meshckpt {
 
+namespace device {
+class accelerator;
+}
+
 /// The local shard of one device: row-major bytes of `layout.shard_box(global, device)`.
 struct local_shard {
-  std::int64_t device = 0;
+  std::int64_t device = 0;  ///< the mesh device
+  /// The bytes: host memory, or device memory of `memory` (see device/accelerator.hpp).
   std::span<std::byte> data;
+  /// Null for host memory; else the accelerator whose device `gpu` holds `data`.
+  device::accelerator* memory = nullptr;
+  int gpu = 0;
+  bool on_device() const { return memory != nullptr; }
 };
+
+/// Whether any shard of `shards` is device memory.
+bool any_on_device(std::span<const local_shard> shards);
 
 /// A non-owning view of a DTensor over caller memory. The memory must stay valid, and (while a
 /// save is reading it or a restore is writing it) must not be touched by the caller.
