@@ -1,13 +1,18 @@
-"""The Python benchmark: meshckpt from Python against the C++ bench (`meshckpt bench`) and
-Python's usual checkpointers (torch.save, numpy.savez, h5py), on the large and small workloads
-of BENCHMARKS.md, in one run. Every save is durable (fsync), every restore cold (page cache
-dropped, as root) and complete (every byte in memory). Medians of --reps repetitions; the C++
-bench runs inside each repetition, so each ratio compares the disk at nearly the same moment.
+"""The Python benchmark: meshckpt from Python against the C++ calls that `meshckpt bench` times
+and Python's usual checkpointers (torch.save, numpy.savez, h5py), on the large and small
+workloads of BENCHMARKS.md, in one run. Every save is durable (fsync), every restore cold (page
+cache dropped, as root) and complete (every byte in memory). Medians of --reps repetitions.
+
+The C++ baseline runs in this process, on the same variables: `write_tensors` and
+`read_tensors`, called through the extension with the GIL released and no Python in between.
+It alternates with the Python API's save and restore inside each repetition (first one, then
+the other, swapped every repetition), so their ratio is what the binding costs, not how this
+machine's disk drifts between minutes or processes. fio (when installed) measures the disk in
+each repetition of the large workload, as `meshckpt bench` does.
 
     python3 python/benchmarks/bench.py --dir /var/tmp/bench [--reps 3] [--json]
-    python3 python/benchmarks/bench.py --dir /tmp/x --smoke     # tiny sizes, no C++ comparison
+    python3 python/benchmarks/bench.py --dir /tmp/x --smoke     # tiny sizes
 """
-
 import argparse
 import json
 import os
@@ -95,6 +100,12 @@ class MeshckptPeer:
     def load(self, path):
         self.ckpt.read(path).assert_consumed()
 
+    def cpp_save(self, path):
+        mc._C._cpp_write_tensors(path, list(self.vars.items()))
+
+    def cpp_load(self, path):
+        mc._C._cpp_read_tensors(path, list(self.vars.items()))
+
     def remove(self, path):
         d, base = os.path.split(path)
         for f in os.listdir(d):
@@ -166,15 +177,20 @@ class H5Peer:
         os.remove(path)
 
 
-def cpp_bench(cli, workload_name, d):
-    """One repetition of the C++ bench on the same workload: (save MiB/s, restore MiB/s, fio
-    write MiB/s or None)."""
-    r = subprocess.run([cli, "bench", "--workload", workload_name, "--reps", "1", "--json", "--dir", d],
-                       capture_output=True, text=True)
+def fio_write(d, nbytes):
+    """fio's sequential write of `nbytes` in MiB/s, configured as `meshckpt bench` runs it, or
+    None without fio."""
+    if not shutil.which("fio"):
+        return None
+    f = os.path.join(d, "fio.bench")
+    r = subprocess.run(["fio", "--name=meshckpt", f"--filename={f}", "--rw=write", "--bs=1M",
+                        f"--size={nbytes >> 20}M", "--ioengine=io_uring", "--iodepth=16", "--direct=1",
+                        "--end_fsync=1", "--output-format=json"], capture_output=True, text=True)
+    if os.path.exists(f):
+        os.remove(f)
     if r.returncode != 0:
-        raise RuntimeError("meshckpt bench failed: " + r.stderr)
-    fig = json.loads(r.stdout)[0]
-    return fig["save_MiBps"], fig["restore_MiBps"], fig.get("fio_write_MiBps")
+        return None
+    return json.loads(r.stdout)["jobs"][0]["write"]["bw_bytes"] / (1 << 20)
 
 
 def run(args):
@@ -188,24 +204,25 @@ def run(args):
         peers = [MeshckptPeer(arrays, specs), TorchPeer(arrays, specs), NumpyPeer(arrays, specs), H5Peer(arrays, specs)]
         times = {p.name: ([], []) for p in peers}
         cpp, fio = ([], []), []
+        ours = peers[0]
         for rep in range(args.reps):
             written = []  # removed at the end of the repetition: the filesystem frees a
             # deleted file's extents in the background, which would slow the next timed save
-            if args.cli and not args.smoke:
-                s, r, fw = cpp_bench(args.cli, wname, args.dir)
-                cpp[0].append(mib / s)
-                cpp[1].append(mib / r)
+            if wname == "large" and not args.smoke:
+                fw = fio_write(args.dir, int(mib) << 20)
                 if fw:
                     fio.append(fw)
-                # The C++ bench is a separate process of ~9 GiB. On these virtual machines the
-                # first 2 GiB save and restore after it exits ran several times slower (seen:
-                # restore 5.6 s, the next 0.55 s), so one unmeasured round of ours settles first.
-                settle = os.path.join(args.dir, f"{wname}-settle")
-                peers[0].save(settle)
-                drop_caches()
-                peers[0].load(settle)
-                written.append((peers[0], settle))
-            for p in peers:
+            # The C++ baseline and the Python API take turns going first.
+            pair = [(cpp, ours.cpp_save, ours.cpp_load, "cpp"), (times[ours.name], ours.save, ours.load, "py")]
+            if rep % 2:
+                pair.reverse()
+            for dest, save, load, tag in pair:
+                path = os.path.join(args.dir, f"{wname}-{tag}-{rep}")
+                dest[0].append(timed(lambda: save(path)))
+                cold = drop_caches() and cold
+                dest[1].append(timed(lambda: load(path)))
+                written.append((ours, path))
+            for p in peers[1:]:
                 path = os.path.join(args.dir, f"{wname}-{type(p).__name__}-{rep}")
                 times[p.name][0].append(timed(lambda: p.save(path)))
                 cold = drop_caches() and cold
@@ -219,12 +236,12 @@ def run(args):
                "fio_write_MiBps": statistics.median(fio) if fio else None}
         for name, (s, l) in times.items():
             row[name] = {"save_MiBps": mib / statistics.median(s), "load_MiBps": mib / statistics.median(l)}
-        if cpp[0]:
-            row["meshckpt (C++ bench)"] = {"save_MiBps": mib / statistics.median(cpp[0]), "load_MiBps": mib / statistics.median(cpp[1])}
+        row["meshckpt (C++)"] = {"save_MiBps": mib / statistics.median(cpp[0]), "load_MiBps": mib / statistics.median(cpp[1])}
         py = row["meshckpt (Python)"]
-        base = row.get("meshckpt (C++ bench)")
-        if base:
-            row["python_vs_cpp"] = {"save": py["save_MiBps"] / base["save_MiBps"], "load": py["load_MiBps"] / base["load_MiBps"]}
+        base = row["meshckpt (C++)"]
+        # Per repetition, then the median: each pair ran back to back on the same disk.
+        row["python_vs_cpp"] = {"save": statistics.median(c / p for c, p in zip(cpp[0], times[ours.name][0])),
+                                "load": statistics.median(c / p for c, p in zip(cpp[1], times[ours.name][1]))}
         row["vs_torch"] = {"save": py["save_MiBps"] / row["torch.save"]["save_MiBps"],
                            "load": py["load_MiBps"] / row["torch.save"]["load_MiBps"]}
         results.append(row)
@@ -236,10 +253,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", required=True, help="a directory on the disk to measure (emptied afterwards)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--smoke", action="store_true", help="tiny workloads, no C++ comparison (for tests)")
+    ap.add_argument("--smoke", action="store_true", help="tiny workloads, no fio (for tests)")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--cli", default=os.environ.get("MESHCKPT_CLI") or shutil.which("meshckpt"),
-                    help="the meshckpt CLI for the C++ bench (default: $MESHCKPT_CLI, then PATH)")
     args = ap.parse_args()
     results = run(args)
     if args.json:
@@ -250,11 +265,11 @@ def main():
               f"{'cold' if row['cold'] else 'WARM'} restores), MiB/s"
               + (f"; fio write {row['fio_write_MiBps']:.0f} MiB/s" if row["fio_write_MiBps"] else ""))
         print(f"  {'peer':24} {'save':>9} {'load':>9}")
-        for name in ("meshckpt (Python)", "meshckpt (C++ bench)", "torch.save", "numpy.savez", "h5py"):
+        for name in ("meshckpt (Python)", "meshckpt (C++)", "torch.save", "numpy.savez", "h5py"):
             if name in row:
                 print(f"  {name:24} {row[name]['save_MiBps']:9.0f} {row[name]['load_MiBps']:9.0f}")
         if "python_vs_cpp" in row:
-            print(f"  Python / C++ bench: save {row['python_vs_cpp']['save']:.2f}x, load {row['python_vs_cpp']['load']:.2f}x")
+            print(f"  Python / C++ (median of per-repetition ratios): save {row['python_vs_cpp']['save']:.2f}x, load {row['python_vs_cpp']['load']:.2f}x")
         print(f"  meshckpt / torch.save: save {row['vs_torch']['save']:.1f}x, load {row['vs_torch']['load']:.1f}x")
 
 

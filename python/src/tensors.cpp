@@ -306,6 +306,13 @@ void bind_tensors(py::module_& m) {
   // The benchmark's baseline: the very C++ calls `meshckpt bench` times (write_tensors and
   // read_tensors, on the automatic backend), on the same variables and in the same process as
   // the Python API's, so a ratio of the two is the binding's cost and not the machine's drift.
+  // One backend for every call, as `meshckpt bench` and a checkpoint keep theirs (a fresh
+  // io_uring ring per call would charge its setup to the baseline). Never destroyed: a static
+  // backend would close its ring after the interpreter's threads are gone.
+  static auto baseline_backend = []() -> io::backend& {
+    static io::backend* b = unwrap(backends::make_backend()).release();
+    return *b;
+  };
   auto named = [](const std::vector<std::pair<std::string, py_variable*>>& vars) {
     std::vector<named_tensor> out;
     for (const auto& [key, v] : vars) out.push_back({key, v->view()});
@@ -314,14 +321,12 @@ void bind_tensors(py::module_& m) {
   m.def("_cpp_write_tensors", [named](std::string prefix, const std::vector<std::pair<std::string, py_variable*>>& vars) {
     auto tensors = named(vars);
     py::gil_scoped_release nogil;
-    auto b = unwrap(backends::make_backend());
-    unwrap(write_tensors(*b, prefix, tensors));
+    unwrap(write_tensors(baseline_backend(), prefix, tensors));
   }, py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: write_tensors of (key, Variable) pairs.");
   m.def("_cpp_read_tensors", [named](std::string prefix, const std::vector<std::pair<std::string, py_variable*>>& vars) {
     auto tensors = named(vars);
     py::gil_scoped_release nogil;
-    auto b = unwrap(backends::make_backend());
-    unwrap(read_tensors(*b, prefix, tensors));
+    unwrap(read_tensors(baseline_backend(), prefix, tensors));
   }, py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: read_tensors into (key, Variable) pairs.");
 
   py::class_<graph::bytes_state, graph::trackable>(m, "Bytes")
