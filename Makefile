@@ -15,7 +15,7 @@ DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libx
 # The sanitizer and libFuzzer build.
 SAN_DEBS  := clang-14 libclang-rt-14-dev
 
-.PHONY: all deps build demo test test-sanitize test-tsan stress coverage bench bench-python gpu-check docs install clean
+.PHONY: all deps build demo test test-sanitize test-tsan stress coverage bench bench-python gpu-check gpu-check-bundle docs install clean
 
 all: build
 
@@ -41,6 +41,18 @@ gpu-check: build
 	cmake --build $(BUILD) -j $(JOBS) --target gpu_check test_cuda
 	$(BUILD)/bin/test_cuda
 	timeout 480 $(BUILD)/bin/gpu_check --dir $(or $(DIR),/var/tmp/meshckpt-gpu-check)
+
+# The same check for a GPU machine without this project's build dependencies: gpu_check and
+# test_cuda stripped, with the shared libraries they need beside them, in .gpu-check/ (ignored
+# by git; about 10 MiB). There: LD_LIBRARY_PATH=.gpu-check .gpu-check/test_cuda &&
+# LD_LIBRARY_PATH=.gpu-check timeout 480 .gpu-check/gpu_check --dir /tmp/meshckpt-gpu-check
+gpu-check-bundle: build
+	cmake --build $(BUILD) -j $(JOBS) --target gpu_check test_cuda
+	rm -rf .gpu-check && mkdir -p .gpu-check
+	strip -o .gpu-check/gpu_check $(BUILD)/bin/gpu_check
+	strip -o .gpu-check/test_cuda $(BUILD)/bin/test_cuda
+	ldd $(BUILD)/bin/gpu_check $(BUILD)/bin/test_cuda | awk '/=> \// {print $$3}' | sort -u | \
+	  grep -Ev '/(libc|libm|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*)\.so' | xargs -I{} cp -L {} .gpu-check/
 
 # ASan + UBSan build with clang-14 (fuzz targets linked with libFuzzer); runs the tests
 # labelled "sanitize": the unit suites, the commit fault suite, and a short fuzzing run.
