@@ -51,13 +51,13 @@ TEST_CASE("reshard matrix: mesh shapes x layouts x device counts x dtypes, bit-e
     auto sm = make_mesh(meshes[si]);
     auto save_layouts = layouts_2d(sm);
     // One checkpoint per saved mesh holding every (dtype, shape) under every layout of that mesh.
-    std::deque<dtensor> keep;
+    std::deque<testing::test_tensor> keep;  // host, or device shards in test_reshard_device
     std::vector<named_tensor> saved;
     for (std::size_t ti = 0; ti < tensors.size(); ++ti)
       for (std::size_t li = 0; li < save_layouts.size(); ++li) {
         auto l = layout::create(save_layouts[li], sm);
         if (!l || !l->validate_shape(tensors[ti].second)) continue;
-        keep.push_back(dtensor::create(tensors[ti].first, tensors[ti].second, *l).value());
+        keep.emplace_back(tensors[ti].first, tensors[ti].second, *l);
         std::string key = "t" + std::to_string(ti) + "/l" + std::to_string(li);
         testing::fill(keep.back().view(), key, 11);
         saved.push_back({key, keep.back().view()});
@@ -73,7 +73,7 @@ TEST_CASE("reshard matrix: mesh shapes x layouts x device counts x dtypes, bit-e
           auto& tl = target_layouts[(std::hash<std::string>{}(n.key) + k * 7 + tm.device_ids().size()) % target_layouts.size()];
           auto l = layout::create(tl, tm).value();
           if (!l.validate_shape(v.global_shape())) continue;
-          auto dst = dtensor::create(v.type(), v.global_shape(), l).value();
+          testing::test_tensor dst(v.type(), v.global_shape(), l);
           std::vector<named_tensor> targets = {{n.key, dst.view()}};
           INFO("saved " << v.layout().to_string() << " on " << sm.to_string() << ", restored as " << l.to_string() << " on "
                         << tm.to_string() << ", " << dtype_name(v.type()) << " " << to_string(v.global_shape()));

@@ -93,6 +93,34 @@ inline graph::variable make_variable(dtype t, shape s, layout l) {
   return graph::variable(dtensor_view::create(t, std::move(s), std::move(l), std::move(shards)).value());
 }
 
+// A test tensor with zeroed shards of its own: an owning dtensor, or device memory under
+// MESHCKPT_TEST_SHARDS=simulated (freed with the tensor). Move-only.
+class test_tensor {
+ public:
+  test_tensor(dtype t, shape s, layout l) : host_(dtensor::create(t, s, l).value()), view_(host_->view()) {
+    auto* acc = shard_device();
+    if (!acc) return;
+    std::vector<local_shard> shards;
+    int k = 0;
+    for (const auto& sh : host_->view().shards()) {
+      const int gpu = k++ % acc->device_count();
+      device_.push_back(device::device_buffer::allocate(*acc, gpu, sh.data.size()).value());
+      device::copy_to_device_blocking(*acc, gpu, device_.back().data(), sh.data).value();
+      shards.push_back({sh.device, device_.back().span(), acc, gpu});
+    }
+    view_ = dtensor_view::create(t, std::move(s), std::move(l), std::move(shards)).value();
+    host_.reset();
+  }
+  test_tensor(test_tensor&&) noexcept = default;
+  test_tensor& operator=(test_tensor&&) noexcept = default;
+  const dtensor_view& view() const { return view_; }
+
+ private:
+  std::optional<dtensor> host_;
+  std::deque<device::device_buffer> device_;
+  dtensor_view view_;
+};
+
 // `v` as host memory: itself, or (device shards) a host copy that `store` writes back.
 struct host_image {
   std::optional<dtensor> twin;
