@@ -25,43 +25,19 @@ using namespace meshckpt;
 
 namespace {
 
-// A tensor whose local shards are device memory (one buffer per shard, spread over the
-// accelerator's devices), with host helpers to fill and check it through the copy engine.
+// A tensor whose local shards are device memory of `acc` (testing::test_tensor), filled and
+// checked through the copy engine (testing::fill and matches take device views).
 struct device_tensor {
-  device::accelerator& acc;
-  std::deque<device::device_buffer> buffers;
+  testing::test_tensor storage;
   dtensor_view view;
 
   static device_tensor create(device::accelerator& acc, dtype t, shape s, layout l) {
-    auto host = dtensor::create(t, s, l).value();  // for the shard sizes
-    std::deque<device::device_buffer> bufs;
-    std::vector<local_shard> shards;
-    int k = 0;
-    for (const auto& sh : host.view().shards()) {
-      const int gpu = k++ % acc.device_count();
-      bufs.push_back(device::device_buffer::allocate(acc, gpu, sh.data.size()).value());
-      shards.push_back({sh.device, bufs.back().span(), &acc, gpu});
-    }
-    auto v = dtensor_view::create(t, std::move(s), std::move(l), std::move(shards)).value();
-    return device_tensor{acc, std::move(bufs), std::move(v)};
+    testing::test_tensor st(t, std::move(s), std::move(l), &acc);
+    dtensor_view v = st.view();
+    return device_tensor{std::move(st), std::move(v)};
   }
-  // A host copy of the same dtype, shape and layout.
-  dtensor host_twin() const { return dtensor::create(view.type(), view.global_shape(), view.layout()).value(); }
-  void upload(const dtensor& from) const {
-    for (const auto& sh : view.shards())
-      REQUIRE(device::copy_to_device_blocking(acc, sh.gpu, sh.data.data(), from.view().shard_of(sh.device)->data));
-  }
-  void fill(const std::string& key, std::uint64_t seed) const {
-    auto h = host_twin();
-    testing::fill(h.view(), key, seed);
-    upload(h);
-  }
-  bool matches(const std::string& key, std::uint64_t seed) const {
-    auto h = host_twin();
-    for (const auto& sh : view.shards())
-      REQUIRE(device::copy_to_host_blocking(acc, sh.gpu, h.view().shard_of(sh.device)->data, sh.data.data()));
-    return testing::matches(h.view(), key, seed);
-  }
+  void fill(const std::string& key, std::uint64_t seed) const { testing::fill(view, key, seed); }
+  bool matches(const std::string& key, std::uint64_t seed) const { return testing::matches(view, key, seed); }
 };
 
 std::unique_ptr<device::accelerator> sim(int devices = 2) {
@@ -352,12 +328,12 @@ TEST_CASE("device shards with dtype conversion, safetensors, the manager; host-o
   testing::temp_dir tmp;
   auto m = mesh_xy(2, 1);
   auto src = device_tensor::create(*acc, dtype::float32, {64, 33}, layout::create({"x", "unsharded"}, m).value());
-  auto h = src.host_twin();
-  for (std::size_t i = 0; i < h.view().shards().size(); ++i) {
-    auto* p = reinterpret_cast<float*>(h.view().shards()[i].data.data());
-    for (std::size_t k = 0; k < h.view().shards()[i].data.size() / 4; ++k) p[k] = static_cast<float>(k % 97) * 0.5f + static_cast<float>(i);
+  testing::host_image h(src.view);
+  for (std::size_t i = 0; i < h.view.shards().size(); ++i) {
+    auto* p = reinterpret_cast<float*>(h.view.shards()[i].data.data());
+    for (std::size_t k = 0; k < h.view.shards()[i].data.size() / 4; ++k) p[k] = static_cast<float>(k % 97) * 0.5f + static_cast<float>(i);
   }
-  src.upload(h);
+  h.store(src.view);
   std::vector<named_tensor> one = {{"w", src.view}};
   REQUIRE(write_tensors(*be, tmp / "ck", one));
 
@@ -367,14 +343,12 @@ TEST_CASE("device shards with dtype conversion, safetensors, the manager; host-o
   ro.convert_dtypes = true;
   std::vector<named_tensor> bf_named = {{"w", bf.view}};
   REQUIRE(read_tensors(*be, tmp / "ck", bf_named, ro));
-  auto bf_host = bf.host_twin();
-  for (const auto& sh : bf.view.shards())
-    REQUIRE(device::copy_to_host_blocking(*acc, sh.gpu, bf_host.view().shard_of(sh.device)->data, sh.data.data()));
+  testing::host_image bf_host(bf.view);
   auto expect = dtensor::create(dtype::bfloat16, {64, 33}, layout::create({"unsharded", "unsharded"}, m).value()).value();
   std::vector<named_tensor> expect_named = {{"w", expect.view()}};
   REQUIRE(read_tensors(*be, tmp / "ck", expect_named, ro));
   for (const auto& sh : expect.view().shards())
-    CHECK(std::memcmp(sh.data.data(), bf_host.view().shard_of(sh.device)->data.data(), sh.data.size()) == 0);
+    CHECK(std::memcmp(sh.data.data(), bf_host.view.shard_of(sh.device)->data.data(), sh.data.size()) == 0);
 
   // A safetensors file read into device shards.
   auto whole = testing::whole_tensor(dtype::float32, {40, 8}, "s", 61);

@@ -76,37 +76,21 @@ inline device::accelerator* shard_device() {
   return acc;
 }
 
-// A variable with zeroed shards of its own: host storage, or device memory under
-// MESHCKPT_TEST_SHARDS=simulated (kept until the process ends: test models are small).
-inline graph::variable make_variable(dtype t, shape s, layout l) {
-  auto host = dtensor::create(t, s, l).value();
-  auto* acc = shard_device();
-  if (!acc) return graph::variable(std::move(host));
-  std::vector<local_shard> shards;
-  int k = 0;
-  for (const auto& sh : host.view().shards()) {
-    const int gpu = k++ % acc->device_count();
-    std::byte* p = acc->allocate(gpu, sh.data.size()).value();
-    device::copy_to_device_blocking(*acc, gpu, p, sh.data).value();
-    shards.push_back({sh.device, {p, sh.data.size()}, acc, gpu});
-  }
-  return graph::variable(dtensor_view::create(t, std::move(s), std::move(l), std::move(shards)).value());
-}
-
-// A test tensor with zeroed shards of its own: an owning dtensor, or device memory under
-// MESHCKPT_TEST_SHARDS=simulated (freed with the tensor). Move-only.
+// A test tensor with zeroed shards of its own: an owning dtensor, or device memory of `on`
+// (one buffer per shard, spread over its devices; by default the MESHCKPT_TEST_SHARDS device,
+// none without it), freed with the tensor. Move-only.
 class test_tensor {
  public:
-  test_tensor(dtype t, shape s, layout l) : host_(dtensor::create(t, s, l).value()), view_(host_->view()) {
-    auto* acc = shard_device();
-    if (!acc) return;
+  test_tensor(dtype t, shape s, layout l, device::accelerator* on = shard_device())
+      : host_(dtensor::create(t, s, l).value()), view_(host_->view()) {
+    if (!on) return;
     std::vector<local_shard> shards;
     int k = 0;
     for (const auto& sh : host_->view().shards()) {
-      const int gpu = k++ % acc->device_count();
-      device_.push_back(device::device_buffer::allocate(*acc, gpu, sh.data.size()).value());
-      device::copy_to_device_blocking(*acc, gpu, device_.back().data(), sh.data).value();
-      shards.push_back({sh.device, device_.back().span(), acc, gpu});
+      const int gpu = k++ % on->device_count();
+      device_.push_back(device::device_buffer::allocate(*on, gpu, sh.data.size()).value());
+      device::copy_to_device_blocking(*on, gpu, device_.back().data(), sh.data).value();
+      shards.push_back({sh.device, device_.back().span(), on, gpu});
     }
     view_ = dtensor_view::create(t, std::move(s), std::move(l), std::move(shards)).value();
     host_.reset();
@@ -120,6 +104,17 @@ class test_tensor {
   std::deque<device::device_buffer> device_;
   dtensor_view view_;
 };
+
+// A variable with zeroed shards of its own: host storage, or device memory under
+// MESHCKPT_TEST_SHARDS=simulated (kept until the process ends: test models are small).
+inline graph::variable make_variable(dtype t, shape s, layout l) {
+  if (!shard_device()) return graph::variable(dtensor::create(t, std::move(s), std::move(l)).value());
+  static std::mutex mu;
+  static std::deque<test_tensor> kept;
+  std::lock_guard lk(mu);
+  kept.emplace_back(t, std::move(s), std::move(l));
+  return graph::variable(kept.back().view());
+}
 
 // `v` as host memory: itself, or (device shards) a host copy that `store` writes back.
 struct host_image {

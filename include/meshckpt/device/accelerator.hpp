@@ -91,7 +91,9 @@ class device_buffer {
   std::size_t n_ = 0;
 };
 
-/// Copies between host and device memory, blocking until done (tools and tests).
+/// Copies between host and device memory, blocking until done (tools and tests): blocking API
+/// faces over the asynchronous copies, through the library's one blocking bridge, so they are
+/// refused (`errc::unsupported`) on a thread that runs one of the library's executors.
 result<void> copy_to_host_blocking(accelerator& acc, int gpu, std::span<std::byte> dst, const std::byte* src);
 result<void> copy_to_device_blocking(accelerator& acc, int gpu, std::byte* dst, std::span<const std::byte> src);
 
