@@ -1,6 +1,7 @@
 """Shared fixtures of the Python suite (run by ctest as test_python, with the package from the
 build tree on PYTHONPATH)."""
 
+import faulthandler
 import os
 import shutil
 import subprocess
@@ -10,6 +11,14 @@ import numpy as np
 import pytest
 
 import meshckpt as mc
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The interpreter must exit soon after the last test. Once (1 in 4 fresh-clone CI runs here)
+    it did not: every test passed, then the process hung until ctest's 900 s timeout. If it
+    hangs again, every thread's Python stack is printed after 120 s (is the main thread in the
+    exit drain, `_C._drain`, or joining a thread?) and the process exits with a failure."""
+    faulthandler.dump_traceback_later(120, exit=True)
 
 
 @pytest.fixture
