@@ -12,19 +12,18 @@ namespace {
 // Buffers are never freed while the process lives: a backend may have registered them with the
 // kernel (io_uring fixed buffers), which requires their address to stay valid. The pool is
 // therefore as large as the most buffers ever in use at once (8 per file being written, 16 per
-// restore).
+// restore). The pool itself is never destroyed either: the library's threads outlive static
+// destruction (they may still return a buffer while exit() runs), so a destroyed pool would be
+// touched after its end.
 
 struct pool {
   std::mutex mu;
   std::vector<std::byte*> idle;
-  ~pool() {
-    for (auto* p : idle) std::free(p);
-  }
 };
 
 pool& the_pool() {
-  static pool p;
-  return p;
+  static pool* p = new pool;
+  return *p;
 }
 
 }  // namespace
