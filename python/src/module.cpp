@@ -1,4 +1,6 @@
 // The extension module: error translation and the futures C++ completions resolve.
+#include <pthread.h>
+
 #include <condition_variable>
 #include <mutex>
 #include <stop_token>
@@ -10,10 +12,13 @@ namespace meshckpt::python {
 
 namespace {
 
-std::mutex pending_mu;
-std::condition_variable pending_cv;
+// Never destroyed, like the library's own threads: the reaper thread waits on `pending_cv` for
+// the life of the process, and glibc's pthread_cond_destroy waits for a condition variable's
+// waiters to leave, so destroying it among the static destructors at exit hung the process.
+std::mutex& pending_mu = *new std::mutex;
+std::condition_variable& pending_cv = *new std::condition_variable;
 long pending = 0;  // futures not resolved, deletions not done
-std::vector<std::function<void()>> graveyard;
+std::vector<std::function<void()>>& graveyard = *new std::vector<std::function<void()>>;
 bool reaper_started = false;
 
 // True on a library thread while it runs Python code (resolving a future, releasing objects).
@@ -26,6 +31,7 @@ struct library_callback_scope {
 };
 
 void reaper() {
+  ::pthread_setname_np(::pthread_self(), "meshckpt-reaper");
   std::unique_lock lk(pending_mu);
   for (;;) {
     pending_cv.wait(lk, [] { return !graveyard.empty(); });

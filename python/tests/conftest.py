@@ -14,10 +14,11 @@ import meshckpt as mc
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """The interpreter must exit soon after the last test. Once (1 in 4 fresh-clone CI runs here)
-    it did not: every test passed, then the process hung until ctest's 900 s timeout. If it
-    hangs again, every thread's Python stack is printed after 120 s (is the main thread in the
-    exit drain, `_C._drain`, or joining a thread?) and the process exits with a failure."""
+    """The interpreter must exit soon after the last test. If it hangs in Python (a thread
+    joined at shutdown, the exit drain `_C._drain`), every thread's Python stack is printed
+    after 120 s and the process exits with a failure. A hang after the interpreter has
+    finalized (in C++ static destructors, as the reaper's condition variable once did: see
+    test_runtime.py) is past this watchdog: ctest's timeout ends it."""
     faulthandler.dump_traceback_later(120, exit=True)
 
 
