@@ -112,7 +112,9 @@ runtime::task<void> copy_group::wait() {
 
 result<void> pin_staging_buffer(accelerator& acc, std::span<std::byte> buffer) {
   static std::mutex mu;
-  static std::map<std::pair<const accelerator*, const std::byte*>, std::shared_ptr<void>> pinned;
+  // Never destroyed, as the staging pool's buffers are not: a save in flight during exit may
+  // still pin one.
+  static auto& pinned = *new std::map<std::pair<const accelerator*, const std::byte*>, std::shared_ptr<void>>;
   std::lock_guard lk(mu);
   auto key = std::make_pair(&acc, static_cast<const std::byte*>(buffer.data()));
   if (pinned.contains(key)) return success();
