@@ -61,7 +61,7 @@ test-sanitize: deps
 	@test -f $(ASAN_BUILD)/build.ninja || CC=clang-14 CXX=clang++-14 cmake -S . -B $(ASAN_BUILD) -G Ninja \
 	  -DCMAKE_BUILD_TYPE=Debug -DMESHCKPT_SANITIZE=address,undefined -DMESHCKPT_LIBFUZZER=ON \
 	  -DMESHCKPT_BUILD_EXAMPLES=OFF
-	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cmake --build $(ASAN_BUILD) -j $(JOBS) --target sanitize_tests
 	ctest --test-dir $(ASAN_BUILD) -L sanitize --output-on-failure -j $(JOBS)
 
 # ThreadSanitizer build (clang-14) of the concurrency stress test: many async saves and
