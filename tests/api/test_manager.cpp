@@ -5,8 +5,6 @@
 
 #include <catch2/catch.hpp>
 
-#include <algorithm>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -205,10 +203,8 @@ TEST_CASE("retention model: 10,000 random save/restart operations match a refere
   std::vector<std::string> model_list;
   std::set<std::string> model_disk;
   std::int64_t counter = 0;
-  // The sanitizer builds run fewer operations (MESHCKPT_MODEL_OPS, tests/CMakeLists.txt): at
-  // -O0 under ASan the 10,000 take minutes, and memory errors show in the first thousands.
-  const char* ops_env = std::getenv("MESHCKPT_MODEL_OPS");
-  const int total_ops = ops_env ? std::max(100, std::atoi(ops_env)) : 10000;
+  // Fewer in the ASan build (tests/CMakeLists.txt), where the 10,000 take minutes.
+  const int total_ops = testing::env_count("MESHCKPT_MODEL_OPS", 10000, 100);
   int ops = 0, saves = 0, restarts = 0, foreign = 0, divergences = 0;
   for (; ops < total_ops; ++ops) {
     int what = static_cast<int>(rng() % 100);

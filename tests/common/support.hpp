@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <deque>
@@ -190,6 +191,13 @@ inline bool matches(const dtensor_view& dv, const std::string& key, std::uint64_
     });
   }
   return ok;
+}
+
+// A suite's size from the environment (make stress raises it, the sanitizer build lowers it):
+// NAME's integer value, at least `floor`, or `fallback` when NAME is unset.
+inline int env_count(const char* name, int fallback, int floor = 1) {
+  const char* v = std::getenv(name);
+  return v ? std::max(floor, std::atoi(v)) : fallback;
 }
 
 // The backend the API suites run on: MESHCKPT_TEST_BACKEND=posix|uring (ctest runs them with

@@ -103,8 +103,7 @@ TEST_CASE("crash at every operation, in every crash state: the invariants hold",
   }
   REQUIRE(total > 50);
   // make stress raises the number of torn variants per crash point (MESHCKPT_TORN_SEEDS).
-  const char* torn_env = std::getenv("MESHCKPT_TORN_SEEDS");
-  const int torn_seeds = torn_env ? std::max(1, std::atoi(torn_env)) : 4;
+  const int torn_seeds = env_count("MESHCKPT_TORN_SEEDS", 4);
   const std::vector<std::pair<crash_state, int>> variants = {{crash_state::keep_all, 1}, {crash_state::drop_unsynced_data, 1},
                                                              {crash_state::drop_unsynced_entries, 1}, {crash_state::power_loss, 1},
                                                              {crash_state::torn, torn_seeds}};

@@ -180,8 +180,7 @@ int child(int argc, char** argv) {
 }  // namespace
 
 TEST_CASE("kill loop: SIGKILL at random times and at kill points in the commit path; recovery keeps the invariants", "[kill]") {
-  const char* env = std::getenv("MESHCKPT_KILLS");
-  const int kills_wanted = env ? std::atoi(env) : 500;
+  const int kills_wanted = env_count("MESHCKPT_KILLS", 500, 0);
   temp_dir tmp;
   const std::string dir = tmp / "ckpts";
   const std::string shm = tmp / "phase";
