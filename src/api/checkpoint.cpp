@@ -416,9 +416,15 @@ runtime::task<load_status> restore_steps(checkpoint& c, detail::checkpoint_impl&
     s->node_matched.assign(g->nodes.size(), 0);
     for (const auto& [name, id] : g->nodes[0].children)
       if (name == "save_counter") s->save_counter_node = id;
+    s->node_has_values.assign(g->nodes.size(), 0);
+    for (std::size_t i = 0; i < g->nodes.size(); ++i)
+      s->node_has_values[i] = found.tf_graph ? i < found.tf_graph->nodes.size() && !found.tf_graph->nodes[i].attributes.empty()
+                                             : g->nodes[i].has_value;
+    s->node_paths = graph::node_paths(*g);
     s->graph = std::move(g);
   }
   s->saved_counter = s->graph ? s->save_counter_node != UINT32_MAX : s->manifest.find("save_counter") != nullptr;
+  s->is_restore = is_restore;
   s->names = impl.opt.restore_names;
   if (is_restore) c.save_counter();  // restore() creates the counter; the saved value lands in it
   auto st = std::make_shared<detail::status_state>();

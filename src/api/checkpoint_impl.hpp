@@ -35,10 +35,18 @@ struct session : std::enable_shared_from_this<session> {
   read_options ropt;
   std::uint64_t seq = 0;
   std::uint32_t save_counter_node = UINT32_MAX;
-  // Whether the checkpoint holds a save counter. A name-based, imported or TensorFlow 1
-  // checkpoint, or a SavedModel, has none: the live counter is then not expected to match
-  // (as in TensorFlow, where the counter is optional for such restores).
+  // Whether the checkpoint holds a save counter. Without one, the live counter is expected
+  // only after a restore() of a checkpoint with an object graph (one written by write(), a
+  // SavedModel): restore() created it and nothing fed it, as in TensorFlow. A name-based
+  // restore (TF1, flat files, imports) and read() never expect it.
   bool saved_counter = true;
+  bool is_restore = false;  // restore() (creates the counter), not read()
+  // Per checkpoint node: whether it holds values of its own (TensorFlow: has attributes).
+  // Only those must be matched; a node without (a SavedModel's signatures, a Keras input
+  // layer, an empty container) is never reported, its descendants with values are.
+  std::vector<char> node_has_values;
+  // Per checkpoint node: its path from the root (the first found breadth first), for messages.
+  std::vector<std::string> node_paths;
   std::map<std::string, std::string> names;  // checkpoint_options::restore_names
 
   std::mutex mu;
@@ -72,6 +80,18 @@ struct session : std::enable_shared_from_this<session> {
     add("Unused checkpoint values", unused);
     add("Live objects not restored", unrestored);
     warn(msg);
+  }
+
+  // Whether the live save counter is expected to be restored (see `saved_counter`).
+  bool counter_expected() const { return saved_counter || (is_restore && graph); }
+
+  // The checkpoint nodes with values that nothing matched, by path.
+  std::vector<std::string> unmatched_nodes() const {
+    std::vector<std::string> out;
+    if (!graph) return out;
+    for (std::size_t i = 0; i < node_matched.size(); ++i)
+      if (!node_matched[i] && i < node_has_values.size() && node_has_values[i]) out.push_back(node_paths[i]);
+    return out;
   }
 
   std::vector<std::string> unused_keys() const {

@@ -58,16 +58,25 @@ result<load_status> load_status::assert_existing_objects_matched() const {
   if (auto e = deferred_errors(); !e.empty()) return e.front();
   auto live = graph::walk(*s_->root, s_->extra);
   std::vector<std::string> missing;
+  bool counter_missing = false;
   {
     std::lock_guard lk(s_->s->mu);
-    for (std::size_t i = 0; i < live.objects.size(); ++i)
-      if (live.graph.nodes[i].has_value && !s_->s->restored.count(live.objects[i]) &&
-          !(live.graph.nodes[i].key == "save_counter" && !s_->s->saved_counter))
-        missing.push_back(live.graph.nodes[i].key);
+    for (std::size_t i = 0; i < live.objects.size(); ++i) {
+      const auto& n = live.graph.nodes[i];
+      if (!n.has_value || s_->s->restored.count(live.objects[i])) continue;
+      if (n.key == "save_counter") {
+        if (!s_->s->counter_expected()) continue;
+        counter_missing = !s_->s->saved_counter;
+      }
+      missing.push_back(n.key);
+    }
   }
   if (!missing.empty())
     return make_error(errc::not_found, "restore of " + s_->path + ": " + std::to_string(missing.size()) +
-                                           " existing object(s) not matched to the checkpoint: " + list(missing));
+                                           " existing object(s) not matched to the checkpoint: " + list(missing) +
+                                           (counter_missing ? " (restore() creates save_counter, and this checkpoint, which has an object "
+                                                              "graph, holds none: it was written by write(); read() does not expect it)"
+                                                            : ""));
   return *this;
 }
 
@@ -77,12 +86,7 @@ result<load_status> load_status::assert_consumed() const {
   std::vector<std::string> unmatched;
   {
     std::lock_guard lk(s_->s->mu);
-    if (s_->s->graph)
-      for (std::size_t i = 0; i < s_->s->node_matched.size(); ++i)
-        if (!s_->s->node_matched[i]) {
-          const auto& n = s_->s->graph->nodes[i];
-          unmatched.push_back(n.has_value ? n.key : "node " + std::to_string(i));
-        }
+    unmatched = s_->s->unmatched_nodes();
   }
   if (!unused.empty() || !unmatched.empty())
     return make_error(errc::not_found, "restore of " + s_->path + " did not consume the checkpoint: " +

@@ -83,14 +83,19 @@ task<void> size_files(io::backend& b, const opened_prefix& p, format::manifest& 
   co_return success();
 }
 
-// The object graph stored under `_CHECKPOINTABLE_OBJECT_GRAPH`: a string scalar.
-task<format::tf::trackable_graph> read_tf_graph(io::backend& b, const opened_prefix& p, const format::tf::bundle_index& idx,
-                                                const format::tf::bundle_entry& e) {
+// The largest opaque value (a DT_STRING scalar) read into memory.
+constexpr std::uint64_t max_tf_string_bytes = std::uint64_t{1} << 30;
+
+// The value of the DT_STRING scalar `e`, checked against both its checksums; `what` names it
+// in errors.
+task<std::string> read_tf_string(io::backend& b, const opened_prefix& p, const format::tf::bundle_index& idx,
+                                 const format::tf::bundle_entry& e, const std::string& what, std::uint64_t cap) {
   auto ex = co_await asio::this_coro::executor;
   const std::string name = format::tf::data_file_name(p.base, e.shard, idx.num_shards);
-  const std::string where = "the object graph (" + std::string(format::tf::object_graph_key) + ") in " + name + " at offset " + std::to_string(e.offset);
-  if (e.type || !e.global.empty()) co_return make_error(errc::corrupt_manifest, where + " is not a string scalar");
-  if (e.size > max_tf_graph_bytes) co_return make_error(errc::limit_exceeded, where + ": " + std::to_string(e.size) + " bytes, above the cap");
+  const std::string where = what + " in " + name + " at offset " + std::to_string(e.offset);
+  if (e.tf_type != format::tf::tf_string || !e.global.empty() || !e.slices.empty())
+    co_return make_error(errc::corrupt_manifest, where + " is not a string scalar");
+  if (e.size > cap) co_return make_error(errc::limit_exceeded, where + ": " + std::to_string(e.size) + " bytes, above the cap of " + std::to_string(cap));
   auto h = co_await io::async_open(b, ex, p.dir, name, io::open_mode::read, use_awaitable);
   if (!h) co_return with_context(h.error(), where);
   std::vector<std::byte> bytes(e.size);
@@ -100,13 +105,22 @@ task<format::tf::trackable_graph> read_tf_graph(io::backend& b, const opened_pre
   if (*got != e.size) co_return make_error(errc::short_read, where + ": the file ends early");
   auto strings = format::tf::decode_string_tensor(bytes, 1, e.crc32c);
   if (!strings) co_return with_context(strings.error(), where);
-  auto g = format::tf::decode_trackable_graph(std::as_bytes(std::span((*strings)[0].data(), (*strings)[0].size())));
+  co_return std::move((*strings)[0]);
+}
+
+// The object graph stored under `_CHECKPOINTABLE_OBJECT_GRAPH`: a string scalar.
+task<format::tf::trackable_graph> read_tf_graph(io::backend& b, const opened_prefix& p, const format::tf::bundle_index& idx,
+                                                const format::tf::bundle_entry& e) {
+  const std::string where = "the object graph (" + std::string(format::tf::object_graph_key) + ")";
+  auto reading = read_tf_string(b, p, idx, e, where, max_tf_graph_bytes);
+  BOOST_OUTCOME_CO_TRY(auto s, co_await std::move(reading));
+  auto g = format::tf::decode_trackable_graph(std::as_bytes(std::span(s.data(), s.size())));
   if (!g) co_return with_context(g.error(), where);
   co_return std::move(*g);
 }
 
 // A TensorFlow bundle `prefix` as a restorable.
-task<restorable> load_tf(io::backend& b, std::string prefix) {
+task<restorable> load_tf(io::backend& b, std::string prefix, bool read_strings) {
   auto p = co_await open_prefix_dir(b, prefix);
   if (!p) co_return p.error();
   on_unwind last_resort([&] { io::close_detached(b, p->dir); });
@@ -117,6 +131,8 @@ task<restorable> load_tf(io::backend& b, std::string prefix) {
     r.prefix = prefix;
     r.tensorflow = true;
     r.manifest = manifest_of(idx, p->base);
+    for (const auto& e : idx.entries)
+      if (format::tf::is_quantized(e.tf_type) && r.manifest.find(e.key)) r.tf_dtypes[e.key] = e.tf_type;
     r.tf_producer = idx.producer;
     r.tf_min_consumer = idx.min_consumer;
     auto sizing = size_files(b, *p, r.manifest);
@@ -124,7 +140,17 @@ task<restorable> load_tf(io::backend& b, std::string prefix) {
     if (const auto* e = idx.find(format::tf::object_graph_key)) {
       auto reading = read_tf_graph(b, *p, idx, *e);
       BOOST_OUTCOME_CO_TRY(auto g, co_await std::move(reading));
-      r.graph = from_tf_graph(g, r.manifest);
+      if (read_strings) {
+        for (const auto& n : g.nodes)
+          for (const auto& a : n.attributes) {
+            const auto* se = a.name == "VARIABLE_VALUE" ? idx.find(a.checkpoint_key) : nullptr;
+            if (!se || se->tf_type != format::tf::tf_string || !se->global.empty() || r.strings.count(se->key)) continue;
+            auto value = read_tf_string(b, *p, idx, *se, "opaque value \"" + se->key + "\"", max_tf_string_bytes);
+            BOOST_OUTCOME_CO_TRY(auto v, co_await std::move(value));
+            r.strings.emplace(se->key, std::move(v));
+          }
+      }
+      r.graph = from_tf_graph(g, r.manifest, r.strings);
       r.tf_graph = std::move(g);
     }
     co_return r;
@@ -169,13 +195,14 @@ task<bool> has_file(io::backend& b, std::string prefix_dir, std::string name) {
 
 }  // namespace
 
-graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const format::manifest& m) {
+graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const format::manifest& m,
+                                  const std::map<std::string, std::string>& strings) {
   graph::object_graph out;
   out.nodes.resize(g.nodes.size());
   for (std::size_t i = 0; i < g.nodes.size(); ++i) {
     out.nodes[i].children = g.nodes[i].children;
     for (const auto& a : g.nodes[i].attributes)
-      if (a.name == "VARIABLE_VALUE" && m.find(a.checkpoint_key)) {
+      if (a.name == "VARIABLE_VALUE" && (m.find(a.checkpoint_key) || strings.count(a.checkpoint_key))) {
         out.nodes[i].has_value = true;
         out.nodes[i].key = a.checkpoint_key;
       }
@@ -218,7 +245,7 @@ graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const fo
   return out;
 }
 
-task<restorable> load_restorable(io::backend& b, std::string path, bool tensorflow_only) {
+task<restorable> load_restorable(io::backend& b, std::string path, bool tensorflow_only, bool read_strings) {
   const bool named_index = path.ends_with(".index");
   if (!named_index) {
     result<format::manifest> m = make_error(errc::not_found, "no TensorFlow checkpoint at " + path);
@@ -246,14 +273,14 @@ task<restorable> load_restorable(io::backend& b, std::string path, bool tensorfl
       auto saved_model = has_file(b, path + "/variables", "variables.index");
       BOOST_OUTCOME_CO_TRY(const bool is_saved_model, co_await std::move(saved_model));
       if (is_saved_model) {
-        auto variables = load_tf(b, path + "/variables/variables");
+        auto variables = load_tf(b, path + "/variables/variables", read_strings);
         co_return co_await std::move(variables);
       }
       co_return make_error(errc::not_found, m.error().what() + std::string(" (nor is there a TensorFlow checkpoint ") + path +
                                                 ".index, or a SavedModel directory " + path + " with variables/variables.index)");
     }
   }
-  auto bundle = load_tf(b, strip_index(std::move(path)));
+  auto bundle = load_tf(b, strip_index(std::move(path)), read_strings);
   co_return co_await std::move(bundle);
 }
 

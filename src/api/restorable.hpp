@@ -4,6 +4,7 @@
 // partitioned-variable slice is a slice of one CRC-32C), with its object graph translated, so
 // that the same matching, read planner and pipeline restore it onto any mesh and layout.
 
+#include <map>
 #include <optional>
 #include <string>
 
@@ -19,17 +20,25 @@ struct restorable {
   bool tensorflow = false;
   std::int32_t tf_producer = 0, tf_min_consumer = 0;  // a bundle header's version
   std::optional<format::tf::trackable_graph> tf_graph;  // TensorFlow's object graph as it was saved
+  // TensorFlow's dtype numbers of tensors held as their storage (quantized types), by key.
+  std::map<std::string, int> tf_dtypes;
+  // With `read_strings`: the DT_STRING scalars that the object graph names as a variable's
+  // value (how meshckpt exports an opaque value), decoded and checked, by key.
+  std::map<std::string, std::string> strings;
 };
 
 // The checkpoint at `path`: meshckpt's (`path.manifest`), else TensorFlow's (`path.index`, or
 // a SavedModel directory with `path/variables/variables.index`), in that order; with
 // `tensorflow_only`, only the last two. not_found, naming what was looked for, when none is
 // there.
-task<restorable> load_restorable(io::backend& b, std::string path, bool tensorflow_only = false);
+// With `read_strings` (an import), a TensorFlow checkpoint's opaque values are read too
+// (`restorable::strings`) and its object graph names them as values.
+task<restorable> load_restorable(io::backend& b, std::string path, bool tensorflow_only = false, bool read_strings = false);
 
 // TensorFlow's object graph as meshckpt's: the same nodes and edges; a node that saved a
-// variable ("VARIABLE_VALUE") whose key `m` holds has that key as its value; an optimizer's
-// slot "m" of the variable at path P is its child "m"'s child "P". Exposed for tests.
-graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const format::manifest& m);
+// variable ("VARIABLE_VALUE") whose key `m` (or `strings`) holds has that key as its value; an
+// optimizer's slot "m" of the variable at path P is its child "m"'s child "P". Exposed for tests.
+graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const format::manifest& m,
+                                  const std::map<std::string, std::string>& strings = {});
 
 }  // namespace meshckpt::detail

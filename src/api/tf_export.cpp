@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <cstdlib>
 #include <deque>
+#include <map>
 #include <set>
 
 #include "common.hpp"
@@ -16,6 +18,7 @@
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/api/tf_bundle_io.hpp"
 #include "meshckpt/format/crc32c.hpp"
+#include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 
 namespace meshckpt {
@@ -23,6 +26,9 @@ namespace meshckpt {
 namespace detail {
 
 namespace {
+
+// The largest opaque value exported as a TensorFlow string (it is held in memory).
+constexpr std::uint64_t max_opaque_export_bytes = std::uint64_t{1} << 30;
 
 // One stored piece of the bundle: a whole tensor or one slice, its bytes from the source.
 struct piece {
@@ -49,15 +55,31 @@ std::vector<std::int64_t> header_of(const format::manifest& m) {
 // The bundle's entries and where each stored piece goes; pieces spread over the data files,
 // largest first onto the emptiest, so that the files come out about even.
 result<void> plan_export(const format::manifest& m, int num_shards, std::vector<piece>& pieces, format::tf::bundle_index& idx,
-                         std::string& skipped) {
+                         std::vector<const format::saved_tensor*>& opaque) {
   idx.num_shards = num_shards;
   auto hdr = header_of(m);
   idx.producer = static_cast<int>(hdr[0]);
   idx.min_consumer = static_cast<int>(hdr[1]);
+  // Tensors imported from TensorFlow as their storage go back with their TensorFlow dtype.
+  std::map<std::string, std::string> tf_dtypes;
+  for (const auto& e : m.extensions)
+    if (e.name == tf_dtypes_extension) {
+      auto d = format::decode_string_map(e.bytes);
+      if (!d) return with_context(d.error(), "extension " + e.name);
+      tf_dtypes = std::move(*d);
+    }
   for (const auto& t : m.tensors) {
     auto tf = format::tf::to_tf_dtype(t.type);
+    if (auto it = tf_dtypes.find(t.key); it != tf_dtypes.end()) {
+      const int n = std::atoi(it->second.c_str());
+      if (format::tf::is_quantized(n) && format::tf::from_tf_dtype(n) == t.type) tf = n;
+    }
     if (!tf) {
-      skipped += (skipped.empty() ? "" : ", ") + t.key;
+      // An opaque value (a blob: bytes) is what TensorFlow holds as a DT_STRING scalar.
+      if (t.type != dtype::blob || t.global.size() != 1)
+        return make_error(errc::unsupported, "tensor \"" + t.key + "\" is " + std::string(dtype_name(t.type)) + " " + to_string(t.global) +
+                                                 ", which TensorFlow has no dtype for");
+      opaque.push_back(&t);
       continue;
     }
     const bool whole = t.slices.empty() || (t.slices.size() == 1 && t.slices[0].where == box::whole(t.global));
@@ -99,6 +121,27 @@ format::tf::trackable_graph tf_graph_of(const graph::object_graph& g) {
   return out;
 }
 
+// After a failed export: the data files of bundle `base` in `dir`, published or not, are
+// removed (with `unless_indexed`, only when its index does not exist): data files without an
+// index are no bundle, and a failed export leaves nothing. Best effort: an error here leaves
+// the export's own error to report.
+task<void> remove_data_files(io::backend& b, const std::string& dir, const std::string& base, int num_shards, bool unless_indexed) {
+  auto ex = co_await asio::this_coro::executor;
+  auto d = co_await io::async_open_dir(b, ex, dir, false, use_awaitable);
+  if (!d) co_return success();
+  if (unless_indexed) {
+    auto h = co_await io::async_open(b, ex, *d, base + ".index", io::open_mode::read, use_awaitable);
+    if (h || h.error().code != std::errc::no_such_file_or_directory) {
+      if (h) co_await close_quietly(b, *h);
+      co_await close_quietly(b, *d);
+      co_return success();
+    }
+  }
+  for (int k = 0; k < num_shards; ++k) (void)co_await io::async_unlink(b, ex, *d, format::tf::data_file_name(base, k, num_shards), use_awaitable);
+  co_await close_quietly(b, *d);
+  co_return success();
+}
+
 task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::string out, tf_export_options opt) {
   auto ex = co_await asio::this_coro::executor;
   auto loading = load_manifest_at(b, prefix);
@@ -108,10 +151,10 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
   std::vector<piece> pieces;
   format::tf::bundle_index idx;
   tf_export_report rep;
-  BOOST_OUTCOME_CO_TRY(plan_export(m, opt.num_shards, pieces, idx, rep.skipped));
-  // The object graph, a string scalar at the end of data file 0: TensorFlow's own as it was
-  // imported (its optimizer slots included) while every value it names is still here, else
-  // meshckpt's translated.
+  std::vector<const format::saved_tensor*> opaque;
+  BOOST_OUTCOME_CO_TRY(plan_export(m, opt.num_shards, pieces, idx, opaque));
+  // The object graph: TensorFlow's own as it was imported (its optimizer slots included) while
+  // every value it names is still here, else meshckpt's translated.
   std::optional<std::string> tf_graph;
   for (const auto& e : m.extensions)
     if (e.name == tf_object_graph_extension) {
@@ -119,24 +162,65 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
       if (!g) co_return with_context(g.error(), "export " + prefix + ": extension " + e.name);
       bool complete = true;
       for (const auto& n : g->nodes)
-        for (const auto& a : n.attributes) complete = complete && (a.name != "VARIABLE_VALUE" || m.find(a.checkpoint_key));
+        for (const auto& a : n.attributes) complete = complete && m.find(a.checkpoint_key);
       if (complete) tf_graph = std::string(reinterpret_cast<const char*>(e.bytes.data()), e.bytes.size());
     }
-  std::vector<std::byte> graph_bytes;
+  // Pieces held in memory, stored at the end of data file 0 in this order: the opaque values
+  // as DT_STRING scalars (lossless; read back and verified first), then the object graph.
+  std::vector<std::pair<format::tf::bundle_entry, std::vector<std::byte>>> tail;
+  if (!opaque.empty()) {
+    auto shared = std::make_shared<const format::manifest>(m);
+    auto one = mesh::create({{"x", 1}}).value();
+    std::deque<dtensor> held;
+    std::vector<named_tensor> views;
+    for (const auto* t : opaque) {
+      if (t->global[0] > static_cast<std::int64_t>(max_opaque_export_bytes))
+        co_return make_error(errc::limit_exceeded, "export " + prefix + ": opaque value \"" + t->key + "\" of " + std::to_string(t->global[0]) +
+                                                       " bytes exceeds the cap of " + std::to_string(max_opaque_export_bytes) + " for a TensorFlow string");
+      BOOST_OUTCOME_CO_TRY(auto l, layout::create({"unsharded"}, one));
+      BOOST_OUTCOME_CO_TRY(auto d, dtensor::create(dtype::blob, t->global, l));
+      held.push_back(std::move(d));
+      views.push_back({t->key, held.back().view()});
+    }
+    auto reading = read_into(b, prefix, views, {}, shared);
+    BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
+    for (const auto& v : views) {
+      auto bytes = v.tensor.shards().front().data;
+      std::vector<std::string> one_value{std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size())};
+      std::uint32_t crc = 0;
+      auto stored = format::tf::encode_string_tensor(one_value, crc);
+      tail.push_back({{v.key, format::tf::tf_string, std::nullopt, {}, 0, 0, stored.size(), crc, {}}, std::move(stored)});
+    }
+  }
   for (const auto& e : m.extensions)
     if (e.name == graph::object_graph_extension) {
       auto g = graph::decode_object_graph(e.bytes);
       if (!g) co_return with_context(g.error(), "export " + prefix);
       std::uint32_t crc = 0;
       std::vector<std::string> one{tf_graph ? *tf_graph : format::tf::encode_trackable_graph(tf_graph_of(*g))};
-      graph_bytes = format::tf::encode_string_tensor(one, crc);
-      std::uint64_t end0 = 0;
-      for (const auto& p : pieces)
-        if (p.shard == 0 && p.s) end0 = std::max(end0, p.offset + p.s->length);
-      format::tf::bundle_entry ge{std::string(format::tf::object_graph_key), 7, std::nullopt, {}, 0, end0, graph_bytes.size(), crc, {}};
-      idx.entries.push_back(std::move(ge));
+      // Every value the graph names is in the bundle: a TensorFlow restore of it finds them all.
+      auto named = format::tf::decode_trackable_graph(std::as_bytes(std::span(one[0].data(), one[0].size())));
+      if (!named) co_return with_context(named.error(), "export " + prefix + ": the object graph");
+      for (const auto& n : named->nodes)
+        for (const auto& a : n.attributes)
+          if (std::none_of(idx.entries.begin(), idx.entries.end(), [&](const auto& x) { return x.key == a.checkpoint_key; }) &&
+              std::none_of(tail.begin(), tail.end(), [&](const auto& x) { return x.first.key == a.checkpoint_key; }))
+            co_return make_error(errc::corrupt_manifest, "export " + prefix + ": the object graph names value \"" + a.checkpoint_key +
+                                                             "\", which the bundle would not hold");
+      auto stored = format::tf::encode_string_tensor(one, crc);
+      tail.push_back({{std::string(format::tf::object_graph_key), format::tf::tf_string, std::nullopt, {}, 0, 0, stored.size(), crc, {}},
+                      std::move(stored)});
       rep.object_graph = true;
     }
+  {
+    std::uint64_t end0 = 0;
+    for (const auto& p : pieces)
+      if (p.shard == 0 && p.s) end0 = std::max(end0, p.offset + p.s->length);
+    for (auto& [e, bytes] : tail) {
+      e.offset = end0;
+      end0 += bytes.size();
+    }
+  }
   auto sp = co_await open_prefix_dir(b, prefix);
   if (!sp) co_return sp.error();
   file_cache src(b, *sp, m), src_direct(b, *sp, m, true);  // small slices buffered, large ones O_DIRECT
@@ -166,7 +250,7 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
         size = std::max(size, p.offset + p.s->length);
       }
     std::sort(here.begin(), here.end(), [](const piece* x, const piece* y) { return x->offset < y->offset; });
-    if (k == 0 && !graph_bytes.empty()) size = idx.entries.back().offset + graph_bytes.size();
+    if (k == 0 && !tail.empty()) size = tail.back().first.offset + tail.back().second.size();
     auto produce = [&, k](runtime::staged_writer& w) -> task<void> {
       for (auto* p : here) {
         auto copied = copy_slice(b, m, src, src_direct, *p->t, *p->s, w, p->offset, true);
@@ -174,9 +258,11 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
         p->crc = crc;
         rep.bytes += p->s->length;
       }
-      if (k == 0 && !graph_bytes.empty()) {
-        const auto& ge = idx.entries.back();
-        BOOST_OUTCOME_CO_TRY(co_await w.write(ge.offset, graph_bytes));
+      if (k == 0) {
+        for (const auto& [e, bytes] : tail) {
+          auto written = w.write(e.offset, bytes);
+          BOOST_OUTCOME_CO_TRY(co_await std::move(written));
+        }
       }
       co_return success();
     };
@@ -187,7 +273,10 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
   co_await src.close_all();
   co_await src_direct.close_all();
   co_await close_quietly(b, sp->dir);
-  BOOST_OUTCOME_CO_TRY(std::move(r));
+  if (!r) {
+    co_await remove_data_files(b, out_dir, out_base, opt.num_shards, false);
+    co_return r.error();
+  }
   // Entries in key order with their places and checksums; slices as entries of their own.
   std::vector<format::tf::bundle_entry> all;
   for (const auto& p : pieces) {
@@ -202,6 +291,7 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
     }
   }
   for (auto& e : idx.entries) all.push_back(std::move(e));
+  for (auto& t : tail) all.push_back(std::move(t.first));
   std::sort(all.begin(), all.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
   idx.entries = std::move(all);
   BOOST_OUTCOME_CO_TRY(auto index_bytes, format::tf::encode_bundle_index(idx));
@@ -210,8 +300,13 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
     co_return co_await io::async_write(b, e2, h, 0, index_bytes, use_awaitable);
   };
   auto indexed = publish_file(b, out + ".index", write_index);
-  BOOST_OUTCOME_CO_TRY(co_await std::move(indexed));
+  if (auto ir = co_await std::move(indexed); !ir) {
+    // A failure after the index's rename (its directory fsync) leaves the whole bundle.
+    co_await remove_data_files(b, out_dir, out_base, opt.num_shards, true);
+    co_return ir.error();
+  }
   rep.tensors = m.tensors.size();
+  rep.opaque = opaque.size();
   rep.entries = idx.entries.size();
   rep.files = static_cast<std::size_t>(opt.num_shards);
   co_return rep;
@@ -258,7 +353,7 @@ std::optional<std::vector<stored_run>> row_runs(const format::saved_tensor& t) {
 // in memory first.
 task<write_report> import_coro(io::backend& b, std::string path, std::string to, write_options wopt) {
   auto ex = co_await asio::this_coro::executor;
-  auto loading = load_restorable(b, path, true);
+  auto loading = load_restorable(b, path, true, true);
   BOOST_OUTCOME_CO_TRY(auto found, co_await std::move(loading));
   auto m = std::make_shared<const format::manifest>(std::move(found.manifest));
   std::vector<plan::streamed_tensor> streamed;
@@ -283,6 +378,15 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
     auto reading = read_into(b, found.prefix, in_memory, {}, m);
     BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
   }
+  // Opaque values (DT_STRING scalars the object graph names, as meshckpt exports them) come
+  // back as what they were: blobs of their bytes.
+  for (const auto& [key, value] : found.strings) {
+    BOOST_OUTCOME_CO_TRY(auto l, layout::create({"unsharded"}, one));
+    BOOST_OUTCOME_CO_TRY(auto d, dtensor::create(dtype::blob, {static_cast<std::int64_t>(value.size())}, l));
+    if (!value.empty()) std::memcpy(d.view().shards().front().data.data(), value.data(), value.size());
+    keep.push_back(std::move(d));
+    in_memory.push_back({key, keep.back().view()});
+  }
   // What TensorFlow recorded besides the tensors comes along: the object graph (so that a
   // restore of the imported checkpoint matches by structure, and an export writes it back)
   // and the bundle header's version.
@@ -291,6 +395,11 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
     const std::string g = format::tf::encode_trackable_graph(*found.tf_graph);
     wopt.extensions.push_back({std::string(tf_object_graph_extension), std::vector<std::byte>(reinterpret_cast<const std::byte*>(g.data()),
                                                                                               reinterpret_cast<const std::byte*>(g.data()) + g.size())});
+  }
+  if (!found.tf_dtypes.empty()) {
+    std::map<std::string, std::string> d;
+    for (const auto& [k, n] : found.tf_dtypes) d[k] = std::to_string(n);
+    wopt.extensions.push_back({std::string(tf_dtypes_extension), format::encode_string_map(d)});
   }
   std::vector<std::byte> hdr(8);
   std::memcpy(hdr.data(), &found.tf_producer, 4);

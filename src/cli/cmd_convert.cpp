@@ -64,7 +64,8 @@ int cmd_export(io::backend& b, const args& a) {
     }
     std::printf("exported %zu tensors of %s to the TensorFlow bundle %s (%zu index entries, %zu data file%s, %s)%s\n", r->tensors,
                 prefix.c_str(), a.out.c_str(), r->entries, r->files, r->files == 1 ? "" : "s",
-                r->object_graph ? "with its object graph" : "no object graph", r->skipped.empty() ? "" : (" (opaque blobs skipped: " + r->skipped + ")").c_str());
+                r->object_graph ? "with its object graph" : "no object graph",
+                r->opaque ? (" (" + std::to_string(r->opaque) + " opaque value" + (r->opaque == 1 ? "" : "s") + " as DT_STRING)").c_str() : "");
     return 0;
   }
   auto m = load_manifest(b, prefix, a);

@@ -21,6 +21,9 @@ struct dtype_row {
   int tf;
   const char* name;
   std::optional<dtype> ours;
+  // A quantized type: stored as the plain integers of `ours` (TensorFlow's own storage), never
+  // what a meshckpt dtype is written back as.
+  bool storage_only = false;
 };
 
 // TensorFlow's types.proto, the part that has names worth printing.
@@ -28,9 +31,9 @@ constexpr dtype_row dtype_table[] = {
     {0, "DT_INVALID", std::nullopt},      {1, "DT_FLOAT", dtype::float32},     {2, "DT_DOUBLE", dtype::float64},
     {3, "DT_INT32", dtype::int32},        {4, "DT_UINT8", dtype::uint8},       {5, "DT_INT16", dtype::int16},
     {6, "DT_INT8", dtype::int8},          {7, "DT_STRING", std::nullopt},      {8, "DT_COMPLEX64", std::nullopt},
-    {9, "DT_INT64", dtype::int64},        {10, "DT_BOOL", dtype::boolean},     {11, "DT_QINT8", std::nullopt},
-    {12, "DT_QUINT8", std::nullopt},      {13, "DT_QINT32", std::nullopt},     {14, "DT_BFLOAT16", dtype::bfloat16},
-    {15, "DT_QINT16", std::nullopt},      {16, "DT_QUINT16", std::nullopt},    {17, "DT_UINT16", dtype::uint16},
+    {9, "DT_INT64", dtype::int64},        {10, "DT_BOOL", dtype::boolean},     {11, "DT_QINT8", dtype::int8, true},
+    {12, "DT_QUINT8", dtype::uint8, true}, {13, "DT_QINT32", dtype::int32, true}, {14, "DT_BFLOAT16", dtype::bfloat16},
+    {15, "DT_QINT16", dtype::int16, true}, {16, "DT_QUINT16", dtype::uint16, true}, {17, "DT_UINT16", dtype::uint16},
     {18, "DT_COMPLEX128", std::nullopt},  {19, "DT_HALF", dtype::float16},     {20, "DT_RESOURCE", std::nullopt},
     {21, "DT_VARIANT", std::nullopt},     {22, "DT_UINT32", dtype::uint32},    {23, "DT_UINT64", dtype::uint64},
     {24, "DT_FLOAT8_E5M2", dtype::float8_e5m2}, {25, "DT_FLOAT8_E4M3FN", dtype::float8_e4m3},
@@ -123,8 +126,11 @@ void ordered_string(std::string& out, std::string_view s) {
 std::string tf_dtype_name(int t) {
   for (const auto& r : dtype_table)
     if (r.tf == t) return r.name;
-  if (t > 100 && t < 200) return tf_dtype_name(t - 100) + "_REF";
-  return "DT_" + std::to_string(t);
+  if (t > 100 && t < 200) {
+    for (const auto& r : dtype_table)
+      if (r.tf == t - 100) return std::string(r.name) + "_REF";
+  }
+  return "unknown TensorFlow dtype " + std::to_string(t);
 }
 
 std::optional<dtype> from_tf_dtype(int t) noexcept {
@@ -135,8 +141,14 @@ std::optional<dtype> from_tf_dtype(int t) noexcept {
 
 std::optional<int> to_tf_dtype(dtype t) noexcept {
   for (const auto& r : dtype_table)
-    if (r.ours == t) return r.tf;
+    if (r.ours == t && !r.storage_only) return r.tf;
   return std::nullopt;
+}
+
+bool is_quantized(int t) noexcept {
+  for (const auto& r : dtype_table)
+    if (r.tf == t) return r.storage_only;
+  return false;
 }
 
 box tf_slice::in(const shape& global) const {

@@ -1,8 +1,31 @@
 #include "meshckpt/graph/object_graph.hpp"
 
+#include <deque>
+#include <optional>
+
 #include "../format/codec.hpp"
 
 namespace meshckpt::graph {
+
+std::vector<std::string> node_paths(const object_graph& g) {
+  std::vector<std::optional<std::string>> path(g.nodes.size());
+  if (!g.nodes.empty()) path[0] = "";
+  std::deque<std::uint32_t> frontier;
+  if (!g.nodes.empty()) frontier.push_back(0);
+  while (!frontier.empty()) {
+    const auto n = frontier.front();
+    frontier.pop_front();
+    for (const auto& [name, child] : g.nodes[n].children)
+      if (child < path.size() && !path[child]) {
+        path[child] = (path[n]->empty() ? "" : *path[n] + "/") + escape_name(name);
+        frontier.push_back(child);
+      }
+  }
+  std::vector<std::string> out(g.nodes.size());
+  for (std::size_t i = 0; i < out.size(); ++i)
+    out[i] = i == 0 ? "(root)" : path[i] ? *path[i] : "(unreachable node " + std::to_string(i) + ")";
+  return out;
+}
 
 // Layout: varint node_count; per node: varint child_count, (string name, varint node_id)*,
 // varint has_value, [string key].

@@ -20,6 +20,7 @@
 #include <sstream>
 
 #include "meshckpt/api/checkpoint_async.hpp"
+#include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 #include "meshckpt/tensor/convert.hpp"
@@ -125,6 +126,81 @@ TEST_CASE("write neither numbers nor touches the save counter or the state file;
   c4->set_save_counter(7);
   CHECK(c4->read(tmp / "s-1").value().assert_consumed());
   CHECK(c4->save_counter() == 1);
+}
+
+TEST_CASE("restore() of a write() checkpoint fails assert_consumed on the save counter; read() and name-based restores do not", "[api][status][counter][regression]") {
+  // SEMANTICS.md, save_counter: restore() creates the counter; a checkpoint with an object
+  // graph and no counter value (written by write()) leaves it unrestored, as in TensorFlow.
+  testing::temp_dir tmp;
+  warnings w;
+  model m;
+  m.fill(4);
+  REQUIRE(ckpt_of(m)->write(tmp / "plain"));
+  {
+    model back;
+    auto c = ckpt_of(back);
+    auto st = c->restore(tmp / "plain").value();
+    CHECK(same(m, back));  // every value arrived
+    CHECK(c->has_save_counter());
+    for (auto r : {st.assert_existing_objects_matched(), st.assert_consumed()}) {
+      REQUIRE_FALSE(r);
+      CHECK_THAT(r.error().what(), Catch::Contains("save_counter") && Catch::Contains("written by write()") &&
+                                       Catch::Contains("read() does not expect it"));
+    }
+    CHECK(st.assert_nontrivial_match());
+    st.expect_partial();
+  }
+  {
+    model back;
+    auto c = ckpt_of(back);
+    auto st = c->read(tmp / "plain").value();
+    CHECK(st.assert_consumed());
+    c->set_save_counter(3);  // a counter created later is still not expected by read()
+    CHECK(st.assert_consumed());
+  }
+  {
+    // A counter that existed before read(): read() does not expect it either.
+    model back;
+    auto c = ckpt_of(back);
+    c->set_save_counter(5);
+    CHECK(c->read(tmp / "plain").value().assert_consumed());
+    CHECK(c->save_counter() == 5);
+  }
+  {
+    // A flat checkpoint of named tensors (no object graph): the counter is optional.
+    auto one = mesh24();
+    auto v = make(dtype::float32, {8, 16}, {"unsharded", "y"});
+    testing::fill(v.view(), "flat", 1);
+    REQUIRE(write_tensors(*backends::make_posix_backend(), tmp / "flat", std::vector<named_tensor>{{"w", v.view()}}));
+    graph::state_dict sd;
+    REQUIRE(sd.emplace("w", dtype::float32, {8, 16}, layout::create({"unsharded", "y"}, one).value()));
+    auto c = checkpoint::create(one, &sd).value();
+    auto st = c->restore(tmp / "flat").value();
+    auto ok = st.assert_consumed();
+    INFO((ok ? std::string() : ok.error().what()));
+    CHECK(ok);
+  }
+  CHECK(w.got->empty());
+}
+
+TEST_CASE("load status messages name checkpoint objects by path and values by key, and skip nodes without values", "[api][status][regression]") {
+  testing::temp_dir tmp;
+  model m;
+  m.fill(6);
+  auto path = ckpt_of(m)->save(tmp / "ck").value();
+  // The live graph lacks the checkpoint's "dense/2": its node holds no value of its own and is
+  // not reported; its kernel and bias are, by path and by key, never as "node N".
+  model partial(false);
+  auto c = ckpt_of(partial);
+  auto st = c->restore(path).value().expect_partial();
+  auto r = st.assert_consumed();
+  REQUIRE_FALSE(r);
+  const std::string msg = r.error().what();
+  CHECK_THAT(msg, Catch::Contains("unused values: model/dense.S2/bias, model/dense.S2/kernel"));
+  CHECK_THAT(msg, Catch::Contains("unmatched objects: model/dense.S2/bias, model/dense.S2/kernel") ||
+                      Catch::Contains("unmatched objects: model/dense.S2/kernel, model/dense.S2/bias"));
+  CHECK_THAT(msg, !Catch::Contains("node ") && !Catch::Contains("unmatched objects: model/dense.S2,") &&
+                      !Catch::Contains("unmatched objects: model/dense.S2;"));
 }
 
 TEST_CASE("restore of a missing path is not_found with a hint about the -N suffix", "[api][checkpoint][errors]") {

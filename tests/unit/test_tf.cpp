@@ -387,8 +387,27 @@ TEST_CASE("dtypes map both ways; the ones meshckpt lacks are named", "[tf][bundl
   CHECK_FALSE(format::tf::to_tf_dtype(dtype::blob));
   CHECK(format::tf::tf_dtype_name(8) == "DT_COMPLEX64");
   CHECK(format::tf::tf_dtype_name(101) == "DT_FLOAT_REF");
-  CHECK(format::tf::tf_dtype_name(999) == "DT_999");
+  CHECK(format::tf::tf_dtype_name(999) == "unknown TensorFlow dtype 999");
+  CHECK(format::tf::tf_dtype_name(199) == "unknown TensorFlow dtype 199");
   CHECK_FALSE(format::tf::from_tf_dtype(7));
+  CHECK_FALSE(format::tf::from_tf_dtype(999));
+}
+
+TEST_CASE("quantized dtypes are their integer storage, and no meshckpt dtype is written back as one", "[tf][bundle][regression]") {
+  const std::pair<int, dtype> q[] = {{11, dtype::int8}, {12, dtype::uint8}, {13, dtype::int32}, {15, dtype::int16}, {16, dtype::uint16}};
+  for (const auto& [tf, t] : q) {
+    INFO(format::tf::tf_dtype_name(tf));
+    CHECK(format::tf::from_tf_dtype(tf) == t);
+    CHECK(format::tf::is_quantized(tf));
+    CHECK(format::tf::to_tf_dtype(t) != tf);
+    CHECK_FALSE(format::tf::is_quantized(*format::tf::to_tf_dtype(t)));
+  }
+  CHECK(format::tf::to_tf_dtype(dtype::uint16) == 17);
+  // A DT_QINT16 entry of the right size decodes with its storage dtype and its TensorFlow number.
+  auto idx = format::tf::decode_bundle_index(format::tf::write_table(bundle_with(header(), {{"q", entry(15, {4}, 0, 8)}})).value());
+  REQUIRE(idx);
+  CHECK(idx->entries[0].type == dtype::int16);
+  CHECK(idx->entries[0].tf_type == 15);
 }
 
 TEST_CASE("OrderedCode's signed numbers sort as the numbers do", "[tf][bundle][slices]") {

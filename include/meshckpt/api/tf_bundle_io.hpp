@@ -52,6 +52,12 @@ inline constexpr std::string_view tf_header_extension = "tf_bundle_header";
 /// in the checkpoint.
 inline constexpr std::string_view tf_object_graph_extension = "tf_object_graph";
 
+/// The manifest extension holding, in a checkpoint imported from TensorFlow, the TensorFlow
+/// dtype of each tensor held as its integer storage (the quantized types: DT_QINT8 as int8, ...),
+/// as a string map (`format::encode_string_map`) of key to DataType number; `export_tf_bundle`
+/// writes those tensors back with their TensorFlow dtype.
+inline constexpr std::string_view tf_dtypes_extension = "tf_dtypes";
+
 /// How `export_tf_bundle` lays out a bundle.
 struct tf_export_options {
   /// Data files (`OUT.data-0000k-of-0000N`), 1 to 99999: stored tensors are spread over them,
@@ -66,7 +72,7 @@ struct tf_export_report {
   std::size_t files = 0;     ///< data files
   std::uint64_t bytes = 0;   ///< tensor bytes copied
   bool object_graph = false; ///< whether `_CHECKPOINTABLE_OBJECT_GRAPH` was written
-  std::string skipped;       ///< keys of tensors TensorFlow has no dtype for (`blob`), comma-separated
+  std::size_t opaque = 0;    ///< opaque values (`blob`) written as DT_STRING scalars
 };
 
 /// Writes the meshckpt checkpoint `prefix` as the TensorFlow bundle `out` (`out.index`,
@@ -75,9 +81,12 @@ struct tf_export_report {
 /// sharded) is a partitioned variable whose slices are those boxes, which TensorFlow restores
 /// into any partitioning. The checkpoint's object graph becomes `_CHECKPOINTABLE_OBJECT_GRAPH`
 /// (each value a `VARIABLE_VALUE` attribute under its key), so TensorFlow restores it by
-/// structure; the header's version comes from `tf_header_extension` and the graph from
-/// `tf_object_graph_extension` (optimizer slots as TensorFlow lists them) when the checkpoint
-/// was imported from TensorFlow. Streaming: each stored slice is copied in 8 MiB pieces, its
+/// structure; the header's version comes from `tf_header_extension`, the graph from
+/// `tf_object_graph_extension` (optimizer slots as TensorFlow lists them) and quantized dtypes
+/// from `tf_dtypes_extension` when the checkpoint was imported from TensorFlow. An opaque value
+/// (a rank-1 `blob`, such as `graph::bytes_state`) is written as TensorFlow holds bytes: a
+/// DT_STRING scalar (lossless; `import_tf_checkpoint` brings it back as the same blob). Every
+/// key the written object graph names is in the bundle, or the export fails. Streaming: each stored slice is copied in 8 MiB pieces, its
 /// checksums verified and its CRC-32C computed on the way, whatever the tensor's size. Files
 /// are published durably (temp name, fsync, rename); an older `out.index` is removed first, so
 /// a crash leaves no bundle at `out` or the whole new one. Errors: those of reading the
@@ -87,7 +96,9 @@ result<tf_export_report> export_tf_bundle(io::backend& b, std::string_view prefi
 
 /// Writes the TensorFlow checkpoint at `path` (a bundle prefix, its `.index`, or a SavedModel
 /// directory) as the meshckpt checkpoint `to`: every tensor of a dtype meshckpt has, whole on
-/// one device, under its TensorFlow key verbatim (partitioned variables joined); a TF2 object
+/// one device, under its TensorFlow key verbatim (partitioned variables joined; a quantized type
+/// as its integer storage, its TensorFlow dtype kept in `tf_dtypes_extension`; a DT_STRING
+/// scalar that the object graph names as a value, as an opaque `blob` of its bytes); a TF2 object
 /// graph as the checkpoint's object graph, so a `checkpoint::restore` of the result matches by
 /// structure as it would the original; the bundle header's version as `tf_header_extension`.
 /// Every tensor is checked against its CRC-32C. Streamed: a tensor stored whole or

@@ -30,16 +30,26 @@ enum class tf_dtype : int {
   uint32 = 22, uint64 = 23, float8_e5m2 = 24, float8_e4m3fn = 25,
 };
 
-/// TensorFlow's name of DataType number `t` ("DT_FLOAT", "DT_COMPLEX64", ...; "DT_<n>" when
-/// unknown).
+/// TensorFlow's name of DataType number `t` ("DT_FLOAT", "DT_COMPLEX64", "DT_FLOAT_REF", ...;
+/// "unknown TensorFlow dtype <n>" for a number TensorFlow does not define).
 std::string tf_dtype_name(int t);
 
 /// The meshckpt dtype of TensorFlow's DataType number `t`, or nullopt when meshckpt has none
-/// (strings, complex and quantized types, resources, variants).
+/// (strings, complex types, resources, variants, unknown numbers). A quantized type
+/// (DT_QINT8, DT_QUINT8, DT_QINT16, DT_QUINT16, DT_QINT32) is its integer storage, as
+/// TensorFlow stores it (int8, uint8, int16, uint16, int32).
 std::optional<dtype> from_tf_dtype(int t) noexcept;
 
-/// TensorFlow's DataType number of a meshckpt dtype, or nullopt (`blob` has none).
+/// TensorFlow's DataType number of a meshckpt dtype, or nullopt (`blob` has none). Never a
+/// quantized type: those are restored from `tf_dtypes_extension` (api/tf_bundle_io.hpp).
 std::optional<int> to_tf_dtype(dtype t) noexcept;
+
+/// Whether DataType number `t` is a quantized type, stored as the integers `from_tf_dtype` gives.
+bool is_quantized(int t) noexcept;
+
+/// DataType number of DT_STRING, whose tensors are stored as lengths and bytes
+/// (`decode_string_tensor`), not as fixed-size elements.
+inline constexpr int tf_string = 7;
 
 /// One slice of a partitioned variable as TensorFlow describes it: per dimension a start and a
 /// length, a length of -1 standing for the whole dimension.

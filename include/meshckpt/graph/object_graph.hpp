@@ -35,6 +35,12 @@ std::vector<std::byte> encode_object_graph(const object_graph& g);
 /// \returns `errc::corrupt_manifest` for malformed input (the message says what and where).
 result<object_graph> decode_object_graph(std::span<const std::byte> bytes);
 
+/// The path of every node of `g` from the root, as messages name objects: the escaped names of
+/// the edges joined with '/' (`model/layer_with_weights-0/kernel`, TensorFlow's pretty path),
+/// along the first path found breadth first. The root is "(root)"; a node no edge reaches is
+/// "(unreachable node N)".
+std::vector<std::string> node_paths(const object_graph& g);
+
 /// A live graph walked breadth-first from a root: node i of `graph` is `objects[i]`. Objects
 /// reachable by several paths appear once (first path wins: the shortest).
 struct live_graph {
