@@ -6,6 +6,7 @@
 #include <limits>
 #include <set>
 
+#include "meshckpt/api/tf_bundle_io.hpp"
 #include "meshckpt/format/crc32c.hpp"
 
 namespace meshckpt::detail {
@@ -248,7 +249,7 @@ graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const fo
 task<restorable> load_restorable(io::backend& b, std::string path, bool tensorflow_only, bool read_strings) {
   const bool named_index = path.ends_with(".index");
   if (!named_index) {
-    result<format::manifest> m = make_error(errc::not_found, "no TensorFlow checkpoint at " + path);
+    result<format::manifest> m = make_error(errc::not_found, "no checkpoint at " + path);
     if (!tensorflow_only) {
       auto own = load_manifest_at(b, path);
       m = co_await std::move(own);
@@ -276,8 +277,7 @@ task<restorable> load_restorable(io::backend& b, std::string path, bool tensorfl
         auto variables = load_tf(b, path + "/variables/variables", read_strings);
         co_return co_await std::move(variables);
       }
-      co_return make_error(errc::not_found, m.error().what() + std::string(" (nor is there a TensorFlow checkpoint ") + path +
-                                                ".index, or a SavedModel directory " + path + " with variables/variables.index)");
+      co_return no_checkpoint_at(path, m.error());
     }
   }
   auto bundle = load_tf(b, strip_index(std::move(path)), read_strings);

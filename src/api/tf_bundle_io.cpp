@@ -84,7 +84,7 @@ task<void> verify_entry(io::backend& b, io::handle h, const std::string& file, c
 // Every stored tensor of the bundle in the open directory `p`; the data files it opens are left
 // in `files` for the caller to close.
 task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const std::string& prefix, std::vector<std::optional<io::handle>>& files,
-                                 const verify_progress& progress) {
+                                 const verify_progress& progress, const std::set<std::string>* only) {
   auto ex = co_await asio::this_coro::executor;
   auto loading = load_tf_index(b, p, prefix);
   BOOST_OUTCOME_CO_TRY(auto idx, co_await std::move(loading));
@@ -101,7 +101,7 @@ task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const s
   std::vector<std::byte> buf;
   for (const auto& e : idx.entries) {
     // A partitioned tensor's slices are entries of their own.
-    if (!e.slices.empty() || unreadable[static_cast<std::size_t>(e.shard)]) continue;
+    if (!e.slices.empty() || unreadable[static_cast<std::size_t>(e.shard)] || (only && !only->count(e.key))) continue;
     const std::string name = format::tf::data_file_name(p.base, e.shard, idx.num_shards);
     auto& h = files[static_cast<std::size_t>(e.shard)];
     if (!h) {
@@ -119,7 +119,7 @@ task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const s
   co_return rep;
 }
 
-task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progress progress) {
+task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progress progress, const std::set<std::string>* only) {
   prefix = strip_index(std::move(prefix));
   auto p = co_await open_prefix_dir(b, prefix);
   if (!p) co_return p.error();
@@ -131,7 +131,7 @@ task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progr
   });
   std::optional<result<verify_report>> out;
   try {
-    out = co_await verify_files(b, *p, prefix, files, progress);
+    out = co_await verify_files(b, *p, prefix, files, progress, only);
   } catch (const std::bad_alloc&) {
     out = out_of_memory("verifying " + prefix);
   }
@@ -153,9 +153,15 @@ void start_read_tf_bundle_index(asio::any_io_executor ex, io::backend& b, std::s
 
 }  // namespace detail
 
-result<verify_report> verify_tf_bundle(io::backend& b, std::string_view prefix, verify_progress progress) {
+error no_checkpoint_at(std::string_view path, const error& manifest_missing) {
+  const std::string p(path);
+  return make_error(errc::not_found, manifest_missing.what() + "; nor is there a TensorFlow checkpoint (" + p + ".index) or a SavedModel directory (" +
+                                         p + "/variables/variables.index)");
+}
+
+result<verify_report> verify_tf_bundle(io::backend& b, std::string_view prefix, verify_progress progress, const std::set<std::string>* only) {
   return runtime::run_blocking<verify_report>("verify_tf_bundle", [&](auto ex, auto done) {
-    detail::spawn<verify_report>(ex, detail::verify_coro(b, std::string(prefix), std::move(progress)), std::move(done));
+    detail::spawn<verify_report>(ex, detail::verify_coro(b, std::string(prefix), std::move(progress), only), std::move(done));
   });
 }
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <ctime>
 #include <map>
+#include <set>
 #include <optional>
 #include <cstdio>
 #include <string>
@@ -70,14 +71,70 @@ int cmd_export(io::backend& b, const args& a) {
   }
   auto m = load_manifest(b, prefix, a);
   if (!m) return 1;
+  // What safetensors cannot hold: opaque blobs, and a TensorFlow bundle's entries of dtypes
+  // meshckpt lacks (strings, complex, unknown numbers; the reader leaves them out of the
+  // manifest). Never skipped silently: refused, or with --skip-unsupported left out, listed on
+  // stderr and recorded in the metadata, once checked to be intact.
+  std::vector<std::pair<std::string, std::string>> unsupported;  // key, why
+  std::set<std::string> tf_skipped;
+  for (const auto& t : m->tensors)
+    if (!format::safetensors_dtype(t.type)) unsupported.emplace_back(t.key, "an opaque blob");
+  if (m->checksum == format::checksum_kind::crc32c_whole) {
+    auto idx = read_tf_bundle_index(b, prefix);
+    if (!idx) return report_error("export", idx.error());
+    for (const auto& e : idx->entries)
+      if (!e.type && e.key != format::tf::object_graph_key) {
+        unsupported.emplace_back(e.key, format::tf::tf_dtype_name(e.tf_type));
+        tf_skipped.insert(e.key);
+      }
+  }
+  auto listed = [](const std::vector<std::pair<std::string, std::string>>& v) {
+    std::string out;
+    for (const auto& [k, why] : v) out += (out.empty() ? "" : ", ") + ("\"" + format::display_bytes(k) + "\" (" + why + ")");
+    return out;
+  };
+  if (!unsupported.empty() && !a.skip_unsupported)
+    return report_error("export", make_error(errc::unsupported, std::to_string(unsupported.size()) + " tensor(s) of " + prefix +
+                                                                   " cannot be converted to safetensors: " + listed(unsupported) +
+                                                                   " (--skip-unsupported leaves them out and records them in the metadata)"));
+  if (!unsupported.empty()) {
+    // A damaged entry fails the export even when it is left out.
+    if (!tf_skipped.empty()) {
+      auto v = verify_tf_bundle(b, prefix, {}, &tf_skipped);
+      if (!v) return report_error("export", v.error());
+      if (!v->problems.empty()) return report_error("export", with_context(v->problems.front(), "checkpoint " + prefix + " is damaged"));
+    }
+    for (const auto& t : m->tensors)
+      if (!format::safetensors_dtype(t.type))
+        if (auto r = read_whole_checked(b, prefix, *m, t); !r) return report_error("export", with_context(r.error(), "checkpoint " + prefix + " is damaged"));
+  }
+  // Renames (--rename OLD=NEW, --rename-file): every OLD must be a tensor that is exported.
+  format::manifest renamed = *m;
+  {
+    auto map = rename_map(a);
+    if (!map) return report_error("export", map.error());
+    for (const auto& [from, to] : *map) {
+      auto* t = const_cast<format::saved_tensor*>(renamed.find(from));
+      if (!t) return report_error("export", make_error(errc::not_found, "--rename: " + prefix + " has no tensor \"" + format::display_bytes(from) + "\""));
+      t->key = to;
+    }
+    std::sort(renamed.tensors.begin(), renamed.tensors.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
+    for (std::size_t i = 1; i < renamed.tensors.size(); ++i)
+      if (renamed.tensors[i].key == renamed.tensors[i - 1].key)
+        return report_error("export", make_error(errc::invalid_argument, "--rename: two tensors would be called \"" +
+                                                                              format::display_bytes(renamed.tensors[i].key) + "\""));
+  }
+  m = std::move(renamed);
   std::vector<const format::saved_tensor*> which;
-  std::string skipped;
   std::uint64_t total = 0;
   for (const auto& t : m->tensors) {
-    if (t.type == dtype::blob) {
-      skipped += (skipped.empty() ? "" : ",") + t.key;
-      continue;
-    }
+    if (!format::safetensors_dtype(t.type)) continue;
+    // A safetensors header is JSON: a name must be valid UTF-8 (a TensorFlow key need not be).
+    if (!format::is_utf8(t.key))
+      return report_error("export", make_error(errc::invalid_argument, "tensor \"" + format::display_bytes(t.key) +
+                                                                            "\" has a name that is not valid UTF-8, which a safetensors header "
+                                                                            "cannot hold; give it another with --rename '" +
+                                                                            format::display_bytes(t.key) + "=NEW'"));
     which.push_back(&t);
     total += static_cast<std::uint64_t>(num_elements(t.global).value_or(0) * dtype_size(t.type));
   }
@@ -86,14 +143,17 @@ int cmd_export(io::backend& b, const args& a) {
   for (const auto& e : m->extensions) {
     if (e.name != safetensors_metadata_extension) continue;
     auto kept = format::decode_string_map(e.bytes);
-    if (!kept) {
-      std::fprintf(stderr, "meshckpt export: %s: extension %s: %s\n", prefix.c_str(), e.name.c_str(), kept.error().what().c_str());
-      return 1;
-    }
+    if (!kept) return report_error("export", with_context(kept.error(), prefix + ": extension " + e.name));
     meta = std::move(*kept);
   }
-  if (!skipped.empty()) meta["meshckpt.skipped_blobs"] = skipped;
-  const std::string skipped_note = skipped.empty() ? "" : " (opaque blobs skipped: " + skipped + ")";
+  std::string skipped_note;
+  if (!unsupported.empty()) {
+    std::string list = "[";
+    for (const auto& [k, why] : unsupported) list += (list.size() > 1 ? "," : "") + format::json_string(k);
+    meta["meshckpt.skipped"] = list + "]";
+    std::fprintf(stderr, "meshckpt export: skipped %zu tensor(s) that safetensors cannot hold: %s\n", unsupported.size(), listed(unsupported).c_str());
+    skipped_note = " (" + std::to_string(unsupported.size()) + " skipped, listed in __metadata__ meshckpt.skipped)";
+  }
   if (a.shards.empty()) {
     if (auto w = write_safetensors_file(b, prefix, *m, which, meta, a.out); !w) {
       std::fprintf(stderr, "meshckpt export: writing %s: %s\n", a.out.c_str(), w.error().what().c_str());
@@ -177,6 +237,26 @@ int cmd_import(io::backend& b, const args& a) {
     }
     std::printf("imported %zu tensors from the TensorFlow checkpoint %s as %s\n", w->tensors, a.path.c_str(), w->manifest_path.c_str());
     return 0;
+  }
+  // A file of no kind it reads is named as such, not as a safetensors file with a wild header.
+  const std::string kinds =
+      "a safetensors file (an 8-byte header length, then a JSON header), a model.safetensors.index.json, a TensorFlow checkpoint "
+      "(PREFIX or PREFIX.index, with PREFIX.data-*) or a SavedModel directory (with variables/variables.index)";
+  if (!exists(a.path))
+    return report_error("import", make_error(errc::not_found, a.path + " does not exist (import reads " + kinds + ")"));
+  if (is_directory(a.path))
+    return report_error("import", make_error(errc::invalid_argument, a.path + " is a directory but not a SavedModel (no variables/variables.index); import reads " + kinds));
+  if (!a.path.ends_with(".json")) {
+    unsigned char head[9] = {};
+    std::FILE* f = std::fopen(a.path.c_str(), "rb");
+    const std::size_t got = f ? std::fread(head, 1, sizeof head, f) : 0;
+    std::uint64_t n = 0;
+    for (int i = 0; i < 8; ++i) n |= std::uint64_t{head[i]} << (8 * i);
+    std::uint64_t size = 0;
+    if (f && std::fseek(f, 0, SEEK_END) == 0) size = static_cast<std::uint64_t>(std::max(0L, std::ftell(f)));
+    if (f) std::fclose(f);
+    if (f && (got < sizeof head || head[8] != '{' || n > size - 8))
+      return report_error("import", make_error(errc::unsupported, a.path + " is none of the formats import reads: " + kinds));
   }
   auto w = import_safetensors(b, a.path, a.to);
   if (!w) {

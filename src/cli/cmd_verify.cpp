@@ -121,7 +121,10 @@ int cmd_verify(io::backend& b, const args& a) {
     bar.reset();
     std::vector<error> problems;
     verify_report rep;
-    if (!r) problems.push_back(r.error());
+    // Nothing there is not damage: say what was looked for.
+    const bool missing = !r && r.error().code == errc::not_found && !exists(p + ".manifest") && !exists(p + ".index");
+    if (missing) problems.push_back(tf ? r.error() : no_checkpoint_at(p, r.error()));
+    else if (!r) problems.push_back(r.error());
     else {
       rep = *r;
       problems = rep.problems;
@@ -129,6 +132,7 @@ int cmd_verify(io::backend& b, const args& a) {
     all_ok = all_ok && problems.empty();
     if (a.json) {
       json += std::string(i ? "," : "") + "{\"prefix\":" + format::json_string(p) + ",\"ok\":" + (problems.empty() ? "true" : "false") +
+              ",\"found\":" + (missing ? "false" : "true") +
               ",\"tensors\":" + std::to_string(rep.tensors) + ",\"slices\":" + std::to_string(rep.slices) +
               ",\"files\":" + std::to_string(rep.files) + ",\"bytes_checked\":" + std::to_string(rep.bytes_checked) +
               ",\"problems\":[";
@@ -140,7 +144,7 @@ int cmd_verify(io::backend& b, const args& a) {
       std::printf("ok        %s  (%zu tensors, %zu slices, %zu data file%s, %s checked)\n", p.c_str(), rep.tensors, rep.slices,
                   rep.files, rep.files == 1 ? "" : "s", format::human_bytes(rep.bytes_checked).c_str());
     } else {
-      std::printf("DAMAGED   %s\n", p.c_str());
+      std::printf("%s %s\n", missing ? "NOT FOUND" : "DAMAGED  ", p.c_str());
       for (const auto& e : problems) std::printf("          %s\n", e.what().c_str());
     }
   }

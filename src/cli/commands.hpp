@@ -5,6 +5,8 @@
 // cmd_convert.cpp (export, import); main.cpp parses and dispatches.
 
 #include <cstdint>
+#include <map>
+#include <vector>
 #include <optional>
 #include <string>
 
@@ -24,7 +26,22 @@ struct args {
   std::string format;  // --format meshckpt|tf: what PATH is, instead of detecting it
   bool json = false;
   bool no_progress = false;
+  bool skip_unsupported = false;     // export: leave out what the target format cannot hold
+  std::vector<std::string> renames;  // export: --rename OLD=NEW, in order
+  std::string rename_file;           // export: --rename-file FILE, one OLD=NEW per line
 };
+
+// Prints "meshckpt COMMAND: what" on stderr; returns the failure exit status (1).
+int report_error(const std::string& command, const error& e);
+
+// The renames of `a` (--rename-file first, then each --rename), OLD and NEW as messages show
+// keys (`format::unescape_display`: \xNN for a byte, \\ for a backslash). Errors:
+// invalid_argument (no '=', an empty side, a bad escape, OLD twice), a file that cannot be read.
+result<std::map<std::string, std::string>> rename_map(const args& a);
+
+// Reads tensor `t` of checkpoint `prefix` (manifest `m`) whole into memory, every checksum
+// verified; the bytes are dropped (a check that it is intact).
+result<void> read_whole_checked(io::backend& b, const std::string& prefix, const format::manifest& m, const format::saved_tensor& t);
 
 // Prints `msg` and the usage text; returns the usage exit status (2).
 int usage_error(const std::string& msg);

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <functional>
 #include <chrono>
 #include <cmath>
@@ -45,9 +46,10 @@ const char* const usage_text =
     "                          every checkpoint its `checkpoint` state file lists must exist\n"
     "  ls DIR [--json]         the checkpoints in DIR: number, time, size, tensors, files,\n"
     "                          status (committed, incomplete leftovers), which is latest\n"
-    "  export PATH --to safetensors OUT\n"
+    "  export PATH --to safetensors OUT [--skip-unsupported] [--rename OLD=NEW]\n"
     "                          every tensor of checkpoint PATH, whole, into the safetensors\n"
-    "                          file OUT (opaque blobs are skipped and named in __metadata__)\n"
+    "                          file OUT (what it cannot hold fails the export, or is left out\n"
+    "                          and listed with --skip-unsupported)\n"
     "  export PATH --to tf OUT [--shards N]\n"
     "                          checkpoint PATH as the TensorFlow bundle OUT (keys verbatim,\n"
     "                          with its object graph), streamed\n"
@@ -119,12 +121,70 @@ std::optional<format::manifest> load_manifest(io::backend& b, std::string& prefi
       return std::move(tf->manifest);
     }
     if (tf.error().code != errc::not_found || a.format == "tf") m = tf.error();
+    else m = no_checkpoint_at(prefix, m.error());
   }
   if (!m) {
     std::fprintf(stderr, "meshckpt %s: %s\n", a.command.c_str(), m.error().what().c_str());
     return std::nullopt;
   }
   return std::move(*m);
+}
+
+int report_error(const std::string& command, const error& e) {
+  std::fprintf(stderr, "meshckpt %s: %s\n", command.c_str(), e.what().c_str());
+  return 1;
+}
+
+result<std::map<std::string, std::string>> rename_map(const args& a) {
+  std::map<std::string, std::string> out;
+  auto add = [&](const std::string& spec, const std::string& where) -> result<void> {
+    const auto eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+      return make_error(errc::invalid_argument, where + ": \"" + spec + "\" is not OLD=NEW (write a '=' in a name as \\x3d)");
+    BOOST_OUTCOME_TRY(auto from, format::unescape_display(spec.substr(0, eq)));
+    BOOST_OUTCOME_TRY(auto to, format::unescape_display(spec.substr(eq + 1)));
+    if (!out.emplace(std::move(from), std::move(to)).second)
+      return make_error(errc::invalid_argument, where + ": \"" + spec.substr(0, eq) + "\" is renamed twice");
+    return success();
+  };
+  if (!a.rename_file.empty()) {
+    std::FILE* f = std::fopen(a.rename_file.c_str(), "rb");
+    if (!f) return make_error(errc::not_found, "--rename-file " + a.rename_file + ": " + std::strerror(errno));
+    std::string text;
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) {
+      text.append(buf, n);
+      if (text.size() > (std::size_t{64} << 20)) {
+        std::fclose(f);
+        return make_error(errc::limit_exceeded, "--rename-file " + a.rename_file + ": larger than 64 MiB");
+      }
+    }
+    std::fclose(f);
+    std::size_t line = 0;
+    for (std::size_t at = 0; at < text.size();) {
+      auto end = text.find('\n', at);
+      if (end == std::string::npos) end = text.size();
+      std::string l = text.substr(at, end - at);
+      at = end + 1;
+      ++line;
+      if (!l.empty() && l.back() == '\r') l.pop_back();
+      if (l.empty() || l[0] == '#') continue;
+      BOOST_OUTCOME_TRY(add(l, "--rename-file " + a.rename_file + " line " + std::to_string(line)));
+    }
+  }
+  for (const auto& r : a.renames) {
+    BOOST_OUTCOME_TRY(add(r, "--rename"));
+  }
+  return out;
+}
+
+result<void> read_whole_checked(io::backend& b, const std::string& prefix, const format::manifest& m, const format::saved_tensor& t) {
+  BOOST_OUTCOME_TRY(auto one, mesh::create({{"x", 1}}));
+  BOOST_OUTCOME_TRY(auto l, layout::create(std::vector<std::string>(t.global.size(), "unsharded"), one));
+  BOOST_OUTCOME_TRY(auto d, dtensor::create(t.type, t.global, l));
+  std::vector<named_tensor> views{{t.key, d.view()}};
+  BOOST_OUTCOME_TRY(read_tensors(b, prefix, m, views));
+  return success();
 }
 
 }  // namespace meshckpt::cli

@@ -117,9 +117,14 @@ const command_spec commands[] = {
      "TensorFlow checkpoints (compared by key with meshckpt ones). Exit status 0 identical,\n"
      "1 different, 2 trouble.",
      2, true, false, false, false, cmd_diff},
-    {"export", "export PATH --to safetensors|tf OUT [--shards N|processes]",
+    {"export", "export PATH --to safetensors|tf OUT [--shards N|processes] [--skip-unsupported] [--rename OLD=NEW]... [--rename-file FILE]",
      "Every tensor of checkpoint PATH, whole, into the safetensors file OUT (written to a temp\n"
-     "name, fsynced, renamed). Opaque blobs are skipped and named in __metadata__. With --shards,\n"
+     "name, fsynced, renamed). A tensor safetensors cannot hold (an opaque blob; a TensorFlow\n"
+     "string, complex or unknown dtype) fails the export, naming it; --skip-unsupported leaves\n"
+     "such tensors out, lists them on stderr and in __metadata__ (meshckpt.skipped), once\n"
+     "checked intact. A name that is not valid UTF-8 is refused; --rename OLD=NEW (repeatable)\n"
+     "or --rename-file FILE (one OLD=NEW per line) renames tensors, names written as messages\n"
+     "show them (\\xNN a byte, \\\\ a backslash). With --shards,\n"
      "OUT is a directory receiving model-0000k-of-0000N.safetensors files and the\n"
      "model.safetensors.index.json Hugging Face tools read: N files of about equal size, or one\n"
      "per process that wrote the checkpoint (each tensor with the process that wrote most of it).\n"
@@ -169,6 +174,14 @@ int main(int argc, char** argv) {
       if (!value(a.slice)) return usage_error("--slice needs a value");
     } else if (s == "--shards") {
       if (!value(a.shards)) return usage_error("--shards needs a value");
+    } else if (s == "--skip-unsupported") {
+      a.skip_unsupported = true;
+    } else if (s == "--rename") {
+      std::string r;
+      if (!value(r)) return usage_error("--rename needs OLD=NEW");
+      a.renames.push_back(std::move(r));
+    } else if (s == "--rename-file") {
+      if (!value(a.rename_file)) return usage_error("--rename-file needs a file");
     } else if (s == "--format") {
       if (!value(a.format)) return usage_error("--format needs a value");
       if (a.format != "meshckpt" && a.format != "tf") return usage_error("--format is meshckpt or tf, not " + a.format);
@@ -201,6 +214,8 @@ int main(int argc, char** argv) {
   if (!a.format.empty() && a.command != "inspect" && a.command != "verify" && a.command != "cat" && a.command != "diff" && a.command != "show")
     return command_usage_error(*cmd, "has no --format");
   if (a.no_progress && !cmd->progress) return command_usage_error(*cmd, "has no --no-progress");
+  if ((a.skip_unsupported || !a.renames.empty() || !a.rename_file.empty()) && (a.command != "export" || a.to != "safetensors"))
+    return command_usage_error(*cmd, "--skip-unsupported, --rename and --rename-file are options of export --to safetensors");
   if (positional.size() - 1 != cmd->operands)
     return command_usage_error(*cmd, "takes " + std::to_string(cmd->operands) + " operand(s), got " + std::to_string(positional.size() - 1));
   if (cmd->to && a.to.empty()) return command_usage_error(*cmd, "needs --to");

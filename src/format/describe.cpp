@@ -8,9 +8,62 @@
 
 namespace meshckpt::format {
 
+namespace {
+
+// The length of the valid UTF-8 sequence at the start of `s`, or 0 when it does not start with
+// one (RFC 3629: shortest form, no surrogates, at most U+10FFFF).
+std::size_t utf8_sequence(std::string_view s) noexcept {
+  const auto b = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char c = b(0);
+  if (c < 0x80) return 1;
+  std::size_t n;
+  unsigned char lo = 0x80, hi = 0xbf;  // the range of the second byte
+  if (c >= 0xc2 && c <= 0xdf) n = 2;
+  else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    if (c == 0xe0) lo = 0xa0;
+    if (c == 0xed) hi = 0x9f;
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    if (c == 0xf0) lo = 0x90;
+    if (c == 0xf4) hi = 0x8f;
+  } else {
+    return 0;
+  }
+  if (s.size() < n || b(1) < lo || b(1) > hi) return 0;
+  for (std::size_t i = 2; i < n; ++i)
+    if (b(i) < 0x80 || b(i) > 0xbf) return 0;
+  return n;
+}
+
+}  // namespace
+
+bool is_utf8(std::string_view s) noexcept {
+  while (!s.empty()) {
+    const auto n = utf8_sequence(s);
+    if (!n) return false;
+    s.remove_prefix(n);
+  }
+  return true;
+}
+
 std::string json_string(std::string_view s) {
   std::string out = "\"";
-  for (unsigned char c : s) {
+  char buf[8];
+  while (!s.empty()) {
+    const auto n = utf8_sequence(s);
+    const auto c = static_cast<unsigned char>(s[0]);
+    if (n == 0) {
+      std::snprintf(buf, sizeof buf, "\\udc%02x", c);  // surrogateescape
+      out += buf;
+      s.remove_prefix(1);
+      continue;
+    }
+    if (n > 1) {
+      out.append(s.substr(0, n));
+      s.remove_prefix(n);
+      continue;
+    }
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
@@ -19,15 +72,68 @@ std::string json_string(std::string_view s) {
       case '\r': out += "\\r"; break;
       default:
         if (c < 0x20 || c == 0x7f) {
-          char buf[8];
           std::snprintf(buf, sizeof buf, "\\u%04x", c);
           out += buf;
         } else {
           out += static_cast<char>(c);
         }
     }
+    s.remove_prefix(1);
   }
   return out + "\"";
+}
+
+std::string display_bytes(std::string_view s) {
+  std::string out;
+  char buf[8];
+  while (!s.empty()) {
+    const auto n = utf8_sequence(s);
+    const auto c = static_cast<unsigned char>(s[0]);
+    if (n > 1) {
+      out.append(s.substr(0, n));
+      s.remove_prefix(n);
+      continue;
+    }
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (n == 0 || c < 0x20 || c == 0x7f) {
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+    s.remove_prefix(1);
+  }
+  return out;
+}
+
+result<std::string> unescape_display(std::string_view s) {
+  std::string out;
+  auto hex = [](char h) -> int {
+    if (h >= '0' && h <= '9') return h - '0';
+    if (h >= 'a' && h <= 'f') return h - 'a' + 10;
+    if (h >= 'A' && h <= 'F') return h - 'A' + 10;
+    return -1;
+  };
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '\\') {
+      out += s[i];
+      continue;
+    }
+    if (i + 1 < s.size() && s[i + 1] == '\\') {
+      out += '\\';
+      ++i;
+      continue;
+    }
+    if (i + 3 < s.size() && s[i + 1] == 'x' && hex(s[i + 2]) >= 0 && hex(s[i + 3]) >= 0) {
+      out += static_cast<char>(hex(s[i + 2]) * 16 + hex(s[i + 3]));
+      i += 3;
+      continue;
+    }
+    return make_error(errc::invalid_argument, "\"" + std::string(s) + "\": a backslash at byte " + std::to_string(i) +
+                                                  " starts neither \\xNN (a byte in hex) nor \\\\ (a backslash)");
+  }
+  return out;
 }
 
 std::string human_bytes(std::uint64_t n) {

@@ -208,6 +208,8 @@ result<std::vector<std::byte>> encode_safetensors_header(std::vector<safetensor_
     j += "\"__metadata__\":{";
     bool f2 = true;
     for (const auto& [k, v] : metadata) {
+      if (!is_utf8(k) || !is_utf8(v))
+        return make_error(errc::invalid_argument, "metadata entry \"" + display_bytes(k) + "\" is not valid UTF-8, which a safetensors header must be");
       j += (f2 ? "" : ",") + json_string(k) + ":" + json_string(v);
       f2 = false;
     }
@@ -219,6 +221,8 @@ result<std::vector<std::byte>> encode_safetensors_header(std::vector<safetensor_
   for (auto& t : tensors) {
     auto dt = safetensors_dtype(t.type);
     if (!dt) return make_error(errc::unsupported, "tensor \"" + t.name + "\" is an opaque blob, which safetensors cannot hold");
+    if (!is_utf8(t.name))
+      return make_error(errc::invalid_argument, "tensor name \"" + display_bytes(t.name) + "\" is not valid UTF-8, which a safetensors header must be");
     if (t.name == "__metadata__" || !seen.insert(t.name).second)
       return make_error(errc::invalid_argument, "tensor name \"" + t.name + "\" is reserved or given twice");
     std::uint64_t bytes = static_cast<std::uint64_t>(dtype_size(t.type));
@@ -405,20 +409,7 @@ result<safetensors_index> decode_safetensors_index(std::string_view text) {
 }
 
 std::string encode_safetensors_index(const safetensors_index& idx) {
-  auto quote = [](const std::string& v) {
-    std::string o = "\"";
-    for (char c : v) {
-      if (c == '"' || c == '\\') o += '\\';
-      if (static_cast<unsigned char>(c) < 0x20) {
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
-        o += buf;
-        continue;
-      }
-      o += c;
-    }
-    return o + "\"";
-  };
+  auto quote = [](const std::string& v) { return json_string(v); };
   std::string out = "{\n  \"metadata\": {\n    \"total_size\": " + std::to_string(idx.total_size) + "\n  },\n  \"weight_map\": {";
   bool first = true;
   for (const auto& [name, file] : idx.weight_map) {

@@ -589,3 +589,99 @@ TEST_CASE("encode_bundle_index writes what TensorFlow's reader expects: the real
   auto gb = format::tf::decode_trackable_graph(std::as_bytes(std::span(s.data(), s.size()))).value();
   CHECK(gb.nodes == g.nodes);
 }
+
+namespace {
+
+// A fuzz_tf_bundle input of mode 1: table entries, [u8 key length][key][u16 value length][value].
+std::vector<std::byte> seed_of_entries(const std::vector<table_entry>& t) {
+  std::vector<std::byte> out{std::byte{1}};
+  for (const auto& e : t) {
+    REQUIRE(e.key.size() < 256);
+    REQUIRE(e.value.size() < 65536);
+    out.push_back(static_cast<std::byte>(e.key.size()));
+    for (char c : e.key) out.push_back(static_cast<std::byte>(c));
+    out.push_back(static_cast<std::byte>(e.value.size() & 0xff));
+    out.push_back(static_cast<std::byte>(e.value.size() >> 8));
+    for (char c : e.value) out.push_back(static_cast<std::byte>(c));
+  }
+  return out;
+}
+
+std::vector<std::byte> with_mode(std::uint8_t mode, std::span<const std::byte> bytes) {
+  std::vector<std::byte> out{std::byte{mode}};
+  out.insert(out.end(), bytes.begin(), bytes.end());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("crafted TF bundles with valid checksums and hostile values are refused cleanly or read as they are", "[tf][bundle][hostile][regression]") {
+  // Each case is also a seed of fuzz_tf_bundle (fuzz/corpus/fuzz_tf_bundle/crafted_*): with
+  // MESHCKPT_WRITE_TF_SEEDS=DIR this test writes them there.
+  std::vector<std::pair<std::string, std::vector<std::byte>>> seeds;
+  // Sizes of 2^40: an entry whose size matches a shape of 2^40 floats decodes (nothing is
+  // allocated for it); its bytes lie beyond any data file, which the restore reports.
+  {
+    auto t = bundle_with(header(), {{"huge", entry(1, {std::int64_t{1} << 40}, 0, std::int64_t{1} << 42)}});
+    auto idx = format::tf::decode_bundle_index(format::tf::write_table(t).value());
+    REQUIRE(idx);
+    CHECK(idx->entries[0].size == std::uint64_t{1} << 42);
+    CHECK(index_error(bundle_with(header(), {{"huge", entry(1, {std::int64_t{1} << 40}, 0, 16)}})).code == errc::corrupt_manifest);
+    seeds.emplace_back("crafted_size_2e40", seed_of_entries(t));
+  }
+  // 2^31 - 1 data files, and an entry in data file 2^31 - 1 of a bundle of one.
+  {
+    auto t = bundle_with(header(0x7fffffff), {{"w", entry(1, {4}, 0, 16)}});
+    auto e = index_error(t);
+    CHECK(e.code == errc::corrupt_manifest);
+    CHECK_THAT(e.what(), Catch::Contains("2147483647 data files"));
+    seeds.emplace_back("crafted_shards_2e31", seed_of_entries(t));
+    auto t2 = bundle_with(header(), {{"w", entry(1, {4}, 0, 16, 0x7fffffff)}});
+    CHECK_THAT(index_error(t2).what(), Catch::Contains("data file 2147483647 of a bundle of 1"));
+    seeds.emplace_back("crafted_shard_id_2e31", seed_of_entries(t2));
+  }
+  // Snappy blocks that claim 2^40 bytes (more than snappy's 32-bit length: not snappy data) and
+  // 2^31 bytes (past the block cap) once decompressed: refused before allocating them.
+  for (const int bits : {40, 31}) {
+    std::vector<std::byte> block;
+    std::uint64_t v = std::uint64_t{1} << bits;
+    for (; v >= 0x80; v >>= 7) block.push_back(static_cast<std::byte>((v & 0x7f) | 0x80));
+    block.push_back(static_cast<std::byte>(v));
+    block.resize(block.size() + 32, std::byte{0});
+    auto file = format::tf::table_around_block(block, 1);
+    auto r = format::tf::decode_bundle_index(file);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == (bits == 40 ? errc::corrupt_manifest : errc::limit_exceeded));
+    seeds.emplace_back("crafted_snappy_2e" + std::to_string(bits), with_mode(0, file));
+  }
+  // Keys that are not UTF-8, a quantized type and an unknown dtype: legal, read as they are.
+  {
+    const std::string bad_key = std::string("emb\xff\xfe", 5);
+    auto t = bundle_with(header(), {{bad_key, entry(1, {2}, 0, 8)}, {"q", entry(11, {4}, 8, 4)}, {"u", entry(999, {4}, 12, 16)}});
+    auto idx = format::tf::decode_bundle_index(format::tf::write_table(t).value());
+    REQUIRE(idx);
+    REQUIRE(idx->find(bad_key));
+    CHECK(idx->find("q")->type == dtype::int8);
+    CHECK_FALSE(idx->find("u")->type);
+    CHECK(format::tf::tf_dtype_name(idx->find("u")->tf_type) == "unknown TensorFlow dtype 999");
+    seeds.emplace_back("crafted_non_utf8_key", seed_of_entries(t));
+  }
+  // A string tensor whose lengths claim 2^40 bytes.
+  {
+    std::vector<std::byte> st;
+    std::uint64_t v = std::uint64_t{1} << 40;
+    for (; v >= 0x80; v >>= 7) st.push_back(static_cast<std::byte>((v & 0x7f) | 0x80));
+    st.push_back(static_cast<std::byte>(v));
+    st.resize(st.size() + 8, std::byte{0});
+    auto r = format::tf::decode_string_tensor(st, 1, 0);
+    REQUIRE_FALSE(r);
+    std::vector<std::byte> seed{std::byte{2}, std::byte{1}, std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0}};
+    seed.insert(seed.end(), st.begin(), st.end());
+    seeds.emplace_back("crafted_string_2e40", seed);
+  }
+  if (const char* dir = std::getenv("MESHCKPT_WRITE_TF_SEEDS"))
+    for (const auto& [name, bytes] : seeds) {
+      std::ofstream f(std::filesystem::path(dir) / name, std::ios::binary);
+      f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    }
+}

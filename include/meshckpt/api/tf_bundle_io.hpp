@@ -4,6 +4,8 @@
 /// (format/tf_bundle.hpp decodes it). What a prefix names is told by its files: `P.manifest`
 /// for a meshckpt checkpoint, `P.index` for a TensorFlow bundle.
 
+#include <set>
+#include <string>
 #include <string_view>
 
 #include "meshckpt/api/tensor_io.hpp"
@@ -25,7 +27,14 @@ result<format::tf::bundle_index> read_tf_bundle_index(io::backend& b, std::strin
 /// string tensor against its two checksums), in pieces of at most 8 MiB. Damage is listed in
 /// the report (`problems`, each naming the tensor, its data file and offset), not returned as
 /// an error; an index that cannot be read is the error. `slices` counts the stored entries.
-result<verify_report> verify_tf_bundle(io::backend& b, std::string_view prefix, verify_progress progress = {});
+/// With `only`, just the entries of those keys are read.
+result<verify_report> verify_tf_bundle(io::backend& b, std::string_view prefix, verify_progress progress = {},
+                                       const std::set<std::string>* only = nullptr);
+
+/// The not_found error of a path that holds no checkpoint of any kind: `manifest_missing` (the
+/// error saying that `path`.manifest does not exist) and the two TensorFlow files looked for,
+/// `path`.index and the SavedModel's `path`/variables/variables.index.
+error no_checkpoint_at(std::string_view path, const error& manifest_missing);
 
 /// A TensorFlow checkpoint seen as a meshckpt manifest, for `read_tensors(b, prefix, manifest,
 /// targets)` (any layout, by TensorFlow key) and the tools that take a manifest.

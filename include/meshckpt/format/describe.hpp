@@ -32,8 +32,23 @@ std::string describe_json(const tf::bundle_index& idx, std::string_view prefix);
 /// boxes are drawn; wider splits are listed instead.
 result<std::string> describe_sharding(const manifest& m, const saved_tensor& t, std::size_t max_columns = 16);
 
-/// `s` as a JSON string literal (with quotes).
+/// `s` as a JSON string literal (with quotes), always valid UTF-8: control characters, quotes
+/// and backslashes escaped; bytes that are not part of valid UTF-8 (a key a TensorFlow bundle
+/// may legally hold) escaped as the lone surrogates `\udc80`..`\udcff`, Python's
+/// "surrogateescape" convention: `json.loads(t).encode("utf-8", "surrogateescape")` gives the
+/// original bytes back.
 std::string json_string(std::string_view s);
+
+/// Whether `s` is valid UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF).
+bool is_utf8(std::string_view s) noexcept;
+
+/// `s` for a message, as a person reads it: valid UTF-8 as it is, every other byte and every
+/// control character as `\xNN`, a backslash as `\\`. `unescape_display` reverses it.
+std::string display_bytes(std::string_view s);
+
+/// The bytes that `display_bytes` shows as `s` (`\xNN` and `\\` escapes); other text as it is.
+/// `errc::invalid_argument` for a malformed escape.
+result<std::string> unescape_display(std::string_view s);
 
 /// A Unix time in milliseconds as "2026-11-28T23:05:02Z" (UTC, whole seconds).
 std::string iso_time(std::uint64_t unix_ms);
