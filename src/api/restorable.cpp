@@ -138,6 +138,15 @@ task<restorable> load_tf(io::backend& b, std::string prefix, bool read_strings) 
     r.tf_min_consumer = idx.min_consumer;
     auto sizing = size_files(b, *p, r.manifest);
     BOOST_OUTCOME_CO_TRY(co_await std::move(sizing));
+    // A name-based bundle's opaque values: every DT_STRING scalar (with an object graph, only
+    // those it names as values, below: a Keras model's other strings describe objects).
+    if (read_strings && !idx.find(format::tf::object_graph_key))
+      for (const auto& se : idx.entries) {
+        if (se.tf_type != format::tf::tf_string || !se.global.empty() || !se.slices.empty()) continue;
+        auto value = read_tf_string(b, *p, idx, se, "opaque value \"" + se.key + "\"", max_tf_string_bytes);
+        BOOST_OUTCOME_CO_TRY(auto v, co_await std::move(value));
+        r.strings.emplace(se.key, std::move(v));
+      }
     if (const auto* e = idx.find(format::tf::object_graph_key)) {
       auto reading = read_tf_graph(b, *p, idx, *e);
       BOOST_OUTCOME_CO_TRY(auto g, co_await std::move(reading));

@@ -23,7 +23,8 @@ struct restorable {
   // TensorFlow's dtype numbers of tensors held as their storage (quantized types), by key.
   std::map<std::string, int> tf_dtypes;
   // With `read_strings`: the DT_STRING scalars that the object graph names as a variable's
-  // value (how meshckpt exports an opaque value), decoded and checked, by key.
+  // value (how meshckpt exports an opaque value), or every one of a bundle without an object
+  // graph, decoded and checked, by key.
   std::map<std::string, std::string> strings;
 };
 

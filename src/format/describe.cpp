@@ -376,7 +376,7 @@ std::string describe_text(const tf::bundle_index& idx, std::string_view prefix) 
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"KEY", "DTYPE", "SHAPE", "FILE", "BYTES", "SLICES"});
   for (const auto& e : idx.entries)
-    rows.push_back({e.key, tf_type_string(e), to_string(e.global), e.slices.empty() ? std::to_string(e.shard) : "-",
+    rows.push_back({e.key, tf::is_quantized(e.tf_type) ? tf_type_string(e) + " (" + tf::tf_dtype_name(e.tf_type) + ")" : tf_type_string(e), to_string(e.global), e.slices.empty() ? std::to_string(e.shard) : "-",
                     e.slices.empty() ? human_bytes(e.size) : "-", slice_list(e)});
   table(out, rows);
   return out;

@@ -2,7 +2,7 @@
 # End-to-end test of the meshckpt CLI on a checkpoint written by the demo: inspect (text and
 # JSON), verify (prefix, directory, damaged, empty, leftovers), usage errors and exit codes.
 set -u
-CLI=$1 DEMO=$2 TRAINER=$3 WORK=$4
+CLI=$1 DEMO=$2 TRAINER=$3 WORK=$4 FIXTURES=${5:-}
 fails=0 passes=0
 check() {  # check NAME CONDITION-COMMAND...
   local name=$1; shift
@@ -92,8 +92,23 @@ run show "$WORK/ck/model" k --json; check "show --json is a usage error" test $r
 # again: bit-exact; hostile files refused by import.
 mkdir -p "$WORK/st"
 "$DEMO" --dir "$WORK/st-src" >/dev/null || echo "FAIL: demo for export"
+# What safetensors cannot hold is never skipped silently: refused, naming it, or left out with
+# --skip-unsupported, listed on stderr and in the metadata.
 run export "$WORK/st-src/model" --to safetensors "$WORK/st/a.safetensors"
-check "export exits 0" test $rc -eq 0; check "export names the skipped blob" has "opaque blobs skipped: rng/state"
+check "export of a blob fails" test $rc -eq 1; check "names the blob" has '"rng/state" (an opaque blob)'
+check "and the way out" has "--skip-unsupported"; check "no file of a refused export" test ! -e "$WORK/st/a.safetensors"
+run export "$WORK/st-src/model" --to safetensors "$WORK/st/a.safetensors" --skip-unsupported
+check "export exits 0" test $rc -eq 0; check "export lists the skipped blob" has 'skipped 1 tensor(s) that safetensors cannot hold: "rng/state"'
+run export "$WORK/st-src/model" --to tf "$WORK/st/x" --skip-unsupported; check "--skip-unsupported is for safetensors" test $rc -eq 2
+# Opaque values go to TensorFlow as DT_STRING scalars and come back as the same blobs: the round
+# trip meshckpt -> TF -> meshckpt shows no difference.
+run export "$WORK/st-src/model" --to tf "$WORK/st/tf"; check "export of a blob to tf exits 0" test $rc -eq 0
+check "says it wrote the opaque value" has "1 opaque value as DT_STRING"
+run inspect "$WORK/st/tf"; check "the blob is a string scalar in the bundle" has "rng/state"
+run verify "$WORK/st/tf"; check "the bundle verifies" test $rc -eq 0
+run import "$WORK/st/tf" --to "$WORK/st/tf-back"; check "import of it exits 0" test $rc -eq 0
+run diff "$WORK/st-src/model" "$WORK/st/tf-back"; check "the round trip shows no difference" test $rc -eq 0
+check "not even the blob" test "$(grep -c removed <<<"$out")" -eq 0
 run import "$WORK/st/a.safetensors" --to "$WORK/st/b"; check "import exits 0" test $rc -eq 0
 run verify "$WORK/st/b";          check "imported checkpoint verifies" test $rc -eq 0
 run export "$WORK/st/b" --to safetensors "$WORK/st/b.safetensors"; check "re-export exits 0" test $rc -eq 0
@@ -126,7 +141,7 @@ mb, b = read(os.path.join(d, "b.safetensors"))
 assert a == b, "round trip changed a tensor"
 assert a["model/embedding/table"][0:2] == ("F32", [4096, 512])
 assert a["model/head/kernel"][0] == "BF16" and a["optimizer/step"][1] == []
-assert ma["meshckpt.skipped_blobs"] == "rng/state"
+assert json.loads(ma["meshckpt.skipped"]) == ["rng/state"], ma
 assert ma == mb, ("__metadata__ did not survive import and export", ma, mb)
 # Hostile files for import.
 good = open(os.path.join(d, "a.safetensors"), "rb").read()
@@ -157,10 +172,80 @@ PY
   run import "$WORK/st/ok.safetensors" --to "$WORK/st/ok"; check "a minimal valid file imports" test $rc -eq 0
 fi
 run export "$WORK/st-src/model" "$WORK/st/c.safetensors"; check "export without --to" test $rc -eq 2
-run export "$WORK/ck/model" --to safetensors "$WORK/st/d.safetensors"; check "export of a damaged checkpoint fails" test $rc -eq 1
+run export "$WORK/ck/model" --to safetensors "$WORK/st/d.safetensors" --skip-unsupported; check "export of a damaged checkpoint fails" test $rc -eq 1
 check "and says why" has "checksum mismatch"; check "leaves no file" test ! -e "$WORK/st/d.safetensors"
 check "and no temp file" test -z "$(ls "$WORK/st" | grep "\.tmp-")"
 run import "$WORK/st/a.safetensors";                  check "import without --to" test $rc -eq 2
+
+# Hostile TensorFlow files (issue "Right at the doors"): keys that are not UTF-8, dtypes
+# meshckpt lacks, quantized types, missing files.
+if [ -n "$FIXTURES" ]; then
+  mkdir -p "$WORK/tfx"
+  "$FIXTURES" "$WORK/tfx" || echo "FAIL: make_tf_fixtures"
+  run inspect "$WORK/tfx/utf8" --json; check "inspect --json of a non-UTF-8 key exits 0" test $rc -eq 0
+  if command -v python3 >/dev/null; then
+    printf '%s' "$out" | python3 -c '
+import json, sys
+raw = sys.stdin.buffer.read()
+raw.decode("utf-8")  # valid UTF-8, or this raises
+d = json.loads(raw)
+keys = [e["key"] for e in d["tensors"]]
+assert any(k.encode("utf-8", "surrogateescape") == b"emb\xff\xfe" for k in keys), keys
+'
+    check "inspect --json is valid UTF-8 JSON that escapes the key" test $? -eq 0
+  fi
+  run export "$WORK/tfx/utf8" --to safetensors "$WORK/tfx/u.safetensors"
+  check "export of a non-UTF-8 key fails" test $rc -eq 1; check "names the key, escaped" has '"emb\xff\xfe"'
+  check "says how to rename it" has "--rename 'emb\xff\xfe=NEW'"; check "no file" test ! -e "$WORK/tfx/u.safetensors"
+  run export "$WORK/tfx/utf8" --to safetensors "$WORK/tfx/u.safetensors" --rename 'emb\xff\xfe=emb'
+  check "export with --rename exits 0" test $rc -eq 0
+  printf 'emb\\xff\\xfe=embedding\n# comment\n' > "$WORK/tfx/map"
+  run export "$WORK/tfx/utf8" --to safetensors "$WORK/tfx/m.safetensors" --rename-file "$WORK/tfx/map"
+  check "export with --rename-file exits 0" test $rc -eq 0
+  run import "$WORK/tfx/m.safetensors" --to "$WORK/tfx/m"; check "the renamed file imports" test $rc -eq 0
+  run inspect "$WORK/tfx/m"; check "under its new name" has "embedding"
+  run export "$WORK/tfx/utf8" --to safetensors "$WORK/tfx/n.safetensors" --rename 'nope=x'
+  check "a rename of a missing tensor fails" test $rc -eq 1; check "naming it" has 'has no tensor "nope"'
+
+  run verify "$WORK/tfx/odd"; check "verify of odd dtypes passes" test $rc -eq 0
+  run inspect "$WORK/tfx/odd"; check "an unknown dtype is named as unknown" has "unknown TensorFlow dtype 999"
+  check "a quantized tensor is its integer storage" has "int8"
+  run export "$WORK/tfx/odd" --to safetensors "$WORK/tfx/o.safetensors"
+  check "export with unsupported entries fails" test $rc -eq 1
+  check "names the string" has '"s" (DT_STRING)'; check "names the unknown dtype" has '"u" (unknown TensorFlow dtype 999)'
+  run export "$WORK/tfx/odd" --to safetensors "$WORK/tfx/o.safetensors" --skip-unsupported
+  check "with --skip-unsupported it exits 0" test $rc -eq 0; check "and lists what it skipped" has "skipped 2 tensor(s)"
+  if command -v python3 >/dev/null; then
+    python3 - "$WORK/tfx/o.safetensors" <<'PY'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+(n,) = struct.unpack("<Q", raw[:8])
+h = json.loads(raw[8:8 + n])
+assert json.loads(h["__metadata__"]["meshckpt.skipped"]) == ["s", "u"], h["__metadata__"]
+assert h["q"]["dtype"] == "I8" and h["ok"]["dtype"] == "F32", h
+assert raw[8 + n + h["q"]["data_offsets"][0]:8 + n + h["q"]["data_offsets"][1]] == b"\x01\xfe\x03\x04"
+PY
+    check "the skipped entries are in the metadata, the quantized one as I8" test $? -eq 0
+  fi
+  # A quantized tensor keeps its TensorFlow dtype through import and export --to tf.
+  run import "$WORK/tfx/odd" --to "$WORK/tfx/oi"; check "import of odd dtypes exits 0" test $rc -eq 0
+  run export "$WORK/tfx/oi" --to tf "$WORK/tfx/back"; check "export back to tf exits 0" test $rc -eq 0
+  run inspect "$WORK/tfx/back"; check "DT_QINT8 again" has "DT_QINT8"
+  # A damaged entry fails the export even when it would be skipped.
+  cp "$WORK/tfx/odd.index" "$WORK/tfx/dmg.index"; cp "$WORK/tfx/odd.data-00000-of-00001" "$WORK/tfx/dmg.data-00000-of-00001"
+  printf 'X' | dd of="$WORK/tfx/dmg.data-00000-of-00001" bs=1 seek=20 conv=notrunc 2>/dev/null
+  run export "$WORK/tfx/dmg" --to safetensors "$WORK/tfx/d.safetensors" --skip-unsupported
+  check "a damaged skipped entry fails the export" test $rc -eq 1; check "no file from it" test ! -e "$WORK/tfx/d.safetensors"
+fi
+# Nothing there: every command says what it looked for.
+run inspect "$WORK/here"; check "inspect of nothing fails" test $rc -eq 1
+check "names the manifest" has "here.manifest"; check "names the TF index" has "here.index"; check "names the SavedModel" has "variables/variables.index"
+run verify /no/such/path;         check "verify of nothing fails" test $rc -eq 1; check "says not found" has "NOT FOUND"
+check "not DAMAGED" test "$(grep -c DAMAGED <<<"$out")" -eq 0
+echo "just some text, not a checkpoint" > "$WORK/text.txt"
+run import "$WORK/text.txt" --to "$WORK/from-text"; check "import of a text file fails" test $rc -eq 1
+check "says it is none of the formats" has "none of the formats import reads"; check "names safetensors" has "safetensors file"
+check "names TensorFlow" has "TensorFlow checkpoint"; check "not a header cap" test "$(grep -c "exceeds the cap" <<<"$out")" -eq 0
 
 # A directory written by a CheckpointManager: the state file is checked too.
 "$TRAINER" --dir "$WORK/managed" --steps 12 --every 4 --keep 2 --quiet >/dev/null || echo "FAIL: trainer"
@@ -306,7 +391,7 @@ fi
 
 # Sharded export: N files of about equal size plus the index Hugging Face tools read; read back
 # by an independent reader and imported through the index.
-run export "$WORK/st-src/model" --to safetensors "$WORK/shards" --shards 3; check "sharded export exits 0" test $rc -eq 0
+run export "$WORK/st-src/model" --to safetensors "$WORK/shards" --shards 3 --skip-unsupported; check "sharded export exits 0" test $rc -eq 0
 check "sharded export names the files" has "to 3 safetensors shards"
 check "three shard files" test -f "$WORK/shards/model-00001-of-00003.safetensors" -a -f "$WORK/shards/model-00003-of-00003.safetensors"
 if command -v python3 >/dev/null; then
@@ -333,7 +418,7 @@ PY
 fi
 run import "$WORK/shards/model.safetensors.index.json" --to "$WORK/st/from-shards"; check "import of a sharded model" test $rc -eq 0
 run diff "$WORK/st/b" "$WORK/st/from-shards"; check "sharded round trip is bit-exact" test $rc -eq 0
-run export "$WORK/st-src/model" --to safetensors "$WORK/per-process" --shards processes; check "export --shards processes" test $rc -eq 0
+run export "$WORK/st-src/model" --to safetensors "$WORK/per-process" --shards processes --skip-unsupported; check "export --shards processes" test $rc -eq 0
 check "one process wrote it: one shard" test -f "$WORK/per-process/model-00001-of-00001.safetensors"
 run export "$WORK/st-src/model" --to safetensors "$WORK/x" --shards 0; check "--shards 0 is a usage error" test $rc -eq 2
 run inspect "$WORK/st-src/model" --shards 2; check "--shards only for export" test $rc -eq 2

@@ -19,6 +19,7 @@
 #include "format/codec.hpp"
 #include "format/tf_table.hpp"
 #include "meshckpt/format/crc32c.hpp"
+#include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/tf_bundle.hpp"
 #include "tensor_bundle.pb.h"
 #include "trackable_object_graph.pb.h"
@@ -684,4 +685,28 @@ TEST_CASE("crafted TF bundles with valid checksums and hostile values are refuse
       std::ofstream f(std::filesystem::path(dir) / name, std::ios::binary);
       f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
     }
+}
+
+TEST_CASE("JSON strings are valid UTF-8 whatever the key's bytes; messages show them escaped and --rename reads them back", "[format][json][regression]") {
+  using meshckpt::format::display_bytes;
+  using meshckpt::format::is_utf8;
+  using meshckpt::format::json_string;
+  using meshckpt::format::unescape_display;
+  const std::string bad("emb\xff\xfe", 5);
+  CHECK_FALSE(is_utf8(bad));
+  CHECK(json_string(bad) == "\"emb\\udcff\\udcfe\"");
+  CHECK(is_utf8(json_string(bad)));
+  CHECK(json_string("caf\xc3\xa9 \"q\"\n") == "\"caf\xc3\xa9 \\\"q\\\"\\n\"");  // valid UTF-8 passes as it is
+  for (const char* s : {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82", "\x80"}) {  // overlong, surrogate, > U+10FFFF, cut, lone
+    INFO(display_bytes(s));
+    CHECK_FALSE(is_utf8(s));
+    CHECK(is_utf8(json_string(s)));
+  }
+  CHECK(is_utf8("\xf0\x9f\x98\x80 \xe2\x82\xac"));
+  CHECK(display_bytes(bad) == "emb\\xff\\xfe");
+  CHECK(display_bytes("a\\b\tc") == "a\\\\b\\x09c");
+  for (const std::string s : {bad, std::string("a\\b\tc"), std::string("plain/key"), std::string("\x00\x01", 2)})
+    CHECK(unescape_display(display_bytes(s)).value() == s);
+  CHECK_FALSE(unescape_display("a\\q"));
+  CHECK_FALSE(unescape_display("a\\x4"));
 }

@@ -107,7 +107,8 @@ result<tf_export_report> export_tf_bundle(io::backend& b, std::string_view prefi
 /// directory) as the meshckpt checkpoint `to`: every tensor of a dtype meshckpt has, whole on
 /// one device, under its TensorFlow key verbatim (partitioned variables joined; a quantized type
 /// as its integer storage, its TensorFlow dtype kept in `tf_dtypes_extension`; a DT_STRING
-/// scalar that the object graph names as a value, as an opaque `blob` of its bytes); a TF2 object
+/// scalar that the object graph names as a value, or any of a bundle without a graph, as an
+/// opaque `blob` of its bytes); a TF2 object
 /// graph as the checkpoint's object graph, so a `checkpoint::restore` of the result matches by
 /// structure as it would the original; the bundle header's version as `tf_header_extension`.
 /// Every tensor is checked against its CRC-32C. Streamed: a tensor stored whole or
