@@ -56,18 +56,27 @@ def _flatten(obj, path, tensors):
     return {"value": _leaf(obj, path)}
 
 
+def _shard(piece, layout, shape, rank, dtype):
+    """A variable over `piece`, this rank's part of a tensor of `shape`. A non-contiguous piece
+    (a transposed view, a slice, channels_last) is saved from a contiguous copy, and a restore
+    copies the values back into it: the caller's own tensor receives them, or the restore
+    raises (a CUDA or overlapping one)."""
+    if piece.is_contiguous():
+        return Variable.from_shards({rank: piece}, layout, shape, dtype=dtype)
+    v = Variable.from_shards({rank: piece.contiguous()}, layout, shape, dtype=dtype)
+    v._copy_back_to(piece)
+    return v
+
+
 def _variable(t, mesh, rank, world, shard_rows):
     if t.device.type not in ("cpu", "cuda"):
         raise InvalidArgumentError(f"a tensor on {t.device}: meshckpt.torch takes CPU and CUDA tensors")
-    if not t.is_contiguous():
-        t = t.contiguous()
     shape = list(t.shape)
     if shard_rows and world > 1 and len(shape) >= 1:
         layout = Layout(["ranks"] + ["unsharded"] * (len(shape) - 1), mesh)
         origin, extent = layout.shard_box(shape, rank)
-        return Variable.from_shards({rank: t[origin[0]:origin[0] + extent[0]]}, layout, shape,
-                                    dtype=str(t.dtype))
-    return Variable.from_shards({rank: t}, Layout.replicated(len(shape), mesh), shape)
+        return _shard(t[origin[0]:origin[0] + extent[0]], layout, shape, rank, str(t.dtype))
+    return _shard(t, Layout.replicated(len(shape), mesh), shape, rank, str(t.dtype))
 
 
 class StateModule(Module):

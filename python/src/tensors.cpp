@@ -2,7 +2,9 @@
 // arrays or torch CPU tensors, without a copy, or storage of its own) and Bytes.
 #include <pybind11/numpy.h>
 
+#include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "bindings.hpp"
 #include "meshckpt/api/tensor_io.hpp"
@@ -162,6 +164,60 @@ class py_variable : public graph::variable {
     s.owner = keep_;
     return s;
   }
+  // Makes a restore fill `target` too: this variable's one shard is a contiguous copy of the
+  // caller's non-contiguous tensor (a transposed view, a slice, channels_last), and a restore
+  // that filled only the copy would leave the caller's tensor as it was. Host memory is copied
+  // back element by element after each restore (no GIL needed); a CUDA tensor, or one whose
+  // elements share memory (an expanded view), makes every restore fail instead.
+  void copy_back_to(py::handle target) {
+    if (view().shards().size() != 1)
+      throw error_exception{make_error(errc::invalid_argument, "copy-back needs a variable with one local shard")};
+    back_ = strided_target{};
+    const std::string where = py::str(target.attr("device").attr("type")).cast<std::string>();
+    const auto size = target.attr("shape").cast<std::vector<std::int64_t>>();
+    const auto stride = target.attr("stride")().cast<std::vector<std::int64_t>>();
+    back_->elem = target.attr("element_size")().cast<std::size_t>();
+    if (where != "cpu") back_->refuse = "the " + where + " tensor it restores into is not contiguous (pass a .contiguous() tensor)";
+    // Elements overlap when, in the order of their strides, a dimension's stride does not pass
+    // the farthest element of the dimensions before it.
+    std::vector<std::pair<std::int64_t, std::int64_t>> dims;  // stride, size
+    for (std::size_t d = 0; d < size.size(); ++d)
+      if (size[d] > 1) dims.emplace_back(stride[d], size[d]);
+    std::sort(dims.begin(), dims.end());
+    std::int64_t reach = 0;
+    for (const auto& [st, n] : dims) {
+      if (st <= reach) back_->refuse = "the tensor it restores into has elements that share memory (an expanded view)";
+      reach += st * (n - 1);
+    }
+    std::size_t count = 1;
+    for (auto n : size) count *= static_cast<std::size_t>(n);
+    if (back_->elem != static_cast<std::size_t>(dtype_size(view().type())) || count * back_->elem != view().shards().front().data.size())
+      throw error_exception{make_error(errc::invalid_argument, "copy-back target differs from the variable in dtype or shape")};
+    back_->data = reinterpret_cast<std::byte*>(target.attr("data_ptr")().cast<std::uintptr_t>());
+    back_->size = size;
+    back_->stride = stride;
+    if (keep_) keep_->add(py::reinterpret_borrow<py::object>(target));
+  }
+  result<dtensor_view> value_for_restore(dtype t, const shape& s, const mesh& m) override {
+    if (back_ && !back_->refuse.empty()) return make_error(errc::invalid_argument, back_->refuse);
+    return graph::variable::value_for_restore(t, s, m);
+  }
+  void value_restored() override {
+    if (!back_) return;
+    const std::span<const std::byte> src = view().shards().front().data;
+    const std::size_t rank = back_->size.size();
+    std::vector<std::int64_t> idx(rank, 0);
+    const std::size_t n = src.size() / back_->elem;
+    for (std::size_t i = 0; i < n; ++i) {
+      std::int64_t off = 0;
+      for (std::size_t d = 0; d < rank; ++d) off += idx[d] * back_->stride[d];
+      std::memcpy(back_->data + off * static_cast<std::int64_t>(back_->elem), src.data() + i * back_->elem, back_->elem);
+      for (std::size_t d = rank; d-- > 0;) {
+        if (++idx[d] < back_->size[d]) break;
+        idx[d] = 0;
+      }
+    }
+  }
   py::object shard(std::int64_t device, py::object self) {
     if (shards_.contains(py::int_(device))) return shards_[py::int_(device)];
     auto bytes = shard_bytes(device);
@@ -173,8 +229,15 @@ class py_variable : public graph::variable {
   }
 
  private:
+  struct strided_target {
+    std::byte* data = nullptr;
+    std::vector<std::int64_t> size, stride;  // stride in elements
+    std::size_t elem = 0;
+    std::string refuse;  // why a restore cannot fill it, if it cannot
+  };
   std::shared_ptr<py_refs> keep_;
   py::dict shards_;  // device -> the caller's object, when the shards are caller memory
+  std::optional<strided_target> back_;
 };
 
 namespace {
@@ -289,6 +352,8 @@ void bind_tensors(py::module_& m) {
       .def("assign", [](const py_variable& v, py::handle arr) {
         with_global<std::span<const std::byte>>(v, arr, false, [&](std::span<const std::byte> s) { return v.assign_global(s); });
       }, py::arg("value"), "Copies a whole global array into the local shards.")
+      .def("_copy_back_to", [](py_variable& v, py::handle target) { v.copy_back_to(target); }, py::arg("target"),
+           "After each restore, copy the values into `target`, the non-contiguous torch tensor this variable's shard copies.")
       .def("read_into", [](const py_variable& v, py::handle arr) {
         with_global<std::span<std::byte>>(v, arr, true, [&](std::span<std::byte> s) { return v.copy_to_global(s); });
       }, py::arg("out"), "Copies the local shards into their parts of a whole global array.")
