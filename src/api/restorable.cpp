@@ -90,7 +90,7 @@ constexpr std::uint64_t max_tf_string_bytes = std::uint64_t{1} << 30;
 // The value of the DT_STRING scalar `e`, checked against both its checksums; `what` names it
 // in errors.
 task<std::string> read_tf_string(io::backend& b, const opened_prefix& p, const format::tf::bundle_index& idx,
-                                 const format::tf::bundle_entry& e, const std::string& what, std::uint64_t cap) {
+                                 const format::tf::bundle_entry& e, std::string what, std::uint64_t cap) {
   auto ex = co_await asio::this_coro::executor;
   const std::string name = format::tf::data_file_name(p.base, e.shard, idx.num_shards);
   const std::string where = what + " in " + name + " at offset " + std::to_string(e.offset);
@@ -99,6 +99,14 @@ task<std::string> read_tf_string(io::backend& b, const opened_prefix& p, const f
   if (e.size > cap) co_return make_error(errc::limit_exceeded, where + ": " + std::to_string(e.size) + " bytes, above the cap of " + std::to_string(cap));
   auto h = co_await io::async_open(b, ex, p.dir, name, io::open_mode::read, use_awaitable);
   if (!h) co_return with_context(h.error(), where);
+  // Nothing is allocated for bytes the file does not hold (a hostile size below the cap).
+  auto file_size = co_await io::async_size(b, ex, *h, use_awaitable);
+  if (!file_size || e.offset > *file_size || e.size > *file_size - e.offset) {
+    co_await close_quietly(b, *h);
+    if (!file_size) co_return with_context(file_size.error(), where);
+    co_return make_error(errc::short_read, where + ": its " + std::to_string(e.size) + " bytes lie beyond the end of the file (" +
+                                               std::to_string(*file_size) + " bytes; truncated?)");
+  }
   std::vector<std::byte> bytes(e.size);
   auto got = co_await io::async_read(b, ex, *h, e.offset, bytes, use_awaitable);
   co_await close_quietly(b, *h);

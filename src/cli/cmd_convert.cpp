@@ -243,6 +243,19 @@ int cmd_import(io::backend& b, const args& a) {
       return 1;
     }
     std::printf("imported %zu tensors from the TensorFlow checkpoint %s as %s\n", w->tensors, a.path.c_str(), w->manifest_path.c_str());
+    // What meshckpt cannot hold is named, never dropped silently.
+    auto idx = read_tf_bundle_index(b, *tf);
+    auto m = read_manifest(b, w->manifest_path.substr(0, w->manifest_path.size() - format::manifest_suffix.size()));
+    if (idx && m) {
+      std::string left;
+      std::size_t n = 0;
+      for (const auto& e : idx->entries)
+        if (!e.type && e.key != format::tf::object_graph_key && !m->find(e.key)) {
+          left += (left.empty() ? "" : ", ") + ("\"" + format::display_bytes(e.key) + "\" (" + format::tf::tf_dtype_name(e.tf_type) + ")");
+          ++n;
+        }
+      if (n) std::fprintf(stderr, "meshckpt import: left out %zu entr%s of a dtype meshckpt cannot hold: %s\n", n, n == 1 ? "y" : "ies", left.c_str());
+    }
     return 0;
   }
   // A file of no kind it reads is named as such, not as a safetensors file with a wild header.

@@ -686,3 +686,23 @@ TEST_CASE("opaque values export to TensorFlow as DT_STRING scalars that the obje
   CHECK(ok);
   CHECK(same(m, back));
 }
+
+TEST_CASE("an import refuses a TensorFlow string whose size lies beyond its data file, before allocating it", "[api][tf][hostile][regression]") {
+  testing::temp_dir tmp;
+  auto be = backends::make_posix_backend();
+  format::tf::bundle_index idx;
+  idx.producer = 1;
+  std::uint32_t crc = 0;
+  std::vector<std::string> one{"hello"};
+  auto bytes = format::tf::encode_string_tensor(one, crc);
+  // Checksums right, the size hostile: 512 MiB claimed, 10 bytes stored.
+  idx.entries.push_back({"s", format::tf::tf_string, std::nullopt, {}, 0, 0, std::uint64_t{1} << 29, crc, {}});
+  auto index = format::tf::encode_bundle_index(idx).value();
+  std::ofstream(tmp / "h.index", std::ios::binary).write(reinterpret_cast<const char*>(index.data()), static_cast<std::streamsize>(index.size()));
+  std::ofstream(tmp / "h.data-00000-of-00001", std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  auto r = import_tf_checkpoint(*be, tmp / "h", tmp / "out");
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == errc::short_read);
+  CHECK_THAT(r.error().what(), Catch::Contains("\"s\"") && Catch::Contains("beyond the end of the file"));
+  CHECK_FALSE(std::filesystem::exists(tmp / "out.manifest"));
+}

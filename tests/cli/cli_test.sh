@@ -229,6 +229,7 @@ PY
   fi
   # A quantized tensor keeps its TensorFlow dtype through import and export --to tf.
   run import "$WORK/tfx/odd" --to "$WORK/tfx/oi"; check "import of odd dtypes exits 0" test $rc -eq 0
+  check "import names what it left out" has 'left out 1 entry of a dtype meshckpt cannot hold: "u" (unknown TensorFlow dtype 999)'
   run export "$WORK/tfx/oi" --to tf "$WORK/tfx/back"; check "export back to tf exits 0" test $rc -eq 0
   run inspect "$WORK/tfx/back"; check "DT_QINT8 again" has "DT_QINT8"
   # A damaged entry fails the export even when it would be skipped.
