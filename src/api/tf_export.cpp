@@ -160,10 +160,17 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
     if (e.name == tf_object_graph_extension) {
       auto g = format::tf::decode_trackable_graph(e.bytes);
       if (!g) co_return with_context(g.error(), "export " + prefix + ": extension " + e.name);
+      // Every variable it names must still be here; other attributes whose values the import
+      // left out (a Keras layer's config strings) are dropped, so that the graph names no key
+      // the bundle lacks.
       bool complete = true;
-      for (const auto& n : g->nodes)
-        for (const auto& a : n.attributes) complete = complete && m.find(a.checkpoint_key);
-      if (complete) tf_graph = std::string(reinterpret_cast<const char*>(e.bytes.data()), e.bytes.size());
+      std::size_t dropped = 0;
+      for (auto& n : g->nodes) {
+        for (const auto& a : n.attributes) complete = complete && (a.name != "VARIABLE_VALUE" || m.find(a.checkpoint_key));
+        dropped += std::erase_if(n.attributes, [&](const auto& a) { return !m.find(a.checkpoint_key); });
+      }
+      // Verbatim when nothing was dropped (fields meshckpt does not model survive).
+      if (complete) tf_graph = dropped ? format::tf::encode_trackable_graph(*g) : std::string(reinterpret_cast<const char*>(e.bytes.data()), e.bytes.size());
     }
   // Pieces held in memory, stored at the end of data file 0 in this order: the opaque values
   // as DT_STRING scalars (lossless; read back and verified first), then the object graph.

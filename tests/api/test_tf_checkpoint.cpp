@@ -706,3 +706,57 @@ TEST_CASE("an import refuses a TensorFlow string whose size lies beyond its data
   CHECK_THAT(r.error().what(), Catch::Contains("\"s\"") && Catch::Contains("beyond the end of the file"));
   CHECK_FALSE(std::filesystem::exists(tmp / "out.manifest"));
 }
+
+TEST_CASE("re-exporting an imported TF2 checkpoint keeps TensorFlow's graph but drops attributes whose values were not imported", "[api][tf][export][regression]") {
+  testing::temp_dir tmp;
+  auto be = backends::make_posix_backend();
+  // root -> layer (a config string, a rank-1 DT_STRING meshckpt leaves out) -> kernel (a
+  // variable); an optimizer with slot "m" of the kernel.
+  format::tf::trackable_graph g;
+  g.nodes.resize(5);
+  g.nodes[0].children = {{"layer", 1}, {"optimizer", 3}};
+  g.nodes[1].children = {{"kernel", 2}};
+  g.nodes[1].attributes = {{"OBJECT_CONFIG_JSON", "layer/.ATTRIBUTES/OBJECT_CONFIG_JSON", "layer/.ATTRIBUTES/OBJECT_CONFIG_JSON"}};
+  g.nodes[2].attributes = {{"VARIABLE_VALUE", "layer/kernel", "layer/kernel/.ATTRIBUTES/VARIABLE_VALUE"}};
+  g.nodes[3].slot_variables = {{2, "m", 4}};
+  g.nodes[4].attributes = {{"VARIABLE_VALUE", "m", "layer/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE"}};
+  std::vector<std::byte> data;
+  format::tf::bundle_index idx;
+  idx.producer = 1;
+  auto add = [&](std::string key, int tf, shape s, std::vector<std::byte> bytes, std::optional<std::uint32_t> crc = std::nullopt) {
+    idx.entries.push_back({key, tf, format::tf::from_tf_dtype(tf), s, 0, data.size(), bytes.size(), crc ? *crc : format::crc32c::value(bytes), {}});
+    data.insert(data.end(), bytes.begin(), bytes.end());
+  };
+  std::uint32_t crc = 0;
+  std::vector<std::string> config{"{\"a\":1}", "{\"b\":2}"};
+  std::vector<std::string> graph_value{format::tf::encode_trackable_graph(g)};
+  auto graph_bytes = format::tf::encode_string_tensor(graph_value, crc);
+  add(std::string(format::tf::object_graph_key), format::tf::tf_string, {}, graph_bytes, crc);
+  auto config_bytes = format::tf::encode_string_tensor(config, crc);
+  add("layer/.ATTRIBUTES/OBJECT_CONFIG_JSON", format::tf::tf_string, {2}, config_bytes, crc);
+  add("layer/kernel/.ATTRIBUTES/VARIABLE_VALUE", 1, {2}, std::vector<std::byte>(8, std::byte{1}));
+  add("layer/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE", 1, {2}, std::vector<std::byte>(8, std::byte{2}));
+  std::sort(idx.entries.begin(), idx.entries.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
+  auto index = format::tf::encode_bundle_index(idx).value();
+  std::ofstream(tmp / "k.index", std::ios::binary).write(reinterpret_cast<const char*>(index.data()), static_cast<std::streamsize>(index.size()));
+  std::ofstream(tmp / "k.data-00000-of-00001", std::ios::binary).write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+
+  auto imp = import_tf_checkpoint(*be, tmp / "k", tmp / "imported");
+  INFO((imp ? std::string() : imp.error().what()));
+  REQUIRE(imp);
+  REQUIRE(export_tf_bundle(*be, tmp / "imported", tmp / "again"));
+  auto out = read_tf_bundle_index(*be, tmp / "again").value();
+  const auto* ge = out.find(format::tf::object_graph_key);
+  REQUIRE(ge);
+  std::ifstream f(tmp / "again.data-00000-of-00001", std::ios::binary);
+  std::vector<std::byte> bytes(ge->size);
+  f.seekg(static_cast<std::streamoff>(ge->offset));
+  f.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  auto s = format::tf::decode_string_tensor(bytes, 1, ge->crc32c).value();
+  auto back = format::tf::decode_trackable_graph(std::as_bytes(std::span(s[0].data(), s[0].size()))).value();
+  REQUIRE(back.nodes.size() == 5);
+  CHECK(back.nodes[3].slot_variables == g.nodes[3].slot_variables);  // TensorFlow's own graph, slots included
+  CHECK(back.nodes[1].attributes.empty());                           // the config string was not imported
+  for (const auto& n : back.nodes)
+    for (const auto& a : n.attributes) CHECK(out.find(a.checkpoint_key));
+}
