@@ -19,6 +19,7 @@
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/format/crc32c.hpp"
 #include "api_model.hpp"
+#include "tf_files.hpp"
 
 using namespace meshckpt;
 namespace fs = std::filesystem;
@@ -210,19 +211,7 @@ TEST_CASE("a TF2 checkpoint restores through its object graph into a live graph 
   auto idx = read_tf_bundle_index(*be, prefix).value();
   // The live graph, built from TensorFlow's object graph: a module per object, a variable per
   // saved value (sharded over y where it divides).
-  std::vector<std::byte> graph_bytes;
-  {
-    const auto* e = idx.find(format::tf::object_graph_key);
-    REQUIRE(e);
-    std::ifstream f(prefix + ".data-00000-of-00001", std::ios::binary);
-    graph_bytes.resize(e->size);
-    f.seekg(static_cast<std::streamoff>(e->offset));
-    f.read(reinterpret_cast<char*>(graph_bytes.data()), static_cast<std::streamsize>(e->size));
-    auto s = format::tf::decode_string_tensor(graph_bytes, 1, e->crc32c).value();
-    auto bytes = std::as_bytes(std::span(s[0].data(), s[0].size()));
-    graph_bytes.assign(bytes.begin(), bytes.end());
-  }
-  auto tg = format::tf::decode_trackable_graph(graph_bytes).value();
+  auto tg = tf_files::read_object_graph(prefix, idx).value();
   std::deque<graph::module> mods;
   std::deque<graph::variable> values;
   std::map<std::uint32_t, graph::trackable*> built;
@@ -265,26 +254,10 @@ TEST_CASE("a TF2 checkpoint restores through its object graph into a live graph 
   }());
 }
 
-namespace {
-
-// bert_lite's object graph as TensorFlow saved it.
-format::tf::trackable_graph bert_lite_graph(const std::string& prefix, const format::tf::bundle_index& idx) {
-  const auto* e = idx.find(format::tf::object_graph_key);
-  REQUIRE(e);
-  std::ifstream f(prefix + ".data-00000-of-00001", std::ios::binary);
-  std::vector<std::byte> bytes(e->size);
-  f.seekg(static_cast<std::streamoff>(e->offset));
-  f.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(e->size));
-  auto s = format::tf::decode_string_tensor(bytes, 1, e->crc32c).value();
-  return format::tf::decode_trackable_graph(std::as_bytes(std::span(s[0].data(), s[0].size()))).value();
-}
-
-}  // namespace
-
 TEST_CASE("a TF2 checkpoint restored onto a graph that mirrors only its variables passes assert_consumed, as in TensorFlow", "[api][checkpoint][tf][status][regression]") {
   const auto prefix = (tf_data / "bert_lite_tf2_ckpt" / "bert_lite_tf2.ckpt").string();
   auto idx = read_tf_bundle_index(*backends::make_posix_backend(), prefix).value();
-  auto tg = bert_lite_graph(prefix, idx);
+  auto tg = tf_files::read_object_graph(prefix, idx).value();
   // The live graph: only the objects on a path to a saved value (Keras' attribute-less nodes,
   // such as its layer-N input layers and keras_api containers, have no live counterpart).
   // `skip` leaves out one variable, to see how the status names it.
@@ -395,11 +368,6 @@ TEST_CASE("a damaged TensorFlow tensor fails its restore with a CRC-32C mismatch
 
 namespace {
 
-std::vector<std::byte> read_all(const std::filesystem::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  return std::vector<std::byte>(reinterpret_cast<const std::byte*>(s.data()), reinterpret_cast<const std::byte*>(s.data()) + s.size());
-}
 
 // One variable per dtype TensorFlow has, some split over x and y (stored as several slices),
 // some whole, a scalar and an empty tensor, under a module tree.
@@ -497,10 +465,10 @@ TEST_CASE("export to TensorFlow and back is bit-exact for every dtype, with part
   CHECK(same_values(src, fourth));
   REQUIRE(import_tf_checkpoint(*be, tmp / "again", tmp / "imported2"));
   REQUIRE(export_tf_bundle(*be, tmp / "imported2", tmp / "third", {3}));
-  CHECK(read_all(tmp / "third.index") == read_all(tmp / "again.index"));
+  CHECK(tf_files::read_all(tmp / "third.index") == tf_files::read_all(tmp / "again.index"));
   for (int k = 0; k < 3; ++k) {
     const std::string suffix = ".data-0000" + std::to_string(k) + "-of-00003";
-    CHECK(read_all(tmp / ("third" + suffix)) == read_all(tmp / ("again" + suffix)));
+    CHECK(tf_files::read_all(tmp / ("third" + suffix)) == tf_files::read_all(tmp / ("again" + suffix)));
   }
   // The imported checkpoint restores by structure too, with its TensorFlow keys.
   every_dtype third(0);
@@ -538,72 +506,6 @@ TEST_CASE("the real TensorFlow checkpoints import and export back with every val
   }
 }
 
-TEST_CASE("a damaged checkpoint fails a streamed export, to TensorFlow or safetensors, and leaves no file", "[api][tf][export]") {
-  testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
-  graph::state_dict sd;
-  auto* w = sd.emplace("w", dtype::float32, {512, 1024}, layout::create({"unsharded", "unsharded"}, mesh24()).value()).value();
-  testing::fill(w->view(), "w", 3);
-  auto ck = checkpoint::create(mesh24(), &sd).value();
-  const auto saved = ck->write(tmp / "ck").value();
-  auto m = read_manifest(*be, saved).value();
-  REQUIRE(m.find("w")->slices.size() == 1);  // stored whole: the streamed path
-  // Undamaged, both exports hold exactly the tensor's bytes.
-  REQUIRE(export_tf_bundle(*be, saved, tmp / "tf"));
-  auto idx = read_tf_bundle_index(*be, tmp / "tf").value();
-  CHECK(idx.find("w")->crc32c == format::crc32c::value(w->view().shards()[0].data));
-  REQUIRE(export_safetensors(*be, saved, m, {"w"}, {}, tmp / "w.safetensors"));
-  auto st = read_all(tmp / "w.safetensors");
-  const auto& bytes = w->view().shards()[0].data;
-  REQUIRE(st.size() >= bytes.size());
-  CHECK(std::equal(bytes.begin(), bytes.end(), st.end() - static_cast<std::ptrdiff_t>(bytes.size())));
-  // From the TensorFlow bundle, whose tensor is one piece under one CRC-32C: copied in one pass,
-  // the CRC checked at its last byte. Undamaged, the same bytes; one flipped byte fails the
-  // export and leaves no file.
-  auto tf_src = read_tf_checkpoint(*be, tmp / "tf").value();
-  struct counting_reads final : io::forwarding_backend {
-    using io::forwarding_backend::forwarding_backend;
-    std::atomic<std::uint64_t> bytes{0};
-    void read(io::handle f, std::uint64_t o, std::span<std::byte> b, io::completion<std::size_t> d) override {
-      inner_->read(f, o, b, [this, d = std::move(d)](result<std::size_t> r) {
-        if (r) bytes += *r;
-        d(std::move(r));
-      });
-    }
-  } counted(backends::make_posix_backend());
-  REQUIRE(export_safetensors(counted, tf_src.prefix, tf_src.manifest, {"w"}, {}, tmp / "from-tf.safetensors"));
-  CHECK(counted.bytes == tf_src.manifest.find("w")->slices.at(0).length);  // each byte read once
-  CHECK(read_all(tmp / "from-tf.safetensors") == st);
-  {
-    const auto& ts = tf_src.manifest.find("w")->slices.at(0);
-    std::fstream f(tmp / tf_src.manifest.files[ts.file].name, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(ts.offset + ts.length - 3));
-    f.put('\x5a');
-  }
-  auto bad = export_safetensors(*be, tf_src.prefix, tf_src.manifest, {"w"}, {}, tmp / "from-tf2.safetensors");
-  REQUIRE_FALSE(bad);
-  CHECK(bad.error().code == errc::checksum_mismatch);
-  CHECK(bad.error().message.find("CRC-32C mismatch in tensor \"w\"") != std::string::npos);
-  CHECK_FALSE(std::filesystem::exists(tmp / "from-tf2.safetensors"));
-  // One flipped byte in the middle of the stored slice.
-  const auto& sl = m.find("w")->slices[0];
-  {
-    std::fstream f(tmp / m.files[sl.file].name, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(sl.offset + sl.length / 2));
-    f.put('\x5a');
-  }
-  std::filesystem::remove(tmp / "tf.index");
-  auto tf = export_tf_bundle(*be, saved, tmp / "tf2");
-  REQUIRE_FALSE(tf);
-  CHECK(tf.error().code == errc::checksum_mismatch);
-  CHECK_FALSE(std::filesystem::exists(tmp / "tf2.index"));
-  auto sf = export_safetensors(*be, saved, m, {"w"}, {}, tmp / "w2.safetensors");
-  REQUIRE_FALSE(sf);
-  CHECK(sf.error().code == errc::checksum_mismatch);
-  CHECK_FALSE(std::filesystem::exists(tmp / "w2.safetensors"));
-  for (const auto& e : std::filesystem::directory_iterator(tmp.path)) CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
-}
-
 TEST_CASE("a name map restores TF1 variables whose live paths differ from TensorFlow's names", "[api][checkpoint][tf]") {
   const auto prefix = (tf_data / "t2t_transformer_tf1_ckpt" / "model.ckpt-1").string();
   auto idx = read_tf_bundle_index(*backends::make_posix_backend(), prefix).value();
@@ -638,125 +540,3 @@ TEST_CASE("a name map restores TF1 variables whose live paths differ from Tensor
   st.expect_partial();
 }
 
-TEST_CASE("opaque values export to TensorFlow as DT_STRING scalars that the object graph names, and import back as the same bytes", "[api][tf][export][regression]") {
-  testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
-  model m;
-  m.fill(7);
-  REQUIRE(m.rng.get().size() > 1);
-  const auto saved = ckpt_of(m)->write(tmp / "ck").value();
-  auto rep = export_tf_bundle(*be, saved, tmp / "tf");
-  REQUIRE(rep);
-  CHECK(rep->opaque == 1);
-  auto idx = read_tf_bundle_index(*be, tmp / "tf").value();
-  const auto* e = idx.find("model/rng..state");
-  REQUIRE(e);
-  CHECK(e->tf_type == format::tf::tf_string);
-  CHECK(e->global.empty());
-  // Every key TensorFlow's object graph names is in the bundle (a TensorFlow restore finds it).
-  {
-    const auto* ge = idx.find(format::tf::object_graph_key);
-    REQUIRE(ge);
-    std::ifstream f(tmp / "tf.data-00000-of-00001", std::ios::binary);
-    std::vector<std::byte> bytes(ge->size);
-    f.seekg(static_cast<std::streamoff>(ge->offset));
-    f.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    auto s = format::tf::decode_string_tensor(bytes, 1, ge->crc32c).value();
-    auto g = format::tf::decode_trackable_graph(std::as_bytes(std::span(s[0].data(), s[0].size()))).value();
-    std::size_t named = 0;
-    for (const auto& n : g.nodes)
-      for (const auto& a : n.attributes) {
-        INFO(a.checkpoint_key);
-        CHECK(idx.find(a.checkpoint_key));
-        ++named;
-      }
-    CHECK(named == 6);  // four variables, the step, the rng
-  }
-  CHECK(verify_tf_bundle(*be, tmp / "tf").value().problems.empty());
-  // Back into meshckpt: the same opaque bytes, restored by structure.
-  REQUIRE(import_tf_checkpoint(*be, tmp / "tf", tmp / "back"));
-  auto back_manifest = read_manifest(*be, tmp / "back").value();
-  REQUIRE(back_manifest.find("model/rng..state"));
-  CHECK(back_manifest.find("model/rng..state")->type == dtype::blob);
-  model back;
-  auto cb = ckpt_of(back);
-  auto st = cb->read(tmp / "back").value();
-  auto ok = st.assert_consumed();
-  INFO((ok ? std::string() : ok.error().what()));
-  CHECK(ok);
-  CHECK(same(m, back));
-}
-
-TEST_CASE("an import refuses a TensorFlow string whose size lies beyond its data file, before allocating it", "[api][tf][hostile][regression]") {
-  testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
-  format::tf::bundle_index idx;
-  idx.producer = 1;
-  std::uint32_t crc = 0;
-  std::vector<std::string> one{"hello"};
-  auto bytes = format::tf::encode_string_tensor(one, crc);
-  // Checksums right, the size hostile: 512 MiB claimed, 10 bytes stored.
-  idx.entries.push_back({"s", format::tf::tf_string, std::nullopt, {}, 0, 0, std::uint64_t{1} << 29, crc, {}});
-  auto index = format::tf::encode_bundle_index(idx).value();
-  std::ofstream(tmp / "h.index", std::ios::binary).write(reinterpret_cast<const char*>(index.data()), static_cast<std::streamsize>(index.size()));
-  std::ofstream(tmp / "h.data-00000-of-00001", std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  auto r = import_tf_checkpoint(*be, tmp / "h", tmp / "out");
-  REQUIRE_FALSE(r);
-  CHECK(r.error().code == errc::short_read);
-  CHECK_THAT(r.error().what(), Catch::Contains("\"s\"") && Catch::Contains("beyond the end of the file"));
-  CHECK_FALSE(std::filesystem::exists(tmp / "out.manifest"));
-}
-
-TEST_CASE("re-exporting an imported TF2 checkpoint keeps TensorFlow's graph but drops attributes whose values were not imported", "[api][tf][export][regression]") {
-  testing::temp_dir tmp;
-  auto be = backends::make_posix_backend();
-  // root -> layer (a config string, a rank-1 DT_STRING meshckpt leaves out) -> kernel (a
-  // variable); an optimizer with slot "m" of the kernel.
-  format::tf::trackable_graph g;
-  g.nodes.resize(5);
-  g.nodes[0].children = {{"layer", 1}, {"optimizer", 3}};
-  g.nodes[1].children = {{"kernel", 2}};
-  g.nodes[1].attributes = {{"OBJECT_CONFIG_JSON", "layer/.ATTRIBUTES/OBJECT_CONFIG_JSON", "layer/.ATTRIBUTES/OBJECT_CONFIG_JSON"}};
-  g.nodes[2].attributes = {{"VARIABLE_VALUE", "layer/kernel", "layer/kernel/.ATTRIBUTES/VARIABLE_VALUE"}};
-  g.nodes[3].slot_variables = {{2, "m", 4}};
-  g.nodes[4].attributes = {{"VARIABLE_VALUE", "m", "layer/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE"}};
-  std::vector<std::byte> data;
-  format::tf::bundle_index idx;
-  idx.producer = 1;
-  auto add = [&](std::string key, int tf, shape s, std::vector<std::byte> bytes, std::optional<std::uint32_t> crc = std::nullopt) {
-    idx.entries.push_back({key, tf, format::tf::from_tf_dtype(tf), s, 0, data.size(), bytes.size(), crc ? *crc : format::crc32c::value(bytes), {}});
-    data.insert(data.end(), bytes.begin(), bytes.end());
-  };
-  std::uint32_t crc = 0;
-  std::vector<std::string> config{"{\"a\":1}", "{\"b\":2}"};
-  std::vector<std::string> graph_value{format::tf::encode_trackable_graph(g)};
-  auto graph_bytes = format::tf::encode_string_tensor(graph_value, crc);
-  add(std::string(format::tf::object_graph_key), format::tf::tf_string, {}, graph_bytes, crc);
-  auto config_bytes = format::tf::encode_string_tensor(config, crc);
-  add("layer/.ATTRIBUTES/OBJECT_CONFIG_JSON", format::tf::tf_string, {2}, config_bytes, crc);
-  add("layer/kernel/.ATTRIBUTES/VARIABLE_VALUE", 1, {2}, std::vector<std::byte>(8, std::byte{1}));
-  add("layer/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE", 1, {2}, std::vector<std::byte>(8, std::byte{2}));
-  std::sort(idx.entries.begin(), idx.entries.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
-  auto index = format::tf::encode_bundle_index(idx).value();
-  std::ofstream(tmp / "k.index", std::ios::binary).write(reinterpret_cast<const char*>(index.data()), static_cast<std::streamsize>(index.size()));
-  std::ofstream(tmp / "k.data-00000-of-00001", std::ios::binary).write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
-
-  auto imp = import_tf_checkpoint(*be, tmp / "k", tmp / "imported");
-  INFO((imp ? std::string() : imp.error().what()));
-  REQUIRE(imp);
-  REQUIRE(export_tf_bundle(*be, tmp / "imported", tmp / "again"));
-  auto out = read_tf_bundle_index(*be, tmp / "again").value();
-  const auto* ge = out.find(format::tf::object_graph_key);
-  REQUIRE(ge);
-  std::ifstream f(tmp / "again.data-00000-of-00001", std::ios::binary);
-  std::vector<std::byte> bytes(ge->size);
-  f.seekg(static_cast<std::streamoff>(ge->offset));
-  f.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  auto s = format::tf::decode_string_tensor(bytes, 1, ge->crc32c).value();
-  auto back = format::tf::decode_trackable_graph(std::as_bytes(std::span(s[0].data(), s[0].size()))).value();
-  REQUIRE(back.nodes.size() == 5);
-  CHECK(back.nodes[3].slot_variables == g.nodes[3].slot_variables);  // TensorFlow's own graph, slots included
-  CHECK(back.nodes[1].attributes.empty());                           // the config string was not imported
-  for (const auto& n : back.nodes)
-    for (const auto& a : n.attributes) CHECK(out.find(a.checkpoint_key));
-}
