@@ -45,8 +45,6 @@ struct session : std::enable_shared_from_this<session> {
   // Only those must be matched; a node without (a SavedModel's signatures, a Keras input
   // layer, an empty container) is never reported, its descendants with values are.
   std::vector<char> node_has_values;
-  // Per checkpoint node: its path from the root (the first found breadth first), for messages.
-  std::vector<std::string> node_paths;
   std::map<std::string, std::string> names;  // checkpoint_options::restore_names
 
   std::mutex mu;
@@ -85,12 +83,17 @@ struct session : std::enable_shared_from_this<session> {
   // Whether the live save counter is expected to be restored (see `saved_counter`).
   bool counter_expected() const { return saved_counter || (is_restore && graph); }
 
-  // The checkpoint nodes with values that nothing matched, by path.
+  // The checkpoint nodes with values that nothing matched, by path (computed only when there
+  // are some: a restore's hot path never builds paths).
   std::vector<std::string> unmatched_nodes() const {
     std::vector<std::string> out;
     if (!graph) return out;
+    std::vector<std::string> paths;
     for (std::size_t i = 0; i < node_matched.size(); ++i)
-      if (!node_matched[i] && i < node_has_values.size() && node_has_values[i]) out.push_back(node_paths[i]);
+      if (!node_matched[i] && node_has_values[i]) {
+        if (paths.empty()) paths = graph::node_paths(*graph);
+        out.push_back(paths[i]);
+      }
     return out;
   }
 

@@ -146,29 +146,31 @@ task<restorable> load_tf(io::backend& b, std::string prefix, bool read_strings) 
     r.tf_min_consumer = idx.min_consumer;
     auto sizing = size_files(b, *p, r.manifest);
     BOOST_OUTCOME_CO_TRY(co_await std::move(sizing));
-    // A name-based bundle's opaque values: every DT_STRING scalar (with an object graph, only
-    // those it names as values, below: a Keras model's other strings describe objects).
-    if (read_strings && !idx.find(format::tf::object_graph_key))
+    std::optional<format::tf::trackable_graph> g;
+    if (const auto* e = idx.find(format::tf::object_graph_key)) {
+      auto reading = read_tf_graph(b, *p, idx, *e);
+      BOOST_OUTCOME_CO_TRY(auto read, co_await std::move(reading));
+      g = std::move(read);
+    }
+    // Opaque values: the DT_STRING scalars the object graph names as values, or every one of a
+    // name-based bundle (a Keras model's other strings describe objects, not values).
+    if (read_strings) {
+      std::set<std::string> named;
+      if (g)
+        for (const auto& n : g->nodes)
+          for (const auto& a : n.attributes)
+            if (a.name == "VARIABLE_VALUE") named.insert(a.checkpoint_key);
       for (const auto& se : idx.entries) {
-        if (se.tf_type != format::tf::tf_string || !se.global.empty() || !se.slices.empty()) continue;
+        if (se.tf_type != format::tf::tf_string || !se.global.empty() || !se.slices.empty() || se.key == format::tf::object_graph_key ||
+            (g && !named.count(se.key)))
+          continue;
         auto value = read_tf_string(b, *p, idx, se, "opaque value \"" + se.key + "\"", max_tf_string_bytes);
         BOOST_OUTCOME_CO_TRY(auto v, co_await std::move(value));
         r.strings.emplace(se.key, std::move(v));
       }
-    if (const auto* e = idx.find(format::tf::object_graph_key)) {
-      auto reading = read_tf_graph(b, *p, idx, *e);
-      BOOST_OUTCOME_CO_TRY(auto g, co_await std::move(reading));
-      if (read_strings) {
-        for (const auto& n : g.nodes)
-          for (const auto& a : n.attributes) {
-            const auto* se = a.name == "VARIABLE_VALUE" ? idx.find(a.checkpoint_key) : nullptr;
-            if (!se || se->tf_type != format::tf::tf_string || !se->global.empty() || r.strings.count(se->key)) continue;
-            auto value = read_tf_string(b, *p, idx, *se, "opaque value \"" + se->key + "\"", max_tf_string_bytes);
-            BOOST_OUTCOME_CO_TRY(auto v, co_await std::move(value));
-            r.strings.emplace(se->key, std::move(v));
-          }
-      }
-      r.graph = from_tf_graph(g, r.manifest, r.strings);
+    }
+    if (g) {
+      r.graph = from_tf_graph(*g, r.manifest, r.strings);
       r.tf_graph = std::move(g);
     }
     co_return r;

@@ -208,10 +208,12 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
       // Every value the graph names is in the bundle: a TensorFlow restore of it finds them all.
       auto named = format::tf::decode_trackable_graph(std::as_bytes(std::span(one[0].data(), one[0].size())));
       if (!named) co_return with_context(named.error(), "export " + prefix + ": the object graph");
+      std::set<std::string_view> held;
+      for (const auto& x : idx.entries) held.insert(x.key);
+      for (const auto& x : tail) held.insert(x.first.key);
       for (const auto& n : named->nodes)
         for (const auto& a : n.attributes)
-          if (std::none_of(idx.entries.begin(), idx.entries.end(), [&](const auto& x) { return x.key == a.checkpoint_key; }) &&
-              std::none_of(tail.begin(), tail.end(), [&](const auto& x) { return x.first.key == a.checkpoint_key; }))
+          if (!held.count(a.checkpoint_key))
             co_return make_error(errc::corrupt_manifest, "export " + prefix + ": the object graph names value \"" + a.checkpoint_key +
                                                              "\", which the bundle would not hold");
       auto stored = format::tf::encode_string_tensor(one, crc);
