@@ -43,6 +43,8 @@ device::accelerator* cuda_accelerator() {
 
 std::optional<dtype> dtype_of_format(std::string_view f, py::ssize_t itemsize) {
   if (!f.empty() && (f[0] == '<' || f[0] == '=' || f[0] == '@' || f[0] == '|')) f.remove_prefix(1);
+  if (f == "Zf") return dtype::complex64;
+  if (f == "Zd") return dtype::complex128;
   if (f.size() != 1) return std::nullopt;
   switch (f[0]) {
     case '?': return dtype::boolean;

@@ -85,7 +85,7 @@ int cmd_export(io::backend& b, const args& a) {
   std::vector<std::pair<std::string, std::string>> unsupported;  // key, why
   std::set<std::string> tf_skipped;
   for (const auto& t : m->tensors)
-    if (!format::safetensors_dtype(t.type)) unsupported.emplace_back(t.key, "an opaque blob");
+    if (!format::safetensors_dtype(t.type)) unsupported.emplace_back(t.key, t.type == dtype::blob ? "an opaque blob" : std::string(dtype_name(t.type)));
   if (m->checksum == format::checksum_kind::crc32c_whole) {
     auto idx = read_tf_bundle_index(b, prefix);
     if (!idx) return report_error("export", idx.error());

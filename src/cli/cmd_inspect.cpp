@@ -300,8 +300,7 @@ int cmd_diff(io::backend& b, const args& a) {
       for (std::size_t i = 0; i < n / es; ++i) {
         if (std::memcmp(bx.data() + i * es, by.data() + i * es, es) == 0) continue;
         ++c.differing;
-        double u = *cli::element(x->type, bx, i), w = *cli::element(x->type, by, i);
-        double diff = std::fabs(u - w);
+        double diff = cli::element_distance(x->type, bx, by, i).value_or(INFINITY);
         if (std::isnan(diff)) diff = INFINITY;  // NaN on one side only, or NaNs of other bits
         worst = std::max(worst, diff);
       }

@@ -64,19 +64,31 @@ std::string float_text(double v) {
 
 std::string element_text(dtype t, std::span<const std::byte> data, std::size_t i) {
   if (t == dtype::boolean || is_integer(t)) return exact_text(t, data, i);
+  if (is_complex(t)) {  // numpy's look: 1.+2.j, 0.5-1.j
+    auto [re, im] = complex_element(t, data, i);
+    std::string imag = float_text(im);
+    return float_text(re) + (imag.front() == '-' ? "" : "+") + imag + "j";
+  }
   auto v = element(t, data, i);
   return v ? float_text(*v) : "?";
 }
 
-std::string json_number(dtype t, std::span<const std::byte> data, std::size_t i) {
-  if (t == dtype::boolean) return load<std::uint8_t>(data, i) ? "true" : "false";
-  if (is_integer(t)) return exact_text(t, data, i);
-  double v = element(t, data, i).value_or(std::nan(""));
+std::string json_double(double v) {
   if (std::isnan(v)) return "\"nan\"";
   if (std::isinf(v)) return v < 0 ? "\"-inf\"" : "\"inf\"";
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.17g", v);
   return buf;
+}
+
+std::string json_number(dtype t, std::span<const std::byte> data, std::size_t i) {
+  if (t == dtype::boolean) return load<std::uint8_t>(data, i) ? "true" : "false";
+  if (is_integer(t)) return exact_text(t, data, i);
+  if (is_complex(t)) {  // [real, imaginary]
+    auto [re, im] = complex_element(t, data, i);
+    return "[" + json_double(re) + ", " + json_double(im) + "]";
+  }
+  return json_double(element(t, data, i).value_or(std::nan("")));
 }
 
 }  // namespace
@@ -98,9 +110,27 @@ std::optional<double> element(dtype t, std::span<const std::byte> data, std::siz
     case dtype::float64: return load<double>(data, i);
     case dtype::float8_e4m3: return e4m3(load<std::uint8_t>(data, i));
     case dtype::float8_e5m2: return half_to_float(static_cast<std::uint16_t>(load<std::uint8_t>(data, i) << 8));
-    case dtype::blob: return std::nullopt;
+    case dtype::blob:
+    case dtype::complex64:
+    case dtype::complex128: return std::nullopt;
   }
   return std::nullopt;
+}
+
+std::pair<double, double> complex_element(dtype t, std::span<const std::byte> data, std::size_t i) {
+  if (t == dtype::complex64) return {load<float>(data, 2 * i), load<float>(data, 2 * i + 1)};
+  return {load<double>(data, 2 * i), load<double>(data, 2 * i + 1)};
+}
+
+std::optional<double> element_distance(dtype t, std::span<const std::byte> a, std::span<const std::byte> b, std::size_t i) {
+  if (is_complex(t)) {
+    auto [ar, ai] = complex_element(t, a, i);
+    auto [br, bi] = complex_element(t, b, i);
+    return std::hypot(ar - br, ai - bi);
+  }
+  auto u = element(t, a, i), w = element(t, b, i);
+  if (!u || !w) return std::nullopt;
+  return std::fabs(*u - *w);
 }
 
 result<std::vector<dim_selection>> parse_slice(std::string_view text, const shape& global) {

@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "meshckpt/error.hpp"
@@ -17,8 +18,12 @@
 
 namespace meshckpt::cli {
 
-// Element `i` of a dense row-major buffer of `t` as a double; nullopt for blob.
+// Element `i` of a dense row-major buffer of `t` as a double; nullopt for blob and complex.
 std::optional<double> element(dtype t, std::span<const std::byte> data, std::size_t i);
+// The real and imaginary parts of element `i` of a complex64 or complex128 buffer.
+std::pair<double, double> complex_element(dtype t, std::span<const std::byte> data, std::size_t i);
+// |a[i] - b[i]|, the modulus for complex dtypes; nullopt for blob.
+std::optional<double> element_distance(dtype t, std::span<const std::byte> a, std::span<const std::byte> b, std::size_t i);
 
 // One dimension of a selection: [start, stop), and whether the dimension is kept (a range) or
 // dropped (a single index, as in numpy).

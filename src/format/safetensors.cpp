@@ -23,6 +23,7 @@ constexpr std::pair<dtype, const char*> names[] = {
     {dtype::int64, "I64"},    {dtype::uint8, "U8"},    {dtype::uint16, "U16"},       {dtype::uint32, "U32"},
     {dtype::uint64, "U64"},   {dtype::float16, "F16"}, {dtype::bfloat16, "BF16"},    {dtype::float32, "F32"},
     {dtype::float64, "F64"},  {dtype::float8_e4m3, "F8_E4M3"}, {dtype::float8_e5m2, "F8_E5M2"},
+    {dtype::complex64, "C64"},
 };
 
 // A strict JSON reader for the header's shape: objects, strings, non-negative integers, arrays

@@ -30,11 +30,11 @@ struct dtype_row {
 constexpr dtype_row dtype_table[] = {
     {0, "DT_INVALID", std::nullopt},      {1, "DT_FLOAT", dtype::float32},     {2, "DT_DOUBLE", dtype::float64},
     {3, "DT_INT32", dtype::int32},        {4, "DT_UINT8", dtype::uint8},       {5, "DT_INT16", dtype::int16},
-    {6, "DT_INT8", dtype::int8},          {7, "DT_STRING", std::nullopt},      {8, "DT_COMPLEX64", std::nullopt},
+    {6, "DT_INT8", dtype::int8},          {7, "DT_STRING", std::nullopt},      {8, "DT_COMPLEX64", dtype::complex64},
     {9, "DT_INT64", dtype::int64},        {10, "DT_BOOL", dtype::boolean},     {11, "DT_QINT8", dtype::int8, true},
     {12, "DT_QUINT8", dtype::uint8, true}, {13, "DT_QINT32", dtype::int32, true}, {14, "DT_BFLOAT16", dtype::bfloat16},
     {15, "DT_QINT16", dtype::int16, true}, {16, "DT_QUINT16", dtype::uint16, true}, {17, "DT_UINT16", dtype::uint16},
-    {18, "DT_COMPLEX128", std::nullopt},  {19, "DT_HALF", dtype::float16},     {20, "DT_RESOURCE", std::nullopt},
+    {18, "DT_COMPLEX128", dtype::complex128},  {19, "DT_HALF", dtype::float16},     {20, "DT_RESOURCE", std::nullopt},
     {21, "DT_VARIANT", std::nullopt},     {22, "DT_UINT32", dtype::uint32},    {23, "DT_UINT64", dtype::uint64},
     {24, "DT_FLOAT8_E5M2", dtype::float8_e5m2}, {25, "DT_FLOAT8_E4M3FN", dtype::float8_e4m3},
 };

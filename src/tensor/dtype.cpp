@@ -11,7 +11,7 @@ struct info {
   std::string_view name;
 };
 
-constexpr std::array<info, 16> k_infos{{
+constexpr std::array<info, 18> k_infos{{
     {dtype::boolean, 1, "bool"},
     {dtype::int8, 1, "int8"},
     {dtype::int16, 2, "int16"},
@@ -28,6 +28,8 @@ constexpr std::array<info, 16> k_infos{{
     {dtype::float8_e4m3, 1, "float8_e4m3"},
     {dtype::float8_e5m2, 1, "float8_e5m2"},
     {dtype::blob, 1, "blob"},
+    {dtype::complex64, 8, "complex64"},
+    {dtype::complex128, 16, "complex128"},
 }};
 
 const info* find(dtype t) {

@@ -122,3 +122,18 @@ TEST_CASE("the safetensors index decoder is strict and round-trips", "[safetenso
   REQUIRE(!r);
   CHECK_THAT(r.error().what(), Catch::Contains("nested too deeply"));
 }
+
+TEST_CASE("complex64 is safetensors' C64; complex128 has no safetensors dtype", "[safetensors]") {
+  CHECK(format::safetensors_dtype(dtype::complex64) == "C64");
+  CHECK_FALSE(format::safetensors_dtype(dtype::complex128));
+  CHECK(dtype_size(dtype::complex64) == 8);
+  CHECK(dtype_size(dtype::complex128) == 16);
+  CHECK(dtype_from_name("complex128") == dtype::complex128);
+  std::vector<format::safetensor_entry> t{{"z", dtype::complex64, {2}, 0, 16}};
+  auto header = format::encode_safetensors_header(t, {});
+  REQUIRE(header);
+  auto back = format::decode_safetensors_header(*header, header->size() + 16);
+  REQUIRE(back);
+  REQUIRE(back->tensors.size() == 1);
+  CHECK(back->tensors[0].type == dtype::complex64);
+}

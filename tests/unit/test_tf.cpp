@@ -349,13 +349,16 @@ TEST_CASE("string tensors round-trip, and malformed ones are refused", "[tf][bun
 
 TEST_CASE("dtypes map both ways; the ones meshckpt lacks are named", "[tf][bundle]") {
   for (auto t : {dtype::boolean, dtype::int8, dtype::int16, dtype::int32, dtype::int64, dtype::uint8, dtype::uint16, dtype::uint32,
-                 dtype::uint64, dtype::float16, dtype::bfloat16, dtype::float32, dtype::float64, dtype::float8_e4m3, dtype::float8_e5m2}) {
+                 dtype::uint64, dtype::float16, dtype::bfloat16, dtype::float32, dtype::float64, dtype::float8_e4m3, dtype::float8_e5m2,
+                 dtype::complex64, dtype::complex128}) {
     auto tf = format::tf::to_tf_dtype(t);
     REQUIRE(tf);
     CHECK(format::tf::from_tf_dtype(*tf) == t);
   }
   CHECK_FALSE(format::tf::to_tf_dtype(dtype::blob));
   CHECK(format::tf::tf_dtype_name(8) == "DT_COMPLEX64");
+  CHECK(format::tf::from_tf_dtype(8) == dtype::complex64);
+  CHECK(format::tf::from_tf_dtype(18) == dtype::complex128);
   CHECK(format::tf::tf_dtype_name(101) == "DT_FLOAT_REF");
   CHECK(format::tf::tf_dtype_name(999) == "unknown TensorFlow dtype 999");
   CHECK(format::tf::tf_dtype_name(199) == "unknown TensorFlow dtype 199");

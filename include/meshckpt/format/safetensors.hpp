@@ -38,8 +38,8 @@ struct safetensors_header {
   std::uint64_t data_start = 0;  ///< 8 + header length
 };
 
-/// The safetensors name of a dtype ("F32", "BF16", "I64", "BOOL", "F8_E4M3", ...); nullopt for
-/// `blob`, which has no safetensors equivalent.
+/// The safetensors name of a dtype ("F32", "BF16", "I64", "BOOL", "F8_E4M3", "C64", ...);
+/// nullopt for `blob` and `complex128`, which have no safetensors equivalent.
 std::optional<std::string> safetensors_dtype(dtype t);
 
 /// Encodes the 8-byte length and the JSON header for `tensors` (their offsets are assigned here,

@@ -29,12 +29,19 @@ enum class dtype : std::uint8_t {
   /// Opaque bytes (RNG state, data-loader position, ...): a 1-byte element; meshckpt never
   /// interprets the contents.
   blob = 16,
+  /// Two float32: real, then imaginary (numpy's and torch's complex64, TF's DT_COMPLEX64).
+  complex64 = 17,
+  /// Two float64: real, then imaginary (complex128, DT_COMPLEX128).
+  complex128 = 18,
 };
+
+/// True for complex64 and complex128.
+constexpr bool is_complex(dtype t) noexcept { return t == dtype::complex64 || t == dtype::complex128; }
 
 /// Size of one element in bytes (1 for `boolean` and `blob`).
 std::int64_t dtype_size(dtype t) noexcept;
 
-/// Lower-case name as used by numpy/TensorFlow ("float32", "bfloat16", "float8_e4m3", "blob").
+/// Lower-case name as used by numpy/TensorFlow ("float32", "bfloat16", "float8_e4m3", "complex64", "blob").
 std::string_view dtype_name(dtype t) noexcept;
 
 /// The dtype with that name, or nullopt.
