@@ -1,10 +1,14 @@
-"""PyTorch state dicts with meshckpt: `save(state_dict, path)` and `load(state_dict, path)`.
+"""PyTorch state dicts with meshckpt: `save(state_dict, path)`, `load(state_dict, path)`, and
+`Checkpointer(directory)` for a trainer that saves the same state again and again.
 
-A state dict is any nesting of dicts, lists and tuples whose leaves are torch CPU tensors or
-plain values (int, float, bool, str, None) — a model's `state_dict()`, an optimizer's, an
-epoch counter. Tensors are saved from their own memory and loaded into the given tensors in
-place (no copies); plain values and the structure (including int keys, as in an optimizer's
-"state") are stored as JSON, never pickled, so loading a checkpoint runs no code from it.
+A state dict is any nesting of dicts, lists and tuples whose leaves are torch CPU or CUDA
+tensors or plain values (int, float, bool, str, None) — a model's `state_dict()`, an
+optimizer's, an epoch counter. Tensors are saved from their own memory and loaded into the
+given tensors in place (no copies); plain values and the structure (including int keys, as in
+an optimizer's "state") are stored as JSON, never pickled, so loading a checkpoint runs no code
+from it. The walk of the state dict, the grouping of tensors that share a storage and the
+binding of every tensor happen in C++ in one call (`_meshckpt.TorchState`); a Checkpointer keeps
+them, and its checkpoint, while the structure and the tensors' memory stay the same.
 
 Several processes (mpi4py: pass `coordinator=meshckpt.mpi_coordinator()`) save one checkpoint
 together: each rank writes its part of each tensor (rows split over the ranks, so every byte
@@ -14,13 +18,13 @@ the whole state, whatever world size saved it.
 
 import json
 
-import torch as _torch
+import torch as _torch  # noqa: F401  (the tensors this module handles are torch's)
 
-from . import Bytes, Checkpoint, CheckpointOptions, Layout, Mesh, Module, Variable
-from .errors import InvalidArgumentError, MismatchError
+from . import _C, Checkpoint, CheckpointManager, CheckpointOptions, Mesh
+from .errors import InvalidArgumentError, NotFoundError
 
 _META = "__meshckpt_torch__"
-_FORMAT = 1
+_FORMATS = (1, 2)  # 2 adds views of shared storages and repeated keys for tied weights
 
 
 def _mesh(coordinator):
@@ -28,74 +32,28 @@ def _mesh(coordinator):
     return Mesh([("ranks", world)], local_device_ids=[rank]), rank, world
 
 
-def _leaf(value, path):
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # numpy scalars
-        return value.item()
-    raise InvalidArgumentError(f"state dict entry {'/'.join(path) or '<root>'} is a {type(value).__name__}, "
-                               "which meshckpt.torch cannot store (tensors and int, float, bool, str, None)")
+def _state(coordinator):
+    """(a new TorchState for this process, its mesh)."""
+    mesh, rank, world = _mesh(coordinator)
+    return _C.TorchState(mesh, rank, world), mesh
 
 
-def _flatten(obj, path, tensors):
-    """The JSON skeleton of `obj`; its tensors go to `tensors` as (key, tensor)."""
-    if isinstance(obj, _torch.Tensor):
-        key = "/".join(path)
-        tensors.append((key, obj))
-        return {"tensor": key, "dtype": str(obj.dtype).replace("torch.", ""), "shape": list(obj.shape)}
-    if isinstance(obj, dict):
-        items = []
-        for k, v in obj.items():
-            if isinstance(k, bool) or not isinstance(k, (str, int)):
-                raise InvalidArgumentError(f"state dict key {k!r} at {'/'.join(path) or '<root>'} is not a str or an int")
-            items.append(["i" if isinstance(k, int) else "s", k, _flatten(v, path + [str(k)], tensors)])
-        return {"dict": items}
-    if isinstance(obj, (list, tuple)):
-        kind = "list" if isinstance(obj, list) else "tuple"
-        return {kind: [_flatten(v, path + [str(i)], tensors) for i, v in enumerate(obj)]}
-    return {"value": _leaf(obj, path)}
-
-
-def _shard(piece, layout, shape, rank, dtype):
-    """A variable over `piece`, this rank's part of a tensor of `shape`. A non-contiguous piece
-    (a transposed view, a slice, channels_last) is saved from a contiguous copy, and a restore
-    copies the values back into it: the caller's own tensor receives them, or the restore
-    raises (a CUDA or overlapping one)."""
-    if piece.is_contiguous():
-        return Variable.from_shards({rank: piece}, layout, shape, dtype=dtype)
-    v = Variable.from_shards({rank: piece.contiguous()}, layout, shape, dtype=dtype)
-    v._copy_back_to(piece)
-    return v
-
-
-def _variable(t, mesh, rank, world, shard_rows):
-    if t.device.type not in ("cpu", "cuda"):
-        raise InvalidArgumentError(f"a tensor on {t.device}: meshckpt.torch takes CPU and CUDA tensors")
-    shape = list(t.shape)
-    if shard_rows and world > 1 and len(shape) >= 1:
-        layout = Layout(["ranks"] + ["unsharded"] * (len(shape) - 1), mesh)
-        origin, extent = layout.shard_box(shape, rank)
-        return _shard(t[origin[0]:origin[0] + extent[0]], layout, shape, rank, str(t.dtype))
-    return _shard(t, Layout.replicated(len(shape), mesh), shape, rank, str(t.dtype))
-
-
-class StateModule(Module):
+class StateModule(_C.TorchState):
     """A state dict as a trackable tree, for `Checkpoint` and `CheckpointManager` (numbered
-    saves, retention, lazy saves): `update(state_dict)` (re)tracks its tensors, in place, and
-    its plain values. Checkpoints it writes load with `load`. Keep the structure stable from
-    one update to the next (entries that disappear stay tracked)."""
+    saves, retention, lazy saves): `update(state_dict)` (re)binds its tensors, in place, and
+    records its plain values. Checkpoints it writes load with `load`. Entries may be added from
+    one update to the next, not removed (use a new StateModule, or a `Checkpointer`, which
+    handles it)."""
 
     def __init__(self, coordinator=None):
-        super().__init__()
-        self.mesh, self._rank, self._world = _mesh(coordinator)
+        self.mesh, rank, world = _mesh(coordinator)
+        super().__init__(self.mesh, rank, world)
         self.coordinator = coordinator
 
     def update(self, state_dict):
-        tensors = []
-        skeleton = _flatten(state_dict, [], tensors)
-        for key, t in tensors:
-            self[key] = _variable(t, self.mesh, self._rank, self._world, shard_rows=True)
-        self[_META] = Bytes(json.dumps({"format": _FORMAT, "state": skeleton}).encode())
+        if super().update(state_dict, True, None) == "stale":
+            raise InvalidArgumentError("the state dict lost entries this StateModule tracks: use a new StateModule "
+                                       "(or meshckpt.torch.Checkpointer, which does so itself)")
         return self
 
     def checkpoint(self):
@@ -106,76 +64,138 @@ class StateModule(Module):
 def save(state_dict, path, *, coordinator=None):
     """Writes `state_dict` to the checkpoint `path` (no numbering); returns the path. Every
     rank of `coordinator` calls it with a state dict of the same structure."""
-    return StateModule(coordinator).update(state_dict).checkpoint().write(str(path))
+    tree, mesh = _state(coordinator)
+    tree.update(state_dict, True)
+    return Checkpoint(mesh, tree, options=CheckpointOptions(coordinator=coordinator)).write(str(path))
 
 
 def save_lazy(state_dict, path, *, coordinator=None):
     """`save` that returns at once: a LazySave whose `snapshot` future says when the tensors
     may be modified again (the forward and backward passes may read them meanwhile) and whose
     `committed` future gives the path."""
-    ckpt = StateModule(coordinator).update(state_dict).checkpoint()
+    tree, mesh = _state(coordinator)
+    tree.update(state_dict, True)
+    ckpt = Checkpoint(mesh, tree, options=CheckpointOptions(coordinator=coordinator))
     lazy = ckpt.write_lazy(str(path))
     lazy._checkpoint = ckpt  # kept until the caller drops the LazySave
     return lazy
 
 
-def _rebuild(skel, target, tensors):
-    """The value the skeleton describes, reusing `target`'s containers and tensors in place."""
-    if "tensor" in skel:
-        dtype = getattr(_torch, skel["dtype"])
-        if isinstance(target, _torch.Tensor):
-            if list(target.shape) != skel["shape"] or target.dtype != dtype:
-                raise MismatchError(f"{skel['tensor']}: saved {skel['dtype']}{skel['shape']}, "
-                                    f"the given tensor is {str(target.dtype).replace('torch.', '')}{list(target.shape)}")
-            t = target
-        else:
-            t = _torch.empty(skel["shape"], dtype=dtype)
-        tensors.append((skel["tensor"], t))
-        return t
-    if "dict" in skel:
-        out = target if isinstance(target, dict) else {}
-        for kind, k, v in skel["dict"]:
-            k = int(k) if kind == "i" else k
-            out[k] = _rebuild(v, out.get(k), tensors)
-        return out
-    for kind in ("list", "tuple"):
-        if kind in skel:
-            old = target if isinstance(target, (list, tuple)) else ()
-            items = [_rebuild(v, old[i] if i < len(old) else None, tensors) for i, v in enumerate(skel[kind])]
-            if kind == "list" and isinstance(target, list):
-                target[:] = items
-                return target
-            return items if kind == "list" else tuple(items)
-    return skel["value"]
+def _skeleton(path):
+    meta = _C._read_blob(str(path), _META)
+    if not meta:
+        raise InvalidArgumentError(f"{path} was not written by meshckpt.torch (it has no {_META} entry)")
+    doc = json.loads(meta.decode())
+    if not isinstance(doc, dict) or doc.get("format") not in _FORMATS or "state" not in doc:
+        raise InvalidArgumentError(f"{path}: meshckpt.torch format {doc.get('format') if isinstance(doc, dict) else doc!r} "
+                                   "is not supported")
+    return doc["state"]
 
 
 def load(state_dict, path, *, coordinator=None):
     """Loads the checkpoint `path` into `state_dict`, in place: its tensors receive the saved
     values (same dtype and shape, else MismatchError), entries it lacks are added (new tensors,
-    plain values), containers are updated. Returns `state_dict`. With `coordinator`, every
-    rank gets the whole state."""
-    mesh, rank, _ = _mesh(coordinator)
-    meta = Bytes()
-    Checkpoint(mesh, _MetaOnly(meta)).read(str(path)).expect_partial()
-    if not meta.value:
-        raise InvalidArgumentError(f"{path} was not written by meshckpt.torch.save (it has no {_META} entry)")
-    doc = json.loads(meta.value.decode())
-    if doc.get("format") != _FORMAT:
-        raise InvalidArgumentError(f"{path}: meshckpt.torch format {doc.get('format')} is not supported")
-    tensors = []
+    plain values), containers are updated. Keys saved as one tensor (tied weights) or as views
+    of one storage share it again after the load. Returns `state_dict`. With `coordinator`,
+    every rank gets the whole state."""
     if not isinstance(state_dict, dict):
         raise InvalidArgumentError("load() fills a dict (the state dict to restore into)")
-    _rebuild(doc["state"], state_dict, tensors)
-    root = Module()
-    for key, t in tensors:
-        root[key] = _variable(t, mesh, rank, 1, shard_rows=False)  # every rank reads the whole tensor
-    root[_META] = Bytes()
+    mesh, rank, _ = _mesh(coordinator)
+    skeleton = _skeleton(path)
+    tree = _C.TorchState(mesh, rank, 1)  # every rank reads the whole of every tensor
+    _, copies = tree.bind_load(skeleton, state_dict)
     # Every tensor the skeleton names was restored; a save counter (a manager's save) may be unused.
-    Checkpoint(mesh, root).read(str(path)).assert_existing_objects_matched().expect_partial()
+    Checkpoint(mesh, tree).read(str(path)).assert_existing_objects_matched().expect_partial()
+    for dst, src in copies:  # views of a shared storage, onto tensors the caller gave
+        dst.copy_(src)
     return state_dict
 
 
-class _MetaOnly(Module):
-    def __init__(self, meta):
-        super().__init__()
-        self[_META] = meta
+class Checkpointer:
+    """A trainer's handle on a directory of numbered checkpoints of one state dict:
+    `save(state_dict, step)`, `async_save(state_dict, step)` (a concurrent.futures.Future of
+    the path, like DCP's async_save: the tensors may change once it returns), `load(state_dict,
+    path=None)` (the latest by default), with CheckpointManager's retention (`max_to_keep`,
+    `keep_checkpoint_every_n_hours`) and directory lock. The walk and binding of the state dict
+    and the checkpoint are kept from one save to the next while the structure and the tensors'
+    memory stay the same. With `coordinator`, every rank of a job calls each method."""
+
+    def __init__(self, directory, *, max_to_keep=5, keep_checkpoint_every_n_hours=None, checkpoint_name="ckpt",
+                 coordinator=None, lock_timeout=0.0):
+        self._coordinator = coordinator
+        self._options = dict(max_to_keep=max_to_keep, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
+                             checkpoint_name=checkpoint_name, lock_timeout=lock_timeout)
+        self._directory = str(directory)
+        self._open(_state(coordinator), counter=None)
+
+    def _open(self, state, counter):
+        self._tree, mesh = state
+        self._ckpt = Checkpoint(mesh, self._tree, options=CheckpointOptions(coordinator=self._coordinator))
+        if counter is not None:
+            self._ckpt.save_counter = counter
+        self._manager = CheckpointManager(self._ckpt, self._directory, **self._options)
+
+    def _bind(self, state_dict):
+        if self._manager is None:
+            raise InvalidArgumentError(f"this Checkpointer of {self._directory} is closed")
+        if self._tree.update(state_dict, True, self._ckpt.sync) != "stale":
+            return
+        # Entries went away: a new tree, checkpoint and manager (the old one's lock released first).
+        counter = self._ckpt.save_counter
+        self.close()
+        state = _state(self._coordinator)
+        state[0].update(state_dict, True)
+        self._open(state, counter)
+
+    @property
+    def directory(self):
+        return self._directory
+
+    @property
+    def latest_checkpoint(self):
+        return self._manager.latest_checkpoint
+
+    @property
+    def checkpoints(self):
+        return self._manager.checkpoints
+
+    def save(self, state_dict, step=None):
+        """Saves DIR/NAME-STEP (or the next number); returns its path once it is durable."""
+        self._bind(state_dict)
+        return self._manager.save(checkpoint_number=step, check_interval=False)
+
+    def async_save(self, state_dict, step=None):
+        """Copies the state's tensors and returns: a Future of the path, done once the save is
+        durable. Saves queue one behind the other."""
+        self._bind(state_dict)
+        return self._manager.save_async(checkpoint_number=step, check_interval=False)
+
+    def save_lazy(self, state_dict, step=None):
+        """Returns at once: a LazySave (`snapshot`: the tensors may change; `committed`: the path)."""
+        self._bind(state_dict)
+        return self._manager.save_lazy(checkpoint_number=step, check_interval=False)
+
+    def load(self, state_dict, path=None):
+        """Loads `path` (default: the latest checkpoint) into `state_dict`, in place; returns it."""
+        path = path if path is not None else self.latest_checkpoint
+        if path is None:
+            raise NotFoundError(f"no checkpoint in {self._directory} to load")
+        return load(state_dict, path, coordinator=self._coordinator)
+
+    def wait(self):
+        """Waits for every save started so far; raises the error of the last one, if it failed."""
+        self._ckpt.sync()
+
+    def close(self):
+        """Waits for the saves in flight and releases the directory."""
+        if self._manager is not None:
+            self._ckpt.sync()
+            self._manager = None
+            self._ckpt = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+

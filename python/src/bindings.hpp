@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "meshckpt/error.hpp"
+#include "meshckpt/io/backend.hpp"
 
 namespace meshckpt::python {
 
@@ -114,7 +115,14 @@ struct stop_handle {
   void request() const { src->request_stop(); }
 };
 
+// One backend for the extension's direct calls (the benchmark's baseline, meshckpt.torch's
+// skeleton reads), as `meshckpt bench` and a checkpoint keep theirs (a fresh io_uring ring per
+// call would cost its setup each time). Never destroyed: a static backend would close its ring
+// after the interpreter's threads are gone.
+io::backend& process_backend();
+
 void bind_tensors(py::module_& m);
+void bind_torch_state(py::module_& m);
 void bind_checkpoint(py::module_& m);
 
 }  // namespace meshckpt::python

@@ -220,5 +220,6 @@ PYBIND11_MODULE(_meshckpt, m) {
   m.def("_drain", &mp::drain, "Waits until every meshckpt future is resolved (called at exit).");
   py::class_<mp::stop_handle>(m, "StopHandle").def(py::init<>()).def("__call__", &mp::stop_handle::request, "Requests the operation's stop.");
   mp::bind_tensors(m);
+  mp::bind_torch_state(m);
   mp::bind_checkpoint(m);
 }

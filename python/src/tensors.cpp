@@ -6,7 +6,7 @@
 #include <cstring>
 #include <optional>
 
-#include "bindings.hpp"
+#include "variable.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/device/accelerator.hpp"
 #ifdef MESHCKPT_PYTHON_CUDA
@@ -17,18 +17,6 @@
 #include "meshckpt/plan/global_copy.hpp"
 
 namespace meshckpt::python {
-
-namespace {
-
-// The memory of one array: where its bytes are, what they are, and who keeps them alive.
-struct array_memory {
-  std::byte* data = nullptr;
-  std::size_t bytes = 0;
-  dtype type{};
-  shape dims;
-  device::accelerator* memory = nullptr;  // device memory (a torch CUDA tensor)
-  int gpu = 0;
-};
 
 // The accelerator of torch CUDA tensors: the process's CUDA accelerator, when this build has
 // meshckpt_cuda and a GPU is visible.
@@ -41,7 +29,7 @@ device::accelerator* cuda_accelerator() {
 #endif
 }
 
-std::optional<dtype> dtype_of_format(std::string_view f, py::ssize_t itemsize) {
+static std::optional<dtype> dtype_of_format(std::string_view f, py::ssize_t itemsize) {
   if (!f.empty() && (f[0] == '<' || f[0] == '=' || f[0] == '@' || f[0] == '|')) f.remove_prefix(1);
   if (f == "Zf") return dtype::complex64;
   if (f == "Zd") return dtype::complex128;
@@ -72,7 +60,7 @@ dtype parse_dtype(py::handle d) {
   return *t;
 }
 
-bool is_torch_tensor(py::handle o) {
+static bool is_torch_tensor(py::handle o) {
   py::object mod = py::type::of(o).attr("__module__");
   return py::isinstance<py::str>(mod) && mod.cast<std::string>().rfind("torch", 0) == 0 && py::hasattr(o, "data_ptr");
 }
@@ -105,7 +93,7 @@ array_memory torch_memory(py::handle t, py_refs& keep) {
 
 // Any object with the buffer protocol (numpy arrays, memoryviews): C-contiguous, native byte
 // order; writable when the memory is to be restored into. The buffer export is held by `keep`.
-array_memory buffer_memory(py::handle o, bool writable, py_refs& keep) {
+static array_memory buffer_memory(py::handle o, bool writable, py_refs& keep) {
   auto view = std::make_unique<Py_buffer>();
   int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
   if (PyObject_GetBuffer(o.ptr(), view.get(), flags) != 0) {
@@ -134,6 +122,8 @@ array_memory memory_of(py::handle o, bool writable, py_refs& keep) {
   return is_torch_tensor(o) ? torch_memory(o, keep) : buffer_memory(o, writable, keep);
 }
 
+namespace {
+
 std::string numpy_name(dtype t) {
   switch (t) {
     case dtype::boolean: return "bool";
@@ -152,95 +142,23 @@ class py_module : public graph::module {
   void track(const std::string& name, graph::trackable& child) { add_child(name, child); }
 };
 
+
 }  // namespace
 
-// A variable whose shards are caller memory (kept alive by `keep_`) or its own storage. A save
-// holds `keep_` until it is done with the bytes, so a Python array dropped meanwhile stays.
-class py_variable : public graph::variable {
- public:
-  py_variable(dtensor_view v, std::shared_ptr<py_refs> keep, py::dict shards)
-      : graph::variable(std::move(v)), keep_(std::move(keep)), shards_(std::move(shards)) {}
-  explicit py_variable(dtensor d) : graph::variable(std::move(d)) {}
-  result<graph::value_snapshot> value_for_save(const mesh& m) override {
-    BOOST_OUTCOME_TRY(auto s, graph::variable::value_for_save(m));
-    s.owner = keep_;
-    return s;
-  }
-  // Makes a restore fill `target` too: this variable's one shard is a contiguous copy of the
-  // caller's non-contiguous tensor (a transposed view, a slice, channels_last), and a restore
-  // that filled only the copy would leave the caller's tensor as it was. Host memory is copied
-  // back element by element after each restore (no GIL needed); a CUDA tensor, or one whose
-  // elements share memory (an expanded view), makes every restore fail instead.
-  void copy_back_to(py::handle target) {
-    if (view().shards().size() != 1)
-      throw error_exception{make_error(errc::invalid_argument, "copy-back needs a variable with one local shard")};
-    back_ = strided_target{};
-    const std::string where = py::str(target.attr("device").attr("type")).cast<std::string>();
-    const auto size = target.attr("shape").cast<std::vector<std::int64_t>>();
-    const auto stride = target.attr("stride")().cast<std::vector<std::int64_t>>();
-    back_->elem = target.attr("element_size")().cast<std::size_t>();
-    if (where != "cpu") back_->refuse = "the " + where + " tensor it restores into is not contiguous (pass a .contiguous() tensor)";
-    // Elements overlap when, in the order of their strides, a dimension's stride does not pass
-    // the farthest element of the dimensions before it.
-    std::vector<std::pair<std::int64_t, std::int64_t>> dims;  // stride, size
-    for (std::size_t d = 0; d < size.size(); ++d)
-      if (size[d] > 1) dims.emplace_back(stride[d], size[d]);
-    std::sort(dims.begin(), dims.end());
-    std::int64_t reach = 0;
-    for (const auto& [st, n] : dims) {
-      if (st <= reach) back_->refuse = "the tensor it restores into has elements that share memory (an expanded view)";
-      reach += st * (n - 1);
-    }
-    std::size_t count = 1;
-    for (auto n : size) count *= static_cast<std::size_t>(n);
-    if (back_->elem != static_cast<std::size_t>(dtype_size(view().type())) || count * back_->elem != view().shards().front().data.size())
-      throw error_exception{make_error(errc::invalid_argument, "copy-back target differs from the variable in dtype or shape")};
-    back_->data = reinterpret_cast<std::byte*>(target.attr("data_ptr")().cast<std::uintptr_t>());
-    back_->size = size;
-    back_->stride = stride;
-    if (keep_) keep_->add(py::reinterpret_borrow<py::object>(target));
-  }
-  result<dtensor_view> value_for_restore(dtype t, const shape& s, const mesh& m) override {
-    if (back_ && !back_->refuse.empty()) return make_error(errc::invalid_argument, back_->refuse);
-    return graph::variable::value_for_restore(t, s, m);
-  }
-  void value_restored() override {
-    if (!back_) return;
-    const std::span<const std::byte> src = view().shards().front().data;
-    const std::size_t rank = back_->size.size();
-    std::vector<std::int64_t> idx(rank, 0);
-    const std::size_t n = src.size() / back_->elem;
-    for (std::size_t i = 0; i < n; ++i) {
-      std::int64_t off = 0;
-      for (std::size_t d = 0; d < rank; ++d) off += idx[d] * back_->stride[d];
-      std::memcpy(back_->data + off * static_cast<std::int64_t>(back_->elem), src.data() + i * back_->elem, back_->elem);
-      for (std::size_t d = rank; d-- > 0;) {
-        if (++idx[d] < back_->size[d]) break;
-        idx[d] = 0;
-      }
-    }
-  }
-  py::object shard(std::int64_t device, py::object self) {
-    if (shards_.contains(py::int_(device))) return shards_[py::int_(device)];
-    auto bytes = shard_bytes(device);
-    if (bytes.data() == nullptr && !view().shard_of(device))
-      throw error_exception{make_error(errc::invalid_argument, "device " + std::to_string(device) + " is not local")};
-    const box b = view().layout().shard_box(view().global_shape(), device).value();
-    py::dtype dt(numpy_name(view().type()));
-    return py::array(dt, b.extent, {}, bytes.data(), self);  // a view, keeping the variable alive
-  }
+io::backend& process_backend() {
+  static io::backend* b = unwrap(backends::make_backend()).release();
+  return *b;
+}
 
- private:
-  struct strided_target {
-    std::byte* data = nullptr;
-    std::vector<std::int64_t> size, stride;  // stride in elements
-    std::size_t elem = 0;
-    std::string refuse;  // why a restore cannot fill it, if it cannot
-  };
-  std::shared_ptr<py_refs> keep_;
-  py::dict shards_;  // device -> the caller's object, when the shards are caller memory
-  std::optional<strided_target> back_;
-};
+py::object py_variable::shard(std::int64_t device, py::object self) {
+  if (!shards_.is_none() && shards_.contains(py::int_(device))) return shards_[py::int_(device)];
+  auto bytes = shard_bytes(device);
+  if (bytes.data() == nullptr && !view().shard_of(device))
+    throw error_exception{make_error(errc::invalid_argument, "device " + std::to_string(device) + " is not local")};
+  const box b = view().layout().shard_box(view().global_shape(), device).value();
+  py::dtype dt(numpy_name(view().type()));
+  return py::array(dt, b.extent, {}, bytes.data(), self);  // a view, keeping the variable alive
+}
 
 namespace {
 
@@ -371,15 +289,8 @@ void bind_tensors(py::module_& m) {
       .def("__repr__", [](const py_variable& v) { return "<meshckpt.Variable " + v.describe() + " " + v.view().layout().to_string() + ">"; });
 
   // The benchmark's baseline: the very C++ calls `meshckpt bench` times (write_tensors and
-  // read_tensors, on the automatic backend), on the same variables and in the same process as
+  // read_tensors, on the process's backend), on the same variables and in the same process as
   // the Python API's, so a ratio of the two is the binding's cost and not the machine's drift.
-  // One backend for every call, as `meshckpt bench` and a checkpoint keep theirs (a fresh
-  // io_uring ring per call would charge its setup to the baseline). Never destroyed: a static
-  // backend would close its ring after the interpreter's threads are gone.
-  static auto baseline_backend = []() -> io::backend& {
-    static io::backend* b = unwrap(backends::make_backend()).release();
-    return *b;
-  };
   auto named = [](const std::vector<std::pair<std::string, py_variable*>>& vars) {
     std::vector<named_tensor> out;
     for (const auto& [key, v] : vars) out.push_back({key, v->view()});
@@ -388,12 +299,12 @@ void bind_tensors(py::module_& m) {
   m.def("_cpp_write_tensors", [named](std::string prefix, const std::vector<std::pair<std::string, py_variable*>>& vars) {
     auto tensors = named(vars);
     py::gil_scoped_release nogil;
-    unwrap(write_tensors(baseline_backend(), prefix, tensors));
+    unwrap(write_tensors(process_backend(), prefix, tensors));
   }, py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: write_tensors of (key, Variable) pairs.");
   m.def("_cpp_read_tensors", [named](std::string prefix, const std::vector<std::pair<std::string, py_variable*>>& vars) {
     auto tensors = named(vars);
     py::gil_scoped_release nogil;
-    unwrap(read_tensors(baseline_backend(), prefix, tensors));
+    unwrap(read_tensors(process_backend(), prefix, tensors));
   }, py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: read_tensors into (key, Variable) pairs.");
 
   py::class_<graph::bytes_state, graph::trackable>(m, "Bytes")

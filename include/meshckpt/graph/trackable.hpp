@@ -208,6 +208,12 @@ class bytes_state : public replicated_value {
 /// is a child (its name may contain '/' and '.'). Owns what `emplace` creates.
 class state_dict : public trackable {
  public:
+  state_dict() = default;
+  state_dict(state_dict&&) = default;
+  /// Destroys the owned children last-first (each leaves the graph in O(1)).
+  ~state_dict() override {
+    while (!owned_.empty()) owned_.pop_back();
+  }
   /// Creates an owned variable under `name`.
   result<variable*> emplace(std::string name, dtype t, shape s, layout l);
   /// Adds an existing trackable (not owned) under `name`.
