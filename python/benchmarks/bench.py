@@ -1,6 +1,7 @@
-"""The Python benchmark: meshckpt from Python against the C++ calls that `meshckpt bench` times
-and Python's usual checkpointers (torch.save, numpy.savez, h5py), on the large and small
-workloads of BENCHMARKS.md, in one run. Every save is durable (fsync), every restore cold (page
+"""The Python benchmark: meshckpt from Python (its Checkpoint API and meshckpt.torch) against
+the C++ calls that `meshckpt bench` times and Python's usual checkpointers (torch.save,
+numpy.savez, h5py, PyTorch DCP where it imports), on the large and small workloads of
+BENCHMARKS.md, in one run. Every save is durable (fsync), every restore cold (page
 cache dropped, as root) and complete (every byte in memory). Medians of --reps repetitions.
 
 The C++ baseline runs in this process, on the same variables: `write_tensors` and
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 import meshckpt as mc
+import meshckpt.torch as mt
 
 LAYOUTS = [["x", "y"], ["y", "x"], ["x", "unsharded"], ["unsharded", "unsharded"]]
 
@@ -133,6 +135,90 @@ class TorchPeer:
         os.remove(path)
 
 
+def remove_prefix(path):
+    d, base = os.path.split(path)
+    for f in os.listdir(d):
+        if f.startswith(base + "."):
+            os.remove(os.path.join(d, f))
+
+
+class TorchDoorPeer:
+    """meshckpt.torch.save / load, as a new user calls them: a new state dict each load (as
+    torch.load makes), nothing reused between calls."""
+    name = "meshckpt.torch save/load"
+
+    def __init__(self, arrays, specs):
+        self.sd = {k: torch.from_numpy(a) for k, a in arrays.items()}
+
+    def save(self, path):
+        mt.save(self.sd, path)
+
+    def load(self, path):
+        mt.load({}, path)
+
+    remove = staticmethod(remove_prefix)
+
+
+class CheckpointerPeer:
+    """meshckpt.torch.Checkpointer, as a trainer uses it: one handle, numbered saves of the same
+    state dict, loads into the trainer's tensors in place."""
+    name = "meshckpt.torch.Checkpointer"
+
+    def __init__(self, arrays, specs):
+        self.sd = {k: torch.from_numpy(a) for k, a in arrays.items()}
+        self.c = None
+        self.step = 0
+
+    def save(self, path):
+        if self.c is None:
+            self.c = mt.Checkpointer(os.path.dirname(path) + "/checkpointer", max_to_keep=None)
+        self.step += 1
+        self.path = self.c.save(self.sd, self.step)
+
+    def load(self, path):
+        self.c.load(self.sd, self.path)
+
+    def remove(self, path):
+        remove_prefix(self.path)
+
+    def close(self):
+        if self.c is not None:
+            self.c.close()
+            shutil.rmtree(self.c.directory, ignore_errors=True)
+
+
+class DcpPeer:
+    """PyTorch distributed checkpoint (torch 1.13: torch.distributed._shard.checkpoint), one
+    process, FileSystemWriter/Reader; the files fsync'd as torch.save's are."""
+    name = "torch DCP"
+
+    def __init__(self, arrays, specs):
+        from torch.distributed._shard import checkpoint as dcp  # fails on some torch/Python pairs
+        self.dcp = dcp
+        self.sd = {k.replace("/", "."): torch.from_numpy(a) for k, a in arrays.items()}
+
+    def save(self, path):
+        os.makedirs(path, exist_ok=True)
+        self.dcp.save_state_dict(self.sd, self.dcp.FileSystemWriter(path), no_dist=True)
+        for f in os.listdir(path):
+            fsync_path(os.path.join(path, f))
+
+    def load(self, path):
+        out = {k: torch.empty_like(v) for k, v in self.sd.items()}
+        self.dcp.load_state_dict(out, self.dcp.FileSystemReader(path), no_dist=True)
+
+    def remove(self, path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def dcp_peer(arrays, specs):
+    """A DcpPeer, or the reason there is none."""
+    try:
+        return DcpPeer(arrays, specs), None
+    except Exception as e:  # noqa: BLE001  (any import failure is the reason)
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+
 class NumpyPeer:
     name = "numpy.savez"
 
@@ -201,7 +287,11 @@ def run(args):
         arrays, specs = workload(wname, args.smoke)
         mib = sum(a.nbytes for a in arrays.values()) / (1 << 20)
         print(f"bench {wname}: {len(arrays)} tensors, {mib:.0f} MiB, {args.reps} repetitions", file=sys.stderr)
-        peers = [MeshckptPeer(arrays, specs), TorchPeer(arrays, specs), NumpyPeer(arrays, specs), H5Peer(arrays, specs)]
+        peers = [MeshckptPeer(arrays, specs), TorchPeer(arrays, specs), TorchDoorPeer(arrays, specs),
+                 CheckpointerPeer(arrays, specs), NumpyPeer(arrays, specs), H5Peer(arrays, specs)]
+        dcp, dcp_missing = dcp_peer(arrays, specs)
+        if dcp is not None:
+            peers.append(dcp)
         times = {p.name: ([], []) for p in peers}
         cpp, fio = ([], []), []
         ours = peers[0]
@@ -232,8 +322,11 @@ def run(args):
                 p.remove(path)
             os.sync()
             time.sleep(2)
+        for p in peers:
+            if hasattr(p, "close"):
+                p.close()
         row = {"workload": wname, "MiB": round(mib, 1), "tensors": len(arrays), "cold": cold,
-               "fio_write_MiBps": statistics.median(fio) if fio else None}
+               "fio_write_MiBps": statistics.median(fio) if fio else None, "dcp_missing": dcp_missing}
         for name, (s, l) in times.items():
             row[name] = {"save_MiBps": mib / statistics.median(s), "load_MiBps": mib / statistics.median(l)}
         row["meshckpt (C++)"] = {"save_MiBps": mib / statistics.median(cpp[0]), "load_MiBps": mib / statistics.median(cpp[1])}
@@ -244,6 +337,14 @@ def run(args):
                                 "load": statistics.median(c / p for c, p in zip(cpp[1], times[ours.name][1]))}
         row["vs_torch"] = {"save": py["save_MiBps"] / row["torch.save"]["save_MiBps"],
                            "load": py["load_MiBps"] / row["torch.save"]["load_MiBps"]}
+        # meshckpt.torch against torch.save/torch.load and the C++ calls, from the medians.
+        for name in ("meshckpt.torch save/load", "meshckpt.torch.Checkpointer"):
+            r = row[name]
+            row[name + " ratios"] = {
+                "save_vs_torch": r["save_MiBps"] / row["torch.save"]["save_MiBps"],
+                "load_vs_torch": r["load_MiBps"] / row["torch.save"]["load_MiBps"],
+                "save_vs_cpp": r["save_MiBps"] / base["save_MiBps"],
+                "load_vs_cpp": r["load_MiBps"] / base["load_MiBps"]}
         results.append(row)
         del peers
     return results
@@ -264,10 +365,17 @@ def main():
         print(f"\n{row['workload']}: {row['tensors']} tensors, {row['MiB']} MiB (durable saves, "
               f"{'cold' if row['cold'] else 'WARM'} restores), MiB/s"
               + (f"; fio write {row['fio_write_MiBps']:.0f} MiB/s" if row["fio_write_MiBps"] else ""))
-        print(f"  {'peer':24} {'save':>9} {'load':>9}")
-        for name in ("meshckpt (Python)", "meshckpt (C++)", "torch.save", "numpy.savez", "h5py"):
+        print(f"  {'peer':28} {'save':>9} {'load':>9}")
+        for name in ("meshckpt (Python)", "meshckpt (C++)", "meshckpt.torch save/load", "meshckpt.torch.Checkpointer",
+                     "torch.save", "torch DCP", "numpy.savez", "h5py"):
             if name in row:
-                print(f"  {name:24} {row[name]['save_MiBps']:9.0f} {row[name]['load_MiBps']:9.0f}")
+                print(f"  {name:28} {row[name]['save_MiBps']:9.0f} {row[name]['load_MiBps']:9.0f}")
+        if row.get("dcp_missing"):
+            print(f"  torch DCP: not measured ({row['dcp_missing']})")
+        for name in ("meshckpt.torch save/load", "meshckpt.torch.Checkpointer"):
+            r = row[name + " ratios"]
+            print(f"  {name} / torch.save: save {r['save_vs_torch']:.1f}x, load {r['load_vs_torch']:.1f}x; "
+                  f"/ C++: save {r['save_vs_cpp']:.2f}x, load {r['load_vs_cpp']:.2f}x")
         if "python_vs_cpp" in row:
             print(f"  Python / C++ (median of per-repetition ratios): save {row['python_vs_cpp']['save']:.2f}x, load {row['python_vs_cpp']['load']:.2f}x")
         print(f"  meshckpt / torch.save: save {row['vs_torch']['save']:.1f}x, load {row['vs_torch']['load']:.1f}x")

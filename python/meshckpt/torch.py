@@ -66,7 +66,9 @@ def save(state_dict, path, *, coordinator=None):
     rank of `coordinator` calls it with a state dict of the same structure."""
     tree, mesh = _state(coordinator)
     tree.update(state_dict, True)
-    return Checkpoint(mesh, tree, options=CheckpointOptions(coordinator=coordinator)).write(str(path))
+    # The call waits for the commit: the tensors are written from where they are, no copy first.
+    options = CheckpointOptions(snapshot=False, coordinator=coordinator)
+    return Checkpoint(mesh, tree, options=options).write(str(path))
 
 
 def save_lazy(state_dict, path, *, coordinator=None):
@@ -160,19 +162,23 @@ class Checkpointer:
         return self._manager.checkpoints
 
     def save(self, state_dict, step=None):
-        """Saves DIR/NAME-STEP (or the next number); returns its path once it is durable."""
+        """Saves DIR/NAME-STEP (or the next number); returns its path once it is durable. The
+        tensors are written from where they are (the call waits: no copy)."""
         self._bind(state_dict)
+        self._ckpt._impl.set_snapshot(False)
         return self._manager.save(checkpoint_number=step, check_interval=False)
 
     def async_save(self, state_dict, step=None):
         """Copies the state's tensors and returns: a Future of the path, done once the save is
         durable. Saves queue one behind the other."""
         self._bind(state_dict)
+        self._ckpt._impl.set_snapshot(True)
         return self._manager.save_async(checkpoint_number=step, check_interval=False)
 
     def save_lazy(self, state_dict, step=None):
         """Returns at once: a LazySave (`snapshot`: the tensors may change; `committed`: the path)."""
         self._bind(state_dict)
+        self._ckpt._impl.set_snapshot(True)
         return self._manager.save_lazy(checkpoint_number=step, check_interval=False)
 
     def load(self, state_dict, path=None):

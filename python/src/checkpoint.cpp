@@ -148,6 +148,8 @@ void bind_checkpoint(py::module_& m) {
       .def_property("save_counter", [](py_checkpoint& p) { return p.c->save_counter(); },
                     [](py_checkpoint& p, std::int64_t v) { p.c->set_save_counter(v); })
       .def("sync", [](py_checkpoint& p) { unwrap(p.c->sync()); }, py::call_guard<py::gil_scoped_release>())
+      .def("set_snapshot", [](py_checkpoint& p, bool on) { p.c->set_snapshot(on); }, py::arg("on"),
+           "Snapshot mode (copy before returning) for the saves started from now on.")
       .def_property_readonly("writes_shared_files", [](py_checkpoint& p) { return p.c->writes_shared_files(); });
 
   py::class_<py_manager, manager_holder>(m, "CheckpointManager")

@@ -16,6 +16,9 @@ def test_the_python_benchmark_runs_and_reports_every_peer(tmp_path):
     rows = json.loads(r.stdout)
     assert [row["workload"] for row in rows] == ["large", "small"]
     for row in rows:
-        for peer in ("meshckpt (Python)", "torch.save", "numpy.savez", "h5py"):
+        for peer in ("meshckpt (Python)", "meshckpt.torch save/load", "meshckpt.torch.Checkpointer", "torch.save",
+                     "numpy.savez", "h5py"):
             assert row[peer]["save_MiBps"] > 0 and row[peer]["load_MiBps"] > 0
+        assert row["meshckpt.torch.Checkpointer ratios"]["save_vs_torch"] > 0
+        assert ("torch DCP" in row) != bool(row["dcp_missing"])  # measured, or the reason it is not
     assert os.listdir(tmp_path) in ([], ["meshckpt.lock"])  # every checkpoint it wrote is gone

@@ -104,6 +104,7 @@ result<std::unique_ptr<checkpoint>> checkpoint::create(mesh m, graph::trackable*
 const mesh& checkpoint::mesh_ref() const { return impl_->m; }
 io::backend& checkpoint::backend() const { return *impl_->backend; }
 bool checkpoint::writes_shared_files() const { return detail::writes_shared_files(*impl_); }
+void checkpoint::set_snapshot(bool on) { impl_->opt.snapshot = on; }
 graph::trackable& checkpoint::root() {
   if (!impl_->has_root) return *this;
   auto* r = impl_->root_edge.child("root");

@@ -71,6 +71,10 @@ class checkpoint : public graph::trackable {
   /// `checkpoint` state file and deletes old checkpoints; the others keep the same bookkeeping
   /// in memory. Every process saves, restores and gets the same outcomes.
   bool writes_shared_files() const;
+  /// Turns `checkpoint_options::snapshot` on or off for the saves started from now on: a
+  /// caller that waits for its save anyway (a blocking save) has nothing to gain from the copy,
+  /// one that goes on training while it flushes needs it.
+  void set_snapshot(bool on);
   /// Node 0 of the graph: the root, or this checkpoint.
   graph::trackable& root();
 
