@@ -11,14 +11,18 @@
 using namespace meshckpt;
 
 TEST_CASE("dtype sizes, names and on-disk codes round-trip", "[tensor][dtype]") {
-  for (std::uint64_t code = 1; code <= 16; ++code) {
+  for (std::uint64_t code = 1; code <= 18; ++code) {
     auto t = dtype_from_code(code);
     REQUIRE(t);
     CHECK(dtype_size(*t) >= 1);
     CHECK(dtype_from_name(dtype_name(*t)) == t);
   }
   CHECK_FALSE(dtype_from_code(0));
-  CHECK_FALSE(dtype_from_code(17));
+  CHECK_FALSE(dtype_from_code(19));
+  CHECK(dtype_from_code(17) == dtype::complex64);
+  CHECK(dtype_size(dtype::complex128) == 16);
+  CHECK(is_complex(dtype::complex64));
+  CHECK_FALSE(is_complex(dtype::float64));
   CHECK(dtype_size(dtype::bfloat16) == 2);
   CHECK(dtype_size(dtype::float8_e4m3) == 1);
   CHECK(dtype_size(dtype::float64) == 8);
