@@ -63,11 +63,6 @@ tensor_facts facts_of(py::handle t, std::string key) {
 }
 
 
-std::string json_shape(const std::vector<std::int64_t>& v) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + "]";
-}
 
 
 namespace {

@@ -3,8 +3,12 @@
 // load side (torch_load.cpp: the rebuild from a skeleton).
 #pragma once
 
+#include <algorithm>
 #include <map>
+#include <span>
+#include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "meshckpt/format/describe.hpp"
 #include "variable.hpp"
@@ -106,7 +110,6 @@ struct walk_result {
   std::vector<tensor_facts> tensors;
 };
 void walk(py::handle o, const std::string& path, walk_result& w, int depth);
-std::string json_shape(const std::vector<std::int64_t>& v);
 
 // The bytes of blob `key` of checkpoint `prefix`, or None when it has no such blob.
 py::object read_blob(const std::string& prefix, const std::string& key);
@@ -144,8 +147,8 @@ class torch_state : public graph::module {
 
     std::string status = "same";
     if (!same_bindings(next)) {
-      std::map<std::string, bool> keys;
-      for (const auto& e : next) keys[e.key] = true;
+      std::unordered_set<std::string_view> keys;
+      for (const auto& e : next) keys.insert(e.key);
       for (const auto& e : bound_)
         if (!keys.count(e.key)) return "stale";
       if (!before_change.is_none()) before_change();
@@ -199,17 +202,21 @@ class torch_state : public graph::module {
   // Groups tensors by storage: identical views are one entry (the first key; the others' leaves
   // name it), other views of one storage one entry of its bytes.
   void group(std::vector<tensor_facts>& ts, std::vector<entry>& out, std::vector<std::string>& leaves) {
-    std::map<std::pair<int, std::uintptr_t>, std::vector<std::size_t>> by_storage;
-    std::map<std::string, bool> seen;
+    std::unordered_set<std::string_view> seen;
+    std::vector<std::size_t> order;  // tensors with elements, by storage (device, base address)
     for (std::size_t i = 0; i < ts.size(); ++i) {
-      if (!seen.emplace(ts[i].key, true).second)
+      if (!seen.insert(ts[i].key).second)
         fail(errc::invalid_argument, "two entries of the state dict have the path " + ts[i].key + " (a key containing '/'?)");
-      if (ts[i].numel() > 0) by_storage[{ts[i].gpu, ts[i].base()}].push_back(i);
+      if (ts[i].numel() > 0) order.push_back(i);
     }
+    auto storage = [&](std::size_t i) { return std::pair(ts[i].gpu, ts[i].base()); };
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return storage(a) < storage(b); });
     std::vector<bool> done(ts.size(), false);
     std::size_t storages = 0;
-    for (auto& [where, members] : by_storage) {
-      if (members.size() < 2) continue;
+    for (std::size_t at = 0, end = 0; at < order.size(); at = end) {
+      for (end = at + 1; end < order.size() && storage(order[end]) == storage(order[at]);) ++end;
+      if (end - at < 2) continue;
+      const std::span<const std::size_t> members(order.data() + at, end - at);
       const tensor_facts& first = ts[members.front()];
       bool identical = true;
       for (auto i : members) identical = identical && ts[i].same_view(first);
@@ -234,7 +241,7 @@ class torch_state : public graph::module {
         const auto& t = ts[i];
         leaves[i] = "{\"view\": " + format::json_string(e.key) + ", \"storage_bytes\": " + std::to_string(hi - lo) +
                     ", \"offset\": " + std::to_string(t.ptr - lo) + ", \"dtype\": \"" + t.torch_name + "\", \"shape\": " +
-                    json_shape(t.dims) + ", \"stride\": " + json_shape(t.stride) + "}";
+                    to_string(t.dims) + ", \"stride\": " + to_string(t.stride) + "}";
         done[i] = true;
       }
       out.push_back(std::move(e));
@@ -247,7 +254,7 @@ class torch_state : public graph::module {
   }
 
   static std::string leaf(const tensor_facts& t) {
-    return "{\"tensor\": " + format::json_string(t.key) + ", \"dtype\": \"" + t.torch_name + "\", \"shape\": " + json_shape(t.dims) + "}";
+    return "{\"tensor\": " + format::json_string(t.key) + ", \"dtype\": \"" + t.torch_name + "\", \"shape\": " + to_string(t.dims) + "}";
   }
 
   static entry tensor_entry(const tensor_facts& t) {
