@@ -102,10 +102,10 @@ void walk(py::handle o, const std::string& path, walk_result& w, int depth) {
       std::string name;
       if (PyUnicode_Check(k.ptr())) {
         name = k.cast<std::string>();
-        w.skel += "\"s\", " + format::json_string(name);
+        w.skel.append("\"s\", ").append(format::json_string(name));
       } else if (PyLong_Check(k.ptr()) && !PyBool_Check(k.ptr())) {
         name = py::str(k).cast<std::string>();
-        w.skel += "\"i\", " + name;
+        w.skel.append("\"i\", ").append(name);
       } else {
         fail(errc::invalid_argument, "state dict key " + py::repr(k).cast<std::string>() + " at " + (path.empty() ? "<root>" : path) +
                                          " is not a str or an int");

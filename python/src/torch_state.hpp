@@ -132,18 +132,28 @@ class torch_state : public graph::module {
     walk_result w;
     walk(sd, "", w, 0);
     std::vector<entry> next;
+    next.reserve(w.tensors.size());
     std::vector<std::string> leaves(w.tensors.size());
     group(w.tensors, next, leaves);
-    std::string skel;
+    // The document, written once into the bytes the meta child keeps.
+    constexpr std::string_view head = "{\"format\": 2, \"state\": ";
+    std::size_t size = head.size() + w.skel.size() + 1;
+    for (const auto& l : leaves) size += l.size();
+    std::vector<std::byte> doc;
+    doc.reserve(size);
+    auto put = [&](std::string_view v) {
+      auto* b = reinterpret_cast<const std::byte*>(v.data());
+      doc.insert(doc.end(), b, b + v.size());
+    };
+    put(head);
     std::size_t at = 0;
     for (std::size_t i = 0; i < w.holes.size(); ++i) {
-      skel.append(w.skel, at, w.holes[i] - at);
-      skel += leaves[i];
+      put(std::string_view(w.skel).substr(at, w.holes[i] - at));
+      put(leaves[i]);
       at = w.holes[i];
     }
-    skel.append(w.skel, at);
-    std::string doc = "{\"format\": 2, \"state\": " + skel + "}";
-    auto* p = reinterpret_cast<const std::byte*>(doc.data());
+    put(std::string_view(w.skel).substr(at));
+    put("}");
 
     std::string status = "same";
     if (!same_bindings(next)) {
@@ -161,7 +171,7 @@ class torch_state : public graph::module {
       for (std::size_t i = 0; i < next.size(); ++i)  // refresh the contiguous copies of strided tensors
         if (bound_[i].copy) bound_[i].copy.attr("copy_")(next[i].source);
     }
-    meta_.set(std::vector<std::byte>(p, p + doc.size()));
+    meta_.set(std::move(doc));
     return status;
   }
 
@@ -217,7 +227,7 @@ class torch_state : public graph::module {
       for (end = at + 1; end < order.size() && storage(order[end]) == storage(order[at]);) ++end;
       if (end - at < 2) continue;
       const std::span<const std::size_t> members(order.data() + at, end - at);
-      const tensor_facts& first = ts[members.front()];
+      tensor_facts& first = ts[members.front()];
       bool identical = true;
       for (auto i : members) identical = identical && ts[i].same_view(first);
       if (identical) {
@@ -225,7 +235,7 @@ class torch_state : public graph::module {
           leaves[i] = leaf(first);
           done[i] = true;
         }
-        out.push_back(tensor_entry(first));
+        out.push_back(tensor_entry(first));  // after every member's leaf: it takes first's key
         continue;
       }
       std::uintptr_t lo = first.ptr, hi = first.end();
@@ -249,23 +259,27 @@ class torch_state : public graph::module {
     for (std::size_t i = 0; i < ts.size(); ++i) {
       if (done[i]) continue;
       leaves[i] = leaf(ts[i]);
-      out.push_back(tensor_entry(ts[i]));
+      out.push_back(tensor_entry(ts[i]));  // last use of ts[i]
     }
   }
 
   static std::string leaf(const tensor_facts& t) {
-    return "{\"tensor\": " + format::json_string(t.key) + ", \"dtype\": \"" + t.torch_name + "\", \"shape\": " + to_string(t.dims) + "}";
+    std::string s = "{\"tensor\": ";
+    s.reserve(64 + t.key.size());
+    s.append(format::json_string(t.key)).append(", \"dtype\": \"").append(t.torch_name).append("\", \"shape\": ");
+    return s.append(to_string(t.dims)).append("}");
   }
 
-  static entry tensor_entry(const tensor_facts& t) {
+  // The entry of tensor `t`, which it takes the key, shape and object of.
+  static entry tensor_entry(tensor_facts& t) {
     entry e;
-    e.key = t.key;
+    e.key = std::move(t.key);
     e.type = t.type;
-    e.dims = t.dims;
+    e.dims = std::move(t.dims);
     e.ptr = t.ptr;
     e.gpu = t.gpu;
-    e.source = t.obj;
-    if (!t.contiguous) e.stride = t.stride;  // bound through a contiguous copy
+    e.source = std::move(t.obj);
+    if (!t.contiguous) e.stride = std::move(t.stride);  // bound through a contiguous copy
     return e;
   }
 
