@@ -16,15 +16,12 @@ is written once), and rank 0 commits. A load, by any number of processes, gives 
 the whole state, whatever world size saved it.
 """
 
-import json
-
 import torch as _torch  # noqa: F401  (the tensors this module handles are torch's)
 
 from . import _C, Checkpoint, CheckpointManager, CheckpointOptions, Mesh
 from .errors import InvalidArgumentError, NotFoundError
 
 _META = "__meshckpt_torch__"
-_FORMATS = (1, 2)  # 2 adds views of shared storages and repeated keys for tied weights
 
 
 def _mesh(coordinator):
@@ -84,14 +81,11 @@ def save_lazy(state_dict, path, *, coordinator=None):
 
 
 def _skeleton(path):
+    """The skeleton document of the checkpoint `path` (parsed and checked by TorchState.bind_load)."""
     meta = _C._read_blob(str(path), _META)
     if not meta:
         raise InvalidArgumentError(f"{path} was not written by meshckpt.torch (it has no {_META} entry)")
-    doc = json.loads(meta.decode())
-    if not isinstance(doc, dict) or doc.get("format") not in _FORMATS or "state" not in doc:
-        raise InvalidArgumentError(f"{path}: meshckpt.torch format {doc.get('format') if isinstance(doc, dict) else doc!r} "
-                                   "is not supported")
-    return doc["state"]
+    return meta
 
 
 def load(state_dict, path, *, coordinator=None):

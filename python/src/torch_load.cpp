@@ -2,6 +2,8 @@
 // reusing their tensors in place, creating what they lack, and every tensor bound for the
 // restore; tied weights and views of one storage share again. The skeleton is checked as the
 // hostile input it may be: every field's type, dimensions, and views inside their storage.
+#include <cstdlib>
+
 #include "meshckpt/api/tensor_io.hpp"
 #include "torch_state.hpp"
 
@@ -13,20 +15,256 @@ namespace {
   fail(errc::corrupt_manifest, "meshckpt.torch state skeleton, at " + (where.empty() ? std::string("<root>") : where) + ": " + what);
 }
 
-template <class T>
-T field(const py::dict& d, const char* name, const std::string& where) {
-  if (!d.contains(name)) corrupt_skeleton(where, std::string("no \"") + name + "\"");
-  try {
-    return d[name].cast<T>();
-  } catch (const py::cast_error&) {
-    corrupt_skeleton(where, std::string("\"") + name + "\" has the wrong type");
+}  // namespace
+
+// The skeleton's JSON, parsed in C++ (no Python object per entry): objects, arrays, strings,
+// numbers (kept as text: Python ints have no size limit), true, false, null, and NaN,
+// Infinity and -Infinity as Python's json writes them. Strings are UTF-8, with \udcNN escapes
+// as the raw byte NN (surrogateescape, as format::json_string writes them).
+struct jvalue {
+  enum kind_t { null, boolean, number, string, array, object } kind = null;
+  bool b = false;
+  std::string text;  // a number's text or a string's bytes
+  std::vector<jvalue> items;
+  std::vector<std::pair<std::string, jvalue>> members;
+  const jvalue* get(std::string_view k) const {
+    for (const auto& [n, v] : members)
+      if (n == k) return &v;
+    return nullptr;
   }
+};
+
+namespace {
+
+class json_parser {
+ public:
+  explicit json_parser(std::string_view s) : s_(s) {}
+  jvalue document() {
+    jvalue v = value(0);
+    ws();
+    if (p_ != s_.size()) bad("text after the document");
+    return v;
+  }
+
+ private:
+  [[noreturn]] void bad(const std::string& what) const {
+    fail(errc::corrupt_manifest, "meshckpt.torch state skeleton: not JSON at byte " + std::to_string(p_) + ": " + what);
+  }
+  void ws() {
+    while (p_ < s_.size() && (s_[p_] == ' ' || s_[p_] == '\n' || s_[p_] == '\t' || s_[p_] == '\r')) ++p_;
+  }
+  bool eat(std::string_view t) {
+    if (s_.substr(p_, t.size()) != t) return false;
+    p_ += t.size();
+    return true;
+  }
+  jvalue value(int depth) {
+    if (depth > 200) bad("nested too deeply");
+    ws();
+    if (p_ >= s_.size()) bad("the text ends");
+    jvalue v;
+    const char c = s_[p_];
+    if (c == '{' || c == '[') {
+      ++p_;
+      v.kind = c == '{' ? jvalue::object : jvalue::array;
+      ws();
+      if (eat(c == '{' ? "}" : "]")) return v;
+      for (;;) {
+        if (c == '{') {
+          ws();
+          if (p_ >= s_.size() || s_[p_] != '"') bad("an object key that is not a string");
+          std::string k = str();
+          ws();
+          if (!eat(":")) bad("no ':' after an object key");
+          v.members.emplace_back(std::move(k), value(depth + 1));
+        } else {
+          v.items.push_back(value(depth + 1));
+        }
+        ws();
+        if (eat(",")) continue;
+        if (eat(c == '{' ? "}" : "]")) return v;
+        bad("no ',' or end of a container");
+      }
+    }
+    if (c == '"') {
+      v.kind = jvalue::string;
+      v.text = str();
+    } else if (eat("true") || eat("false")) {
+      v.kind = jvalue::boolean;
+      v.b = c == 't';
+    } else if (eat("null")) {
+    } else if (eat("NaN") || eat("Infinity") || eat("-Infinity")) {
+      v.kind = jvalue::number;
+      v.text = c == 'N' ? "nan" : c == '-' ? "-inf" : "inf";
+    } else {
+      const std::size_t at = p_;
+      while (p_ < s_.size() && std::string_view("+-0123456789.eE").find(s_[p_]) != std::string_view::npos) ++p_;
+      if (p_ == at) bad("an unexpected character");
+      v.kind = jvalue::number;
+      v.text = std::string(s_.substr(at, p_ - at));
+    }
+    return v;
+  }
+  unsigned hex4() {
+    if (p_ + 4 > s_.size()) bad("a short \\u escape");
+    unsigned u = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char h = s_[p_++];
+      const int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+      if (d < 0) bad("a bad \\u escape");
+      u = u * 16 + static_cast<unsigned>(d);
+    }
+    return u;
+  }
+  void utf8(std::string& out, unsigned cp) {
+    if (cp < 0x80) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+      out += static_cast<char>(0xc0 | (cp >> 6));
+      out += static_cast<char>(0x80 | (cp & 0x3f));
+    } else if (cp < 0x10000) {
+      out += static_cast<char>(0xe0 | (cp >> 12));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+      out += static_cast<char>(0x80 | (cp & 0x3f));
+    } else {
+      out += static_cast<char>(0xf0 | (cp >> 18));
+      out += static_cast<char>(0x80 | ((cp >> 12) & 0x3f));
+      out += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+      out += static_cast<char>(0x80 | (cp & 0x3f));
+    }
+  }
+  std::string str() {
+    ++p_;  // the opening quote
+    std::string out;
+    for (;;) {
+      if (p_ >= s_.size()) bad("an unterminated string");
+      const char c = s_[p_++];
+      if (c == '"') return out;
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      if (p_ >= s_.size()) bad("an unterminated escape");
+      switch (const char e = s_[p_++]) {
+        case '"': case '\\': case '/': out += e; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
+        case 'u': {
+          unsigned cp = hex4();
+          if (cp >= 0xdc80 && cp <= 0xdcff) {  // surrogateescape: the raw byte
+            out += static_cast<char>(cp - 0xdc00);
+          } else if (cp >= 0xd800 && cp <= 0xdbff) {
+            if (!eat("\\u")) bad("a lone high surrogate");
+            const unsigned lo = hex4();
+            if (lo < 0xdc00 || lo > 0xdfff) bad("a bad surrogate pair");
+            utf8(out, 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00));
+          } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+            bad("a lone low surrogate");
+          } else {
+            utf8(out, cp);
+          }
+          break;
+        }
+        default: bad("an unknown escape");
+      }
+    }
+  }
+  std::string_view s_;
+  std::size_t p_ = 0;
+};
+
+const jvalue& member(const jvalue& o, const char* name, const std::string& where) {
+  const jvalue* v = o.get(name);
+  if (!v) corrupt_skeleton(where, std::string("no \"") + name + "\"");
+  return *v;
+}
+
+[[noreturn]] void wrong_type(const char* name, const std::string& where) {
+  corrupt_skeleton(where, std::string("\"") + name + "\" has the wrong type");
+}
+
+std::string text_of(const jvalue& o, const char* name, const std::string& where) {
+  const jvalue& v = member(o, name, where);
+  if (v.kind != jvalue::string) wrong_type(name, where);
+  return v.text;
+}
+
+std::int64_t int_value(const jvalue& v, const char* name, const std::string& where) {
+  if (v.kind != jvalue::number || v.text.empty() || v.text.size() > 19 ||
+      v.text.find_first_not_of("-0123456789") != std::string::npos || v.text.find('-', 1) != std::string::npos)
+    wrong_type(name, where);
+  return std::stoll(v.text);
+}
+
+std::int64_t int_of(const jvalue& o, const char* name, const std::string& where) { return int_value(member(o, name, where), name, where); }
+
+std::vector<std::int64_t> ints_of(const jvalue& o, const char* name, const std::string& where) {
+  const jvalue& v = member(o, name, where);
+  if (v.kind != jvalue::array) wrong_type(name, where);
+  std::vector<std::int64_t> out;
+  out.reserve(v.items.size());
+  for (const auto& i : v.items) out.push_back(int_value(i, name, where));
+  return out;
+}
+
+// A plain value as Python has it.
+py::object to_python(const jvalue& v, const std::string& where, int depth) {
+  switch (v.kind) {
+    case jvalue::null: return py::none();
+    case jvalue::boolean: return py::bool_(v.b);
+    case jvalue::number: {
+      if (v.text.find_first_of(".eEnai") == std::string::npos) {
+        auto r = py::reinterpret_steal<py::object>(PyLong_FromString(v.text.c_str(), nullptr, 10));
+        if (!r) {
+          PyErr_Clear();
+          corrupt_skeleton(where, "a bad number " + v.text);
+        }
+        return r;
+      }
+      char* end = nullptr;
+      const double d = std::strtod(v.text.c_str(), &end);
+      if (end != v.text.c_str() + v.text.size()) corrupt_skeleton(where, "a bad number " + v.text);
+      return py::float_(d);
+    }
+    case jvalue::string: {
+      auto r = py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(v.text.data(), static_cast<Py_ssize_t>(v.text.size()), "surrogateescape"));
+      if (!r) throw py::error_already_set();
+      return r;
+    }
+    case jvalue::array: {
+      py::list out;
+      for (const auto& i : v.items) out.append(to_python(i, where, depth + 1));
+      return std::move(out);
+    }
+    case jvalue::object: {
+      py::dict out;
+      for (const auto& [k, i] : v.members) out[to_python(jvalue{jvalue::string, false, k, {}, {}}, where, depth)] = to_python(i, where, depth + 1);
+      return std::move(out);
+    }
+  }
+  return py::none();
 }
 
 std::string describe_tensor(const std::string& dtype_name, const shape& s) { return dtype_name + to_string(s); }
 
 }  // namespace
 
+py::tuple torch_state::bind_load(std::string_view doc, py::handle target) {
+  const jvalue top = json_parser(doc).document();
+  const jvalue* format = top.kind == jvalue::object ? top.get("format") : nullptr;
+  const jvalue* state = top.kind == jvalue::object ? top.get("state") : nullptr;
+  if (!format || !state || format->kind != jvalue::number || (format->text != "1" && format->text != "2"))
+    fail(errc::invalid_argument, "meshckpt.torch format " + (format ? format->text : std::string("(none)")) + " is not supported");
+  post_.clear();
+  by_key_.clear();
+  py::object root = rebuild(*state, target, "", 0);
+  py::list post;
+  for (auto& [dst, src] : post_) post.append(py::make_tuple(dst, src));
+  return py::make_tuple(root, post);
+}
 
 void torch_state::bind_for_restore(const std::string& key, const py::object& t, dtype type, const shape& dims) {
   entry e;
@@ -43,11 +281,11 @@ void torch_state::bind_for_restore(const std::string& key, const py::object& t, 
   bound_.push_back(std::move(e));
 }
 
-py::object torch_state::tensor_leaf(const py::dict& s, py::handle target) {
+py::object torch_state::tensor_leaf(const jvalue& s, py::handle target) {
   auto& api = torch_api::get();
-  const auto key = field<std::string>(s, "tensor", "a tensor");
-  const auto name = field<std::string>(s, "dtype", key);
-  const auto dims = field<shape>(s, "shape", key);
+  const auto key = text_of(s, "tensor", "a tensor");
+  const auto name = text_of(s, "dtype", key);
+  const auto dims = ints_of(s, "shape", key);
   for (auto d : dims)
     if (d < 0) corrupt_skeleton(key, "a negative dimension");
   py::handle tdtype = api.dtype_named(name);
@@ -73,14 +311,14 @@ py::object torch_state::tensor_leaf(const py::dict& s, py::handle target) {
   return t;
 }
 
-py::object torch_state::view_leaf(const py::dict& s, py::handle target, const std::string& path) {
+py::object torch_state::view_leaf(const jvalue& s, py::handle target, const std::string& path) {
   auto& api = torch_api::get();
-  const auto key = field<std::string>(s, "view", "a view");
-  const auto bytes = field<std::int64_t>(s, "storage_bytes", key);
-  const auto offset = field<std::int64_t>(s, "offset", key);
-  const auto name = field<std::string>(s, "dtype", key);
-  const auto dims = field<shape>(s, "shape", key);
-  const auto stride = field<std::vector<std::int64_t>>(s, "stride", key);
+  const auto key = text_of(s, "view", "a view");
+  const auto bytes = int_of(s, "storage_bytes", key);
+  const auto offset = int_of(s, "offset", key);
+  const auto name = text_of(s, "dtype", key);
+  const auto dims = ints_of(s, "shape", key);
+  const auto stride = ints_of(s, "stride", key);
   py::handle tdtype = api.dtype_named(name);
   if (!tdtype) corrupt_skeleton(key, "torch has no dtype " + name);
   const dtype type = api.dtype_of(tdtype).first;
@@ -118,36 +356,39 @@ py::object torch_state::view_leaf(const py::dict& s, py::handle target, const st
   return v;
 }
 
-py::object torch_state::rebuild(py::handle skel, py::handle target, const std::string& where, int depth) {
+py::object torch_state::rebuild(const jvalue& s, py::handle target, const std::string& where, int depth) {
   if (depth > 100) corrupt_skeleton(where, "nested more than 100 levels deep");
-  if (!PyDict_Check(skel.ptr())) corrupt_skeleton(where, "not an object");
-  auto s = py::reinterpret_borrow<py::dict>(skel);
-  if (s.contains("tensor")) return tensor_leaf(s, target);
-  if (s.contains("view")) return view_leaf(s, target, where.empty() ? "<root>" : where);
-  if (s.contains("dict")) {
+  if (s.kind != jvalue::object) corrupt_skeleton(where, "not an object");
+  if (s.get("tensor")) return tensor_leaf(s, target);
+  if (s.get("view")) return view_leaf(s, target, where.empty() ? "<root>" : where);
+  auto path = [&](const std::string& name) { return where.empty() ? name : where + "/" + name; };
+  if (const jvalue* items = s.get("dict")) {
+    if (items->kind != jvalue::array) wrong_type("dict", where);
     py::dict out = target && PyDict_Check(target.ptr()) ? py::reinterpret_borrow<py::dict>(target) : py::dict();
-    auto items = field<py::list>(s, "dict", where);
-    for (auto item : items) {
-      if (!PyList_Check(item.ptr()) || py::len(item) != 3) corrupt_skeleton(where, "a dict item that is not [kind, key, value]");
-      auto kv = py::reinterpret_borrow<py::list>(item);
-      const auto kind = kv[0].cast<std::string>();
-      py::object k = kind == "i" ? py::object(py::int_(kv[1])) : py::object(py::str(kv[1]));
-      py::object old = out.contains(k) ? py::object(out[k]) : py::object();
-      const std::string name = py::str(k).cast<std::string>();
-      out[k] = rebuild(kv[2], old, where.empty() ? name : where + "/" + name, depth + 1);
+    for (const auto& kv : items->items) {
+      if (kv.kind != jvalue::array || kv.items.size() != 3 || kv.items[0].kind != jvalue::string)
+        corrupt_skeleton(where, "a dict item that is not [kind, key, value]");
+      const jvalue& key = kv.items[1];
+      const bool int_key = kv.items[0].text == "i";
+      if (int_key ? key.kind != jvalue::number : key.kind != jvalue::string) corrupt_skeleton(where, "a dict key of the wrong type");
+      py::object k = int_key ? py::object(py::int_(int_value(key, "dict", where))) : to_python(key, where, depth);
+      PyObject* old = PyDict_GetItemWithError(out.ptr(), k.ptr());
+      if (!old && PyErr_Occurred()) throw py::error_already_set();
+      out[k] = rebuild(kv.items[2], old, path(int_key ? key.text : key.text), depth + 1);
     }
     return std::move(out);
   }
   for (const char* kind : {"list", "tuple"}) {
-    if (!s.contains(kind)) continue;
-    auto items = field<py::list>(s, kind, where);
-    const bool list = std::string(kind) == "list";
+    const jvalue* items = s.get(kind);
+    if (!items) continue;
+    if (items->kind != jvalue::array) wrong_type(kind, where);
+    const bool list = kind[0] == 'l';
     py::list out;
     const bool reuse = target && (PyList_Check(target.ptr()) || PyTuple_Check(target.ptr()));
     const std::size_t have = reuse ? py::len(target) : 0;
-    for (std::size_t i = 0; i < items.size(); ++i) {
+    for (std::size_t i = 0; i < items->items.size(); ++i) {
       py::object old = i < have ? py::object(target[py::int_(i)]) : py::object();
-      out.append(rebuild(items[i], old, where.empty() ? std::to_string(i) : where + "/" + std::to_string(i), depth + 1));
+      out.append(rebuild(items->items[i], old, path(std::to_string(i)), depth + 1));
     }
     if (list && target && PyList_Check(target.ptr())) {
       target.attr("__setitem__")(py::slice(py::none(), py::none(), py::none()), out);
@@ -155,7 +396,7 @@ py::object torch_state::rebuild(py::handle skel, py::handle target, const std::s
     }
     return list ? py::object(out) : py::object(py::tuple(out));
   }
-  if (s.contains("value")) return s["value"];
+  if (const jvalue* v = s.get("value")) return to_python(*v, where, depth);
   corrupt_skeleton(where, "an object of no known kind");
 }
 

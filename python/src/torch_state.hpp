@@ -15,6 +15,8 @@
 
 namespace meshckpt::python {
 
+struct jvalue;  // a parsed skeleton (torch_load.cpp)
+
 constexpr const char* meta_key = "__meshckpt_torch__";
 constexpr const char* storage_prefix = "__meshckpt_storage__/";
 
@@ -175,17 +177,11 @@ class torch_state : public graph::module {
     return status;
   }
 
-  // Rebuilds the state a skeleton describes (parsed JSON) into `target`, in place, and binds
-  // every tensor for a restore. Returns the containers' new root and the (destination, source)
-  // pairs to copy after the restore (views of a shared storage onto tensors the caller gave).
-  py::tuple bind_load(py::handle skeleton, py::handle target) {
-    post_.clear();
-    by_key_.clear();
-    py::object root = rebuild(skeleton, target, "", 0);
-    py::list post;
-    for (auto& [dst, src] : post_) post.append(py::make_tuple(dst, src));
-    return py::make_tuple(root, post);
-  }
+  // Rebuilds the state the skeleton document `doc` (the "__meshckpt_torch__" bytes) describes
+  // into `target`, in place, and binds every tensor for a restore. Returns the containers' new
+  // root and the (destination, source) pairs to copy after the restore (views of a shared
+  // storage onto tensors the caller gave). The document is parsed here, in C++.
+  py::tuple bind_load(std::string_view doc, py::handle target);
 
   std::size_t bound() const { return bound_.size(); }
 
@@ -339,9 +335,9 @@ class torch_state : public graph::module {
     add_child(e.key, *e.var);
   }
 
-  py::object rebuild(py::handle skel, py::handle target, const std::string& where, int depth);
-  py::object tensor_leaf(const py::dict& s, py::handle target);
-  py::object view_leaf(const py::dict& s, py::handle target, const std::string& path);
+  py::object rebuild(const jvalue& s, py::handle target, const std::string& where, int depth);
+  py::object tensor_leaf(const jvalue& s, py::handle target);
+  py::object view_leaf(const jvalue& s, py::handle target, const std::string& path);
   void bind_for_restore(const std::string& key, const py::object& t, dtype type, const shape& dims);
 
   mesh mesh_;
@@ -350,7 +346,7 @@ class torch_state : public graph::module {
   std::vector<entry> bound_;
   std::vector<std::optional<layout>> rows_, replicated_;
   // Restore: tensors by key (identical views share one), storages by key, copies to do after.
-  std::map<std::string, py::object> by_key_;
+  std::unordered_map<std::string, py::object> by_key_;
   std::vector<std::pair<py::object, py::object>> post_;
   std::shared_ptr<py_refs> restore_refs_;
 };

@@ -225,3 +225,36 @@ def test_state_dicts_meshckpt_torch_cannot_hold_are_refused(tmp_path):
         deep = {"d": deep}
     with pytest.raises(mc.InvalidArgumentError, match="100 levels"):
         mt.save(deep, tmp_path / "x")
+
+
+def test_plain_values_round_trip_through_the_cpp_skeleton_reader(tmp_path):
+    import math
+    values = {"s": "héllo ✓ 😀 \"q\" \\ \n\t", "big": 2 ** 70, "neg": -3, "f": 0.1, "e": 1e-300, "nan": float("nan"),
+              "inf": float("inf"), "ninf": float("-inf"), "t": True, "n": None, "nested": [1, (2, [3.5, "x"]), {"k": 1, 7: "seven"}],
+              "tensors": (torch.ones(2), [torch.zeros(1)])}
+    mt.save(values, tmp_path / "p")
+    out = mt.load({}, tmp_path / "p")
+    assert out["s"] == values["s"] and out["big"] == 2 ** 70 and out["neg"] == -3 and out["f"] == 0.1 and out["e"] == 1e-300
+    assert math.isnan(out["nan"]) and out["inf"] == math.inf and out["ninf"] == -math.inf and out["t"] is True and out["n"] is None
+    assert out["nested"] == [1, (2, [3.5, "x"]), {"k": 1, 7: "seven"}]
+    assert isinstance(out["tensors"], tuple) and torch.equal(out["tensors"][1][0], torch.zeros(1))
+
+
+@pytest.mark.parametrize("doc,why", [
+    (b'{"format": 2, "state": {"dict": [', "not JSON at byte"),
+    (b'{"format": 2, "state": {"value": "\\ud800"}}', "surrogate"),
+    (b'{"format": 2, "state": {"value": 1}} x', "text after"),
+    (b'{"format": 2, "state": {"value": tru}}', "not JSON"),
+    (b'[' * 300 + b']' * 300, "nested too deeply"),
+    (b'{"format": 3, "state": {}}', "format 3 is not supported"),
+    (b'{"state": {}}', "format \\(none\\) is not supported"),
+    (b'{"format": 2, "state": {"dict": [["i", "x", {"value": 1}]]}}', "dict key of the wrong type"),
+], ids=["truncated", "lone-surrogate", "trailing", "bad-literal", "deep", "format", "no-format", "int-key"])
+def test_malformed_skeleton_documents_are_refused(tmp_path, doc, why):
+    """Unreadable documents are corrupt checkpoints; readable ones of another format, unsupported."""
+    root = mc.Module()
+    root["__meshckpt_torch__"] = mc.Bytes(doc)
+    mc.Checkpoint(mc.Mesh([("ranks", 1)]), root).write(str(tmp_path / "m"))
+    expected = mc.InvalidArgumentError if "is not supported" in why else mc.CorruptCheckpointError
+    with pytest.raises(expected, match=why):
+        mt.load({}, tmp_path / "m")
