@@ -4,7 +4,6 @@
 #pragma once
 
 #include <algorithm>
-#include <map>
 #include <span>
 #include <string_view>
 #include <unordered_map>
