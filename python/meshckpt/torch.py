@@ -80,14 +80,6 @@ def save_lazy(state_dict, path, *, coordinator=None):
     return lazy
 
 
-def _skeleton(path):
-    """The skeleton document of the checkpoint `path` (parsed and checked by TorchState.bind_load)."""
-    meta = _C._read_blob(str(path), _META)
-    if not meta:
-        raise InvalidArgumentError(f"{path} was not written by meshckpt.torch (it has no {_META} entry)")
-    return meta
-
-
 def load(state_dict, path, *, coordinator=None):
     """Loads the checkpoint `path` into `state_dict`, in place: its tensors receive the saved
     values (same dtype and shape, else MismatchError), entries it lacks are added (new tensors,
@@ -97,9 +89,8 @@ def load(state_dict, path, *, coordinator=None):
     if not isinstance(state_dict, dict):
         raise InvalidArgumentError("load() fills a dict (the state dict to restore into)")
     mesh, rank, _ = _mesh(coordinator)
-    skeleton = _skeleton(path)
     tree = _C.TorchState(mesh, rank, 1)  # every rank reads the whole of every tensor
-    _, copies = tree.bind_load(skeleton, state_dict)
+    _, copies = tree.bind_load(str(path), state_dict)
     # Every tensor the skeleton names was restored; a save counter (a manager's save) may be unused.
     Checkpoint(mesh, tree).read(str(path)).assert_existing_objects_matched().expect_partial()
     for dst, src in copies:  # views of a shared storage, onto tensors the caller gave

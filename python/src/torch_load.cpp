@@ -252,18 +252,48 @@ std::string describe_tensor(const std::string& dtype_name, const shape& s) { ret
 
 }  // namespace
 
-py::tuple torch_state::bind_load(std::string_view doc, py::handle target) {
-  const jvalue top = json_parser(doc).document();
+py::tuple torch_state::bind_load(const std::string& prefix, py::handle target) {
+  // The manifest, read once here, gives the skeleton's bytes and the dtype and shape of every
+  // tensor it may name: a leaf is checked against it before anything is allocated for it.
+  std::optional<format::manifest> m;
+  std::vector<std::byte> doc;
+  bool found = false;
+  {
+    py::gil_scoped_release nogil;
+    m = unwrap(read_manifest(process_backend(), prefix));
+    const auto* t = m->find(meta_key);
+    if (t && t->type == dtype::blob && t->global.size() == 1) {
+      found = true;
+      doc.resize(static_cast<std::size_t>(t->global[0]));
+      unwrap(read_tensor_box(process_backend(), prefix, *m, meta_key, box{{0}, t->global}, doc));
+    }
+  }
+  if (!found)
+    fail(errc::invalid_argument, prefix + " was not written by meshckpt.torch (it has no " + std::string(meta_key) + " entry)");
+  const jvalue top = json_parser(std::string_view(reinterpret_cast<const char*>(doc.data()), doc.size())).document();
   const jvalue* format = top.kind == jvalue::object ? top.get("format") : nullptr;
   const jvalue* state = top.kind == jvalue::object ? top.get("state") : nullptr;
   if (!format || !state || format->kind != jvalue::number || (format->text != "1" && format->text != "2"))
     fail(errc::invalid_argument, "meshckpt.torch format " + (format ? format->text : std::string("(none)")) + " is not supported");
   post_.clear();
   by_key_.clear();
+  manifest_ = &*m;
+  struct reset {
+    const format::manifest*& p;
+    ~reset() { p = nullptr; }
+  } unset{manifest_};
   py::object root = rebuild(*state, target, "", 0);
   py::list post;
   for (auto& [dst, src] : post_) post.append(py::make_tuple(dst, src));
   return py::make_tuple(root, post);
+}
+
+void torch_state::check_saved(const std::string& key, dtype type, const shape& dims) const {
+  const auto* t = manifest_ ? manifest_->find(graph::escape_name(key)) : nullptr;
+  if (!t) corrupt_skeleton(key, "the checkpoint holds no tensor of that name");
+  if (t->type != type || t->global != dims)
+    corrupt_skeleton(key, "the skeleton says " + std::string(dtype_name(type)) + to_string(dims) + ", the checkpoint holds " +
+                              std::string(dtype_name(t->type)) + to_string(t->global));
 }
 
 void torch_state::bind_for_restore(const std::string& key, const py::object& t, dtype type, const shape& dims) {
@@ -281,7 +311,7 @@ void torch_state::bind_for_restore(const std::string& key, const py::object& t, 
   bound_.push_back(std::move(e));
 }
 
-py::object torch_state::tensor_leaf(const jvalue& s, py::handle target) {
+py::object torch_state::tensor_leaf(const jvalue& s, py::handle target, const std::string& path) {
   auto& api = torch_api::get();
   const auto key = text_of(s, "tensor", "a tensor");
   const auto name = text_of(s, "dtype", key);
@@ -293,9 +323,15 @@ py::object torch_state::tensor_leaf(const jvalue& s, py::handle target) {
   const dtype type = api.dtype_of(tdtype).first;
   if (auto it = by_key_.find(key); it != by_key_.end()) {  // a tied weight: the same tensor
     if (!target || !api.is_tensor(target)) return it->second;
-    if (facts_of(target, key).ptr != facts_of(it->second, key).ptr) post_.emplace_back(py::reinterpret_borrow<py::object>(target), it->second);
+    auto given = facts_of(target, key);
+    if (given.dims != dims || given.type != type)
+      fail(given.type != type ? errc::dtype_mismatch : errc::shape_mismatch,
+           path + " (a second key of " + key + "): saved " + describe_tensor(name, dims) + ", the given tensor is " +
+               describe_tensor(given.torch_name, given.dims));
+    if (given.ptr != facts_of(it->second, key).ptr) post_.emplace_back(py::reinterpret_borrow<py::object>(target), it->second);
     return py::reinterpret_borrow<py::object>(target);
   }
+  check_saved(key, type, dims);
   py::object t;
   if (target && api.is_tensor(target)) {
     auto given = facts_of(target, key);
@@ -339,6 +375,7 @@ py::object torch_state::view_leaf(const jvalue& s, py::handle target, const std:
     storage = it->second;
     if (py::len(storage) < bytes) corrupt_skeleton(key, "views disagree on the storage's size");
   } else {
+    check_saved(key, dtype::uint8, {bytes});
     // Padded to 16 bytes so that any dtype can view it.
     storage = api.module.attr("empty")(py::make_tuple((bytes + 15) / 16 * 16), py::arg("dtype") = api.module.attr("uint8"));
     bind_for_restore(key, storage.attr("narrow")(0, 0, bytes), dtype::uint8, {bytes});
@@ -359,7 +396,7 @@ py::object torch_state::view_leaf(const jvalue& s, py::handle target, const std:
 py::object torch_state::rebuild(const jvalue& s, py::handle target, const std::string& where, int depth) {
   if (depth > 100) corrupt_skeleton(where, "nested more than 100 levels deep");
   if (s.kind != jvalue::object) corrupt_skeleton(where, "not an object");
-  if (s.get("tensor")) return tensor_leaf(s, target);
+  if (s.get("tensor")) return tensor_leaf(s, target, where.empty() ? "<root>" : where);
   if (s.get("view")) return view_leaf(s, target, where.empty() ? "<root>" : where);
   auto path = [&](const std::string& name) { return where.empty() ? name : where + "/" + name; };
   if (const jvalue* items = s.get("dict")) {
@@ -402,23 +439,6 @@ py::object torch_state::rebuild(const jvalue& s, py::handle target, const std::s
 
 
 
-// The bytes of blob `key` of checkpoint `prefix`, or None when it has no such blob. Reads the
-// manifest and that one entry (checksums verified), not the object graph: a load learns the
-// state's skeleton for the price of its manifest.
-py::object read_blob(const std::string& prefix, const std::string& key) {
-  std::optional<std::vector<std::byte>> out;
-  {
-    py::gil_scoped_release nogil;
-    auto m = unwrap(read_manifest(process_backend(), prefix));
-    const auto* t = m.find(key);
-    if (t && t->type == dtype::blob && t->global.size() == 1) {
-      out.emplace(static_cast<std::size_t>(t->global[0]));
-      unwrap(read_tensor_box(process_backend(), prefix, m, key, box{{0}, t->global}, *out));
-    }
-  }
-  if (!out) return py::none();
-  return py::bytes(reinterpret_cast<const char*>(out->data()), out->size());
-}
 
 
 }  // namespace meshckpt::python

@@ -128,17 +128,13 @@ void walk(py::handle o, const std::string& path, walk_result& w, int depth) {
   }
 }
 
-
-
 void bind_torch_state(py::module_& m) {
-  m.def("_read_blob", &read_blob, py::arg("prefix"), py::arg("key"),
-        "The bytes of blob `key` of checkpoint `prefix` (checksums verified), or None.");
   py::class_<torch_state, graph::trackable>(m, "TorchState")
       .def(py::init<mesh, std::int64_t, std::int64_t>(), py::arg("mesh"), py::arg("rank"), py::arg("world"))
       .def("update", &torch_state::update, py::arg("state_dict"), py::arg("shard_rows"), py::arg("before_change") = py::none(),
            "Walks a state dict, records its skeleton and binds its tensors for a save: 'same', 'rebound' or 'stale'.")
-      .def("bind_load", &torch_state::bind_load, py::arg("skeleton"), py::arg("state_dict"),
-           "Rebuilds the skeleton's state into state_dict and binds its tensors for a restore: (state, copies to do after).")
+      .def("bind_load", &torch_state::bind_load, py::arg("path"), py::arg("state_dict"),
+           "Rebuilds the state checkpoint `path` holds into state_dict and binds its tensors for a restore: (state, copies to do after).")
       .def_property_readonly("bound", &torch_state::bound, "How many variables are bound.");
 }
 

@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "meshckpt/format/describe.hpp"
+#include "meshckpt/format/manifest.hpp"
 #include "variable.hpp"
 
 namespace meshckpt::python {
@@ -112,9 +113,6 @@ struct walk_result {
 };
 void walk(py::handle o, const std::string& path, walk_result& w, int depth);
 
-// The bytes of blob `key` of checkpoint `prefix`, or None when it has no such blob.
-py::object read_blob(const std::string& prefix, const std::string& key);
-
 
 // A state dict as a trackable tree: its tensors' memory bound as variables (children named by
 // their '/'-joined paths) and its skeleton as the bytes child "__meshckpt_torch__".
@@ -176,11 +174,12 @@ class torch_state : public graph::module {
     return status;
   }
 
-  // Rebuilds the state the skeleton document `doc` (the "__meshckpt_torch__" bytes) describes
-  // into `target`, in place, and binds every tensor for a restore. Returns the containers' new
-  // root and the (destination, source) pairs to copy after the restore (views of a shared
-  // storage onto tensors the caller gave). The document is parsed here, in C++.
-  py::tuple bind_load(std::string_view doc, py::handle target);
+  // Rebuilds the state that checkpoint `prefix`'s skeleton (its "__meshckpt_torch__" bytes)
+  // describes into `target`, in place, and binds every tensor for a restore. Returns the
+  // containers' new root and the (destination, source) pairs to copy after the restore (views
+  // of a shared storage onto tensors the caller gave). The document is parsed here, in C++, and
+  // every tensor it names is checked against the manifest before anything is allocated for it.
+  py::tuple bind_load(const std::string& prefix, py::handle target);
 
   std::size_t bound() const { return bound_.size(); }
 
@@ -335,9 +334,11 @@ class torch_state : public graph::module {
   }
 
   py::object rebuild(const jvalue& s, py::handle target, const std::string& where, int depth);
-  py::object tensor_leaf(const jvalue& s, py::handle target);
+  py::object tensor_leaf(const jvalue& s, py::handle target, const std::string& path);
   py::object view_leaf(const jvalue& s, py::handle target, const std::string& path);
   void bind_for_restore(const std::string& key, const py::object& t, dtype type, const shape& dims);
+  // Fails unless the manifest of the load holds tensor `key` with this dtype and shape.
+  void check_saved(const std::string& key, dtype type, const shape& dims) const;
 
   mesh mesh_;
   std::int64_t rank_, world_;
@@ -348,6 +349,7 @@ class torch_state : public graph::module {
   std::unordered_map<std::string, py::object> by_key_;
   std::vector<std::pair<py::object, py::object>> post_;
   std::shared_ptr<py_refs> restore_refs_;
+  const format::manifest* manifest_ = nullptr;  // during bind_load
 };
 
 

@@ -114,6 +114,8 @@ def test_tied_weights_are_saved_once_and_tied_after_load(tmp_path):
     a, b = torch.zeros(50, 8), torch.zeros(50, 8)
     mt.load({"emb.weight": a, "head.weight": b}, tmp_path / "t")
     assert torch.equal(a, emb.weight.detach()) and torch.equal(b, emb.weight.detach())
+    with pytest.raises(mc.MismatchError, match="head.weight \\(a second key of emb.weight\\): saved float32\\[50, 8\\]"):
+        mt.load({"emb.weight": a, "head.weight": torch.zeros(8)}, tmp_path / "t")
 
 
 def test_views_of_one_storage_are_saved_once_and_share_it_after_load(tmp_path):
@@ -206,8 +208,14 @@ def hostile(tmp_path, name, state):
     ({"tensor": 3, "dtype": "float32", "shape": [1]}, "wrong type"),
     ([1, 2], "not an object"),
     ({"what": 1}, "no known kind"),
-], ids=["beyond", "huge-stride", "misaligned", "dtype-name", "negative", "bad-item", "key-type", "list", "unknown"])
+    ({"tensor": "x", "dtype": "float32", "shape": [1 << 40]}, "holds no tensor of that name"),
+    ({"tensor": "__meshckpt_storage__/0", "dtype": "float32", "shape": [1 << 40]}, "the checkpoint holds uint8\\[16\\]"),
+    ({"view": "__meshckpt_storage__/1", "storage_bytes": 1 << 40, "offset": 0, "dtype": "uint8", "shape": [1], "stride": [1]},
+     "holds no tensor of that name"),
+], ids=["beyond", "huge-stride", "misaligned", "dtype-name", "negative", "bad-item", "key-type", "list", "unknown", "absent",
+        "other-shape", "absent-storage"])
 def test_hostile_skeletons_are_refused_with_a_reason(tmp_path, state, why):
+    """Checked before anything is allocated: a leaf claiming 2^40 elements is refused, not tried."""
     path = hostile(tmp_path, "h", state)
     with pytest.raises(mc.CorruptCheckpointError, match=why):
         mt.load({}, path)
