@@ -9,7 +9,7 @@ DIR        ?=
 JOBS       ?= $(shell nproc)
 
 # What the build needs (Debian 12 package names).
-DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libxxhash-dev libsnappy-dev libprotobuf-dev protobuf-compiler catch2 python3 \
+DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libxxhash-dev libsnappy-dev zlib1g-dev libprotobuf-dev protobuf-compiler catch2 python3 \
              libopenmpi-dev openmpi-bin \
              python3-dev pybind11-dev python3-numpy python3-pytest python3-torch python3-h5py python3-mpi4py
 # The sanitizer and libFuzzer build.

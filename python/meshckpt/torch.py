@@ -81,7 +81,8 @@ def save_lazy(state_dict, path, *, coordinator=None):
 
 
 def load(state_dict, path, *, coordinator=None):
-    """Loads the checkpoint `path` into `state_dict`, in place: its tensors receive the saved
+    """Loads the checkpoint `path` — or a torch.save file, read without running its pickle —
+    into `state_dict`, in place: its tensors receive the saved
     values (same dtype and shape, else MismatchError), entries it lacks are added (new tensors,
     plain values), containers are updated. Keys saved as one tensor (tied weights) or as views
     of one storage share it again after the load. Returns `state_dict`. With `coordinator`,
@@ -90,9 +91,12 @@ def load(state_dict, path, *, coordinator=None):
         raise InvalidArgumentError("load() fills a dict (the state dict to restore into)")
     mesh, rank, _ = _mesh(coordinator)
     tree = _C.TorchState(mesh, rank, 1)  # every rank reads the whole of every tensor
-    _, copies = tree.bind_load(str(path), state_dict)
-    # Every tensor the skeleton names was restored; a save counter (a manager's save) may be unused.
-    Checkpoint(mesh, tree).read(str(path)).assert_existing_objects_matched().expect_partial()
+    _, copies, by_name = tree.bind_load(str(path), state_dict)
+    if by_name:  # a torch.save file, or one imported: its entries are read by their keys
+        tree.read_bound(str(path))
+    else:
+        # Every tensor the skeleton names was restored; a save counter (a manager's save) may be unused.
+        Checkpoint(mesh, tree).read(str(path)).assert_existing_objects_matched().expect_partial()
     for dst, src in copies:  # views of a shared storage, onto tensors the caller gave
         dst.copy_(src)
     return state_dict

@@ -3,8 +3,11 @@
 // restore; tied weights and views of one storage share again. The skeleton is checked as the
 // hostile input it may be: every field's type, dimensions, and views inside their storage.
 #include <cstdlib>
+#include <cstring>
 
 #include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/api/torch_io.hpp"
+#include "meshckpt/format/torch_file.hpp"
 #include "torch_state.hpp"
 
 namespace meshckpt::python {
@@ -254,18 +257,27 @@ std::string describe_tensor(const std::string& dtype_name, const shape& s) { ret
 
 py::tuple torch_state::bind_load(const std::string& prefix, py::handle target) {
   // The manifest, read once here, gives the skeleton's bytes and the dtype and shape of every
-  // tensor it may name: a leaf is checked against it before anything is allocated for it.
-  std::optional<format::manifest> m;
+  // tensor it may name: a leaf is checked against it before anything is allocated for it. A
+  // torch.save file is read as one (api/torch_io.hpp), its skeleton from its pickle.
+  std::shared_ptr<format::manifest> m;
   std::vector<std::byte> doc;
   bool found = false;
   {
     py::gil_scoped_release nogil;
-    m = unwrap(read_manifest(process_backend(), prefix));
-    const auto* t = m->find(meta_key);
-    if (t && t->type == dtype::blob && t->global.size() == 1) {
+    if (looks_like_torch_file(prefix)) {
+      auto t = unwrap(read_torch_checkpoint(process_backend(), prefix));
+      m = std::make_shared<format::manifest>(std::move(t.manifest));
+      doc.resize(t.skeleton.size());
+      std::memcpy(doc.data(), t.skeleton.data(), t.skeleton.size());
       found = true;
-      doc.resize(static_cast<std::size_t>(t->global[0]));
-      unwrap(read_tensor_box(process_backend(), prefix, *m, meta_key, box{{0}, t->global}, doc));
+    } else {
+      m = std::make_shared<format::manifest>(unwrap(read_manifest(process_backend(), prefix)));
+      const auto* t = m->find(meta_key);
+      if (t && t->type == dtype::blob && t->global.size() == 1) {
+        found = true;
+        doc.resize(static_cast<std::size_t>(t->global[0]));
+        unwrap(read_tensor_box(process_backend(), prefix, *m, meta_key, box{{0}, t->global}, doc));
+      }
     }
   }
   if (!found)
@@ -275,6 +287,9 @@ py::tuple torch_state::bind_load(const std::string& prefix, py::handle target) {
   const jvalue* state = top.kind == jvalue::object ? top.get("state") : nullptr;
   if (!format || !state || format->kind != jvalue::number || (format->text != "1" && format->text != "2"))
     fail(errc::invalid_argument, "meshckpt.torch format " + (format ? format->text : std::string("(none)")) + " is not supported");
+  // Leaves name manifest keys verbatim (a torch file, or its import): read by name, directly.
+  const jvalue* keys = top.get("keys");
+  verbatim_ = keys && keys->kind == jvalue::string && keys->text == "verbatim";
   post_.clear();
   by_key_.clear();
   manifest_ = &*m;
@@ -285,11 +300,32 @@ py::tuple torch_state::bind_load(const std::string& prefix, py::handle target) {
   py::object root = rebuild(*state, target, "", 0);
   py::list post;
   for (auto& [dst, src] : post_) post.append(py::make_tuple(dst, src));
-  return py::make_tuple(root, post);
+  loaded_ = verbatim_ ? std::move(m) : nullptr;
+  return py::make_tuple(root, post, verbatim_);
+}
+
+void torch_state::read_bound(const std::string& prefix) {
+  if (!loaded_) fail(errc::invalid_argument, "read_bound: no state bound by name (bind_load of a torch file or an import first)");
+  std::vector<named_tensor> targets;
+  targets.reserve(bound_.size());
+  for (const auto& e : bound_) targets.push_back({e.key, e.var->view()});
+  {
+    py::gil_scoped_release nogil;
+    unwrap(read_tensors(process_backend(), prefix, *loaded_, targets));
+  }
+  for (auto& e : bound_)
+    if (e.copy) e.var->copy_back_to(e.source);
+  loaded_.reset();
+}
+
+const format::saved_tensor& torch_state::saved(const std::string& key) const {
+  const auto* t = manifest_ ? manifest_->find(verbatim_ ? key : graph::escape_name(key)) : nullptr;
+  if (!t) corrupt_skeleton(key, "the checkpoint holds no tensor of that name");
+  return *t;
 }
 
 void torch_state::check_saved(const std::string& key, dtype type, const shape& dims) const {
-  const auto* t = manifest_ ? manifest_->find(graph::escape_name(key)) : nullptr;
+  const auto* t = &saved(key);
   if (!t) corrupt_skeleton(key, "the checkpoint holds no tensor of that name");
   if (t->type != type || t->global != dims)
     corrupt_skeleton(key, "the skeleton says " + std::string(dtype_name(type)) + to_string(dims) + ", the checkpoint holds " +
@@ -375,10 +411,16 @@ py::object torch_state::view_leaf(const jvalue& s, py::handle target, const std:
     storage = it->second;
     if (py::len(storage) < bytes) corrupt_skeleton(key, "views disagree on the storage's size");
   } else {
-    check_saved(key, dtype::uint8, {bytes});
+    // The storage's bytes, saved as bytes or as the tensor of a view that covers them.
+    const auto& st = saved(key);
+    const auto n = num_elements(st.global);
+    if (!n || *n * dtype_size(st.type) != bytes)
+      corrupt_skeleton(key, "a storage of " + std::to_string(bytes) + " bytes, the checkpoint holds " + std::string(dtype_name(st.type)) + to_string(st.global));
+    py::handle saved_dtype = api.dtype_named(st.type == dtype::uint8 ? "uint8" : std::string(format::torch::dtype_name(st.type)));
+    if (!saved_dtype) corrupt_skeleton(key, "torch has no dtype for " + std::string(dtype_name(st.type)));
     // Padded to 16 bytes so that any dtype can view it.
     storage = api.module.attr("empty")(py::make_tuple((bytes + 15) / 16 * 16), py::arg("dtype") = api.module.attr("uint8"));
-    bind_for_restore(key, storage.attr("narrow")(0, 0, bytes), dtype::uint8, {bytes});
+    bind_for_restore(key, storage.attr("narrow")(0, 0, bytes).attr("view")(saved_dtype).attr("view")(py::cast(st.global)), st.type, st.global);
     by_key_[key] = storage;
   }
   py::object v = storage.attr("view")(tdtype).attr("as_strided")(py::cast(dims), py::cast(stride), offset / esize);

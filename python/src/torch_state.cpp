@@ -134,7 +134,9 @@ void bind_torch_state(py::module_& m) {
       .def("update", &torch_state::update, py::arg("state_dict"), py::arg("shard_rows"), py::arg("before_change") = py::none(),
            "Walks a state dict, records its skeleton and binds its tensors for a save: 'same', 'rebound' or 'stale'.")
       .def("bind_load", &torch_state::bind_load, py::arg("path"), py::arg("state_dict"),
-           "Rebuilds the state checkpoint `path` holds into state_dict and binds its tensors for a restore: (state, copies to do after).")
+           "Rebuilds the state checkpoint (or torch.save file) `path` holds into state_dict and binds its tensors for a restore: "
+           "(state, copies to do after, whether to read by name with read_bound).")
+      .def("read_bound", &torch_state::read_bound, py::arg("path"), "Reads the tensors the last bind_load bound, by name, from `path`.")
       .def_property_readonly("bound", &torch_state::bound, "How many variables are bound.");
 }
 

@@ -179,7 +179,12 @@ class torch_state : public graph::module {
   // containers' new root and the (destination, source) pairs to copy after the restore (views
   // of a shared storage onto tensors the caller gave). The document is parsed here, in C++, and
   // every tensor it names is checked against the manifest before anything is allocated for it.
+  // Also returns whether the leaves name the manifest's keys verbatim (a torch.save file or its
+  // import): then `read_bound` reads the tensors by those names, not through the object graph.
   py::tuple bind_load(const std::string& prefix, py::handle target);
+
+  // Reads every tensor bound by the last `bind_load` (by name) from `prefix`, verified.
+  void read_bound(const std::string& prefix);
 
   std::size_t bound() const { return bound_.size(); }
 
@@ -339,6 +344,7 @@ class torch_state : public graph::module {
   void bind_for_restore(const std::string& key, const py::object& t, dtype type, const shape& dims);
   // Fails unless the manifest of the load holds tensor `key` with this dtype and shape.
   void check_saved(const std::string& key, dtype type, const shape& dims) const;
+  const format::saved_tensor& saved(const std::string& key) const;  // the manifest's entry a leaf names
 
   mesh mesh_;
   std::int64_t rank_, world_;
@@ -350,6 +356,8 @@ class torch_state : public graph::module {
   std::vector<std::pair<py::object, py::object>> post_;
   std::shared_ptr<py_refs> restore_refs_;
   const format::manifest* manifest_ = nullptr;  // during bind_load
+  bool verbatim_ = false;                       // the skeleton's leaves name manifest keys as they are
+  std::shared_ptr<const format::manifest> loaded_;  // after a bind_load by name, until read_bound
 };
 
 

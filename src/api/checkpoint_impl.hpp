@@ -220,17 +220,20 @@ struct session : std::enable_shared_from_this<session> {
 
   // Name-based: each live value is matched by its full object path. A TensorFlow checkpoint
   // names a variable by its names joined with '/', unescaped ("dense/kernel" for child
-  // "kernel" of "dense", or for a state_dict entry named "dense/kernel").
+  // "kernel" of "dense", or for a state_dict entry named "dense/kernel"); so does any checkpoint
+  // without an object graph that has no entry under the escaped path.
   result<void> match_by_name(graph::trackable& root, const std::vector<std::pair<std::string, graph::trackable*>>& extra, batch& out) {
     auto live = graph::walk(root, extra);
-    const bool tensorflow = manifest.checksum == format::checksum_kind::crc32c_whole;
+    const bool tensorflow = format::whole_slice_crc(manifest.checksum);
     for (std::size_t i = 0; i < live.objects.size(); ++i) {
       const auto& n = live.graph.nodes[i];
       if (!n.has_value) continue;
       std::string key = n.key;
       if (auto it = names.find(n.key); it != names.end()) {
         key = it->second;
-      } else if (tensorflow) {
+      } else if (tensorflow || !manifest.find(key)) {
+        // Foreign keys (TensorFlow's, or a torch or safetensors file's kept verbatim by an
+        // import) are the names as they are: "model.1.weight" is child "model.1.weight".
         auto names = graph::split_key(n.key);
         if (!names) continue;
         key.clear();

@@ -4,6 +4,7 @@
 
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/crc32c.hpp"
+#include "meshckpt/format/zip.hpp"
 
 namespace meshckpt::detail {
 
@@ -75,13 +76,14 @@ std::string slice_ctx(const format::manifest& m, const format::saved_tensor& t, 
 
 result<void> check_chunks(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s,
                           std::span<const std::byte> bytes, std::uint64_t first_chunk) {
-  if (m.checksum == format::checksum_kind::crc32c_whole) {
-    // A TensorFlow tensor: its one checksum covers the whole slice, which a restore of it
-    // therefore always reads whole (its chunk is larger than any slice).
+  if (format::whole_slice_crc(m.checksum)) {
+    // A foreign tensor (TensorFlow, torch): its one checksum covers the whole slice, which a
+    // restore of it therefore always reads whole (its chunk is larger than any slice).
+    const char* name = format::crc_name(m.checksum);
     if (first_chunk != 0 || bytes.size() != s.length || s.checksums.size() != 1)
-      return make_error(errc::invalid_argument, "internal: a partial check of " + slice_ctx(m, t, s) + " (its CRC-32C covers it whole)");
-    if (format::crc32c::value(bytes) != s.checksums[0])
-      return make_error(errc::checksum_mismatch, "CRC-32C mismatch in " + slice_ctx(m, t, s) + " at bytes [" + std::to_string(s.offset) +
+      return make_error(errc::invalid_argument, "internal: a partial check of " + slice_ctx(m, t, s) + " (its " + name + " covers it whole)");
+    if (format::extend_crc(m.checksum, 0, bytes) != s.checksums[0])
+      return make_error(errc::checksum_mismatch, std::string(name) + " mismatch in " + slice_ctx(m, t, s) + " at bytes [" + std::to_string(s.offset) +
                                                      ", " + std::to_string(s.offset + s.length) + ")");
     return success();
   }
@@ -96,18 +98,22 @@ result<void> check_chunks(const format::manifest& m, const format::saved_tensor&
   return success();
 }
 
-slice_checker::slice_checker(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s, bool want_crc)
-    : m_(m), t_(t), s_(s), whole_crc_(m.checksum == format::checksum_kind::crc32c_whole), want_crc_(want_crc || whole_crc_),
-      hasher_(std::max<std::uint64_t>(m.chunk_bytes, 1)) {
+slice_checker::slice_checker(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s, crc_of want)
+    : m_(m), t_(t), s_(s), whole_crc_(format::whole_slice_crc(m.checksum)), want_(want), hasher_(std::max<std::uint64_t>(m.chunk_bytes, 1)) {
   if (!whole_crc_) hasher_.start(s.length, sums_);
 }
 
 result<void> slice_checker::update(std::span<const std::byte> bytes) {
-  if (want_crc_) crc_ = format::crc32c::extend(crc_, bytes);
+  if (want_ == crc_of::crc32c) crc_ = format::crc32c::extend(crc_, bytes);
+  else if (want_ == crc_of::crc32) crc_ = format::zip::crc32_extend(crc_, bytes);
   fed_ += bytes.size();
   if (whole_crc_) {
-    if (fed_ == s_.length && (s_.checksums.size() != 1 || crc_ != s_.checksums[0]))
-      return make_error(errc::checksum_mismatch, "CRC-32C mismatch in " + slice_ctx(m_, t_, s_) + " at bytes [" +
+    // The source's CRC, computed once when it is also the one asked for.
+    const bool same = (m_.checksum == format::checksum_kind::crc32c_whole && want_ == crc_of::crc32c) ||
+                      (m_.checksum == format::checksum_kind::crc32_whole && want_ == crc_of::crc32);
+    source_crc_ = same ? crc_ : format::extend_crc(m_.checksum, source_crc_, bytes);
+    if (fed_ == s_.length && (s_.checksums.size() != 1 || source_crc_ != s_.checksums[0]))
+      return make_error(errc::checksum_mismatch, std::string(format::crc_name(m_.checksum)) + " mismatch in " + slice_ctx(m_, t_, s_) + " at bytes [" +
                                                      std::to_string(s_.offset) + ", " + std::to_string(s_.offset + s_.length) + ")");
     return success();
   }
@@ -124,9 +130,9 @@ result<void> slice_checker::update(std::span<const std::byte> bytes) {
 }
 
 task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct, const format::saved_tensor& t,
-                               const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, bool want_crc) {
+                               const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, crc_of want) {
   auto ex = co_await asio::this_coro::executor;
-  slice_checker check(m, t, s, want_crc);
+  slice_checker check(m, t, s, want);
   const bool small = s.length < runtime::direct_read_min;
   file_cache& files = small ? buffered : direct;
   BOOST_OUTCOME_CO_TRY(auto h, co_await files.get(s.file));
@@ -160,7 +166,7 @@ task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_c
   }
   if (ahead) (void)co_await ahead->drain();  // before the reader goes away (sequential_reader.hpp)
   BOOST_OUTCOME_CO_TRY(std::move(r));
-  co_return want_crc ? check.crc() : std::uint32_t{0};
+  co_return check.crc();
 }
 
 }  // namespace meshckpt::detail

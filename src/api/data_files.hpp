@@ -48,23 +48,27 @@ result<void> check_chunks(const format::manifest& m, const format::saved_tensor&
 // Checks a stored slice's bytes as they arrive in order, in pieces of any size: each chunk
 // against its checksum once its last byte is in (a TensorFlow piece's one CRC-32C at the
 // slice's end). Errors name tensor, slice, file and byte range.
+// Which CRC of the bytes a copy also computes, for the file it writes: none, CRC-32C (a
+// TensorFlow bundle entry's) or CRC-32 (a zip record's).
+enum class crc_of { none, crc32c, crc32 };
+
 class slice_checker {
  public:
-  // `want_crc`: also compute the CRC-32C of the bytes (a TensorFlow bundle entry's). Throws
-  // std::bad_alloc.
-  slice_checker(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s, bool want_crc = false);
+  // `want`: also compute that CRC of the bytes. Throws std::bad_alloc.
+  slice_checker(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s, crc_of want = crc_of::none);
   // The next bytes of the slice. Precondition: no more than it has left.
   result<void> update(std::span<const std::byte> bytes);
-  // The CRC-32C of the bytes fed so far (with `want_crc`, or from a TensorFlow source).
+  // The CRC `want` asked for, of the bytes fed so far.
   std::uint32_t crc() const { return crc_; }
 
  private:
   const format::manifest& m_;
   const format::saved_tensor& t_;
   const format::saved_slice& s_;
-  bool whole_crc_, want_crc_;
+  bool whole_crc_;
+  crc_of want_;
   std::uint64_t fed_ = 0;
-  std::uint32_t crc_ = 0;
+  std::uint32_t crc_ = 0, source_crc_ = 0;
   format::chunk_hasher hasher_;
   std::vector<std::uint64_t> sums_;  // of the chunks complete so far
 };
@@ -72,11 +76,11 @@ class slice_checker {
 // Copies stored slice `s` of tensor `t` to `[out_offset, out_offset + s.length)` of the file
 // `out` writes, reading it into the staging blocks and checking it on the way (slice_checker):
 // through a runtime::sequential_reader from `direct` (files opened read_direct), or from
-// `buffered` when it is shorter than runtime::direct_read_min. With `want_crc`, returns the
-// CRC-32C of the bytes (a TensorFlow bundle entry's), else 0. A mismatch fails the copy after
-// some of the bytes were placed: the caller's file is discarded.
+// `buffered` when it is shorter than runtime::direct_read_min. Returns the CRC `want` asks for
+// (0 for none). A mismatch fails the copy after some of the bytes were placed: the caller's
+// file is discarded.
 task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct, const format::saved_tensor& t,
-                               const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, bool want_crc);
+                               const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, crc_of want);
 
 // Reads the byte ranges an import streams from its source files, each ahead of the save that
 // asks for it (runtime::sequential_reader on `direct`, the file opened read_direct, one range at

@@ -94,7 +94,7 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
       if (t->slices.size() == 1 && t->slices[0].where == box::whole(t->global)) {
         // Stored whole: its bytes are the row-major tensor, read straight into the staging
         // blocks and checked on the way (a TensorFlow tensor's CRC-32C at its last byte).
-        auto copied = detail::copy_slice(b, *m, src, src_direct, *t, t->slices[0], w, offset, false);
+        auto copied = detail::copy_slice(b, *m, src, src_direct, *t, t->slices[0], w, offset, detail::crc_of::none);
         BOOST_OUTCOME_CO_TRY(co_await std::move(copied));
         offset += t->slices[0].length;
         continue;
@@ -103,7 +103,7 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
       // from the slices that hold it, so memory stays bounded whatever the tensor's size. A
       // TensorFlow tensor's one CRC covers each of its pieces whole: checked once, first.
       read_options block_opt;
-      if (m->checksum == format::checksum_kind::crc32c_whole) {
+      if (format::whole_slice_crc(m->checksum)) {
         auto checking = detail::verify_one_tensor(b, prefix, m, t->key);
         BOOST_OUTCOME_CO_TRY(co_await std::move(checking));
         block_opt.verify_checksums = false;

@@ -353,7 +353,7 @@ task<read_report> read_steps(io::backend& b, const format::manifest& m, std::spa
     for (auto& r : x.ranges) r.targets.clear();  // nothing kept points into the targets
     x.from.clear();
   });
-  if (m.checksum != format::checksum_kind::crc32c_whole) {
+  if (!format::whole_slice_crc(m.checksum)) {
     BOOST_OUTCOME_CO_TRY(match_targets(m, targets, rep, w));
     BOOST_OUTCOME_CO_TRY(rep.bytes_read, co_await run_wanted(b, m, w, m.chunk_bytes, b.caps().direct_io, opt, files));
     co_return rep;
@@ -407,7 +407,7 @@ task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const 
     }
     // A TensorFlow bundle's tensors lie at any offset, and a partial read of one checks it
     // whole first: buffered reads.
-    file_cache files(b, *p, *m, b.caps().direct_io && m->checksum != format::checksum_kind::crc32c_whole);
+    file_cache files(b, *p, *m, b.caps().direct_io && !format::whole_slice_crc(m->checksum));
     const staged_round round = [&](std::span<const named_tensor> ts) -> task<read_report> {
       // Targets of another floating dtype (when asked): read into temporaries of the saved
       // dtype and the target's layout, then convert into the target's shards.

@@ -56,7 +56,7 @@ task<void> verify_tensor_coro(io::backend& b, std::string prefix, std::shared_pt
 // read_tensor_box: one box of one tensor, only the ranges (whole checksum chunks) that hold it.
 task<read_report> read_box_coro(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string key, box where,
                                 std::span<std::byte> out, read_options opt) {
-  const bool whole_crc = m->checksum == format::checksum_kind::crc32c_whole;
+  const bool whole_crc = format::whole_slice_crc(m->checksum);
   const bool direct = b.caps().direct_io && !whole_crc;
   // Unverified or checked whole first: ranges of whole pages suffice.
   const std::uint64_t granule = whole_crc || !opt.verify_checksums ? runtime::staging_alignment : m->chunk_bytes;

@@ -296,6 +296,11 @@ task<restorable> load_restorable(io::backend& b, std::string path, bool tensorfl
         auto variables = load_tf(b, path + "/variables/variables", read_strings);
         co_return co_await std::move(variables);
       }
+      if (!tensorflow_only) {  // a torch.save file at that path
+        auto torch = load_torch(b, path);
+        auto t = co_await std::move(torch);
+        if (t || t.error().code != errc::not_found) co_return t;
+      }
       co_return no_checkpoint_at(path, m.error());
     }
   }

@@ -26,6 +26,9 @@ struct restorable {
   // value (how meshckpt exports an opaque value), or every one of a bundle without an object
   // graph, decoded and checked, by key.
   std::map<std::string, std::string> strings;
+  // A torch file's state: meshckpt.torch's skeleton (format/torch_file.hpp), whose leaves name
+  // the manifest's keys verbatim.
+  std::string torch_skeleton;
 };
 
 // The checkpoint at `path`: meshckpt's (`path.manifest`), else TensorFlow's (`path.index`, or
@@ -35,6 +38,15 @@ struct restorable {
 // With `read_strings` (an import), a TensorFlow checkpoint's opaque values are read too
 // (`restorable::strings`) and its object graph names them as values.
 task<restorable> load_restorable(io::backend& b, std::string path, bool tensorflow_only = false, bool read_strings = false);
+
+// A torch.save file at `path` (format::checksum_kind::crc32_whole: each storage a slice of its
+// zip record's CRC-32); not_found when there is no such file or it is not a torch.save zip.
+task<restorable> load_torch(io::backend& b, std::string path);
+
+// Writes what `found` holds as the meshckpt checkpoint `to`: every tensor whole on one device,
+// streamed from its files; its object graph, TensorFlow's records and a torch skeleton as
+// extensions and entries. On error nothing is committed.
+task<write_report> import_restorable(io::backend& b, restorable found, std::string to, write_options wopt);
 
 // TensorFlow's object graph as meshckpt's: the same nodes and edges; a node that saved a
 // variable ("VARIABLE_VALUE") whose key `m` (or `strings`) holds has that key as its value; an

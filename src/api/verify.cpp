@@ -7,6 +7,7 @@
 #include "data_files.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/format/names.hpp"
+#include "restorable.hpp"
 
 namespace meshckpt {
 
@@ -18,8 +19,16 @@ task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const s
                                  std::optional<format::manifest>& manifest, std::optional<file_cache>& cache,
                                  const verify_progress& progress) {
   auto ex = co_await asio::this_coro::executor;
-  BOOST_OUTCOME_CO_TRY(auto loaded, co_await load_manifest(b, p, prefix));
-  const auto* m = &manifest.emplace(std::move(loaded));
+  auto loaded = co_await load_manifest(b, p, prefix);
+  if (!loaded && loaded.error().code == errc::not_found) {  // a torch.save file there: its storages against their CRC-32
+    auto torch = co_await load_torch(b, prefix);
+    if (torch) loaded = std::move(torch->manifest);
+    else if (torch.error().code != errc::not_found) loaded = torch.error();
+  }
+  if (!loaded) co_return loaded.error();
+  const auto* m = &manifest.emplace(std::move(*loaded));
+  // A whole-slice CRC is checked as the pieces go by; XXH3 chunks piece by piece.
+  const bool whole = format::whole_slice_crc(m->checksum);
   verify_report rep;
   rep.files = m->files.size();
   rep.tensors = m->tensors.size();
@@ -40,7 +49,9 @@ task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const s
         bad_files.insert(s.file);
         continue;
       }
-      std::uint64_t step = m->chunk_bytes * std::max<std::uint64_t>(1, (8u << 20) / m->chunk_bytes);
+      std::uint64_t step = whole ? std::uint64_t{8} << 20 : m->chunk_bytes * std::max<std::uint64_t>(1, (8u << 20) / m->chunk_bytes);
+      std::optional<slice_checker> whole_check;
+      if (whole) whole_check.emplace(*m, t, s);
       for (std::uint64_t off = 0; off < s.length; off += step) {
         std::uint64_t n = std::min(step, s.length - off);
         buf.resize(n);
@@ -55,7 +66,7 @@ task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const s
         }
         rep.bytes_checked += n;
         if (progress) progress(rep.bytes_checked, total);
-        if (auto c = check_chunks(*m, t, s, buf, off / m->chunk_bytes); !c) {
+        if (auto c = whole ? whole_check->update(buf) : check_chunks(*m, t, s, buf, off / m->chunk_bytes); !c) {
           rep.problems.push_back(c.error());
           break;
         }

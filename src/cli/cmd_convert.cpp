@@ -21,6 +21,7 @@
 #include "values.hpp"
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/api/torch_io.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/api/tf_bundle_io.hpp"
 #include "meshckpt/backends/uring.hpp"
@@ -41,6 +42,32 @@ result<void> write_safetensors_file(io::backend& b, const std::string& prefix, c
   std::vector<std::string> keys;
   for (const auto* t : which) keys.push_back(t->key);
   return export_safetensors(b, prefix, m, keys, meta, out);
+}
+
+// export PATH --to torch OUT [--skip-unsupported]: every tensor into one torch.save file.
+// What torch cannot hold is refused, or left out and listed, never dropped silently.
+int export_to_torch(io::backend& b, const args& a, std::string prefix) {
+  auto m = load_manifest(b, prefix, a);
+  if (!m) return 1;
+  std::vector<std::string> keys, skipped;
+  for (const auto& t : m->tensors) {
+    const bool unsigned_wide = t.type == dtype::uint16 || t.type == dtype::uint32 || t.type == dtype::uint64;
+    if (t.type == dtype::blob || unsigned_wide) {
+      skipped.push_back("\"" + format::display_bytes(t.key) + "\" (" + (unsigned_wide ? std::string(dtype_name(t.type)) : "an opaque blob") + ")");
+      continue;
+    }
+    keys.push_back(t.key);
+  }
+  std::string list;
+  for (const auto& s : skipped) list += (list.empty() ? "" : ", ") + s;
+  if (!skipped.empty() && !a.skip_unsupported)
+    return report_error("export", make_error(errc::unsupported, std::to_string(skipped.size()) + " tensor(s) of " + prefix +
+                                                                   " cannot be written to a torch.save file that torch 1.13 loads: " + list +
+                                                                   " (--skip-unsupported leaves them out)"));
+  if (auto w = export_torch(b, prefix, *m, keys, a.out); !w) return report_error("export", w.error());
+  if (!skipped.empty()) std::fprintf(stderr, "meshckpt export: skipped %zu tensor(s): %s\n", skipped.size(), list.c_str());
+  std::printf("exported %zu tensors of %s to the torch.save file %s\n", keys.size(), prefix.c_str(), a.out.c_str());
+  return 0;
 }
 
 // export PATH --to safetensors OUT [--shards N|processes]: every tensor, whole, into one
@@ -69,6 +96,7 @@ int cmd_export(io::backend& b, const args& a) {
                 r->opaque ? (" (" + std::to_string(r->opaque) + " opaque value" + (r->opaque == 1 ? "" : "s") + " as DT_STRING)").c_str() : "");
     return 0;
   }
+  if (a.to == "torch") return export_to_torch(b, a, prefix);
   if (!a.shards.empty() && a.shards != "processes") {
     const long n = std::atol(a.shards.c_str());
     if (n < 1 || n > 99999 || a.shards.find_first_not_of("0123456789") != std::string::npos) {
@@ -233,8 +261,8 @@ int cmd_export(io::backend& b, const args& a) {
 }
 
 // import FILE --to PREFIX: a safetensors file, or a sharded model through its
-// model.safetensors.index.json (validated by the format's safety rules), as a meshckpt
-// checkpoint, each tensor whole on one device.
+// model.safetensors.index.json (validated by the format's safety rules), a TensorFlow
+// checkpoint or a torch.save file, as a meshckpt checkpoint, each tensor whole on one device.
 int cmd_import(io::backend& b, const args& a) {
   if (auto tf = tf_bundle_prefix(a.path)) {
     auto w = import_tf_checkpoint(b, *tf, a.to);
@@ -258,10 +286,17 @@ int cmd_import(io::backend& b, const args& a) {
     }
     return 0;
   }
+  if (!is_directory(a.path) && looks_like_torch_file(a.path)) {
+    auto w = import_torch_checkpoint(b, a.path, a.to);
+    if (!w) return report_error("import", w.error());
+    std::printf("imported %zu entries from the torch.save file %s as %s (its pickle read, not run)\n", w->tensors - 1, a.path.c_str(),
+                w->manifest_path.c_str());
+    return 0;
+  }
   // A file of no kind it reads is named as such, not as a safetensors file with a wild header.
   const std::string kinds =
       "a safetensors file (an 8-byte header length, then a JSON header), a model.safetensors.index.json, a TensorFlow checkpoint "
-      "(PREFIX or PREFIX.index, with PREFIX.data-*) or a SavedModel directory (with variables/variables.index)";
+      "(PREFIX or PREFIX.index, with PREFIX.data-*), a SavedModel directory (with variables/variables.index) or a torch.save file";
   if (!exists(a.path))
     return report_error("import", make_error(errc::not_found, a.path + " does not exist (import reads " + kinds + ")"));
   if (is_directory(a.path))

@@ -269,7 +269,7 @@ int cmd_diff(io::backend& b, const args& a) {
     // unverified (each block would otherwise check the whole tensor again).
     read_options opt_a, opt_b;
     for (auto [m, p, opt] : {std::tuple{&*ma, &pa, &opt_a}, std::tuple{&*mb, &pb, &opt_b}}) {
-      if (m->checksum != format::checksum_kind::crc32c_whole) continue;
+      if (!format::whole_slice_crc(m->checksum)) continue;
       if (auto v = verify_tensor(b, *p, *m, key); !v) {
         std::fprintf(stderr, "meshckpt diff: %s\n", v.error().what().c_str());
         return 2;

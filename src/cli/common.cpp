@@ -29,6 +29,7 @@
 #include "meshckpt/graph/object_graph.hpp"
 
 #include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/api/torch_io.hpp"
 #include "commands.hpp"
 
 namespace meshckpt::cli {
@@ -50,11 +51,14 @@ const char* const usage_text =
     "                          every tensor of checkpoint PATH, whole, into the safetensors\n"
     "                          file OUT (what it cannot hold fails the export, or is left out\n"
     "                          and listed with --skip-unsupported)\n"
+    "  export PATH --to torch OUT [--skip-unsupported]\n"
+    "                          every tensor of checkpoint PATH into the torch.save file OUT\n"
     "  export PATH --to tf OUT [--shards N]\n"
     "                          checkpoint PATH as the TensorFlow bundle OUT (keys verbatim,\n"
     "                          with its object graph), streamed\n"
     "  import SRC --to PREFIX  a safetensors file (checked by the format's safety rules), a\n"
-    "                          TensorFlow checkpoint or a SavedModel directory as the\n"
+    "                          TensorFlow checkpoint, a SavedModel directory or a torch.save\n"
+    "                          file (its pickle read, never run) as the\n"
     "                          checkpoint PREFIX, each tensor whole on one device\n"
     "  show PATH KEY           a picture of how tensor KEY of checkpoint PATH was sharded:\n"
     "                          its global shape as a grid of slices, each labelled with the\n"
@@ -120,8 +124,14 @@ std::optional<format::manifest> load_manifest(io::backend& b, std::string& prefi
       prefix = tf->prefix;
       return std::move(tf->manifest);
     }
-    if (tf.error().code != errc::not_found || a.format == "tf") m = tf.error();
-    else m = no_checkpoint_at(prefix, m.error());
+    if (tf.error().code != errc::not_found || a.format == "tf") {
+      m = tf.error();
+    } else if (auto torch = read_torch_checkpoint(b, prefix); torch) {  // a torch.save file, read in place
+      prefix = torch->prefix;
+      return std::move(torch->manifest);
+    } else {
+      m = torch.error().code != errc::not_found ? torch.error() : no_checkpoint_at(prefix, m.error());
+    }
   }
   if (!m) {
     std::fprintf(stderr, "meshckpt %s: %s\n", a.command.c_str(), m.error().what().c_str());

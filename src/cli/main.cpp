@@ -117,7 +117,7 @@ const command_spec commands[] = {
      "TensorFlow checkpoints (compared by key with meshckpt ones). Exit status 0 identical,\n"
      "1 different, 2 trouble.",
      2, true, false, false, false, cmd_diff},
-    {"export", "export PATH --to safetensors|tf OUT [--shards N|processes] [--skip-unsupported] [--rename OLD=NEW]... [--rename-file FILE]",
+    {"export", "export PATH --to safetensors|tf|torch OUT [--shards N|processes] [--skip-unsupported] [--rename OLD=NEW]... [--rename-file FILE]",
      "Every tensor of checkpoint PATH, whole, into the safetensors file OUT (written to a temp\n"
      "name, fsynced, renamed). A tensor safetensors cannot hold (an opaque blob; a TensorFlow\n"
      "string, complex or unknown dtype) fails the export, naming it; --skip-unsupported leaves\n"
@@ -131,13 +131,20 @@ const command_spec commands[] = {
      "With --to tf, OUT is the prefix of a TensorFlow V2 bundle (OUT.index,\n"
      "OUT.data-0000k-of-0000N, N from --shards, default 1), keys verbatim, the object graph\n"
      "included; a tensor saved sharded is a partitioned variable of its shard boxes. Streamed:\n"
-     "each stored slice is copied in 8 MiB pieces, checksums verified on the way.",
+     "each stored slice is copied in 8 MiB pieces, checksums verified on the way.\n"
+     "With --to torch, OUT is a torch.save zip file of an OrderedDict of every tensor under its\n"
+     "key, which torch.load(OUT, weights_only=True) loads; an opaque blob or an unsigned dtype\n"
+     "torch lacks fails the export, naming it, unless --skip-unsupported leaves it out.",
      2, false, true, false, false, cmd_export},
     {"import", "import SRC --to PREFIX",
      "SRC as the checkpoint PREFIX, each tensor whole on one device: a safetensors file, the\n"
      "sharded model of a model.safetensors.index.json (checked by the format's safety rules), a\n"
      "TensorFlow checkpoint (a bundle prefix or its .index) or a SavedModel directory (TensorFlow\n"
-     "keys verbatim, the TF2 object graph kept, every tensor checked against its CRC-32C).\n"
+     "keys verbatim, the TF2 object graph kept, every tensor checked against its CRC-32C), or a\n"
+     "torch.save file (its pickle read, never run: only the globals of tensors, storages,\n"
+     "dtypes and containers are allowed; keys are the state dict's, nested keys joined by '.';\n"
+     "views and tied weights keep their sharing for meshckpt.torch.load; every storage checked\n"
+     "against its CRC-32).\n"
      "Streamed: memory stays at the save's staging buffers whatever the tensor size.",
      1, false, true, false, false, cmd_import},
 };
@@ -214,12 +221,15 @@ int main(int argc, char** argv) {
   if (!a.format.empty() && a.command != "inspect" && a.command != "verify" && a.command != "cat" && a.command != "diff" && a.command != "show")
     return command_usage_error(*cmd, "has no --format");
   if (a.no_progress && !cmd->progress) return command_usage_error(*cmd, "has no --no-progress");
-  if ((a.skip_unsupported || !a.renames.empty() || !a.rename_file.empty()) && (a.command != "export" || a.to != "safetensors"))
-    return command_usage_error(*cmd, "--skip-unsupported, --rename and --rename-file are options of export --to safetensors");
+  if ((a.skip_unsupported || !a.renames.empty() || !a.rename_file.empty()) && (a.command != "export" || a.to != "safetensors") &&
+      !(a.skip_unsupported && a.renames.empty() && a.rename_file.empty() && a.command == "export" && a.to == "torch"))
+    return command_usage_error(*cmd, "--skip-unsupported, --rename and --rename-file are options of export --to safetensors (and --skip-unsupported of --to torch)");
   if (positional.size() - 1 != cmd->operands)
     return command_usage_error(*cmd, "takes " + std::to_string(cmd->operands) + " operand(s), got " + std::to_string(positional.size() - 1));
   if (cmd->to && a.to.empty()) return command_usage_error(*cmd, "needs --to");
-  if (a.command == "export" && a.to != "safetensors" && a.to != "tf") return command_usage_error(*cmd, "exports --to safetensors or --to tf");
+  if (a.command == "export" && a.to != "safetensors" && a.to != "tf" && a.to != "torch")
+    return command_usage_error(*cmd, "exports --to safetensors, --to tf or --to torch");
+  if (a.command == "export" && a.to == "torch" && !a.shards.empty()) return command_usage_error(*cmd, "--to torch writes one file: no --shards");
   if (a.command == "export" && a.to == "tf" && a.shards == "processes") return command_usage_error(*cmd, "--to tf takes --shards N");
   a.path = positional[1];
   if (cmd->operands == 2) {

@@ -6,10 +6,16 @@
 
 #include "codec.hpp"
 #include "meshckpt/format/checksum.hpp"
+#include "meshckpt/format/crc32c.hpp"
+#include "meshckpt/format/zip.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/tensor/arith.hpp"
 
 namespace meshckpt::format {
+
+std::uint32_t extend_crc(checksum_kind k, std::uint32_t crc, std::span<const std::byte> data) noexcept {
+  return k == checksum_kind::crc32_whole ? zip::crc32_extend(crc, data) : crc32c::extend(crc, data);
+}
 
 namespace {
 

@@ -478,7 +478,7 @@ check "export and original hold the same values" test $rc -eq 0; check "3 identi
 run export "$WORK/ck/ckpt-3" --to tf "$WORK/demo-tf" --shards 0
 check "--shards 0 is refused" test $rc -eq 2
 run export "$WORK/ck/ckpt-3" --to onnx "$WORK/x"
-check "an unknown --to is refused" test $rc -eq 2; check "names the formats" has "--to safetensors or --to tf"
+check "an unknown --to is refused" test $rc -eq 2; check "names the formats" has "--to safetensors, --to tf or --to torch"
 # cat, show and diff read TensorFlow checkpoints in place; --format forces the kind.
 run cat "$TF/half_plus_two_tf2_savedmodel" "a/.ATTRIBUTES/VARIABLE_VALUE"
 check "cat of a SavedModel" test $rc -eq 0; check "a is 0.5" has "0.5"

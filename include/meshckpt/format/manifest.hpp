@@ -101,7 +101,18 @@ struct extension {
 enum class checksum_kind : std::uint8_t {
   xxh3_chunks,   ///< meshckpt's format: XXH3-64 of each `chunk_bytes` piece
   crc32c_whole,  ///< a TensorFlow bundle read as a manifest: one CRC-32C (unmasked) of the whole slice
+  crc32_whole,   ///< a torch.save zip file read as a manifest: its record's CRC-32 (zlib's) of the whole slice
 };
+
+/// Whether each slice carries one CRC of all its bytes (a foreign file read as a manifest),
+/// which a read therefore checks whole.
+constexpr bool whole_slice_crc(checksum_kind k) noexcept { return k != checksum_kind::xxh3_chunks; }
+
+/// The whole-slice CRC of kind `k` of `data` appended to bytes whose CRC is `crc` (0 for none).
+std::uint32_t extend_crc(checksum_kind k, std::uint32_t crc, std::span<const std::byte> data) noexcept;
+
+/// The name of a whole-slice CRC in messages: "CRC-32C" or "CRC-32".
+constexpr const char* crc_name(checksum_kind k) noexcept { return k == checksum_kind::crc32_whole ? "CRC-32" : "CRC-32C"; }
 
 /// A decoded manifest. Tensors are sorted by key (strictly increasing).
 struct manifest {
@@ -113,8 +124,9 @@ struct manifest {
   std::vector<data_file> files;            ///< the data files
   std::vector<saved_tensor> tensors;       ///< sorted by key
   std::vector<extension> extensions;       ///< named opaque sections
-  /// `crc32c_whole` only for a TensorFlow bundle presented as a manifest in memory (then
-  /// `chunk_bytes` exceeds every slice, each slice's `checksums` holds its CRC-32C, and the
+  /// `crc32c_whole` or `crc32_whole` only for a TensorFlow bundle or a torch file presented as a
+  /// manifest in memory (then
+  /// `chunk_bytes` exceeds every slice, each slice's `checksums` holds its CRC, and the
   /// manifest cannot be encoded); never in a manifest file.
   checksum_kind checksum = checksum_kind::xxh3_chunks;
 

@@ -1,0 +1,232 @@
+"""Reading what PyTorch wrote, without running it: torch.save files (written here by Debian's
+torch) loaded by meshckpt.torch.load and read in place by the CLI, imported and exported, and
+hostile files — malicious pickles (nothing runs), storages claiming 2^40 elements, missing and
+damaged records — refused with errors that say what and where."""
+
+import collections
+import io
+import json
+import os
+import pickle
+import subprocess
+import zipfile
+
+import pytest
+import torch
+
+import meshckpt as mc
+import meshckpt.torch as mt
+from conftest import cli
+
+
+def run(*args):
+    return subprocess.run([cli(), *map(str, args)], capture_output=True, text=True)
+
+
+def assert_same(ref, out, where="<root>"):
+    """`out` equals `ref` as torch.load returned it: values, dtypes, shapes, strides, containers."""
+    if isinstance(ref, torch.Tensor):
+        assert isinstance(out, torch.Tensor), where
+        assert out.dtype == ref.dtype and out.shape == ref.shape and out.stride() == ref.stride(), where
+        assert torch.equal(out, ref), where
+    elif isinstance(ref, dict):
+        assert isinstance(out, dict) and list(out) == list(ref), where
+        for k in ref:
+            assert_same(ref[k], out[k], f"{where}.{k}")
+    elif isinstance(ref, (list, tuple)):
+        assert type(out) is type(ref) and len(out) == len(ref), where
+        for i, (a, b) in enumerate(zip(ref, out)):
+            assert_same(a, b, f"{where}.{i}")
+    else:
+        assert out == ref and type(out) is type(ref), where
+
+
+def trainer_state():
+    """A model with tied weights and buffers, and an Adam optimizer after one step."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied
+    model = torch.nn.Sequential(emb, torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), head)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.tensor([1, 2, 3])).sum().backward()
+    opt.step()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3, "note": "run-7", "best": None}
+
+
+def test_torch_save_files_load_as_torch_load_gives_them(tmp_path):
+    state = trainer_state()
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    state["extra"] = {
+        "t": base.t(),  # non-contiguous
+        "row": base[1],  # a view at an offset
+        "cl": torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5).to(memory_format=torch.channels_last),
+        "empty": torch.zeros(0, 3),
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+        "dtypes": [torch.ones(3, dtype=d) for d in (torch.bool, torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64,
+                                                     torch.float16, torch.bfloat16, torch.complex64, torch.complex128)],
+    }
+    path = tmp_path / "trainer.pt"
+    torch.save(state, path)
+    ref = torch.load(path)
+    out = mt.load({}, path)
+    assert_same(ref, out)
+    # Tied weights and views share their storage again, as after torch.load.
+    m = out["model"]
+    assert m["0.weight"].data_ptr() == m["3.weight"].data_ptr()
+    assert out["extra"]["row"].storage().data_ptr() == out["extra"]["t"].storage().data_ptr()
+
+
+def test_a_torch_file_loads_into_the_given_tensors_in_place(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    fresh = torch.nn.Linear(3, 2)
+    sd = fresh.state_dict()
+    before = sd["weight"].data_ptr()
+    mt.load(sd, tmp_path / "m.pt")
+    assert sd["weight"].data_ptr() == before
+    assert torch.equal(fresh.weight, model.weight) and torch.equal(fresh.bias, model.bias)
+    # A mismatch is refused by name.
+    with pytest.raises(mc.MismatchError, match="weight"):
+        mt.load(torch.nn.Linear(4, 2).state_dict(), tmp_path / "m.pt")
+
+
+def test_the_cli_reads_torch_files_in_place_and_imports_and_exports_them(tmp_path):
+    state = trainer_state()
+    pt = tmp_path / "trainer.pt"
+    torch.save(state, pt)
+    r = run("inspect", "--json", pt)
+    assert r.returncode == 0, r.stderr
+    keys = {t["key"]: t for t in json.loads(r.stdout)["tensors"]}
+    assert keys["model.1.weight"]["dtype"] == "float32" and keys["model.1.weight"]["shape"] == [4, 4]
+    assert keys["model.2.num_batches_tracked"]["dtype"] == "int64" and keys["model.2.num_batches_tracked"]["shape"] == []
+    assert "model.3.weight" not in keys  # tied to model.0.weight: stored once
+    assert "optimizer.state.0.exp_avg" in keys
+    assert run("verify", pt).returncode == 0
+    r = run("cat", "--json", pt, "model.1.bias")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["values"] == pytest.approx(state["model"]["1.bias"].tolist())
+    # import, then load the import: the same state, sharing kept.
+    r = run("import", pt, "--to", tmp_path / "imported")
+    assert r.returncode == 0, r.stderr
+    assert run("diff", pt, tmp_path / "imported").returncode == 1  # the import adds its skeleton entry
+    out = mt.load({}, tmp_path / "imported")
+    assert_same(torch.load(pt), out)
+    assert out["model"]["0.weight"].data_ptr() == out["model"]["3.weight"].data_ptr()
+    # The Checkpoint API restores the import by name.
+    mesh = mc.Mesh([("x", 1)])
+    w = torch.empty(4, 4)
+    root = mc.Module()
+    root["model.1.weight"] = mc.Variable(w, mesh=mesh)
+    mc.Checkpoint(mesh, root).read(str(tmp_path / "imported")).expect_partial()
+    assert torch.equal(w, state["model"]["1.weight"])
+    # ... and the torch file itself, in place.
+    w.zero_()
+    mc.Checkpoint(mesh, root).read(str(pt)).expect_partial()
+    assert torch.equal(w, state["model"]["1.weight"])
+    # export --to torch: what torch.load(weights_only=True) loads, same keys, dtypes, bytes.
+    r = run("export", tmp_path / "imported", "--to", "torch", tmp_path / "out.pt")
+    assert r.returncode == 1 and "__meshckpt_torch__" in r.stderr and "--skip-unsupported" in r.stderr
+    r = run("export", tmp_path / "imported", "--to", "torch", tmp_path / "out.pt", "--skip-unsupported")
+    assert r.returncode == 0, r.stderr
+    back = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert set(back) == set(keys)
+    for k, t in back.items():
+        assert t.dtype == getattr(torch, keys[k]["dtype"].replace("float8_e4m3", "float8_e4m3fn")) and list(t.shape) == keys[k]["shape"]
+    assert torch.equal(back["model.1.weight"], state["model"]["1.weight"])
+    assert torch.equal(back["optimizer.state.0.exp_avg_sq"], state["optimizer"]["state"][0]["exp_avg_sq"])
+    # A meshckpt checkpoint exports too.
+    mt.save({"w": torch.arange(5.0)}, tmp_path / "own")
+    assert run("export", tmp_path / "own", "--to", "torch", tmp_path / "own.pt", "--skip-unsupported").returncode == 0
+    assert torch.equal(torch.load(tmp_path / "own.pt", weights_only=True)["w"], torch.arange(5.0))
+
+
+class Evil:
+    """What a malicious checkpoint holds: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickles_are_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"w": torch.ones(2), "payload": Evil(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(mc.CorruptCheckpointError, match=r"refuses the global (posix|os)\.system"):
+        mt.load({}, tmp_path / "evil.pt")
+    r = run("import", tmp_path / "evil.pt", "--to", tmp_path / "x")
+    assert r.returncode == 1 and "system" in r.stderr
+    r = run("inspect", tmp_path / "evil.pt")
+    assert r.returncode == 1 and "system" in r.stderr
+    assert not marker.exists()
+    assert not (tmp_path / "x.manifest").exists()
+    # A pickled module (torch.save(model)) names its class: refused, not imported.
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
+    with pytest.raises(mc.CorruptCheckpointError, match="torch.nn.modules.linear.Linear"):
+        mt.load({}, tmp_path / "module.pt")
+
+
+def write_pt(path, pkl, records, root="x"):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"{root}/data.pkl", pkl)
+        for name, data in records.items():
+            z.writestr(f"{root}/data/{name}", data)
+        z.writestr(f"{root}/version", "3\n")
+
+
+class StorageRef:
+    def __init__(self, numel):
+        self.numel = numel
+
+
+class TensorRef:
+    def __init__(self, numel, size):
+        self.numel, self.size = numel, size
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, (StorageRef(self.numel), 0, self.size, (1,), False, collections.OrderedDict()))
+
+
+def hand_pickle(numel, size):
+    class P(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, StorageRef):
+                return ("storage", torch.FloatStorage, "0", "cpu", obj.numel)
+            return None
+
+    buf = io.BytesIO()
+    P(buf, protocol=2).dump({"w": TensorRef(numel, size)})
+    return buf.getvalue()
+
+
+def test_sizes_and_records_are_checked_against_the_file_before_anything_is_allocated(tmp_path):
+    # A storage that claims 2^40 elements (4 TiB) over a record of 16 bytes.
+    write_pt(tmp_path / "huge.pt", hand_pickle(2**40, (2**40,)), {"0": b"\0" * 16})
+    with pytest.raises(mc.CorruptCheckpointError, match="1099511627776 elements.*its record 16"):
+        mt.load({}, tmp_path / "huge.pt")
+    # A storage record that is missing.
+    write_pt(tmp_path / "missing.pt", hand_pickle(4, (4,)), {})
+    with pytest.raises(mc.CorruptCheckpointError, match="has no record x/data/0"):
+        mt.load({}, tmp_path / "missing.pt")
+    r = run("inspect", tmp_path / "missing.pt")
+    assert r.returncode == 1 and "no record x/data/0" in r.stderr
+    # The hand-made file is read when it is consistent (the root folder is not always "archive").
+    write_pt(tmp_path / "ok.pt", hand_pickle(4, (4,)), {"0": torch.arange(4.0).numpy().tobytes()}, root="anything")
+    assert torch.equal(mt.load({}, tmp_path / "ok.pt")["w"], torch.arange(4.0))
+
+
+def test_a_damaged_storage_fails_its_crc_and_the_legacy_format_is_named(tmp_path):
+    torch.save({"w": torch.arange(1000.0)}, tmp_path / "m.pt")
+    raw = bytearray((tmp_path / "m.pt").read_bytes())
+    at = raw.find(torch.arange(1000.0).numpy().tobytes()[400:416])
+    raw[at] ^= 1
+    (tmp_path / "m.pt").write_bytes(raw)
+    with pytest.raises(mc.ChecksumMismatchError, match="CRC-32 mismatch.*tensor \"w\""):
+        mt.load({}, tmp_path / "m.pt")
+    r = run("verify", tmp_path / "m.pt")
+    assert r.returncode != 0 and "CRC-32 mismatch" in r.stdout + r.stderr
+    torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(mc.UnsupportedError, match="legacy"):
+        mt.load({}, tmp_path / "legacy.pt")

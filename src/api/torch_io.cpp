@@ -1,0 +1,229 @@
+// torch.save files as restorables (api/torch_io.hpp): the zip's directory, then the pickle,
+// then one local header per storage. Every read is sized from what was already checked.
+
+#include "meshckpt/api/torch_io.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <unordered_map>
+
+#include "common.hpp"
+#include "restorable.hpp"
+#include "meshckpt/format/torch_file.hpp"
+#include "meshckpt/format/zip.hpp"
+
+namespace meshckpt {
+
+namespace detail {
+
+namespace {
+
+// The largest pickle read (a state of millions of tensors pickles to a few hundred MB).
+constexpr std::uint64_t max_pickle_bytes = std::uint64_t{1} << 30;
+// The largest central directory read.
+constexpr std::uint64_t max_directory_bytes = std::uint64_t{1} << 30;
+
+constexpr unsigned char zip_magic[4] = {'P', 'K', 3, 4};
+// The legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c (LONG1).
+constexpr unsigned char legacy_magic[4] = {0x80, 0x02, 0x8a, 0x0a};
+
+struct torch_source {
+  io::handle h;
+  std::string path;
+  std::uint64_t size = 0;
+};
+
+task<void> read_at(io::backend& b, const torch_source& f, std::uint64_t offset, std::span<std::byte> out) {
+  auto ex = co_await asio::this_coro::executor;
+  BOOST_OUTCOME_CO_TRY(auto n, co_await io::async_read(b, ex, f.h, offset, out, use_awaitable));
+  if (n != out.size()) co_return make_error(errc::short_read, f.path + " ended before byte " + std::to_string(offset + out.size()));
+  co_return success();
+}
+
+// A stored record's data, after checking its local header.
+task<std::uint64_t> data_offset(io::backend& b, const torch_source& f, const format::zip::entry& e, std::uint64_t limit) {
+  if (e.method != 0)
+    co_return make_error(errc::unsupported, f.path + ": record \"" + e.name + "\" is compressed (method " + std::to_string(e.method) +
+                                                "); torch.save writes stored records");
+  std::vector<std::byte> h(std::min<std::uint64_t>(30 + e.name.size(), limit - e.header_offset));
+  BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, e.header_offset, h));
+  auto at = format::zip::local_data_offset(e, h, limit);
+  if (!at) co_return with_context(at.error(), f.path);
+  co_return *at;
+}
+
+task<restorable> read_zip(io::backend& b, const torch_source& f) {
+  namespace zip = format::zip;
+  std::vector<std::byte> tail(static_cast<std::size_t>(std::min(f.size, zip::max_tail_bytes)));
+  BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, f.size - tail.size(), tail));
+  auto loc = zip::locate_central_directory(tail, f.size);
+  if (!loc) co_return with_context(loc.error(), f.path);
+  if (loc->zip64_end_offset) {
+    std::vector<std::byte> rec(56);
+    BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, *loc->zip64_end_offset, rec));
+    if (auto z = zip::apply_zip64_end(*loc, rec, f.size); !z) co_return with_context(z.error(), f.path);
+  }
+  if (loc->size > max_directory_bytes) co_return make_error(errc::limit_exceeded, f.path + ": a central directory of " + std::to_string(loc->size) + " bytes");
+  std::vector<std::byte> dir(static_cast<std::size_t>(loc->size));
+  BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, loc->offset, dir));
+  auto entries = zip::decode_central_directory(dir, *loc, f.size);
+  if (!entries) co_return with_context(entries.error(), f.path);
+  std::unordered_map<std::string_view, const zip::entry*> by_name;
+  std::string root;
+  for (const auto& e : *entries) {
+    by_name.emplace(e.name, &e);
+    const auto slash = e.name.find('/');
+    if (slash != std::string::npos && e.name.compare(slash, std::string::npos, "/data.pkl") == 0) {
+      if (!root.empty()) co_return make_error(errc::corrupt_manifest, f.path + ": two pickles (" + root + "/data.pkl and " + e.name + ")");
+      root = e.name.substr(0, slash);
+    }
+  }
+  if (root.empty()) co_return make_error(errc::corrupt_manifest, f.path + " is a zip file without a <root>/data.pkl record: not a torch.save file");
+  auto record = [&](const std::string& name) -> const zip::entry* {
+    auto it = by_name.find(root + "/" + name);
+    return it == by_name.end() ? nullptr : it->second;
+  };
+  if (const auto* order = record("byteorder")) {
+    char text[8] = {};
+    if (order->size > 7 || order->method != 0) co_return make_error(errc::corrupt_manifest, f.path + ": a malformed byteorder record");
+    BOOST_OUTCOME_CO_TRY(auto at, co_await data_offset(b, f, *order, loc->offset));
+    BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, at, std::as_writable_bytes(std::span(text, static_cast<std::size_t>(order->size)))));
+    if (std::string_view(text) != "little")
+      co_return make_error(errc::unsupported, f.path + " holds " + std::string(text) + "-endian data; meshckpt reads little-endian files");
+  }
+  const zip::entry& pkl = *record("data.pkl");
+  if (pkl.size > max_pickle_bytes) co_return make_error(errc::limit_exceeded, f.path + ": a pickle of " + std::to_string(pkl.size) + " bytes");
+  BOOST_OUTCOME_CO_TRY(auto pkl_at, co_await data_offset(b, f, pkl, loc->offset));
+  std::vector<std::byte> bytes(static_cast<std::size_t>(pkl.size));
+  BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, pkl_at, bytes));
+  if (zip::crc32_extend(0, bytes) != pkl.crc32) co_return make_error(errc::checksum_mismatch, f.path + ": CRC-32 mismatch in record " + pkl.name);
+  const std::string what = f.path + " (" + pkl.name + ")";
+  auto doc = format::pickle::read(bytes, format::torch::state_policy(), what);
+  if (!doc) co_return doc.error();
+  auto state = format::torch::read_state(*doc, what);
+  if (!state) co_return state.error();
+
+  restorable r;
+  r.prefix = f.path;
+  auto& m = r.manifest;
+  m.checksum = format::checksum_kind::crc32_whole;
+  m.chunk_bytes = std::uint64_t{1} << 62;  // above every slice: each is read and checked whole
+  m.writer = "torch.save (zip, " + std::to_string(state->tensors) + " tensors)";
+  m.meshes.push_back({{{"torch", 1}}, {0}});
+  m.files.push_back({split_prefix(f.path).second, f.size});
+  for (const auto& e : state->entries) {
+    const auto& s = state->storages[e.storage];
+    const zip::entry* rec = record("data/" + s.key);
+    if (!rec) co_return make_error(errc::corrupt_manifest, f.path + ": entry \"" + e.key + "\" names storage " + s.key + ", which has no record " + root + "/data/" + s.key);
+    const std::uint64_t bytes_needed = s.numel * dtype_size(s.type);
+    if (rec->size != bytes_needed)
+      co_return make_error(errc::corrupt_manifest, f.path + ": storage " + s.key + " holds " + std::to_string(s.numel) + " elements of " +
+                                                       std::string(dtype_name(s.type)) + " (" + std::to_string(bytes_needed) + " bytes), its record " +
+                                                       std::to_string(rec->size));
+    BOOST_OUTCOME_CO_TRY(auto at, co_await data_offset(b, f, *rec, loc->offset));
+    format::saved_tensor t;
+    t.key = e.key;
+    t.type = e.type;
+    t.global = e.dims;
+    t.axes.assign(e.dims.size(), -1);
+    format::saved_slice sl;
+    sl.where = box::whole(e.dims);
+    sl.offset = at;
+    sl.length = bytes_needed;
+    sl.checksums = {rec->crc32};
+    t.slices.push_back(std::move(sl));
+    m.tensors.push_back(std::move(t));
+  }
+  std::sort(m.tensors.begin(), m.tensors.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
+  for (std::size_t k = 1; k < m.tensors.size(); ++k)
+    if (m.tensors[k].key == m.tensors[k - 1].key) co_return make_error(errc::corrupt_manifest, f.path + ": two entries named \"" + m.tensors[k].key + "\"");
+  r.torch_skeleton = std::move(state->skeleton);
+  co_return r;
+}
+
+}  // namespace
+
+task<restorable> load_torch(io::backend& b, std::string path) {
+  auto ex = co_await asio::this_coro::executor;
+  auto p = co_await open_prefix_dir(b, path);
+  if (!p) co_return p.error();
+  on_unwind close_dir([&] { io::close_detached(b, p->dir); });
+  torch_source f{{}, path, 0};
+  auto steps = [&]() -> task<restorable> {
+    auto h = co_await io::async_open(b, ex, p->dir, p->base, io::open_mode::read, use_awaitable);
+    if (!h) {
+      if (h.error().code == std::errc::no_such_file_or_directory || h.error().code == std::errc::is_a_directory)
+        co_return make_error(errc::not_found, "no torch.save file at " + path);
+      co_return with_context(h.error(), path);
+    }
+    f.h = *h;
+    on_unwind close_file([&] { io::close_detached(b, f.h); });
+    auto body = [&]() -> task<restorable> {
+      BOOST_OUTCOME_CO_TRY(f.size, co_await io::async_size(b, ex, f.h, use_awaitable));
+      std::byte head[4] = {};
+      if (f.size >= 4) {
+        BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, 0, head));
+      }
+      if (std::memcmp(head, legacy_magic, 4) == 0)
+        co_return make_error(errc::unsupported, path + " is in torch.save's legacy (non-zip) format, which meshckpt does not read yet; "
+                                                       "torch.save(obj, f) with torch >= 1.6 writes the zip format");
+      if (std::memcmp(head, zip_magic, 4) != 0) co_return make_error(errc::not_found, path + " is not a torch.save file (no zip header)");
+      auto reading = read_zip(b, f);
+      co_return co_await std::move(reading);
+    };
+    auto r = co_await body();
+    co_await close_quietly(b, f.h);
+    close_file.disarm();
+    co_return r;
+  };
+  std::optional<result<restorable>> r;
+  try {
+    r = co_await steps();
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory("reading " + path);
+  }
+  co_await close_quietly(b, p->dir);
+  close_dir.disarm();
+  co_return std::move(*r);
+}
+
+}  // namespace detail
+
+result<torch_checkpoint> read_torch_checkpoint(io::backend& b, std::string_view path) {
+  return runtime::run_blocking<torch_checkpoint>("read_torch_checkpoint", [&](auto ex, auto done) {
+    auto coro = [](io::backend& be, std::string p) -> runtime::task<torch_checkpoint> {
+      auto loading = detail::load_torch(be, std::move(p));
+      BOOST_OUTCOME_CO_TRY(auto r, co_await std::move(loading));
+      torch_checkpoint out{std::move(r.prefix), std::move(r.manifest), std::move(r.torch_skeleton), 0};
+      for (const auto& t : out.manifest.tensors) out.tensors += t.key.starts_with("__meshckpt_storage__/") ? 0 : 1;
+      co_return out;
+    };
+    detail::spawn<torch_checkpoint>(ex, coro(b, std::string(path)), std::move(done));
+  });
+}
+
+bool looks_like_torch_file(std::string_view path) {
+  const int fd = ::open(std::string(path).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  unsigned char head[4] = {};
+  const bool got = ::pread(fd, head, 4, 0) == 4;
+  ::close(fd);
+  return got && (std::memcmp(head, detail::zip_magic, 4) == 0 || std::memcmp(head, detail::legacy_magic, 4) == 0);
+}
+
+result<write_report> import_torch_checkpoint(io::backend& b, std::string_view path, std::string_view to, const write_options& opt) {
+  return runtime::run_blocking<write_report>("import_torch_checkpoint", [&](auto ex, auto done) {
+    auto coro = [](io::backend& be, std::string p, std::string dest, write_options o) -> runtime::task<write_report> {
+      auto loading = detail::load_torch(be, std::move(p));
+      BOOST_OUTCOME_CO_TRY(auto r, co_await std::move(loading));
+      auto importing = detail::import_restorable(be, std::move(r), std::move(dest), std::move(o));
+      co_return co_await std::move(importing);
+    };
+    detail::spawn<write_report>(ex, coro(b, std::string(path), std::string(to), opt), std::move(done));
+  });
+}
+
+}  // namespace meshckpt
