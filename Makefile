@@ -85,7 +85,7 @@ stress: build test-sanitize
 	TMPDIR=/dev/shm $(BUILD)/bin/test_faults
 	$(BUILD)/bin/test_hostile
 	ctest --test-dir $(BUILD) -L mpi --output-on-failure
-	for t in fuzz_manifest_decode fuzz_restore_plan fuzz_open_restore; do \
+	for t in fuzz_manifest_decode fuzz_restore_plan fuzz_open_restore fuzz_torch_file; do \
 	  mkdir -p $(ASAN_BUILD)/fuzz-work/$$t && \
 	  $(ASAN_BUILD)/bin/$$t -max_total_time=$(STRESS_FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
 	    $(ASAN_BUILD)/fuzz-work/$$t fuzz/corpus/$$t || exit 1; \

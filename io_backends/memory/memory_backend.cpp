@@ -127,7 +127,7 @@ void memory_backend::read(io::handle f, std::uint64_t off, std::span<std::byte> 
       r = make_errno_error(EBADF, "read", why);
     } else if (off < v->size()) {
       std::size_t n = std::min<std::size_t>(buf.size(), v->size() - static_cast<std::size_t>(off));
-      std::memcpy(buf.data(), v->data() + off, n);
+      if (n) std::memcpy(buf.data(), v->data() + off, n);  // (an empty buffer's data() may be null)
       r = n;
     }
   }

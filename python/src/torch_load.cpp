@@ -262,11 +262,13 @@ py::tuple torch_state::bind_load(const std::string& prefix, py::handle target) {
   std::shared_ptr<format::manifest> m;
   std::vector<std::byte> doc;
   bool found = false;
+  std::string files_at = prefix;
   {
     py::gil_scoped_release nogil;
     if (looks_like_torch_file(prefix)) {
       auto t = unwrap(read_torch_checkpoint(process_backend(), prefix));
       m = std::make_shared<format::manifest>(std::move(t.manifest));
+      files_at = std::move(t.prefix);  // a DCP directory's files are in it
       doc.resize(t.skeleton.size());
       std::memcpy(doc.data(), t.skeleton.data(), t.skeleton.size());
       found = true;
@@ -301,17 +303,20 @@ py::tuple torch_state::bind_load(const std::string& prefix, py::handle target) {
   py::list post;
   for (auto& [dst, src] : post_) post.append(py::make_tuple(dst, src));
   loaded_ = verbatim_ ? std::move(m) : nullptr;
+  loaded_at_ = std::move(files_at);
   return py::make_tuple(root, post, verbatim_);
 }
 
 void torch_state::read_bound(const std::string& prefix) {
+  if (loaded_ && loaded_at_ != prefix && loaded_at_ != prefix + "/.metadata")
+    fail(errc::invalid_argument, "read_bound: " + prefix + " is not what bind_load read (" + loaded_at_ + ")");
   if (!loaded_) fail(errc::invalid_argument, "read_bound: no state bound by name (bind_load of a torch file or an import first)");
   std::vector<named_tensor> targets;
   targets.reserve(bound_.size());
   for (const auto& e : bound_) targets.push_back({e.key, e.var->view()});
   {
     py::gil_scoped_release nogil;
-    unwrap(read_tensors(process_backend(), prefix, *loaded_, targets));
+    unwrap(read_tensors(process_backend(), loaded_at_, *loaded_, targets));
   }
   for (auto& e : bound_)
     if (e.copy) e.var->copy_back_to(e.source);

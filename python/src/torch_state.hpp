@@ -358,6 +358,7 @@ class torch_state : public graph::module {
   const format::manifest* manifest_ = nullptr;  // during bind_load
   bool verbatim_ = false;                       // the skeleton's leaves name manifest keys as they are
   std::shared_ptr<const format::manifest> loaded_;  // after a bind_load by name, until read_bound
+  std::string loaded_at_;                           // the prefix its files are read from
 };
 
 

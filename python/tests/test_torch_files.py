@@ -17,6 +17,7 @@ import torch
 import meshckpt as mc
 import meshckpt.torch as mt
 from conftest import cli
+from torch_dcp import import_dcp
 
 
 def run(*args):
@@ -230,3 +231,81 @@ def test_a_damaged_storage_fails_its_crc_and_the_legacy_format_is_named(tmp_path
     torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     with pytest.raises(mc.UnsupportedError, match="legacy"):
         mt.load({}, tmp_path / "legacy.pt")
+
+
+def dcp_module():
+    return import_dcp()[0]
+
+
+def test_dcp_directories_written_by_torch_are_read_in_place_imported_and_loaded(tmp_path):
+    dcp = dcp_module()
+    state = {"w": torch.arange(12.0).reshape(3, 4), "b": torch.ones(3, dtype=torch.bfloat16), "step": 5,
+             "opt": {"lr": 0.1, "m": torch.full((2,), 7.0)}}
+    dcp.save_state_dict(state, dcp.FileSystemWriter(str(tmp_path / "run")), no_dist=True)
+    out = mt.load({}, tmp_path / "run")
+    assert torch.equal(out["w"], state["w"]) and out["b"].dtype == torch.bfloat16 and out["step"] == 5
+    assert out["opt"]["lr"] == 0.1 and torch.equal(out["opt"]["m"], state["opt"]["m"])
+    r = run("inspect", "--json", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    keys = {t["key"]: t for t in json.loads(r.stdout)["tensors"]}
+    assert keys["w"]["shape"] == [3, 4] and keys["opt.m"]["dtype"] == "float32"
+    assert run("verify", tmp_path / "run").returncode == 0
+    r = run("import", tmp_path / "run", "--to", tmp_path / "imported")
+    assert r.returncode == 0, r.stderr
+    back = mt.load({}, tmp_path / "imported")
+    assert torch.equal(back["w"], state["w"]) and back["step"] == 5
+    # A damaged chunk fails its CRC-32; a missing .distcp file is named.
+    victim = sorted(p for p in (tmp_path / "run").iterdir() if p.suffix == ".distcp")[0]
+    raw = bytearray(victim.read_bytes())
+    raw[-200] ^= 0xFF  # inside the central directory or data: some check fails
+    victim.write_bytes(raw)
+    with pytest.raises(mc.MeshckptError):
+        mt.load({}, tmp_path / "run")
+    victim.unlink()
+    with pytest.raises(mc.NotFoundError, match=victim.name):
+        mt.load({}, tmp_path / "run")
+
+
+def test_dcp_metadata_under_torch_2_names_is_read_and_hostile_metadata_refused(tmp_path):
+    dcp = dcp_module()
+    dcp.save_state_dict({"w": torch.arange(4.0)}, dcp.FileSystemWriter(str(tmp_path / "run")), no_dist=True)
+    meta = (tmp_path / "run" / ".metadata").read_bytes()
+
+    def rename(data, old, new):
+        o, n = old.encode(), new.encode()
+        data = data.replace(b"\x8c" + bytes([len(o)]) + o, b"\x8c" + bytes([len(n)]) + n)
+        assert data[2] == 0x95  # one FRAME (a small pickle): its length follows the edit
+        return data[:3] + (len(data) - 11).to_bytes(8, "little") + data[11:]
+
+    # torch 2.x writes the same records under torch.distributed.checkpoint.
+    v2 = rename(meta, "torch.distributed._shard.checkpoint.metadata", "torch.distributed.checkpoint.metadata")
+    v2 = rename(v2, "torch.distributed._shard.checkpoint.filesystem", "torch.distributed.checkpoint.filesystem")
+    v2 = rename(v2, "torch.distributed._shard.sharded_tensor.metadata", "torch.distributed.checkpoint.metadata")
+    assert v2 != meta and b"_shard" not in v2
+    (tmp_path / "run" / ".metadata").write_bytes(v2)
+    assert torch.equal(mt.load({}, tmp_path / "run")["w"], torch.arange(4.0))
+    # getattr of anything but the enum's members is refused: a way from an allowed class to os.
+    (tmp_path / "run" / ".metadata").write_bytes(rename(meta, "TORCH_CONTIGUOUS_FORMAT", "__class__"))
+    with pytest.raises(mc.CorruptCheckpointError, match="getattr"):
+        mt.load({}, tmp_path / "run")
+    (tmp_path / "run" / ".metadata").write_bytes(rename(meta, "torch.distributed._shard.checkpoint.metadata", "os"))
+    with pytest.raises(mc.CorruptCheckpointError, match=r"refuses the global os\.Metadata"):
+        mt.load({}, tmp_path / "run")
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_dcp_of_a_sharded_tensor_from_several_ranks_loads_whole(tmp_path, world):
+    import random
+    import sys
+    helper = os.path.join(os.path.dirname(__file__), "dcp_sharded.py")
+    r = subprocess.run([sys.executable, helper, str(tmp_path / "run"), str(world), str(random.randint(20000, 40000))],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert any(p.name.startswith(f"__{world - 1}_") for p in (tmp_path / "run").iterdir())  # the last rank wrote its chunk
+    rows = 4 * world + 1
+    out = mt.load({}, tmp_path / "run")
+    assert torch.equal(out["emb"], torch.arange(rows * 3, dtype=torch.float32).reshape(rows, 3))
+    assert torch.equal(out["bias"], torch.arange(5.0)) and out["step"] == 9
+    r = run("inspect", "--json", tmp_path / "run")
+    emb = next(t for t in json.loads(r.stdout)["tensors"] if t["key"] == "emb")
+    assert emb["shape"] == [rows, 3] and emb["slices"] == world

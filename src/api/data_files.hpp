@@ -82,6 +82,21 @@ class slice_checker {
 task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct, const format::saved_tensor& t,
                                const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, crc_of want);
 
+// Copies tensor `t` of checkpoint `prefix` (manifest `m`), whole and row-major, to
+// `[offset, offset + its bytes)` of the file `w` writes: a tensor stored whole through
+// `copy_slice`; one stored as several slices assembled in blocks of rows of about 8 MiB (in
+// `block`), verified (a foreign one against its CRCs first). Returns the CRC `want` asks for.
+task<std::uint32_t> copy_tensor(io::backend& b, const std::string& prefix, std::shared_ptr<const format::manifest> m, file_cache& src,
+                                file_cache& src_direct, const format::saved_tensor& t, runtime::staged_writer& w, std::uint64_t offset,
+                                std::vector<std::byte>& block, crc_of want);
+
+// Publishes the file `out` of `size` bytes (publish_streamed) from checkpoint `prefix`
+// (manifest `m`): `produce` writes it through the staged writer, reading the checkpoint's data
+// files through the two caches (buffered, O_DIRECT), which are closed after.
+using checkpoint_producer = std::function<task<void>(runtime::staged_writer&, file_cache& src, file_cache& src_direct)>;
+task<void> publish_from_checkpoint(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string out,
+                                   std::uint64_t size, checkpoint_producer produce);
+
 // Reads the byte ranges an import streams from its source files, each ahead of the save that
 // asks for it (runtime::sequential_reader on `direct`, the file opened read_direct, one range at
 // a time): a read where the current reader does not stand starts a new one over [at, end). A

@@ -10,7 +10,9 @@
 #include "data_files.hpp"
 #include "meshckpt/api/safetensors_io.hpp"
 #include "meshckpt/format/names.hpp"
+#include "meshckpt/format/crc32c.hpp"
 #include "meshckpt/format/safetensors.hpp"
+#include "meshckpt/format/zip.hpp"
 
 namespace meshckpt {
 
@@ -72,6 +74,63 @@ task<void> publish_streamed(io::backend& b, std::string path, std::uint64_t size
   co_return co_await std::move(op);
 }
 
+task<std::uint32_t> copy_tensor(io::backend& b, const std::string& prefix, std::shared_ptr<const format::manifest> m, file_cache& src,
+                                file_cache& src_direct, const format::saved_tensor& t, runtime::staged_writer& w, std::uint64_t offset,
+                                std::vector<std::byte>& block, crc_of want) {
+  if (t.slices.size() == 1 && t.slices[0].where == box::whole(t.global)) {
+    // Stored whole: its bytes are the row-major tensor, read straight into the staging
+    // blocks and checked on the way (a foreign tensor's whole-slice CRC at its last byte).
+    auto copied = copy_slice(b, *m, src, src_direct, t, t.slices[0], w, offset, want);
+    co_return co_await std::move(copied);
+  }
+  // Stored as several slices: assembled in blocks of whole rows of about 8 MiB, each read
+  // from the slices that hold it, so memory stays bounded whatever the tensor's size. A
+  // foreign tensor's one CRC covers each of its pieces whole: checked once, first.
+  read_options block_opt;
+  if (format::whole_slice_crc(m->checksum)) {
+    auto checking = verify_one_tensor(b, prefix, m, t.key);
+    BOOST_OUTCOME_CO_TRY(co_await std::move(checking));
+    block_opt.verify_checksums = false;
+  }
+  const auto es = static_cast<std::uint64_t>(dtype_size(t.type));
+  const std::int64_t rows = t.global.empty() ? 1 : t.global[0];
+  const std::int64_t row_elems = t.global.empty() ? 1 : num_elements(shape(t.global.begin() + 1, t.global.end())).value_or(0);
+  std::uint32_t crc = 0;
+  if (row_elems == 0 || rows == 0) co_return crc;
+  const auto row_bytes = static_cast<std::uint64_t>(row_elems) * es;
+  const std::int64_t per_block = static_cast<std::int64_t>(std::max<std::uint64_t>(1, (8u << 20) / row_bytes));
+  for (std::int64_t r0 = 0; r0 < rows; r0 += per_block) {
+    box where = box::whole(t.global);
+    if (!t.global.empty()) {
+      where.origin[0] = r0;
+      where.extent[0] = std::min(per_block, rows - r0);
+    }
+    block.resize(static_cast<std::size_t>(where.volume().value_or(0)) * es);
+    auto rd = read_box(b, prefix, m, t.key, where, block, block_opt);
+    BOOST_OUTCOME_CO_TRY(co_await std::move(rd));
+    if (want == crc_of::crc32) crc = format::zip::crc32_extend(crc, block);
+    else if (want == crc_of::crc32c) crc = format::crc32c::extend(crc, block);
+    BOOST_OUTCOME_CO_TRY(co_await w.write(offset, block));
+    offset += block.size();
+  }
+  co_return crc;
+}
+
+task<void> publish_from_checkpoint(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string out,
+                                   std::uint64_t size, checkpoint_producer produce) {
+  auto sp = co_await open_prefix_dir(b, prefix);
+  if (!sp) co_return sp.error();
+  file_cache src(b, *sp, *m), src_direct(b, *sp, *m, true);  // small slices buffered, large ones O_DIRECT
+  runtime::on_unwind last_resort([&] { io::close_detached(b, sp->dir); });
+  auto op = publish_streamed(b, out, size, [&](runtime::staged_writer& w) { return produce(w, src, src_direct); });
+  auto r = co_await std::move(op);
+  co_await src.close_all();
+  co_await src_direct.close_all();
+  co_await close_quietly(b, sp->dir);
+  last_resort.disarm();
+  co_return r;
+}
+
 }  // namespace detail
 
 namespace {
@@ -82,60 +141,19 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
                        std::vector<const format::saved_tensor*> which, std::vector<std::byte> header, std::string out) {
   std::uint64_t size = header.size();
   for (const auto* t : which) size += static_cast<std::uint64_t>(num_elements(t->global).value_or(0)) * dtype_size(t->type);
-  auto sp = co_await detail::open_prefix_dir(b, prefix);
-  if (!sp) co_return sp.error();
-  detail::file_cache src(b, *sp, *m), src_direct(b, *sp, *m, true);  // small slices buffered, large ones O_DIRECT
-  runtime::on_unwind last_resort([&] { io::close_detached(b, sp->dir); });
   std::vector<std::byte> block;
-  auto produce = [&](runtime::staged_writer& w) -> task<void> {
+  auto produce = [&](runtime::staged_writer& w, detail::file_cache& src, detail::file_cache& src_direct) -> task<void> {
     BOOST_OUTCOME_CO_TRY(co_await w.write(0, header));
     std::uint64_t offset = header.size();
     for (const auto* t : which) {
-      if (t->slices.size() == 1 && t->slices[0].where == box::whole(t->global)) {
-        // Stored whole: its bytes are the row-major tensor, read straight into the staging
-        // blocks and checked on the way (a TensorFlow tensor's CRC-32C at its last byte).
-        auto copied = detail::copy_slice(b, *m, src, src_direct, *t, t->slices[0], w, offset, detail::crc_of::none);
-        BOOST_OUTCOME_CO_TRY(co_await std::move(copied));
-        offset += t->slices[0].length;
-        continue;
-      }
-      // Stored as several slices: assembled in blocks of whole rows of about 8 MiB, each read
-      // from the slices that hold it, so memory stays bounded whatever the tensor's size. A
-      // TensorFlow tensor's one CRC covers each of its pieces whole: checked once, first.
-      read_options block_opt;
-      if (format::whole_slice_crc(m->checksum)) {
-        auto checking = detail::verify_one_tensor(b, prefix, m, t->key);
-        BOOST_OUTCOME_CO_TRY(co_await std::move(checking));
-        block_opt.verify_checksums = false;
-      }
-      const auto es = static_cast<std::uint64_t>(dtype_size(t->type));
-      const std::int64_t rows = t->global.empty() ? 1 : t->global[0];
-      const std::int64_t row_elems = t->global.empty() ? 1 : num_elements(shape(t->global.begin() + 1, t->global.end())).value_or(0);
-      if (row_elems == 0 || rows == 0) continue;
-      const auto row_bytes = static_cast<std::uint64_t>(row_elems) * es;
-      const std::int64_t per_block = static_cast<std::int64_t>(std::max<std::uint64_t>(1, (8u << 20) / row_bytes));
-      for (std::int64_t r0 = 0; r0 < rows; r0 += per_block) {
-        box where = box::whole(t->global);
-        if (!t->global.empty()) {
-          where.origin[0] = r0;
-          where.extent[0] = std::min(per_block, rows - r0);
-        }
-        block.resize(static_cast<std::size_t>(where.volume().value_or(0)) * es);
-        auto rd = detail::read_box(b, prefix, m, t->key, where, block, block_opt);
-        BOOST_OUTCOME_CO_TRY(co_await std::move(rd));
-        BOOST_OUTCOME_CO_TRY(co_await w.write(offset, block));
-        offset += block.size();
-      }
+      auto copying = detail::copy_tensor(b, prefix, m, src, src_direct, *t, w, offset, block, detail::crc_of::none);
+      BOOST_OUTCOME_CO_TRY(co_await std::move(copying));
+      offset += static_cast<std::uint64_t>(num_elements(t->global).value_or(0)) * dtype_size(t->type);
     }
     co_return success();
   };
-  auto op = detail::publish_streamed(b, out, size, produce);
-  auto r = co_await std::move(op);
-  co_await src.close_all();
-  co_await src_direct.close_all();
-  co_await detail::close_quietly(b, sp->dir);
-  last_resort.disarm();
-  co_return r;
+  auto op = detail::publish_from_checkpoint(b, prefix, m, out, size, produce);
+  co_return co_await std::move(op);
 }
 
 }  // namespace

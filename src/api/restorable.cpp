@@ -186,7 +186,8 @@ task<restorable> load_tf(io::backend& b, std::string prefix, bool read_strings) 
   co_return std::move(*out);
 }
 
-// Whether `name` exists in the directory of `prefix` (as the directory's listing shows it).
+}  // namespace
+
 // Whether `prefix_dir/name` exists: false when it or its directory does not, an error for
 // any other failure (an IO error or an allocation failure is not an absent checkpoint).
 task<bool> has_file(io::backend& b, std::string prefix_dir, std::string name) {
@@ -212,8 +213,6 @@ task<bool> has_file(io::backend& b, std::string prefix_dir, std::string name) {
   if (!*h && !absent(h->error())) co_return h->error();
   co_return static_cast<bool>(*h);
 }
-
-}  // namespace
 
 graph::object_graph from_tf_graph(const format::tf::trackable_graph& g, const format::manifest& m,
                                   const std::map<std::string, std::string>& strings) {

@@ -39,8 +39,14 @@ struct restorable {
 // (`restorable::strings`) and its object graph names them as values.
 task<restorable> load_restorable(io::backend& b, std::string path, bool tensorflow_only = false, bool read_strings = false);
 
-// A torch.save file at `path` (format::checksum_kind::crc32_whole: each storage a slice of its
-// zip record's CRC-32); not_found when there is no such file or it is not a torch.save zip.
+// Whether `prefix_dir/name` exists: false when it or its directory does not, an error for any
+// other failure.
+task<bool> has_file(io::backend& b, std::string prefix_dir, std::string name);
+
+// A torch.save file at `path`, or a PyTorch distributed checkpoint (DCP) directory (format::checksum_kind::crc32_whole: each storage a slice of its
+// zip record's CRC-32; a DCP directory's tensors chunk by chunk, each chunk a torch.save zip in a
+// .distcp file, its bytes items' states under their keys); not_found when there is no such file
+// or it is not a torch.save zip.
 task<restorable> load_torch(io::backend& b, std::string path);
 
 // Writes what `found` holds as the meshckpt checkpoint `to`: every tensor whole on one device,

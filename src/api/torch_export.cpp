@@ -46,12 +46,8 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
     (void)z.end_record();
     size = z.offset() + z.finish().size();
   }
-  auto sp = co_await detail::open_prefix_dir(b, prefix);
-  if (!sp) co_return sp.error();
-  detail::file_cache src(b, *sp, *m), src_direct(b, *sp, *m, true);  // small slices buffered, large ones O_DIRECT
-  runtime::on_unwind last_resort([&] { io::close_detached(b, sp->dir); });
   std::vector<std::byte> block;
-  auto produce = [&](runtime::staged_writer& w) -> task<void> {
+  auto produce = [&](runtime::staged_writer& w, detail::file_cache& src, detail::file_cache& src_direct) -> task<void> {
     format::zip::zip_writer z;
     auto small = [&](const std::string& name, std::span<const std::byte> data) -> task<void> {
       auto h = z.begin_record(name, data.size(), format::zip::crc32_extend(0, data));
@@ -66,39 +62,10 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
     for (std::size_t i = 0; i < which.size(); ++i) {
       const auto* t = which[i];
       auto h = z.begin_record(root + "/data/" + std::to_string(i), size_of(t), 0, 64, true);
-      std::uint64_t offset = z.offset();
+      const std::uint64_t offset = z.offset();
       BOOST_OUTCOME_CO_TRY(co_await w.write(offset - h.size(), h));
-      std::uint32_t crc = 0;
-      if (t->slices.size() == 1 && t->slices[0].where == box::whole(t->global)) {
-        // Stored whole: its bytes are the row-major tensor, read straight into the staging
-        // blocks, checked and their CRC-32 computed on the way.
-        auto copied = detail::copy_slice(b, *m, src, src_direct, *t, t->slices[0], w, offset, detail::crc_of::crc32);
-        BOOST_OUTCOME_CO_TRY(crc, co_await std::move(copied));
-      } else if (size_of(t) > 0) {
-        // Stored as several slices: assembled in blocks of whole rows of about 8 MiB.
-        read_options block_opt;
-        if (format::whole_slice_crc(m->checksum)) {  // one CRC covers each piece whole: checked once, first
-          auto checking = detail::verify_one_tensor(b, prefix, m, t->key);
-          BOOST_OUTCOME_CO_TRY(co_await std::move(checking));
-          block_opt.verify_checksums = false;
-        }
-        const std::int64_t rows = t->global.empty() ? 1 : t->global[0];
-        const auto row_bytes = size_of(t) / static_cast<std::uint64_t>(rows);
-        const std::int64_t per_block = static_cast<std::int64_t>(std::max<std::uint64_t>(1, (8u << 20) / row_bytes));
-        for (std::int64_t r0 = 0; r0 < rows; r0 += per_block) {
-          box where = box::whole(t->global);
-          if (!t->global.empty()) {
-            where.origin[0] = r0;
-            where.extent[0] = std::min(per_block, rows - r0);
-          }
-          block.resize(static_cast<std::size_t>(where.volume().value_or(0) * static_cast<std::int64_t>(dtype_size(t->type))));
-          auto rd = detail::read_box(b, prefix, m, t->key, where, block, block_opt);
-          BOOST_OUTCOME_CO_TRY(co_await std::move(rd));
-          crc = format::zip::crc32_extend(crc, block);
-          BOOST_OUTCOME_CO_TRY(co_await w.write(offset, block));
-          offset += block.size();
-        }
-      }
+      auto copying = detail::copy_tensor(b, prefix, m, src, src_direct, *t, w, offset, block, detail::crc_of::crc32);
+      BOOST_OUTCOME_CO_TRY(const std::uint32_t crc, co_await std::move(copying));
       auto descriptor = z.end_record(crc);
       BOOST_OUTCOME_CO_TRY(co_await w.write(z.offset() - descriptor.size(), descriptor));
     }
@@ -107,13 +74,8 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
     BOOST_OUTCOME_CO_TRY(co_await w.write(z.offset() - tail.size(), tail));
     co_return success();
   };
-  auto op = detail::publish_streamed(b, out, size, produce);
-  auto r = co_await std::move(op);
-  co_await src.close_all();
-  co_await src_direct.close_all();
-  co_await detail::close_quietly(b, sp->dir);
-  last_resort.disarm();
-  co_return r;
+  auto op = detail::publish_from_checkpoint(b, prefix, m, out, size, produce);
+  co_return co_await std::move(op);
 }
 
 }  // namespace

@@ -8,10 +8,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <sys/stat.h>
 #include <unordered_map>
 
 #include "common.hpp"
 #include "restorable.hpp"
+#include "meshckpt/format/dcp.hpp"
+#include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/torch_file.hpp"
 #include "meshckpt/format/zip.hpp"
 
@@ -30,18 +34,32 @@ constexpr unsigned char zip_magic[4] = {'P', 'K', 3, 4};
 // The legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c (LONG1).
 constexpr unsigned char legacy_magic[4] = {0x80, 0x02, 0x8a, 0x0a};
 
+// A torch.save zip: a whole file, or a window of one (a DCP .distcp file holds one per chunk).
+// Offsets are the window's.
 struct torch_source {
   io::handle h;
   std::string path;
-  std::uint64_t size = 0;
+  std::uint64_t size = 0;  // of the window
+  std::uint64_t base = 0;  // where the window starts in the file
 };
 
 task<void> read_at(io::backend& b, const torch_source& f, std::uint64_t offset, std::span<std::byte> out) {
   auto ex = co_await asio::this_coro::executor;
-  BOOST_OUTCOME_CO_TRY(auto n, co_await io::async_read(b, ex, f.h, offset, out, use_awaitable));
-  if (n != out.size()) co_return make_error(errc::short_read, f.path + " ended before byte " + std::to_string(offset + out.size()));
+  if (offset > f.size || out.size() > f.size - offset)
+    co_return make_error(errc::short_read, f.path + ": bytes [" + std::to_string(offset) + ", " + std::to_string(offset + out.size()) +
+                                               ") lie past the end of its " + std::to_string(f.size) + " bytes");
+  if (out.empty()) co_return success();
+  BOOST_OUTCOME_CO_TRY(auto n, co_await io::async_read(b, ex, f.h, f.base + offset, out, use_awaitable));
+  if (n != out.size()) co_return make_error(errc::short_read, f.path + " ended before byte " + std::to_string(f.base + offset + out.size()));
   co_return success();
 }
+
+// What a torch.save zip holds: its state, and a tensor (one slice, offsets in the file) per
+// stored entry.
+struct torch_part {
+  format::torch::state_file state;
+  std::vector<format::saved_tensor> tensors;
+};
 
 // A stored record's data, after checking its local header.
 task<std::uint64_t> data_offset(io::backend& b, const torch_source& f, const format::zip::entry& e, std::uint64_t limit) {
@@ -55,7 +73,7 @@ task<std::uint64_t> data_offset(io::backend& b, const torch_source& f, const for
   co_return *at;
 }
 
-task<restorable> read_zip(io::backend& b, const torch_source& f) {
+task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string root_key = {}) {
   namespace zip = format::zip;
   std::vector<std::byte> tail(static_cast<std::size_t>(std::min(f.size, zip::max_tail_bytes)));
   BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, f.size - tail.size(), tail));
@@ -103,17 +121,9 @@ task<restorable> read_zip(io::backend& b, const torch_source& f) {
   const std::string what = f.path + " (" + pkl.name + ")";
   auto doc = format::pickle::read(bytes, format::torch::state_policy(), what);
   if (!doc) co_return doc.error();
-  auto state = format::torch::read_state(*doc, what);
+  auto state = format::torch::read_state(*doc, what, root_key);
   if (!state) co_return state.error();
-
-  restorable r;
-  r.prefix = f.path;
-  auto& m = r.manifest;
-  m.checksum = format::checksum_kind::crc32_whole;
-  m.chunk_bytes = std::uint64_t{1} << 62;  // above every slice: each is read and checked whole
-  m.writer = "torch.save (zip, " + std::to_string(state->tensors) + " tensors)";
-  m.meshes.push_back({{{"torch", 1}}, {0}});
-  m.files.push_back({split_prefix(f.path).second, f.size});
+  torch_part part;
   for (const auto& e : state->entries) {
     const auto& s = state->storages[e.storage];
     const zip::entry* rec = record("data/" + s.key);
@@ -131,23 +141,154 @@ task<restorable> read_zip(io::backend& b, const torch_source& f) {
     t.axes.assign(e.dims.size(), -1);
     format::saved_slice sl;
     sl.where = box::whole(e.dims);
-    sl.offset = at;
+    sl.offset = f.base + at;
     sl.length = bytes_needed;
     sl.checksums = {rec->crc32};
     t.slices.push_back(std::move(sl));
-    m.tensors.push_back(std::move(t));
+    part.tensors.push_back(std::move(t));
   }
+  part.state = std::move(*state);
+  co_return part;
+}
+
+format::manifest foreign_manifest(std::string writer) {
+  format::manifest m;
+  m.checksum = format::checksum_kind::crc32_whole;
+  m.chunk_bytes = std::uint64_t{1} << 62;  // above every slice: each is read and checked whole
+  m.writer = std::move(writer);
+  m.meshes.push_back({{{"torch", 1}}, {0}});
+  return m;
+}
+
+result<void> sort_unique(format::manifest& m, const std::string& path) {
   std::sort(m.tensors.begin(), m.tensors.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
   for (std::size_t k = 1; k < m.tensors.size(); ++k)
-    if (m.tensors[k].key == m.tensors[k - 1].key) co_return make_error(errc::corrupt_manifest, f.path + ": two entries named \"" + m.tensors[k].key + "\"");
-  r.torch_skeleton = std::move(state->skeleton);
+    if (m.tensors[k].key == m.tensors[k - 1].key) return make_error(errc::corrupt_manifest, path + ": two entries named \"" + m.tensors[k].key + "\"");
+  return success();
+}
+
+task<restorable> read_file(io::backend& b, const torch_source& f) {
+  auto reading = read_zip(b, f);
+  BOOST_OUTCOME_CO_TRY(auto part, co_await std::move(reading));
+  restorable r;
+  r.prefix = f.path;
+  r.manifest = foreign_manifest("torch.save (zip, " + std::to_string(part.state.tensors) + " tensors)");
+  r.manifest.files.push_back({split_prefix(f.path).second, f.size});
+  r.manifest.tensors = std::move(part.tensors);
+  BOOST_OUTCOME_CO_TRY(sort_unique(r.manifest, f.path));
+  r.torch_skeleton = std::move(part.state.skeleton);
   co_return r;
+}
+
+// A DCP directory: `.metadata`, then each chunk's and item's torch.save zip in its .distcp file.
+task<restorable> read_dcp(io::backend& b, std::string dir) {
+  auto ex = co_await asio::this_coro::executor;
+  const std::string meta_path = dir + "/.metadata";
+  auto p = co_await open_prefix_dir(b, meta_path);
+  if (!p) co_return p.error();
+  on_unwind close_dir([&] { io::close_detached(b, p->dir); });
+  std::map<std::string, torch_source> files;  // opened once each
+  auto steps = [&]() -> task<restorable> {
+    std::vector<std::byte> bytes;
+    const std::string name = ".metadata";  // outlives the coroutine that takes it by reference
+    auto reading = read_small_file(b, *p, name, max_pickle_bytes, bytes);
+    BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
+    auto doc = format::pickle::read(bytes, format::dcp::metadata_policy(), meta_path);
+    if (!doc) co_return doc.error();
+    auto meta = format::dcp::read_metadata(*doc, meta_path);
+    if (!meta) co_return meta.error();
+    restorable r;
+    r.prefix = meta_path;
+    r.manifest = foreign_manifest("PyTorch distributed checkpoint (" + std::to_string(meta->items.size()) + " entries)");
+    auto& m = r.manifest;
+    std::map<std::string, std::uint32_t> file_index;
+    auto window = [&](const format::dcp::location& at, const std::string& key) -> task<torch_source> {
+      auto it = files.find(at.file);
+      if (it == files.end()) {
+        auto h = co_await io::async_open(b, ex, p->dir, at.file, io::open_mode::read, use_awaitable);
+        if (!h) {
+          if (h.error().code == std::errc::no_such_file_or_directory)
+            co_return make_error(errc::not_found, meta_path + ": entry \"" + key + "\" is in " + at.file + ", which does not exist in " + dir);
+          co_return with_context(h.error(), dir + "/" + at.file);
+        }
+        it = files.emplace(at.file, torch_source{*h, dir + "/" + at.file, 0, 0}).first;
+        BOOST_OUTCOME_CO_TRY(it->second.size, co_await io::async_size(b, ex, *h, use_awaitable));
+        file_index.emplace(at.file, static_cast<std::uint32_t>(m.files.size()));
+        m.files.push_back({at.file, it->second.size});
+      }
+      torch_source w = it->second;
+      if (at.offset > w.size || at.length > w.size - at.offset)
+        co_return make_error(errc::corrupt_manifest, meta_path + ": entry \"" + key + "\" lies at bytes [" + std::to_string(at.offset) + ", " +
+                                                         std::to_string(at.offset + at.length) + ") of " + at.file + ", which has " + std::to_string(w.size));
+      w.path = dir + "/" + at.file + " (entry \"" + key + "\")";
+      w.base = at.offset;
+      w.size = at.length;
+      co_return w;
+    };
+    std::string state = "{\"dict\": [";
+    for (const auto& it : meta->items) {
+      state += (state.size() > 10 ? ", [\"s\", " : "[\"s\", ") + format::json_string(it.key) + ", ";
+      if (!it.tensor) {  // a pickled object: its state, keys under the item's
+        BOOST_OUTCOME_CO_TRY(auto w, co_await window(it.bytes, it.key));
+        auto reading = read_zip(b, w, it.key);  // named: GCC 12 mishandles a coroutine's temporary arguments inside co_await
+        BOOST_OUTCOME_CO_TRY(auto part, co_await std::move(reading));
+        for (auto& t : part.tensors) {
+          t.slices[0].file = file_index.at(it.bytes.file);
+          m.tensors.push_back(std::move(t));
+        }
+        state += part.state.state + "]";
+        continue;
+      }
+      format::saved_tensor t;
+      t.key = it.key;
+      t.type = it.type;
+      t.global = it.size;
+      t.axes.assign(it.size.size(), -1);
+      for (const auto& c : it.chunks) {
+        BOOST_OUTCOME_CO_TRY(auto w, co_await window(c.at, it.key));
+        auto reading = read_zip(b, w);
+        BOOST_OUTCOME_CO_TRY(auto part, co_await std::move(reading));
+        // One tensor, the chunk: its dtype and shape, viewing all of its storage.
+        if (part.tensors.size() != 1 || part.tensors[0].type != it.type || part.tensors[0].global != c.where.extent)
+          co_return make_error(errc::corrupt_manifest, w.path + ": the chunk at " + to_string(c.where.origin) + " is not one " +
+                                                           std::string(dtype_name(it.type)) + to_string(c.where.extent) + " tensor");
+        auto sl = std::move(part.tensors[0].slices[0]);
+        sl.where = c.where;
+        sl.file = file_index.at(c.at.file);
+        t.slices.push_back(std::move(sl));
+      }
+      state += "{\"tensor\": " + format::json_string(it.key) + ", \"dtype\": \"" + std::string(format::torch::dtype_name(it.type)) +
+               "\", \"shape\": " + to_string(it.size) + "}]";
+      m.tensors.push_back(std::move(t));
+    }
+    BOOST_OUTCOME_CO_TRY(sort_unique(m, dir));
+    r.torch_skeleton = "{\"format\": 2, \"keys\": \"verbatim\", \"state\": " + state + "]}}";
+    co_return r;
+  };
+  std::optional<result<restorable>> r;
+  try {
+    r = co_await steps();
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory("reading " + dir);
+  }
+  for (auto& [name, f] : files) co_await close_quietly(b, f.h);
+  co_await close_quietly(b, p->dir);
+  close_dir.disarm();
+  co_return std::move(*r);
 }
 
 }  // namespace
 
 task<restorable> load_torch(io::backend& b, std::string path) {
   auto ex = co_await asio::this_coro::executor;
+  while (path.size() > 1 && path.ends_with('/')) path.pop_back();
+  auto probing = has_file(b, path, ".metadata");
+  auto dcp = co_await std::move(probing);
+  if (!dcp) co_return dcp.error();
+  if (*dcp) {
+    auto reading = read_dcp(b, path);
+    co_return co_await std::move(reading);
+  }
   auto p = co_await open_prefix_dir(b, path);
   if (!p) co_return p.error();
   on_unwind close_dir([&] { io::close_detached(b, p->dir); });
@@ -171,7 +312,7 @@ task<restorable> load_torch(io::backend& b, std::string path) {
         co_return make_error(errc::unsupported, path + " is in torch.save's legacy (non-zip) format, which meshckpt does not read yet; "
                                                        "torch.save(obj, f) with torch >= 1.6 writes the zip format");
       if (std::memcmp(head, zip_magic, 4) != 0) co_return make_error(errc::not_found, path + " is not a torch.save file (no zip header)");
-      auto reading = read_zip(b, f);
+      auto reading = read_file(b, f);
       co_return co_await std::move(reading);
     };
     auto r = co_await body();
@@ -206,6 +347,8 @@ result<torch_checkpoint> read_torch_checkpoint(io::backend& b, std::string_view 
 }
 
 bool looks_like_torch_file(std::string_view path) {
+  struct stat st;
+  if (::stat((std::string(path) + "/.metadata").c_str(), &st) == 0 && S_ISREG(st.st_mode)) return true;  // a DCP directory
   const int fd = ::open(std::string(path).c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   unsigned char head[4] = {};

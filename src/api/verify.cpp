@@ -21,7 +21,9 @@ task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const s
   auto ex = co_await asio::this_coro::executor;
   auto loaded = co_await load_manifest(b, p, prefix);
   if (!loaded && loaded.error().code == errc::not_found) {  // a torch.save file there: its storages against their CRC-32
-    auto torch = co_await load_torch(b, prefix);
+    // (a named task: GCC 12 destroys a temporary argument of a coroutine inside co_await twice)
+    auto loading_torch = load_torch(b, prefix.ends_with("/.metadata") ? prefix.substr(0, prefix.size() - 10) : prefix);
+    auto torch = co_await std::move(loading_torch);
     if (torch) loaded = std::move(torch->manifest);
     else if (torch.error().code != errc::not_found) loaded = torch.error();
   }
@@ -77,6 +79,11 @@ task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const s
 }
 
 task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progress progress) {
+  {  // A DCP directory: its files are in it, named by its .metadata
+    auto probing = has_file(b, prefix, ".metadata");
+    auto dcp = co_await std::move(probing);
+    if (dcp && *dcp) prefix += "/.metadata";
+  }
   auto p = co_await open_prefix_dir(b, prefix);
   if (!p) co_return p.error();
   on_unwind last_resort([&] { io::close_detached(b, p->dir); });

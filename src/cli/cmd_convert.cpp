@@ -286,21 +286,22 @@ int cmd_import(io::backend& b, const args& a) {
     }
     return 0;
   }
-  if (!is_directory(a.path) && looks_like_torch_file(a.path)) {
+  if (looks_like_torch_file(a.path)) {  // a torch.save file or a DCP directory
     auto w = import_torch_checkpoint(b, a.path, a.to);
     if (!w) return report_error("import", w.error());
-    std::printf("imported %zu entries from the torch.save file %s as %s (its pickle read, not run)\n", w->tensors - 1, a.path.c_str(),
-                w->manifest_path.c_str());
+    std::printf("imported %zu entries from the %s %s as %s (its pickles read, not run)\n", w->tensors - 1,
+                is_directory(a.path) ? "PyTorch distributed checkpoint" : "torch.save file", a.path.c_str(), w->manifest_path.c_str());
     return 0;
   }
   // A file of no kind it reads is named as such, not as a safetensors file with a wild header.
   const std::string kinds =
       "a safetensors file (an 8-byte header length, then a JSON header), a model.safetensors.index.json, a TensorFlow checkpoint "
-      "(PREFIX or PREFIX.index, with PREFIX.data-*), a SavedModel directory (with variables/variables.index) or a torch.save file";
+      "(PREFIX or PREFIX.index, with PREFIX.data-*), a SavedModel directory (with variables/variables.index), a torch.save file or a "
+      "PyTorch distributed checkpoint directory (with .metadata)";
   if (!exists(a.path))
     return report_error("import", make_error(errc::not_found, a.path + " does not exist (import reads " + kinds + ")"));
   if (is_directory(a.path))
-    return report_error("import", make_error(errc::invalid_argument, a.path + " is a directory but not a SavedModel (no variables/variables.index); import reads " + kinds));
+    return report_error("import", make_error(errc::invalid_argument, a.path + " is a directory but not a SavedModel (no variables/variables.index) nor a DCP checkpoint (no .metadata); import reads " + kinds));
   if (!a.path.ends_with(".json")) {
     unsigned char head[9] = {};
     std::FILE* f = std::fopen(a.path.c_str(), "rb");

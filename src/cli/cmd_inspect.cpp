@@ -71,7 +71,7 @@ int cmd_inspect(io::backend& b, const args& a) {
     return 0;
   }
   std::string prefix = normalize_prefix(a.path);
-  if (is_directory(prefix) && !exists(prefix + ".manifest")) {
+  if (is_directory(prefix) && !exists(prefix + ".manifest") && !exists(join(prefix, ".metadata"))) {  // (a DCP checkpoint is read below)
     auto scan = scan_directory(b, prefix);
     std::string names;
     if (scan)

@@ -75,7 +75,7 @@ int cmd_verify(io::backend& b, const args& a) {
   std::vector<std::string> leftovers;
   std::vector<std::string> state_problems;
   bool state_present = false;
-  if (!tf && is_directory(path) && !exists(path + ".manifest")) {
+  if (!tf && is_directory(path) && !exists(path + ".manifest") && !exists(join(path, ".metadata"))) {  // (not a DCP checkpoint)
     auto scan = scan_directory(b, path);
     if (!scan) {
       std::fprintf(stderr, "meshckpt verify: %s\n", scan.error().what().c_str());

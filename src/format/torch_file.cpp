@@ -47,9 +47,9 @@ class reader {
  public:
   reader(const pickle::document& d, std::string_view what) : d_(d), what_(what) {}
 
-  result<state_file> run() {
+  result<state_file> run(const std::string& root) {
     try {
-      BOOST_OUTCOME_TRY(walk(d_.root, "", 0));
+      BOOST_OUTCOME_TRY(walk(d_.root, root, 0));
     } catch (const std::bad_alloc&) {
       return make_error(errc::limit_exceeded, std::string(what_) + ": out of memory reading its state");
     }
@@ -281,14 +281,15 @@ class reader {
       if (cover) out_.entries.push_back({key, st.type, cover->dims, s});
       else out_.entries.push_back({key, dtype::uint8, {static_cast<std::int64_t>(bytes)}, s});
     }
-    std::string doc = "{\"format\": 2, \"keys\": \"verbatim\", \"state\": ";
+    std::string state;
     std::size_t from = 0;
     for (const auto& [at, v] : holes_) {
-      doc.append(skel_, from, at - from).append(leaf[v]);
+      state.append(skel_, from, at - from).append(leaf[v]);
       from = at;
     }
-    doc.append(skel_, from, std::string::npos).append("}");
-    out_.skeleton = std::move(doc);
+    state.append(skel_, from, std::string::npos);
+    out_.skeleton = "{\"format\": 2, \"keys\": \"verbatim\", \"state\": " + state + "}";
+    out_.state = std::move(state);
     return std::move(out_);
   }
 };
@@ -309,7 +310,7 @@ pickle::policy state_policy() {
   return p;
 }
 
-result<state_file> read_state(const pickle::document& d, std::string_view what) { return reader(d, what).run(); }
+result<state_file> read_state(const pickle::document& d, std::string_view what, std::string_view root) { return reader(d, what).run(std::string(root)); }
 
 result<std::vector<std::byte>> encode_flat_state(const std::vector<flat_entry>& entries) {
   using namespace std::string_view_literals;  // the opcodes hold NUL bytes
@@ -385,6 +386,12 @@ std::string_view dtype_name(dtype t) {
   for (const auto& x : types)
     if (x.type == t) return x.name;
   return {};
+}
+
+std::optional<dtype> dtype_named(std::string_view name) {
+  for (const auto& x : types)
+    if (name == x.name) return x.type;
+  return std::nullopt;
 }
 
 }  // namespace meshckpt::format::torch

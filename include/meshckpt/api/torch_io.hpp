@@ -6,7 +6,9 @@
 /// and a restore fills targets from it by name. The pickle is read by a reader that executes
 /// nothing and allows only the globals of tensors, storages, dtypes and containers
 /// (format/pickle.hpp, format/torch_file.hpp); sizes and offsets are checked against the file
-/// before anything is allocated; each storage is checked against its record's CRC-32.
+/// before anything is allocated; each storage is checked against its record's CRC-32. A PyTorch
+/// distributed checkpoint (DCP) directory is read the same way: its `.metadata` as data
+/// (format/dcp.hpp), each chunk and bytes item a torch.save zip inside a `.distcp` file.
 
 #include <string>
 #include <string_view>
@@ -28,7 +30,9 @@ struct torch_checkpoint {
   std::size_t tensors = 0;    ///< distinct tensors of the state (tied keys count once)
 };
 
-/// The torch.save file at `path`. Keys are the state dict's keys, nested keys joined by '.';
+/// The torch.save file at `path`, or the DCP directory `path` (then `prefix` is
+/// `path/.metadata`, and the manifest's files are its .distcp files: a tensor's chunks are its
+/// slices). Keys are the state dict's keys, nested keys joined by '.';
 /// a storage that tensors view in different ways (slices of one buffer, a transposed view) is
 /// one entry `__meshckpt_storage__/N` of its bytes, whose views the skeleton describes; tied
 /// weights are one entry. Errors: not_found (no file), unsupported (the legacy non-zip format,
@@ -38,7 +42,8 @@ struct torch_checkpoint {
 result<torch_checkpoint> read_torch_checkpoint(io::backend& b, std::string_view path);
 
 /// Whether the file at `path` starts like a torch.save file (a zip file, or the legacy
-/// format's pickled magic number). False when it cannot be read.
+/// format's pickled magic number), or `path` is a DCP directory (it holds `.metadata`). False
+/// when it cannot be read.
 bool looks_like_torch_file(std::string_view path);
 
 /// Writes the torch.save file `path` as the meshckpt checkpoint `to`: each entry of

@@ -7,10 +7,11 @@
 ///
 /// The state is presented the way meshckpt.torch stores one, so that every tool reads it
 /// alike: each storage's bytes are one stored entry — under the tensor's key when every tensor
-/// of the storage views all of it the same way (the usual case; tied weights are one tensor),
-/// else as `__meshckpt_storage__/N` bytes whose views the skeleton describes — and the skeleton
-/// is meshckpt.torch's document (format 2) with `"keys": "verbatim"`: its leaves name stored
-/// entries as they are, the state dict's keys joined by '.'.
+/// of the storage views all of it the same way (the usual case; tied weights are one tensor);
+/// when tensors view it differently, under the key of a view that covers all of it
+/// contiguously, else as `__meshckpt_storage__/N` bytes, the views described by the skeleton —
+/// and the skeleton is meshckpt.torch's document (format 2) with `"keys": "verbatim"`: its
+/// leaves name stored entries as they are, the state dict's keys joined by '.'.
 
 #include <cstdint>
 #include <optional>
@@ -43,8 +44,9 @@ struct stored_entry {
 /// A state read from a pickle.
 struct state_file {
   std::vector<storage_ref> storages;   ///< in order of first use
-  std::vector<stored_entry> entries;   ///< one per storage with elements, in order of first use
+  std::vector<stored_entry> entries;   ///< one per storage, in order of first use
   std::string skeleton;                ///< meshckpt.torch's document
+  std::string state;                   ///< the document's "state": the skeleton of the state alone
   std::size_t tensors = 0;             ///< distinct tensors (tied keys count once)
 };
 
@@ -52,12 +54,13 @@ struct state_file {
 /// parameter rebuild functions, its storage types, `torch.Size` and its dtypes.
 pickle::policy state_policy();
 
-/// The state held by the pickle `d` (read with `state_policy`). `what` names the file in
+/// The state held by the pickle `d` (read with `state_policy`), its keys under `root` (joined
+/// with '.'; empty: the state dict's own keys). `what` names the file in
 /// errors. Errors: `corrupt_manifest` naming the entry (a malformed tensor or storage id, a
 /// view outside its storage, a storage whose dtype differs between uses, a value meshckpt.torch
 /// cannot hold such as bytes, two entries under one joined key), `unsupported` (a dtype meshckpt
 /// lacks: quantized storages).
-result<state_file> read_state(const pickle::document& d, std::string_view what);
+result<state_file> read_state(const pickle::document& d, std::string_view what, std::string_view root = {});
 
 /// A tensor for `encode_flat_state`: a contiguous tensor that views all of its storage.
 struct flat_entry {
@@ -79,5 +82,7 @@ std::optional<dtype> storage_dtype(std::string_view name);
 std::string_view storage_type(dtype t);
 /// torch's name of `t` ("float32", "bool", "complex64"); empty for `blob`.
 std::string_view dtype_name(dtype t);
+/// The dtype of torch's name `name` ("float32"), or nullopt.
+std::optional<dtype> dtype_named(std::string_view name);
 
 }  // namespace meshckpt::format::torch
