@@ -10,7 +10,8 @@ from it. The walk of the state dict, the grouping of tensors that share a storag
 binding of every tensor happen in C++ in one call (`_meshckpt.TorchState`); a Checkpointer keeps
 them, and its checkpoint, while the structure and the tensors' memory stay the same.
 
-Several processes (mpi4py: pass `coordinator=meshckpt.mpi_coordinator()`) save one checkpoint
+Several processes (torchrun: pass `coordinator=meshckpt.torch.distributed_coordinator()`; mpi4py:
+`coordinator=meshckpt.mpi_coordinator()`) save one checkpoint
 together: each rank writes its part of each tensor (rows split over the ranks, so every byte
 is written once), and rank 0 commits. A load, by any number of processes, gives every rank
 the whole state, whatever world size saved it.
@@ -22,6 +23,24 @@ from . import _C, Checkpoint, CheckpointManager, CheckpointOptions, Mesh
 from .errors import InvalidArgumentError, NotFoundError
 
 _META = "__meshckpt_torch__"
+
+
+_coordinators = 0
+
+
+def distributed_coordinator():
+    """A coordinator over torch.distributed's default process group (as torchrun and
+    `init_process_group("gloo")` set it up): every rank calls it, in the same order as its other
+    coordinators. It talks through the group's key-value store, not its collectives, so that a
+    rank that is late or dead makes a save fail everywhere after the timeout instead of hanging
+    it; the commit protocol is the same as with MPI: one checkpoint committed by all ranks, or none."""
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_initialized():
+        raise InvalidArgumentError("distributed_coordinator() needs torch.distributed initialized (init_process_group)")
+    global _coordinators
+    _coordinators += 1
+    store = dist.distributed_c10d._get_default_store()
+    return _C.store_coordinator(store, dist.get_rank(), dist.get_world_size(), f"meshckpt/{_coordinators}")
 
 
 def _mesh(coordinator):

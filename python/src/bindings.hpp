@@ -123,6 +123,7 @@ io::backend& process_backend();
 
 void bind_tensors(py::module_& m);
 void bind_torch_state(py::module_& m);
+void bind_store_coordinator(py::module_& m);
 void bind_checkpoint(py::module_& m);
 
 }  // namespace meshckpt::python

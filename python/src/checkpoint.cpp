@@ -108,9 +108,36 @@ std::function<R()> with_gil(py::object f) {
 }  // namespace
 
 void bind_checkpoint(py::module_& m) {
+  auto ms = [](double s) { return coord::milliseconds(static_cast<std::int64_t>(s * 1000)); };
+  auto as_bytes = [](const std::string& s) { return std::as_bytes(std::span(s.data(), s.size())); };
+  auto to_py = [](const coord::bytes& b) { return py::bytes(reinterpret_cast<const char*>(b.data()), b.size()); };
   py::class_<coord::coordinator, std::shared_ptr<coord::coordinator>>(m, "Coordinator")
       .def_property_readonly("rank", &coord::coordinator::rank)
-      .def_property_readonly("size", &coord::coordinator::size);
+      .def_property_readonly("size", &coord::coordinator::size)
+      .def("gather", [=](coord::coordinator& c, const std::string& mine, double timeout_s) {
+             result<std::vector<coord::bytes>> r = [&] {
+               py::gil_scoped_release nogil;
+               return c.gather(as_bytes(mine), ms(timeout_s));
+             }();
+             py::list out;
+             for (const auto& b : unwrap(std::move(r))) out.append(to_py(b));
+             return out;
+           }, py::arg("mine"), py::arg("timeout_s"),
+           "Every rank's bytes, in rank order, on rank 0 (an empty list elsewhere); TimedOutError naming the missing ranks.")
+      .def("broadcast", [=](coord::coordinator& c, const std::string& data, double timeout_s) {
+             result<coord::bytes> r = [&] {
+               py::gil_scoped_release nogil;
+               return c.broadcast(as_bytes(data), ms(timeout_s));
+             }();
+             return to_py(unwrap(std::move(r)));
+           }, py::arg("data"), py::arg("timeout_s"), "Rank 0's bytes, on every rank.")
+      .def("barrier", [=](coord::coordinator& c, double timeout_s) {
+             result<void> r = [&] {
+               py::gil_scoped_release nogil;
+               return c.barrier(ms(timeout_s));
+             }();
+             unwrap(std::move(r));
+           }, py::arg("timeout_s"), "Returns once every rank entered it.");
   m.def("mpi_coordinator", []() -> std::shared_ptr<coord::coordinator> {
     int init = 0;
     MPI_Initialized(&init);

@@ -222,4 +222,5 @@ PYBIND11_MODULE(_meshckpt, m) {
   mp::bind_tensors(m);
   mp::bind_torch_state(m);
   mp::bind_checkpoint(m);
+  mp::bind_store_coordinator(m);
 }

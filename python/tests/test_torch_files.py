@@ -309,3 +309,64 @@ def test_dcp_of_a_sharded_tensor_from_several_ranks_loads_whole(tmp_path, world)
     r = run("inspect", "--json", tmp_path / "run")
     emb = next(t for t in json.loads(r.stdout)["tensors"] if t["key"] == "emb")
     assert emb["shape"] == [rows, 3] and emb["slices"] == world
+
+
+def gloo(mode, d, world):
+    import random
+    import sys
+    helper = os.path.join(os.path.dirname(__file__), "gloo_ranks.py")
+    r = subprocess.run([sys.executable, helper, mode, str(d), str(world), str(random.randint(20000, 40000))],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("saved, loaded", [(4, 2), (2, 4)])
+def test_torchrun_style_jobs_save_over_gloo_and_load_on_another_world_size(tmp_path, saved, loaded):
+    gloo("save", tmp_path, saved)
+    # Rows of each tensor were spread over the ranks: one slice per rank.
+    r = run("inspect", "--json", tmp_path / "one")
+    w = next(t for t in json.loads(r.stdout)["tensors"] if t["key"].endswith("w"))
+    assert w["slices"] == saved
+    assert run("verify", tmp_path / "run").returncode == 0
+    gloo("load", tmp_path, loaded)
+    # ... and onto one process, without torch.distributed.
+    out = mt.load({}, tmp_path / "one")
+    assert torch.equal(out["model"]["w"], torch.arange(40, dtype=torch.float32).reshape(8, 5) + 1)
+
+
+def test_the_store_coordinator_keeps_rounds_when_a_rank_is_late():
+    """Two ranks on threads over one in-process store (torch.distributed.HashStore): the
+    collectives meet; a rank that skips a gather makes rank 0 time out naming it, its late
+    contribution goes to the round given up, and both meet again at the next round."""
+    import threading
+    import torch.distributed as dist
+    from meshckpt import _C
+    store = dist.HashStore()
+    ranks = [_C.store_coordinator(store, r, 2, "t") for r in range(2)]
+    results, errors = {}, []
+
+    def rank(r, skip_first_gather):
+        c = ranks[r]
+        try:
+            results[(r, "bcast")] = c.broadcast(b"from 0" if r == 0 else b"", 5)
+            c.barrier(5)
+            if r == 0:
+                with pytest.raises(mc.TimedOutError, match="rank\\(s\\) 1 of 2"):
+                    c.gather(b"zero", 0.3)
+            elif not skip_first_gather:
+                c.gather(b"one", 5)
+            c.barrier(5)  # rank 1 comes here late, once rank 0 gave up
+            if r == 1:
+                c.gather(b"late", 5)  # the round rank 0 gave up: dropped
+            results[(r, "gather")] = c.gather(b"r%d" % r, 5)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=rank, args=(r, True)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert results[(1, "bcast")] == b"from 0"
+    assert results[(0, "gather")] == [b"r0", b"r1"] and results[(1, "gather")] == []
