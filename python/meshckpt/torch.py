@@ -110,12 +110,10 @@ def load(state_dict, path, *, coordinator=None):
         raise InvalidArgumentError("load() fills a dict (the state dict to restore into)")
     mesh, rank, _ = _mesh(coordinator)
     tree = _C.TorchState(mesh, rank, 1)  # every rank reads the whole of every tensor
-    _, copies, by_name = tree.bind_load(str(path), state_dict)
-    if by_name:  # a torch.save file, or one imported: its entries are read by their keys
-        tree.read_bound(str(path))
-    else:
-        # Every tensor the skeleton names was restored; a save counter (a manager's save) may be unused.
-        Checkpoint(mesh, tree).read(str(path)).assert_existing_objects_matched().expect_partial()
+    _, copies, _ = tree.bind_load(str(path), state_dict)
+    # Every tensor the skeleton names, read by its key with the manifest bind_load read (a
+    # missing one is NotFoundError); a save counter (a manager's save) is not part of the state.
+    tree.read_bound(str(path))
     for dst, src in copies:  # views of a shared storage, onto tensors the caller gave
         dst.copy_(src)
     return state_dict

@@ -302,7 +302,7 @@ py::tuple torch_state::bind_load(const std::string& prefix, py::handle target) {
   py::object root = rebuild(*state, target, "", 0);
   py::list post;
   for (auto& [dst, src] : post_) post.append(py::make_tuple(dst, src));
-  loaded_ = verbatim_ ? std::move(m) : nullptr;
+  loaded_ = std::move(m);  // read_bound reads with it: the manifest is read once per load
   loaded_at_ = std::move(files_at);
   return py::make_tuple(root, post, verbatim_);
 }
@@ -310,16 +310,21 @@ py::tuple torch_state::bind_load(const std::string& prefix, py::handle target) {
 void torch_state::read_bound(const std::string& prefix) {
   if (loaded_ && loaded_at_ != prefix && loaded_at_ != prefix + "/.metadata")
     fail(errc::invalid_argument, "read_bound: " + prefix + " is not what bind_load read (" + loaded_at_ + ")");
-  if (!loaded_) fail(errc::invalid_argument, "read_bound: no state bound by name (bind_load of a torch file or an import first)");
+  if (!loaded_) fail(errc::invalid_argument, "read_bound: nothing bound (bind_load first)");
   std::vector<named_tensor> targets;
   targets.reserve(bound_.size());
-  for (const auto& e : bound_) targets.push_back({e.key, e.var->view()});
+  for (const auto& e : bound_) {
+    // A strided tensor given by the caller is read into its contiguous copy, then scattered
+    // back (refused first when it cannot be: an expanded view, a strided GPU tensor).
+    if (e.copy) unwrap(e.var->value_for_restore(e.type, e.dims, mesh_));
+    targets.push_back({verbatim_ ? e.key : graph::escape_name(e.key), e.var->view()});
+  }
   {
     py::gil_scoped_release nogil;
     unwrap(read_tensors(process_backend(), loaded_at_, *loaded_, targets));
+    for (auto& e : bound_)
+      if (e.copy) e.var->value_restored();
   }
-  for (auto& e : bound_)
-    if (e.copy) e.var->copy_back_to(e.source);
   loaded_.reset();
 }
 

@@ -180,10 +180,11 @@ class torch_state : public graph::module {
   // of a shared storage onto tensors the caller gave). The document is parsed here, in C++, and
   // every tensor it names is checked against the manifest before anything is allocated for it.
   // Also returns whether the leaves name the manifest's keys verbatim (a torch.save file or its
-  // import): then `read_bound` reads the tensors by those names, not through the object graph.
+  // import) rather than as object paths.
   py::tuple bind_load(const std::string& prefix, py::handle target);
 
-  // Reads every tensor bound by the last `bind_load` (by name) from `prefix`, verified.
+  // Reads every tensor bound by the last `bind_load` from `prefix` by its manifest key (verified),
+  // with the manifest bind_load read: no object-graph restore, no second read of the manifest.
   void read_bound(const std::string& prefix);
 
   std::size_t bound() const { return bound_.size(); }
