@@ -370,3 +370,11 @@ def test_the_store_coordinator_keeps_rounds_when_a_rank_is_late():
     assert not errors, errors
     assert results[(1, "bcast")] == b"from 0"
     assert results[(0, "gather")] == [b"r0", b"r1"] and results[(1, "gather")] == []
+
+
+def test_a_directory_that_is_no_checkpoint_is_still_not_found(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    with pytest.raises(mc.NotFoundError, match="not found"):
+        mc.Checkpoint(mc.Mesh([("x", 1)]), mc.Module()).read(str(tmp_path / "d"))
+    r = run("cat", tmp_path / "d", "x")
+    assert r.returncode == 1 and "not found" in r.stderr

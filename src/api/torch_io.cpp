@@ -296,7 +296,9 @@ task<restorable> load_torch(io::backend& b, std::string path) {
   auto steps = [&]() -> task<restorable> {
     auto h = co_await io::async_open(b, ex, p->dir, p->base, io::open_mode::read, use_awaitable);
     if (!h) {
-      if (h.error().code == std::errc::no_such_file_or_directory || h.error().code == std::errc::is_a_directory)
+      // Nothing there, or a directory (which the backend refuses to open as a file): no file.
+      if (h.error().code == std::errc::no_such_file_or_directory || h.error().code == std::errc::is_a_directory ||
+          h.error().code == errc::unsafe_path)
         co_return make_error(errc::not_found, "no torch.save file at " + path);
       co_return with_context(h.error(), path);
     }
