@@ -13,7 +13,8 @@ them, and its checkpoint, while the structure and the tensors' memory stay the s
 Several processes (torchrun: pass `coordinator=meshckpt.torch.distributed_coordinator()`; mpi4py:
 `coordinator=meshckpt.mpi_coordinator()`) save one checkpoint
 together: each rank writes its part of each tensor (rows split over the ranks, so every byte
-is written once), and rank 0 commits. A load, by any number of processes, gives every rank
+is written once; a ShardedTensor's local shard, as the box of its global tensor), and rank 0
+commits. A load, by any number of processes, gives every rank
 the whole state, whatever world size saved it.
 """
 

@@ -352,6 +352,11 @@ void torch_state::bind_for_restore(const std::string& key, const py::object& t, 
   e.gpu = f.gpu;
   e.source = t;
   if (!f.contiguous) e.stride = f.stride;
+  if (f.shard_dim >= 0) {  // a ShardedTensor given: this rank reads its chunk into its local shard
+    check_sharding(f, layout_for(dims.size(), f.shard_dim), mesh_, rank_);
+    e.shard_dim = f.shard_dim;
+    e.source = f.obj;
+  }
   if (!restore_refs_) restore_refs_ = std::make_shared<py_refs>();
   bind(e, false, restore_refs_);
   bound_.push_back(std::move(e));

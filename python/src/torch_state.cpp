@@ -28,8 +28,94 @@ py::object call(py::handle o, py::handle name) {
 
 }  // namespace
 
+namespace {
+
+const char* const chunked_only =
+    "meshckpt.torch saves a ShardedTensor whose shards are chunks along one dimension, one per rank in rank order "
+    "(ChunkShardingSpec, as FSDP's SHARDED_STATE_DICT gives)";
+
+std::vector<std::int64_t> ints(py::handle seq) {
+  std::vector<std::int64_t> v;
+  for (auto x : seq) v.push_back(x.cast<std::int64_t>());
+  return v;
+}
+
+std::string describe(const std::vector<std::pair<std::int64_t, box>>& shards) {
+  std::string s;
+  for (const auto& [r, b] : shards) s += (s.empty() ? "rank " : ", rank ") + std::to_string(r) + " " + to_string(b);
+  return s.empty() ? "no shards" : s;
+}
+
+// A ShardedTensor's facts: those of its local shard, with the global shape and every shard's
+// box from its metadata.
+tensor_facts sharded_facts(py::handle t, std::string key) {
+  auto& api = torch_api::get();
+  py::object md = t.attr("metadata")();
+  const shape global = ints(md.attr("size"));
+  py::list local = t.attr("local_shards")();
+  if (local.size() > 1)
+    fail(errc::invalid_argument, key + ": a ShardedTensor with " + std::to_string(local.size()) + " shards on this rank; " + chunked_only);
+  tensor_facts f;
+  if (local.size() == 1) {
+    f = facts_of(local[0].attr("tensor"), key);
+    const shape sizes = ints(local[0].attr("metadata").attr("shard_sizes"));
+    if (sizes != f.dims) fail(errc::invalid_argument, key + ": a ShardedTensor whose local shard's metadata and tensor differ in shape");
+    f.local = box{ints(local[0].attr("metadata").attr("shard_offsets")), sizes};
+  } else {
+    f.key = std::move(key);
+    f.obj = py::reinterpret_borrow<py::object>(t);
+    std::tie(f.type, f.torch_name) = api.dtype_of(md.attr("tensor_properties").attr("dtype"));
+    f.esize = dtype_size(f.type);
+  }
+  const auto& [type, name] = api.dtype_of(md.attr("tensor_properties").attr("dtype"));
+  if (type != f.type) fail(errc::invalid_argument, f.key + ": a ShardedTensor of " + name + " whose local shard is " + f.torch_name);
+  if (global.empty()) fail(errc::invalid_argument, f.key + ": a 0-d ShardedTensor");
+  f.dims = global;
+  for (py::handle sm : md.attr("shards_metadata")) {
+    box b{ints(sm.attr("shard_offsets")), ints(sm.attr("shard_sizes"))};
+    if (b.origin.size() != global.size() || b.extent.size() != global.size())
+      fail(errc::invalid_argument, f.key + ": a ShardedTensor shard of another rank than the tensor's");
+    if (b.volume().value_or(0) == 0) continue;
+    py::object placement = sm.attr("placement");
+    if (placement.is_none()) fail(errc::invalid_argument, f.key + ": a ShardedTensor shard with no placement; " + chunked_only);
+    f.shards.emplace_back(placement.attr("rank")().cast<std::int64_t>(), std::move(b));
+  }
+  std::sort(f.shards.begin(), f.shards.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  // The split dimension: the one where some shard does not span the whole tensor.
+  f.shard_dim = 0;
+  int split = 0;
+  for (std::size_t d = 0; d < global.size(); ++d) {
+    bool whole = true;
+    for (const auto& [r, b] : f.shards) whole = whole && b.origin[d] == 0 && b.extent[d] == global[d];
+    if (!whole) f.shard_dim = static_cast<int>(d), ++split;
+  }
+  if (split > 1) fail(errc::invalid_argument, f.key + ": a ShardedTensor split along " + std::to_string(split) + " dimensions (" +
+                                                  describe(f.shards) + "); " + chunked_only);
+  return f;
+}
+
+}  // namespace
+
+void check_sharding(const tensor_facts& f, const layout& l, const mesh& m, std::int64_t rank) {
+  std::vector<std::pair<std::int64_t, box>> want;
+  for (auto dev : m.device_ids()) {
+    box b = unwrap(l.shard_box(f.dims, dev));
+    if (!b.empty()) want.emplace_back(dev, std::move(b));
+  }
+  if (want != f.shards)
+    fail(errc::invalid_argument, f.key + ": a ShardedTensor of shape " + to_string(f.dims) + " held as " + describe(f.shards) + "; " +
+                                     chunked_only + ": over the " + std::to_string(m.device_ids().size()) +
+                                     " ranks of the coordinator it would be " + describe(want));
+  const box mine = unwrap(l.shard_box(f.dims, rank));
+  const bool have = f.local.rank() > 0;
+  if (have ? f.local != mine : !mine.empty())
+    fail(errc::invalid_argument, f.key + ": rank " + std::to_string(rank) + " holds the ShardedTensor's shard " +
+                                     (have ? to_string(f.local) : std::string("none")) + ", its chunk is " + to_string(mine));
+}
+
 tensor_facts facts_of(py::handle t, std::string key) {
   auto& api = torch_api::get();
+  if (api.is_sharded(t)) return sharded_facts(t, std::move(key));
   tensor_facts f;
   f.obj = py::reinterpret_borrow<py::object>(t);
   f.key = std::move(key);

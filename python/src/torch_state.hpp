@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <map>
 #include <span>
 #include <string_view>
 #include <unordered_map>
@@ -53,6 +54,29 @@ struct torch_api {
     return dtypes.emplace(d.ptr(), std::pair(*ours, name)).first->second;
   }
   bool is_tensor(py::handle o) const { return PyObject_IsInstance(o.ptr(), tensor.ptr()) == 1; }
+  // Whether tensor `o` is a torch.distributed ShardedTensor. Its module is looked up, not
+  // imported: without it imported no ShardedTensor exists (and importing it is slow, and fails
+  // on some Python versions). Plain tensor types are remembered, so the check costs a lookup.
+  bool is_sharded(py::handle o) {
+    PyTypeObject* type = Py_TYPE(o.ptr());
+    if (auto it = sharded_types.find(type); it != sharded_types.end()) return it->second;
+    if (!sharded_base) {
+      PyObject* mod = PyImport_GetModule(py::str("torch.distributed._shard.sharded_tensor").ptr());
+      // Not imported: no ShardedTensor class exists, so no type seen now derives from one.
+      if (!mod) {
+        if (PyErr_Occurred()) throw py::error_already_set();
+        return sharded_types.emplace(type, false).first->second;
+      }
+      auto m = py::reinterpret_steal<py::object>(mod);
+      if (!py::hasattr(m, "ShardedTensorBase")) return sharded_types.emplace(type, false).first->second;
+      sharded_base = py::object(m.attr("ShardedTensorBase")).release();
+    }
+    const int r = PyObject_IsSubclass(reinterpret_cast<PyObject*>(type), sharded_base.ptr());
+    if (r < 0) throw py::error_already_set();
+    return sharded_types.emplace(type, r == 1).first->second;
+  }
+  py::handle sharded_base;
+  std::unordered_map<PyTypeObject*, bool> sharded_types;
   // torch's dtype object of that name ("float32"), or null when torch has none.
   py::handle dtype_named(const std::string& name) {
     auto it = by_name.find(name);
@@ -81,6 +105,12 @@ struct tensor_facts {
   std::int64_t esize = 0;
   int gpu = -1;  // CUDA device index; -1 on the CPU
   bool contiguous = true;
+  // A ShardedTensor: `dims` is its global shape, the other facts are of its local shard (none:
+  // ptr 0), `local` is that shard's box, `shard_dim` the one dimension its shards split and
+  // `shards` every rank's (rank, box), from its metadata.
+  int shard_dim = -1;
+  box local;
+  std::vector<std::pair<std::int64_t, box>> shards;
 
   std::int64_t numel() const {
     std::int64_t n = 1;
@@ -102,6 +132,11 @@ struct tensor_facts {
 
 // What the walk reads of one tensor, from its attributes; errors name `key`.
 tensor_facts facts_of(py::handle t, std::string key);
+
+// Unless a ShardedTensor's shards are the chunks that `l` gives each device of its mesh (torch's
+// ChunkShardingSpec over the ranks in order, as FSDP's SHARDED_STATE_DICT makes them), with this
+// process's `rank` holding its own, fails naming both.
+void check_sharding(const tensor_facts& f, const layout& l, const mesh& m, std::int64_t rank);
 
 // The skeleton of a state dict and its tensors. The skeleton is JSON ({"dict": [[kind, key,
 // value], ...]}, {"list": [...]}, {"tuple": [...]}, {"value": v}, and a tensor leaf); a tensor
@@ -130,6 +165,7 @@ class torch_state : public graph::module {
   std::string update(py::handle sd, bool shard_rows, py::object before_change) {
     walk_result w;
     walk(sd, "", w, 0);
+    check_shardings(w.tensors);
     std::vector<entry> next;
     next.reserve(w.tensors.size());
     std::vector<std::string> leaves(w.tensors.size());
@@ -206,6 +242,7 @@ class torch_state : public graph::module {
     py::object source;  // the tensor (kept alive while bound)
     py::object copy;    // a contiguous copy of a strided `source`, refreshed at each save
     std::vector<std::int64_t> stride;
+    int shard_dim = -1;  // a ShardedTensor's: `ptr` and `source` are its local shard's
     std::unique_ptr<py_variable> var;
   };
 
@@ -217,7 +254,7 @@ class torch_state : public graph::module {
     for (std::size_t i = 0; i < ts.size(); ++i) {
       if (!seen.insert(ts[i].key).second)
         fail(errc::invalid_argument, "two entries of the state dict have the path " + ts[i].key + " (a key containing '/'?)");
-      if (ts[i].numel() > 0) order.push_back(i);
+      if (ts[i].numel() > 0 && ts[i].shard_dim < 0) order.push_back(i);  // a ShardedTensor shares no storage
     }
     auto storage = [&](std::size_t i) { return std::pair(ts[i].gpu, ts[i].base()); };
     std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return storage(a) < storage(b); });
@@ -279,6 +316,7 @@ class torch_state : public graph::module {
     e.ptr = t.ptr;
     e.gpu = t.gpu;
     e.source = std::move(t.obj);
+    e.shard_dim = t.shard_dim;
     if (!t.contiguous) e.stride = std::move(t.stride);  // bound through a contiguous copy
     return e;
   }
@@ -287,25 +325,27 @@ class torch_state : public graph::module {
     if (next.size() != bound_.size()) return false;
     for (std::size_t i = 0; i < next.size(); ++i) {
       const entry &a = bound_[i], &b = next[i];
-      if (a.key != b.key || a.type != b.type || a.dims != b.dims || a.ptr != b.ptr || a.gpu != b.gpu || a.stride != b.stride) return false;
+      if (a.key != b.key || a.type != b.type || a.dims != b.dims || a.ptr != b.ptr || a.gpu != b.gpu || a.stride != b.stride ||
+          a.shard_dim != b.shard_dim)
+        return false;
       if (!a.stride.empty() && a.source.ptr() != b.source.ptr()) return false;
     }
     return true;
   }
 
-  const layout& layout_for(std::size_t rank, bool rows) {
-    auto& cache = rows ? rows_ : replicated_;
-    if (cache.size() <= rank) cache.resize(rank + 1);
-    if (!cache[rank]) {
-      if (rows) {
-        std::vector<std::string> specs{"ranks"};
-        specs.resize(rank, "unsharded");
-        cache[rank] = unwrap(layout::create(std::move(specs), mesh_));
-      } else {
-        cache[rank] = layout::replicated(rank, mesh_);
-      }
-    }
-    return *cache[rank];
+  // Split along dimension `dim` over the ranks (-1: replicated), for tensors of rank `rank`.
+  const layout& layout_for(std::size_t rank, int dim) {
+    auto it = layouts_.find({rank, dim});
+    if (it != layouts_.end()) return it->second;
+    std::vector<std::string> specs(rank, "unsharded");
+    if (dim >= 0) specs[static_cast<std::size_t>(dim)] = "ranks";
+    return layouts_.emplace(std::pair(rank, dim), unwrap(layout::create(std::move(specs), mesh_))).first->second;
+  }
+
+  // Fails unless every ShardedTensor among `ts` is chunked as this tree saves it.
+  void check_shardings(const std::vector<tensor_facts>& ts) {
+    for (const auto& t : ts)
+      if (t.shard_dim >= 0) check_sharding(t, layout_for(t.dims.size(), t.shard_dim), mesh_, rank_);
   }
 
   // Makes `e.var`, a variable over this process's part of the entry's memory. A strided tensor
@@ -320,8 +360,10 @@ class torch_state : public graph::module {
       ptr = e.copy.attr("data_ptr")().cast<std::uintptr_t>();
       keep->add(e.copy);
     }
-    const bool rows = shard_rows && world_ > 1 && !e.dims.empty();
-    const layout& l = layout_for(e.dims.size(), rows);
+    // A ShardedTensor is split as its shards are (its local shard is this rank's box); a
+    // plain tensor every rank holds is written once, rows spread over the ranks.
+    const bool rows = e.shard_dim < 0 && shard_rows && world_ > 1 && !e.dims.empty();
+    const layout& l = layout_for(e.dims.size(), e.shard_dim >= 0 ? e.shard_dim : rows ? 0 : -1);
     const box b = unwrap(l.shard_box(e.dims, rank_));
     const auto esize = static_cast<std::uint64_t>(dtype_size(e.type));
     std::uint64_t row = esize;
@@ -351,7 +393,7 @@ class torch_state : public graph::module {
   std::int64_t rank_, world_;
   graph::bytes_state meta_;
   std::vector<entry> bound_;
-  std::vector<std::optional<layout>> rows_, replicated_;
+  std::map<std::pair<std::size_t, int>, layout> layouts_;  // by (rank, split dimension)
   // Restore: tensors by key (identical views share one), storages by key, copies to do after.
   std::unordered_map<std::string, py::object> by_key_;
   std::vector<std::pair<py::object, py::object>> post_;

@@ -334,6 +334,26 @@ def test_torchrun_style_jobs_save_over_gloo_and_load_on_another_world_size(tmp_p
     assert torch.equal(out["model"]["w"], torch.arange(40, dtype=torch.float32).reshape(8, 5) + 1)
 
 
+@pytest.mark.parametrize("saved, loaded", [(4, 2), (2, 4)])
+def test_sharded_tensors_are_saved_as_the_global_tensor_and_load_onto_another_sharding(tmp_path, saved, loaded):
+    gloo("sharded-save", tmp_path, saved)
+    # Each ShardedTensor is one tensor of its global shape, split as its shards were: each rank
+    # wrote its own chunk (by rows, by columns), the replicated tensor's rows were spread.
+    tensors = {t["key"]: t for t in json.loads(run("inspect", "--json", tmp_path / "sharded").stdout)["tensors"]}
+    assert tensors["emb"]["shape"] == [17, 3] and tensors["emb"]["slices"] == saved
+    assert tensors["proj"]["shape"] == [3, 10] and tensors["proj"]["slices"] == saved
+    assert tensors["emb"]["layout"] == ["ranks", "unsharded"] and tensors["proj"]["layout"] == ["unsharded", "ranks"]
+    assert tensors["bias"]["slices"] == saved
+    assert len([f for f in os.listdir(tmp_path) if f.startswith("sharded.data-")]) == saved
+    assert run("verify", tmp_path / "shardrun").returncode == 0
+    assert not (tmp_path / "refused").exists()
+    gloo("sharded-load", tmp_path, loaded)
+    # One process, no torch.distributed: a full state dict.
+    out = mt.load({}, tmp_path / "sharded")
+    assert torch.equal(out["emb"], torch.arange(51.0).reshape(17, 3) + 1)
+    assert torch.equal(out["proj"], torch.arange(30.0).reshape(3, 10) + 1) and out["step"] == 1
+
+
 def test_the_store_coordinator_keeps_rounds_when_a_rank_is_late():
     """Two ranks on threads over one in-process store (torch.distributed.HashStore): the
     collectives meet; a rank that skips a gather makes rank 0 time out naming it, its late
