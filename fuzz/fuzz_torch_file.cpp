@@ -5,7 +5,7 @@
 // in-memory backend (io_backends/memory).
 //
 // The first byte chooses what the rest is:
-//   0: a whole file (a zip, or anything);
+//   0: a whole file (a zip, a legacy-format file, or anything);
 //   1: a pickle, which the harness puts into a well-formed zip as <root>/data.pkl (its CRC
 //      right, so that mutations reach the pickle machine) with records data/0 to data/7 of
 //      0, 4, 8, ... 28 bytes;

@@ -31,6 +31,9 @@ def main(out):
         (out / f"{name}-file").write_bytes(b"\x00" + raw)
         (out / f"{name}-zipped-pickle").write_bytes(b"\x01" + pkl)
         (out / f"{name}-pickle").write_bytes(b"\x02" + pkl)
+        legacy = io.BytesIO()  # the legacy (non-zip) format: pickles, then raw storages
+        torch.save(state, legacy, _use_new_zipfile_serialization=False)
+        (out / f"{name}-legacy-file").write_bytes(b"\x00" + legacy.getvalue())
 
 
 def dcp_seeds(out):

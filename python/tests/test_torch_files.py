@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import subprocess
 import zipfile
 
@@ -190,11 +191,14 @@ class TensorRef:
         return (torch._utils._rebuild_tensor_v2, (StorageRef(self.numel), 0, self.size, (1,), False, collections.OrderedDict()))
 
 
-def hand_pickle(numel, size):
+def hand_pickle(numel, size, legacy=None):
+    """The pickle of {"w": a float32 tensor of `size` over a storage of `numel`}; `legacy`: the
+    legacy format's storage id, with its view member (True: None)."""
     class P(pickle.Pickler):
         def persistent_id(self, obj):
             if isinstance(obj, StorageRef):
-                return ("storage", torch.FloatStorage, "0", "cpu", obj.numel)
+                pid = ("storage", torch.FloatStorage, "0", "cpu", obj.numel)
+                return pid + ((None if legacy is True else legacy),) if legacy is not None else pid
             return None
 
     buf = io.BytesIO()
@@ -228,9 +232,89 @@ def test_a_damaged_storage_fails_its_crc_and_the_legacy_format_is_named(tmp_path
         mt.load({}, tmp_path / "m.pt")
     r = run("verify", tmp_path / "m.pt")
     assert r.returncode != 0 and "CRC-32 mismatch" in r.stdout + r.stderr
-    torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
-    with pytest.raises(mc.UnsupportedError, match="legacy"):
-        mt.load({}, tmp_path / "legacy.pt")
+
+
+def test_legacy_torch_save_files_are_read_in_place_imported_and_loaded(tmp_path):
+    """torch.save's format before torch 1.6 (still what `_use_new_zipfile_serialization=False`
+    writes, and what many published pytorch_model.bin files are): pickles, then raw storages."""
+    state = trainer_state()
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    state["extra"] = {"t": base.t(), "row": base[1], "empty": torch.zeros(0, 3), "scalar": torch.tensor(7),
+                      "dtypes": [torch.ones(3, dtype=d) for d in (torch.bool, torch.int8, torch.float16, torch.bfloat16, torch.complex128)]}
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    out = mt.load({}, path)
+    assert_same(torch.load(path), out)
+    assert out["model"]["0.weight"].data_ptr() == out["model"]["3.weight"].data_ptr()  # still tied
+    assert out["extra"]["row"].storage().data_ptr() == out["extra"]["t"].storage().data_ptr()
+    # Into given tensors, in place.
+    model = torch.nn.Linear(3, 2)
+    torch.save(model.state_dict(), tmp_path / "m.bin", _use_new_zipfile_serialization=False)
+    fresh = torch.nn.Linear(3, 2)
+    sd = fresh.state_dict()
+    before = sd["weight"].data_ptr()
+    mt.load(sd, tmp_path / "m.bin")
+    assert sd["weight"].data_ptr() == before and torch.equal(fresh.weight, model.weight)
+    # The CLI: read in place, said to hold no checksum; an import gains meshckpt's checksums.
+    r = run("inspect", path)
+    assert r.returncode == 0 and "torch.save (legacy" in r.stdout and "no checksums" in r.stdout, r.stdout + r.stderr
+    r = run("verify", "--json", path)
+    assert r.returncode == 0 and json.loads(r.stdout)["checkpoints"][0]["checksummed"] is False, r.stdout
+    assert "no checksum" in run("verify", path).stdout
+    assert run("import", path, "--to", tmp_path / "imported").returncode == 0
+    r = run("verify", "--json", tmp_path / "imported")
+    assert r.returncode == 0 and json.loads(r.stdout)["checkpoints"][0]["checksummed"] is True
+    assert_same(torch.load(path), mt.load({}, tmp_path / "imported"))
+
+
+def legacy_file(path, pkl, keys, records, little=True):
+    """A legacy-format torch.save file of the state pickle `pkl`, storage `keys` and their
+    (element count, bytes) records."""
+    sys_info = {"protocol_version": 1001, "little_endian": little, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    head = b"".join(pickle.dumps(x, protocol=2) for x in (0x1950a86a20f9469cfc6c, 1001, sys_info))
+    body = pkl + pickle.dumps(keys, protocol=2) + b"".join(struct.pack("<q", n) + data for n, data in records)
+    path.write_bytes(head + body)
+
+
+def test_hostile_legacy_files_are_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"w": torch.ones(2), "payload": Evil(marker)}, tmp_path / "evil.bin", _use_new_zipfile_serialization=False)
+    with pytest.raises(mc.CorruptCheckpointError, match=r"refuses the global (posix|os)\.system"):
+        mt.load({}, tmp_path / "evil.bin")
+    assert run("inspect", tmp_path / "evil.bin").returncode == 1 and not marker.exists()
+    four = torch.arange(4.0).numpy().tobytes()
+    legacy_file(tmp_path / "ok.bin", hand_pickle(4, (4,), legacy=True), ["0"], [(4, four)])
+    assert torch.equal(mt.load({}, tmp_path / "ok.bin")["w"], torch.arange(4.0))
+    # A storage whose record counts other elements than the state says.
+    legacy_file(tmp_path / "count.bin", hand_pickle(4, (4,), legacy=True), ["0"], [(3, four)])
+    with pytest.raises(mc.CorruptCheckpointError, match="4 elements by the state, 3 by its record"):
+        mt.load({}, tmp_path / "count.bin")
+    # 2^40 elements claimed over 16 bytes: an error, no allocation.
+    legacy_file(tmp_path / "huge.bin", hand_pickle(2**40, (2**40,), legacy=True), ["0"], [(2**40, four)])
+    with pytest.raises(mc.CorruptCheckpointError, match="past the end"):
+        mt.load({}, tmp_path / "huge.bin")
+    # Cut short: in the storages, and in the pickles.
+    raw = (tmp_path / "ok.bin").read_bytes()
+    (tmp_path / "short.bin").write_bytes(raw[:-3])
+    with pytest.raises(mc.CorruptCheckpointError, match="past the end"):
+        mt.load({}, tmp_path / "short.bin")
+    (tmp_path / "cut.bin").write_bytes(raw[:60])
+    with pytest.raises(mc.CorruptCheckpointError, match="ends without a STOP|past the end of the input"):
+        mt.load({}, tmp_path / "cut.bin")
+    # Storages the keys do not list, or list twice; a big-endian writer; a storage view.
+    legacy_file(tmp_path / "unlisted.bin", hand_pickle(4, (4,), legacy=True), [], [])
+    with pytest.raises(mc.CorruptCheckpointError, match="do not list"):
+        mt.load({}, tmp_path / "unlisted.bin")
+    legacy_file(tmp_path / "twice.bin", hand_pickle(4, (4,), legacy=True), ["0", "0"], [(4, four), (4, four)])
+    with pytest.raises(mc.CorruptCheckpointError, match="listed twice"):
+        mt.load({}, tmp_path / "twice.bin")
+    legacy_file(tmp_path / "big.bin", hand_pickle(4, (4,), legacy=True), ["0"], [(4, four)], little=False)
+    with pytest.raises(mc.UnsupportedError, match="big-endian"):
+        mt.load({}, tmp_path / "big.bin")
+    legacy_file(tmp_path / "view.bin", hand_pickle(4, (4,), legacy=("0", 0, 16)), ["0"], [(4, four)])
+    with pytest.raises(mc.UnsupportedError, match="a view of a storage"):
+        mt.load({}, tmp_path / "view.bin")
 
 
 def dcp_module():

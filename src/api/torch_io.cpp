@@ -73,6 +73,22 @@ task<std::uint64_t> data_offset(io::backend& b, const torch_source& f, const for
   co_return *at;
 }
 
+// Stored entry `e` as a tensor of one slice: `length` bytes at `offset` of the file, `crc` its checksum.
+format::saved_tensor whole_slice_tensor(const format::torch::stored_entry& e, std::uint64_t offset, std::uint64_t length, std::uint32_t crc) {
+  format::saved_tensor t;
+  t.key = e.key;
+  t.type = e.type;
+  t.global = e.dims;
+  t.axes.assign(e.dims.size(), -1);
+  format::saved_slice sl;
+  sl.where = box::whole(e.dims);
+  sl.offset = offset;
+  sl.length = length;
+  sl.checksums = {crc};
+  t.slices.push_back(std::move(sl));
+  return t;
+}
+
 task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string root_key = {}) {
   namespace zip = format::zip;
   std::vector<std::byte> tail(static_cast<std::size_t>(std::min(f.size, zip::max_tail_bytes)));
@@ -134,18 +150,114 @@ task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string roo
                                                        std::string(dtype_name(s.type)) + " (" + std::to_string(bytes_needed) + " bytes), its record " +
                                                        std::to_string(rec->size));
     BOOST_OUTCOME_CO_TRY(auto at, co_await data_offset(b, f, *rec, loc->offset));
-    format::saved_tensor t;
-    t.key = e.key;
-    t.type = e.type;
-    t.global = e.dims;
-    t.axes.assign(e.dims.size(), -1);
-    format::saved_slice sl;
-    sl.where = box::whole(e.dims);
-    sl.offset = f.base + at;
-    sl.length = bytes_needed;
-    sl.checksums = {rec->crc32};
-    t.slices.push_back(std::move(sl));
-    part.tensors.push_back(std::move(t));
+    part.tensors.push_back(whole_slice_tensor(e, f.base + at, bytes_needed, rec->crc32));
+  }
+  part.state = std::move(*state);
+  co_return part;
+}
+
+// A torch.save file in the legacy (non-zip) format: five pickles one after the other (the
+// magic number, the protocol version, the writer's system, the state, the storage keys), then
+// each storage in the keys' order as its element count (int64) and its bytes. Nothing gives the
+// pickles' lengths, so they are read from a prefix of the file that grows until each parses.
+constexpr unsigned char legacy_head[15] = {0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, '.'};
+constexpr std::uint64_t legacy_protocol = 1001;
+
+struct legacy_prefix {
+  std::vector<std::byte> bytes;
+  std::uint64_t pos = 0;  // where the next pickle starts
+};
+
+task<format::pickle::document> next_pickle(io::backend& b, const torch_source& f, legacy_prefix& at, const format::pickle::policy& p,
+                                           const std::string& what) {
+  while (true) {
+    bool ran_out = false;
+    std::size_t used = 0;
+    auto doc = format::pickle::read(std::span<const std::byte>(at.bytes).subspan(at.pos), p, what, &used, &ran_out);
+    if (doc) {
+      at.pos += used;
+      co_return std::move(*doc);
+    }
+    if (!ran_out || at.bytes.size() >= f.size) co_return doc.error();
+    if (at.bytes.size() >= max_pickle_bytes) co_return make_error(errc::limit_exceeded, what + ": pickles of more than 1 GiB");
+    const std::size_t had = at.bytes.size();
+    at.bytes.resize(static_cast<std::size_t>(std::min({f.size, std::max<std::uint64_t>(2 * had, 1 << 16), max_pickle_bytes})));
+    BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, had, std::span(at.bytes).subspan(had)));
+  }
+}
+
+const format::pickle::node* dict_value(const format::pickle::document& d, const format::pickle::node& n, std::string_view key) {
+  for (const auto& [k, v] : n.entries)
+    if (d.at(k).k == format::pickle::node::kind::string && d.at(k).text == key) return &d.at(v);
+  return nullptr;
+}
+
+task<torch_part> read_legacy(io::backend& b, const torch_source& f) {
+  using kind = format::pickle::node::kind;
+  legacy_prefix at;
+  at.bytes.resize(static_cast<std::size_t>(std::min<std::uint64_t>(f.size, 1 << 16)));
+  BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, 0, at.bytes));
+  if (at.bytes.size() < sizeof legacy_head || std::memcmp(at.bytes.data(), legacy_head, sizeof legacy_head) != 0)
+    co_return make_error(errc::corrupt_manifest, f.path + ": not a torch.save file (the legacy format's magic number is not there)");
+  at.pos = sizeof legacy_head;
+  format::pickle::policy plain;  // the header pickles name no global
+  plain.allow_global = [](std::string_view, std::string_view) { return false; };
+  const std::string what = f.path + " (legacy torch.save)";
+  auto version = next_pickle(b, f, at, plain, what);
+  BOOST_OUTCOME_CO_TRY(auto v, co_await std::move(version));
+  if (v.at(v.root).k != kind::integer || static_cast<std::uint64_t>(v.at(v.root).i) != legacy_protocol)
+    co_return make_error(errc::unsupported, what + ": protocol version " + format::pickle::describe(v, v.root) + ", meshckpt reads " +
+                                                std::to_string(legacy_protocol));
+  auto system = next_pickle(b, f, at, plain, what);
+  BOOST_OUTCOME_CO_TRY(auto sys, co_await std::move(system));
+  const auto* little = sys.at(sys.root).k == kind::dict ? dict_value(sys, sys.at(sys.root), "little_endian") : nullptr;
+  if (!little || little->k != kind::boolean) co_return make_error(errc::corrupt_manifest, what + ": no little_endian in its system record");
+  if (!little->i) co_return make_error(errc::unsupported, f.path + " holds big-endian data; meshckpt reads little-endian files");
+  const auto policy = format::torch::state_policy();
+  auto main = next_pickle(b, f, at, policy, what);
+  BOOST_OUTCOME_CO_TRY(auto doc, co_await std::move(main));
+  auto state = format::torch::read_state(doc, what);
+  if (!state) co_return state.error();
+  auto listing = next_pickle(b, f, at, plain, what);
+  BOOST_OUTCOME_CO_TRY(auto keys, co_await std::move(listing));
+  if (keys.at(keys.root).k != kind::list) co_return make_error(errc::corrupt_manifest, what + ": the storage keys are " + format::pickle::describe(keys, keys.root));
+  std::unordered_map<std::string_view, std::size_t> by_key;
+  for (std::size_t i = 0; i < state->storages.size(); ++i) by_key.emplace(state->storages[i].key, i);
+  // Each storage's bytes, in the keys' order: its element count, checked against the state's.
+  std::vector<std::uint64_t> data_at(state->storages.size(), ~std::uint64_t{0});
+  std::uint64_t off = at.pos;
+  for (auto k : keys.at(keys.root).items) {
+    const auto& key = keys.at(k);
+    auto it = key.k == kind::string ? by_key.find(key.text) : by_key.end();
+    if (it == by_key.end())
+      co_return make_error(errc::corrupt_manifest, what + ": the storage keys name " + (key.k == kind::string ? "storage " + key.text : format::pickle::describe(keys, k)) +
+                                                       ", which no tensor of the state uses");
+    if (data_at[it->second] != ~std::uint64_t{0}) co_return make_error(errc::corrupt_manifest, what + ": storage " + key.text + " is listed twice");
+    const auto& s = state->storages[it->second];
+    std::byte count[8];
+    if (off + 8 <= at.bytes.size()) {
+      std::memcpy(count, at.bytes.data() + off, 8);
+    } else {
+      BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, off, count));
+    }
+    std::uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<std::uint8_t>(count[i]);
+    if (n != s.numel)
+      co_return make_error(errc::corrupt_manifest, what + ": storage " + s.key + " holds " + std::to_string(s.numel) + " elements by the state, " +
+                                                       std::to_string(n) + " by its record at byte " + std::to_string(off));
+    const std::uint64_t bytes = s.numel * static_cast<std::uint64_t>(dtype_size(s.type));
+    if (bytes > f.size - std::min(f.size, off + 8))
+      co_return make_error(errc::short_read, what + ": storage " + s.key + "'s " + std::to_string(bytes) + " bytes at byte " + std::to_string(off + 8) +
+                                                  " lie past the end of its " + std::to_string(f.size) + " bytes");
+    data_at[it->second] = off + 8;
+    off += 8 + bytes;
+  }
+  torch_part part;
+  for (const auto& e : state->entries) {
+    const auto& s = state->storages[e.storage];
+    if (data_at[e.storage] == ~std::uint64_t{0})
+      co_return make_error(errc::corrupt_manifest, what + ": entry \"" + e.key + "\" names storage " + s.key + ", which the storage keys do not list");
+    part.tensors.push_back(whole_slice_tensor(e, f.base + data_at[e.storage], s.numel * static_cast<std::uint64_t>(dtype_size(s.type)), 0));
   }
   part.state = std::move(*state);
   co_return part;
@@ -167,12 +279,13 @@ result<void> sort_unique(format::manifest& m, const std::string& path) {
   return success();
 }
 
-task<restorable> read_file(io::backend& b, const torch_source& f) {
-  auto reading = read_zip(b, f);
+task<restorable> read_file(io::backend& b, const torch_source& f, bool legacy) {
+  auto reading = legacy ? read_legacy(b, f) : read_zip(b, f);
   BOOST_OUTCOME_CO_TRY(auto part, co_await std::move(reading));
   restorable r;
   r.prefix = f.path;
-  r.manifest = foreign_manifest("torch.save (zip, " + std::to_string(part.state.tensors) + " tensors)");
+  r.manifest = foreign_manifest("torch.save (" + std::string(legacy ? "legacy" : "zip") + ", " + std::to_string(part.state.tensors) + " tensors)");
+  if (legacy) r.manifest.checksum = format::checksum_kind::unchecked;
   r.manifest.files.push_back({split_prefix(f.path).second, f.size});
   r.manifest.tensors = std::move(part.tensors);
   BOOST_OUTCOME_CO_TRY(sort_unique(r.manifest, f.path));
@@ -310,11 +423,9 @@ task<restorable> load_torch(io::backend& b, std::string path) {
       if (f.size >= 4) {
         BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, 0, head));
       }
-      if (std::memcmp(head, legacy_magic, 4) == 0)
-        co_return make_error(errc::unsupported, path + " is in torch.save's legacy (non-zip) format, which meshckpt does not read yet; "
-                                                       "torch.save(obj, f) with torch >= 1.6 writes the zip format");
-      if (std::memcmp(head, zip_magic, 4) != 0) co_return make_error(errc::not_found, path + " is not a torch.save file (no zip header)");
-      auto reading = read_file(b, f);
+      const bool legacy = std::memcmp(head, legacy_magic, 4) == 0;
+      if (!legacy && std::memcmp(head, zip_magic, 4) != 0) co_return make_error(errc::not_found, path + " is not a torch.save file (no zip header)");
+      auto reading = read_file(b, f, legacy);
       co_return co_await std::move(reading);
     };
     auto r = co_await body();

@@ -34,6 +34,7 @@ task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const s
   verify_report rep;
   rep.files = m->files.size();
   rep.tensors = m->tensors.size();
+  rep.checksummed = m->checksum != format::checksum_kind::unchecked;
   const std::uint64_t total = m->stored_bytes();
   auto& files = cache.emplace(b, p, *m);
   std::set<std::uint32_t> bad_files;

@@ -135,14 +135,15 @@ int cmd_verify(io::backend& b, const args& a) {
               ",\"found\":" + (missing ? "false" : "true") +
               ",\"tensors\":" + std::to_string(rep.tensors) + ",\"slices\":" + std::to_string(rep.slices) +
               ",\"files\":" + std::to_string(rep.files) + ",\"bytes_checked\":" + std::to_string(rep.bytes_checked) +
-              ",\"problems\":[";
+              ",\"checksummed\":" + (rep.checksummed ? "true" : "false") + ",\"problems\":[";
       for (std::size_t j = 0; j < problems.size(); ++j)
         json += std::string(j ? "," : "") + "{\"code\":" + format::json_string(code_name(problems[j])) +
                 ",\"message\":" + format::json_string(problems[j].what()) + "}";
       json += "]}";
     } else if (problems.empty()) {
-      std::printf("ok        %s  (%zu tensors, %zu slices, %zu data file%s, %s checked)\n", p.c_str(), rep.tensors, rep.slices,
-                  rep.files, rep.files == 1 ? "" : "s", format::human_bytes(rep.bytes_checked).c_str());
+      std::printf("ok        %s  (%zu tensors, %zu slices, %zu data file%s, %s %s)\n", p.c_str(), rep.tensors, rep.slices, rep.files,
+                  rep.files == 1 ? "" : "s", format::human_bytes(rep.bytes_checked).c_str(),
+                  rep.checksummed ? "checked" : "read: sizes checked, no checksum to verify them (torch.save's legacy format stores none)");
     } else {
       std::printf("%s %s\n", missing ? "NOT FOUND" : "DAMAGED  ", p.c_str());
       for (const auto& e : problems) std::printf("          %s\n", e.what().c_str());

@@ -201,11 +201,20 @@ std::string describe_text(const manifest& m, std::string_view prefix) {
   std::size_t slices = 0;
   for (const auto& t : m.tensors) slices += t.slices.size();
   std::string out = "checkpoint " + std::string(prefix) + "\n";
-  out += "  format " + std::to_string(major_version) + "." + std::to_string(m.minor) + ", written by " +
-         (m.writer.empty() ? std::string("?") : m.writer) + " at " + iso_time(m.created_unix_ms) + "\n";
+  // A foreign checkpoint read in place has no format version, time or chunks of its own.
+  const bool foreign = whole_slice_crc(m.checksum);
+  if (foreign) {
+    out += "  " + (m.writer.empty() ? std::string("a foreign checkpoint") : m.writer) + ", read in place\n";
+  } else {
+    out += "  format " + std::to_string(major_version) + "." + std::to_string(m.minor) + ", written by " +
+           (m.writer.empty() ? std::string("?") : m.writer) + " at " + iso_time(m.created_unix_ms) + "\n";
+  }
   out += "  " + std::to_string(m.tensors.size()) + " tensors, " + std::to_string(slices) + " slices, " +
-         std::to_string(m.files.size()) + " data file" + (m.files.size() == 1 ? "" : "s") + ", " +
-         human_bytes(m.stored_bytes()) + " stored, checksum chunk " + human_bytes(m.chunk_bytes) + "\n\n";
+         std::to_string(m.files.size()) + " data file" + (m.files.size() == 1 ? "" : "s") + ", " + human_bytes(m.stored_bytes()) + " stored, " +
+         (!foreign                                      ? "checksum chunk " + human_bytes(m.chunk_bytes)
+          : m.checksum == checksum_kind::unchecked ? std::string("no checksums (the format stores none)")
+                                                   : "one " + std::string(crc_name(m.checksum)) + " per slice") +
+         "\n\n";
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"KEY", "DTYPE", "SHAPE", "LAYOUT", "MESH", "SLICES", "BYTES"});
   for (const auto& t : m.tensors)

@@ -14,6 +14,7 @@
 namespace meshckpt::format {
 
 std::uint32_t extend_crc(checksum_kind k, std::uint32_t crc, std::span<const std::byte> data) noexcept {
+  if (k == checksum_kind::unchecked) return 0;
   return k == checksum_kind::crc32_whole ? zip::crc32_extend(crc, data) : crc32c::extend(crc, data);
 }
 

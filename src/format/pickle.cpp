@@ -38,13 +38,19 @@ class machine {
  public:
   machine(std::span<const std::byte> in, const policy& p, std::string_view what) : in_(in), p_(p), what_(what) {}
 
-  result<document> run(std::size_t* consumed) {
+  result<document> run(std::size_t* consumed, bool* ran_out) {
     while (true) {
-      if (pos_ >= in_.size()) return fail("the pickle ends without a STOP opcode");
+      if (pos_ >= in_.size()) {
+        if (ran_out) *ran_out = true;
+        return fail("the pickle ends without a STOP opcode");
+      }
       op_at_ = pos_;
       op_ = u8();
       if (op_ == '.') break;
-      if (auto r = step(); !r) return r.error();
+      if (auto r = step(); !r) {
+        if (ran_out) *ran_out = short_ || pos_ >= in_.size();
+        return r.error();
+      }
       if (doc_.nodes.size() > max_nodes_) return make_error(errc::limit_exceeded, std::string(what_) + ": more values than its size allows");
     }
     if (stack_.size() != 1 || !marks_.empty()) return fail("STOP with " + std::to_string(stack_.size()) + " values on the stack");
@@ -84,7 +90,10 @@ class machine {
     return v;
   }
   result<std::string> take(std::uint64_t n) {
-    if (short_ || n > in_.size() - pos_) return fail("a length of " + std::to_string(n) + " bytes past the end of the input");
+    if (short_ || n > in_.size() - pos_) {
+      short_ = true;
+      return fail("a length of " + std::to_string(n) + " bytes past the end of the input");
+    }
     std::string s(reinterpret_cast<const char*>(in_.data() + pos_), static_cast<std::size_t>(n));
     pos_ += static_cast<std::size_t>(n);
     return s;
@@ -394,10 +403,11 @@ class machine {
 
 }  // namespace
 
-result<document> read(std::span<const std::byte> bytes, const policy& p, std::string_view what, std::size_t* consumed) {
+result<document> read(std::span<const std::byte> bytes, const policy& p, std::string_view what, std::size_t* consumed, bool* ran_out) {
   machine m(bytes, p, what);
+  if (ran_out) *ran_out = false;
   try {
-    return m.run(consumed);
+    return m.run(consumed, ran_out);
   } catch (const std::bad_alloc&) {
     return make_error(errc::limit_exceeded, std::string(what) + ": out of memory reading the pickle");
   }

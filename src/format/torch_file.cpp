@@ -95,7 +95,11 @@ class reader {
     if (p.k != pickle::node::kind::persistent) return bad(where, "the tensor's storage is " + pickle::describe(d_, i) + ", not a storage id");
     if (at(p.items[0]).k != pickle::node::kind::tuple) return bad(where, "an unknown persistent id (not ('storage', type, key, location, size))");
     const auto& id = at(p.items[0]).items;
-    if (id.size() != 5 || at(id[0]).k != pickle::node::kind::string || at(id[0]).text != "storage" ||
+    // The legacy format adds a sixth member, the view of a storage it was in old versions,
+    // None since torch 1.0 (storage views are gone from torch).
+    if (id.size() == 6 && at(id[5]).k != pickle::node::kind::none)
+      return make_error(errc::unsupported, std::string(what_) + ": " + where + ": a view of a storage (torch.save before torch 1.0)");
+    if ((id.size() != 5 && id.size() != 6) || at(id[0]).k != pickle::node::kind::string || at(id[0]).text != "storage" ||
         at(id[1]).k != pickle::node::kind::global || at(id[2]).k != pickle::node::kind::string || at(id[3]).k != pickle::node::kind::string)
       return bad(where, "an unknown persistent id (not ('storage', type, key, location, size))");
     const std::string& type_name = at(id[1]).text;

@@ -100,6 +100,9 @@ struct verify_report {
   std::size_t slices = 0;
   std::size_t files = 0;
   std::vector<error> problems;
+  /// False when the format stores no checksum (a legacy torch.save file): its bytes were read
+  /// and its sizes and structure checked, but no byte could be verified.
+  bool checksummed = true;
   bool ok() const { return problems.empty(); }
 };
 

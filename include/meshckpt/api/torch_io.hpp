@@ -25,7 +25,9 @@ inline constexpr std::string_view torch_skeleton_key = "__meshckpt_torch__";
 /// A torch.save file seen as a meshckpt manifest.
 struct torch_checkpoint {
   std::string prefix;         ///< the file's path: the manifest's one data file is the file itself
-  format::manifest manifest;  ///< `checksum_kind::crc32_whole`: one slice per storage, whole
+  /// One slice per storage, whole: `checksum_kind::crc32_whole` (the zip format), or
+  /// `unchecked` (the legacy format, which stores no checksum).
+  format::manifest manifest;
   std::string skeleton;       ///< meshckpt.torch's document of the state (format/torch_file.hpp)
   std::size_t tensors = 0;    ///< distinct tensors of the state (tied keys count once)
 };
@@ -35,10 +37,12 @@ struct torch_checkpoint {
 /// slices). Keys are the state dict's keys, nested keys joined by '.';
 /// a storage that tensors view in different ways (slices of one buffer, a transposed view) is
 /// one entry `__meshckpt_storage__/N` of its bytes, whose views the skeleton describes; tied
-/// weights are one entry. Errors: not_found (no file), unsupported (the legacy non-zip format,
-/// a compressed record, big-endian data, a dtype meshckpt lacks), corrupt_manifest (a
+/// weights are one entry. Both torch.save formats are read: the zip format and the legacy one
+/// (pickles, then raw storages). Errors: not_found (no file), unsupported (a compressed record,
+/// big-endian data, a dtype meshckpt lacks, a legacy storage view), corrupt_manifest (a
 /// malformed zip, a pickle opcode or global that is refused — named —, a missing storage
-/// record, a storage larger than its record), limit_exceeded.
+/// record, a storage larger than its record, a legacy storage whose element count differs
+/// from its id's or that lies past the end of the file), limit_exceeded.
 result<torch_checkpoint> read_torch_checkpoint(io::backend& b, std::string_view path);
 
 /// Whether the file at `path` starts like a torch.save file (a zip file, or the legacy

@@ -102,17 +102,23 @@ enum class checksum_kind : std::uint8_t {
   xxh3_chunks,   ///< meshckpt's format: XXH3-64 of each `chunk_bytes` piece
   crc32c_whole,  ///< a TensorFlow bundle read as a manifest: one CRC-32C (unmasked) of the whole slice
   crc32_whole,   ///< a torch.save zip file read as a manifest: its record's CRC-32 (zlib's) of the whole slice
+  /// A torch.save file in the legacy (non-zip) format read as a manifest: the format stores no
+  /// checksum, so each slice's one "checksum" is 0 and only sizes and structure can be checked.
+  unchecked,
 };
 
 /// Whether each slice carries one CRC of all its bytes (a foreign file read as a manifest),
 /// which a read therefore checks whole.
 constexpr bool whole_slice_crc(checksum_kind k) noexcept { return k != checksum_kind::xxh3_chunks; }
 
-/// The whole-slice CRC of kind `k` of `data` appended to bytes whose CRC is `crc` (0 for none).
+/// The whole-slice CRC of kind `k` of `data` appended to bytes whose CRC is `crc` (0 for none;
+/// always 0 for `unchecked`).
 std::uint32_t extend_crc(checksum_kind k, std::uint32_t crc, std::span<const std::byte> data) noexcept;
 
-/// The name of a whole-slice CRC in messages: "CRC-32C" or "CRC-32".
-constexpr const char* crc_name(checksum_kind k) noexcept { return k == checksum_kind::crc32_whole ? "CRC-32" : "CRC-32C"; }
+/// The name of a whole-slice CRC in messages: "CRC-32C" or "CRC-32" ("no checksum" for `unchecked`).
+constexpr const char* crc_name(checksum_kind k) noexcept {
+  return k == checksum_kind::crc32_whole ? "CRC-32" : k == checksum_kind::unchecked ? "no checksum" : "CRC-32C";
+}
 
 /// A decoded manifest. Tensors are sorted by key (strictly increasing).
 struct manifest {

@@ -66,8 +66,11 @@ struct policy {
 /// Reads the pickle at the start of `bytes`; `consumed`, when given, receives its length (a
 /// file may hold several pickles one after the other). `what` names the input in errors.
 /// Errors: `corrupt_manifest` naming the opcode, its byte and the reason (a global the policy
-/// refuses is named as such), `limit_exceeded`.
-result<document> read(std::span<const std::byte> bytes, const policy& p, std::string_view what, std::size_t* consumed = nullptr);
+/// refuses is named as such), `limit_exceeded`. On an error, `ran_out`, when given, says
+/// whether it came from reaching the end of `bytes` (so that a reader of a file's prefix knows
+/// to read more).
+result<document> read(std::span<const std::byte> bytes, const policy& p, std::string_view what, std::size_t* consumed = nullptr,
+                      bool* ran_out = nullptr);
 
 /// A short description of node `i` for error messages ("a dict", "the global os.system", ...).
 std::string describe(const document& d, std::uint32_t i);
