@@ -193,8 +193,11 @@ class DcpPeer:
     name = "torch DCP"
 
     def __init__(self, arrays, specs):
-        from torch.distributed._shard import checkpoint as dcp  # fails on some torch/Python pairs
-        self.dcp = dcp
+        # torch 1.13's DCP does not import under Python 3.11 (Debian 12's pair) without the
+        # tests' aid, which makes its dataclasses' defaults hashable while it imports.
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+        from torch_dcp import import_dcp
+        self.dcp = import_dcp()[0]
         self.sd = {k.replace("/", "."): torch.from_numpy(a) for k, a in arrays.items()}
 
     def save(self, path):
@@ -345,6 +348,9 @@ def run(args):
                 "load_vs_torch": r["load_MiBps"] / row["torch.save"]["load_MiBps"],
                 "save_vs_cpp": r["save_MiBps"] / base["save_MiBps"],
                 "load_vs_cpp": r["load_MiBps"] / base["load_MiBps"]}
+            if "torch DCP" in row:
+                row[name + " ratios"]["save_vs_dcp"] = r["save_MiBps"] / row["torch DCP"]["save_MiBps"]
+                row[name + " ratios"]["load_vs_dcp"] = r["load_MiBps"] / row["torch DCP"]["load_MiBps"]
         results.append(row)
         del peers
     return results
@@ -375,7 +381,8 @@ def main():
         for name in ("meshckpt.torch save/load", "meshckpt.torch.Checkpointer"):
             r = row[name + " ratios"]
             print(f"  {name} / torch.save: save {r['save_vs_torch']:.1f}x, load {r['load_vs_torch']:.1f}x; "
-                  f"/ C++: save {r['save_vs_cpp']:.2f}x, load {r['load_vs_cpp']:.2f}x")
+                  f"/ C++: save {r['save_vs_cpp']:.2f}x, load {r['load_vs_cpp']:.2f}x"
+                  + (f"; / DCP: save {r['save_vs_dcp']:.1f}x, load {r['load_vs_dcp']:.1f}x" if "save_vs_dcp" in r else ""))
         if "python_vs_cpp" in row:
             print(f"  Python / C++ (median of per-repetition ratios): save {row['python_vs_cpp']['save']:.2f}x, load {row['python_vs_cpp']['load']:.2f}x")
         print(f"  meshckpt / torch.save: save {row['vs_torch']['save']:.1f}x, load {row['vs_torch']['load']:.1f}x")
