@@ -265,15 +265,18 @@ py::tuple torch_state::bind_load(const std::string& prefix, py::handle target) {
   std::string files_at = prefix;
   {
     py::gil_scoped_release nogil;
-    if (looks_like_torch_file(prefix)) {
-      auto t = unwrap(read_torch_checkpoint(process_backend(), prefix));
-      m = std::make_shared<format::manifest>(std::move(t.manifest));
-      files_at = std::move(t.prefix);  // a DCP directory's files are in it
-      doc.resize(t.skeleton.size());
-      std::memcpy(doc.data(), t.skeleton.data(), t.skeleton.size());
+    auto own = read_manifest(process_backend(), prefix);
+    if (!own && own.error().code == errc::not_found) {
+      // No meshckpt checkpoint there: a torch.save file or a DCP directory, else the first error.
+      auto t = read_torch_checkpoint(process_backend(), prefix);
+      if (!t) throw error_exception{no_torch_checkpoint(t.error()) ? own.error() : t.error()};
+      m = std::make_shared<format::manifest>(std::move(t->manifest));
+      files_at = std::move(t->prefix);  // a DCP directory's files are in it
+      doc.resize(t->skeleton.size());
+      std::memcpy(doc.data(), t->skeleton.data(), t->skeleton.size());
       found = true;
     } else {
-      m = std::make_shared<format::manifest>(unwrap(read_manifest(process_backend(), prefix)));
+      m = std::make_shared<format::manifest>(unwrap(std::move(own)));
       const auto* t = m->find(meta_key);
       if (t && t->type == dtype::blob && t->global.size() == 1) {
         found = true;

@@ -348,6 +348,13 @@ def test_dcp_directories_written_by_torch_are_read_in_place_imported_and_loaded(
     victim.unlink()
     with pytest.raises(mc.NotFoundError, match=victim.name):
         mt.load({}, tmp_path / "run")
+    # ... by every reader: the checkpoint is there, a file of it is not (not "no checkpoint").
+    for args in (("verify", tmp_path / "run"), ("import", tmp_path / "run", "--to", tmp_path / "again"),
+                 ("cat", tmp_path / "run", "w")):
+        r = run(*args)
+        assert r.returncode != 0 and victim.name in r.stdout + r.stderr, (args, r.stdout, r.stderr)
+    with pytest.raises(mc.NotFoundError, match=victim.name):
+        mc.Checkpoint(mc.Mesh([("x", 1)]), mt.StateModule()).read(str(tmp_path / "run"))
 
 
 def test_dcp_metadata_under_torch_2_names_is_read_and_hostile_metadata_refused(tmp_path):

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/api/torch_io.hpp"
 #include "meshckpt/format/crc32c.hpp"
 
 namespace meshckpt::detail {
@@ -298,7 +299,7 @@ task<restorable> load_restorable(io::backend& b, std::string path, bool tensorfl
       if (!tensorflow_only) {  // a torch.save file at that path
         auto torch = load_torch(b, path);
         auto t = co_await std::move(torch);
-        if (t || t.error().code != errc::not_found) co_return t;
+        if (t || !no_torch_checkpoint(t.error())) co_return t;
       }
       co_return no_checkpoint_at(path, m.error());
     }

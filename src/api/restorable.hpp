@@ -48,6 +48,9 @@ task<bool> has_file(io::backend& b, std::string prefix_dir, std::string name);
 // .distcp file, its bytes items' states under their keys); not_found when there is no such file
 // or it is not a torch.save zip.
 task<restorable> load_torch(io::backend& b, std::string path);
+// The same, knowing which: the DCP directory `dir`, or the torch.save file `path`.
+task<restorable> load_dcp(io::backend& b, std::string dir);
+task<restorable> load_torch_file(io::backend& b, std::string path);
 
 // Writes what `found` holds as the meshckpt checkpoint `to`: every tensor whole on one device,
 // streamed from its files; its object graph, TensorFlow's records and a torch skeleton as

@@ -1,15 +1,11 @@
 // torch.save files as restorables (api/torch_io.hpp): the zip's directory, then the pickle,
-// then one local header per storage. Every read is sized from what was already checked.
+// then the storages' local headers, in windows. Every read is sized from what was already checked.
 
 #include "meshckpt/api/torch_io.hpp"
-
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
 #include <map>
-#include <sys/stat.h>
 #include <unordered_map>
 
 #include "common.hpp"
@@ -61,16 +57,47 @@ struct torch_part {
   std::vector<format::saved_tensor> tensors;
 };
 
+// The data offsets of records `recs`, their local headers read in windows: headers within 1 MiB
+// of each other share one read of at most 8 MiB, so a file of many small storages costs a few
+// reads rather than one per storage.
+task<std::vector<std::uint64_t>> data_offsets(io::backend& b, const torch_source& f, const std::vector<const format::zip::entry*>& recs,
+                                              std::uint64_t limit) {
+  constexpr std::uint64_t max_window = 8 << 20, max_gap = 1 << 20;
+  auto head_end = [&](const format::zip::entry& e) { return std::min<std::uint64_t>(e.header_offset + 30 + e.name.size(), limit); };
+  std::vector<std::size_t> order(recs.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return recs[x]->header_offset < recs[y]->header_offset; });
+  std::vector<std::uint64_t> out(recs.size());
+  std::vector<std::byte> window;
+  for (std::size_t i = 0, j = 0; i < order.size(); i = j) {
+    const std::uint64_t from = recs[order[i]]->header_offset;
+    std::uint64_t to = head_end(*recs[order[i]]);
+    for (j = i + 1; j < order.size(); ++j) {
+      const auto& e = *recs[order[j]];
+      if (e.header_offset > to + max_gap || head_end(e) - from > max_window) break;
+      to = std::max(to, head_end(e));
+    }
+    window.resize(static_cast<std::size_t>(to - from));
+    BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, from, window));
+    for (std::size_t k = i; k < j; ++k) {
+      const auto& e = *recs[order[k]];
+      if (e.method != 0)
+        co_return make_error(errc::unsupported, f.path + ": record \"" + e.name + "\" is compressed (method " + std::to_string(e.method) +
+                                                    "); torch.save writes stored records");
+      auto at = format::zip::local_data_offset(e, std::span<const std::byte>(window).subspan(e.header_offset - from, head_end(e) - e.header_offset), limit);
+      if (!at) co_return with_context(at.error(), f.path);
+      out[order[k]] = *at;
+    }
+  }
+  co_return out;
+}
+
 // A stored record's data, after checking its local header.
 task<std::uint64_t> data_offset(io::backend& b, const torch_source& f, const format::zip::entry& e, std::uint64_t limit) {
-  if (e.method != 0)
-    co_return make_error(errc::unsupported, f.path + ": record \"" + e.name + "\" is compressed (method " + std::to_string(e.method) +
-                                                "); torch.save writes stored records");
-  std::vector<std::byte> h(std::min<std::uint64_t>(30 + e.name.size(), limit - e.header_offset));
-  BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, e.header_offset, h));
-  auto at = format::zip::local_data_offset(e, h, limit);
-  if (!at) co_return with_context(at.error(), f.path);
-  co_return *at;
+  const std::vector<const format::zip::entry*> one{&e};
+  auto locating = data_offsets(b, f, one, limit);
+  BOOST_OUTCOME_CO_TRY(auto at, co_await std::move(locating));
+  co_return at[0];
 }
 
 // Stored entry `e` as a tensor of one slice: `length` bytes at `offset` of the file, `crc` its checksum.
@@ -139,7 +166,8 @@ task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string roo
   if (!doc) co_return doc.error();
   auto state = format::torch::read_state(*doc, what, root_key);
   if (!state) co_return state.error();
-  torch_part part;
+  std::vector<const zip::entry*> recs;
+  recs.reserve(state->entries.size());
   for (const auto& e : state->entries) {
     const auto& s = state->storages[e.storage];
     const zip::entry* rec = record("data/" + s.key);
@@ -149,9 +177,13 @@ task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string roo
       co_return make_error(errc::corrupt_manifest, f.path + ": storage " + s.key + " holds " + std::to_string(s.numel) + " elements of " +
                                                        std::string(dtype_name(s.type)) + " (" + std::to_string(bytes_needed) + " bytes), its record " +
                                                        std::to_string(rec->size));
-    BOOST_OUTCOME_CO_TRY(auto at, co_await data_offset(b, f, *rec, loc->offset));
-    part.tensors.push_back(whole_slice_tensor(e, f.base + at, bytes_needed, rec->crc32));
+    recs.push_back(rec);
   }
+  auto locating = data_offsets(b, f, recs, loc->offset);
+  BOOST_OUTCOME_CO_TRY(auto at, co_await std::move(locating));
+  torch_part part;
+  for (std::size_t i = 0; i < recs.size(); ++i)
+    part.tensors.push_back(whole_slice_tensor(state->entries[i], f.base + at[i], recs[i]->size, recs[i]->crc32));
   part.state = std::move(*state);
   co_return part;
 }
@@ -393,15 +425,21 @@ task<restorable> read_dcp(io::backend& b, std::string dir) {
 }  // namespace
 
 task<restorable> load_torch(io::backend& b, std::string path) {
-  auto ex = co_await asio::this_coro::executor;
   while (path.size() > 1 && path.ends_with('/')) path.pop_back();
   auto probing = has_file(b, path, ".metadata");
   auto dcp = co_await std::move(probing);
   if (!dcp) co_return dcp.error();
-  if (*dcp) {
-    auto reading = read_dcp(b, path);
-    co_return co_await std::move(reading);
-  }
+  auto reading = *dcp ? load_dcp(b, std::move(path)) : load_torch_file(b, std::move(path));
+  co_return co_await std::move(reading);
+}
+
+task<restorable> load_dcp(io::backend& b, std::string dir) {
+  auto reading = read_dcp(b, std::move(dir));
+  co_return co_await std::move(reading);
+}
+
+task<restorable> load_torch_file(io::backend& b, std::string path) {
+  auto ex = co_await asio::this_coro::executor;
   auto p = co_await open_prefix_dir(b, path);
   if (!p) co_return p.error();
   on_unwind close_dir([&] { io::close_detached(b, p->dir); });
@@ -412,7 +450,7 @@ task<restorable> load_torch(io::backend& b, std::string path) {
       // Nothing there, or a directory (which the backend refuses to open as a file): no file.
       if (h.error().code == std::errc::no_such_file_or_directory || h.error().code == std::errc::is_a_directory ||
           h.error().code == errc::unsafe_path)
-        co_return make_error(errc::not_found, "no torch.save file at " + path);
+        co_return make_error(errc::not_found, std::string(no_torch_file_at) + path);
       co_return with_context(h.error(), path);
     }
     f.h = *h;
@@ -424,7 +462,8 @@ task<restorable> load_torch(io::backend& b, std::string path) {
         BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, 0, head));
       }
       const bool legacy = std::memcmp(head, legacy_magic, 4) == 0;
-      if (!legacy && std::memcmp(head, zip_magic, 4) != 0) co_return make_error(errc::not_found, path + " is not a torch.save file (no zip header)");
+      if (!legacy && std::memcmp(head, zip_magic, 4) != 0)
+        co_return make_error(errc::not_found, std::string(no_torch_file_at) + path + ": it starts with neither a zip header nor the legacy format's magic number");
       auto reading = read_file(b, f, legacy);
       co_return co_await std::move(reading);
     };
@@ -444,41 +483,47 @@ task<restorable> load_torch(io::backend& b, std::string path) {
   co_return std::move(*r);
 }
 
+namespace {
+
+task<torch_checkpoint> read_checkpoint_coro(io::backend& b, std::string path) {
+  auto loading = load_torch(b, std::move(path));
+  BOOST_OUTCOME_CO_TRY(auto r, co_await std::move(loading));
+  torch_checkpoint out{std::move(r.prefix), std::move(r.manifest), std::move(r.torch_skeleton), 0};
+  for (const auto& t : out.manifest.tensors) out.tensors += t.key.starts_with("__meshckpt_storage__/") ? 0 : 1;
+  co_return out;
+}
+
+task<write_report> import_coro(io::backend& b, std::string path, std::string to, write_options opt) {
+  auto loading = load_torch(b, std::move(path));
+  BOOST_OUTCOME_CO_TRY(auto r, co_await std::move(loading));
+  auto importing = import_restorable(b, std::move(r), std::move(to), std::move(opt));
+  co_return co_await std::move(importing);
+}
+
+}  // namespace
+
+void start_read_torch_checkpoint(asio::any_io_executor ex, io::backend& b, std::string path, io::completion<torch_checkpoint> done) {
+  spawn<torch_checkpoint>(ex, read_checkpoint_coro(b, std::move(path)), std::move(done));
+}
+
+void start_import_torch_checkpoint(asio::any_io_executor ex, io::backend& b, std::string path, std::string to, write_options opt,
+                                   io::completion<write_report> done) {
+  spawn<write_report>(ex, import_coro(b, std::move(path), std::move(to), std::move(opt)), std::move(done));
+}
+
 }  // namespace detail
+
+bool no_torch_checkpoint(const error& e) { return e.code == errc::not_found && e.what().starts_with(no_torch_file_at); }
 
 result<torch_checkpoint> read_torch_checkpoint(io::backend& b, std::string_view path) {
   return runtime::run_blocking<torch_checkpoint>("read_torch_checkpoint", [&](auto ex, auto done) {
-    auto coro = [](io::backend& be, std::string p) -> runtime::task<torch_checkpoint> {
-      auto loading = detail::load_torch(be, std::move(p));
-      BOOST_OUTCOME_CO_TRY(auto r, co_await std::move(loading));
-      torch_checkpoint out{std::move(r.prefix), std::move(r.manifest), std::move(r.torch_skeleton), 0};
-      for (const auto& t : out.manifest.tensors) out.tensors += t.key.starts_with("__meshckpt_storage__/") ? 0 : 1;
-      co_return out;
-    };
-    detail::spawn<torch_checkpoint>(ex, coro(b, std::string(path)), std::move(done));
+    detail::start_read_torch_checkpoint(ex, b, std::string(path), std::move(done));
   });
-}
-
-bool looks_like_torch_file(std::string_view path) {
-  struct stat st;
-  if (::stat((std::string(path) + "/.metadata").c_str(), &st) == 0 && S_ISREG(st.st_mode)) return true;  // a DCP directory
-  const int fd = ::open(std::string(path).c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  unsigned char head[4] = {};
-  const bool got = ::pread(fd, head, 4, 0) == 4;
-  ::close(fd);
-  return got && (std::memcmp(head, detail::zip_magic, 4) == 0 || std::memcmp(head, detail::legacy_magic, 4) == 0);
 }
 
 result<write_report> import_torch_checkpoint(io::backend& b, std::string_view path, std::string_view to, const write_options& opt) {
   return runtime::run_blocking<write_report>("import_torch_checkpoint", [&](auto ex, auto done) {
-    auto coro = [](io::backend& be, std::string p, std::string dest, write_options o) -> runtime::task<write_report> {
-      auto loading = detail::load_torch(be, std::move(p));
-      BOOST_OUTCOME_CO_TRY(auto r, co_await std::move(loading));
-      auto importing = detail::import_restorable(be, std::move(r), std::move(dest), std::move(o));
-      co_return co_await std::move(importing);
-    };
-    detail::spawn<write_report>(ex, coro(b, std::string(path), std::string(to), opt), std::move(done));
+    detail::start_import_torch_checkpoint(ex, b, std::string(path), std::string(to), opt, std::move(done));
   });
 }
 

@@ -6,6 +6,7 @@
 #include "common.hpp"
 #include "data_files.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/api/torch_io.hpp"
 #include "meshckpt/format/names.hpp"
 #include "restorable.hpp"
 
@@ -19,13 +20,18 @@ task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const s
                                  std::optional<format::manifest>& manifest, std::optional<file_cache>& cache,
                                  const verify_progress& progress) {
   auto ex = co_await asio::this_coro::executor;
-  auto loaded = co_await load_manifest(b, p, prefix);
-  if (!loaded && loaded.error().code == errc::not_found) {  // a torch.save file there: its storages against their CRC-32
+  // A DCP directory (verify_coro found its .metadata), else meshckpt's manifest, else a
+  // torch.save file: its storages against their CRC-32.
+  const bool dcp = prefix.ends_with("/.metadata");
+  // (no co_await inside a conditional expression: GCC 12 miscompiles it, freeing the result twice)
+  result<format::manifest> loaded = make_error(errc::not_found, prefix);
+  if (!dcp) loaded = co_await load_manifest(b, p, prefix);
+  if (!loaded && loaded.error().code == errc::not_found) {
     // (a named task: GCC 12 destroys a temporary argument of a coroutine inside co_await twice)
-    auto loading_torch = load_torch(b, prefix.ends_with("/.metadata") ? prefix.substr(0, prefix.size() - 10) : prefix);
+    auto loading_torch = dcp ? load_dcp(b, prefix.substr(0, prefix.size() - 10)) : load_torch_file(b, prefix);
     auto torch = co_await std::move(loading_torch);
     if (torch) loaded = std::move(torch->manifest);
-    else if (torch.error().code != errc::not_found) loaded = torch.error();
+    else if (!no_torch_checkpoint(torch.error())) loaded = torch.error();
   }
   if (!loaded) co_return loaded.error();
   const auto* m = &manifest.emplace(std::move(*loaded));

@@ -286,8 +286,8 @@ int cmd_import(io::backend& b, const args& a) {
     }
     return 0;
   }
-  if (looks_like_torch_file(a.path)) {  // a torch.save file or a DCP directory
-    auto w = import_torch_checkpoint(b, a.path, a.to);
+  // A torch.save file or a DCP directory; not_found: neither, try the other formats.
+  if (auto w = import_torch_checkpoint(b, a.path, a.to); w || !no_torch_checkpoint(w.error())) {
     if (!w) return report_error("import", w.error());
     std::printf("imported %zu entries from the %s %s as %s (its pickles read, not run)\n", w->tensors - 1,
                 is_directory(a.path) ? "PyTorch distributed checkpoint" : "torch.save file", a.path.c_str(), w->manifest_path.c_str());

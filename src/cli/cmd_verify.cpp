@@ -122,7 +122,8 @@ int cmd_verify(io::backend& b, const args& a) {
     std::vector<error> problems;
     verify_report rep;
     // Nothing there is not damage: say what was looked for.
-    const bool missing = !r && r.error().code == errc::not_found && !exists(p + ".manifest") && !exists(p + ".index");
+    const bool missing = !r && r.error().code == errc::not_found && !exists(p + ".manifest") && !exists(p + ".index") &&
+                         !exists(p + "/.metadata");
     if (missing) problems.push_back(tf ? r.error() : no_checkpoint_at(p, r.error()));
     else if (!r) problems.push_back(r.error());
     else {

@@ -130,7 +130,7 @@ std::optional<format::manifest> load_manifest(io::backend& b, std::string& prefi
       prefix = torch->prefix;
       return std::move(torch->manifest);
     } else {
-      m = torch.error().code != errc::not_found ? torch.error() : no_checkpoint_at(prefix, m.error());
+      m = !no_torch_checkpoint(torch.error()) ? torch.error() : no_checkpoint_at(prefix, m.error());
     }
   }
   if (!m) {

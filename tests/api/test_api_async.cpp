@@ -13,7 +13,10 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include <boost/asio/thread_pool.hpp>
+
 #include "meshckpt/api/checkpoint_async.hpp"
+#include "meshckpt/api/torch_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "api_model.hpp"
 
@@ -274,3 +277,39 @@ TEST_CASE("lazy saves from a coroutine: co_await the snapshot, then the commit",
   CHECK(same(expect, back));
 }
 
+
+TEST_CASE("torch.save files are read and imported through futures, coroutines and callbacks", "[api][async][torch]") {
+  testing::temp_dir tmp;
+  auto be = backends::make_posix_backend();
+  auto v = make(dtype::float32, {8, 16}, {"unsharded", "y"});
+  testing::fill(v.view(), "w", 1);
+  REQUIRE(write_tensors(*be, tmp / "flat", std::vector<named_tensor>{{"w", v.view()}}));
+  auto m = read_manifest(*be, tmp / "flat").value();
+  REQUIRE(export_torch(*be, tmp / "flat", m, {"w"}, tmp / "m.pt"));
+
+  asio::thread_pool pool(1);
+  auto read = async_read_torch_checkpoint(pool.get_executor(), *be, tmp / "m.pt", asio::use_future).get();
+  REQUIRE(read);
+  CHECK(read->tensors == 1);
+  REQUIRE(read->manifest.find("w"));
+  CHECK(read->manifest.find("w")->global == shape{8, 16});
+  CHECK(read->manifest.checksum == format::checksum_kind::crc32_whole);
+
+  asio::io_context ctx;
+  std::optional<result<write_report>> imported;
+  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
+    imported = co_await async_import_torch_checkpoint(ctx.get_executor(), *be, tmp / "m.pt", tmp / "imp", {}, asio::use_awaitable);
+  }, asio::detached);
+  ctx.run();
+  REQUIRE(imported);
+  REQUIRE(*imported);
+  auto back = make(dtype::float32, {8, 16}, {"unsharded", "y"});
+  REQUIRE(read_tensors(*be, tmp / "imp", std::vector<named_tensor>{{"w", back.view()}}));
+  CHECK(same(v, back));
+
+  std::promise<errc> missing;
+  async_read_torch_checkpoint(pool.get_executor(), *be, tmp / "none.pt", [&](result<torch_checkpoint> r) {
+    missing.set_value(r ? errc::ok : static_cast<errc>(r.error().code.value()));
+  });
+  CHECK(missing.get_future().get() == errc::not_found);
+}

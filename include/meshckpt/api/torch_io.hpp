@@ -15,6 +15,7 @@
 
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/format/manifest.hpp"
+#include "meshckpt/io/async.hpp"
 #include "meshckpt/io/backend.hpp"
 
 namespace meshckpt {
@@ -45,10 +46,13 @@ struct torch_checkpoint {
 /// from its id's or that lies past the end of the file), limit_exceeded.
 result<torch_checkpoint> read_torch_checkpoint(io::backend& b, std::string_view path);
 
-/// Whether the file at `path` starts like a torch.save file (a zip file, or the legacy
-/// format's pickled magic number), or `path` is a DCP directory (it holds `.metadata`). False
-/// when it cannot be read.
-bool looks_like_torch_file(std::string_view path);
+/// The start of the not_found error `read_torch_checkpoint` gives when `path` holds nothing it
+/// reads (no file, a file of another format, a directory without `.metadata`).
+inline constexpr std::string_view no_torch_file_at = "no torch.save file at ";
+
+/// Whether `e`, from `read_torch_checkpoint`, says there is no torch checkpoint at its path at
+/// all — rather than one that is missing a file, which is not_found too.
+bool no_torch_checkpoint(const error& e);
 
 /// Writes the torch.save file `path` as the meshckpt checkpoint `to`: each entry of
 /// `read_torch_checkpoint` whole on one device, streamed from the file (memory bounded by the
@@ -56,6 +60,33 @@ bool looks_like_torch_file(std::string_view path);
 /// `torch_skeleton_key`, so that `meshckpt.torch.load` rebuilds the state with its sharing.
 /// Errors: those of `read_torch_checkpoint` and of the save; on error nothing is committed.
 result<write_report> import_torch_checkpoint(io::backend& b, std::string_view path, std::string_view to, const write_options& opt = {});
+
+namespace detail {
+void start_read_torch_checkpoint(boost::asio::any_io_executor ex, io::backend& b, std::string path, io::completion<torch_checkpoint> done);
+void start_import_torch_checkpoint(boost::asio::any_io_executor ex, io::backend& b, std::string path, std::string to, write_options opt,
+                                   io::completion<write_report> done);
+}  // namespace detail
+
+/// Asynchronous `read_torch_checkpoint`.
+template <class Token>
+auto async_read_torch_checkpoint(boost::asio::any_io_executor ex, io::backend& b, std::string path, Token&& token) {
+  return io::async_op<torch_checkpoint>(
+      ex, [ex, &b, path = std::move(path)](io::completion<torch_checkpoint> done) mutable {
+        detail::start_read_torch_checkpoint(ex, b, std::move(path), std::move(done));
+      },
+      std::forward<Token>(token));
+}
+
+/// Asynchronous `import_torch_checkpoint`.
+template <class Token>
+auto async_import_torch_checkpoint(boost::asio::any_io_executor ex, io::backend& b, std::string path, std::string to, write_options opt,
+                                   Token&& token) {
+  return io::async_op<write_report>(
+      ex, [ex, &b, path = std::move(path), to = std::move(to), opt = std::move(opt)](io::completion<write_report> done) mutable {
+        detail::start_import_torch_checkpoint(ex, b, std::move(path), std::move(to), std::move(opt), std::move(done));
+      },
+      std::forward<Token>(token));
+}
 
 /// Writes the tensors `keys` of checkpoint `prefix` (whose manifest is `m`: meshckpt's, or a
 /// TensorFlow or torch file's read as one) into the torch.save zip file `out`, an OrderedDict of
