@@ -55,7 +55,7 @@ class posix_backend final : public io::backend {
   std::string_view name() const noexcept override { return "posix"; }
 
   io::capabilities caps() const override {
-    return {true, false, 4096, "pread/pwrite on a thread pool; O_DIRECT for files opened create_exclusive_direct where supported"};
+    return {true, false, 4096, "pread/pwrite on a thread pool; O_DIRECT for files opened create_exclusive_direct or read_direct where supported"};
   }
 
   void open_dir(std::string path, bool create, completion<handle> done) override {

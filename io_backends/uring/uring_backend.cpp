@@ -87,7 +87,7 @@ class uring_backend final : public io::backend {
       const std::uint64_t one = 1;
       while (::write(efd_, &one, sizeof one) < 0 && errno == EINTR) {
       }
-      drained_.wait(lk, [&] { return reaper_idle_; });
+      drained_.wait(lk, [&] { return handler_stood_down_; });
     }
     ready_.close();  // also closes the eventfd
     io_uring_queue_exit(&ring_);
@@ -246,7 +246,7 @@ class uring_backend final : public io::backend {
     }
     std::lock_guard lk(mu_);
     if (stopping_) {
-      reaper_idle_ = true;
+      handler_stood_down_ = true;
       drained_.notify_all();
       return;
     }
@@ -311,7 +311,7 @@ class uring_backend final : public io::backend {
   unsigned in_flight_ = 0;
   std::deque<op*> backlog_;
   bool stopping_ = false;
-  bool reaper_idle_ = false;
+  bool handler_stood_down_ = false;
   std::mutex names_mu_;
   std::map<int, std::string> names_;
   unsigned fixed_slots_;  // size of the sparse registered-buffer table (0: none)
