@@ -95,7 +95,7 @@ stress: build test-sanitize
 # API suites: clang's source-based coverage (llvm-cov), whose branches are the conditions in
 # the source. The report goes to build-cov/coverage.txt.
 COV_BUILD ?= build-cov
-COV_FILES := src/api/commit.cpp src/api/save_messages.cpp src/api/state_file.cpp src/api/checkpoint_manager.cpp
+COV_FILES := src/save/commit.cpp src/save/save_messages.cpp src/api/state_file.cpp src/api/checkpoint_manager.cpp
 COV_TESTS := test_crash test_faults test_kill test_alloc test_edges test_checkpoint test_commit_faults test_manager test_api_checkpoint test_multiprocess
 coverage: deps
 	@bash cmake/install-deps.sh $(SAN_DEBS) llvm-14

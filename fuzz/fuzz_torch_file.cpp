@@ -21,7 +21,7 @@
 
 #include "mem_backend.hpp"
 #include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/api/torch_io.hpp"
+#include "meshckpt/interchange/torch_io.hpp"
 #include "meshckpt/format/dcp.hpp"
 #include "meshckpt/format/pickle.hpp"
 #include "meshckpt/format/torch_file.hpp"

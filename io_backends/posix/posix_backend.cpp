@@ -20,7 +20,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 
-#include "io/executor_thread.hpp"
+#include "runtime/executor_thread.hpp"
 #include "meshckpt/backends/blocking_pool.hpp"
 #include "meshckpt/format/names.hpp"
 
@@ -314,10 +314,10 @@ class posix_backend final : public io::backend {
 }  // namespace
 
 namespace {
-std::atomic<io::executor_thread*> pool_instance{nullptr};
+std::atomic<runtime::executor_thread*> pool_instance{nullptr};
 }
 
-asio::io_context& blocking_pool() { return io::process_wide<&pool_instance>(blocking_pool_threads, "meshckpt-io").context(); }
+asio::io_context& blocking_pool() { return runtime::process_wide<&pool_instance>(blocking_pool_threads, "meshckpt-io").context(); }
 
 std::unique_ptr<io::backend> make_posix_backend(posix_options opt) {
   return std::make_unique<posix_backend>(opt);

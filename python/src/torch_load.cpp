@@ -8,7 +8,7 @@
 #include <cstring>
 
 #include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/api/torch_io.hpp"
+#include "meshckpt/interchange/torch_io.hpp"
 #include "meshckpt/format/torch_file.hpp"
 #include "torch_state.hpp"
 

@@ -27,13 +27,13 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "checkpoint_impl.hpp"
-#include "restorable.hpp"
+#include "../interchange/restorable.hpp"
 #include "snapshot.hpp"
 #include "state_file.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
 #include "meshckpt/api/lazy_save.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
-#include "meshckpt/backends/uring.hpp"
+#include "meshckpt/io/make_backend.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 #include "meshckpt/tensor/convert.hpp"

@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "../runtime/executor_thread.hpp"
+#include "../runtime/engine.hpp"
 #include "../runtime/host_memory.hpp"
 #include "../runtime/serial_queue.hpp"
-#include "common.hpp"
+#include "../pipeline/common.hpp"
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 #include "meshckpt/tensor/convert.hpp"

@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "../runtime/dir_lock.hpp"
+#include "../pipeline/dir_lock.hpp"
 #include "checkpoint_impl.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
 #include "state_file.hpp"
@@ -42,7 +42,7 @@ result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoin
     BOOST_OUTCOME_TRY(runtime::run_blocking<void>("checkpoint_manager::create", [&](auto ex, auto done) {
       runtime::spawn<void>(ex, detail::make_directory(b, m->dir_), std::move(done));
     }));
-    BOOST_OUTCOME_TRY(m->lock_, runtime::lock_dir_blocking(m->dir_, m->opt_.lock_timeout));
+    BOOST_OUTCOME_TRY(m->lock_, detail::lock_dir_blocking(m->dir_, m->opt_.lock_timeout));
   }
   double now = now_seconds();
   auto st = read_checkpoint_state(ckpt.backend(), m->dir_);

@@ -10,10 +10,10 @@
 #include <cstdio>
 #include <random>
 
-#include "../runtime/dir_lock.hpp"
+#include "../pipeline/dir_lock.hpp"
 #include "../runtime/durable_replace.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
-#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/format/names.hpp"
 
@@ -70,9 +70,9 @@ task<T> in_directory(io::backend& b, std::string dir_path, bool create, std::str
 
 // Takes the directory's writer lock for a deletion or cleanup (shared with this process's own
 // writers; refused while another process writes there).
-result<runtime::dir_lock> lock_for_cleanup(io::backend& b, const std::string& dir) {
-  if (!b.caps().host_filesystem) return runtime::dir_lock();
-  return runtime::try_lock_dir(dir);
+result<detail::dir_lock> lock_for_cleanup(io::backend& b, const std::string& dir) {
+  if (!b.caps().host_filesystem) return detail::dir_lock();
+  return detail::try_lock_dir(dir);
 }
 
 }  // namespace

@@ -3,7 +3,7 @@
 // for the async paths (a manager's save, async_latest_checkpoint); the public blocking functions
 // of api/checkpoint.hpp are the bridge over them.
 
-#include "common.hpp"
+#include "../pipeline/common.hpp"
 #include "meshckpt/api/checkpoint.hpp"
 
 namespace meshckpt::detail {

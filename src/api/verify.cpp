@@ -3,12 +3,12 @@
 
 #include <set>
 
-#include "common.hpp"
-#include "data_files.hpp"
+#include "../pipeline/common.hpp"
+#include "../pipeline/data_files.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
-#include "meshckpt/api/torch_io.hpp"
+#include "meshckpt/interchange/torch_io.hpp"
 #include "meshckpt/format/names.hpp"
-#include "restorable.hpp"
+#include "../interchange/restorable.hpp"
 
 namespace meshckpt {
 

@@ -12,9 +12,9 @@
 
 #include "bench.hpp"
 #include "meshckpt/api/checkpoint_files.hpp"
-#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/interchange/safetensors_io.hpp"
 #include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/format/safetensors.hpp"
 
 namespace meshckpt::cli {

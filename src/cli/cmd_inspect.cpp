@@ -20,7 +20,7 @@
 #include "bench.hpp"
 #include "values.hpp"
 #include "meshckpt/api/checkpoint.hpp"
-#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/interchange/safetensors_io.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/describe.hpp"

@@ -11,7 +11,7 @@
 #include <string>
 
 #include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/format/manifest.hpp"
 #include "meshckpt/io/backend.hpp"
 #include "meshckpt/tensor/dtensor.hpp"

@@ -20,7 +20,7 @@
 #include "bench.hpp"
 #include "values.hpp"
 #include "meshckpt/api/checkpoint.hpp"
-#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/interchange/safetensors_io.hpp"
 #include "meshckpt/api/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/describe.hpp"
@@ -28,8 +28,8 @@
 #include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 
-#include "meshckpt/api/tf_bundle_io.hpp"
-#include "meshckpt/api/torch_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
+#include "meshckpt/interchange/torch_io.hpp"
 #include "commands.hpp"
 
 namespace meshckpt::cli {

@@ -12,25 +12,6 @@ std::chrono::microseconds poll_delay(int attempt) noexcept {
   return std::min(std::chrono::microseconds(20 << std::clamp(attempt, 0, 6)), std::chrono::microseconds(1000));
 }
 
-namespace {
-
-template <class T>
-result<T> wait(collective<T>& c) {
-  for (int attempt = 0;; ++attempt) {
-    if (auto r = c.poll()) return std::move(*r);
-    std::this_thread::sleep_for(poll_delay(attempt));
-  }
-}
-
-}  // namespace
-
-result<std::vector<bytes>> coordinator::gather(std::span<const std::byte> mine, milliseconds timeout) {
-  return wait(*start_gather(mine, timeout));
-}
-result<bytes> coordinator::broadcast(std::span<const std::byte> data, milliseconds timeout) {
-  return wait(*start_broadcast(data, timeout));
-}
-result<void> coordinator::barrier(milliseconds timeout) { return wait(*start_barrier(timeout)); }
 
 namespace {
 

@@ -12,14 +12,12 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "../io/executor_thread.hpp"
+#include "executor_thread.hpp"
 #include "meshckpt/io/async.hpp"
 #include "task.hpp"
 
 namespace meshckpt::runtime {
 
-using io::library_thread_scope;
-using io::on_library_thread;
 
 // What a blocking call on a library thread gets (after the abort of debug and sanitizer builds).
 inline error refuse_blocking(std::string_view what) {

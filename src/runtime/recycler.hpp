@@ -17,8 +17,6 @@
 #include <optional>
 #include <vector>
 
-#include "meshckpt/format/manifest.hpp"
-#include "meshckpt/plan/write_plan.hpp"
 
 namespace meshckpt::runtime {
 
@@ -58,13 +56,6 @@ class recycler {
   std::mutex m_;
   std::array<std::optional<T>, slots> slots_;
 };
-
-// Manifests (the skeleton of a save, the decoded manifest of a restore), up to 65,536 tensors.
-recycler<format::manifest>& manifests();
-// Byte buffers (encoded manifests), up to 16 MiB.
-recycler<std::vector<std::byte>>& byte_buffers();
-// The slice lists of write plans, up to 65,536 slices.
-recycler<std::vector<plan::slice_write>>& slice_writes();
 
 }  // namespace meshckpt::runtime
 

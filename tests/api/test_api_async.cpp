@@ -16,7 +16,7 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include "meshckpt/api/checkpoint_async.hpp"
-#include "meshckpt/api/torch_io.hpp"
+#include "meshckpt/interchange/torch_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "api_model.hpp"
 

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "api/save_messages.hpp"
+#include "save/save_messages.hpp"
 #include "meshckpt/plan/write_plan.hpp"
 #include "reliability.hpp"
 

@@ -15,8 +15,8 @@
 #include <tuple>
 
 #include "meshckpt/api/checkpoint.hpp"
-#include "meshckpt/api/safetensors_io.hpp"
-#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/interchange/safetensors_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/backends/fault.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/graph/object_graph.hpp"

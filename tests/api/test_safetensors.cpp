@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <fstream>
 
-#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/interchange/safetensors_io.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "support.hpp"
 

@@ -9,8 +9,8 @@
 #include <fstream>
 
 #include "meshckpt/api/checkpoint.hpp"
-#include "meshckpt/api/safetensors_io.hpp"
-#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/interchange/safetensors_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/format/crc32c.hpp"
 #include "api_model.hpp"

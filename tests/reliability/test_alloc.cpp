@@ -16,9 +16,9 @@
 #include <new>
 #include <thread>
 
-#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/interchange/safetensors_io.hpp"
 #include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "reliability.hpp"
 

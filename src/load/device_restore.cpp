@@ -5,7 +5,7 @@
 #include <algorithm>
 
 #include "../device/device_copy.hpp"
-#include "common.hpp"
+#include "../pipeline/common.hpp"
 
 namespace meshckpt::detail {
 

@@ -8,7 +8,7 @@
 #include <optional>
 #include <string>
 
-#include "common.hpp"
+#include "../pipeline/common.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 
 namespace meshckpt::detail {

@@ -38,12 +38,12 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "../device/device_copy.hpp"
-#include "../runtime/collective.hpp"
-#include "../runtime/dir_lock.hpp"
+#include "../coord/await_collective.hpp"
+#include "../pipeline/dir_lock.hpp"
 #include "../runtime/durable_replace.hpp"
-#include "../runtime/recycler.hpp"
+#include "../pipeline/recyclers.hpp"
 #include "../runtime/staged_writer.hpp"
-#include "common.hpp"
+#include "../pipeline/common.hpp"
 #include "save_messages.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
 #include "meshckpt/format/checksum.hpp"
@@ -90,7 +90,7 @@ struct save_state {
   std::vector<io::handle> open_files;
   std::vector<std::string> created;  // files to remove if the attempt fails before the rename
   bool renamed = false;
-  runtime::dir_lock lock;  // released when the save ends
+  detail::dir_lock lock;  // released when the save ends
 };
 
 error at(const save_state& s, error e) { return with_context(std::move(e), "save " + s.prefix); }
@@ -212,20 +212,6 @@ task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, 
   co_return closed;
 }
 
-// Takes the writer lock of `dir`, polling for up to `wait` while another process holds it.
-task<runtime::dir_lock> lock_directory(const std::string& dir, std::chrono::milliseconds wait) {
-  auto ex = co_await asio::this_coro::executor;
-  const auto deadline = std::chrono::steady_clock::now() + wait;
-  for (int attempt = 0;; ++attempt) {
-    auto l = runtime::try_lock_dir(dir);
-    if (l || l.error().code != errc::locked || std::chrono::steady_clock::now() >= deadline) co_return l;
-    asio::steady_timer t(ex, std::min<std::chrono::steady_clock::duration>(runtime::lock_retry_delay(attempt),
-                                                                           deadline - std::chrono::steady_clock::now()));
-    boost::system::error_code ec;
-    co_await t.async_wait(asio::redirect_error(use_awaitable, ec));
-  }
-}
-
 result<void> check_options(const save_state& s, const write_options& opt) {
   if (opt.chunk_bytes < 4096 || opt.chunk_bytes > (64u << 20) || (opt.chunk_bytes & (opt.chunk_bytes - 1)))
     return make_error(errc::invalid_argument, "chunk_bytes " + std::to_string(opt.chunk_bytes) + " is not a power of two in [4 KiB, 64 MiB]");
@@ -244,10 +230,10 @@ task<void> write_local(save_state& s, format::manifest& m, std::span<const named
   auto ex = co_await asio::this_coro::executor;
   // 1. Plan.
   plan::write_plan reuse;
-  reuse.skeleton = runtime::manifests().take();
-  reuse.writes = runtime::slice_writes().take();
+  reuse.skeleton = detail::manifests().take();
+  reuse.writes = detail::slice_writes().take();
   BOOST_OUTCOME_CO_TRY(auto p, plan::plan_write(tensors, opt.layout, rank >= 0, std::move(reuse), s.streamed));
-  runtime::give_back_at_exit writes_back(runtime::slice_writes(), p.writes, [](auto& w) { w.clear(); });
+  runtime::give_back_at_exit writes_back(detail::slice_writes(), p.writes, [](auto& w) { w.clear(); });
   m = std::move(p.skeleton);
   m.chunk_bytes = opt.chunk_bytes;
   m.created_unix_ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -270,7 +256,8 @@ task<void> write_local(save_state& s, format::manifest& m, std::span<const named
   BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(s.b, ex, s.dir_path, true, use_awaitable));
   s.dir = dir;
   if (rank <= 0 && s.b.caps().host_filesystem) {
-    BOOST_OUTCOME_CO_TRY(s.lock, co_await lock_directory(s.dir_path, opt.lock_timeout));
+    auto locking = detail::lock_dir(s.dir_path, opt.lock_timeout);  // named: GCC 12 destroys a co_await's argument temporaries twice
+    BOOST_OUTCOME_CO_TRY(s.lock, co_await std::move(locking));
   }
 
   // 3. Data files.
@@ -299,8 +286,8 @@ task<write_report> publish(save_state& s, const format::manifest& m) {
   // 5-7. The manifest, published durably: temp name, fsync, rename, directory fsync. A stop
   // requested before the rename (the last moment a cancellation can still take effect) ends the
   // save without a trace.
-  auto bytes = runtime::byte_buffers().take();
-  runtime::give_back_at_exit bytes_back(runtime::byte_buffers(), bytes);
+  auto bytes = detail::byte_buffers().take();
+  runtime::give_back_at_exit bytes_back(detail::byte_buffers(), bytes);
   BOOST_OUTCOME_CO_TRY(format::encode_into(m, bytes));
   std::string final_name = format::manifest_name(s.base);
   runtime::replace_options how;
@@ -355,7 +342,7 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
   // Collectives started apart from their co_await: GCC 12 mishandles non-trivial temporaries
   // inside co_await expressions.
   auto token_op = co.start_broadcast(tok, timeout);
-  auto got = co_await runtime::await_collective(std::move(token_op));
+  auto got = co_await coord::await_collective(std::move(token_op));
   if (!got) co_return with_context(got.error(), "agreeing on the save's token with process 0");
   if (got->size() != 8) co_return make_error(errc::invalid_argument, "process 0 sent a token of " + std::to_string(got->size()) + " bytes");
   s.token = 0;
@@ -363,7 +350,7 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
 
   // b, c. Local writes, then the report.
   format::manifest m;
-  runtime::give_back_at_exit m_back(runtime::manifests(), m);
+  runtime::give_back_at_exit m_back(detail::manifests(), m);
   auto local = co_await write_local(s, m, tensors, opt, rank);
   process_report mine;
   if (local) {
@@ -373,7 +360,7 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
   }
   auto mine_bytes = encode(mine);
   auto report_op = co.start_gather(mine_bytes, timeout);
-  auto gathered = co_await runtime::await_collective(std::move(report_op));
+  auto gathered = co_await coord::await_collective(std::move(report_op));
 
   save_outcome out;
   std::optional<write_report> committed;
@@ -412,12 +399,12 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
     auto said = encode(out);
     // The outcome stands whether or not every process hears it; one that does not times out.
     auto announce = co.start_broadcast(said, timeout);
-    (void)co_await runtime::await_collective(std::move(announce));
+    (void)co_await coord::await_collective(std::move(announce));
   } else {
     if (!gathered) co_return gathered.error();
     // Process 0 may first wait up to `timeout` for the slowest report, then commit.
     auto listen = co.start_broadcast({}, 2 * timeout);
-    auto heard = co_await runtime::await_collective(std::move(listen));
+    auto heard = co_await coord::await_collective(std::move(listen));
     if (!heard) {
       s.renamed = true;  // the outcome is unknown: the files might belong to a committed checkpoint
       co_return with_context(heard.error(), "waiting for process 0 to announce the save's outcome");
@@ -447,7 +434,7 @@ task<write_report> save_steps(save_state& s, std::span<const named_tensor> tenso
     co_return co_await save_multi(s, *opt.coordinator, tensors, std::move(opt));
   }
   format::manifest m;
-  runtime::give_back_at_exit m_back(runtime::manifests(), m);
+  runtime::give_back_at_exit m_back(detail::manifests(), m);
   BOOST_OUTCOME_CO_TRY(co_await write_local(s, m, tensors, opt, -1));
   co_return co_await publish(s, m);
 }

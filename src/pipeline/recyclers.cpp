@@ -1,6 +1,8 @@
-#include "recycler.hpp"
+#include "recyclers.hpp"
 
-namespace meshckpt::runtime {
+namespace meshckpt::detail {
+
+using runtime::recycler;
 
 // Leaked on purpose, like the other process-wide runtime objects: a save or restore still
 // running on another thread at exit may give memory back after static destruction began.
@@ -19,4 +21,4 @@ recycler<std::vector<plan::slice_write>>& slice_writes() {
   return *r;
 }
 
-}  // namespace meshckpt::runtime
+}  // namespace meshckpt::detail

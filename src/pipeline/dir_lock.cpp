@@ -18,9 +18,11 @@
 #include <mutex>
 #include <thread>
 
+#include "../runtime/bridge.hpp"
+#include "../runtime/poll.hpp"
 #include "meshckpt/format/describe.hpp"
 
-namespace meshckpt::runtime {
+namespace meshckpt::detail {
 
 namespace {
 
@@ -138,17 +140,24 @@ result<dir_lock> try_lock_dir(const std::string& dir) {
   }
 }
 
-std::chrono::milliseconds lock_retry_delay(int attempt) {
-  return std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 5)));
+namespace {
+
+std::chrono::milliseconds lock_retry_delay(int attempt) { return std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 5))); }
+
+}  // namespace
+
+runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait) {
+  const auto deadline = runtime::poll_clock::now() + wait;
+  auto polled = runtime::poll_with_backoff([&]() -> std::optional<result<dir_lock>> {
+    auto l = try_lock_dir(dir);
+    if (l || l.error().code != errc::locked || runtime::poll_clock::now() >= deadline) return l;
+    return std::nullopt;
+  }, lock_retry_delay, deadline);
+  co_return co_await std::move(polled);
 }
 
 result<dir_lock> lock_dir_blocking(const std::string& dir, std::chrono::milliseconds wait) {
-  const auto deadline = std::chrono::steady_clock::now() + wait;
-  for (int attempt = 0;; ++attempt) {
-    auto l = try_lock_dir(dir);
-    if (l || l.error().code != errc::locked || std::chrono::steady_clock::now() >= deadline) return l;
-    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(lock_retry_delay(attempt), deadline - std::chrono::steady_clock::now()));
-  }
+  return runtime::run_blocking<dir_lock>("lock_dir", [&](auto ex, auto done) { runtime::spawn<dir_lock>(ex, lock_dir(dir, wait), std::move(done)); });
 }
 
-}  // namespace meshckpt::runtime
+}  // namespace meshckpt::detail

@@ -1,6 +1,6 @@
-#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
 
-#include "common.hpp"
+#include "../pipeline/common.hpp"
 #include "meshckpt/format/crc32c.hpp"
 
 namespace meshckpt {

@@ -1,17 +1,17 @@
-// Restoring by name from safetensors files (api/safetensors_io.hpp). Coroutines over the
+// Restoring by name from safetensors files (interchange/safetensors_io.hpp). Coroutines over the
 // backend like every other read, behind the one blocking bridge: one tensor is read whole, then
 // each target shard's box is copied out with the restore planner's strided runs, so any mesh and
 // layout can be filled.
 
-#include "meshckpt/api/safetensors_io.hpp"
+#include "meshckpt/interchange/safetensors_io.hpp"
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 #include <optional>
 
-#include "common.hpp"
-#include "data_files.hpp"
+#include "../pipeline/common.hpp"
+#include "../pipeline/data_files.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/plan/restore_plan.hpp"

@@ -14,9 +14,10 @@
 #include <string>
 #include <string_view>
 
+#include "../runtime/task.hpp"
 #include "meshckpt/error.hpp"
 
-namespace meshckpt::runtime {
+namespace meshckpt::detail {
 
 inline constexpr std::string_view lock_file_name = "meshckpt.lock";
 
@@ -27,11 +28,11 @@ using dir_lock = std::shared_ptr<const void>;
 // the holder, when another process holds it.
 result<dir_lock> try_lock_dir(const std::string& dir);
 
-// As try_lock_dir, retrying for up to `wait` (blocking the calling thread: for blocking entry
-// points only; coroutines poll try_lock_dir with a timer).
+// As try_lock_dir, retrying for up to `wait` while another process holds the lock
+// (runtime::poll_with_backoff: 10 ms doubling to 200 ms between tries).
+runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait);
+
+// lock_dir through the blocking bridge, for blocking entry points.
 result<dir_lock> lock_dir_blocking(const std::string& dir, std::chrono::milliseconds wait);
 
-// The delay before the next try after `attempt` failed ones (10 ms doubling to 200 ms).
-std::chrono::milliseconds lock_retry_delay(int attempt);
-
-}  // namespace meshckpt::runtime
+}  // namespace meshckpt::detail

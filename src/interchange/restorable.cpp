@@ -6,8 +6,8 @@
 #include <limits>
 #include <set>
 
-#include "meshckpt/api/tf_bundle_io.hpp"
-#include "meshckpt/api/torch_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
+#include "meshckpt/interchange/torch_io.hpp"
 #include "meshckpt/format/crc32c.hpp"
 
 namespace meshckpt::detail {

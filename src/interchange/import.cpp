@@ -10,12 +10,12 @@
 #include <deque>
 #include <map>
 
-#include "common.hpp"
-#include "data_files.hpp"
+#include "../pipeline/common.hpp"
+#include "../pipeline/data_files.hpp"
 #include "restorable.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
-#include "meshckpt/api/tf_bundle_io.hpp"
-#include "meshckpt/api/torch_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
+#include "meshckpt/interchange/torch_io.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 

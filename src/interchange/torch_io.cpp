@@ -1,14 +1,14 @@
-// torch.save files as restorables (api/torch_io.hpp): the zip's directory, then the pickle,
+// torch.save files as restorables (interchange/torch_io.hpp): the zip's directory, then the pickle,
 // then the storages' local headers, in windows. Every read is sized from what was already checked.
 
-#include "meshckpt/api/torch_io.hpp"
+#include "meshckpt/interchange/torch_io.hpp"
 
 #include <algorithm>
 #include <cstring>
 #include <map>
 #include <unordered_map>
 
-#include "common.hpp"
+#include "../pipeline/common.hpp"
 #include "restorable.hpp"
 #include "meshckpt/format/dcp.hpp"
 #include "meshckpt/format/describe.hpp"

@@ -1,13 +1,13 @@
-// torch.save zip files from checkpoints (api/torch_io.hpp). The layout is fixed before a byte
+// torch.save zip files from checkpoints (interchange/torch_io.hpp). The layout is fixed before a byte
 // is written — records whose CRC is only known once their data went by carry it in a data
 // descriptor after the data, as torch.save writes them — so the file is streamed front to back
 // through the staging blocks, each tensor read from its slices as it is placed.
 
 #include <algorithm>
 
-#include "common.hpp"
-#include "data_files.hpp"
-#include "meshckpt/api/torch_io.hpp"
+#include "../pipeline/common.hpp"
+#include "../pipeline/data_files.hpp"
+#include "meshckpt/interchange/torch_io.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/torch_file.hpp"
 #include "meshckpt/format/zip.hpp"

@@ -1,4 +1,4 @@
-// TensorFlow bundles from meshckpt checkpoints and back (api/tf_bundle_io.hpp).
+// TensorFlow bundles from meshckpt checkpoints and back (interchange/tf_bundle_io.hpp).
 //
 // Export streams: a stored slice is already the row-major bytes of its box, which is what a
 // bundle stores for a tensor or a partitioned variable's slice, so each one is copied from its
@@ -12,11 +12,11 @@
 #include <map>
 #include <set>
 
-#include "common.hpp"
-#include "data_files.hpp"
+#include "../pipeline/common.hpp"
+#include "../pipeline/data_files.hpp"
 #include "restorable.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
-#include "meshckpt/api/tf_bundle_io.hpp"
+#include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/format/crc32c.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/graph/object_graph.hpp"

@@ -6,8 +6,8 @@
 #include <memory>
 #include <optional>
 
-#include "common.hpp"
-#include "data_files.hpp"
+#include "../pipeline/common.hpp"
+#include "read.hpp"
 #include "match_targets.hpp"
 #include "../runtime/staging_pool.hpp"
 #include "meshckpt/api/tensor_io_async.hpp"
