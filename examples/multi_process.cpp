@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/coord/mpi.hpp"
 #include "meshckpt/format/checksum.hpp"

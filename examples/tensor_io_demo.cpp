@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/format/describe.hpp"
 

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "mem_backend.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/format/checksum.hpp"
 
 using namespace meshckpt;

@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "mem_backend.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/interchange/torch_io.hpp"
 #include "meshckpt/format/dcp.hpp"
 #include "meshckpt/format/pickle.hpp"

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "mem_backend.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 
 using namespace meshckpt;
 

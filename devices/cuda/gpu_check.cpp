@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "meshckpt/api/checkpoint.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/device/cuda.hpp"
 #include "meshckpt/graph/trackable.hpp"
 #include "meshckpt/io/make_backend.hpp"

@@ -85,7 +85,7 @@ struct fault_backend::model {
 };
 
 fault_backend::fault_backend(std::shared_ptr<io::backend> inner, fault_plan plan)
-    : inner_(std::move(inner)), plan_(std::move(plan)), m_(std::make_unique<model>()) {}
+    : forwarding_backend(std::move(inner)), plan_(std::move(plan)), m_(std::make_unique<model>()) {}
 
 fault_backend::~fault_backend() = default;
 
@@ -112,7 +112,6 @@ std::uint64_t fault_backend::injected() const {
   return injected_;
 }
 
-io::capabilities fault_backend::caps() const { return inner_->caps(); }
 
 std::string fault_backend::path_of(io::handle h, bool* is_dir) const {
   auto it = m_->handles.find(h.value);

@@ -97,40 +97,30 @@ class Module(_C.Module):
         return self.__dict__.get("_items", {})[name]
 
 
-class Variable:
-    """Constructors of meshckpt variables (sharded tensors); they return `_C.Variable` objects
-    with `dtype`, `shape`, `layout`, `shard(device)`, `assign(array)`, `numpy()`, `read_into(out)`.
-    """
+def _variable_args(value, layout, mesh):
+    """The checks of Variable(value, layout, mesh=...): (shards, layout, shape) for from_shards."""
+    if layout is None:
+        if mesh is None:
+            raise InvalidArgumentError("Variable(value) needs a layout or a mesh")
+        layout = Layout.replicated(len(value.shape), mesh)
+    local = layout.mesh.local_device_ids
+    if len(local) != 1:
+        raise InvalidArgumentError(
+            f"Variable(value) is one array for one local device, but this process has {len(local)} devices: "
+            "use Variable.from_shards, or Variable.zeros and assign()")
+    shape = list(value.shape)
+    origin, extent = layout.shard_box(shape, local[0])
+    if list(extent) != shape:
+        raise InvalidArgumentError(
+            f"layout {layout!r} gives device {local[0]} the box {origin}+{extent}, not the whole tensor {shape}: "
+            "use Variable.from_shards")
+    return {local[0]: value}, layout, shape
 
-    def __new__(cls, value, layout=None, *, mesh=None):
-        """A variable over `value` (numpy array or torch CPU tensor, used in place): the whole
-        tensor, held by this process's one local device. `layout` defaults to replicated on `mesh`."""
-        if layout is None:
-            if mesh is None:
-                raise InvalidArgumentError("Variable(value) needs a layout or a mesh")
-            layout = Layout.replicated(len(value.shape), mesh)
-        local = layout.mesh.local_device_ids
-        if len(local) != 1:
-            raise InvalidArgumentError(
-                f"Variable(value) is one array for one local device, but this process has {len(local)} devices: "
-                "use Variable.from_shards, or Variable.zeros and assign()")
-        shape = list(value.shape)
-        origin, extent = layout.shard_box(shape, local[0])
-        if list(extent) != shape:
-            raise InvalidArgumentError(
-                f"layout {layout!r} gives device {local[0]} the box {origin}+{extent}, not the whole tensor {shape}: "
-                "use Variable.from_shards")
-        return _C.Variable._from_shards({local[0]: value}, layout, shape)
 
-    @staticmethod
-    def from_shards(shards, layout, global_shape, dtype=None):
-        """A variable whose shards are the caller's arrays: {device id: array} for every local device."""
-        return _C.Variable._from_shards(dict(shards), layout, list(global_shape), dtype)
-
-    @staticmethod
-    def zeros(shape, dtype, layout):
-        """A variable with zero-initialised storage of its own (fill it with `assign`)."""
-        return _C.Variable.zeros(list(shape), dtype, layout)
+# meshckpt variables (sharded tensors): Variable(value, layout=None, *, mesh=None),
+# Variable.from_shards(shards, layout, global_shape, dtype=None), Variable.zeros(shape, dtype,
+# layout); with dtype, shape, layout, shard(device), assign(array), numpy(), read_into(out).
+Variable = _C.Variable
 
 
 class LoadStatus:

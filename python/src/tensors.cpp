@@ -7,7 +7,7 @@
 #include <optional>
 
 #include "variable.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/device/accelerator.hpp"
 #ifdef MESHCKPT_PYTHON_CUDA
 #include "meshckpt/device/cuda.hpp"
@@ -254,9 +254,21 @@ void bind_tensors(py::module_& m) {
       .def("_track", &py_module::track, py::arg("name"), py::arg("child"), py::call_guard<py::gil_scoped_release>(),
            "Adds a named child (a restore pending for that name runs now).");
 
-  py::class_<py_variable, graph::trackable>(m, "Variable")
-      .def_static("_from_shards", &from_shards, py::arg("shards"), py::arg("layout"), py::arg("global_shape") = std::nullopt,
-                  py::arg("dtype") = std::nullopt)
+  // One type: what meshckpt.Variable(...) builds is a meshckpt.Variable (isinstance holds). The
+  // one-array constructor's checks are the package's (meshckpt._variable_args), in Python.
+  py::class_<py_variable, graph::trackable> variable(m, "Variable");
+  variable.attr("__module__") = "meshckpt";
+  variable
+      .def(py::init([](py::object value, py::object layout, py::object mesh) {
+        py::tuple a = py::module_::import("meshckpt").attr("_variable_args")(value, layout, mesh);
+        return from_shards(a[0].cast<py::dict>(), a[1].cast<struct layout>(), a[2].cast<shape>(), std::nullopt);
+      }), py::arg("value"), py::arg("layout") = py::none(), py::kw_only(), py::arg("mesh") = py::none(),
+           "A variable over `value` (numpy array or torch CPU tensor, used in place): the whole tensor, held by this "
+           "process's one local device. `layout` defaults to replicated on `mesh`.")
+      .def_static("from_shards", [](py::object shards, layout l, shape global, std::optional<py::object> dt) {
+        return from_shards(py::dict(shards), std::move(l), std::move(global), std::move(dt));
+      }, py::arg("shards"), py::arg("layout"), py::arg("global_shape"), py::arg("dtype") = std::nullopt,
+         "A variable whose shards are the caller's arrays: {device id: array} for every local device.")
       .def_static("zeros", [](shape s, py::object dt, layout l) {
         return std::make_unique<py_variable>(unwrap(dtensor::create(parse_dtype(dt), std::move(s), std::move(l))));
       }, py::arg("shape"), py::arg("dtype"), py::arg("layout"), "A variable with zeroed storage of its own.")

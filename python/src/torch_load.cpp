@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/interchange/torch_io.hpp"
 #include "meshckpt/format/torch_file.hpp"
 #include "torch_state.hpp"

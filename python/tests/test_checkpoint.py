@@ -251,3 +251,18 @@ def test_an_exception_in_a_python_callback_reaches_the_caller(tmp_path, mesh1):
     # Nothing was written, and the checkpoint still saves.
     assert not any(f.endswith(".manifest") for f in os.listdir(tmp_path / "a"))
     assert init.save() == str(tmp_path / "b" / "ckpt-1")
+
+
+def test_variables_are_the_type_they_say(mesh1, mesh_x2y2):
+    """mc.Variable is the type of every variable, whichever constructor made it."""
+    made = [
+        mc.Variable(np.zeros((2, 3), np.float32), mesh=mesh1),
+        mc.Variable.zeros([4, 4], "float32", mc.Layout(["x", "y"], mesh_x2y2)),
+        mc.Variable.from_shards({0: np.ones((2, 2), np.float64)}, mc.Layout.replicated(2, mesh1), (2, 2)),
+    ]
+    for v in made:
+        assert type(v) is mc.Variable
+        assert isinstance(v, mc.Variable) and isinstance(v, mc.Trackable)
+    assert mc.Variable.__module__ == "meshckpt" and repr(made[0]).startswith("<meshckpt.Variable ")
+    with pytest.raises(mc.InvalidArgumentError, match="needs a layout or a mesh"):
+        mc.Variable(np.zeros(3, np.float32))

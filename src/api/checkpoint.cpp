@@ -32,7 +32,7 @@
 #include "state_file.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
 #include "meshckpt/api/lazy_save.hpp"
-#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/io/make_backend.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/graph/object_graph.hpp"

@@ -12,7 +12,7 @@
 
 #include "../pipeline/dir_lock.hpp"
 #include "../runtime/durable_replace.hpp"
-#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/format/names.hpp"

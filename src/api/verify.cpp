@@ -5,7 +5,7 @@
 
 #include "../pipeline/common.hpp"
 #include "../pipeline/data_files.hpp"
-#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/interchange/torch_io.hpp"
 #include "meshckpt/format/names.hpp"
 #include "../interchange/restorable.hpp"

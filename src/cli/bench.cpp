@@ -4,6 +4,7 @@
 // and verifies checksums.
 
 #include "bench.hpp"
+#include "commands.hpp"
 
 #include "../runtime/thread_count.hpp"
 
@@ -20,7 +21,7 @@
 #include <fstream>
 
 #include "meshckpt/api/checkpoint.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/describe.hpp"
 
@@ -184,8 +185,7 @@ int run_bench(const bench_args& a) {
                                            : backends::backend_kind::automatic;
   auto made = backends::make_backend(kind);
   if (!made) {
-    std::fprintf(stderr, "meshckpt bench: %s\n", made.error().what().c_str());
-    return 1;
+    return report_error("bench", made.error());
   }
   std::shared_ptr<io::backend> be = std::move(*made);
   std::filesystem::create_directories(a.dir);
@@ -193,8 +193,7 @@ int run_bench(const bench_args& a) {
   if (a.workload == "all") workloads = {"large", "small", "stall", "reshard"};
   else if (a.workload == "large" || a.workload == "small" || a.workload == "stall" || a.workload == "reshard") workloads = {a.workload};
   else if (a.workload != "convert") {
-    std::fprintf(stderr, "meshckpt bench: unknown workload \"%s\" (large, small, stall, reshard, convert, all)\n", a.workload.c_str());
-    return 2;
+    return report_usage("bench", "unknown workload \"%s\" (large, small, stall, reshard, convert, all)", a.workload.c_str());
   }
   const bool convert = a.workload == "convert" || a.workload == "all";
   const bool have_fio = std::system("command -v fio >/dev/null 2>&1") == 0;
@@ -238,8 +237,7 @@ int run_bench(const bench_args& a) {
         auto res = done.get_future().get();
         double total = seconds_since(t0);
         if (!res) {
-          std::fprintf(stderr, "meshckpt bench: save failed: %s\n", res.error().what().c_str());
-          return 1;
+          return report_failure("bench", "save failed: %s", res.error().what().c_str());
         }
         if (r > 0) {
           stall_s.push_back(stall);
@@ -256,8 +254,7 @@ int run_bench(const bench_args& a) {
         double during = compute_rate([&] { return pending.committed(); });
         double flush = seconds_since(t0);
         if (auto res = pending.wait_committed(); !res) {
-          std::fprintf(stderr, "meshckpt bench: lazy save failed: %s\n", res.error().what().c_str());
-          return 1;
+          return report_failure("bench", "lazy save failed: %s", res.error().what().c_str());
         }
         auto t1 = clock_type::now();
         double solo = compute_rate([&] { return seconds_since(t1) >= flush; });
@@ -286,8 +283,7 @@ int run_bench(const bench_args& a) {
       auto t0 = clock_type::now();
       auto wr = write_tensors(*be, name, src.named);
       if (!wr) {
-        std::fprintf(stderr, "meshckpt bench: save failed: %s\n", wr.error().what().c_str());
-        return 1;
+        return report_failure("bench", "save failed: %s", wr.error().what().c_str());
       }
       save_s.push_back(seconds_since(t0));
       f.cold = drop_caches() && f.cold;
@@ -310,7 +306,7 @@ int run_bench(const bench_args& a) {
           auto t = clock_type::now();
           auto rd = read_tensors(*be, name, targets);
           if (!rd) {
-            std::fprintf(stderr, "meshckpt bench: reshard restore failed: %s\n", rd.error().what().c_str());
+            report_note("bench", "reshard restore failed: %s", rd.error().what().c_str());
             return std::nullopt;
           }
           return seconds_since(t);
@@ -318,8 +314,7 @@ int run_bench(const bench_args& a) {
         f.cold = drop_caches() && f.cold;
         auto ts = clock_type::now();
         if (auto rd = read_tensors(*be, name, src.named); !rd) {
-          std::fprintf(stderr, "meshckpt bench: restore failed: %s\n", rd.error().what().c_str());
-          return 1;
+          return report_failure("bench", "restore failed: %s", rd.error().what().c_str());
         }
         same_s.push_back(seconds_since(ts));
         auto a42 = onto(mesh::create({{"x", 4}, {"y", 2}}).value(), false);
@@ -332,16 +327,14 @@ int run_bench(const bench_args& a) {
         t0 = clock_type::now();
         auto rd = read_tensors(*be, name, src.named);
         if (!rd) {
-          std::fprintf(stderr, "meshckpt bench: restore failed: %s\n", rd.error().what().c_str());
-          return 1;
+          return report_failure("bench", "restore failed: %s", rd.error().what().c_str());
         }
         restore_s.push_back(seconds_since(t0));
       }
       // Deleting large files right before a timed phase slows it (the filesystem frees extents
       // in the background): deletions happen after the timed phases, followed by a sync.
       if (auto del = delete_checkpoint(*be, name); !del) {
-        std::fprintf(stderr, "meshckpt bench: cleanup failed: %s\n", del.error().what().c_str());
-        return 1;
+        return report_failure("bench", "cleanup failed: %s", del.error().what().c_str());
       }
       ::sync();
       double mib = static_cast<double>(f.bytes) / (1 << 20);

@@ -11,9 +11,10 @@
 #include <vector>
 
 #include "bench.hpp"
+#include "commands.hpp"
 #include "meshckpt/api/checkpoint_files.hpp"
 #include "meshckpt/interchange/safetensors_io.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/format/safetensors.hpp"
 
@@ -43,7 +44,7 @@ template <class F>
 std::optional<double> timed(const char* what, F&& f) {
   auto t0 = clock_type::now();
   if (auto r = f(); !r) {
-    std::fprintf(stderr, "meshckpt bench: %s failed: %s\n", what, r.error().what().c_str());
+    report_note("bench", "%s failed: %s", what, r.error().what().c_str());
     return std::nullopt;
   }
   return std::chrono::duration<double>(clock_type::now() - t0).count();
@@ -57,7 +58,7 @@ std::optional<convert_figures> run_convert(io::backend& be, const bench_args& a,
   f.bytes = static_cast<std::uint64_t>(rows) * 4096 * 4;
   const std::string src = a.dir + "/convert-src.safetensors", ref = a.dir + "/convert-ref", tf = a.dir + "/convert-tf";
   if (!write_source(src, rows)) {
-    std::fprintf(stderr, "meshckpt bench: cannot write %s\n", src.c_str());
+    report_note("bench", "cannot write %s", src.c_str());
     return std::nullopt;
   }
   // The sources of the exports and of the TF import, written once, untimed.

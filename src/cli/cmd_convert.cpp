@@ -22,9 +22,8 @@
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/interchange/safetensors_io.hpp"
 #include "meshckpt/interchange/torch_io.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/interchange/tf_bundle_io.hpp"
-#include "meshckpt/backends/uring.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
@@ -65,7 +64,7 @@ int export_to_torch(io::backend& b, const args& a, std::string prefix) {
                                                                    " cannot be written to a torch.save file that torch 1.13 loads: " + list +
                                                                    " (--skip-unsupported leaves them out)"));
   if (auto w = export_torch(b, prefix, *m, keys, a.out); !w) return report_error("export", w.error());
-  if (!skipped.empty()) std::fprintf(stderr, "meshckpt export: skipped %zu tensor(s): %s\n", skipped.size(), list.c_str());
+  if (!skipped.empty()) report_note("export", "skipped %zu tensor(s): %s", skipped.size(), list.c_str());
   std::printf("exported %zu tensors of %s to the torch.save file %s\n", keys.size(), prefix.c_str(), a.out.c_str());
   return 0;
 }
@@ -80,15 +79,13 @@ int cmd_export(io::backend& b, const args& a) {
     if (!a.shards.empty()) {
       const long n = std::atol(a.shards.c_str());
       if (n < 1 || n > 99999 || a.shards.find_first_not_of("0123456789") != std::string::npos) {
-        std::fprintf(stderr, "meshckpt export: --shards takes a count from 1 to 99999, not \"%s\"\n", a.shards.c_str());
-        return 2;
+        return report_usage("export", "--shards takes a count from 1 to 99999, not \"%s\"", a.shards.c_str());
       }
       opt.num_shards = static_cast<int>(n);
     }
     auto r = export_tf_bundle(b, prefix, a.out, opt);
     if (!r) {
-      std::fprintf(stderr, "meshckpt export: %s\n", r.error().what().c_str());
-      return 1;
+      return report_error("export", r.error());
     }
     std::printf("exported %zu tensors of %s to the TensorFlow bundle %s (%zu index entries, %zu data file%s, %s)%s\n", r->tensors,
                 prefix.c_str(), a.out.c_str(), r->entries, r->files, r->files == 1 ? "" : "s",
@@ -100,8 +97,7 @@ int cmd_export(io::backend& b, const args& a) {
   if (!a.shards.empty() && a.shards != "processes") {
     const long n = std::atol(a.shards.c_str());
     if (n < 1 || n > 99999 || a.shards.find_first_not_of("0123456789") != std::string::npos) {
-      std::fprintf(stderr, "meshckpt export: --shards takes a count from 1 to 99999 or \"processes\", not \"%s\"\n", a.shards.c_str());
-      return 2;
+      return report_usage("export", "--shards takes a count from 1 to 99999 or \"processes\", not \"%s\"", a.shards.c_str());
     }
   }
   auto m = load_manifest(b, prefix, a);
@@ -186,13 +182,12 @@ int cmd_export(io::backend& b, const args& a) {
     std::string list = "[";
     for (const auto& [k, why] : unsupported) list += (list.size() > 1 ? "," : "") + format::json_string(k);
     meta["meshckpt.skipped"] = list + "]";
-    std::fprintf(stderr, "meshckpt export: skipped %zu tensor(s) that safetensors cannot hold: %s\n", unsupported.size(), listed(unsupported).c_str());
+    report_note("export", "skipped %zu tensor(s) that safetensors cannot hold: %s", unsupported.size(), listed(unsupported).c_str());
     skipped_note = " (" + std::to_string(unsupported.size()) + " skipped, listed in __metadata__ meshckpt.skipped)";
   }
   if (a.shards.empty()) {
     if (auto w = write_safetensors_file(b, prefix, *m, which, meta, a.out); !w) {
-      std::fprintf(stderr, "meshckpt export: writing %s: %s\n", a.out.c_str(), w.error().what().c_str());
-      return 1;
+      return report_failure("export", "writing %s: %s", a.out.c_str(), w.error().what().c_str());
     }
     std::printf("exported %zu tensors of %s to %s%s\n", which.size(), prefix.c_str(), a.out.c_str(), skipped_note.c_str());
     return 0;
@@ -217,8 +212,7 @@ int cmd_export(io::backend& b, const args& a) {
   } else {
     const long n = std::atol(a.shards.c_str());
     if (n < 1 || n > 99999 || a.shards.find_first_not_of("0123456789") != std::string::npos) {
-      std::fprintf(stderr, "meshckpt export: --shards takes a count from 1 to 99999 or \"processes\", not \"%s\"\n", a.shards.c_str());
-      return 2;
+      return report_usage("export", "--shards takes a count from 1 to 99999 or \"processes\", not \"%s\"", a.shards.c_str());
     }
     const std::uint64_t target = (total + static_cast<std::uint64_t>(n) - 1) / static_cast<std::uint64_t>(n);
     groups.emplace_back();
@@ -234,8 +228,7 @@ int cmd_export(io::backend& b, const args& a) {
     }
   }
   if (::mkdir(a.out.c_str(), 0755) != 0 && errno != EEXIST) {
-    std::fprintf(stderr, "meshckpt export: cannot create directory %s\n", a.out.c_str());
-    return 1;
+    return report_failure("export", "cannot create directory %s", a.out.c_str());
   }
   format::safetensors_index index;
   index.total_size = total;
@@ -243,8 +236,7 @@ int cmd_export(io::backend& b, const args& a) {
   for (std::size_t g = 0; g < groups.size(); ++g) {
     std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", g + 1, groups.size());
     if (auto w = write_safetensors_file(b, prefix, *m, groups[g], meta, join(a.out, name)); !w) {
-      std::fprintf(stderr, "meshckpt export: writing %s: %s\n", join(a.out, name).c_str(), w.error().what().c_str());
-      return 1;
+      return report_failure("export", "writing %s: %s", join(a.out, name).c_str(), w.error().what().c_str());
     }
     for (const auto* t : groups[g]) index.weight_map[t->key] = name;
   }
@@ -252,8 +244,7 @@ int cmd_export(io::backend& b, const args& a) {
   const std::string idx_path = join(a.out, "model.safetensors.index.json");
   const std::string text = format::encode_safetensors_index(index);
   if (auto w = write_file_durably(b, idx_path, std::as_bytes(std::span(text.data(), text.size()))); !w) {
-    std::fprintf(stderr, "meshckpt export: writing %s: %s\n", idx_path.c_str(), w.error().what().c_str());
-    return 1;
+    return report_failure("export", "writing %s: %s", idx_path.c_str(), w.error().what().c_str());
   }
   std::printf("exported %zu tensors of %s to %zu safetensors shards in %s (index: model.safetensors.index.json)%s\n", which.size(),
               prefix.c_str(), groups.size(), a.out.c_str(), skipped_note.c_str());
@@ -267,8 +258,7 @@ int cmd_import(io::backend& b, const args& a) {
   if (auto tf = tf_bundle_prefix(a.path)) {
     auto w = import_tf_checkpoint(b, *tf, a.to);
     if (!w) {
-      std::fprintf(stderr, "meshckpt import: %s\n", w.error().what().c_str());
-      return 1;
+      return report_error("import", w.error());
     }
     std::printf("imported %zu tensors from the TensorFlow checkpoint %s as %s\n", w->tensors, a.path.c_str(), w->manifest_path.c_str());
     // What meshckpt cannot hold is named, never dropped silently.
@@ -282,7 +272,7 @@ int cmd_import(io::backend& b, const args& a) {
           left += (left.empty() ? "" : ", ") + ("\"" + format::display_bytes(e.key) + "\" (" + format::tf::tf_dtype_name(e.tf_type) + ")");
           ++n;
         }
-      if (n) std::fprintf(stderr, "meshckpt import: left out %zu entr%s of a dtype meshckpt cannot hold: %s\n", n, n == 1 ? "y" : "ies", left.c_str());
+      if (n) report_note("import", "left out %zu entr%s of a dtype meshckpt cannot hold: %s", n, n == 1 ? "y" : "ies", left.c_str());
     }
     return 0;
   }
@@ -312,8 +302,7 @@ int cmd_import(io::backend& b, const args& a) {
   }
   auto w = import_safetensors(b, a.path, a.to);
   if (!w) {
-    std::fprintf(stderr, "meshckpt import: %s\n", w.error().what().c_str());
-    return 1;
+    return report_error("import", w.error());
   }
   std::printf("imported %zu tensors from %s as %s\n", w->tensors, a.path.c_str(), w->manifest_path.c_str());
   return 0;

@@ -20,8 +20,7 @@
 #include "values.hpp"
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/interchange/safetensors_io.hpp"
-#include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/backends/uring.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
@@ -36,13 +35,11 @@ int cmd_ls(io::backend& b, const args& a) {
   std::string dir = a.path;
   while (dir.size() > 1 && dir.ends_with('/')) dir.pop_back();
   if (!is_directory(dir)) {
-    std::fprintf(stderr, "meshckpt ls: %s is not a directory\n", dir.c_str());
-    return 1;
+    return report_failure("ls", "%s is not a directory", dir.c_str());
   }
   auto scan = scan_directory(b, dir);
   if (!scan) {
-    std::fprintf(stderr, "meshckpt ls: %s\n", scan.error().what().c_str());
-    return 1;
+    return report_error("ls", scan.error());
   }
   struct row {
     std::string name, status;

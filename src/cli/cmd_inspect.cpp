@@ -21,8 +21,7 @@
 #include "values.hpp"
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/interchange/safetensors_io.hpp"
-#include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/backends/uring.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
@@ -40,14 +39,12 @@ int cmd_show(io::backend& b, const args& a) {
   if (!m) return 1;
   const auto* t = m->find(a.key);
   if (!t) {
-    std::fprintf(stderr, "meshckpt show: no tensor \"%s\" in %s (it has %zu; `meshckpt inspect %s` lists them)\n", a.key.c_str(),
+    return report_failure("show", "no tensor \"%s\" in %s (it has %zu; `meshckpt inspect %s` lists them)", a.key.c_str(),
                  prefix.c_str(), m->tensors.size(), prefix.c_str());
-    return 1;
   }
   auto pic = format::describe_sharding(*m, *t);
   if (!pic) {
-    std::fprintf(stderr, "meshckpt show: %s\n", pic.error().what().c_str());
-    return 1;
+    return report_error("show", pic.error());
   }
   std::fputs(pic->c_str(), stdout);
   return 0;
@@ -56,15 +53,13 @@ int cmd_show(io::backend& b, const args& a) {
 int cmd_inspect(io::backend& b, const args& a) {
   auto tf = a.format == "meshckpt" ? std::nullopt : tf_bundle_prefix(a.path);
   if (!tf && a.format == "tf") {
-    std::fprintf(stderr, "meshckpt inspect: %s is not a TensorFlow checkpoint (no %s.index, nor a SavedModel directory)\n", a.path.c_str(),
+    return report_failure("inspect", "%s is not a TensorFlow checkpoint (no %s.index, nor a SavedModel directory)", a.path.c_str(),
                  a.path.c_str());
-    return 1;
   }
   if (tf) {
     auto idx = read_tf_bundle_index(b, *tf);
     if (!idx) {
-      std::fprintf(stderr, "meshckpt inspect: %s\n", idx.error().what().c_str());
-      return 1;
+      return report_error("inspect", idx.error());
     }
     std::string out = a.json ? format::describe_json(*idx, *tf) + "\n" : format::describe_text(*idx, *tf);
     std::fwrite(out.data(), 1, out.size(), stdout);
@@ -76,9 +71,8 @@ int cmd_inspect(io::backend& b, const args& a) {
     std::string names;
     if (scan)
       for (const auto& c : scan->checkpoints) names += "\n  " + join(prefix, c);
-    std::fprintf(stderr, "meshckpt inspect: %s is a directory; give a checkpoint prefix DIR/NAME%s%s\n", prefix.c_str(),
+    return report_failure("inspect", "%s is a directory; give a checkpoint prefix DIR/NAME%s%s", prefix.c_str(),
                  names.empty() ? " (it holds no committed checkpoint)" : ". Checkpoints there:", names.c_str());
-    return 1;
   }
   auto m = load_manifest(b, prefix, a);
   if (!m) return 1;
@@ -89,8 +83,7 @@ int cmd_inspect(io::backend& b, const args& a) {
     if (e.name != graph::object_graph_extension) continue;
     auto g = graph::decode_object_graph(e.bytes);
     if (!g) {
-      std::fprintf(stderr, "meshckpt inspect: %s: object graph: %s\n", prefix.c_str(), g.error().what().c_str());
-      return 1;
+      return report_failure("inspect", "%s: object graph: %s", prefix.c_str(), g.error().what().c_str());
     }
     if (a.json) {
       std::string j = ",\"object_graph\":[";
@@ -142,19 +135,16 @@ int cmd_cat(io::backend& b, const args& a) {
   if (!m) return 1;
   const auto* t = m->find(a.key);
   if (!t) {
-    std::fprintf(stderr, "meshckpt cat: no tensor \"%s\" in %s (`meshckpt inspect %s` lists them)\n", a.key.c_str(), prefix.c_str(),
+    return report_failure("cat", "no tensor \"%s\" in %s (`meshckpt inspect %s` lists them)", a.key.c_str(), prefix.c_str(),
                  prefix.c_str());
-    return 1;
   }
   if (t->type == dtype::blob) {
-    std::fprintf(stderr, "meshckpt cat: tensor \"%s\" is an opaque blob (%s); meshckpt does not interpret its bytes\n", a.key.c_str(),
+    return report_failure("cat", "tensor \"%s\" is an opaque blob (%s); meshckpt does not interpret its bytes", a.key.c_str(),
                  format::human_bytes(static_cast<std::uint64_t>(num_elements(t->global).value_or(0))).c_str());
-    return 1;
   }
   auto sel = cli::parse_slice(a.slice, t->global);
   if (!sel) {
-    std::fprintf(stderr, "meshckpt cat: %s\n", sel.error().what().c_str());
-    return 2;
+    return report_error("cat", sel.error(), 2);
   }
   // Only the box that bounds the selection is read (its checksum chunks), whatever the
   // tensor's size.
@@ -168,15 +158,13 @@ int cmd_cat(io::backend& b, const args& a) {
   const std::uint64_t cap = std::uint64_t(4) << 30;
   const auto bytes = checked_mul(where.volume().value_or(INT64_MAX), dtype_size(t->type));
   if (!bytes || static_cast<std::uint64_t>(*bytes) > cap) {
-    std::fprintf(stderr, "meshckpt cat: the selection %s of tensor \"%s\" is %s, above the %s this command reads into memory; select less with --slice\n",
+    return report_failure("cat", "the selection %s of tensor \"%s\" is %s, above the %s this command reads into memory; select less with --slice",
                  to_string(where).c_str(), a.key.c_str(), bytes ? format::human_bytes(static_cast<std::uint64_t>(*bytes)).c_str() : "too large",
                  format::human_bytes(cap).c_str());
-    return 1;
   }
   std::vector<std::byte> data(static_cast<std::size_t>(*bytes));
   if (auto r = read_tensor_box(b, prefix, *m, t->key, where, data); !r) {
-    std::fprintf(stderr, "meshckpt cat: %s\n", r.error().what().c_str());
-    return 1;
+    return report_error("cat", r.error());
   }
   auto v = cli::select(t->type, data, where.extent, in_box);
   auto shape_json = [](const shape& s) {
@@ -186,8 +174,7 @@ int cmd_cat(io::backend& b, const args& a) {
   };
   if (a.json) {
     if (v.offsets.size() > 10'000'000) {
-      std::fprintf(stderr, "meshckpt cat: %zu values are too many for --json; select fewer with --slice\n", v.offsets.size());
-      return 1;
+      return report_failure("cat", "%zu values are too many for --json; select fewer with --slice", v.offsets.size());
     }
     std::string out = "{\"key\":" + format::json_string(t->key) + ",\"dtype\":" + format::json_string(std::string(dtype_name(t->type))) +
                       ",\"shape\":" + shape_json(t->global) + ",\"slice\":" + format::json_string(a.slice) +
@@ -271,8 +258,7 @@ int cmd_diff(io::backend& b, const args& a) {
     for (auto [m, p, opt] : {std::tuple{&*ma, &pa, &opt_a}, std::tuple{&*mb, &pb, &opt_b}}) {
       if (!format::whole_slice_crc(m->checksum)) continue;
       if (auto v = verify_tensor(b, *p, *m, key); !v) {
-        std::fprintf(stderr, "meshckpt diff: %s\n", v.error().what().c_str());
-        return 2;
+        return report_error("diff", v.error(), 2);
       }
       opt->verify_checksums = false;
     }
@@ -290,8 +276,7 @@ int cmd_diff(io::backend& b, const args& a) {
       auto ra = read_tensor_box(b, pa, *ma, key, where, bx, opt_a);
       auto rb = ra ? read_tensor_box(b, pb, *mb, key, where, by, opt_b) : ra;
       if (!ra || !rb) {
-        std::fprintf(stderr, "meshckpt diff: %s\n", (!ra ? ra.error() : rb.error()).what().c_str());
-        return 2;
+        return report_error("diff", (!ra ? ra.error() : rb.error()), 2);
       }
       if (x->type == dtype::blob) {
         for (std::size_t i = 0; i < n; ++i) c.differing += bx[i] != by[i];

@@ -20,8 +20,7 @@
 #include "values.hpp"
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/interchange/safetensors_io.hpp"
-#include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/backends/uring.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
@@ -78,8 +77,7 @@ int cmd_verify(io::backend& b, const args& a) {
   if (!tf && is_directory(path) && !exists(path + ".manifest") && !exists(join(path, ".metadata"))) {  // (not a DCP checkpoint)
     auto scan = scan_directory(b, path);
     if (!scan) {
-      std::fprintf(stderr, "meshckpt verify: %s\n", scan.error().what().c_str());
-      return 1;
+      return report_error("verify", scan.error());
     }
     for (const auto& c : scan->checkpoints) prefixes.push_back(join(path, c));
     for (const auto& l : scan->leftovers) leftovers.push_back(join(path, l));
@@ -102,9 +100,8 @@ int cmd_verify(io::backend& b, const args& a) {
       if (a.json)
         std::printf("{\"ok\":false,\"error\":%s,\"checkpoints\":[],\"leftovers\":[]}\n",
                     format::json_string("no checkpoint found in " + path).c_str());
-      std::fprintf(stderr, "meshckpt verify: no checkpoint found in %s%s\n", path.c_str(),
+      return report_failure("verify", "no checkpoint found in %s%s", path.c_str(),
                    leftovers.empty() ? "" : " (only leftovers of interrupted saves)");
-      return 1;
     }
   } else {
     prefixes.push_back(path);

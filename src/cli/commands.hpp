@@ -10,7 +10,7 @@
 #include <optional>
 #include <string>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/format/manifest.hpp"
 #include "meshckpt/io/backend.hpp"
@@ -31,8 +31,13 @@ struct args {
   std::string rename_file;           // export: --rename-file FILE, one OLD=NEW per line
 };
 
-// Prints "meshckpt COMMAND: what" on stderr; returns the failure exit status (1).
-int report_error(const std::string& command, const error& e);
+// The one way the tool reports a failure: "meshckpt COMMAND: MESSAGE" on stderr. Each returns
+// the exit status: 1 for a failure, 2 for a usage error (report_usage, or `status`).
+int report_error(const std::string& command, const error& e, int status = 1);
+[[gnu::format(printf, 2, 3)]] int report_failure(const char* command, const char* fmt, ...);
+[[gnu::format(printf, 2, 3)]] int report_usage(const char* command, const char* fmt, ...);
+// A note on stderr in the same form (what a command left out), the command going on.
+[[gnu::format(printf, 2, 3)]] void report_note(const char* command, const char* fmt, ...);
 
 // The renames of `a` (--rename-file first, then each --rename), OLD and NEW as messages show
 // keys (`format::unescape_display`: \xNN for a byte, \\ for a backslash). Errors:

@@ -13,6 +13,7 @@
 #include <ctime>
 #include <map>
 #include <optional>
+#include <cstdarg>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -21,8 +22,7 @@
 #include "values.hpp"
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/interchange/safetensors_io.hpp"
-#include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/backends/uring.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
@@ -134,15 +134,48 @@ std::optional<format::manifest> load_manifest(io::backend& b, std::string& prefi
     }
   }
   if (!m) {
-    std::fprintf(stderr, "meshckpt %s: %s\n", a.command.c_str(), m.error().what().c_str());
+    report_error(a.command, m.error());
     return std::nullopt;
   }
   return std::move(*m);
 }
 
-int report_error(const std::string& command, const error& e) {
+namespace {
+
+void vreport(const char* command, const char* fmt, std::va_list ap) {
+  std::fprintf(stderr, "meshckpt %s: ", command);
+  std::vfprintf(stderr, fmt, ap);
+  std::fputc('\n', stderr);
+}
+
+}  // namespace
+
+int report_error(const std::string& command, const error& e, int status) {
   std::fprintf(stderr, "meshckpt %s: %s\n", command.c_str(), e.what().c_str());
+  return status;
+}
+
+int report_failure(const char* command, const char* fmt, ...) {
+  std::va_list ap;
+  va_start(ap, fmt);
+  vreport(command, fmt, ap);
+  va_end(ap);
   return 1;
+}
+
+int report_usage(const char* command, const char* fmt, ...) {
+  std::va_list ap;
+  va_start(ap, fmt);
+  vreport(command, fmt, ap);
+  va_end(ap);
+  return 2;
+}
+
+void report_note(const char* command, const char* fmt, ...) {
+  std::va_list ap;
+  va_start(ap, fmt);
+  vreport(command, fmt, ap);
+  va_end(ap);
 }
 
 result<std::map<std::string, std::string>> rename_map(const args& a) {

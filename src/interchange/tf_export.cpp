@@ -15,7 +15,7 @@
 #include "../pipeline/common.hpp"
 #include "../pipeline/data_files.hpp"
 #include "restorable.hpp"
-#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/format/crc32c.hpp"
 #include "meshckpt/format/safetensors.hpp"

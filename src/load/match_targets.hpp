@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "../runtime/recycler.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/format/manifest.hpp"
 #include "meshckpt/plan/read_plan.hpp"
 

@@ -19,7 +19,7 @@
 #include "../pipeline/common.hpp"
 #include "read.hpp"
 #include "match_targets.hpp"
-#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/format/crc32c.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/plan/read_plan.hpp"

@@ -10,7 +10,7 @@
 #include "read.hpp"
 #include "match_targets.hpp"
 #include "../runtime/staging_pool.hpp"
-#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/pipeline/tensor_io_async.hpp"
 
 namespace meshckpt {
 

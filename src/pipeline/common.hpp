@@ -11,7 +11,7 @@
 #include "../runtime/op_window.hpp"
 #include "../runtime/staged_writer.hpp"
 #include "../runtime/task.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/format/tf_bundle.hpp"
 #include "meshckpt/io/async.hpp"
 

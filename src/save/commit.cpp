@@ -45,7 +45,7 @@
 #include "../runtime/staged_writer.hpp"
 #include "../pipeline/common.hpp"
 #include "save_messages.hpp"
-#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/names.hpp"
 

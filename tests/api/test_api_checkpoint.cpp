@@ -20,7 +20,7 @@
 #include <sstream>
 
 #include "meshckpt/api/checkpoint_async.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/graph/object_graph.hpp"
 #include "meshckpt/tensor/convert.hpp"

@@ -17,7 +17,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "meshckpt/format/names.hpp"
 #include "support.hpp"

@@ -11,7 +11,7 @@
 #include <deque>
 #include <mutex>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/backends/posix.hpp"
 #include "support.hpp"
 

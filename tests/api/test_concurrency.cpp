@@ -21,7 +21,7 @@
 #include <thread>
 
 #include "meshckpt/api/checkpoint_async.hpp"
-#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/format/names.hpp"
 #include "support.hpp"
 

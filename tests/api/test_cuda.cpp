@@ -5,7 +5,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/device/cuda.hpp"
 #include "support.hpp"
 

@@ -16,7 +16,7 @@
 #include "api_model.hpp"
 #include "meshckpt/api/checkpoint_manager.hpp"
 #include "meshckpt/interchange/safetensors_io.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/device/accelerator.hpp"
 #include "meshckpt/plan/global_copy.hpp"
 #include "support.hpp"

@@ -17,8 +17,8 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "meshckpt/api/checkpoint_manager.hpp"
-#include "meshckpt/api/tensor_io.hpp"
-#include "meshckpt/api/tensor_io_async.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "runtime/thread_count.hpp"
 #include "meshckpt/format/names.hpp"
 #include "support.hpp"

@@ -11,7 +11,7 @@
 #include <cstring>
 #include <fstream>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "support.hpp"
 
 using namespace meshckpt;

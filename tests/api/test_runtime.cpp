@@ -36,7 +36,7 @@
 #include "runtime/staged_writer.hpp"
 #include "runtime/thread_count.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/io/forwarding.hpp"
 #include "reliability.hpp"
 

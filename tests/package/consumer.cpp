@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
 
 int main(int argc, char** argv) {

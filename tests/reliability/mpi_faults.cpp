@@ -19,7 +19,7 @@
 #include <fstream>
 #include <thread>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/coord/mpi.hpp"
 #include "support.hpp"
 

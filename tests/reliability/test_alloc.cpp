@@ -17,7 +17,7 @@
 #include <thread>
 
 #include "meshckpt/interchange/safetensors_io.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "reliability.hpp"

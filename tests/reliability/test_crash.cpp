@@ -27,7 +27,7 @@
 #include <deque>
 #include <thread>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "reliability.hpp"
 
 using namespace meshckpt;

@@ -15,7 +15,7 @@
 #include <future>
 #include <random>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "support.hpp"
 
 using namespace meshckpt;

@@ -21,7 +21,7 @@
 #include "meshckpt/api/checkpoint_options.hpp"
 #include "meshckpt/api/lazy_save.hpp"
 #include "meshckpt/api/load_status.hpp"
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/graph/trackable.hpp"
 #include "meshckpt/io/backend.hpp"
 

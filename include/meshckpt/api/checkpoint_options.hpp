@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/io/backend.hpp"
 
 namespace meshckpt {

@@ -14,7 +14,7 @@
 #include <vector>
 #include <string_view>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/format/manifest.hpp"
 #include "meshckpt/io/async.hpp"
 #include "meshckpt/io/backend.hpp"

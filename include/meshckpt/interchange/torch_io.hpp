@@ -13,7 +13,7 @@
 #include <string>
 #include <string_view>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/format/manifest.hpp"
 #include "meshckpt/io/async.hpp"
 #include "meshckpt/io/backend.hpp"

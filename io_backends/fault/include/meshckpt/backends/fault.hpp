@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "meshckpt/io/backend.hpp"
+#include "meshckpt/io/forwarding.hpp"
 
 namespace meshckpt::backends {
 
@@ -68,7 +68,9 @@ enum class crash_state {
 };
 const char* to_string(crash_state s) noexcept;
 
-class fault_backend final : public io::backend {
+/// A decorator (io::forwarding_backend, as RocksDB's FaultInjectionTestFS derives from its
+/// wrapper): it forwards what it does not fail, and models what a crash would keep.
+class fault_backend final : public io::forwarding_backend {
  public:
   explicit fault_backend(std::shared_ptr<io::backend> inner, fault_plan plan = {});
   ~fault_backend() override;
@@ -90,7 +92,6 @@ class fault_backend final : public io::backend {
   void mark_durable();
 
   std::string_view name() const noexcept override { return "fault"; }
-  io::capabilities caps() const override;
   void open_dir(std::string path, bool create, io::completion<io::handle> done) override;
   void open(io::handle dir, std::string name, io::open_mode mode, io::completion<io::handle> done) override;
   void size(io::handle file, io::completion<std::uint64_t> done) override;
@@ -102,7 +103,6 @@ class fault_backend final : public io::backend {
   void rename(io::handle dir, std::string from, std::string to, io::completion<void> done) override;
   void unlink(io::handle dir, std::string name, io::completion<void> done) override;
   void list(io::handle dir, io::completion<std::vector<io::dir_entry>> done) override;
-  void register_buffer(std::span<std::byte> memory) override { inner_->register_buffer(memory); }
 
  private:
   struct model;
@@ -110,7 +110,6 @@ class fault_backend final : public io::backend {
   std::optional<error> admit(fault_op op, bool* short_transfer = nullptr);
   std::string path_of(io::handle h, bool* is_dir = nullptr) const;
 
-  std::shared_ptr<io::backend> inner_;
   mutable std::mutex mu_;
   fault_plan plan_;
   std::uint64_t next_ = 0;

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// Asynchronous forms of api/tensor_io.hpp. Each takes an executor and a completion token and
+/// Asynchronous forms of pipeline/tensor_io.hpp. Each takes an executor and a completion token and
 /// completes with `result<T>`:
 ///
 ///     auto r = co_await async_write_tensors(ex, backend, "ckpts/step", tensors, {}, asio::use_awaitable);
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "meshckpt/api/tensor_io.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/io/async.hpp"
 
 namespace meshckpt {

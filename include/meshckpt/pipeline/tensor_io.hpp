@@ -3,7 +3,7 @@
 /// The low-level checkpoint API: write a set of named DTensors to a prefix, read a prefix's
 /// manifest, read tensors back into caller shards of the same layout (verifying checksums),
 /// verify a checkpoint, and scan a directory. These are the blocking forms; each is a thin
-/// wrapper that runs the asynchronous form (api/tensor_io_async.hpp) to completion.
+/// wrapper that runs the asynchronous form (pipeline/tensor_io_async.hpp) to completion.
 ///
 /// A checkpoint at prefix `DIR/NAME` is the file `DIR/NAME.manifest` plus the data files it
 /// lists; see docs/FORMAT.md. Errors name the operation, the file (relative to DIR), the tensor
