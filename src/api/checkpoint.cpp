@@ -212,7 +212,7 @@ asio::awaitable<void> run_save(detail::checkpoint_impl& impl, std::shared_ptr<sa
 // A snapshot taken behind the ones queued before it: its memory awaited on the engine (no
 // thread waits), the copy on the CPU pool; then the write may start.
 void queue_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_job>& job,
-                    const std::shared_ptr<snapshot_plan>& plan, bool lazy) {
+                    const std::shared_ptr<snapshot_plan>& plan, unsigned copiers, std::shared_ptr<detail::snapshot_arena> ready) {
   auto open_gate = [job] { job->gate->set(success()); };
   auto unsnapped = [job] {
     // No memory for a snapshot: the write reads the tensors themselves.
@@ -223,15 +223,20 @@ void queue_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_jo
     ++impl.snapshots_queued;
   }
   try {
-    impl.snapshots.push([&impl, job, plan, open_gate, unsnapped, lazy]() -> asio::awaitable<void> {
+    impl.snapshots.push([&impl, job, plan, open_gate, unsnapped, copiers, ready]() -> asio::awaitable<void> {
       bool copied = false;
       try {
-        auto memory = detail::acquire_arena(impl, plan->need);
-        auto arena = (co_await std::move(memory)).value();
+        auto arena = ready;
+        if (!arena) {
+          auto memory = detail::acquire_arena(impl, plan->need);
+          arena = (co_await std::move(memory)).value();
+        }
+        // TRICKY: the arena joins the save's owners before the copy: a copy that fails half-way
+        // may already have re-pointed views at it, and those must stay valid for the fallback
+        // write.
         job->owners.push_back(arena);
-        result<void> snapped = success();
-        auto copy = runtime::on_cpu_pool([&] { snapped = detail::copy_snapshot(*plan, *arena, job->tensors, !lazy); });
-        copied = co_await std::move(copy) && snapped;
+        auto copy = detail::copy_snapshot(*plan, *arena, job->tensors, copiers);
+        copied = (co_await std::move(copy)).has_value();
       } catch (const std::bad_alloc&) {
       }
       if (copied) job->released->set(success());
@@ -269,30 +274,23 @@ snapshot_outcome take_snapshot(detail::checkpoint_impl& impl, const std::shared_
     // No memory for a snapshot: the write reads the tensors themselves.
     job->wopt.sources_released = [released = job->released] { released->set(success()); };
   };
-  std::shared_ptr<detail::snapshot_arena> inline_arena;
+  // Copy mode with no snapshot queued before this one: its memory is taken here and now (a
+  // caller on the executor of an earlier job must not wait for memory that job holds), and the
+  // copy is queued at once: it runs on the CPU pool while the caller waits for `released`.
+  std::shared_ptr<detail::snapshot_arena> ready;
   if (take && must_wait) {
-    // Copy mode with no snapshot queued before this one: copy here, on the caller's thread,
-    // which waits for the copy in any case (no hand-off to another thread).
     std::unique_lock lk(impl.arena_mu);
     if (impl.snapshots_queued == 0) {
       lk.unlock();
-      inline_arena = detail::try_acquire_arena(impl, plan->need);
+      ready = detail::try_acquire_arena(impl, plan->need);
     }
   }
-  if (now_or_never && !inline_arena) return snapshot_outcome::refused;
-  // TRICKY: the arena joins the save's owners before the copy: a copy that fails half-way may
-  // already have re-pointed views at it, and those must stay valid for the fallback write.
-  if (inline_arena) {
-    job->owners.push_back(inline_arena);
-    try {
-      if (detail::copy_snapshot(*plan, *inline_arena, job->tensors, true)) job->released->set(success());
-      else unsnapped();  // a device copy failed: the write copies from the device itself
-    } catch (const std::bad_alloc&) {
-      unsnapped();
-    }
-    open_gate();
-  } else if (take) {
-    queue_snapshot(impl, job, plan, lazy);
+  if (now_or_never && !ready) return snapshot_outcome::refused;
+  // In copy mode the copy is the caller's stall: large ones get two copiers (memory bandwidth,
+  // not one core, is the limit). A lazy snapshot copies on one: the caller computes meanwhile.
+  const unsigned copiers = !lazy && plan->need >= (64u << 20) && std::thread::hardware_concurrency() > 1 ? 2 : 1;
+  if (take) {
+    queue_snapshot(impl, job, plan, copiers, std::move(ready));
   } else {
     unsnapped();
     open_gate();
@@ -395,8 +393,9 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
   if (must_wait) {
     (void)runtime::run_blocking<void>("save (copy mode)", [&](auto, io::completion<void> d) { released->then(std::move(d)); });
     // The bridge ends early only when it could not allocate. The tensors must still not be
-    // handed back before they are copied: the last resort polls (tests/reliability/test_alloc.cpp).
-    while (!released->ready()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    // handed back before they are copied: the last resort waits on the event itself, which
+    // allocates nothing (tests/reliability/test_alloc.cpp).
+    released->wait_set();
   }
 }
 

@@ -3,14 +3,13 @@
 #include "snapshot.hpp"
 
 #include "../device/device_copy.hpp"
+#include "../runtime/engine.hpp"
 
 #include <atomic>
-#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <map>
 #include <optional>
-#include <thread>
 
 #include <boost/asio/post.hpp>
 
@@ -88,35 +87,19 @@ void release_arena(checkpoint_impl& impl, std::vector<std::shared_ptr<const void
   for (auto& w : waiters) w(success());
 }
 
-result<void> copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper) {
+runtime::task<void> copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, unsigned copiers) {
   std::vector<std::vector<local_shard>> shards(tensors.size());
   for (std::size_t t = 0; t < tensors.size(); ++t) shards[t] = tensors[t].tensor.shards();
-  // In copy mode the copy is the caller's stall: large ones are split across two threads (memory
-  // bandwidth, not one core, is the limit), in 16 MiB pieces handed out through an atomic cursor.
-  // A lazy snapshot copies on one thread: the caller is computing meanwhile.
+  // Host pieces of 16 MiB handed out through an atomic cursor: each copier takes the next until
+  // none is left, so a copier that starts late only finds less to do.
   constexpr std::size_t piece_bytes = 16u << 20;
   struct shared_work {
     std::vector<std::pair<std::byte*, std::span<std::byte>>> work;  // destination, source
     std::atomic<std::size_t> next{0};
-    std::atomic<std::size_t> finished{0};
-    std::mutex mu;
-    std::condition_variable all_done;
     void run() {
-      std::size_t mine = 0;
-      for (std::size_t i; (i = next.fetch_add(1)) < work.size(); ++mine) std::memcpy(work[i].first, work[i].second.data(), work[i].second.size());
-      if (!mine) return;
-      std::lock_guard lk(mu);
-      if (finished.fetch_add(mine) + mine == work.size()) all_done.notify_all();
+      for (std::size_t i; (i = next.fetch_add(1)) < work.size();) std::memcpy(work[i].first, work[i].second.data(), work[i].second.size());
     }
   };
-  // Device copies: counted down by their completions (on the accelerators' threads).
-  struct device_work {
-    std::mutex mu;
-    std::condition_variable done;
-    std::size_t pending = 0;
-    std::optional<error> failed;
-  };
-  auto dw = std::make_shared<device_work>();
   auto w = std::make_shared<shared_work>();
   std::vector<std::pair<const snapshot_plan::piece*, std::byte*>> on_device;
   std::uint64_t off = 0;
@@ -128,7 +111,7 @@ result<void> copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::v
     }
     if (pc.memory) {
       const std::span<std::byte> whole(arena.bytes.get(), arena.capacity);
-      BOOST_OUTCOME_TRY(device::detail::pin_once(*pc.memory, whole, arena.pinned_for, arena.pins));
+      BOOST_OUTCOME_CO_TRY(device::detail::pin_once(*pc.memory, whole, arena.pinned_for, arena.pins));
       on_device.emplace_back(&pc, dst);
     } else {
       for (std::size_t o = 0; o < pc.src.size(); o += piece_bytes)
@@ -136,38 +119,21 @@ result<void> copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::v
     }
     off += (pc.src.size() + 63) / 64 * 64;
   }
-  dw->pending = on_device.size();
-  for (const auto& [pc, dst] : on_device) {
-    const std::string key = tensors[pc->tensor].key;
-    pc->memory->copy_to_host(pc->gpu, dst, pc->src.data(), pc->src.size(), [dw, key](result<void> r) {
-      std::lock_guard lk(dw->mu);
-      if (!r && !dw->failed) dw->failed = with_context(r.error(), "snapshot of tensor \"" + key + "\"");
-      if (--dw->pending == 0) dw->done.notify_all();
-    });
-  }
-  if (helper && p.need >= (64u << 20) && std::thread::hardware_concurrency() > 1) {
-    // The second copier comes from the process-wide CPU pool, not a thread of its own. It may
-    // start late, or after we are done (it then finds nothing left): the work is shared.
-    try {
-      asio::post(runtime::cpu_pool().executor(), [w] { w->run(); });
-    } catch (const std::bad_alloc&) {
-    }
-  }
-  w->run();
-  {
-    std::unique_lock lk(w->mu);
-    w->all_done.wait(lk, [&] { return w->finished.load() == w->work.size(); });
-  }
-  {
-    std::unique_lock lk(dw->mu);
-    dw->done.wait(lk, [&] { return dw->pending == 0; });
-    if (dw->failed) return *dw->failed;
-  }
+  // Device copies first, so that they overlap the host copies; all of them one group, awaited
+  // once (no thread waits).
+  device::detail::copy_group all;
+  for (const auto& [pc, dst] : on_device)
+    all.to_host(*pc->memory, pc->gpu, std::span<std::byte>(dst, pc->src.size()), pc->src.data(),
+                "snapshot of tensor \"" + tensors[pc->tensor].key + "\"");
+  if (!w->work.empty())
+    for (unsigned i = 0; i < std::max(1u, copiers); ++i) all.post(runtime::cpu_pool().executor(), [w] { w->run(); });
+  auto copied = all.wait();
+  BOOST_OUTCOME_CO_TRY(co_await std::move(copied));
   for (std::size_t t = 0; t < tensors.size(); ++t) {
     const auto& v = tensors[t].tensor;
     tensors[t].tensor = dtensor_view::create(v.type(), v.global_shape(), v.layout(), std::move(shards[t])).value();
   }
-  return success();
+  co_return success();
 }
 
 }  // namespace meshckpt::detail

@@ -38,12 +38,12 @@ runtime::task<std::shared_ptr<snapshot_arena>> acquire_arena(checkpoint_impl& im
 // Gives the memory held by `owners` back and wakes the snapshots waiting for it.
 void release_arena(checkpoint_impl& impl, std::vector<std::shared_ptr<const void>>& owners);
 
-// Copies the planned slices into `arena` and re-points the views at the copy, on the calling
-// thread; `helper` adds a second copier from the CPU pool (copy mode: the copy is the caller's
-// stall). Never waits for the helper to start: pieces are handed out through a shared cursor,
-// and only pieces the helper already took are waited for. Device pieces are copied by their
-// accelerator meanwhile (started first, so they overlap the host copies); a failed device copy
-// fails the snapshot with the views untouched (the write then copies from the device itself).
-result<void> copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, bool helper);
+// Copies the planned slices into `arena` and re-points the views at the copy: `copiers` tasks
+// on the CPU pool share the host pieces (two in copy mode, where the copy is the caller's
+// stall); device pieces are copied by their accelerator meanwhile (started first, so they
+// overlap the host copies). Everything is awaited as one group: no thread waits. A failed
+// device copy fails the snapshot with the views untouched (the write then copies from the
+// device itself).
+runtime::task<void> copy_snapshot(const snapshot_plan& p, snapshot_arena& arena, std::vector<named_tensor>& tensors, unsigned copiers);
 
 }  // namespace meshckpt::detail

@@ -6,6 +6,8 @@
 #include <optional>
 
 #include "device_copy.hpp"
+
+#include <boost/asio/post.hpp>
 #include "meshckpt/io/async.hpp"
 #include "../runtime/bridge.hpp"
 
@@ -73,25 +75,58 @@ struct copy_group::state {
 
 copy_group::copy_group() : st_(std::make_shared<state>()) {}
 
+namespace {
+
+// One member of the group done: the waiter runs when it was the last.
+void finish(const std::shared_ptr<copy_group::state>& st, result<void> r) {
+  io::completion<void> wake;
+  result<void> out = success();
+  {
+    std::lock_guard lk(st->mu);
+    if (!r && !st->failed) st->failed = r.error();
+    if (--st->pending == 0 && st->waiter) {
+      wake = std::move(st->waiter);
+      st->waiter = nullptr;
+      if (st->failed) out = *st->failed;
+    }
+  }
+  if (wake) wake(std::move(out));
+}
+
+}  // namespace
+
 void copy_group::to_device(accelerator& acc, int gpu, std::byte* dst, std::span<const std::byte> src) {
   {
     std::lock_guard lk(st_->mu);
     ++st_->pending;
   }
-  acc.copy_to_device(gpu, dst, src.data(), src.size(), [st = st_](result<void> r) {
-    io::completion<void> wake;
-    result<void> out = success();
-    {
-      std::lock_guard lk(st->mu);
-      if (!r && !st->failed) st->failed = r.error();
-      if (--st->pending == 0 && st->waiter) {
-        wake = std::move(st->waiter);
-        st->waiter = nullptr;
-        if (st->failed) out = *st->failed;
-      }
-    }
-    if (wake) wake(std::move(out));
+  acc.copy_to_device(gpu, dst, src.data(), src.size(), [st = st_](result<void> r) { finish(st, std::move(r)); });
+}
+
+void copy_group::to_host(accelerator& acc, int gpu, std::span<std::byte> dst, const std::byte* src, std::string what) {
+  {
+    std::lock_guard lk(st_->mu);
+    ++st_->pending;
+  }
+  acc.copy_to_host(gpu, dst.data(), src, dst.size(), [st = st_, what = std::move(what)](result<void> r) {
+    finish(st, r ? std::move(r) : result<void>(with_context(r.error(), what)));
   });
+}
+
+void copy_group::post(boost::asio::any_io_executor ex, std::function<void()> f) {
+  {
+    std::lock_guard lk(st_->mu);
+    ++st_->pending;
+  }
+  try {
+    boost::asio::post(ex, [st = st_, f] {
+      f();
+      finish(st, success());
+    });
+  } catch (const std::bad_alloc&) {
+    f();  // the handler never ran: do its work here
+    finish(st_, success());
+  }
 }
 
 runtime::task<void> copy_group::wait() {

@@ -1,4 +1,6 @@
 #pragma once
+#include <functional>
+#include <string>
 // Private: the accelerator's callback copies as awaitables (completions arrive on the
 // accelerator's thread and resume the coroutine on its executor; nothing polls), and the
 // host side of device shards: pinned staging.
@@ -23,11 +25,17 @@ class copy_group {
   copy_group();
   // Starts a copy of `src` to device memory `dst`.
   void to_device(accelerator& acc, int gpu, std::byte* dst, std::span<const std::byte> src);
+  // Starts a copy of device memory `src` to `dst`; a failure is reported with `what` as context.
+  void to_host(accelerator& acc, int gpu, std::span<std::byte> dst, const std::byte* src, std::string what);
+  // Runs `f` on `ex` as one more member of the group (on this thread instead when the post
+  // cannot allocate). `f` must not throw.
+  void post(boost::asio::any_io_executor ex, std::function<void()> f);
   // Waits (no thread waits) until every copy started so far has completed; the first failure.
   runtime::task<void> wait();
 
+  struct state;  // accelerator.cpp
+
  private:
-  struct state;
   std::shared_ptr<state> st_;
 };
 

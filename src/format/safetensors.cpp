@@ -56,6 +56,23 @@ class json_reader {
     if (!err) err = make_error(errc::corrupt_manifest, context_ + " byte " + std::to_string(p_) + ": " + what);
     p_ = s_.size();
   }
+  // The one object loop: '{', then for each member its key, ':', and `member(key)`, which reads
+  // the value; members separated by ','; then '}'. With `unique`, a key seen twice fails. `what`
+  // names the object in errors. Stops at the first error.
+  template <class F>
+  void object(const std::string& what, F&& member, bool unique = true) {
+    if (!eat('{')) return fail(what + " is not a JSON object");
+    if (eat('}')) return;
+    std::set<std::string> seen;
+    do {
+      std::string key = string();
+      if (err) return;
+      if (unique && !seen.insert(key).second) return fail("\"" + key + "\" appears twice");
+      if (!eat(':')) return fail("expected ':'");
+      member(key);
+    } while (!err && eat(','));
+    if (!err && !eat('}')) fail("expected '}' or ',' in " + what);
+  }
   std::string string() {
     std::string out;
     if (!eat('"')) {
@@ -248,92 +265,44 @@ result<std::vector<std::byte>> encode_safetensors_header(std::vector<safetensor_
   return out;
 }
 
-result<safetensors_header> decode_safetensors_header(std::span<const std::byte> prefix, std::uint64_t file_size) {
-  if (prefix.size() < 8 || file_size < 8) return make_error(errc::short_read, "safetensors file shorter than its 8-byte header length");
-  std::uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= std::uint64_t{static_cast<std::uint8_t>(prefix[static_cast<std::size_t>(i)])} << (8 * i);
-  if (n > safetensors_max_header)
-    return make_error(errc::limit_exceeded, "safetensors header of " + std::to_string(n) + " bytes exceeds the cap of 100 MB");
-  if (n > file_size - 8) return make_error(errc::corrupt_manifest, "safetensors header length " + std::to_string(n) + " runs past the end of the file");
-  if (prefix.size() < 8 + n) return make_error(errc::short_read, "safetensors header not fully read");
-  std::string_view text(reinterpret_cast<const char*>(prefix.data() + 8), static_cast<std::size_t>(n));
-  safetensors_header h;
-  h.data_start = 8 + n;
-  json_reader r(text);
-  std::set<std::string> seen;
-  if (!r.eat('{')) r.fail("the header is not a JSON object");
-  if (!r.err && !r.eat('}')) {
-    do {
-      std::string key = r.string();
-      if (r.err) break;
-      if (!seen.insert(key).second) {
-        r.fail("\"" + key + "\" appears twice");
-        break;
+namespace {
+
+// One tensor's entry of a header: dtype, shape and data_offsets, each once.
+void read_tensor_entry(json_reader& r, const std::string& key, std::vector<safetensor_entry>& out) {
+  safetensor_entry e;
+  e.name = key;
+  bool have_dtype = false, have_shape = false, have_offsets = false;
+  r.object("tensor \"" + key + "\"", [&](const std::string& field) {
+    if (field == "dtype" && !have_dtype) {
+      std::string d = r.string();
+      auto it = std::find_if(std::begin(names), std::end(names), [&](const auto& p) { return d == p.second; });
+      if (it == std::end(names)) r.fail("tensor \"" + key + "\" has unknown dtype \"" + d + "\"");
+      else e.type = it->first;
+      have_dtype = true;
+    } else if (field == "shape" && !have_shape) {
+      for (auto v : r.integers()) {
+        if (v > (std::uint64_t{1} << 62)) r.fail("tensor \"" + key + "\" has an absurd dimension");
+        e.dims.push_back(static_cast<std::int64_t>(v));
       }
-      if (!r.eat(':')) {
-        r.fail("expected ':'");
-        break;
+      have_shape = true;
+    } else if (field == "data_offsets" && !have_offsets) {
+      auto o = r.integers();
+      if (!r.err && o.size() != 2) r.fail("tensor \"" + key + "\" data_offsets is not [begin, end]");
+      else if (!r.err) {
+        e.begin = o[0];
+        e.end = o[1];
       }
-      if (key == "__metadata__") {
-        if (!r.eat('{')) {
-          r.fail("__metadata__ is not an object");
-          break;
-        }
-        if (!r.eat('}')) {
-          do {
-            std::string k = r.string();
-            if (!r.eat(':')) r.fail("expected ':'");
-            std::string v = r.string();
-            if (!r.err) h.metadata[k] = v;
-          } while (!r.err && r.eat(','));
-          if (!r.err && !r.eat('}')) r.fail("expected '}' after __metadata__");
-        }
-        continue;
-      }
-      safetensor_entry e;
-      e.name = key;
-      bool have_dtype = false, have_shape = false, have_offsets = false;
-      if (!r.eat('{')) {
-        r.fail("tensor \"" + key + "\" is not an object");
-        break;
-      }
-      do {
-        std::string field = r.string();
-        if (!r.eat(':')) r.fail("expected ':'");
-        if (r.err) break;
-        if (field == "dtype" && !have_dtype) {
-          std::string d = r.string();
-          auto it = std::find_if(std::begin(names), std::end(names), [&](const auto& p) { return d == p.second; });
-          if (it == std::end(names)) r.fail("tensor \"" + key + "\" has unknown dtype \"" + d + "\"");
-          else e.type = it->first;
-          have_dtype = true;
-        } else if (field == "shape" && !have_shape) {
-          for (auto v : r.integers()) {
-            if (v > (std::uint64_t{1} << 62)) r.fail("tensor \"" + key + "\" has an absurd dimension");
-            e.dims.push_back(static_cast<std::int64_t>(v));
-          }
-          have_shape = true;
-        } else if (field == "data_offsets" && !have_offsets) {
-          auto o = r.integers();
-          if (!r.err && o.size() != 2) r.fail("tensor \"" + key + "\" data_offsets is not [begin, end]");
-          else if (!r.err) {
-            e.begin = o[0];
-            e.end = o[1];
-          }
-          have_offsets = true;
-        } else {
-          r.fail("tensor \"" + key + "\" has an unexpected or repeated field \"" + field + "\"");
-        }
-      } while (!r.err && r.eat(','));
-      if (!r.err && !r.eat('}')) r.fail("expected '}' after tensor \"" + key + "\"");
-      if (!r.err && !(have_dtype && have_shape && have_offsets)) r.fail("tensor \"" + key + "\" lacks dtype, shape or data_offsets");
-      if (!r.err) h.tensors.push_back(std::move(e));
-    } while (!r.err && r.eat(','));
-    if (!r.err && !r.eat('}')) r.fail("expected '}' or ','");
-  }
-  if (!r.err && !r.at_end()) r.fail("trailing characters after the header object");
-  if (r.err) return *r.err;
-  // Sizes and placement: contiguous from 0, in offset order, up to the end of the file exactly.
+      have_offsets = true;
+    } else {
+      r.fail("tensor \"" + key + "\" has an unexpected or repeated field \"" + field + "\"");
+    }
+  }, false);
+  if (!r.err && !(have_dtype && have_shape && have_offsets)) r.fail("tensor \"" + key + "\" lacks dtype, shape or data_offsets");
+  if (!r.err) out.push_back(std::move(e));
+}
+
+// Sizes and placement: contiguous from 0, in offset order, up to the end of the file exactly.
+result<void> check_placement(safetensors_header& h, std::uint64_t file_size) {
   std::sort(h.tensors.begin(), h.tensors.end(), [](const auto& a, const auto& b) { return a.begin < b.begin; });
   std::uint64_t at = 0;
   const std::uint64_t data_size = file_size - h.data_start;
@@ -354,6 +323,33 @@ result<safetensors_header> decode_safetensors_header(std::span<const std::byte> 
   }
   if (at != data_size)
     return make_error(errc::corrupt_manifest, "safetensors data is " + std::to_string(data_size) + " bytes but the tensors cover " + std::to_string(at));
+  return success();
+}
+
+}  // namespace
+
+result<safetensors_header> decode_safetensors_header(std::span<const std::byte> prefix, std::uint64_t file_size) {
+  if (prefix.size() < 8 || file_size < 8) return make_error(errc::short_read, "safetensors file shorter than its 8-byte header length");
+  std::uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= std::uint64_t{static_cast<std::uint8_t>(prefix[static_cast<std::size_t>(i)])} << (8 * i);
+  if (n > safetensors_max_header)
+    return make_error(errc::limit_exceeded, "safetensors header of " + std::to_string(n) + " bytes exceeds the cap of 100 MB");
+  if (n > file_size - 8) return make_error(errc::corrupt_manifest, "safetensors header length " + std::to_string(n) + " runs past the end of the file");
+  if (prefix.size() < 8 + n) return make_error(errc::short_read, "safetensors header not fully read");
+  std::string_view text(reinterpret_cast<const char*>(prefix.data() + 8), static_cast<std::size_t>(n));
+  safetensors_header h;
+  h.data_start = 8 + n;
+  json_reader r(text);
+  r.object("the header", [&](const std::string& key) {
+    if (key != "__metadata__") return read_tensor_entry(r, key, h.tensors);
+    r.object("__metadata__", [&](const std::string& k) {
+      std::string v = r.string();
+      if (!r.err) h.metadata[k] = v;
+    }, false);
+  });
+  if (!r.err && !r.at_end()) r.fail("trailing characters after the header object");
+  if (r.err) return *r.err;
+  BOOST_OUTCOME_TRY(check_placement(h, file_size));
   return h;
 }
 
@@ -362,47 +358,19 @@ result<safetensors_index> decode_safetensors_index(std::string_view text) {
   json_reader r(text, "safetensors index");
   safetensors_index idx;
   bool have_map = false;
-  std::set<std::string> seen;
-  if (!r.eat('{')) r.fail("the index is not a JSON object");
-  if (!r.err && !r.eat('}')) {
-    do {
-      std::string key = r.string();
-      if (r.err) break;
-      if (!seen.insert(key).second) {
-        r.fail("\"" + key + "\" appears twice");
-        break;
-      }
-      if (!r.eat(':')) {
-        r.fail("expected ':'");
-        break;
-      }
-      if (key != "weight_map") {
-        r.skip();
-        continue;
-      }
-      have_map = true;
-      if (!r.eat('{')) {
-        r.fail("weight_map is not an object");
-        break;
-      }
-      if (r.eat('}')) continue;
-      do {
-        std::string name = r.string();
-        if (!r.eat(':')) r.fail("expected ':'");
-        std::string file = r.string();
-        if (r.err) break;
-        // Only plain file names next to the index: no directories, no way out of it.
-        if (file.empty() || file == "." || file == ".." || file.find('/') != std::string::npos || file.find('\0') != std::string::npos) {
-          r.fail("weight_map sends \"" + name + "\" to \"" + file + "\", which is not a plain file name");
-          break;
-        }
-        if (!idx.weight_map.emplace(name, file).second) r.fail("weight_map names \"" + name + "\" twice");
-        if (idx.weight_map.size() > 10'000'000) r.fail("weight_map too large");
-      } while (!r.err && r.eat(','));
-      if (!r.err && !r.eat('}')) r.fail("expected '}' after weight_map");
-    } while (!r.err && r.eat(','));
-    if (!r.err && !r.eat('}')) r.fail("expected '}' or ','");
-  }
+  r.object("the index", [&](const std::string& key) {
+    if (key != "weight_map") return r.skip();
+    have_map = true;
+    r.object("weight_map", [&](const std::string& name) {
+      std::string file = r.string();
+      if (r.err) return;
+      // Only plain file names next to the index: no directories, no way out of it.
+      if (file.empty() || file == "." || file == ".." || file.find('/') != std::string::npos || file.find('\0') != std::string::npos)
+        return r.fail("weight_map sends \"" + name + "\" to \"" + file + "\", which is not a plain file name");
+      if (!idx.weight_map.emplace(name, file).second) r.fail("weight_map names \"" + name + "\" twice");
+      if (idx.weight_map.size() > 10'000'000) r.fail("weight_map too large");
+    }, false);
+  });
   if (!r.err && !r.at_end()) r.fail("trailing bytes after the index");
   if (r.err) return *r.err;
   if (!have_map) return make_error(errc::corrupt_manifest, "safetensors index has no weight_map");

@@ -11,6 +11,7 @@
 /// A failure before the snapshot completes both events with the error. Coroutine forms are
 /// `async_wait_snapshot` / `async_wait_committed` in api/checkpoint_async.hpp.
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -39,8 +40,13 @@ class one_shot {
       value_.emplace(std::move(r));
       ws.swap(waiters_);
     }
+    set_flag_.store(true, std::memory_order_release);
+    set_flag_.notify_all();
     for (auto& w : ws) w(*value_);
   }
+  // Blocks the calling thread until set, allocating nothing: the last resort of a blocking call
+  // whose bridge could not be built (out of memory).
+  void wait_set() const { set_flag_.wait(false, std::memory_order_acquire); }
   bool ready() const {
     std::lock_guard lk(mu_);
     return value_.has_value();
@@ -67,6 +73,7 @@ class one_shot {
   mutable std::mutex mu_;
   std::optional<result<T>> value_;  // never changes once set
   std::vector<io::completion<T>> waiters_;
+  std::atomic<bool> set_flag_{false};
 };
 
 }  // namespace detail
