@@ -190,6 +190,120 @@ int cmd_cat(io::backend& b, const args& a) {
   return 0;
 }
 
+namespace {
+
+// One difference `diff` reports.
+struct diff_change {
+  std::string key, kind, detail;
+  std::optional<double> max_abs;
+  std::uint64_t differing = 0;
+};
+
+std::string shape_text(const shape& s) {
+  std::string o = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+  return o + "]";
+}
+
+// Equal by their checksums: the same slicing and chunking, and the same XXH3-64 per chunk.
+bool equal_by_checksum(const format::manifest& ma, const format::manifest& mb, const format::saved_tensor& x, const format::saved_tensor& y) {
+  bool same_slicing = ma.chunk_bytes == mb.chunk_bytes && ma.checksum == mb.checksum && x.slices.size() == y.slices.size();
+  for (std::size_t i = 0; same_slicing && i < x.slices.size(); ++i)
+    same_slicing = x.slices[i].where.origin == y.slices[i].where.origin && x.slices[i].where.extent == y.slices[i].where.extent;
+  if (!same_slicing) return false;
+  for (std::size_t i = 0; i < x.slices.size(); ++i)
+    if (x.slices[i].checksums != y.slices[i].checksums) return false;
+  return true;
+}
+
+// Compares tensor `key` of two checkpoints value by value, in blocks of whole rows (dimension 0)
+// of about 16 MiB: memory stays bounded whatever the tensors' size. `c.differing` counts the
+// elements (bytes of a blob) that differ; `c.max_abs` the largest difference.
+result<void> compare_values(io::backend& b, const std::string& pa, const format::manifest& ma, const std::string& pb,
+                            const format::manifest& mb, const format::saved_tensor& x, diff_change& c) {
+  const std::size_t es = static_cast<std::size_t>(dtype_size(x.type));
+  const std::int64_t rows = x.global.empty() ? 1 : x.global[0];
+  const std::int64_t row_elems = x.global.empty() ? 1 : num_elements(shape(x.global.begin() + 1, x.global.end())).value_or(0);
+  const std::int64_t row_bytes = std::max<std::int64_t>(1, row_elems * static_cast<std::int64_t>(es));
+  const std::int64_t per_block = std::max<std::int64_t>(1, (std::int64_t{16} << 20) / row_bytes);
+  // A TensorFlow tensor's one CRC covers it whole: checked once, then its blocks are read
+  // unverified (each block would otherwise check the whole tensor again).
+  read_options opt_a, opt_b;
+  for (auto [m, p, opt] : {std::tuple{&ma, &pa, &opt_a}, std::tuple{&mb, &pb, &opt_b}}) {
+    if (!format::whole_slice_crc(m->checksum)) continue;
+    BOOST_OUTCOME_TRY(verify_tensor(b, *p, *m, c.key));
+    opt->verify_checksums = false;
+  }
+  double worst = 0;
+  std::vector<std::byte> bx, by;
+  for (std::int64_t r0 = 0; r0 < rows && row_elems > 0; r0 += per_block) {
+    box where = box::whole(x.global);
+    if (!x.global.empty()) {
+      where.origin[0] = r0;
+      where.extent[0] = std::min(per_block, rows - r0);
+    }
+    const auto n = static_cast<std::size_t>(where.volume().value_or(0)) * es;
+    bx.resize(n);
+    by.resize(n);
+    BOOST_OUTCOME_TRY(read_tensor_box(b, pa, ma, c.key, where, bx, opt_a));
+    BOOST_OUTCOME_TRY(read_tensor_box(b, pb, mb, c.key, where, by, opt_b));
+    if (x.type == dtype::blob) {
+      for (std::size_t i = 0; i < n; ++i) c.differing += bx[i] != by[i];
+      continue;
+    }
+    for (std::size_t i = 0; i < n / es; ++i) {
+      if (std::memcmp(bx.data() + i * es, by.data() + i * es, es) == 0) continue;
+      ++c.differing;
+      double diff = cli::element_distance(x.type, bx, by, i).value_or(INFINITY);
+      if (std::isnan(diff)) diff = INFINITY;  // NaN on one side only, or NaNs of other bits
+      worst = std::max(worst, diff);
+    }
+  }
+  if (c.differing && x.type != dtype::blob) c.max_abs = worst;
+  if (c.differing) {
+    char buf[96];
+    if (c.max_abs) std::snprintf(buf, sizeof buf, "%llu element(s) differ, max abs difference %.9g", (unsigned long long)c.differing, *c.max_abs);
+    else std::snprintf(buf, sizeof buf, "%llu byte(s) differ", (unsigned long long)c.differing);
+    c.detail = buf;
+  }
+  return success();
+}
+
+struct diff_counts {
+  std::size_t same = 0, by_checksum = 0, by_value = 0;
+};
+
+void print_diff(const args& a, const std::string& pa, const std::string& pb, const std::vector<diff_change>& changes, const diff_counts& n) {
+  if (!a.json) {
+    for (const auto& c : changes) std::printf("%-8s %s  %s\n", c.kind.c_str(), c.key.c_str(), c.detail.c_str());
+    std::printf("%zu tensor(s) differ, %zu identical; %zu compared by checksum, %zu read and compared\n", changes.size(), n.same,
+                n.by_checksum, n.by_value);
+    return;
+  }
+  std::string out = "{\"a\":" + format::json_string(pa) + ",\"b\":" + format::json_string(pb) + ",\"identical\":" +
+                    (changes.empty() ? "true" : "false") + ",\"unchanged\":" + std::to_string(n.same) +
+                    ",\"compared_by_checksum\":" + std::to_string(n.by_checksum) +
+                    ",\"compared_by_value\":" + std::to_string(n.by_value) + ",\"changes\":[";
+  for (std::size_t i = 0; i < changes.size(); ++i) {
+    const auto& c = changes[i];
+    out += std::string(i ? "," : "") + "{\"key\":" + format::json_string(c.key) + ",\"kind\":" + format::json_string(c.kind) +
+           ",\"detail\":" + format::json_string(c.detail);
+    if (c.kind == "values") {
+      out += ",\"differing\":" + std::to_string(c.differing);
+      if (c.max_abs) {
+        char buf[48];
+        std::snprintf(buf, sizeof buf, "%.17g", *c.max_abs);
+        out += std::string(",\"max_abs_difference\":") + (std::isinf(*c.max_abs) ? "\"inf\"" : buf);
+      }
+    }
+    out += "}";
+  }
+  out += "]}\n";
+  std::fwrite(out.data(), 1, out.size(), stdout);
+}
+
+}  // namespace
+
 // diff A B: which tensors differ. Equal checksums of identically sliced tensors mean equal
 // values without reading them; otherwise both are read (one tensor at a time) and compared.
 int cmd_diff(io::backend& b, const args& a) {
@@ -198,135 +312,33 @@ int cmd_diff(io::backend& b, const args& a) {
   if (!ma) return 2;
   auto mb = load_manifest(b, pb, a);
   if (!mb) return 2;
-  struct change {
-    std::string key, kind, detail;
-    std::optional<double> max_abs;
-    std::uint64_t differing = 0;
-  };
-  std::vector<change> changes;
-  std::size_t same = 0, compared_by_checksum = 0, compared_by_value = 0;
+  std::vector<diff_change> changes;
+  diff_counts n;
   std::map<std::string, std::pair<const format::saved_tensor*, const format::saved_tensor*>> keys;
   for (const auto& t : ma->tensors) keys[t.key].first = &t;
   for (const auto& t : mb->tensors) keys[t.key].second = &t;
-  auto shape_text = [](const shape& s) {
-    std::string o = "[";
-    for (std::size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-    return o + "]";
-  };
   for (const auto& [key, pair] : keys) {
     const auto* x = pair.first;
     const auto* y = pair.second;
-    if (!y) {
-      changes.push_back({key, "removed", std::string(dtype_name(x->type)) + shape_text(x->global), {}, 0});
-      continue;
-    }
-    if (!x) {
-      changes.push_back({key, "added", std::string(dtype_name(y->type)) + shape_text(y->global), {}, 0});
-      continue;
-    }
-    if (x->type != y->type || x->global != y->global) {
+    if (!x || !y) {
+      const auto* t = x ? x : y;
+      changes.push_back({key, x ? "removed" : "added", std::string(dtype_name(t->type)) + shape_text(t->global), {}, 0});
+    } else if (x->type != y->type || x->global != y->global) {
       changes.push_back({key, x->type != y->type ? "dtype" : "shape",
                          std::string(dtype_name(x->type)) + shape_text(x->global) + " -> " + std::string(dtype_name(y->type)) + shape_text(y->global),
                          {}, 0});
-      continue;
+    } else if (equal_by_checksum(*ma, *mb, *x, *y)) {
+      ++n.same;
+      ++n.by_checksum;
+    } else {
+      ++n.by_value;
+      diff_change c{key, "values", {}, {}, 0};
+      if (auto r = compare_values(b, pa, *ma, pb, *mb, *x, c); !r) return report_error("diff", r.error(), 2);
+      if (c.differing) changes.push_back(std::move(c));
+      else ++n.same;  // equal values stored differently (another slicing, or padding)
     }
-    // Same slicing and chunking: the checksums decide (XXH3-64 per chunk).
-    bool same_slicing = ma->chunk_bytes == mb->chunk_bytes && ma->checksum == mb->checksum && x->slices.size() == y->slices.size();
-    for (std::size_t i = 0; same_slicing && i < x->slices.size(); ++i)
-      same_slicing = x->slices[i].where.origin == y->slices[i].where.origin && x->slices[i].where.extent == y->slices[i].where.extent;
-    if (same_slicing) {
-      bool equal = true;
-      for (std::size_t i = 0; equal && i < x->slices.size(); ++i) equal = x->slices[i].checksums == y->slices[i].checksums;
-      if (equal) {
-        ++same;
-        ++compared_by_checksum;
-        continue;
-      }
-    }
-    ++compared_by_value;
-    // Compared in blocks of whole rows (dimension 0) of about 16 MiB: memory stays bounded
-    // whatever the tensors' size.
-    change c{key, "values", {}, {}, 0};
-    const std::size_t es = static_cast<std::size_t>(dtype_size(x->type));
-    const std::int64_t rows = x->global.empty() ? 1 : x->global[0];
-    const std::int64_t row_elems = x->global.empty() ? 1 : num_elements(shape(x->global.begin() + 1, x->global.end())).value_or(0);
-    const std::int64_t row_bytes = std::max<std::int64_t>(1, row_elems * static_cast<std::int64_t>(es));
-    const std::int64_t per_block = std::max<std::int64_t>(1, (std::int64_t{16} << 20) / row_bytes);
-    // A TensorFlow tensor's one CRC covers it whole: checked once, then its blocks are read
-    // unverified (each block would otherwise check the whole tensor again).
-    read_options opt_a, opt_b;
-    for (auto [m, p, opt] : {std::tuple{&*ma, &pa, &opt_a}, std::tuple{&*mb, &pb, &opt_b}}) {
-      if (!format::whole_slice_crc(m->checksum)) continue;
-      if (auto v = verify_tensor(b, *p, *m, key); !v) {
-        return report_error("diff", v.error(), 2);
-      }
-      opt->verify_checksums = false;
-    }
-    double worst = 0;
-    std::vector<std::byte> bx, by;
-    for (std::int64_t r0 = 0; r0 < rows && row_elems > 0; r0 += per_block) {
-      box where = box::whole(x->global);
-      if (!x->global.empty()) {
-        where.origin[0] = r0;
-        where.extent[0] = std::min(per_block, rows - r0);
-      }
-      const auto n = static_cast<std::size_t>(where.volume().value_or(0)) * es;
-      bx.resize(n);
-      by.resize(n);
-      auto ra = read_tensor_box(b, pa, *ma, key, where, bx, opt_a);
-      auto rb = ra ? read_tensor_box(b, pb, *mb, key, where, by, opt_b) : ra;
-      if (!ra || !rb) {
-        return report_error("diff", (!ra ? ra.error() : rb.error()), 2);
-      }
-      if (x->type == dtype::blob) {
-        for (std::size_t i = 0; i < n; ++i) c.differing += bx[i] != by[i];
-        continue;
-      }
-      for (std::size_t i = 0; i < n / es; ++i) {
-        if (std::memcmp(bx.data() + i * es, by.data() + i * es, es) == 0) continue;
-        ++c.differing;
-        double diff = cli::element_distance(x->type, bx, by, i).value_or(INFINITY);
-        if (std::isnan(diff)) diff = INFINITY;  // NaN on one side only, or NaNs of other bits
-        worst = std::max(worst, diff);
-      }
-    }
-    if (c.differing && x->type != dtype::blob) c.max_abs = worst;
-    if (c.differing == 0) {
-      ++same;  // equal values stored differently (another slicing, or padding)
-      continue;
-    }
-    char buf[96];
-    if (c.max_abs) std::snprintf(buf, sizeof buf, "%llu element(s) differ, max abs difference %.9g", (unsigned long long)c.differing, *c.max_abs);
-    else std::snprintf(buf, sizeof buf, "%llu byte(s) differ", (unsigned long long)c.differing);
-    c.detail = buf;
-    changes.push_back(std::move(c));
   }
-  if (a.json) {
-    std::string out = "{\"a\":" + format::json_string(pa) + ",\"b\":" + format::json_string(pb) + ",\"identical\":" +
-                      (changes.empty() ? "true" : "false") + ",\"unchanged\":" + std::to_string(same) +
-                      ",\"compared_by_checksum\":" + std::to_string(compared_by_checksum) +
-                      ",\"compared_by_value\":" + std::to_string(compared_by_value) + ",\"changes\":[";
-    for (std::size_t i = 0; i < changes.size(); ++i) {
-      const auto& c = changes[i];
-      out += std::string(i ? "," : "") + "{\"key\":" + format::json_string(c.key) + ",\"kind\":" + format::json_string(c.kind) +
-             ",\"detail\":" + format::json_string(c.detail);
-      if (c.kind == "values") {
-        out += ",\"differing\":" + std::to_string(c.differing);
-        if (c.max_abs) {
-          char buf[48];
-          std::snprintf(buf, sizeof buf, "%.17g", *c.max_abs);
-          out += std::string(",\"max_abs_difference\":") + (std::isinf(*c.max_abs) ? "\"inf\"" : buf);
-        }
-      }
-      out += "}";
-    }
-    out += "]}\n";
-    std::fwrite(out.data(), 1, out.size(), stdout);
-  } else {
-    for (const auto& c : changes) std::printf("%-8s %s  %s\n", c.kind.c_str(), c.key.c_str(), c.detail.c_str());
-    std::printf("%zu tensor(s) differ, %zu identical; %zu compared by checksum, %zu read and compared\n", changes.size(), same,
-                compared_by_checksum, compared_by_value);
-  }
+  print_diff(a, pa, pb, changes, n);
   return changes.empty() ? 0 : 1;
 }
 
