@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "meshckpt/io/backend.hpp"
@@ -21,6 +22,29 @@ struct bench_args {
 
 int run_bench(const bench_args& a);
 
+// One workload's figures: medians over its repetitions.
+struct figures {
+  std::string workload;
+  std::uint64_t bytes = 0;
+  std::size_t tensors = 0;
+  double save_MiBps = 0, restore_MiBps = 0;
+  std::optional<double> fio_write_MiBps, fio_read_MiBps;
+  std::optional<double> save_ratio, restore_ratio;  // median over repetitions of (ours / fio) in the same repetition
+  std::optional<double> one_device_MiBps, one_device_ratio;  // reshard: restore onto a single device
+  // reshard: the same checkpoint restored into its saved layout in the same repetition, and the
+  // median per-repetition ratio of the x=4,y=2 restore to it (the cost of resharding itself,
+  // independent of how fast the disk is that minute).
+  std::optional<double> same_layout_MiBps, reshard_vs_same;
+  double memcpy_s = 0;
+  std::optional<double> stall_s, lazy_stall_s, compute_ratio;
+  std::optional<int> threads_idle, threads_saving;  // threads of the process before and during an async save
+  std::uint64_t peak_rss = 0;         // peak resident set during the saves
+  std::uint64_t rss_before = 0;       // resident set before them (the state and the program)
+  std::uint64_t snapshot_bytes = 0;   // snapshot memory a copy-mode save holds
+  bool cold = false;
+  std::string backend;
+};
+
 // The convert workload (bench_convert.cpp): medians over the repetitions.
 struct convert_figures {
   std::uint64_t bytes = 0;
@@ -32,6 +56,11 @@ struct convert_figures {
   std::optional<double> import_vs_fio, import_tf_vs_fio, export_vs_fio, export_tf_vs_fio;
   bool cold = true;
 };
+
+// Prints the figures as one JSON array (bench_report.cpp).
+void print_bench_json(const std::vector<figures>& all, const std::optional<convert_figures>& conv, std::string_view backend);
+// Prints the figures as a table, with what each baseline is.
+void print_bench_table(const std::vector<figures>& all, const std::optional<convert_figures>& conv, int reps, bool have_fio);
 
 // The median of `v` (0 when empty); as optional (nullopt when empty). (bench.cpp)
 double median(std::vector<double> v);
