@@ -142,151 +142,169 @@ task<void> remove_data_files(io::backend& b, const std::string& dir, const std::
   co_return success();
 }
 
-task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::string out, tf_export_options opt) {
-  auto ex = co_await asio::this_coro::executor;
-  auto loading = load_manifest_at(b, prefix);
-  BOOST_OUTCOME_CO_TRY(auto m, co_await std::move(loading));
-  if (opt.num_shards < 1 || opt.num_shards > 99999)
-    co_return make_error(errc::invalid_argument, "a TensorFlow bundle has 1 to 99999 data files, not " + std::to_string(opt.num_shards));
-  std::vector<piece> pieces;
-  format::tf::bundle_index idx;
-  tf_export_report rep;
-  std::vector<const format::saved_tensor*> opaque;
-  BOOST_OUTCOME_CO_TRY(plan_export(m, opt.num_shards, pieces, idx, opaque));
-  // The object graph: TensorFlow's own as it was imported (its optimizer slots included) while
-  // every value it names is still here, else meshckpt's translated.
+// The object graph TensorFlow's own import kept (its optimizer slots included), while every
+// value it names is still here: verbatim when nothing was dropped (fields meshckpt does not
+// model survive), else re-encoded without the attributes whose values the import left out (a
+// Keras layer's config strings), so that it names no key the bundle lacks. Nullopt otherwise.
+result<std::optional<std::string>> imported_tf_graph(const format::manifest& m, const std::string& prefix) {
   std::optional<std::string> tf_graph;
   for (const auto& e : m.extensions)
     if (e.name == tf_object_graph_extension) {
       auto g = format::tf::decode_trackable_graph(e.bytes);
-      if (!g) co_return with_context(g.error(), "export " + prefix + ": extension " + e.name);
-      // Every variable it names must still be here; other attributes whose values the import
-      // left out (a Keras layer's config strings) are dropped, so that the graph names no key
-      // the bundle lacks.
+      if (!g) return with_context(g.error(), "export " + prefix + ": extension " + e.name);
       bool complete = true;
       std::size_t dropped = 0;
       for (auto& n : g->nodes) {
         for (const auto& a : n.attributes) complete = complete && (a.name != "VARIABLE_VALUE" || m.find(a.checkpoint_key));
         dropped += std::erase_if(n.attributes, [&](const auto& a) { return !m.find(a.checkpoint_key); });
       }
-      // Verbatim when nothing was dropped (fields meshckpt does not model survive).
       if (complete) tf_graph = dropped ? format::tf::encode_trackable_graph(*g) : std::string(reinterpret_cast<const char*>(e.bytes.data()), e.bytes.size());
     }
-  // Pieces held in memory, stored at the end of data file 0 in this order: the opaque values
-  // as DT_STRING scalars (lossless; read back and verified first), then the object graph.
-  std::vector<std::pair<format::tf::bundle_entry, std::vector<std::byte>>> tail;
-  if (!opaque.empty()) {
-    auto shared = std::make_shared<const format::manifest>(m);
-    auto one = mesh::create({{"x", 1}}).value();
-    std::deque<dtensor> held;
-    std::vector<named_tensor> views;
-    for (const auto* t : opaque) {
-      if (t->global[0] > static_cast<std::int64_t>(max_opaque_export_bytes))
-        co_return make_error(errc::limit_exceeded, "export " + prefix + ": opaque value \"" + t->key + "\" of " + std::to_string(t->global[0]) +
-                                                       " bytes exceeds the cap of " + std::to_string(max_opaque_export_bytes) + " for a TensorFlow string");
-      BOOST_OUTCOME_CO_TRY(auto l, layout::create({"unsharded"}, one));
-      BOOST_OUTCOME_CO_TRY(auto d, dtensor::create(dtype::blob, t->global, l));
-      held.push_back(std::move(d));
-      views.push_back({t->key, held.back().view()});
-    }
-    auto reading = read_into(b, prefix, views, {}, shared);
-    BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
-    for (const auto& v : views) {
-      auto bytes = v.tensor.shards().front().data;
-      std::vector<std::string> one_value{std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size())};
-      std::uint32_t crc = 0;
-      auto stored = format::tf::encode_string_tensor(one_value, crc);
-      tail.push_back({{v.key, format::tf::tf_string, std::nullopt, {}, 0, 0, stored.size(), crc, {}}, std::move(stored)});
-    }
+  return tf_graph;
+}
+
+// A bundle entry held in memory, written at the end of data file 0.
+using held_entry = std::pair<format::tf::bundle_entry, std::vector<std::byte>>;
+
+// The opaque values as DT_STRING scalars (lossless), read back and verified first.
+task<void> read_opaque(io::backend& b, const std::string& prefix, const format::manifest& m, const std::vector<const format::saved_tensor*>& opaque,
+                       std::vector<held_entry>& tail) {
+  if (opaque.empty()) co_return success();
+  auto shared = std::make_shared<const format::manifest>(m);
+  auto one = mesh::create({{"x", 1}}).value();
+  std::deque<dtensor> held;
+  std::vector<named_tensor> views;
+  for (const auto* t : opaque) {
+    if (t->global[0] > static_cast<std::int64_t>(max_opaque_export_bytes))
+      co_return make_error(errc::limit_exceeded, "export " + prefix + ": opaque value \"" + t->key + "\" of " + std::to_string(t->global[0]) +
+                                                     " bytes exceeds the cap of " + std::to_string(max_opaque_export_bytes) + " for a TensorFlow string");
+    BOOST_OUTCOME_CO_TRY(auto l, layout::create({"unsharded"}, one));
+    BOOST_OUTCOME_CO_TRY(auto d, dtensor::create(dtype::blob, t->global, l));
+    held.push_back(std::move(d));
+    views.push_back({t->key, held.back().view()});
   }
+  auto reading = read_into(b, prefix, views, {}, shared);
+  BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
+  for (const auto& v : views) {
+    auto bytes = v.tensor.shards().front().data;
+    std::vector<std::string> one_value{std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size())};
+    std::uint32_t crc = 0;
+    auto stored = format::tf::encode_string_tensor(one_value, crc);
+    tail.push_back({{v.key, format::tf::tf_string, std::nullopt, {}, 0, 0, stored.size(), crc, {}}, std::move(stored)});
+  }
+  co_return success();
+}
+
+// The object graph as TensorFlow's `_CHECKPOINTABLE_OBJECT_GRAPH` entry: the imported one, else
+// meshckpt's translated. Every value it names must be in the bundle, so that a TensorFlow
+// restore of it finds them all. False when the checkpoint has no object graph.
+result<bool> add_object_graph(const format::manifest& m, const std::string& prefix, const std::optional<std::string>& tf_graph,
+                              const format::tf::bundle_index& idx, std::vector<held_entry>& tail) {
+  bool added = false;
   for (const auto& e : m.extensions)
     if (e.name == graph::object_graph_extension) {
       auto g = graph::decode_object_graph(e.bytes);
-      if (!g) co_return with_context(g.error(), "export " + prefix);
+      if (!g) return with_context(g.error(), "export " + prefix);
       std::uint32_t crc = 0;
       std::vector<std::string> one{tf_graph ? *tf_graph : format::tf::encode_trackable_graph(tf_graph_of(*g))};
-      // Every value the graph names is in the bundle: a TensorFlow restore of it finds them all.
       auto named = format::tf::decode_trackable_graph(std::as_bytes(std::span(one[0].data(), one[0].size())));
-      if (!named) co_return with_context(named.error(), "export " + prefix + ": the object graph");
+      if (!named) return with_context(named.error(), "export " + prefix + ": the object graph");
       std::set<std::string_view> held;
       for (const auto& x : idx.entries) held.insert(x.key);
       for (const auto& x : tail) held.insert(x.first.key);
       for (const auto& n : named->nodes)
         for (const auto& a : n.attributes)
           if (!held.count(a.checkpoint_key))
-            co_return make_error(errc::corrupt_manifest, "export " + prefix + ": the object graph names value \"" + a.checkpoint_key +
-                                                             "\", which the bundle would not hold");
+            return make_error(errc::corrupt_manifest, "export " + prefix + ": the object graph names value \"" + a.checkpoint_key +
+                                                          "\", which the bundle would not hold");
       auto stored = format::tf::encode_string_tensor(one, crc);
       tail.push_back({{std::string(format::tf::object_graph_key), format::tf::tf_string, std::nullopt, {}, 0, 0, stored.size(), crc, {}},
                       std::move(stored)});
-      rep.object_graph = true;
+      added = true;
     }
-  {
-    std::uint64_t end0 = 0;
-    for (const auto& p : pieces)
-      if (p.shard == 0 && p.s) end0 = std::max(end0, p.offset + p.s->length);
-    for (auto& [e, bytes] : tail) {
-      e.offset = end0;
-      end0 += bytes.size();
-    }
+  return added;
+}
+
+// The entries held in memory go at the end of data file 0, in their order.
+void place_tail(const std::vector<piece>& pieces, std::vector<held_entry>& tail) {
+  std::uint64_t end0 = 0;
+  for (const auto& p : pieces)
+    if (p.shard == 0 && p.s) end0 = std::max(end0, p.offset + p.s->length);
+  for (auto& [e, bytes] : tail) {
+    e.offset = end0;
+    end0 += bytes.size();
   }
+}
+
+// Publishes data file `k` of the bundle, front to back: its pieces in the order of their
+// offsets, copied and checked from the checkpoint (their CRC-32C kept in the piece), then, in
+// file 0, the entries held in memory.
+task<void> write_data_file(io::backend& b, const format::manifest& m, file_cache& src, file_cache& src_direct, std::vector<piece>& pieces,
+                           const std::vector<held_entry>& tail, int k, std::string path, tf_export_report& rep) {
+  std::vector<piece*> here;
+  std::uint64_t size = 0;
+  for (auto& p : pieces)
+    if (p.shard == k && p.s) {
+      here.push_back(&p);
+      size = std::max(size, p.offset + p.s->length);
+    }
+  std::sort(here.begin(), here.end(), [](const piece* x, const piece* y) { return x->offset < y->offset; });
+  if (k == 0 && !tail.empty()) size = tail.back().first.offset + tail.back().second.size();
+  auto produce = [&](runtime::staged_writer& w) -> task<void> {
+    for (auto* p : here) {
+      auto copied = copy_slice(b, m, src, src_direct, *p->t, *p->s, w, p->offset, crc_of::crc32c);
+      BOOST_OUTCOME_CO_TRY(auto crc, co_await std::move(copied));
+      p->crc = crc;
+      rep.bytes += p->s->length;
+    }
+    if (k == 0) {
+      for (const auto& [e, bytes] : tail) {
+        auto written = w.write(e.offset, bytes);
+        BOOST_OUTCOME_CO_TRY(co_await std::move(written));
+      }
+    }
+    co_return success();
+  };
+  auto published = publish_streamed(b, path, size, produce);
+  co_return co_await std::move(published);
+}
+
+// Publishes every data file of bundle `out`, reading the checkpoint's files through two caches
+// (small slices buffered, large ones O_DIRECT). A stale index at `out` goes first: a crash from
+// here on leaves no bundle there or the whole new one. On failure the data files are removed.
+task<void> write_data_files(io::backend& b, const std::string& prefix, const format::manifest& m, std::vector<piece>& pieces,
+                            const std::vector<held_entry>& tail, const std::string& out, int num_shards, tf_export_report& rep) {
+  auto ex = co_await asio::this_coro::executor;
   auto sp = co_await open_prefix_dir(b, prefix);
   if (!sp) co_return sp.error();
-  file_cache src(b, *sp, m), src_direct(b, *sp, m, true);  // small slices buffered, large ones O_DIRECT
+  file_cache src(b, *sp, m), src_direct(b, *sp, m, true);
   auto [out_dir, out_base] = split_prefix(out);
-  // A crash from here on leaves no bundle at `out` (its index goes first) or the whole new one.
-  {
-    auto d = co_await io::async_open_dir(b, ex, out_dir, false, use_awaitable);
-    if (!d) {
-      co_await src.close_all();
-      co_await src_direct.close_all();
-      co_await close_quietly(b, sp->dir);
-      co_return with_context(d.error(), "export to " + out);
-    }
+  result<void> r = success();
+  if (auto d = co_await io::async_open_dir(b, ex, out_dir, false, use_awaitable); !d) {
+    r = with_context(d.error(), "export to " + out);
+  } else {
     (void)co_await io::async_unlink(b, ex, *d, out_base + ".index", use_awaitable);
     co_await close_quietly(b, *d);
   }
-  result<void> r = success();
-  for (int k = 0; k < opt.num_shards && r; ++k) {
-    const std::string name = format::tf::data_file_name(out_base, k, opt.num_shards);
-    // The file is written front to back: its pieces in the order of their offsets, then the
-    // object graph after them.
-    std::vector<piece*> here;
-    std::uint64_t size = 0;
-    for (auto& p : pieces)
-      if (p.shard == k && p.s) {
-        here.push_back(&p);
-        size = std::max(size, p.offset + p.s->length);
-      }
-    std::sort(here.begin(), here.end(), [](const piece* x, const piece* y) { return x->offset < y->offset; });
-    if (k == 0 && !tail.empty()) size = tail.back().first.offset + tail.back().second.size();
-    auto produce = [&, k](runtime::staged_writer& w) -> task<void> {
-      for (auto* p : here) {
-        auto copied = copy_slice(b, m, src, src_direct, *p->t, *p->s, w, p->offset, crc_of::crc32c);
-        BOOST_OUTCOME_CO_TRY(auto crc, co_await std::move(copied));
-        p->crc = crc;
-        rep.bytes += p->s->length;
-      }
-      if (k == 0) {
-        for (const auto& [e, bytes] : tail) {
-          auto written = w.write(e.offset, bytes);
-          BOOST_OUTCOME_CO_TRY(co_await std::move(written));
-        }
-      }
-      co_return success();
-    };
-    auto published = publish_streamed(b, out_dir + "/" + name, size, produce);
-    r = co_await std::move(published);
+  for (int k = 0; k < num_shards && r; ++k) {
+    const std::string name = format::tf::data_file_name(out_base, k, num_shards);
+    auto writing = write_data_file(b, m, src, src_direct, pieces, tail, k, out_dir + "/" + name, rep);
+    r = co_await std::move(writing);
     if (!r) r = with_context(r.error(), "export to " + out + ": " + name);
   }
   co_await src.close_all();
   co_await src_direct.close_all();
   co_await close_quietly(b, sp->dir);
   if (!r) {
-    co_await remove_data_files(b, out_dir, out_base, opt.num_shards, false);
+    co_await remove_data_files(b, out_dir, out_base, num_shards, false);
     co_return r.error();
   }
-  // Entries in key order with their places and checksums; slices as entries of their own.
+  co_return success();
+}
+
+// The index's entries in key order with their places and checksums; slices as entries of
+// their own.
+void finish_index(std::vector<piece>& pieces, format::tf::bundle_index& idx, std::vector<held_entry>& tail) {
   std::vector<format::tf::bundle_entry> all;
   for (const auto& p : pieces) {
     auto& e = idx.entries[p.entry];
@@ -303,6 +321,27 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
   for (auto& t : tail) all.push_back(std::move(t.first));
   std::sort(all.begin(), all.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
   idx.entries = std::move(all);
+}
+
+task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::string out, tf_export_options opt) {
+  auto loading = load_manifest_at(b, prefix);
+  BOOST_OUTCOME_CO_TRY(auto m, co_await std::move(loading));
+  if (opt.num_shards < 1 || opt.num_shards > 99999)
+    co_return make_error(errc::invalid_argument, "a TensorFlow bundle has 1 to 99999 data files, not " + std::to_string(opt.num_shards));
+  std::vector<piece> pieces;
+  format::tf::bundle_index idx;
+  tf_export_report rep;
+  std::vector<const format::saved_tensor*> opaque;
+  BOOST_OUTCOME_CO_TRY(plan_export(m, opt.num_shards, pieces, idx, opaque));
+  BOOST_OUTCOME_CO_TRY(auto tf_graph, imported_tf_graph(m, prefix));
+  std::vector<held_entry> tail;  // the opaque values, then the object graph
+  auto reading = read_opaque(b, prefix, m, opaque, tail);
+  BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
+  BOOST_OUTCOME_CO_TRY(rep.object_graph, add_object_graph(m, prefix, tf_graph, idx, tail));
+  place_tail(pieces, tail);
+  auto writing = write_data_files(b, prefix, m, pieces, tail, out, opt.num_shards, rep);
+  BOOST_OUTCOME_CO_TRY(co_await std::move(writing));
+  finish_index(pieces, idx, tail);
   BOOST_OUTCOME_CO_TRY(auto index_bytes, format::tf::encode_bundle_index(idx));
   auto write_index = [&](io::handle h) -> task<void> {
     auto e2 = co_await asio::this_coro::executor;
@@ -311,6 +350,7 @@ task<tf_export_report> export_coro(io::backend& b, std::string prefix, std::stri
   auto indexed = publish_file(b, out + ".index", write_index);
   if (auto ir = co_await std::move(indexed); !ir) {
     // A failure after the index's rename (its directory fsync) leaves the whole bundle.
+    auto [out_dir, out_base] = split_prefix(out);
     co_await remove_data_files(b, out_dir, out_base, opt.num_shards, true);
     co_return ir.error();
   }
