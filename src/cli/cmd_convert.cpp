@@ -69,184 +69,223 @@ int export_to_torch(io::backend& b, const args& a, std::string prefix) {
   return 0;
 }
 
-// export PATH --to safetensors OUT [--shards N|processes]: every tensor, whole, into one
-// safetensors file; or, with --shards, into OUT/model-0000k-of-0000N.safetensors plus
-// OUT/model.safetensors.index.json, as Hugging Face tools expect.
-int cmd_export(io::backend& b, const args& a) {
-  std::string prefix = normalize_prefix(a.path);
-  if (a.to == "tf") {
-    tf_export_options opt;
-    if (!a.shards.empty()) {
-      const long n = std::atol(a.shards.c_str());
-      if (n < 1 || n > 99999 || a.shards.find_first_not_of("0123456789") != std::string::npos) {
-        return report_usage("export", "--shards takes a count from 1 to 99999, not \"%s\"", a.shards.c_str());
-      }
-      opt.num_shards = static_cast<int>(n);
-    }
-    auto r = export_tf_bundle(b, prefix, a.out, opt);
-    if (!r) {
-      return report_error("export", r.error());
-    }
-    std::printf("exported %zu tensors of %s to the TensorFlow bundle %s (%zu index entries, %zu data file%s, %s)%s\n", r->tensors,
-                prefix.c_str(), a.out.c_str(), r->entries, r->files, r->files == 1 ? "" : "s",
-                r->object_graph ? "with its object graph" : "no object graph",
-                r->opaque ? (" (" + std::to_string(r->opaque) + " opaque value" + (r->opaque == 1 ? "" : "s") + " as DT_STRING)").c_str() : "");
-    return 0;
+namespace {
+
+// --shards N: a count from 1 to 99999; nullopt when it is not one.
+std::optional<long> shard_count(const std::string& shards) {
+  const long n = std::atol(shards.c_str());
+  if (n < 1 || n > 99999 || shards.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  return n;
+}
+
+// export PATH --to tf OUT [--shards N]: a TensorFlow bundle of N data files.
+int export_to_tf(io::backend& b, const args& a, const std::string& prefix) {
+  tf_export_options opt;
+  if (!a.shards.empty()) {
+    auto n = shard_count(a.shards);
+    if (!n) return report_usage("export", "--shards takes a count from 1 to 99999, not \"%s\"", a.shards.c_str());
+    opt.num_shards = static_cast<int>(*n);
   }
-  if (a.to == "torch") return export_to_torch(b, a, prefix);
-  if (!a.shards.empty() && a.shards != "processes") {
-    const long n = std::atol(a.shards.c_str());
-    if (n < 1 || n > 99999 || a.shards.find_first_not_of("0123456789") != std::string::npos) {
-      return report_usage("export", "--shards takes a count from 1 to 99999 or \"processes\", not \"%s\"", a.shards.c_str());
-    }
-  }
-  auto m = load_manifest(b, prefix, a);
-  if (!m) return 1;
-  // What safetensors cannot hold: opaque blobs, and a TensorFlow bundle's entries of dtypes
-  // meshckpt lacks (strings, complex, unknown numbers; the reader leaves them out of the
-  // manifest). Never skipped silently: refused, or with --skip-unsupported left out, listed on
-  // stderr and recorded in the metadata, once checked to be intact.
-  std::vector<std::pair<std::string, std::string>> unsupported;  // key, why
+  auto r = export_tf_bundle(b, prefix, a.out, opt);
+  if (!r) return report_error("export", r.error());
+  std::printf("exported %zu tensors of %s to the TensorFlow bundle %s (%zu index entries, %zu data file%s, %s)%s\n", r->tensors,
+              prefix.c_str(), a.out.c_str(), r->entries, r->files, r->files == 1 ? "" : "s",
+              r->object_graph ? "with its object graph" : "no object graph",
+              r->opaque ? (" (" + std::to_string(r->opaque) + " opaque value" + (r->opaque == 1 ? "" : "s") + " as DT_STRING)").c_str() : "");
+  return 0;
+}
+
+using unsupported_list = std::vector<std::pair<std::string, std::string>>;  // key, why
+
+std::string listed(const unsupported_list& v) {
+  std::string out;
+  for (const auto& [k, why] : v) out += (out.empty() ? "" : ", ") + ("\"" + format::display_bytes(k) + "\" (" + why + ")");
+  return out;
+}
+
+// What safetensors cannot hold: opaque blobs, and a TensorFlow bundle's entries of dtypes
+// meshckpt lacks (strings, complex, unknown numbers; the reader leaves them out of the
+// manifest). Never skipped silently: refused, or with --skip-unsupported left out once checked
+// to be intact (a damaged entry fails the export even when it is left out).
+result<unsupported_list> unsupported_for_safetensors(io::backend& b, const std::string& prefix, const format::manifest& m, const args& a) {
+  unsupported_list unsupported;
   std::set<std::string> tf_skipped;
-  for (const auto& t : m->tensors)
+  for (const auto& t : m.tensors)
     if (!format::safetensors_dtype(t.type)) unsupported.emplace_back(t.key, t.type == dtype::blob ? "an opaque blob" : std::string(dtype_name(t.type)));
-  if (m->checksum == format::checksum_kind::crc32c_whole) {
-    auto idx = read_tf_bundle_index(b, prefix);
-    if (!idx) return report_error("export", idx.error());
-    for (const auto& e : idx->entries)
+  if (m.checksum == format::checksum_kind::crc32c_whole) {
+    BOOST_OUTCOME_TRY(auto idx, read_tf_bundle_index(b, prefix));
+    for (const auto& e : idx.entries)
       if (!e.type && e.key != format::tf::object_graph_key) {
         unsupported.emplace_back(e.key, format::tf::tf_dtype_name(e.tf_type));
         tf_skipped.insert(e.key);
       }
   }
-  auto listed = [](const std::vector<std::pair<std::string, std::string>>& v) {
-    std::string out;
-    for (const auto& [k, why] : v) out += (out.empty() ? "" : ", ") + ("\"" + format::display_bytes(k) + "\" (" + why + ")");
-    return out;
-  };
-  if (!unsupported.empty() && !a.skip_unsupported)
-    return report_error("export", make_error(errc::unsupported, std::to_string(unsupported.size()) + " tensor(s) of " + prefix +
-                                                                   " cannot be converted to safetensors: " + listed(unsupported) +
-                                                                   " (--skip-unsupported leaves them out and records them in the metadata)"));
-  if (!unsupported.empty()) {
-    // A damaged entry fails the export even when it is left out.
-    if (!tf_skipped.empty()) {
-      auto v = verify_tf_bundle(b, prefix, {}, &tf_skipped);
-      if (!v) return report_error("export", v.error());
-      if (!v->problems.empty()) return report_error("export", with_context(v->problems.front(), "checkpoint " + prefix + " is damaged"));
-    }
-    for (const auto& t : m->tensors)
-      if (!format::safetensors_dtype(t.type))
-        if (auto r = read_whole_checked(b, prefix, *m, t); !r) return report_error("export", with_context(r.error(), "checkpoint " + prefix + " is damaged"));
+  if (unsupported.empty()) return unsupported;
+  if (!a.skip_unsupported)
+    return make_error(errc::unsupported, std::to_string(unsupported.size()) + " tensor(s) of " + prefix + " cannot be converted to safetensors: " +
+                                             listed(unsupported) + " (--skip-unsupported leaves them out and records them in the metadata)");
+  if (!tf_skipped.empty()) {
+    BOOST_OUTCOME_TRY(auto v, verify_tf_bundle(b, prefix, {}, &tf_skipped));
+    if (!v.problems.empty()) return with_context(v.problems.front(), "checkpoint " + prefix + " is damaged");
   }
-  // Renames (--rename OLD=NEW, --rename-file): every OLD must be a tensor that is exported.
-  format::manifest renamed = *m;
-  {
-    auto map = rename_map(a);
-    if (!map) return report_error("export", map.error());
-    for (const auto& [from, to] : *map) {
-      auto* t = const_cast<format::saved_tensor*>(renamed.find(from));
-      if (!t) return report_error("export", make_error(errc::not_found, "--rename: " + prefix + " has no tensor \"" + format::display_bytes(from) + "\""));
-      t->key = to;
-    }
-    std::sort(renamed.tensors.begin(), renamed.tensors.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
-    for (std::size_t i = 1; i < renamed.tensors.size(); ++i)
-      if (renamed.tensors[i].key == renamed.tensors[i - 1].key)
-        return report_error("export", make_error(errc::invalid_argument, "--rename: two tensors would be called \"" +
-                                                                              format::display_bytes(renamed.tensors[i].key) + "\""));
+  for (const auto& t : m.tensors)
+    if (!format::safetensors_dtype(t.type))
+      if (auto r = read_whole_checked(b, prefix, m, t); !r) return with_context(r.error(), "checkpoint " + prefix + " is damaged");
+  return unsupported;
+}
+
+// Renames (--rename OLD=NEW, --rename-file): every OLD must be a tensor that is exported, and
+// no two tensors may end with one name. The tensors stay in key order.
+result<void> apply_renames(const std::string& prefix, format::manifest& m, const args& a) {
+  format::manifest renamed = m;
+  BOOST_OUTCOME_TRY(auto map, rename_map(a));
+  for (const auto& [from, to] : map) {
+    auto* t = const_cast<format::saved_tensor*>(renamed.find(from));
+    if (!t) return make_error(errc::not_found, "--rename: " + prefix + " has no tensor \"" + format::display_bytes(from) + "\"");
+    t->key = to;
   }
+  std::sort(renamed.tensors.begin(), renamed.tensors.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
+  for (std::size_t i = 1; i < renamed.tensors.size(); ++i)
+    if (renamed.tensors[i].key == renamed.tensors[i - 1].key)
+      return make_error(errc::invalid_argument, "--rename: two tensors would be called \"" + format::display_bytes(renamed.tensors[i].key) + "\"");
   m = std::move(renamed);
+  return success();
+}
+
+std::uint64_t tensor_bytes(const format::saved_tensor& t) { return static_cast<std::uint64_t>(num_elements(t.global).value_or(0) * dtype_size(t.type)); }
+
+// The tensors safetensors holds. A safetensors header is JSON: a name must be valid UTF-8 (a
+// TensorFlow key need not be).
+result<std::vector<const format::saved_tensor*>> safetensors_selection(const format::manifest& m) {
   std::vector<const format::saved_tensor*> which;
-  std::uint64_t total = 0;
-  for (const auto& t : m->tensors) {
+  for (const auto& t : m.tensors) {
     if (!format::safetensors_dtype(t.type)) continue;
-    // A safetensors header is JSON: a name must be valid UTF-8 (a TensorFlow key need not be).
     if (!format::is_utf8(t.key))
-      return report_error("export", make_error(errc::invalid_argument, "tensor \"" + format::display_bytes(t.key) +
-                                                                            "\" has a name that is not valid UTF-8, which a safetensors header "
-                                                                            "cannot hold; give it another with --rename '" +
-                                                                            format::display_bytes(t.key) + "=NEW'"));
+      return make_error(errc::invalid_argument, "tensor \"" + format::display_bytes(t.key) +
+                                                    "\" has a name that is not valid UTF-8, which a safetensors header cannot hold; give it another with --rename '" +
+                                                    format::display_bytes(t.key) + "=NEW'");
     which.push_back(&t);
-    total += static_cast<std::uint64_t>(num_elements(t.global).value_or(0) * dtype_size(t.type));
   }
-  // The metadata of an imported safetensors file go back out as they came in.
-  std::map<std::string, std::string> meta = {{"format", "pt"}, {"meshckpt.source", prefix}, {"meshckpt.writer", m->writer}};
-  for (const auto& e : m->extensions) {
+  return which;
+}
+
+// The metadata: an imported safetensors file's go back out as they came in; the tensors left
+// out are listed under meshckpt.skipped.
+result<std::map<std::string, std::string>> safetensors_metadata(const std::string& prefix, const format::manifest& m, const unsupported_list& skipped) {
+  std::map<std::string, std::string> meta = {{"format", "pt"}, {"meshckpt.source", prefix}, {"meshckpt.writer", m.writer}};
+  for (const auto& e : m.extensions) {
     if (e.name != safetensors_metadata_extension) continue;
     auto kept = format::decode_string_map(e.bytes);
-    if (!kept) return report_error("export", with_context(kept.error(), prefix + ": extension " + e.name));
+    if (!kept) return with_context(kept.error(), prefix + ": extension " + e.name);
     meta = std::move(*kept);
   }
-  std::string skipped_note;
-  if (!unsupported.empty()) {
+  if (!skipped.empty()) {
     std::string list = "[";
-    for (const auto& [k, why] : unsupported) list += (list.size() > 1 ? "," : "") + format::json_string(k);
+    for (const auto& [k, why] : skipped) list += (list.size() > 1 ? "," : "") + format::json_string(k);
     meta["meshckpt.skipped"] = list + "]";
-    report_note("export", "skipped %zu tensor(s) that safetensors cannot hold: %s", unsupported.size(), listed(unsupported).c_str());
-    skipped_note = " (" + std::to_string(unsupported.size()) + " skipped, listed in __metadata__ meshckpt.skipped)";
   }
-  if (a.shards.empty()) {
-    if (auto w = write_safetensors_file(b, prefix, *m, which, meta, a.out); !w) {
-      return report_failure("export", "writing %s: %s", a.out.c_str(), w.error().what().c_str());
+  return meta;
+}
+
+using tensor_groups = std::vector<std::vector<const format::saved_tensor*>>;
+
+// By the process that wrote most of each tensor's bytes (data file k belongs to process
+// k / 10000, docs/FORMAT.md).
+tensor_groups group_by_process(const format::manifest& m, const std::vector<const format::saved_tensor*>& which) {
+  std::map<std::uint64_t, std::vector<const format::saved_tensor*>> by_process;
+  for (const auto* t : which) {
+    std::map<std::uint64_t, std::uint64_t> bytes;
+    for (const auto& sl : t->slices) {
+      const auto& fname = m.files[sl.file].name;
+      const auto dash = fname.rfind('-');
+      const std::uint64_t k = dash == std::string::npos ? 0 : std::strtoull(fname.c_str() + dash + 1, nullptr, 10);
+      bytes[k / 10000] += sl.length;
     }
-    std::printf("exported %zu tensors of %s to %s%s\n", which.size(), prefix.c_str(), a.out.c_str(), skipped_note.c_str());
-    return 0;
+    auto best = std::max_element(bytes.begin(), bytes.end(), [](auto& x, auto& y) { return x.second < y.second; });
+    by_process[best == bytes.end() ? 0 : best->first].push_back(t);
   }
-  // The groups: by the process that wrote most of each tensor's bytes (data file k belongs to
-  // process k / 10000, docs/FORMAT.md), or N groups of about equal size in key order.
-  std::vector<std::vector<const format::saved_tensor*>> groups;
-  if (a.shards == "processes") {
-    std::map<std::uint64_t, std::vector<const format::saved_tensor*>> by_process;
-    for (const auto* t : which) {
-      std::map<std::uint64_t, std::uint64_t> bytes;
-      for (const auto& sl : t->slices) {
-        const auto& fname = m->files[sl.file].name;
-        const auto dash = fname.rfind('-');
-        const std::uint64_t k = dash == std::string::npos ? 0 : std::strtoull(fname.c_str() + dash + 1, nullptr, 10);
-        bytes[k / 10000] += sl.length;
-      }
-      auto best = std::max_element(bytes.begin(), bytes.end(), [](auto& x, auto& y) { return x.second < y.second; });
-      by_process[best == bytes.end() ? 0 : best->first].push_back(t);
+  tensor_groups groups;
+  for (auto& [p, g] : by_process) groups.push_back(std::move(g));
+  return groups;
+}
+
+// At most `n` groups of about equal size, in key order.
+tensor_groups group_by_size(const std::vector<const format::saved_tensor*>& which, long n) {
+  std::uint64_t total = 0;
+  for (const auto* t : which) total += tensor_bytes(*t);
+  const std::uint64_t target = (total + static_cast<std::uint64_t>(n) - 1) / static_cast<std::uint64_t>(n);
+  tensor_groups groups(1);
+  std::uint64_t in_group = 0;
+  for (const auto* t : which) {
+    const auto bytes = tensor_bytes(*t);
+    if (!groups.back().empty() && in_group + bytes > target && static_cast<long>(groups.size()) < n) {
+      groups.emplace_back();
+      in_group = 0;
     }
-    for (auto& [p, g] : by_process) groups.push_back(std::move(g));
-  } else {
-    const long n = std::atol(a.shards.c_str());
-    if (n < 1 || n > 99999 || a.shards.find_first_not_of("0123456789") != std::string::npos) {
-      return report_usage("export", "--shards takes a count from 1 to 99999 or \"processes\", not \"%s\"", a.shards.c_str());
-    }
-    const std::uint64_t target = (total + static_cast<std::uint64_t>(n) - 1) / static_cast<std::uint64_t>(n);
-    groups.emplace_back();
-    std::uint64_t in_group = 0;
-    for (const auto* t : which) {
-      const auto bytes = static_cast<std::uint64_t>(num_elements(t->global).value_or(0) * dtype_size(t->type));
-      if (!groups.back().empty() && in_group + bytes > target && static_cast<long>(groups.size()) < n) {
-        groups.emplace_back();
-        in_group = 0;
-      }
-      groups.back().push_back(t);
-      in_group += bytes;
-    }
+    groups.back().push_back(t);
+    in_group += bytes;
   }
-  if (::mkdir(a.out.c_str(), 0755) != 0 && errno != EEXIST) {
-    return report_failure("export", "cannot create directory %s", a.out.c_str());
-  }
+  return groups;
+}
+
+// OUT/model-0000k-of-0000N.safetensors, one per group, then the index last under a temp name:
+// a reader that finds it finds every shard.
+int write_safetensors_shards(io::backend& b, const std::string& prefix, const format::manifest& m, const tensor_groups& groups,
+                             const std::map<std::string, std::string>& meta, const std::string& out) {
+  if (::mkdir(out.c_str(), 0755) != 0 && errno != EEXIST) return report_failure("export", "cannot create directory %s", out.c_str());
   format::safetensors_index index;
-  index.total_size = total;
   char name[64];
   for (std::size_t g = 0; g < groups.size(); ++g) {
     std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", g + 1, groups.size());
-    if (auto w = write_safetensors_file(b, prefix, *m, groups[g], meta, join(a.out, name)); !w) {
-      return report_failure("export", "writing %s: %s", join(a.out, name).c_str(), w.error().what().c_str());
+    if (auto w = write_safetensors_file(b, prefix, m, groups[g], meta, join(out, name)); !w)
+      return report_failure("export", "writing %s: %s", join(out, name).c_str(), w.error().what().c_str());
+    for (const auto* t : groups[g]) {
+      index.weight_map[t->key] = name;
+      index.total_size += tensor_bytes(*t);
     }
-    for (const auto* t : groups[g]) index.weight_map[t->key] = name;
   }
-  // The index last, under a temp name: a reader that finds it finds every shard.
-  const std::string idx_path = join(a.out, "model.safetensors.index.json");
+  const std::string idx_path = join(out, "model.safetensors.index.json");
   const std::string text = format::encode_safetensors_index(index);
-  if (auto w = write_file_durably(b, idx_path, std::as_bytes(std::span(text.data(), text.size()))); !w) {
+  if (auto w = write_file_durably(b, idx_path, std::as_bytes(std::span(text.data(), text.size()))); !w)
     return report_failure("export", "writing %s: %s", idx_path.c_str(), w.error().what().c_str());
+  return 0;
+}
+
+}  // namespace
+
+// export PATH --to safetensors OUT [--shards N|processes]: every tensor, whole, into one
+// safetensors file; or, with --shards, into OUT/model-0000k-of-0000N.safetensors plus
+// OUT/model.safetensors.index.json, as Hugging Face tools expect.
+int cmd_export(io::backend& b, const args& a) {
+  std::string prefix = normalize_prefix(a.path);
+  if (a.to == "tf") return export_to_tf(b, a, prefix);
+  if (a.to == "torch") return export_to_torch(b, a, prefix);
+  std::optional<long> shards;
+  if (!a.shards.empty() && a.shards != "processes" && !(shards = shard_count(a.shards)))
+    return report_usage("export", "--shards takes a count from 1 to 99999 or \"processes\", not \"%s\"", a.shards.c_str());
+  auto m = load_manifest(b, prefix, a);
+  if (!m) return 1;
+  auto unsupported = unsupported_for_safetensors(b, prefix, *m, a);
+  if (!unsupported) return report_error("export", unsupported.error());
+  if (auto renamed = apply_renames(prefix, *m, a); !renamed) return report_error("export", renamed.error());
+  auto which = safetensors_selection(*m);
+  if (!which) return report_error("export", which.error());
+  auto meta = safetensors_metadata(prefix, *m, *unsupported);
+  if (!meta) return report_error("export", meta.error());
+  std::string skipped_note;
+  if (!unsupported->empty()) {
+    report_note("export", "skipped %zu tensor(s) that safetensors cannot hold: %s", unsupported->size(), listed(*unsupported).c_str());
+    skipped_note = " (" + std::to_string(unsupported->size()) + " skipped, listed in __metadata__ meshckpt.skipped)";
   }
-  std::printf("exported %zu tensors of %s to %zu safetensors shards in %s (index: model.safetensors.index.json)%s\n", which.size(),
+  if (a.shards.empty()) {
+    if (auto w = write_safetensors_file(b, prefix, *m, *which, *meta, a.out); !w)
+      return report_failure("export", "writing %s: %s", a.out.c_str(), w.error().what().c_str());
+    std::printf("exported %zu tensors of %s to %s%s\n", which->size(), prefix.c_str(), a.out.c_str(), skipped_note.c_str());
+    return 0;
+  }
+  auto groups = shards ? group_by_size(*which, *shards) : group_by_process(*m, *which);
+  if (int failed = write_safetensors_shards(b, prefix, *m, groups, *meta, a.out)) return failed;
+  std::printf("exported %zu tensors of %s to %zu safetensors shards in %s (index: model.safetensors.index.json)%s\n", which->size(),
               prefix.c_str(), groups.size(), a.out.c_str(), skipped_note.c_str());
   return 0;
 }
