@@ -289,9 +289,12 @@ result<manifest> decode(std::span<const std::byte> bytes, const limits& lim) {
   return m;
 }
 
-// Fills `m` in place: every field of every element that stays is overwritten, so a recycled
-// manifest's vectors keep their capacity.
-result<void> decode_into(std::span<const std::byte> bytes, manifest& m, const limits& lim) {
+namespace {
+
+// The header and trailer: size, magic, length, checksum, version, flags. The checksum is
+// checked before the version so that a bit flip in the version field is reported as
+// corruption, not as a future format. Returns the minor version.
+result<std::uint16_t> check_envelope(std::span<const std::byte> bytes, const limits& lim) {
   if (bytes.size() > lim.max_manifest_bytes)
     return make_error(errc::limit_exceeded, "manifest of " + std::to_string(bytes.size()) + " bytes exceeds the cap of " + std::to_string(lim.max_manifest_bytes));
   if (bytes.size() < header_bytes + trailer_bytes) {
@@ -302,8 +305,6 @@ result<void> decode_into(std::span<const std::byte> bytes, manifest& m, const li
   if (std::memcmp(bytes.data(), magic, sizeof magic) != 0) return bad("not a meshckpt manifest (bad magic)");
   auto major = le(bytes.data() + 8, 2), minor = le(bytes.data() + 10, 2);
   std::uint64_t body_len = le(bytes.data() + 16, 8);
-  // The checksum is checked before the version so that a bit flip in the version field is
-  // reported as corruption, not as a future format.
   if (body_len != bytes.size() - header_bytes - trailer_bytes)
     return bad("manifest length field says " + std::to_string(body_len) + " body bytes but the file has " + std::to_string(bytes.size() - header_bytes - trailer_bytes) + " (truncated or padded)");
   std::uint64_t want = le(bytes.data() + bytes.size() - trailer_bytes, 8);
@@ -312,8 +313,124 @@ result<void> decode_into(std::span<const std::byte> bytes, manifest& m, const li
   if (major != major_version)
     return make_error(errc::unsupported_version, "manifest format version " + std::to_string(major) + "." + std::to_string(minor) + " is not supported (this build reads major version " + std::to_string(major_version) + ")");
   if (le(bytes.data() + 12, 4) != 0) return bad("manifest header flags are not zero");
+  return static_cast<std::uint16_t>(minor);
+}
 
-  m.minor = static_cast<std::uint16_t>(minor);
+void decode_meshes(reader& s, manifest& m, const limits& lim) {
+  std::size_t n = s.count("mesh count", lim.max_meshes, 2);
+  m.meshes.resize(n);
+  for (auto& ms : m.meshes) {
+    std::size_t nd = s.count("mesh rank", max_mesh_dims, 2);
+    ms.dims.resize(nd);
+    for (auto& d : ms.dims) {
+      s.str("mesh dimension name", 64, d.name);
+      d.size = s.bounded("mesh dimension size", max_devices);
+    }
+    std::size_t nid = s.count("device count", max_devices, 1);
+    ms.device_ids.resize(nid);
+    for (auto& id : ms.device_ids) id = s.bounded("device id", std::uint64_t{1} << 62);
+    if (s.failed()) break;
+  }
+}
+
+void decode_files(reader& s, manifest& m, const limits& lim) {
+  std::size_t n = s.count("file count", lim.max_files, 2);
+  m.files.resize(n);
+  for (auto& f : m.files) {
+    s.str("file name", 255, f.name);
+    f.size = s.varint("file size");
+    if (s.failed()) break;
+  }
+}
+
+void decode_slice(reader& s, const saved_tensor& t, saved_slice& sl, std::uint64_t chunk_bytes, const limits& lim) {
+  const std::size_t rank = t.global.size();
+  sl.where.origin.resize(rank);
+  sl.where.extent.resize(rank);
+  for (auto& o : sl.where.origin) o = s.bounded("slice origin", std::uint64_t{1} << 62);
+  for (auto& e : sl.where.extent) e = s.bounded("slice extent", std::uint64_t{1} << 62);
+  sl.file = static_cast<std::uint32_t>(s.bounded("file index", lim.max_files));
+  sl.offset = s.varint("slice offset");
+  sl.length = s.varint("slice length");
+  sl.writer_device = s.bounded("writer device", std::uint64_t{1} << 62);
+  if (s.failed()) return;
+  std::uint64_t nc = chunk_bytes ? chunk_count(sl.length, chunk_bytes) : 0;
+  if (nc > s.remaining() / 8) {
+    s.fail(errc::corrupt_manifest, "tensor \"" + t.key + "\" slice checksums are truncated");
+    return;
+  }
+  sl.checksums.resize(nc);
+  for (auto& c : sl.checksums) c = s.fixed64("checksum");
+}
+
+void decode_tensors(reader& s, manifest& m, const limits& lim) {
+  // Smallest tensor: key(2) dtype rank mesh nslices = 6 bytes.
+  std::size_t n = s.count("tensor count", lim.max_tensors, 6);
+  m.tensors.resize(n);
+  for (auto& t : m.tensors) {
+    s.str("tensor key", lim.max_key_bytes, t.key);
+    auto code = s.varint("dtype");
+    auto dt = dtype_from_code(code);
+    if (!s.failed() && !dt) s.fail(errc::corrupt_manifest, "tensor \"" + t.key + "\" has unknown dtype code " + std::to_string(code));
+    t.type = dt.value_or(dtype::float32);
+    std::size_t rank = s.count("rank", lim.max_rank, 2);
+    t.global.resize(rank);
+    for (auto& d : t.global) d = s.bounded("dimension", std::uint64_t{1} << 62);
+    t.mesh = static_cast<std::uint32_t>(s.bounded("mesh index", lim.max_meshes));
+    t.axes.resize(rank);
+    for (auto& a : t.axes) a = static_cast<std::int32_t>(s.bounded("layout axis", max_mesh_dims)) - 1;
+    std::size_t ns = s.count("slice count", lim.max_slices_per_tensor, 4 + 2 * rank);
+    t.slices.resize(ns);
+    for (auto& sl : t.slices) {
+      decode_slice(s, t, sl, m.chunk_bytes, lim);
+      if (s.failed()) break;
+    }
+    if (s.failed()) break;
+  }
+}
+
+result<void> decode_extension(reader& s, manifest& m, const limits& lim) {
+  if (m.extensions.size() >= lim.max_extensions) return make_error(errc::limit_exceeded, "too many extensions");
+  extension e;
+  e.name = s.str("extension name", 256);
+  std::size_t n = s.count("extension length", ~std::uint64_t{0}, 1);
+  if (!s.failed()) {
+    const std::byte* p = s.take(n);
+    e.bytes.assign(p, p + n);
+  }
+  m.extensions.push_back(std::move(e));
+  return success();
+}
+
+// One section's payload, all of it.
+result<void> decode_section(std::uint64_t tag, reader& s, manifest& m, const limits& lim) {
+  switch (tag) {
+    case tag_info:
+      m.chunk_bytes = s.varint("chunk size");
+      m.created_unix_ms = s.varint("creation time");
+      s.str("writer", 1024, m.writer);
+      break;
+    case tag_meshes: decode_meshes(s, m, lim); break;
+    case tag_files: decode_files(s, m, lim); break;
+    case tag_tensors: decode_tensors(s, m, lim); break;
+    case tag_extension: {
+      BOOST_OUTCOME_TRY(decode_extension(s, m, lim));
+      break;
+    }
+    default: s.take(s.remaining()); break;  // an optional section from a newer minor version
+  }
+  if (s.failed()) return s.err();
+  if (s.remaining() != 0) return bad("manifest byte " + std::to_string(s.offset()) + ": section " + std::to_string(tag) + " has " + std::to_string(s.remaining()) + " unparsed bytes");
+  return success();
+}
+
+}  // namespace
+
+// Fills `m` in place: every field of every element that stays is overwritten, so a recycled
+// manifest's vectors keep their capacity. The required sections come in order, then the
+// extensions.
+result<void> decode_into(std::span<const std::byte> bytes, manifest& m, const limits& lim) {
+  BOOST_OUTCOME_TRY(m.minor, check_envelope(bytes, lim));
   m.extensions.clear();
   reader r(bytes.data() + header_bytes, bytes.data() + bytes.size() - trailer_bytes, header_bytes);
   std::uint64_t next_required = tag_info;
@@ -331,97 +448,7 @@ result<void> decode_into(std::span<const std::byte> bytes, manifest& m, const li
     } else if (tag == tag_extension && next_required != tag_extension) {
       return bad("manifest byte " + std::to_string(section_start) + ": extension before the tensor section");
     }
-    switch (tag) {
-      case tag_info:
-        m.chunk_bytes = s.varint("chunk size");
-        m.created_unix_ms = s.varint("creation time");
-        s.str("writer", 1024, m.writer);
-        break;
-      case tag_meshes: {
-        std::size_t n = s.count("mesh count", lim.max_meshes, 2);
-        m.meshes.resize(n);
-        for (auto& ms : m.meshes) {
-          std::size_t nd = s.count("mesh rank", max_mesh_dims, 2);
-          ms.dims.resize(nd);
-          for (auto& d : ms.dims) {
-            s.str("mesh dimension name", 64, d.name);
-            d.size = s.bounded("mesh dimension size", max_devices);
-          }
-          std::size_t nid = s.count("device count", max_devices, 1);
-          ms.device_ids.resize(nid);
-          for (auto& id : ms.device_ids) id = s.bounded("device id", std::uint64_t{1} << 62);
-          if (s.failed()) break;
-        }
-        break;
-      }
-      case tag_files: {
-        std::size_t n = s.count("file count", lim.max_files, 2);
-        m.files.resize(n);
-        for (auto& f : m.files) {
-          s.str("file name", 255, f.name);
-          f.size = s.varint("file size");
-          if (s.failed()) break;
-        }
-        break;
-      }
-      case tag_tensors: {
-        // Smallest tensor: key(2) dtype rank mesh nslices = 6 bytes.
-        std::size_t n = s.count("tensor count", lim.max_tensors, 6);
-        m.tensors.resize(n);
-        for (auto& t : m.tensors) {
-          s.str("tensor key", lim.max_key_bytes, t.key);
-          auto code = s.varint("dtype");
-          auto dt = dtype_from_code(code);
-          if (!s.failed() && !dt) s.fail(errc::corrupt_manifest, "tensor \"" + t.key + "\" has unknown dtype code " + std::to_string(code));
-          t.type = dt.value_or(dtype::float32);
-          std::size_t rank = s.count("rank", lim.max_rank, 2);
-          t.global.resize(rank);
-          for (auto& d : t.global) d = s.bounded("dimension", std::uint64_t{1} << 62);
-          t.mesh = static_cast<std::uint32_t>(s.bounded("mesh index", lim.max_meshes));
-          t.axes.resize(rank);
-          for (auto& a : t.axes) a = static_cast<std::int32_t>(s.bounded("layout axis", max_mesh_dims)) - 1;
-          std::size_t ns = s.count("slice count", lim.max_slices_per_tensor, 4 + 2 * rank);
-          t.slices.resize(ns);
-          for (auto& sl : t.slices) {
-            sl.where.origin.resize(rank);
-            sl.where.extent.resize(rank);
-            for (auto& o : sl.where.origin) o = s.bounded("slice origin", std::uint64_t{1} << 62);
-            for (auto& e : sl.where.extent) e = s.bounded("slice extent", std::uint64_t{1} << 62);
-            sl.file = static_cast<std::uint32_t>(s.bounded("file index", lim.max_files));
-            sl.offset = s.varint("slice offset");
-            sl.length = s.varint("slice length");
-            sl.writer_device = s.bounded("writer device", std::uint64_t{1} << 62);
-            if (s.failed()) break;
-            std::uint64_t nc = m.chunk_bytes ? chunk_count(sl.length, m.chunk_bytes) : 0;
-            if (nc > s.remaining() / 8) {
-              s.fail(errc::corrupt_manifest, "tensor \"" + t.key + "\" slice checksums are truncated");
-              break;
-            }
-            sl.checksums.resize(nc);
-            for (auto& c : sl.checksums) c = s.fixed64("checksum");
-          }
-          if (s.failed()) break;
-        }
-        break;
-      }
-      case tag_extension: {
-        if (m.extensions.size() >= lim.max_extensions) return make_error(errc::limit_exceeded, "too many extensions");
-        extension e;
-        e.name = s.str("extension name", 256);
-        std::size_t n = s.count("extension length", ~std::uint64_t{0}, 1);
-        if (!s.failed()) {
-          const std::byte* p = s.take(n);
-          e.bytes.assign(p, p + n);
-        }
-        m.extensions.push_back(std::move(e));
-        break;
-      }
-      default:
-        s.take(s.remaining());  // an optional section from a newer minor version
-        break;
-    }
-    if (s.failed()) return s.err();
-    if (s.remaining() != 0) return bad("manifest byte " + std::to_string(s.offset()) + ": section " + std::to_string(tag) + " has " + std::to_string(s.remaining()) + " unparsed bytes");
+    BOOST_OUTCOME_TRY(decode_section(tag, s, m, lim));
   }
   if (r.failed()) return r.err();
   if (next_required != tag_extension) return bad("manifest is missing required section " + std::to_string(next_required));
