@@ -9,6 +9,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory>
 
 #include "../pipeline/common.hpp"
 #include "../pipeline/data_files.hpp"
@@ -23,12 +24,11 @@ namespace meshckpt::detail {
 
 namespace {
 
-// A stored piece of a streamed tensor, in the tensor's row-major order.
+// A stored piece of a streamed tensor, in the tensor's row-major order, checked as it is read.
 struct stored_run {
-  std::uint32_t file = 0;
-  std::uint64_t offset = 0, length = 0;
-  std::uint32_t crc = 0;      // the piece's whole-slice CRC, as stored
-  std::uint32_t running = 0;  // of the bytes read so far
+  const format::saved_tensor* t = nullptr;
+  const format::saved_slice* s = nullptr;
+  std::unique_ptr<slice_checker> check;  // from its first byte on
   std::uint64_t read = 0;
 };
 
@@ -52,56 +52,70 @@ std::optional<std::vector<stored_run>> row_runs(const format::saved_tensor& t) {
       next += sl->where.extent[0];
     }
     if (sl->checksums.size() != 1) return std::nullopt;
-    runs.push_back({sl->file, sl->offset, sl->length, static_cast<std::uint32_t>(sl->checksums[0]), 0, 0});
+    runs.push_back({&t, sl, nullptr, 0});
   }
   if (!t.global.empty() && next != t.global[0]) return std::nullopt;
   return runs;
 }
 
-}  // namespace
-
-task<write_report> import_restorable(io::backend& b, restorable found, std::string to, write_options wopt) {
-  auto ex = co_await asio::this_coro::executor;
-  auto m = std::make_shared<const format::manifest>(std::move(found.manifest));
+// What an import writes: the tensors streamed from the source's files (their pieces in
+// `runs`, the files they need in `needed`), and those held in memory (`keep`).
+struct import_plan {
   std::vector<plan::streamed_tensor> streamed;
   std::vector<std::vector<stored_run>> runs;
-  std::vector<bool> needed(m->files.size(), false);
-  auto one = mesh::create({{"x", 1}}).value();
+  std::vector<bool> needed;
   std::deque<dtensor> keep;
   std::vector<named_tensor> in_memory;
+};
+
+// A value held in memory, whole on one device.
+result<void> hold(import_plan& p, std::string key, dtype type, const shape& global) {
+  BOOST_OUTCOME_TRY(auto l, layout::create(std::vector<std::string>(global.size(), "unsharded"), mesh::create({{"x", 1}}).value()));
+  BOOST_OUTCOME_TRY(auto d, dtensor::create(type, global, l));
+  p.keep.push_back(std::move(d));
+  p.in_memory.push_back({std::move(key), p.keep.back().view()});
+  return success();
+}
+
+result<void> hold_bytes(import_plan& p, std::string key, std::string_view bytes) {
+  BOOST_OUTCOME_TRY(hold(p, std::move(key), dtype::blob, {static_cast<std::int64_t>(bytes.size())}));
+  if (!bytes.empty()) std::memcpy(p.keep.back().view().shards().front().data.data(), bytes.data(), bytes.size());
+  return success();
+}
+
+// Every tensor streamed when its pieces are row ranges, else read into memory (verified).
+task<import_plan> plan_import(io::backend& b, const std::string& prefix, std::shared_ptr<const format::manifest> m) {
+  import_plan p;
+  p.needed.assign(m->files.size(), false);
   for (const auto& t : m->tensors) {
     if (auto r = row_runs(t)) {
-      for (const auto& run : *r) needed[run.file] = true;
-      streamed.push_back({t.key, t.type, t.global});
-      runs.push_back(std::move(*r));
+      for (const auto& run : *r) p.needed[run.s->file] = true;
+      p.streamed.push_back({t.key, t.type, t.global});
+      p.runs.push_back(std::move(*r));
       continue;
     }
-    BOOST_OUTCOME_CO_TRY(auto l, layout::create(std::vector<std::string>(t.global.size(), "unsharded"), one));
-    BOOST_OUTCOME_CO_TRY(auto d, dtensor::create(t.type, t.global, l));
-    keep.push_back(std::move(d));
-    in_memory.push_back({t.key, keep.back().view()});
+    BOOST_OUTCOME_CO_TRY(hold(p, t.key, t.type, t.global));
   }
-  if (!in_memory.empty()) {
-    auto reading = read_into(b, found.prefix, in_memory, {}, m);
+  if (!p.in_memory.empty()) {
+    auto reading = read_into(b, prefix, p.in_memory, {}, m);
     BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
   }
-  // Opaque values (DT_STRING scalars the object graph names, as meshckpt exports them) come
-  // back as what they were: blobs of their bytes.
+  co_return p;
+}
+
+// What the source recorded besides the tensors comes along: opaque values (DT_STRING scalars
+// the object graph names, as meshckpt exports them) as the blobs they were; the object graph
+// (so that a restore of the imported checkpoint matches by structure, and an export writes it
+// back) and the bundle header's version; a torch file's state as meshckpt.torch's skeleton.
+result<void> carry_along(const restorable& found, import_plan& p, write_options& wopt) {
   for (const auto& [key, value] : found.strings) {
-    BOOST_OUTCOME_CO_TRY(auto l, layout::create({"unsharded"}, one));
-    BOOST_OUTCOME_CO_TRY(auto d, dtensor::create(dtype::blob, {static_cast<std::int64_t>(value.size())}, l));
-    if (!value.empty()) std::memcpy(d.view().shards().front().data.data(), value.data(), value.size());
-    keep.push_back(std::move(d));
-    in_memory.push_back({key, keep.back().view()});
+    BOOST_OUTCOME_TRY(hold_bytes(p, key, value));
   }
-  // What TensorFlow recorded besides the tensors comes along: the object graph (so that a
-  // restore of the imported checkpoint matches by structure, and an export writes it back)
-  // and the bundle header's version. A torch file's state comes as meshckpt.torch's skeleton.
   if (found.graph) wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(*found.graph)});
   if (found.tf_graph) {
     const std::string g = format::tf::encode_trackable_graph(*found.tf_graph);
-    wopt.extensions.push_back({std::string(tf_object_graph_extension), std::vector<std::byte>(reinterpret_cast<const std::byte*>(g.data()),
-                                                                                              reinterpret_cast<const std::byte*>(g.data()) + g.size())});
+    const auto* bytes = reinterpret_cast<const std::byte*>(g.data());
+    wopt.extensions.push_back({std::string(tf_object_graph_extension), std::vector<std::byte>(bytes, bytes + g.size())});
   }
   if (!found.tf_dtypes.empty()) {
     std::map<std::string, std::string> d;
@@ -115,86 +129,80 @@ task<write_report> import_restorable(io::backend& b, restorable found, std::stri
     wopt.extensions.push_back({std::string(tf_header_extension), std::move(hdr)});
   }
   if (!found.torch_skeleton.empty()) {
-    BOOST_OUTCOME_CO_TRY(auto l, layout::create({"unsharded"}, one));
-    BOOST_OUTCOME_CO_TRY(auto d, dtensor::create(dtype::blob, {static_cast<std::int64_t>(found.torch_skeleton.size())}, l));
-    std::memcpy(d.view().shards().front().data.data(), found.torch_skeleton.data(), found.torch_skeleton.size());
-    keep.push_back(std::move(d));
-    in_memory.push_back({std::string(torch_skeleton_key), keep.back().view()});
+    const std::string_view sk(reinterpret_cast<const char*>(found.torch_skeleton.data()), found.torch_skeleton.size());
+    BOOST_OUTCOME_TRY(hold_bytes(p, std::string(torch_skeleton_key), sk));
   }
+  return success();
+}
 
-  const std::string dir_path = split_prefix(found.prefix).first;
-  // Each needed data file open twice: buffered for small pieces, O_DIRECT for large ones.
-  // Allocated before the opens: nothing may throw between one and the guard.
-  std::vector<std::optional<io::handle>> files(m->files.size()), direct(m->files.size());
-  source_stream stream(b);  // closed before the files
-  BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(b, ex, dir_path, false, use_awaitable));
-  on_unwind last_resort([&] {
-    for (const auto* v : {&files, &direct})
-      for (const auto& h : *v)
-        if (h) io::close_detached(b, *h);
-    io::close_detached(b, dir);
-  });
-  auto steps = [&]() -> task<write_report> {
-    for (std::size_t k = 0; k < files.size(); ++k) {
-      if (!needed[k]) continue;
-      for (auto* v : {&files, &direct}) {
-        auto h = co_await io::async_open(b, ex, dir, m->files[k].name, v == &files ? io::open_mode::read : io::open_mode::read_direct,
-                                         use_awaitable);
-        if (!h) {
-          if (h.error().code == std::errc::no_such_file_or_directory)
-            co_return make_error(errc::not_found, "data file " + dir_path + "/" + m->files[k].name + " of " + found.prefix + " does not exist");
-          co_return with_context(h.error(), m->files[k].name);
-        }
-        (*v)[k] = *h;
-      }
+// Bytes [offset, offset + out.size()) of streamed tensor `t`, from its pieces in turn, each
+// checked at its last byte (slice_checker). The save asks for them in order.
+task<void> read_runs(const format::manifest& m, source_files& files, std::vector<stored_run>& runs, std::uint64_t offset, std::span<std::byte> out) {
+  std::uint64_t start = 0;
+  for (auto& run : runs) {
+    if (out.empty()) break;
+    const auto& sl = *run.s;
+    if (offset >= start + sl.length) {
+      start += sl.length;
+      continue;
     }
-    // Each stored piece is read ahead of the save, with O_DIRECT (small ones buffered).
-    stream_reader read = [&](std::size_t t, std::uint64_t offset, std::span<std::byte> out) -> task<void> {
-      std::uint64_t start = 0;
-      for (auto& run : runs[t]) {
-        if (out.empty()) break;
-        if (offset >= start + run.length) {
-          start += run.length;
-          continue;
-        }
-        const std::uint64_t in = offset - start;
-        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), run.length - in));
-        const auto& fname = m->files[run.file].name;
-        if (in != run.read)
-          co_return make_error(errc::invalid_argument, "internal: tensor \"" + streamed[t].key + "\" read out of order");
-        auto reading = stream.read(*direct[run.file], *files[run.file], run.offset + in, run.offset + run.length, out.first(n),
-                                   "tensor \"" + streamed[t].key + "\" in " + fname);
-        BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
-        run.running = format::extend_crc(m->checksum, run.running, out.first(n));
-        run.read += n;
-        if (run.read == run.length && run.running != run.crc)
-          co_return make_error(errc::checksum_mismatch, std::string(format::crc_name(m->checksum)) + " mismatch in tensor \"" + streamed[t].key + "\" of " + found.prefix + " at " +
-                                                            fname + " bytes [" + std::to_string(run.offset) + ", " +
-                                                            std::to_string(run.offset + run.length) + ")");
-        out = out.subspan(n);
-        offset += n;
-        start += run.length;
-      }
-      if (!out.empty()) co_return make_error(errc::invalid_argument, "internal: read past the end of tensor \"" + streamed[t].key + "\"");
-      co_return success();
+    const std::uint64_t in = offset - start;
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), sl.length - in));
+    if (in != run.read) co_return make_error(errc::invalid_argument, "internal: tensor \"" + run.t->key + "\" read out of order");
+    if (!run.check) run.check = std::make_unique<slice_checker>(m, *run.t, sl);
+    auto reading = files.read(sl.file, sl.offset + in, sl.offset + sl.length, out.first(n), "tensor \"" + run.t->key + "\" in " + m.files[sl.file].name);
+    BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
+    BOOST_OUTCOME_CO_TRY(run.check->update(out.first(n)));
+    run.read += n;
+    out = out.subspan(n);
+    offset += n;
+    start += sl.length;
+  }
+  if (!out.empty() && !runs.empty()) co_return make_error(errc::invalid_argument, "internal: read past the end of tensor \"" + runs.front().t->key + "\"");
+  co_return success();
+}
+
+// The save, reading each stored piece ahead of it from the source's files (source_files).
+task<write_report> stream_import(io::backend& b, const std::string& prefix, const format::manifest& m, import_plan& p, std::string to,
+                                 write_options wopt) {
+  auto ex = co_await asio::this_coro::executor;
+  const std::string dir_path = split_prefix(prefix).first;
+  source_files files(b, m.files.size());
+  BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(b, ex, dir_path, false, use_awaitable));
+  on_unwind last_resort([&] { io::close_detached(b, dir); });
+  auto steps = [&]() -> task<write_report> {
+    for (std::size_t k = 0; k < m.files.size(); ++k) {
+      if (!p.needed[k]) continue;
+      auto opening = files.open(k, dir, m.files[k].name, "data file " + dir_path + "/" + m.files[k].name + " of " + prefix);
+      BOOST_OUTCOME_CO_TRY(co_await std::move(opening));
+    }
+    stream_reader read = [&](std::size_t t, std::uint64_t offset, std::span<std::byte> out) {
+      return read_runs(m, files, p.runs[t], offset, out);
     };
-    auto writing = write_streamed(b, to, in_memory, streamed, std::move(read), std::move(wopt));
+    auto writing = write_streamed(b, to, p.in_memory, p.streamed, std::move(read), std::move(wopt));
     co_return co_await std::move(writing);
   };
   std::optional<result<write_report>> r;
   try {
     r = co_await steps();
   } catch (const std::bad_alloc&) {
-    r = out_of_memory("importing " + found.prefix);
+    r = out_of_memory("importing " + prefix);
   }
-  co_await stream.close();
-  for (const auto* v : {&files, &direct})
-    for (const auto& h : *v)
-      if (h) co_await close_quietly(b, *h);
+  co_await files.close();
   co_await close_quietly(b, dir);
   last_resort.disarm();
   co_return std::move(*r);
 }
 
+}  // namespace
+
+task<write_report> import_restorable(io::backend& b, restorable found, std::string to, write_options wopt) {
+  auto m = std::make_shared<const format::manifest>(std::move(found.manifest));
+  auto planning = plan_import(b, found.prefix, m);
+  BOOST_OUTCOME_CO_TRY(auto p, co_await std::move(planning));
+  BOOST_OUTCOME_CO_TRY(carry_along(found, p, wopt));
+  auto streaming = stream_import(b, found.prefix, *m, p, std::move(to), std::move(wopt));
+  co_return co_await std::move(streaming);
+}
 
 }  // namespace meshckpt::detail

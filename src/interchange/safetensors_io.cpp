@@ -27,7 +27,6 @@ struct open_file {
   io::handle h;
   std::string name;
   std::uint64_t size = 0;
-  std::optional<io::handle> direct;  // an import's second handle, O_DIRECT, for the tensors' bytes
 };
 
 task<void> read_exact(io::backend& b, const open_file& f, std::uint64_t offset, std::span<std::byte> out) {
@@ -57,7 +56,7 @@ task<format::safetensors_header> read_header(io::backend& b, const open_file& f)
 template <class T, class Body>
 task<T> with_file(io::backend& b, io::handle dir, const std::string& dir_path, const std::string& name, Body body) {
   auto ex = co_await asio::this_coro::executor;
-  open_file f{{}, name, 0, std::nullopt};  // built before the open: nothing may allocate between it and the guard
+  open_file f{{}, name, 0};  // built before the open: nothing may allocate between it and the guard
   auto h = co_await io::async_open(b, ex, dir, name, io::open_mode::read, use_awaitable);
   if (!h) {
     if (h.error().code == std::errc::no_such_file_or_directory)
@@ -259,32 +258,16 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
     auto ex = co_await asio::this_coro::executor;
     const auto names = src.files();
     std::vector<open_file> files;
-    files.reserve(names.size());  // no allocation between an open and its bookkeeping
-    source_stream stream(b);  // closed before the files
-    on_unwind last_resort([&] {
-      for (const auto& f : files) {
-        io::close_detached(b, f.h);
-        if (f.direct) io::close_detached(b, *f.direct);
-      }
-    });
+    source_files sources(b, names.size());
     auto steps = [&]() -> task<write_report> {
       std::vector<format::safetensors_header> headers;
       for (const auto& name : names) {
-        open_file f{{}, name, 0, std::nullopt};
-        auto h = co_await io::async_open(b, ex, src.dir, name, io::open_mode::read, use_awaitable);
-        if (!h) {
-          if (h.error().code == std::errc::no_such_file_or_directory)
-            co_return make_error(errc::not_found, "safetensors file " + src.dir_path + "/" + name + " does not exist");
-          co_return h.error();
-        }
-        f.h = *h;
-        files.push_back(std::move(f));
+        auto opening = sources.open(files.size(), src.dir, name, "safetensors file " + src.dir_path + "/" + name);
+        BOOST_OUTCOME_CO_TRY(co_await std::move(opening));
+        files.push_back({sources.buffered(files.size()), name, 0});
         BOOST_OUTCOME_CO_TRY(files.back().size, co_await io::async_size(b, ex, files.back().h, use_awaitable));
         BOOST_OUTCOME_CO_TRY(auto hdr, co_await read_header(b, files.back()));
         headers.push_back(std::move(hdr));
-        auto d = co_await io::async_open(b, ex, src.dir, name, io::open_mode::read_direct, use_awaitable);
-        if (!d) co_return with_context(d.error(), src.dir_path + "/" + name);
-        files.back().direct = *d;
       }
       std::vector<plan::streamed_tensor> streamed;
       std::vector<std::pair<std::size_t, const format::safetensor_entry*>> where;  // file, entry
@@ -307,8 +290,7 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
       stream_reader read = [&](std::size_t t, std::uint64_t offset, std::span<std::byte> out) {
         const auto& [fi, e] = where[t];
         const std::uint64_t begin = headers[fi].data_start + e->begin;
-        return stream.read(*files[fi].direct, files[fi].h, begin + offset, headers[fi].data_start + e->end, out,
-                           "tensor \"" + e->name + "\" of " + files[fi].name);
+        return sources.read(fi, begin + offset, headers[fi].data_start + e->end, out, "tensor \"" + e->name + "\" of " + files[fi].name);
       };
       auto writing = write_streamed(b, to, {}, streamed, std::move(read), std::move(opt));
       co_return co_await std::move(writing);
@@ -319,12 +301,7 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
     } catch (const std::bad_alloc&) {
       r = out_of_memory("importing " + path);
     }
-    co_await stream.close();
-    for (const auto& f : files) {
-      co_await close_quietly(b, f.h);
-      if (f.direct) co_await close_quietly(b, *f.direct);
-    }
-    last_resort.disarm();
+    co_await sources.close();
     co_return std::move(*r);
   };
   auto r = co_await with_source<write_report>(b, path, body);

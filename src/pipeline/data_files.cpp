@@ -70,6 +70,39 @@ asio::awaitable<void> source_stream::close() {
   cur_.reset();
 }
 
+source_files::~source_files() {
+  for (const auto* v : {&buffered_, &direct_})
+    for (const auto& h : *v)
+      if (h) io::close_detached(b_, *h);
+}
+
+task<void> source_files::open(std::size_t i, io::handle dir, std::string name, std::string what) {
+  auto ex = co_await asio::this_coro::executor;
+  for (auto* v : {&buffered_, &direct_}) {
+    auto h = co_await io::async_open(b_, ex, dir, name, v == &buffered_ ? io::open_mode::read : io::open_mode::read_direct, use_awaitable);
+    if (!h) {
+      if (h.error().code == std::errc::no_such_file_or_directory) co_return make_error(errc::not_found, what + " does not exist");
+      co_return with_context(h.error(), what);
+    }
+    (*v)[i] = *h;
+  }
+  co_return success();
+}
+
+task<void> source_files::read(std::size_t i, std::uint64_t at, std::uint64_t end, std::span<std::byte> out, std::string what) {
+  return stream_.read(*direct_[i], *buffered_[i], at, end, out, std::move(what));
+}
+
+asio::awaitable<void> source_files::close() {
+  co_await stream_.close();  // before the files it reads
+  for (auto* v : {&buffered_, &direct_})
+    for (auto& h : *v)
+      if (h) {
+        co_await close_quietly(b_, *h);
+        h.reset();
+      }
+}
+
 std::string slice_ctx(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s) {
   return "tensor \"" + t.key + "\" slice " + to_string(s.where) + " in " + m.files[s.file].name;
 }

@@ -112,4 +112,31 @@ class source_stream {
   std::optional<runtime::sequential_reader> cur_;
 };
 
+// The files an import streams from, each open twice: buffered (headers, pieces shorter than
+// runtime::direct_read_min) and O_DIRECT (the rest), read through one source_stream. `close()`
+// closes them; handles it did not close (an exception skipped it) are closed detached.
+class source_files {
+ public:
+  // Room for `n` files, taken before any open: nothing may throw between an open and its
+  // bookkeeping. Throws std::bad_alloc.
+  source_files(io::backend& b, std::size_t n) : b_(b), stream_(b), buffered_(n), direct_(n) {}
+  source_files(const source_files&) = delete;
+  source_files& operator=(const source_files&) = delete;
+  ~source_files();
+
+  // Opens file `i`, `name` in `dir`, both ways. A missing file is errc::not_found, "WHAT does
+  // not exist"; other errors name `what`.
+  task<void> open(std::size_t i, io::handle dir, std::string name, std::string what);
+  // File `i`'s buffered handle. Precondition: opened.
+  io::handle buffered(std::size_t i) const { return *buffered_[i]; }
+  // Bytes [at, at + out.size()) of file `i`, whose current range ends at `end` (source_stream).
+  task<void> read(std::size_t i, std::uint64_t at, std::uint64_t end, std::span<std::byte> out, std::string what);
+  asio::awaitable<void> close();
+
+ private:
+  io::backend& b_;
+  source_stream stream_;
+  std::vector<std::optional<io::handle>> buffered_, direct_;
+};
+
 }  // namespace meshckpt::detail
