@@ -105,9 +105,8 @@ std::function<R()> with_gil(py::object f) {
   };
 }
 
-}  // namespace
-
-void bind_checkpoint(py::module_& m) {
+// Coordinator, and mpi_coordinator (torch.distributed's is in store_coordinator.cpp).
+void bind_coordinator(py::module_& m) {
   auto ms = [](double s) { return coord::milliseconds(static_cast<std::int64_t>(s * 1000)); };
   auto as_bytes = [](const std::string& s) { return std::as_bytes(std::span(s.data(), s.size())); };
   auto to_py = [](const coord::bytes& b) { return py::bytes(reinterpret_cast<const char*>(b.data()), b.size()); };
@@ -145,7 +144,9 @@ void bind_checkpoint(py::module_& m) {
       throw error_exception{make_error(errc::unsupported, "MPI is not initialized: import mpi4py's MPI (from mpi4py import MPI) first")};
     return unwrap(coord::make_mpi_coordinator(MPI_COMM_WORLD));
   }, "A coordinator over MPI_COMM_WORLD (collective: every rank calls it). MPI must be initialized, as by mpi4py.");
+}
 
+void bind_load_status(py::module_& m) {
   py::class_<load_status>(m, "LoadStatus")
       .def("assert_consumed", [](const load_status& s) { return check_assertion(s.assert_consumed()); })
       .def("assert_existing_objects_matched", [](const load_status& s) { return check_assertion(s.assert_existing_objects_matched()); })
@@ -159,7 +160,9 @@ void bind_checkpoint(py::module_& m) {
         return r;
       })
       .def_property_readonly("path", &load_status::path);
+}
 
+void bind_checkpoint_class(py::module_& m) {
   py::class_<py_checkpoint, checkpoint_holder>(m, "Checkpoint")
       .def(py::init(&make_checkpoint), py::arg("mesh"), py::arg("root"), py::arg("children"), py::arg("snapshot") = true,
            py::arg("snapshot_budget_bytes") = 0, py::arg("coordinator") = nullptr,
@@ -178,7 +181,9 @@ void bind_checkpoint(py::module_& m) {
       .def("set_snapshot", [](py_checkpoint& p, bool on) { p.c->set_snapshot(on); }, py::arg("on"),
            "Snapshot mode (copy before returning) for the saves started from now on.")
       .def_property_readonly("writes_shared_files", [](py_checkpoint& p) { return p.c->writes_shared_files(); });
+}
 
+void bind_manager(py::module_& m) {
   py::class_<py_manager, manager_holder>(m, "CheckpointManager")
       .def(py::init([](py_checkpoint& c, std::string dir, std::optional<int> max_to_keep, std::optional<double> every_n_hours,
                        std::string name, py::object step_counter, std::optional<std::int64_t> interval, py::object init_fn,
@@ -212,6 +217,15 @@ void bind_checkpoint(py::module_& m) {
       .def_property_readonly("directory", [](py_manager& p) { return p.m->directory(); })
       .def("restore_or_initialize", [](py_manager& p) { return unwrap(p.m->restore_or_initialize()); },
            py::call_guard<py::gil_scoped_release>());
+}
+
+}  // namespace
+
+void bind_checkpoint(py::module_& m) {
+  bind_coordinator(m);
+  bind_load_status(m);
+  bind_checkpoint_class(m);
+  bind_manager(m);
 }
 
 }  // namespace meshckpt::python

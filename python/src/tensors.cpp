@@ -204,9 +204,7 @@ void with_global(const py_variable& v, py::handle arr, bool writable, F&& f) {
   unwrap(f(Span(mem.data, mem.bytes)));
 }
 
-}  // namespace
-
-void bind_tensors(py::module_& m) {
+void bind_mesh_and_layout(py::module_& m) {
   py::class_<mesh>(m, "Mesh")
       .def(py::init([](std::vector<std::pair<std::string, std::int64_t>> dims, std::vector<std::int64_t> ids,
                        std::vector<std::int64_t> local) {
@@ -240,7 +238,10 @@ void bind_tensors(py::module_& m) {
       }, py::arg("global_shape"), py::arg("device"), "(origin, extent) of a device's shard")
       .def("__eq__", [](const layout& a, const layout& b) { return a == b; })
       .def("__repr__", [](const layout& l) { return "Layout(" + l.to_string() + ")"; });
+}
 
+// Trackable, and the trackables that are not variables: Module and Bytes.
+void bind_trackables(py::module_& m) {
   py::class_<graph::trackable>(m, "Trackable")
       .def_property_readonly("children", [](const graph::trackable& t) {
         std::vector<std::string> r;
@@ -253,6 +254,23 @@ void bind_tensors(py::module_& m) {
       .def(py::init<>())
       .def("_track", &py_module::track, py::arg("name"), py::arg("child"), py::call_guard<py::gil_scoped_release>(),
            "Adds a named child (a restore pending for that name runs now).");
+
+  py::class_<graph::bytes_state, graph::trackable>(m, "Bytes")
+      .def(py::init([](py::bytes b) {
+        std::string s = b;
+        auto p = reinterpret_cast<const std::byte*>(s.data());
+        return std::make_unique<graph::bytes_state>(std::vector<std::byte>(p, p + s.size()));
+      }), py::arg("value") = py::bytes())
+      .def_property("value", [](const graph::bytes_state& b) {
+        return py::bytes(reinterpret_cast<const char*>(b.get().data()), b.get().size());
+      }, [](graph::bytes_state& b, py::bytes v) {
+        std::string s = v;
+        auto p = reinterpret_cast<const std::byte*>(s.data());
+        b.set(std::vector<std::byte>(p, p + s.size()));
+      });
+}
+
+void bind_variable(py::module_& m) {
 
   // One type: what meshckpt.Variable(...) builds is a meshckpt.Variable (isinstance holds). The
   // one-array constructor's checks are the package's (meshckpt._variable_args), in Python.
@@ -300,9 +318,12 @@ void bind_tensors(py::module_& m) {
       }, "The whole tensor as a new numpy array (bfloat16 as its uint16 bits).")
       .def("__repr__", [](const py_variable& v) { return "<meshckpt.Variable " + v.describe() + " " + v.view().layout().to_string() + ">"; });
 
-  // The benchmark's baseline: the very C++ calls `meshckpt bench` times (write_tensors and
-  // read_tensors, on the process's backend), on the same variables and in the same process as
-  // the Python API's, so a ratio of the two is the binding's cost and not the machine's drift.
+}
+
+// The benchmark's baseline: the very C++ calls `meshckpt bench` times (write_tensors and
+// read_tensors, on the process's backend), on the same variables and in the same process as
+// the Python API's, so a ratio of the two is the binding's cost and not the machine's drift.
+void bind_cpp_baseline(py::module_& m) {
   auto named = [](const std::vector<std::pair<std::string, py_variable*>>& vars) {
     std::vector<named_tensor> out;
     for (const auto& [key, v] : vars) out.push_back({key, v->view()});
@@ -319,19 +340,15 @@ void bind_tensors(py::module_& m) {
     unwrap(read_tensors(process_backend(), prefix, tensors));
   }, py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: read_tensors into (key, Variable) pairs.");
 
-  py::class_<graph::bytes_state, graph::trackable>(m, "Bytes")
-      .def(py::init([](py::bytes b) {
-        std::string s = b;
-        auto p = reinterpret_cast<const std::byte*>(s.data());
-        return std::make_unique<graph::bytes_state>(std::vector<std::byte>(p, p + s.size()));
-      }), py::arg("value") = py::bytes())
-      .def_property("value", [](const graph::bytes_state& b) {
-        return py::bytes(reinterpret_cast<const char*>(b.get().data()), b.get().size());
-      }, [](graph::bytes_state& b, py::bytes v) {
-        std::string s = v;
-        auto p = reinterpret_cast<const std::byte*>(s.data());
-        b.set(std::vector<std::byte>(p, p + s.size()));
-      });
+}
+
+}  // namespace
+
+void bind_tensors(py::module_& m) {
+  bind_mesh_and_layout(m);
+  bind_trackables(m);
+  bind_variable(m);
+  bind_cpp_baseline(m);
 }
 
 }  // namespace meshckpt::python
