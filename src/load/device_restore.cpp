@@ -31,6 +31,45 @@ void add(read_report& to, const read_report& r) {
   to.resharded_shards += r.resharded_shards;
 }
 
+// Groups the device targets into batches of about batch_bytes, in order.
+std::vector<std::vector<const named_tensor*>> batches_of(const std::vector<const named_tensor*>& dev) {
+  std::vector<std::vector<const named_tensor*>> batches(1);
+  std::size_t in_batch = 0;
+  for (const auto* t : dev) {
+    const std::size_t n = staged_bytes(*t);
+    if (!batches.back().empty() && in_batch + n > batch_bytes) {
+      batches.emplace_back();
+      in_batch = 0;
+    }
+    batches.back().push_back(t);
+    in_batch += n;
+  }
+  return batches;
+}
+
+using device_copy = std::pair<const local_shard*, std::span<std::byte>>;  // target shard, its staged bytes
+
+// The batch's targets with their device shards replaced by `staging` (host shards as they
+// are), and the copies to the devices once the staging is read into.
+result<std::vector<named_tensor>> stage_batch(const std::vector<const named_tensor*>& batch, std::byte* staging, std::vector<device_copy>& to_copy) {
+  std::vector<named_tensor> staged;
+  std::size_t off = 0;
+  for (const auto* t : batch) {
+    std::vector<local_shard> shards = t->tensor.shards();
+    for (auto& sh : shards) {
+      if (!sh.on_device()) continue;
+      std::span<std::byte> host_side(staging + off, sh.data.size());
+      to_copy.emplace_back(t->tensor.shard_of(sh.device), host_side);
+      sh.data = host_side;
+      sh.memory = nullptr;
+      off += aligned(host_side.size());
+    }
+    BOOST_OUTCOME_TRY(auto view, dtensor_view::create(t->tensor.type(), t->tensor.global_shape(), t->tensor.layout(), std::move(shards)));
+    staged.push_back({t->key, std::move(view)});
+  }
+  return staged;
+}
+
 }  // namespace
 
 task<read_report> read_through_staging(std::span<const named_tensor> targets, const staged_round& round) {
@@ -55,18 +94,7 @@ task<read_report> read_through_staging(std::span<const named_tensor> targets, co
     add(total, rep);
   }
   if (dev.empty()) co_return total;
-
-  std::vector<std::vector<const named_tensor*>> batches(1);
-  std::size_t in_batch = 0;
-  for (const auto* t : dev) {
-    const std::size_t n = staged_bytes(*t);
-    if (!batches.back().empty() && in_batch + n > batch_bytes) {
-      batches.emplace_back();
-      in_batch = 0;
-    }
-    batches.back().push_back(t);
-    in_batch += n;
-  }
+  const auto batches = batches_of(dev);
   const std::size_t cap = std::max(batch_bytes, largest);
   std::optional<device::detail::staging> staging[2];
   device::detail::copy_group copies[2];
@@ -91,29 +119,13 @@ task<read_report> read_through_staging(std::span<const named_tensor> targets, co
       }
       staging[slot] = std::move(made).value();
     }
-    // The batch's targets with their device shards replaced by staging (host shards as they are).
-    std::vector<named_tensor> staged;
-    std::vector<std::pair<const local_shard*, std::span<std::byte>>> to_copy;
-    std::size_t off = 0;
-    for (const auto* t : batches[i]) {
-      std::vector<local_shard> shards = t->tensor.shards();
-      for (auto& sh : shards) {
-        if (!sh.on_device()) continue;
-        std::span<std::byte> host_side(staging[slot]->bytes.get() + off, sh.data.size());
-        to_copy.emplace_back(t->tensor.shard_of(sh.device), host_side);
-        sh.data = host_side;
-        sh.memory = nullptr;
-        off += aligned(host_side.size());
-      }
-      auto view = dtensor_view::create(t->tensor.type(), t->tensor.global_shape(), t->tensor.layout(), std::move(shards));
-      if (!view) {
-        failed = view.error();
-        break;
-      }
-      staged.push_back({t->key, std::move(view).value()});
+    std::vector<device_copy> to_copy;
+    auto staged = stage_batch(batches[i], staging[slot]->bytes.get(), to_copy);
+    if (!staged) {
+      failed = staged.error();
+      break;
     }
-    if (!failed) break;
-    auto reading = round(staged);
+    auto reading = round(*staged);
     auto rep = co_await std::move(reading);
     if (!rep) {
       failed = rep.error();
