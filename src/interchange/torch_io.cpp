@@ -8,9 +8,7 @@
 #include <map>
 #include <unordered_map>
 
-#include "../pipeline/common.hpp"
-#include "restorable.hpp"
-#include "meshckpt/format/dcp.hpp"
+#include "torch_zip.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/torch_file.hpp"
 #include "meshckpt/format/zip.hpp"
@@ -21,23 +19,12 @@ namespace detail {
 
 namespace {
 
-// The largest pickle read (a state of millions of tensors pickles to a few hundred MB).
-constexpr std::uint64_t max_pickle_bytes = std::uint64_t{1} << 30;
 // The largest central directory read.
 constexpr std::uint64_t max_directory_bytes = std::uint64_t{1} << 30;
 
 constexpr unsigned char zip_magic[4] = {'P', 'K', 3, 4};
 // The legacy format starts with the pickled magic number 0x1950a86a20f9469cfc6c (LONG1).
 constexpr unsigned char legacy_magic[4] = {0x80, 0x02, 0x8a, 0x0a};
-
-// A torch.save zip: a whole file, or a window of one (a DCP .distcp file holds one per chunk).
-// Offsets are the window's.
-struct torch_source {
-  io::handle h;
-  std::string path;
-  std::uint64_t size = 0;  // of the window
-  std::uint64_t base = 0;  // where the window starts in the file
-};
 
 task<void> read_at(io::backend& b, const torch_source& f, std::uint64_t offset, std::span<std::byte> out) {
   auto ex = co_await asio::this_coro::executor;
@@ -49,13 +36,6 @@ task<void> read_at(io::backend& b, const torch_source& f, std::uint64_t offset, 
   if (n != out.size()) co_return make_error(errc::short_read, f.path + " ended before byte " + std::to_string(f.base + offset + out.size()));
   co_return success();
 }
-
-// What a torch.save zip holds: its state, and a tensor (one slice, offsets in the file) per
-// stored entry.
-struct torch_part {
-  format::torch::state_file state;
-  std::vector<format::saved_tensor> tensors;
-};
 
 // The data offsets of records `recs`, their local headers read in windows: headers within 1 MiB
 // of each other share one read of at most 8 MiB, so a file of many small storages costs a few
@@ -116,7 +96,9 @@ format::saved_tensor whole_slice_tensor(const format::torch::stored_entry& e, st
   return t;
 }
 
-task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string root_key = {}) {
+}  // namespace
+
+task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string root_key) {
   namespace zip = format::zip;
   std::vector<std::byte> tail(static_cast<std::size_t>(std::min(f.size, zip::max_tail_bytes)));
   BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, f.size - tail.size(), tail));
@@ -187,6 +169,8 @@ task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string roo
   part.state = std::move(*state);
   co_return part;
 }
+
+namespace {
 
 // A torch.save file in the legacy (non-zip) format: five pickles one after the other (the
 // magic number, the protocol version, the writer's system, the state, the storage keys), then
@@ -295,6 +279,8 @@ task<torch_part> read_legacy(io::backend& b, const torch_source& f) {
   co_return part;
 }
 
+}  // namespace
+
 format::manifest foreign_manifest(std::string writer) {
   format::manifest m;
   m.checksum = format::checksum_kind::crc32_whole;
@@ -311,6 +297,8 @@ result<void> sort_unique(format::manifest& m, const std::string& path) {
   return success();
 }
 
+namespace {
+
 task<restorable> read_file(io::backend& b, const torch_source& f, bool legacy) {
   auto reading = legacy ? read_legacy(b, f) : read_zip(b, f);
   BOOST_OUTCOME_CO_TRY(auto part, co_await std::move(reading));
@@ -323,103 +311,6 @@ task<restorable> read_file(io::backend& b, const torch_source& f, bool legacy) {
   BOOST_OUTCOME_CO_TRY(sort_unique(r.manifest, f.path));
   r.torch_skeleton = std::move(part.state.skeleton);
   co_return r;
-}
-
-// A DCP directory: `.metadata`, then each chunk's and item's torch.save zip in its .distcp file.
-task<restorable> read_dcp(io::backend& b, std::string dir) {
-  auto ex = co_await asio::this_coro::executor;
-  const std::string meta_path = dir + "/.metadata";
-  auto p = co_await open_prefix_dir(b, meta_path);
-  if (!p) co_return p.error();
-  on_unwind close_dir([&] { io::close_detached(b, p->dir); });
-  std::map<std::string, torch_source> files;  // opened once each
-  auto steps = [&]() -> task<restorable> {
-    std::vector<std::byte> bytes;
-    const std::string name = ".metadata";  // outlives the coroutine that takes it by reference
-    auto reading = read_small_file(b, *p, name, max_pickle_bytes, bytes);
-    BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
-    auto doc = format::pickle::read(bytes, format::dcp::metadata_policy(), meta_path);
-    if (!doc) co_return doc.error();
-    auto meta = format::dcp::read_metadata(*doc, meta_path);
-    if (!meta) co_return meta.error();
-    restorable r;
-    r.prefix = meta_path;
-    r.manifest = foreign_manifest("PyTorch distributed checkpoint (" + std::to_string(meta->items.size()) + " entries)");
-    auto& m = r.manifest;
-    std::map<std::string, std::uint32_t> file_index;
-    auto window = [&](const format::dcp::location& at, const std::string& key) -> task<torch_source> {
-      auto it = files.find(at.file);
-      if (it == files.end()) {
-        auto h = co_await io::async_open(b, ex, p->dir, at.file, io::open_mode::read, use_awaitable);
-        if (!h) {
-          if (h.error().code == std::errc::no_such_file_or_directory)
-            co_return make_error(errc::not_found, meta_path + ": entry \"" + key + "\" is in " + at.file + ", which does not exist in " + dir);
-          co_return with_context(h.error(), dir + "/" + at.file);
-        }
-        it = files.emplace(at.file, torch_source{*h, dir + "/" + at.file, 0, 0}).first;
-        BOOST_OUTCOME_CO_TRY(it->second.size, co_await io::async_size(b, ex, *h, use_awaitable));
-        file_index.emplace(at.file, static_cast<std::uint32_t>(m.files.size()));
-        m.files.push_back({at.file, it->second.size});
-      }
-      torch_source w = it->second;
-      if (at.offset > w.size || at.length > w.size - at.offset)
-        co_return make_error(errc::corrupt_manifest, meta_path + ": entry \"" + key + "\" lies at bytes [" + std::to_string(at.offset) + ", " +
-                                                         std::to_string(at.offset + at.length) + ") of " + at.file + ", which has " + std::to_string(w.size));
-      w.path = dir + "/" + at.file + " (entry \"" + key + "\")";
-      w.base = at.offset;
-      w.size = at.length;
-      co_return w;
-    };
-    std::string state = "{\"dict\": [";
-    for (const auto& it : meta->items) {
-      state += (state.size() > 10 ? ", [\"s\", " : "[\"s\", ") + format::json_string(it.key) + ", ";
-      if (!it.tensor) {  // a pickled object: its state, keys under the item's
-        BOOST_OUTCOME_CO_TRY(auto w, co_await window(it.bytes, it.key));
-        auto reading = read_zip(b, w, it.key);  // named: GCC 12 mishandles a coroutine's temporary arguments inside co_await
-        BOOST_OUTCOME_CO_TRY(auto part, co_await std::move(reading));
-        for (auto& t : part.tensors) {
-          t.slices[0].file = file_index.at(it.bytes.file);
-          m.tensors.push_back(std::move(t));
-        }
-        state += part.state.state + "]";
-        continue;
-      }
-      format::saved_tensor t;
-      t.key = it.key;
-      t.type = it.type;
-      t.global = it.size;
-      t.axes.assign(it.size.size(), -1);
-      for (const auto& c : it.chunks) {
-        BOOST_OUTCOME_CO_TRY(auto w, co_await window(c.at, it.key));
-        auto reading = read_zip(b, w);
-        BOOST_OUTCOME_CO_TRY(auto part, co_await std::move(reading));
-        // One tensor, the chunk: its dtype and shape, viewing all of its storage.
-        if (part.tensors.size() != 1 || part.tensors[0].type != it.type || part.tensors[0].global != c.where.extent)
-          co_return make_error(errc::corrupt_manifest, w.path + ": the chunk at " + to_string(c.where.origin) + " is not one " +
-                                                           std::string(dtype_name(it.type)) + to_string(c.where.extent) + " tensor");
-        auto sl = std::move(part.tensors[0].slices[0]);
-        sl.where = c.where;
-        sl.file = file_index.at(c.at.file);
-        t.slices.push_back(std::move(sl));
-      }
-      state += "{\"tensor\": " + format::json_string(it.key) + ", \"dtype\": \"" + std::string(format::torch::dtype_name(it.type)) +
-               "\", \"shape\": " + to_string(it.size) + "}]";
-      m.tensors.push_back(std::move(t));
-    }
-    BOOST_OUTCOME_CO_TRY(sort_unique(m, dir));
-    r.torch_skeleton = "{\"format\": 2, \"keys\": \"verbatim\", \"state\": " + state + "]}}";
-    co_return r;
-  };
-  std::optional<result<restorable>> r;
-  try {
-    r = co_await steps();
-  } catch (const std::bad_alloc&) {
-    r = out_of_memory("reading " + dir);
-  }
-  for (auto& [name, f] : files) co_await close_quietly(b, f.h);
-  co_await close_quietly(b, p->dir);
-  close_dir.disarm();
-  co_return std::move(*r);
 }
 
 }  // namespace
