@@ -322,8 +322,84 @@ task<write_report> publish(save_state& s, const format::manifest& m) {
   co_return rep;
 }
 
+// a. Every process takes process 0's token (broadcast), so all data files carry the token of
+// this save.
+task<void> agree_on_token(save_state& s, coord::coordinator& co, coord::milliseconds timeout) {
+  std::vector<std::byte> tok(8);
+  for (int i = 0; i < 8; ++i) tok[static_cast<std::size_t>(i)] = static_cast<std::byte>(s.token >> (8 * i));
+  // Collectives started apart from their co_await: GCC 12 mishandles non-trivial temporaries
+  // inside co_await expressions.
+  auto token_op = co.start_broadcast(tok, timeout);
+  auto got = co_await coord::await_collective(std::move(token_op));
+  if (!got) co_return with_context(got.error(), "agreeing on the save's token with process 0");
+  if (got->size() != 8) co_return make_error(errc::invalid_argument, "process 0 sent a token of " + std::to_string(got->size()) + " bytes");
+  s.token = 0;
+  for (int i = 0; i < 8; ++i) s.token |= std::uint64_t{static_cast<std::uint8_t>((*got)[static_cast<std::size_t>(i)])} << (8 * i);
+  co_return success();
+}
+
+// Process 0: the reports merged into `m` (its own local write's error first among failures),
+// then steps 5-8. The outcome to announce; the report when it committed.
+task<save_outcome> commit_reports(save_state& s, format::manifest& m, const result<void>& local, const std::vector<coord::bytes>& gathered,
+                                  std::optional<write_report>& committed) {
+  save_outcome out;
+  std::vector<process_report> reports;
+  for (std::size_t r = 0; r < gathered.size(); ++r) {
+    auto rep = decode_report(gathered[r]);
+    if (!rep) {
+      out.failure = with_context(rep.error(), "process " + std::to_string(r));
+      co_return out;
+    }
+    reports.push_back(std::move(*rep));
+  }
+  if (!local) {
+    out.failure = with_context(local.error(), "process 0");
+    co_return out;
+  }
+  if (auto mr = merge_reports(m, reports); !mr) {
+    out.failure = mr.error();
+    co_return out;
+  }
+  auto pub = co_await publish(s, m);
+  if (!pub) {
+    out.s = s.renamed ? save_outcome::failed_after_publish : save_outcome::failed;
+    out.failure = with_context(pub.error(), "process 0, committing");
+    co_return out;
+  }
+  committed = *pub;
+  out.s = save_outcome::committed;
+  out.bytes = pub->bytes;
+  out.tensors = pub->tensors;
+  out.slices = pub->slices;
+  out.files = pub->files;
+  co_return out;
+}
+
+// Another process: process 0's announcement of the outcome. Process 0 may first wait up to
+// `timeout` for the slowest report, then commit. Not hearing it leaves the outcome unknown: the
+// files might belong to a committed checkpoint, so they stay.
+task<save_outcome> hear_outcome(save_state& s, coord::coordinator& co, coord::milliseconds timeout, std::optional<write_report>& committed) {
+  auto listen = co.start_broadcast({}, 2 * timeout);
+  auto heard = co_await coord::await_collective(std::move(listen));
+  if (!heard) {
+    s.renamed = true;
+    co_return with_context(heard.error(), "waiting for process 0 to announce the save's outcome");
+  }
+  auto o = decode_outcome(*heard);
+  if (!o) co_return with_context(o.error(), "process 0's announcement of the outcome");
+  if (o->s == save_outcome::committed) {
+    committed.emplace();
+    committed->manifest_path = (s.dir_path == "." ? std::string() : s.dir_path + "/") + format::manifest_name(s.base);
+    committed->bytes = o->bytes;
+    committed->tensors = static_cast<std::size_t>(o->tensors);
+    committed->slices = static_cast<std::size_t>(o->slices);
+    committed->files = static_cast<std::size_t>(o->files);
+  }
+  co_return std::move(*o);
+}
+
 // The multi-process save (docs/MULTI_PROCESS.md). Every process:
-//   a. takes process 0's token (broadcast), so all data files carry the token of this save;
+//   a. takes process 0's token (agree_on_token);
 //   b. runs steps 1-4 on its own slices (owner-local writes, its own data files);
 //   c. sends process 0 a report: its files and slices with their checksums, or its error.
 // Process 0 merges the reports into one manifest (every slice reported exactly once, by
@@ -335,29 +411,15 @@ task<write_report> publish(save_state& s, const format::manifest& m) {
 task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<const named_tensor> tensors, write_options opt) {
   const auto timeout = opt.coordination_timeout;
   const int rank = co.rank();
+  auto agreeing = agree_on_token(s, co, timeout);
+  BOOST_OUTCOME_CO_TRY(co_await std::move(agreeing));
 
-  // a. The token.
-  std::vector<std::byte> tok(8);
-  for (int i = 0; i < 8; ++i) tok[static_cast<std::size_t>(i)] = static_cast<std::byte>(s.token >> (8 * i));
-  // Collectives started apart from their co_await: GCC 12 mishandles non-trivial temporaries
-  // inside co_await expressions.
-  auto token_op = co.start_broadcast(tok, timeout);
-  auto got = co_await coord::await_collective(std::move(token_op));
-  if (!got) co_return with_context(got.error(), "agreeing on the save's token with process 0");
-  if (got->size() != 8) co_return make_error(errc::invalid_argument, "process 0 sent a token of " + std::to_string(got->size()) + " bytes");
-  s.token = 0;
-  for (int i = 0; i < 8; ++i) s.token |= std::uint64_t{static_cast<std::uint8_t>((*got)[static_cast<std::size_t>(i)])} << (8 * i);
-
-  // b, c. Local writes, then the report.
   format::manifest m;
   runtime::give_back_at_exit m_back(detail::manifests(), m);
-  auto local = co_await write_local(s, m, tensors, opt, rank);
+  result<void> local = co_await write_local(s, m, tensors, opt, rank);
   process_report mine;
-  if (local) {
-    mine = report_of(m, m.files, skeleton_fingerprint(m));
-  } else {
-    mine.failure = local.error();
-  }
+  if (local) mine = report_of(m, m.files, skeleton_fingerprint(m));
+  else mine.failure = local.error();
   auto mine_bytes = encode(mine);
   auto report_op = co.start_gather(mine_bytes, timeout);
   auto gathered = co_await coord::await_collective(std::move(report_op));
@@ -368,33 +430,8 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
     if (!gathered) {
       out.failure = with_context(gathered.error(), "collecting the processes' reports");
     } else {
-      std::vector<process_report> reports;
-      std::optional<error> bad;
-      for (std::size_t r = 0; r < gathered->size() && !bad; ++r) {
-        auto rep = decode_report((*gathered)[r]);
-        if (!rep) bad = with_context(rep.error(), "process " + std::to_string(r));
-        else reports.push_back(std::move(*rep));
-      }
-      if (!bad && !local) bad = with_context(local.error(), "process 0");
-      if (!bad) {
-        if (auto mr = merge_reports(m, reports); !mr) bad = mr.error();
-      }
-      if (bad) {
-        out.failure = *bad;
-      } else {
-        auto pub = co_await publish(s, m);
-        if (pub) {
-          committed = *pub;
-          out.s = save_outcome::committed;
-          out.bytes = pub->bytes;
-          out.tensors = pub->tensors;
-          out.slices = pub->slices;
-          out.files = pub->files;
-        } else {
-          out.s = s.renamed ? save_outcome::failed_after_publish : save_outcome::failed;
-          out.failure = with_context(pub.error(), "process 0, committing");
-        }
-      }
+      auto committing = commit_reports(s, m, local, *gathered, committed);
+      BOOST_OUTCOME_CO_TRY(out, co_await std::move(committing));
     }
     auto said = encode(out);
     // The outcome stands whether or not every process hears it; one that does not times out.
@@ -402,24 +439,8 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
     (void)co_await coord::await_collective(std::move(announce));
   } else {
     if (!gathered) co_return gathered.error();
-    // Process 0 may first wait up to `timeout` for the slowest report, then commit.
-    auto listen = co.start_broadcast({}, 2 * timeout);
-    auto heard = co_await coord::await_collective(std::move(listen));
-    if (!heard) {
-      s.renamed = true;  // the outcome is unknown: the files might belong to a committed checkpoint
-      co_return with_context(heard.error(), "waiting for process 0 to announce the save's outcome");
-    }
-    auto o = decode_outcome(*heard);
-    if (!o) co_return with_context(o.error(), "process 0's announcement of the outcome");
-    out = std::move(*o);
-    if (out.s == save_outcome::committed) {
-      committed.emplace();
-      committed->manifest_path = (s.dir_path == "." ? std::string() : s.dir_path + "/") + format::manifest_name(s.base);
-      committed->bytes = out.bytes;
-      committed->tensors = static_cast<std::size_t>(out.tensors);
-      committed->slices = static_cast<std::size_t>(out.slices);
-      committed->files = static_cast<std::size_t>(out.files);
-    }
+    auto hearing = hear_outcome(s, co, timeout, committed);
+    BOOST_OUTCOME_CO_TRY(out, co_await std::move(hearing));
   }
   if (out.s == save_outcome::failed_after_publish) s.renamed = true;  // the manifest may be visible: keep its data
   if (!committed) co_return out.failure;
