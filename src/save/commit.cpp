@@ -32,19 +32,17 @@
 #include <cstring>
 #include <random>
 #include <stop_token>
+#include <type_traits>
 #include <unistd.h>
 
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 
-#include "../device/device_copy.hpp"
 #include "../coord/await_collective.hpp"
-#include "../pipeline/dir_lock.hpp"
 #include "../runtime/durable_replace.hpp"
 #include "../pipeline/recyclers.hpp"
-#include "../runtime/staged_writer.hpp"
-#include "../pipeline/common.hpp"
 #include "save_messages.hpp"
+#include "save_state.hpp"
 #include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/names.hpp"
@@ -52,8 +50,6 @@
 namespace meshckpt {
 
 namespace detail {
-
-namespace {
 
 std::uint64_t fresh_token() {
   static std::atomic<std::uint64_t> counter{0};
@@ -67,150 +63,9 @@ std::uint64_t fresh_token() {
   return format::checksum(std::as_bytes(std::span(parts)));
 }
 
-// Data files are produced front to back through runtime::staged_writer, opened with O_DIRECT
-// (where the filesystem allows); the file is then truncated to its exact size. Memory stays
-// bounded by the staging pool, whatever the state's size.
-constexpr std::size_t copy_piece = 256u << 10;
-
-struct save_state {
-  save_state(io::backend& be, std::string p, std::string d, std::string n)
-      : b(be), prefix(std::move(p)), dir_path(std::move(d)), base(std::move(n)) {}
-  std::stop_token stop;
-  std::function<void(std::uint64_t, std::uint64_t)> progress;
-  std::function<void()> sources_released;  // called at most once, then cleared
-  std::span<const plan::streamed_tensor> streamed;
-  stream_reader read_stream;  // the bytes of `streamed`
-  std::uint64_t done_bytes = 0, total_bytes = 0;
-  io::backend& b;
-  std::string prefix;
-  std::string dir_path;
-  std::string base;
-  std::uint64_t token = fresh_token();
-  std::optional<io::handle> dir;
-  std::vector<io::handle> open_files;
-  std::vector<std::string> created;  // files to remove if the attempt fails before the rename
-  bool renamed = false;
-  detail::dir_lock lock;  // released when the save ends
-};
+namespace {
 
 error at(const save_state& s, error e) { return with_context(std::move(e), "save " + s.prefix); }
-
-task<void> write_data_file(save_state& s, format::manifest& m, std::uint32_t k, std::span<const plan::slice_write> writes,
-                           std::uint64_t file_size, std::uint64_t chunk_bytes, bool last_file) {
-  auto ex = co_await asio::this_coro::executor;
-  std::string name = format::data_file_name(s.base, s.token, k);
-  // The bookkeeping after the open must not allocate: a failure there would lose the file.
-  std::string entry = name;
-  s.created.reserve(s.created.size() + 1);
-  s.open_files.reserve(s.open_files.size() + 1);
-  auto h = co_await io::async_open(s.b, ex, *s.dir, name, io::open_mode::create_exclusive_direct, use_awaitable);
-  if (!h) co_return h.error();
-  s.created.push_back(std::move(entry));
-  s.open_files.push_back(*h);
-
-  runtime::staged_writer out(s.b, ex, *h, file_size, s.stop);
-  out.on_written = [&s](std::size_t n) {
-    s.done_bytes = std::min(s.total_bytes, s.done_bytes + n);  // padding counts up to the total only
-    if (s.progress) s.progress(s.done_bytes, s.total_bytes);
-  };
-  // Each piece is hashed right after its copy, from the staging buffer: the bytes hashed are
-  // the bytes written, read from cache rather than a second time from the tensor.
-  format::chunk_hasher hasher(chunk_bytes);
-  // A streamed slice is read straight into the staging block, as much of it as fits at a time
-  // (so each read is large), while the writes of the blocks before it are in flight.
-  auto fill_streamed = [&](const plan::slice_write& w, const format::saved_slice& slice) -> task<void> {
-    std::uint64_t pos = slice.offset, done = 0;
-    while (done < slice.length) {
-      auto into = out.room(pos);
-      if (into.empty()) {
-        BOOST_OUTCOME_CO_TRY(co_await out.next_block());
-        continue;
-      }
-      into = into.first(static_cast<std::size_t>(std::min<std::uint64_t>(slice.length - done, into.size())));
-      auto reading = s.read_stream(w.streamed, done, into);
-      BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
-      hasher.update(into);
-      done += into.size();
-      pos += into.size();
-      out.filled_to(pos);
-    }
-    co_return success();
-  };
-  auto fill = [&]() -> task<void> {
-    for (std::size_t wi = 0; wi < writes.size(); ++wi) {
-      const auto& w = writes[wi];
-      auto& slice = m.tensors[w.tensor].slices[w.slice];
-      hasher.start(slice.length, slice.checksums);
-      // Small slices are scattered over the heap, where the hardware prefetcher loses the
-      // stream at each one: ask for the next one's first lines while this one is copied.
-      if (wi + 1 < writes.size() && !writes[wi + 1].memory)
-        for (std::size_t off = 0; off < std::min<std::size_t>(writes[wi + 1].source.size(), 1024); off += 64)
-          __builtin_prefetch(writes[wi + 1].source.data() + off);
-      if (w.streamed != plan::not_streamed) {
-        BOOST_OUTCOME_CO_TRY(co_await fill_streamed(w, slice));
-        continue;
-      }
-      std::uint64_t pos = slice.offset;
-      std::span<const std::byte> src = w.source;
-      if (w.memory) {
-        // Device memory: the accelerator copies it into the staging block, as much as fits at
-        // a time, while the blocks before it are being written.
-        while (!src.empty()) {
-          auto into = out.room(pos);
-          if (into.empty()) {
-            BOOST_OUTCOME_CO_TRY(co_await out.next_block());
-            continue;
-          }
-          into = into.first(std::min(src.size(), into.size()));
-          BOOST_OUTCOME_CO_TRY(device::detail::pin_staging_buffer(*w.memory, out.current_buffer()));
-          auto copied = device::detail::to_host(*w.memory, w.gpu, into, src.data());
-          if (auto r = co_await std::move(copied); !r)
-            co_return with_context(r.error(), "copying tensor \"" + m.tensors[w.tensor].key + "\" slice " + to_string(slice.where) +
-                                                  " from " + std::string(w.memory->name()) + " device " + std::to_string(w.gpu));
-          hasher.update(into);
-          src = src.subspan(into.size());
-          pos += into.size();
-          out.filled_to(pos);
-        }
-        continue;
-      }
-      while (!src.empty()) {
-        auto into = out.room(pos);
-        if (into.empty()) {
-          BOOST_OUTCOME_CO_TRY(co_await out.next_block());
-          continue;
-        }
-        // At most a copy piece at a time, so the hash finds it in cache.
-        std::size_t n = std::min<std::size_t>({src.size(), into.size(), copy_piece});
-        std::memcpy(into.data(), src.data(), n);
-        hasher.update(into.first(n));
-        src = src.subspan(n);
-        pos += n;
-        out.filled_to(pos);
-      }
-    }
-    out.submit_last();
-    co_return success();
-  };
-  result<void> filled_ok = success();
-  try {
-    filled_ok = co_await fill();
-  } catch (const std::bad_alloc&) {
-    filled_ok = out_of_memory("writing " + name);
-  }
-  if (filled_ok && last_file && s.sources_released) std::exchange(s.sources_released, nullptr)();
-  auto drained = co_await out.drain();  // before `out` goes away, error or not (staged_writer.hpp)
-  if (!filled_ok) co_return filled_ok.error();
-  if (!drained) co_return drained.error();
-  BOOST_OUTCOME_CO_TRY(co_await io::async_truncate(s.b, ex, *h, file_size, use_awaitable));
-  BOOST_OUTCOME_CO_TRY(co_await io::async_fsync(s.b, ex, *h, use_awaitable));
-  // Forgotten only once closed (a close always releases the handle): until then the cleanup of
-  // last resort closes it if an allocation fails.
-  auto closed = co_await io::async_close(s.b, ex, *h, use_awaitable);
-  if (!closed && closed.error().code == std::errc::not_enough_memory) io::close_detached(s.b, *h);  // it never started
-  s.open_files.pop_back();
-  co_return closed;
-}
 
 result<void> check_options(const save_state& s, const write_options& opt) {
   if (opt.chunk_bytes < 4096 || opt.chunk_bytes > (64u << 20) || (opt.chunk_bytes & (opt.chunk_bytes - 1)))
