@@ -30,6 +30,8 @@
 
 namespace meshckpt::cli {
 
+namespace {
+
 // A progress bar on stderr while verify reads, when stderr is a terminal (or MESHCKPT_PROGRESS
 // is set, for tests); redrawn at most ten times a second, erased at the end.
 class progress_bar {
@@ -66,97 +68,127 @@ class progress_bar {
 
 std::string code_name(const error& e) { return e.code.message(); }
 
+// What verify looks at in a directory: its checkpoints, the leftovers of interrupted saves,
+// and its `checkpoint` state file, every checkpoint of which must be present (and, like every
+// checkpoint here, intact).
+struct directory_survey {
+  std::vector<std::string> prefixes, leftovers, state_problems;
+  bool state_present = false;
+};
+
+result<directory_survey> survey_directory(io::backend& b, const std::string& path) {
+  directory_survey d;
+  BOOST_OUTCOME_TRY(auto scan, scan_directory(b, path));
+  for (const auto& c : scan.checkpoints) d.prefixes.push_back(join(path, c));
+  for (const auto& l : scan.leftovers) d.leftovers.push_back(join(path, l));
+  auto st = read_checkpoint_state(b, path);
+  if (st) {
+    d.state_present = true;
+    std::vector<std::string> listed = st->all_model_checkpoint_paths;
+    if (!st->model_checkpoint_path.empty()) listed.push_back(st->model_checkpoint_path);
+    for (const auto& name : listed)
+      if (std::find(scan.checkpoints.begin(), scan.checkpoints.end(), name) == scan.checkpoints.end() &&
+          std::find(d.state_problems.begin(), d.state_problems.end(), name) == d.state_problems.end())
+        d.state_problems.push_back(join(path, "checkpoint") + " lists " + name + ", which is missing (no " + name + ".manifest)");
+  } else if (st.error().code != errc::not_found) {
+    d.state_present = true;
+    d.state_problems.push_back(st.error().what());
+  }
+  return d;
+}
+
+// One checkpoint's verdict: its report, its problems, and whether it was there at all.
+struct verdict {
+  verify_report rep;
+  std::vector<error> problems;
+  bool missing = false;
+};
+
+verdict verify_one(io::backend& b, const args& a, const std::string& p, bool tf) {
+  const bool show_progress = !a.no_progress && (std::getenv("MESHCKPT_PROGRESS") || (!a.json && ::isatty(STDERR_FILENO)));
+  std::optional<progress_bar> bar;
+  bar.emplace(show_progress, "verifying " + p);
+  auto on_progress = [&bar](std::uint64_t done, std::uint64_t total) { bar->update(done, total); };
+  auto r = tf ? verify_tf_bundle(b, p, on_progress) : verify(b, p, on_progress);
+  bar.reset();
+  verdict v;
+  // Nothing there is not damage: say what was looked for.
+  v.missing = !r && r.error().code == errc::not_found && !exists(p + ".manifest") && !exists(p + ".index") && !exists(p + "/.metadata");
+  if (v.missing) v.problems.push_back(tf ? r.error() : no_checkpoint_at(p, r.error()));
+  else if (!r) v.problems.push_back(r.error());
+  else {
+    v.rep = *r;
+    v.problems = v.rep.problems;
+  }
+  return v;
+}
+
+std::string verdict_json(const std::string& p, const verdict& v) {
+  const auto& rep = v.rep;
+  std::string json = "{\"prefix\":" + format::json_string(p) + ",\"ok\":" + (v.problems.empty() ? "true" : "false") +
+                     ",\"found\":" + (v.missing ? "false" : "true") + ",\"tensors\":" + std::to_string(rep.tensors) +
+                     ",\"slices\":" + std::to_string(rep.slices) + ",\"files\":" + std::to_string(rep.files) +
+                     ",\"bytes_checked\":" + std::to_string(rep.bytes_checked) + ",\"checksummed\":" + (rep.checksummed ? "true" : "false") +
+                     ",\"problems\":[";
+  for (std::size_t j = 0; j < v.problems.size(); ++j)
+    json += std::string(j ? "," : "") + "{\"code\":" + format::json_string(code_name(v.problems[j])) +
+            ",\"message\":" + format::json_string(v.problems[j].what()) + "}";
+  return json + "]}";
+}
+
+void print_verdict(const std::string& p, const verdict& v) {
+  const auto& rep = v.rep;
+  if (v.problems.empty()) {
+    std::printf("ok        %s  (%zu tensors, %zu slices, %zu data file%s, %s %s)\n", p.c_str(), rep.tensors, rep.slices, rep.files,
+                rep.files == 1 ? "" : "s", format::human_bytes(rep.bytes_checked).c_str(),
+                rep.checksummed ? "checked" : "read: sizes checked, no checksum to verify them (torch.save's legacy format stores none)");
+    return;
+  }
+  std::printf("%s %s\n", v.missing ? "NOT FOUND" : "DAMAGED  ", p.c_str());
+  for (const auto& e : v.problems) std::printf("          %s\n", e.what().c_str());
+}
+
+std::string json_strings(const std::vector<std::string>& v) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) out += std::string(i ? "," : "") + format::json_string(v[i]);
+  return out + "]";
+}
+
+}  // namespace
+
 int cmd_verify(io::backend& b, const args& a) {
   std::string path = normalize_prefix(a.path);
   const auto tf = a.format == "meshckpt" ? std::nullopt : tf_bundle_prefix(a.path);  // a TensorFlow bundle: its tensors against their CRC-32C
   if (tf) path = *tf;
-  std::vector<std::string> prefixes;
-  std::vector<std::string> leftovers;
-  std::vector<std::string> state_problems;
-  bool state_present = false;
+  directory_survey d;
   if (!tf && is_directory(path) && !exists(path + ".manifest") && !exists(join(path, ".metadata"))) {  // (not a DCP checkpoint)
-    auto scan = scan_directory(b, path);
-    if (!scan) {
-      return report_error("verify", scan.error());
-    }
-    for (const auto& c : scan->checkpoints) prefixes.push_back(join(path, c));
-    for (const auto& l : scan->leftovers) leftovers.push_back(join(path, l));
-    // The directory's `checkpoint` state file: every checkpoint it lists must be present (and,
-    // like every checkpoint here, intact).
-    auto st = read_checkpoint_state(b, path);
-    if (st) {
-      state_present = true;
-      std::vector<std::string> listed = st->all_model_checkpoint_paths;
-      if (!st->model_checkpoint_path.empty()) listed.push_back(st->model_checkpoint_path);
-      for (const auto& name : listed)
-        if (std::find(scan->checkpoints.begin(), scan->checkpoints.end(), name) == scan->checkpoints.end() &&
-            std::find(state_problems.begin(), state_problems.end(), name) == state_problems.end())
-          state_problems.push_back(join(path, "checkpoint") + " lists " + name + ", which is missing (no " + name + ".manifest)");
-    } else if (st.error().code != errc::not_found) {
-      state_present = true;
-      state_problems.push_back(st.error().what());
-    }
-    if (prefixes.empty()) {
+    auto surveyed = survey_directory(b, path);
+    if (!surveyed) return report_error("verify", surveyed.error());
+    d = std::move(*surveyed);
+    if (d.prefixes.empty()) {
       if (a.json)
-        std::printf("{\"ok\":false,\"error\":%s,\"checkpoints\":[],\"leftovers\":[]}\n",
-                    format::json_string("no checkpoint found in " + path).c_str());
-      return report_failure("verify", "no checkpoint found in %s%s", path.c_str(),
-                   leftovers.empty() ? "" : " (only leftovers of interrupted saves)");
+        std::printf("{\"ok\":false,\"error\":%s,\"checkpoints\":[],\"leftovers\":[]}\n", format::json_string("no checkpoint found in " + path).c_str());
+      return report_failure("verify", "no checkpoint found in %s%s", path.c_str(), d.leftovers.empty() ? "" : " (only leftovers of interrupted saves)");
     }
   } else {
-    prefixes.push_back(path);
+    d.prefixes.push_back(path);
   }
-  bool all_ok = state_problems.empty();
+  bool all_ok = d.state_problems.empty();
   std::string json = "{\"checkpoints\":[";
-  for (std::size_t i = 0; i < prefixes.size(); ++i) {
-    const auto& p = prefixes[i];
-    const bool show_progress = !a.no_progress && (std::getenv("MESHCKPT_PROGRESS") || (!a.json && ::isatty(STDERR_FILENO)));
-    std::optional<progress_bar> bar;
-    bar.emplace(show_progress, "verifying " + p);
-    auto on_progress = [&bar](std::uint64_t done, std::uint64_t total) { bar->update(done, total); };
-    auto r = tf ? verify_tf_bundle(b, p, on_progress) : verify(b, p, on_progress);
-    bar.reset();
-    std::vector<error> problems;
-    verify_report rep;
-    // Nothing there is not damage: say what was looked for.
-    const bool missing = !r && r.error().code == errc::not_found && !exists(p + ".manifest") && !exists(p + ".index") &&
-                         !exists(p + "/.metadata");
-    if (missing) problems.push_back(tf ? r.error() : no_checkpoint_at(p, r.error()));
-    else if (!r) problems.push_back(r.error());
-    else {
-      rep = *r;
-      problems = rep.problems;
-    }
-    all_ok = all_ok && problems.empty();
-    if (a.json) {
-      json += std::string(i ? "," : "") + "{\"prefix\":" + format::json_string(p) + ",\"ok\":" + (problems.empty() ? "true" : "false") +
-              ",\"found\":" + (missing ? "false" : "true") +
-              ",\"tensors\":" + std::to_string(rep.tensors) + ",\"slices\":" + std::to_string(rep.slices) +
-              ",\"files\":" + std::to_string(rep.files) + ",\"bytes_checked\":" + std::to_string(rep.bytes_checked) +
-              ",\"checksummed\":" + (rep.checksummed ? "true" : "false") + ",\"problems\":[";
-      for (std::size_t j = 0; j < problems.size(); ++j)
-        json += std::string(j ? "," : "") + "{\"code\":" + format::json_string(code_name(problems[j])) +
-                ",\"message\":" + format::json_string(problems[j].what()) + "}";
-      json += "]}";
-    } else if (problems.empty()) {
-      std::printf("ok        %s  (%zu tensors, %zu slices, %zu data file%s, %s %s)\n", p.c_str(), rep.tensors, rep.slices, rep.files,
-                  rep.files == 1 ? "" : "s", format::human_bytes(rep.bytes_checked).c_str(),
-                  rep.checksummed ? "checked" : "read: sizes checked, no checksum to verify them (torch.save's legacy format stores none)");
-    } else {
-      std::printf("%s %s\n", missing ? "NOT FOUND" : "DAMAGED  ", p.c_str());
-      for (const auto& e : problems) std::printf("          %s\n", e.what().c_str());
-    }
+  for (std::size_t i = 0; i < d.prefixes.size(); ++i) {
+    const auto& p = d.prefixes[i];
+    const auto v = verify_one(b, a, p, tf.has_value());
+    all_ok = all_ok && v.problems.empty();
+    if (a.json) json += std::string(i ? "," : "") + verdict_json(p, v);
+    else print_verdict(p, v);
   }
   if (a.json) {
-    json += "],\"leftovers\":[";
-    for (std::size_t i = 0; i < leftovers.size(); ++i) json += std::string(i ? "," : "") + format::json_string(leftovers[i]);
-    json += "],\"state_file\":{\"present\":" + std::string(state_present ? "true" : "false") + ",\"problems\":[";
-    for (std::size_t i = 0; i < state_problems.size(); ++i) json += std::string(i ? "," : "") + format::json_string(state_problems[i]);
-    json += "]},\"ok\":" + std::string(all_ok ? "true" : "false") + "}\n";
+    json += "],\"leftovers\":" + json_strings(d.leftovers) + ",\"state_file\":{\"present\":" + std::string(d.state_present ? "true" : "false") +
+            ",\"problems\":" + json_strings(d.state_problems) + "},\"ok\":" + std::string(all_ok ? "true" : "false") + "}\n";
     std::fwrite(json.data(), 1, json.size(), stdout);
   } else {
-    for (const auto& l : leftovers) std::printf("leftover  %s  (from an interrupted save; not a checkpoint, ignored)\n", l.c_str());
-    for (const auto& p : state_problems) std::printf("DAMAGED   %s\n", p.c_str());
+    for (const auto& l : d.leftovers) std::printf("leftover  %s  (from an interrupted save; not a checkpoint, ignored)\n", l.c_str());
+    for (const auto& p : d.state_problems) std::printf("DAMAGED   %s\n", p.c_str());
   }
   return all_ok ? 0 : 1;
 }
