@@ -299,6 +299,44 @@ snapshot_outcome take_snapshot(detail::checkpoint_impl& impl, const std::shared_
   return snapshot_outcome::copied_or_queued;
 }
 
+// The values of the object graph `live`, captured now on the caller's thread (host values
+// copied by their objects), and the graph itself as the save's extension.
+result<void> capture_state(detail::checkpoint_impl& impl, save_job& job, const graph::live_graph& live) {
+  for (std::size_t i = 0; i < live.objects.size(); ++i) {
+    const auto& n = live.graph.nodes[i];
+    if (!n.has_value) continue;
+    auto v = live.objects[i]->value_for_save(impl.m);
+    if (!v) return with_context(v.error(), "save " + job.path + ": value \"" + n.key + "\"");
+    job.tensors.push_back({n.key, v->view});
+    if (v->owner) job.owners.push_back(std::move(v->owner));
+  }
+  job.wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(live.graph)});
+  return success();
+}
+
+// A stop of this call or of the checkpoint's options stops the write: both forward to the
+// job's own stop source.
+void forward_stops(detail::checkpoint_impl& impl, save_job& job, std::stop_token stop) {
+  if (!stop.stop_possible()) return;
+  job.on_call_stop.emplace(std::move(stop), std::function<void()>([s = &job.stop] { s->request_stop(); }));
+  if (impl.opt.write.stop.stop_possible())
+    job.on_options_stop.emplace(impl.opt.write.stop, std::function<void()>([s = &job.stop] { s->request_stop(); }));
+  job.wopt.stop = job.stop.get_token();
+}
+
+// The job's completion: settles `released` (a save that failed before releasing its tensors
+// reports that too; after success they are free in any case), then calls `done`. `done` moves
+// in only once nothing can fail (moving a std::function does not allocate), so that the
+// failure path still has it.
+void bind_done(save_job& job, io::completion<std::string>& done) {
+  auto user_done = std::make_shared<io::completion<std::string>>();
+  job.done = [released = job.released, user_done](result<std::string> r) {
+    released->set(r ? result<void>(success()) : result<void>(r.error()));
+    (*user_done)(std::move(r));
+  };
+  *user_done = std::move(done);
+}
+
 }  // namespace
 
 void checkpoint::start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
@@ -338,34 +376,11 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
     impl.save_counter->set(impl.save_counter->get() + 1);
     job->path = prefix + "-" + std::to_string(impl.save_counter->get());
   }
-  // Capture the graph and the host values now, on the caller's thread.
-  auto live = graph::walk(root(), extra_edges(impl));
-  for (std::size_t i = 0; i < live.objects.size(); ++i) {
-    const auto& n = live.graph.nodes[i];
-    if (!n.has_value) continue;
-    auto v = live.objects[i]->value_for_save(impl.m);
-    if (!v) return fail(with_context(v.error(), "save " + job->path + ": value \"" + n.key + "\""));
-    job->tensors.push_back({n.key, v->view});
-    if (v->owner) job->owners.push_back(std::move(v->owner));
-  }
   job->wopt = impl.opt.write;
-  if (stop.stop_possible()) {
-    job->on_call_stop.emplace(std::move(stop), std::function<void()>([s = &job->stop] { s->request_stop(); }));
-    if (impl.opt.write.stop.stop_possible())
-      job->on_options_stop.emplace(impl.opt.write.stop, std::function<void()>([s = &job->stop] { s->request_stop(); }));
-    job->wopt.stop = job->stop.get_token();
-  }
-  job->wopt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(live.graph)});
-  // `done` moves in only once nothing can fail (moving a std::function does not allocate), so
-  // that the failure path still has it.
-  auto user_done = std::make_shared<io::completion<std::string>>();
-  job->done = [released = job->released, user_done](result<std::string> r) {
-    // A save that failed before releasing its tensors reports that too; after success they are
-    // free in any case.
-    released->set(r ? result<void>(success()) : result<void>(r.error()));
-    (*user_done)(std::move(r));
-  };
-  *user_done = std::move(done);
+  auto live = graph::walk(root(), extra_edges(impl));
+  if (auto captured = capture_state(impl, *job, live); !captured) return fail(captured.error());
+  forward_stops(impl, *job, std::move(stop));
+  bind_done(*job, done);
 
   auto snap = take_snapshot(impl, job, lazy, must_wait, copy_now_or_refuse);
   if (snap == snapshot_outcome::refused) {
