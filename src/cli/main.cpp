@@ -154,14 +154,9 @@ int command_usage_error(const command_spec& c, const std::string& msg) {
   return 2;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  std::vector<std::string> av(argv + 1, argv + argc);
-  if (!av.empty() && av[0] == "bench") return bench_main(av);
-  args a;
-  bool help = false;
-  std::vector<std::string> positional;
+// Parses the options into `a` and the operands into `positional`; an exit status when the run
+// ends here (--version, an unknown or incomplete option).
+std::optional<int> parse_args(const std::vector<std::string>& av, args& a, bool& help, std::vector<std::string>& positional) {
   for (std::size_t i = 0; i < av.size(); ++i) {
     const auto& s = av[i];
     auto value = [&](std::string& out) {
@@ -198,6 +193,40 @@ int main(int argc, char** argv) {
       positional.push_back(s);
     }
   }
+  return std::nullopt;
+}
+
+// The options command `c` does not take, and its operand count; an exit status on a misuse.
+std::optional<int> check_args(const command_spec& c, const args& a, std::size_t operands) {
+  if (a.json && !c.json) return command_usage_error(c, std::string("has no --json") + (a.command == "show" ? "; for data use inspect --json" : ""));
+  if (!a.to.empty() && !c.to) return command_usage_error(c, "has no --to");
+  if (!a.slice.empty() && !c.slice) return command_usage_error(c, "has no --slice");
+  if (!a.shards.empty() && a.command != "export") return command_usage_error(c, "has no --shards");
+  if (!a.format.empty() && a.command != "inspect" && a.command != "verify" && a.command != "cat" && a.command != "diff" && a.command != "show")
+    return command_usage_error(c, "has no --format");
+  if (a.no_progress && !c.progress) return command_usage_error(c, "has no --no-progress");
+  if ((a.skip_unsupported || !a.renames.empty() || !a.rename_file.empty()) && (a.command != "export" || a.to != "safetensors") &&
+      !(a.skip_unsupported && a.renames.empty() && a.rename_file.empty() && a.command == "export" && a.to == "torch"))
+    return command_usage_error(c, "--skip-unsupported, --rename and --rename-file are options of export --to safetensors (and --skip-unsupported of --to torch)");
+  if (operands != c.operands)
+    return command_usage_error(c, "takes " + std::to_string(c.operands) + " operand(s), got " + std::to_string(operands));
+  if (c.to && a.to.empty()) return command_usage_error(c, "needs --to");
+  if (a.command == "export" && a.to != "safetensors" && a.to != "tf" && a.to != "torch")
+    return command_usage_error(c, "exports --to safetensors, --to tf or --to torch");
+  if (a.command == "export" && a.to == "torch" && !a.shards.empty()) return command_usage_error(c, "--to torch writes one file: no --shards");
+  if (a.command == "export" && a.to == "tf" && a.shards == "processes") return command_usage_error(c, "--to tf takes --shards N");
+  return std::nullopt;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> av(argv + 1, argv + argc);
+  if (!av.empty() && av[0] == "bench") return bench_main(av);
+  args a;
+  bool help = false;
+  std::vector<std::string> positional;
+  if (auto ended = parse_args(av, a, help, positional)) return *ended;
   if (positional.empty()) {
     if (help) {
       std::fputs(usage_text, stdout);
@@ -214,23 +243,7 @@ int main(int argc, char** argv) {
     std::printf("usage: meshckpt %s\n\n%s\n", cmd->synopsis, cmd->help);
     return 0;
   }
-  if (a.json && !cmd->json) return command_usage_error(*cmd, std::string("has no --json") + (a.command == "show" ? "; for data use inspect --json" : ""));
-  if (!a.to.empty() && !cmd->to) return command_usage_error(*cmd, "has no --to");
-  if (!a.slice.empty() && !cmd->slice) return command_usage_error(*cmd, "has no --slice");
-  if (!a.shards.empty() && a.command != "export") return command_usage_error(*cmd, "has no --shards");
-  if (!a.format.empty() && a.command != "inspect" && a.command != "verify" && a.command != "cat" && a.command != "diff" && a.command != "show")
-    return command_usage_error(*cmd, "has no --format");
-  if (a.no_progress && !cmd->progress) return command_usage_error(*cmd, "has no --no-progress");
-  if ((a.skip_unsupported || !a.renames.empty() || !a.rename_file.empty()) && (a.command != "export" || a.to != "safetensors") &&
-      !(a.skip_unsupported && a.renames.empty() && a.rename_file.empty() && a.command == "export" && a.to == "torch"))
-    return command_usage_error(*cmd, "--skip-unsupported, --rename and --rename-file are options of export --to safetensors (and --skip-unsupported of --to torch)");
-  if (positional.size() - 1 != cmd->operands)
-    return command_usage_error(*cmd, "takes " + std::to_string(cmd->operands) + " operand(s), got " + std::to_string(positional.size() - 1));
-  if (cmd->to && a.to.empty()) return command_usage_error(*cmd, "needs --to");
-  if (a.command == "export" && a.to != "safetensors" && a.to != "tf" && a.to != "torch")
-    return command_usage_error(*cmd, "exports --to safetensors, --to tf or --to torch");
-  if (a.command == "export" && a.to == "torch" && !a.shards.empty()) return command_usage_error(*cmd, "--to torch writes one file: no --shards");
-  if (a.command == "export" && a.to == "tf" && a.shards == "processes") return command_usage_error(*cmd, "--to tf takes --shards N");
+  if (auto misuse = check_args(*cmd, a, positional.size() - 1)) return *misuse;
   a.path = positional[1];
   if (cmd->operands == 2) {
     if (a.command == "show" || a.command == "cat") a.key = positional[2];
