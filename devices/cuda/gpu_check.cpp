@@ -130,6 +130,74 @@ double cuda_memcpy_gibps(std::uint64_t bytes, bool to_host) {
   return static_cast<double>(bytes) / s / (1 << 30);
 }
 
+// Cold restore onto GPU shards of another mesh and layout, checked bit-exact; then H2D: the
+// same restore from the page cache, against cudaMemcpy from pinned memory.
+bool check_restores(device::accelerator& gpu, io::backend& be, const std::string& ck, const gpu_state& src, const gpu_state& dst) {
+  const double mib = static_cast<double>(src.distinct_bytes) / (1 << 20);
+  scrub(dst);
+  const bool cold = drop_caches();
+  auto t0 = clock_type::now();
+  auto rr = read_tensors(be, ck, dst.named);
+  double restore_s = since(t0);
+  if (!rr) {
+    std::printf("restore failed: %s\n", rr.error().what().c_str());
+    return false;
+  }
+  std::printf("%s restore onto GPU shards (mesh x=4,y=2, other layouts): %.0f MiB/s\n", cold ? "cold" : "warm (not root)", mib / restore_s);
+  const bool exact = check(gpu, dst);
+  std::printf("resharded restore bit-exact: %s\n", exact ? "yes" : "NO");
+  read_tensors(be, ck, dst.named).value();  // warm the cache
+  scrub(dst);
+  t0 = clock_type::now();
+  read_tensors(be, ck, dst.named).value();
+  double warm_s = since(t0);
+  const double h2d_base = cuda_memcpy_gibps(src.distinct_bytes, false);
+  const double h2d = mib / 1024 / warm_s;
+  std::printf("H2D: warm restore onto GPU %.1f GiB/s, cudaMemcpy from pinned %.1f GiB/s: %.2fx\n", h2d, h2d_base, h2d / h2d_base);
+  return check(gpu, dst) && exact;
+}
+
+// D2H: a copy-mode snapshot (the caller's stall is the copy), warm arena, median of 3; then the
+// lazy save: the call's stall, the time until the snapshot is taken, and its bytes checked
+// through a restore onto fresh GPU shards (`dst`).
+bool check_snapshots(device::accelerator& gpu, io::backend& be, const std::string& dir, const mesh& m24, const gpu_state& src, const gpu_state& dst) {
+  const double mib = static_cast<double>(src.distinct_bytes) / (1 << 20);
+  graph::state_dict sd;
+  std::deque<graph::variable> vars;
+  for (const auto& t : src.named) {
+    vars.emplace_back(t.tensor);
+    sd.insert(t.key, vars.back());
+  }
+  checkpoint_options opt;
+  auto c = checkpoint::create(m24, &sd, {}, opt).value();
+  std::vector<double> stalls;
+  for (int r = 0; r < 4; ++r) {
+    std::promise<result<std::string>> done;
+    auto t0 = clock_type::now();
+    c->start_save(dir + "/snap", false, [&](result<std::string> res) { done.set_value(std::move(res)); });
+    double stall = since(t0);
+    done.get_future().get().value();
+    if (r) stalls.push_back(stall);
+  }
+  std::sort(stalls.begin(), stalls.end());
+  const double d2h = mib / 1024 / stalls[1];
+  const double d2h_base = cuda_memcpy_gibps(src.distinct_bytes, true);
+  std::printf("D2H: copy-mode snapshot %.1f GiB/s (stall %.3f s), cudaMemcpy to pinned %.1f GiB/s: %.2fx\n", d2h, stalls[1], d2h_base,
+              d2h / d2h_base);
+  auto t0 = clock_type::now();
+  auto lazy = c->write_lazy(dir + "/lazy");
+  double call_s = since(t0);
+  lazy.wait_snapshot().value();
+  double snap_s = since(t0);
+  lazy.wait_committed().value();
+  std::printf("lazy save: the call returns in %.3f ms; snapshot taken after %.3f s\n", call_s * 1e3, snap_s);
+  scrub(dst);
+  read_tensors(be, dir + "/lazy", dst.named).value();
+  const bool lazy_exact = check(gpu, dst);
+  std::printf("lazy save restored bit-exact: %s\n", lazy_exact ? "yes" : "NO");
+  return lazy_exact;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -163,7 +231,6 @@ int main(int argc, char** argv) {
   const double mib = static_cast<double>(src.distinct_bytes) / (1 << 20);
   std::printf("state: %d tensors, %.0f MiB, mesh x=2,y=4 on GPU 0\n", n, mib);
   auto be = backends::make_backend().value();
-  bool ok = true;
 
   // Save (direct: device bytes copied into the staging blocks while earlier blocks are written).
   const std::string ck = dir + "/gpu-ck";
@@ -172,73 +239,11 @@ int main(int argc, char** argv) {
   double save_s = since(t0);
   std::printf("save from GPU shards to disk: %.0f MiB/s\n", mib / save_s);
 
-  // Cold restore onto GPU shards of another mesh and layout.
+  // Restores onto GPU shards of another mesh and layout.
   auto m42 = mesh::create({{"x", 4}, {"y", 2}}).value();
   auto dst = make_state(gpu, m42, {{"y", "x"}, {"x", "unsharded"}, {"unsharded", "y"}, {"x", "y"}}, n, side);
-  scrub(dst);
-  const bool cold = drop_caches();
-  t0 = clock_type::now();
-  auto rr = read_tensors(*be, ck, dst.named);
-  double restore_s = since(t0);
-  if (!rr) {
-    std::printf("restore failed: %s\n", rr.error().what().c_str());
-    return 1;
-  }
-  std::printf("%s restore onto GPU shards (mesh x=4,y=2, other layouts): %.0f MiB/s\n", cold ? "cold" : "warm (not root)", mib / restore_s);
-  const bool exact = check(gpu, dst);
-  ok = ok && exact;
-  std::printf("resharded restore bit-exact: %s\n", exact ? "yes" : "NO");
-
-  // H2D: the same restore from the page cache, against cudaMemcpy from pinned memory.
-  read_tensors(*be, ck, dst.named).value();  // warm the cache
-  scrub(dst);
-  t0 = clock_type::now();
-  read_tensors(*be, ck, dst.named).value();
-  double warm_s = since(t0);
-  const double h2d_base = cuda_memcpy_gibps(src.distinct_bytes, false);
-  const double h2d = mib / 1024 / warm_s;
-  std::printf("H2D: warm restore onto GPU %.1f GiB/s, cudaMemcpy from pinned %.1f GiB/s: %.2fx\n", h2d, h2d_base, h2d / h2d_base);
-  ok = check(gpu, dst) && ok;
-
-  // D2H: a copy-mode snapshot (the caller's stall is the copy), warm arena, median of 3.
-  graph::state_dict sd;
-  std::deque<graph::variable> vars;
-  for (const auto& t : src.named) {
-    vars.emplace_back(t.tensor);
-    sd.insert(t.key, vars.back());
-  }
-  checkpoint_options opt;
-  auto c = checkpoint::create(m24, &sd, {}, opt).value();
-  std::vector<double> stalls;
-  for (int r = 0; r < 4; ++r) {
-    std::promise<result<std::string>> done;
-    t0 = clock_type::now();
-    c->start_save(dir + "/snap", false, [&](result<std::string> res) { done.set_value(std::move(res)); });
-    double stall = since(t0);
-    done.get_future().get().value();
-    if (r) stalls.push_back(stall);
-  }
-  std::sort(stalls.begin(), stalls.end());
-  const double d2h = mib / 1024 / stalls[1];
-  const double d2h_base = cuda_memcpy_gibps(src.distinct_bytes, true);
-  std::printf("D2H: copy-mode snapshot %.1f GiB/s (stall %.3f s), cudaMemcpy to pinned %.1f GiB/s: %.2fx\n", d2h, stalls[1], d2h_base,
-              d2h / d2h_base);
-
-  // The lazy save: the call's stall, and the time until the snapshot is taken.
-  t0 = clock_type::now();
-  auto lazy = c->write_lazy(dir + "/lazy");
-  double call_s = since(t0);
-  lazy.wait_snapshot().value();
-  double snap_s = since(t0);
-  lazy.wait_committed().value();
-  std::printf("lazy save: the call returns in %.3f ms; snapshot taken after %.3f s\n", call_s * 1e3, snap_s);
-
-  // The lazy save's bytes, checked through a restore onto fresh GPU shards.
-  scrub(dst);
-  read_tensors(*be, dir + "/lazy", dst.named).value();
-  const bool lazy_exact = check(gpu, dst);
-  std::printf("lazy save restored bit-exact: %s\n", lazy_exact ? "yes" : "NO");
-  ok = ok && lazy_exact;
+  bool ok = check_restores(gpu, *be, ck, src, dst);
+  ok = check_snapshots(gpu, *be, dir, m24, src, dst) && ok;
   std::filesystem::remove_all(dir);
   std::printf("gpu check: %s\n", ok ? "PASS" : "FAIL");
   return ok ? 0 : 1;
