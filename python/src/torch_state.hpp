@@ -16,7 +16,7 @@
 
 namespace meshckpt::python {
 
-struct jvalue;  // a parsed skeleton (torch_load.cpp)
+struct jvalue;  // a parsed skeleton (skeleton_json.hpp)
 
 constexpr const char* meta_key = "__meshckpt_torch__";
 constexpr const char* storage_prefix = "__meshckpt_storage__/";
