@@ -291,6 +291,10 @@ struct checkpoint_impl {
 };
 
 
+// The edges the root of a checkpoint's graph has besides its own children: the objects
+// attached to the checkpoint, and its save counter. (checkpoint.cpp)
+std::vector<std::pair<std::string, graph::trackable*>> extra_edges(checkpoint_impl& impl);
+
 // Where a job of a call with the caller's executor `where` runs: that executor, or the
 // checkpoint's default (empty: the engine) for none or the system executor.
 asio::any_io_executor job_place(const job_executor* where);
