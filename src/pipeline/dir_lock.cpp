@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,11 +19,18 @@
 #include <mutex>
 #include <thread>
 
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+
 #include "../runtime/bridge.hpp"
 #include "../runtime/poll.hpp"
 #include "meshckpt/format/describe.hpp"
 
 namespace meshckpt::detail {
+
+namespace asio = boost::asio;
 
 namespace {
 
@@ -142,18 +150,91 @@ result<dir_lock> try_lock_dir(const std::string& dir) {
 
 namespace {
 
-std::chrono::milliseconds lock_retry_delay(int attempt) { return std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 5))); }
+// The event a waiting writer waits on: the lock file closed by anyone. A holder's flock goes
+// with its last descriptor, and the kernel closes those of a process that dies, so each release
+// on this host is a close of the file (IN_CLOSE_WRITE: holders open it read-write). Read through
+// the engine (an inotify descriptor), so no thread waits. Not every close is a release (another
+// waiter's try, the holder's own backends), so a close is a reason to try again, no more; and a
+// holder on another host (NFS) closes nothing here, so the wait is also bounded.
+class close_watch {
+ public:
+  // Null when inotify is unavailable: the caller then polls.
+  static std::unique_ptr<close_watch> create(const asio::any_io_executor& ex, const std::string& path) {
+    const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) return nullptr;
+    if (::inotify_add_watch(fd, path.c_str(), IN_CLOSE_WRITE | IN_CLOSE_NOWRITE) < 0) {
+      ::close(fd);
+      return nullptr;
+    }
+    return std::unique_ptr<close_watch>(new close_watch(ex, fd));
+  }
+
+  // Reads the closes seen so far; their number.
+  int drain() {
+    int closes = 0;
+    alignas(inotify_event) char buf[4096];
+    for (;;) {
+      const ssize_t n = ::read(sd_.native_handle(), buf, sizeof buf);
+      if (n <= 0) return closes;
+      for (ssize_t at = 0; at < n;) {
+        const auto* e = reinterpret_cast<const inotify_event*>(buf + at);
+        closes += (e->mask & (IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)) != 0;
+        at += static_cast<ssize_t>(sizeof(inotify_event) + e->len);
+      }
+    }
+  }
+
+  // Until the next close, or `longest`.
+  asio::awaitable<void> wait(runtime::poll_clock::duration longest) {
+    using namespace asio::experimental::awaitable_operators;
+    asio::steady_timer t(sd_.get_executor(), longest);
+    boost::system::error_code ec1, ec2;
+    // Named: GCC 12 mishandles non-trivial temporaries inside co_await expressions.
+    auto readable = sd_.async_wait(asio::posix::stream_descriptor::wait_read, asio::redirect_error(asio::use_awaitable, ec1));
+    auto timed_out = t.async_wait(asio::redirect_error(asio::use_awaitable, ec2));
+    auto either = std::move(readable) || std::move(timed_out);
+    (void)co_await std::move(either);
+  }
+
+ private:
+  close_watch(const asio::any_io_executor& ex, int fd) : sd_(ex, fd) {}
+  asio::posix::stream_descriptor sd_;
+};
 
 }  // namespace
 
-runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait) {
+runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait, std::chrono::milliseconds longest_poll) {
   const auto deadline = runtime::poll_clock::now() + wait;
-  auto polled = runtime::poll_with_backoff([&]() -> std::optional<result<dir_lock>> {
+  auto ex = co_await asio::this_coro::executor;
+  std::unique_ptr<close_watch> watch;
+  bool watched = false;  // a watch was tried
+  for (int attempt = 0;; ++attempt) {
     auto l = try_lock_dir(dir);
-    if (l || l.error().code != errc::locked || runtime::poll_clock::now() >= deadline) return l;
-    return std::nullopt;
-  }, lock_retry_delay, deadline);
-  co_return co_await std::move(polled);
+    if (l || l.error().code != errc::locked || runtime::poll_clock::now() >= deadline) co_return l;
+    if (!watched) {
+      // Watched before the next try, so a release after that try is seen.
+      watched = true;
+      try {
+        watch = close_watch::create(ex, (dir.empty() ? std::string(".") : dir) + "/" + std::string(lock_file_name));
+      } catch (const std::bad_alloc&) {
+      }
+      if (watch) continue;
+    }
+    const auto left = deadline - runtime::poll_clock::now();
+    if (!watch) {
+      // No event to wait on: poll, 10 ms doubling to 200 ms.
+      asio::steady_timer t(ex, std::max(runtime::poll_clock::duration::zero(),
+                                        std::min<runtime::poll_clock::duration>(std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 5))), left)));
+      boost::system::error_code ec;
+      co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    // Each try closes the file once itself: more closes than that mean someone else closed
+    // it since (perhaps releasing the lock), so try again at once.
+    if (watch->drain() > 1) continue;
+    auto waiting = watch->wait(std::max(runtime::poll_clock::duration::zero(), std::min<runtime::poll_clock::duration>(longest_poll, left)));
+    co_await std::move(waiting);
+  }
 }
 
 result<dir_lock> lock_dir_blocking(const std::string& dir, std::chrono::milliseconds wait) {

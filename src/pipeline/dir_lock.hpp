@@ -28,10 +28,12 @@ using dir_lock = std::shared_ptr<const void>;
 // the holder, when another process holds it.
 result<dir_lock> try_lock_dir(const std::string& dir);
 
-// As try_lock_dir, retrying for up to `wait` while another process holds the lock
-// (runtime::poll_with_backoff: 10 ms doubling to 200 ms between tries).
-runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait);
-
+// As try_lock_dir, trying again for up to `wait` while another process holds the lock: each
+// time the lock file is closed (an inotify watch on it: a holder on this host releases its
+// lock by closing it, at exit too), and at least every `longest_poll` (a holder on another
+// host). Without inotify it polls, 10 ms doubling to 200 ms between tries.
+runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait,
+                                 std::chrono::milliseconds longest_poll = std::chrono::seconds(1));
 // lock_dir through the blocking bridge, for blocking entry points.
 result<dir_lock> lock_dir_blocking(const std::string& dir, std::chrono::milliseconds wait);
 

@@ -1,6 +1,6 @@
 #pragma once
-// Private: the one polled wait. Where no event says that something became ready (another
-// process's lock, an MPI request), a coroutine asks again and again, a timer in between, so the
+// Private: the one polled wait. Where no event says that something became ready (an MPI
+// request, a key-value store's counter), a coroutine asks again and again, a timer in between, so the
 // executor runs other saves and restores meanwhile: no thread waits. The delays grow (the quick
 // answer comes quickly; a long wait does not burn a core), and are cut short at the deadline so
 // that the last poll sees it.

@@ -15,6 +15,8 @@
 #include <thread>
 
 #include "reliability.hpp"
+#include "pipeline/dir_lock.hpp"
+#include "runtime/bridge.hpp"
 
 using namespace meshckpt;
 using namespace meshckpt::testing;
@@ -148,6 +150,48 @@ TEST_CASE("a writer given a lock timeout waits for the holder to finish", "[api]
   CHECK((*m)->latest_checkpoint().value() == dir + "/ckpt-1");  // it read the holder's final state
   CHECK((*m)->save(2).value().value() == dir + "/ckpt-2");
   CHECK(run_verify_cli(dir).first);
+}
+
+TEST_CASE("a waiting writer wakes when the holder releases the lock, not at its next poll", "[api][lock]") {
+  // The wait is on the lock file's close (inotify), not a timer: with polls 60 s apart, the
+  // lock is taken as soon as the holder exits. A poll would take 60 s; the bound is 20.
+  temp_dir tmp;
+  const std::string dir = tmp.str();
+  pipe_pair ready, go;
+  pid_t child = holding_child(dir, ready, go);
+  REQUIRE(child > 0);
+  REQUIRE(ready.wait());
+  auto busy = detail::try_lock_dir(dir);
+  REQUIRE(!busy);
+  CHECK(busy.error().code == errc::locked);
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    go.signal();
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  auto l = runtime::run_blocking<detail::dir_lock>("lock_dir", [&](auto ex, auto done) {
+    runtime::spawn<detail::dir_lock>(ex, detail::lock_dir(dir, std::chrono::minutes(2), std::chrono::seconds(60)), std::move(done));
+  });
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  release.join();
+  CHECK(wait_child(child) == 0);
+  REQUIRE(l);
+  CHECK(waited >= std::chrono::milliseconds(250));
+  CHECK(waited < std::chrono::seconds(20));
+  // A holder that never releases: the wait ends at its timeout, errc::locked naming it.
+  pipe_pair ready2, go2;
+  l->reset();
+  pid_t child2 = holding_child(dir, ready2, go2);
+  REQUIRE(child2 > 0);
+  REQUIRE(ready2.wait());
+  auto timed_out = runtime::run_blocking<detail::dir_lock>("lock_dir", [&](auto ex, auto done) {
+    runtime::spawn<detail::dir_lock>(ex, detail::lock_dir(dir, std::chrono::milliseconds(300), std::chrono::seconds(60)), std::move(done));
+  });
+  go2.signal();
+  CHECK(wait_child(child2) == 0);
+  REQUIRE(!timed_out);
+  CHECK(timed_out.error().code == errc::locked);
+  CHECK(timed_out.error().what().find("pid ") != std::string::npos);
 }
 
 TEST_CASE("a plain save given a lock timeout waits, and one without gives up at once", "[api][lock]") {
