@@ -56,7 +56,8 @@ std::vector<spec> specs() {
 // Element `flat` of tensor `key`: a function of both only, so every process (and every replica)
 // agrees, and a restore can be checked against a regenerated value.
 std::uint64_t element(const std::string& key, std::int64_t flat) {
-  std::uint64_t x = format::checksum(std::as_bytes(std::span(key.data(), key.size()))) ^ (static_cast<std::uint64_t>(flat) * 0x9E3779B97F4A7C15ull);
+  std::uint64_t x =
+      format::checksum(std::as_bytes(std::span(key.data(), key.size()))) ^ (static_cast<std::uint64_t>(flat) * 0x9E3779B97F4A7C15ull);
   x ^= x >> 31;
   x *= 0xBF58476D1CE4E5B9ull;
   return x ^ (x >> 29);
@@ -136,11 +137,12 @@ result<std::uint64_t> restore_on(io::backend& b, const std::string& prefix, int 
   auto t0 = std::chrono::steady_clock::now();
   BOOST_OUTCOME_TRY(auto rep, read_tensors(b, prefix, s.tensors));
   auto bad = mismatches(s);
-  std::printf("rank %d: restored %zu tensors onto %d process(es) (mesh x=4,y=2, devices %lld..%lld, other layouts): read %.2f MiB in %.1f ms, "
-              "%zu shards resharded, %s\n",
-              rank, rep.tensors, group, static_cast<long long>(rank * per), static_cast<long long>(rank * per + per - 1),
-              static_cast<double>(rep.bytes_read) / (1 << 20), ms_since(t0), rep.resharded_shards,
-              bad ? (std::to_string(bad) + " values differ").c_str() : "every value matches");
+  std::printf(
+      "rank %d: restored %zu tensors onto %d process(es) (mesh x=4,y=2, devices %lld..%lld, other layouts): read %.2f MiB in %.1f ms, "
+      "%zu shards resharded, %s\n",
+      rank, rep.tensors, group, static_cast<long long>(rank * per), static_cast<long long>(rank * per + per - 1),
+      static_cast<double>(rep.bytes_read) / (1 << 20), ms_since(t0), rep.resharded_shards,
+      bad ? (std::to_string(bad) + " values differ").c_str() : "every value matches");
   std::fflush(stdout);
   return bad;
 }
@@ -153,9 +155,12 @@ int main(int argc, char** argv) {
   long timeout_ms = 60000;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--dir" && i + 1 < argc) dir = argv[++i];
-    else if (a == "--restore-only") restore_only = true;
-    else if (a == "--timeout-ms" && i + 1 < argc) timeout_ms = std::stol(argv[++i]);
+    if (a == "--dir" && i + 1 < argc)
+      dir = argv[++i];
+    else if (a == "--restore-only")
+      restore_only = true;
+    else if (a == "--timeout-ms" && i + 1 < argc)
+      timeout_ms = std::stol(argv[++i]);
     else {
       std::fprintf(stderr, "usage: mpirun -np N multi_process --dir DIR [--restore-only] [--timeout-ms T]   (N divides 8)\n");
       return 2;
@@ -193,9 +198,10 @@ int main(int argc, char** argv) {
       std::printf("rank %d: save failed: %s\n", rank, rep.error().what().c_str());
       status = 1;
     } else if (rank == 0) {
-      std::printf("saved %s from %d processes (mesh x=2,y=4, %lld devices each): %zu tensors, %zu slices, %.2f MiB in %zu data files, %.1f ms\n",
-                  rep->manifest_path.c_str(), rep->processes, static_cast<long long>(per), rep->tensors, rep->slices,
-                  static_cast<double>(rep->bytes) / (1 << 20), rep->files, ms_since(t0));
+      std::printf(
+          "saved %s from %d processes (mesh x=2,y=4, %lld devices each): %zu tensors, %zu slices, %.2f MiB in %zu data files, %.1f ms\n",
+          rep->manifest_path.c_str(), rep->processes, static_cast<long long>(per), rep->tensors, rep->slices,
+          static_cast<double>(rep->bytes) / (1 << 20), rep->files, ms_since(t0));
     }
     std::fflush(stdout);
   }
@@ -217,7 +223,8 @@ int main(int argc, char** argv) {
   // Every process learns whether every process succeeded.
   int all = 0;
   MPI_Allreduce(&status, &all, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (rank == 0) std::printf("%s\n", all ? "multi_process: FAILED on at least one process" : "multi_process: every value on every process matches");
+  if (rank == 0)
+    std::printf("%s\n", all ? "multi_process: FAILED on at least one process" : "multi_process: every value on every process matches");
   co->reset();
   MPI_Finalize();
   return all;

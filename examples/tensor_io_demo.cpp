@@ -74,7 +74,8 @@ int main(int argc, char** argv) {
   std::string dir;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--dir" && i + 1 < argc) dir = argv[++i];
+    if (a == "--dir" && i + 1 < argc)
+      dir = argv[++i];
     else if (a == "--help") {
       std::printf("usage: tensor_io_demo [--dir DIR]\n");
       return 0;
@@ -149,7 +150,7 @@ int main(int argc, char** argv) {
   auto man = read_manifest(*backend, prefix);
   if (!man) return fail("read manifest", man.error());
   std::printf("$ meshckpt inspect %s\n%s\n", prefix.c_str(), format::describe_text(*man, prefix).c_str());
-  std::printf("The checkpoint is in %s. Try:\n  build/bin/meshckpt inspect %s --json\n  build/bin/meshckpt verify %s\n",
-              dir.c_str(), prefix.c_str(), dir.c_str());
+  std::printf("The checkpoint is in %s. Try:\n  build/bin/meshckpt inspect %s --json\n  build/bin/meshckpt verify %s\n", dir.c_str(),
+              prefix.c_str(), dir.c_str());
   return 0;
 }

@@ -141,9 +141,9 @@ struct train_state : graph::module {
 // Options shared by the trainers.
 struct options {
   std::string dir;
-  std::int64_t steps = 30;           // steps to run in this invocation
+  std::int64_t steps = 30;            // steps to run in this invocation
   std::optional<std::int64_t> until;  // or: train until this step
-  std::int64_t every = 5;            // checkpoint every N steps
+  std::int64_t every = 5;             // checkpoint every N steps
   int keep = 3;
   std::optional<std::int64_t> kill_at;  // SIGKILL ourselves right after this step
   bool quiet = false;
@@ -153,16 +153,22 @@ inline int parse(int argc, char** argv, options& o, const char* name) {
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (a == "--dir") o.dir = next();
-    else if (a == "--steps") o.steps = std::stoll(next());
-    else if (a == "--until") o.until = std::stoll(next());
-    else if (a == "--every") o.every = std::stoll(next());
-    else if (a == "--keep") o.keep = std::stoi(next());
-    else if (a == "--kill-at") o.kill_at = std::stoll(next());
-    else if (a == "--quiet") o.quiet = true;
+    if (a == "--dir")
+      o.dir = next();
+    else if (a == "--steps")
+      o.steps = std::stoll(next());
+    else if (a == "--until")
+      o.until = std::stoll(next());
+    else if (a == "--every")
+      o.every = std::stoll(next());
+    else if (a == "--keep")
+      o.keep = std::stoi(next());
+    else if (a == "--kill-at")
+      o.kill_at = std::stoll(next());
+    else if (a == "--quiet")
+      o.quiet = true;
     else {
-      std::fprintf(stderr,
-                   "usage: %s [--dir DIR] [--steps N | --until STEP] [--every N] [--keep N] [--kill-at STEP] [--quiet]\n", name);
+      std::fprintf(stderr, "usage: %s [--dir DIR] [--steps N | --until STEP] [--every N] [--keep N] [--kill-at STEP] [--quiet]\n", name);
       return a == "--help" ? 0 : 2;
     }
   }

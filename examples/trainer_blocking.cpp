@@ -38,7 +38,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "trainer_blocking: checkpoint failed: %s\n", saved.error().what().c_str());
         return 1;
       }
-      if (!o.quiet) std::printf("step %4lld  loss %+.5f  saved %s\n", static_cast<long long>(state.step.get()), loss, saved->value().c_str());
+      if (!o.quiet)
+        std::printf("step %4lld  loss %+.5f  saved %s\n", static_cast<long long>(state.step.get()), loss, saved->value().c_str());
     }
     if (o.kill_at && state.step.get() == *o.kill_at) {
       std::fflush(stdout);

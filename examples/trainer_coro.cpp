@@ -57,70 +57,73 @@ int main(int argc, char** argv) {
 
   int rc = 0;
   asio::io_context ctx;
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    // Lazy saves: the call returns at once; the weights are copied while the next forward and
-    // backward pass runs (it only reads them); the optimizer waits for the snapshot before it
-    // writes them; the flush and commit run in the background while training goes on.
-    using clock = std::chrono::steady_clock;
-    auto ms_since = [](clock::time_point t) { return std::chrono::duration<double, std::milli>(clock::now() - t).count(); };
-    std::optional<lazy_save<std::optional<std::string>>> pending;
-    std::int64_t pending_step = 0;
-    double pending_call_ms = 0;
-    clock::time_point pending_t0;
-    auto finish_pending = [&]() -> asio::awaitable<bool> {
-      auto saved = co_await async_wait_committed(*pending, asio::use_awaitable);
-      pending.reset();
-      if (!saved) {
-        std::fprintf(stderr, "trainer_coro: checkpoint of step %lld failed: %s\n", static_cast<long long>(pending_step),
-                     saved.error().what().c_str());
-        co_return false;
-      }
-      if (*saved && !o.quiet)
-        std::printf("          saved %s (step %lld): the call took %.2f ms; durable %.0f ms later, while training went on\n",
-                    std::filesystem::path(**saved).filename().c_str(), static_cast<long long>(pending_step), pending_call_ms,
-                    ms_since(pending_t0));
-      co_return true;
-    };
-    while (state.step.get() < target) {
-      double loss = state.forward_backward();
-      if (pending && !pending->snapshot_taken()) {
-        if (auto snap = co_await async_wait_snapshot(*pending, asio::use_awaitable); !snap) {
-          std::fprintf(stderr, "trainer_coro: snapshot failed: %s\n", snap.error().what().c_str());
-          rc = 1;
-          co_return;
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        // Lazy saves: the call returns at once; the weights are copied while the next forward and
+        // backward pass runs (it only reads them); the optimizer waits for the snapshot before it
+        // writes them; the flush and commit run in the background while training goes on.
+        using clock = std::chrono::steady_clock;
+        auto ms_since = [](clock::time_point t) { return std::chrono::duration<double, std::milli>(clock::now() - t).count(); };
+        std::optional<lazy_save<std::optional<std::string>>> pending;
+        std::int64_t pending_step = 0;
+        double pending_call_ms = 0;
+        clock::time_point pending_t0;
+        auto finish_pending = [&]() -> asio::awaitable<bool> {
+          auto saved = co_await async_wait_committed(*pending, asio::use_awaitable);
+          pending.reset();
+          if (!saved) {
+            std::fprintf(stderr, "trainer_coro: checkpoint of step %lld failed: %s\n", static_cast<long long>(pending_step),
+                         saved.error().what().c_str());
+            co_return false;
+          }
+          if (*saved && !o.quiet)
+            std::printf("          saved %s (step %lld): the call took %.2f ms; durable %.0f ms later, while training went on\n",
+                        std::filesystem::path(**saved).filename().c_str(), static_cast<long long>(pending_step), pending_call_ms,
+                        ms_since(pending_t0));
+          co_return true;
+        };
+        while (state.step.get() < target) {
+          double loss = state.forward_backward();
+          if (pending && !pending->snapshot_taken()) {
+            if (auto snap = co_await async_wait_snapshot(*pending, asio::use_awaitable); !snap) {
+              std::fprintf(stderr, "trainer_coro: snapshot failed: %s\n", snap.error().what().c_str());
+              rc = 1;
+              co_return;
+            }
+          }
+          state.apply_update();
+          std::int64_t step = state.step.get();
+          if (!o.quiet) std::printf("step %4lld  loss %+.5f\n", static_cast<long long>(step), loss);
+          if (pending && pending->committed() && !co_await finish_pending()) {
+            rc = 1;
+            co_return;
+          }
+          if (step % o.every == 0) {
+            if (pending && !co_await finish_pending()) {  // one save in flight at a time
+              rc = 1;
+              co_return;
+            }
+            pending_t0 = clock::now();
+            pending = mgr.save_lazy();
+            pending_call_ms = ms_since(pending_t0);
+            pending_step = step;
+          }
+          if (o.kill_at && step == *o.kill_at) {
+            std::printf("step %4lld  killing the trainer (SIGKILL) to simulate a crash\n", static_cast<long long>(step));
+            std::fflush(stdout);
+            ::kill(::getpid(), SIGKILL);
+          }
         }
-      }
-      state.apply_update();
-      std::int64_t step = state.step.get();
-      if (!o.quiet) std::printf("step %4lld  loss %+.5f\n", static_cast<long long>(step), loss);
-      if (pending && pending->committed() && !co_await finish_pending()) {
-        rc = 1;
-        co_return;
-      }
-      if (step % o.every == 0) {
-        if (pending && !co_await finish_pending()) {  // one save in flight at a time
-          rc = 1;
-          co_return;
-        }
-        pending_t0 = clock::now();
-        pending = mgr.save_lazy();
-        pending_call_ms = ms_since(pending_t0);
-        pending_step = step;
-      }
-      if (o.kill_at && step == *o.kill_at) {
-        std::printf("step %4lld  killing the trainer (SIGKILL) to simulate a crash\n", static_cast<long long>(step));
-        std::fflush(stdout);
-        ::kill(::getpid(), SIGKILL);
-      }
-    }
-    if (pending && !co_await finish_pending()) rc = 1;
-  }, asio::detached);
+        if (pending && !co_await finish_pending()) rc = 1;
+      },
+      asio::detached);
   ctx.run();
   if (rc) return rc;
   std::string kept;
   for (const auto& c : mgr.checkpoints()) kept += " " + std::filesystem::path(c).filename().string();
-  std::printf("finished at step %lld; checkpoints kept (max_to_keep %d):%s; latest %s\n", static_cast<long long>(state.step.get()),
-              o.keep, kept.c_str(), mgr.latest_checkpoint() ? std::filesystem::path(*mgr.latest_checkpoint()).filename().c_str() : "none");
+  std::printf("finished at step %lld; checkpoints kept (max_to_keep %d):%s; latest %s\n", static_cast<long long>(state.step.get()), o.keep,
+              kept.c_str(), mgr.latest_checkpoint() ? std::filesystem::path(*mgr.latest_checkpoint()).filename().c_str() : "none");
   std::printf("state digest %016llx\n", static_cast<unsigned long long>(state.digest()));
   std::printf("Run again with --dir %s to resume from the latest checkpoint; inspect it with\n  build/bin/meshckpt verify %s\n",
               o.dir.c_str(), o.dir.c_str());

@@ -23,7 +23,7 @@ using namespace meshckpt;
 
 namespace {
 
-constexpr std::uint64_t max_target_bytes = 4u << 20;  // per restore: the harness's own memory cap
+constexpr std::uint64_t max_target_bytes = 4u << 20;                   // per restore: the harness's own memory cap
 const bool verbose = std::getenv("MESHCKPT_FUZZ_VERBOSE") != nullptr;  // say what each input led to
 
 void run(std::span<const std::byte> input) {
@@ -49,8 +49,12 @@ void run(std::span<const std::byte> input) {
     // Give each named data file its share of the data (as far as the input reaches).
     std::size_t at = 0;
     for (std::size_t i = 0; i < m->files.size(); ++i) {
-      std::size_t want = i + 1 == m->files.size() ? data.size() - at : std::min<std::size_t>(static_cast<std::size_t>(std::min<std::uint64_t>(m->files[i].size, data.size())), data.size() - at);
-      be.file(m->files[i].name).assign(data.begin() + static_cast<std::ptrdiff_t>(at), data.begin() + static_cast<std::ptrdiff_t>(at + want));
+      std::size_t want =
+          i + 1 == m->files.size()
+              ? data.size() - at
+              : std::min<std::size_t>(static_cast<std::size_t>(std::min<std::uint64_t>(m->files[i].size, data.size())), data.size() - at);
+      be.file(m->files[i].name)
+          .assign(data.begin() + static_cast<std::ptrdiff_t>(at), data.begin() + static_cast<std::ptrdiff_t>(at + want));
       at += want;
     }
   }
@@ -70,8 +74,8 @@ void run(std::span<const std::byte> input) {
       // A saved layout replicates each slice on every device holding it: count the mesh too.
       const std::uint64_t devices = pass == 0 ? static_cast<std::uint64_t>(rm->meshes[t.mesh].device_ids.size()) : 1;
       if (bytes > max_target_bytes || total + bytes * devices > max_target_bytes) continue;
-      result<layout> l = pass == 0 ? format::saved_layout_of(*rm, t)
-                                   : layout::create(std::vector<std::string>(t.global.size(), "unsharded"), one);
+      result<layout> l =
+          pass == 0 ? format::saved_layout_of(*rm, t) : layout::create(std::vector<std::string>(t.global.size(), "unsharded"), one);
       if (!l) continue;
       auto d = dtensor::create(t.type, t.global, *l);
       if (!d) continue;

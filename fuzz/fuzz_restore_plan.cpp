@@ -18,7 +18,8 @@ namespace {
 using input = oracle::byte_source;
 
 const std::vector<std::vector<mesh_dim>> meshes = {
-    {{"x", 2}, {"y", 4}}, {{"x", 4}, {"y", 2}}, {{"x", 8}}, {{"x", 1}}, {{"x", 3}}, {{"x", 2}, {"y", 3}}, {{"x", 2}, {"y", 2}, {"z", 2}}, {{"x", 5}, {"y", 1}}};
+    {{"x", 2}, {"y", 4}}, {{"x", 4}, {"y", 2}},           {{"x", 8}},          {{"x", 1}}, {{"x", 3}},
+    {{"x", 2}, {"y", 3}}, {{"x", 2}, {"y", 2}, {"z", 2}}, {{"x", 5}, {"y", 1}}};
 
 std::optional<layout> pick_layout(input& in, std::size_t rank, const mesh& m) {
   std::vector<std::string> axes;

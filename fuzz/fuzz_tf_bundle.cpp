@@ -55,9 +55,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size < 1) return 0;
   auto in = std::as_bytes(std::span(data + 1, size - 1));
   switch (data[0] % 4) {
-    case 0:
-      check_index(in);
-      break;
+    case 0: check_index(in); break;
     case 1: {
       std::vector<table_entry> entries;
       std::size_t p = 0;
@@ -73,15 +71,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         p += vn;
       }
       std::stable_sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
-      entries.erase(std::unique(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.key == b.key; }), entries.end());
+      entries.erase(std::unique(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.key == b.key; }),
+                    entries.end());
       auto table = write_table(entries);
       if (!table) std::abort();
       check_index(*table);
       break;
     }
-    case 3:
-      check_graph(in);
-      break;
+    case 3: check_graph(in); break;
     default: {
       if (in.size() < 5) return 0;
       const std::uint64_t count = static_cast<std::uint8_t>(in[0]);

@@ -119,18 +119,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size < 1) return 0;
   auto in = std::as_bytes(std::span(data + 1, size - 1));
   switch (data[0] % 4) {
-    case 0:
-      read_file(std::vector<std::byte>(in.begin(), in.end()));
-      break;
-    case 1:
-      read_file(zip_around(in));
-      break;
-    case 2:
-      read_pickle(in);
-      break;
-    default:
-      read_metadata(in);
-      break;
+    case 0: read_file(std::vector<std::byte>(in.begin(), in.end())); break;
+    case 1: read_file(zip_around(in)); break;
+    case 2: read_pickle(in); break;
+    default: read_metadata(in); break;
   }
   return 0;
 }

@@ -15,11 +15,13 @@ using plan::named_tensor;
 namespace {
 
 void emit(const std::string& dir, const std::string& name, format::manifest m, const plan::write_plan& p) {
-  for (std::size_t k = 0; k < p.file_sizes.size(); ++k) m.files.push_back({"ck.data-00000000000000" + std::to_string(10 + k) + "-" + std::to_string(k), p.file_sizes[k]});
+  for (std::size_t k = 0; k < p.file_sizes.size(); ++k)
+    m.files.push_back({"ck.data-00000000000000" + std::to_string(10 + k) + "-" + std::to_string(k), p.file_sizes[k]});
   for (auto& t : m.tensors)
     for (auto& s : t.slices) s.checksums.assign((s.length + m.chunk_bytes - 1) / m.chunk_bytes, 0x0123456789abcdefull ^ s.offset);
   auto bytes = format::encode(m).value();
-  std::ofstream(dir + "/" + name, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(dir + "/" + name, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }
 
 }  // namespace

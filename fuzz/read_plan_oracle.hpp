@@ -137,10 +137,11 @@ inline std::string check_read_plan(const read_scenario& s, const plan::read_plan
       if (q.direct->target >= w.targets.size()) return at + "direct target out of range";
       const auto& r = w.targets[q.direct->target].run;
       if (q.length != pc.end - pc.begin || q.required != q.length) return at + "direct read of other bytes";
-      if (!(r.count == 1 || (r.length == r.src_stride && r.length == r.dst_stride)) || r.src_offset > pc.begin ||
-          r.src_end() < pc.end || q.direct->offset != r.dst_offset + (pc.begin - r.src_offset))
+      if (!(r.count == 1 || (r.length == r.src_stride && r.length == r.dst_stride)) || r.src_offset > pc.begin || r.src_end() < pc.end ||
+          q.direct->offset != r.dst_offset + (pc.begin - r.src_offset))
         return at + "direct read into a run that does not hold it contiguous";
-      if ((reinterpret_cast<std::uintptr_t>(w.targets[q.direct->target].base) + q.direct->offset) % a) return at + "direct address not aligned";
+      if ((reinterpret_cast<std::uintptr_t>(w.targets[q.direct->target].base) + q.direct->offset) % a)
+        return at + "direct address not aligned";
     }
   }
   for (std::size_t k = 0; k < s.wants.size(); ++k) {
@@ -192,8 +193,7 @@ inline std::string execute_and_compare(read_scenario& s, const plan::read_plan& 
         for (std::uint64_t i = 0; i < r.length; ++i) {
           const std::uint64_t d = r.dst_offset + j * r.dst_stride + i;
           const std::byte want = file_byte(s.wants[k].file, s.wants[k].file_offset + r.src_offset + j * r.src_stride + i);
-          if (t.base[d] != want)
-            return "range " + std::to_string(k) + ": destination byte " + std::to_string(d) + " is wrong";
+          if (t.base[d] != want) return "range " + std::to_string(k) + ": destination byte " + std::to_string(d) + " is wrong";
           expect[first + d] = true;
         }
       for (std::size_t i = 0; i < mem.size(); ++i)

@@ -51,8 +51,8 @@ inline bool runs_assemble(const shape& g, const std::vector<box>& slices, const 
   }
   std::vector<std::int64_t> dst(static_cast<std::size_t>(*target.volume()), -1);
   for (const auto& r : runs) {
-    if (r.slice >= src.size() || r.count == 0 || r.length % elem || r.src_offset % elem || r.dst_offset % elem ||
-        r.src_stride % elem || r.dst_stride % elem)
+    if (r.slice >= src.size() || r.count == 0 || r.length % elem || r.src_offset % elem || r.dst_offset % elem || r.src_stride % elem ||
+        r.dst_stride % elem)
       return false;
     const auto& sv = src[r.slice];
     for (std::uint64_t j = 0; j < r.count; ++j) {

@@ -38,9 +38,7 @@ const std::error_category& meshckpt_category() noexcept {
   return c;
 }
 
-error make_error(errc code, std::string message) {
-  return error{make_error_code(code), std::move(message)};
-}
+error make_error(errc code, std::string message) { return error{make_error_code(code), std::move(message)}; }
 
 error out_of_memory(std::string_view during) {
   return error{std::error_code(ENOMEM, std::system_category()), "out of memory while " + std::string(during)};
@@ -66,8 +64,6 @@ error with_context(error e, std::string_view context) {
   return e;
 }
 
-void outcome_throw_as_system_error_with_payload(const error& e) {
-  throw std::system_error(e.code, e.message);
-}
+void outcome_throw_as_system_error_with_payload(const error& e) { throw std::system_error(e.code, e.message); }
 
 }  // namespace meshckpt

@@ -26,8 +26,10 @@ class cuda final : public accelerator {
     for (int d = 0; d < n; ++d) {
       if (auto e = cudaSetDevice(d); e != cudaSuccess) return cuda_error(e, "cudaSetDevice " + std::to_string(d));
       streams s;
-      if (auto e = cudaStreamCreateWithFlags(&s.to_host, cudaStreamNonBlocking); e != cudaSuccess) return cuda_error(e, "creating a stream");
-      if (auto e = cudaStreamCreateWithFlags(&s.to_device, cudaStreamNonBlocking); e != cudaSuccess) return cuda_error(e, "creating a stream");
+      if (auto e = cudaStreamCreateWithFlags(&s.to_host, cudaStreamNonBlocking); e != cudaSuccess)
+        return cuda_error(e, "creating a stream");
+      if (auto e = cudaStreamCreateWithFlags(&s.to_device, cudaStreamNonBlocking); e != cudaSuccess)
+        return cuda_error(e, "creating a stream");
       c->streams_.push_back(s);
     }
     return c;
@@ -78,7 +80,8 @@ class cuda final : public accelerator {
 
   result<void> check(int gpu) const {
     if (gpu < 0 || gpu >= device_count())
-      return make_error(errc::invalid_argument, "no CUDA device " + std::to_string(gpu) + " (" + std::to_string(device_count()) + " visible)");
+      return make_error(errc::invalid_argument,
+                        "no CUDA device " + std::to_string(gpu) + " (" + std::to_string(device_count()) + " visible)");
     return success();
   }
 

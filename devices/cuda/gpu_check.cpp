@@ -72,7 +72,8 @@ struct gpu_state {
   std::uint64_t distinct_bytes = 0;  // each distinct slice once (what a snapshot copies)
 };
 
-gpu_state make_state(device::accelerator& gpu, const mesh& m, const std::vector<std::vector<std::string>>& layouts, int n, std::int64_t side) {
+gpu_state make_state(device::accelerator& gpu, const mesh& m, const std::vector<std::vector<std::string>>& layouts, int n,
+                     std::int64_t side) {
   gpu_state s;
   for (int t = 0; t < n; ++t) {
     auto l = layout::create(layouts[static_cast<std::size_t>(t) % layouts.size()], m).value();
@@ -82,7 +83,8 @@ gpu_state make_state(device::accelerator& gpu, const mesh& m, const std::vector<
       s.buffers.push_back(device::device_buffer::allocate(gpu, 0, sh.data.size()).value());
       shards.push_back({sh.device, s.buffers.back().span(), &gpu, 0});
     }
-    s.named.push_back({"layer" + std::to_string(t) + "/w", dtensor_view::create(dtype::float32, {side, side}, l, std::move(shards)).value()});
+    s.named.push_back(
+        {"layer" + std::to_string(t) + "/w", dtensor_view::create(dtype::float32, {side, side}, l, std::move(shards)).value()});
     s.distinct_bytes += static_cast<std::uint64_t>(side * side * 4);
   }
   return s;
@@ -160,7 +162,8 @@ bool check_restores(device::accelerator& gpu, io::backend& be, const std::string
 // D2H: a copy-mode snapshot (the caller's stall is the copy), warm arena, median of 3; then the
 // lazy save: the call's stall, the time until the snapshot is taken, and its bytes checked
 // through a restore onto fresh GPU shards (`dst`).
-bool check_snapshots(device::accelerator& gpu, io::backend& be, const std::string& dir, const mesh& m24, const gpu_state& src, const gpu_state& dst) {
+bool check_snapshots(device::accelerator& gpu, io::backend& be, const std::string& dir, const mesh& m24, const gpu_state& src,
+                     const gpu_state& dst) {
   const double mib = static_cast<double>(src.distinct_bytes) / (1 << 20);
   graph::state_dict sd;
   std::deque<graph::variable> vars;
@@ -205,8 +208,10 @@ int main(int argc, char** argv) {
   double gib = 2;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--dir") dir = argv[i + 1];
-    else if (a == "--gib") gib = std::stod(argv[i + 1]);
+    if (a == "--dir")
+      dir = argv[i + 1];
+    else if (a == "--gib")
+      gib = std::stod(argv[i + 1]);
   }
   if (dir.empty()) {
     std::fprintf(stderr, "usage: gpu_check --dir DIR [--gib N]\n");

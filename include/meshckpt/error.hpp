@@ -16,30 +16,28 @@ namespace meshckpt {
 /// errno the operating system reported instead.
 enum class errc {
   ok = 0,
-  invalid_argument = 1,    ///< a caller-supplied value is malformed (shape, layout, name, ...)
-  not_found = 2,           ///< the checkpoint, file or tensor does not exist
-  checksum_mismatch = 3,   ///< bytes on disk do not match their recorded checksum (XXH3; CRC-32C in TensorFlow files)
-  corrupt_manifest = 4,    ///< the manifest is truncated, malformed or inconsistent
-  unsupported_version = 5, ///< the manifest was written by an incompatible format version
-  dtype_mismatch = 6,      ///< saved and requested dtypes differ
-  shape_mismatch = 7,      ///< saved and requested global shapes differ
-  layout_mismatch = 8,     ///< the saved slices do not cover a requested shard
-  unsafe_path = 9,         ///< a file name would escape the checkpoint directory, or is not a regular file
-  limit_exceeded = 10,     ///< a size or count exceeds a safety cap
-  short_read = 11,         ///< a file ended before the bytes the manifest promises
-  unsupported = 12,        ///< the request needs a capability this build or setup lacks
-  cancelled = 13,          ///< the operation was cancelled before it took effect
-  timed_out = 14,          ///< another process did not answer in time (dead, hung, or too slow)
-  locked = 15,             ///< another process is writing into the checkpoint directory (it holds DIR/meshckpt.lock)
+  invalid_argument = 1,     ///< a caller-supplied value is malformed (shape, layout, name, ...)
+  not_found = 2,            ///< the checkpoint, file or tensor does not exist
+  checksum_mismatch = 3,    ///< bytes on disk do not match their recorded checksum (XXH3; CRC-32C in TensorFlow files)
+  corrupt_manifest = 4,     ///< the manifest is truncated, malformed or inconsistent
+  unsupported_version = 5,  ///< the manifest was written by an incompatible format version
+  dtype_mismatch = 6,       ///< saved and requested dtypes differ
+  shape_mismatch = 7,       ///< saved and requested global shapes differ
+  layout_mismatch = 8,      ///< the saved slices do not cover a requested shard
+  unsafe_path = 9,          ///< a file name would escape the checkpoint directory, or is not a regular file
+  limit_exceeded = 10,      ///< a size or count exceeds a safety cap
+  short_read = 11,          ///< a file ended before the bytes the manifest promises
+  unsupported = 12,         ///< the request needs a capability this build or setup lacks
+  cancelled = 13,           ///< the operation was cancelled before it took effect
+  timed_out = 14,           ///< another process did not answer in time (dead, hung, or too slow)
+  locked = 15,              ///< another process is writing into the checkpoint directory (it holds DIR/meshckpt.lock)
 };
 
 /// The `std::error_category` of `errc`; its name is "meshckpt".
 const std::error_category& meshckpt_category() noexcept;
 
 /// Makes `errc` usable as a `std::error_code`.
-inline std::error_code make_error_code(errc e) noexcept {
-  return {static_cast<int>(e), meshckpt_category()};
-}
+inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), meshckpt_category()}; }
 
 /// An error: a code to branch on and a message for people. The message is complete on its own
 /// (it includes the code's description), e.g.
@@ -49,9 +47,7 @@ struct error {
   std::string message;
 
   /// The full message, or the code's description when no message was attached.
-  [[nodiscard]] std::string what() const {
-    return message.empty() ? code.message() : message;
-  }
+  [[nodiscard]] std::string what() const { return message.empty() ? code.message() : message; }
 };
 
 /// Builds an error with a meshckpt code and a message.
@@ -89,20 +85,15 @@ class result : public boost::outcome_v2::std_result<T, error> {
   result(base&& b) : base(std::move(b)) {}
 
   template <class U = T>
-    requires(!std::is_void_v<U>)
-  U& operator*() & { return this->value(); }
+  requires(!std::is_void_v<U>) U& operator*() & { return this->value(); }
   template <class U = T>
-    requires(!std::is_void_v<U>)
-  const U& operator*() const& { return this->value(); }
+  requires(!std::is_void_v<U>) const U& operator*() const& { return this->value(); }
   template <class U = T>
-    requires(!std::is_void_v<U>)
-  U&& operator*() && { return std::move(this->value()); }
+  requires(!std::is_void_v<U>) U && operator*() && { return std::move(this->value()); }
   template <class U = T>
-    requires(!std::is_void_v<U>)
-  U* operator->() { return &this->value(); }
+  requires(!std::is_void_v<U>) U* operator->() { return &this->value(); }
   template <class U = T>
-    requires(!std::is_void_v<U>)
-  const U* operator->() const { return &this->value(); }
+  requires(!std::is_void_v<U>) const U* operator->() const { return &this->value(); }
 };
 
 /// Success value for `result<void>`.

@@ -77,8 +77,8 @@ struct fault_backend::model {
   std::map<std::string, std::optional<std::string>> files;
   struct entry_change {
     enum kind { created, renamed, unlinked } k;
-    std::string a, b;                              // created/unlinked: a; renamed: a -> b
-    std::optional<std::string> old_content;        // renamed: what b held; unlinked: what a held
+    std::string a, b;                                     // created/unlinked: a; renamed: a -> b
+    std::optional<std::string> old_content;               // renamed: what b held; unlinked: what a held
     std::optional<std::optional<std::string>> old_state;  // its entry in `files`, if tracked
   };
   std::map<std::string, std::vector<entry_change>> pending;  // by directory path, since its last fsync
@@ -111,7 +111,6 @@ std::uint64_t fault_backend::injected() const {
   std::lock_guard lk(mu_);
   return injected_;
 }
-
 
 std::string fault_backend::path_of(io::handle h, bool* is_dir) const {
   auto it = m_->handles.find(h.value);
@@ -261,8 +260,10 @@ void fault_backend::fsync(io::handle file, io::completion<void> done) {
   inner_->fsync(file, [this, path, dir, done = std::move(done)](result<void> r) {
     if (r) {
       std::lock_guard lk(mu_);
-      if (dir) m_->pending.erase(path);
-      else m_->files[path] = read_all(path);  // what a crash from now on keeps of it
+      if (dir)
+        m_->pending.erase(path);
+      else
+        m_->files[path] = read_all(path);  // what a crash from now on keeps of it
     }
     done(std::move(r));
   });

@@ -111,8 +111,10 @@ void memory_backend::size(io::handle f, io::completion<std::uint64_t> done) {
     std::lock_guard lk(mu_);
     std::string why;
     auto* v = content_of(f, false, why);
-    if (!v) r = make_errno_error(EBADF, "stat", why);
-    else r = static_cast<std::uint64_t>(v->size());
+    if (!v)
+      r = make_errno_error(EBADF, "stat", why);
+    else
+      r = static_cast<std::uint64_t>(v->size());
   }
   done(std::move(r));
 }
@@ -156,8 +158,10 @@ void memory_backend::truncate(io::handle f, std::uint64_t n, io::completion<void
     std::lock_guard lk(mu_);
     std::string why;
     auto* v = content_of(f, true, why);
-    if (!v) r = make_errno_error(EBADF, "truncate", why);
-    else v->resize(static_cast<std::size_t>(n));
+    if (!v)
+      r = make_errno_error(EBADF, "truncate", why);
+    else
+      v->resize(static_cast<std::size_t>(n));
   }
   done(std::move(r));
 }
@@ -209,9 +213,12 @@ void memory_backend::unlink(io::handle dir, std::string name, io::completion<voi
   {
     std::lock_guard lk(mu_);
     auto d = open_.find(dir.value);
-    if (!format::is_plain_name(name)) r = unsafe("unlink", name);
-    else if (d == open_.end() || !d->second.name.empty()) r = make_errno_error(EBADF, "unlink", name);
-    else if (!dirs_[d->second.dir].files.erase(name)) r = make_errno_error(ENOENT, "unlink", name);
+    if (!format::is_plain_name(name))
+      r = unsafe("unlink", name);
+    else if (d == open_.end() || !d->second.name.empty())
+      r = make_errno_error(EBADF, "unlink", name);
+    else if (!dirs_[d->second.dir].files.erase(name))
+      r = make_errno_error(ENOENT, "unlink", name);
   }
   done(std::move(r));
 }

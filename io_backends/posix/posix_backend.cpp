@@ -55,7 +55,8 @@ class posix_backend final : public io::backend {
   std::string_view name() const noexcept override { return "posix"; }
 
   io::capabilities caps() const override {
-    return {true, false, 4096, "pread/pwrite on a thread pool; O_DIRECT for files opened create_exclusive_direct or read_direct where supported"};
+    return {true, false, 4096,
+            "pread/pwrite on a thread pool; O_DIRECT for files opened create_exclusive_direct or read_direct where supported"};
   }
 
   void open_dir(std::string path, bool create, completion<handle> done) override {
@@ -185,8 +186,7 @@ class posix_backend final : public io::backend {
     run(std::move(done), [dir, from = std::move(from), to = std::move(to)]() -> result<void> {
       if (!format::is_plain_name(from) || !format::is_plain_name(to))
         return make_error(errc::unsafe_path, "rename \"" + from + "\" to \"" + to + "\": not plain file names");
-      if (::renameat(dir_fd(dir), from.c_str(), dir_fd(dir), to.c_str()) != 0)
-        return make_errno_error(errno, "rename", from + " -> " + to);
+      if (::renameat(dir_fd(dir), from.c_str(), dir_fd(dir), to.c_str()) != 0) return make_errno_error(errno, "rename", from + " -> " + to);
       return success();
     });
   }
@@ -222,8 +222,10 @@ class posix_backend final : public io::backend {
           if (::fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0)
             t = S_ISREG(st.st_mode) ? DT_REG : S_ISDIR(st.st_mode) ? DT_DIR : S_ISLNK(st.st_mode) ? DT_LNK : DT_UNKNOWN;
         }
-        de.type = t == DT_REG ? io::dir_entry::regular : t == DT_DIR ? io::dir_entry::directory
-                  : t == DT_LNK ? io::dir_entry::symlink : io::dir_entry::other;
+        de.type = t == DT_REG   ? io::dir_entry::regular
+                  : t == DT_DIR ? io::dir_entry::directory
+                  : t == DT_LNK ? io::dir_entry::symlink
+                                : io::dir_entry::other;
         out.push_back(std::move(de));
       }
       int err = errno;
@@ -319,8 +321,6 @@ std::atomic<runtime::executor_thread*> pool_instance{nullptr};
 
 asio::io_context& blocking_pool() { return runtime::process_wide<&pool_instance>(blocking_pool_threads, "meshckpt-io").context(); }
 
-std::unique_ptr<io::backend> make_posix_backend(posix_options opt) {
-  return std::make_unique<posix_backend>(opt);
-}
+std::unique_ptr<io::backend> make_posix_backend(posix_options opt) { return std::make_unique<posix_backend>(opt); }
 
 }  // namespace meshckpt::backends

@@ -65,7 +65,11 @@ class uring_backend final : public io::backend {
   };
 
   uring_backend(io_uring ring, unsigned depth, std::unique_ptr<io::backend> meta, unsigned fixed_slots, int efd)
-      : ring_(ring), depth_(depth), meta_(std::move(meta)), fixed_slots_(fixed_slots), efd_(efd),
+      : ring_(ring),
+        depth_(depth),
+        meta_(std::move(meta)),
+        fixed_slots_(fixed_slots),
+        efd_(efd),
         ready_(blocking_pool().get_executor(), efd) {
     std::lock_guard lk(mu_);
     try {
@@ -96,9 +100,11 @@ class uring_backend final : public io::backend {
   std::string_view name() const noexcept override { return "uring"; }
   io::capabilities caps() const override {
     return {true, fixed_slots_ > 0, 4096,
-            "io_uring, " + std::to_string(depth_) + " operations in flight; O_DIRECT for files opened *_direct where the filesystem "
-            "allows it (buffered per file elsewhere); " +
-                (fixed_slots_ ? std::to_string(fixed_slots_) + " slots for registered buffers" : std::string("no registered buffers (kernel refused)"))};
+            "io_uring, " + std::to_string(depth_) +
+                " operations in flight; O_DIRECT for files opened *_direct where the filesystem "
+                "allows it (buffered per file elsewhere); " +
+                (fixed_slots_ ? std::to_string(fixed_slots_) + " slots for registered buffers"
+                              : std::string("no registered buffers (kernel refused)"))};
   }
 
   void register_buffer(std::span<std::byte> mem) override {
@@ -193,12 +199,16 @@ class uring_backend final : public io::backend {
     auto off = o->offset + o->done;
     switch (o->k) {
       case op::read:
-        if (o->fixed >= 0) io_uring_prep_read_fixed(sqe, o->fd, b, len, off, o->fixed);
-        else io_uring_prep_read(sqe, o->fd, b, len, off);
+        if (o->fixed >= 0)
+          io_uring_prep_read_fixed(sqe, o->fd, b, len, off, o->fixed);
+        else
+          io_uring_prep_read(sqe, o->fd, b, len, off);
         break;
       case op::write:
-        if (o->fixed >= 0) io_uring_prep_write_fixed(sqe, o->fd, b, len, off, o->fixed);
-        else io_uring_prep_write(sqe, o->fd, b, len, off);
+        if (o->fixed >= 0)
+          io_uring_prep_write_fixed(sqe, o->fd, b, len, off, o->fixed);
+        else
+          io_uring_prep_write(sqe, o->fd, b, len, off);
         break;
       case op::fsync: io_uring_prep_fsync(sqe, o->fd, 0); break;
     }
@@ -272,14 +282,18 @@ class uring_backend final : public io::backend {
     } else if (o->k == op::fsync) {
       out = std::size_t{0};
     } else if (res == 0) {
-      if (o->k == op::write) out = make_errno_error(EIO, "write", name_of(o->fd) + " (no progress)");
-      else out = o->done;  // end of file
+      if (o->k == op::write)
+        out = make_errno_error(EIO, "write", name_of(o->fd) + " (no progress)");
+      else
+        out = o->done;  // end of file
     } else {
       o->done += static_cast<std::size_t>(res);
       // A short O_DIRECT read means end of file; retrying at the unaligned rest would fail.
       bool direct_eof = o->k == op::read && o->done < o->len && (::fcntl(o->fd, F_GETFL) & O_DIRECT);
-      if (o->done < o->len && !direct_eof) again = true;
-      else out = o->done;
+      if (o->done < o->len && !direct_eof)
+        again = true;
+      else
+        out = o->done;
     }
     std::unique_lock lk(mu_);
     --in_flight_;
@@ -314,10 +328,10 @@ class uring_backend final : public io::backend {
   bool handler_stood_down_ = false;
   std::mutex names_mu_;
   std::map<int, std::string> names_;
-  unsigned fixed_slots_;  // size of the sparse registered-buffer table (0: none)
+  unsigned fixed_slots_;                                     // size of the sparse registered-buffer table (0: none)
   std::map<std::byte*, std::pair<int, std::size_t>> fixed_;  // start -> (index, length); under mu_
-  int efd_;                                            // signalled by the ring on every completion
-  boost::asio::posix::stream_descriptor ready_;        // owns efd_
+  int efd_;                                                  // signalled by the ring on every completion
+  boost::asio::posix::stream_descriptor ready_;              // owns efd_
 };
 
 }  // namespace
@@ -330,9 +344,10 @@ result<std::unique_ptr<io::backend>> make_uring_backend(uring_options opt) {
   params.cq_entries = depth * 2;
   int rc = io_uring_queue_init_params(depth, &ring, &params);
   if (rc < 0) {
-    std::string why = -rc == ENOSYS ? " (the kernel has no io_uring)"
-                      : -rc == EPERM ? " (forbidden: seccomp, a container policy, or kernel.io_uring_disabled)"
-                      : -rc == ENOMEM ? " (locked-memory limit too low)" : "";
+    std::string why = -rc == ENOSYS   ? " (the kernel has no io_uring)"
+                      : -rc == EPERM  ? " (forbidden: seccomp, a container policy, or kernel.io_uring_disabled)"
+                      : -rc == ENOMEM ? " (locked-memory limit too low)"
+                                      : "";
     return make_error(errc::unsupported, std::string("io_uring is not available: io_uring_queue_init: ") + std::strerror(-rc) + why);
   }
   // A sparse table of registered buffers, filled as staging buffers are offered (kernel >= 5.19;

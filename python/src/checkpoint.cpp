@@ -92,7 +92,8 @@ template <class R>
 std::function<R()> with_gil(py::object f) {
   if (f.is_none()) return {};
   auto shared = std::shared_ptr<py::object>(new py::object(std::move(f)), [](py::object* o) {
-    if (python_section py; py.ok()) delete o;
+    if (python_section py; py.ok())
+      delete o;
     else {
       o->release();  // exiting: never touch the interpreter
       delete o;
@@ -100,8 +101,10 @@ std::function<R()> with_gil(py::object f) {
   });
   return [shared]() -> R {
     py::gil_scoped_acquire gil;
-    if constexpr (std::is_void_v<R>) (*shared)();
-    else return (*shared)().template cast<R>();
+    if constexpr (std::is_void_v<R>)
+      (*shared)();
+    else
+      return (*shared)().template cast<R>();
   };
 }
 
@@ -113,37 +116,50 @@ void bind_coordinator(py::module_& m) {
   py::class_<coord::coordinator, std::shared_ptr<coord::coordinator>>(m, "Coordinator")
       .def_property_readonly("rank", &coord::coordinator::rank)
       .def_property_readonly("size", &coord::coordinator::size)
-      .def("gather", [=](coord::coordinator& c, const std::string& mine, double timeout_s) {
-             result<std::vector<coord::bytes>> r = [&] {
-               py::gil_scoped_release nogil;
-               return c.gather(as_bytes(mine), ms(timeout_s));
-             }();
-             py::list out;
-             for (const auto& b : unwrap(std::move(r))) out.append(to_py(b));
-             return out;
-           }, py::arg("mine"), py::arg("timeout_s"),
-           "Every rank's bytes, in rank order, on rank 0 (an empty list elsewhere); TimedOutError naming the missing ranks.")
-      .def("broadcast", [=](coord::coordinator& c, const std::string& data, double timeout_s) {
-             result<coord::bytes> r = [&] {
-               py::gil_scoped_release nogil;
-               return c.broadcast(as_bytes(data), ms(timeout_s));
-             }();
-             return to_py(unwrap(std::move(r)));
-           }, py::arg("data"), py::arg("timeout_s"), "Rank 0's bytes, on every rank.")
-      .def("barrier", [=](coord::coordinator& c, double timeout_s) {
-             result<void> r = [&] {
-               py::gil_scoped_release nogil;
-               return c.barrier(ms(timeout_s));
-             }();
-             unwrap(std::move(r));
-           }, py::arg("timeout_s"), "Returns once every rank entered it.");
-  m.def("mpi_coordinator", []() -> std::shared_ptr<coord::coordinator> {
-    int init = 0;
-    MPI_Initialized(&init);
-    if (!init)
-      throw error_exception{make_error(errc::unsupported, "MPI is not initialized: import mpi4py's MPI (from mpi4py import MPI) first")};
-    return unwrap(coord::make_mpi_coordinator(MPI_COMM_WORLD));
-  }, "A coordinator over MPI_COMM_WORLD (collective: every rank calls it). MPI must be initialized, as by mpi4py.");
+      .def(
+          "gather",
+          [=](coord::coordinator& c, const std::string& mine, double timeout_s) {
+            result<std::vector<coord::bytes>> r = [&] {
+              py::gil_scoped_release nogil;
+              return c.gather(as_bytes(mine), ms(timeout_s));
+            }();
+            py::list out;
+            for (const auto& b : unwrap(std::move(r))) out.append(to_py(b));
+            return out;
+          },
+          py::arg("mine"), py::arg("timeout_s"),
+          "Every rank's bytes, in rank order, on rank 0 (an empty list elsewhere); TimedOutError naming the missing ranks.")
+      .def(
+          "broadcast",
+          [=](coord::coordinator& c, const std::string& data, double timeout_s) {
+            result<coord::bytes> r = [&] {
+              py::gil_scoped_release nogil;
+              return c.broadcast(as_bytes(data), ms(timeout_s));
+            }();
+            return to_py(unwrap(std::move(r)));
+          },
+          py::arg("data"), py::arg("timeout_s"), "Rank 0's bytes, on every rank.")
+      .def(
+          "barrier",
+          [=](coord::coordinator& c, double timeout_s) {
+            result<void> r = [&] {
+              py::gil_scoped_release nogil;
+              return c.barrier(ms(timeout_s));
+            }();
+            unwrap(std::move(r));
+          },
+          py::arg("timeout_s"), "Returns once every rank entered it.");
+  m.def(
+      "mpi_coordinator",
+      []() -> std::shared_ptr<coord::coordinator> {
+        int init = 0;
+        MPI_Initialized(&init);
+        if (!init)
+          throw error_exception{
+              make_error(errc::unsupported, "MPI is not initialized: import mpi4py's MPI (from mpi4py import MPI) first")};
+        return unwrap(coord::make_mpi_coordinator(MPI_COMM_WORLD));
+      },
+      "A coordinator over MPI_COMM_WORLD (collective: every rank calls it). MPI must be initialized, as by mpi4py.");
 }
 
 void bind_load_status(py::module_& m) {
@@ -154,11 +170,12 @@ void bind_load_status(py::module_& m) {
       .def("expect_partial", &load_status::expect_partial)
       .def_property_readonly("unused_keys", &load_status::unused_keys)
       .def_property_readonly("unrestored_objects", &load_status::unrestored_objects)
-      .def_property_readonly("deferred_errors", [](const load_status& s) {
-        std::vector<std::string> r;
-        for (auto& e : s.deferred_errors()) r.push_back(e.what());
-        return r;
-      })
+      .def_property_readonly("deferred_errors",
+                             [](const load_status& s) {
+                               std::vector<std::string> r;
+                               for (auto& e : s.deferred_errors()) r.push_back(e.what());
+                               return r;
+                             })
       .def_property_readonly("path", &load_status::path);
 }
 
@@ -166,20 +183,28 @@ void bind_checkpoint_class(py::module_& m) {
   py::class_<py_checkpoint, checkpoint_holder>(m, "Checkpoint")
       .def(py::init(&make_checkpoint), py::arg("mesh"), py::arg("root"), py::arg("children"), py::arg("snapshot") = true,
            py::arg("snapshot_budget_bytes") = 0, py::arg("coordinator") = nullptr,
-           py::arg("restore_names") = std::map<std::string, std::string>{}, py::arg("verify_checksums") = true,
-           py::arg("chunk_bytes") = 0)
-      .def("start_save", [](py_checkpoint& p, const std::string& prefix, bool numbered, py::object fut, py::object snap,
-                            const stop_handle& stop) { start_save(*p.c, prefix, numbered, std::move(fut), std::move(snap), stop); },
-           py::arg("prefix"), py::arg("numbered"), py::arg("future"), py::arg("snapshot_future"), py::arg("stop"),
-           "Starts a save that resolves `future` with the path (and `snapshot_future`, unless None, when the tensors may change).")
-      .def("start_restore", [](py_checkpoint& p, std::optional<std::string> path, bool is_restore, py::object fut) {
-        start_restore(*p.c, std::move(path), is_restore, std::move(fut));
-      }, py::arg("path"), py::arg("is_restore"), py::arg("future"))
-      .def_property("save_counter", [](py_checkpoint& p) { return p.c->save_counter(); },
-                    [](py_checkpoint& p, std::int64_t v) { p.c->set_save_counter(v); })
-      .def("sync", [](py_checkpoint& p) { unwrap(p.c->sync()); }, py::call_guard<py::gil_scoped_release>())
-      .def("set_snapshot", [](py_checkpoint& p, bool on) { p.c->set_snapshot(on); }, py::arg("on"),
-           "Snapshot mode (copy before returning) for the saves started from now on.")
+           py::arg("restore_names") = std::map<std::string, std::string>{}, py::arg("verify_checksums") = true, py::arg("chunk_bytes") = 0)
+      .def(
+          "start_save",
+          [](py_checkpoint& p, const std::string& prefix, bool numbered, py::object fut, py::object snap, const stop_handle& stop) {
+            start_save(*p.c, prefix, numbered, std::move(fut), std::move(snap), stop);
+          },
+          py::arg("prefix"), py::arg("numbered"), py::arg("future"), py::arg("snapshot_future"), py::arg("stop"),
+          "Starts a save that resolves `future` with the path (and `snapshot_future`, unless None, when the tensors may change).")
+      .def(
+          "start_restore",
+          [](py_checkpoint& p, std::optional<std::string> path, bool is_restore, py::object fut) {
+            start_restore(*p.c, std::move(path), is_restore, std::move(fut));
+          },
+          py::arg("path"), py::arg("is_restore"), py::arg("future"))
+      .def_property(
+          "save_counter", [](py_checkpoint& p) { return p.c->save_counter(); },
+          [](py_checkpoint& p, std::int64_t v) { p.c->set_save_counter(v); })
+      .def(
+          "sync", [](py_checkpoint& p) { unwrap(p.c->sync()); }, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "set_snapshot", [](py_checkpoint& p, bool on) { p.c->set_snapshot(on); }, py::arg("on"),
+          "Snapshot mode (copy before returning) for the saves started from now on.")
       .def_property_readonly("writes_shared_files", [](py_checkpoint& p) { return p.c->writes_shared_files(); });
 }
 
@@ -201,22 +226,26 @@ void bind_manager(py::module_& m) {
              return manager_holder(new py_manager{std::move(mgr)});
            }),
            py::arg("checkpoint"), py::arg("directory"), py::arg("max_to_keep"), py::arg("keep_checkpoint_every_n_hours"),
-           py::arg("checkpoint_name"), py::arg("step_counter"), py::arg("checkpoint_interval"), py::arg("init_fn"),
-           py::arg("lock_timeout"), py::keep_alive<1, 2>())
-      .def("start_save", [](py_manager& p, std::optional<std::int64_t> number, bool check_interval, py::object fut,
-                            py::object snap_fut, const stop_handle& stop) {
-        auto on_done = resolve<std::optional<std::string>>(future_slot(std::move(fut)), optional_str);
-        auto on_snap = snapshot_completion(std::move(snap_fut));
-        {
-          py::gil_scoped_release nogil;
-          p.m->start_save(number, check_interval, std::move(on_done), std::move(on_snap), stop.src->get_token());
-        }
-      }, py::arg("checkpoint_number"), py::arg("check_interval"), py::arg("future"), py::arg("snapshot_future"), py::arg("stop"))
+           py::arg("checkpoint_name"), py::arg("step_counter"), py::arg("checkpoint_interval"), py::arg("init_fn"), py::arg("lock_timeout"),
+           py::keep_alive<1, 2>())
+      .def(
+          "start_save",
+          [](py_manager& p, std::optional<std::int64_t> number, bool check_interval, py::object fut, py::object snap_fut,
+             const stop_handle& stop) {
+            auto on_done = resolve<std::optional<std::string>>(future_slot(std::move(fut)), optional_str);
+            auto on_snap = snapshot_completion(std::move(snap_fut));
+            {
+              py::gil_scoped_release nogil;
+              p.m->start_save(number, check_interval, std::move(on_done), std::move(on_snap), stop.src->get_token());
+            }
+          },
+          py::arg("checkpoint_number"), py::arg("check_interval"), py::arg("future"), py::arg("snapshot_future"), py::arg("stop"))
       .def_property_readonly("latest_checkpoint", [](py_manager& p) { return p.m->latest_checkpoint(); })
       .def_property_readonly("checkpoints", [](py_manager& p) { return p.m->checkpoints(); })
       .def_property_readonly("directory", [](py_manager& p) { return p.m->directory(); })
-      .def("restore_or_initialize", [](py_manager& p) { return unwrap(p.m->restore_or_initialize()); },
-           py::call_guard<py::gil_scoped_release>());
+      .def(
+          "restore_or_initialize", [](py_manager& p) { return unwrap(p.m->restore_or_initialize()); },
+          py::call_guard<py::gil_scoped_release>());
 }
 
 }  // namespace

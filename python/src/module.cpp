@@ -156,8 +156,7 @@ future_slot::holder::~holder() {
     obj.release();
   } else {
     library_callback_scope in_callback;
-    if (unresolved)
-      obj.attr("set_exception")(to_exception(make_error(errc::cancelled, "the operation ended without an outcome")));
+    if (unresolved) obj.attr("set_exception")(to_exception(make_error(errc::cancelled, "the operation ended without an outcome")));
     obj = py::object();
   }
   if (unresolved) resolved();
@@ -218,7 +217,9 @@ PYBIND11_MODULE(_meshckpt, m) {
     }
   });
   m.def("_drain", &mp::drain, "Waits until every meshckpt future is resolved (called at exit).");
-  py::class_<mp::stop_handle>(m, "StopHandle").def(py::init<>()).def("__call__", &mp::stop_handle::request, "Requests the operation's stop.");
+  py::class_<mp::stop_handle>(m, "StopHandle")
+      .def(py::init<>())
+      .def("__call__", &mp::stop_handle::request, "Requests the operation's stop.");
   mp::bind_tensors(m);
   mp::bind_torch_state(m);
   mp::bind_checkpoint(m);

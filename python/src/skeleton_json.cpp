@@ -120,7 +120,9 @@ class json_parser {
       }
       if (p_ >= s_.size()) bad("an unterminated escape");
       switch (const char e = s_[p_++]) {
-        case '"': case '\\': case '/': out += e; break;
+        case '"':
+        case '\\':
+        case '/': out += e; break;
         case 'b': out += '\b'; break;
         case 'f': out += '\f'; break;
         case 'n': out += '\n'; break;
@@ -159,8 +161,8 @@ jvalue parse_skeleton(std::string_view text) { return json_parser(text).document
 }
 
 std::int64_t int_value(const jvalue& v, const char* name, const std::string& where) {
-  if (v.kind != jvalue::number || v.text.empty() || v.text.size() > 19 ||
-      v.text.find_first_not_of("-0123456789") != std::string::npos || v.text.find('-', 1) != std::string::npos)
+  if (v.kind != jvalue::number || v.text.empty() || v.text.size() > 19 || v.text.find_first_not_of("-0123456789") != std::string::npos ||
+      v.text.find('-', 1) != std::string::npos)
     wrong_type(name, where);
   return std::stoll(v.text);
 }
@@ -212,7 +214,8 @@ py::object to_python(const jvalue& v, const std::string& where, int depth) {
       return py::float_(d);
     }
     case jvalue::string: {
-      auto r = py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(v.text.data(), static_cast<Py_ssize_t>(v.text.size()), "surrogateescape"));
+      auto r =
+          py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(v.text.data(), static_cast<Py_ssize_t>(v.text.size()), "surrogateescape"));
       if (!r) throw py::error_already_set();
       return r;
     }
@@ -223,7 +226,8 @@ py::object to_python(const jvalue& v, const std::string& where, int depth) {
     }
     case jvalue::object: {
       py::dict out;
-      for (const auto& [k, i] : v.members) out[to_python(jvalue{jvalue::string, false, k, {}, {}}, where, depth)] = to_python(i, where, depth + 1);
+      for (const auto& [k, i] : v.members)
+        out[to_python(jvalue{jvalue::string, false, k, {}, {}}, where, depth)] = to_python(i, where, depth + 1);
       return out;
     }
   }

@@ -51,7 +51,8 @@ class store_coordinator final : public coord::coordinator, public std::enable_sh
       if (auto r = arrive(round, data); !r) return coord::finished<coord::bytes>(r.error());
       return coord::finished<coord::bytes>(coord::bytes(data.begin(), data.end()));
     }
-    return std::make_unique<waiting<coord::bytes>>(*this, round, std::vector<std::string>{round + "0"}, clock::now() + timeout, "broadcast", false);
+    return std::make_unique<waiting<coord::bytes>>(*this, round, std::vector<std::string>{round + "0"}, clock::now() + timeout, "broadcast",
+                                                   false);
   }
 
   std::unique_ptr<coord::collective<void>> start_barrier(coord::milliseconds timeout) override {
@@ -73,9 +74,7 @@ class store_coordinator final : public coord::coordinator, public std::enable_sh
     return k;
   }
 
-  static error python_error(const std::string& what) {
-    return make_error(errc::unsupported, "torch.distributed store: " + what);
-  }
+  static error python_error(const std::string& what) { return make_error(errc::unsupported, "torch.distributed store: " + what); }
 
   // This rank's part of a round: its key, then the round's counter.
   result<void> arrive(const std::string& round, std::span<const std::byte> value) {
@@ -92,8 +91,8 @@ class store_coordinator final : public coord::coordinator, public std::enable_sh
 
   // The keys' values once `expected` ranks arrived in the round (fetched when `fetch`); none
   // before. With `missing`, names the ranks whose key is not there yet.
-  result<std::optional<std::vector<coord::bytes>>> try_get(const std::string& round, const std::vector<std::string>& keys, std::int64_t expected,
-                                                           bool fetch, bool remove, std::string* missing) {
+  result<std::optional<std::vector<coord::bytes>>> try_get(const std::string& round, const std::vector<std::string>& keys,
+                                                           std::int64_t expected, bool fetch, bool remove, std::string* missing) {
     python_section py;
     if (!py.ok()) return python_error("the interpreter is exiting");
     try {
@@ -127,18 +126,23 @@ class store_coordinator final : public coord::coordinator, public std::enable_sh
   template <class T>
   class waiting final : public coord::collective<T> {
    public:
-    waiting(store_coordinator& c, std::string round, std::vector<std::string> keys, clock::time_point deadline, const char* what, bool remove)
+    waiting(store_coordinator& c, std::string round, std::vector<std::string> keys, clock::time_point deadline, const char* what,
+            bool remove)
         : c_(c.shared_from_this()), round_(std::move(round)), keys_(std::move(keys)), deadline_(deadline), what_(what), remove_(remove) {}
 
     std::optional<result<T>> poll() override {
       const bool late = clock::now() >= deadline_;
       std::string missing;
-      auto got = c_->try_get(round_, keys_, static_cast<std::int64_t>(keys_.size()), !std::is_void_v<T>, remove_, late ? &missing : nullptr);
+      auto got =
+          c_->try_get(round_, keys_, static_cast<std::int64_t>(keys_.size()), !std::is_void_v<T>, remove_, late ? &missing : nullptr);
       if (!got) return result<T>(got.error());
       if (*got) {
-        if constexpr (std::is_void_v<T>) return result<T>(success());
-        else if constexpr (std::is_same_v<T, coord::bytes>) return result<T>(std::move((**got)[0]));
-        else return result<T>(std::move(**got));
+        if constexpr (std::is_void_v<T>)
+          return result<T>(success());
+        else if constexpr (std::is_same_v<T, coord::bytes>)
+          return result<T>(std::move((**got)[0]));
+        else
+          return result<T>(std::move(**got));
       }
       if (!late) return std::nullopt;
       return result<T>(make_error(errc::timed_out, std::string("torch.distributed store ") + what_ + ": no word from rank(s) " + missing +
@@ -162,7 +166,8 @@ void bind_store_coordinator(py::module_& m) {
       "store_coordinator",
       [](py::object store, int rank, int size, std::string prefix) -> std::shared_ptr<coord::coordinator> {
         if (size < 1 || rank < 0 || rank >= size)
-          throw error_exception{make_error(errc::invalid_argument, "store_coordinator: rank " + std::to_string(rank) + " of " + std::to_string(size))};
+          throw error_exception{
+              make_error(errc::invalid_argument, "store_coordinator: rank " + std::to_string(rank) + " of " + std::to_string(size))};
         for (const char* f : {"set", "get", "add", "wait", "delete_key"})
           if (!py::hasattr(store, f))
             throw error_exception{make_error(errc::invalid_argument, std::string("store_coordinator: the store has no ") + f + "()")};

@@ -24,8 +24,9 @@ device::accelerator* cuda_accelerator() {
 #ifdef MESHCKPT_PYTHON_CUDA
   return unwrap(device::make_cuda()).get();  // kept for the life of the process
 #else
-  throw error_exception{make_error(errc::unsupported, "a torch CUDA tensor, but this meshckpt was built without CUDA "
-                                                      "(meshckpt_cuda needs the CUDA toolkit at build time)")};
+  throw error_exception{make_error(errc::unsupported,
+                                   "a torch CUDA tensor, but this meshckpt was built without CUDA "
+                                   "(meshckpt_cuda needs the CUDA toolkit at build time)")};
 #endif
 }
 
@@ -43,10 +44,12 @@ static std::optional<dtype> dtype_of_format(std::string_view f, py::ssize_t item
     case 'e': return dtype::float16;
     case 'f': return dtype::float32;
     case 'd': return dtype::float64;
-    case 'i': case 'l': case 'q':
-      return itemsize == 4 ? std::optional(dtype::int32) : itemsize == 8 ? std::optional(dtype::int64) : std::nullopt;
-    case 'I': case 'L': case 'Q':
-      return itemsize == 4 ? std::optional(dtype::uint32) : itemsize == 8 ? std::optional(dtype::uint64) : std::nullopt;
+    case 'i':
+    case 'l':
+    case 'q': return itemsize == 4 ? std::optional(dtype::int32) : itemsize == 8 ? std::optional(dtype::int64) : std::nullopt;
+    case 'I':
+    case 'L':
+    case 'Q': return itemsize == 4 ? std::optional(dtype::uint32) : itemsize == 8 ? std::optional(dtype::uint64) : std::nullopt;
     default: return std::nullopt;
   }
 }
@@ -72,7 +75,7 @@ array_memory torch_memory(py::handle t, py_refs& keep) {
   const std::string where = py::str(t.attr("device").attr("type")).cast<std::string>();
   if (where != "cpu" && where != "cuda")
     throw error_exception{make_error(errc::unsupported, "a torch tensor on " + py::str(t.attr("device")).cast<std::string>() +
-                                                             " (meshckpt takes CPU and CUDA tensors)")};
+                                                            " (meshckpt takes CPU and CUDA tensors)")};
   if (!t.attr("is_contiguous")().cast<bool>())
     throw error_exception{make_error(errc::invalid_argument, "a torch tensor that is not contiguous (call .contiguous())")};
   const dtype dt = parse_dtype(t.attr("dtype"));  // "torch.float32"
@@ -98,10 +101,10 @@ static array_memory buffer_memory(py::handle o, bool writable, py_refs& keep) {
   int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
   if (PyObject_GetBuffer(o.ptr(), view.get(), flags) != 0) {
     PyErr_Clear();
-    throw error_exception{make_error(errc::invalid_argument,
-                                     std::string("a ") + py::str(py::type::of(o).attr("__name__")).cast<std::string>() +
-                                         " that is not a C-contiguous" + (writable ? ", writable" : "") +
-                                         " buffer (numpy: np.ascontiguousarray; a read-only array cannot be restored into)")};
+    throw error_exception{
+        make_error(errc::invalid_argument, std::string("a ") + py::str(py::type::of(o).attr("__name__")).cast<std::string>() +
+                                               " that is not a C-contiguous" + (writable ? ", writable" : "") +
+                                               " buffer (numpy: np.ascontiguousarray; a read-only array cannot be restored into)")};
   }
   array_memory m;
   auto dt = dtype_of_format(view->format ? view->format : "B", view->itemsize);
@@ -135,13 +138,11 @@ std::string numpy_name(dtype t) {
   }
 }
 
-
 // A module: a trackable with named children, the base of Python `meshckpt.Module`.
 class py_module : public graph::module {
  public:
   void track(const std::string& name, graph::trackable& child) { add_child(name, child); }
 };
-
 
 }  // namespace
 
@@ -198,27 +199,27 @@ void with_global(const py_variable& v, py::handle arr, bool writable, F&& f) {
     throw error_exception{make_error(errc::dtype_mismatch, "array is " + std::string(dtype_name(mem.type)) + ", variable is " +
                                                                std::string(dtype_name(v.view().type())))};
   if (mem.dims != v.view().global_shape())
-    throw error_exception{make_error(errc::shape_mismatch, "array has shape " + to_string(mem.dims) + ", variable " +
-                                                               to_string(v.view().global_shape()))};
+    throw error_exception{
+        make_error(errc::shape_mismatch, "array has shape " + to_string(mem.dims) + ", variable " + to_string(v.view().global_shape()))};
   py::gil_scoped_release nogil;
   unwrap(f(Span(mem.data, mem.bytes)));
 }
 
 void bind_mesh_and_layout(py::module_& m) {
   py::class_<mesh>(m, "Mesh")
-      .def(py::init([](std::vector<std::pair<std::string, std::int64_t>> dims, std::vector<std::int64_t> ids,
-                       std::vector<std::int64_t> local) {
-             std::vector<mesh_dim> md;
-             for (auto& [n, s] : dims) md.push_back({n, s});
-             return unwrap(mesh::create(std::move(md), std::move(ids), std::move(local)));
-           }),
-           py::arg("dims"), py::arg("device_ids") = std::vector<std::int64_t>{},
-           py::arg("local_device_ids") = std::vector<std::int64_t>{})
-      .def_property_readonly("dims", [](const mesh& me) {
-        std::vector<std::pair<std::string, std::int64_t>> r;
-        for (auto& d : me.dims()) r.emplace_back(d.name, d.size);
-        return r;
-      })
+      .def(py::init(
+               [](std::vector<std::pair<std::string, std::int64_t>> dims, std::vector<std::int64_t> ids, std::vector<std::int64_t> local) {
+                 std::vector<mesh_dim> md;
+                 for (auto& [n, s] : dims) md.push_back({n, s});
+                 return unwrap(mesh::create(std::move(md), std::move(ids), std::move(local)));
+               }),
+           py::arg("dims"), py::arg("device_ids") = std::vector<std::int64_t>{}, py::arg("local_device_ids") = std::vector<std::int64_t>{})
+      .def_property_readonly("dims",
+                             [](const mesh& me) {
+                               std::vector<std::pair<std::string, std::int64_t>> r;
+                               for (auto& d : me.dims()) r.emplace_back(d.name, d.size);
+                               return r;
+                             })
       .def_property_readonly("num_devices", &mesh::num_devices)
       .def_property_readonly("device_ids", &mesh::device_ids)
       .def_property_readonly("local_device_ids", &mesh::local_device_ids)
@@ -232,10 +233,13 @@ void bind_mesh_and_layout(py::module_& m) {
       .def_property_readonly("sharding_specs", &layout::specs)
       .def_property_readonly("mesh", &layout::mesh_ref)
       .def_property_readonly("rank", &layout::rank)
-      .def("shard_box", [](const layout& l, shape g, std::int64_t device) {
-        auto b = unwrap(l.shard_box(g, device));
-        return std::make_pair(b.origin, b.extent);
-      }, py::arg("global_shape"), py::arg("device"), "(origin, extent) of a device's shard")
+      .def(
+          "shard_box",
+          [](const layout& l, shape g, std::int64_t device) {
+            auto b = unwrap(l.shard_box(g, device));
+            return std::make_pair(b.origin, b.extent);
+          },
+          py::arg("global_shape"), py::arg("device"), "(origin, extent) of a device's shard")
       .def("__eq__", [](const layout& a, const layout& b) { return a == b; })
       .def("__repr__", [](const layout& l) { return "Layout(" + l.to_string() + ")"; });
 }
@@ -243,11 +247,12 @@ void bind_mesh_and_layout(py::module_& m) {
 // Trackable, and the trackables that are not variables: Module and Bytes.
 void bind_trackables(py::module_& m) {
   py::class_<graph::trackable>(m, "Trackable")
-      .def_property_readonly("children", [](const graph::trackable& t) {
-        std::vector<std::string> r;
-        for (auto& c : t.children()) r.push_back(c.first);
-        return r;
-      })
+      .def_property_readonly("children",
+                             [](const graph::trackable& t) {
+                               std::vector<std::string> r;
+                               for (auto& c : t.children()) r.push_back(c.first);
+                               return r;
+                             })
       .def("describe", &graph::trackable::describe);
 
   py::class_<py_module, graph::trackable>(m, "Module", py::dynamic_attr())
@@ -257,67 +262,84 @@ void bind_trackables(py::module_& m) {
 
   py::class_<graph::bytes_state, graph::trackable>(m, "Bytes")
       .def(py::init([](py::bytes b) {
-        std::string s = b;
-        auto p = reinterpret_cast<const std::byte*>(s.data());
-        return std::make_unique<graph::bytes_state>(std::vector<std::byte>(p, p + s.size()));
-      }), py::arg("value") = py::bytes())
-      .def_property("value", [](const graph::bytes_state& b) {
-        return py::bytes(reinterpret_cast<const char*>(b.get().data()), b.get().size());
-      }, [](graph::bytes_state& b, py::bytes v) {
-        std::string s = v;
-        auto p = reinterpret_cast<const std::byte*>(s.data());
-        b.set(std::vector<std::byte>(p, p + s.size()));
-      });
+             std::string s = b;
+             auto p = reinterpret_cast<const std::byte*>(s.data());
+             return std::make_unique<graph::bytes_state>(std::vector<std::byte>(p, p + s.size()));
+           }),
+           py::arg("value") = py::bytes())
+      .def_property(
+          "value", [](const graph::bytes_state& b) { return py::bytes(reinterpret_cast<const char*>(b.get().data()), b.get().size()); },
+          [](graph::bytes_state& b, py::bytes v) {
+            std::string s = v;
+            auto p = reinterpret_cast<const std::byte*>(s.data());
+            b.set(std::vector<std::byte>(p, p + s.size()));
+          });
 }
 
 void bind_variable(py::module_& m) {
-
   // One type: what meshckpt.Variable(...) builds is a meshckpt.Variable (isinstance holds). The
   // one-array constructor's checks are the package's (meshckpt._variable_args), in Python.
   py::class_<py_variable, graph::trackable> variable(m, "Variable");
   variable.attr("__module__") = "meshckpt";
   variable
       .def(py::init([](py::object value, py::object layout, py::object mesh) {
-        py::tuple a = py::module_::import("meshckpt").attr("_variable_args")(value, layout, mesh);
-        return from_shards(a[0].cast<py::dict>(), a[1].cast<struct layout>(), a[2].cast<shape>(), std::nullopt);
-      }), py::arg("value"), py::arg("layout") = py::none(), py::kw_only(), py::arg("mesh") = py::none(),
+             py::tuple a = py::module_::import("meshckpt").attr("_variable_args")(value, layout, mesh);
+             return from_shards(a[0].cast<py::dict>(), a[1].cast<struct layout>(), a[2].cast<shape>(), std::nullopt);
+           }),
+           py::arg("value"), py::arg("layout") = py::none(), py::kw_only(), py::arg("mesh") = py::none(),
            "A variable over `value` (numpy array or torch CPU tensor, used in place): the whole tensor, held by this "
            "process's one local device. `layout` defaults to replicated on `mesh`.")
-      .def_static("from_shards", [](py::object shards, layout l, shape global, std::optional<py::object> dt) {
-        return from_shards(py::dict(shards), std::move(l), std::move(global), std::move(dt));
-      }, py::arg("shards"), py::arg("layout"), py::arg("global_shape"), py::arg("dtype") = std::nullopt,
-         "A variable whose shards are the caller's arrays: {device id: array} for every local device.")
-      .def_static("zeros", [](shape s, py::object dt, layout l) {
-        return std::make_unique<py_variable>(unwrap(dtensor::create(parse_dtype(dt), std::move(s), std::move(l))));
-      }, py::arg("shape"), py::arg("dtype"), py::arg("layout"), "A variable with zeroed storage of its own.")
+      .def_static(
+          "from_shards",
+          [](py::object shards, layout l, shape global, std::optional<py::object> dt) {
+            return from_shards(py::dict(shards), std::move(l), std::move(global), std::move(dt));
+          },
+          py::arg("shards"), py::arg("layout"), py::arg("global_shape"), py::arg("dtype") = std::nullopt,
+          "A variable whose shards are the caller's arrays: {device id: array} for every local device.")
+      .def_static(
+          "zeros",
+          [](shape s, py::object dt, layout l) {
+            return std::make_unique<py_variable>(unwrap(dtensor::create(parse_dtype(dt), std::move(s), std::move(l))));
+          },
+          py::arg("shape"), py::arg("dtype"), py::arg("layout"), "A variable with zeroed storage of its own.")
       .def_property_readonly("dtype", [](const py_variable& v) { return std::string(dtype_name(v.view().type())); })
       .def_property_readonly("shape", [](const py_variable& v) { return v.view().global_shape(); })
       .def_property_readonly("layout", [](const py_variable& v) { return v.view().layout(); })
       .def_property_readonly("nbytes", [](const py_variable& v) { return v.view().global_bytes(); })
-      .def("shard", [](py::object self, std::int64_t device) { return self.cast<py_variable&>().shard(device, self); },
-           py::arg("device"), "The shard of a local device: the caller's array, or a numpy view of own storage.")
-      .def("_shard_address", [](const py_variable& v, std::int64_t device) {
-        return reinterpret_cast<std::uintptr_t>(v.shard_bytes(device).data());
-      })
-      .def("assign", [](const py_variable& v, py::handle arr) {
-        with_global<std::span<const std::byte>>(v, arr, false, [&](std::span<const std::byte> s) { return v.assign_global(s); });
-      }, py::arg("value"), "Copies a whole global array into the local shards.")
-      .def("_copy_back_to", [](py_variable& v, py::handle target) { v.copy_back_to(target); }, py::arg("target"),
-           "After each restore, copy the values into `target`, the non-contiguous torch tensor this variable's shard copies.")
-      .def("read_into", [](const py_variable& v, py::handle arr) {
-        with_global<std::span<std::byte>>(v, arr, true, [&](std::span<std::byte> s) { return v.copy_to_global(s); });
-      }, py::arg("out"), "Copies the local shards into their parts of a whole global array.")
-      .def("numpy", [](const py_variable& v) {
-        py::array out(py::dtype(numpy_name(v.view().type())), v.view().global_shape());
-        std::span<std::byte> s(static_cast<std::byte*>(out.mutable_data()), static_cast<std::size_t>(out.nbytes()));
-        {
-          py::gil_scoped_release nogil;
-          unwrap(v.copy_to_global(s));
-        }
-        return out;
-      }, "The whole tensor as a new numpy array (bfloat16 as its uint16 bits).")
-      .def("__repr__", [](const py_variable& v) { return "<meshckpt.Variable " + v.describe() + " " + v.view().layout().to_string() + ">"; });
-
+      .def(
+          "shard", [](py::object self, std::int64_t device) { return self.cast<py_variable&>().shard(device, self); }, py::arg("device"),
+          "The shard of a local device: the caller's array, or a numpy view of own storage.")
+      .def("_shard_address",
+           [](const py_variable& v, std::int64_t device) { return reinterpret_cast<std::uintptr_t>(v.shard_bytes(device).data()); })
+      .def(
+          "assign",
+          [](const py_variable& v, py::handle arr) {
+            with_global<std::span<const std::byte>>(v, arr, false, [&](std::span<const std::byte> s) { return v.assign_global(s); });
+          },
+          py::arg("value"), "Copies a whole global array into the local shards.")
+      .def(
+          "_copy_back_to", [](py_variable& v, py::handle target) { v.copy_back_to(target); }, py::arg("target"),
+          "After each restore, copy the values into `target`, the non-contiguous torch tensor this variable's shard copies.")
+      .def(
+          "read_into",
+          [](const py_variable& v, py::handle arr) {
+            with_global<std::span<std::byte>>(v, arr, true, [&](std::span<std::byte> s) { return v.copy_to_global(s); });
+          },
+          py::arg("out"), "Copies the local shards into their parts of a whole global array.")
+      .def(
+          "numpy",
+          [](const py_variable& v) {
+            py::array out(py::dtype(numpy_name(v.view().type())), v.view().global_shape());
+            std::span<std::byte> s(static_cast<std::byte*>(out.mutable_data()), static_cast<std::size_t>(out.nbytes()));
+            {
+              py::gil_scoped_release nogil;
+              unwrap(v.copy_to_global(s));
+            }
+            return out;
+          },
+          "The whole tensor as a new numpy array (bfloat16 as its uint16 bits).")
+      .def("__repr__",
+           [](const py_variable& v) { return "<meshckpt.Variable " + v.describe() + " " + v.view().layout().to_string() + ">"; });
 }
 
 // The benchmark's baseline: the very C++ calls `meshckpt bench` times (write_tensors and
@@ -329,17 +351,22 @@ void bind_cpp_baseline(py::module_& m) {
     for (const auto& [key, v] : vars) out.push_back({key, v->view()});
     return out;
   };
-  m.def("_cpp_write_tensors", [named](std::string prefix, const std::vector<std::pair<std::string, py_variable*>>& vars) {
-    auto tensors = named(vars);
-    py::gil_scoped_release nogil;
-    unwrap(write_tensors(process_backend(), prefix, tensors));
-  }, py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: write_tensors of (key, Variable) pairs.");
-  m.def("_cpp_read_tensors", [named](std::string prefix, const std::vector<std::pair<std::string, py_variable*>>& vars) {
-    auto tensors = named(vars);
-    py::gil_scoped_release nogil;
-    unwrap(read_tensors(process_backend(), prefix, tensors));
-  }, py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: read_tensors into (key, Variable) pairs.");
-
+  m.def(
+      "_cpp_write_tensors",
+      [named](std::string prefix, const std::vector<std::pair<std::string, py_variable*>>& vars) {
+        auto tensors = named(vars);
+        py::gil_scoped_release nogil;
+        unwrap(write_tensors(process_backend(), prefix, tensors));
+      },
+      py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: write_tensors of (key, Variable) pairs.");
+  m.def(
+      "_cpp_read_tensors",
+      [named](std::string prefix, const std::vector<std::pair<std::string, py_variable*>>& vars) {
+        auto tensors = named(vars);
+        py::gil_scoped_release nogil;
+        unwrap(read_tensors(process_backend(), prefix, tensors));
+      },
+      py::arg("prefix"), py::arg("variables"), "The C++ baseline of the benchmark: read_tensors into (key, Variable) pairs.");
 }
 
 }  // namespace

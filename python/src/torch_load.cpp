@@ -71,8 +71,7 @@ py::tuple torch_state::bind_load(const std::string& prefix, py::handle target) {
       }
     }
   }
-  if (!found)
-    fail(errc::invalid_argument, prefix + " was not written by meshckpt.torch (it has no " + std::string(meta_key) + " entry)");
+  if (!found) fail(errc::invalid_argument, prefix + " was not written by meshckpt.torch (it has no " + std::string(meta_key) + " entry)");
   const jvalue top = parse_skeleton(std::string_view(reinterpret_cast<const char*>(doc.data()), doc.size()));
   const jvalue* format = top.kind == jvalue::object ? top.get("format") : nullptr;
   const jvalue* state = top.kind == jvalue::object ? top.get("state") : nullptr;
@@ -165,9 +164,9 @@ py::object torch_state::tensor_leaf(const jvalue& s, py::handle target, const st
     if (!target || !api.is_tensor(target)) return it->second;
     auto given = facts_of(target, key);
     if (given.dims != dims || given.type != type)
-      fail(given.type != type ? errc::dtype_mismatch : errc::shape_mismatch,
-           path + " (a second key of " + key + "): saved " + describe_tensor(name, dims) + ", the given tensor is " +
-               describe_tensor(given.torch_name, given.dims));
+      fail(given.type != type ? errc::dtype_mismatch : errc::shape_mismatch, path + " (a second key of " + key + "): saved " +
+                                                                                 describe_tensor(name, dims) + ", the given tensor is " +
+                                                                                 describe_tensor(given.torch_name, given.dims));
     if (given.ptr != facts_of(it->second, key).ptr) post_.emplace_back(py::reinterpret_borrow<py::object>(target), it->second);
     return py::reinterpret_borrow<py::object>(target);
   }
@@ -209,7 +208,8 @@ py::object torch_state::view_leaf(const jvalue& s, py::handle target, const std:
     empty = empty || dims[d] == 0;
     if (dims[d] > 0) last += (dims[d] - 1) * stride[d];
   }
-  if (!empty && offset + (last + 1) * esize > bytes) corrupt_skeleton(key, "a view beyond its storage's " + std::to_string(bytes) + " bytes");
+  if (!empty && offset + (last + 1) * esize > bytes)
+    corrupt_skeleton(key, "a view beyond its storage's " + std::to_string(bytes) + " bytes");
   py::object storage;
   if (auto it = by_key_.find(key); it != by_key_.end()) {
     storage = it->second;
@@ -219,12 +219,14 @@ py::object torch_state::view_leaf(const jvalue& s, py::handle target, const std:
     const auto& st = saved(key);
     const auto n = num_elements(st.global);
     if (!n || *n * dtype_size(st.type) != bytes)
-      corrupt_skeleton(key, "a storage of " + std::to_string(bytes) + " bytes, the checkpoint holds " + std::string(dtype_name(st.type)) + to_string(st.global));
+      corrupt_skeleton(key, "a storage of " + std::to_string(bytes) + " bytes, the checkpoint holds " + std::string(dtype_name(st.type)) +
+                                to_string(st.global));
     py::handle saved_dtype = api.dtype_named(st.type == dtype::uint8 ? "uint8" : std::string(format::torch::dtype_name(st.type)));
     if (!saved_dtype) corrupt_skeleton(key, "torch has no dtype for " + std::string(dtype_name(st.type)));
     // Padded to 16 bytes so that any dtype can view it.
     storage = new_host_tensor(api.module, shape{(bytes + 15) / 16 * 16}, api.module.attr("uint8"), 1);
-    bind_for_restore(key, storage.attr("narrow")(0, 0, bytes).attr("view")(saved_dtype).attr("view")(py::cast(st.global)), st.type, st.global);
+    bind_for_restore(key, storage.attr("narrow")(0, 0, bytes).attr("view")(saved_dtype).attr("view")(py::cast(st.global)), st.type,
+                     st.global);
     by_key_[key] = storage;
   }
   py::object v = storage.attr("view")(tdtype).attr("as_strided")(py::cast(dims), py::cast(stride), offset / esize);
@@ -282,9 +284,5 @@ py::object torch_state::rebuild(const jvalue& s, py::handle target, const std::s
   if (const jvalue* v = s.get("value")) return to_python(*v, where, depth);
   corrupt_skeleton(where, "an object of no known kind");
 }
-
-
-
-
 
 }  // namespace meshckpt::python

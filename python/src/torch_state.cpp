@@ -25,7 +25,6 @@ py::object call(py::handle o, py::handle name) {
   return r;
 }
 
-
 }  // namespace
 
 namespace {
@@ -89,8 +88,9 @@ tensor_facts sharded_facts(py::handle t, std::string key) {
     for (const auto& [r, b] : f.shards) whole = whole && b.origin[d] == 0 && b.extent[d] == global[d];
     if (!whole) f.shard_dim = static_cast<int>(d), ++split;
   }
-  if (split > 1) fail(errc::invalid_argument, f.key + ": a ShardedTensor split along " + std::to_string(split) + " dimensions (" +
-                                                  describe(f.shards) + "); " + chunked_only);
+  if (split > 1)
+    fail(errc::invalid_argument,
+         f.key + ": a ShardedTensor split along " + std::to_string(split) + " dimensions (" + describe(f.shards) + "); " + chunked_only);
   return f;
 }
 
@@ -126,12 +126,13 @@ tensor_facts facts_of(py::handle t, std::string key) {
     py::object index = get(t, api.device).attr("index");
     f.gpu = index.is_none() ? 0 : index.cast<int>();
   } else if (get(t, api.is_cpu).ptr() != Py_True) {
-    fail(errc::invalid_argument, f.key + ": a tensor on " + py::str(get(t, api.device)).cast<std::string>() +
-                                     " (meshckpt.torch takes CPU and CUDA tensors)");
+    fail(errc::invalid_argument,
+         f.key + ": a tensor on " + py::str(get(t, api.device)).cast<std::string>() + " (meshckpt.torch takes CPU and CUDA tensors)");
   }
   py::object dims = get(t, api.shape), strides = call(t, api.stride);
   const auto rank = PyTuple_GET_SIZE(dims.ptr());
-  if (!PyTuple_Check(strides.ptr()) || PyTuple_GET_SIZE(strides.ptr()) != rank) fail(errc::invalid_argument, f.key + ": shape and strides differ");
+  if (!PyTuple_Check(strides.ptr()) || PyTuple_GET_SIZE(strides.ptr()) != rank)
+    fail(errc::invalid_argument, f.key + ": shape and strides differ");
   for (Py_ssize_t d = 0; d < rank; ++d) {
     f.dims.push_back(PyLong_AsLongLong(PyTuple_GET_ITEM(dims.ptr(), d)));
     f.stride.push_back(PyLong_AsLongLong(PyTuple_GET_ITEM(strides.ptr(), d)));
@@ -147,9 +148,6 @@ tensor_facts facts_of(py::handle t, std::string key) {
   }
   return f;
 }
-
-
-
 
 namespace {
 
@@ -193,8 +191,8 @@ void walk(py::handle o, const std::string& path, walk_result& w, int depth) {
         name = py::str(k).cast<std::string>();
         w.skel.append("\"i\", ").append(name);
       } else {
-        fail(errc::invalid_argument, "state dict key " + py::repr(k).cast<std::string>() + " at " + (path.empty() ? "<root>" : path) +
-                                         " is not a str or an int");
+        fail(errc::invalid_argument,
+             "state dict key " + py::repr(k).cast<std::string>() + " at " + (path.empty() ? "<root>" : path) + " is not a str or an int");
       }
       w.skel += ", ";
       walk(v, child(name), w, depth + 1);

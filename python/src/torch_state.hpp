@@ -24,7 +24,6 @@ constexpr const char* storage_prefix = "__meshckpt_storage__/";
 inline error bad(errc c, std::string what) { return make_error(c, std::move(what)); }
 [[noreturn]] inline void fail(errc c, std::string what) { throw error_exception{bad(c, std::move(what))}; }
 
-
 // torch's module and Tensor class, and the meshckpt dtype of each torch dtype object seen
 // (torch dtypes are singletons). Leaked: they live as long as the interpreter's torch.
 struct torch_api {
@@ -129,7 +128,6 @@ struct tensor_facts {
   }
 };
 
-
 // What the walk reads of one tensor, from its attributes; errors name `key`.
 tensor_facts facts_of(py::handle t, std::string key);
 
@@ -147,7 +145,6 @@ struct walk_result {
   std::vector<tensor_facts> tensors;
 };
 void walk(py::handle o, const std::string& path, walk_result& w, int depth);
-
 
 // A state dict as a trackable tree: its tensors' memory bound as variables (children named by
 // their '/'-joined paths) and its skeleton as the bytes child "__meshckpt_torch__".
@@ -287,8 +284,8 @@ class torch_state : public graph::module {
       for (auto i : members) {
         const auto& t = ts[i];
         leaves[i] = "{\"view\": " + format::json_string(e.key) + ", \"storage_bytes\": " + std::to_string(hi - lo) +
-                    ", \"offset\": " + std::to_string(t.ptr - lo) + ", \"dtype\": \"" + t.torch_name + "\", \"shape\": " +
-                    to_string(t.dims) + ", \"stride\": " + to_string(t.stride) + "}";
+                    ", \"offset\": " + std::to_string(t.ptr - lo) + ", \"dtype\": \"" + t.torch_name +
+                    "\", \"shape\": " + to_string(t.dims) + ", \"stride\": " + to_string(t.stride) + "}";
         done[i] = true;
       }
       out.push_back(std::move(e));
@@ -398,11 +395,10 @@ class torch_state : public graph::module {
   std::unordered_map<std::string, py::object> by_key_;
   std::vector<std::pair<py::object, py::object>> post_;
   std::shared_ptr<py_refs> restore_refs_;
-  const format::manifest* manifest_ = nullptr;  // during bind_load
-  bool verbatim_ = false;                       // the skeleton's leaves name manifest keys as they are
+  const format::manifest* manifest_ = nullptr;      // during bind_load
+  bool verbatim_ = false;                           // the skeleton's leaves name manifest keys as they are
   std::shared_ptr<const format::manifest> loaded_;  // after a bind_load by name, until read_bound
   std::string loaded_at_;                           // the prefix its files are read from
 };
-
 
 }  // namespace meshckpt::python

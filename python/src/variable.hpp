@@ -101,7 +101,6 @@ class py_variable : public graph::variable {
   // The shard of local device `device`: the caller's object, or a numpy view of own storage.
   py::object shard(std::int64_t device, py::object self);
 
-
  private:
   struct strided_target {
     std::byte* data = nullptr;

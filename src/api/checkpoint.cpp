@@ -45,10 +45,7 @@ namespace asio = boost::asio;
 
 namespace {
 
-
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
+double now_seconds() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
 }  // namespace
 
@@ -168,7 +165,8 @@ asio::awaitable<void> run_save(detail::checkpoint_impl& impl, std::shared_ptr<sa
   auto steps = [&]() -> runtime::task<std::string> {
     // Named awaitables throughout: GCC 12 destroys non-trivial temporaries of a co_await
     // expression twice (docs/ARCHITECTURE.md).
-    auto snapshot_taken = io::async_op<void>(ex, [job](io::completion<void> c) { job->gate->then(std::move(c)); }, runtime::use_awaitable);
+    auto snapshot_taken = io::async_op<void>(
+        ex, [job](io::completion<void> c) { job->gate->then(std::move(c)); }, runtime::use_awaitable);
     (void)co_await std::move(snapshot_taken);
     auto written = async_write_tensors(ex, *impl.backend, job->path, std::move(job->tensors), std::move(job->wopt), runtime::use_awaitable);
     BOOST_OUTCOME_CO_TRY(co_await std::move(written));
@@ -207,8 +205,8 @@ asio::awaitable<void> run_save(detail::checkpoint_impl& impl, std::shared_ptr<sa
 
 // A snapshot taken behind the ones queued before it: its memory awaited on the engine (no
 // thread waits), the copy on the CPU pool; then the write may start.
-void queue_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_job>& job,
-                    const std::shared_ptr<snapshot_plan>& plan, unsigned copiers, std::shared_ptr<detail::snapshot_arena> ready) {
+void queue_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_job>& job, const std::shared_ptr<snapshot_plan>& plan,
+                    unsigned copiers, std::shared_ptr<detail::snapshot_arena> ready) {
   auto open_gate = [job] { job->gate->set(success()); };
   auto unsnapped = [job] {
     // No memory for a snapshot: the write reads the tensors themselves.
@@ -235,8 +233,10 @@ void queue_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_jo
         copied = (co_await std::move(copy)).has_value();
       } catch (const std::bad_alloc&) {
       }
-      if (copied) job->released->set(success());
-      else unsnapped();
+      if (copied)
+        job->released->set(success());
+      else
+        unsnapped();
       {
         std::lock_guard lk(impl.arena_mu);
         --impl.snapshots_queued;
@@ -257,7 +257,7 @@ void queue_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_jo
 // when there is none.
 enum class snapshot_outcome { copied_or_queued, write_releases, refused };
 snapshot_outcome take_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_job>& job, bool lazy, bool must_wait,
-                   bool now_or_never) {
+                               bool now_or_never) {
   auto plan = std::make_shared<snapshot_plan>();
   const std::uint64_t budget = impl.opt.snapshot_budget_bytes;
   bool take = impl.opt.snapshot;
@@ -359,42 +359,44 @@ void checkpoint::start_save(std::string prefix, bool numbered, io::completion<st
   std::shared_ptr<save_job> job;
   std::shared_ptr<detail::one_shot<void>> released;
   try {
-  job = std::make_shared<save_job>();
-  job->numbered = numbered;
-  job->path = prefix;
-  if (lazy) job->released->then(std::move(snapshot_taken));
-  auto fail = [&](error e) {
-    job->released->set(e);
-    done(std::move(e));
-  };
-  if (numbered) {
-    save_counter();
-    impl.save_counter->set(impl.save_counter->get() + 1);
-    job->path = prefix + "-" + std::to_string(impl.save_counter->get());
-  }
-  job->wopt = impl.opt.write;
-  auto live = graph::walk(root(), detail::extra_edges(impl));
-  if (auto captured = capture_state(impl, *job, live); !captured) return fail(captured.error());
-  forward_stops(impl, *job, std::move(stop));
-  bind_done(*job, done);
+    job = std::make_shared<save_job>();
+    job->numbered = numbered;
+    job->path = prefix;
+    if (lazy) job->released->then(std::move(snapshot_taken));
+    auto fail = [&](error e) {
+      job->released->set(e);
+      done(std::move(e));
+    };
+    if (numbered) {
+      save_counter();
+      impl.save_counter->set(impl.save_counter->get() + 1);
+      job->path = prefix + "-" + std::to_string(impl.save_counter->get());
+    }
+    job->wopt = impl.opt.write;
+    auto live = graph::walk(root(), detail::extra_edges(impl));
+    if (auto captured = capture_state(impl, *job, live); !captured) return fail(captured.error());
+    forward_stops(impl, *job, std::move(stop));
+    bind_done(*job, done);
 
-  auto snap = take_snapshot(impl, job, lazy, must_wait, copy_now_or_refuse);
-  if (snap == snapshot_outcome::refused) {
-    if (numbered) impl.save_counter->set(impl.save_counter->get() - 1);  // nothing was saved under that number
-    job->done(detail::refuse_wait_on_caller(impl, "async_save in copy mode (it returns once the tensors are copied)"));
-    return;
-  }
-  released = job->released;
-  // A copy-mode save not snapshotted returns once its write has read the tensors: the caller
-  // waits for its own job, which then runs on the engine rather than on an executor that the
-  // waiting thread may be the one to run.
-  auto place = must_wait && snap == snapshot_outcome::write_releases ? asio::any_io_executor() : detail::job_place(where);
-  impl.jobs.push([&impl, job, after]() { return run_save(impl, job, after); }, std::move(place));
+    auto snap = take_snapshot(impl, job, lazy, must_wait, copy_now_or_refuse);
+    if (snap == snapshot_outcome::refused) {
+      if (numbered) impl.save_counter->set(impl.save_counter->get() - 1);  // nothing was saved under that number
+      job->done(detail::refuse_wait_on_caller(impl, "async_save in copy mode (it returns once the tensors are copied)"));
+      return;
+    }
+    released = job->released;
+    // A copy-mode save not snapshotted returns once its write has read the tensors: the caller
+    // waits for its own job, which then runs on the engine rather than on an executor that the
+    // waiting thread may be the one to run.
+    auto place = must_wait && snap == snapshot_outcome::write_releases ? asio::any_io_executor() : detail::job_place(where);
+    impl.jobs.push([&impl, job, after]() { return run_save(impl, job, after); }, std::move(place));
   } catch (const std::bad_alloc&) {
     auto e = out_of_memory("starting save " + prefix);
     if (!job || !job->done) {  // `done` and `snapshot_taken` are still ours
-      if (job) job->released->set(e);
-      else if (snapshot_taken) snapshot_taken(e);
+      if (job)
+        job->released->set(e);
+      else if (snapshot_taken)
+        snapshot_taken(e);
       done(std::move(e));
     } else {
       job->done(std::move(e));  // it also settles `released`, hence `snapshot_taken`

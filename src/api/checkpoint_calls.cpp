@@ -51,7 +51,8 @@ result<std::string> checkpoint::save(std::string_view prefix) {
 
 result<std::string> checkpoint::write(std::string_view prefix) {
   if (impl_->jobs.runs_here()) return detail::refuse_wait_on_caller(*impl_, "checkpoint::write");
-  return runtime::run_blocking<std::string>("checkpoint::write", [&](auto, auto d) { start_save(std::string(prefix), false, std::move(d)); });
+  return runtime::run_blocking<std::string>("checkpoint::write",
+                                            [&](auto, auto d) { start_save(std::string(prefix), false, std::move(d)); });
 }
 
 lazy_save<std::string> checkpoint::save_lazy(std::string_view prefix) {
@@ -68,12 +69,14 @@ lazy_save<std::string> checkpoint::write_lazy(std::string_view prefix) {
 
 result<load_status> checkpoint::read(std::string_view path) {
   if (impl_->jobs.runs_here()) return detail::refuse_wait_on_caller(*impl_, "checkpoint::read");
-  return runtime::run_blocking<load_status>("checkpoint::read", [&](auto, auto d) { start_restore(std::string(path), false, std::move(d)); });
+  return runtime::run_blocking<load_status>("checkpoint::read",
+                                            [&](auto, auto d) { start_restore(std::string(path), false, std::move(d)); });
 }
 
 result<load_status> checkpoint::restore(std::optional<std::string> path) {
   if (impl_->jobs.runs_here()) return detail::refuse_wait_on_caller(*impl_, "checkpoint::restore");
-  return runtime::run_blocking<load_status>("checkpoint::restore", [&](auto, auto d) { start_restore(std::move(path), true, std::move(d)); });
+  return runtime::run_blocking<load_status>("checkpoint::restore",
+                                            [&](auto, auto d) { start_restore(std::move(path), true, std::move(d)); });
 }
 
 result<void> checkpoint::sync() {

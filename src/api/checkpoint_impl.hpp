@@ -113,9 +113,7 @@ struct session : std::enable_shared_from_this<session> {
     return out;
   }
 
-  std::size_t tensor_index(const format::saved_tensor* t) const {
-    return static_cast<std::size_t>(t - manifest.tensors.data());
-  }
+  std::size_t tensor_index(const format::saved_tensor* t) const { return static_cast<std::size_t>(t - manifest.tensors.data()); }
 
   struct target {
     graph::trackable* obj;
@@ -156,7 +154,9 @@ struct session : std::enable_shared_from_this<session> {
   // Prepares a value read into `obj` for saved tensor `key`; errors name the key and shapes.
   result<void> add_target(graph::trackable& obj, const std::string& key, batch& into) {
     const auto* t = manifest.find(key);
-    if (!t) return make_error(errc::corrupt_manifest, "checkpoint " + prefix + ": object graph names value \"" + key + "\", which the manifest lacks");
+    if (!t)
+      return make_error(errc::corrupt_manifest,
+                        "checkpoint " + prefix + ": object graph names value \"" + key + "\", which the manifest lacks");
     dtype as = t->type;
     // With read_options::convert_dtypes, a variable of another floating dtype takes the value
     // converted (read_tensors does the conversion; the variable keeps its dtype).
@@ -289,7 +289,6 @@ struct checkpoint_impl {
   std::mutex mu;
   std::optional<error> last_error;
 };
-
 
 // The edges the root of a checkpoint's graph has besides its own children: the objects
 // attached to the checkpoint, and its save counter. (checkpoint.cpp)

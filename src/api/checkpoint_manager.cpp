@@ -19,17 +19,15 @@ namespace meshckpt {
 
 namespace {
 
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
+double now_seconds() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
 }  // namespace
 
 result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoint& ckpt, std::string directory, manager_options opt) {
   if (opt.max_to_keep && *opt.max_to_keep <= 0)
-    return make_error(errc::invalid_argument, "max_to_keep must be at least 1 (or unset to keep every checkpoint), got " + std::to_string(*opt.max_to_keep));
-  if (opt.checkpoint_interval && !opt.step_counter)
-    return make_error(errc::invalid_argument, "checkpoint_interval needs a step_counter");
+    return make_error(errc::invalid_argument,
+                      "max_to_keep must be at least 1 (or unset to keep every checkpoint), got " + std::to_string(*opt.max_to_keep));
+  if (opt.checkpoint_interval && !opt.step_counter) return make_error(errc::invalid_argument, "checkpoint_interval needs a step_counter");
   if (opt.checkpoint_interval && *opt.checkpoint_interval < 0)
     return make_error(errc::invalid_argument, "checkpoint_interval must not be negative");
   BOOST_OUTCOME_TRY(format::check_base_name(opt.checkpoint_name));
@@ -115,8 +113,8 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
   start_save(number, check_interval, std::move(done), std::move(snapshot_taken), std::move(stop), nullptr);
 }
 
-void detail::async_entry::save(checkpoint_manager& m, asio::any_io_executor where, std::optional<std::int64_t> number,
-                               bool check_interval, io::completion<std::optional<std::string>> done, std::stop_token stop) {
+void detail::async_entry::save(checkpoint_manager& m, asio::any_io_executor where, std::optional<std::int64_t> number, bool check_interval,
+                               io::completion<std::optional<std::string>> done, std::stop_token stop) {
   const job_executor at{std::move(where)};
   m.start_save(number, check_interval, std::move(done), {}, std::move(stop), &at);
 }
@@ -130,7 +128,8 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
     std::lock_guard lk(mu_);
     // As TensorFlow: a save at the step of the last one is skipped even when check_interval is
     // false (that only waives the interval).
-    if (opt_.checkpoint_interval && last_step_ && (*step == *last_step_ || (check_interval && *step < *last_step_ + *opt_.checkpoint_interval))) {
+    if (opt_.checkpoint_interval && last_step_ &&
+        (*step == *last_step_ || (check_interval && *step < *last_step_ + *opt_.checkpoint_interval))) {
       if (snapshot_taken) snapshot_taken(success());
       done(std::optional<std::string>());
       return;
@@ -183,10 +182,13 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
     (void)co_await std::move(cleaned);
     co_return success();
   };
-  ckpt_.start_save(full(base), false, [done = std::move(done)](result<std::string> r) {
-    if (!r) return done(r.error());
-    done(std::optional<std::string>(std::move(*r)));
-  }, std::move(snapshot_taken), std::move(stop), std::move(after), where);
+  ckpt_.start_save(
+      full(base), false,
+      [done = std::move(done)](result<std::string> r) {
+        if (!r) return done(r.error());
+        done(std::optional<std::string>(std::move(*r)));
+      },
+      std::move(snapshot_taken), std::move(stop), std::move(after), where);
 }
 
 lazy_save<std::optional<std::string>> checkpoint_manager::save_lazy(std::optional<std::int64_t> number, bool check_interval) {
@@ -198,7 +200,7 @@ lazy_save<std::optional<std::string>> checkpoint_manager::save_lazy(std::optiona
 result<std::optional<std::string>> checkpoint_manager::save(std::optional<std::int64_t> number, bool check_interval) {
   if (ckpt_.impl_->jobs.runs_here()) return detail::refuse_wait_on_caller(*ckpt_.impl_, "checkpoint_manager::save");
   return runtime::run_blocking<std::optional<std::string>>("checkpoint_manager::save",
-                                                          [&](auto, auto d) { start_save(number, check_interval, std::move(d)); });
+                                                           [&](auto, auto d) { start_save(number, check_interval, std::move(d)); });
 }
 
 std::optional<std::string> checkpoint_manager::latest_checkpoint() const {

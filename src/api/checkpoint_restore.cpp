@@ -43,8 +43,8 @@ runtime::task<load_status> restore_steps(checkpoint& c, detail::checkpoint_impl&
       if (name == "save_counter") s->save_counter_node = id;
     s->node_has_values.assign(g->nodes.size(), 0);
     for (std::size_t i = 0; i < g->nodes.size(); ++i)
-      s->node_has_values[i] = found.tf_graph ? i < found.tf_graph->nodes.size() && !found.tf_graph->nodes[i].attributes.empty()
-                                             : g->nodes[i].has_value;
+      s->node_has_values[i] =
+          found.tf_graph ? i < found.tf_graph->nodes.size() && !found.tf_graph->nodes[i].attributes.empty() : g->nodes[i].has_value;
     s->graph = std::move(g);
   }
   s->saved_counter = s->graph ? s->save_counter_node != UINT32_MAX : s->manifest.find("save_counter") != nullptr;

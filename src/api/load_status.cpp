@@ -12,7 +12,6 @@ namespace meshckpt {
 
 namespace {
 
-
 std::mutex warning_mu;
 std::function<void(std::string_view)> warning_handler = [](std::string_view msg) {
   std::fprintf(stderr, "meshckpt warning: %.*s\n", static_cast<int>(msg.size()), msg.data());
@@ -27,8 +26,6 @@ void report_warning(const std::string& msg) {
   if (h) h(msg);
 }
 
-
-
 }  // namespace
 
 std::function<void(std::string_view)> set_warning_handler(std::function<void(std::string_view)> h) {
@@ -38,7 +35,6 @@ std::function<void(std::string_view)> set_warning_handler(std::function<void(std
 }
 
 void detail::warn(const std::string& msg) { report_warning(msg); }
-
 
 namespace {
 

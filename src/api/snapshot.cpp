@@ -64,14 +64,17 @@ runtime::task<std::shared_ptr<snapshot_arena>> acquire_arena(checkpoint_impl& im
     }
     if (auto a = try_acquire_arena(impl, need)) co_return a;
     // Woken by the next release (or at once, when one happened since the attempt).
-    auto freed = io::async_op<void>(ex, [&impl, seen](io::completion<void> c) {
-      std::unique_lock lk(impl.arena_mu);
-      if (impl.arena_releases != seen) {
-        lk.unlock();
-        return c(success());
-      }
-      impl.arena_waiters.push_back(std::move(c));
-    }, runtime::use_awaitable);
+    auto freed = io::async_op<void>(
+        ex,
+        [&impl, seen](io::completion<void> c) {
+          std::unique_lock lk(impl.arena_mu);
+          if (impl.arena_releases != seen) {
+            lk.unlock();
+            return c(success());
+          }
+          impl.arena_waiters.push_back(std::move(c));
+        },
+        runtime::use_awaitable);
     (void)co_await std::move(freed);
   }
 }

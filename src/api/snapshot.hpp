@@ -11,13 +11,12 @@
 
 namespace meshckpt::detail {
 
-
 // The distinct slices of a save's tensors (replicas once): what a snapshot copies.
 struct snapshot_plan {
   struct piece {
     std::size_t tensor;
     std::span<std::byte> src;
-    std::vector<std::size_t> shards;  // indices into the tensor's shards with this box
+    std::vector<std::size_t> shards;        // indices into the tensor's shards with this box
     device::accelerator* memory = nullptr;  // device memory: copied by the accelerator
     int gpu = 0;
   };

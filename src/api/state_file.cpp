@@ -53,7 +53,8 @@ task<T> in_directory(io::backend& b, std::string dir_path, bool create, std::str
   auto ex = co_await asio::this_coro::executor;
   auto d = co_await io::async_open_dir(b, ex, dir_path, create, use_awaitable);
   if (!d) {
-    if (d.error().code == std::errc::no_such_file_or_directory) co_return make_error(errc::not_found, "directory " + dir_path + " does not exist");
+    if (d.error().code == std::errc::no_such_file_or_directory)
+      co_return make_error(errc::not_found, "directory " + dir_path + " does not exist");
     co_return d.error();
   }
   on_unwind last_resort([&] { io::close_detached(b, *d); });
@@ -166,7 +167,8 @@ task<checkpoint_state> read_state(io::backend& b, std::string dir) {
     const std::string file(state_name);
     auto h = co_await io::async_open(b, ex, d, file, io::open_mode::read, use_awaitable);
     if (!h) {
-      if (h.error().code == std::errc::no_such_file_or_directory) co_return make_error(errc::not_found, "no checkpoint state file in " + dir);
+      if (h.error().code == std::errc::no_such_file_or_directory)
+        co_return make_error(errc::not_found, "no checkpoint state file in " + dir);
       co_return h.error();
     }
     on_unwind last_resort([&] { io::close_detached(b, *h); });
@@ -327,9 +329,8 @@ result<checkpoint_state> read_checkpoint_state(std::string_view dir) {
 }
 
 result<void> write_checkpoint_state(io::backend& b, std::string_view dir, const checkpoint_state& s) {
-  return runtime::run_blocking<void>("write_checkpoint_state", [&](auto ex, auto done) {
-    spawn<void>(ex, detail::write_state(b, std::string(dir), s), std::move(done));
-  });
+  return runtime::run_blocking<void>(
+      "write_checkpoint_state", [&](auto ex, auto done) { spawn<void>(ex, detail::write_state(b, std::string(dir), s), std::move(done)); });
 }
 
 std::optional<std::string> latest_checkpoint(std::string_view dir) {

@@ -30,8 +30,10 @@ task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const s
     // (a named task: GCC 12 destroys a temporary argument of a coroutine inside co_await twice)
     auto loading_torch = dcp ? load_dcp(b, prefix.substr(0, prefix.size() - 10)) : load_torch_file(b, prefix);
     auto torch = co_await std::move(loading_torch);
-    if (torch) loaded = std::move(torch->manifest);
-    else if (!no_torch_checkpoint(torch.error())) loaded = torch.error();
+    if (torch)
+      loaded = std::move(torch->manifest);
+    else if (!no_torch_checkpoint(torch.error()))
+      loaded = torch.error();
   }
   if (!loaded) co_return loaded.error();
   const auto* m = &manifest.emplace(std::move(*loaded));
@@ -119,8 +121,8 @@ void start_verify(asio::any_io_executor ex, io::backend& b, std::string prefix, 
 }  // namespace detail
 
 result<verify_report> verify(io::backend& b, std::string_view prefix, verify_progress progress) {
-  return runtime::run_blocking<verify_report>("verify",
-      [&](auto ex, auto done) { detail::start_verify(ex, b, std::string(prefix), std::move(done), std::move(progress)); });
+  return runtime::run_blocking<verify_report>(
+      "verify", [&](auto ex, auto done) { detail::start_verify(ex, b, std::string(prefix), std::move(done), std::move(progress)); });
 }
 
 namespace detail {
@@ -158,9 +160,8 @@ task<directory_scan> scan_coro(io::backend& b, std::string d) {
 
 result<directory_scan> scan_directory(io::backend& b, std::string_view dir) {
   std::string d(dir.empty() ? "." : dir);
-  return runtime::run_blocking<directory_scan>("scan_directory", [&](auto ex, auto done) {
-    detail::spawn<directory_scan>(ex, detail::scan_coro(b, d), std::move(done));
-  });
+  return runtime::run_blocking<directory_scan>(
+      "scan_directory", [&](auto ex, auto done) { detail::spawn<directory_scan>(ex, detail::scan_coro(b, d), std::move(done)); });
 }
 
 }  // namespace meshckpt

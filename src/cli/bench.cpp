@@ -110,7 +110,8 @@ state make_workload(const std::string& name, bool fill) {
     if (fill)
       for (const auto& shd : s.storage.back().view().shards()) {
         auto* p = reinterpret_cast<std::uint32_t*>(shd.data.data());
-        for (std::size_t i = 0; i < shd.data.size() / 4; ++i) p[i] = static_cast<std::uint32_t>(i * 2654435761u) ^ static_cast<std::uint32_t>(s.storage.size());
+        for (std::size_t i = 0; i < shd.data.size() / 4; ++i)
+          p[i] = static_cast<std::uint32_t>(i * 2654435761u) ^ static_cast<std::uint32_t>(s.storage.size());
       }
     s.named.push_back({std::move(key), s.storage.back().view()});
     s.bytes += static_cast<std::uint64_t>(s.storage.back().view().global_bytes());
@@ -161,7 +162,8 @@ namespace {
 
 // The samples of one workload's repetitions, reduced to `figures` by summarize.
 struct samples {
-  std::vector<double> same_s, vs_same, save_s, restore_s, one_s, stall_s, lazy_s, compute, save_ratio, restore_ratio, one_ratio, fio_w, fio_r;
+  std::vector<double> same_s, vs_same, save_s, restore_s, one_s, stall_s, lazy_s, compute, save_ratio, restore_ratio, one_ratio, fio_w,
+      fio_r;
 };
 
 // Copy mode: the time an asynchronous save blocks its caller (the snapshot copy), over saves
@@ -235,7 +237,8 @@ std::optional<double> restore_onto(io::backend& be, const state& src, const std:
 
 // The restores of one repetition: into the saved tensors themselves or, for reshard, into its
 // saved layout, onto x=4,y=2 (the same layout names now split differently) and onto one device.
-std::optional<int> bench_restores(io::backend& be, const std::string& w, const state& src, const std::string& name, figures& f, samples& s) {
+std::optional<int> bench_restores(io::backend& be, const std::string& w, const state& src, const std::string& name, figures& f,
+                                  samples& s) {
   f.cold = drop_caches() && f.cold;
   auto t0 = clock_type::now();
   if (auto rd = read_tensors(be, name, src.named); !rd) return report_failure("bench", "restore failed: %s", rd.error().what().c_str());
@@ -338,8 +341,8 @@ std::optional<int> bench_workload(const std::shared_ptr<io::backend>& be, const 
   f.bytes = src.bytes;
   f.tensors = src.named.size();
   if (!a.json)
-    std::fprintf(stderr, "bench %s: %zu tensors, %s, %d repetitions, backend %s\n", w.c_str(), f.tensors, format::human_bytes(f.bytes).c_str(),
-                 a.reps, f.backend.c_str());
+    std::fprintf(stderr, "bench %s: %zu tensors, %s, %d repetitions, backend %s\n", w.c_str(), f.tensors,
+                 format::human_bytes(f.bytes).c_str(), a.reps, f.backend.c_str());
   const std::string prefix = a.dir + "/bench-" + w;
   samples s;
   f.cold = true;
@@ -360,7 +363,7 @@ std::optional<int> bench_workload(const std::shared_ptr<io::backend>& be, const 
 }  // namespace
 
 int run_bench(const bench_args& a) {
-  const auto kind = a.backend == "posix" ? backends::backend_kind::posix
+  const auto kind = a.backend == "posix"   ? backends::backend_kind::posix
                     : a.backend == "uring" ? backends::backend_kind::uring
                                            : backends::backend_kind::automatic;
   auto made = backends::make_backend(kind);
@@ -368,8 +371,10 @@ int run_bench(const bench_args& a) {
   std::shared_ptr<io::backend> be = std::move(*made);
   std::filesystem::create_directories(a.dir);
   std::vector<std::string> workloads;
-  if (a.workload == "all") workloads = {"large", "small", "stall", "reshard"};
-  else if (a.workload == "large" || a.workload == "small" || a.workload == "stall" || a.workload == "reshard") workloads = {a.workload};
+  if (a.workload == "all")
+    workloads = {"large", "small", "stall", "reshard"};
+  else if (a.workload == "large" || a.workload == "small" || a.workload == "stall" || a.workload == "reshard")
+    workloads = {a.workload};
   else if (a.workload != "convert")
     return report_usage("bench", "unknown workload \"%s\" (large, small, stall, reshard, convert, all)", a.workload.c_str());
   const bool convert = a.workload == "convert" || a.workload == "all";
@@ -384,13 +389,15 @@ int run_bench(const bench_args& a) {
   std::optional<convert_figures> conv;
   if (convert) {
     if (!a.json)
-      std::fprintf(stderr, "bench convert: one tensor of %llu MiB, %d repetitions, backend %s\n", static_cast<unsigned long long>(a.convert_mib),
-                   a.reps, std::string(be->name()).c_str());
+      std::fprintf(stderr, "bench convert: one tensor of %llu MiB, %d repetitions, backend %s\n",
+                   static_cast<unsigned long long>(a.convert_mib), a.reps, std::string(be->name()).c_str());
     conv = run_convert(*be, a, have_fio);
     if (!conv) return 1;
   }
-  if (a.json) print_bench_json(all, conv, be->name());
-  else print_bench_table(all, conv, a.reps, have_fio);
+  if (a.json)
+    print_bench_json(all, conv, be->name());
+  else
+    print_bench_table(all, conv, a.reps, have_fio);
   return 0;
 }
 

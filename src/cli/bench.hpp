@@ -29,7 +29,7 @@ struct figures {
   std::size_t tensors = 0;
   double save_MiBps = 0, restore_MiBps = 0;
   std::optional<double> fio_write_MiBps, fio_read_MiBps;
-  std::optional<double> save_ratio, restore_ratio;  // median over repetitions of (ours / fio) in the same repetition
+  std::optional<double> save_ratio, restore_ratio;           // median over repetitions of (ours / fio) in the same repetition
   std::optional<double> one_device_MiBps, one_device_ratio;  // reshard: restore onto a single device
   // reshard: the same checkpoint restored into its saved layout in the same repetition, and the
   // median per-repetition ratio of the x=4,y=2 restore to it (the cost of resharding itself,
@@ -38,9 +38,9 @@ struct figures {
   double memcpy_s = 0;
   std::optional<double> stall_s, lazy_stall_s, compute_ratio;
   std::optional<int> threads_idle, threads_saving;  // threads of the process before and during an async save
-  std::uint64_t peak_rss = 0;         // peak resident set during the saves
-  std::uint64_t rss_before = 0;       // resident set before them (the state and the program)
-  std::uint64_t snapshot_bytes = 0;   // snapshot memory a copy-mode save holds
+  std::uint64_t peak_rss = 0;                       // peak resident set during the saves
+  std::uint64_t rss_before = 0;                     // resident set before them (the state and the program)
+  std::uint64_t snapshot_bytes = 0;                 // snapshot memory a copy-mode save holds
   bool cold = false;
   std::string backend;
 };

@@ -33,7 +33,8 @@ bool write_source(const std::string& path, std::int64_t rows) {
   out.write(reinterpret_cast<const char*>(header->data()), static_cast<std::streamsize>(header->size()));
   std::vector<std::uint32_t> row(4096);
   for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::size_t i = 0; i < row.size(); ++i) row[i] = static_cast<std::uint32_t>((static_cast<std::uint64_t>(r) * 4096 + i) * 2654435761u);
+    for (std::size_t i = 0; i < row.size(); ++i)
+      row[i] = static_cast<std::uint32_t>((static_cast<std::uint64_t>(r) * 4096 + i) * 2654435761u);
     out.write(reinterpret_cast<const char*>(row.data()), static_cast<std::streamsize>(row.size() * 4));
   }
   out.close();
@@ -62,7 +63,8 @@ std::optional<convert_figures> run_convert(io::backend& be, const bench_args& a,
     return std::nullopt;
   }
   // The sources of the exports and of the TF import, written once, untimed.
-  if (!timed("import", [&] { return import_safetensors(be, src, ref); }) || !timed("export to tf", [&] { return export_tf_bundle(be, ref, tf); }))
+  if (!timed("import", [&] { return import_safetensors(be, src, ref); }) ||
+      !timed("export to tf", [&] { return export_tf_bundle(be, ref, tf); }))
     return std::nullopt;
   auto m = read_manifest(be, ref);
   if (!m) return std::nullopt;
@@ -73,7 +75,8 @@ std::optional<convert_figures> run_convert(io::backend& be, const bench_args& a,
   const double mib = static_cast<double>(f.bytes) / (1 << 20);
   auto remove_outputs = [&](const std::string& prefix) {
     for (const auto& e : std::filesystem::directory_iterator(a.dir))
-      if (e.path().filename().string().rfind(std::filesystem::path(prefix).filename().string() + ".", 0) == 0) std::filesystem::remove(e.path());
+      if (e.path().filename().string().rfind(std::filesystem::path(prefix).filename().string() + ".", 0) == 0)
+        std::filesystem::remove(e.path());
     ::sync();
   };
   for (int r = 0; r < a.reps; ++r) {

@@ -52,7 +52,8 @@ int export_to_torch(io::backend& b, const args& a, std::string prefix) {
   for (const auto& t : m->tensors) {
     const bool unsigned_wide = t.type == dtype::uint16 || t.type == dtype::uint32 || t.type == dtype::uint64;
     if (t.type == dtype::blob || unsigned_wide) {
-      skipped.push_back("\"" + format::display_bytes(t.key) + "\" (" + (unsigned_wide ? std::string(dtype_name(t.type)) : "an opaque blob") + ")");
+      skipped.push_back("\"" + format::display_bytes(t.key) + "\" (" +
+                        (unsigned_wide ? std::string(dtype_name(t.type)) : "an opaque blob") + ")");
       continue;
     }
     keys.push_back(t.key);
@@ -61,8 +62,8 @@ int export_to_torch(io::backend& b, const args& a, std::string prefix) {
   for (const auto& s : skipped) list += (list.empty() ? "" : ", ") + s;
   if (!skipped.empty() && !a.skip_unsupported)
     return report_error("export", make_error(errc::unsupported, std::to_string(skipped.size()) + " tensor(s) of " + prefix +
-                                                                   " cannot be written to a torch.save file that torch 1.13 loads: " + list +
-                                                                   " (--skip-unsupported leaves them out)"));
+                                                                    " cannot be written to a torch.save file that torch 1.13 loads: " +
+                                                                    list + " (--skip-unsupported leaves them out)"));
   if (auto w = export_torch(b, prefix, *m, keys, a.out); !w) return report_error("export", w.error());
   if (!skipped.empty()) report_note("export", "skipped %zu tensor(s): %s", skipped.size(), list.c_str());
   std::printf("exported %zu tensors of %s to the torch.save file %s\n", keys.size(), prefix.c_str(), a.out.c_str());
@@ -88,10 +89,10 @@ int export_to_tf(io::backend& b, const args& a, const std::string& prefix) {
   }
   auto r = export_tf_bundle(b, prefix, a.out, opt);
   if (!r) return report_error("export", r.error());
-  std::printf("exported %zu tensors of %s to the TensorFlow bundle %s (%zu index entries, %zu data file%s, %s)%s\n", r->tensors,
-              prefix.c_str(), a.out.c_str(), r->entries, r->files, r->files == 1 ? "" : "s",
-              r->object_graph ? "with its object graph" : "no object graph",
-              r->opaque ? (" (" + std::to_string(r->opaque) + " opaque value" + (r->opaque == 1 ? "" : "s") + " as DT_STRING)").c_str() : "");
+  std::printf(
+      "exported %zu tensors of %s to the TensorFlow bundle %s (%zu index entries, %zu data file%s, %s)%s\n", r->tensors, prefix.c_str(),
+      a.out.c_str(), r->entries, r->files, r->files == 1 ? "" : "s", r->object_graph ? "with its object graph" : "no object graph",
+      r->opaque ? (" (" + std::to_string(r->opaque) + " opaque value" + (r->opaque == 1 ? "" : "s") + " as DT_STRING)").c_str() : "");
   return 0;
 }
 
@@ -111,7 +112,8 @@ result<unsupported_list> unsupported_for_safetensors(io::backend& b, const std::
   unsupported_list unsupported;
   std::set<std::string> tf_skipped;
   for (const auto& t : m.tensors)
-    if (!format::safetensors_dtype(t.type)) unsupported.emplace_back(t.key, t.type == dtype::blob ? "an opaque blob" : std::string(dtype_name(t.type)));
+    if (!format::safetensors_dtype(t.type))
+      unsupported.emplace_back(t.key, t.type == dtype::blob ? "an opaque blob" : std::string(dtype_name(t.type)));
   if (m.checksum == format::checksum_kind::crc32c_whole) {
     BOOST_OUTCOME_TRY(auto idx, read_tf_bundle_index(b, prefix));
     for (const auto& e : idx.entries)
@@ -122,8 +124,9 @@ result<unsupported_list> unsupported_for_safetensors(io::backend& b, const std::
   }
   if (unsupported.empty()) return unsupported;
   if (!a.skip_unsupported)
-    return make_error(errc::unsupported, std::to_string(unsupported.size()) + " tensor(s) of " + prefix + " cannot be converted to safetensors: " +
-                                             listed(unsupported) + " (--skip-unsupported leaves them out and records them in the metadata)");
+    return make_error(errc::unsupported, std::to_string(unsupported.size()) + " tensor(s) of " + prefix +
+                                             " cannot be converted to safetensors: " + listed(unsupported) +
+                                             " (--skip-unsupported leaves them out and records them in the metadata)");
   if (!tf_skipped.empty()) {
     BOOST_OUTCOME_TRY(auto v, verify_tf_bundle(b, prefix, {}, &tf_skipped));
     if (!v.problems.empty()) return with_context(v.problems.front(), "checkpoint " + prefix + " is damaged");
@@ -147,12 +150,15 @@ result<void> apply_renames(const std::string& prefix, format::manifest& m, const
   std::sort(renamed.tensors.begin(), renamed.tensors.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
   for (std::size_t i = 1; i < renamed.tensors.size(); ++i)
     if (renamed.tensors[i].key == renamed.tensors[i - 1].key)
-      return make_error(errc::invalid_argument, "--rename: two tensors would be called \"" + format::display_bytes(renamed.tensors[i].key) + "\"");
+      return make_error(errc::invalid_argument,
+                        "--rename: two tensors would be called \"" + format::display_bytes(renamed.tensors[i].key) + "\"");
   m = std::move(renamed);
   return success();
 }
 
-std::uint64_t tensor_bytes(const format::saved_tensor& t) { return static_cast<std::uint64_t>(num_elements(t.global).value_or(0) * dtype_size(t.type)); }
+std::uint64_t tensor_bytes(const format::saved_tensor& t) {
+  return static_cast<std::uint64_t>(num_elements(t.global).value_or(0) * dtype_size(t.type));
+}
 
 // The tensors safetensors holds. A safetensors header is JSON: a name must be valid UTF-8 (a
 // TensorFlow key need not be).
@@ -161,9 +167,11 @@ result<std::vector<const format::saved_tensor*>> safetensors_selection(const for
   for (const auto& t : m.tensors) {
     if (!format::safetensors_dtype(t.type)) continue;
     if (!format::is_utf8(t.key))
-      return make_error(errc::invalid_argument, "tensor \"" + format::display_bytes(t.key) +
-                                                    "\" has a name that is not valid UTF-8, which a safetensors header cannot hold; give it another with --rename '" +
-                                                    format::display_bytes(t.key) + "=NEW'");
+      return make_error(
+          errc::invalid_argument,
+          "tensor \"" + format::display_bytes(t.key) +
+              "\" has a name that is not valid UTF-8, which a safetensors header cannot hold; give it another with --rename '" +
+              format::display_bytes(t.key) + "=NEW'");
     which.push_back(&t);
   }
   return which;
@@ -171,7 +179,8 @@ result<std::vector<const format::saved_tensor*>> safetensors_selection(const for
 
 // The metadata: an imported safetensors file's go back out as they came in; the tensors left
 // out are listed under meshckpt.skipped.
-result<std::map<std::string, std::string>> safetensors_metadata(const std::string& prefix, const format::manifest& m, const unsupported_list& skipped) {
+result<std::map<std::string, std::string>> safetensors_metadata(const std::string& prefix, const format::manifest& m,
+                                                                const unsupported_list& skipped) {
   std::map<std::string, std::string> meta = {{"format", "pt"}, {"meshckpt.source", prefix}, {"meshckpt.writer", m.writer}};
   for (const auto& e : m.extensions) {
     if (e.name != safetensors_metadata_extension) continue;
@@ -327,10 +336,15 @@ int cmd_import(io::backend& b, const args& a) {
       "a safetensors file (an 8-byte header length, then a JSON header), a model.safetensors.index.json, a TensorFlow checkpoint "
       "(PREFIX or PREFIX.index, with PREFIX.data-*), a SavedModel directory (with variables/variables.index), a torch.save file or a "
       "PyTorch distributed checkpoint directory (with .metadata)";
-  if (!exists(a.path))
-    return report_error("import", make_error(errc::not_found, a.path + " does not exist (import reads " + kinds + ")"));
+  if (!exists(a.path)) return report_error("import", make_error(errc::not_found, a.path + " does not exist (import reads " + kinds + ")"));
   if (is_directory(a.path))
-    return report_error("import", make_error(errc::invalid_argument, a.path + " is a directory but not a SavedModel (no variables/variables.index) nor a DCP checkpoint (no .metadata); import reads " + kinds));
+    return report_error(
+        "import",
+        make_error(
+            errc::invalid_argument,
+            a.path +
+                " is a directory but not a SavedModel (no variables/variables.index) nor a DCP checkpoint (no .metadata); import reads " +
+                kinds));
   if (!a.path.ends_with(".json")) {
     unsigned char head[9] = {};
     std::FILE* f = std::fopen(a.path.c_str(), "rb");

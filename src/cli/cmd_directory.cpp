@@ -101,8 +101,10 @@ ls_state ls_read_state(io::backend& b, const std::string& dir, std::map<std::str
   out.present = static_cast<bool>(st);
   if (st) {
     out.latest = st->model_checkpoint_path;
-    if (auto it = rows.find(*out.latest); it != rows.end()) it->second.latest = true;
-    else out.note = "the state file names " + *out.latest + ", which is missing";
+    if (auto it = rows.find(*out.latest); it != rows.end())
+      it->second.latest = true;
+    else
+      out.note = "the state file names " + *out.latest + ", which is missing";
   } else if (st.error().code != errc::not_found) {
     out.note = "the state file is unreadable: " + st.error().what();
   }
@@ -130,8 +132,10 @@ void ls_print_json(const std::string& dir, const ls_state& st, const std::vector
     o += std::string(i ? "," : "") + "{\"name\":" + format::json_string(r.name) +
          ",\"number\":" + (r.number ? std::to_string(*r.number) : "null") +
          ",\"created_unix_ms\":" + (r.created_ms ? std::to_string(*r.created_ms) : "null") + ",\"bytes\":" + std::to_string(r.bytes) +
-         ",\"tensors\":" + (r.tensors ? std::to_string(*r.tensors) : "null") + ",\"files\":" + std::to_string(r.files) +
-         ",\"status\":" + format::json_string(r.status == "committed" ? "committed" : r.status.starts_with("incomplete") ? "incomplete" : "unreadable") +
+         ",\"tensors\":" + (r.tensors ? std::to_string(*r.tensors) : "null") + ",\"files\":" + std::to_string(r.files) + ",\"status\":" +
+         format::json_string(r.status == "committed"              ? "committed"
+                             : r.status.starts_with("incomplete") ? "incomplete"
+                                                                  : "unreadable") +
          ",\"latest\":" + (r.latest ? "true" : "false") + "}";
   }
   std::printf("%s]}\n", o.c_str());
@@ -145,11 +149,13 @@ void ls_print_table(const std::string& dir, std::size_t committed, const ls_stat
   if (sorted.empty()) return;
   std::size_t w = 4;
   for (const auto& r : sorted) w = std::max(w, r.name.size());
-  std::printf("  %-*s  %6s  %-20s  %10s  %7s  %5s  %s\n", static_cast<int>(w), "NAME", "NUMBER", "CREATED", "SIZE", "TENSORS", "FILES", "STATUS");
+  std::printf("  %-*s  %6s  %-20s  %10s  %7s  %5s  %s\n", static_cast<int>(w), "NAME", "NUMBER", "CREATED", "SIZE", "TENSORS", "FILES",
+              "STATUS");
   for (const auto& r : sorted)
-    std::printf("  %-*s  %6s  %-20s  %10s  %7s  %5zu  %s%s\n", static_cast<int>(w), r.name.c_str(), r.number ? std::to_string(*r.number).c_str() : "-",
-                r.created_ms ? format::iso_time(*r.created_ms).c_str() : "-", format::human_bytes(r.bytes).c_str(),
-                r.tensors ? std::to_string(*r.tensors).c_str() : "-", r.files, r.status.c_str(), r.latest ? ", latest" : "");
+    std::printf("  %-*s  %6s  %-20s  %10s  %7s  %5zu  %s%s\n", static_cast<int>(w), r.name.c_str(),
+                r.number ? std::to_string(*r.number).c_str() : "-", r.created_ms ? format::iso_time(*r.created_ms).c_str() : "-",
+                format::human_bytes(r.bytes).c_str(), r.tensors ? std::to_string(*r.tensors).c_str() : "-", r.files, r.status.c_str(),
+                r.latest ? ", latest" : "");
 }
 
 }  // namespace
@@ -164,8 +170,10 @@ int cmd_ls(io::backend& b, const args& a) {
   auto rows = ls_rows(b, dir, *scan);
   const auto st = ls_read_state(b, dir, rows);
   const auto sorted = ls_sorted(rows);
-  if (a.json) ls_print_json(dir, st, sorted);
-  else ls_print_table(dir, scan->checkpoints.size(), st, sorted);
+  if (a.json)
+    ls_print_json(dir, st, sorted);
+  else
+    ls_print_table(dir, scan->checkpoints.size(), st, sorted);
   return 0;
 }
 

@@ -39,8 +39,8 @@ int cmd_show(io::backend& b, const args& a) {
   if (!m) return 1;
   const auto* t = m->find(a.key);
   if (!t) {
-    return report_failure("show", "no tensor \"%s\" in %s (it has %zu; `meshckpt inspect %s` lists them)", a.key.c_str(),
-                 prefix.c_str(), m->tensors.size(), prefix.c_str());
+    return report_failure("show", "no tensor \"%s\" in %s (it has %zu; `meshckpt inspect %s` lists them)", a.key.c_str(), prefix.c_str(),
+                          m->tensors.size(), prefix.c_str());
   }
   auto pic = format::describe_sharding(*m, *t);
   if (!pic) {
@@ -54,7 +54,7 @@ int cmd_inspect(io::backend& b, const args& a) {
   auto tf = a.format == "meshckpt" ? std::nullopt : tf_bundle_prefix(a.path);
   if (!tf && a.format == "tf") {
     return report_failure("inspect", "%s is not a TensorFlow checkpoint (no %s.index, nor a SavedModel directory)", a.path.c_str(),
-                 a.path.c_str());
+                          a.path.c_str());
   }
   if (tf) {
     auto idx = read_tf_bundle_index(b, *tf);
@@ -72,7 +72,7 @@ int cmd_inspect(io::backend& b, const args& a) {
     if (scan)
       for (const auto& c : scan->checkpoints) names += "\n  " + join(prefix, c);
     return report_failure("inspect", "%s is a directory; give a checkpoint prefix DIR/NAME%s%s", prefix.c_str(),
-                 names.empty() ? " (it holds no committed checkpoint)" : ". Checkpoints there:", names.c_str());
+                          names.empty() ? " (it holds no committed checkpoint)" : ". Checkpoints there:", names.c_str());
   }
   auto m = load_manifest(b, prefix, a);
   if (!m) return 1;
@@ -89,10 +89,11 @@ int cmd_inspect(io::backend& b, const args& a) {
       std::string j = ",\"object_graph\":[";
       for (std::size_t i = 0; i < g->nodes.size(); ++i) {
         const auto& n = g->nodes[i];
-        j += std::string(i ? "," : "") + "{\"id\":" + std::to_string(i) + ",\"value\":" + (n.has_value ? format::json_string(n.key) : "null") +
-             ",\"children\":[";
+        j += std::string(i ? "," : "") + "{\"id\":" + std::to_string(i) +
+             ",\"value\":" + (n.has_value ? format::json_string(n.key) : "null") + ",\"children\":[";
         for (std::size_t c = 0; c < n.children.size(); ++c)
-          j += std::string(c ? "," : "") + "{\"name\":" + format::json_string(n.children[c].first) + ",\"id\":" + std::to_string(n.children[c].second) + "}";
+          j += std::string(c ? "," : "") + "{\"name\":" + format::json_string(n.children[c].first) +
+               ",\"id\":" + std::to_string(n.children[c].second) + "}";
         j += "]}";
       }
       out.insert(out.rfind('}'), j + "]");
@@ -136,11 +137,11 @@ int cmd_cat(io::backend& b, const args& a) {
   const auto* t = m->find(a.key);
   if (!t) {
     return report_failure("cat", "no tensor \"%s\" in %s (`meshckpt inspect %s` lists them)", a.key.c_str(), prefix.c_str(),
-                 prefix.c_str());
+                          prefix.c_str());
   }
   if (t->type == dtype::blob) {
     return report_failure("cat", "tensor \"%s\" is an opaque blob (%s); meshckpt does not interpret its bytes", a.key.c_str(),
-                 format::human_bytes(static_cast<std::uint64_t>(num_elements(t->global).value_or(0))).c_str());
+                          format::human_bytes(static_cast<std::uint64_t>(num_elements(t->global).value_or(0))).c_str());
   }
   auto sel = cli::parse_slice(a.slice, t->global);
   if (!sel) {
@@ -158,9 +159,10 @@ int cmd_cat(io::backend& b, const args& a) {
   const std::uint64_t cap = std::uint64_t(4) << 30;
   const auto bytes = checked_mul(where.volume().value_or(INT64_MAX), dtype_size(t->type));
   if (!bytes || static_cast<std::uint64_t>(*bytes) > cap) {
-    return report_failure("cat", "the selection %s of tensor \"%s\" is %s, above the %s this command reads into memory; select less with --slice",
-                 to_string(where).c_str(), a.key.c_str(), bytes ? format::human_bytes(static_cast<std::uint64_t>(*bytes)).c_str() : "too large",
-                 format::human_bytes(cap).c_str());
+    return report_failure(
+        "cat", "the selection %s of tensor \"%s\" is %s, above the %s this command reads into memory; select less with --slice",
+        to_string(where).c_str(), a.key.c_str(), bytes ? format::human_bytes(static_cast<std::uint64_t>(*bytes)).c_str() : "too large",
+        format::human_bytes(cap).c_str());
   }
   std::vector<std::byte> data(static_cast<std::size_t>(*bytes));
   if (auto r = read_tensor_box(b, prefix, *m, t->key, where, data); !r) {
@@ -184,8 +186,8 @@ int cmd_cat(io::backend& b, const args& a) {
   }
   std::string dims;
   for (std::size_t i = 0; i < t->global.size(); ++i) dims += (i ? ", " : "") + std::to_string(t->global[i]);
-  std::string out = t->key + ": " + std::string(dtype_name(t->type)) + "[" + dims + "]" + (a.slice.empty() ? "" : " [" + a.slice + "]") + "\n" +
-                    cli::format_values(t->type, data, v) + "\n";
+  std::string out = t->key + ": " + std::string(dtype_name(t->type)) + "[" + dims + "]" + (a.slice.empty() ? "" : " [" + a.slice + "]") +
+                    "\n" + cli::format_values(t->type, data, v) + "\n";
   std::fwrite(out.data(), 1, out.size(), stdout);
   return 0;
 }
@@ -206,7 +208,8 @@ std::string shape_text(const shape& s) {
 }
 
 // Equal by their checksums: the same slicing and chunking, and the same XXH3-64 per chunk.
-bool equal_by_checksum(const format::manifest& ma, const format::manifest& mb, const format::saved_tensor& x, const format::saved_tensor& y) {
+bool equal_by_checksum(const format::manifest& ma, const format::manifest& mb, const format::saved_tensor& x,
+                       const format::saved_tensor& y) {
   bool same_slicing = ma.chunk_bytes == mb.chunk_bytes && ma.checksum == mb.checksum && x.slices.size() == y.slices.size();
   for (std::size_t i = 0; same_slicing && i < x.slices.size(); ++i)
     same_slicing = x.slices[i].where.origin == y.slices[i].where.origin && x.slices[i].where.extent == y.slices[i].where.extent;
@@ -262,8 +265,10 @@ result<void> compare_values(io::backend& b, const std::string& pa, const format:
   if (c.differing && x.type != dtype::blob) c.max_abs = worst;
   if (c.differing) {
     char buf[96];
-    if (c.max_abs) std::snprintf(buf, sizeof buf, "%llu element(s) differ, max abs difference %.9g", (unsigned long long)c.differing, *c.max_abs);
-    else std::snprintf(buf, sizeof buf, "%llu byte(s) differ", (unsigned long long)c.differing);
+    if (c.max_abs)
+      std::snprintf(buf, sizeof buf, "%llu element(s) differ, max abs difference %.9g", (unsigned long long)c.differing, *c.max_abs);
+    else
+      std::snprintf(buf, sizeof buf, "%llu byte(s) differ", (unsigned long long)c.differing);
     c.detail = buf;
   }
   return success();
@@ -273,17 +278,18 @@ struct diff_counts {
   std::size_t same = 0, by_checksum = 0, by_value = 0;
 };
 
-void print_diff(const args& a, const std::string& pa, const std::string& pb, const std::vector<diff_change>& changes, const diff_counts& n) {
+void print_diff(const args& a, const std::string& pa, const std::string& pb, const std::vector<diff_change>& changes,
+                const diff_counts& n) {
   if (!a.json) {
     for (const auto& c : changes) std::printf("%-8s %s  %s\n", c.kind.c_str(), c.key.c_str(), c.detail.c_str());
     std::printf("%zu tensor(s) differ, %zu identical; %zu compared by checksum, %zu read and compared\n", changes.size(), n.same,
                 n.by_checksum, n.by_value);
     return;
   }
-  std::string out = "{\"a\":" + format::json_string(pa) + ",\"b\":" + format::json_string(pb) + ",\"identical\":" +
-                    (changes.empty() ? "true" : "false") + ",\"unchanged\":" + std::to_string(n.same) +
-                    ",\"compared_by_checksum\":" + std::to_string(n.by_checksum) +
-                    ",\"compared_by_value\":" + std::to_string(n.by_value) + ",\"changes\":[";
+  std::string out = "{\"a\":" + format::json_string(pa) + ",\"b\":" + format::json_string(pb) +
+                    ",\"identical\":" + (changes.empty() ? "true" : "false") + ",\"unchanged\":" + std::to_string(n.same) +
+                    ",\"compared_by_checksum\":" + std::to_string(n.by_checksum) + ",\"compared_by_value\":" + std::to_string(n.by_value) +
+                    ",\"changes\":[";
   for (std::size_t i = 0; i < changes.size(); ++i) {
     const auto& c = changes[i];
     out += std::string(i ? "," : "") + "{\"key\":" + format::json_string(c.key) + ",\"kind\":" + format::json_string(c.kind) +
@@ -324,9 +330,12 @@ int cmd_diff(io::backend& b, const args& a) {
       const auto* t = x ? x : y;
       changes.push_back({key, x ? "removed" : "added", std::string(dtype_name(t->type)) + shape_text(t->global), {}, 0});
     } else if (x->type != y->type || x->global != y->global) {
-      changes.push_back({key, x->type != y->type ? "dtype" : "shape",
-                         std::string(dtype_name(x->type)) + shape_text(x->global) + " -> " + std::string(dtype_name(y->type)) + shape_text(y->global),
-                         {}, 0});
+      changes.push_back(
+          {key,
+           x->type != y->type ? "dtype" : "shape",
+           std::string(dtype_name(x->type)) + shape_text(x->global) + " -> " + std::string(dtype_name(y->type)) + shape_text(y->global),
+           {},
+           0});
     } else if (equal_by_checksum(*ma, *mb, *x, *y)) {
       ++n.same;
       ++n.by_checksum;
@@ -334,8 +343,10 @@ int cmd_diff(io::backend& b, const args& a) {
       ++n.by_value;
       diff_change c{key, "values", {}, {}, 0};
       if (auto r = compare_values(b, pa, *ma, pb, *mb, *x, c); !r) return report_error("diff", r.error(), 2);
-      if (c.differing) changes.push_back(std::move(c));
-      else ++n.same;  // equal values stored differently (another slicing, or padding)
+      if (c.differing)
+        changes.push_back(std::move(c));
+      else
+        ++n.same;  // equal values stored differently (another slicing, or padding)
     }
   }
   print_diff(a, pa, pb, changes, n);

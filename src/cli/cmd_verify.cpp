@@ -51,8 +51,8 @@ class progress_bar {
     bar += std::string(static_cast<std::size_t>(cells - full), '.');
     std::string eta = rate > 0 && done < total ? std::to_string(static_cast<long long>((total - done) / rate + 0.5)) + "s" : "-";
     std::fprintf(stderr, "\r%s [%s] %3d%%  %s / %s  %s/s  ETA %s\033[K", label_.c_str(), bar.c_str(), static_cast<int>(frac * 100),
-                 format::human_bytes(done).c_str(), format::human_bytes(total).c_str(), format::human_bytes(static_cast<std::uint64_t>(rate)).c_str(),
-                 eta.c_str());
+                 format::human_bytes(done).c_str(), format::human_bytes(total).c_str(),
+                 format::human_bytes(static_cast<std::uint64_t>(rate)).c_str(), eta.c_str());
     drawn_ = true;
   }
   ~progress_bar() {
@@ -114,8 +114,10 @@ verdict verify_one(io::backend& b, const args& a, const std::string& p, bool tf)
   verdict v;
   // Nothing there is not damage: say what was looked for.
   v.missing = !r && r.error().code == errc::not_found && !exists(p + ".manifest") && !exists(p + ".index") && !exists(p + "/.metadata");
-  if (v.missing) v.problems.push_back(tf ? r.error() : no_checkpoint_at(p, r.error()));
-  else if (!r) v.problems.push_back(r.error());
+  if (v.missing)
+    v.problems.push_back(tf ? r.error() : no_checkpoint_at(p, r.error()));
+  else if (!r)
+    v.problems.push_back(r.error());
   else {
     v.rep = *r;
     v.problems = v.rep.problems;
@@ -128,8 +130,8 @@ std::string verdict_json(const std::string& p, const verdict& v) {
   std::string json = "{\"prefix\":" + format::json_string(p) + ",\"ok\":" + (v.problems.empty() ? "true" : "false") +
                      ",\"found\":" + (v.missing ? "false" : "true") + ",\"tensors\":" + std::to_string(rep.tensors) +
                      ",\"slices\":" + std::to_string(rep.slices) + ",\"files\":" + std::to_string(rep.files) +
-                     ",\"bytes_checked\":" + std::to_string(rep.bytes_checked) + ",\"checksummed\":" + (rep.checksummed ? "true" : "false") +
-                     ",\"problems\":[";
+                     ",\"bytes_checked\":" + std::to_string(rep.bytes_checked) +
+                     ",\"checksummed\":" + (rep.checksummed ? "true" : "false") + ",\"problems\":[";
   for (std::size_t j = 0; j < v.problems.size(); ++j)
     json += std::string(j ? "," : "") + "{\"code\":" + format::json_string(code_name(v.problems[j])) +
             ",\"message\":" + format::json_string(v.problems[j].what()) + "}";
@@ -158,7 +160,8 @@ std::string json_strings(const std::vector<std::string>& v) {
 
 int cmd_verify(io::backend& b, const args& a) {
   std::string path = normalize_prefix(a.path);
-  const auto tf = a.format == "meshckpt" ? std::nullopt : tf_bundle_prefix(a.path);  // a TensorFlow bundle: its tensors against their CRC-32C
+  const auto tf =
+      a.format == "meshckpt" ? std::nullopt : tf_bundle_prefix(a.path);  // a TensorFlow bundle: its tensors against their CRC-32C
   if (tf) path = *tf;
   directory_survey d;
   if (!tf && is_directory(path) && !exists(path + ".manifest") && !exists(join(path, ".metadata"))) {  // (not a DCP checkpoint)
@@ -167,8 +170,10 @@ int cmd_verify(io::backend& b, const args& a) {
     d = std::move(*surveyed);
     if (d.prefixes.empty()) {
       if (a.json)
-        std::printf("{\"ok\":false,\"error\":%s,\"checkpoints\":[],\"leftovers\":[]}\n", format::json_string("no checkpoint found in " + path).c_str());
-      return report_failure("verify", "no checkpoint found in %s%s", path.c_str(), d.leftovers.empty() ? "" : " (only leftovers of interrupted saves)");
+        std::printf("{\"ok\":false,\"error\":%s,\"checkpoints\":[],\"leftovers\":[]}\n",
+                    format::json_string("no checkpoint found in " + path).c_str());
+      return report_failure("verify", "no checkpoint found in %s%s", path.c_str(),
+                            d.leftovers.empty() ? "" : " (only leftovers of interrupted saves)");
     }
   } else {
     d.prefixes.push_back(path);
@@ -179,11 +184,14 @@ int cmd_verify(io::backend& b, const args& a) {
     const auto& p = d.prefixes[i];
     const auto v = verify_one(b, a, p, tf.has_value());
     all_ok = all_ok && v.problems.empty();
-    if (a.json) json += std::string(i ? "," : "") + verdict_json(p, v);
-    else print_verdict(p, v);
+    if (a.json)
+      json += std::string(i ? "," : "") + verdict_json(p, v);
+    else
+      print_verdict(p, v);
   }
   if (a.json) {
-    json += "],\"leftovers\":" + json_strings(d.leftovers) + ",\"state_file\":{\"present\":" + std::string(d.state_present ? "true" : "false") +
+    json += "],\"leftovers\":" + json_strings(d.leftovers) +
+            ",\"state_file\":{\"present\":" + std::string(d.state_present ? "true" : "false") +
             ",\"problems\":" + json_strings(d.state_problems) + "},\"ok\":" + std::string(all_ok ? "true" : "false") + "}\n";
     std::fwrite(json.data(), 1, json.size(), stdout);
   } else {

@@ -114,7 +114,6 @@ std::string join(const std::string& dir, const std::string& name) {
   return dir == "." ? name : (dir.ends_with('/') ? dir + name : dir + "/" + name);
 }
 
-
 std::optional<format::manifest> load_manifest(io::backend& b, std::string& prefix, const args& a) {
   auto m = read_manifest(b, prefix);
   if (!m && m.error().code == errc::not_found && a.format != "meshckpt") {

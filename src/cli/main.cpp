@@ -52,16 +52,23 @@ int bench_main(const std::vector<std::string>& av) {
       return av[++i];
     };
     std::optional<std::string> v;
-    if (av[i] == "--json") b.json = true;
+    if (av[i] == "--json")
+      b.json = true;
     else if (av[i] == "--help") {
       std::fputs(usage_text, stdout);
       return 0;
-    } else if (av[i] == "--dir" && (v = value())) b.dir = *v;
-    else if (av[i] == "--workload" && (v = value())) b.workload = *v;
-    else if (av[i] == "--backend" && (v = value())) b.backend = *v;
-    else if (av[i] == "--reps" && (v = value())) b.reps = std::max(1, std::atoi(v->c_str()));
-    else if (av[i] == "--size" && (v = value())) b.convert_mib = static_cast<std::uint64_t>(std::max(1, std::atoi(v->c_str())));
-    else return usage_error("bench: unknown or incomplete option " + av[i]);
+    } else if (av[i] == "--dir" && (v = value()))
+      b.dir = *v;
+    else if (av[i] == "--workload" && (v = value()))
+      b.workload = *v;
+    else if (av[i] == "--backend" && (v = value()))
+      b.backend = *v;
+    else if (av[i] == "--reps" && (v = value()))
+      b.reps = std::max(1, std::atoi(v->c_str()));
+    else if (av[i] == "--size" && (v = value()))
+      b.convert_mib = static_cast<std::uint64_t>(std::max(1, std::atoi(v->c_str())));
+    else
+      return usage_error("bench: unknown or incomplete option " + av[i]);
   }
   if (b.dir.empty()) return usage_error("bench needs --dir DIR (on the disk to measure)");
   if (b.backend != "auto" && b.backend != "uring" && b.backend != "posix") return usage_error("bench: --backend is auto, uring or posix");
@@ -117,7 +124,8 @@ const command_spec commands[] = {
      "TensorFlow checkpoints (compared by key with meshckpt ones). Exit status 0 identical,\n"
      "1 different, 2 trouble.",
      2, true, false, false, false, cmd_diff},
-    {"export", "export PATH --to safetensors|tf|torch OUT [--shards N|processes] [--skip-unsupported] [--rename OLD=NEW]... [--rename-file FILE]",
+    {"export",
+     "export PATH --to safetensors|tf|torch OUT [--shards N|processes] [--skip-unsupported] [--rename OLD=NEW]... [--rename-file FILE]",
      "Every tensor of checkpoint PATH, whole, into the safetensors file OUT (written to a temp\n"
      "name, fsynced, renamed). A tensor safetensors cannot hold (an opaque blob; a TensorFlow\n"
      "string, complex or unknown dtype) fails the export, naming it; --skip-unsupported leaves\n"
@@ -164,12 +172,15 @@ std::optional<int> parse_args(const std::vector<std::string>& av, args& a, bool&
       out = av[++i];
       return true;
     };
-    if (s == "--help" || s == "-h") help = true;
+    if (s == "--help" || s == "-h")
+      help = true;
     else if (s == "--version") {
       std::printf("meshckpt %s\n", MESHCKPT_VERSION);
       return 0;
-    } else if (s == "--json") a.json = true;
-    else if (s == "--no-progress") a.no_progress = true;
+    } else if (s == "--json")
+      a.json = true;
+    else if (s == "--no-progress")
+      a.no_progress = true;
     else if (s == "--to") {
       if (!value(a.to)) return usage_error("--to needs a value");
     } else if (s == "--slice") {
@@ -198,22 +209,26 @@ std::optional<int> parse_args(const std::vector<std::string>& av, args& a, bool&
 
 // The options command `c` does not take, and its operand count; an exit status on a misuse.
 std::optional<int> check_args(const command_spec& c, const args& a, std::size_t operands) {
-  if (a.json && !c.json) return command_usage_error(c, std::string("has no --json") + (a.command == "show" ? "; for data use inspect --json" : ""));
+  if (a.json && !c.json)
+    return command_usage_error(c, std::string("has no --json") + (a.command == "show" ? "; for data use inspect --json" : ""));
   if (!a.to.empty() && !c.to) return command_usage_error(c, "has no --to");
   if (!a.slice.empty() && !c.slice) return command_usage_error(c, "has no --slice");
   if (!a.shards.empty() && a.command != "export") return command_usage_error(c, "has no --shards");
-  if (!a.format.empty() && a.command != "inspect" && a.command != "verify" && a.command != "cat" && a.command != "diff" && a.command != "show")
+  if (!a.format.empty() && a.command != "inspect" && a.command != "verify" && a.command != "cat" && a.command != "diff" &&
+      a.command != "show")
     return command_usage_error(c, "has no --format");
   if (a.no_progress && !c.progress) return command_usage_error(c, "has no --no-progress");
   if ((a.skip_unsupported || !a.renames.empty() || !a.rename_file.empty()) && (a.command != "export" || a.to != "safetensors") &&
       !(a.skip_unsupported && a.renames.empty() && a.rename_file.empty() && a.command == "export" && a.to == "torch"))
-    return command_usage_error(c, "--skip-unsupported, --rename and --rename-file are options of export --to safetensors (and --skip-unsupported of --to torch)");
+    return command_usage_error(
+        c, "--skip-unsupported, --rename and --rename-file are options of export --to safetensors (and --skip-unsupported of --to torch)");
   if (operands != c.operands)
     return command_usage_error(c, "takes " + std::to_string(c.operands) + " operand(s), got " + std::to_string(operands));
   if (c.to && a.to.empty()) return command_usage_error(c, "needs --to");
   if (a.command == "export" && a.to != "safetensors" && a.to != "tf" && a.to != "torch")
     return command_usage_error(c, "exports --to safetensors, --to tf or --to torch");
-  if (a.command == "export" && a.to == "torch" && !a.shards.empty()) return command_usage_error(c, "--to torch writes one file: no --shards");
+  if (a.command == "export" && a.to == "torch" && !a.shards.empty())
+    return command_usage_error(c, "--to torch writes one file: no --shards");
   if (a.command == "export" && a.to == "tf" && a.shards == "processes") return command_usage_error(c, "--to tf takes --shards N");
   return std::nullopt;
 }
@@ -246,9 +261,12 @@ int main(int argc, char** argv) {
   if (auto misuse = check_args(*cmd, a, positional.size() - 1)) return *misuse;
   a.path = positional[1];
   if (cmd->operands == 2) {
-    if (a.command == "show" || a.command == "cat") a.key = positional[2];
-    else if (a.command == "diff") a.other = positional[2];
-    else a.out = positional[2];
+    if (a.command == "show" || a.command == "cat")
+      a.key = positional[2];
+    else if (a.command == "diff")
+      a.other = positional[2];
+    else
+      a.out = positional[2];
   }
   auto backend = backends::make_backend(backends::backend_kind::automatic);
   if (!backend) {

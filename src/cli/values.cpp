@@ -29,8 +29,14 @@ double e4m3(std::uint8_t b) {
 
 bool is_integer(dtype t) {
   switch (t) {
-    case dtype::int8: case dtype::int16: case dtype::int32: case dtype::int64:
-    case dtype::uint8: case dtype::uint16: case dtype::uint32: case dtype::uint64: return true;
+    case dtype::int8:
+    case dtype::int16:
+    case dtype::int32:
+    case dtype::int64:
+    case dtype::uint8:
+    case dtype::uint16:
+    case dtype::uint32:
+    case dtype::uint64: return true;
     default: return false;
   }
 }
@@ -142,7 +148,8 @@ result<std::vector<dim_selection>> parse_slice(std::string_view text, const shap
     auto comma = text.find(',');
     std::string_view part = text.substr(0, comma);
     if (d >= global.size())
-      return make_error(errc::invalid_argument, "--slice has more parts than the tensor's " + std::to_string(global.size()) + " dimensions");
+      return make_error(errc::invalid_argument,
+                        "--slice has more parts than the tensor's " + std::to_string(global.size()) + " dimensions");
     const std::int64_t n = global[d];
     auto number = [&](std::string_view s, std::int64_t& v) -> bool {
       if (s.empty()) return false;

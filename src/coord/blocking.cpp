@@ -10,7 +10,8 @@ namespace {
 
 template <class T>
 result<T> wait(const char* what, std::unique_ptr<collective<T>> c) {
-  return runtime::run_blocking<T>(what, [&](auto ex, auto done) { runtime::spawn<T>(ex, await_collective(std::move(c)), std::move(done)); });
+  return runtime::run_blocking<T>(what,
+                                  [&](auto ex, auto done) { runtime::spawn<T>(ex, await_collective(std::move(c)), std::move(done)); });
 }
 
 }  // namespace

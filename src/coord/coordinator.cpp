@@ -13,7 +13,6 @@ std::chrono::microseconds poll_delay(int attempt) noexcept {
   return std::min(std::chrono::microseconds(20 << std::clamp(attempt, 0, 6)), std::chrono::microseconds(1000));
 }
 
-
 namespace {
 
 class single_process final : public coordinator {

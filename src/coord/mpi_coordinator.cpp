@@ -95,23 +95,27 @@ class mpi_coordinator final : public coordinator {
       if (!id) return finished<std::vector<bytes>>(id.error());
       return make({}, deadline, [this, id = *id](bool late) -> std::optional<result<std::vector<bytes>>> {
         if (sent({id}).empty()) return std::vector<bytes>{};
-        if (late) return result<std::vector<bytes>>(make_error(errc::timed_out, "gather on rank " + std::to_string(rank_) +
-                                                                                     " timed out: rank 0 did not take this rank's message"));
+        if (late)
+          return result<std::vector<bytes>>(make_error(
+              errc::timed_out, "gather on rank " + std::to_string(rank_) + " timed out: rank 0 did not take this rank's message"));
         return std::nullopt;
       });
     }
     bytes own(mine.begin(), mine.end());
-    return make({{tag_gather, round}}, deadline, [this, round, own = std::move(own)](bool late) mutable -> std::optional<result<std::vector<bytes>>> {
-      auto missing = absent(tag_gather, round, 1);
-      if (missing.empty()) {
-        std::vector<bytes> out(static_cast<std::size_t>(size_));
-        out[0] = std::move(own);
-        for (int r = 1; r < size_; ++r) out[static_cast<std::size_t>(r)] = take(tag_gather, r, round);
-        return out;
-      }
-      if (late) return result<std::vector<bytes>>(make_error(errc::timed_out, "gather on rank 0 timed out waiting for rank(s) " + rank_list(missing)));
-      return std::nullopt;
-    });
+    return make({{tag_gather, round}}, deadline,
+                [this, round, own = std::move(own)](bool late) mutable -> std::optional<result<std::vector<bytes>>> {
+                  auto missing = absent(tag_gather, round, 1);
+                  if (missing.empty()) {
+                    std::vector<bytes> out(static_cast<std::size_t>(size_));
+                    out[0] = std::move(own);
+                    for (int r = 1; r < size_; ++r) out[static_cast<std::size_t>(r)] = take(tag_gather, r, round);
+                    return out;
+                  }
+                  if (late)
+                    return result<std::vector<bytes>>(
+                        make_error(errc::timed_out, "gather on rank 0 timed out waiting for rank(s) " + rank_list(missing)));
+                  return std::nullopt;
+                });
   }
 
   std::unique_ptr<collective<bytes>> start_broadcast(std::span<const std::byte> data, milliseconds timeout) override {
@@ -129,13 +133,17 @@ class mpi_coordinator final : public coordinator {
       return make({}, deadline, [this, ids = std::move(ids), own = std::move(own)](bool late) mutable -> std::optional<result<bytes>> {
         auto open = sent(ids);
         if (open.empty()) return std::move(own);
-        if (late) return result<bytes>(make_error(errc::timed_out, "broadcast on rank 0 timed out: rank(s) " + rank_list(open) + " did not take the message"));
+        if (late)
+          return result<bytes>(
+              make_error(errc::timed_out, "broadcast on rank 0 timed out: rank(s) " + rank_list(open) + " did not take the message"));
         return std::nullopt;
       });
     }
     return make({{tag_bcast, round}}, deadline, [this, round](bool late) -> std::optional<result<bytes>> {
       if (absent(tag_bcast, round, 0, 0).empty()) return take(tag_bcast, 0, round);
-      if (late) return result<bytes>(make_error(errc::timed_out, "broadcast on rank " + std::to_string(rank_) + " timed out waiting for rank(s) 0"));
+      if (late)
+        return result<bytes>(
+            make_error(errc::timed_out, "broadcast on rank " + std::to_string(rank_) + " timed out waiting for rank(s) 0"));
       return std::nullopt;
     });
   }
@@ -151,7 +159,8 @@ class mpi_coordinator final : public coordinator {
           (void)take(tag_barrier_out, 0, round);
           return success();
         }
-        if (late) return result<void>(make_error(errc::timed_out, "barrier on rank " + std::to_string(rank_) + " timed out waiting for rank 0"));
+        if (late)
+          return result<void>(make_error(errc::timed_out, "barrier on rank " + std::to_string(rank_) + " timed out waiting for rank 0"));
         return std::nullopt;
       });
     }
@@ -181,14 +190,14 @@ class mpi_coordinator final : public coordinator {
   };
   using key = std::tuple<int, int, std::uint64_t>;  // tag, source, round
 
-
   // Starts a send of [round (8 bytes, little-endian)][payload]; returns its id.
   result<std::uint64_t> send(int dest, int tag, std::uint64_t round, std::span<const std::byte> payload) {
     reap();
     pending_send s{next_id_++, MPI_REQUEST_NULL, std::vector<std::byte>(8 + payload.size()), dest};
     for (int i = 0; i < 8; ++i) s.buf[static_cast<std::size_t>(i)] = static_cast<std::byte>(round >> (8 * i));
     if (!payload.empty()) std::memcpy(s.buf.data() + 8, payload.data(), payload.size());
-    if (s.buf.size() > static_cast<std::size_t>(INT32_MAX)) return make_error(errc::limit_exceeded, "a coordinator message is limited to 2 GiB");
+    if (s.buf.size() > static_cast<std::size_t>(INT32_MAX))
+      return make_error(errc::limit_exceeded, "a coordinator message is limited to 2 GiB");
     sends_.push_back(std::move(s));
     auto& b = sends_.back();
     int rc = MPI_Isend(b.buf.data(), static_cast<int>(b.buf.size()), MPI_BYTE, dest, tag, comm_, &b.req);
@@ -203,8 +212,10 @@ class mpi_coordinator final : public coordinator {
   void reap() {
     for (auto it = sends_.begin(); it != sends_.end();) {
       int done = 0;
-      if (MPI_Test(&it->req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || done) it = sends_.erase(it);
-      else ++it;
+      if (MPI_Test(&it->req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || done)
+        it = sends_.erase(it);
+      else
+        ++it;
     }
   }
 
@@ -298,8 +309,10 @@ std::optional<result<T>> mpi_collective<T, Step>::poll() {
   std::lock_guard lk(c_.mu_);
   c_.reap();
   std::optional<result<T>> out;
-  if (auto d = c_.drain(); !d) out.emplace(d.error());
-  else out = step_(clock::now() >= deadline_);
+  if (auto d = c_.drain(); !d)
+    out.emplace(d.error());
+  else
+    out = step_(clock::now() >= deadline_);
   if (out) {
     done_ = true;
     c_.close(rounds_);
@@ -317,8 +330,9 @@ result<std::unique_ptr<coordinator>> make_mpi_coordinator(MPI_Comm comm) {
   int level = 0;
   MPI_Query_thread(&level);
   if (level < MPI_THREAD_SERIALIZED)
-    return make_error(errc::unsupported, "MPI was initialized with a thread level below MPI_THREAD_SERIALIZED; a save calls the "
-                                         "coordinator from the library's engine thread: use MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...)");
+    return make_error(errc::unsupported,
+                      "MPI was initialized with a thread level below MPI_THREAD_SERIALIZED; a save calls the "
+                      "coordinator from the library's engine thread: use MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...)");
   MPI_Comm dup;
   int rc = MPI_Comm_dup(comm, &dup);
   if (rc != MPI_SUCCESS) return mpi_error("MPI_Comm_dup", rc);

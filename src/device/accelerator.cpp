@@ -43,17 +43,17 @@ namespace detail {
 
 runtime::task<void> to_host(accelerator& acc, int gpu, std::span<std::byte> dst, const std::byte* src) {
   auto ex = co_await boost::asio::this_coro::executor;
-  auto copied = io::async_op<void>(ex, [&acc, gpu, dst, src](io::completion<void> c) {
-    acc.copy_to_host(gpu, dst.data(), src, dst.size(), std::move(c));
-  }, runtime::use_awaitable);
+  auto copied = io::async_op<void>(
+      ex, [&acc, gpu, dst, src](io::completion<void> c) { acc.copy_to_host(gpu, dst.data(), src, dst.size(), std::move(c)); },
+      runtime::use_awaitable);
   co_return co_await std::move(copied);
 }
 
 runtime::task<void> to_device(accelerator& acc, int gpu, std::byte* dst, std::span<const std::byte> src) {
   auto ex = co_await boost::asio::this_coro::executor;
-  auto copied = io::async_op<void>(ex, [&acc, gpu, dst, src](io::completion<void> c) {
-    acc.copy_to_device(gpu, dst, src.data(), src.size(), std::move(c));
-  }, runtime::use_awaitable);
+  auto copied = io::async_op<void>(
+      ex, [&acc, gpu, dst, src](io::completion<void> c) { acc.copy_to_device(gpu, dst, src.data(), src.size(), std::move(c)); },
+      runtime::use_awaitable);
   co_return co_await std::move(copied);
 }
 
@@ -131,17 +131,20 @@ void copy_group::post(boost::asio::any_io_executor ex, std::function<void()> f) 
 
 runtime::task<void> copy_group::wait() {
   auto ex = co_await boost::asio::this_coro::executor;
-  auto all = io::async_op<void>(ex, [st = st_](io::completion<void> c) {
-    std::unique_lock lk(st->mu);
-    if (st->pending == 0) {
-      result<void> out = success();
-      if (st->failed) out = *st->failed;
-      lk.unlock();
-      c(std::move(out));
-      return;
-    }
-    st->waiter = std::move(c);
-  }, runtime::use_awaitable);
+  auto all = io::async_op<void>(
+      ex,
+      [st = st_](io::completion<void> c) {
+        std::unique_lock lk(st->mu);
+        if (st->pending == 0) {
+          result<void> out = success();
+          if (st->failed) out = *st->failed;
+          lk.unlock();
+          c(std::move(out));
+          return;
+        }
+        st->waiter = std::move(c);
+      },
+      runtime::use_awaitable);
   co_return co_await std::move(all);
 }
 

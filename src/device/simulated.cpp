@@ -58,7 +58,8 @@ class simulated_device {
       used_[off] = n;
       return device_ + off;
     }
-    return error{std::make_error_code(std::errc::not_enough_memory), "simulated device: out of memory (no free range of " + std::to_string(bytes) + " bytes)"};
+    return error{std::make_error_code(std::errc::not_enough_memory),
+                 "simulated device: out of memory (no free range of " + std::to_string(bytes) + " bytes)"};
   }
   void free(std::byte* p) {
     std::lock_guard lk(mu_);
@@ -160,8 +161,8 @@ class simulated final : public accelerator {
     std::uint64_t seq;
   };
   error bad_gpu(int gpu) const {
-    return make_error(errc::invalid_argument, "simulated device: no device " + std::to_string(gpu) + " (it has " +
-                                                   std::to_string(opt_.devices) + ")");
+    return make_error(errc::invalid_argument,
+                      "simulated device: no device " + std::to_string(gpu) + " (it has " + std::to_string(opt_.devices) + ")");
   }
   void enqueue(int gpu, std::byte* dst, const std::byte* src, std::size_t bytes, bool to_host, copy_done done) noexcept {
     try {
@@ -193,12 +194,14 @@ class simulated final : public accelerator {
     const std::byte* device_side = j.to_host ? j.src : j.dst;
     std::byte* at = dev.engine_address(device_side, j.bytes);
     if (!at && j.bytes)
-      return make_error(errc::invalid_argument, std::string("simulated device: the ") + (j.to_host ? "source" : "destination") +
-                                                    " of a " + std::to_string(j.bytes) + "-byte copy is not memory of device " +
+      return make_error(errc::invalid_argument, std::string("simulated device: the ") + (j.to_host ? "source" : "destination") + " of a " +
+                                                    std::to_string(j.bytes) + "-byte copy is not memory of device " +
                                                     std::to_string(j.gpu));
     if (j.bytes) {
-      if (j.to_host) std::memcpy(j.dst, at, j.bytes);
-      else std::memcpy(at, j.src, j.bytes);
+      if (j.to_host)
+        std::memcpy(j.dst, at, j.bytes);
+      else
+        std::memcpy(at, j.src, j.bytes);
     }
     return success();
   }

@@ -115,7 +115,8 @@ class reader {
       return 0;
     }
     if (min_item_bytes && n > remaining() / min_item_bytes) {
-      fail(errc::corrupt_manifest, std::string(field) + " " + std::to_string(n) + " does not fit in the remaining " + std::to_string(remaining()) + " bytes");
+      fail(errc::corrupt_manifest,
+           std::string(field) + " " + std::to_string(n) + " does not fit in the remaining " + std::to_string(remaining()) + " bytes");
       return 0;
     }
     return static_cast<std::size_t>(n);

@@ -11,8 +11,8 @@ namespace {
 
 constexpr const char* modules[] = {"torch.distributed._shard.checkpoint.metadata", "torch.distributed.checkpoint.metadata"};
 constexpr const char* fs_modules[] = {"torch.distributed._shard.checkpoint.filesystem", "torch.distributed.checkpoint.filesystem"};
-constexpr const char* records[] = {"Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "MetadataIndex",
-                                   "TensorProperties"};
+constexpr const char* records[] = {"Metadata",      "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                                   "MetadataIndex", "TensorProperties"};
 constexpr const char* enum_modules[] = {"torch.distributed._shard.sharded_tensor.metadata", "torch.distributed.checkpoint.metadata"};
 constexpr const char* enum_members[] = {"TORCH_CONTIGUOUS_FORMAT", "TORCH_CHANNELS_LAST", "TORCH_PRESERVE_FORMAT"};
 
@@ -66,7 +66,8 @@ class reader {
       it.size = shape(size.begin(), size.end());
       BOOST_OUTCOME_TRY(auto chunks, field(tm, "chunks", it.key));
       if (at(chunks).k != K::list) return bad(it.key, "its chunks are not a list");
-      if (at(chunks).items.size() > (std::size_t{1} << 20)) return make_error(errc::limit_exceeded, std::string(what_) + ": " + it.key + ": more than 2^20 chunks");
+      if (at(chunks).items.size() > (std::size_t{1} << 20))
+        return make_error(errc::limit_exceeded, std::string(what_) + ": " + it.key + ": more than 2^20 chunks");
       for (auto c : at(chunks).items) {
         BOOST_OUTCOME_TRY(auto cm, record(c, "ChunkStorageMetadata", it.key));
         BOOST_OUTCOME_TRY(auto off_node, field(cm, "offsets", it.key));
@@ -74,7 +75,8 @@ class reader {
         BOOST_OUTCOME_TRY(auto offsets, ints(off_node, it.key, "a chunk's offsets"));
         BOOST_OUTCOME_TRY(auto sizes, ints(len_node, it.key, "a chunk's sizes"));
         auto loc = where.find(std::pair(it.key, offsets));
-        if (loc == where.end()) return bad(it.key, "no storage entry holds its chunk at " + to_string(shape(offsets.begin(), offsets.end())));
+        if (loc == where.end())
+          return bad(it.key, "no storage entry holds its chunk at " + to_string(shape(offsets.begin(), offsets.end())));
         it.chunks.push_back({box{shape(offsets.begin(), offsets.end()), shape(sizes.begin(), sizes.end())}, loc->second});
       }
       BOOST_OUTCOME_TRY(tiles(it));
@@ -124,7 +126,8 @@ class reader {
     if (at(i).items.size() > 32) return bad(where, std::string(what) + " has more than 32 dimensions");
     std::vector<std::int64_t> out;
     for (auto x : at(i).items) {
-      if (at(x).k != K::integer || at(x).i < 0 || at(x).i > (std::int64_t{1} << 48)) return bad(where, std::string(what) + " holds " + pickle::describe(d_, x));
+      if (at(x).k != K::integer || at(x).i < 0 || at(x).i > (std::int64_t{1} << 48))
+        return bad(where, std::string(what) + " holds " + pickle::describe(d_, x));
       out.push_back(at(x).i);
     }
     return out;
@@ -135,7 +138,8 @@ class reader {
     BOOST_OUTCOME_TRY(record(props, "TensorProperties", where));
     const auto s = at(props).state;
     std::uint32_t g = ~std::uint32_t{0};
-    if (s < d_.nodes.size() && at(s).k == K::tuple && !at(s).items.empty()) g = at(s).items[0];
+    if (s < d_.nodes.size() && at(s).k == K::tuple && !at(s).items.empty())
+      g = at(s).items[0];
     else if (s < d_.nodes.size() && at(s).k == K::dict) {
       BOOST_OUTCOME_TRY(g, field(props, "dtype", where));
     }
@@ -152,10 +156,12 @@ class reader {
     for (const auto& c : it.chunks) {
       if (c.where.rank() != it.size.size()) return bad(it.key, "a chunk of another rank");
       for (std::size_t k = 0; k < it.size.size(); ++k)
-        if (c.where.origin[k] + c.where.extent[k] > it.size[k]) return bad(it.key, "a chunk " + to_string(c.where) + " outside the tensor " + to_string(it.size));
+        if (c.where.origin[k] + c.where.extent[k] > it.size[k])
+          return bad(it.key, "a chunk " + to_string(c.where) + " outside the tensor " + to_string(it.size));
       sum += c.where.volume().value_or(0);
     }
-    if (sum != *total) return bad(it.key, "chunks of " + std::to_string(sum) + " elements in all, for a tensor of " + std::to_string(*total));
+    if (sum != *total)
+      return bad(it.key, "chunks of " + std::to_string(sum) + " elements in all, for a tensor of " + std::to_string(*total));
     if (it.chunks.size() <= 4096)
       for (std::size_t a = 0; a < it.chunks.size(); ++a)
         for (std::size_t b = a + 1; b < it.chunks.size(); ++b)

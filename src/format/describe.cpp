@@ -18,7 +18,8 @@ std::size_t utf8_sequence(std::string_view s) noexcept {
   if (c < 0x80) return 1;
   std::size_t n;
   unsigned char lo = 0x80, hi = 0xbf;  // the range of the second byte
-  if (c >= 0xc2 && c <= 0xdf) n = 2;
+  if (c >= 0xc2 && c <= 0xdf)
+    n = 2;
   else if (c >= 0xe0 && c <= 0xef) {
     n = 3;
     if (c == 0xe0) lo = 0xa0;
@@ -145,8 +146,10 @@ std::string human_bytes(std::uint64_t n) {
     ++u;
   }
   char buf[32];
-  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
-  else std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
   return buf;
 }
 
@@ -209,17 +212,17 @@ std::string describe_text(const manifest& m, std::string_view prefix) {
     out += "  format " + std::to_string(major_version) + "." + std::to_string(m.minor) + ", written by " +
            (m.writer.empty() ? std::string("?") : m.writer) + " at " + iso_time(m.created_unix_ms) + "\n";
   }
-  out += "  " + std::to_string(m.tensors.size()) + " tensors, " + std::to_string(slices) + " slices, " +
-         std::to_string(m.files.size()) + " data file" + (m.files.size() == 1 ? "" : "s") + ", " + human_bytes(m.stored_bytes()) + " stored, " +
-         (!foreign                                      ? "checksum chunk " + human_bytes(m.chunk_bytes)
+  out += "  " + std::to_string(m.tensors.size()) + " tensors, " + std::to_string(slices) + " slices, " + std::to_string(m.files.size()) +
+         " data file" + (m.files.size() == 1 ? "" : "s") + ", " + human_bytes(m.stored_bytes()) + " stored, " +
+         (!foreign                                 ? "checksum chunk " + human_bytes(m.chunk_bytes)
           : m.checksum == checksum_kind::unchecked ? std::string("no checksums (the format stores none)")
                                                    : "one " + std::string(crc_name(m.checksum)) + " per slice") +
          "\n\n";
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"KEY", "DTYPE", "SHAPE", "LAYOUT", "MESH", "SLICES", "BYTES"});
   for (const auto& t : m.tensors)
-    rows.push_back({t.key, std::string(dtype_name(t.type)), to_string(t.global), layout_string(m, t),
-                    mesh_string(m.meshes[t.mesh]), std::to_string(t.slices.size()), human_bytes(tensor_bytes(t))});
+    rows.push_back({t.key, std::string(dtype_name(t.type)), to_string(t.global), layout_string(m, t), mesh_string(m.meshes[t.mesh]),
+                    std::to_string(t.slices.size()), human_bytes(tensor_bytes(t))});
   table(out, rows);
   out += "\n  data files:\n";
   for (const auto& f : m.files) out += "    " + f.name + "  " + human_bytes(f.size) + "\n";
@@ -357,9 +360,7 @@ std::string iso_time(std::uint64_t unix_ms) {
 
 namespace {
 
-std::string tf_type_string(const tf::bundle_entry& e) {
-  return e.type ? std::string(dtype_name(*e.type)) : tf::tf_dtype_name(e.tf_type);
-}
+std::string tf_type_string(const tf::bundle_entry& e) { return e.type ? std::string(dtype_name(*e.type)) : tf::tf_dtype_name(e.tf_type); }
 
 std::string slice_list(const tf::bundle_entry& e) {
   std::string s;
@@ -380,13 +381,16 @@ std::string describe_text(const tf::bundle_index& idx, std::string_view prefix) 
   }
   std::string out = "TensorFlow checkpoint " + std::string(prefix) + "\n";
   out += "  tensor bundle, format version " + std::to_string(idx.producer) + ", " + std::to_string(idx.num_shards) + " data file" +
-         (idx.num_shards == 1 ? "" : "s") + "; " + (graph ? "TF2 object-based (it holds an object graph)" : "TF1 name-based (no object graph)") + "\n";
-  out += "  " + std::to_string(idx.entries.size()) + " entries, " + std::to_string(partitioned) + " partitioned, " + human_bytes(bytes) + " stored\n\n";
+         (idx.num_shards == 1 ? "" : "s") + "; " +
+         (graph ? "TF2 object-based (it holds an object graph)" : "TF1 name-based (no object graph)") + "\n";
+  out += "  " + std::to_string(idx.entries.size()) + " entries, " + std::to_string(partitioned) + " partitioned, " + human_bytes(bytes) +
+         " stored\n\n";
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"KEY", "DTYPE", "SHAPE", "FILE", "BYTES", "SLICES"});
   for (const auto& e : idx.entries)
-    rows.push_back({e.key, tf::is_quantized(e.tf_type) ? tf_type_string(e) + " (" + tf::tf_dtype_name(e.tf_type) + ")" : tf_type_string(e), to_string(e.global), e.slices.empty() ? std::to_string(e.shard) : "-",
-                    e.slices.empty() ? human_bytes(e.size) : "-", slice_list(e)});
+    rows.push_back({e.key, tf::is_quantized(e.tf_type) ? tf_type_string(e) + " (" + tf::tf_dtype_name(e.tf_type) + ")" : tf_type_string(e),
+                    to_string(e.global), e.slices.empty() ? std::to_string(e.shard) : "-", e.slices.empty() ? human_bytes(e.size) : "-",
+                    slice_list(e)});
   table(out, rows);
   return out;
 }

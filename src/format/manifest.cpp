@@ -59,25 +59,24 @@ result<void> validate_slices(const manifest& m, const saved_tensor& t, const sav
     expected *= static_cast<std::uint64_t>(nonempty[d]);  // <= devices <= 2^20 overall
     if (expected > max_devices) expected = max_devices + 1;
   }
-  if (t.slices.size() > lim.max_slices_per_tensor)
-    return make_error(errc::limit_exceeded, tensor_ctx(t) + " has too many slices");
+  if (t.slices.size() > lim.max_slices_per_tensor) return make_error(errc::limit_exceeded, tensor_ctx(t) + " has too many slices");
   if (t.slices.size() != expected)
-    return bad(tensor_ctx(t) + " has " + std::to_string(t.slices.size()) + " slices; its shape " +
-               to_string(t.global) + " and layout need " + std::to_string(expected));
+    return bad(tensor_ctx(t) + " has " + std::to_string(t.slices.size()) + " slices; its shape " + to_string(t.global) +
+               " and layout need " + std::to_string(expected));
   std::vector<std::uint64_t> seen;
   if (t.slices.size() > 1) seen.reserve(t.slices.size());
   for (const auto& s : t.slices) {
     // Built only on the error path: this loop runs once per slice of every tensor.
     auto ctx = [&] {
-      return tensor_ctx(t) + " slice " + (s.where.rank() == rank && s.where.extent.size() == rank ? to_string(s.where) : std::string("(wrong rank)"));
+      return tensor_ctx(t) + " slice " +
+             (s.where.rank() == rank && s.where.extent.size() == rank ? to_string(s.where) : std::string("(wrong rank)"));
     };
     if (s.where.origin.size() != rank || s.where.extent.size() != rank)
       return bad(ctx() + ": box rank differs from the tensor's rank " + std::to_string(rank));
     std::uint64_t flat = 0;
     for (std::size_t d = 0; d < rank; ++d) {
       std::int64_t o = s.where.origin[d], e = s.where.extent[d];
-      if (o < 0 || e <= 0 || chunk[d] == 0 || o % chunk[d] != 0)
-        return bad(ctx() + ": not a shard box of the saved layout");
+      if (o < 0 || e <= 0 || chunk[d] == 0 || o % chunk[d] != 0) return bad(ctx() + ": not a shard box of the saved layout");
       std::int64_t i = o / chunk[d];
       if (i >= nonempty[d]) return bad(ctx() + ": outside the global shape " + to_string(t.global));
       auto [lo, hi] = split_range(t.global[d], t.axes[d] < 0 ? 1 : mesh.dims[static_cast<std::size_t>(t.axes[d])].size, i);
@@ -88,13 +87,12 @@ result<void> validate_slices(const manifest& m, const saved_tensor& t, const sav
     auto vol = checked_mul(*s.where.volume(), elem);
     if (!vol || static_cast<std::uint64_t>(*vol) != s.length)
       return bad(ctx() + ": length " + std::to_string(s.length) + " differs from the box's byte size");
-    if (s.file >= m.files.size())
-      return bad(ctx() + ": file index " + std::to_string(s.file) + " is out of range");
+    if (s.file >= m.files.size()) return bad(ctx() + ": file index " + std::to_string(s.file) + " is out of range");
     const auto& f = m.files[s.file];
     auto end = checked_add_u64(s.offset, s.length);
     if (!end || *end > f.size)
-      return bad(ctx() + ": range [" + std::to_string(s.offset) + ", +" + std::to_string(s.length) +
-                 ") is outside file \"" + f.name + "\" of " + std::to_string(f.size) + " bytes");
+      return bad(ctx() + ": range [" + std::to_string(s.offset) + ", +" + std::to_string(s.length) + ") is outside file \"" + f.name +
+                 "\" of " + std::to_string(f.size) + " bytes");
     if (!std::binary_search(sorted_devices.begin(), sorted_devices.end(), s.writer_device))
       return bad(ctx() + ": writer device " + std::to_string(s.writer_device) + " is not in the mesh");
     if (s.checksums.size() != chunk_count(s.length, m.chunk_bytes))
@@ -102,16 +100,14 @@ result<void> validate_slices(const manifest& m, const saved_tensor& t, const sav
                  std::to_string(chunk_count(s.length, m.chunk_bytes)));
   }
   std::sort(seen.begin(), seen.end());
-  if (std::adjacent_find(seen.begin(), seen.end()) != seen.end())
-    return bad(tensor_ctx(t) + " stores the same slice twice");
+  if (std::adjacent_find(seen.begin(), seen.end()) != seen.end()) return bad(tensor_ctx(t) + " stores the same slice twice");
   return success();
 }
 
 }  // namespace
 
 const saved_tensor* manifest::find(std::string_view key) const {
-  auto it = std::lower_bound(tensors.begin(), tensors.end(), key,
-                             [](const saved_tensor& t, std::string_view k) { return t.key < k; });
+  auto it = std::lower_bound(tensors.begin(), tensors.end(), key, [](const saved_tensor& t, std::string_view k) { return t.key < k; });
   return it != tensors.end() && it->key == key ? &*it : nullptr;
 }
 
@@ -147,7 +143,8 @@ result<void> validate(const manifest& m, const limits& lim) {
       n *= static_cast<std::uint64_t>(ms.dims[d].size);
       if (n > max_devices) return bad(ctx + " has more than 2^20 devices");
     }
-    if (ms.device_ids.size() != n) return bad(ctx + " lists " + std::to_string(ms.device_ids.size()) + " devices, its shape needs " + std::to_string(n));
+    if (ms.device_ids.size() != n)
+      return bad(ctx + " lists " + std::to_string(ms.device_ids.size()) + " devices, its shape needs " + std::to_string(n));
     auto& sd = sorted_devices[i];
     sd = ms.device_ids;
     std::sort(sd.begin(), sd.end());
@@ -296,22 +293,29 @@ namespace {
 // corruption, not as a future format. Returns the minor version.
 result<std::uint16_t> check_envelope(std::span<const std::byte> bytes, const limits& lim) {
   if (bytes.size() > lim.max_manifest_bytes)
-    return make_error(errc::limit_exceeded, "manifest of " + std::to_string(bytes.size()) + " bytes exceeds the cap of " + std::to_string(lim.max_manifest_bytes));
+    return make_error(errc::limit_exceeded, "manifest of " + std::to_string(bytes.size()) + " bytes exceeds the cap of " +
+                                                std::to_string(lim.max_manifest_bytes));
   if (bytes.size() < header_bytes + trailer_bytes) {
     if (bytes.size() >= sizeof magic && std::memcmp(bytes.data(), magic, sizeof magic) != 0)
       return bad("not a meshckpt manifest (bad magic)");
-    return bad("manifest is truncated: " + std::to_string(bytes.size()) + " bytes, at least " + std::to_string(header_bytes + trailer_bytes) + " needed");
+    return bad("manifest is truncated: " + std::to_string(bytes.size()) + " bytes, at least " +
+               std::to_string(header_bytes + trailer_bytes) + " needed");
   }
   if (std::memcmp(bytes.data(), magic, sizeof magic) != 0) return bad("not a meshckpt manifest (bad magic)");
   auto major = le(bytes.data() + 8, 2), minor = le(bytes.data() + 10, 2);
   std::uint64_t body_len = le(bytes.data() + 16, 8);
   if (body_len != bytes.size() - header_bytes - trailer_bytes)
-    return bad("manifest length field says " + std::to_string(body_len) + " body bytes but the file has " + std::to_string(bytes.size() - header_bytes - trailer_bytes) + " (truncated or padded)");
+    return bad("manifest length field says " + std::to_string(body_len) + " body bytes but the file has " +
+               std::to_string(bytes.size() - header_bytes - trailer_bytes) + " (truncated or padded)");
   std::uint64_t want = le(bytes.data() + bytes.size() - trailer_bytes, 8);
   std::uint64_t got = checksum(bytes.first(bytes.size() - trailer_bytes));
-  if (want != got) return make_error(errc::corrupt_manifest, "manifest checksum mismatch (stored " + token_hex(want) + ", computed " + token_hex(got) + ")");
+  if (want != got)
+    return make_error(errc::corrupt_manifest,
+                      "manifest checksum mismatch (stored " + token_hex(want) + ", computed " + token_hex(got) + ")");
   if (major != major_version)
-    return make_error(errc::unsupported_version, "manifest format version " + std::to_string(major) + "." + std::to_string(minor) + " is not supported (this build reads major version " + std::to_string(major_version) + ")");
+    return make_error(errc::unsupported_version, "manifest format version " + std::to_string(major) + "." + std::to_string(minor) +
+                                                     " is not supported (this build reads major version " + std::to_string(major_version) +
+                                                     ")");
   if (le(bytes.data() + 12, 4) != 0) return bad("manifest header flags are not zero");
   return static_cast<std::uint16_t>(minor);
 }
@@ -420,7 +424,9 @@ result<void> decode_section(std::uint64_t tag, reader& s, manifest& m, const lim
     default: s.take(s.remaining()); break;  // an optional section from a newer minor version
   }
   if (s.failed()) return s.err();
-  if (s.remaining() != 0) return bad("manifest byte " + std::to_string(s.offset()) + ": section " + std::to_string(tag) + " has " + std::to_string(s.remaining()) + " unparsed bytes");
+  if (s.remaining() != 0)
+    return bad("manifest byte " + std::to_string(s.offset()) + ": section " + std::to_string(tag) + " has " +
+               std::to_string(s.remaining()) + " unparsed bytes");
   return success();
 }
 
@@ -443,7 +449,8 @@ result<void> decode_into(std::span<const std::byte> bytes, manifest& m, const li
     const std::byte* payload = r.take(len);
     reader s(payload, payload + len, payload_offset);
     if (tag < tag_extension) {
-      if (tag != next_required) return bad("manifest byte " + std::to_string(section_start) + ": section " + std::to_string(tag) + " is out of order or repeated");
+      if (tag != next_required)
+        return bad("manifest byte " + std::to_string(section_start) + ": section " + std::to_string(tag) + " is out of order or repeated");
       ++next_required;
     } else if (tag == tag_extension && next_required != tag_extension) {
       return bad("manifest byte " + std::to_string(section_start) + ": extension before the tensor section");
@@ -465,8 +472,7 @@ result<mesh> saved_mesh_of(const manifest& m, const saved_tensor& t) {
 result<layout> saved_layout_of(const manifest& m, const saved_tensor& t) {
   BOOST_OUTCOME_TRY(auto ms, saved_mesh_of(m, t));
   std::vector<std::string> specs;
-  for (auto a : t.axes)
-    specs.push_back(a < 0 ? std::string(unsharded) : ms.dims()[static_cast<std::size_t>(a)].name);
+  for (auto a : t.axes) specs.push_back(a < 0 ? std::string(unsharded) : ms.dims()[static_cast<std::size_t>(a)].name);
   return layout::create(std::move(specs), std::move(ms));
 }
 

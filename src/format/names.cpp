@@ -13,18 +13,16 @@ bool is_plain_name(std::string_view name) noexcept {
 
 result<void> check_base_name(std::string_view base) {
   if (base.empty())
-    return make_error(errc::invalid_argument, "checkpoint name is empty: a checkpoint prefix is DIR/NAME (the files DIR/NAME.*), not a directory");
-  if (!is_plain_name(base))
     return make_error(errc::invalid_argument,
-                      "checkpoint name \"" + std::string(base) +
-                          "\" is not a plain file name (empty, \".\", \"..\", or has '/' or control characters)");
-  if (base.size() > 200)
+                      "checkpoint name is empty: a checkpoint prefix is DIR/NAME (the files DIR/NAME.*), not a directory");
+  if (!is_plain_name(base))
     return make_error(errc::invalid_argument, "checkpoint name \"" + std::string(base) +
-                                                  "\" is longer than 200 bytes");
+                                                  "\" is not a plain file name (empty, \".\", \"..\", or has '/' or control characters)");
+  if (base.size() > 200)
+    return make_error(errc::invalid_argument, "checkpoint name \"" + std::string(base) + "\" is longer than 200 bytes");
   if (base.ends_with(manifest_suffix))
     return make_error(errc::invalid_argument,
-                      "checkpoint name \"" + std::string(base) +
-                          "\" ends in .manifest; pass the prefix without it");
+                      "checkpoint name \"" + std::string(base) + "\" ends in .manifest; pass the prefix without it");
   return success();
 }
 
@@ -34,9 +32,7 @@ std::string token_hex(std::uint64_t token) {
   return buf;
 }
 
-std::string manifest_name(std::string_view base) {
-  return std::string(base) + std::string(manifest_suffix);
-}
+std::string manifest_name(std::string_view base) { return std::string(base) + std::string(manifest_suffix); }
 
 std::string temp_manifest_name(std::string_view base, std::uint64_t token) {
   return std::string(base) + ".manifest.tmp-" + token_hex(token);
@@ -53,9 +49,12 @@ std::optional<std::uint64_t> parse_hex16(std::string_view s) {
   std::uint64_t v = 0;
   for (char c : s) {
     int d;
-    if (c >= '0' && c <= '9') d = c - '0';
-    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-    else return std::nullopt;
+    if (c >= '0' && c <= '9')
+      d = c - '0';
+    else if (c >= 'a' && c <= 'f')
+      d = c - 'a' + 10;
+    else
+      return std::nullopt;
     v = v << 4 | static_cast<unsigned>(d);
   }
   return v;
@@ -75,16 +74,13 @@ name_kind classify(std::string_view n) {
   if (n.size() > 30) {
     std::string_view tail = n.substr(n.size() - 30);
     if (tail.starts_with(".manifest.tmp-"))
-      if (auto t = parse_hex16(tail.substr(14)))
-        return {name_kind::temp_manifest, std::string(n.substr(0, n.size() - 30)), *t};
+      if (auto t = parse_hex16(tail.substr(14))) return {name_kind::temp_manifest, std::string(n.substr(0, n.size() - 30)), *t};
   }
   // "<base>.data-<16hex>-<digits>"
-  if (auto dash = n.rfind('-'); dash != std::string_view::npos && dash > 22 &&
-                                all_digits(n.substr(dash + 1))) {
+  if (auto dash = n.rfind('-'); dash != std::string_view::npos && dash > 22 && all_digits(n.substr(dash + 1))) {
     std::string_view mid = n.substr(dash - 22, 22);  // ".data-" and 16 hex digits
     if (mid.starts_with(".data-"))
-      if (auto t = parse_hex16(mid.substr(6)))
-        return {name_kind::data, std::string(n.substr(0, dash - 22)), *t};
+      if (auto t = parse_hex16(mid.substr(6))) return {name_kind::data, std::string(n.substr(0, dash - 22)), *t};
   }
   if (n.size() > manifest_suffix.size() && n.ends_with(manifest_suffix))
     return {name_kind::manifest, std::string(n.substr(0, n.size() - manifest_suffix.size())), 0};

@@ -51,7 +51,8 @@ class machine {
         if (ran_out) *ran_out = short_ || pos_ >= in_.size();
         return r.error();
       }
-      if (doc_.nodes.size() > max_nodes_) return make_error(errc::limit_exceeded, std::string(what_) + ": more values than its size allows");
+      if (doc_.nodes.size() > max_nodes_)
+        return make_error(errc::limit_exceeded, std::string(what_) + ": more values than its size allows");
     }
     if (stack_.size() != 1 || !marks_.empty()) return fail("STOP with " + std::to_string(stack_.size()) + " values on the stack");
     doc_.root = stack_.back();
@@ -74,9 +75,12 @@ class machine {
 
   error fail(const std::string& why) const {
     char op[8];
-    if (op_ >= 0x20 && op_ < 0x7f) std::snprintf(op, sizeof op, "'%c'", op_);
-    else std::snprintf(op, sizeof op, "0x%02x", op_);
-    return make_error(errc::corrupt_manifest, std::string(what_) + ": pickle opcode " + op + " at byte " + std::to_string(op_at_) + ": " + why);
+    if (op_ >= 0x20 && op_ < 0x7f)
+      std::snprintf(op, sizeof op, "'%c'", op_);
+    else
+      std::snprintf(op, sizeof op, "0x%02x", op_);
+    return make_error(errc::corrupt_manifest,
+                      std::string(what_) + ": pickle opcode " + op + " at byte " + std::to_string(op_at_) + ": " + why);
   }
   std::uint8_t u8() { return pos_ < in_.size() ? static_cast<std::uint8_t>(in_[pos_++]) : (short_ = true, 0); }
   std::uint64_t le(int n) {
@@ -343,7 +347,8 @@ class machine {
       case 0x93: {
         BOOST_OUTCOME_TRY(auto name, pop());
         BOOST_OUTCOME_TRY(auto module, pop());
-        if (doc_.nodes[name].k != K::string || doc_.nodes[module].k != K::string) return fail("a global named by values that are not strings");
+        if (doc_.nodes[name].k != K::string || doc_.nodes[module].k != K::string)
+          return fail("a global named by values that are not strings");
         return global(text_of(module), text_of(name));
       }
       case 'R': {

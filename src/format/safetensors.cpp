@@ -19,11 +19,14 @@ std::optional<std::uint64_t> checked_mul_u64(std::uint64_t a, std::uint64_t b) {
 }
 
 constexpr std::pair<dtype, const char*> names[] = {
-    {dtype::boolean, "BOOL"}, {dtype::int8, "I8"},     {dtype::int16, "I16"},        {dtype::int32, "I32"},
-    {dtype::int64, "I64"},    {dtype::uint8, "U8"},    {dtype::uint16, "U16"},       {dtype::uint32, "U32"},
-    {dtype::uint64, "U64"},   {dtype::float16, "F16"}, {dtype::bfloat16, "BF16"},    {dtype::float32, "F32"},
-    {dtype::float64, "F64"},  {dtype::float8_e4m3, "F8_E4M3"}, {dtype::float8_e5m2, "F8_E5M2"},
-    {dtype::complex64, "C64"},
+    {dtype::boolean, "BOOL"},        {dtype::int8, "I8"},
+    {dtype::int16, "I16"},           {dtype::int32, "I32"},
+    {dtype::int64, "I64"},           {dtype::uint8, "U8"},
+    {dtype::uint16, "U16"},          {dtype::uint32, "U32"},
+    {dtype::uint64, "U64"},          {dtype::float16, "F16"},
+    {dtype::bfloat16, "BF16"},       {dtype::float32, "F32"},
+    {dtype::float64, "F64"},         {dtype::float8_e4m3, "F8_E4M3"},
+    {dtype::float8_e5m2, "F8_E5M2"}, {dtype::complex64, "C64"},
 };
 
 // A strict JSON reader for the header's shape: objects, strings, non-negative integers, arrays
@@ -105,10 +108,14 @@ class json_reader {
             for (int i = 0; i < 4; ++i) {
               char h = s_[p_++];
               v <<= 4;
-              if (h >= '0' && h <= '9') v |= static_cast<std::uint32_t>(h - '0');
-              else if (h >= 'a' && h <= 'f') v |= static_cast<std::uint32_t>(h - 'a' + 10);
-              else if (h >= 'A' && h <= 'F') v |= static_cast<std::uint32_t>(h - 'A' + 10);
-              else return std::nullopt;
+              if (h >= '0' && h <= '9')
+                v |= static_cast<std::uint32_t>(h - '0');
+              else if (h >= 'a' && h <= 'f')
+                v |= static_cast<std::uint32_t>(h - 'a' + 10);
+              else if (h >= 'A' && h <= 'F')
+                v |= static_cast<std::uint32_t>(h - 'A' + 10);
+              else
+                return std::nullopt;
             }
             return v;
           };
@@ -157,8 +164,10 @@ class json_reader {
       v = v * 10 + d;
       ++p_;
     }
-    if (p_ == start) fail("expected a non-negative integer");
-    else if (p_ - start > 1 && s_[start] == '0') fail("leading zero");
+    if (p_ == start)
+      fail("expected a non-negative integer");
+    else if (p_ - start > 1 && s_[start] == '0')
+      fail("leading zero");
     return v;
   }
   // Any JSON value, skipped (metadata we do not interpret); nesting is capped.
@@ -227,7 +236,8 @@ result<std::vector<std::byte>> encode_safetensors_header(std::vector<safetensor_
     bool f2 = true;
     for (const auto& [k, v] : metadata) {
       if (!is_utf8(k) || !is_utf8(v))
-        return make_error(errc::invalid_argument, "metadata entry \"" + display_bytes(k) + "\" is not valid UTF-8, which a safetensors header must be");
+        return make_error(errc::invalid_argument,
+                          "metadata entry \"" + display_bytes(k) + "\" is not valid UTF-8, which a safetensors header must be");
       j += (f2 ? "" : ",") + json_string(k) + ":" + json_string(v);
       f2 = false;
     }
@@ -240,7 +250,8 @@ result<std::vector<std::byte>> encode_safetensors_header(std::vector<safetensor_
     auto dt = safetensors_dtype(t.type);
     if (!dt) return make_error(errc::unsupported, "tensor \"" + t.name + "\" is an opaque blob, which safetensors cannot hold");
     if (!is_utf8(t.name))
-      return make_error(errc::invalid_argument, "tensor name \"" + display_bytes(t.name) + "\" is not valid UTF-8, which a safetensors header must be");
+      return make_error(errc::invalid_argument,
+                        "tensor name \"" + display_bytes(t.name) + "\" is not valid UTF-8, which a safetensors header must be");
     if (t.name == "__metadata__" || !seen.insert(t.name).second)
       return make_error(errc::invalid_argument, "tensor name \"" + t.name + "\" is reserved or given twice");
     std::uint64_t bytes = static_cast<std::uint64_t>(dtype_size(t.type));
@@ -272,31 +283,37 @@ void read_tensor_entry(json_reader& r, const std::string& key, std::vector<safet
   safetensor_entry e;
   e.name = key;
   bool have_dtype = false, have_shape = false, have_offsets = false;
-  r.object("tensor \"" + key + "\"", [&](const std::string& field) {
-    if (field == "dtype" && !have_dtype) {
-      std::string d = r.string();
-      auto it = std::find_if(std::begin(names), std::end(names), [&](const auto& p) { return d == p.second; });
-      if (it == std::end(names)) r.fail("tensor \"" + key + "\" has unknown dtype \"" + d + "\"");
-      else e.type = it->first;
-      have_dtype = true;
-    } else if (field == "shape" && !have_shape) {
-      for (auto v : r.integers()) {
-        if (v > (std::uint64_t{1} << 62)) r.fail("tensor \"" + key + "\" has an absurd dimension");
-        e.dims.push_back(static_cast<std::int64_t>(v));
-      }
-      have_shape = true;
-    } else if (field == "data_offsets" && !have_offsets) {
-      auto o = r.integers();
-      if (!r.err && o.size() != 2) r.fail("tensor \"" + key + "\" data_offsets is not [begin, end]");
-      else if (!r.err) {
-        e.begin = o[0];
-        e.end = o[1];
-      }
-      have_offsets = true;
-    } else {
-      r.fail("tensor \"" + key + "\" has an unexpected or repeated field \"" + field + "\"");
-    }
-  }, false);
+  r.object(
+      "tensor \"" + key + "\"",
+      [&](const std::string& field) {
+        if (field == "dtype" && !have_dtype) {
+          std::string d = r.string();
+          auto it = std::find_if(std::begin(names), std::end(names), [&](const auto& p) { return d == p.second; });
+          if (it == std::end(names))
+            r.fail("tensor \"" + key + "\" has unknown dtype \"" + d + "\"");
+          else
+            e.type = it->first;
+          have_dtype = true;
+        } else if (field == "shape" && !have_shape) {
+          for (auto v : r.integers()) {
+            if (v > (std::uint64_t{1} << 62)) r.fail("tensor \"" + key + "\" has an absurd dimension");
+            e.dims.push_back(static_cast<std::int64_t>(v));
+          }
+          have_shape = true;
+        } else if (field == "data_offsets" && !have_offsets) {
+          auto o = r.integers();
+          if (!r.err && o.size() != 2)
+            r.fail("tensor \"" + key + "\" data_offsets is not [begin, end]");
+          else if (!r.err) {
+            e.begin = o[0];
+            e.end = o[1];
+          }
+          have_offsets = true;
+        } else {
+          r.fail("tensor \"" + key + "\" has an unexpected or repeated field \"" + field + "\"");
+        }
+      },
+      false);
   if (!r.err && !(have_dtype && have_shape && have_offsets)) r.fail("tensor \"" + key + "\" lacks dtype, shape or data_offsets");
   if (!r.err) out.push_back(std::move(e));
 }
@@ -322,7 +339,8 @@ result<void> check_placement(safetensors_header& h, std::uint64_t file_size) {
     at = e.end;
   }
   if (at != data_size)
-    return make_error(errc::corrupt_manifest, "safetensors data is " + std::to_string(data_size) + " bytes but the tensors cover " + std::to_string(at));
+    return make_error(errc::corrupt_manifest,
+                      "safetensors data is " + std::to_string(data_size) + " bytes but the tensors cover " + std::to_string(at));
   return success();
 }
 
@@ -334,7 +352,8 @@ result<safetensors_header> decode_safetensors_header(std::span<const std::byte> 
   for (int i = 0; i < 8; ++i) n |= std::uint64_t{static_cast<std::uint8_t>(prefix[static_cast<std::size_t>(i)])} << (8 * i);
   if (n > safetensors_max_header)
     return make_error(errc::limit_exceeded, "safetensors header of " + std::to_string(n) + " bytes exceeds the cap of 100 MB");
-  if (n > file_size - 8) return make_error(errc::corrupt_manifest, "safetensors header length " + std::to_string(n) + " runs past the end of the file");
+  if (n > file_size - 8)
+    return make_error(errc::corrupt_manifest, "safetensors header length " + std::to_string(n) + " runs past the end of the file");
   if (prefix.size() < 8 + n) return make_error(errc::short_read, "safetensors header not fully read");
   std::string_view text(reinterpret_cast<const char*>(prefix.data() + 8), static_cast<std::size_t>(n));
   safetensors_header h;
@@ -342,10 +361,13 @@ result<safetensors_header> decode_safetensors_header(std::span<const std::byte> 
   json_reader r(text);
   r.object("the header", [&](const std::string& key) {
     if (key != "__metadata__") return read_tensor_entry(r, key, h.tensors);
-    r.object("__metadata__", [&](const std::string& k) {
-      std::string v = r.string();
-      if (!r.err) h.metadata[k] = v;
-    }, false);
+    r.object(
+        "__metadata__",
+        [&](const std::string& k) {
+          std::string v = r.string();
+          if (!r.err) h.metadata[k] = v;
+        },
+        false);
   });
   if (!r.err && !r.at_end()) r.fail("trailing characters after the header object");
   if (r.err) return *r.err;
@@ -361,15 +383,18 @@ result<safetensors_index> decode_safetensors_index(std::string_view text) {
   r.object("the index", [&](const std::string& key) {
     if (key != "weight_map") return r.skip();
     have_map = true;
-    r.object("weight_map", [&](const std::string& name) {
-      std::string file = r.string();
-      if (r.err) return;
-      // Only plain file names next to the index: no directories, no way out of it.
-      if (file.empty() || file == "." || file == ".." || file.find('/') != std::string::npos || file.find('\0') != std::string::npos)
-        return r.fail("weight_map sends \"" + name + "\" to \"" + file + "\", which is not a plain file name");
-      if (!idx.weight_map.emplace(name, file).second) r.fail("weight_map names \"" + name + "\" twice");
-      if (idx.weight_map.size() > 10'000'000) r.fail("weight_map too large");
-    }, false);
+    r.object(
+        "weight_map",
+        [&](const std::string& name) {
+          std::string file = r.string();
+          if (r.err) return;
+          // Only plain file names next to the index: no directories, no way out of it.
+          if (file.empty() || file == "." || file == ".." || file.find('/') != std::string::npos || file.find('\0') != std::string::npos)
+            return r.fail("weight_map sends \"" + name + "\" to \"" + file + "\", which is not a plain file name");
+          if (!idx.weight_map.emplace(name, file).second) r.fail("weight_map names \"" + name + "\" twice");
+          if (idx.weight_map.size() > 10'000'000) r.fail("weight_map too large");
+        },
+        false);
   });
   if (!r.err && !r.at_end()) r.fail("trailing bytes after the index");
   if (r.err) return *r.err;

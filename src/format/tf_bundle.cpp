@@ -28,15 +28,32 @@ struct dtype_row {
 
 // TensorFlow's types.proto, the part that has names worth printing.
 constexpr dtype_row dtype_table[] = {
-    {0, "DT_INVALID", std::nullopt},      {1, "DT_FLOAT", dtype::float32},     {2, "DT_DOUBLE", dtype::float64},
-    {3, "DT_INT32", dtype::int32},        {4, "DT_UINT8", dtype::uint8},       {5, "DT_INT16", dtype::int16},
-    {6, "DT_INT8", dtype::int8},          {7, "DT_STRING", std::nullopt},      {8, "DT_COMPLEX64", dtype::complex64},
-    {9, "DT_INT64", dtype::int64},        {10, "DT_BOOL", dtype::boolean},     {11, "DT_QINT8", dtype::int8, true},
-    {12, "DT_QUINT8", dtype::uint8, true}, {13, "DT_QINT32", dtype::int32, true}, {14, "DT_BFLOAT16", dtype::bfloat16},
-    {15, "DT_QINT16", dtype::int16, true}, {16, "DT_QUINT16", dtype::uint16, true}, {17, "DT_UINT16", dtype::uint16},
-    {18, "DT_COMPLEX128", dtype::complex128},  {19, "DT_HALF", dtype::float16},     {20, "DT_RESOURCE", std::nullopt},
-    {21, "DT_VARIANT", std::nullopt},     {22, "DT_UINT32", dtype::uint32},    {23, "DT_UINT64", dtype::uint64},
-    {24, "DT_FLOAT8_E5M2", dtype::float8_e5m2}, {25, "DT_FLOAT8_E4M3FN", dtype::float8_e4m3},
+    {0, "DT_INVALID", std::nullopt},
+    {1, "DT_FLOAT", dtype::float32},
+    {2, "DT_DOUBLE", dtype::float64},
+    {3, "DT_INT32", dtype::int32},
+    {4, "DT_UINT8", dtype::uint8},
+    {5, "DT_INT16", dtype::int16},
+    {6, "DT_INT8", dtype::int8},
+    {7, "DT_STRING", std::nullopt},
+    {8, "DT_COMPLEX64", dtype::complex64},
+    {9, "DT_INT64", dtype::int64},
+    {10, "DT_BOOL", dtype::boolean},
+    {11, "DT_QINT8", dtype::int8, true},
+    {12, "DT_QUINT8", dtype::uint8, true},
+    {13, "DT_QINT32", dtype::int32, true},
+    {14, "DT_BFLOAT16", dtype::bfloat16},
+    {15, "DT_QINT16", dtype::int16, true},
+    {16, "DT_QUINT16", dtype::uint16, true},
+    {17, "DT_UINT16", dtype::uint16},
+    {18, "DT_COMPLEX128", dtype::complex128},
+    {19, "DT_HALF", dtype::float16},
+    {20, "DT_RESOURCE", std::nullopt},
+    {21, "DT_VARIANT", std::nullopt},
+    {22, "DT_UINT32", dtype::uint32},
+    {23, "DT_UINT64", dtype::uint64},
+    {24, "DT_FLOAT8_E5M2", dtype::float8_e5m2},
+    {25, "DT_FLOAT8_E4M3FN", dtype::float8_e4m3},
 };
 
 constexpr std::int64_t max_rank = 64;
@@ -76,7 +93,8 @@ result<bundle_entry> entry_of(const table_entry& t, int num_shards) {
   e.tf_type = p.dtype();
   e.type = from_tf_dtype(e.tf_type);
   if (p.shape().unknown_rank()) return corrupt(t.key, "a shape of unknown rank");
-  if (p.shape().dim_size() > max_rank) return corrupt(t.key, "rank " + std::to_string(p.shape().dim_size()) + " exceeds " + std::to_string(max_rank));
+  if (p.shape().dim_size() > max_rank)
+    return corrupt(t.key, "rank " + std::to_string(p.shape().dim_size()) + " exceeds " + std::to_string(max_rank));
   for (const auto& d : p.shape().dim()) {
     if (d.size() < 0) return corrupt(t.key, "a dimension of size " + std::to_string(d.size()));
     e.global.push_back(d.size());
@@ -114,8 +132,10 @@ void ordered_unsigned(std::string& out, std::uint64_t v) {
 void ordered_string(std::string& out, std::string_view s) {
   for (char c : s) {
     out += c;
-    if (c == '\x00') out += '\xff';
-    else if (c == '\xff') out += '\x00';
+    if (c == '\x00')
+      out += '\xff';
+    else if (c == '\xff')
+      out += '\x00';
   }
   out += '\x00';
   out += '\x01';
@@ -170,19 +190,23 @@ result<bundle_index> decode_bundle_index(std::span<const std::byte> index_file) 
   try {
     BOOST_OUTCOME_TRY(auto table, read_table(index_file));
     if (table.empty() || !table.front().key.empty())
-      return make_error(errc::unsupported, "a LevelDB-format table without a tensor-bundle header (the empty key): a TensorFlow 1 \"V1\" "
-                                           "checkpoint (tf.compat.v1.train.Saver with write_version=V1), which meshckpt does not read; "
-                                           "convert it to V2 with TensorFlow, or it is not a checkpoint");
+      return make_error(errc::unsupported,
+                        "a LevelDB-format table without a tensor-bundle header (the empty key): a TensorFlow 1 \"V1\" "
+                        "checkpoint (tf.compat.v1.train.Saver with write_version=V1), which meshckpt does not read; "
+                        "convert it to V2 with TensorFlow, or it is not a checkpoint");
     google::protobuf::Arena arena;  // as in entry_of
     auto& h = *google::protobuf::Arena::CreateMessage<tfproto::BundleHeaderProto>(&arena);
-    if (!h.ParseFromString(table.front().value)) return make_error(errc::corrupt_manifest, "TF bundle index: the header is not a BundleHeaderProto");
+    if (!h.ParseFromString(table.front().value))
+      return make_error(errc::corrupt_manifest, "TF bundle index: the header is not a BundleHeaderProto");
     if (h.endianness() == tfproto::BundleHeaderProto::BIG)
-      return make_error(errc::unsupported, "TF bundle index: the bundle was written on a big-endian machine; meshckpt reads little-endian bundles");
+      return make_error(errc::unsupported,
+                        "TF bundle index: the bundle was written on a big-endian machine; meshckpt reads little-endian bundles");
     if (h.endianness() != tfproto::BundleHeaderProto::LITTLE)
       return make_error(errc::corrupt_manifest, "TF bundle index: endianness " + std::to_string(h.endianness()));
     if (h.version().min_consumer() > bundle_version)
-      return make_error(errc::unsupported, "TF bundle index: needs a reader of bundle version " + std::to_string(h.version().min_consumer()) +
-                                               "; meshckpt reads version " + std::to_string(bundle_version));
+      return make_error(errc::unsupported, "TF bundle index: needs a reader of bundle version " +
+                                               std::to_string(h.version().min_consumer()) + "; meshckpt reads version " +
+                                               std::to_string(bundle_version));
     for (int bad : h.version().bad_consumers())
       if (bad == bundle_version)
         return make_error(errc::unsupported, "TF bundle index: bundle version " + std::to_string(bundle_version) + " readers are excluded");
@@ -325,7 +349,8 @@ result<trackable_graph> decode_trackable_graph(std::span<const std::byte> bytes,
     return bad("not a TrackableObjectGraph");
   if (p.nodes_size() == 0) return bad("no nodes");
   const auto n = static_cast<std::size_t>(p.nodes_size());
-  if (n > max_nodes) return make_error(errc::limit_exceeded, "TensorFlow object graph: " + std::to_string(n) + " nodes exceed " + std::to_string(max_nodes));
+  if (n > max_nodes)
+    return make_error(errc::limit_exceeded, "TensorFlow object graph: " + std::to_string(n) + " nodes exceed " + std::to_string(max_nodes));
   auto id = [&](std::int32_t v, std::size_t node, const std::string& what) -> result<std::uint32_t> {
     if (v < 0 || static_cast<std::size_t>(v) >= n)
       return bad("node " + std::to_string(node) + ": " + what + " names node " + std::to_string(v) + " of " + std::to_string(n));
@@ -354,7 +379,9 @@ result<std::vector<std::string>> decode_string_tensor(std::span<const std::byte>
   codec::reader r(bytes.data(), bytes.data() + bytes.size(), 0, "TF string tensor");
   // Each length takes a byte at least: a count the bytes cannot hold is refused before anything
   // is allocated.
-  if (count > bytes.size()) return make_error(errc::corrupt_manifest, "TF string tensor: " + std::to_string(count) + " strings in " + std::to_string(bytes.size()) + " bytes");
+  if (count > bytes.size())
+    return make_error(errc::corrupt_manifest,
+                      "TF string tensor: " + std::to_string(count) + " strings in " + std::to_string(bytes.size()) + " bytes");
   std::vector<std::uint64_t> lengths(static_cast<std::size_t>(count));
   std::uint32_t running = 0;
   std::uint64_t total = 0;
@@ -382,7 +409,8 @@ result<std::vector<std::string>> decode_string_tensor(std::span<const std::byte>
     return make_error(errc::checksum_mismatch, "TF string tensor: the checksum of its lengths does not match");
   running = crc32c::extend(running, {stored, 4});
   if (r.remaining() != total)
-    return make_error(errc::corrupt_manifest, "TF string tensor: " + std::to_string(r.remaining()) + " bytes of strings, the lengths say " + std::to_string(total));
+    return make_error(errc::corrupt_manifest,
+                      "TF string tensor: " + std::to_string(r.remaining()) + " bytes of strings, the lengths say " + std::to_string(total));
   std::vector<std::string> out;
   out.reserve(lengths.size());
   for (auto n : lengths) {
@@ -390,7 +418,9 @@ result<std::vector<std::string>> decode_string_tensor(std::span<const std::byte>
     running = crc32c::extend(running, {p, static_cast<std::size_t>(n)});
     out.emplace_back(reinterpret_cast<const char*>(p), static_cast<std::size_t>(n));
   }
-  if (running != crc) return make_error(errc::checksum_mismatch, "TF string tensor: CRC-32C " + std::to_string(running) + ", recorded " + std::to_string(crc));
+  if (running != crc)
+    return make_error(errc::checksum_mismatch,
+                      "TF string tensor: CRC-32C " + std::to_string(running) + ", recorded " + std::to_string(crc));
   return out;
 }
 

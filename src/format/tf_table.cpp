@@ -99,8 +99,8 @@ class table_reader {
       if (!snappy::RawUncompress(reinterpret_cast<const char*>(p), n, out.data()))
         return make_error(errc::corrupt_manifest, "TF table: " + std::string(what) + at(h.offset) + ": not valid snappy data");
     } else {
-      return make_error(errc::unsupported, "TF table: " + std::string(what) + at(h.offset) + " has compression type " + std::to_string(type) +
-                                               " (known: 0 none, 1 snappy)");
+      return make_error(errc::unsupported, "TF table: " + std::string(what) + at(h.offset) + " has compression type " +
+                                               std::to_string(type) + " (known: 0 none, 1 snappy)");
     }
     return out;
   }
@@ -123,14 +123,16 @@ class table_reader {
   result<void> entries(const std::string& contents, std::uint64_t block_offset, const char* what, std::vector<table_entry>& out) {
     const auto* b = reinterpret_cast<const std::byte*>(contents.data());
     const std::string where = "TF table " + std::string(what) + at(block_offset) + ", contents";
-    if (contents.size() < 4) return make_error(errc::corrupt_manifest, where + ": " + std::to_string(contents.size()) + " bytes, no restart count");
+    if (contents.size() < 4)
+      return make_error(errc::corrupt_manifest, where + ": " + std::to_string(contents.size()) + " bytes, no restart count");
     const std::uint64_t restarts = fixed32(b + contents.size() - 4);
     if (restarts > (contents.size() - 4) / 4)
       return make_error(errc::corrupt_manifest, where + ": " + std::to_string(restarts) + " restart points do not fit in " +
                                                     std::to_string(contents.size()) + " bytes");
     const std::size_t limit = contents.size() - 4 - static_cast<std::size_t>(restarts) * 4;
     for (std::uint64_t k = 0; k < restarts; ++k)
-      if (fixed32(b + limit + k * 4) > limit) return make_error(errc::corrupt_manifest, where + ": restart point " + std::to_string(k) + " lies past the entries");
+      if (fixed32(b + limit + k * 4) > limit)
+        return make_error(errc::corrupt_manifest, where + ": restart point " + std::to_string(k) + " lies past the entries");
     if (limit > 0 && (restarts == 0 || fixed32(b + limit) != 0))
       return make_error(errc::corrupt_manifest, where + ": the first entry is not a restart point");
     codec::reader r(b, b + limit, 0, where);
@@ -161,7 +163,8 @@ class table_reader {
     std::string out;
     for (char c : s.substr(0, 200)) {
       const auto u = static_cast<unsigned char>(c);
-      if (u >= 0x20 && u < 0x7f && c != '"' && c != '\\') out += c;
+      if (u >= 0x20 && u < 0x7f && c != '"' && c != '\\')
+        out += c;
       else {
         static const char hex[] = "0123456789abcdef";
         out += "\\x";

@@ -18,14 +18,22 @@ struct type_names {
   const char* name;
 };
 constexpr type_names types[] = {
-    {dtype::float32, "FloatStorage", "float32"},       {dtype::float64, "DoubleStorage", "float64"},
-    {dtype::float16, "HalfStorage", "float16"},        {dtype::bfloat16, "BFloat16Storage", "bfloat16"},
-    {dtype::int64, "LongStorage", "int64"},            {dtype::int32, "IntStorage", "int32"},
-    {dtype::int16, "ShortStorage", "int16"},           {dtype::int8, "CharStorage", "int8"},
-    {dtype::uint8, "ByteStorage", "uint8"},            {dtype::boolean, "BoolStorage", "bool"},
-    {dtype::complex64, "ComplexFloatStorage", "complex64"}, {dtype::complex128, "ComplexDoubleStorage", "complex128"},
-    {dtype::float8_e4m3, "Float8_e4m3fnStorage", "float8_e4m3fn"}, {dtype::float8_e5m2, "Float8_e5m2Storage", "float8_e5m2"},
-    {dtype::uint16, "UInt16Storage", "uint16"},        {dtype::uint32, "UInt32Storage", "uint32"},
+    {dtype::float32, "FloatStorage", "float32"},
+    {dtype::float64, "DoubleStorage", "float64"},
+    {dtype::float16, "HalfStorage", "float16"},
+    {dtype::bfloat16, "BFloat16Storage", "bfloat16"},
+    {dtype::int64, "LongStorage", "int64"},
+    {dtype::int32, "IntStorage", "int32"},
+    {dtype::int16, "ShortStorage", "int16"},
+    {dtype::int8, "CharStorage", "int8"},
+    {dtype::uint8, "ByteStorage", "uint8"},
+    {dtype::boolean, "BoolStorage", "bool"},
+    {dtype::complex64, "ComplexFloatStorage", "complex64"},
+    {dtype::complex128, "ComplexDoubleStorage", "complex128"},
+    {dtype::float8_e4m3, "Float8_e4m3fnStorage", "float8_e4m3fn"},
+    {dtype::float8_e5m2, "Float8_e5m2Storage", "float8_e5m2"},
+    {dtype::uint16, "UInt16Storage", "uint16"},
+    {dtype::uint32, "UInt32Storage", "uint32"},
     {dtype::uint64, "UInt64Storage", "uint64"},
 };
 
@@ -75,7 +83,8 @@ class reader {
   static std::string child(const std::string& path, const std::string& name) { return path.empty() ? name : path + "." + name; }
 
   result<std::int64_t> int_of(std::uint32_t i, const std::string& where, const char* field) const {
-    if (at(i).k != pickle::node::kind::integer) return bad(where, std::string(field) + " is " + pickle::describe(d_, i) + ", not an integer");
+    if (at(i).k != pickle::node::kind::integer)
+      return bad(where, std::string(field) + " is " + pickle::describe(d_, i) + ", not an integer");
     return at(i).i;
   }
   result<std::vector<std::int64_t>> ints_of(std::uint32_t i, const std::string& where, const char* field) const {
@@ -92,8 +101,10 @@ class reader {
 
   result<std::size_t> storage_of(std::uint32_t i, const std::string& where) {
     const auto& p = at(i);
-    if (p.k != pickle::node::kind::persistent) return bad(where, "the tensor's storage is " + pickle::describe(d_, i) + ", not a storage id");
-    if (at(p.items[0]).k != pickle::node::kind::tuple) return bad(where, "an unknown persistent id (not ('storage', type, key, location, size))");
+    if (p.k != pickle::node::kind::persistent)
+      return bad(where, "the tensor's storage is " + pickle::describe(d_, i) + ", not a storage id");
+    if (at(p.items[0]).k != pickle::node::kind::tuple)
+      return bad(where, "an unknown persistent id (not ('storage', type, key, location, size))");
     const auto& id = at(p.items[0]).items;
     // The legacy format adds a sixth member, the view of a storage it was in old versions,
     // None since torch 1.0 (storage views are gone from torch).
@@ -104,7 +115,8 @@ class reader {
       return bad(where, "an unknown persistent id (not ('storage', type, key, location, size))");
     const std::string& type_name = at(id[1]).text;
     const auto type = storage_dtype(type_name.substr(type_name.rfind('.') + 1));
-    if (!type) return make_error(errc::unsupported, std::string(what_) + ": " + where + ": storage type " + type_name + " has no meshckpt dtype");
+    if (!type)
+      return make_error(errc::unsupported, std::string(what_) + ": " + where + ": storage type " + type_name + " has no meshckpt dtype");
     BOOST_OUTCOME_TRY(auto numel, int_of(id[4], where, "the storage's size"));
     if (numel < 0 || static_cast<std::uint64_t>(numel) > (std::uint64_t{1} << 60) / dtype_size(*type))
       return bad(where, "a storage of " + std::to_string(numel) + " elements");
@@ -171,8 +183,10 @@ class reader {
       case pickle::node::kind::integer: skel_ += "{\"value\": " + std::to_string(n.i) + "}"; return success();
       case pickle::node::kind::floating: {
         std::string v;
-        if (std::isnan(n.f)) v = "NaN";
-        else if (std::isinf(n.f)) v = n.f < 0 ? "-Infinity" : "Infinity";
+        if (std::isnan(n.f))
+          v = "NaN";
+        else if (std::isinf(n.f))
+          v = n.f < 0 ? "-Infinity" : "Infinity";
         else {
           char buf[32];
           std::snprintf(buf, sizeof buf, "%.17g", n.f);
@@ -183,7 +197,9 @@ class reader {
         return success();
       }
       case pickle::node::kind::string: skel_ += "{\"value\": " + json_string(n.text) + "}"; return success();
-      default: return bad(where, "holds " + pickle::describe(d_, i) + ", which meshckpt.torch cannot hold (tensors, containers, int, float, bool, str, None)");
+      default:
+        return bad(where, "holds " + pickle::describe(d_, i) +
+                              ", which meshckpt.torch cannot hold (tensors, containers, int, float, bool, str, None)");
     }
   }
 
@@ -267,8 +283,8 @@ class reader {
       const std::string_view tname = torch::dtype_name(st.type);
       if (direct) {
         for (auto v : us)
-          leaf[v] = "{\"tensor\": " + json_string(first.key) + ", \"dtype\": \"" + std::string(tname) + "\", \"shape\": " +
-                    ints(std::vector<std::int64_t>(first.dims.begin(), first.dims.end())) + "}";
+          leaf[v] = "{\"tensor\": " + json_string(first.key) + ", \"dtype\": \"" + std::string(tname) +
+                    "\", \"shape\": " + ints(std::vector<std::int64_t>(first.dims.begin(), first.dims.end())) + "}";
         out_.entries.push_back({first.key, st.type, first.dims, s});
         continue;
       }
@@ -278,12 +294,15 @@ class reader {
       const std::string key = cover ? cover->key : "__meshckpt_storage__/" + std::to_string(raw++);
       for (auto v : us) {
         const auto& x = views_[v];
-        leaf[v] = "{\"view\": " + json_string(key) + ", \"storage_bytes\": " + std::to_string(bytes) + ", \"offset\": " +
-                  std::to_string(static_cast<std::uint64_t>(x.offset) * dtype_size(st.type)) + ", \"dtype\": \"" + std::string(tname) +
-                  "\", \"shape\": " + ints(std::vector<std::int64_t>(x.dims.begin(), x.dims.end())) + ", \"stride\": " + ints(x.stride) + "}";
+        leaf[v] = "{\"view\": " + json_string(key) + ", \"storage_bytes\": " + std::to_string(bytes) +
+                  ", \"offset\": " + std::to_string(static_cast<std::uint64_t>(x.offset) * dtype_size(st.type)) + ", \"dtype\": \"" +
+                  std::string(tname) + "\", \"shape\": " + ints(std::vector<std::int64_t>(x.dims.begin(), x.dims.end())) +
+                  ", \"stride\": " + ints(x.stride) + "}";
       }
-      if (cover) out_.entries.push_back({key, st.type, cover->dims, s});
-      else out_.entries.push_back({key, dtype::uint8, {static_cast<std::int64_t>(bytes)}, s});
+      if (cover)
+        out_.entries.push_back({key, st.type, cover->dims, s});
+      else
+        out_.entries.push_back({key, dtype::uint8, {static_cast<std::int64_t>(bytes)}, s});
     }
     std::string state;
     std::size_t from = 0;
@@ -314,7 +333,9 @@ pickle::policy state_policy() {
   return p;
 }
 
-result<state_file> read_state(const pickle::document& d, std::string_view what, std::string_view root) { return reader(d, what).run(std::string(root)); }
+result<state_file> read_state(const pickle::document& d, std::string_view what, std::string_view root) {
+  return reader(d, what).run(std::string(root));
+}
 
 result<std::vector<std::byte>> encode_flat_state(const std::vector<flat_entry>& entries) {
   using namespace std::string_view_literals;  // the opcodes hold NUL bytes
@@ -345,8 +366,10 @@ result<std::vector<std::byte>> encode_flat_state(const std::vector<flat_entry>& 
   raw("ccollections\nOrderedDict\nq\x00)R("sv);  // OrderedDict(), memoized as 0
   for (const auto& e : entries) {
     const auto type = storage_type(e.type);
-    if (type.empty()) return make_error(errc::unsupported, "tensor \"" + e.key + "\" is an opaque blob, which a torch.save file cannot hold");
-    if (!is_utf8(e.key)) return make_error(errc::invalid_argument, "tensor \"" + display_bytes(e.key) + "\" has a name that is not valid UTF-8");
+    if (type.empty())
+      return make_error(errc::unsupported, "tensor \"" + e.key + "\" is an opaque blob, which a torch.save file cannot hold");
+    if (!is_utf8(e.key))
+      return make_error(errc::invalid_argument, "tensor \"" + display_bytes(e.key) + "\" has a name that is not valid UTF-8");
     text(e.key);
     raw("ctorch._utils\n_rebuild_tensor_v2\n((");
     text("storage");

@@ -53,7 +53,8 @@ result<directory_location> locate_central_directory(std::span<const std::byte> t
 }
 
 result<void> apply_zip64_end(directory_location& loc, std::span<const std::byte> r, std::uint64_t file_size) {
-  if (r.size() < 56 || le(r, 0, 4) != zip64_end_sig) return bad("no zip64 end record at byte " + std::to_string(loc.zip64_end_offset.value_or(0)));
+  if (r.size() < 56 || le(r, 0, 4) != zip64_end_sig)
+    return bad("no zip64 end record at byte " + std::to_string(loc.zip64_end_offset.value_or(0)));
   if (le(r, 16, 4) != 0 || le(r, 20, 4) != 0 || le(r, 24, 8) != le(r, 32, 8)) return bad("it spans several disks, which is not supported");
   loc.entries = le(r, 32, 8);
   loc.size = le(r, 40, 8);
@@ -65,8 +66,11 @@ result<void> apply_zip64_end(directory_location& loc, std::span<const std::byte>
 }
 
 result<std::vector<entry>> decode_central_directory(std::span<const std::byte> b, const directory_location& loc, std::uint64_t file_size) {
-  if (loc.entries > max_entries) return make_error(errc::limit_exceeded, "zip file: " + std::to_string(loc.entries) + " records (at most " + std::to_string(max_entries) + ")");
-  if (b.size() != loc.size || loc.entries > loc.size / 46) return bad("a central directory of " + std::to_string(loc.size) + " bytes cannot list " + std::to_string(loc.entries) + " records");
+  if (loc.entries > max_entries)
+    return make_error(errc::limit_exceeded,
+                      "zip file: " + std::to_string(loc.entries) + " records (at most " + std::to_string(max_entries) + ")");
+  if (b.size() != loc.size || loc.entries > loc.size / 46)
+    return bad("a central directory of " + std::to_string(loc.size) + " bytes cannot list " + std::to_string(loc.entries) + " records");
   std::vector<entry> out;
   out.reserve(static_cast<std::size_t>(loc.entries));
   std::unordered_set<std::string_view> names;
@@ -101,7 +105,8 @@ result<std::vector<entry>> decode_central_directory(std::span<const std::byte> b
       x += 4 + n;
     }
     if (e.flags & 1) return bad(where + " (\"" + e.name + "\") is encrypted");
-    if (e.header_offset > loc.offset || loc.offset - e.header_offset < 30) return bad(where + " (\"" + e.name + "\"): its local header lies past the central directory");
+    if (e.header_offset > loc.offset || loc.offset - e.header_offset < 30)
+      return bad(where + " (\"" + e.name + "\"): its local header lies past the central directory");
     if (e.method == 0 && e.size != e.compressed_size) return bad(where + " (\"" + e.name + "\"): a stored record whose sizes differ");
     if (e.compressed_size > file_size) return bad(where + " (\"" + e.name + "\"): larger than the file");
     out.push_back(std::move(e));
@@ -117,7 +122,8 @@ result<std::uint64_t> local_data_offset(const entry& e, std::span<const std::byt
   if (h.size() < 30 || le(h, 0, 4) != local_sig) return bad(where + ": no local header");
   const std::size_t name_len = le(h, 26, 2), extra_len = le(h, 28, 2);
   if (h.size() < 30 + name_len) return bad(where + ": its local header runs past the data");
-  if (std::string_view(reinterpret_cast<const char*>(h.data() + 30), name_len) != e.name) return bad(where + ": the local header names another record");
+  if (std::string_view(reinterpret_cast<const char*>(h.data() + 30), name_len) != e.name)
+    return bad(where + ": the local header names another record");
   const std::uint64_t data = e.header_offset + 30 + name_len + extra_len;
   if (data > data_limit || e.compressed_size > data_limit - data)
     return bad(where + ": its " + std::to_string(e.compressed_size) + " bytes run into the central directory");
@@ -208,7 +214,8 @@ std::vector<std::byte> zip_writer::finish() {
     put(out, 0, 2);  // internal attributes
     put(out, 0, 4);  // external attributes
     put(out, big ? max32 : e.header_offset, 4);
-    out.insert(out.end(), reinterpret_cast<const std::byte*>(e.name.data()), reinterpret_cast<const std::byte*>(e.name.data()) + e.name.size());
+    out.insert(out.end(), reinterpret_cast<const std::byte*>(e.name.data()),
+               reinterpret_cast<const std::byte*>(e.name.data()) + e.name.size());
     if (big) {
       put(out, 1, 2);
       put(out, 24, 2);

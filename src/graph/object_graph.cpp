@@ -57,7 +57,9 @@ result<object_graph> decode_object_graph(std::span<const std::byte> bytes) {
     for (auto& [name, id] : node.children) {
       name = r.str("child name", 4096);
       std::uint64_t v = r.varint("node id");
-      if (!r.failed() && (v >= n || name.empty())) r.fail(errc::corrupt_manifest, "edge \"" + name + "\" is empty or points to node " + std::to_string(v) + " of " + std::to_string(n));
+      if (!r.failed() && (v >= n || name.empty()))
+        r.fail(errc::corrupt_manifest,
+               "edge \"" + name + "\" is empty or points to node " + std::to_string(v) + " of " + std::to_string(n));
       id = static_cast<std::uint32_t>(v);
     }
     std::uint64_t hv = r.varint("value flag");

@@ -13,9 +13,12 @@ std::string escape_name(std::string_view name) {
   std::string out;
   out.reserve(name.size());
   for (char c : name) {
-    if (c == '.') out += "..";
-    else if (c == '/') out += ".S";
-    else out += c;
+    if (c == '.')
+      out += "..";
+    else if (c == '/')
+      out += ".S";
+    else
+      out += c;
   }
   return out;
 }
@@ -27,9 +30,12 @@ result<std::string> unescape_name(std::string_view e) {
       out += e[i];
       continue;
     }
-    if (i + 1 < e.size() && e[i + 1] == '.') out += '.';
-    else if (i + 1 < e.size() && e[i + 1] == 'S') out += '/';
-    else return make_error(errc::invalid_argument, "malformed escape in object name \"" + std::string(e) + "\"");
+    if (i + 1 < e.size() && e[i + 1] == '.')
+      out += '.';
+    else if (i + 1 < e.size() && e[i + 1] == 'S')
+      out += '/';
+    else
+      return make_error(errc::invalid_argument, "malformed escape in object name \"" + std::string(e) + "\"");
     ++i;
   }
   return out;
@@ -117,8 +123,8 @@ trackable* trackable::child(std::string_view name) const {
 
 void trackable::add_child(std::string name, trackable& c) {
   auto found = index_.find(name);
-  auto it = found == index_.end() ? children_.end()
-                                  : std::find_if(children_.begin(), children_.end(), [&](auto& e) { return e.first == name; });
+  auto it =
+      found == index_.end() ? children_.end() : std::find_if(children_.begin(), children_.end(), [&](auto& e) { return e.first == name; });
   if (it != children_.end()) {
     if (it->second != &c) {
       c.parents_.push_back(this);  // first: it may throw
@@ -149,9 +155,7 @@ void trackable::add_child(std::string name, trackable& c) {
   }
 }
 
-result<value_snapshot> trackable::value_for_save(const mesh&) {
-  return make_error(errc::invalid_argument, describe() + " holds no value");
-}
+result<value_snapshot> trackable::value_for_save(const mesh&) { return make_error(errc::invalid_argument, describe() + " holds no value"); }
 
 result<dtensor_view> trackable::value_for_restore(dtype, const shape&, const mesh&) {
   return make_error(errc::invalid_argument, describe() + " holds no value");
@@ -197,16 +201,14 @@ result<value_snapshot> variable::value_for_save(const mesh&) { return value_snap
 
 result<dtensor_view> variable::value_for_restore(dtype t, const shape& s, const mesh&) {
   if (t != view_.type())
-    return make_error(errc::dtype_mismatch, "saved dtype " + std::string(dtype_name(t)) + ", variable has " +
-                                                std::string(dtype_name(view_.type())));
+    return make_error(errc::dtype_mismatch,
+                      "saved dtype " + std::string(dtype_name(t)) + ", variable has " + std::string(dtype_name(view_.type())));
   if (s != view_.global_shape())
     return make_error(errc::shape_mismatch, "saved shape " + to_string(s) + ", variable has " + to_string(view_.global_shape()));
   return view_;
 }
 
-std::string variable::describe() const {
-  return "variable " + std::string(dtype_name(view_.type())) + to_string(view_.global_shape());
-}
+std::string variable::describe() const { return "variable " + std::string(dtype_name(view_.type())) + to_string(view_.global_shape()); }
 
 // ---------------------------------------------------------------- replicated_value
 
@@ -220,8 +222,8 @@ result<value_snapshot> replicated_value::value_for_save(const mesh& m) {
 
 result<dtensor_view> replicated_value::value_for_restore(dtype t, const shape& s, const mesh& m) {
   if (t != type_)
-    return make_error(errc::dtype_mismatch, "saved dtype " + std::string(dtype_name(t)) + ", " + describe() + " expects " +
-                                                std::string(dtype_name(type_)));
+    return make_error(errc::dtype_mismatch,
+                      "saved dtype " + std::string(dtype_name(t)) + ", " + describe() + " expects " + std::string(dtype_name(type_)));
   if (s != shape_ && !(resizable_ && s.size() == 1))
     return make_error(errc::shape_mismatch, "saved shape " + to_string(s) + ", " + describe() + " has " + to_string(shape_));
   BOOST_OUTCOME_TRY(auto d, dtensor::create(t, s, layout::replicated(s.size(), m)));

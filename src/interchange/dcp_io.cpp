@@ -53,7 +53,8 @@ task<torch_source> dcp_files::window(format::dcp::location at, std::string key) 
     auto h = co_await io::async_open(b_, ex, p_.dir, at.file, io::open_mode::read, use_awaitable);
     if (!h) {
       if (h.error().code == std::errc::no_such_file_or_directory)
-        co_return make_error(errc::not_found, meta_path() + ": entry \"" + key + "\" is in " + at.file + ", which does not exist in " + dir_);
+        co_return make_error(errc::not_found,
+                             meta_path() + ": entry \"" + key + "\" is in " + at.file + ", which does not exist in " + dir_);
       co_return with_context(h.error(), dir_ + "/" + at.file);
     }
     it = open_.emplace(at.file, torch_source{*h, dir_ + "/" + at.file, 0, 0}).first;
@@ -63,8 +64,9 @@ task<torch_source> dcp_files::window(format::dcp::location at, std::string key) 
   }
   torch_source w = it->second;
   if (at.offset > w.size || at.length > w.size - at.offset)
-    co_return make_error(errc::corrupt_manifest, meta_path() + ": entry \"" + key + "\" lies at bytes [" + std::to_string(at.offset) + ", " +
-                                                     std::to_string(at.offset + at.length) + ") of " + at.file + ", which has " + std::to_string(w.size));
+    co_return make_error(errc::corrupt_manifest, meta_path() + ": entry \"" + key + "\" lies at bytes [" + std::to_string(at.offset) +
+                                                     ", " + std::to_string(at.offset + at.length) + ") of " + at.file + ", which has " +
+                                                     std::to_string(w.size));
   w.path = dir_ + "/" + at.file + " (entry \"" + key + "\")";
   w.base = at.offset;
   w.size = at.length;

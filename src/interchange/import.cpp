@@ -137,7 +137,8 @@ result<void> carry_along(const restorable& found, import_plan& p, write_options&
 
 // Bytes [offset, offset + out.size()) of streamed tensor `t`, from its pieces in turn, each
 // checked at its last byte (slice_checker). The save asks for them in order.
-task<void> read_runs(const format::manifest& m, source_files& files, std::vector<stored_run>& runs, std::uint64_t offset, std::span<std::byte> out) {
+task<void> read_runs(const format::manifest& m, source_files& files, std::vector<stored_run>& runs, std::uint64_t offset,
+                     std::span<std::byte> out) {
   std::uint64_t start = 0;
   for (auto& run : runs) {
     if (out.empty()) break;
@@ -150,7 +151,8 @@ task<void> read_runs(const format::manifest& m, source_files& files, std::vector
     const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(out.size(), sl.length - in));
     if (in != run.read) co_return make_error(errc::invalid_argument, "internal: tensor \"" + run.t->key + "\" read out of order");
     if (!run.check) run.check = std::make_unique<slice_checker>(m, *run.t, sl);
-    auto reading = files.read(sl.file, sl.offset + in, sl.offset + sl.length, out.first(n), "tensor \"" + run.t->key + "\" in " + m.files[sl.file].name);
+    auto reading = files.read(sl.file, sl.offset + in, sl.offset + sl.length, out.first(n),
+                              "tensor \"" + run.t->key + "\" in " + m.files[sl.file].name);
     BOOST_OUTCOME_CO_TRY(co_await std::move(reading));
     BOOST_OUTCOME_CO_TRY(run.check->update(out.first(n)));
     run.read += n;
@@ -158,7 +160,8 @@ task<void> read_runs(const format::manifest& m, source_files& files, std::vector
     offset += n;
     start += sl.length;
   }
-  if (!out.empty() && !runs.empty()) co_return make_error(errc::invalid_argument, "internal: read past the end of tensor \"" + runs.front().t->key + "\"");
+  if (!out.empty() && !runs.empty())
+    co_return make_error(errc::invalid_argument, "internal: read past the end of tensor \"" + runs.front().t->key + "\"");
   co_return success();
 }
 

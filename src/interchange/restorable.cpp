@@ -68,7 +68,8 @@ task<void> size_files(io::backend& b, const opened_prefix& p, format::manifest& 
     auto h = co_await io::async_open(b, ex, p.dir, f.name, io::open_mode::read, use_awaitable);
     if (!h) {
       if (h.error().code == std::errc::no_such_file_or_directory)
-        co_return make_error(errc::not_found, "data file " + f.name + " of TensorFlow checkpoint " + p.dir_path + "/" + p.base + " is missing");
+        co_return make_error(errc::not_found,
+                             "data file " + f.name + " of TensorFlow checkpoint " + p.dir_path + "/" + p.base + " is missing");
       co_return with_context(h.error(), "data file " + f.name);
     }
     auto size = co_await io::async_size(b, ex, *h, use_awaitable);
@@ -97,7 +98,8 @@ task<std::string> read_tf_string(io::backend& b, const opened_prefix& p, const f
   const std::string where = what + " in " + name + " at offset " + std::to_string(e.offset);
   if (e.tf_type != format::tf::tf_string || !e.global.empty() || !e.slices.empty())
     co_return make_error(errc::corrupt_manifest, where + " is not a string scalar");
-  if (e.size > cap) co_return make_error(errc::limit_exceeded, where + ": " + std::to_string(e.size) + " bytes, above the cap of " + std::to_string(cap));
+  if (e.size > cap)
+    co_return make_error(errc::limit_exceeded, where + ": " + std::to_string(e.size) + " bytes, above the cap of " + std::to_string(cap));
   auto h = co_await io::async_open(b, ex, p.dir, name, io::open_mode::read, use_awaitable);
   if (!h) co_return with_context(h.error(), where);
   // Nothing is allocated for bytes the file does not hold (a hostile size below the cap).

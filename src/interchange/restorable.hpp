@@ -18,7 +18,7 @@ struct restorable {
   format::manifest manifest;
   std::optional<graph::object_graph> graph;  // none: matched by name (TF1, flat, imported)
   bool tensorflow = false;
-  std::int32_t tf_producer = 0, tf_min_consumer = 0;  // a bundle header's version
+  std::int32_t tf_producer = 0, tf_min_consumer = 0;    // a bundle header's version
   std::optional<format::tf::trackable_graph> tf_graph;  // TensorFlow's object graph as it was saved
   // TensorFlow's dtype numbers of tensors held as their storage (quantized types), by key.
   std::map<std::string, int> tf_dtypes;

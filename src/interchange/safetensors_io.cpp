@@ -109,7 +109,8 @@ task<T> with_source(io::backend& b, std::string_view path, Body body) {
   if (!format::is_plain_name(src.name)) co_return make_error(errc::invalid_argument, "\"" + src.name + "\" is not a plain file name");
   auto d = co_await io::async_open_dir(b, ex, src.dir_path, false, use_awaitable);
   if (!d) {
-    if (d.error().code == std::errc::no_such_file_or_directory) co_return make_error(errc::not_found, "directory " + src.dir_path + " does not exist");
+    if (d.error().code == std::errc::no_such_file_or_directory)
+      co_return make_error(errc::not_found, "directory " + src.dir_path + " does not exist");
     co_return d.error();
   }
   src.dir = *d;
@@ -159,8 +160,8 @@ task<std::vector<safetensors_tensor>> list_coro(io::backend& b, std::string path
       BOOST_OUTCOME_CO_TRY(co_await with_file<void>(b, src.dir, src.dir_path, file, entries));
     }
     if (src.index && out.size() != src.index->weight_map.size())
-      co_return make_error(errc::not_found, src.name + " maps " + std::to_string(src.index->weight_map.size()) + " tensors, its files hold " +
-                                                std::to_string(out.size()) + " of them");
+      co_return make_error(errc::not_found, src.name + " maps " + std::to_string(src.index->weight_map.size()) +
+                                                " tensors, its files hold " + std::to_string(out.size()) + " of them");
     std::sort(out.begin(), out.end(), [](const auto& x, const auto& y) { return x.name < y.name; });
     co_return std::move(out);
   };
@@ -281,8 +282,8 @@ task<write_report> import_coro(io::backend& b, std::string path, std::string to,
           where.emplace_back(i, &e);
         }
       if (src.index && streamed.size() != src.index->weight_map.size())
-        co_return make_error(errc::not_found, src.name + " maps " + std::to_string(src.index->weight_map.size()) + " tensors, its files hold " +
-                                                  std::to_string(streamed.size()) + " of them");
+        co_return make_error(errc::not_found, src.name + " maps " + std::to_string(src.index->weight_map.size()) +
+                                                  " tensors, its files hold " + std::to_string(streamed.size()) + " of them");
       if (!headers.empty() && !headers.front().metadata.empty())
         opt.extensions.push_back({std::string(safetensors_metadata_extension), format::encode_string_map(headers.front().metadata)});
       // Each tensor is read ahead of the save, with O_DIRECT: its range [begin, end) in turn

@@ -66,8 +66,10 @@ task<void> verify_entry(io::backend& b, io::handle h, const std::string& file, c
       rep.problems.push_back(make_error(errc::short_read, where + ": the file ends before its " + std::to_string(e.size) + " bytes"));
       co_return success();
     }
-    if (strings) whole.insert(whole.end(), buf.begin(), buf.end());
-    else crc = format::crc32c::extend(crc, buf);
+    if (strings)
+      whole.insert(whole.end(), buf.begin(), buf.end());
+    else
+      crc = format::crc32c::extend(crc, buf);
     rep.bytes_checked += n;
     if (progress) progress(rep.bytes_checked, total);
   }
@@ -76,15 +78,17 @@ task<void> verify_entry(io::backend& b, io::handle h, const std::string& file, c
     auto d = format::tf::decode_string_tensor(whole, static_cast<std::uint64_t>(n.value_or(0)), e.crc32c);
     if (!d) rep.problems.push_back(with_context(d.error(), where));
   } else if (crc != e.crc32c) {
-    rep.problems.push_back(make_error(errc::checksum_mismatch, where + ": CRC-32C " + std::to_string(crc) + ", recorded " + std::to_string(e.crc32c)));
+    rep.problems.push_back(
+        make_error(errc::checksum_mismatch, where + ": CRC-32C " + std::to_string(crc) + ", recorded " + std::to_string(e.crc32c)));
   }
   co_return success();
 }
 
 // Every stored tensor of the bundle in the open directory `p`; the data files it opens are left
 // in `files` for the caller to close.
-task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const std::string& prefix, std::vector<std::optional<io::handle>>& files,
-                                 const verify_progress& progress, const std::set<std::string>* only) {
+task<verify_report> verify_files(io::backend& b, const opened_prefix& p, const std::string& prefix,
+                                 std::vector<std::optional<io::handle>>& files, const verify_progress& progress,
+                                 const std::set<std::string>* only) {
   auto ex = co_await asio::this_coro::executor;
   auto loading = load_tf_index(b, p, prefix);
   BOOST_OUTCOME_CO_TRY(auto idx, co_await std::move(loading));
@@ -147,7 +151,8 @@ task<verify_report> verify_coro(io::backend& b, std::string prefix, verify_progr
 
 }  // namespace
 
-void start_read_tf_bundle_index(asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<format::tf::bundle_index> done) {
+void start_read_tf_bundle_index(asio::any_io_executor ex, io::backend& b, std::string prefix,
+                                io::completion<format::tf::bundle_index> done) {
   spawn<format::tf::bundle_index>(ex, read_index_coro(b, std::move(prefix)), std::move(done));
 }
 
@@ -155,20 +160,20 @@ void start_read_tf_bundle_index(asio::any_io_executor ex, io::backend& b, std::s
 
 error no_checkpoint_at(std::string_view path, const error& manifest_missing) {
   const std::string p(path);
-  return make_error(errc::not_found, manifest_missing.what() + "; nor is there a TensorFlow checkpoint (" + p + ".index) or a SavedModel directory (" +
-                                         p + "/variables/variables.index)");
+  return make_error(errc::not_found, manifest_missing.what() + "; nor is there a TensorFlow checkpoint (" + p +
+                                         ".index) or a SavedModel directory (" + p + "/variables/variables.index)");
 }
 
-result<verify_report> verify_tf_bundle(io::backend& b, std::string_view prefix, verify_progress progress, const std::set<std::string>* only) {
+result<verify_report> verify_tf_bundle(io::backend& b, std::string_view prefix, verify_progress progress,
+                                       const std::set<std::string>* only) {
   return runtime::run_blocking<verify_report>("verify_tf_bundle", [&](auto ex, auto done) {
     detail::spawn<verify_report>(ex, detail::verify_coro(b, std::string(prefix), std::move(progress), only), std::move(done));
   });
 }
 
 result<format::tf::bundle_index> read_tf_bundle_index(io::backend& b, std::string_view prefix) {
-  return runtime::run_blocking<format::tf::bundle_index>("read_tf_bundle_index", [&](auto ex, auto done) {
-    detail::start_read_tf_bundle_index(ex, b, std::string(prefix), std::move(done));
-  });
+  return runtime::run_blocking<format::tf::bundle_index>(
+      "read_tf_bundle_index", [&](auto ex, auto done) { detail::start_read_tf_bundle_index(ex, b, std::string(prefix), std::move(done)); });
 }
 
 }  // namespace meshckpt

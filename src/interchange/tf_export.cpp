@@ -32,7 +32,7 @@ constexpr std::uint64_t max_opaque_export_bytes = std::uint64_t{1} << 30;
 
 // One stored piece of the bundle: a whole tensor or one slice, its bytes from the source.
 struct piece {
-  std::string key;                    // its bundle key (a slice's under slice_key)
+  std::string key;  // its bundle key (a slice's under slice_key)
   const format::saved_tensor* t = nullptr;
   const format::saved_slice* s = nullptr;  // null for an empty tensor (no slices)
   std::size_t entry = 0;                   // the entry of its tensor in the index
@@ -137,7 +137,8 @@ task<void> remove_data_files(io::backend& b, const std::string& dir, const std::
       co_return success();
     }
   }
-  for (int k = 0; k < num_shards; ++k) (void)co_await io::async_unlink(b, ex, *d, format::tf::data_file_name(base, k, num_shards), use_awaitable);
+  for (int k = 0; k < num_shards; ++k)
+    (void)co_await io::async_unlink(b, ex, *d, format::tf::data_file_name(base, k, num_shards), use_awaitable);
   co_await close_quietly(b, *d);
   co_return success();
 }
@@ -158,7 +159,9 @@ result<std::optional<std::string>> imported_tf_graph(const format::manifest& m, 
         for (const auto& a : n.attributes) complete = complete && (a.name != "VARIABLE_VALUE" || m.find(a.checkpoint_key));
         dropped += std::erase_if(n.attributes, [&](const auto& a) { return !m.find(a.checkpoint_key); });
       }
-      if (complete) tf_graph = dropped ? format::tf::encode_trackable_graph(*g) : std::string(reinterpret_cast<const char*>(e.bytes.data()), e.bytes.size());
+      if (complete)
+        tf_graph =
+            dropped ? format::tf::encode_trackable_graph(*g) : std::string(reinterpret_cast<const char*>(e.bytes.data()), e.bytes.size());
     }
   return tf_graph;
 }
@@ -167,8 +170,8 @@ result<std::optional<std::string>> imported_tf_graph(const format::manifest& m, 
 using held_entry = std::pair<format::tf::bundle_entry, std::vector<std::byte>>;
 
 // The opaque values as DT_STRING scalars (lossless), read back and verified first.
-task<void> read_opaque(io::backend& b, const std::string& prefix, const format::manifest& m, const std::vector<const format::saved_tensor*>& opaque,
-                       std::vector<held_entry>& tail) {
+task<void> read_opaque(io::backend& b, const std::string& prefix, const format::manifest& m,
+                       const std::vector<const format::saved_tensor*>& opaque, std::vector<held_entry>& tail) {
   if (opaque.empty()) co_return success();
   auto shared = std::make_shared<const format::manifest>(m);
   auto one = mesh::create({{"x", 1}}).value();
@@ -176,8 +179,9 @@ task<void> read_opaque(io::backend& b, const std::string& prefix, const format::
   std::vector<named_tensor> views;
   for (const auto* t : opaque) {
     if (t->global[0] > static_cast<std::int64_t>(max_opaque_export_bytes))
-      co_return make_error(errc::limit_exceeded, "export " + prefix + ": opaque value \"" + t->key + "\" of " + std::to_string(t->global[0]) +
-                                                     " bytes exceeds the cap of " + std::to_string(max_opaque_export_bytes) + " for a TensorFlow string");
+      co_return make_error(errc::limit_exceeded, "export " + prefix + ": opaque value \"" + t->key + "\" of " +
+                                                     std::to_string(t->global[0]) + " bytes exceeds the cap of " +
+                                                     std::to_string(max_opaque_export_bytes) + " for a TensorFlow string");
     BOOST_OUTCOME_CO_TRY(auto l, layout::create({"unsharded"}, one));
     BOOST_OUTCOME_CO_TRY(auto d, dtensor::create(dtype::blob, t->global, l));
     held.push_back(std::move(d));

@@ -33,7 +33,8 @@ task<void> read_at(io::backend& b, const torch_source& f, std::uint64_t offset, 
                                                ") lie past the end of its " + std::to_string(f.size) + " bytes");
   if (out.empty()) co_return success();
   BOOST_OUTCOME_CO_TRY(auto n, co_await io::async_read(b, ex, f.h, f.base + offset, out, use_awaitable));
-  if (n != out.size()) co_return make_error(errc::short_read, f.path + " ended before byte " + std::to_string(f.base + offset + out.size()));
+  if (n != out.size())
+    co_return make_error(errc::short_read, f.path + " ended before byte " + std::to_string(f.base + offset + out.size()));
   co_return success();
 }
 
@@ -64,7 +65,8 @@ task<std::vector<std::uint64_t>> data_offsets(io::backend& b, const torch_source
       if (e.method != 0)
         co_return make_error(errc::unsupported, f.path + ": record \"" + e.name + "\" is compressed (method " + std::to_string(e.method) +
                                                     "); torch.save writes stored records");
-      auto at = format::zip::local_data_offset(e, std::span<const std::byte>(window).subspan(e.header_offset - from, head_end(e) - e.header_offset), limit);
+      auto at = format::zip::local_data_offset(
+          e, std::span<const std::byte>(window).subspan(e.header_offset - from, head_end(e) - e.header_offset), limit);
       if (!at) co_return with_context(at.error(), f.path);
       out[order[k]] = *at;
     }
@@ -81,7 +83,8 @@ task<std::uint64_t> data_offset(io::backend& b, const torch_source& f, const for
 }
 
 // Stored entry `e` as a tensor of one slice: `length` bytes at `offset` of the file, `crc` its checksum.
-format::saved_tensor whole_slice_tensor(const format::torch::stored_entry& e, std::uint64_t offset, std::uint64_t length, std::uint32_t crc) {
+format::saved_tensor whole_slice_tensor(const format::torch::stored_entry& e, std::uint64_t offset, std::uint64_t length,
+                                        std::uint32_t crc) {
   format::saved_tensor t;
   t.key = e.key;
   t.type = e.type;
@@ -109,7 +112,8 @@ task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string roo
     BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, *loc->zip64_end_offset, rec));
     if (auto z = zip::apply_zip64_end(*loc, rec, f.size); !z) co_return with_context(z.error(), f.path);
   }
-  if (loc->size > max_directory_bytes) co_return make_error(errc::limit_exceeded, f.path + ": a central directory of " + std::to_string(loc->size) + " bytes");
+  if (loc->size > max_directory_bytes)
+    co_return make_error(errc::limit_exceeded, f.path + ": a central directory of " + std::to_string(loc->size) + " bytes");
   std::vector<std::byte> dir(static_cast<std::size_t>(loc->size));
   BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, loc->offset, dir));
   auto entries = zip::decode_central_directory(dir, *loc, f.size);
@@ -124,7 +128,8 @@ task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string roo
       root = e.name.substr(0, slash);
     }
   }
-  if (root.empty()) co_return make_error(errc::corrupt_manifest, f.path + " is a zip file without a <root>/data.pkl record: not a torch.save file");
+  if (root.empty())
+    co_return make_error(errc::corrupt_manifest, f.path + " is a zip file without a <root>/data.pkl record: not a torch.save file");
   auto record = [&](const std::string& name) -> const zip::entry* {
     auto it = by_name.find(root + "/" + name);
     return it == by_name.end() ? nullptr : it->second;
@@ -138,11 +143,13 @@ task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string roo
       co_return make_error(errc::unsupported, f.path + " holds " + std::string(text) + "-endian data; meshckpt reads little-endian files");
   }
   const zip::entry& pkl = *record("data.pkl");
-  if (pkl.size > max_pickle_bytes) co_return make_error(errc::limit_exceeded, f.path + ": a pickle of " + std::to_string(pkl.size) + " bytes");
+  if (pkl.size > max_pickle_bytes)
+    co_return make_error(errc::limit_exceeded, f.path + ": a pickle of " + std::to_string(pkl.size) + " bytes");
   BOOST_OUTCOME_CO_TRY(auto pkl_at, co_await data_offset(b, f, pkl, loc->offset));
   std::vector<std::byte> bytes(static_cast<std::size_t>(pkl.size));
   BOOST_OUTCOME_CO_TRY(co_await read_at(b, f, pkl_at, bytes));
-  if (zip::crc32_extend(0, bytes) != pkl.crc32) co_return make_error(errc::checksum_mismatch, f.path + ": CRC-32 mismatch in record " + pkl.name);
+  if (zip::crc32_extend(0, bytes) != pkl.crc32)
+    co_return make_error(errc::checksum_mismatch, f.path + ": CRC-32 mismatch in record " + pkl.name);
   const std::string what = f.path + " (" + pkl.name + ")";
   auto doc = format::pickle::read(bytes, format::torch::state_policy(), what);
   if (!doc) co_return doc.error();
@@ -153,12 +160,14 @@ task<torch_part> read_zip(io::backend& b, const torch_source& f, std::string roo
   for (const auto& e : state->entries) {
     const auto& s = state->storages[e.storage];
     const zip::entry* rec = record("data/" + s.key);
-    if (!rec) co_return make_error(errc::corrupt_manifest, f.path + ": entry \"" + e.key + "\" names storage " + s.key + ", which has no record " + root + "/data/" + s.key);
+    if (!rec)
+      co_return make_error(errc::corrupt_manifest, f.path + ": entry \"" + e.key + "\" names storage " + s.key + ", which has no record " +
+                                                       root + "/data/" + s.key);
     const std::uint64_t bytes_needed = s.numel * dtype_size(s.type);
     if (rec->size != bytes_needed)
       co_return make_error(errc::corrupt_manifest, f.path + ": storage " + s.key + " holds " + std::to_string(s.numel) + " elements of " +
-                                                       std::string(dtype_name(s.type)) + " (" + std::to_string(bytes_needed) + " bytes), its record " +
-                                                       std::to_string(rec->size));
+                                                       std::string(dtype_name(s.type)) + " (" + std::to_string(bytes_needed) +
+                                                       " bytes), its record " + std::to_string(rec->size));
     recs.push_back(rec);
   }
   auto locating = data_offsets(b, f, recs, loc->offset);
@@ -236,7 +245,8 @@ task<torch_part> read_legacy(io::backend& b, const torch_source& f) {
   if (!state) co_return state.error();
   auto listing = next_pickle(b, f, at, plain, what);
   BOOST_OUTCOME_CO_TRY(auto keys, co_await std::move(listing));
-  if (keys.at(keys.root).k != kind::list) co_return make_error(errc::corrupt_manifest, what + ": the storage keys are " + format::pickle::describe(keys, keys.root));
+  if (keys.at(keys.root).k != kind::list)
+    co_return make_error(errc::corrupt_manifest, what + ": the storage keys are " + format::pickle::describe(keys, keys.root));
   std::unordered_map<std::string_view, std::size_t> by_key;
   for (std::size_t i = 0; i < state->storages.size(); ++i) by_key.emplace(state->storages[i].key, i);
   // Each storage's bytes, in the keys' order: its element count, checked against the state's.
@@ -246,9 +256,11 @@ task<torch_part> read_legacy(io::backend& b, const torch_source& f) {
     const auto& key = keys.at(k);
     auto it = key.k == kind::string ? by_key.find(key.text) : by_key.end();
     if (it == by_key.end())
-      co_return make_error(errc::corrupt_manifest, what + ": the storage keys name " + (key.k == kind::string ? "storage " + key.text : format::pickle::describe(keys, k)) +
+      co_return make_error(errc::corrupt_manifest, what + ": the storage keys name " +
+                                                       (key.k == kind::string ? "storage " + key.text : format::pickle::describe(keys, k)) +
                                                        ", which no tensor of the state uses");
-    if (data_at[it->second] != ~std::uint64_t{0}) co_return make_error(errc::corrupt_manifest, what + ": storage " + key.text + " is listed twice");
+    if (data_at[it->second] != ~std::uint64_t{0})
+      co_return make_error(errc::corrupt_manifest, what + ": storage " + key.text + " is listed twice");
     const auto& s = state->storages[it->second];
     std::byte count[8];
     if (off + 8 <= at.bytes.size()) {
@@ -259,12 +271,13 @@ task<torch_part> read_legacy(io::backend& b, const torch_source& f) {
     std::uint64_t n = 0;
     for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<std::uint8_t>(count[i]);
     if (n != s.numel)
-      co_return make_error(errc::corrupt_manifest, what + ": storage " + s.key + " holds " + std::to_string(s.numel) + " elements by the state, " +
-                                                       std::to_string(n) + " by its record at byte " + std::to_string(off));
+      co_return make_error(errc::corrupt_manifest, what + ": storage " + s.key + " holds " + std::to_string(s.numel) +
+                                                       " elements by the state, " + std::to_string(n) + " by its record at byte " +
+                                                       std::to_string(off));
     const std::uint64_t bytes = s.numel * static_cast<std::uint64_t>(dtype_size(s.type));
     if (bytes > f.size - std::min(f.size, off + 8))
-      co_return make_error(errc::short_read, what + ": storage " + s.key + "'s " + std::to_string(bytes) + " bytes at byte " + std::to_string(off + 8) +
-                                                  " lie past the end of its " + std::to_string(f.size) + " bytes");
+      co_return make_error(errc::short_read, what + ": storage " + s.key + "'s " + std::to_string(bytes) + " bytes at byte " +
+                                                 std::to_string(off + 8) + " lie past the end of its " + std::to_string(f.size) + " bytes");
     data_at[it->second] = off + 8;
     off += 8 + bytes;
   }
@@ -272,7 +285,8 @@ task<torch_part> read_legacy(io::backend& b, const torch_source& f) {
   for (const auto& e : state->entries) {
     const auto& s = state->storages[e.storage];
     if (data_at[e.storage] == ~std::uint64_t{0})
-      co_return make_error(errc::corrupt_manifest, what + ": entry \"" + e.key + "\" names storage " + s.key + ", which the storage keys do not list");
+      co_return make_error(errc::corrupt_manifest,
+                           what + ": entry \"" + e.key + "\" names storage " + s.key + ", which the storage keys do not list");
     part.tensors.push_back(whole_slice_tensor(e, f.base + data_at[e.storage], s.numel * static_cast<std::uint64_t>(dtype_size(s.type)), 0));
   }
   part.state = std::move(*state);
@@ -293,7 +307,8 @@ format::manifest foreign_manifest(std::string writer) {
 result<void> sort_unique(format::manifest& m, const std::string& path) {
   std::sort(m.tensors.begin(), m.tensors.end(), [](const auto& x, const auto& y) { return x.key < y.key; });
   for (std::size_t k = 1; k < m.tensors.size(); ++k)
-    if (m.tensors[k].key == m.tensors[k - 1].key) return make_error(errc::corrupt_manifest, path + ": two entries named \"" + m.tensors[k].key + "\"");
+    if (m.tensors[k].key == m.tensors[k - 1].key)
+      return make_error(errc::corrupt_manifest, path + ": two entries named \"" + m.tensors[k].key + "\"");
   return success();
 }
 
@@ -304,7 +319,8 @@ task<restorable> read_file(io::backend& b, const torch_source& f, bool legacy) {
   BOOST_OUTCOME_CO_TRY(auto part, co_await std::move(reading));
   restorable r;
   r.prefix = f.path;
-  r.manifest = foreign_manifest("torch.save (" + std::string(legacy ? "legacy" : "zip") + ", " + std::to_string(part.state.tensors) + " tensors)");
+  r.manifest =
+      foreign_manifest("torch.save (" + std::string(legacy ? "legacy" : "zip") + ", " + std::to_string(part.state.tensors) + " tensors)");
   if (legacy) r.manifest.checksum = format::checksum_kind::unchecked;
   r.manifest.files.push_back({split_prefix(f.path).second, f.size});
   r.manifest.tensors = std::move(part.tensors);
@@ -354,7 +370,8 @@ task<restorable> load_torch_file(io::backend& b, std::string path) {
       }
       const bool legacy = std::memcmp(head, legacy_magic, 4) == 0;
       if (!legacy && std::memcmp(head, zip_magic, 4) != 0)
-        co_return make_error(errc::not_found, std::string(no_torch_file_at) + path + ": it starts with neither a zip header nor the legacy format's magic number");
+        co_return make_error(errc::not_found, std::string(no_torch_file_at) + path +
+                                                  ": it starts with neither a zip header nor the legacy format's magic number");
       auto reading = read_file(b, f, legacy);
       co_return co_await std::move(reading);
     };
@@ -407,9 +424,8 @@ void start_import_torch_checkpoint(asio::any_io_executor ex, io::backend& b, std
 bool no_torch_checkpoint(const error& e) { return e.code == errc::not_found && e.what().starts_with(no_torch_file_at); }
 
 result<torch_checkpoint> read_torch_checkpoint(io::backend& b, std::string_view path) {
-  return runtime::run_blocking<torch_checkpoint>("read_torch_checkpoint", [&](auto ex, auto done) {
-    detail::start_read_torch_checkpoint(ex, b, std::string(path), std::move(done));
-  });
+  return runtime::run_blocking<torch_checkpoint>(
+      "read_torch_checkpoint", [&](auto ex, auto done) { detail::start_read_torch_checkpoint(ex, b, std::string(path), std::move(done)); });
 }
 
 result<write_report> import_torch_checkpoint(io::backend& b, std::string_view path, std::string_view to, const write_options& opt) {

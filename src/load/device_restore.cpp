@@ -51,7 +51,8 @@ using device_copy = std::pair<const local_shard*, std::span<std::byte>>;  // tar
 
 // The batch's targets with their device shards replaced by `staging` (host shards as they
 // are), and the copies to the devices once the staging is read into.
-result<std::vector<named_tensor>> stage_batch(const std::vector<const named_tensor*>& batch, std::byte* staging, std::vector<device_copy>& to_copy) {
+result<std::vector<named_tensor>> stage_batch(const std::vector<const named_tensor*>& batch, std::byte* staging,
+                                              std::vector<device_copy>& to_copy) {
   std::vector<named_tensor> staged;
   std::size_t off = 0;
   for (const auto* t : batch) {
@@ -132,8 +133,7 @@ task<read_report> read_through_staging(std::span<const named_tensor> targets, co
       break;
     }
     add(total, *rep);
-    for (const auto& [target, host_side] : to_copy)
-      copies[slot].to_device(*target->memory, target->gpu, target->data.data(), host_side);
+    for (const auto& [target, host_side] : to_copy) copies[slot].to_device(*target->memory, target->gpu, target->data.data(), host_side);
   }
   // Every copy completes before its staging goes away, whatever failed.
   for (auto& c : copies) {

@@ -14,12 +14,12 @@ namespace {
 
 result<void> check_target(const format::saved_tensor& t, const dtensor_view& v) {
   if (v.type() != t.type)
-    return make_error(errc::dtype_mismatch, "tensor \"" + t.key + "\": saved dtype " + std::string(dtype_name(t.type)) +
-                                                ", requested " + std::string(dtype_name(v.type())) +
+    return make_error(errc::dtype_mismatch, "tensor \"" + t.key + "\": saved dtype " + std::string(dtype_name(t.type)) + ", requested " +
+                                                std::string(dtype_name(v.type())) +
                                                 (convertible(t.type, v.type()) ? " (set read_options::convert_dtypes to convert)" : ""));
   if (v.global_shape() != t.global)
-    return make_error(errc::shape_mismatch, "tensor \"" + t.key + "\": saved shape " + to_string(t.global) +
-                                                ", requested " + to_string(v.global_shape()));
+    return make_error(errc::shape_mismatch,
+                      "tensor \"" + t.key + "\": saved shape " + to_string(t.global) + ", requested " + to_string(v.global_shape()));
   return success();
 }
 
@@ -176,12 +176,12 @@ result<void> match_box(const format::manifest& m, std::string_view key, const bo
   const auto* t = m.find(key);
   if (!t) return make_error(errc::not_found, "tensor \"" + std::string(key) + "\" is not in the checkpoint");
   if (where.origin.size() != t->global.size() || where.extent.size() != t->global.size())
-    return make_error(errc::invalid_argument, "box " + to_string(where) + " has another rank than tensor \"" + t->key + "\" of shape " +
-                                                  to_string(t->global));
+    return make_error(errc::invalid_argument,
+                      "box " + to_string(where) + " has another rank than tensor \"" + t->key + "\" of shape " + to_string(t->global));
   for (std::size_t d = 0; d < t->global.size(); ++d)
     if (where.origin[d] < 0 || where.extent[d] < 0 || where.origin[d] > t->global[d] - where.extent[d])
-      return make_error(errc::invalid_argument, "box " + to_string(where) + " is not within tensor \"" + t->key + "\" of shape " +
-                                                    to_string(t->global));
+      return make_error(errc::invalid_argument,
+                        "box " + to_string(where) + " is not within tensor \"" + t->key + "\" of shape " + to_string(t->global));
   const auto volume = where.volume();
   const auto bytes = volume ? checked_mul(*volume, dtype_size(t->type)) : std::nullopt;
   if (!bytes || static_cast<std::uint64_t>(*bytes) != out.size())

@@ -28,7 +28,6 @@
 namespace meshckpt {
 namespace detail {
 
-
 namespace {
 
 using progress_fn = std::function<void(std::uint64_t done, std::uint64_t total)>;
@@ -48,7 +47,6 @@ class progress_meter {
   std::uint64_t total_, done_ = 0;
   const progress_fn& f_;
 };
-
 
 // Reads larger than a staging buffer (chunks above it) use aligned heap memory.
 struct read_buffer {
@@ -115,28 +113,27 @@ class plan_runner {
       buf->data = buf->staging.data();
       b_.register_buffer({buf->data, runtime::staging_buffer::size()});  // pool buffers live for the process
     } else {
-      buf->data = static_cast<std::byte*>(::operator new(static_cast<std::size_t>(q.length), std::align_val_t{4096}));
+      buf->data = static_cast<std::byte*>(::operator new (static_cast<std::size_t>(q.length), std::align_val_t{4096}));
       buf->heap.reset(buf->data);
     }
     ops_.launch([&] {
-      io::async_read(b_, ops_.executor(), h, q.offset, std::span<std::byte>(buf->data, q.length),
-                     [this, &q, buf](result<std::size_t> r) {
-                       if (!r) return ops_.finished(r.error());
-                       // TRICKY: the settling thread holds outstanding work on the executor until
-                       // its post has returned; otherwise the io_context (run_blocking's, say)
-                       // could finish and be destroyed while the post is still signalling it
-                       // (found by TSan).
-                       try {
-                         auto work = asio::prefer(ops_.executor(), asio::execution::outstanding_work.tracked);
-                         asio::post(runtime::cpu_pool().executor(), [this, &q, buf, n = *r, work = std::move(work)] {
-                           auto out = settle(q, buf, n);
-                           asio::post(work, [this, out = std::move(out)]() mutable { ops_.finished(std::move(out)); });
-                         });
-                       } catch (const std::bad_alloc&) {
-                         // The read completed, so its buffer is free; without settling it is simply failed.
-                         ops_.finished(out_of_memory("verifying a read"));
-                       }
-                     });
+      io::async_read(b_, ops_.executor(), h, q.offset, std::span<std::byte>(buf->data, q.length), [this, &q, buf](result<std::size_t> r) {
+        if (!r) return ops_.finished(r.error());
+        // TRICKY: the settling thread holds outstanding work on the executor until
+        // its post has returned; otherwise the io_context (run_blocking's, say)
+        // could finish and be destroyed while the post is still signalling it
+        // (found by TSan).
+        try {
+          auto work = asio::prefer(ops_.executor(), asio::execution::outstanding_work.tracked);
+          asio::post(runtime::cpu_pool().executor(), [this, &q, buf, n = *r, work = std::move(work)] {
+            auto out = settle(q, buf, n);
+            asio::post(work, [this, out = std::move(out)]() mutable { ops_.finished(std::move(out)); });
+          });
+        } catch (const std::bad_alloc&) {
+          // The read completed, so its buffer is free; without settling it is simply failed.
+          ops_.finished(out_of_memory("verifying a read"));
+        }
+      });
     });
   }
 
@@ -186,8 +183,8 @@ class plan_runner {
 // Checks every byte of the slices `from` against their checksums, reading each in staging
 // pieces: memory stays bounded whatever the slice's size. A TensorFlow tensor's one CRC-32C
 // covers it whole, so a read of part of it checks it this way first.
-task<void> check_slices(io::backend& b, const format::manifest& m, std::span<const std::pair<const format::saved_tensor*, const format::saved_slice*>> from,
-                        file_cache& files) {
+task<void> check_slices(io::backend& b, const format::manifest& m,
+                        std::span<const std::pair<const format::saved_tensor*, const format::saved_slice*>> from, file_cache& files) {
   auto ex = co_await asio::this_coro::executor;
   std::vector<std::byte> buf(runtime::staging_buffer_bytes);
   for (const auto& [t, s] : from) {
@@ -221,8 +218,8 @@ task<std::uint64_t> run_wanted(io::backend& b, const format::manifest& m, const 
 namespace {
 
 // A restore: match the targets to saved ranges, plan the reads, run them.
-task<read_report> read_steps(io::backend& b, const format::manifest& m, std::span<const named_tensor> targets,
-                             const read_options& opt, file_cache& files) {
+task<read_report> read_steps(io::backend& b, const format::manifest& m, std::span<const named_tensor> targets, const read_options& opt,
+                             file_cache& files) {
   read_report rep;
   auto w = wanted_recycler().take();
   runtime::give_back_at_exit w_back(wanted_recycler(), w, [](wanted& x) {
@@ -311,7 +308,8 @@ task<read_report> read_coro(io::backend& b, std::string prefix, std::span<const 
         }
       co_return rep;
     };
-    const bool on_device = std::any_of(targets.begin(), targets.end(), [](const named_tensor& t) { return any_on_device(t.tensor.shards()); });
+    const bool on_device =
+        std::any_of(targets.begin(), targets.end(), [](const named_tensor& t) { return any_on_device(t.tensor.shards()); });
     std::optional<result<read_report>> rr;
     try {
       auto reading = on_device ? read_through_staging(targets, round) : round(targets);
@@ -341,8 +339,8 @@ task<read_report> read_into(io::backend& b, std::string prefix, std::span<const 
   return read_coro(b, std::move(prefix), targets, opt, std::move(m));
 }
 
-void start_read_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> targets,
-                        read_options opt, io::completion<read_report> done) {
+void start_read_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> targets, read_options opt,
+                        io::completion<read_report> done) {
   auto owned = std::make_shared<std::vector<named_tensor>>(std::move(targets));
   spawn<read_report>(ex, read_coro(b, std::move(prefix), *owned, opt, nullptr),
                      [owned, done = std::move(done)](result<read_report> r) { done(std::move(r)); });
@@ -355,25 +353,23 @@ void start_read_manifest(asio::any_io_executor ex, io::backend& b, std::string p
 }  // namespace detail
 
 result<format::manifest> read_manifest(io::backend& b, std::string_view prefix) {
-  return runtime::run_blocking<format::manifest>("read_manifest",
-      [&](auto ex, auto done) { detail::start_read_manifest(ex, b, std::string(prefix), std::move(done)); });
+  return runtime::run_blocking<format::manifest>(
+      "read_manifest", [&](auto ex, auto done) { detail::start_read_manifest(ex, b, std::string(prefix), std::move(done)); });
 }
 
-result<read_report> read_tensors(io::backend& b, std::string_view prefix, std::span<const named_tensor> targets,
-                                 const read_options& opt) {
+result<read_report> read_tensors(io::backend& b, std::string_view prefix, std::span<const named_tensor> targets, const read_options& opt) {
   return runtime::run_blocking<read_report>("read_tensors", [&](auto ex, auto done) {
     // The caller's targets outlive the blocking call: no copy of the list.
     detail::spawn<read_report>(ex, detail::read_coro(b, std::string(prefix), targets, opt, nullptr), std::move(done));
   });
 }
 
-result<read_report> read_tensors(io::backend& b, std::string_view prefix, const format::manifest& m,
-                                 std::span<const named_tensor> targets, const read_options& opt) {
+result<read_report> read_tensors(io::backend& b, std::string_view prefix, const format::manifest& m, std::span<const named_tensor> targets,
+                                 const read_options& opt) {
   // Borrowed, not copied: the manifest outlives this blocking call.
   std::shared_ptr<const format::manifest> borrowed(&m, [](const format::manifest*) {});
   return runtime::run_blocking<read_report>("read_tensors", [&](auto ex, auto done) {
-    detail::spawn<read_report>(ex, detail::read_coro(b, std::string(prefix), targets, opt, borrowed),
-                               std::move(done));
+    detail::spawn<read_report>(ex, detail::read_coro(b, std::string(prefix), targets, opt, borrowed), std::move(done));
   });
 }
 

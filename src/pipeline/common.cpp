@@ -38,7 +38,8 @@ task<opened_prefix> open_prefix_dir(io::backend& b, std::string_view prefix) {
   auto dir = co_await io::async_open_dir(b, ex, out.dir_path, false, use_awaitable);
   if (!dir) {
     if (dir.error().code == std::errc::no_such_file_or_directory)
-      co_return make_error(errc::not_found, "checkpoint " + std::string(prefix) + " not found: directory " + out.dir_path + " does not exist");
+      co_return make_error(errc::not_found,
+                           "checkpoint " + std::string(prefix) + " not found: directory " + out.dir_path + " does not exist");
     co_return dir.error();
   }
   out.dir = *dir;
@@ -63,15 +64,15 @@ task<std::string> missing_hint(io::backend& b, const opened_prefix& p) {
     best = std::max(best, std::stol(std::string(n)));
   }
   std::string hint;
-  if (best >= 0)
-    hint += " (checkpoints written by save() carry a -N suffix: did you mean " + p.base + "-" + std::to_string(best) + "?)";
+  if (best >= 0) hint += " (checkpoints written by save() carry a -N suffix: did you mean " + p.base + "-" + std::to_string(best) + "?)";
   if (interrupted) hint += " (a save of it was interrupted before its commit; its leftovers are ignored)";
   co_return hint;
 }
 
 }  // namespace
 
-task<void> read_small_file(io::backend& b, const opened_prefix& p, const std::string& name, std::uint64_t cap, std::vector<std::byte>& into) {
+task<void> read_small_file(io::backend& b, const opened_prefix& p, const std::string& name, std::uint64_t cap,
+                           std::vector<std::byte>& into) {
   auto ex = co_await asio::this_coro::executor;
   auto h = co_await io::async_open(b, ex, p.dir, name, io::open_mode::read, use_awaitable);
   if (!h) co_return h.error();
@@ -79,7 +80,8 @@ task<void> read_small_file(io::backend& b, const opened_prefix& p, const std::st
   const std::string where = p.dir_path == "." ? name : p.dir_path + "/" + name;
   auto body = [&]() -> task<void> {
     BOOST_OUTCOME_CO_TRY(auto size, co_await io::async_size(b, ex, *h, use_awaitable));
-    if (size > cap) co_return make_error(errc::limit_exceeded, where + " is " + std::to_string(size) + " bytes, above the cap of " + std::to_string(cap));
+    if (size > cap)
+      co_return make_error(errc::limit_exceeded, where + " is " + std::to_string(size) + " bytes, above the cap of " + std::to_string(cap));
     into.clear();
     into.resize(size);
     BOOST_OUTCOME_CO_TRY(auto got, co_await io::async_read(b, ex, *h, 0, into, use_awaitable));
@@ -108,7 +110,8 @@ task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std
   if (!read) {
     if (read.error().code == std::errc::no_such_file_or_directory) {
       std::string hint = (co_await missing_hint(b, p)).value();
-      co_return make_error(errc::not_found, "checkpoint " + std::string(prefix) + " not found: " + name + " does not exist in " + p.dir_path + hint);
+      co_return make_error(errc::not_found,
+                           "checkpoint " + std::string(prefix) + " not found: " + name + " does not exist in " + p.dir_path + hint);
     }
     co_return read.error();
   }

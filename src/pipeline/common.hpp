@@ -36,7 +36,8 @@ task<opened_prefix> open_prefix_dir(io::backend& b, std::string_view prefix);
 
 // Reads the whole file `name` of an open directory into `into`, refusing one over `cap` bytes
 // (limit_exceeded, naming it). A missing file is std::errc::no_such_file_or_directory.
-task<void> read_small_file(io::backend& b, const opened_prefix& p, const std::string& name, std::uint64_t cap, std::vector<std::byte>& into);
+task<void> read_small_file(io::backend& b, const opened_prefix& p, const std::string& name, std::uint64_t cap,
+                           std::vector<std::byte>& into);
 
 // Reads and decodes the manifest of `base` in an open directory.
 task<format::manifest> load_manifest(io::backend& b, const opened_prefix& p, std::string_view prefix);

@@ -35,8 +35,8 @@ task<io::handle> file_cache::get(std::uint32_t index) {
   BOOST_OUTCOME_CO_TRY(auto size, co_await io::async_size(b_, ex, *h, use_awaitable));
   if (size != f.size)
     co_return make_error(size < f.size ? errc::short_read : errc::corrupt_manifest,
-                         "data file " + f.name + " is " + std::to_string(size) + " bytes, the manifest says " +
-                             std::to_string(f.size) + (size < f.size ? " (truncated)" : ""));
+                         "data file " + f.name + " is " + std::to_string(size) + " bytes, the manifest says " + std::to_string(f.size) +
+                             (size < f.size ? " (truncated)" : ""));
   co_return *h;
 }
 
@@ -121,22 +121,28 @@ result<void> check_chunks(const format::manifest& m, const format::saved_tensor&
   for (std::uint64_t off = 0, c = first_chunk; off < bytes.size(); off += m.chunk_bytes, ++c) {
     auto n = std::min<std::uint64_t>(m.chunk_bytes, bytes.size() - off);
     if (format::checksum(bytes.subspan(off, n)) != s.checksums[c])
-      return make_error(errc::checksum_mismatch,
-                        "checksum mismatch in " + slice_ctx(m, t, s) + " at bytes [" +
-                            std::to_string(s.offset + c * m.chunk_bytes) + ", " +
-                            std::to_string(s.offset + c * m.chunk_bytes + n) + ")");
+      return make_error(errc::checksum_mismatch, "checksum mismatch in " + slice_ctx(m, t, s) + " at bytes [" +
+                                                     std::to_string(s.offset + c * m.chunk_bytes) + ", " +
+                                                     std::to_string(s.offset + c * m.chunk_bytes + n) + ")");
   }
   return success();
 }
 
 slice_checker::slice_checker(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s, crc_of want)
-    : m_(m), t_(t), s_(s), whole_crc_(format::whole_slice_crc(m.checksum)), want_(want), hasher_(std::max<std::uint64_t>(m.chunk_bytes, 1)) {
+    : m_(m),
+      t_(t),
+      s_(s),
+      whole_crc_(format::whole_slice_crc(m.checksum)),
+      want_(want),
+      hasher_(std::max<std::uint64_t>(m.chunk_bytes, 1)) {
   if (!whole_crc_) hasher_.start(s.length, sums_);
 }
 
 result<void> slice_checker::update(std::span<const std::byte> bytes) {
-  if (want_ == crc_of::crc32c) crc_ = format::crc32c::extend(crc_, bytes);
-  else if (want_ == crc_of::crc32) crc_ = format::zip::crc32_extend(crc_, bytes);
+  if (want_ == crc_of::crc32c)
+    crc_ = format::crc32c::extend(crc_, bytes);
+  else if (want_ == crc_of::crc32)
+    crc_ = format::zip::crc32_extend(crc_, bytes);
   fed_ += bytes.size();
   if (whole_crc_) {
     // The source's CRC, computed once when it is also the one asked for.
@@ -144,8 +150,9 @@ result<void> slice_checker::update(std::span<const std::byte> bytes) {
                       (m_.checksum == format::checksum_kind::crc32_whole && want_ == crc_of::crc32);
     source_crc_ = same ? crc_ : format::extend_crc(m_.checksum, source_crc_, bytes);
     if (fed_ == s_.length && (s_.checksums.size() != 1 || source_crc_ != s_.checksums[0]))
-      return make_error(errc::checksum_mismatch, std::string(format::crc_name(m_.checksum)) + " mismatch in " + slice_ctx(m_, t_, s_) + " at bytes [" +
-                                                     std::to_string(s_.offset) + ", " + std::to_string(s_.offset + s_.length) + ")");
+      return make_error(errc::checksum_mismatch, std::string(format::crc_name(m_.checksum)) + " mismatch in " + slice_ctx(m_, t_, s_) +
+                                                     " at bytes [" + std::to_string(s_.offset) + ", " +
+                                                     std::to_string(s_.offset + s_.length) + ")");
     return success();
   }
   const std::size_t before = sums_.size();
@@ -160,8 +167,9 @@ result<void> slice_checker::update(std::span<const std::byte> bytes) {
   return success();
 }
 
-task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct, const format::saved_tensor& t,
-                               const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, crc_of want) {
+task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct,
+                               const format::saved_tensor& t, const format::saved_slice& s, runtime::staged_writer& out,
+                               std::uint64_t out_offset, crc_of want) {
   auto ex = co_await asio::this_coro::executor;
   slice_checker check(m, t, s, want);
   const bool small = s.length < runtime::direct_read_min;

@@ -78,8 +78,9 @@ class slice_checker {
 // `buffered` when it is shorter than runtime::direct_read_min. Returns the CRC `want` asks for
 // (0 for none). A mismatch fails the copy after some of the bytes were placed: the caller's
 // file is discarded.
-task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct, const format::saved_tensor& t,
-                               const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, crc_of want);
+task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct,
+                               const format::saved_tensor& t, const format::saved_slice& s, runtime::staged_writer& out,
+                               std::uint64_t out_offset, crc_of want);
 
 // Copies tensor `t` of checkpoint `prefix` (manifest `m`), whole and row-major, to
 // `[offset, offset + its bytes)` of the file `w` writes: a tensor stored whole through

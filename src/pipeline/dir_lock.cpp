@@ -127,7 +127,8 @@ result<dir_lock> lock_once(const std::string& dir_in) {
     int e = errno;
     if (e != EWOULDBLOCK) return make_errno_error(e, "lock", path);
     return make_error(errc::locked, "directory " + dir + " is being written by another process: " + holder_text(g.fd) + " (it holds " +
-                                        path + "); a directory has one writer at a time, so wait for that process to finish or set a "
+                                        path +
+                                        "); a directory has one writer at a time, so wait for that process to finish or set a "
                                         "lock timeout to wait for it");
   }
   // Informational only (what a waiting writer reports): neither fsynced nor checked.
@@ -224,7 +225,8 @@ runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait
     if (!watch) {
       // No event to wait on: poll, 10 ms doubling to 200 ms.
       asio::steady_timer t(ex, std::max(runtime::poll_clock::duration::zero(),
-                                        std::min<runtime::poll_clock::duration>(std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 5))), left)));
+                                        std::min<runtime::poll_clock::duration>(
+                                            std::chrono::milliseconds(std::min(200, 10 << std::min(attempt, 5))), left)));
       boost::system::error_code ec;
       co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
@@ -232,13 +234,15 @@ runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait
     // Each try closes the file once itself: more closes than that mean someone else closed
     // it since (perhaps releasing the lock), so try again at once.
     if (watch->drain() > 1) continue;
-    auto waiting = watch->wait(std::max(runtime::poll_clock::duration::zero(), std::min<runtime::poll_clock::duration>(longest_poll, left)));
+    auto waiting =
+        watch->wait(std::max(runtime::poll_clock::duration::zero(), std::min<runtime::poll_clock::duration>(longest_poll, left)));
     co_await std::move(waiting);
   }
 }
 
 result<dir_lock> lock_dir_blocking(const std::string& dir, std::chrono::milliseconds wait) {
-  return runtime::run_blocking<dir_lock>("lock_dir", [&](auto ex, auto done) { runtime::spawn<dir_lock>(ex, lock_dir(dir, wait), std::move(done)); });
+  return runtime::run_blocking<dir_lock>("lock_dir",
+                                         [&](auto ex, auto done) { runtime::spawn<dir_lock>(ex, lock_dir(dir, wait), std::move(done)); });
 }
 
 }  // namespace meshckpt::detail

@@ -53,7 +53,8 @@ task<void> publish_file(io::backend& b, std::string path, std::function<task<voi
   co_return std::move(*r);
 }
 
-task<void> publish_streamed(io::backend& b, std::string path, std::uint64_t size, std::function<task<void>(runtime::staged_writer&)> produce) {
+task<void> publish_streamed(io::backend& b, std::string path, std::uint64_t size,
+                            std::function<task<void>(runtime::staged_writer&)> produce) {
   auto fill = [&b, &path, size, &produce](io::handle h) -> task<void> {
     auto ex = co_await asio::this_coro::executor;
     runtime::staged_writer out(b, ex, h, size);
@@ -107,8 +108,10 @@ task<std::uint32_t> copy_tensor(io::backend& b, const std::string& prefix, std::
     block.resize(static_cast<std::size_t>(where.volume().value_or(0)) * es);
     auto rd = read_box(b, prefix, m, t.key, where, block, block_opt);
     BOOST_OUTCOME_CO_TRY(co_await std::move(rd));
-    if (want == crc_of::crc32) crc = format::zip::crc32_extend(crc, block);
-    else if (want == crc_of::crc32c) crc = format::crc32c::extend(crc, block);
+    if (want == crc_of::crc32)
+      crc = format::zip::crc32_extend(crc, block);
+    else if (want == crc_of::crc32c)
+      crc = format::crc32c::extend(crc, block);
     BOOST_OUTCOME_CO_TRY(co_await w.write(offset, block));
     offset += block.size();
   }

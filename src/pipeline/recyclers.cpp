@@ -17,7 +17,8 @@ recycler<std::vector<std::byte>>& byte_buffers() {
 }
 
 recycler<std::vector<plan::slice_write>>& slice_writes() {
-  static auto* r = new recycler<std::vector<plan::slice_write>>([](const std::vector<plan::slice_write>& w) { return w.capacity() <= 65536; });
+  static auto* r =
+      new recycler<std::vector<plan::slice_write>>([](const std::vector<plan::slice_write>& w) { return w.capacity() <= 65536; });
   return *r;
 }
 

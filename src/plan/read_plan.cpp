@@ -27,11 +27,9 @@ std::optional<std::uint64_t> checked_src_end(const copy_run& r) {
 }
 
 result<void> check_want(const wanted_range& w, std::size_t i, std::uint64_t chunk_bytes, std::uint64_t alignment) {
-  auto bad = [&](const std::string& what) {
-    return make_error(errc::invalid_argument, "wanted range " + std::to_string(i) + ": " + what);
-  };
-  if (w.begin > w.end || w.end > w.length) return bad("bytes [" + std::to_string(w.begin) + ", " + std::to_string(w.end) +
-                                                       ") do not fit a slice of " + std::to_string(w.length));
+  auto bad = [&](const std::string& what) { return make_error(errc::invalid_argument, "wanted range " + std::to_string(i) + ": " + what); };
+  if (w.begin > w.end || w.end > w.length)
+    return bad("bytes [" + std::to_string(w.begin) + ", " + std::to_string(w.end) + ") do not fit a slice of " + std::to_string(w.length));
   if (w.begin < w.end && w.begin % chunk_bytes != 0) return bad("does not start on a checksum chunk");
   // Aligning the file range up must not wrap around.
   if (w.file_offset > max_u64 - w.length || w.file_offset + w.length > max_u64 - 2 * alignment)
@@ -46,8 +44,7 @@ result<void> check_want(const wanted_range& w, std::size_t i, std::uint64_t chun
 
 class planner {
  public:
-  planner(std::span<const wanted_range> wants, std::uint64_t chunk, const read_policy& pol)
-      : wants_(wants), chunk_(chunk), pol_(pol) {}
+  planner(std::span<const wanted_range> wants, std::uint64_t chunk, const read_policy& pol) : wants_(wants), chunk_(chunk), pol_(pol) {}
 
   read_plan run() {
     std::vector<std::size_t> order;
@@ -162,7 +159,8 @@ result<read_plan> plan_reads(std::span<const wanted_range> wants, std::uint64_t 
   if (!power_of_two(policy.alignment) || policy.alignment > (std::uint64_t{1} << 30))
     return make_error(errc::invalid_argument, "read alignment " + std::to_string(policy.alignment) + " is not a power of two up to 2^30");
   if (policy.piece_bytes == 0 || policy.piece_bytes % policy.alignment != 0)
-    return make_error(errc::invalid_argument, "read piece size " + std::to_string(policy.piece_bytes) + " is not a positive multiple of the alignment");
+    return make_error(errc::invalid_argument,
+                      "read piece size " + std::to_string(policy.piece_bytes) + " is not a positive multiple of the alignment");
   if (policy.max_extent == 0 || policy.large_bytes == 0 || policy.merge_gap > (std::uint64_t{1} << 40))
     return make_error(errc::invalid_argument, "read merge limits out of range");
   for (std::size_t i = 0; i < wants.size(); ++i) {

@@ -9,7 +9,8 @@ namespace {
 // Row-major byte offset of element `idx` (global coordinates) inside box `b`.
 std::uint64_t offset_in(const box& b, const std::vector<std::int64_t>& idx, std::int64_t elem) {
   std::uint64_t off = 0;
-  for (std::size_t d = 0; d < b.rank(); ++d) off = off * static_cast<std::uint64_t>(b.extent[d]) + static_cast<std::uint64_t>(idx[d] - b.origin[d]);
+  for (std::size_t d = 0; d < b.rank(); ++d)
+    off = off * static_cast<std::uint64_t>(b.extent[d]) + static_cast<std::uint64_t>(idx[d] - b.origin[d]);
   return off * static_cast<std::uint64_t>(elem);
 }
 
@@ -79,8 +80,8 @@ result<std::vector<copy_run>> plan_shard_restore(const shape& global, std::int64
     }
   }
   if (covered != *target_volume)
-    return make_error(errc::layout_mismatch, "the saved slices cover " + std::to_string(covered) + " of the " + std::to_string(*target_volume) +
-                                                 " elements of " + to_string(target));
+    return make_error(errc::layout_mismatch, "the saved slices cover " + std::to_string(covered) + " of the " +
+                                                 std::to_string(*target_volume) + " elements of " + to_string(target));
   return runs;
 }
 

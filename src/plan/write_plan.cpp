@@ -12,9 +12,7 @@ namespace meshckpt::plan {
 
 namespace {
 
-std::uint64_t key_hash(std::string_view key) {
-  return format::checksum(std::as_bytes(std::span(key.data(), key.size())));
-}
+std::uint64_t key_hash(std::string_view key) { return format::checksum(std::as_bytes(std::span(key.data(), key.size()))); }
 
 // Builds a plan's skeleton tensor by tensor (in key order): its meshes, each tensor's slices
 // (one per distinct box, written by one of the devices holding it) and the writes of those
@@ -87,9 +85,10 @@ class skeleton_builder {
         continue;
       }
       if (!src)
-        return make_error(errc::invalid_argument, "tensor \"" + nt.key + "\" slice " + to_string(s.where) + " is owned by device " +
-                                                      std::to_string(s.writer_device) +
-                                                      ", which is not local to this process; a save that spans processes needs a coordinator");
+        return make_error(errc::invalid_argument,
+                          "tensor \"" + nt.key + "\" slice " + to_string(s.where) + " is owned by device " +
+                              std::to_string(s.writer_device) +
+                              ", which is not local to this process; a save that spans processes needs a coordinator");
       p_.writes.push_back({oi, j, s.writer_device, src->data, plan::not_streamed, src->memory, src->gpu});
     }
     return success();

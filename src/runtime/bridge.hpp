@@ -18,7 +18,6 @@
 
 namespace meshckpt::runtime {
 
-
 // What a blocking call on a library thread gets (after the abort of debug and sanitizer builds).
 inline error refuse_blocking(std::string_view what) {
   std::string msg = "blocking call " + std::string(what) +
@@ -50,8 +49,9 @@ result<T> run_blocking(std::string_view what, Start start) {
   const auto* outer = blocking_context;
   blocking_context = &*ctx;
   try {
-    io::async_op<T>(ctx->get_executor(), [&](io::completion<T> c) { start(ctx->get_executor(), std::move(c)); },
-                    [&out](result<T> r) { out.emplace(std::move(r)); });
+    io::async_op<T>(
+        ctx->get_executor(), [&](io::completion<T> c) { start(ctx->get_executor(), std::move(c)); },
+        [&out](result<T> r) { out.emplace(std::move(r)); });
   } catch (const std::bad_alloc&) {
     // TRICKY: io::async_op rethrows only when the completion is still held by what was started
     // (a queued save whose caller then failed to allocate): it will be called, so the context

@@ -17,7 +17,8 @@ task<void> durable_replace(io::backend& b, io::handle dir, std::string temp, std
 task<void> durable_replace(io::backend& b, io::handle dir, std::string temp, std::string name, std::function<task<void>(io::handle)> fill,
                            replace_options opt) {
   auto ex = co_await asio::this_coro::executor;
-  auto h = co_await io::async_open(b, ex, dir, temp, opt.direct ? io::open_mode::create_exclusive_direct : io::open_mode::create_exclusive, use_awaitable);
+  auto h = co_await io::async_open(b, ex, dir, temp, opt.direct ? io::open_mode::create_exclusive_direct : io::open_mode::create_exclusive,
+                                   use_awaitable);
   if (!h) co_return h.error();
   // Closes the temp file if an allocation failure unwinds this frame before its close.
   bool open = true;

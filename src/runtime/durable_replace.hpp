@@ -22,8 +22,8 @@ namespace meshckpt::runtime {
 
 struct replace_options {
   std::function<result<void>()> before_rename{};  // an error here ends the replace before step 3
-  bool* renamed = nullptr;                         // set once step 3 succeeded
-  bool direct = false;  // TEMP is opened with O_DIRECT where the filesystem allows (io::open_mode)
+  bool* renamed = nullptr;                        // set once step 3 succeeded
+  bool direct = false;                            // TEMP is opened with O_DIRECT where the filesystem allows (io::open_mode)
 };
 
 task<void> durable_replace(io::backend& b, io::handle dir, std::string temp, std::string name, std::span<const std::byte> bytes,

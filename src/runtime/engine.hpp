@@ -36,17 +36,20 @@ inline executor_thread& engine() { return process_wide<&detail::engine_instance>
 template <class F>
 task<void> on_cpu_pool(F f) {
   auto ex = co_await asio::this_coro::executor;
-  auto done = io::async_op<void>(ex, [&f](io::completion<void> c) {
-    asio::post(cpu_pool().executor(), [&f, c = std::move(c)]() mutable {
-      result<void> r = success();
-      try {
-        f();
-      } catch (const std::bad_alloc&) {
-        r = out_of_memory("CPU pool work");
-      }
-      c(std::move(r));
-    });
-  }, use_awaitable);
+  auto done = io::async_op<void>(
+      ex,
+      [&f](io::completion<void> c) {
+        asio::post(cpu_pool().executor(), [&f, c = std::move(c)]() mutable {
+          result<void> r = success();
+          try {
+            f();
+          } catch (const std::bad_alloc&) {
+            r = out_of_memory("CPU pool work");
+          }
+          c(std::move(r));
+        });
+      },
+      use_awaitable);
   co_return co_await std::move(done);
 }
 

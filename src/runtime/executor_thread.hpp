@@ -36,10 +36,11 @@ class executor_thread {
  public:
   // `name`: the threads' name in ps/top (at most 15 characters).
   explicit executor_thread(unsigned threads, const char* name) : ctx_(static_cast<int>(threads)), work_(ctx_.get_executor()) {
-    for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this, name] {
-      ::pthread_setname_np(::pthread_self(), name);
-      run();
-    });
+    for (unsigned i = 0; i < threads; ++i)
+      threads_.emplace_back([this, name] {
+        ::pthread_setname_np(::pthread_self(), name);
+        run();
+      });
   }
   executor_thread(const executor_thread&) = delete;
   executor_thread& operator=(const executor_thread&) = delete;

@@ -12,8 +12,10 @@ constexpr std::size_t huge_page = std::size_t{2} << 20;
 
 void host_memory_free::operator()(std::byte* p) const noexcept {
   if (!p) return;
-  if (bytes >= huge_page) ::munmap(p, bytes);
-  else delete[] p;
+  if (bytes >= huge_page)
+    ::munmap(p, bytes);
+  else
+    delete[] p;
 }
 
 host_buffer allocate_host(std::size_t bytes) {

@@ -56,7 +56,8 @@ class op_window {
 
   task<void> wait_below(std::size_t n) {
     while (in_flight_ >= n && in_flight_ > 0)
-      (void)co_await io::async_op<void>(ex_, [this](io::completion<void> c) { waiter_ = std::move(c); }, use_awaitable);
+      (void)co_await io::async_op<void>(
+          ex_, [this](io::completion<void> c) { waiter_ = std::move(c); }, use_awaitable);
     if (first_error_) co_return *first_error_;
     co_return success();
   }

@@ -17,7 +17,6 @@
 #include <optional>
 #include <vector>
 
-
 namespace meshckpt::runtime {
 
 template <class T, std::size_t slots = 2>

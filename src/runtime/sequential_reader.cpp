@@ -9,7 +9,12 @@ namespace meshckpt::runtime {
 
 sequential_reader::sequential_reader(io::backend& b, asio::any_io_executor ex, io::handle file, std::uint64_t begin, std::uint64_t end,
                                      std::string what)
-    : b_(b), file_(file), pos_(begin), end_(end), next_(begin / staging_alignment * staging_alignment), what_(std::move(what)),
+    : b_(b),
+      file_(file),
+      pos_(begin),
+      end_(end),
+      next_(begin / staging_alignment * staging_alignment),
+      what_(std::move(what)),
       ops_(std::move(ex)) {
   // No more buffers than the range spans.
   const std::uint64_t span = end > next_ ? end - next_ : 0;
@@ -52,7 +57,7 @@ task<void> sequential_reader::read(std::span<std::byte> out) {
       BOOST_OUTCOME_CO_TRY(co_await ops_.wait_below(ops_.in_flight()));  // one more completes
     }
     BOOST_OUTCOME_CO_TRY(co_await ops_.wait_below(ops_.in_flight() + 1));  // a failure of an earlier read
-    if (pos_ >= s.at + s.len) {  // this block is used up: read the next one into it
+    if (pos_ >= s.at + s.len) {                                            // this block is used up: read the next one into it
       if (s.len == 0) co_return make_error(errc::invalid_argument, "internal: read past the end of " + what_);
       start(s);
       head_ = (head_ + 1) % slots_.size();

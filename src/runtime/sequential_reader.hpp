@@ -49,9 +49,9 @@ class sequential_reader {
  private:
   struct slot {
     staging_buffer buf;
-    std::uint64_t at = 0;   // file offset of the block (aligned)
-    std::size_t len = 0;    // bytes asked for (whole pages)
-    std::size_t got = 0;    // bytes the read returned
+    std::uint64_t at = 0;  // file offset of the block (aligned)
+    std::size_t len = 0;   // bytes asked for (whole pages)
+    std::size_t got = 0;   // bytes the read returned
     bool busy = false;
   };
   void start(slot& s);  // the next block, if the range has one left

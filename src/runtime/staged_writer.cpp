@@ -8,8 +8,7 @@
 
 namespace meshckpt::runtime {
 
-staged_writer::staged_writer(io::backend& b, asio::any_io_executor ex, io::handle file, std::uint64_t expected_bytes,
-                             std::stop_token stop)
+staged_writer::staged_writer(io::backend& b, asio::any_io_executor ex, io::handle file, std::uint64_t expected_bytes, std::stop_token stop)
     : b_(b), file_(file), stop_(std::move(stop)), ops_(std::move(ex)) {
   const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(max_buffers, expected_bytes / block_bytes + 1));
   pool_.reserve(n);

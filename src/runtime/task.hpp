@@ -56,7 +56,8 @@ inline bool runs_in_this_thread(const asio::any_io_executor& ex) {
   if (!ex) return false;
   if (const auto* e = ex.target<plain>()) return e->running_in_this_thread();
   if (const auto* e = ex.target<tracked>()) return e->running_in_this_thread();
-  if (const auto* s = ex.target<asio::strand<plain>>()) return s->running_in_this_thread() || s->get_inner_executor().running_in_this_thread();
+  if (const auto* s = ex.target<asio::strand<plain>>())
+    return s->running_in_this_thread() || s->get_inner_executor().running_in_this_thread();
   if (const auto* s = ex.target<asio::strand<asio::any_io_executor>>())
     return s->running_in_this_thread() || runs_in_this_thread(s->get_inner_executor());
   return false;
@@ -75,19 +76,20 @@ inline bool runs_in_this_thread(const asio::any_io_executor& ex) {
 template <class T>
 void spawn(asio::any_io_executor ex, task<T> coro, io::completion<T> done) {
   auto out = std::make_shared<std::optional<result<T>>>();
-  asio::co_spawn(serialized(std::move(ex)), detail::store_result<T>(std::move(coro), out), [out, done = std::move(done)](std::exception_ptr e) mutable {
-    if (e) {
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::bad_alloc&) {
-        done(out_of_memory("running an operation"));
-      } catch (const std::exception& x) {
-        done(make_error(errc::invalid_argument, std::string("internal error: ") + x.what()));
-      }
-      return;
-    }
-    done(std::move(**out));
-  });
+  asio::co_spawn(serialized(std::move(ex)), detail::store_result<T>(std::move(coro), out),
+                 [out, done = std::move(done)](std::exception_ptr e) mutable {
+                   if (e) {
+                     try {
+                       std::rethrow_exception(e);
+                     } catch (const std::bad_alloc&) {
+                       done(out_of_memory("running an operation"));
+                     } catch (const std::exception& x) {
+                       done(make_error(errc::invalid_argument, std::string("internal error: ") + x.what()));
+                     }
+                     return;
+                   }
+                   done(std::move(**out));
+                 });
 }
 
 // Runs `f` when destroyed unless disarmed: closes handles (io::close_detached) when an exception

@@ -22,7 +22,8 @@ inline bool is_io_worker(const std::filesystem::path& task) {
   char state = 0;
   long skip = 0;
   // state ppid pgrp session tty_nr tpgid flags
-  if (std::sscanf(stat.c_str() + close + 2, "%c %ld %ld %ld %ld %ld %lu", &state, &skip, &skip, &skip, &skip, &skip, &flags) != 7) return false;
+  if (std::sscanf(stat.c_str() + close + 2, "%c %ld %ld %ld %ld %ld %lu", &state, &skip, &skip, &skip, &skip, &skip, &flags) != 7)
+    return false;
   constexpr unsigned long pf_io_worker = 0x10;
   return (flags & pf_io_worker) != 0;
 }
@@ -31,7 +32,8 @@ inline bool is_io_worker(const std::filesystem::path& task) {
 inline int thread_count(std::string* names = nullptr) {
   int n = 0;
   std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator("/proc/self/task", ec); !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+  for (auto it = std::filesystem::directory_iterator("/proc/self/task", ec); !ec && it != std::filesystem::directory_iterator();
+       it.increment(ec)) {
     std::ifstream comm(it->path() / "comm");
     std::string name;
     std::getline(comm, name);

@@ -58,8 +58,7 @@ std::uint64_t fresh_token() {
     return (std::uint64_t{rd()} << 32) ^ rd();
   }();
   std::uint64_t parts[4] = {seed, static_cast<std::uint64_t>(::getpid()),
-                            static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()),
-                            counter.fetch_add(1)};
+                            static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()), counter.fetch_add(1)};
   return format::checksum(std::as_bytes(std::span(parts)));
 }
 
@@ -69,7 +68,8 @@ error at(const save_state& s, error e) { return with_context(std::move(e), "save
 
 result<void> check_options(const save_state& s, const write_options& opt) {
   if (opt.chunk_bytes < 4096 || opt.chunk_bytes > (64u << 20) || (opt.chunk_bytes & (opt.chunk_bytes - 1)))
-    return make_error(errc::invalid_argument, "chunk_bytes " + std::to_string(opt.chunk_bytes) + " is not a power of two in [4 KiB, 64 MiB]");
+    return make_error(errc::invalid_argument,
+                      "chunk_bytes " + std::to_string(opt.chunk_bytes) + " is not a power of two in [4 KiB, 64 MiB]");
   BOOST_OUTCOME_TRY(format::check_base_name(s.base));
   if (opt.coordinator && (opt.coordinator->size() < 1 || opt.coordinator->size() > max_processes))
     return make_error(errc::invalid_argument, "a save spans at most " + std::to_string(max_processes) + " processes, not " +
@@ -91,8 +91,8 @@ task<void> write_local(save_state& s, format::manifest& m, std::span<const named
   runtime::give_back_at_exit writes_back(detail::slice_writes(), p.writes, [](auto& w) { w.clear(); });
   m = std::move(p.skeleton);
   m.chunk_bytes = opt.chunk_bytes;
-  m.created_unix_ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-      std::chrono::system_clock::now().time_since_epoch()).count());
+  m.created_unix_ms = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
   m.writer = "meshckpt " MESHCKPT_VERSION;
   m.extensions = std::move(opt.extensions);
   if (rank >= 0 && p.writes.empty()) p.file_sizes.clear();  // nothing of ours to store: no file
@@ -121,7 +121,7 @@ task<void> write_local(save_state& s, format::manifest& m, std::span<const named
     std::size_t end = begin;
     while (end < p.writes.size() && m.tensors[p.writes[end].tensor].slices[p.writes[end].slice].file == k) ++end;
     BOOST_OUTCOME_CO_TRY(co_await write_data_file(s, m, first_index + k, std::span(p.writes).subspan(begin, end - begin), p.file_sizes[k],
-                                             opt.chunk_bytes, k + 1 == p.file_sizes.size()));
+                                                  opt.chunk_bytes, k + 1 == p.file_sizes.size()));
     m.files.push_back({format::data_file_name(s.base, s.token, first_index + k), p.file_sizes[k]});
     begin = end;
   }
@@ -233,7 +233,8 @@ task<save_outcome> commit_reports(save_state& s, format::manifest& m, const resu
 // Another process: process 0's announcement of the outcome. Process 0 may first wait up to
 // `timeout` for the slowest report, then commit. Not hearing it leaves the outcome unknown: the
 // files might belong to a committed checkpoint, so they stay.
-task<save_outcome> hear_outcome(save_state& s, coord::coordinator& co, coord::milliseconds timeout, std::optional<write_report>& committed) {
+task<save_outcome> hear_outcome(save_state& s, coord::coordinator& co, coord::milliseconds timeout,
+                                std::optional<write_report>& committed) {
   auto listen = co.start_broadcast({}, 2 * timeout);
   auto heard = co_await coord::await_collective(std::move(listen));
   if (!heard) {
@@ -273,8 +274,10 @@ task<write_report> save_multi(save_state& s, coord::coordinator& co, std::span<c
   runtime::give_back_at_exit m_back(detail::manifests(), m);
   result<void> local = co_await write_local(s, m, tensors, opt, rank);
   process_report mine;
-  if (local) mine = report_of(m, m.files, skeleton_fingerprint(m));
-  else mine.failure = local.error();
+  if (local)
+    mine = report_of(m, m.files, skeleton_fingerprint(m));
+  else
+    mine.failure = local.error();
   auto mine_bytes = encode(mine);
   auto report_op = co.start_gather(mine_bytes, timeout);
   auto gathered = co_await coord::await_collective(std::move(report_op));
@@ -354,8 +357,8 @@ task<write_report> write_streamed(io::backend& b, std::string prefix, std::span<
   return save_coro(b, std::move(prefix), tensors, std::move(opt), streamed, std::move(read));
 }
 
-void start_write_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> tensors,
-                         write_options opt, io::completion<write_report> done) {
+void start_write_tensors(asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> tensors, write_options opt,
+                         io::completion<write_report> done) {
   auto owned = std::make_shared<std::vector<named_tensor>>(std::move(tensors));
   spawn<write_report>(ex, save_coro(b, std::move(prefix), *owned, std::move(opt)),
                       [owned, done = std::move(done)](result<write_report> r) { done(std::move(r)); });

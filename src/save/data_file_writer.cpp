@@ -22,8 +22,8 @@ namespace {
 // bytes from `done` on into `into`: a result<void> when it copies, a task<void> when it waits
 // (a streamed read, a device copy).
 template <class Place>
-task<void> fill_slice(runtime::staged_writer& out, format::chunk_hasher& hasher, std::uint64_t pos, std::uint64_t length, std::uint64_t max_step,
-                      Place place) {
+task<void> fill_slice(runtime::staged_writer& out, format::chunk_hasher& hasher, std::uint64_t pos, std::uint64_t length,
+                      std::uint64_t max_step, Place place) {
   std::uint64_t done = 0;
   while (done < length) {
     auto into = out.room(pos);
@@ -70,10 +70,11 @@ task<void> fill_one(save_state& s, const format::manifest& m, const plan::slice_
     auto filling = fill_slice(out, hasher, slice.offset, w.source.size(), any, place);
     co_return co_await std::move(filling);
   }
-  auto filling = fill_slice(out, hasher, slice.offset, w.source.size(), copy_piece, [&](std::span<std::byte> into, std::uint64_t done) -> result<void> {
-    std::memcpy(into.data(), w.source.data() + done, into.size());
-    return success();
-  });
+  auto filling = fill_slice(out, hasher, slice.offset, w.source.size(), copy_piece,
+                            [&](std::span<std::byte> into, std::uint64_t done) -> result<void> {
+                              std::memcpy(into.data(), w.source.data() + done, into.size());
+                              return success();
+                            });
   co_return co_await std::move(filling);
 }
 

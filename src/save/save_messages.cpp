@@ -170,9 +170,10 @@ result<void> merge_reports(format::manifest& m, std::span<const process_report> 
     const std::string who = "process " + std::to_string(r);
     if (!rep.ok) return with_context(rep.failure, who);
     if (rep.fingerprint != expected)
-      return make_error(errc::invalid_argument, who + " saves a different set of tensors than process 0 (keys, dtypes, shapes, "
-                                                      "layouts or meshes differ): every process must pass the same tensors, "
-                                                      "each with its own local shards");
+      return make_error(errc::invalid_argument, who +
+                                                    " saves a different set of tensors than process 0 (keys, dtypes, shapes, "
+                                                    "layouts or meshes differ): every process must pass the same tensors, "
+                                                    "each with its own local shards");
     const auto base = static_cast<std::uint32_t>(m.files.size());
     for (const auto& f : rep.files) m.files.push_back(f);
     for (const auto& s : rep.slices) {
@@ -184,11 +185,11 @@ result<void> merge_reports(format::manifest& m, std::span<const process_report> 
       int& owner = by[s.tensor][s.slice];
       if (owner >= 0)
         return make_error(errc::invalid_argument, "tensor \"" + t.key + "\" slice " + to_string(dst.where) + " was written by process " +
-                                                      std::to_string(owner) + " and by " + who +
-                                                      ": device " + std::to_string(dst.writer_device) + " is local to both");
+                                                      std::to_string(owner) + " and by " + who + ": device " +
+                                                      std::to_string(dst.writer_device) + " is local to both");
       if (s.writer_device != dst.writer_device)
-        return make_error(errc::invalid_argument, who + " wrote tensor \"" + t.key + "\" slice " + to_string(dst.where) +
-                                                      " from device " + std::to_string(s.writer_device) + ", not its owner " +
+        return make_error(errc::invalid_argument, who + " wrote tensor \"" + t.key + "\" slice " + to_string(dst.where) + " from device " +
+                                                      std::to_string(s.writer_device) + ", not its owner " +
                                                       std::to_string(dst.writer_device));
       owner = static_cast<int>(r);
       dst.file = base + s.file;

@@ -30,8 +30,8 @@ struct written_slice {
 // What one process tells process 0 after writing (and fsyncing) its data files.
 struct process_report {
   bool ok = false;
-  error failure;                      // when !ok
-  std::uint64_t fingerprint = 0;      // of the skeleton: every process must plan the same one
+  error failure;                  // when !ok
+  std::uint64_t fingerprint = 0;  // of the skeleton: every process must plan the same one
   std::vector<format::data_file> files;
   std::vector<written_slice> slices;
 };

@@ -25,9 +25,7 @@ std::string to_string(const shape& s) {
   return out + "]";
 }
 
-box box::whole(const shape& s) {
-  return box{std::vector<std::int64_t>(s.size(), 0), s};
-}
+box box::whole(const shape& s) { return box{std::vector<std::int64_t>(s.size(), 0), s}; }
 
 bool box::empty() const {
   return std::any_of(extent.begin(), extent.end(), [](auto e) { return e == 0; });

@@ -78,7 +78,7 @@ std::uint16_t float_to_half(float f) noexcept {
   if (exp == 0xff) return static_cast<std::uint16_t>(sign | 0x7c00u | (man ? 0x200u | (man >> 13) : 0u));  // inf, quiet NaN
   int e = static_cast<int>(exp) - 127 + 15;
   if (e >= 0x1f) return static_cast<std::uint16_t>(sign | 0x7c00u);  // overflow: infinity
-  if (e <= 0) {                                                       // subnormal half, or zero
+  if (e <= 0) {                                                      // subnormal half, or zero
     if (e < -10) return static_cast<std::uint16_t>(sign);
     man |= 0x800000u;
     auto shift = static_cast<std::uint32_t>(14 - e);
@@ -115,7 +115,7 @@ float half_to_float(std::uint16_t h) noexcept {
 std::uint16_t float_to_bfloat16(float f) noexcept {
   std::uint32_t x = bits_of(f);
   if ((x & 0x7f800000u) == 0x7f800000u && (x & 0x7fffffu)) return static_cast<std::uint16_t>((x >> 16) | 0x40u);  // quiet NaN
-  x += 0x7fffu + ((x >> 16) & 1u);  // round to nearest even
+  x += 0x7fffu + ((x >> 16) & 1u);                                                                                // round to nearest even
   return static_cast<std::uint16_t>(x >> 16);
 }
 

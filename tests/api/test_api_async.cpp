@@ -40,13 +40,16 @@ TEST_CASE("async save, write and restore complete through futures, coroutines an
   model back;
   auto cb = ckpt_of(back);
   bool ok = false;
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    auto w = co_await async_write(*c, tmp / "w", asio::use_awaitable);
-    REQUIRE(w);
-    auto st = co_await async_restore(*cb, std::string(tmp / "ck-2"), asio::use_awaitable);
-    REQUIRE(st);
-    ok = st->assert_consumed().has_value();
-  }, asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        auto w = co_await async_write(*c, tmp / "w", asio::use_awaitable);
+        REQUIRE(w);
+        auto st = co_await async_restore(*cb, std::string(tmp / "ck-2"), asio::use_awaitable);
+        REQUIRE(st);
+        ok = st->assert_consumed().has_value();
+      },
+      asio::detached);
   ctx.run();
   CHECK(ok);
   CHECK(same(m, back));
@@ -240,33 +243,38 @@ TEST_CASE("lazy saves from a coroutine: co_await the snapshot, then the commit",
   testing::temp_dir tmp;
   model m;
   auto c = ckpt_of(m);
-  auto mgr = checkpoint_manager::create(*c, tmp.str(), [] {
-    manager_options o;
-    o.max_to_keep = 2;
-    return o;
-  }()).value();
+  auto mgr = checkpoint_manager::create(*c, tmp.str(),
+                                        [] {
+                                          manager_options o;
+                                          o.max_to_keep = 2;
+                                          return o;
+                                        }())
+                 .value();
   asio::io_context ctx;
   std::vector<std::string> saved;
   bool ok = true;
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    std::optional<lazy_save<std::optional<std::string>>> prev;
-    for (std::uint64_t i = 0; i < 5; ++i) {
-      m.fill(80 + i);
-      if (prev) {
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        std::optional<lazy_save<std::optional<std::string>>> prev;
+        for (std::uint64_t i = 0; i < 5; ++i) {
+          m.fill(80 + i);
+          if (prev) {
+            auto r = co_await async_wait_committed(*prev, asio::use_awaitable);
+            ok = ok && r && *r;
+            if (r && *r) saved.push_back(**r);
+          }
+          auto s = mgr->save_lazy();
+          // ... a forward and backward pass would run here, reading the weights ...
+          ok = ok && co_await async_wait_snapshot(s, asio::use_awaitable);
+          m.fill(999);  // the optimizer step
+          prev = s;
+        }
         auto r = co_await async_wait_committed(*prev, asio::use_awaitable);
         ok = ok && r && *r;
         if (r && *r) saved.push_back(**r);
-      }
-      auto s = mgr->save_lazy();
-      // ... a forward and backward pass would run here, reading the weights ...
-      ok = ok && co_await async_wait_snapshot(s, asio::use_awaitable);
-      m.fill(999);  // the optimizer step
-      prev = s;
-    }
-    auto r = co_await async_wait_committed(*prev, asio::use_awaitable);
-    ok = ok && r && *r;
-    if (r && *r) saved.push_back(**r);
-  }, asio::detached);
+      },
+      asio::detached);
   ctx.run();
   CHECK(ok);
   REQUIRE(saved.size() == 5);
@@ -276,7 +284,6 @@ TEST_CASE("lazy saves from a coroutine: co_await the snapshot, then the commit",
   REQUIRE(ckpt_of(back)->restore(saved[4]).value().assert_consumed());
   CHECK(same(expect, back));
 }
-
 
 TEST_CASE("torch.save files are read and imported through futures, coroutines and callbacks", "[api][async][torch]") {
   testing::temp_dir tmp;
@@ -297,9 +304,12 @@ TEST_CASE("torch.save files are read and imported through futures, coroutines an
 
   asio::io_context ctx;
   std::optional<result<write_report>> imported;
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    imported = co_await async_import_torch_checkpoint(ctx.get_executor(), *be, tmp / "m.pt", tmp / "imp", {}, asio::use_awaitable);
-  }, asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        imported = co_await async_import_torch_checkpoint(ctx.get_executor(), *be, tmp / "m.pt", tmp / "imp", {}, asio::use_awaitable);
+      },
+      asio::detached);
   ctx.run();
   REQUIRE(imported);
   REQUIRE(*imported);

@@ -128,7 +128,8 @@ TEST_CASE("write neither numbers nor touches the save counter or the state file;
   CHECK(c4->save_counter() == 1);
 }
 
-TEST_CASE("restore() of a write() checkpoint fails assert_consumed on the save counter; read() and name-based restores do not", "[api][status][counter][regression]") {
+TEST_CASE("restore() of a write() checkpoint fails assert_consumed on the save counter; read() and name-based restores do not",
+          "[api][status][counter][regression]") {
   // SEMANTICS.md, save_counter: restore() creates the counter; a checkpoint with an object
   // graph and no counter value (written by write()) leaves it unrestored, as in TensorFlow.
   testing::temp_dir tmp;
@@ -144,8 +145,8 @@ TEST_CASE("restore() of a write() checkpoint fails assert_consumed on the save c
     CHECK(c->has_save_counter());
     for (auto r : {st.assert_existing_objects_matched(), st.assert_consumed()}) {
       REQUIRE_FALSE(r);
-      CHECK_THAT(r.error().what(), Catch::Contains("save_counter") && Catch::Contains("written by write()") &&
-                                       Catch::Contains("read() does not expect it"));
+      CHECK_THAT(r.error().what(),
+                 Catch::Contains("save_counter") && Catch::Contains("written by write()") && Catch::Contains("read() does not expect it"));
     }
     CHECK(st.assert_nontrivial_match());
     st.expect_partial();
@@ -183,7 +184,8 @@ TEST_CASE("restore() of a write() checkpoint fails assert_consumed on the save c
   CHECK(w.got->empty());
 }
 
-TEST_CASE("load status messages name checkpoint objects by path and values by key, and skip nodes without values", "[api][status][regression]") {
+TEST_CASE("load status messages name checkpoint objects by path and values by key, and skip nodes without values",
+          "[api][status][regression]") {
   testing::temp_dir tmp;
   model m;
   m.fill(6);
@@ -387,8 +389,8 @@ TEST_CASE("name-based restore matches flat checkpoints by full variable path", "
   src.fill(21);
   // A checkpoint without an object graph: flat named tensors.
   auto be = backends::make_posix_backend();
-  std::vector<named_tensor> flat = {{"model/dense1/kernel", src.d1.kernel.view()}, {"model/dense1/bias", src.d1.bias.view()},
-                                    {"unrelated", src.d2.bias.view()}};
+  std::vector<named_tensor> flat = {
+      {"model/dense1/kernel", src.d1.kernel.view()}, {"model/dense1/bias", src.d1.bias.view()}, {"unrelated", src.d2.bias.view()}};
   REQUIRE(write_tensors(*be, tmp / "flat", flat));
   model dst;
   auto c = ckpt_of(dst);
@@ -454,16 +456,20 @@ TEST_CASE("the checkpoint state file round-trips and rejects hostile content", "
   CHECK(back.last_preserved_timestamp == 50);
   CHECK_THAT(parse_checkpoint_state("model_checkpoint_path: \"../../etc/x\"\n").error().what(), Catch::Contains("not a plain name"));
   // Absolute paths (TensorFlow writes them) stand for their base names in the directory.
-  auto abs = parse_checkpoint_state("model_checkpoint_path: \"/mnt/job7/train/model.ckpt-9\"\n"
-                                    "all_model_checkpoint_paths: \"/mnt/job7/train/model.ckpt-8\"\n"
-                                    "all_model_checkpoint_paths: \"/mnt/job7/train/model.ckpt-9\"\n").value();
+  auto abs = parse_checkpoint_state(
+                 "model_checkpoint_path: \"/mnt/job7/train/model.ckpt-9\"\n"
+                 "all_model_checkpoint_paths: \"/mnt/job7/train/model.ckpt-8\"\n"
+                 "all_model_checkpoint_paths: \"/mnt/job7/train/model.ckpt-9\"\n")
+                 .value();
   CHECK(abs.model_checkpoint_path == "model.ckpt-9");
   CHECK(abs.all_model_checkpoint_paths == std::vector<std::string>{"model.ckpt-8", "model.ckpt-9"});
   CHECK_FALSE(parse_checkpoint_state("model_checkpoint_path: \"/\"\n"));
   CHECK_FALSE(parse_checkpoint_state("model_checkpoint_path: \"/a/..\"\n"));
   CHECK_THAT(parse_checkpoint_state("model_checkpoint_path: \"a\"\nbogus: 1\n").error().what(), Catch::Contains("line 2"));
   CHECK_FALSE(parse_checkpoint_state("all_model_checkpoint_paths: \"a\"\n"));
-  CHECK_FALSE(parse_checkpoint_state("model_checkpoint_path: \"a\"\nall_model_checkpoint_paths: \"a\"\nall_model_checkpoint_timestamps: 1\nall_model_checkpoint_timestamps: 2\n"));
+  CHECK_FALSE(
+      parse_checkpoint_state("model_checkpoint_path: \"a\"\nall_model_checkpoint_paths: \"a\"\nall_model_checkpoint_timestamps: "
+                             "1\nall_model_checkpoint_timestamps: 2\n"));
   CHECK_FALSE(parse_checkpoint_state("model_checkpoint_path: \"a\"\nlast_preserved_timestamp: x\n"));
 }
 

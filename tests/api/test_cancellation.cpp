@@ -149,11 +149,14 @@ TEST_CASE("a save raced against a timer with || is cancelled when the timer wins
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     gated->release();
   });
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    asio::steady_timer timer(ctx, std::chrono::milliseconds(20));
-    auto r = co_await (async_write(*c, tmp / "ck", asio::use_awaitable) || timer.async_wait(asio::use_awaitable));
-    winner = r.index();
-  }, asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        asio::steady_timer timer(ctx, std::chrono::milliseconds(20));
+        auto r = co_await (async_write(*c, tmp / "ck", asio::use_awaitable) || timer.async_wait(asio::use_awaitable));
+        winner = r.index();
+      },
+      asio::detached);
   ctx.run();
   opener.join();
   REQUIRE(winner);

@@ -139,7 +139,8 @@ TEST_CASE("tensors of every dtype and layout round-trip bit-exact", "[api][round
     for (const auto& s : t.slices)
       if (s.length >= 64 * 1024) CHECK(s.offset % 4096 == 0);
   // Only the manifest, the data file and the directory's writer lock: no temp files.
-  CHECK(files_in(tmp.str()) == std::vector<std::string>{fs::path(only_data_file(tmp.str())).filename().string(), "ck.manifest", "meshckpt.lock"});
+  CHECK(files_in(tmp.str()) ==
+        std::vector<std::string>{fs::path(only_data_file(tmp.str())).filename().string(), "ck.manifest", "meshckpt.lock"});
 }
 
 TEST_CASE("a process holding some devices reads only its shards", "[api][roundtrip]") {
@@ -168,10 +169,13 @@ TEST_CASE("async forms complete through use_future, use_awaitable and callbacks"
   auto dst = make_state(mesh24(), model, std::nullopt);
   asio::io_context ctx;
   result<read_report> got = make_error(errc::invalid_argument, "not run");
-  asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-    auto e = co_await asio::this_coro::executor;
-    got = co_await async_read_tensors(e, *be, tmp / "a", dst.named, {}, asio::use_awaitable);
-  }, asio::detached);
+  asio::co_spawn(
+      ctx,
+      [&]() -> asio::awaitable<void> {
+        auto e = co_await asio::this_coro::executor;
+        got = co_await async_read_tensors(e, *be, tmp / "a", dst.named, {}, asio::use_awaitable);
+      },
+      asio::detached);
   ctx.run();
   REQUIRE(got);
   CHECK(matches(dst, 3));
@@ -197,19 +201,24 @@ TEST_CASE("many concurrent async saves and restores share one io_context", "[api
   asio::io_context ctx;
   int saved = 0, restored = 0, failed = 0;
   for (int i = 0; i < n; ++i)
-    asio::co_spawn(ctx, [&, i]() -> asio::awaitable<void> {
-      auto e = co_await asio::this_coro::executor;
-      std::string prefix = tmp / ("c" + std::to_string(i));
-      auto w = co_await async_write_tensors(e, *be, prefix, src[static_cast<std::size_t>(i)].named, {}, asio::use_awaitable);
-      if (!w) {
-        ++failed;
-        co_return;
-      }
-      ++saved;
-      auto r = co_await async_read_tensors(e, *be, prefix, dst[static_cast<std::size_t>(i)].named, {}, asio::use_awaitable);
-      if (r) ++restored;
-      else ++failed;
-    }, asio::detached);
+    asio::co_spawn(
+        ctx,
+        [&, i]() -> asio::awaitable<void> {
+          auto e = co_await asio::this_coro::executor;
+          std::string prefix = tmp / ("c" + std::to_string(i));
+          auto w = co_await async_write_tensors(e, *be, prefix, src[static_cast<std::size_t>(i)].named, {}, asio::use_awaitable);
+          if (!w) {
+            ++failed;
+            co_return;
+          }
+          ++saved;
+          auto r = co_await async_read_tensors(e, *be, prefix, dst[static_cast<std::size_t>(i)].named, {}, asio::use_awaitable);
+          if (r)
+            ++restored;
+          else
+            ++failed;
+        },
+        asio::detached);
   ctx.run();  // one thread drives all of them; IO completes on the backend's threads
   CHECK(failed == 0);
   CHECK(saved == n);
@@ -251,8 +260,12 @@ TEST_CASE("a cancelled save leaves the previous checkpoint and no new file", "[a
     std::stop_source stop;
     write_options wo;
     wo.stop = stop.get_token();
-    if (when == 0) stop.request_stop();
-    else wo.progress = [&](std::uint64_t d, std::uint64_t) { if (d > 0) stop.request_stop(); };
+    if (when == 0)
+      stop.request_stop();
+    else
+      wo.progress = [&](std::uint64_t d, std::uint64_t) {
+        if (d > 0) stop.request_stop();
+      };
     auto r = write_tensors(*be, tmp / "ck", neu.named, wo);
     REQUIRE_FALSE(r);
     CHECK(r.error().code == errc::cancelled);
@@ -274,7 +287,8 @@ TEST_CASE("overwriting a prefix replaces it atomically and removes the old data"
   auto w = write_tensors(*be, tmp / "ck", b.named).value();
   CHECK(w.cleaned_files == 1);
   CHECK_FALSE(fs::exists(old_data));
-  CHECK(files_in(tmp.str()) == std::vector<std::string>{fs::path(only_data_file(tmp.str())).filename().string(), "ck.manifest", "meshckpt.lock"});
+  CHECK(files_in(tmp.str()) ==
+        std::vector<std::string>{fs::path(only_data_file(tmp.str())).filename().string(), "ck.manifest", "meshckpt.lock"});
   CHECK(restores_to(*be, tmp / "ck", 2));
 }
 
@@ -292,8 +306,8 @@ TEST_CASE("leftovers of a crashed save are ignored, reported, and cleaned by the
   CHECK(scan.leftovers.size() == 3);
   CHECK(restores_to(*be, tmp / "ck", 1));
   auto w = write_tensors(*be, tmp / "ck", a.named).value();
-  CHECK(w.cleaned_files == 3);  // old data + the two leftovers of "ck"
-  CHECK(fs::exists(tmp / "notes.txt"));  // never touches files it did not write
+  CHECK(w.cleaned_files == 3);                                          // old data + the two leftovers of "ck"
+  CHECK(fs::exists(tmp / "notes.txt"));                                 // never touches files it did not write
   CHECK(fs::exists(tmp / format::data_file_name("other", 0xbeef, 0)));  // nor other checkpoints' files
   CHECK(scan_directory(*be, tmp.str()).value().leftovers.size() == 1);
 }

@@ -36,7 +36,8 @@ class failing_backend final : public io::backend {
     if (!inject("open_dir", p, d)) inner_.open_dir(std::move(p), c, std::move(d));
   }
   void open(io::handle dir, std::string n, io::open_mode m, io::completion<io::handle> d) override {
-    if (!inject(m == io::open_mode::read || m == io::open_mode::read_direct ? "open" : "create", n, d)) inner_.open(dir, std::move(n), m, std::move(d));
+    if (!inject(m == io::open_mode::read || m == io::open_mode::read_direct ? "open" : "create", n, d))
+      inner_.open(dir, std::move(n), m, std::move(d));
   }
   void size(io::handle f, io::completion<std::uint64_t> d) override {
     if (!inject("size", "", d)) inner_.size(f, std::move(d));
@@ -91,7 +92,7 @@ struct state {
 state make_state(std::optional<std::uint64_t> seed) {
   auto m = mesh::create({{"x", 2}, {"y", 2}}).value();
   const std::vector<std::tuple<std::string, shape, std::vector<std::string>>> specs = {
-      {"a/big", {256, 256}, {"x", "y"}},      // 64 KiB slices: aligned, written directly
+      {"a/big", {256, 256}, {"x", "y"}},             // 64 KiB slices: aligned, written directly
       {"a/huge", {1024, 1024}, {"x", "unsharded"}},  // 2 MiB slices: direct writes
       {"b/small", {10}, {"unsharded"}},
       {"c/uneven", {7, 3}, {"y", "unsharded"}},
@@ -170,8 +171,8 @@ TEST_CASE("a save that fails at any IO operation never loses or damages a checkp
       }
     }
   }
-  WARN("injected " << 2 * ops << " IO errors into a " << ops << "-operation save: " << errors << " reported, "
-                   << successes << " in post-commit cleanup tolerated; 0 checkpoints lost");
+  WARN("injected " << 2 * ops << " IO errors into a " << ops << "-operation save: " << errors << " reported, " << successes
+                   << " in post-commit cleanup tolerated; 0 checkpoints lost");
 }
 
 TEST_CASE("a save that dies before any IO operation leaves the old or the new checkpoint intact", "[commit][faults][crash]") {

@@ -94,30 +94,33 @@ TEST_CASE("many saves and restores in flight on one io_context run by three thre
     asio::io_context ctx;
     std::atomic<int> ok{0}, failed{0};
     for (int i = 0; i < n; ++i)
-      asio::co_spawn(ctx, [&, i]() -> asio::awaitable<void> {
-        auto e = co_await asio::this_coro::executor;
-        auto k = static_cast<std::size_t>(i);
-        std::string prefix = tmp / ("c" + std::to_string(i % 8));  // pairs share a directory, not a name
-        prefix += i < 8 ? "a" : "b";
-        for (int round = 0; round < 2; ++round) {
-          auto w = co_await async_write_tensors(e, *be, prefix, src[k].named, {}, asio::use_awaitable);
-          if (!w) {
-            ++failed;
-            co_return;
-          }
-          auto r = co_await async_read_tensors(e, *be, prefix, dst[k].named, {}, asio::use_awaitable);
-          if (!r) {
-            ++failed;
-            co_return;
-          }
-          auto v = co_await async_verify(e, *be, prefix, asio::use_awaitable);
-          if (!v || !v->ok()) {
-            ++failed;
-            co_return;
-          }
-        }
-        ++ok;
-      }, asio::detached);
+      asio::co_spawn(
+          ctx,
+          [&, i]() -> asio::awaitable<void> {
+            auto e = co_await asio::this_coro::executor;
+            auto k = static_cast<std::size_t>(i);
+            std::string prefix = tmp / ("c" + std::to_string(i % 8));  // pairs share a directory, not a name
+            prefix += i < 8 ? "a" : "b";
+            for (int round = 0; round < 2; ++round) {
+              auto w = co_await async_write_tensors(e, *be, prefix, src[k].named, {}, asio::use_awaitable);
+              if (!w) {
+                ++failed;
+                co_return;
+              }
+              auto r = co_await async_read_tensors(e, *be, prefix, dst[k].named, {}, asio::use_awaitable);
+              if (!r) {
+                ++failed;
+                co_return;
+              }
+              auto v = co_await async_verify(e, *be, prefix, asio::use_awaitable);
+              if (!v || !v->ok()) {
+                ++failed;
+                co_return;
+              }
+            }
+            ++ok;
+          },
+          asio::detached);
     run_on_threads(ctx, 3);
     CHECK(failed == 0);
     CHECK(ok == n);
@@ -151,16 +154,19 @@ TEST_CASE("checkpoint saves and restores as coroutine chains on an io_context ru
     asio::io_context ctx;
     std::atomic<int> ok{0};
     for (int i = 0; i < n; ++i)
-      asio::co_spawn(ctx, [&, i]() -> asio::awaitable<void> {
-        auto k = static_cast<std::size_t>(i);
-        for (int round = 0; round < 3; ++round) {
-          auto saved = co_await async_save(*saving[k], tmp / ("d" + std::to_string(i) + "/c"), asio::use_awaitable);
-          if (!saved) co_return;
-          auto back = co_await async_restore(*restoring[k], *saved, asio::use_awaitable);
-          if (!back) co_return;
-        }
-        ++ok;
-      }, asio::detached);
+      asio::co_spawn(
+          ctx,
+          [&, i]() -> asio::awaitable<void> {
+            auto k = static_cast<std::size_t>(i);
+            for (int round = 0; round < 3; ++round) {
+              auto saved = co_await async_save(*saving[k], tmp / ("d" + std::to_string(i) + "/c"), asio::use_awaitable);
+              if (!saved) co_return;
+              auto back = co_await async_restore(*restoring[k], *saved, asio::use_awaitable);
+              if (!back) co_return;
+            }
+            ++ok;
+          },
+          asio::detached);
     run_on_threads(ctx, 3);
     CHECK(ok == n);
     for (int i = 0; i < n; ++i) {

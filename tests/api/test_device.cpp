@@ -112,7 +112,7 @@ TEST_CASE("the simulated device: copies both ways, faults on host access, reject
   REQUIRE_FALSE(r);
   CHECK_THAT(r.error().what(), Catch::Contains("not memory of device 1"));
   CHECK_FALSE(device::copy_to_host_blocking(*acc, 0, out, buf.data()));  // another device's memory
-  CHECK_FALSE(device::device_buffer::allocate(*acc, 2, 16));               // no device 2
+  CHECK_FALSE(device::device_buffer::allocate(*acc, 2, 16));             // no device 2
   CHECK(device::device_buffer::allocate(*acc, 0, std::size_t{2} << 30).error().code == std::errc::not_enough_memory);
 
   // A host dereference of a device pointer faults, as a GPU pointer's would.
@@ -180,7 +180,8 @@ TEST_CASE("resharding onto device shards: other meshes, layouts and device count
   const std::vector<std::pair<mesh, std::vector<std::vector<std::string>>>> targets = {
       {mesh_xy(4, 2), {{"y", "x"}, {"x", "unsharded"}, {"unsharded", "y"}, {"x"}, {"unsharded", "x"}}},
       {mesh::create({{"x", 3}}).value(), {{"unsharded", "x"}, {"x", "unsharded"}, {"x", "unsharded"}, {"x"}, {"unsharded", "x"}}},
-      {mesh::create({{"x", 1}}).value(), {{"unsharded", "unsharded"}, {"unsharded", "unsharded"}, {"x", "unsharded"}, {"x"}, {"unsharded", "x"}}}};
+      {mesh::create({{"x", 1}}).value(),
+       {{"unsharded", "unsharded"}, {"unsharded", "unsharded"}, {"x", "unsharded"}, {"x"}, {"unsharded", "x"}}}};
   for (const auto& [m, layouts] : targets) {
     INFO("target mesh of " << m.num_devices() << " devices");
     std::deque<device_tensor> dst;

@@ -140,18 +140,19 @@ TEST_CASE("merging reports: every slice exactly once, by a process that planned 
 
 TEST_CASE("hostile checkpoint state files: a clear error naming the line, never a crash", "[edges][state]") {
   const char* bad[] = {
-      "model_checkpoint_path \"a\"\n",                       // no colon
-      "frobnicate: \"a\"\n",                                 // unknown field
-      "model_checkpoint_path: a\n",                          // unquoted
-      "model_checkpoint_path: \"a\\\"\n",                    // dangling escape
+      "model_checkpoint_path \"a\"\n",                                       // no colon
+      "frobnicate: \"a\"\n",                                                 // unknown field
+      "model_checkpoint_path: a\n",                                          // unquoted
+      "model_checkpoint_path: \"a\\\"\n",                                    // dangling escape
       "model_checkpoint_path: \"a\"\nall_model_checkpoint_timestamps: x\n",  // not a number
       "model_checkpoint_path: \"a\"\nall_model_checkpoint_timestamps: 1.5junk\n",
-      "all_model_checkpoint_paths: \"a\"\n",                 // no model_checkpoint_path
+      "all_model_checkpoint_paths: \"a\"\n",  // no model_checkpoint_path
       // 2 paths, 1 timestamp:
-      "model_checkpoint_path: \"a\"\nall_model_checkpoint_paths: \"a\"\nall_model_checkpoint_paths: \"b\"\nall_model_checkpoint_timestamps: 1\n",
+      "model_checkpoint_path: \"a\"\nall_model_checkpoint_paths: \"a\"\nall_model_checkpoint_paths: "
+      "\"b\"\nall_model_checkpoint_timestamps: 1\n",
       "model_checkpoint_path: \"\n",
-      "model_checkpoint_path: ab\n",                        // no opening quote
-      "model_checkpoint_path: \"ab\n",                      // no closing quote
+      "model_checkpoint_path: ab\n",                                // no opening quote
+      "model_checkpoint_path: \"ab\n",                              // no closing quote
       "model_checkpoint_path: \"a\"\nlast_preserved_timestamp:\n",  // no number at all
   };
   for (const char* text : bad) {
@@ -161,7 +162,8 @@ TEST_CASE("hostile checkpoint state files: a clear error naming the line, never 
     CHECK(r.error().code == errc::corrupt_manifest);
   }
   // Comments, blank lines, CRLF and trailing spaces are fine; escapes round-trip.
-  auto ok = parse_checkpoint_state("# written by hand\r\n\r\nmodel_checkpoint_path:   \"c\\\"k\\\\-2\"  \r\nlast_preserved_timestamp: 12.5\n");
+  auto ok =
+      parse_checkpoint_state("# written by hand\r\n\r\nmodel_checkpoint_path:   \"c\\\"k\\\\-2\"  \r\nlast_preserved_timestamp: 12.5\n");
   REQUIRE(ok);
   CHECK(ok->model_checkpoint_path == "c\"k\\-2");
   CHECK(ok->last_preserved_timestamp == 12.5);
@@ -231,8 +233,9 @@ TEST_CASE("retention and leftovers: odd names and entries are left alone", "[edg
   copy_dir(base_dir().str(), dir.str());
   // Not ours to remove: another name, names that only look numbered, a directory with a data
   // file's name, and a committed checkpoint's files.
-  const std::vector<std::string> keep = {"other-1.data-00000000000000ab-0", "ckpt.data-00000000000000ab-0", "ckptx-1.data-00000000000000ab-0",
-                                         "ckpt-a.data-00000000000000ab-0", "ckpt-.data-00000000000000ab-0"};
+  const std::vector<std::string> keep = {"other-1.data-00000000000000ab-0", "ckpt.data-00000000000000ab-0",
+                                         "ckptx-1.data-00000000000000ab-0", "ckpt-a.data-00000000000000ab-0",
+                                         "ckpt-.data-00000000000000ab-0"};
   for (const auto& k : keep) write_text(dir / k, "x");
   fs::create_directory(dir / "ckpt-7.data-00000000000000ab-0");
   write_text(dir / "ckpt-9.data-00000000000000ab-0", "leftover");  // an interrupted save: removed

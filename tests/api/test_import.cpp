@@ -79,7 +79,8 @@ TEST_CASE("import_safetensors streams every tensor into a checkpoint and keeps _
   write_safetensors_file(dir / "model-00001-of-00002.safetensors", {src.list[0]}, meta);
   write_safetensors_file(dir / "model-00002-of-00002.safetensors", {src.list[1], src.list[2], src.list[3]}, meta);
   format::safetensors_index idx;
-  for (const auto& [k, d] : src.list) idx.weight_map[k] = k == "big" ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  for (const auto& [k, d] : src.list)
+    idx.weight_map[k] = k == "big" ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
   std::ofstream(dir / "model.safetensors.index.json") << format::encode_safetensors_index(idx);
 
   for (const char* from : {"one.safetensors", "model.safetensors.index.json"}) {
@@ -91,8 +92,8 @@ TEST_CASE("import_safetensors streams every tensor into a checkpoint and keeps _
     CHECK(w->bytes == 1050u * 1001 * 8 + 5 * 3 * 4 * 2 + 8);
     check_values(*be, to);
     auto m = read_manifest(*be, to).value();
-    auto ext = std::find_if(m.extensions.begin(), m.extensions.end(),
-                                   [](const auto& e) { return e.name == safetensors_metadata_extension; });
+    auto ext =
+        std::find_if(m.extensions.begin(), m.extensions.end(), [](const auto& e) { return e.name == safetensors_metadata_extension; });
     REQUIRE(ext != m.extensions.end());
     CHECK(format::decode_string_map(ext->bytes).value() == meta);
   }
@@ -348,8 +349,8 @@ TEST_CASE("read_tensor_box reads one box of a tensor, only the chunks that hold 
   auto mc = read_manifest(*be, dir / "ck").value();
   auto tf = read_tf_checkpoint(*be, dir / "tf").value();
 
-  const std::vector<box> boxes = {box{{0, 0}, {300, 200}}, box{{298, 198}, {2, 2}}, box{{140, 90}, {20, 30}},
-                                  box{{0, 99}, {300, 2}},   box{{5, 5}, {0, 3}}};
+  const std::vector<box> boxes = {box{{0, 0}, {300, 200}}, box{{298, 198}, {2, 2}}, box{{140, 90}, {20, 30}}, box{{0, 99}, {300, 2}},
+                                  box{{5, 5}, {0, 3}}};
   for (int source = 0; source < 2; ++source) {
     const std::string prefix = source ? tf.prefix : dir / "ck";
     const auto& m = source ? tf.manifest : mc;
@@ -429,16 +430,17 @@ TEST_CASE("read_tensor_box reads one box of a tensor, only the chunks that hold 
 TEST_CASE("TensorFlow optimizer slots restore by structure, and survive import and export verbatim", "[import][tf][slots]") {
   auto be = test_backend();
   temp_dir dir;
-  const std::string K = "model/kernel/.ATTRIBUTES/VARIABLE_VALUE", M = "model/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE",
-                    V = "model/kernel/.OPTIMIZER_SLOT/optimizer/v/.ATTRIBUTES/VARIABLE_VALUE", I = "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE",
-                    C = "save_counter/.ATTRIBUTES/VARIABLE_VALUE";
+  const std::string K = "model/kernel/.ATTRIBUTES/VARIABLE_VALUE",
+                    M = "model/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE",
+                    V = "model/kernel/.OPTIMIZER_SLOT/optimizer/v/.ATTRIBUTES/VARIABLE_VALUE",
+                    I = "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE", C = "save_counter/.ATTRIBUTES/VARIABLE_VALUE";
   // A Keras-like state as TensorFlow saves it: Adam's slots m and v of the kernel are listed on
   // the optimizer (node 3), not among its children.
   std::deque<dtensor> keep;
   std::vector<named_tensor> tensors;
-  for (const auto& [key, t, s] : {std::tuple{K, dtype::float32, shape{4, 2}}, std::tuple{M, dtype::float32, shape{4, 2}},
-                                  std::tuple{V, dtype::float32, shape{4, 2}}, std::tuple{I, dtype::int64, shape{}},
-                                  std::tuple{C, dtype::int64, shape{}}}) {
+  for (const auto& [key, t, s] :
+       {std::tuple{K, dtype::float32, shape{4, 2}}, std::tuple{M, dtype::float32, shape{4, 2}}, std::tuple{V, dtype::float32, shape{4, 2}},
+        std::tuple{I, dtype::int64, shape{}}, std::tuple{C, dtype::int64, shape{}}}) {
     keep.push_back(whole_tensor(t, s, key, 6));
     tensors.push_back({key, keep.back().view()});
   }
@@ -458,8 +460,9 @@ TEST_CASE("TensorFlow optimizer slots restore by structure, and survive import a
   graph::object_graph root_only;
   root_only.nodes.resize(1);
   opt.extensions.push_back({std::string(graph::object_graph_extension), graph::encode_object_graph(root_only)});
-  opt.extensions.push_back({std::string(tf_object_graph_extension), std::vector<std::byte>(reinterpret_cast<const std::byte*>(tg_bytes.data()),
-                                                                                        reinterpret_cast<const std::byte*>(tg_bytes.data()) + tg_bytes.size())});
+  opt.extensions.push_back({std::string(tf_object_graph_extension),
+                            std::vector<std::byte>(reinterpret_cast<const std::byte*>(tg_bytes.data()),
+                                                   reinterpret_cast<const std::byte*>(tg_bytes.data()) + tg_bytes.size())});
   REQUIRE(write_tensors(*be, dir / "src", tensors, opt));
   REQUIRE(export_tf_bundle(*be, dir / "src", dir / "tf"));  // TensorFlow's graph written verbatim
   REQUIRE(import_tf_checkpoint(*be, dir / "tf", dir / "imported"));
@@ -482,7 +485,8 @@ TEST_CASE("TensorFlow optimizer slots restore by structure, and survive import a
   for (const char* from : {"tf", "imported", "tf2"}) {
     INFO(from);
     graph::module root, model, optimizer, m_slots, v_slots;
-    auto kernel = var(dtype::float32, {4, 2}), m = var(dtype::float32, {4, 2}), v = var(dtype::float32, {4, 2}), iter = var(dtype::int64, {});
+    auto kernel = var(dtype::float32, {4, 2}), m = var(dtype::float32, {4, 2}), v = var(dtype::float32, {4, 2}),
+         iter = var(dtype::int64, {});
     root.add_child("model", model);
     root.add_child("optimizer", optimizer);
     model.add_child("kernel", *kernel);

@@ -153,15 +153,15 @@ TEST_CASE("checkpoint_interval skips saves until the step advanced enough", "[ma
   o.step_counter = [&] { return step; };
   o.checkpoint_interval = 5;
   auto m = checkpoint_manager::create(*c, tmp.str(), o).value();
-  CHECK(m->save().value());          // first save always happens
+  CHECK(m->save().value());  // first save always happens
   step = 3;
-  CHECK_FALSE(m->save().value());    // 3 < 0 + 5
+  CHECK_FALSE(m->save().value());  // 3 < 0 + 5
   step = 5;
   CHECK(m->save().value());
-  CHECK_FALSE(m->save().value());    // same step
+  CHECK_FALSE(m->save().value());                     // same step
   CHECK_FALSE(m->save(std::nullopt, false).value());  // same step even with check_interval = false (TensorFlow's rule)
   step = 7;
-  CHECK_FALSE(m->save().value());    // 7 < 5 + 5
+  CHECK_FALSE(m->save().value());               // 7 < 5 + 5
   CHECK(m->save(std::nullopt, false).value());  // check_interval = false waives the interval
   step = 12;
   CHECK(m->save(100).value().value() == tmp / "ckpt-100");  // explicit number
@@ -246,6 +246,6 @@ TEST_CASE("retention model: 10,000 random save/restart operations match a refere
   for (const auto& e : fs::directory_iterator(tmp.str()))
     if (e.path().filename().string().starts_with("foreign-")) ++foreign_left;
   CHECK(foreign_left == static_cast<std::size_t>(foreign));
-  WARN("retention model: " << ops << " operations (" << saves << " saves, " << restarts << " restarts, " << foreign
-                           << " foreign files), " << divergences << " divergences");
+  WARN("retention model: " << ops << " operations (" << saves << " saves, " << restarts << " restarts, " << foreign << " foreign files), "
+                           << divergences << " divergences");
 }

@@ -216,15 +216,18 @@ std::vector<result<write_report>> failing_second_save(io::backend& be, const std
     out[static_cast<std::size_t>(r)] = write_tensors(be, prefix, s.tensors, o);
   });
   for (auto& rep : out) REQUIRE(rep);
-  run_ranks(4, [&](int r, coord::coordinator& co) {
-    auto s = make_state({r}, 2);
-    write_options o;
-    o.coordinator = &co;
-    o.coordination_timeout = 300ms;
-    io::backend* b = &be;
-    tweak(r, s, o, b);
-    out[static_cast<std::size_t>(r)] = write_tensors(*b, prefix, s.tensors, o);
-  }, dead);
+  run_ranks(
+      4,
+      [&](int r, coord::coordinator& co) {
+        auto s = make_state({r}, 2);
+        write_options o;
+        o.coordinator = &co;
+        o.coordination_timeout = 300ms;
+        io::backend* b = &be;
+        tweak(r, s, o, b);
+        out[static_cast<std::size_t>(r)] = write_tensors(*b, prefix, s.tensors, o);
+      },
+      dead);
   return out;
 }
 
@@ -276,7 +279,8 @@ TEST_CASE("a late process makes the save time out on every process, with the sam
   CHECK(restores_in_one_process(*be, prefix, 1));
 }
 
-TEST_CASE("a dead process fails the save on the others; a dead process 0 leaves the others timed out and nothing committed", "[multiprocess][faults]") {
+TEST_CASE("a dead process fails the save on the others; a dead process 0 leaves the others timed out and nothing committed",
+          "[multiprocess][faults]") {
   auto be = testing::test_backend();
   {
     testing::temp_dir tmp;
@@ -319,8 +323,10 @@ TEST_CASE("process 0 dying after the data writes leaves the outcome unknown: the
   same_error_everywhere(out, {1, 2, 3}, errc::timed_out, "announce the save's outcome", false);
   // Process 0 heard nobody within its timeout after its writes? It got their reports (they were
   // sent before it finished), so it committed: the others' files had to stay.
-  if (out[0]) CHECK(restores_in_one_process(*be, prefix, 2));
-  else CHECK(restores_in_one_process(*be, prefix, 1));
+  if (out[0])
+    CHECK(restores_in_one_process(*be, prefix, 2));
+  else
+    CHECK(restores_in_one_process(*be, prefix, 1));
 }
 
 TEST_CASE("processes that disagree, or a device no process holds, fail everywhere without a commit", "[multiprocess][faults]") {
@@ -373,7 +379,8 @@ struct model : graph::module {
 
 }  // namespace
 
-TEST_CASE("Checkpoint and CheckpointManager across processes: one commit, process 0 keeps the state file and retention", "[multiprocess][api]") {
+TEST_CASE("Checkpoint and CheckpointManager across processes: one commit, process 0 keeps the state file and retention",
+          "[multiprocess][api]") {
   testing::temp_dir tmp;
   std::vector<std::vector<std::string>> kept(4);
   std::vector<std::optional<std::string>> latest(4);

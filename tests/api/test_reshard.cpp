@@ -41,8 +41,8 @@ std::vector<std::vector<std::string>> layouts_2d(const mesh& m) {
 
 TEST_CASE("reshard matrix: mesh shapes x layouts x device counts x dtypes, bit-exact", "[reshard]") {
   auto be = testing::test_backend();
-  const std::vector<mesh_spec> meshes = {
-      {{{"x", 2}, {"y", 4}}, {}}, {{{"x", 4}, {"y", 2}}, {}}, {{{"x", 8}}, {}}, {{{"x", 1}}, {}}, {{{"x", 3}}, {}}, {{{"a", 2}, {"b", 3}}, {}}};
+  const std::vector<mesh_spec> meshes = {{{{"x", 2}, {"y", 4}}, {}}, {{{"x", 4}, {"y", 2}}, {}}, {{{"x", 8}}, {}},
+                                         {{{"x", 1}}, {}},           {{{"x", 3}}, {}},           {{{"a", 2}, {"b", 3}}, {}}};
   const std::vector<std::pair<dtype, shape>> tensors = {
       {dtype::float32, {64, 48}}, {dtype::bfloat16, {7, 5}}, {dtype::int8, {13, 1}}, {dtype::float64, {9, 16}}};
   int restores = 0, shards = 0;

@@ -125,12 +125,15 @@ TEST_CASE("async_latest_checkpoint reads the state file without blocking the cal
   boost::asio::io_context ctx;
   std::optional<std::string> got;
   bool ran = false;
-  boost::asio::co_spawn(ctx, [&]() -> boost::asio::awaitable<void> {
-    auto r = co_await async_latest_checkpoint(ctx.get_executor(), tmp.str(), boost::asio::use_awaitable);
-    got = r ? *r : std::nullopt;
-    auto none = co_await async_latest_checkpoint(ctx.get_executor(), tmp.str() + "/nothing-here", boost::asio::use_awaitable);
-    ran = none && !*none;
-  }, boost::asio::detached);
+  boost::asio::co_spawn(
+      ctx,
+      [&]() -> boost::asio::awaitable<void> {
+        auto r = co_await async_latest_checkpoint(ctx.get_executor(), tmp.str(), boost::asio::use_awaitable);
+        got = r ? *r : std::nullopt;
+        auto none = co_await async_latest_checkpoint(ctx.get_executor(), tmp.str() + "/nothing-here", boost::asio::use_awaitable);
+        ran = none && !*none;
+      },
+      boost::asio::detached);
   ctx.run();
   CHECK(got == tmp.str() + "/ckpt-1");
   CHECK(ran);
@@ -192,20 +195,23 @@ TEST_CASE("async save, restore and manager save run as one coroutine chain on th
   // The caller's io_context is run by this thread alone: every step of every call runs here.
   boost::asio::io_context ctx;
   std::vector<std::string> steps;
-  boost::asio::co_spawn(ctx, [&]() -> boost::asio::awaitable<void> {
-    auto saved = co_await async_save(*c, tmp / "ck", boost::asio::use_awaitable);
-    steps.push_back(saved ? *saved : saved.error().what());
-    auto written = co_await async_write(*c, tmp / "w", boost::asio::use_awaitable);
-    steps.push_back(written ? *written : written.error().what());
-    auto restored = co_await async_restore(*d, tmp / "ck-1", boost::asio::use_awaitable);
-    steps.push_back(restored ? "restored" : restored.error().what());
-    auto read = co_await async_read(*d, tmp / "w", boost::asio::use_awaitable);
-    steps.push_back(read ? "read" : read.error().what());
-    for (int i = 0; i < 2; ++i) {
-      auto managed = co_await async_save(*mgr, boost::asio::use_awaitable);
-      steps.push_back(!managed ? managed.error().what() : *managed ? **managed : "skipped");
-    }
-  }, boost::asio::detached);
+  boost::asio::co_spawn(
+      ctx,
+      [&]() -> boost::asio::awaitable<void> {
+        auto saved = co_await async_save(*c, tmp / "ck", boost::asio::use_awaitable);
+        steps.push_back(saved ? *saved : saved.error().what());
+        auto written = co_await async_write(*c, tmp / "w", boost::asio::use_awaitable);
+        steps.push_back(written ? *written : written.error().what());
+        auto restored = co_await async_restore(*d, tmp / "ck-1", boost::asio::use_awaitable);
+        steps.push_back(restored ? "restored" : restored.error().what());
+        auto read = co_await async_read(*d, tmp / "w", boost::asio::use_awaitable);
+        steps.push_back(read ? "read" : read.error().what());
+        for (int i = 0; i < 2; ++i) {
+          auto managed = co_await async_save(*mgr, boost::asio::use_awaitable);
+          steps.push_back(!managed ? managed.error().what() : *managed ? **managed : "skipped");
+        }
+      },
+      boost::asio::detached);
   ctx.run();
   REQUIRE(steps == std::vector<std::string>{tmp / "ck-1", tmp / "w", "restored", "read", tmp / "managed/ckpt-2", tmp / "managed/ckpt-3"});
   CHECK(back.holds(4));
@@ -329,7 +335,8 @@ TEST_CASE("the process's threads are a fixed number, whatever the number of chec
     CHECK(n == fixed);
   }
   std::vector<std::future<result<std::string>>> saves;
-  for (int i = 0; i < 8; ++i) saves.push_back(async_save(*ckpts[static_cast<std::size_t>(i)], tmp / ("c" + std::to_string(i)) + "/ck", boost::asio::use_future));
+  for (int i = 0; i < 8; ++i)
+    saves.push_back(async_save(*ckpts[static_cast<std::size_t>(i)], tmp / ("c" + std::to_string(i)) + "/ck", boost::asio::use_future));
   {
     std::string saving;
     auto n = threads_in_process(&saving);
@@ -372,7 +379,7 @@ TEST_CASE("saves and restores of different states in one process reuse memory an
   auto make = [&](int n, int variant, bool fill) {
     state s;
     for (int i = 0; i < n; ++i) {
-      auto l = (i + variant) % 3 == 0 ? std::vector<std::string>{"x", "y"}
+      auto l = (i + variant) % 3 == 0   ? std::vector<std::string>{"x", "y"}
                : (i + variant) % 3 == 1 ? std::vector<std::string>{"unsharded", "y"}
                                         : std::vector<std::string>{"unsharded", "unsharded"};
       s.tensors.push_back(dtensor::create(dtype::float32, {4 + variant * 4, 8}, layout::create(l, m).value()).value());
@@ -501,7 +508,8 @@ TEST_CASE("sequential_reader reads a range ahead in aligned blocks, in pieces of
     out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
   }
   // Reads [begin, end) of the file in pieces of the sizes given (cycled) into `got`.
-  auto read_range = [&](io::backend& b, std::uint64_t begin, std::uint64_t end, std::vector<std::size_t> sizes, std::vector<std::byte>& got) {
+  auto read_range = [&](io::backend& b, std::uint64_t begin, std::uint64_t end, std::vector<std::size_t> sizes,
+                        std::vector<std::byte>& got) {
     got.assign(end - begin, std::byte{0});
     return with_open_file(b, tmp.str(), "f", io::open_mode::read_direct, [&](auto ex, io::handle h) -> runtime::task<void> {
       result<void> r = success();
@@ -521,8 +529,8 @@ TEST_CASE("sequential_reader reads a range ahead in aligned blocks, in pieces of
   std::vector<std::byte> got;
   // Unaligned ranges: inside one block, across several, to the end of the file; pieces small,
   // odd, larger than a block.
-  for (const auto& [begin, end] : {std::pair{std::uint64_t{5}, std::uint64_t{4000}}, std::pair{blk - 3, 3 * blk + 10},
-                                   std::pair{std::uint64_t{4097}, file_size}}) {
+  for (const auto& [begin, end] :
+       {std::pair{std::uint64_t{5}, std::uint64_t{4000}}, std::pair{blk - 3, 3 * blk + 10}, std::pair{std::uint64_t{4097}, file_size}}) {
     INFO("range [" << begin << ", " << end << ")");
     REQUIRE(read_range(*be, begin, end, {1, 4093, blk + 5, 70000}, got));
     CHECK(std::memcmp(got.data(), bytes.data() + begin, got.size()) == 0);

@@ -29,8 +29,8 @@ TEST_CASE("read_safetensors fills any layout by name, from a file and from a sha
   write_safetensors_file(dir / "model-00001-of-00002.safetensors", {{"w", &w}});
   write_safetensors_file(dir / "model-00002-of-00002.safetensors", {{"e", &e}, {"s", &s}});
   format::safetensors_index idx;
-  idx.weight_map = {{"w", "model-00001-of-00002.safetensors"}, {"e", "model-00002-of-00002.safetensors"},
-                    {"s", "model-00002-of-00002.safetensors"}};
+  idx.weight_map = {
+      {"w", "model-00001-of-00002.safetensors"}, {"e", "model-00002-of-00002.safetensors"}, {"s", "model-00002-of-00002.safetensors"}};
   write_text(dir / "model.safetensors.index.json", format::encode_safetensors_index(idx));
 
   auto m = mesh::create({{"x", 2}, {"y", 2}}).value();

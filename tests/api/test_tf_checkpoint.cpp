@@ -26,7 +26,8 @@ namespace fs = std::filesystem;
 
 using namespace api_test;
 
-TEST_CASE("latest_checkpoint finds a checkpoint TensorFlow wrote, its absolute paths from another machine resolved", "[api][checkpoint][tf]") {
+TEST_CASE("latest_checkpoint finds a checkpoint TensorFlow wrote, its absolute paths from another machine resolved",
+          "[api][checkpoint][tf]") {
   testing::temp_dir tmp;
   const std::filesystem::path src = std::filesystem::path(MESHCKPT_TF_TESTDATA) / "t2t_transformer_tf1_ckpt";
   for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / e.path().filename());
@@ -84,7 +85,6 @@ TEST_CASE("verify_tf_bundle checks every tensor of a TensorFlow checkpoint again
   // No index: an error, not a report.
   CHECK(verify_tf_bundle(*b, tmp / "nothing").error().code == errc::not_found);
 }
-
 
 namespace {
 
@@ -167,7 +167,8 @@ TEST_CASE("a SavedModel directory restores through its object graph: y = 0.5 x +
   }
 }
 
-TEST_CASE("a TF1 checkpoint restores by name onto sharded layouts, every value checked against TensorFlow's CRC-32C", "[api][checkpoint][tf]") {
+TEST_CASE("a TF1 checkpoint restores by name onto sharded layouts, every value checked against TensorFlow's CRC-32C",
+          "[api][checkpoint][tf]") {
   const auto prefix = (tf_data / "t2t_transformer_tf1_ckpt" / "model.ckpt-1").string();
   auto idx = read_tf_bundle_index(*backends::make_posix_backend(), prefix).value();
   // Every tensor, by its TensorFlow name: matrices split over x and y, vectors over y.
@@ -254,7 +255,8 @@ TEST_CASE("a TF2 checkpoint restores through its object graph into a live graph 
   }());
 }
 
-TEST_CASE("a TF2 checkpoint restored onto a graph that mirrors only its variables passes assert_consumed, as in TensorFlow", "[api][checkpoint][tf][status][regression]") {
+TEST_CASE("a TF2 checkpoint restored onto a graph that mirrors only its variables passes assert_consumed, as in TensorFlow",
+          "[api][checkpoint][tf][status][regression]") {
   const auto prefix = (tf_data / "bert_lite_tf2_ckpt" / "bert_lite_tf2.ckpt").string();
   auto idx = read_tf_bundle_index(*backends::make_posix_backend(), prefix).value();
   auto tg = tf_files::read_object_graph(prefix, idx).value();
@@ -263,13 +265,17 @@ TEST_CASE("a TF2 checkpoint restored onto a graph that mirrors only its variable
   // `skip` leaves out one variable, to see how the status names it.
   auto build_live = [&](const std::string& skip, std::deque<graph::module>& mods, std::deque<graph::variable>& values) {
     std::map<std::uint32_t, graph::trackable*> built;
-    std::function<graph::trackable*(std::uint32_t, const std::string&)> build = [&](std::uint32_t n, const std::string& path) -> graph::trackable* {
+    std::function<graph::trackable*(std::uint32_t, const std::string&)> build = [&](std::uint32_t n,
+                                                                                    const std::string& path) -> graph::trackable* {
       if (auto it = built.find(n); it != built.end()) return it->second;
       for (const auto& at : tg.nodes[n].attributes)
         if (at.name == "VARIABLE_VALUE") {
           if (path == skip) return nullptr;
           const auto* e = idx.find(at.checkpoint_key);
-          return built[n] = &values.emplace_back(dtensor::create(*e->type, e->global, layout::create(std::vector<std::string>(e->global.size(), "unsharded"), mesh24()).value()).value());
+          return built[n] = &values.emplace_back(
+                     dtensor::create(*e->type, e->global,
+                                     layout::create(std::vector<std::string>(e->global.size(), "unsharded"), mesh24()).value())
+                         .value());
         }
       std::vector<std::pair<std::string, graph::trackable*>> kids;
       for (const auto& [name, child] : tg.nodes[n].children)
@@ -324,8 +330,8 @@ TEST_CASE("restoring from a path that holds no checkpoint of any kind is not_fou
   auto r = ck->restore(tmp / "nothing");
   REQUIRE_FALSE(r);
   CHECK(r.error().code == errc::not_found);
-  CHECK_THAT(r.error().what(), Catch::Contains("nothing.manifest") && Catch::Contains("TensorFlow checkpoint") &&
-                                   Catch::Contains("SavedModel directory"));
+  CHECK_THAT(r.error().what(),
+             Catch::Contains("nothing.manifest") && Catch::Contains("TensorFlow checkpoint") && Catch::Contains("SavedModel directory"));
   // A TF bundle missing a data file says which.
   const auto src = tf_data / "t2t_transformer_tf1_ckpt";
   for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / e.path().filename());
@@ -345,7 +351,8 @@ TEST_CASE("a damaged TensorFlow tensor fails its restore with a CRC-32C mismatch
   testing::temp_dir tmp;
   const auto src = tf_data / "half_plus_two_tf2_savedmodel" / "variables";
   std::filesystem::create_directories(tmp.path / "sm" / "variables");
-  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / "sm" / "variables" / e.path().filename());
+  for (const auto& e : std::filesystem::directory_iterator(src))
+    std::filesystem::copy_file(e.path(), tmp.path / "sm" / "variables" / e.path().filename());
   auto idx = read_tf_bundle_index(*backends::make_posix_backend(), tmp / "sm/variables/variables").value();
   const auto* b = idx.find("b/.ATTRIBUTES/VARIABLE_VALUE");
   REQUIRE(b);
@@ -367,7 +374,6 @@ TEST_CASE("a damaged TensorFlow tensor fails its restore with a CRC-32C mismatch
 }
 
 namespace {
-
 
 // One variable per dtype TensorFlow has, some split over x and y (stored as several slices),
 // some whole, a scalar and an empty tensor, under a module tree.
@@ -407,7 +413,8 @@ bool same_values(const every_dtype& a, const every_dtype& b) {
 
 }  // namespace
 
-TEST_CASE("export to TensorFlow and back is bit-exact for every dtype, with partitioned slices and several data files", "[api][tf][export]") {
+TEST_CASE("export to TensorFlow and back is bit-exact for every dtype, with partitioned slices and several data files",
+          "[api][tf][export]") {
   testing::temp_dir tmp;
   auto be = backends::make_posix_backend();
   every_dtype src(11);
@@ -539,4 +546,3 @@ TEST_CASE("a name map restores TF1 variables whose live paths differ from Tensor
   CHECK(format::crc32c::value(gather(mapped.w.view())) == e->crc32c);
   st.expect_partial();
 }
-

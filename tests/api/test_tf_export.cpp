@@ -82,10 +82,12 @@ TEST_CASE("a damaged checkpoint fails a streamed export, to TensorFlow or safete
   REQUIRE_FALSE(sf);
   CHECK(sf.error().code == errc::checksum_mismatch);
   CHECK_FALSE(std::filesystem::exists(tmp / "w2.safetensors"));
-  for (const auto& e : std::filesystem::directory_iterator(tmp.path)) CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
+  for (const auto& e : std::filesystem::directory_iterator(tmp.path))
+    CHECK(e.path().filename().string().find(".tmp-") == std::string::npos);
 }
 
-TEST_CASE("opaque values export to TensorFlow as DT_STRING scalars that the object graph names, and import back as the same bytes", "[api][tf][export][regression]") {
+TEST_CASE("opaque values export to TensorFlow as DT_STRING scalars that the object graph names, and import back as the same bytes",
+          "[api][tf][export][regression]") {
   testing::temp_dir tmp;
   auto be = backends::make_posix_backend();
   model m;
@@ -125,7 +127,8 @@ TEST_CASE("opaque values export to TensorFlow as DT_STRING scalars that the obje
   CHECK(same(m, back));
 }
 
-TEST_CASE("an import refuses a TensorFlow string whose size lies beyond its data file, before allocating it", "[api][tf][hostile][regression]") {
+TEST_CASE("an import refuses a TensorFlow string whose size lies beyond its data file, before allocating it",
+          "[api][tf][hostile][regression]") {
   testing::temp_dir tmp;
   auto be = backends::make_posix_backend();
   // Checksums right, the size hostile: 512 MiB claimed, 10 bytes stored.
@@ -139,7 +142,8 @@ TEST_CASE("an import refuses a TensorFlow string whose size lies beyond its data
   CHECK_FALSE(std::filesystem::exists(tmp / "out.manifest"));
 }
 
-TEST_CASE("re-exporting an imported TF2 checkpoint keeps TensorFlow's graph but drops attributes whose values were not imported", "[api][tf][export][regression]") {
+TEST_CASE("re-exporting an imported TF2 checkpoint keeps TensorFlow's graph but drops attributes whose values were not imported",
+          "[api][tf][export][regression]") {
   testing::temp_dir tmp;
   auto be = backends::make_posix_backend();
   // root -> layer (a config string, a rank-1 DT_STRING meshckpt leaves out) -> kernel (a
@@ -155,11 +159,12 @@ TEST_CASE("re-exporting an imported TF2 checkpoint keeps TensorFlow's graph but 
   std::uint32_t crc = 0;
   std::vector<std::string> config{"{\"a\":1}", "{\"b\":2}"};
   auto config_bytes = format::tf::encode_string_tensor(config, crc);
-  REQUIRE(tf_files::write_bundle(tmp / "k", {tf_files::string_scalar(std::string(format::tf::object_graph_key), format::tf::encode_trackable_graph(g)),
-                                             {"layer/.ATTRIBUTES/OBJECT_CONFIG_JSON", format::tf::tf_string, {2}, config_bytes, crc},
-                                             {"layer/kernel/.ATTRIBUTES/VARIABLE_VALUE", 1, {2}, std::vector<std::byte>(8, std::byte{1})},
-                                             {"layer/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE", 1, {2},
-                                              std::vector<std::byte>(8, std::byte{2})}}));
+  REQUIRE(tf_files::write_bundle(
+      tmp / "k",
+      {tf_files::string_scalar(std::string(format::tf::object_graph_key), format::tf::encode_trackable_graph(g)),
+       {"layer/.ATTRIBUTES/OBJECT_CONFIG_JSON", format::tf::tf_string, {2}, config_bytes, crc},
+       {"layer/kernel/.ATTRIBUTES/VARIABLE_VALUE", 1, {2}, std::vector<std::byte>(8, std::byte{1})},
+       {"layer/kernel/.OPTIMIZER_SLOT/optimizer/m/.ATTRIBUTES/VARIABLE_VALUE", 1, {2}, std::vector<std::byte>(8, std::byte{2})}}));
   auto imp = import_tf_checkpoint(*be, tmp / "k", tmp / "imported");
   INFO((imp ? std::string() : imp.error().what()));
   REQUIRE(imp);

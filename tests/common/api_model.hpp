@@ -59,8 +59,8 @@ inline bool same(const graph::variable& va, const graph::variable& vb) {
 }
 
 inline bool same(const model& a, const model& b) {
-  return same(a.d1.kernel, b.d1.kernel) && same(a.d1.bias, b.d1.bias) && same(a.d2.kernel, b.d2.kernel) &&
-         same(a.d2.bias, b.d2.bias) && a.step.get() == b.step.get() && a.rng.get() == b.rng.get();
+  return same(a.d1.kernel, b.d1.kernel) && same(a.d1.bias, b.d1.bias) && same(a.d2.kernel, b.d2.kernel) && same(a.d2.bias, b.d2.bias) &&
+         a.step.get() == b.step.get() && a.rng.get() == b.rng.get();
 }
 
 // Collects warnings for the duration of a test.
@@ -82,6 +82,5 @@ inline std::string slurp(const std::string& p) {
   ss << in.rdbuf();
   return ss.str();
 }
-
 
 }  // namespace api_test

@@ -45,15 +45,15 @@ struct model : graph::module {
   }
   bool holds(std::int64_t s) const {
     const auto seed = static_cast<std::uint64_t>(s);
-    return step.get() == s && matches(w.view(), "w", seed) && matches(e.view(), "e", seed) &&
-           matches(b.view(), "b", seed) && matches(u.view(), "u", seed);
+    return step.get() == s && matches(w.view(), "w", seed) && matches(e.view(), "e", seed) && matches(b.view(), "b", seed) &&
+           matches(u.view(), "u", seed);
   }
 };
 
 inline checkpoint_options opts(std::shared_ptr<io::backend> be) {
   checkpoint_options o;
   o.backend = std::move(be);
-  o.write.chunk_bytes = 4096;            // several chunks per slice
+  o.write.chunk_bytes = 4096;             // several chunks per slice
   o.write.layout.max_file_bytes = 16384;  // several data files per checkpoint
   return o;
 }
@@ -130,8 +130,10 @@ inline void check_recovery(const std::string& dir, const std::vector<int>& acked
     auto c = checkpoint::create(mesh8(), &back, {}, opts(be)).value();
     auto st = c->restore(dir + "/" + name);
     if (st) {
-      if (!back.holds(n)) v.add(what + ": I1: " + name + " restores, with wrong values");
-      else restorable.insert(n);
+      if (!back.holds(n))
+        v.add(what + ": I1: " + name + " restores, with wrong values");
+      else
+        restorable.insert(n);
       (void)st->expect_partial();
     }
   }
@@ -142,7 +144,9 @@ inline void check_recovery(const std::string& dir, const std::vector<int>& acked
     int newer = 0;
     for (int r : restorable)
       if (r > n) ++newer;
-    if (newer < 2) v.add(what + ": I2/I3: acknowledged ckpt-" + std::to_string(n) + " is gone or damaged, and only " + std::to_string(newer) + " newer checkpoint(s) restore");
+    if (newer < 2)
+      v.add(what + ": I2/I3: acknowledged ckpt-" + std::to_string(n) + " is gone or damaged, and only " + std::to_string(newer) +
+            " newer checkpoint(s) restore");
   }
   // The state file: a manager over the directory; the latest it names must restore.
   model back;
@@ -162,9 +166,11 @@ inline void check_recovery(const std::string& dir, const std::vector<int>& acked
   auto s = (*mgr)->save();
   if (!s || !*s) return v.add(what + ": the save after recovery failed: " + (s ? std::string("skipped") : s.error().what()));
   auto after = scan_directory(*be, dir);
-  if (after && !after->leftovers.empty()) v.add(what + ": I6: leftovers after recovery: " + after->leftovers.front() + " (" + std::to_string(after->leftovers.size()) + ")");
+  if (after && !after->leftovers.empty())
+    v.add(what + ": I6: leftovers after recovery: " + after->leftovers.front() + " (" + std::to_string(after->leftovers.size()) + ")");
   for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().filename().string().starts_with("checkpoint.tmp-")) v.add(what + ": I6: a temp state file is left: " + e.path().filename().string());
+    if (e.path().filename().string().starts_with("checkpoint.tmp-"))
+      v.add(what + ": I6: a temp state file is left: " + e.path().filename().string());
 }
 
 // The template: ckpt-1 and ckpt-2 written (durably) by a fault-free run.
@@ -182,6 +188,5 @@ inline void copy_dir(const std::string& from, const std::string& to) {
   fs::create_directories(to);
   for (const auto& e : fs::directory_iterator(from)) fs::copy(e.path(), to + "/" + e.path().filename().string());
 }
-
 
 }  // namespace meshckpt::testing

@@ -125,16 +125,20 @@ struct host_image {
     if (!any_on_device(v.shards())) return;
     twin.emplace(dtensor::create(v.type(), v.global_shape(), v.layout()).value());
     for (const auto& sh : v.shards())
-      if (sh.on_device()) device::copy_to_host_blocking(*sh.memory, sh.gpu, twin->view().shard_of(sh.device)->data, sh.data.data()).value();
-      else std::memcpy(twin->view().shard_of(sh.device)->data.data(), sh.data.data(), sh.data.size());
+      if (sh.on_device())
+        device::copy_to_host_blocking(*sh.memory, sh.gpu, twin->view().shard_of(sh.device)->data, sh.data.data()).value();
+      else
+        std::memcpy(twin->view().shard_of(sh.device)->data.data(), sh.data.data(), sh.data.size());
     view = twin->view();
   }
   void store(const dtensor_view& v) const {
     if (!twin) return;
     for (const auto& sh : v.shards()) {
       auto from = twin->view().shard_of(sh.device)->data;
-      if (sh.on_device()) device::copy_to_device_blocking(*sh.memory, sh.gpu, sh.data.data(), from).value();
-      else std::memcpy(sh.data.data(), from.data(), from.size());
+      if (sh.on_device())
+        device::copy_to_device_blocking(*sh.memory, sh.gpu, sh.data.data(), from).value();
+      else
+        std::memcpy(sh.data.data(), from.data(), from.size());
     }
   }
 };
@@ -279,7 +283,8 @@ class gated_backend final : public forwarding_backend {
 // error in the middle of a background flush.
 class failing_writes final : public forwarding_backend {
  public:
-  failing_writes(std::shared_ptr<io::backend> inner, int fail_from, int err) : forwarding_backend(std::move(inner)), fail_from_(fail_from), err_(err) {}
+  failing_writes(std::shared_ptr<io::backend> inner, int fail_from, int err)
+      : forwarding_backend(std::move(inner)), fail_from_(fail_from), err_(err) {}
   std::string_view name() const noexcept override { return "failing-writes"; }
   void write(io::handle f, std::uint64_t o, std::span<const std::byte> b, io::completion<void> d) override {
     if (n_.fetch_add(1) >= fail_from_) return d(make_errno_error(err_, "write", "injected at offset " + std::to_string(o)));
@@ -294,8 +299,8 @@ class failing_writes final : public forwarding_backend {
 
 // A 4096-aligned buffer of `n` bytes (for O_DIRECT transfers).
 struct aligned_bytes {
-  explicit aligned_bytes(std::size_t n) : p(static_cast<std::byte*>(::operator new(n, std::align_val_t{4096}))) {}
-  ~aligned_bytes() { ::operator delete(p, std::align_val_t{4096}); }
+  explicit aligned_bytes(std::size_t n) : p(static_cast<std::byte*>(::operator new (n, std::align_val_t{4096}))) {}
+  ~aligned_bytes() { ::operator delete (p, std::align_val_t{4096}); }
   aligned_bytes(const aligned_bytes&) = delete;
   aligned_bytes& operator=(const aligned_bytes&) = delete;
   std::byte* get() const { return p; }

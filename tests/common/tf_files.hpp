@@ -50,12 +50,20 @@ inline result<void> write_bundle(const std::string& prefix, std::vector<stored_e
   idx.producer = 1;
   std::vector<std::byte> data;
   for (const auto& v : entries) {
-    idx.entries.push_back({v.key, v.tf_type, format::tf::from_tf_dtype(v.tf_type), v.global, 0, data.size(), v.size.value_or(v.bytes.size()),
-                           v.crc.value_or(format::crc32c::value(v.bytes)), {}});
+    idx.entries.push_back({v.key,
+                           v.tf_type,
+                           format::tf::from_tf_dtype(v.tf_type),
+                           v.global,
+                           0,
+                           data.size(),
+                           v.size.value_or(v.bytes.size()),
+                           v.crc.value_or(format::crc32c::value(v.bytes)),
+                           {}});
     data.insert(data.end(), v.bytes.begin(), v.bytes.end());
   }
   BOOST_OUTCOME_TRY(auto index, format::tf::encode_bundle_index(idx));
-  std::ofstream(prefix + ".index", std::ios::binary).write(reinterpret_cast<const char*>(index.data()), static_cast<std::streamsize>(index.size()));
+  std::ofstream(prefix + ".index", std::ios::binary)
+      .write(reinterpret_cast<const char*>(index.data()), static_cast<std::streamsize>(index.size()));
   std::ofstream(prefix + ".data-00000-of-00001", std::ios::binary)
       .write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
   return success();
@@ -66,8 +74,10 @@ inline result<format::tf::trackable_graph> read_object_graph(const std::string& 
   const auto* e = idx.find(format::tf::object_graph_key);
   if (!e) return make_error(errc::not_found, prefix + " has no object graph");
   const auto file = read_all(prefix + ".data-00000-of-00001");
-  if (e->offset > file.size() || e->size > file.size() - e->offset) return make_error(errc::short_read, prefix + ": the object graph lies past its file");
-  std::vector<std::byte> bytes(file.begin() + static_cast<std::ptrdiff_t>(e->offset), file.begin() + static_cast<std::ptrdiff_t>(e->offset + e->size));
+  if (e->offset > file.size() || e->size > file.size() - e->offset)
+    return make_error(errc::short_read, prefix + ": the object graph lies past its file");
+  std::vector<std::byte> bytes(file.begin() + static_cast<std::ptrdiff_t>(e->offset),
+                               file.begin() + static_cast<std::ptrdiff_t>(e->offset + e->size));
   BOOST_OUTCOME_TRY(auto s, format::tf::decode_string_tensor(bytes, 1, e->crc32c));
   return format::tf::decode_trackable_graph(std::as_bytes(std::span(s[0].data(), s[0].size())));
 }

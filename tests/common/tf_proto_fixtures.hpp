@@ -21,7 +21,8 @@ using format::tf::table_entry;
 
 inline std::string serialized(const google::protobuf::MessageLite& m) { return m.SerializeAsString(); }
 
-inline std::vector<table_entry> bundle_with(const tfproto::BundleHeaderProto& h, std::vector<std::pair<std::string, tfproto::BundleEntryProto>> entries) {
+inline std::vector<table_entry> bundle_with(const tfproto::BundleHeaderProto& h,
+                                            std::vector<std::pair<std::string, tfproto::BundleEntryProto>> entries) {
   std::vector<table_entry> t{{"", serialized(h)}};
   for (auto& [k, e] : entries) t.push_back({k, serialized(e)});
   std::sort(t.begin(), t.end(), [](const auto& a, const auto& b) { return a.key < b.key; });

@@ -46,7 +46,8 @@ std::vector<backend_factory> all_backends() {
     WARN("io_uring backend skipped: " << probe.error().what());  // a kernel without io_uring skips, never fails
   out.push_back({"memory", [] { return std::unique_ptr<io::backend>(backends::make_memory_backend()); }, false});
   // The fault backend wrapping a real one, injecting nothing: a decorator must be transparent.
-  out.push_back({"fault(posix)", [] { return std::unique_ptr<io::backend>(std::make_unique<backends::fault_backend>(backends::make_posix_backend())); }});
+  out.push_back({"fault(posix)",
+                 [] { return std::unique_ptr<io::backend>(std::make_unique<backends::fault_backend>(backends::make_posix_backend())); }});
   return out;
 }
 
@@ -69,13 +70,21 @@ struct ops {
     s.resize(*r);
     return s;
   }
-  result<std::uint64_t> size(handle f) { return io::wait<std::uint64_t>([&](auto d) { b.size(f, std::move(d)); }); }
-  result<void> fsync(handle f) { return io::wait<void>([&](auto d) { b.fsync(f, std::move(d)); }); }
-  result<void> close(handle f) { return io::wait<void>([&](auto d) { b.close(f, std::move(d)); }); }
+  result<std::uint64_t> size(handle f) {
+    return io::wait<std::uint64_t>([&](auto d) { b.size(f, std::move(d)); });
+  }
+  result<void> fsync(handle f) {
+    return io::wait<void>([&](auto d) { b.fsync(f, std::move(d)); });
+  }
+  result<void> close(handle f) {
+    return io::wait<void>([&](auto d) { b.close(f, std::move(d)); });
+  }
   result<void> rename(handle dir, const std::string& a, const std::string& c) {
     return io::wait<void>([&](auto d) { b.rename(dir, a, c, std::move(d)); });
   }
-  result<void> unlink(handle dir, const std::string& n) { return io::wait<void>([&](auto d) { b.unlink(dir, n, std::move(d)); }); }
+  result<void> unlink(handle dir, const std::string& n) {
+    return io::wait<void>([&](auto d) { b.unlink(dir, n, std::move(d)); });
+  }
   result<std::vector<io::dir_entry>> list(handle dir) {
     return io::wait<std::vector<io::dir_entry>>([&](auto d) { b.list(dir, std::move(d)); });
   }
@@ -99,8 +108,10 @@ struct fixture {
     REQUIRE(o.close(d));
   }
   void subdir(const std::string& path) {
-    if (f.host) std::filesystem::create_directory(path);
-    else REQUIRE(o.close(o.open_dir(path, true).value()));
+    if (f.host)
+      std::filesystem::create_directory(path);
+    else
+      REQUIRE(o.close(o.open_dir(path, true).value()));
   }
 };
 
@@ -209,8 +220,8 @@ TEST_CASE("backends refuse names outside the directory, symlinks, FIFOs and dire
     }
     fx.subdir(tmp / "sub");
     auto dir = fx.dir(tmp.str()).value();
-    for (std::string bad : {std::string(".."), std::string("."), std::string(""), std::string("sub/../target"),
-                            std::string("/etc/passwd"), std::string("a\0b", 3)}) {
+    for (std::string bad : {std::string(".."), std::string("."), std::string(""), std::string("sub/../target"), std::string("/etc/passwd"),
+                            std::string("a\0b", 3)}) {
       auto r = o.open(dir, bad, io::open_mode::read);
       REQUIRE_FALSE(r);
       CHECK(r.error().code == errc::unsafe_path);
@@ -285,7 +296,8 @@ TEST_CASE("backends run many operations in flight from several threads", "[io][c
     for (auto& p : pending) REQUIRE(p.get());
     REQUIRE(o.close(h));
     auto r = o.open(dir, "big", io::open_mode::read).value();
-    for (int i = 0; i < blocks; i += 17) CHECK(o.read(r, static_cast<std::uint64_t>(i) * 4096, 4096).value() == data[static_cast<std::size_t>(i)]);
+    for (int i = 0; i < blocks; i += 17)
+      CHECK(o.read(r, static_cast<std::uint64_t>(i) * 4096, 4096).value() == data[static_cast<std::size_t>(i)]);
     REQUIRE(o.close(r));
     REQUIRE(o.close(dir));
   }
@@ -343,19 +355,22 @@ TEST_CASE("backend operations complete through Asio tokens: awaitable, future, c
     fixture{f, o}.file(tmp.str(), "x", "0123456789");
     asio::io_context ctx;
     std::string got;
-    asio::co_spawn(ctx, [&]() -> asio::awaitable<void> {
-      auto ex = co_await asio::this_coro::executor;
-      auto dir = co_await io::async_open_dir(*be, ex, tmp.str(), false, asio::use_awaitable);
-      REQUIRE(dir);
-      auto h = co_await io::async_open(*be, ex, *dir, "x", io::open_mode::read, asio::use_awaitable);
-      REQUIRE(h);
-      std::string buf(4, '\0');
-      auto n = co_await io::async_read(*be, ex, *h, 3, std::as_writable_bytes(std::span(buf.data(), buf.size())), asio::use_awaitable);
-      REQUIRE(n);
-      got = buf;
-      (void)co_await io::async_close(*be, ex, *h, asio::use_awaitable);
-      (void)co_await io::async_close(*be, ex, *dir, asio::use_awaitable);
-    }, asio::detached);
+    asio::co_spawn(
+        ctx,
+        [&]() -> asio::awaitable<void> {
+          auto ex = co_await asio::this_coro::executor;
+          auto dir = co_await io::async_open_dir(*be, ex, tmp.str(), false, asio::use_awaitable);
+          REQUIRE(dir);
+          auto h = co_await io::async_open(*be, ex, *dir, "x", io::open_mode::read, asio::use_awaitable);
+          REQUIRE(h);
+          std::string buf(4, '\0');
+          auto n = co_await io::async_read(*be, ex, *h, 3, std::as_writable_bytes(std::span(buf.data(), buf.size())), asio::use_awaitable);
+          REQUIRE(n);
+          got = buf;
+          (void)co_await io::async_close(*be, ex, *h, asio::use_awaitable);
+          (void)co_await io::async_close(*be, ex, *dir, asio::use_awaitable);
+        },
+        asio::detached);
     ctx.run();  // returns only when the coroutine finished: IO on other threads counts as work
     CHECK(got == "3456");
 

@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "verify failed\n");
     return 1;
   }
-  std::printf("consumer: saved, restored into another layout and verified %s (%s backend)\n", prefix.c_str(), std::string(be->name()).c_str());
+  std::printf("consumer: saved, restored into another layout and verified %s (%s backend)\n", prefix.c_str(),
+              std::string(be->name()).c_str());
   return 0;
 }

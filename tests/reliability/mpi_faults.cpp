@@ -95,11 +95,16 @@ int main(int argc, char** argv) {
   long check_seed = -1;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i], v = argv[i + 1];
-    if (a == "--dir") dir = v;
-    else if (a == "--fault") fault = v;
-    else if (a == "--victim") victim = std::stoi(v);
-    else if (a == "--timeout-ms") timeout_ms = std::stol(v);
-    else if (a == "--check") check_seed = std::stol(v);
+    if (a == "--dir")
+      dir = v;
+    else if (a == "--fault")
+      fault = v;
+    else if (a == "--victim")
+      victim = std::stoi(v);
+    else if (a == "--timeout-ms")
+      timeout_ms = std::stol(v);
+    else if (a == "--check")
+      check_seed = std::stol(v);
   }
   if (dir.empty()) return 2;
   if (check_seed >= 0) return check(dir, static_cast<std::uint64_t>(check_seed));

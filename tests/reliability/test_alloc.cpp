@@ -24,9 +24,9 @@
 
 namespace {
 
-thread_local long countdown = -1;  // < 0: off; the allocation that brings it to 0 fails
-thread_local long counted = 0;     // allocations while counting
-thread_local long pending = -1;    // the countdown `arm()` starts
+thread_local long countdown = -1;      // < 0: off; the allocation that brings it to 0 fails
+thread_local long counted = 0;         // allocations while counting
+thread_local long pending = -1;        // the countdown `arm()` starts
 thread_local std::size_t largest = 0;  // the largest allocation while counting
 
 void* allocate(std::size_t n, std::size_t align) {
@@ -139,7 +139,8 @@ tally each_failure(const char* phase, long total, F f, Check after) {
     // a moment before calling a descriptor leaked.
     for (int i = 0; i < 200 && open_fds() != fds; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     if (const std::size_t now = open_fds(); now != fds) {
-      t.problems.push_back("allocation " + std::to_string(n) + ": " + std::to_string(now) + " file descriptors open, " + std::to_string(fds) + " before (open: " + open_fd_list() + ")");
+      t.problems.push_back("allocation " + std::to_string(n) + ": " + std::to_string(now) + " file descriptors open, " +
+                           std::to_string(fds) + " before (open: " + open_fd_list() + ")");
       fds = now;  // each leak reported once
     }
   }
@@ -174,7 +175,8 @@ TEST_CASE("the n-th allocation fails during a save, a restore and a managed save
   const long save_allocs = allocations_of([&] { (void)write_tensors(*be, prefix, two.tensors); });
   REQUIRE(write_tensors(*be, prefix, one.tensors));
   auto saves = each_failure(
-      "save", save_allocs, [&]() -> result<void> {
+      "save", save_allocs,
+      [&]() -> result<void> {
         arm();
         auto r = write_tensors(*be, prefix, two.tensors);
         return r ? result<void>(success()) : result<void>(r.error());
@@ -190,7 +192,8 @@ TEST_CASE("the n-th allocation fails during a save, a restore and a managed save
   small_state target(0);
   const long restore_allocs = allocations_of([&] { (void)read_tensors(*be, prefix, target.tensors); });
   auto restores = each_failure(
-      "restore", restore_allocs, [&]() -> result<void> {
+      "restore", restore_allocs,
+      [&]() -> result<void> {
         arm();
         auto r = read_tensors(*be, prefix, target.tensors);
         if (r && !target.holds(1)) return make_error(errc::invalid_argument, "restore succeeded with wrong values");
@@ -235,20 +238,22 @@ TEST_CASE("the n-th allocation fails during a save, a restore and a managed save
     INFO((counted_save ? std::string() : counted_save.error().what()));
     REQUIRE(counted_save);
   }
-  auto managed_runs = each_failure("managed", manager_allocs, [&] { return managed(false); }, [&]() -> std::string {
-    violations v;
-    auto be2 = std::shared_ptr<io::backend>(backends::make_posix_backend());
-    auto scan = scan_directory(*be2, mdir.str());
-    if (!scan || scan->checkpoints.empty()) return "no checkpoint left";
-    for (const auto& name : scan->checkpoints) {
-      model back;
-      auto c = checkpoint::create(mesh8(), &back, {}, opts(be2)).value();
-      auto st = c->restore(mdir / name);
-      if (!st || !back.holds(number_of(name))) return name + " does not restore its values";
-      (void)st->expect_partial();
-    }
-    return {};
-  });
+  auto managed_runs = each_failure(
+      "managed", manager_allocs, [&] { return managed(false); },
+      [&]() -> std::string {
+        violations v;
+        auto be2 = std::shared_ptr<io::backend>(backends::make_posix_backend());
+        auto scan = scan_directory(*be2, mdir.str());
+        if (!scan || scan->checkpoints.empty()) return "no checkpoint left";
+        for (const auto& name : scan->checkpoints) {
+          model back;
+          auto c = checkpoint::create(mesh8(), &back, {}, opts(be2)).value();
+          auto st = c->restore(mdir / name);
+          if (!st || !back.holds(number_of(name))) return name + " does not restore its values";
+          (void)st->expect_partial();
+        }
+        return {};
+      });
   // Retention, as the manager runs it after a commit (on its IO thread; here on the calling
   // thread, whose allocations the countdown fails): delete the oldest checkpoint, record the
   // state file, remove leftovers. Each run starts from a copy of ckpt-1 and ckpt-2.
@@ -292,10 +297,11 @@ TEST_CASE("the n-th allocation fails during a save, a restore and a managed save
         check_recovery(rdir, {2}, "retention", v);
         return v.list.empty() ? std::string() : v.list.front();
       });
-  std::printf("allocation failures: save %ld runs (%ld failed cleanly, %ld succeeded), restore %ld (%ld, %ld), managed save %ld (%ld, %ld), "
-              "retention %ld (%ld, %ld)\n",
-              saves.runs, saves.failed, saves.succeeded, restores.runs, restores.failed, restores.succeeded, managed_runs.runs, managed_runs.failed,
-              managed_runs.succeeded, retention_runs.runs, retention_runs.failed, retention_runs.succeeded);
+  std::printf(
+      "allocation failures: save %ld runs (%ld failed cleanly, %ld succeeded), restore %ld (%ld, %ld), managed save %ld (%ld, %ld), "
+      "retention %ld (%ld, %ld)\n",
+      saves.runs, saves.failed, saves.succeeded, restores.runs, restores.failed, restores.succeeded, managed_runs.runs, managed_runs.failed,
+      managed_runs.succeeded, retention_runs.runs, retention_runs.failed, retention_runs.succeeded);
   for (const auto* t : {&saves, &restores, &managed_runs, &retention_runs})
     for (std::size_t i = 0; i < std::min<std::size_t>(t->problems.size(), 10); ++i) std::printf("  %s\n", t->problems[i].c_str());
   CHECK(saves.problems.empty());
@@ -367,8 +373,8 @@ TEST_CASE("imports stream: no allocation holds a tensor, and a failed allocation
                     : export_safetensors(*be, big_dir / "sharded", sharded, {"big"}, {}, big_dir / "sharded.safetensors");
       });
       REQUIRE(e);
-      std::printf("export to safetensors of a 48 MiB tensor %s: largest allocation %zu bytes\n", from_tf ? "from TensorFlow" : "stored sharded",
-                  largest);
+      std::printf("export to safetensors of a 48 MiB tensor %s: largest allocation %zu bytes\n",
+                  from_tf ? "from TensorFlow" : "stored sharded", largest);
       CHECK(largest <= (8u << 20) + 4096);
       auto back = whole_tensor(dtype::float32, {4096, 3072}, "x", 5);
       std::vector<named_tensor> into = {{"big", back.view()}};
@@ -400,7 +406,8 @@ TEST_CASE("imports stream: no allocation holds a tensor, and a failed allocation
             auto ta = whole_tensor(dtype::float32, {300, 100}, "x", 5);
             auto tb = whole_tensor(dtype::int64, {3}, "x", 5);
             std::vector<named_tensor> back = {{"a", ta.view()}, {"b", tb.view()}};
-            if (!read_tensors(*be, to, back) || !matches(ta.view(), "a", 5) || !matches(tb.view(), "b", 5)) return "the import does not restore";
+            if (!read_tensors(*be, to, back) || !matches(ta.view(), "a", 5) || !matches(tb.view(), "b", 5))
+              return "the import does not restore";
             return {};
           }
           const auto base = std::filesystem::path(to).filename().string();

@@ -44,7 +44,7 @@ TEST_CASE("protocol audit: fsyncs precede the manifest, the rename and any delet
   auto acked = run_saves(tmp.str(), fb, 3, 5);
   REQUIRE(acked == std::vector<int>{3, 4, 5});
   auto log = fb->log();
-  std::set<std::string> synced;               // files fsynced since created
+  std::set<std::string> synced;                // files fsynced since created
   std::set<std::string> created_unsynced_dir;  // created since the last directory fsync
   bool renamed_unsynced = false;
   int manifests = 0, problems = 0;
@@ -83,7 +83,8 @@ TEST_CASE("protocol audit: fsyncs precede the manifest, the rename and any delet
         renamed_unsynced = true;
       }
     }
-    if (op.k == fault_op::unlink && renamed_unsynced) problem("unlink of " + op.path + " before the directory fsync that made the new manifest durable");
+    if (op.k == fault_op::unlink && renamed_unsynced)
+      problem("unlink of " + op.path + " before the directory fsync that made the new manifest durable");
   }
   INFO(last_problem);
   CHECK(problems == 0);
@@ -104,8 +105,10 @@ TEST_CASE("crash at every operation, in every crash state: the invariants hold",
   REQUIRE(total > 50);
   // make stress raises the number of torn variants per crash point (MESHCKPT_TORN_SEEDS).
   const int torn_seeds = env_count("MESHCKPT_TORN_SEEDS", 4);
-  const std::vector<std::pair<crash_state, int>> variants = {{crash_state::keep_all, 1}, {crash_state::drop_unsynced_data, 1},
-                                                             {crash_state::drop_unsynced_entries, 1}, {crash_state::power_loss, 1},
+  const std::vector<std::pair<crash_state, int>> variants = {{crash_state::keep_all, 1},
+                                                             {crash_state::drop_unsynced_data, 1},
+                                                             {crash_state::drop_unsynced_entries, 1},
+                                                             {crash_state::power_loss, 1},
                                                              {crash_state::torn, torn_seeds}};
   violations v;
   std::size_t states = 0, changed_states = 0;
@@ -122,15 +125,19 @@ TEST_CASE("crash at every operation, in every crash state: the invariants hold",
         if (fb->materialize(variant, k * 7 + static_cast<std::uint64_t>(seed)) > 0) ++changed_states;
         std::vector<int> all = {1, 2};
         all.insert(all.end(), acked.begin(), acked.end());
-        check_recovery(tmp.str(), all, "crash before op " + std::to_string(k) + ", " + backends::to_string(variant) + " #" + std::to_string(seed), v);
+        check_recovery(tmp.str(), all,
+                       "crash before op " + std::to_string(k) + ", " + backends::to_string(variant) + " #" + std::to_string(seed), v);
         ++states;
         ++by_acked[acked.size()];
       }
     }
   }
-  std::printf("crash points: %llu operations x %d crash states = %zu states checked (%zu differ from keep-all); saves acknowledged before the crash: "
-              "0: %zu, 1: %zu, 2: %zu, 3: %zu states; %zu violations\n",
-              static_cast<unsigned long long>(total + 1), 4 + torn_seeds, states, changed_states, by_acked[0], by_acked[1], by_acked[2], by_acked[3], v.list.size());
+  std::printf(
+      "crash points: %llu operations x %d crash states = %zu states checked (%zu differ from keep-all); saves acknowledged before the "
+      "crash: "
+      "0: %zu, 1: %zu, 2: %zu, 3: %zu states; %zu violations\n",
+      static_cast<unsigned long long>(total + 1), 4 + torn_seeds, states, changed_states, by_acked[0], by_acked[1], by_acked[2],
+      by_acked[3], v.list.size());
   for (std::size_t i = 0; i < std::min<std::size_t>(v.list.size(), 20); ++i) std::printf("  %s\n", v.list[i].c_str());
   CHECK(states >= 1000);
   CHECK(v.list.empty());
@@ -183,7 +190,10 @@ std::vector<result<write_report>> save4(const std::string& prefix, std::vector<i
 // its operations in turn (the crash point; its files are then put in the crash state), while
 // its protocol goes on reporting the failure. Deaths of whole processes are the kill scenarios
 // of test_multiprocess.cpp and tests/reliability/mpi_test.sh.
-TEST_CASE("multi-process commits: one process's IO crashes at each of its operations; every process agrees and the checkpoint is old or new, never broken", "[crash][multiprocess]") {
+TEST_CASE(
+    "multi-process commits: one process's IO crashes at each of its operations; every process agrees and the checkpoint is old or new, "
+    "never broken",
+    "[crash][multiprocess]") {
   auto posix = std::shared_ptr<io::backend>(backends::make_posix_backend());
   // The operations of each rank in a fault-free second save.
   std::vector<std::uint64_t> ops(4);
@@ -214,7 +224,8 @@ TEST_CASE("multi-process commits: one process's IO crashes at each of its operat
         bs[static_cast<std::size_t>(victim)] = fb.get();
         auto out = save4(prefix, bs, 2);
         fb->materialize(variant, k);
-        const std::string what = "rank " + std::to_string(victim) + " crashed before its op " + std::to_string(k) + ", " + backends::to_string(variant);
+        const std::string what =
+            "rank " + std::to_string(victim) + " crashed before its op " + std::to_string(k) + ", " + backends::to_string(variant);
         ++states;
         // The same outcome everywhere.
         for (int r = 1; r < 4; ++r) {
@@ -229,18 +240,21 @@ TEST_CASE("multi-process commits: one process's IO crashes at each of its operat
         // Old or new values — new whenever the save was acknowledged.
         rank_state back({}, 0, false);
         auto rr = read_tensors(*posix, prefix, back.tensors);
-        if (!rr) v.add(what + ": the checkpoint does not restore: " + rr.error().what());
-        else if (out[0] ? !back.holds(2) : !(back.holds(1) || back.holds(2))) v.add(what + ": the checkpoint holds wrong values");
+        if (!rr)
+          v.add(what + ": the checkpoint does not restore: " + rr.error().what());
+        else if (out[0] ? !back.holds(2) : !(back.holds(1) || back.holds(2)))
+          v.add(what + ": the checkpoint holds wrong values");
         // The next save by the group leaves nothing behind.
         for (auto& x : save4(prefix, {posix.get(), posix.get(), posix.get(), posix.get()}, 3))
           if (!x) v.add(what + ": the next save failed: " + x.error().what());
         auto scan = scan_directory(*posix, tmp.str());
         if (scan && !scan->leftovers.empty()) v.add(what + ": leftovers after the next save: " + scan->leftovers.front());
       }
-  std::printf("multi-process crash points: 4 ranks x their operations (%llu, %llu, %llu, %llu) x 2 crash states = %zu states; %zu committed; "
-              "%zu disagreements; %zu violations\n",
-              static_cast<unsigned long long>(ops[0]), static_cast<unsigned long long>(ops[1]), static_cast<unsigned long long>(ops[2]),
-              static_cast<unsigned long long>(ops[3]), states, committed, disagreements, v.list.size());
+  std::printf(
+      "multi-process crash points: 4 ranks x their operations (%llu, %llu, %llu, %llu) x 2 crash states = %zu states; %zu committed; "
+      "%zu disagreements; %zu violations\n",
+      static_cast<unsigned long long>(ops[0]), static_cast<unsigned long long>(ops[1]), static_cast<unsigned long long>(ops[2]),
+      static_cast<unsigned long long>(ops[3]), states, committed, disagreements, v.list.size());
   for (std::size_t i = 0; i < std::min<std::size_t>(v.list.size(), 20); ++i) std::printf("  %s\n", v.list[i].c_str());
   CHECK(v.list.empty());
 }

@@ -85,7 +85,8 @@ std::size_t count_files_of(const std::string& dir, const std::string& base) {
 
 }  // namespace
 
-TEST_CASE("a second process writing into a locked directory gets errc::locked naming the holder, and leaves nothing behind", "[api][lock]") {
+TEST_CASE("a second process writing into a locked directory gets errc::locked naming the holder, and leaves nothing behind",
+          "[api][lock]") {
   temp_dir tmp;
   const std::string dir = tmp.str();
   pipe_pair ready, go;

@@ -76,12 +76,18 @@ TEST_CASE("every operation x every IO fault: typed errors, no silent success, ch
     ops = fb->log();
   }
   const std::vector<fault_kind> kinds = {
-      {"EIO", EIO, false, false, -1},          {"EIO persistent", EIO, true, false, -1},
-      {"ENOSPC", ENOSPC, false, false, -1},    {"ENOSPC persistent", ENOSPC, true, false, -1},
-      {"EINTR", EINTR, false, false, -1},      {"EINTR persistent", EINTR, true, false, -1},
-      {"EAGAIN", EAGAIN, false, false, -1},    {"EAGAIN persistent", EAGAIN, true, false, -1},
-      {"short write", ENOSPC, false, true, fault_op::write}, {"short read", 0, false, true, fault_op::read},
-      {"fsync EIO", EIO, false, false, fault_op::fsync},     {"rename EXDEV", EXDEV, false, false, fault_op::rename},
+      {"EIO", EIO, false, false, -1},
+      {"EIO persistent", EIO, true, false, -1},
+      {"ENOSPC", ENOSPC, false, false, -1},
+      {"ENOSPC persistent", ENOSPC, true, false, -1},
+      {"EINTR", EINTR, false, false, -1},
+      {"EINTR persistent", EINTR, true, false, -1},
+      {"EAGAIN", EAGAIN, false, false, -1},
+      {"EAGAIN persistent", EAGAIN, true, false, -1},
+      {"short write", ENOSPC, false, true, fault_op::write},
+      {"short read", 0, false, true, fault_op::read},
+      {"fsync EIO", EIO, false, false, fault_op::fsync},
+      {"rename EXDEV", EXDEV, false, false, fault_op::rename},
   };
   violations v;
   std::size_t cases = 0, failed_saves = 0, tolerated = 0, leaks = 0;
@@ -111,15 +117,16 @@ TEST_CASE("every operation x every IO fault: typed errors, no silent success, ch
       // Cleanup after a commit is best effort: removing leftovers (open_dir, list, unlink, close).
       // Success is then correct — and checked below: the acknowledged checkpoints must survive
       // a power loss right after.
-      const bool best_effort = ops[k].k == fault_op::unlink || ops[k].k == fault_op::list || ops[k].k == fault_op::close ||
-                               ops[k].k == fault_op::open_dir;
+      const bool best_effort =
+          ops[k].k == fault_op::unlink || ops[k].k == fault_op::list || ops[k].k == fault_op::close || ops[k].k == fault_op::open_dir;
       if (err) {
         ++failed_saves;
         // Typed: the injected errno (a short read surfaces as short_read, or as a damaged
         // file), with the operation and a file name in the message.
         const auto& e = *err;
-        const bool errno_ok = fk.err ? e.code == std::error_code(fk.err, std::system_category())
-                                     : (e.code == errc::short_read || e.code == errc::corrupt_manifest || e.code == errc::checksum_mismatch);
+        const bool errno_ok = fk.err
+                                  ? e.code == std::error_code(fk.err, std::system_category())
+                                  : (e.code == errc::short_read || e.code == errc::corrupt_manifest || e.code == errc::checksum_mismatch);
         if (!errno_ok) v.add(what + ": error has the wrong code: " + e.what());
         if (fk.err && e.what().find(backends::to_string(ops[k].k)) == std::string::npos && !fk.persistent)
           v.add(what + ": error does not name the operation: " + e.what());

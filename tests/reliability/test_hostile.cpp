@@ -37,7 +37,7 @@ state make_state(std::uint64_t seed, bool fill) {
     if (fill) testing::fill(s.keep.back().view(), key, seed);
     s.tensors.push_back({std::move(key), s.keep.back().view()});
   };
-  add("big", dtype::float32, {256, 128}, {"x", "y"});   // 32 KiB slices: aligned, several chunks
+  add("big", dtype::float32, {256, 128}, {"x", "y"});  // 32 KiB slices: aligned, several chunks
   add("small", dtype::int16, {10, 3}, {"unsharded", "unsharded"});
   add("half", dtype::bfloat16, {64, 9}, {"y", "unsharded"});
   return s;
@@ -113,8 +113,8 @@ TEST_CASE("random corruption and truncation of data files: an error or exact val
     if (o == outcome::error && v && v->ok()) ++verify_missed;
     write_file(path, original);
   }
-  std::printf("data-file damage: 300 cases, %d detected, %d harmless (padding or no change), %d wrong values, %d missed by verify\n", errors, exact, wrong,
-              verify_missed);
+  std::printf("data-file damage: 300 cases, %d detected, %d harmless (padding or no change), %d wrong values, %d missed by verify\n",
+              errors, exact, wrong, verify_missed);
   CHECK(wrong == 0);
   CHECK(verify_missed == 0);
   CHECK(errors > 200);

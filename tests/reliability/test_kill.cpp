@@ -32,8 +32,8 @@ using namespace meshckpt::testing;
 
 namespace {
 
-constexpr std::array<const char*, 10> phase_names = {"other",       "data-create", "data-write",        "data-fsync",  "dir-fsync-data",
-                                                     "manifest-temp", "rename",    "dir-fsync-commit", "state-file", "delete"};
+constexpr std::array<const char*, 10> phase_names = {"other",         "data-create", "data-write",       "data-fsync", "dir-fsync-data",
+                                                     "manifest-temp", "rename",      "dir-fsync-commit", "state-file", "delete"};
 
 // Which commit phase an operation belongs to, judged from its kind and file name.
 class phase_tracker {
@@ -41,7 +41,8 @@ class phase_tracker {
   int classify(io::open_mode mode, const std::string& op, const std::string& name, bool on_dir) {
     const auto k = format::classify(name);
     if (name.starts_with("checkpoint")) return 8;
-    if (op == "open" && k.k == format::name_kind::data && (mode == io::open_mode::create_exclusive || mode == io::open_mode::create_exclusive_direct)) {
+    if (op == "open" && k.k == format::name_kind::data &&
+        (mode == io::open_mode::create_exclusive || mode == io::open_mode::create_exclusive_direct)) {
       renamed_ = false;
       return 1;
     }
@@ -148,7 +149,8 @@ int child(int argc, char** argv) {
   bool lazy = false;
   for (int i = 4; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--lazy") lazy = true;
+    if (a == "--lazy")
+      lazy = true;
     else if (i + 1 < argc) {
       kill_phase = std::atoi(argv[i]);
       nth = std::atoi(argv[++i]);
@@ -220,8 +222,8 @@ TEST_CASE("kill loop: SIGKILL at random times and at kill points in the commit p
     }
     ::close(out[1]);
     // Random kills land after 5..60 ms (the child's start-up takes a few of those).
-    const auto deadline = std::chrono::steady_clock::now() + (at_point ? std::chrono::milliseconds(20000)
-                                                                       : std::chrono::milliseconds(5 + rng() % 56));
+    const auto deadline =
+        std::chrono::steady_clock::now() + (at_point ? std::chrono::milliseconds(20000) : std::chrono::milliseconds(5 + rng() % 56));
     std::string buf;
     bool exited = false;
     while (true) {
@@ -244,7 +246,8 @@ TEST_CASE("kill loop: SIGKILL at random times and at kill points in the commit p
     ::waitpid(pid, &status, 0);
     for (char c; ::read(out[0], &c, 1) == 1;) buf.push_back(c);
     ::close(out[0]);
-    for (std::size_t pos = 0; (pos = buf.find("acked ", pos)) != std::string::npos; pos += 6) acked.push_back(std::atoi(buf.c_str() + pos + 6));
+    for (std::size_t pos = 0; (pos = buf.find("acked ", pos)) != std::string::npos; pos += 6)
+      acked.push_back(std::atoi(buf.c_str() + pos + 6));
     if (!(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)) {
       ++no_kill;  // finished or failed on its own: a kill point not reached in 1000 saves, or a bug
       if (WIFEXITED(status) && WEXITSTATUS(status) != 0 && WEXITSTATUS(status) != 5)
@@ -266,8 +269,8 @@ TEST_CASE("kill loop: SIGKILL at random times and at kill points in the commit p
     auto st = read_checkpoint_state(*backends::make_posix_backend(), dir);
     if (st && !st->model_checkpoint_path.empty()) acked.push_back(number_of(st->model_checkpoint_path));
   }
-  std::printf("kill loop: %d kills (%d at kill points, %d at random times), %d runs not killed, %zu saves acknowledged; %zu violations\n", kills,
-              point_kills, random_kills, no_kill, acked.size(), v.list.size());
+  std::printf("kill loop: %d kills (%d at kill points, %d at random times), %d runs not killed, %zu saves acknowledged; %zu violations\n",
+              kills, point_kills, random_kills, no_kill, acked.size(), v.list.size());
   std::printf("  phase              kill point   random\n");
   for (std::size_t p = 1; p < phase_names.size(); ++p)
     std::printf("  %-18s %10d %8d\n", phase_names[p], point_hist[phase_names[p]], random_hist[phase_names[p]]);

@@ -50,7 +50,8 @@ TEST_CASE("a thread group runs collectives in order, round after round", "[coord
       auto& c = *group[static_cast<std::size_t>(r)];
       for (int i = 0; i < rounds; ++i) {
         auto g = c.gather(bytes_of(std::to_string(r * 1000 + i)), 10s);
-        if (!g) ++bad;
+        if (!g)
+          ++bad;
         else if (r == 0) {
           for (int k = 0; k < n; ++k)
             if (string_of((*g)[static_cast<std::size_t>(k)]) != std::to_string(k * 1000 + i)) ++bad;

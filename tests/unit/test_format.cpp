@@ -60,8 +60,7 @@ void replace_all(std::vector<std::byte>& bytes, std::string_view from, std::stri
   REQUIRE(from.size() == to.size());
   auto* b = reinterpret_cast<char*>(bytes.data());
   std::string_view hay(b, bytes.size());
-  for (auto pos = hay.find(from); pos != std::string_view::npos; pos = hay.find(from, pos + 1))
-    std::memcpy(b + pos, to.data(), to.size());
+  for (auto pos = hay.find(from); pos != std::string_view::npos; pos = hay.find(from, pos + 1)) std::memcpy(b + pos, to.data(), to.size());
 }
 
 std::string decode_error(const std::vector<std::byte>& bytes) {
@@ -140,7 +139,10 @@ TEST_CASE("decode refuses file names that would leave the checkpoint directory",
     CHECK(r.error().code == errc::unsafe_path);
   }
   auto dots = encode(sample("aa")).value();
-  replace_all(dots, "\x02" "aa", "\x02..");
+  replace_all(dots,
+              "\x02"
+              "aa",
+              "\x02..");
   reseal(dots);
   CHECK(decode(dots).error().code == errc::unsafe_path);
 }
@@ -277,12 +279,14 @@ TEST_CASE("chunk checksums fed in pieces of any size equal those of the whole sl
     b = static_cast<std::byte>(x);
   }
   chunk_hasher h(4096);
-  for (std::size_t length : {std::size_t{0}, std::size_t{1}, std::size_t{4095}, std::size_t{4096}, std::size_t{4097}, std::size_t{12288}, data.size()}) {
+  for (std::size_t length :
+       {std::size_t{0}, std::size_t{1}, std::size_t{4095}, std::size_t{4096}, std::size_t{4097}, std::size_t{12288}, data.size()}) {
     auto slice = std::span<const std::byte>(data).first(length);
     std::vector<std::uint64_t> want;
     append_chunk_checksums(slice, 4096, want);
     // Piece sizes that cut chunks anywhere: single bytes, primes, whole chunks and more.
-    for (std::size_t piece : {std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{4096}, std::size_t{5000}, std::size_t{65536}}) {
+    for (std::size_t piece :
+         {std::size_t{1}, std::size_t{7}, std::size_t{1000}, std::size_t{4096}, std::size_t{5000}, std::size_t{65536}}) {
       std::vector<std::uint64_t> got = {42};  // appended after what is there
       h.start(length, got);
       CHECK(h.done() == (length == 0));

@@ -26,10 +26,8 @@ named_tensor make(const std::string& key, dtype t, shape s, std::vector<std::str
 TEST_CASE("each distinct slice is planned once, with an owner among its replicas", "[plan]") {
   auto m = mesh::create({{"x", 2}, {"y", 4}}).value();
   std::vector<named_tensor> ts = {
-      make("both", dtype::float32, {8, 8}, {"x", "y"}, m),
-      make("over_x", dtype::float32, {8, 8}, {"x", "unsharded"}, m),
-      make("replicated", dtype::float32, {4}, {"unsharded"}, m),
-      make("scalar", dtype::int64, {}, {}, m),
+      make("both", dtype::float32, {8, 8}, {"x", "y"}, m),          make("over_x", dtype::float32, {8, 8}, {"x", "unsharded"}, m),
+      make("replicated", dtype::float32, {4}, {"unsharded"}, m),    make("scalar", dtype::int64, {}, {}, m),
       make("empty", dtype::float32, {0, 3}, {"x", "unsharded"}, m),
   };
   auto p = plan_write(ts).value();
@@ -83,8 +81,10 @@ TEST_CASE("large slices are 4 KiB aligned and small ones packed densely", "[plan
   for (const auto& t : p.skeleton.tensors)
     for (const auto& s : t.slices) {
       ranges.push_back({s.offset, s.offset + s.length});
-      if (s.length >= 64 * 1024) CHECK(s.offset % 4096 == 0);
-      else small_end = std::max(small_end, s.offset + s.length);
+      if (s.length >= 64 * 1024)
+        CHECK(s.offset % 4096 == 0);
+      else
+        small_end = std::max(small_end, s.offset + s.length);
     }
   std::sort(ranges.begin(), ranges.end());
   for (std::size_t i = 1; i < ranges.size(); ++i) CHECK(ranges[i].first >= ranges[i - 1].second);  // no overlap
@@ -129,9 +129,8 @@ TEST_CASE("planning rejects duplicate keys, empty keys, and slices owned elsewhe
 TEST_CASE("streamed tensors are planned with those in memory: one whole slice each, their writes named", "[plan]") {
   auto m = mesh::create({{"x", 2}}).value();
   std::vector<named_tensor> mem = {make("b_mem", dtype::float32, {4, 2}, {"x", "unsharded"}, m)};
-  std::vector<streamed_tensor> st = {{"c_big", dtype::bfloat16, {1000, 300}},
-                                     {"a_scalar", dtype::int64, {}},
-                                     {"d_empty", dtype::float32, {0, 7}}};
+  std::vector<streamed_tensor> st = {
+      {"c_big", dtype::bfloat16, {1000, 300}}, {"a_scalar", dtype::int64, {}}, {"d_empty", dtype::float32, {0, 7}}};
   auto p = plan_write(mem, {}, false, {}, st).value();
   auto& t = p.skeleton.tensors;
   REQUIRE(t.size() == 4);

@@ -25,10 +25,9 @@ wanted_range whole(std::uint32_t file, std::uint64_t offset, std::uint64_t lengt
 TEST_CASE("small neighbours merge within the gap and extent limits", "[plan][read]") {
   read_policy pol{.alignment = 1, .piece_bytes = 4096, .large_bytes = 1024, .merge_gap = 100, .max_extent = 1000};
   std::vector<wanted_range> w = {
-      whole(0, 0, 100, memory),         // merged with the next (gap 50)
-      whole(0, 150, 100, memory + 200),
-      whole(0, 400, 100, memory + 400),  // gap 150: a new read
-      whole(1, 500, 100, memory + 600),  // another file: a new read
+      whole(0, 0, 100, memory),                                            // merged with the next (gap 50)
+      whole(0, 150, 100, memory + 200), whole(0, 400, 100, memory + 400),  // gap 150: a new read
+      whole(1, 500, 100, memory + 600),                                    // another file: a new read
   };
   auto p = plan_reads(w, 4096, pol).value();
   REQUIRE(p.requests.size() == 3);
@@ -137,8 +136,10 @@ TEST_CASE("assign_global and copy_to_global move a whole array into every layout
   std::vector<std::int32_t> whole(5 * 7 * 2);
   for (std::size_t i = 0; i < whole.size(); ++i) whole[i] = static_cast<std::int32_t>(i * 7 + 1);
   const auto bytes = std::as_bytes(std::span(whole));
-  for (std::vector<std::string> specs : {std::vector<std::string>{"x", "y", "unsharded"}, {"y", "unsharded", "x"},
-                                         {"unsharded", "x", "unsharded"}, {"unsharded", "unsharded", "unsharded"}}) {
+  for (std::vector<std::string> specs : {std::vector<std::string>{"x", "y", "unsharded"},
+                                         {"y", "unsharded", "x"},
+                                         {"unsharded", "x", "unsharded"},
+                                         {"unsharded", "unsharded", "unsharded"}}) {
     auto l = layout::create(specs, m).value();
     auto d = dtensor::create(dtype::int32, g, l).value();
     REQUIRE(assign_global(d.view(), bytes));

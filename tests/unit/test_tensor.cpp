@@ -101,7 +101,10 @@ TEST_CASE("split_range cuts even and uneven dimensions into contiguous chunks", 
 }
 
 TEST_CASE("mesh validation names the offending value", "[tensor][mesh]") {
-  auto err = [](auto r) { REQUIRE_FALSE(r); return r.error().what(); };
+  auto err = [](auto r) {
+    REQUIRE_FALSE(r);
+    return r.error().what();
+  };
   CHECK_THAT(err(mesh::create({{"x", 2}, {"x", 4}})), Catch::Contains("\"x\" appears twice"));
   CHECK_THAT(err(mesh::create({{"x", 0}})), Catch::Contains("size 0"));
   CHECK_THAT(err(mesh::create({{"bad name", 2}})), Catch::Contains("invalid"));
@@ -227,9 +230,9 @@ TEST_CASE("half and bfloat16 conversions round-trip every bit pattern and round 
   CHECK(float_to_half(65504.0f) == 0x7bff);
   CHECK(float_to_half(65520.0f) == 0x7c00);  // rounds up to infinity
   CHECK(float_to_half(-1e9f) == 0xfc00);
-  CHECK(float_to_half(std::ldexp(1.0f, -24)) == 0x0001);       // smallest subnormal
-  CHECK(float_to_half(std::ldexp(1.0f, -25)) == 0x0000);       // tie: to even (zero)
-  CHECK(float_to_half(3 * std::ldexp(1.0f, -26)) == 0x0001);   // above the tie
+  CHECK(float_to_half(std::ldexp(1.0f, -24)) == 0x0001);      // smallest subnormal
+  CHECK(float_to_half(std::ldexp(1.0f, -25)) == 0x0000);      // tie: to even (zero)
+  CHECK(float_to_half(3 * std::ldexp(1.0f, -26)) == 0x0001);  // above the tie
   CHECK(float_to_half(std::ldexp(1.0f, -30)) == 0x0000);
   CHECK(half_to_float(0x0001) == std::ldexp(1.0f, -24));
   CHECK(half_to_float(0x03ff) == std::ldexp(1023.0f, -24));

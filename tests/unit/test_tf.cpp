@@ -90,7 +90,8 @@ TEST_CASE("CRC-32C matches the published vectors, in hardware and portably", "[t
     CHECK(f(0, down) == 0x113FDB5Cu);
     CHECK(f(0, {}) == 0u);
   }
-  CHECK(format::crc32c::value(bytes_of("hello world")) == format::crc32c::extend(format::crc32c::value(bytes_of("hello ")), bytes_of("world")));
+  CHECK(format::crc32c::value(bytes_of("hello world")) ==
+        format::crc32c::extend(format::crc32c::value(bytes_of("hello ")), bytes_of("world")));
   INFO("hardware: " << format::crc32c::hardware_accelerated());
 }
 
@@ -164,7 +165,8 @@ TEST_CASE("tables built here round-trip: many blocks, shared prefixes, empty val
 }
 
 TEST_CASE("every truncation and every byte flip of a real index file is refused, never read wrong", "[tf][table][hostile]") {
-  for (const auto& p : {data / "bert_lite_tf2_ckpt/bert_lite_tf2.ckpt.index", data / "half_plus_two_tf2_savedmodel/variables/variables.index"}) {
+  for (const auto& p :
+       {data / "bert_lite_tf2_ckpt/bert_lite_tf2.ckpt.index", data / "half_plus_two_tf2_savedmodel/variables/variables.index"}) {
     INFO(p);
     const auto good = file(p);
     const auto want = format::tf::read_table(good).value();
@@ -265,8 +267,9 @@ TEST_CASE("TF bundles written by TensorFlow: every entry decodes and every tenso
     int shards;
     std::size_t entries;
   };
-  for (const auto& w : {want{data / "t2t_transformer_tf1_ckpt/model.ckpt-1", 2, 250}, want{data / "bert_lite_tf2_ckpt/bert_lite_tf2.ckpt", 1, 25},
-                        want{data / "half_plus_two_tf2_savedmodel/variables/variables", 1, 4}}) {
+  for (const auto& w :
+       {want{data / "t2t_transformer_tf1_ckpt/model.ckpt-1", 2, 250}, want{data / "bert_lite_tf2_ckpt/bert_lite_tf2.ckpt", 1, 25},
+        want{data / "half_plus_two_tf2_savedmodel/variables/variables", 1, 4}}) {
     INFO(w.prefix);
     auto idx = format::tf::decode_bundle_index(file(w.prefix.string() + ".index"));
     REQUIRE(idx);
@@ -440,16 +443,17 @@ TEST_CASE("decode_trackable_graph reads TensorFlow's object graph and refuses ed
   auto idx = format::tf::decode_bundle_index(file(prefix.string() + ".index")).value();
   const auto* e = idx.find(format::tf::object_graph_key);
   REQUIRE(e);
-  auto strings = format::tf::decode_string_tensor(slice_of_file(file(prefix.string() + ".data-00000-of-00001"), e->offset, e->size), 1, e->crc32c).value();
+  auto strings =
+      format::tf::decode_string_tensor(slice_of_file(file(prefix.string() + ".data-00000-of-00001"), e->offset, e->size), 1, e->crc32c)
+          .value();
   const auto& bytes = strings.front();
   auto g = format::tf::decode_trackable_graph(std::as_bytes(std::span(bytes.data(), bytes.size()))).value();
   std::map<std::string, std::string> values;  // child of the root -> its checkpoint key
   for (const auto& [name, id] : g.nodes[0].children)
     for (const auto& a : g.nodes[id].attributes)
       if (a.name == "VARIABLE_VALUE") values[name] = a.checkpoint_key;
-  CHECK(values == std::map<std::string, std::string>{{"a", "a/.ATTRIBUTES/VARIABLE_VALUE"},
-                                                     {"b", "b/.ATTRIBUTES/VARIABLE_VALUE"},
-                                                     {"c", "c/.ATTRIBUTES/VARIABLE_VALUE"}});
+  CHECK(values == std::map<std::string, std::string>{
+                      {"a", "a/.ATTRIBUTES/VARIABLE_VALUE"}, {"b", "b/.ATTRIBUTES/VARIABLE_VALUE"}, {"c", "c/.ATTRIBUTES/VARIABLE_VALUE"}});
 
   tfproto::TrackableObjectGraph p;
   auto encoded = [&] {
@@ -480,7 +484,8 @@ TEST_CASE("decode_trackable_graph reads TensorFlow's object graph and refuses ed
   CHECK_FALSE(format::tf::decode_trackable_graph(std::as_bytes(std::span(junk, 5))));
 }
 
-TEST_CASE("encode_bundle_index writes what TensorFlow's reader expects: the real indexes re-encode to the same entries", "[tf][bundle][write]") {
+TEST_CASE("encode_bundle_index writes what TensorFlow's reader expects: the real indexes re-encode to the same entries",
+          "[tf][bundle][write]") {
   for (const char* p : {"t2t_transformer_tf1_ckpt/model.ckpt-1", "bert_lite_tf2_ckpt/bert_lite_tf2.ckpt",
                         "half_plus_two_tf2_savedmodel/variables/variables"}) {
     INFO(p);
@@ -504,8 +509,15 @@ TEST_CASE("encode_bundle_index writes what TensorFlow's reader expects: the real
   full.slices = {{{0, 0}, {2, -1}}, {{2, 0}, {2, -1}}};
   std::vector<format::tf::bundle_entry> es = {full};
   for (int k = 0; k < 2; ++k)
-    es.push_back({format::tf::slice_key("w", full.slices[static_cast<std::size_t>(k)]), 1, dtype::float32, {2, 6}, k, 0, 48,
-                  static_cast<std::uint32_t>(k + 7), {}});
+    es.push_back({format::tf::slice_key("w", full.slices[static_cast<std::size_t>(k)]),
+                  1,
+                  dtype::float32,
+                  {2, 6},
+                  k,
+                  0,
+                  48,
+                  static_cast<std::uint32_t>(k + 7),
+                  {}});
   std::sort(es.begin(), es.end(), [](const auto& a, const auto& b) { return a.key < b.key; });
   idx.entries = es;
   auto back = format::tf::decode_bundle_index(format::tf::encode_bundle_index(idx).value()).value();

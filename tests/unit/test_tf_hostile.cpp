@@ -80,7 +80,8 @@ std::vector<std::byte> with_mode(std::uint8_t mode, std::span<const std::byte> b
 
 }  // namespace
 
-TEST_CASE("crafted TF bundles with valid checksums and hostile values are refused cleanly or read as they are", "[tf][bundle][hostile][regression]") {
+TEST_CASE("crafted TF bundles with valid checksums and hostile values are refused cleanly or read as they are",
+          "[tf][bundle][hostile][regression]") {
   // Each case is also a seed of fuzz_tf_bundle (fuzz/corpus/fuzz_tf_bundle/crafted_*): with
   // MESHCKPT_WRITE_TF_SEEDS=DIR this test writes them there.
   std::vector<std::pair<std::string, std::vector<std::byte>>> seeds;
@@ -151,7 +152,8 @@ TEST_CASE("crafted TF bundles with valid checksums and hostile values are refuse
     }
 }
 
-TEST_CASE("JSON strings are valid UTF-8 whatever the key's bytes; messages show them escaped and --rename reads them back", "[format][json][regression]") {
+TEST_CASE("JSON strings are valid UTF-8 whatever the key's bytes; messages show them escaped and --rename reads them back",
+          "[format][json][regression]") {
   using meshckpt::format::display_bytes;
   using meshckpt::format::is_utf8;
   using meshckpt::format::json_string;
@@ -161,7 +163,8 @@ TEST_CASE("JSON strings are valid UTF-8 whatever the key's bytes; messages show 
   CHECK(json_string(bad) == "\"emb\\udcff\\udcfe\"");
   CHECK(is_utf8(json_string(bad)));
   CHECK(json_string("caf\xc3\xa9 \"q\"\n") == "\"caf\xc3\xa9 \\\"q\\\"\\n\"");  // valid UTF-8 passes as it is
-  for (const char* s : {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82", "\x80"}) {  // overlong, surrogate, > U+10FFFF, cut, lone
+  for (const char* s :
+       {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82", "\x80"}) {  // overlong, surrogate, > U+10FFFF, cut, lone
     INFO(display_bytes(s));
     CHECK_FALSE(is_utf8(s));
     CHECK(is_utf8(json_string(s)));

@@ -83,7 +83,8 @@ std::string tensor(std::string_view key, int numel, int offset, std::string_view
   s += u32(7) + "storagectorch\n" + std::string(storage_type) + "\nX" + u32(key.size()) + std::string(key) + "X" + u32(3) + "cpu";
   s += "J" + u32(static_cast<std::size_t>(numel)) + "tQ";
   s += "J" + u32(static_cast<std::size_t>(offset)) + std::string(size) + std::string(stride);
-  s += "\x89" "ccollections\nOrderedDict\n)RtR";
+  s += "\x89"
+       "ccollections\nOrderedDict\n)RtR";
   return s;
 }
 
@@ -97,7 +98,8 @@ std::string key(std::string_view k) {
 
 TEST_CASE("zip records round-trip, aligned, with CRCs in headers or descriptors", "[torch][zip]") {
   for (bool after : {false, true}) {
-    const std::string f = make_zip({{"m/data.pkl", "pickle"}, {"m/data/0", std::string(1000, 'x')}, {"m/data/1", ""}, {"m/version", "3\n"}}, after);
+    const std::string f =
+        make_zip({{"m/data.pkl", "pickle"}, {"m/data/0", std::string(1000, 'x')}, {"m/data/1", ""}, {"m/version", "3\n"}}, after);
     auto r = read_zip(f);
     REQUIRE(r);
     REQUIRE(r->size() == 4);
@@ -141,7 +143,9 @@ TEST_CASE("hostile zip files are refused with what is wrong", "[torch][zip][host
 
 TEST_CASE("the pickle reader refuses globals, calls and opcodes outside the allowlist, naming them", "[torch][pickle][hostile]") {
   // os.system('touch x'), as a pickled nn.Module's malicious __reduce__ would call it.
-  auto e = refused("\x80\x02" "cos\nsystem\nX\x07\x00\x00\x00touch xtR."sv);
+  auto e = refused(
+      "\x80\x02"
+      "cos\nsystem\nX\x07\x00\x00\x00touch xtR."sv);
   CHECK(e.code == errc::corrupt_manifest);
   CHECK_THAT(e.what(), Catch::Contains("refuses the global os.system"));
   CHECK_THAT(refused("cbuiltins\neval\n."sv).what(), Catch::Contains("builtins.eval"));
@@ -165,7 +169,10 @@ TEST_CASE("the pickle reader refuses globals, calls and opcodes outside the allo
   CHECK_THAT(refused("\x82\x01."sv).what(), Catch::Contains("EXT1"));
   CHECK_THAT(refused("\xff."sv).what(), Catch::Contains("unknown opcode"));
   // Lengths, integers and memo references are checked.
-  CHECK_THAT(refused("X\xff\xff\xff\x7f" "abc."sv).what(), Catch::Contains("past the end"));
+  CHECK_THAT(refused("X\xff\xff\xff\x7f"
+                     "abc."sv)
+                 .what(),
+             Catch::Contains("past the end"));
   CHECK_THAT(refused("\x8a\x09\x01\x02\x03\x04\x05\x06\x07\x08\x09."sv).what(), Catch::Contains("at most 64 bits"));
   CHECK_THAT(refused("h\x05."sv).what(), Catch::Contains("never stored"));
   CHECK_THAT(refused("N"sv).what(), Catch::Contains("without a STOP"));
@@ -204,18 +211,23 @@ TEST_CASE("a state is read from a pickle: keys, tensors, tied weights, views, va
   REQUIRE(s2->entries.size() == 1);  // one storage, stored under the key of the view that covers it
   CHECK(s2->entries[0].key == "model.a");
   CHECK(s2->entries[0].type == dtype::float32);
-  CHECK_THAT(s2->skeleton, Catch::Contains("{\"view\": \"model.a\", \"storage_bytes\": 24, \"offset\": 4, \"dtype\": \"float32\", \"shape\": [2], \"stride\": [3]}"));
+  CHECK_THAT(s2->skeleton,
+             Catch::Contains(
+                 "{\"view\": \"model.a\", \"storage_bytes\": 24, \"offset\": 4, \"dtype\": \"float32\", \"shape\": [2], \"stride\": [3]}"));
   CHECK_THAT(s2->skeleton, Catch::Contains("{\"value\": 0.5}"));
   CHECK_THAT(s2->skeleton, Catch::Contains("{\"list\": [{\"value\": 1}, {\"tuple\": [{\"value\": 2}]}]}"));
 }
 
 TEST_CASE("hostile states: views outside storages, cycles, shared blow-ups, unknown ids", "[torch][pickle][hostile]") {
   // A view past its storage's end.
-  CHECK_THAT(state_error("}(" + key("w") + tensor("0", 4, 2, "K\x03\x85", "K\x01\x85") + "u."s).what(), Catch::Contains("past the end of its storage"));
+  CHECK_THAT(state_error("}(" + key("w") + tensor("0", 4, 2, "K\x03\x85", "K\x01\x85") + "u."s).what(),
+             Catch::Contains("past the end of its storage"));
   CHECK_THAT(state_error("}(" + key("w") + tensor("0", 4, 0, "K\x03\x85", "J\x00\x00\x00\x40\x85"s) + "u."s).what(),
              Catch::Contains("past the end of its storage"));
   // A storage named with two sizes.
-  CHECK_THAT(state_error("}(" + key("a") + tensor("0", 4, 0, "K\x04\x85", "K\x01\x85") + key("b") + tensor("0", 8, 0, "K\x08\x85", "K\x01\x85") + "u."s).what(),
+  CHECK_THAT(state_error("}(" + key("a") + tensor("0", 4, 0, "K\x04\x85", "K\x01\x85") + key("b") +
+                         tensor("0", 8, 0, "K\x08\x85", "K\x01\x85") + "u."s)
+                 .what(),
              Catch::Contains("two dtypes or sizes"));
   // Quantized storages have no meshckpt dtype.
   auto q = pickle::read(bytes("}(" + key("w") + tensor("0", 4, 0, "K\x04\x85", "K\x01\x85", "QInt8Storage") + "u."s), torch_policy(), "t");
@@ -232,9 +244,14 @@ TEST_CASE("hostile states: views outside storages, cycles, shared blow-ups, unkn
   CHECK_THAT(state_error("}(" + key("b") + "C\x01xu."s).what(), Catch::Contains("b: holds bytes"));
   CHECK_THAT(state_error("}(G\x3f\xe0\x00\x00\x00\x00\x00\x00K\x01u."sv).what(), Catch::Contains("dict key that is a float"));
   // Two entries under one key once joined with '.'.
-  CHECK_THAT(state_error("}(" + key("a.b") + tensor("0", 1, 0, ")", ")") + key("a") + "}(" + key("b") + tensor("1", 1, 0, ")", ")") + "uu."s).what(),
-             Catch::Contains("a.b: two entries"));
+  CHECK_THAT(
+      state_error("}(" + key("a.b") + tensor("0", 1, 0, ")", ")") + key("a") + "}(" + key("b") + tensor("1", 1, 0, ")", ")") + "uu."s)
+          .what(),
+      Catch::Contains("a.b: two entries"));
   // A persistent id of another kind.
-  CHECK_THAT(state_error("}(" + key("w") + "ctorch._utils\n_rebuild_tensor_v2\n(X\x03\x00\x00\x00" "abcQK\x00)))tRu."s).what(),
+  CHECK_THAT(state_error("}(" + key("w") +
+                         "ctorch._utils\n_rebuild_tensor_v2\n(X\x03\x00\x00\x00"
+                         "abcQK\x00)))tRu."s)
+                 .what(),
              Catch::Contains("unknown persistent id"));
 }

@@ -118,8 +118,8 @@ class checkpoint : public graph::trackable {
   /// snapshot mode, the call returns once the tensors are copied. A stop requested on `stop`
   /// (as on `checkpoint_options::write.stop`) before the commit ends the save with
   /// `errc::cancelled` and no new file; after the commit the checkpoint stands.
-  void start_save(std::string prefix, bool numbered, io::completion<std::string> done,
-                  io::completion<void> snapshot_taken = {}, std::stop_token stop = {});
+  void start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken = {},
+                  std::stop_token stop = {});
   void start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done);
 
  private:
@@ -130,8 +130,7 @@ class checkpoint : public graph::trackable {
   // and retention), the job on `where` (the engine when null).
   void start_save(std::string prefix, bool numbered, io::completion<std::string> done, io::completion<void> snapshot_taken,
                   std::stop_token stop, std::shared_ptr<detail::after_commit> after, const detail::job_executor* where);
-  void start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done,
-                     const detail::job_executor* where);
+  void start_restore(std::optional<std::string> path, bool is_restore, io::completion<load_status> done, const detail::job_executor* where);
   std::unique_ptr<detail::checkpoint_impl> impl_;
 };
 

@@ -44,8 +44,8 @@ struct job_executor {
 
 /// The calls below, with the job on the caller's executor `where`.
 struct async_entry {
-  static void save(checkpoint& c, boost::asio::any_io_executor where, std::string prefix, bool numbered,
-                   io::completion<std::string> done, std::stop_token stop);
+  static void save(checkpoint& c, boost::asio::any_io_executor where, std::string prefix, bool numbered, io::completion<std::string> done,
+                   std::stop_token stop);
   static void restore(checkpoint& c, boost::asio::any_io_executor where, std::optional<std::string> path, bool is_restore,
                       io::completion<load_status> done);
   static void save(checkpoint_manager& m, boost::asio::any_io_executor where, std::optional<std::int64_t> checkpoint_number,
@@ -60,7 +60,8 @@ struct async_entry {
 template <class Token>
 auto async_latest_checkpoint(boost::asio::any_io_executor ex, std::string dir, Token&& token) {
   return io::async_op<std::optional<std::string>>(
-      ex, [ex, dir = std::move(dir)](io::completion<std::optional<std::string>> done) mutable {
+      ex,
+      [ex, dir = std::move(dir)](io::completion<std::optional<std::string>> done) mutable {
         detail::start_latest_checkpoint(ex, std::move(dir), std::move(done));
       },
       std::forward<Token>(token));
@@ -136,8 +137,7 @@ auto async_save(checkpoint_manager& m, Token&& token) {
 template <class T, class Token>
 auto async_wait_snapshot(const lazy_save<T>& s, Token&& token) {
   return io::async_op<void>(
-      boost::asio::system_executor(), [s](io::completion<void> done) { s.on_snapshot(std::move(done)); },
-      std::forward<Token>(token));
+      boost::asio::system_executor(), [s](io::completion<void> done) { s.on_snapshot(std::move(done)); }, std::forward<Token>(token));
 }
 
 /// Waits, as an asynchronous operation, until a lazy save committed; completes with its
@@ -145,8 +145,7 @@ auto async_wait_snapshot(const lazy_save<T>& s, Token&& token) {
 template <class T, class Token>
 auto async_wait_committed(const lazy_save<T>& s, Token&& token) {
   return io::async_op<T>(
-      boost::asio::system_executor(), [s](io::completion<T> done) { s.on_committed(std::move(done)); },
-      std::forward<Token>(token));
+      boost::asio::system_executor(), [s](io::completion<T> done) { s.on_committed(std::move(done)); }, std::forward<Token>(token));
 }
 
 }  // namespace meshckpt

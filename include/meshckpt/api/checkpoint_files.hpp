@@ -24,7 +24,7 @@ std::optional<std::string> latest_checkpoint(std::string_view dir);
 
 /// The `checkpoint` state file of a directory (TensorFlow's CheckpointState, as text).
 struct checkpoint_state {
-  std::string model_checkpoint_path;                ///< relative to the directory
+  std::string model_checkpoint_path;                    ///< relative to the directory
   std::vector<std::string> all_model_checkpoint_paths;  ///< oldest to newest
   std::vector<double> all_model_checkpoint_timestamps;  ///< seconds since the epoch
   double last_preserved_timestamp = 0;

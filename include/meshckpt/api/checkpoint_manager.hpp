@@ -65,15 +65,13 @@ class checkpoint_manager {
   /// run on the library's engine thread, and `done` runs there afterwards
   /// (`async_save(manager, ...)` runs them on the caller's executor).
   /// A stop requested on `stop` before the commit cancels it (`errc::cancelled`, no new file).
-  void start_save(std::optional<std::int64_t> checkpoint_number, bool check_interval,
-                  io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken = {},
-                  std::stop_token stop = {});
+  void start_save(std::optional<std::int64_t> checkpoint_number, bool check_interval, io::completion<std::optional<std::string>> done,
+                  io::completion<void> snapshot_taken = {}, std::stop_token stop = {});
 
   /// Lazy `save` (see `checkpoint::save_lazy` and api/lazy_save.hpp): returns at once; the
   /// snapshot completion says when the tensors may be modified, the commit completion yields
   /// what `save` returns (nullopt when the interval skipped this step: both complete at once).
-  lazy_save<std::optional<std::string>> save_lazy(std::optional<std::int64_t> checkpoint_number = std::nullopt,
-                                                  bool check_interval = true);
+  lazy_save<std::optional<std::string>> save_lazy(std::optional<std::int64_t> checkpoint_number = std::nullopt, bool check_interval = true);
 
   /// The newest checkpoint path, or nullopt.
   std::optional<std::string> latest_checkpoint() const;
@@ -89,9 +87,8 @@ class checkpoint_manager {
   friend struct detail::async_entry;
   checkpoint_manager(checkpoint& c, std::string dir, manager_options opt) : ckpt_(c), dir_(std::move(dir)), opt_(std::move(opt)) {}
   // start_save with the save's job on `where` (the engine when null).
-  void start_save(std::optional<std::int64_t> checkpoint_number, bool check_interval,
-                  io::completion<std::optional<std::string>> done, io::completion<void> snapshot_taken, std::stop_token stop,
-                  const detail::job_executor* where);
+  void start_save(std::optional<std::int64_t> checkpoint_number, bool check_interval, io::completion<std::optional<std::string>> done,
+                  io::completion<void> snapshot_taken, std::stop_token stop, const detail::job_executor* where);
   checkpoint_state state() const;  // what the state file records now
   // Applies retention to the bookkeeping; returns the base names to delete, which the state
   // written next no longer lists.
@@ -105,7 +102,7 @@ class checkpoint_manager {
   std::vector<std::pair<std::string, double>> maybe_delete_;  // base name, timestamp; oldest first
   double last_preserved_ = 0;
   std::optional<std::int64_t> last_step_;
-  mutable std::mutex mu_;  // bookkeeping is updated where the save's job runs
+  mutable std::mutex mu_;             // bookkeeping is updated where the save's job runs
   std::shared_ptr<const void> lock_;  // the directory's writer lock (null on processes other than 0)
 };
 

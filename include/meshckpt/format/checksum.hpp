@@ -21,8 +21,7 @@ inline std::uint64_t chunk_count(std::uint64_t length, std::uint64_t chunk_bytes
 }
 
 /// Appends the checksum of every chunk of `bytes` to `out`.
-void append_chunk_checksums(std::span<const std::byte> bytes, std::uint64_t chunk_bytes,
-                            std::vector<std::uint64_t>& out);
+void append_chunk_checksums(std::span<const std::byte> bytes, std::uint64_t chunk_bytes, std::vector<std::uint64_t>& out);
 
 /// The chunk checksums of one slice at a time, fed in pieces of any size as its bytes go by
 /// (the same values `append_chunk_checksums` gives for the whole slice). A writer hashes each

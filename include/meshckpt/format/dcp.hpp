@@ -36,10 +36,10 @@ struct chunk {
 struct item {
   std::string key;
   bool tensor = false;
-  dtype type = dtype::float32;   ///< tensor
-  shape size;                    ///< tensor
-  std::vector<chunk> chunks;     ///< tensor: tiling it
-  location bytes;                ///< bytes item
+  dtype type = dtype::float32;  ///< tensor
+  shape size;                   ///< tensor
+  std::vector<chunk> chunks;    ///< tensor: tiling it
+  location bytes;               ///< bytes item
 };
 
 /// The metadata's entries, in its order.

@@ -71,28 +71,28 @@ struct saved_slice {
 /// One tensor: key, dtype, global shape, saved layout (per dimension: mesh dimension index or
 /// -1 for unsharded) on mesh `mesh`, and its slices.
 struct saved_tensor {
-  std::string key;                       ///< the object path, e.g. "model/dense/kernel"
-  dtype type = dtype::float32;           ///< element type
-  shape global;                          ///< global shape
-  std::uint32_t mesh = 0;                ///< index into `manifest::meshes`
-  std::vector<std::int32_t> axes;        ///< per dimension: the mesh dimension sharding it, or -1
-  std::vector<saved_slice> slices;       ///< the distinct shard boxes, each stored once
+  std::string key;                  ///< the object path, e.g. "model/dense/kernel"
+  dtype type = dtype::float32;      ///< element type
+  shape global;                     ///< global shape
+  std::uint32_t mesh = 0;           ///< index into `manifest::meshes`
+  std::vector<std::int32_t> axes;   ///< per dimension: the mesh dimension sharding it, or -1
+  std::vector<saved_slice> slices;  ///< the distinct shard boxes, each stored once
   /// Field-wise equality.
   friend bool operator==(const saved_tensor&, const saved_tensor&) = default;
 };
 
 /// A data file of the checkpoint, by plain name and exact size.
 struct data_file {
-  std::string name;                      ///< plain file name in the checkpoint's directory
-  std::uint64_t size = 0;                ///< exact size in bytes
+  std::string name;        ///< plain file name in the checkpoint's directory
+  std::uint64_t size = 0;  ///< exact size in bytes
   /// Field-wise equality.
   friend bool operator==(const data_file&, const data_file&) = default;
 };
 
 /// A named opaque section (used by higher layers, e.g. for the object graph).
 struct extension {
-  std::string name;                      ///< e.g. "object_graph"
-  std::vector<std::byte> bytes;          ///< opaque to the format
+  std::string name;              ///< e.g. "object_graph"
+  std::vector<std::byte> bytes;  ///< opaque to the format
   /// Field-wise equality.
   friend bool operator==(const extension&, const extension&) = default;
 };
@@ -122,14 +122,14 @@ constexpr const char* crc_name(checksum_kind k) noexcept {
 
 /// A decoded manifest. Tensors are sorted by key (strictly increasing).
 struct manifest {
-  std::uint16_t minor = minor_version;                ///< format minor version it was written with
-  std::uint64_t chunk_bytes = default_chunk_bytes;    ///< checksum chunk size (a power of two)
-  std::uint64_t created_unix_ms = 0;                  ///< when the save started (milliseconds since the epoch)
-  std::string writer;  ///< free text, e.g. "meshckpt 0.1.0"
-  std::vector<saved_mesh> meshes;          ///< the meshes tensors were saved on
-  std::vector<data_file> files;            ///< the data files
-  std::vector<saved_tensor> tensors;       ///< sorted by key
-  std::vector<extension> extensions;       ///< named opaque sections
+  std::uint16_t minor = minor_version;              ///< format minor version it was written with
+  std::uint64_t chunk_bytes = default_chunk_bytes;  ///< checksum chunk size (a power of two)
+  std::uint64_t created_unix_ms = 0;                ///< when the save started (milliseconds since the epoch)
+  std::string writer;                               ///< free text, e.g. "meshckpt 0.1.0"
+  std::vector<saved_mesh> meshes;                   ///< the meshes tensors were saved on
+  std::vector<data_file> files;                     ///< the data files
+  std::vector<saved_tensor> tensors;                ///< sorted by key
+  std::vector<extension> extensions;                ///< named opaque sections
   /// `crc32c_whole` or `crc32_whole` only for a TensorFlow bundle or a torch file presented as a
   /// manifest in memory (then
   /// `chunk_bytes` exceeds every slice, each slice's `checksums` holds its CRC, and the

@@ -32,8 +32,8 @@ std::string data_file_name(std::string_view base, std::uint64_t token, std::uint
 /// What a file in a checkpoint directory is, judged from its name only.
 struct name_kind {
   enum kind { other, manifest, temp_manifest, data } k = other;
-  std::string base;          ///< the checkpoint base name it belongs to
-  std::uint64_t token = 0;   ///< for temp manifests and data files
+  std::string base;         ///< the checkpoint base name it belongs to
+  std::uint64_t token = 0;  ///< for temp manifests and data files
 };
 
 /// Classifies a directory entry. Never mistakes a temp manifest or data file for a manifest.

@@ -33,16 +33,23 @@ namespace meshckpt::format::pickle {
 /// One value of the pickle.
 struct node {
   enum class kind : std::uint8_t {
-    none, boolean, integer, floating, string, bytes,
-    list, tuple, dict,
+    none,
+    boolean,
+    integer,
+    floating,
+    string,
+    bytes,
+    list,
+    tuple,
+    dict,
     global,      ///< `text` is "module.name"
     call,        ///< REDUCE / NEWOBJ of the global `text` with `items` as arguments; `state` set by BUILD
     persistent,  ///< a persistent id: `items[0]` is the id's value
   };
   kind k = kind::none;
-  std::int64_t i = 0;  ///< integer, boolean
-  double f = 0;        ///< floating
-  std::string text;    ///< string (UTF-8 as pickled), bytes, global or call name
+  std::int64_t i = 0;                                            ///< integer, boolean
+  double f = 0;                                                  ///< floating
+  std::string text;                                              ///< string (UTF-8 as pickled), bytes, global or call name
   std::vector<std::uint32_t> items;                              ///< list, tuple, call arguments, persistent
   std::vector<std::pair<std::uint32_t, std::uint32_t>> entries;  ///< dict items, in order
   std::uint32_t state = ~std::uint32_t{0};                       ///< call or dict: the BUILD state (a dict's attributes), or none

@@ -25,9 +25,27 @@ namespace meshckpt::format::tf {
 
 /// TensorFlow's DataType numbers of the dtypes that have a meaning here.
 enum class tf_dtype : int {
-  invalid = 0, float32 = 1, float64 = 2, int32 = 3, uint8 = 4, int16 = 5, int8 = 6, string = 7, complex64 = 8,
-  int64 = 9, boolean = 10, bfloat16 = 14, uint16 = 17, complex128 = 18, float16 = 19, resource = 20, variant = 21,
-  uint32 = 22, uint64 = 23, float8_e5m2 = 24, float8_e4m3fn = 25,
+  invalid = 0,
+  float32 = 1,
+  float64 = 2,
+  int32 = 3,
+  uint8 = 4,
+  int16 = 5,
+  int8 = 6,
+  string = 7,
+  complex64 = 8,
+  int64 = 9,
+  boolean = 10,
+  bfloat16 = 14,
+  uint16 = 17,
+  complex128 = 18,
+  float16 = 19,
+  resource = 20,
+  variant = 21,
+  uint32 = 22,
+  uint64 = 23,
+  float8_e5m2 = 24,
+  float8_e4m3fn = 25,
 };
 
 /// TensorFlow's name of DataType number `t` ("DT_FLOAT", "DT_COMPLEX64", "DT_FLOAT_REF", ...;
@@ -67,10 +85,10 @@ struct bundle_entry {
   int tf_type = 0;            ///< TensorFlow's DataType number
   std::optional<dtype> type;  ///< meshckpt's dtype; nullopt for DT_STRING and what meshckpt lacks
   shape global;
-  int shard = 0;              ///< data file index
-  std::uint64_t offset = 0;   ///< in the data file
-  std::uint64_t size = 0;     ///< bytes
-  std::uint32_t crc32c = 0;   ///< CRC-32C of the bytes (unmasked)
+  int shard = 0;             ///< data file index
+  std::uint64_t offset = 0;  ///< in the data file
+  std::uint64_t size = 0;    ///< bytes
+  std::uint32_t crc32c = 0;  ///< CRC-32C of the bytes (unmasked)
   /// A partitioned variable's slices (each stored under `slice_key(key, slice)`, an entry of
   /// its own); empty for a tensor stored whole.
   std::vector<tf_slice> slices;
@@ -79,8 +97,8 @@ struct bundle_entry {
 /// A bundle's `.index`, decoded and checked.
 struct bundle_index {
   int num_shards = 1;
-  int producer = 0;      ///< bundle format version that wrote it
-  int min_consumer = 0;  ///< oldest reader version that can read it
+  int producer = 0;                   ///< bundle format version that wrote it
+  int min_consumer = 0;               ///< oldest reader version that can read it
   std::vector<bundle_entry> entries;  ///< key order; the header is not among them
 
   /// The entry of `key`, or nullptr.

@@ -27,7 +27,7 @@ namespace meshckpt::format::torch {
 
 /// A storage the pickle names (persistent id `('storage', torch.XStorage, key, location, n)`).
 struct storage_ref {
-  std::string key;       ///< the record's name under `data/`
+  std::string key;  ///< the record's name under `data/`
   dtype type = dtype::uint8;
   std::uint64_t numel = 0;
   std::string location;  ///< "cpu", "cuda:0", ...: where it was; it is read onto the host
@@ -43,11 +43,11 @@ struct stored_entry {
 
 /// A state read from a pickle.
 struct state_file {
-  std::vector<storage_ref> storages;   ///< in order of first use
-  std::vector<stored_entry> entries;   ///< one per storage, in order of first use
-  std::string skeleton;                ///< meshckpt.torch's document
-  std::string state;                   ///< the document's "state": the skeleton of the state alone
-  std::size_t tensors = 0;             ///< distinct tensors (tied keys count once)
+  std::vector<storage_ref> storages;  ///< in order of first use
+  std::vector<stored_entry> entries;  ///< one per storage, in order of first use
+  std::string skeleton;               ///< meshckpt.torch's document
+  std::string state;                  ///< the document's "state": the skeleton of the state alone
+  std::size_t tensors = 0;            ///< distinct tensors (tied keys count once)
 };
 
 /// The globals a torch.save pickle may name: `collections.OrderedDict`, torch's tensor and
@@ -64,7 +64,7 @@ result<state_file> read_state(const pickle::document& d, std::string_view what, 
 
 /// A tensor for `encode_flat_state`: a contiguous tensor that views all of its storage.
 struct flat_entry {
-  std::string key;      ///< its state-dict key (UTF-8)
+  std::string key;  ///< its state-dict key (UTF-8)
   dtype type = dtype::float32;
   shape dims;
   std::string storage;  ///< its storage's record name under `<root>/data/`

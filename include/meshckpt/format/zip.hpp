@@ -48,12 +48,12 @@ result<void> apply_zip64_end(directory_location& loc, std::span<const std::byte>
 /// One record of the central directory.
 struct entry {
   std::string name;
-  std::uint16_t method = 0;          ///< 0: stored; anything else is compressed
+  std::uint16_t method = 0;  ///< 0: stored; anything else is compressed
   std::uint16_t flags = 0;
-  std::uint32_t crc32 = 0;           ///< CRC-32 (ISO 3309, as zlib's crc32) of the uncompressed bytes
+  std::uint32_t crc32 = 0;  ///< CRC-32 (ISO 3309, as zlib's crc32) of the uncompressed bytes
   std::uint64_t compressed_size = 0;
-  std::uint64_t size = 0;            ///< uncompressed size
-  std::uint64_t header_offset = 0;   ///< the local header's first byte
+  std::uint64_t size = 0;           ///< uncompressed size
+  std::uint64_t header_offset = 0;  ///< the local header's first byte
 };
 
 /// The most records a central directory may list.

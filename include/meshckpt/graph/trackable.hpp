@@ -99,7 +99,7 @@ class trackable {
   void drop_edges_to(const trackable* c) noexcept;
   std::vector<std::pair<std::string, trackable*>> children_;
   std::map<std::string, trackable*, std::less<>> index_;  // children_ by name (lookups in large modules)
-  std::vector<trackable*> parents_;  // one entry per edge into this object
+  std::vector<trackable*> parents_;                       // one entry per edge into this object
   std::map<std::string, std::shared_ptr<detail::pending_restore>, std::less<>> pending_;
 };
 
@@ -160,18 +160,52 @@ class replicated_value : public trackable {
 };
 
 /// Maps a C++ arithmetic type to its dtype.
-template <class T> constexpr dtype dtype_of() = delete;
-template <> constexpr dtype dtype_of<bool>() { return dtype::boolean; }
-template <> constexpr dtype dtype_of<std::int8_t>() { return dtype::int8; }
-template <> constexpr dtype dtype_of<std::int16_t>() { return dtype::int16; }
-template <> constexpr dtype dtype_of<std::int32_t>() { return dtype::int32; }
-template <> constexpr dtype dtype_of<std::int64_t>() { return dtype::int64; }
-template <> constexpr dtype dtype_of<std::uint8_t>() { return dtype::uint8; }
-template <> constexpr dtype dtype_of<std::uint16_t>() { return dtype::uint16; }
-template <> constexpr dtype dtype_of<std::uint32_t>() { return dtype::uint32; }
-template <> constexpr dtype dtype_of<std::uint64_t>() { return dtype::uint64; }
-template <> constexpr dtype dtype_of<float>() { return dtype::float32; }
-template <> constexpr dtype dtype_of<double>() { return dtype::float64; }
+template <class T>
+constexpr dtype dtype_of() = delete;
+template <>
+constexpr dtype dtype_of<bool>() {
+  return dtype::boolean;
+}
+template <>
+constexpr dtype dtype_of<std::int8_t>() {
+  return dtype::int8;
+}
+template <>
+constexpr dtype dtype_of<std::int16_t>() {
+  return dtype::int16;
+}
+template <>
+constexpr dtype dtype_of<std::int32_t>() {
+  return dtype::int32;
+}
+template <>
+constexpr dtype dtype_of<std::int64_t>() {
+  return dtype::int64;
+}
+template <>
+constexpr dtype dtype_of<std::uint8_t>() {
+  return dtype::uint8;
+}
+template <>
+constexpr dtype dtype_of<std::uint16_t>() {
+  return dtype::uint16;
+}
+template <>
+constexpr dtype dtype_of<std::uint32_t>() {
+  return dtype::uint32;
+}
+template <>
+constexpr dtype dtype_of<std::uint64_t>() {
+  return dtype::uint64;
+}
+template <>
+constexpr dtype dtype_of<float>() {
+  return dtype::float32;
+}
+template <>
+constexpr dtype dtype_of<double>() {
+  return dtype::float64;
+}
 
 /// A scalar (step counter, learning rate, epoch) saved as a 0-d tensor.
 template <class T>

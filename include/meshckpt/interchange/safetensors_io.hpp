@@ -63,7 +63,8 @@ template <class Token>
 auto async_import_safetensors(boost::asio::any_io_executor ex, io::backend& b, std::string path, std::string to, write_options opt,
                               Token&& token) {
   return io::async_op<write_report>(
-      ex, [ex, &b, path = std::move(path), to = std::move(to), opt = std::move(opt)](io::completion<write_report> done) mutable {
+      ex,
+      [ex, &b, path = std::move(path), to = std::move(to), opt = std::move(opt)](io::completion<write_report> done) mutable {
         detail::start_import_safetensors(ex, b, std::move(path), std::move(to), std::move(opt), std::move(done));
       },
       std::forward<Token>(token));

@@ -76,12 +76,12 @@ struct tf_export_options {
 
 /// What `export_tf_bundle` wrote.
 struct tf_export_report {
-  std::size_t tensors = 0;   ///< tensors of the checkpoint
-  std::size_t entries = 0;   ///< entries of the index (partitioned slices and the object graph count)
-  std::size_t files = 0;     ///< data files
-  std::uint64_t bytes = 0;   ///< tensor bytes copied
-  bool object_graph = false; ///< whether `_CHECKPOINTABLE_OBJECT_GRAPH` was written
-  std::size_t opaque = 0;    ///< opaque values (`blob`) written as DT_STRING scalars
+  std::size_t tensors = 0;    ///< tensors of the checkpoint
+  std::size_t entries = 0;    ///< entries of the index (partitioned slices and the object graph count)
+  std::size_t files = 0;      ///< data files
+  std::uint64_t bytes = 0;    ///< tensor bytes copied
+  bool object_graph = false;  ///< whether `_CHECKPOINTABLE_OBJECT_GRAPH` was written
+  std::size_t opaque = 0;     ///< opaque values (`blob`) written as DT_STRING scalars
 };
 
 /// Writes the meshckpt checkpoint `prefix` as the TensorFlow bundle `out` (`out.index`,
@@ -100,8 +100,7 @@ struct tf_export_report {
 /// are published durably (temp name, fsync, rename); an older `out.index` is removed first, so
 /// a crash leaves no bundle at `out` or the whole new one. Errors: those of reading the
 /// checkpoint, invalid_argument (`num_shards`), IO errors naming the file.
-result<tf_export_report> export_tf_bundle(io::backend& b, std::string_view prefix, std::string_view out,
-                                          const tf_export_options& opt = {});
+result<tf_export_report> export_tf_bundle(io::backend& b, std::string_view prefix, std::string_view out, const tf_export_options& opt = {});
 
 /// Writes the TensorFlow checkpoint at `path` (a bundle prefix, its `.index`, or a SavedModel
 /// directory) as the meshckpt checkpoint `to`: every tensor of a dtype meshckpt has, whole on
@@ -132,7 +131,8 @@ void start_read_tf_bundle_index(boost::asio::any_io_executor ex, io::backend& b,
 template <class Token>
 auto async_read_tf_bundle_index(boost::asio::any_io_executor ex, io::backend& b, std::string prefix, Token&& token) {
   return io::async_op<format::tf::bundle_index>(
-      ex, [ex, &b, prefix = std::move(prefix)](io::completion<format::tf::bundle_index> done) mutable {
+      ex,
+      [ex, &b, prefix = std::move(prefix)](io::completion<format::tf::bundle_index> done) mutable {
         detail::start_read_tf_bundle_index(ex, b, std::move(prefix), std::move(done));
       },
       std::forward<Token>(token));
@@ -143,7 +143,8 @@ template <class Token>
 auto async_export_tf_bundle(boost::asio::any_io_executor ex, io::backend& b, std::string prefix, std::string out, tf_export_options opt,
                             Token&& token) {
   return io::async_op<tf_export_report>(
-      ex, [ex, &b, prefix = std::move(prefix), out = std::move(out), opt](io::completion<tf_export_report> done) mutable {
+      ex,
+      [ex, &b, prefix = std::move(prefix), out = std::move(out), opt](io::completion<tf_export_report> done) mutable {
         detail::start_export_tf_bundle(ex, b, std::move(prefix), std::move(out), opt, std::move(done));
       },
       std::forward<Token>(token));
@@ -154,7 +155,8 @@ template <class Token>
 auto async_import_tf_checkpoint(boost::asio::any_io_executor ex, io::backend& b, std::string path, std::string to, write_options opt,
                                 Token&& token) {
   return io::async_op<write_report>(
-      ex, [ex, &b, path = std::move(path), to = std::move(to), opt = std::move(opt)](io::completion<write_report> done) mutable {
+      ex,
+      [ex, &b, path = std::move(path), to = std::move(to), opt = std::move(opt)](io::completion<write_report> done) mutable {
         detail::start_import_tf_checkpoint(ex, b, std::move(path), std::move(to), std::move(opt), std::move(done));
       },
       std::forward<Token>(token));

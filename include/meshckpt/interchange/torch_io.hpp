@@ -25,12 +25,12 @@ inline constexpr std::string_view torch_skeleton_key = "__meshckpt_torch__";
 
 /// A torch.save file seen as a meshckpt manifest.
 struct torch_checkpoint {
-  std::string prefix;         ///< the file's path: the manifest's one data file is the file itself
+  std::string prefix;  ///< the file's path: the manifest's one data file is the file itself
   /// One slice per storage, whole: `checksum_kind::crc32_whole` (the zip format), or
   /// `unchecked` (the legacy format, which stores no checksum).
   format::manifest manifest;
-  std::string skeleton;       ///< meshckpt.torch's document of the state (format/torch_file.hpp)
-  std::size_t tensors = 0;    ///< distinct tensors of the state (tied keys count once)
+  std::string skeleton;     ///< meshckpt.torch's document of the state (format/torch_file.hpp)
+  std::size_t tensors = 0;  ///< distinct tensors of the state (tied keys count once)
 };
 
 /// The torch.save file at `path`, or the DCP directory `path` (then `prefix` is
@@ -71,7 +71,8 @@ void start_import_torch_checkpoint(boost::asio::any_io_executor ex, io::backend&
 template <class Token>
 auto async_read_torch_checkpoint(boost::asio::any_io_executor ex, io::backend& b, std::string path, Token&& token) {
   return io::async_op<torch_checkpoint>(
-      ex, [ex, &b, path = std::move(path)](io::completion<torch_checkpoint> done) mutable {
+      ex,
+      [ex, &b, path = std::move(path)](io::completion<torch_checkpoint> done) mutable {
         detail::start_read_torch_checkpoint(ex, b, std::move(path), std::move(done));
       },
       std::forward<Token>(token));
@@ -82,7 +83,8 @@ template <class Token>
 auto async_import_torch_checkpoint(boost::asio::any_io_executor ex, io::backend& b, std::string path, std::string to, write_options opt,
                                    Token&& token) {
   return io::async_op<write_report>(
-      ex, [ex, &b, path = std::move(path), to = std::move(to), opt = std::move(opt)](io::completion<write_report> done) mutable {
+      ex,
+      [ex, &b, path = std::move(path), to = std::move(to), opt = std::move(opt)](io::completion<write_report> done) mutable {
         detail::start_import_torch_checkpoint(ex, b, std::move(path), std::move(to), std::move(opt), std::move(done));
       },
       std::forward<Token>(token));

@@ -132,79 +132,85 @@ auto async_op(asio::any_io_executor ex, Start start, Token&& token) {
 /// `backend::open_dir` as an asynchronous operation.
 template <class Token>
 auto async_open_dir(backend& b, asio::any_io_executor ex, std::string path, bool create, Token&& t) {
-  return async_op<handle>(ex, [&b, path = std::move(path), create](completion<handle> c) mutable {
-    b.open_dir(std::move(path), create, std::move(c));
-  }, std::forward<Token>(t));
+  return async_op<handle>(
+      ex, [&b, path = std::move(path), create](completion<handle> c) mutable { b.open_dir(std::move(path), create, std::move(c)); },
+      std::forward<Token>(t));
 }
 
 /// `backend::open` as an asynchronous operation.
 template <class Token>
 auto async_open(backend& b, asio::any_io_executor ex, handle dir, std::string name, open_mode m, Token&& t) {
-  return async_op<handle>(ex, [&b, dir, name = std::move(name), m](completion<handle> c) mutable {
-    b.open(dir, std::move(name), m, std::move(c));
-  }, std::forward<Token>(t));
+  return async_op<handle>(
+      ex, [&b, dir, name = std::move(name), m](completion<handle> c) mutable { b.open(dir, std::move(name), m, std::move(c)); },
+      std::forward<Token>(t));
 }
 
 /// `backend::size` as an asynchronous operation.
 template <class Token>
 auto async_size(backend& b, asio::any_io_executor ex, handle f, Token&& t) {
-  return async_op<std::uint64_t>(ex, [&b, f](completion<std::uint64_t> c) { b.size(f, std::move(c)); },
-                                 std::forward<Token>(t));
+  return async_op<std::uint64_t>(
+      ex, [&b, f](completion<std::uint64_t> c) { b.size(f, std::move(c)); }, std::forward<Token>(t));
 }
 
 /// `backend::read` as an asynchronous operation.
 template <class Token>
 auto async_read(backend& b, asio::any_io_executor ex, handle f, std::uint64_t off, std::span<std::byte> buf, Token&& t) {
-  return async_op<std::size_t>(ex, [&b, f, off, buf](completion<std::size_t> c) { b.read(f, off, buf, std::move(c)); },
-                               std::forward<Token>(t));
+  return async_op<std::size_t>(
+      ex, [&b, f, off, buf](completion<std::size_t> c) { b.read(f, off, buf, std::move(c)); }, std::forward<Token>(t));
 }
 
 /// `backend::write` as an asynchronous operation.
 template <class Token>
 auto async_write(backend& b, asio::any_io_executor ex, handle f, std::uint64_t off, std::span<const std::byte> buf, Token&& t) {
-  return async_op<void>(ex, [&b, f, off, buf](completion<void> c) { b.write(f, off, buf, std::move(c)); },
-                        std::forward<Token>(t));
+  return async_op<void>(
+      ex, [&b, f, off, buf](completion<void> c) { b.write(f, off, buf, std::move(c)); }, std::forward<Token>(t));
 }
 
 /// `backend::truncate` as an asynchronous operation.
 template <class Token>
 auto async_truncate(backend& b, asio::any_io_executor ex, handle f, std::uint64_t size, Token&& t) {
-  return async_op<void>(ex, [&b, f, size](completion<void> c) { b.truncate(f, size, std::move(c)); }, std::forward<Token>(t));
+  return async_op<void>(
+      ex, [&b, f, size](completion<void> c) { b.truncate(f, size, std::move(c)); }, std::forward<Token>(t));
 }
 
 /// `backend::fsync` as an asynchronous operation.
 template <class Token>
 auto async_fsync(backend& b, asio::any_io_executor ex, handle f, Token&& t) {
-  return async_op<void>(ex, [&b, f](completion<void> c) { b.fsync(f, std::move(c)); }, std::forward<Token>(t));
+  return async_op<void>(
+      ex, [&b, f](completion<void> c) { b.fsync(f, std::move(c)); }, std::forward<Token>(t));
 }
 
 /// `backend::close` as an asynchronous operation.
 template <class Token>
 auto async_close(backend& b, asio::any_io_executor ex, handle f, Token&& t) {
-  return async_op<void>(ex, [&b, f](completion<void> c) { b.close(f, std::move(c)); }, std::forward<Token>(t));
+  return async_op<void>(
+      ex, [&b, f](completion<void> c) { b.close(f, std::move(c)); }, std::forward<Token>(t));
 }
 
 /// `backend::rename` as an asynchronous operation.
 template <class Token>
 auto async_rename(backend& b, asio::any_io_executor ex, handle dir, std::string from, std::string to, Token&& t) {
-  return async_op<void>(ex, [&b, dir, from = std::move(from), to = std::move(to)](completion<void> c) mutable {
-    b.rename(dir, std::move(from), std::move(to), std::move(c));
-  }, std::forward<Token>(t));
+  return async_op<void>(
+      ex,
+      [&b, dir, from = std::move(from), to = std::move(to)](completion<void> c) mutable {
+        b.rename(dir, std::move(from), std::move(to), std::move(c));
+      },
+      std::forward<Token>(t));
 }
 
 /// `backend::unlink` as an asynchronous operation.
 template <class Token>
 auto async_unlink(backend& b, asio::any_io_executor ex, handle dir, std::string name, Token&& t) {
-  return async_op<void>(ex, [&b, dir, name = std::move(name)](completion<void> c) mutable {
-    b.unlink(dir, std::move(name), std::move(c));
-  }, std::forward<Token>(t));
+  return async_op<void>(
+      ex, [&b, dir, name = std::move(name)](completion<void> c) mutable { b.unlink(dir, std::move(name), std::move(c)); },
+      std::forward<Token>(t));
 }
 
 /// `backend::list` as an asynchronous operation.
 template <class Token>
 auto async_list(backend& b, asio::any_io_executor ex, handle dir, Token&& t) {
-  return async_op<std::vector<dir_entry>>(ex, [&b, dir](completion<std::vector<dir_entry>> c) { b.list(dir, std::move(c)); },
-                                          std::forward<Token>(t));
+  return async_op<std::vector<dir_entry>>(
+      ex, [&b, dir](completion<std::vector<dir_entry>> c) { b.list(dir, std::move(c)); }, std::forward<Token>(t));
 }
 
 }  // namespace meshckpt::io

@@ -33,7 +33,7 @@ struct handle {
 
 /// How to open a file.
 enum class open_mode {
-  read,              ///< existing regular file, read-only
+  read,  ///< existing regular file, read-only
   /// As `read`, bypassing the page cache (O_DIRECT) where the filesystem allows it (buffered
   /// elsewhere). Every read must then use a buffer, offset and length aligned to 4096 bytes; a
   /// read may extend past the end of the file and then returns the bytes up to it.
@@ -91,11 +91,9 @@ class backend {
   virtual void size(handle file, completion<std::uint64_t> done) = 0;
   /// Reads into `buf` from `offset` until it is full or the file ends; yields the bytes read
   /// (short only at end of file). Short reads from the OS are resubmitted.
-  virtual void read(handle file, std::uint64_t offset, std::span<std::byte> buf,
-                    completion<std::size_t> done) = 0;
+  virtual void read(handle file, std::uint64_t offset, std::span<std::byte> buf, completion<std::size_t> done) = 0;
   /// Writes all of `buf` at `offset` (short writes are resubmitted) or fails.
-  virtual void write(handle file, std::uint64_t offset, std::span<const std::byte> buf,
-                     completion<void> done) = 0;
+  virtual void write(handle file, std::uint64_t offset, std::span<const std::byte> buf, completion<void> done) = 0;
   /// Sets the size of a file open for writing (used to trim the alignment padding of O_DIRECT
   /// writes).
   virtual void truncate(handle file, std::uint64_t size, completion<void> done) = 0;

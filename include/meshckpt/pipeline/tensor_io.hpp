@@ -70,9 +70,9 @@ struct write_report {
   std::uint64_t bytes = 0;    ///< tensor bytes stored
   std::size_t tensors = 0;
   std::size_t slices = 0;
-  std::size_t files = 0;            ///< data files written
-  std::size_t cleaned_files = 0;    ///< old data files and leftovers removed after the commit
-  int processes = 1;                ///< processes that wrote the checkpoint together
+  std::size_t files = 0;          ///< data files written
+  std::size_t cleaned_files = 0;  ///< old data files and leftovers removed after the commit
+  int processes = 1;              ///< processes that wrote the checkpoint together
 };
 
 /// Options of `read_tensors`.
@@ -116,8 +116,8 @@ struct directory_scan {
 /// there. Returns only after the commit is durable (see src/api/commit.cpp for the protocol).
 /// On failure nothing new is visible, the old checkpoint (if any) is intact, and the files this
 /// attempt created are removed.
-result<write_report> write_tensors(io::backend& b, std::string_view prefix,
-                                   std::span<const named_tensor> tensors, const write_options& opt = {});
+result<write_report> write_tensors(io::backend& b, std::string_view prefix, std::span<const named_tensor> tensors,
+                                   const write_options& opt = {});
 
 /// Reads and validates the manifest of `prefix`. `errc::not_found` when there is none (with a
 /// hint when `prefix-N` checkpoints exist, i.e. a `-N` suffix looks missing).
@@ -130,13 +130,13 @@ result<format::manifest> read_manifest(io::backend& b, std::string_view prefix);
 /// checksums unless disabled. Errors: not_found (key), dtype_mismatch, shape_mismatch,
 /// layout_mismatch (the saved slices do not cover a shard: a damaged manifest),
 /// checksum_mismatch, short_read, IO errors; the target shards may be partly written on error.
-result<read_report> read_tensors(io::backend& b, std::string_view prefix,
-                                 std::span<const named_tensor> targets, const read_options& opt = {});
+result<read_report> read_tensors(io::backend& b, std::string_view prefix, std::span<const named_tensor> targets,
+                                 const read_options& opt = {});
 
 /// As above, with the manifest already read (by `read_manifest`): for callers that read in
 /// several rounds from one checkpoint. `m` must be the manifest of `prefix`.
-result<read_report> read_tensors(io::backend& b, std::string_view prefix, const format::manifest& m,
-                                 std::span<const named_tensor> targets, const read_options& opt = {});
+result<read_report> read_tensors(io::backend& b, std::string_view prefix, const format::manifest& m, std::span<const named_tensor> targets,
+                                 const read_options& opt = {});
 
 /// Reads box `where` of tensor `key` of checkpoint `prefix` (manifest `m`, from `read_manifest`
 /// or `read_tf_checkpoint`) into `out`: the box's elements, row-major, `out.size()` equal to its

@@ -19,27 +19,24 @@
 namespace meshckpt {
 
 namespace detail {
-void start_write_tensors(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
-                         std::vector<named_tensor> tensors, write_options opt, io::completion<write_report> done);
-void start_read_tensors(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
-                        std::vector<named_tensor> targets, read_options opt, io::completion<read_report> done);
-void start_read_manifest(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
-                         io::completion<format::manifest> done);
-void start_read_tensor_box(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
-                           std::shared_ptr<const format::manifest> m, std::string key, box where, std::span<std::byte> out,
-                           read_options opt, io::completion<read_report> done);
-void start_verify(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
-                  io::completion<verify_report> done, verify_progress progress = {});
+void start_write_tensors(boost::asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> tensors,
+                         write_options opt, io::completion<write_report> done);
+void start_read_tensors(boost::asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> targets,
+                        read_options opt, io::completion<read_report> done);
+void start_read_manifest(boost::asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<format::manifest> done);
+void start_read_tensor_box(boost::asio::any_io_executor ex, io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m,
+                           std::string key, box where, std::span<std::byte> out, read_options opt, io::completion<read_report> done);
+void start_verify(boost::asio::any_io_executor ex, io::backend& b, std::string prefix, io::completion<verify_report> done,
+                  verify_progress progress = {});
 }  // namespace detail
 
 /// Asynchronous `write_tensors`.
 template <class Token>
-auto async_write_tensors(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
-                         std::vector<named_tensor> tensors, write_options opt, Token&& token) {
+auto async_write_tensors(boost::asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> tensors,
+                         write_options opt, Token&& token) {
   return io::async_op<write_report>(
       ex,
-      [ex, &b, prefix = std::move(prefix), tensors = std::move(tensors), opt = std::move(opt)](
-          io::completion<write_report> done) mutable {
+      [ex, &b, prefix = std::move(prefix), tensors = std::move(tensors), opt = std::move(opt)](io::completion<write_report> done) mutable {
         detail::start_write_tensors(ex, b, std::move(prefix), std::move(tensors), std::move(opt), std::move(done));
       },
       std::forward<Token>(token));
@@ -47,8 +44,8 @@ auto async_write_tensors(boost::asio::any_io_executor ex, io::backend& b, std::s
 
 /// Asynchronous `read_tensors`.
 template <class Token>
-auto async_read_tensors(boost::asio::any_io_executor ex, io::backend& b, std::string prefix,
-                        std::vector<named_tensor> targets, read_options opt, Token&& token) {
+auto async_read_tensors(boost::asio::any_io_executor ex, io::backend& b, std::string prefix, std::vector<named_tensor> targets,
+                        read_options opt, Token&& token) {
   return io::async_op<read_report>(
       ex,
       [ex, &b, prefix = std::move(prefix), targets = std::move(targets), opt](io::completion<read_report> done) mutable {
@@ -74,8 +71,8 @@ auto async_read_tensor_box(boost::asio::any_io_executor ex, io::backend& b, std:
                            std::string key, box where, std::span<std::byte> out, read_options opt, Token&& token) {
   return io::async_op<read_report>(
       ex,
-      [ex, &b, prefix = std::move(prefix), m = std::move(m), key = std::move(key), where = std::move(where), out, opt = std::move(opt)](
-          io::completion<read_report> done) mutable {
+      [ex, &b, prefix = std::move(prefix), m = std::move(m), key = std::move(key), where = std::move(where), out,
+       opt = std::move(opt)](io::completion<read_report> done) mutable {
         detail::start_read_tensor_box(ex, b, std::move(prefix), std::move(m), std::move(key), std::move(where), out, std::move(opt),
                                       std::move(done));
       },

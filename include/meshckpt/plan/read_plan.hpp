@@ -30,10 +30,10 @@ namespace meshckpt::plan {
 
 /// How reads are formed. Defaults are those of a restore through O_DIRECT.
 struct read_policy {
-  std::uint64_t alignment = 4096;           ///< offsets, lengths and direct addresses (a power of two; 1: none)
-  std::uint64_t piece_bytes = 4u << 20;     ///< large ranges are read in pieces of this size
-  std::uint64_t large_bytes = 1u << 20;     ///< ranges at least this long are pieced, never merged
-  std::uint64_t merge_gap = 256u << 10;     ///< largest hole between two merged ranges
+  std::uint64_t alignment = 4096;                ///< offsets, lengths and direct addresses (a power of two; 1: none)
+  std::uint64_t piece_bytes = 4u << 20;          ///< large ranges are read in pieces of this size
+  std::uint64_t large_bytes = 1u << 20;          ///< ranges at least this long are pieced, never merged
+  std::uint64_t merge_gap = 256u << 10;          ///< largest hole between two merged ranges
   std::uint64_t max_extent = (8u << 20) - 8192;  ///< largest merged read, before alignment
 };
 
@@ -45,11 +45,11 @@ struct read_target {
 
 /// A part of one saved slice that a restore needs.
 struct wanted_range {
-  std::uint32_t file = 0;         ///< data file index
-  std::uint64_t file_offset = 0;  ///< where the slice starts in the file
-  std::uint64_t length = 0;       ///< the slice's length
-  std::uint64_t begin = 0;        ///< needed bytes [begin, end) of the slice: `begin` on a chunk
-  std::uint64_t end = 0;          ///< boundary, `end` on one or at the slice's end
+  std::uint32_t file = 0;            ///< data file index
+  std::uint64_t file_offset = 0;     ///< where the slice starts in the file
+  std::uint64_t length = 0;          ///< the slice's length
+  std::uint64_t begin = 0;           ///< needed bytes [begin, end) of the slice: `begin` on a chunk
+  std::uint64_t end = 0;             ///< boundary, `end` on one or at the slice's end
   std::vector<read_target> targets;  ///< every run that copies from it (at least one)
 };
 
@@ -72,9 +72,9 @@ struct direct_dest {
 /// One read.
 struct read_request {
   std::uint32_t file = 0;
-  std::uint64_t offset = 0;    ///< in the file (aligned)
-  std::uint64_t length = 0;    ///< bytes read (aligned; may reach past the end of the data)
-  std::uint64_t required = 0;  ///< bytes that must be there: fewer is a short read
+  std::uint64_t offset = 0;           ///< in the file (aligned)
+  std::uint64_t length = 0;           ///< bytes read (aligned; may reach past the end of the data)
+  std::uint64_t required = 0;         ///< bytes that must be there: fewer is a short read
   std::optional<direct_dest> direct;  ///< set: read in place; unset: into a staging buffer of `length` bytes
   std::vector<read_piece> pieces;     ///< in order of `at`; a direct request has exactly one
 };

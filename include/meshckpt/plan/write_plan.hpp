@@ -49,19 +49,19 @@ struct layout_options {
 
 /// One slice to write.
 struct slice_write {
-  std::size_t tensor = 0;        ///< index into `write_plan::tensors`
-  std::size_t slice = 0;         ///< index into that tensor's `slices`
-  std::int64_t owner = 0;        ///< device whose shard provides the bytes
-  std::span<const std::byte> source;  ///< the owner's shard bytes (empty when not local or streamed)
-  std::size_t streamed = not_streamed;  ///< index into the streamed tensors, or `not_streamed`
+  std::size_t tensor = 0;                 ///< index into `write_plan::tensors`
+  std::size_t slice = 0;                  ///< index into that tensor's `slices`
+  std::int64_t owner = 0;                 ///< device whose shard provides the bytes
+  std::span<const std::byte> source;      ///< the owner's shard bytes (empty when not local or streamed)
+  std::size_t streamed = not_streamed;    ///< index into the streamed tensors, or `not_streamed`
   device::accelerator* memory = nullptr;  ///< the owner shard's device memory (`local_shard::memory`)
   int gpu = 0;
 };
 
 /// The plan: a manifest skeleton (everything but checksums and file names) plus the writes.
 struct write_plan {
-  format::manifest skeleton;           ///< tensors sorted by key; slices placed; checksums empty
-  std::vector<slice_write> writes;     ///< sorted by (file, offset)
+  format::manifest skeleton;        ///< tensors sorted by key; slices placed; checksums empty
+  std::vector<slice_write> writes;  ///< sorted by (file, offset)
   std::vector<std::uint64_t> file_sizes;
 };
 
@@ -82,8 +82,7 @@ inline constexpr std::uint32_t remote_file = 0xffffffffu;
 ///
 /// `streamed`: tensors planned with `tensors` (keys unique across both), each one whole slice
 /// whose write names it in `slice_write::streamed`.
-result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt = {},
-                              bool spans_processes = false, write_plan reuse = {},
-                              std::span<const streamed_tensor> streamed = {});
+result<write_plan> plan_write(std::span<const named_tensor> tensors, const layout_options& opt = {}, bool spans_processes = false,
+                              write_plan reuse = {}, std::span<const streamed_tensor> streamed = {});
 
 }  // namespace meshckpt::plan

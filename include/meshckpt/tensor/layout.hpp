@@ -53,9 +53,7 @@ class layout {
   /// "[x, unsharded]" rendering.
   std::string to_string() const;
 
-  friend bool operator==(const layout& a, const layout& b) {
-    return a.specs_ == b.specs_ && a.mesh_ == b.mesh_;
-  }
+  friend bool operator==(const layout& a, const layout& b) { return a.specs_ == b.specs_ && a.mesh_ == b.mesh_; }
 
  private:
   layout(std::vector<std::string> specs, std::vector<int> axes, mesh m)

@@ -60,11 +60,11 @@ struct fault_plan {
 
 /// Crash states `fault_backend::materialize` can build.
 enum class crash_state {
-  keep_all,           ///< everything that was executed survived (a process kill, not a power loss)
-  drop_unsynced_data, ///< files lose writes not covered by a later fsync (never-fsynced files become empty)
-  drop_unsynced_entries, ///< creations, renames and unlinks not covered by a directory fsync are undone
-  power_loss,         ///< both of the above
-  torn,               ///< entries kept; each file with unsynced writes keeps a random 4 KiB-aligned prefix of them
+  keep_all,               ///< everything that was executed survived (a process kill, not a power loss)
+  drop_unsynced_data,     ///< files lose writes not covered by a later fsync (never-fsynced files become empty)
+  drop_unsynced_entries,  ///< creations, renames and unlinks not covered by a directory fsync are undone
+  power_loss,             ///< both of the above
+  torn,                   ///< entries kept; each file with unsynced writes keeps a random 4 KiB-aligned prefix of them
 };
 const char* to_string(crash_state s) noexcept;
 

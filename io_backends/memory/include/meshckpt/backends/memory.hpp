@@ -50,9 +50,9 @@ class memory_backend final : public io::backend {
     std::map<std::string, bytes> files;
   };
   struct open_entry {
-    std::string dir;      // normalized directory path
-    std::string name;     // empty for a directory handle
-    bytes content;        // the file's bytes (kept alive after an unlink, like an open fd)
+    std::string dir;   // normalized directory path
+    std::string name;  // empty for a directory handle
+    bytes content;     // the file's bytes (kept alive after an unlink, like an open fd)
     bool writable = false;
   };
   static std::string normalize(std::string path);
