@@ -51,6 +51,27 @@ std::optional<double> timed(const char* what, F&& f) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
 }
 
+// The repetitions' timings (seconds) and per-repetition ratios.
+struct convert_samples {
+  std::vector<double> imp, imp_tf, exp, exp_tf, rst, fio, imp_r, imp_tf_r, imp_f, imp_tf_f, exp_f, exp_tf_f;
+};
+
+// Medians of the samples.
+void summarize(convert_figures& f, const convert_samples& c, double mib) {
+  f.import_MiBps = mib / median(c.imp);
+  f.import_tf_MiBps = mib / median(c.imp_tf);
+  f.export_MiBps = mib / median(c.exp);
+  f.export_tf_MiBps = mib / median(c.exp_tf);
+  f.restore_MiBps = mib / median(c.rst);
+  f.import_vs_restore = median(c.imp_r);
+  f.import_tf_vs_restore = median(c.imp_tf_r);
+  f.fio_write_MiBps = median_opt(c.fio);
+  f.import_vs_fio = median_opt(c.imp_f);
+  f.import_tf_vs_fio = median_opt(c.imp_tf_f);
+  f.export_vs_fio = median_opt(c.exp_f);
+  f.export_tf_vs_fio = median_opt(c.exp_tf_f);
+}
+
 }  // namespace
 
 std::optional<convert_figures> run_convert(io::backend& be, const bench_args& a, bool have_fio) {
@@ -71,7 +92,8 @@ std::optional<convert_figures> run_convert(io::backend& be, const bench_args& a,
   auto one = mesh::create({{"x", 1}}).value();
   auto back = dtensor::create(dtype::float32, {rows, 4096}, layout::create({"unsharded", "unsharded"}, one).value()).value();
   std::vector<named_tensor> target{{"weight", back.view()}};
-  std::vector<double> imp, imp_tf, exp, exp_tf, rst, fio, imp_r, imp_tf_r, imp_f, imp_tf_f, exp_f, exp_tf_f;
+  convert_samples c;
+  auto& [imp, imp_tf, exp, exp_tf, rst, fio, imp_r, imp_tf_r, imp_f, imp_tf_f, exp_f, exp_tf_f] = c;
   const double mib = static_cast<double>(f.bytes) / (1 << 20);
   auto remove_outputs = [&](const std::string& prefix) {
     for (const auto& e : std::filesystem::directory_iterator(a.dir))
@@ -120,18 +142,7 @@ std::optional<convert_figures> run_convert(io::backend& be, const bench_args& a,
   remove_outputs(ref);
   remove_outputs(tf);
   std::filesystem::remove(src);
-  f.import_MiBps = mib / median(imp);
-  f.import_tf_MiBps = mib / median(imp_tf);
-  f.export_MiBps = mib / median(exp);
-  f.export_tf_MiBps = mib / median(exp_tf);
-  f.restore_MiBps = mib / median(rst);
-  f.import_vs_restore = median(imp_r);
-  f.import_tf_vs_restore = median(imp_tf_r);
-  f.fio_write_MiBps = median_opt(fio);
-  f.import_vs_fio = median_opt(imp_f);
-  f.import_tf_vs_fio = median_opt(imp_tf_f);
-  f.export_vs_fio = median_opt(exp_f);
-  f.export_tf_vs_fio = median_opt(exp_tf_f);
+  summarize(f, c, mib);
   return f;
 }
 

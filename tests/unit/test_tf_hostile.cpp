@@ -172,7 +172,7 @@ TEST_CASE("JSON strings are valid UTF-8 whatever the key's bytes; messages show 
   CHECK(is_utf8("\xf0\x9f\x98\x80 \xe2\x82\xac"));
   CHECK(display_bytes(bad) == "emb\\xff\\xfe");
   CHECK(display_bytes("a\\b\tc") == "a\\\\b\\x09c");
-  for (const std::string s : {bad, std::string("a\\b\tc"), std::string("plain/key"), std::string("\x00\x01", 2)})
+  for (const std::string& s : {bad, std::string("a\\b\tc"), std::string("plain/key"), std::string("\x00\x01", 2)})
     CHECK(unescape_display(display_bytes(s)).value() == s);
   CHECK_FALSE(unescape_display("a\\q"));
   CHECK_FALSE(unescape_display("a\\x4"));
