@@ -1,7 +1,6 @@
 #include "meshckpt/coord/coordinator.hpp"
 
 #include <algorithm>
-#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -39,8 +38,6 @@ struct group {
     std::vector<std::optional<bytes>> parts;  // gather: per rank; broadcast: [0]
     int arrived = 0;                          // barrier
     int left = 0;                             // ranks done with it: it goes when all are
-    // The waiting ranks' wakes (collective::notify), by waiter, called at each contribution.
-    std::map<const void*, std::function<void()>> waiters;
   };
   enum kind : int { gather = 0, broadcast = 1, barrier = 2 };
   // (kind, round number). A round some rank gave up on stays, so a late rank's contribution
@@ -51,12 +48,6 @@ struct group {
     auto& r = rounds[key];
     if (r.parts.empty()) r.parts.resize(static_cast<std::size_t>(size));
     return r;
-  }
-  // The wakes to call after a contribution to round `key`, called once the lock is released.
-  std::vector<std::function<void()>> wakes(std::pair<int, std::uint64_t> key) {
-    std::vector<std::function<void()>> out;
-    for (const auto& [who, w] : entry(key).waiters) out.push_back(w);
-    return out;
   }
   // Rank done with a round; the last one removes it.
   void leave(std::pair<int, std::uint64_t> key) {
@@ -73,21 +64,15 @@ class group_collective final : public collective<T> {
   group_collective(std::shared_ptr<group> g, std::pair<int, std::uint64_t> key, clock::time_point deadline, Step step)
       : g_(std::move(g)), key_(key), deadline_(deadline), step_(std::move(step)) {}
   ~group_collective() override {
+    if (done_) return;
     std::lock_guard lk(g_->mu);
-    if (auto it = g_->rounds.find(key_); it != g_->rounds.end()) it->second.waiters.erase(this);
-    if (!done_) g_->leave(key_);
-  }
-  bool notify(std::function<void()> wake) override {
-    std::lock_guard lk(g_->mu);
-    g_->entry(key_).waiters[this] = std::move(wake);
-    return true;
+    g_->leave(key_);
   }
   std::optional<result<T>> poll() override {
     std::lock_guard lk(g_->mu);
     auto out = step_(g_->entry(key_), clock::now() >= deadline_);
     if (out) {
       done_ = true;
-      g_->entry(key_).waiters.erase(this);
       g_->leave(key_);
     }
     return out;
@@ -117,7 +102,10 @@ class thread_rank final : public coordinator {
 
   std::unique_ptr<collective<std::vector<bytes>>> start_gather(std::span<const std::byte> mine, milliseconds timeout) override {
     auto key = std::pair<int, std::uint64_t>(group::gather, gathers_++);
-    contribute(key, [&](group::round& r) { r.parts[static_cast<std::size_t>(rank_)] = bytes(mine.begin(), mine.end()); });
+    {
+      std::lock_guard lk(g_->mu);
+      g_->entry(key).parts[static_cast<std::size_t>(rank_)] = bytes(mine.begin(), mine.end());
+    }
     if (rank_ != 0) {
       std::lock_guard lk(g_->mu);
       g_->leave(key);
@@ -137,8 +125,8 @@ class thread_rank final : public coordinator {
   std::unique_ptr<collective<bytes>> start_broadcast(std::span<const std::byte> data, milliseconds timeout) override {
     auto key = std::pair<int, std::uint64_t>(group::broadcast, broadcasts_++);
     if (rank_ == 0) {
-      contribute(key, [&](group::round& r) { r.parts[0] = bytes(data.begin(), data.end()); });
       std::lock_guard lk(g_->mu);
+      g_->entry(key).parts[0] = bytes(data.begin(), data.end());
       g_->leave(key);
       return finished<bytes>(bytes(data.begin(), data.end()));
     }
@@ -151,7 +139,10 @@ class thread_rank final : public coordinator {
 
   std::unique_ptr<collective<void>> start_barrier(milliseconds timeout) override {
     auto key = std::pair<int, std::uint64_t>(group::barrier, barriers_++);
-    contribute(key, [](group::round& r) { ++r.arrived; });
+    {
+      std::lock_guard lk(g_->mu);
+      ++g_->entry(key).arrived;
+    }
     return make(key, timeout, [this](group::round& r, bool late) -> std::optional<result<void>> {
       if (r.arrived >= g_->size) return success();
       if (late) return result<void>(timed_out("barrier", ""));
@@ -160,18 +151,6 @@ class thread_rank final : public coordinator {
   }
 
  private:
-  // Changes round `key` under the lock, then wakes its waiters outside it.
-  template <class Change>
-  void contribute(std::pair<int, std::uint64_t> key, Change change) {
-    std::vector<std::function<void()>> wakes;
-    {
-      std::lock_guard lk(g_->mu);
-      change(g_->entry(key));
-      wakes = g_->wakes(key);
-    }
-    for (auto& w : wakes) w();
-  }
-
   static std::string missing(const group::round& r) {
     std::string m;
     for (std::size_t i = 0; i < r.parts.size(); ++i)
