@@ -240,9 +240,9 @@ runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait
   }
 }
 
-result<dir_lock> lock_dir_blocking(const std::string& dir, std::chrono::milliseconds wait) {
-  return runtime::run_blocking<dir_lock>("lock_dir",
-                                         [&](auto ex, auto done) { runtime::spawn<dir_lock>(ex, lock_dir(dir, wait), std::move(done)); });
+result<dir_lock> lock_dir_blocking(const std::string& dir, std::chrono::milliseconds wait, std::chrono::milliseconds longest_poll) {
+  return runtime::run_blocking<dir_lock>(
+      "lock_dir", [&](auto ex, auto done) { runtime::spawn<dir_lock>(ex, lock_dir(dir, wait, longest_poll), std::move(done)); });
 }
 
 }  // namespace meshckpt::detail

@@ -35,6 +35,7 @@ result<dir_lock> try_lock_dir(const std::string& dir);
 runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait,
                                  std::chrono::milliseconds longest_poll = std::chrono::seconds(1));
 // lock_dir through the blocking bridge, for blocking entry points.
-result<dir_lock> lock_dir_blocking(const std::string& dir, std::chrono::milliseconds wait);
+result<dir_lock> lock_dir_blocking(const std::string& dir, std::chrono::milliseconds wait,
+                                   std::chrono::milliseconds longest_poll = std::chrono::seconds(1));
 
 }  // namespace meshckpt::detail

@@ -16,7 +16,6 @@
 
 #include "reliability.hpp"
 #include "pipeline/dir_lock.hpp"
-#include "runtime/bridge.hpp"
 
 using namespace meshckpt;
 using namespace meshckpt::testing;
@@ -170,9 +169,7 @@ TEST_CASE("a waiting writer wakes when the holder releases the lock, not at its 
     go.signal();
   });
   const auto t0 = std::chrono::steady_clock::now();
-  auto l = runtime::run_blocking<detail::dir_lock>("lock_dir", [&](auto ex, auto done) {
-    runtime::spawn<detail::dir_lock>(ex, detail::lock_dir(dir, std::chrono::minutes(2), std::chrono::seconds(60)), std::move(done));
-  });
+  auto l = detail::lock_dir_blocking(dir, std::chrono::minutes(2), std::chrono::seconds(60));
   const auto waited = std::chrono::steady_clock::now() - t0;
   release.join();
   CHECK(wait_child(child) == 0);
@@ -185,9 +182,7 @@ TEST_CASE("a waiting writer wakes when the holder releases the lock, not at its 
   pid_t child2 = holding_child(dir, ready2, go2);
   REQUIRE(child2 > 0);
   REQUIRE(ready2.wait());
-  auto timed_out = runtime::run_blocking<detail::dir_lock>("lock_dir", [&](auto ex, auto done) {
-    runtime::spawn<detail::dir_lock>(ex, detail::lock_dir(dir, std::chrono::milliseconds(300), std::chrono::seconds(60)), std::move(done));
-  });
+  auto timed_out = detail::lock_dir_blocking(dir, std::chrono::milliseconds(300), std::chrono::seconds(60));
   go2.signal();
   CHECK(wait_child(child2) == 0);
   REQUIRE(!timed_out);
