@@ -233,14 +233,16 @@ void queue_snapshot(detail::checkpoint_impl& impl, const std::shared_ptr<save_jo
         copied = (co_await std::move(copy)).has_value();
       } catch (const std::bad_alloc&) {
       }
-      if (copied)
-        job->released->set(success());
-      else
-        unsnapped();
+      // The count drops before `released` is set: the caller that waits for it may start its
+      // next save at once, and that save must not see this snapshot as still queued.
       {
         std::lock_guard lk(impl.arena_mu);
         --impl.snapshots_queued;
       }
+      if (copied)
+        job->released->set(success());
+      else
+        unsnapped();
       open_gate();
     });
   } catch (...) {

@@ -291,6 +291,34 @@ TEST_CASE("a blocking call on the thread that runs an unfinished async call's ex
   CHECK(c->sync());
 }
 
+TEST_CASE("copy-mode saves one after another on a held-up executor each copy at once: a finished snapshot is no longer queued",
+          "[runtime][async][executor][snapshot]") {
+  // Regression: the copier set `released` before it stopped counting its snapshot as queued, so
+  // the caller, woken, could start its next save while the count still said a snapshot was ahead
+  // of it, and that save was refused (seen under ASan in CI).
+  temp_dir tmp;
+  model mdl;
+  mdl.set(7);
+  auto c = checkpoint::create(mesh8(), &mdl, {}, opts(backends::make_posix_backend())).value();
+  boost::asio::io_context ctx;
+  constexpr int n = 40;
+  std::optional<result<std::string>> first;
+  std::vector<std::optional<result<std::string>>> later(n);
+  boost::asio::post(ctx, [&] {
+    async_save(*c, tmp / "ck", boost::asio::bind_executor(ctx, [&](auto r) { first = std::move(r); }));
+    for (int i = 0; i < n; ++i) async_save(*c, tmp / "ck", boost::asio::bind_executor(ctx, [&, i](auto r) { later[i] = std::move(r); }));
+  });
+  ctx.run();
+  REQUIRE(first);
+  CHECK(first->value() == tmp / "ck-1");
+  for (int i = 0; i < n; ++i) {
+    INFO("save " << i);
+    REQUIRE(later[i]);
+    REQUIRE(*later[i]);
+    CHECK(later[i]->value() == tmp / ("ck-" + std::to_string(i + 2)));
+  }
+}
+
 namespace {
 
 // Threads of the process, not counting io_uring's workers (kernel threads shown as tasks of the
