@@ -86,6 +86,35 @@ TEST_CASE("verify_tf_bundle checks every tensor of a TensorFlow checkpoint again
   CHECK(verify_tf_bundle(*b, tmp / "nothing").error().code == errc::not_found);
 }
 
+TEST_CASE("verify_tf_bundle checks an empty tensor's CRC-32C too: over no bytes it is 0", "[api][tf][verify]") {
+  testing::temp_dir tmp;
+  const std::filesystem::path src = std::filesystem::path(MESHCKPT_TF_TESTDATA) / "bert_lite_tf2_ckpt";
+  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / e.path().filename());
+  auto b = backends::make_posix_backend();
+  const std::string prefix = tmp / "bert_lite_tf2.ckpt";
+  auto rewrite_gamma = [&](std::uint32_t crc) {
+    auto idx = read_tf_bundle_index(*b, prefix).value();
+    for (auto& e : idx.entries)
+      if (e.key == "model/layer_with_weights-3/gamma/.ATTRIBUTES/VARIABLE_VALUE") {
+        e.global = {0};
+        e.size = 0;
+        e.crc32c = crc;
+      }
+    const auto bytes = format::tf::encode_bundle_index(idx).value();
+    std::ofstream(prefix + ".index", std::ios::binary | std::ios::trunc)
+        .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  };
+  rewrite_gamma(0);
+  auto ok = verify_tf_bundle(*b, prefix).value();
+  CHECK(ok.ok());
+  CHECK(ok.tensors == 25);
+  rewrite_gamma(0x1234);
+  auto bad = verify_tf_bundle(*b, prefix).value();
+  REQUIRE(bad.problems.size() == 1);
+  CHECK(bad.problems[0].code == errc::checksum_mismatch);
+  CHECK_THAT(bad.problems[0].what(), Catch::Contains("CRC-32C mismatch in tensor") && Catch::Contains("gamma"));
+}
+
 namespace {
 
 // The global tensor's row-major bytes, gathered from the shards by their boxes.
