@@ -26,11 +26,11 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
   std::uint64_t size = header.size();
   for (const auto* t : which) size += static_cast<std::uint64_t>(num_elements(t->global).value_or(0)) * dtype_size(t->type);
   std::vector<std::byte> block;
-  auto produce = [&](runtime::staged_writer& w, detail::file_cache& src, detail::file_cache& src_direct) -> task<void> {
+  auto produce = [&](runtime::staged_writer& w, detail::data_file_pair& src) -> task<void> {
     BOOST_OUTCOME_CO_TRY(co_await w.write(0, header));
     std::uint64_t offset = header.size();
     for (const auto* t : which) {
-      auto copying = detail::copy_tensor(b, prefix, m, src, src_direct, *t, w, offset, block, detail::crc_of::none);
+      auto copying = detail::copy_tensor(b, prefix, m, src, *t, w, offset, block, detail::crc_of::none);
       BOOST_OUTCOME_CO_TRY(co_await std::move(copying));
       offset += static_cast<std::uint64_t>(num_elements(t->global).value_or(0)) * dtype_size(t->type);
     }

@@ -243,7 +243,7 @@ void place_tail(const std::vector<piece>& pieces, std::vector<held_entry>& tail)
 // Publishes data file `k` of the bundle, front to back: its pieces in the order of their
 // offsets, copied and checked from the checkpoint (their CRC-32C kept in the piece), then, in
 // file 0, the entries held in memory.
-task<void> write_data_file(io::backend& b, const format::manifest& m, file_cache& src, file_cache& src_direct, std::vector<piece>& pieces,
+task<void> write_data_file(io::backend& b, const format::manifest& m, data_file_pair& src, std::vector<piece>& pieces,
                            const std::vector<held_entry>& tail, int k, std::string path, tf_export_report& rep) {
   std::vector<piece*> here;
   std::uint64_t size = 0;
@@ -256,7 +256,7 @@ task<void> write_data_file(io::backend& b, const format::manifest& m, file_cache
   if (k == 0 && !tail.empty()) size = tail.back().first.offset + tail.back().second.size();
   auto produce = [&](runtime::staged_writer& w) -> task<void> {
     for (auto* p : here) {
-      auto copied = copy_slice(b, m, src, src_direct, *p->t, *p->s, w, p->offset, crc_of::crc32c);
+      auto copied = copy_slice(b, m, src, *p->t, *p->s, w, p->offset, crc_of::crc32c);
       BOOST_OUTCOME_CO_TRY(auto crc, co_await std::move(copied));
       p->crc = crc;
       rep.bytes += p->s->length;
@@ -273,15 +273,15 @@ task<void> write_data_file(io::backend& b, const format::manifest& m, file_cache
   co_return co_await std::move(published);
 }
 
-// Publishes every data file of bundle `out`, reading the checkpoint's files through two caches
-// (small slices buffered, large ones O_DIRECT). A stale index at `out` goes first: a crash from
+// Publishes every data file of bundle `out`, reading the checkpoint's files through one
+// data_file_pair. A stale index at `out` goes first: a crash from
 // here on leaves no bundle there or the whole new one. On failure the data files are removed.
 task<void> write_data_files(io::backend& b, const std::string& prefix, const format::manifest& m, std::vector<piece>& pieces,
                             const std::vector<held_entry>& tail, const std::string& out, int num_shards, tf_export_report& rep) {
   auto ex = co_await asio::this_coro::executor;
   auto sp = co_await open_prefix_dir(b, prefix);
   if (!sp) co_return sp.error();
-  file_cache src(b, *sp, m), src_direct(b, *sp, m, true);
+  data_file_pair src(b, *sp, m);
   auto [out_dir, out_base] = split_prefix(out);
   result<void> r = success();
   if (auto d = co_await io::async_open_dir(b, ex, out_dir, false, use_awaitable); !d) {
@@ -292,12 +292,11 @@ task<void> write_data_files(io::backend& b, const std::string& prefix, const for
   }
   for (int k = 0; k < num_shards && r; ++k) {
     const std::string name = format::tf::data_file_name(out_base, k, num_shards);
-    auto writing = write_data_file(b, m, src, src_direct, pieces, tail, k, out_dir + "/" + name, rep);
+    auto writing = write_data_file(b, m, src, pieces, tail, k, out_dir + "/" + name, rep);
     r = co_await std::move(writing);
     if (!r) r = with_context(r.error(), "export to " + out + ": " + name);
   }
   co_await src.close_all();
-  co_await src_direct.close_all();
   co_await close_quietly(b, sp->dir);
   if (!r) {
     co_await remove_data_files(b, out_dir, out_base, num_shards, false);

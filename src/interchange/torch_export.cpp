@@ -47,7 +47,7 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
     size = z.offset() + z.finish().size();
   }
   std::vector<std::byte> block;
-  auto produce = [&](runtime::staged_writer& w, detail::file_cache& src, detail::file_cache& src_direct) -> task<void> {
+  auto produce = [&](runtime::staged_writer& w, detail::data_file_pair& src) -> task<void> {
     format::zip::zip_writer z;
     auto small = [&](const std::string& name, std::span<const std::byte> data) -> task<void> {
       auto h = z.begin_record(name, data.size(), format::zip::crc32_extend(0, data));
@@ -64,7 +64,7 @@ task<void> export_coro(io::backend& b, std::string prefix, std::shared_ptr<const
       auto h = z.begin_record(root + "/data/" + std::to_string(i), size_of(t), 0, 64, true);
       const std::uint64_t offset = z.offset();
       BOOST_OUTCOME_CO_TRY(co_await w.write(offset - h.size(), h));
-      auto copying = detail::copy_tensor(b, prefix, m, src, src_direct, *t, w, offset, block, detail::crc_of::crc32);
+      auto copying = detail::copy_tensor(b, prefix, m, src, *t, w, offset, block, detail::crc_of::crc32);
       BOOST_OUTCOME_CO_TRY(const std::uint32_t crc, co_await std::move(copying));
       auto descriptor = z.end_record(crc);
       BOOST_OUTCOME_CO_TRY(co_await w.write(z.offset() - descriptor.size(), descriptor));

@@ -167,14 +167,13 @@ result<void> slice_checker::update(std::span<const std::byte> bytes) {
   return success();
 }
 
-task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct,
-                               const format::saved_tensor& t, const format::saved_slice& s, runtime::staged_writer& out,
-                               std::uint64_t out_offset, crc_of want) {
+task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, data_file_pair& files, const format::saved_tensor& t,
+                               const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, crc_of want) {
   auto ex = co_await asio::this_coro::executor;
   slice_checker check(m, t, s, want);
   const bool small = s.length < runtime::direct_read_min;
-  file_cache& files = small ? buffered : direct;
-  BOOST_OUTCOME_CO_TRY(auto h, co_await files.get(s.file));
+  file_cache& which = small ? files.buffered : files.direct;
+  BOOST_OUTCOME_CO_TRY(auto h, co_await which.get(s.file));
   std::optional<runtime::sequential_reader> ahead;
   if (!small) ahead.emplace(b, ex, h, s.offset, s.offset + s.length, slice_ctx(m, t, s));
   auto copy = [&]() -> task<void> {

@@ -36,6 +36,18 @@ class file_cache {
   std::map<std::uint32_t, io::handle> open_;
 };
 
+// A checkpoint's data files, each opened on demand both ways a copy reads them: buffered
+// (slices shorter than runtime::direct_read_min) and O_DIRECT (the rest). `close_all()` before
+// it goes away; handles left open are closed detached.
+struct data_file_pair {
+  data_file_pair(io::backend& b, const opened_prefix& p, const format::manifest& m) : buffered(b, p, m), direct(b, p, m, true) {}
+  file_cache buffered, direct;
+  asio::awaitable<void> close_all() {
+    co_await buffered.close_all();
+    co_await direct.close_all();
+  }
+};
+
 // "tensor "K" slice BOX in FILE", for errors.
 std::string slice_ctx(const format::manifest& m, const format::saved_tensor& t, const format::saved_slice& s);
 
@@ -74,26 +86,25 @@ class slice_checker {
 
 // Copies stored slice `s` of tensor `t` to `[out_offset, out_offset + s.length)` of the file
 // `out` writes, reading it into the staging blocks and checking it on the way (slice_checker):
-// through a runtime::sequential_reader from `direct` (files opened read_direct), or from
-// `buffered` when it is shorter than runtime::direct_read_min. Returns the CRC `want` asks for
+// through a runtime::sequential_reader from `files.direct`, or from `files.buffered` when it is
+// shorter than runtime::direct_read_min. Returns the CRC `want` asks for
 // (0 for none). A mismatch fails the copy after some of the bytes were placed: the caller's
 // file is discarded.
-task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, file_cache& buffered, file_cache& direct,
-                               const format::saved_tensor& t, const format::saved_slice& s, runtime::staged_writer& out,
-                               std::uint64_t out_offset, crc_of want);
+task<std::uint32_t> copy_slice(io::backend& b, const format::manifest& m, data_file_pair& files, const format::saved_tensor& t,
+                               const format::saved_slice& s, runtime::staged_writer& out, std::uint64_t out_offset, crc_of want);
 
 // Copies tensor `t` of checkpoint `prefix` (manifest `m`), whole and row-major, to
 // `[offset, offset + its bytes)` of the file `w` writes: a tensor stored whole through
 // `copy_slice`; one stored as several slices assembled in blocks of rows of about 8 MiB (in
 // `block`), verified (a foreign one against its CRCs first). Returns the CRC `want` asks for.
-task<std::uint32_t> copy_tensor(io::backend& b, const std::string& prefix, std::shared_ptr<const format::manifest> m, file_cache& src,
-                                file_cache& src_direct, const format::saved_tensor& t, runtime::staged_writer& w, std::uint64_t offset,
+task<std::uint32_t> copy_tensor(io::backend& b, const std::string& prefix, std::shared_ptr<const format::manifest> m, data_file_pair& src,
+                                const format::saved_tensor& t, runtime::staged_writer& w, std::uint64_t offset,
                                 std::vector<std::byte>& block, crc_of want);
 
 // Publishes the file `out` of `size` bytes (publish_streamed) from checkpoint `prefix`
 // (manifest `m`): `produce` writes it through the staged writer, reading the checkpoint's data
-// files through the two caches (buffered, O_DIRECT), which are closed after.
-using checkpoint_producer = std::function<task<void>(runtime::staged_writer&, file_cache& src, file_cache& src_direct)>;
+// files through `src`, which is closed after.
+using checkpoint_producer = std::function<task<void>(runtime::staged_writer&, data_file_pair& src)>;
 task<void> publish_from_checkpoint(io::backend& b, std::string prefix, std::shared_ptr<const format::manifest> m, std::string out,
                                    std::uint64_t size, checkpoint_producer produce);
 

@@ -74,13 +74,13 @@ task<void> publish_streamed(io::backend& b, std::string path, std::uint64_t size
   co_return co_await std::move(op);
 }
 
-task<std::uint32_t> copy_tensor(io::backend& b, const std::string& prefix, std::shared_ptr<const format::manifest> m, file_cache& src,
-                                file_cache& src_direct, const format::saved_tensor& t, runtime::staged_writer& w, std::uint64_t offset,
+task<std::uint32_t> copy_tensor(io::backend& b, const std::string& prefix, std::shared_ptr<const format::manifest> m, data_file_pair& src,
+                                const format::saved_tensor& t, runtime::staged_writer& w, std::uint64_t offset,
                                 std::vector<std::byte>& block, crc_of want) {
   if (t.slices.size() == 1 && t.slices[0].where == box::whole(t.global)) {
     // Stored whole: its bytes are the row-major tensor, read straight into the staging
     // blocks and checked on the way (a foreign tensor's whole-slice CRC at its last byte).
-    auto copied = copy_slice(b, *m, src, src_direct, t, t.slices[0], w, offset, want);
+    auto copied = copy_slice(b, *m, src, t, t.slices[0], w, offset, want);
     co_return co_await std::move(copied);
   }
   // Stored as several slices: assembled in blocks of whole rows of about 8 MiB, each read
@@ -122,12 +122,11 @@ task<void> publish_from_checkpoint(io::backend& b, std::string prefix, std::shar
                                    std::uint64_t size, checkpoint_producer produce) {
   auto sp = co_await open_prefix_dir(b, prefix);
   if (!sp) co_return sp.error();
-  file_cache src(b, *sp, *m), src_direct(b, *sp, *m, true);  // small slices buffered, large ones O_DIRECT
+  data_file_pair src(b, *sp, *m);
   runtime::on_unwind last_resort([&] { io::close_detached(b, sp->dir); });
-  auto op = publish_streamed(b, out, size, [&](runtime::staged_writer& w) { return produce(w, src, src_direct); });
+  auto op = publish_streamed(b, out, size, [&](runtime::staged_writer& w) { return produce(w, src); });
   auto r = co_await std::move(op);
   co_await src.close_all();
-  co_await src_direct.close_all();
   co_await close_quietly(b, sp->dir);
   last_resort.disarm();
   co_return r;
