@@ -1,6 +1,7 @@
 #include "meshckpt/coord/coordinator.hpp"
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -38,6 +39,10 @@ struct group {
     std::vector<std::optional<bytes>> parts;  // gather: per rank; broadcast: [0]
     int arrived = 0;                          // barrier
     int left = 0;                             // ranks done with it: it goes when all are
+    // The waiting ranks' wakes (collective::notify), by waiter. Called under `mu` at each
+    // contribution, and erased under it when their waiter has its outcome or goes: no copy of
+    // one escapes the lock, so none is called after its waiter has gone.
+    std::map<const void*, std::function<void()>> waiters;
   };
   enum kind : int { gather = 0, broadcast = 1, barrier = 2 };
   // (kind, round number). A round some rank gave up on stays, so a late rank's contribution
@@ -64,15 +69,21 @@ class group_collective final : public collective<T> {
   group_collective(std::shared_ptr<group> g, std::pair<int, std::uint64_t> key, clock::time_point deadline, Step step)
       : g_(std::move(g)), key_(key), deadline_(deadline), step_(std::move(step)) {}
   ~group_collective() override {
-    if (done_) return;
     std::lock_guard lk(g_->mu);
-    g_->leave(key_);
+    if (auto it = g_->rounds.find(key_); it != g_->rounds.end()) it->second.waiters.erase(this);
+    if (!done_) g_->leave(key_);
+  }
+  bool notify(std::function<void()> wake) override {
+    std::lock_guard lk(g_->mu);
+    g_->entry(key_).waiters[this] = std::move(wake);
+    return true;
   }
   std::optional<result<T>> poll() override {
     std::lock_guard lk(g_->mu);
     auto out = step_(g_->entry(key_), clock::now() >= deadline_);
     if (out) {
       done_ = true;
+      g_->entry(key_).waiters.erase(this);
       g_->leave(key_);
     }
     return out;
@@ -102,10 +113,7 @@ class thread_rank final : public coordinator {
 
   std::unique_ptr<collective<std::vector<bytes>>> start_gather(std::span<const std::byte> mine, milliseconds timeout) override {
     auto key = std::pair<int, std::uint64_t>(group::gather, gathers_++);
-    {
-      std::lock_guard lk(g_->mu);
-      g_->entry(key).parts[static_cast<std::size_t>(rank_)] = bytes(mine.begin(), mine.end());
-    }
+    contribute(key, [&](group::round& r) { r.parts[static_cast<std::size_t>(rank_)] = bytes(mine.begin(), mine.end()); });
     if (rank_ != 0) {
       std::lock_guard lk(g_->mu);
       g_->leave(key);
@@ -125,8 +133,8 @@ class thread_rank final : public coordinator {
   std::unique_ptr<collective<bytes>> start_broadcast(std::span<const std::byte> data, milliseconds timeout) override {
     auto key = std::pair<int, std::uint64_t>(group::broadcast, broadcasts_++);
     if (rank_ == 0) {
+      contribute(key, [&](group::round& r) { r.parts[0] = bytes(data.begin(), data.end()); });
       std::lock_guard lk(g_->mu);
-      g_->entry(key).parts[0] = bytes(data.begin(), data.end());
       g_->leave(key);
       return finished<bytes>(bytes(data.begin(), data.end()));
     }
@@ -139,10 +147,7 @@ class thread_rank final : public coordinator {
 
   std::unique_ptr<collective<void>> start_barrier(milliseconds timeout) override {
     auto key = std::pair<int, std::uint64_t>(group::barrier, barriers_++);
-    {
-      std::lock_guard lk(g_->mu);
-      ++g_->entry(key).arrived;
-    }
+    contribute(key, [](group::round& r) { ++r.arrived; });
     return make(key, timeout, [this](group::round& r, bool late) -> std::optional<result<void>> {
       if (r.arrived >= g_->size) return success();
       if (late) return result<void>(timed_out("barrier", ""));
@@ -151,6 +156,15 @@ class thread_rank final : public coordinator {
   }
 
  private:
+  // Changes round `key` and wakes its waiters, both under the lock (group::round::waiters).
+  template <class Change>
+  void contribute(std::pair<int, std::uint64_t> key, Change change) {
+    std::lock_guard lk(g_->mu);
+    auto& r = g_->entry(key);
+    change(r);
+    for (const auto& [who, wake] : r.waiters) wake();
+  }
+
   static std::string missing(const group::round& r) {
     std::string m;
     for (std::size_t i = 0; i < r.parts.size(); ++i)

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <string>
 #include <thread>
 
@@ -163,4 +164,45 @@ TEST_CASE("a polled collective times out by itself, and one given up early drops
   CHECK(string_of(**got) == "round 1");
   CHECK(coord::poll_delay(0) == 20us);
   CHECK(coord::poll_delay(100) == 1000us);
+}
+
+TEST_CASE("a thread group's collective wakes its waiter at each contribution; others have no event to wait on", "[coord][event]") {
+  auto group = coord::make_thread_group(3);
+  auto g = group[0]->start_gather(bytes_of("zero"), 5s);
+  std::atomic<int> wakes{0};
+  REQUIRE(g->notify([&] { ++wakes; }));
+  CHECK_FALSE(g->poll());
+  // Rank 1 contributes on another thread: the waiter is woken, its poll still waits for rank 2.
+  std::thread([&] { (void)group[1]->start_gather(bytes_of("one"), 5s); }).join();
+  CHECK(wakes == 1);
+  CHECK_FALSE(g->poll());
+  (void)group[2]->start_gather(bytes_of("two"), 5s);
+  CHECK(wakes == 2);
+  auto out = g->poll();
+  REQUIRE(out);
+  REQUIRE(*out);
+  CHECK(string_of((**out)[2]) == "two");
+  // Done: no more wakes from later rounds.
+  (void)group[1]->start_gather(bytes_of("next"), 5s);
+  CHECK(wakes == 2);
+  // A broadcast's waiters are woken by the root's data; a barrier's by each arrival.
+  auto b = group[1]->start_broadcast({}, 5s);
+  int b_wakes = 0;
+  REQUIRE(b->notify([&] { ++b_wakes; }));
+  (void)group[0]->start_broadcast(bytes_of("data"), 5s);
+  CHECK(b_wakes == 1);
+  auto heard = b->poll();
+  REQUIRE(heard);
+  CHECK(string_of(**heard) == "data");
+  // A collective given up takes its wake back: later arrivals call nothing of it.
+  auto gone = group[0]->start_barrier(5s);
+  int gone_wakes = 0;
+  REQUIRE(gone->notify([&] { ++gone_wakes; }));
+  gone.reset();
+  (void)group[1]->start_barrier(5s);
+  (void)group[2]->start_barrier(5s);
+  CHECK(gone_wakes == 0);
+  // The single-process coordinator's collectives have their outcome at once: nothing to wait on.
+  auto single = coord::make_single_process_coordinator();
+  CHECK_FALSE(single->start_barrier(1s)->notify([] {}));
 }

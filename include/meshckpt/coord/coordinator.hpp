@@ -21,6 +21,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -44,6 +45,18 @@ class collective {
   /// given at the start has passed; nothing while it still waits for other ranks. Not called
   /// again after it returned an outcome.
   virtual std::optional<result<T>> poll() = 0;
+  /// The event a waiter waits on instead of polling, where the collective has one (a thread
+  /// group's: another rank's contribution). Registers `wake`, which is then called, from any
+  /// thread and possibly more than once, whenever `poll()` may have an outcome — never after
+  /// `poll()` returned one, nor once the collective is destroyed. It is called under the
+  /// collective's lock: it must neither block nor call the collective, only signal (a thread
+  /// group's waiter sends on a concurrent channel, whose completion is posted). Returns false
+  /// when there is no such event (MPI, a key-value store): the waiter polls. Called at most
+  /// once, before the first `poll()`. Throws std::bad_alloc.
+  virtual bool notify(std::function<void()> wake) {
+    (void)wake;
+    return false;
+  }
 };
 
 /// A collective whose outcome is known when it starts (a single process; a failed start).
