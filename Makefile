@@ -68,13 +68,15 @@ test-sanitize: deps
 # ThreadSanitizer build (clang-14) of the concurrency stress test: many async saves and
 # restores on a multi-threaded io_context, lazy saves racing with mutation, cancellation from
 # another thread, shutdown with IO in flight; on both backends. And of the device suite: copies
-# completed on the simulated device's engine thread, snapshots and batched restores.
+# completed on the simulated device's engine thread, snapshots and batched restores. And of the
+# thread-group collectives: contributions waking waiters on other threads (test_coordinator,
+# test_multiprocess).
 test-tsan: deps
 	@bash cmake/install-deps.sh $(SAN_DEBS)
 	@test -f $(TSAN_BUILD)/build.ninja || CC=clang-14 CXX=clang++-14 cmake -S . -B $(TSAN_BUILD) -G Ninja \
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMESHCKPT_SANITIZE=thread -DMESHCKPT_BUILD_EXAMPLES=OFF
-	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_concurrency test_device
-	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --test-dir $(TSAN_BUILD) -R '^(test_concurrency|test_device)$$' --output-on-failure -j $(JOBS)
+	cmake --build $(TSAN_BUILD) -j $(JOBS) --target test_concurrency test_device test_coordinator test_multiprocess
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --test-dir $(TSAN_BUILD) -R '^(test_concurrency|test_device|test_coordinator|test_multiprocess)$$' --output-on-failure -j $(JOBS)
 
 # The reliability suites in long mode (docs/RELIABILITY.md): 5,000 kills, 16 torn variants per
 # crash point, the MPI fault scenarios, and 10 minutes of each libFuzzer target under ASan+UBSan.

@@ -391,7 +391,7 @@ TEST_CASE("Checkpoint and CheckpointManager across processes: one commit, proces
     o.write.coordinator = &co;
     o.write.coordination_timeout = 20s;
     auto c = checkpoint::create(mdl.m, &mdl, {}, o).value();
-    CHECK(c->writes_shared_files() == (r == 0));
+    if (c->writes_shared_files() != (r == 0)) ++bad;  // Catch asserts on the test's thread only
     manager_options mo;
     mo.max_to_keep = 2;
     auto mgr = checkpoint_manager::create(*c, tmp.str(), mo).value();
