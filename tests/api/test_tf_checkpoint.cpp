@@ -30,7 +30,7 @@ TEST_CASE("latest_checkpoint finds a checkpoint TensorFlow wrote, its absolute p
           "[api][checkpoint][tf]") {
   testing::temp_dir tmp;
   const std::filesystem::path src = std::filesystem::path(MESHCKPT_TF_TESTDATA) / "t2t_transformer_tf1_ckpt";
-  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / e.path().filename());
+  testing::copy_dir(src.string(), tmp.str());
   // As TensorFlow wrote it: a relative path.
   CHECK(latest_checkpoint(tmp.path.string()) == tmp / "model.ckpt-1");
   // As a copy from another machine holds it: absolute paths there.
@@ -48,7 +48,7 @@ TEST_CASE("latest_checkpoint finds a checkpoint TensorFlow wrote, its absolute p
 TEST_CASE("verify_tf_bundle checks every tensor of a TensorFlow checkpoint against its CRC-32C and lists the damage", "[api][tf][verify]") {
   testing::temp_dir tmp;
   const std::filesystem::path src = std::filesystem::path(MESHCKPT_TF_TESTDATA) / "bert_lite_tf2_ckpt";
-  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / e.path().filename());
+  testing::copy_dir(src.string(), tmp.str());
   auto b = backends::make_posix_backend();
   const std::string prefix = tmp / "bert_lite_tf2.ckpt";
   auto ok = verify_tf_bundle(*b, prefix);
@@ -89,7 +89,7 @@ TEST_CASE("verify_tf_bundle checks every tensor of a TensorFlow checkpoint again
 TEST_CASE("verify_tf_bundle checks an empty tensor's CRC-32C too: over no bytes it is 0", "[api][tf][verify]") {
   testing::temp_dir tmp;
   const std::filesystem::path src = std::filesystem::path(MESHCKPT_TF_TESTDATA) / "bert_lite_tf2_ckpt";
-  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / e.path().filename());
+  testing::copy_dir(src.string(), tmp.str());
   auto b = backends::make_posix_backend();
   const std::string prefix = tmp / "bert_lite_tf2.ckpt";
   auto rewrite_gamma = [&](std::uint32_t crc) {
@@ -363,7 +363,7 @@ TEST_CASE("restoring from a path that holds no checkpoint of any kind is not_fou
              Catch::Contains("nothing.manifest") && Catch::Contains("TensorFlow checkpoint") && Catch::Contains("SavedModel directory"));
   // A TF bundle missing a data file says which.
   const auto src = tf_data / "t2t_transformer_tf1_ckpt";
-  for (const auto& e : std::filesystem::directory_iterator(src)) std::filesystem::copy_file(e.path(), tmp.path / e.path().filename());
+  testing::copy_dir(src.string(), tmp.str());
   std::filesystem::remove(tmp / "model.ckpt-1.data-00001-of-00002");
   graph::state_dict sd;
   auto idx = read_tf_bundle_index(*backends::make_posix_backend(), tmp / "model.ckpt-1").value();
@@ -379,9 +379,7 @@ TEST_CASE("restoring from a path that holds no checkpoint of any kind is not_fou
 TEST_CASE("a damaged TensorFlow tensor fails its restore with a CRC-32C mismatch naming tensor, file and offset", "[api][checkpoint][tf]") {
   testing::temp_dir tmp;
   const auto src = tf_data / "half_plus_two_tf2_savedmodel" / "variables";
-  std::filesystem::create_directories(tmp.path / "sm" / "variables");
-  for (const auto& e : std::filesystem::directory_iterator(src))
-    std::filesystem::copy_file(e.path(), tmp.path / "sm" / "variables" / e.path().filename());
+  testing::copy_dir(src.string(), tmp / "sm/variables");
   auto idx = read_tf_bundle_index(*backends::make_posix_backend(), tmp / "sm/variables/variables").value();
   const auto* b = idx.find("b/.ATTRIBUTES/VARIABLE_VALUE");
   REQUIRE(b);

@@ -184,9 +184,4 @@ inline const temp_dir& base_dir() {
   return d;
 }
 
-inline void copy_dir(const std::string& from, const std::string& to) {
-  fs::create_directories(to);
-  for (const auto& e : fs::directory_iterator(from)) fs::copy(e.path(), to + "/" + e.path().filename().string());
-}
-
 }  // namespace meshckpt::testing

@@ -228,6 +228,12 @@ struct temp_dir {
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
 
+// Copies every entry of directory `from` into `to`, creating `to`.
+inline void copy_dir(const std::string& from, const std::string& to) {
+  std::filesystem::create_directories(to);
+  for (const auto& e : std::filesystem::directory_iterator(from)) std::filesystem::copy(e.path(), to + "/" + e.path().filename().string());
+}
+
 // Test decorators derive from the library's forwarding base (meshckpt/io/forwarding.hpp) and
 // override the one or two operations they change.
 using io::forwarding_backend;
