@@ -8,11 +8,13 @@ TSAN_BUILD ?= build-tsan
 DIR        ?=
 JOBS       ?= $(shell nproc)
 
-# What the build and its tests need (Debian 12 package names; clang-format-14 for test_clang_format).
+# What the build and its tests need (Debian 12 package names; clang-format-14 for test_clang_format;
+# Ceph's daemons and awscli for the object-store suite, tests/s3).
 DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libxxhash-dev libsnappy-dev zlib1g-dev libprotobuf-dev protobuf-compiler catch2 python3 \
              libopenmpi-dev openmpi-bin \
              python3-dev pybind11-dev python3-numpy python3-pytest python3-torch python3-h5py python3-mpi4py \
-             clang-format-14
+             clang-format-14 \
+             libssl-dev ceph-mon ceph-osd radosgw ceph-common awscli
 # The sanitizer and libFuzzer build.
 SAN_DEBS  := clang-14 libclang-rt-14-dev
 

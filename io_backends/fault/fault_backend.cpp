@@ -170,7 +170,7 @@ void fault_backend::open(io::handle dir, std::string name, io::open_mode mode, i
     op.mode = mode;
     if (auto e = admit(op)) return done(*e);
   }
-  const bool creates = mode == io::open_mode::create_exclusive || mode == io::open_mode::create_exclusive_direct;
+  const bool creates = mode != io::open_mode::read && mode != io::open_mode::read_direct;
   inner_->open(dir, name, mode, [this, dpath, name, path, creates, done = std::move(done)](result<io::handle> r) {
     if (r) {
       std::lock_guard lk(mu_);

@@ -72,6 +72,8 @@ void memory_backend::open(io::handle dir, std::string name, io::open_mode mode, 
       auto it = files.find(name);
       if (dirs_.contains(sub)) {
         r = creates(mode) ? make_errno_error(EEXIST, "open", name) : unsafe("open", name);  // a directory
+      } else if (mode == io::open_mode::replace) {
+        r = make_error(errc::unsupported, "open " + name + ": open_mode::replace is for object stores");
       } else if (creates(mode)) {
         if (it != files.end()) {
           r = make_errno_error(EEXIST, "open", name);

@@ -22,6 +22,7 @@
 
 #include "runtime/executor_thread.hpp"
 #include "meshckpt/backends/blocking_pool.hpp"
+#include "meshckpt/io/url.hpp"
 #include "meshckpt/format/names.hpp"
 
 namespace meshckpt::backends {
@@ -62,6 +63,7 @@ class posix_backend final : public io::backend {
   void open_dir(std::string path, bool create, completion<handle> done) override {
     run(std::move(done), [this, path = std::move(path), create]() -> result<handle> {
       if (path.empty()) return make_error(errc::invalid_argument, "empty directory path");
+      if (io::is_url(path)) return io::url_refused(path);  // never a local directory named "s3:"
       if (create) {
         BOOST_OUTCOME_TRY(make_dirs(path));
       }
@@ -97,6 +99,8 @@ class posix_backend final : public io::backend {
         // As for writes: a filesystem refusing O_DIRECT leaves the file buffered.
         if (mode == io::open_mode::read_direct && ::fcntl(fd, F_SETFL, flags | O_DIRECT) == 0) flags |= O_DIRECT;
         ::fcntl(fd, F_SETFL, flags);
+      } else if (mode == io::open_mode::replace) {
+        return make_error(errc::unsupported, "open " + name + ": open_mode::replace is for object stores (here: create and rename)");
       } else {
         fd = retry([&] { return ::openat(dir_fd(dir), name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644); });
         if (fd < 0) return make_errno_error(errno, "create", name);

@@ -12,6 +12,7 @@
 
 #include "../pipeline/dir_lock.hpp"
 #include "../runtime/durable_replace.hpp"
+#include "meshckpt/io/url.hpp"
 #include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/backends/posix.hpp"
@@ -72,7 +73,7 @@ task<T> in_directory(io::backend& b, std::string dir_path, bool create, std::str
 // Takes the directory's writer lock for a deletion or cleanup (shared with this process's own
 // writers; refused while another process writes there).
 result<detail::dir_lock> lock_for_cleanup(io::backend& b, const std::string& dir) {
-  if (!b.caps().host_filesystem) return detail::dir_lock();
+  if (!b.caps().host_filesystem || io::is_url(dir)) return detail::dir_lock();
   return detail::try_lock_dir(dir);
 }
 

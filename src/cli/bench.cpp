@@ -23,6 +23,7 @@
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
+#include "meshckpt/io/url.hpp"
 #include "meshckpt/format/describe.hpp"
 
 namespace meshckpt::cli {
@@ -369,6 +370,9 @@ int run_bench(const bench_args& a) {
   auto made = backends::make_backend(kind);
   if (!made) return report_error("bench", made.error());
   std::shared_ptr<io::backend> be = std::move(*made);
+  // The benchmark measures a local disk against fio; object stores are not benchmarked yet.
+  if (io::is_url(a.dir))
+    return report_error("bench", make_error(errc::unsupported, "--dir " + a.dir + ": the benchmark runs on a local directory"));
   std::filesystem::create_directories(a.dir);
   std::vector<std::string> workloads;
   if (a.workload == "all")

@@ -87,8 +87,7 @@ std::map<std::string, ls_row> ls_rows(io::backend& b, const std::string& dir, co
       r.number = number_of(base);
       r.status = "incomplete (files of an interrupted save; the next save of this name removes them)";
     }
-    struct stat st;
-    if (::stat(join(dir, file).c_str(), &st) == 0) r.bytes += static_cast<std::uint64_t>(st.st_size);
+    if (auto n = file_size(join(dir, file))) r.bytes += *n;
     if (r.status != "committed") ++r.files;
   }
   return rows;

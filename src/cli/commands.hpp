@@ -52,6 +52,8 @@ result<void> read_whole_checked(io::backend& b, const std::string& prefix, const
 int usage_error(const std::string& msg);
 bool is_directory(const std::string& p);
 bool exists(const std::string& p);
+// The size of file (or s3:// object) `p`, if it exists.
+std::optional<std::uint64_t> file_size(const std::string& p);
 // The prefix of the TensorFlow bundle that `path` names (PREFIX, or PREFIX.index, with
 // PREFIX.index present and no meshckpt manifest of that name; a SavedModel directory D with
 // D/variables/variables.index names D/variables/variables), or nothing.

@@ -27,6 +27,8 @@
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
 #include "meshckpt/graph/object_graph.hpp"
+#include "meshckpt/io/make_backend.hpp"
+#include "meshckpt/io/url.hpp"
 
 #include "meshckpt/interchange/tf_bundle_io.hpp"
 #include "meshckpt/interchange/torch_io.hpp"
@@ -86,14 +88,56 @@ int usage_error(const std::string& msg) {
   return 2;
 }
 
+namespace {
+
+// The backend that answers is_directory, exists and file_size for s3:// URLs (made at the
+// first such question; local paths are asked of the filesystem directly).
+io::backend& url_backend() {
+  static const std::unique_ptr<io::backend> b = backends::make_backend().value();
+  return *b;
+}
+
+// The object at URL `p`, opened for reading.
+std::optional<std::uint64_t> object_size(const std::string& p) {
+  auto slash = p.rfind('/');
+  if (slash == std::string::npos || slash < 5) return std::nullopt;
+  auto& b = url_backend();
+  auto d = io::wait<io::handle>([&](auto done) { b.open_dir(p.substr(0, slash), false, std::move(done)); });
+  if (!d) return std::nullopt;
+  std::optional<std::uint64_t> out;
+  if (auto f = io::wait<io::handle>([&](auto done) { b.open(*d, p.substr(slash + 1), io::open_mode::read, std::move(done)); })) {
+    if (auto n = io::wait<std::uint64_t>([&](auto done) { b.size(*f, std::move(done)); })) out = *n;
+    io::close_now(b, *f);
+  }
+  io::close_now(b, *d);
+  return out;
+}
+
+}  // namespace
+
 bool is_directory(const std::string& p) {
+  if (io::is_url(p)) {
+    // A prefix with objects under it.
+    auto& b = url_backend();
+    auto d = io::wait<io::handle>([&](auto done) { b.open_dir(p, false, std::move(done)); });
+    if (d) io::close_now(b, *d);
+    return d.has_value();
+  }
   struct stat st;
   return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 bool exists(const std::string& p) {
+  if (io::is_url(p)) return object_size(p).has_value();
   struct stat st;
   return ::lstat(p.c_str(), &st) == 0;
+}
+
+std::optional<std::uint64_t> file_size(const std::string& p) {
+  if (io::is_url(p)) return object_size(p);
+  struct stat st;
+  if (::stat(p.c_str(), &st) != 0) return std::nullopt;
+  return static_cast<std::uint64_t>(st.st_size);
 }
 
 std::optional<std::string> tf_bundle_prefix(const std::string& path) {

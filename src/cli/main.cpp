@@ -31,7 +31,9 @@
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/interchange/safetensors_io.hpp"
 #include "meshckpt/pipeline/tensor_io.hpp"
+#include "meshckpt/backends/s3.hpp"
 #include "meshckpt/io/make_backend.hpp"
+#include "meshckpt/io/url.hpp"
 #include "meshckpt/format/describe.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/format/safetensors.hpp"
@@ -268,6 +270,9 @@ int main(int argc, char** argv) {
     else
       a.out = positional[2];
   }
+  // A URL only where a backend serves its scheme (s3://), never a local directory named "gs:".
+  for (const std::string* p : {&a.path, &a.to, &a.out, &a.other})
+    if (io::is_url(*p) && !backends::is_s3_path(*p)) return report_error(a.command, io::url_refused(*p));
   auto backend = backends::make_backend(backends::backend_kind::automatic);
   if (!backend) {
     std::fprintf(stderr, "meshckpt: %s\n", backend.error().what().c_str());

@@ -5,6 +5,8 @@
 
 #include "dir_lock.hpp"
 
+#include "meshckpt/io/url.hpp"
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
@@ -91,6 +93,9 @@ std::string holder_line() {
 // allocated is allocated before the open, and a guard closes the descriptor and forgets the
 // table entry on every way out but success.
 result<dir_lock> lock_once(const std::string& dir_in) {
+  // An object store's prefix has no lock file; its writers are kept apart by the manifest's
+  // create-only commit (docs/OBJECT_STORES.md).
+  if (io::is_url(dir_in)) return dir_lock();
   const std::string dir = dir_in.empty() ? "." : dir_in;
   const std::string path = dir + "/" + std::string(lock_file_name);
   struct stat st {};

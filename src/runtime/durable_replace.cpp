@@ -14,8 +14,44 @@ task<void> durable_replace(io::backend& b, io::handle dir, std::string temp, std
   co_return co_await std::move(op);
 }
 
+namespace {
+
+// On an object store there is no rename: NAME itself is written and becomes visible whole at
+// its fsync (create-only with `create_only`). A failure or a stop before the fsync publishes
+// nothing: closing the unpublished file discards it.
+task<void> publish_object(io::backend& b, io::handle dir, std::string name, std::function<task<void>(io::handle)> fill,
+                          replace_options opt) {
+  auto ex = co_await asio::this_coro::executor;
+  auto h =
+      co_await io::async_open(b, ex, dir, name, opt.create_only ? io::open_mode::create_exclusive : io::open_mode::replace, use_awaitable);
+  if (!h) co_return h.error();
+  bool open = true;
+  on_unwind last_resort([&] {
+    if (open) io::close_detached(b, *h);
+  });
+  result<void> r = success();
+  try {
+    r = co_await fill(*h);
+    if (r && opt.before_rename) r = opt.before_rename();
+    if (r) r = co_await io::async_fsync(b, ex, *h, use_awaitable);
+    if (r && opt.renamed) *opt.renamed = true;
+  } catch (const std::bad_alloc&) {
+    r = out_of_memory("writing " + name);
+  }
+  auto closed = co_await io::async_close(b, ex, *h, use_awaitable);
+  if (!closed && closed.error().code == std::errc::not_enough_memory) io::close_detached(b, *h);
+  open = false;
+  co_return r;
+}
+
+}  // namespace
+
 task<void> durable_replace(io::backend& b, io::handle dir, std::string temp, std::string name, std::function<task<void>(io::handle)> fill,
                            replace_options opt) {
+  if (!b.caps(dir).atomic_rename) {
+    auto op = publish_object(b, dir, std::move(name), std::move(fill), std::move(opt));
+    co_return co_await std::move(op);
+  }
   auto ex = co_await asio::this_coro::executor;
   auto h = co_await io::async_open(b, ex, dir, temp, opt.direct ? io::open_mode::create_exclusive_direct : io::open_mode::create_exclusive,
                                    use_awaitable);

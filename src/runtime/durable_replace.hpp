@@ -11,6 +11,9 @@
 // A crash before 3 leaves the old NAME (if any) and possibly TEMP; after 3, the new NAME.
 // A failure before 3 removes TEMP; a failure in 4 reports an error with `renamed` set: the new
 // NAME may be visible.
+//
+// On an object store (`caps(dir).atomic_rename` false) NAME is written directly and published
+// whole by its fsync; with `create_only`, only if no NAME exists (If-None-Match), else EEXIST.
 
 #include <functional>
 #include <span>
@@ -24,6 +27,7 @@ struct replace_options {
   std::function<result<void>()> before_rename{};  // an error here ends the replace before step 3
   bool* renamed = nullptr;                        // set once step 3 succeeded
   bool direct = false;                            // TEMP is opened with O_DIRECT where the filesystem allows (io::open_mode)
+  bool create_only = false;                       // object stores: NAME must not exist yet (a manifest)
 };
 
 task<void> durable_replace(io::backend& b, io::handle dir, std::string temp, std::string name, std::span<const std::byte> bytes,

@@ -110,7 +110,7 @@ task<void> write_local(save_state& s, format::manifest& m, std::span<const named
   // 2. Directory, and its writer lock.
   BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(s.b, ex, s.dir_path, true, use_awaitable));
   s.dir = dir;
-  if (rank <= 0 && s.b.caps().host_filesystem) {
+  if (rank <= 0 && s.b.caps(dir).host_filesystem) {
     auto locking = detail::lock_dir(s.dir_path, opt.lock_timeout);  // named: GCC 12 destroys a co_await's argument temporaries twice
     BOOST_OUTCOME_CO_TRY(s.lock, co_await std::move(locking));
   }
@@ -147,6 +147,7 @@ task<write_report> publish(save_state& s, const format::manifest& m) {
   std::string final_name = format::manifest_name(s.base);
   runtime::replace_options how;
   how.renamed = &s.renamed;
+  how.create_only = true;  // object stores: of two committers of one checkpoint, one wins
   how.before_rename = [&s]() -> result<void> {
     if (s.stop.stop_requested()) return make_error(errc::cancelled, "save cancelled before its commit");
     return success();

@@ -515,5 +515,14 @@ check "names the CRC, the file and the bytes" has "CRC-32C mismatch in tensor"; 
 rm "$WORK/tf-data/model.ckpt-1.data-00000-of-00002"
 run verify "$WORK/tf-data/model.ckpt-1"
 check "a missing TF data file exits 1" test $rc -eq 1; check "names the missing file" has "data file model.ckpt-1.data-00000-of-00002"
+
+# A URL of a scheme without a backend is refused, never made a local directory named "gs:".
+(cd "$WORK" && "$CLI" ls gs://bucket/run >"$WORK/url.out" 2>&1; echo $? >"$WORK/url.rc")
+out=$(cat "$WORK/url.out"); rc=$(cat "$WORK/url.rc")
+check "ls gs:// exits 1" test "$rc" -eq 1; check "names the scheme" has 'gs://bucket/run: a URL with scheme "gs"'
+(cd "$WORK" && "$TRAINER" --dir gs://bucket/run --steps 2 --every 1 --quiet >"$WORK/url.out" 2>&1; echo $? >"$WORK/url.rc")
+out=$(cat "$WORK/url.out"); rc=$(cat "$WORK/url.rc")
+check "trainer --dir gs:// fails" test "$rc" -ne 0; check "trainer names the scheme" has 'a URL with scheme "gs"'
+check "no local gs: directory" test ! -e "$WORK/gs:"
 echo "$passes passed, $fails failed"
 [ $fails -eq 0 ]

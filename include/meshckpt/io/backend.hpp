@@ -43,6 +43,11 @@ enum class open_mode {
   /// (silently buffered elsewhere). Every write to it must then use a buffer, offset and length
   /// aligned to 4096 bytes; `truncate` trims the padding of the last block.
   create_exclusive_direct,
+  /// New content for `name`, write-only, that replaces it whole (or creates it) when the file is
+  /// made durable (`fsync`). Only where `caps().atomic_rename` is false (object stores), whose
+  /// callers publish this way instead of by rename; other backends refuse it
+  /// (errc::unsupported).
+  replace,
 };
 
 /// What a backend can do; higher layers adapt buffers and reporting to it.
@@ -55,6 +60,10 @@ struct capabilities {
   /// writers then take the directory's lock (DIR/meshckpt.lock). False for a backend with a
   /// private namespace (in memory).
   bool host_filesystem = true;
+  /// `rename` atomically replaces its target (a filesystem). False on an object store: there a
+  /// file opened for writing becomes visible whole at its `fsync` (a `create_exclusive` one
+  /// only if the name is still free), and a file is published with `open_mode::replace`.
+  bool atomic_rename = true;
 };
 
 /// One directory entry.
@@ -81,6 +90,12 @@ class backend {
   /// Short name ("posix", "uring", ...).
   virtual std::string_view name() const noexcept = 0;
   virtual capabilities caps() const = 0;
+  /// The capabilities that hold inside directory `dir`: those of `caps()`, except in a backend
+  /// that routes paths to several (a local disk, `s3://` prefixes).
+  virtual capabilities caps(handle dir) const {
+    (void)dir;
+    return caps();
+  }
 
   /// Opens a directory by path; with `create`, creates it and missing parents first (each new
   /// directory is made durable by fsyncing its parent).

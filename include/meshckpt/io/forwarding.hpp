@@ -16,6 +16,7 @@ class forwarding_backend : public backend {
   explicit forwarding_backend(std::shared_ptr<backend> inner) : inner_(std::move(inner)) {}
   std::string_view name() const noexcept override { return "forwarding"; }
   capabilities caps() const override { return inner_->caps(); }
+  capabilities caps(handle dir) const override { return inner_->caps(dir); }
   void open_dir(std::string p, bool c, completion<handle> d) override { inner_->open_dir(std::move(p), c, std::move(d)); }
   void open(handle dir, std::string n, open_mode m, completion<handle> d) override { inner_->open(dir, std::move(n), m, std::move(d)); }
   void size(handle f, completion<std::uint64_t> d) override { inner_->size(f, std::move(d)); }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The CLI and the demo trainer on s3:// prefixes, against the suite's Ceph RGW (the s3 fixture):
+# train with a manager on s3://, resume, then ls, verify (a directory and a checkpoint),
+# inspect; a damaged object is reported.
+#   cli_s3_test.sh CLI TRAINER RGW_DIR
+set -u
+CLI=$1 TRAINER=$2 RGW=$3
+set -a; . "$RGW/env"; set +a
+fails=0 passes=0
+check() {  # check NAME CONDITION-COMMAND...
+  local name=$1; shift
+  if "$@"; then passes=$((passes + 1)); else echo "FAIL: $name"; fails=$((fails + 1)); fi
+}
+run() { out=$("$CLI" "$@" 2>&1); rc=$?; }
+has() { grep -qF -- "$1" <<<"$out"; }
+
+DIR="s3://meshckpt-test/cli-$$-$(date +%s%N)"
+out=$("$TRAINER" --dir "$DIR" --steps 8 --every 4 --keep 2 --quiet 2>&1); rc=$?
+check "trainer on s3:// exits 0" test $rc -eq 0 || echo "$out"
+out=$("$TRAINER" --dir "$DIR" --steps 4 --every 4 --keep 2 2>&1); rc=$?
+check "trainer resumes from s3://" test $rc -eq 0
+check "resumed from the latest" has "ckpt-2"
+
+run ls "$DIR";                    check "ls s3:// exits 0" test $rc -eq 0 || echo "$out"
+check "ls summary" has "$DIR: 2 checkpoints, latest ckpt-3 (from the state file)"
+run verify "$DIR";                check "verify s3:// directory exits 0" test $rc -eq 0 || echo "$out"
+run verify "$DIR/ckpt-3";         check "verify one s3:// checkpoint exits 0" test $rc -eq 0 || echo "$out"
+run inspect "$DIR/ckpt-3";        check "inspect s3:// exits 0" test $rc -eq 0 || echo "$out"
+run ls "s3://meshckpt-test/no-such-prefix-$$"; check "ls of an empty prefix exits 1" test $rc -eq 1
+
+echo "$passes passed, $fails failed"
+[ $fails -eq 0 ]
