@@ -263,6 +263,29 @@ asio::awaitable<result<http_response>> http_client::exchange(connection& c, cons
 
 asio::awaitable<result<http_response>> http_client::send(http_request r, request_kind kind) {
   auto ex = co_await asio::this_coro::executor;
+  // At most `connections` requests at once: more would only queue inside the server (and time
+  // out there), as the writers' many parts in flight would otherwise make them.
+  while (active_ >= opt_.connections) {
+    asio::steady_timer turn(ex, std::chrono::hours(24));
+    queued_.push_back(&turn);
+    boost::system::error_code ec;
+    co_await turn.async_wait(asio::redirect_error(use_awaitable, ec));
+    std::erase(queued_, &turn);
+  }
+  ++active_;
+  struct release {
+    http_client* self;
+    ~release() {
+      --self->active_;
+      if (!self->queued_.empty()) self->queued_.front()->cancel();
+    }
+  } done_with_turn{this};
+  auto res = co_await attempt(std::move(r), kind);
+  co_return res;
+}
+
+asio::awaitable<result<http_response>> http_client::attempt(http_request r, request_kind kind) {
+  auto ex = co_await asio::this_coro::executor;
   const auto first = std::chrono::steady_clock::now();
   thread_local std::minstd_rand jitter(std::random_device{}());
   std::optional<error> last_error;

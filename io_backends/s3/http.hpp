@@ -16,6 +16,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include "meshckpt/backends/s3.hpp"
 #include "meshckpt/error.hpp"
@@ -67,6 +68,7 @@ class http_client {
   http_client(const s3_options& opt, asio::io_context& ctx);
   asio::awaitable<result<std::unique_ptr<connection>>> connect();
   asio::awaitable<result<http_response>> exchange(connection& c, const http_request& r);
+  asio::awaitable<result<http_response>> attempt(http_request r, request_kind kind);  // the retry loop
   std::unique_ptr<connection> take_idle();
   void put_idle(std::unique_ptr<connection> c);
 
@@ -77,6 +79,10 @@ class http_client {
   std::optional<asio::ssl::context> ssl_;
   std::mutex mu_;
   std::vector<std::unique_ptr<connection>> idle_;
+  // Requests in flight, at most `connections`; the rest wait their turn (on the backend's one
+  // thread: no lock).
+  std::size_t active_ = 0;
+  std::vector<asio::steady_timer*> queued_;
   std::atomic<std::uint64_t> put_{0}, get_{0}, list_{0}, del_{0}, retries_{0};
 };
 

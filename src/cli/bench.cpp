@@ -23,6 +23,7 @@
 #include "meshckpt/api/checkpoint.hpp"
 #include "meshckpt/pipeline/tensor_io.hpp"
 #include "meshckpt/backends/uring.hpp"
+#include "meshckpt/backends/s3.hpp"
 #include "meshckpt/io/url.hpp"
 #include "meshckpt/format/describe.hpp"
 
@@ -95,14 +96,8 @@ double compute_rate(Stop stop) {
   return static_cast<double>(units) / seconds_since(t0);
 }
 
-struct state {
-  std::deque<dtensor> storage;
-  std::vector<named_tensor> named;
-  std::uint64_t bytes = 0;
-};
+}  // namespace
 
-// large: 32 tensors of 64 MiB float32 with a mix of layouts; small: 20,000 tensors of 4 KiB,
-// mostly replicated. Both on mesh x=2,y=4.
 state make_workload(const std::string& name, bool fill) {
   auto m = mesh::create({{"x", 2}, {"y", 4}}).value();
   state s;
@@ -127,8 +122,6 @@ state make_workload(const std::string& name, bool fill) {
   }
   return s;
 }
-
-}  // namespace
 
 // Runs fio and returns MiB/s, or nullopt when fio is missing or fails.
 std::optional<double> run_fio(const std::string& dir, bool write, std::uint64_t bytes) {
@@ -370,9 +363,8 @@ int run_bench(const bench_args& a) {
   auto made = backends::make_backend(kind);
   if (!made) return report_error("bench", made.error());
   std::shared_ptr<io::backend> be = std::move(*made);
-  // The benchmark measures a local disk against fio; object stores are not benchmarked yet.
-  if (io::is_url(a.dir))
-    return report_error("bench", make_error(errc::unsupported, "--dir " + a.dir + ": the benchmark runs on a local directory"));
+  if (backends::is_s3_path(a.dir)) return run_bench_s3(a);
+  if (io::is_url(a.dir)) return report_error("bench", io::url_refused(a.dir));
   std::filesystem::create_directories(a.dir);
   std::vector<std::string> workloads;
   if (a.workload == "all")

@@ -2,12 +2,15 @@
 // `meshckpt bench` (see bench.cpp).
 
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "meshckpt/io/backend.hpp"
+#include "meshckpt/pipeline/tensor_io.hpp"
+#include "meshckpt/tensor/dtensor.hpp"
 
 namespace meshckpt::cli {
 
@@ -21,6 +24,18 @@ struct bench_args {
 };
 
 int run_bench(const bench_args& a);
+// The object-store benchmark (bench_s3.cpp): `--dir s3://BUCKET/PREFIX`, large and small,
+// against Debian's `aws s3 cp` of the same bytes to the same server in each repetition.
+int run_bench_s3(const bench_args& a);
+
+// A workload's state (bench.cpp): large, 32 tensors of 64 MiB float32 with a mix of layouts;
+// small, 20,000 tensors of 4 KiB, mostly replicated. Both on mesh x=2,y=4.
+struct state {
+  std::deque<dtensor> storage;
+  std::vector<named_tensor> named;
+  std::uint64_t bytes = 0;
+};
+state make_workload(const std::string& name, bool fill);
 
 // One workload's figures: medians over its repetitions.
 struct figures {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CLI and the demo trainer on s3:// prefixes, against the suite's Ceph RGW (the s3 fixture):
 # train with a manager on s3://, resume, then ls, verify (a directory and a checkpoint),
-# inspect; a damaged object is reported.
+# inspect; SIGKILLs mid-save, after which verify passes and a resume works.
 #   cli_s3_test.sh CLI TRAINER RGW_DIR
 set -u
 CLI=$1 TRAINER=$2 RGW=$3
@@ -27,6 +27,20 @@ run verify "$DIR";                check "verify s3:// directory exits 0" test $r
 run verify "$DIR/ckpt-3";         check "verify one s3:// checkpoint exits 0" test $rc -eq 0 || echo "$out"
 run inspect "$DIR/ckpt-3";        check "inspect s3:// exits 0" test $rc -eq 0 || echo "$out"
 run ls "s3://meshckpt-test/no-such-prefix-$$"; check "ls of an empty prefix exits 1" test $rc -eq 1
+
+# Kills on s3://: SIGKILL right after a lazy save started (its parts in flight), and at random
+# moments; after each, verify passes and a resume continues from the latest committed step.
+KDIR="s3://meshckpt-test/kill-$$-$(date +%s%N)"
+bash -c '"$@" >/dev/null 2>&1; true' _ "$TRAINER" --dir "$KDIR" --until 40 --every 4 --kill-at 8 --quiet 2>/dev/null
+run verify "$KDIR";               check "verify after a kill mid-save" test $rc -eq 0 || echo "$out"
+for delay in 0.3 0.7 1.1; do
+  "$TRAINER" --dir "$KDIR" --until 400 --every 2 --keep 3 --quiet >/dev/null 2>&1 &
+  pid=$!; sleep $delay; kill -KILL $pid 2>/dev/null; wait $pid 2>/dev/null
+  run verify "$KDIR";             check "verify after SIGKILL at ${delay}s" test $rc -eq 0 || echo "$out"
+done
+out=$("$TRAINER" --dir "$KDIR" --steps 4 --every 4 2>&1); rc=$?
+check "resume after the kills" test $rc -eq 0
+check "resumed from a committed checkpoint" has "resumed from $KDIR/ckpt-"
 
 echo "$passes passed, $fails failed"
 [ $fails -eq 0 ]

@@ -7,6 +7,7 @@
 #                               (AWS_ENDPOINT_URL=..., AWS_ACCESS_KEY_ID=..., ...) and the
 #                               bucket meshckpt-test exists
 #   tests/s3/rgw.sh stop DIR    stops the daemons started in DIR and removes its data
+# MESHCKPT_RGW_MEMSTORE_BYTES sizes the OSD (in memory; 3 GiB by default).
 set -euo pipefail
 
 cmd=${1:?start or stop}
@@ -64,7 +65,7 @@ osd pool default pg num = 8
 osd pool default pgp num = 8
 mon max pg per osd = 1000
 osd objectstore = memstore
-memstore device bytes = 3221225472
+memstore device bytes = ${MESHCKPT_RGW_MEMSTORE_BYTES:-3221225472}
 osd class update on start = false
 osd crush update on start = false
 osd memory target = 939524096
@@ -78,6 +79,12 @@ keyring = /dev/null
 rgw frontends = beast endpoint=127.0.0.1:$rgw_port
 rgw dns name = 127.0.0.1
 rgw enable usage log = false
+# Deleted objects' data is garbage-collected by RGW, after two hours by default: in a memstore
+# OSD that fills the memory. Collect at once.
+rgw gc obj min wait = 0
+rgw gc processor period = 5
+rgw gc processor max time = 5
+mon data avail warn = 1
 CONF
 
 monmaptool --create --addv a "[v2:127.0.0.1:$mon_port]" --fsid "$fsid" "$dir/monmap" >/dev/null
