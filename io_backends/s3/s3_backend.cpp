@@ -37,8 +37,8 @@ s3_options s3_options_from_env() {
   return o;
 }
 
-task<io::handle> s3_backend::do_open_dir(std::string path, bool create) {
-  if (!is_s3_path(path)) co_return make_error(errc::invalid_argument, path + ": not an s3:// URL");
+result<s3_backend::dir> s3_backend::parse_dir(const std::string& path) {
+  if (!is_s3_path(path)) return make_error(errc::invalid_argument, path + ": not an s3:// URL");
   std::string_view rest = std::string_view(path).substr(5);
   auto slash = rest.find('/');
   dir d;
@@ -47,16 +47,21 @@ task<io::handle> s3_backend::do_open_dir(std::string path, bool create) {
   while (prefix.ends_with('/')) prefix.pop_back();
   if (d.bucket.size() < 3 || d.bucket.size() > 63 ||
       d.bucket.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789.-") != std::string::npos)
-    co_return make_error(errc::invalid_argument, path + ": \"" + d.bucket + "\" is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')");
+    return make_error(errc::invalid_argument, path + ": \"" + d.bucket + "\" is not a valid bucket name (3-63 of a-z, 0-9, '.', '-')");
   for (std::size_t at = 0; at <= prefix.size() && !prefix.empty();) {
     auto next = prefix.find('/', at);
     std::string_view seg = std::string_view(prefix).substr(at, next == std::string::npos ? std::string::npos : next - at);
     if (seg.empty() || seg == "." || seg == "..")
-      co_return make_error(errc::unsafe_path, path + ": the prefix has an empty, \".\" or \"..\" segment");
+      return make_error(errc::unsafe_path, path + ": the prefix has an empty, \".\" or \"..\" segment");
     if (next == std::string::npos) break;
     at = next + 1;
   }
   d.prefix = prefix.empty() ? "" : prefix + "/";
+  return d;
+}
+
+task<io::handle> s3_backend::do_open_dir(std::string path, bool create) {
+  BOOST_OUTCOME_CO_TRY(auto d, parse_dir(path));
   // The bucket must exist (meshckpt creates none); without `create`, so must some object under
   // the prefix, as a directory must exist on disk.
   http_request r;

@@ -138,6 +138,10 @@ class s3_backend final : public s3_backend_interface {
     spawn(do_unlink(dir, std::move(name)), std::move(done));
   }
   void list(io::handle dir, io::completion<std::vector<io::dir_entry>> done) override { spawn(do_list(dir), std::move(done)); }
+  void acquire_lease(std::string path, std::string holder, std::chrono::milliseconds ttl, std::function<bool(const std::string&)> breakable,
+                     io::completion<std::shared_ptr<const void>> done) override {
+    spawn(do_acquire_lease(std::move(path), std::move(holder), ttl, std::move(breakable)), std::move(done));
+  }
 
  private:
   struct part {
@@ -202,7 +206,12 @@ class s3_backend final : public s3_backend_interface {
   }
   static std::string url(const std::string& bucket, const std::string& key) { return "s3://" + bucket + "/" + key; }
 
+  static result<dir> parse_dir(const std::string& path);
   task<io::handle> do_open_dir(std::string path, bool create);
+  struct lease;
+  task<std::shared_ptr<const void>> do_acquire_lease(std::string path, std::string holder, std::chrono::milliseconds ttl,
+                                                     std::function<bool(const std::string&)> breakable);
+  static asio::awaitable<void> renew(std::shared_ptr<lease> l);
   task<io::handle> do_open(io::handle d, std::string name, io::open_mode mode);
   task<std::size_t> do_read(io::handle f, std::uint64_t off, std::span<std::byte> buf);
   task<void> do_fsync(io::handle f);

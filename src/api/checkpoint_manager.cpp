@@ -35,7 +35,7 @@ result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoin
   while (directory.size() > 1 && directory.ends_with('/')) directory.pop_back();
   if (directory.empty()) directory = ".";
   std::unique_ptr<checkpoint_manager> m(new checkpoint_manager(ckpt, std::move(directory), std::move(opt)));
-  if (ckpt.writes_shared_files() && ckpt.backend().caps().host_filesystem && !io::is_url(m->dir_)) {
+  if (ckpt.writes_shared_files() && (ckpt.backend().caps().host_filesystem || io::is_url(m->dir_))) {  // an s3:// prefix: its lease
     // The directory exists durably before its lock file is made in it.
     auto& b = ckpt.backend();
     BOOST_OUTCOME_TRY(runtime::run_blocking<void>("checkpoint_manager::create", [&](auto ex, auto done) {

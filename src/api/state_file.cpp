@@ -73,7 +73,7 @@ task<T> in_directory(io::backend& b, std::string dir_path, bool create, std::str
 // Takes the directory's writer lock for a deletion or cleanup (shared with this process's own
 // writers; refused while another process writes there).
 result<detail::dir_lock> lock_for_cleanup(io::backend& b, const std::string& dir) {
-  if (!b.caps().host_filesystem || io::is_url(dir)) return detail::dir_lock();
+  if (!b.caps().host_filesystem && !io::is_url(dir)) return detail::dir_lock();  // (an s3:// prefix: its lease)
   return detail::try_lock_dir(dir);
 }
 

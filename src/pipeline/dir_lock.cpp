@@ -5,17 +5,20 @@
 
 #include "dir_lock.hpp"
 
+#include "meshckpt/backends/s3.hpp"
 #include "meshckpt/io/url.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/inotify.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -88,14 +91,57 @@ std::string holder_line() {
   return "pid " + std::to_string(::getpid()) + " on host " + host + " since " + format::iso_time(now_ms) + "\n";
 }
 
+// An s3:// prefix has no lock file: its writers hold a lease object instead
+// (s3_backend_interface::acquire_lease, docs/OBJECT_STORES.md), taken through an S3 backend of
+// the process's own, configured from the AWS environment and never destroyed (leases may be
+// released during exit). Shared within the process as the flock is: by path.
+constexpr auto lease_ttl = std::chrono::seconds(30);
+
+std::mutex leases_mu;  // held while a lease is taken: one taker per process at a time
+std::map<std::string, std::weak_ptr<const void>>& leases() {
+  static auto* m = new std::map<std::string, std::weak_ptr<const void>>;
+  return *m;
+}
+
+// Whether holder line "pid P on host H since T" names a writer that is gone: a dead process of
+// this host, or this process itself (taking a lease is serialized in the process and shared
+// while held, so a lease of ours that is not held any more is one being released).
+bool holder_gone(const std::string& holder) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) return false;
+  const std::string on = " on host " + std::string(host) + " since ";
+  if (!holder.starts_with("pid ") || holder.find(on) == std::string::npos) return false;
+  const long pid = std::strtol(holder.c_str() + 4, nullptr, 10);
+  if (pid <= 0) return false;
+  return pid == ::getpid() || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH);
+}
+
+// TRICKY: this waits for the lease's requests on the calling thread (io::wait), also inside
+// lock_dir's coroutine: one or two requests, once per manager or save.
+result<dir_lock> lease_once(std::string dir) {
+  while (dir.size() > 1 && dir.ends_with('/')) dir.pop_back();
+  std::lock_guard lk(leases_mu);
+  if (auto held = leases()[dir].lock()) return dir_lock(held);
+  static backends::s3_backend_interface* b = nullptr;
+  if (!b) {
+    BOOST_OUTCOME_TRY(auto made, backends::make_s3_backend(backends::s3_options_from_env()));
+    b = made.release();
+  }
+  std::string holder = holder_line();
+  if (!holder.empty() && holder.back() == '\n') holder.pop_back();
+  auto r =
+      io::wait<std::shared_ptr<const void>>([&](auto done) { b->acquire_lease(dir, holder, lease_ttl, holder_gone, std::move(done)); });
+  if (!r) return r.error();
+  leases()[dir] = *r;
+  return dir_lock(*r);
+}
+
 // TRICKY: every allocation may fail (tests/reliability/test_alloc.cpp). An open descriptor holding the
 // flock must never leak: it would lock this process out of its own directory. So what can be
 // allocated is allocated before the open, and a guard closes the descriptor and forgets the
 // table entry on every way out but success.
 result<dir_lock> lock_once(const std::string& dir_in) {
-  // An object store's prefix has no lock file; its writers are kept apart by the manifest's
-  // create-only commit (docs/OBJECT_STORES.md).
-  if (io::is_url(dir_in)) return dir_lock();
+  if (io::is_url(dir_in)) return lease_once(dir_in);
   const std::string dir = dir_in.empty() ? "." : dir_in;
   const std::string path = dir + "/" + std::string(lock_file_name);
   struct stat st {};

@@ -46,6 +46,7 @@
 #include "meshckpt/pipeline/tensor_io_async.hpp"
 #include "meshckpt/format/checksum.hpp"
 #include "meshckpt/format/names.hpp"
+#include "meshckpt/io/url.hpp"
 
 namespace meshckpt {
 
@@ -110,7 +111,7 @@ task<void> write_local(save_state& s, format::manifest& m, std::span<const named
   // 2. Directory, and its writer lock.
   BOOST_OUTCOME_CO_TRY(auto dir, co_await io::async_open_dir(s.b, ex, s.dir_path, true, use_awaitable));
   s.dir = dir;
-  if (rank <= 0 && s.b.caps(dir).host_filesystem) {
+  if (rank <= 0 && (s.b.caps(dir).host_filesystem || io::is_url(s.dir_path))) {  // an s3:// prefix: its lease
     auto locking = detail::lock_dir(s.dir_path, opt.lock_timeout);  // named: GCC 12 destroys a co_await's argument temporaries twice
     BOOST_OUTCOME_CO_TRY(s.lock, co_await std::move(locking));
   }

@@ -42,5 +42,17 @@ out=$("$TRAINER" --dir "$KDIR" --steps 4 --every 4 2>&1); rc=$?
 check "resume after the kills" test $rc -eq 0
 check "resumed from a committed checkpoint" has "resumed from $KDIR/ckpt-"
 
+# One writer per prefix: a second trainer on a prefix that a running one writes is refused,
+# naming the holder; once the first is killed, the next resumes (a dead process's lease breaks).
+LDIR="s3://meshckpt-test/lease-$$-$(date +%s%N)"
+"$TRAINER" --dir "$LDIR" --until 100000 --every 50 --quiet >/dev/null 2>&1 &
+first=$!; sleep 1.5
+out=$("$TRAINER" --dir "$LDIR" --steps 4 --every 4 2>&1); rc=$?
+check "a second writer is refused" test $rc -ne 0
+check "names the holder" has "is being written by pid $first on host"
+kill -KILL $first 2>/dev/null; wait $first 2>/dev/null
+out=$("$TRAINER" --dir "$LDIR" --steps 4 --every 4 2>&1); rc=$?
+check "resume after the holder died" test $rc -eq 0 || echo "$out"
+
 echo "$passes passed, $fails failed"
 [ $fails -eq 0 ]

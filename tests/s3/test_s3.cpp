@@ -10,6 +10,9 @@
 #include <fstream>
 #include <thread>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "meshckpt/api/checkpoint_manager.hpp"
 #include "meshckpt/backends/s3.hpp"
 #include "meshckpt/format/names.hpp"
@@ -475,4 +478,110 @@ TEST_CASE("s3 faults: a manifest PUT whose answer was lost is retried and recogn
   auto dst = make_state(std::nullopt);
   REQUIRE(read_tensors(*routed(), prefix, dst.named));
   CHECK(matches(dst, 8));
+}
+
+// ---------------------------------------------------------------- the writer lease
+
+namespace {
+
+std::string lease_text(const std::string& holder, std::int64_t expires_in_ms) {
+  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  return holder + "\nexpires_unix_ms: " + std::to_string(now + expires_in_ms) + "\n";
+}
+
+void plant_lease(const std::string& dir, const std::string& text) {
+  auto b = s3();
+  auto d = run<io::handle>([&](auto done) { b->open_dir(dir, true, std::move(done)); }).value();
+  REQUIRE(put_file(*b, d, "meshckpt.lease", std::as_bytes(std::span(text.data(), text.size())), io::open_mode::replace));
+}
+
+std::string lease_now(const std::string& dir) {
+  auto b = s3();
+  auto d = run<io::handle>([&](auto done) { b->open_dir(dir, true, std::move(done)); }).value();
+  auto h = run<io::handle>([&](auto done) { b->open(d, "meshckpt.lease", io::open_mode::read, std::move(done)); });
+  if (!h) return "";  // (one HEAD, one GET: it may go in between)
+  auto size = run<std::uint64_t>([&](auto done) { b->size(*h, std::move(done)); }).value();
+  std::string text(size, '\0');
+  auto got =
+      run<std::size_t>([&](auto done) { b->read(*h, 0, std::as_writable_bytes(std::span(text.data(), text.size())), std::move(done)); });
+  (void)run<void>([&](auto done) { b->close(*h, std::move(done)); });
+  return got ? text : std::string();
+}
+
+struct one_var : graph::module {
+  graph::variable w{dtensor::create(dtype::float32, {4, 4}, layout::create({"x", "y"}, mesh22()).value()).value()};
+  one_var() { track("w", w); }
+};
+
+}  // namespace
+
+TEST_CASE("s3 lease: a live writer elsewhere keeps others out, naming itself; an expired lease is taken over", "[s3][lease]") {
+  load_rgw_env();
+  auto dir = fresh_prefix("lease");
+  plant_lease(dir, lease_text("pid 4242 on host elsewhere since 2026-12-07T10:00:00Z", 60000));
+  one_var t;
+  auto c = checkpoint::create(mesh22(), &t).value();
+  auto m = checkpoint_manager::create(*c, dir, {});
+  REQUIRE_FALSE(m);
+  CHECK(m.error().code == errc::locked);
+  CHECK_THAT(m.error().what(), Catch::Contains("pid 4242 on host elsewhere") && Catch::Contains("meshckpt.lease"));
+  auto src = make_state(1);
+  auto w = write_tensors(*routed(), dir + "/ck", src.named);
+  REQUIRE_FALSE(w);
+  CHECK(w.error().code == errc::locked);
+
+  plant_lease(dir, lease_text("pid 4242 on host elsewhere since 2026-12-07T10:00:00Z", -1000));  // expired
+  {
+    auto m2 = checkpoint_manager::create(*c, dir, {}).value();
+    CHECK_THAT(lease_now(dir), Catch::Contains("pid " + std::to_string(::getpid())));
+    REQUIRE(m2->save());
+  }
+  // Released with the manager: deleted soon after (on the backend's thread).
+  for (int i = 0; i < 100 && !lease_now(dir).empty(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(lease_now(dir).empty());
+}
+
+TEST_CASE("s3 lease: the lease of a dead process of this host is broken at once", "[s3][lease]") {
+  load_rgw_env();
+  auto dir = fresh_prefix("deadlease");
+  pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ::waitpid(child, nullptr, 0);
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  plant_lease(dir, lease_text("pid " + std::to_string(child) + " on host " + host + " since 2026-12-07T10:00:00Z", 60000));
+  auto src = make_state(2);
+  auto first = write_tensors(*routed(), dir + "/ck", src.named);
+  INFO((first ? std::string() : first.error().what()));
+  REQUIRE(first);
+  // Saving again right away: our released lease (still there, or going) is ours to take.
+  auto second = write_tensors(*routed(), dir + "/ck2", src.named);
+  INFO((second ? std::string() : second.error().what()));
+  REQUIRE(second);
+}
+
+TEST_CASE("s3 lease: a lease deleted between its read and its takeover is then created anew", "[s3][lease][faults]") {
+  testing::fault_proxy proxy(rgw_port());
+  auto dir = fresh_prefix("vanishing");
+  plant_lease(dir, lease_text("pid 4242 on host elsewhere since 2026-12-07T10:00:00Z", -1000));  // expired
+  int lease_puts = 0;
+  proxy.set_rule([&](const std::string& line, int) {
+    // The takeover (the second PUT of the lease) finds it gone: its holder released it meanwhile.
+    if (has(line, "PUT ") && has(line, "meshckpt.lease") && ++lease_puts == 2) {
+      auto b = s3();
+      auto d = run<io::handle>([&](auto done) { b->open_dir(dir, true, std::move(done)); }).value();
+      (void)run<void>([&](auto done) { b->unlink(d, "meshckpt.lease", std::move(done)); });
+    }
+    return testing::fault::none;
+  });
+  auto be = through(proxy);
+  auto got = run<std::shared_ptr<const void>>([&](auto done) {
+    be->acquire_lease(
+        dir, "pid 1 on host here since now", std::chrono::seconds(30), [](const std::string&) { return false; }, std::move(done));
+  });
+  INFO((got ? std::string() : got.error().what()));
+  REQUIRE(got);
+  CHECK(lease_puts >= 3);  // create (412), takeover (404 or 412: gone), create again
+  CHECK_THAT(lease_now(dir), Catch::Contains("pid 1 on host here"));
+  got->reset();
 }

@@ -24,6 +24,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -74,6 +75,16 @@ class s3_backend_interface : public io::backend {
  public:
   /// Requests sent so far.
   virtual s3_request_counts counts() const = 0;
+  /// Takes the writer lease of directory `path` (`s3://BUCKET/PREFIX`): the object
+  /// PREFIX/meshckpt.lease, created with `If-None-Match: *`, holding `holder` (who, for
+  /// messages) and its expiry, `ttl` from now. It is renewed every ttl/3 by compare-and-swap
+  /// (`If-Match` on its ETag) while the returned token lives, and deleted when the token goes.
+  /// A lease held by another writer fails with errc::locked naming its holder and expiry,
+  /// unless it has expired or `breakable(its holder)` says its writer is gone (a dead process
+  /// on this host): then it is taken over by compare-and-swap, so of two writers breaking one
+  /// lease only one wins.
+  virtual void acquire_lease(std::string path, std::string holder, std::chrono::milliseconds ttl,
+                             std::function<bool(const std::string&)> breakable, io::completion<std::shared_ptr<const void>> done) = 0;
 };
 
 /// An S3 backend. Fails with errc::invalid_argument when the options are unusable (a malformed
