@@ -9,7 +9,7 @@ set -a; . "$RGW/env"; set +a
 fails=0 passes=0
 check() {  # check NAME CONDITION-COMMAND...
   local name=$1; shift
-  if "$@"; then passes=$((passes + 1)); else echo "FAIL: $name"; fails=$((fails + 1)); fi
+  if "$@"; then passes=$((passes + 1)); else echo "FAIL: $name"; fails=$((fails + 1)); return 1; fi
 }
 run() { out=$("$CLI" "$@" 2>&1); rc=$?; }
 has() { grep -qF -- "$1" <<<"$out"; }
@@ -39,7 +39,7 @@ for delay in 0.3 0.7 1.1; do
   run verify "$KDIR";             check "verify after SIGKILL at ${delay}s" test $rc -eq 0 || echo "$out"
 done
 out=$("$TRAINER" --dir "$KDIR" --steps 4 --every 4 2>&1); rc=$?
-check "resume after the kills" test $rc -eq 0
+check "resume after the kills" test $rc -eq 0 || echo "$out"
 check "resumed from a committed checkpoint" has "resumed from $KDIR/ckpt-"
 
 # One writer per prefix: a second trainer on a prefix that a running one writes is refused,

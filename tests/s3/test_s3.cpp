@@ -385,7 +385,9 @@ std::vector<std::string> objects_under(const std::string& dir) {
   auto b = s3();
   auto d = run<io::handle>([&](auto done) { b->open_dir(dir, false, std::move(done)); });
   if (!d) return {};
-  return names_in(*b, *d);
+  auto names = names_in(*b, *d);
+  std::erase(names, "meshckpt.lease");  // the writer lease, released asynchronously
+  return names;
 }
 
 }  // namespace
