@@ -13,6 +13,7 @@
 #include "checkpoint_impl.hpp"
 #include "meshckpt/api/checkpoint_async.hpp"
 #include "state_file.hpp"
+#include "meshckpt/api/checkpoint_files.hpp"
 #include "meshckpt/format/names.hpp"
 #include "meshckpt/io/url.hpp"
 
@@ -21,6 +22,38 @@ namespace meshckpt {
 namespace {
 
 double now_seconds() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+}  // namespace
+
+namespace {
+
+// On an object store a manifest is created once (If-None-Match), where a disk's rename replaces
+// it. A save killed after its manifest but before the state file recorded it leaves a committed
+// checkpoint under the next number, which the resumed manager would then collide with. This
+// writer holds the prefix's lease: such checkpoints (named NAME-N above the state's latest, or
+// any NAME-N without a state file) are removed, as the next save would replace them on disk.
+result<void> remove_unrecorded(io::backend& b, const std::string& dir_, const std::string& name, const checkpoint_state* st) {
+  std::int64_t latest = -1;
+  if (st) {
+    auto dash = st->model_checkpoint_path.rfind('-');
+    if (dash != std::string::npos) latest = std::strtoll(st->model_checkpoint_path.c_str() + dash + 1, nullptr, 10);
+  }
+  auto d = io::wait<io::handle>([&](auto done) { b.open_dir(dir_, false, std::move(done)); });
+  if (!d) return success();  // nothing there yet
+  auto entries = io::wait<std::vector<io::dir_entry>>([&](auto done) { b.list(*d, std::move(done)); });
+  io::close_now(b, *d);
+  if (!entries) return entries.error();
+  const std::string stem = name + "-";
+  for (const auto& e : *entries) {
+    auto k = format::classify(e.name);
+    if (k.k != format::name_kind::manifest || !k.base.starts_with(stem)) continue;
+    const std::string digits = k.base.substr(stem.size());
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 18) continue;
+    if (std::strtoll(digits.c_str(), nullptr, 10) <= latest) continue;
+    BOOST_OUTCOME_TRY(delete_checkpoint(b, dir_ + "/" + k.base));
+  }
+  return success();
+}
 
 }  // namespace
 
@@ -45,6 +78,9 @@ result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoin
   }
   double now = now_seconds();
   auto st = read_checkpoint_state(ckpt.backend(), m->dir_);
+  if (io::is_url(m->dir_) && (st || st.error().code == errc::not_found)) {
+    BOOST_OUTCOME_TRY(remove_unrecorded(ckpt.backend(), m->dir_, m->opt_.checkpoint_name, st ? &*st : nullptr));
+  }
   if (!st) {
     if (st.error().code != errc::not_found) return st.error();
     m->last_preserved_ = now - 1;

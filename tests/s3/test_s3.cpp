@@ -587,3 +587,27 @@ TEST_CASE("s3 lease: a lease deleted between its read and its takeover is then c
   CHECK_THAT(lease_now(dir), Catch::Contains("pid 1 on host here"));
   got->reset();
 }
+
+TEST_CASE("s3: a manager resumed after a save killed between its manifest and the state file saves under that number again",
+          "[s3][manager][crash]") {
+  load_rgw_env();
+  auto dir = fresh_prefix("unrecorded");
+  one_var t;
+  auto c = checkpoint::create(mesh22(), &t).value();
+  {
+    auto m = checkpoint_manager::create(*c, dir, {}).value();
+    REQUIRE(m->save());  // ckpt-1, recorded
+  }
+  // ckpt-2 committed but never recorded: the state file still names ckpt-1 (a copy of ckpt-1's objects).
+  auto b = s3();
+  auto d = run<io::handle>([&](auto done) { b->open_dir(dir, false, std::move(done)); }).value();
+  auto manifest = get_file(*b, d, "ckpt-1.manifest");
+  REQUIRE(put_file(*b, d, "ckpt-2.manifest", manifest));
+  auto m = checkpoint_manager::create(*c, dir, {}).value();
+  REQUIRE(m->restore_or_initialize().value() == dir + "/ckpt-1");
+  auto saved = m->save();
+  INFO((saved ? std::string() : saved.error().what()));
+  REQUIRE(saved);
+  CHECK(saved->value() == dir + "/ckpt-2");
+  CHECK(verify(*routed(), dir + "/ckpt-2").value().ok());
+}
