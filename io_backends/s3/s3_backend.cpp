@@ -102,6 +102,7 @@ task<io::handle> s3_backend::do_open(io::handle dh, std::string name, io::open_m
     if (res.status == 404) co_return errno_error(ENOENT, "open " + name + ": no object " + url(f->bucket, f->key));
     if (res.status != 200) co_return http_client::response_error(r, res, res.status == 403 ? EACCES : EIO);
     f->size = std::strtoull(res.headers["content-length"].c_str(), nullptr, 10);
+    f->etag = res.headers["etag"];
   }
   std::lock_guard lk(mu_);
   std::int64_t h = ++next_;

@@ -58,6 +58,16 @@ struct waiters {
   }
 };
 
+inline std::string unquoted(std::string etag) {
+  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') etag = etag.substr(1, etag.size() - 2);
+  return etag;
+}
+
+// A compare-and-swap PUT (s3_upload.cpp): `If-Match` on `etag`. The new ETag, or nullopt on a
+// mismatch (or when the object is gone).
+asio::awaitable<result<std::optional<std::string>>> put_if_match(http_client& http, const std::string& bucket, const std::string& key,
+                                                                 std::span<const std::byte> body, const std::string& etag);
+
 inline asio::awaitable<void> park(waiters& w) {
   asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(24));
   w.parked.push_back(&t);
@@ -138,6 +148,19 @@ class s3_backend final : public s3_backend_interface {
     spawn(do_unlink(dir, std::move(name)), std::move(done));
   }
   void list(io::handle dir, io::completion<std::vector<io::dir_entry>> done) override { spawn(do_list(dir), std::move(done)); }
+  std::string version(io::handle f) const override {
+    std::lock_guard lk(mu_);
+    auto it = files_.find(f.value);
+    return it == files_.end() ? std::string() : it->second->etag;
+  }
+  result<void> expect_version(io::handle f, std::string expected) override {
+    std::lock_guard lk(mu_);
+    auto it = files_.find(f.value);
+    if (it == files_.end() || it->second->mode != io::open_mode::replace || it->second->published)
+      return errno_error(EBADF, "expect_version: not an unpublished file opened with open_mode::replace");
+    it->second->if_match = std::move(expected);
+    return success();
+  }
   void acquire_lease(std::string path, std::string holder, std::chrono::milliseconds ttl, std::function<bool(const std::string&)> breakable,
                      io::completion<std::shared_ptr<const void>> done) override {
     spawn(do_acquire_lease(std::move(path), std::move(holder), ttl, std::move(breakable)), std::move(done));
@@ -164,7 +187,9 @@ class s3_backend final : public s3_backend_interface {
     std::map<int, std::string> etags;  // part number -> ETag
     int uploading = 0;
     bool published = false;
-    waiters wake;  // parked on the upload id or on uploads in flight
+    std::string etag;                     // as opened (readers) or as published (writers)
+    std::optional<std::string> if_match;  // a replace published only over this ETag
+    waiters wake;                         // parked on the upload id or on uploads in flight
   };
   struct dir {
     std::string bucket, prefix;  // prefix "" or ending in '/'
@@ -228,7 +253,7 @@ class s3_backend final : public s3_backend_interface {
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   std::thread thread_;
   std::unique_ptr<http_client> http_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::condition_variable idle_cv_;
   int running_ = 0;
   std::int64_t next_ = 0;

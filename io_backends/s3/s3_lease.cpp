@@ -11,6 +11,9 @@
 
 namespace meshckpt::backends {
 
+using s3::put_if_match;
+using s3::unquoted;
+
 namespace {
 
 std::uint64_t now_ms() {
@@ -20,11 +23,6 @@ std::uint64_t now_ms() {
 
 std::string lease_body(const std::string& holder, std::chrono::milliseconds ttl) {
   return holder + "\nexpires_unix_ms: " + std::to_string(now_ms() + static_cast<std::uint64_t>(ttl.count())) + "\n";
-}
-
-std::string unquoted(std::string etag) {
-  if (etag.size() >= 2 && etag.front() == '"' && etag.back() == '"') etag = etag.substr(1, etag.size() - 2);
-  return etag;
 }
 
 }  // namespace
@@ -38,31 +36,14 @@ struct s3_backend::lease {
   std::optional<asio::steady_timer> timer;
 };
 
-// A compare-and-swap PUT: `If-Match` on `etag`. Ceph RGW 16 matches only the unquoted ETag and
-// S3 the quoted one, so a 412 on one form is tried with the other. The new ETag, or nullopt on
-// a mismatch (or when the object is gone).
-static asio::awaitable<result<std::optional<std::string>>> put_if_match(http_client& http, const std::string& bucket,
-                                                                        const std::string& key, const std::string& body,
-                                                                        const std::string& etag) {
-  for (const std::string& form : {unquoted(etag), "\"" + unquoted(etag) + "\""}) {
-    auto r = request("PUT", bucket, key);
-    r.body = std::as_bytes(std::span(body.data(), body.size()));
-    r.headers["if-match"] = form;
-    BOOST_OUTCOME_CO_TRY(auto res, co_await http.send(r, request_kind::put));
-    if (res.status == 200) co_return std::optional<std::string>(res.headers["etag"]);
-    if (res.status == 404) break;  // deleted meanwhile (RGW answers 404, not 412): no match either
-    if (res.status != 412) co_return http_client::response_error(r, res, EIO);
-  }
-  co_return std::optional<std::string>();
-}
-
 asio::awaitable<void> s3_backend::renew(std::shared_ptr<lease> l) {
   while (!l->released) {
     boost::system::error_code ec;
     l->timer->expires_after(l->ttl / 3);
     co_await l->timer->async_wait(asio::redirect_error(use_awaitable, ec));
     if (l->released) break;
-    auto next = co_await put_if_match(*l->b->http_, l->bucket, l->key, lease_body(l->holder, l->ttl), l->etag);
+    const std::string body = lease_body(l->holder, l->ttl);
+    auto next = co_await put_if_match(*l->b->http_, l->bucket, l->key, std::as_bytes(std::span(body.data(), body.size())), l->etag);
     if (next && *next) {
       l->etag = **next;
       continue;
@@ -113,7 +94,8 @@ task<std::shared_ptr<const void>> s3_backend::do_acquire_lease(std::string path,
                                              " runs until " + format::iso_time(expires) + " and is renewed while it writes)");
     }
     // Expired, or its writer is gone: take it over, unless someone else does first.
-    BOOST_OUTCOME_CO_TRY(auto swapped, co_await put_if_match(*http_, d.bucket, key, body, held.headers["etag"]));
+    BOOST_OUTCOME_CO_TRY(auto swapped, co_await put_if_match(*http_, d.bucket, key, std::as_bytes(std::span(body.data(), body.size())),
+                                                             held.headers["etag"]));
     if (swapped) etag = *swapped;
   }
   if (!etag) co_return make_error(errc::locked, path + ": its writer lease changed hands while taking it (" + why + ")");

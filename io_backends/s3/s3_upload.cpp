@@ -132,6 +132,23 @@ task<void> s3_backend::upload_parts(std::shared_ptr<file> f, std::vector<std::ui
   co_return out;
 }
 
+// Ceph RGW 16 matches `If-Match` only with the ETag unquoted and S3 only with it quoted, so a
+// 412 on one form is tried with the other.
+asio::awaitable<result<std::optional<std::string>>> s3::put_if_match(http_client& http, const std::string& bucket, const std::string& key,
+                                                                     std::span<const std::byte> body, const std::string& etag) {
+  for (const std::string& form : {unquoted(etag), "\"" + unquoted(etag) + "\""}) {
+    auto r = request("PUT", bucket, key);
+    r.body = body;
+    r.sign_payload = body.size() <= (1u << 20);
+    r.headers["if-match"] = form;
+    BOOST_OUTCOME_CO_TRY(auto res, co_await http.send(r, request_kind::put));
+    if (res.status == 200) co_return std::optional<std::string>(res.headers["etag"]);
+    if (res.status == 404) break;  // deleted meanwhile (RGW answers 404, not 412): no match either
+    if (res.status != 412) co_return http_client::response_error(r, res, EIO);
+  }
+  co_return std::optional<std::string>();
+}
+
 task<void> s3_backend::publish(std::shared_ptr<file> f) {
   const std::uint64_t P = opt_.part_bytes;
   for (;;) {
@@ -158,21 +175,42 @@ task<void> s3_backend::publish(std::shared_ptr<file> f) {
       if (p.data.size() < final_size) p.data.resize(static_cast<std::size_t>(final_size));
       body = std::span<const std::byte>(p.data).first(static_cast<std::size_t>(final_size));
     }
-    auto r = request("PUT", f->bucket, f->key);
-    r.body = body;
-    r.sign_payload = body.size() <= (1u << 20);
-    if (f->mode != io::open_mode::replace) r.headers["if-none-match"] = "*";
-    BOOST_OUTCOME_CO_TRY(auto res, co_await http_->send(r, request_kind::put));
-    if (res.status == 412) {
+    std::optional<std::string> if_match;
+    {
+      std::lock_guard lk(mu_);
+      if_match = f->if_match;
+    }
+    std::optional<std::string> etag;
+    bool refused = false;
+    if (if_match) {
+      BOOST_OUTCOME_CO_TRY(etag, co_await s3::put_if_match(*http_, f->bucket, f->key, body, *if_match));
+      refused = !etag;
+    } else {
+      auto r = request("PUT", f->bucket, f->key);
+      r.body = body;
+      r.sign_payload = body.size() <= (1u << 20);
+      if (f->mode != io::open_mode::replace) r.headers["if-none-match"] = "*";
+      BOOST_OUTCOME_CO_TRY(auto res, co_await http_->send(r, request_kind::put));
+      if (res.status != 200 && res.status != 412) co_return http_client::response_error(r, res, res.status == 403 ? EACCES : EIO);
+      refused = res.status == 412;
+      etag = res.headers["etag"];
+    }
+    if (refused) {
       // Ours, if an earlier try succeeded but its answer was lost: the stored object is these bytes.
       auto check = request("GET", f->bucket, f->key);
       auto stored = co_await http_->send(check, request_kind::get);
       if (stored && stored->status == 200 && stored->body.size() == body.size() &&
-          std::memcmp(stored->body.data(), body.data(), body.size()) == 0)
-        co_return success();
-      co_return errno_error(EEXIST, "create " + f->name + ": " + url(f->bucket, f->key) + " exists (If-None-Match: * refused)");
+          std::memcmp(stored->body.data(), body.data(), body.size()) == 0) {
+        etag = stored->headers["etag"];
+      } else if (if_match) {
+        co_return errno_error(ESTALE, "replace " + f->name + ": " + url(f->bucket, f->key) + " changed since version " + *if_match +
+                                          " was read (If-Match refused)");
+      } else {
+        co_return errno_error(EEXIST, "create " + f->name + ": " + url(f->bucket, f->key) + " exists (If-None-Match: * refused)");
+      }
     }
-    if (res.status != 200) co_return http_client::response_error(r, res, res.status == 403 ? EACCES : EIO);
+    std::lock_guard lk(mu_);
+    f->etag = *etag;
     co_return success();
   }
   // The parts not uploaded yet (the last one trimmed), then the completion.
@@ -189,6 +227,12 @@ task<void> s3_backend::publish(std::shared_ptr<file> f) {
     BOOST_OUTCOME_CO_TRY(co_await upload_part(f, idx, bytes));
   }
   BOOST_OUTCOME_CO_TRY(auto id, co_await upload_id(f));
+  {
+    std::lock_guard lk(mu_);
+    if (f->if_match)
+      co_return make_error(errc::unsupported, "replace " + f->name + ": a conditional replace of an object larger than one part (" +
+                                                  std::to_string(P) + " bytes): S3 does not make CompleteMultipartUpload conditional");
+  }
   std::string xml = "<CompleteMultipartUpload>";
   {
     std::lock_guard lk(mu_);
@@ -203,6 +247,9 @@ task<void> s3_backend::publish(std::shared_ptr<file> f) {
   BOOST_OUTCOME_CO_TRY(auto res, co_await http_->send(r, request_kind::put));
   // S3 may answer 200 with an error in the body.
   if (res.status != 200 || res.body.find("<Error>") != std::string::npos) co_return http_client::response_error(r, res, EIO);
+  auto etag = s3::xml_tag(res.body, "ETag");
+  std::lock_guard lk(mu_);
+  f->etag = etag.value_or(std::string());
   co_return success();
 }
 

@@ -56,6 +56,14 @@ class routing_backend final : public io::backend {
   void unlink(io::handle dir, std::string n, io::completion<void> d) override { pick(dir)->unlink(strip(dir), std::move(n), std::move(d)); }
   void list(io::handle dir, io::completion<std::vector<io::dir_entry>> d) override { pick(dir)->list(strip(dir), std::move(d)); }
   void register_buffer(std::span<std::byte> m) override { local_->register_buffer(m); }
+  std::string version(io::handle f) const override {
+    if (auto* s = remote(f)) return s->version(strip(f));
+    return local_->version(f);
+  }
+  result<void> expect_version(io::handle f, std::string v) override {
+    if (auto* s = remote(f)) return s->expect_version(strip(f), std::move(v));
+    return local_->expect_version(f, std::move(v));
+  }
 
  private:
   static constexpr std::int64_t tag = std::int64_t{1} << 60;

@@ -77,7 +77,11 @@ result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoin
     BOOST_OUTCOME_TRY(m->lock_, detail::lock_dir_blocking(m->dir_, m->opt_.lock_timeout));
   }
   double now = now_seconds();
-  auto st = read_checkpoint_state(ckpt.backend(), m->dir_);
+  std::string version;
+  auto st = runtime::run_blocking<checkpoint_state>("checkpoint_manager::create", [&](auto ex, auto done) {
+    runtime::spawn<checkpoint_state>(ex, detail::read_state(ckpt.backend(), m->dir_, &version), std::move(done));
+  });
+  if (st || st.error().code == errc::not_found) m->state_version_ = version;
   if (io::is_url(m->dir_) && (st || st.error().code == errc::not_found)) {
     BOOST_OUTCOME_TRY(remove_unrecorded(ckpt.backend(), m->dir_, m->opt_.checkpoint_name, st ? &*st : nullptr));
   }
@@ -202,12 +206,44 @@ void checkpoint_manager::start_save(std::optional<std::int64_t> number, bool che
       st = state();
     }
     if (!ckpt_.writes_shared_files()) co_return success();  // process 0 of a multi-process job writes and deletes
-    auto recorded = detail::write_state(ckpt_.backend(), dir_, std::move(st));
+    // On an object store the state is replaced by compare and swap. Should another writer have
+    // replaced it meanwhile (this one holds the lease, so a tool, or a writer whose lease ran
+    // out), the checkpoints it lists that this manager does not know are kept, and managed from
+    // now on, as a manager starting now would.
+    detail::state_cas cas;
+    std::vector<std::pair<std::string, double>> adopted;
+    {
+      std::lock_guard lk(mu_);
+      cas.version = state_version_;
+    }
+    auto merge = [&adopted, &doomed](checkpoint_state mine, const checkpoint_state& theirs) {
+      adopted.clear();
+      for (std::size_t i = 0; i < theirs.all_model_checkpoint_paths.size(); ++i) {
+        const auto& p = theirs.all_model_checkpoint_paths[i];
+        if (std::ranges::count(mine.all_model_checkpoint_paths, p) || std::ranges::count(doomed, p)) continue;
+        adopted.emplace_back(p, i < theirs.all_model_checkpoint_timestamps.size() ? theirs.all_model_checkpoint_timestamps[i]
+                                                                                  : theirs.last_preserved_timestamp);
+      }
+      mine.all_model_checkpoint_paths.insert(mine.all_model_checkpoint_paths.begin(), adopted.size(), {});
+      mine.all_model_checkpoint_timestamps.insert(mine.all_model_checkpoint_timestamps.begin(), adopted.size(), 0.0);
+      for (std::size_t i = 0; i < adopted.size(); ++i) {
+        mine.all_model_checkpoint_paths[i] = adopted[i].first;
+        mine.all_model_checkpoint_timestamps[i] = adopted[i].second;
+      }
+      return mine;
+    };
+    auto recorded = detail::write_state(ckpt_.backend(), dir_, std::move(st), &cas, merge);
     if (auto rs = co_await std::move(recorded); !rs) {
       std::lock_guard lk(mu_);
       maybe_delete_ = managed;  // nothing was deleted: they stay managed
       last_preserved_ = preserved;
+      state_version_.reset();  // read again before the next swap
       co_return rs.error();
+    }
+    {
+      std::lock_guard lk(mu_);
+      state_version_ = cas.version;
+      maybe_delete_.insert(maybe_delete_.begin(), adopted.begin(), adopted.end());
     }
     for (const auto& d : doomed) {
       auto deleted = detail::delete_checkpoint(ckpt_.backend(), full(d));

@@ -5,6 +5,7 @@
 #include "state_file.hpp"
 
 #include <set>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
@@ -161,50 +162,60 @@ task<void> make_directory(io::backend& b, std::string dir) {
   co_return co_await std::move(op);
 }
 
-task<checkpoint_state> read_state(io::backend& b, std::string dir) {
+namespace {
+
+// The state file of open directory `d` (named `dir` in messages).
+task<checkpoint_state> read_state_in(io::backend& b, io::handle d, const std::string& dir, std::string* version) {
+  auto ex = co_await asio::this_coro::executor;
+  const std::string file(state_name);
+  auto h = co_await io::async_open(b, ex, d, file, io::open_mode::read, use_awaitable);
+  if (!h) {
+    if (version) version->clear();
+    if (h.error().code == std::errc::no_such_file_or_directory) co_return make_error(errc::not_found, "no checkpoint state file in " + dir);
+    co_return h.error();
+  }
+  on_unwind last_resort([&] { io::close_detached(b, *h); });
+  if (version) *version = b.version(*h);
+  std::optional<result<checkpoint_state>> out;
+  try {
+    auto size = co_await io::async_size(b, ex, *h, use_awaitable);
+    if (!size) {
+      out = size.error();
+    } else if (*size > max_state_bytes) {
+      out = make_error(errc::limit_exceeded, dir + "/checkpoint is larger than 16 MiB");
+    } else {
+      std::string text(*size, '\0');
+      auto n = co_await io::async_read(b, ex, *h, 0, std::as_writable_bytes(std::span(text.data(), text.size())), use_awaitable);
+      if (!n) {
+        out = n.error();
+      } else {
+        text.resize(*n);
+        auto st = parse_checkpoint_state(text);
+        out = st ? std::move(st) : result<checkpoint_state>(with_context(st.error(), dir + "/checkpoint"));
+      }
+    }
+  } catch (const std::bad_alloc&) {
+    out = out_of_memory("reading the checkpoint state file");
+  }
+  co_await close_quietly(b, *h);
+  last_resort.disarm();
+  co_return std::move(*out);
+}
+
+}  // namespace
+
+task<checkpoint_state> read_state(io::backend& b, std::string dir, std::string* version) {
   if (dir.empty()) dir = ".";
   auto op = in_directory<checkpoint_state>(b, dir, false, "reading the checkpoint state file", [&](io::handle d) -> task<checkpoint_state> {
-    auto ex = co_await asio::this_coro::executor;
-    const std::string file(state_name);
-    auto h = co_await io::async_open(b, ex, d, file, io::open_mode::read, use_awaitable);
-    if (!h) {
-      if (h.error().code == std::errc::no_such_file_or_directory)
-        co_return make_error(errc::not_found, "no checkpoint state file in " + dir);
-      co_return h.error();
-    }
-    on_unwind last_resort([&] { io::close_detached(b, *h); });
-    std::optional<result<checkpoint_state>> out;
-    try {
-      auto size = co_await io::async_size(b, ex, *h, use_awaitable);
-      if (!size) {
-        out = size.error();
-      } else if (*size > max_state_bytes) {
-        out = make_error(errc::limit_exceeded, dir + "/checkpoint is larger than 16 MiB");
-      } else {
-        std::string text(*size, '\0');
-        auto n = co_await io::async_read(b, ex, *h, 0, std::as_writable_bytes(std::span(text.data(), text.size())), use_awaitable);
-        if (!n) {
-          out = n.error();
-        } else {
-          text.resize(*n);
-          auto st = parse_checkpoint_state(text);
-          out = st ? std::move(st) : result<checkpoint_state>(with_context(st.error(), dir + "/checkpoint"));
-        }
-      }
-    } catch (const std::bad_alloc&) {
-      out = out_of_memory("reading the checkpoint state file");
-    }
-    co_await close_quietly(b, *h);
-    last_resort.disarm();
-    co_return std::move(*out);
+    auto read = read_state_in(b, d, dir, version);
+    co_return co_await std::move(read);
   });
   auto r = co_await std::move(op);
   co_return r;
 }
 
-task<void> write_state(io::backend& b, std::string dir, checkpoint_state st) {
+task<void> write_state(io::backend& b, std::string dir, checkpoint_state st, state_cas* cas, state_merge merge) {
   if (dir.empty()) dir = ".";
-  std::string text = format_checkpoint_state(st);
   static std::atomic<std::uint64_t> counter{0};
   std::uint64_t token = (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ counter++ ^
                         static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
@@ -212,6 +223,42 @@ task<void> write_state(io::backend& b, std::string dir, checkpoint_state st) {
   auto op = in_directory<void>(b, dir, true, "updating the checkpoint state file", [&](io::handle d) -> task<void> {
     auto ex = co_await asio::this_coro::executor;
     const std::string file(state_name);
+    if (!b.caps(d).atomic_rename) {
+      std::optional<std::string> expected = cas ? cas->version : std::nullopt;
+      constexpr int max_tries = 8;
+      for (int attempt = 1;; ++attempt) {
+        if (!expected) {
+          std::string v;
+          auto read = read_state_in(b, d, dir, &v);
+          auto theirs = co_await std::move(read);
+          if (!theirs && theirs.error().code != errc::not_found && v.empty()) co_return theirs.error();
+          expected = v;  // a damaged state file is replaced like any other
+        }
+        const std::string text = format_checkpoint_state(st);
+        std::string published;
+        runtime::replace_options o;
+        o.if_version = expected;
+        o.new_version = &published;
+        auto replaced = runtime::durable_replace(b, d, tmp, file, std::as_bytes(std::span(text.data(), text.size())), o);
+        auto r = co_await std::move(replaced);
+        if (r) {
+          if (cas) cas->version = published;
+          co_return success();
+        }
+        const bool conflict = r.error().code == std::errc::file_exists || r.error().code == std::error_code(ESTALE, std::system_category());
+        if (!conflict) co_return r.error();
+        if (attempt == max_tries)
+          co_return with_context(r.error(), "another writer replaced it " + std::to_string(max_tries) + " times in a row");
+        // Another writer replaced it since `expected`: read theirs, fold this update in, retry.
+        std::string v;
+        auto read = read_state_in(b, d, dir, &v);
+        auto theirs = co_await std::move(read);
+        if (!theirs && theirs.error().code != errc::not_found && v.empty()) co_return theirs.error();
+        if (theirs && merge) st = merge(std::move(st), *theirs);
+        expected = v;
+      }
+    }
+    std::string text = format_checkpoint_state(st);
     auto replaced = runtime::durable_replace(b, d, tmp, file, std::as_bytes(std::span(text.data(), text.size())));
     BOOST_OUTCOME_CO_TRY(co_await std::move(replaced));
     // Best effort: temp state files of updates that died before their rename (the exact

@@ -22,8 +22,8 @@ namespace {
 task<void> publish_object(io::backend& b, io::handle dir, std::string name, std::function<task<void>(io::handle)> fill,
                           replace_options opt) {
   auto ex = co_await asio::this_coro::executor;
-  auto h =
-      co_await io::async_open(b, ex, dir, name, opt.create_only ? io::open_mode::create_exclusive : io::open_mode::replace, use_awaitable);
+  const bool create = opt.create_only || (opt.if_version && opt.if_version->empty());
+  auto h = co_await io::async_open(b, ex, dir, name, create ? io::open_mode::create_exclusive : io::open_mode::replace, use_awaitable);
   if (!h) co_return h.error();
   bool open = true;
   on_unwind last_resort([&] {
@@ -31,10 +31,12 @@ task<void> publish_object(io::backend& b, io::handle dir, std::string name, std:
   });
   result<void> r = success();
   try {
-    r = co_await fill(*h);
+    if (opt.if_version && !create) r = b.expect_version(*h, *opt.if_version);
+    if (r) r = co_await fill(*h);
     if (r && opt.before_rename) r = opt.before_rename();
     if (r) r = co_await io::async_fsync(b, ex, *h, use_awaitable);
     if (r && opt.renamed) *opt.renamed = true;
+    if (r && opt.new_version) *opt.new_version = b.version(*h);
   } catch (const std::bad_alloc&) {
     r = out_of_memory("writing " + name);
   }

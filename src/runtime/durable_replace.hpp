@@ -13,9 +13,11 @@
 // NAME may be visible.
 //
 // On an object store (`caps(dir).atomic_rename` false) NAME is written directly and published
-// whole by its fsync; with `create_only`, only if no NAME exists (If-None-Match), else EEXIST.
+// whole by its fsync; with `create_only`, only if no NAME exists (If-None-Match), else EEXIST;
+// with `if_version`, only over that version (If-Match), else ESTALE.
 
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -28,6 +30,10 @@ struct replace_options {
   bool* renamed = nullptr;                        // set once step 3 succeeded
   bool direct = false;                            // TEMP is opened with O_DIRECT where the filesystem allows (io::open_mode)
   bool create_only = false;                       // object stores: NAME must not exist yet (a manifest)
+  // Object stores: a compare and swap, NAME replaced only while at this version (empty: only
+  // while absent); a conflict fails with EEXIST or ESTALE. Ignored on a filesystem.
+  std::optional<std::string> if_version{};
+  std::string* new_version = nullptr;  // object stores: the published version
 };
 
 task<void> durable_replace(io::backend& b, io::handle dir, std::string temp, std::string name, std::span<const std::byte> bytes,

@@ -1,6 +1,6 @@
 #pragma once
-// Support of the object-store suite (test_s3.cpp): the RGW's environment, fresh prefixes, an S3
-// backend, and blocking file helpers over any backend.
+// Support of the object-store suites (test_s3*.cpp): the RGW's environment, fresh prefixes, S3
+// backends (direct, routed, through a fault proxy), and blocking file helpers over any backend.
 
 #include <chrono>
 #include <cstdlib>
@@ -12,7 +12,9 @@
 
 #include <catch2/catch.hpp>
 
+#include "fault_proxy.hpp"
 #include "meshckpt/backends/s3.hpp"
+#include "meshckpt/io/make_backend.hpp"
 
 namespace meshckpt::testing::s3 {
 
@@ -92,5 +94,30 @@ inline std::vector<std::byte> get_file(io::backend& b, io::handle d, const std::
   (void)run<void>([&](auto done) { b.close(h, std::move(done)); });
   return out;
 }
+
+// The library's backend (make_backend), which routes s3:// to an S3 backend configured from the environment.
+inline std::unique_ptr<io::backend> routed() {
+  load_rgw_env();
+  return backends::make_backend().value();
+}
+
+inline int rgw_port() {
+  load_rgw_env();
+  std::string url = std::getenv("AWS_ENDPOINT_URL");
+  return std::stoi(url.substr(url.rfind(':') + 1));
+}
+
+// An S3 backend talking to the RGW through `proxy`.
+inline std::unique_ptr<backends::s3_backend_interface> through(const testing::fault_proxy& proxy, int attempts = 4) {
+  load_rgw_env();
+  auto o = backends::s3_options_from_env();
+  o.endpoint = "http://127.0.0.1:" + std::to_string(proxy.port());
+  o.max_attempts = attempts;
+  o.retry_budget = std::chrono::milliseconds(5000);
+  o.part_bytes = 5u << 20;
+  return backends::make_s3_backend(o).value();
+}
+
+inline bool has(const std::string& line, std::string_view what) { return line.find(what) != std::string::npos; }
 
 }  // namespace meshckpt::testing::s3

@@ -155,11 +155,6 @@ bool matches(const state& s, std::uint64_t seed) {
   return true;
 }
 
-std::unique_ptr<io::backend> routed() {
-  load_rgw_env();
-  return backends::make_backend().value();
-}
-
 }  // namespace
 
 TEST_CASE("s3: tensors saved to an s3:// prefix restore bit-exact and verify", "[s3][api]") {
@@ -284,25 +279,6 @@ TEST_CASE("s3: a URL of another scheme is refused, never made a local directory"
 // ---------------------------------------------------------------- faults between meshckpt and the server
 
 namespace {
-
-int rgw_port() {
-  load_rgw_env();
-  std::string url = std::getenv("AWS_ENDPOINT_URL");
-  return std::stoi(url.substr(url.rfind(':') + 1));
-}
-
-// An S3 backend talking to the RGW through `proxy`.
-std::unique_ptr<backends::s3_backend_interface> through(const testing::fault_proxy& proxy, int attempts = 4) {
-  load_rgw_env();
-  auto o = backends::s3_options_from_env();
-  o.endpoint = "http://127.0.0.1:" + std::to_string(proxy.port());
-  o.max_attempts = attempts;
-  o.retry_budget = std::chrono::milliseconds(5000);
-  o.part_bytes = 5u << 20;
-  return backends::make_s3_backend(o).value();
-}
-
-bool has(const std::string& line, std::string_view what) { return line.find(what) != std::string::npos; }
 
 std::vector<std::string> objects_under(const std::string& dir) {
   auto b = s3();

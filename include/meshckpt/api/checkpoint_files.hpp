@@ -35,7 +35,9 @@ struct checkpoint_state {
 result<checkpoint_state> read_checkpoint_state(io::backend& b, std::string_view dir);
 /// `read_checkpoint_state` through the default POSIX backend (as `latest_checkpoint` does).
 result<checkpoint_state> read_checkpoint_state(std::string_view dir);
-/// Writes `dir/checkpoint` atomically: temp file, fsync, rename, directory fsync.
+/// Writes `dir/checkpoint` atomically: temp file, fsync, rename, directory fsync. On an object
+/// store (`s3://`): one PUT, a compare and swap (`If-Match`) on the version it reads first, retried
+/// on conflict, so the file is always one writer's whole state.
 result<void> write_checkpoint_state(io::backend& b, std::string_view dir, const checkpoint_state& s);
 /// Parses the text form (exposed for tests and tools).
 result<checkpoint_state> parse_checkpoint_state(std::string_view text);

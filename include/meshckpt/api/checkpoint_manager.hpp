@@ -102,8 +102,9 @@ class checkpoint_manager {
   std::vector<std::pair<std::string, double>> maybe_delete_;  // base name, timestamp; oldest first
   double last_preserved_ = 0;
   std::optional<std::int64_t> last_step_;
-  mutable std::mutex mu_;             // bookkeeping is updated where the save's job runs
-  std::shared_ptr<const void> lock_;  // the directory's writer lock (null on processes other than 0)
+  std::optional<std::string> state_version_;  // of the state file as last read or written (object stores)
+  mutable std::mutex mu_;                     // bookkeeping is updated where the save's job runs
+  std::shared_ptr<const void> lock_;          // the directory's writer lock (null on processes other than 0)
 };
 
 }  // namespace meshckpt

@@ -129,6 +129,24 @@ class backend {
   /// frees its buffers for this reason). Optional and idempotent; the default ignores it, and a
   /// backend may decline (no free slot, locked-memory limit) without error.
   virtual void register_buffer(std::span<std::byte> memory) { (void)memory; }
+
+  /// The version of an open file: a token that changes whenever the file is replaced (an
+  /// object's ETag), as it was when opened for reading, or as published by the `fsync` of a
+  /// file opened for writing. Empty where the backend keeps none: on a filesystem, writers are
+  /// serialised by the directory lock instead.
+  virtual std::string version(handle file) const {
+    (void)file;
+    return {};
+  }
+  /// Makes the publication of `file`, opened with `open_mode::replace`, a compare and swap: its
+  /// `fsync` replaces the file only while its version is still `expected` (from `version()`),
+  /// and otherwise fails with ESTALE, publishing nothing. errc::unsupported where the backend
+  /// keeps no versions.
+  virtual result<void> expect_version(handle file, std::string expected) {
+    (void)file;
+    return make_error(errc::unsupported, "a conditional replace (expected version " + expected + ") on the " + std::string(name()) +
+                                             " backend, which keeps no versions");
+  }
 };
 
 /// Blocks the calling thread until an operation completes and returns its result, e.g.

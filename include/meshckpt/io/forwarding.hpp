@@ -31,6 +31,8 @@ class forwarding_backend : public backend {
   void unlink(handle dir, std::string n, completion<void> d) override { inner_->unlink(dir, std::move(n), std::move(d)); }
   void list(handle dir, completion<std::vector<dir_entry>> d) override { inner_->list(dir, std::move(d)); }
   void register_buffer(std::span<std::byte> m) override { inner_->register_buffer(m); }
+  std::string version(handle f) const override { return inner_->version(f); }
+  result<void> expect_version(handle f, std::string v) override { return inner_->expect_version(f, std::move(v)); }
 
  protected:
   std::shared_ptr<backend> inner_;
