@@ -160,6 +160,7 @@ task<void> s3_backend::do_close(io::handle fh) {
   std::string id;
   {
     std::lock_guard lk(mu_);
+    if (f->writer && !f->upload_id.empty()) s3::upload_ended(f->upload_id);
     if (f->writer && !f->published) id = f->upload_id;
   }
   if (!id.empty()) {

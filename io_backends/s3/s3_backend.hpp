@@ -63,6 +63,12 @@ inline std::string unquoted(std::string etag) {
   return etag;
 }
 
+// The multipart uploads this process has started and not yet completed or aborted, by upload
+// id: the writes that `discard_unpublished` keeps (s3_upload.cpp).
+void upload_started(const std::string& id);
+void upload_ended(const std::string& id);
+bool upload_live(const std::string& id);
+
 // A compare-and-swap PUT (s3_upload.cpp): `If-Match` on `etag`. The new ETag, or nullopt on a
 // mismatch (or when the object is gone).
 asio::awaitable<result<std::optional<std::string>>> put_if_match(http_client& http, const std::string& bucket, const std::string& key,
@@ -148,6 +154,9 @@ class s3_backend final : public s3_backend_interface {
     spawn(do_unlink(dir, std::move(name)), std::move(done));
   }
   void list(io::handle dir, io::completion<std::vector<io::dir_entry>> done) override { spawn(do_list(dir), std::move(done)); }
+  void discard_unpublished(io::handle dir, io::completion<std::size_t> done) override {
+    spawn(do_discard_unpublished(dir), std::move(done));
+  }
   std::string version(io::handle f) const override {
     std::lock_guard lk(mu_);
     auto it = files_.find(f.value);
@@ -247,6 +256,7 @@ class s3_backend final : public s3_backend_interface {
   task<void> upload_part(std::shared_ptr<file> f, std::uint64_t index, std::size_t bytes);
   task<void> upload_parts(std::shared_ptr<file> f, std::vector<std::uint64_t> ready);
   task<void> publish(std::shared_ptr<file> f);
+  task<std::size_t> do_discard_unpublished(io::handle d);
 
   s3_options opt_;
   asio::io_context ctx_;

@@ -7,7 +7,36 @@
 
 #include "s3_backend.hpp"
 
+#include <mutex>
+#include <set>
+
 namespace meshckpt::backends {
+
+namespace {
+
+struct live_uploads {
+  std::mutex mu;
+  std::set<std::string> ids;
+};
+live_uploads& live() {
+  static live_uploads l;
+  return l;
+}
+
+}  // namespace
+
+void s3::upload_started(const std::string& id) {
+  std::lock_guard lk(live().mu);
+  live().ids.insert(id);
+}
+void s3::upload_ended(const std::string& id) {
+  std::lock_guard lk(live().mu);
+  live().ids.erase(id);
+}
+bool s3::upload_live(const std::string& id) {
+  std::lock_guard lk(live().mu);
+  return live().ids.contains(id);
+}
 
 void s3_backend::write(io::handle fh, std::uint64_t off, std::span<const std::byte> buf, io::completion<void> done) {
   auto f = find_file(fh);
@@ -86,9 +115,10 @@ task<std::string> s3_backend::upload_id(std::shared_ptr<file> f) {
     {
       std::lock_guard lk(mu_);
       f->creating_upload = false;
-      if (id)
+      if (id) {
         f->upload_id = *id;
-      else if (!f->failed)
+        s3::upload_started(*id);
+      } else if (!f->failed)
         f->failed = id.error();
     }
     f->wake.wake_all();
@@ -251,6 +281,51 @@ task<void> s3_backend::publish(std::shared_ptr<file> f) {
   std::lock_guard lk(mu_);
   f->etag = etag.value_or(std::string());
   co_return success();
+}
+
+// ListMultipartUploads of the keys directly under the prefix, then an abort of each upload that
+// no writer of this process still owns.
+task<std::size_t> s3_backend::do_discard_unpublished(io::handle dh) {
+  auto d = find_dir(dh);
+  if (!d) co_return errno_error(EBADF, "discard unpublished uploads: bad directory handle");
+  std::vector<std::pair<std::string, std::string>> dead;  // key, upload id
+  std::string key_marker, id_marker;
+  for (int page = 0;; ++page) {
+    http_request r;
+    r.method = "GET";
+    r.bucket = d->bucket;
+    r.query = {{"uploads", ""}, {"prefix", d->prefix}, {"delimiter", "/"}};
+    if (!key_marker.empty()) {
+      r.query["key-marker"] = key_marker;
+      r.query["upload-id-marker"] = id_marker;
+    }
+    BOOST_OUTCOME_CO_TRY(auto res, co_await http_->send(r, request_kind::list));
+    if (res.status != 200) co_return http_client::response_error(r, res, res.status == 403 ? EACCES : EIO);
+    std::size_t at = 0;
+    while (auto u = s3::xml_tag(res.body, "Upload", &at)) {
+      auto key = s3::xml_tag(*u, "Key");
+      auto id = s3::xml_tag(*u, "UploadId");
+      if (key && id && key->starts_with(d->prefix) && key->find('/', d->prefix.size()) == std::string::npos && !s3::upload_live(*id))
+        dead.emplace_back(*key, *id);
+    }
+    auto more = s3::xml_tag(res.body, "IsTruncated");
+    auto next_key = s3::xml_tag(res.body, "NextKeyMarker");
+    auto next_id = s3::xml_tag(res.body, "NextUploadIdMarker");
+    if (!more || *more != "true" || !next_key || next_key->empty() || page > 10000) break;
+    key_marker = *next_key;
+    id_marker = next_id.value_or(std::string());
+  }
+  std::size_t aborted = 0;
+  for (const auto& [key, id] : dead) {
+    auto r = request("DELETE", d->bucket, key);
+    r.query = {{"uploadId", id}};
+    BOOST_OUTCOME_CO_TRY(auto res, co_await http_->send(r, request_kind::del));
+    if (res.status == 204 || res.status == 200)
+      ++aborted;
+    else if (res.status != 404)  // NoSuchUpload: completed or aborted meanwhile
+      co_return http_client::response_error(r, res, res.status == 403 ? EACCES : EIO);
+  }
+  co_return aborted;
 }
 
 }  // namespace meshckpt::backends

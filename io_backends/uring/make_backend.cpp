@@ -56,6 +56,9 @@ class routing_backend final : public io::backend {
   void unlink(io::handle dir, std::string n, io::completion<void> d) override { pick(dir)->unlink(strip(dir), std::move(n), std::move(d)); }
   void list(io::handle dir, io::completion<std::vector<io::dir_entry>> d) override { pick(dir)->list(strip(dir), std::move(d)); }
   void register_buffer(std::span<std::byte> m) override { local_->register_buffer(m); }
+  void discard_unpublished(io::handle dir, io::completion<std::size_t> d) override {
+    pick(dir)->discard_unpublished(strip(dir), std::move(d));
+  }
   std::string version(io::handle f) const override {
     if (auto* s = remote(f)) return s->version(strip(f));
     return local_->version(f);

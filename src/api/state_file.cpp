@@ -332,7 +332,11 @@ task<std::size_t> remove_orphans(io::backend& b, std::string dir, std::string na
       if (!u && u.error().code != std::errc::no_such_file_or_directory) co_return u.error();
       if (u) ++removed;
     }
-    co_return removed;
+    // An object store's multipart uploads of writers that died before publishing.
+    auto discarded = io::async_op<std::size_t>(
+        ex, [&](io::completion<std::size_t> c) { b.discard_unpublished(d, std::move(c)); }, use_awaitable);
+    BOOST_OUTCOME_CO_TRY(auto uploads, co_await std::move(discarded));
+    co_return removed + uploads;
   });
   auto r = co_await std::move(op);
   if (!r) co_return with_context(r.error(), "remove leftovers in " + dir);

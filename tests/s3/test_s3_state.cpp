@@ -1,9 +1,12 @@
 // The state file on an object store (tests/s3/rgw.sh's RGW, as test_s3): its compare and swap
 // (If-Match on the version read), a conflict merged by the manager, and a lost answer to a swap
-// recognised as our own.
+// recognised as our own; the multipart uploads that dead writers left, aborted.
 #include <catch2/catch.hpp>
 
 #include <cerrno>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "meshckpt/api/checkpoint_files.hpp"
 #include "meshckpt/api/checkpoint_manager.hpp"
@@ -140,4 +143,66 @@ TEST_CASE("s3 state: a swap whose answer was lost is retried and recognised as o
   auto st = read_checkpoint_state(*routed(), dir).value();
   CHECK(st.model_checkpoint_path == "ckpt-2");
   CHECK(st.all_model_checkpoint_paths == b.all_model_checkpoint_paths);
+}
+
+namespace {
+
+// A writer that dies mid-upload: a child process starts a multipart upload of `name` under
+// `dir` (its first part on the way) and exits without publishing or aborting it.
+void die_mid_upload(const std::string& dir, const std::string& name) {
+  load_rgw_env();
+  pid_t child = ::fork();
+  if (child == 0) {
+    auto o = backends::s3_options_from_env();
+    o.part_bytes = 5u << 20;
+    auto b = backends::make_s3_backend(o);
+    if (!b) ::_exit(2);
+    auto d = run<io::handle>([&](auto done) { (*b)->open_dir(dir, true, std::move(done)); });
+    if (!d) ::_exit(3);
+    auto h = run<io::handle>([&](auto done) { (*b)->open(*d, name, io::open_mode::create_exclusive, std::move(done)); });
+    if (!h) ::_exit(4);
+    auto bytes = pattern((5u << 20) + 1, 7);  // a byte beyond the first part sends it
+    if (!run<void>([&](auto done) { (*b)->write(*h, 0, bytes, std::move(done)); })) ::_exit(5);
+    for (int i = 0; i < 1000 && (*b)->counts().put < 2; ++i) ::usleep(10000);  // the upload created, its part sent
+    ::_exit((*b)->counts().put >= 2 ? 0 : 6);
+  }
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+}
+
+}  // namespace
+
+TEST_CASE("s3 leftovers: the multipart uploads of dead writers are aborted; this process's own are kept", "[s3][leftovers]") {
+  auto dir = fresh_prefix("uploads");
+  die_mid_upload(dir, "ckpt-3.data-00000-of-00001");
+  die_mid_upload(dir, "ckpt-3.data-00000-of-00001");  // a second try of the same file, dead too
+
+  // A live upload of this process, under the same prefix.
+  auto o = backends::s3_options_from_env();
+  o.part_bytes = 5u << 20;
+  auto b = backends::make_s3_backend(o).value();
+  auto d = run<io::handle>([&](auto done) { b->open_dir(dir, true, std::move(done)); }).value();
+  REQUIRE(put_file(*b, d, "notes.txt", bytes_of("not ours")));  // a prefix exists while an object is under it
+  auto h = run<io::handle>([&](auto done) {
+             b->open(d, "ckpt-4.data-00000-of-00001", io::open_mode::create_exclusive, std::move(done));
+           }).value();
+  auto bytes = pattern((10u << 20) + 3, 9);
+  REQUIRE(run<void>([&](auto done) { b->write(h, 0, bytes, std::move(done)); }));
+  for (int i = 0; i < 1000 && b->counts().put < 2; ++i) ::usleep(10000);
+
+  // Through the library's cleanup, which takes the prefix's lease first.
+  auto removed = remove_orphans(*routed(), dir, "ckpt");
+  INFO((removed ? std::string() : removed.error().what()));
+  REQUIRE(removed);
+  CHECK(*removed == 2);
+  CHECK(remove_orphans(*routed(), dir, "ckpt").value() == 0);  // nothing left to abort
+
+  // The live one still publishes whole.
+  REQUIRE(run<void>([&](auto done) { b->fsync(h, std::move(done)); }));
+  (void)run<void>([&](auto done) { b->close(h, std::move(done)); });
+  CHECK(get_file(*b, d, "ckpt-4.data-00000-of-00001") == bytes);
+  CHECK(text_of(get_file(*b, d, "notes.txt")) == "not ours");
+  (void)run<void>([&](auto done) { b->close(d, std::move(done)); });
 }

@@ -53,7 +53,9 @@ result<void> delete_checkpoint(io::backend& b, std::string_view prefix);
 /// manifests of such a name that has no manifest (what an interrupted save or deletion leaves).
 /// Never touches a committed checkpoint or a file of another pattern. Call it only while no
 /// save of such a name is in progress: `checkpoint_manager` does after each of its saves (which
-/// run one at a time, under the directory's writer lock). Returns the number of files removed;
+/// run one at a time, under the directory's writer lock). On an object store it also aborts the
+/// incomplete multipart uploads of dead writers under the prefix (io::backend::discard_unpublished),
+/// counted with the files. Returns the number of files removed;
 /// stops at the first error; `errc::locked` while another process writes into the directory.
 result<std::size_t> remove_orphans(io::backend& b, std::string_view dir, std::string_view name);
 

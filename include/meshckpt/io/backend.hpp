@@ -138,6 +138,15 @@ class backend {
     (void)file;
     return {};
   }
+  /// Discards what writers of files in `dir` left unpublished, and yields how many: an object
+  /// store's incomplete multipart uploads, whose parts hold storage until aborted. Writes of
+  /// files still open in this process are kept; the caller holds the directory's lock (or
+  /// lease), so any other writer is gone. Filesystems have nothing of the kind (their leftovers
+  /// are files, removed by name): 0.
+  virtual void discard_unpublished(handle dir, completion<std::size_t> done) {
+    (void)dir;
+    done(std::size_t{0});
+  }
   /// Makes the publication of `file`, opened with `open_mode::replace`, a compare and swap: its
   /// `fsync` replaces the file only while its version is still `expected` (from `version()`),
   /// and otherwise fails with ESTALE, publishing nothing. errc::unsupported where the backend

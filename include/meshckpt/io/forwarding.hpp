@@ -32,6 +32,7 @@ class forwarding_backend : public backend {
   void list(handle dir, completion<std::vector<dir_entry>> d) override { inner_->list(dir, std::move(d)); }
   void register_buffer(std::span<std::byte> m) override { inner_->register_buffer(m); }
   std::string version(handle f) const override { return inner_->version(f); }
+  void discard_unpublished(handle d, completion<std::size_t> done) override { inner_->discard_unpublished(d, std::move(done)); }
   result<void> expect_version(handle f, std::string v) override { return inner_->expect_version(f, std::move(v)); }
 
  protected:
