@@ -14,7 +14,7 @@ DEBS      := cmake ninja-build g++ pkg-config liburing-dev libboost1.81-dev libx
              libopenmpi-dev openmpi-bin \
              python3-dev pybind11-dev python3-numpy python3-pytest python3-torch python3-h5py python3-mpi4py \
              clang-format-14 \
-             libssl-dev ceph-mon ceph-osd radosgw ceph-common awscli
+             libssl-dev ceph-mon ceph-osd radosgw ceph-common awscli openssl
 # The sanitizer and libFuzzer build.
 SAN_DEBS  := clang-14 libclang-rt-14-dev
 

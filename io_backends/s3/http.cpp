@@ -199,6 +199,9 @@ asio::awaitable<result<std::unique_ptr<http_client::connection>>> http_client::c
   if (tls_) {
     if (!SSL_set_tlsext_host_name(c->tls->native_handle(), host_.c_str()))
       co_return make_error(errc::invalid_argument, "TLS: cannot set the server name " + host_);
+    // verify_peer alone checks the chain, not whom it names: a certificate for another host
+    // would pass.
+    if (opt_.verify_tls) c->tls->set_verify_callback(asio::ssl::host_name_verification(host_));
     co_await c->tls->async_handshake(asio::ssl::stream_base::client, asio::redirect_error(use_awaitable, ec));
     if (ec) co_return error{ec, "TLS handshake with " + host_ + ":" + port_ + ": " + ec.message()};
   }

@@ -5,7 +5,8 @@
 #   tests/s3/rgw.sh start DIR   starts the cluster in DIR (new or empty); prints nothing on
 #                               success; DIR/env then holds the endpoint and the test user's keys
 #                               (AWS_ENDPOINT_URL=..., AWS_ACCESS_KEY_ID=..., ...) and the
-#                               bucket meshckpt-test exists
+#                               bucket meshckpt-test exists; MESHCKPT_RGW_TLS_ENDPOINT (https) and
+#                               MESHCKPT_RGW_CA (its self-signed certificate, for 127.0.0.1 only)
 #   tests/s3/rgw.sh stop DIR    stops the daemons started in DIR and removes its data
 # MESHCKPT_RGW_MEMSTORE_BYTES sizes the OSD (in memory; 3 GiB by default).
 set -euo pipefail
@@ -45,6 +46,11 @@ trap 'echo "rgw.sh: start failed; logs in $dir/log" >&2; stop' ERR
 fsid=$(python3 -c 'import uuid; print(uuid.uuid4())')
 mon_port=$(free_port)
 rgw_port=$(free_port)
+tls_port=$(free_port)
+# A TLS endpoint too, with a self-signed certificate for 127.0.0.1 only (its SAN: the IP, no
+# name), so a test can check both the chain and the name.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+  -keyout "$dir/tls.key" -out "$dir/tls.crt" >"$dir/log/openssl.out" 2>&1
 conf=$dir/ceph.conf
 cat > "$conf" <<CONF
 [global]
@@ -76,7 +82,7 @@ pid file = $dir/run/\$name.pid
 mon data = $dir/mon/\$id
 osd data = $dir/osd/\$id
 keyring = /dev/null
-rgw frontends = beast endpoint=127.0.0.1:$rgw_port
+rgw frontends = beast endpoint=127.0.0.1:$rgw_port ssl_endpoint=127.0.0.1:$tls_port ssl_certificate=$dir/tls.crt ssl_private_key=$dir/tls.key
 rgw dns name = 127.0.0.1
 rgw enable usage log = false
 # Deleted objects' data is garbage-collected by RGW, after two hours by default: in a memstore
@@ -135,5 +141,7 @@ AWS_ENDPOINT_URL=http://127.0.0.1:$rgw_port
 AWS_ACCESS_KEY_ID=$access
 AWS_SECRET_ACCESS_KEY=$secret
 AWS_REGION=us-east-1
+MESHCKPT_RGW_TLS_ENDPOINT=https://127.0.0.1:$tls_port
+MESHCKPT_RGW_CA=$dir/tls.crt
 ENV
 trap - ERR
