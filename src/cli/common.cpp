@@ -73,7 +73,7 @@ const char* const usage_text =
     "                          value (with the largest absolute difference); checksums are\n"
     "                          compared first, data read only where they differ.\n"
     "                          Exit status 0 identical, 1 different\n"
-    "  bench --dir DIR [--workload large|small|stall|reshard|convert|all] [--backend auto|uring|posix]\n"
+    "  bench --dir DIR [--workload large|small|stall|reshard|convert|all] [--backend auto|uring|posix|s3]\n"
     "        [--reps N] [--size MiB] [--json]\n"
     "                          the workloads of BENCHMARKS.md against fio and memcpy, in the\n"
     "                          same run (medians; drops the page cache when root)\n"

@@ -73,7 +73,12 @@ int bench_main(const std::vector<std::string>& av) {
       return usage_error("bench: unknown or incomplete option " + av[i]);
   }
   if (b.dir.empty()) return usage_error("bench needs --dir DIR (on the disk to measure)");
-  if (b.backend != "auto" && b.backend != "uring" && b.backend != "posix") return usage_error("bench: --backend is auto, uring or posix");
+  if (b.backend != "auto" && b.backend != "uring" && b.backend != "posix" && b.backend != "s3")
+    return usage_error("bench: --backend is auto, uring, posix or s3");
+  // The backend follows from the directory; --backend s3 says so explicitly.
+  if ((b.backend == "s3") != io::is_url(b.dir) && b.backend != "auto")
+    return usage_error(b.backend == "s3" ? "bench: --backend s3 needs --dir s3://BUCKET/PREFIX"
+                                         : "bench: --backend " + b.backend + " measures a local disk, not " + b.dir);
   return cli::run_bench(b);
 }
 

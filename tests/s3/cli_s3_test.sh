@@ -27,6 +27,9 @@ run verify "$DIR";                check "verify s3:// directory exits 0" test $r
 run verify "$DIR/ckpt-3";         check "verify one s3:// checkpoint exits 0" test $rc -eq 0 || echo "$out"
 run inspect "$DIR/ckpt-3";        check "inspect s3:// exits 0" test $rc -eq 0 || echo "$out"
 run ls "s3://meshckpt-test/no-such-prefix-$$"; check "ls of an empty prefix exits 1" test $rc -eq 1
+run bench --dir /tmp/not-s3 --backend s3; check "bench --backend s3 on a local dir is a usage error" test $rc -eq 2
+has "--backend s3 needs --dir s3://BUCKET/PREFIX" || echo "$out"
+run bench --dir "$DIR" --backend posix;  check "bench --backend posix on s3:// is a usage error" test $rc -eq 2
 
 # Kills on s3://: SIGKILL right after a lazy save started (its parts in flight), and at random
 # moments; after each, verify passes and a resume continues from the latest committed step.
