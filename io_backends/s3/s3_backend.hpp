@@ -108,6 +108,15 @@ class s3_backend final : public s3_backend_interface {
     ctx_.stop();
     if (thread_.joinable()) thread_.join();
   }
+  void shutdown(std::chrono::milliseconds grace) override {
+    {
+      std::unique_lock lk(mu_);
+      idle_cv_.wait_for(lk, grace, [&] { return running_ == 0; });
+    }
+    work_.reset();
+    ctx_.stop();
+    if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+  }
 
   std::string_view name() const noexcept override { return "s3"; }
   io::capabilities caps() const override {
@@ -215,15 +224,19 @@ class s3_backend final : public s3_backend_interface {
       r.emplace(make_error(errc::invalid_argument, std::string("S3 request failed: ") + e.what()));
     }
     done(std::move(*r));
-    std::lock_guard lk(self->mu_);
-    if (--self->running_ == 0) self->idle_cv_.notify_all();
+    self->op_done();
+  }
+  void op_started() {
+    std::lock_guard lk(mu_);
+    ++running_;
+  }
+  void op_done() {
+    std::lock_guard lk(mu_);
+    if (--running_ == 0) idle_cv_.notify_all();
   }
   template <class T>
   void spawn(task<T> op, io::completion<T> done) {
-    {
-      std::lock_guard lk(mu_);
-      ++running_;
-    }
+    op_started();
     asio::co_spawn(ctx_, deliver<T>(std::move(op), std::move(done), this), asio::detached);
   }
 

@@ -33,10 +33,21 @@ struct s3_backend::lease {
   std::chrono::milliseconds ttl;
   std::string etag;  // of our latest write; only the backend's thread touches it
   bool released = false;
+  bool finished = false;         // renew() returned
+  bool release_counted = false;  // the token's release is counted in running_ until renew() returns
   std::optional<asio::steady_timer> timer;
 };
 
 asio::awaitable<void> s3_backend::renew(std::shared_ptr<lease> l) {
+  // A release in progress counts as an operation in flight: shutdown() and the destructor wait
+  // for its deletion.
+  struct finish {
+    lease& l;
+    ~finish() {
+      l.finished = true;
+      if (l.release_counted) l.b->op_done();
+    }
+  } at_end{*l};
   while (!l->released) {
     boost::system::error_code ec;
     l->timer->expires_after(l->ttl / 3);
@@ -110,9 +121,14 @@ task<std::shared_ptr<const void>> s3_backend::do_acquire_lease(std::string path,
   asio::co_spawn(ctx_, renew(l), asio::detached);
   // The token: its last copy ends the renewals (on the backend's thread), which then delete it.
   co_return std::shared_ptr<const void>(nullptr, [l, ex = ctx_.get_executor()](const void*) {
+    l->b->op_started();
     asio::post(ex, [l] {
       l->released = true;
       l->timer->cancel();
+      if (l->finished)
+        l->b->op_done();
+      else
+        l->release_counted = true;
     });
   });
 }

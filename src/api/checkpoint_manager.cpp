@@ -32,17 +32,18 @@ namespace {
 // checkpoint under the next number, which the resumed manager would then collide with. This
 // writer holds the prefix's lease: such checkpoints (named NAME-N above the state's latest, or
 // any NAME-N without a state file) are removed, as the next save would replace them on disk.
-result<void> remove_unrecorded(io::backend& b, const std::string& dir_, const std::string& name, const checkpoint_state* st) {
+detail::task<void> remove_unrecorded(io::backend& b, std::string dir_, std::string name, std::optional<checkpoint_state> st) {
   std::int64_t latest = -1;
   if (st) {
     auto dash = st->model_checkpoint_path.rfind('-');
     if (dash != std::string::npos) latest = std::strtoll(st->model_checkpoint_path.c_str() + dash + 1, nullptr, 10);
   }
-  auto d = io::wait<io::handle>([&](auto done) { b.open_dir(dir_, false, std::move(done)); });
-  if (!d) return success();  // nothing there yet
-  auto entries = io::wait<std::vector<io::dir_entry>>([&](auto done) { b.list(*d, std::move(done)); });
-  io::close_now(b, *d);
-  if (!entries) return entries.error();
+  auto ex = co_await boost::asio::this_coro::executor;
+  auto d = co_await io::async_open_dir(b, ex, dir_, false, runtime::use_awaitable);
+  if (!d) co_return success();  // nothing there yet
+  auto entries = co_await io::async_list(b, ex, *d, runtime::use_awaitable);
+  (void)co_await io::async_close(b, ex, *d, runtime::use_awaitable);
+  if (!entries) co_return entries.error();
   const std::string stem = name + "-";
   for (const auto& e : *entries) {
     auto k = format::classify(e.name);
@@ -50,9 +51,10 @@ result<void> remove_unrecorded(io::backend& b, const std::string& dir_, const st
     const std::string digits = k.base.substr(stem.size());
     if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 18) continue;
     if (std::strtoll(digits.c_str(), nullptr, 10) <= latest) continue;
-    BOOST_OUTCOME_TRY(delete_checkpoint(b, dir_ + "/" + k.base));
+    auto deleted = detail::delete_checkpoint(b, dir_ + "/" + k.base);
+    BOOST_OUTCOME_CO_TRY(co_await std::move(deleted));
   }
-  return success();
+  co_return success();
 }
 
 }  // namespace
@@ -83,7 +85,10 @@ result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoin
   });
   if (st || st.error().code == errc::not_found) m->state_version_ = version;
   if (io::is_url(m->dir_) && (st || st.error().code == errc::not_found)) {
-    BOOST_OUTCOME_TRY(remove_unrecorded(ckpt.backend(), m->dir_, m->opt_.checkpoint_name, st ? &*st : nullptr));
+    BOOST_OUTCOME_TRY(runtime::run_blocking<void>("checkpoint_manager::create", [&](auto ex, auto done) {
+      runtime::spawn<void>(ex, remove_unrecorded(ckpt.backend(), m->dir_, m->opt_.checkpoint_name, st ? std::optional(*st) : std::nullopt),
+                           std::move(done));
+    }));
   }
   if (!st) {
     if (st.error().code != errc::not_found) return st.error();

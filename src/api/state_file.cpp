@@ -73,9 +73,10 @@ task<T> in_directory(io::backend& b, std::string dir_path, bool create, std::str
 
 // Takes the directory's writer lock for a deletion or cleanup (shared with this process's own
 // writers; refused while another process writes there).
-result<detail::dir_lock> lock_for_cleanup(io::backend& b, const std::string& dir) {
-  if (!b.caps().host_filesystem && !io::is_url(dir)) return detail::dir_lock();  // (an s3:// prefix: its lease)
-  return detail::try_lock_dir(dir);
+task<detail::dir_lock> lock_for_cleanup(io::backend& b, const std::string& dir) {
+  if (!b.caps().host_filesystem && !io::is_url(dir)) co_return detail::dir_lock();  // a private namespace (in memory)
+  auto locking = detail::try_lock_dir_async(dir);                                   // an s3:// prefix: its lease
+  co_return co_await std::move(locking);
 }
 
 }  // namespace
@@ -286,7 +287,8 @@ task<void> delete_checkpoint(io::backend& b, std::string prefix) {
   auto op = in_directory<void>(b, dir, false, "deleting a checkpoint", [&](io::handle d) -> task<void> {
     auto ex = co_await asio::this_coro::executor;
     // Deleting is writing: never while another process writes here.
-    BOOST_OUTCOME_CO_TRY(auto lock, lock_for_cleanup(b, dir));
+    auto locking = lock_for_cleanup(b, dir);
+    BOOST_OUTCOME_CO_TRY(auto lock, co_await std::move(locking));
     const std::string manifest = format::manifest_name(base);
     auto rm = co_await io::async_unlink(b, ex, d, manifest, use_awaitable);
     if (!rm && rm.error().code != std::errc::no_such_file_or_directory) co_return rm;
@@ -311,7 +313,8 @@ task<std::size_t> remove_orphans(io::backend& b, std::string dir, std::string na
   auto op = in_directory<std::size_t>(b, dir, false, "removing leftovers", [&](io::handle d) -> task<std::size_t> {
     auto ex = co_await asio::this_coro::executor;
     // Files of a save in progress look like leftovers: only under the lock.
-    BOOST_OUTCOME_CO_TRY(auto lock, lock_for_cleanup(b, dir));
+    auto locking = lock_for_cleanup(b, dir);
+    BOOST_OUTCOME_CO_TRY(auto lock, co_await std::move(locking));
     BOOST_OUTCOME_CO_TRY(auto entries, co_await io::async_list(b, ex, d, use_awaitable));
     auto numbered = [&](const std::string& base) {
       if (base.size() <= name.size() + 1 || !base.starts_with(name) || base[name.size()] != '-') return false;

@@ -6,6 +6,7 @@
 #include "dir_lock.hpp"
 
 #include "meshckpt/backends/s3.hpp"
+#include "meshckpt/io/async.hpp"
 #include "meshckpt/io/url.hpp"
 
 #include <fcntl.h>
@@ -21,6 +22,7 @@
 #include <cstdlib>
 #include <chrono>
 #include <map>
+#include <set>
 #include <mutex>
 #include <thread>
 
@@ -116,24 +118,62 @@ bool holder_gone(const std::string& holder) {
   return pid == ::getpid() || (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH);
 }
 
-// TRICKY: this waits for the lease's requests on the calling thread (io::wait), also inside
-// lock_dir's coroutine: one or two requests, once per manager or save.
-result<dir_lock> lease_once(std::string dir) {
+std::set<std::string>& taking() {  // directories whose lease a coroutine of this process is taking
+  static auto* s = new std::set<std::string>;
+  return *s;
+}
+
+// The lease of an s3:// prefix, awaited: its one or two requests run on the lease backend's
+// thread. One taker per prefix at a time in this process; the others wait for it and then share
+// what it took.
+backends::s3_backend_interface* lease_backend = nullptr;  // made once, under leases_mu; lives to the exit
+
+// TRICKY: at exit, a lease just released is still being deleted on the lease backend's thread,
+// which signs with OpenSSL while exit() tears OpenSSL down (a crash at exit, seen in 1 of 7
+// imports to s3://). Registered after the backend made OpenSSL register its own cleanup, this
+// runs before it: the deletions finish (or 5 s pass), then that thread stops.
+void stop_lease_backend() {
+  if (lease_backend) lease_backend->shutdown(std::chrono::seconds(5));
+}
+
+runtime::task<dir_lock> take_lease(std::string dir) {
   while (dir.size() > 1 && dir.ends_with('/')) dir.pop_back();
-  std::lock_guard lk(leases_mu);
-  if (auto held = leases()[dir].lock()) return dir_lock(held);
-  static backends::s3_backend_interface* b = nullptr;
-  if (!b) {
-    BOOST_OUTCOME_TRY(auto made, backends::make_s3_backend(backends::s3_options_from_env()));
-    b = made.release();
+  auto ex = co_await asio::this_coro::executor;
+  auto*& b = lease_backend;
+  for (;;) {
+    {
+      std::lock_guard lk(leases_mu);
+      if (auto held = leases()[dir].lock()) co_return dir_lock(held);
+      if (!taking().contains(dir)) {
+        if (!b) {
+          BOOST_OUTCOME_CO_TRY(auto made, backends::make_s3_backend(backends::s3_options_from_env()));
+          b = made.release();
+          std::atexit(stop_lease_backend);
+        }
+        taking().insert(dir);
+        break;
+      }
+    }
+    asio::steady_timer t(ex, std::chrono::milliseconds(20));  // another taker's outcome is one or two requests away
+    boost::system::error_code ec;
+    co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
+  runtime::on_unwind forget([&] {
+    std::lock_guard lk(leases_mu);
+    taking().erase(dir);
+  });
   std::string holder = holder_line();
   if (!holder.empty() && holder.back() == '\n') holder.pop_back();
-  auto r =
-      io::wait<std::shared_ptr<const void>>([&](auto done) { b->acquire_lease(dir, holder, lease_ttl, holder_gone, std::move(done)); });
-  if (!r) return r.error();
+  auto acquiring = io::async_op<std::shared_ptr<const void>>(
+      ex, [&](io::completion<std::shared_ptr<const void>> c) { b->acquire_lease(dir, holder, lease_ttl, holder_gone, std::move(c)); },
+      asio::use_awaitable);
+  auto r = co_await std::move(acquiring);
+  std::lock_guard lk(leases_mu);
+  taking().erase(dir);
+  forget.disarm();
+  if (!r) co_return r.error();
   leases()[dir] = *r;
-  return dir_lock(*r);
+  co_return dir_lock(*r);
 }
 
 // TRICKY: every allocation may fail (tests/reliability/test_alloc.cpp). An open descriptor holding the
@@ -141,7 +181,9 @@ result<dir_lock> lease_once(std::string dir) {
 // allocated is allocated before the open, and a guard closes the descriptor and forgets the
 // table entry on every way out but success.
 result<dir_lock> lock_once(const std::string& dir_in) {
-  if (io::is_url(dir_in)) return lease_once(dir_in);
+  if (io::is_url(dir_in))  // never on an engine thread: the async paths take leases with take_lease
+    return runtime::run_blocking<dir_lock>("taking the writer lease",
+                                           [&](auto ex, auto done) { runtime::spawn<dir_lock>(ex, take_lease(dir_in), std::move(done)); });
   const std::string dir = dir_in.empty() ? "." : dir_in;
   const std::string path = dir + "/" + std::string(lock_file_name);
   struct stat st {};
@@ -255,9 +297,29 @@ class close_watch {
 
 }  // namespace
 
+runtime::task<dir_lock> try_lock_dir_async(std::string dir) {
+  if (io::is_url(dir)) {
+    auto taking = take_lease(std::move(dir));
+    co_return co_await std::move(taking);
+  }
+  co_return try_lock_dir(dir);
+}
+
 runtime::task<dir_lock> lock_dir(std::string dir, std::chrono::milliseconds wait, std::chrono::milliseconds longest_poll) {
   const auto deadline = runtime::poll_clock::now() + wait;
   auto ex = co_await asio::this_coro::executor;
+  if (io::is_url(dir)) {
+    // A lease held elsewhere is renewed, not released by a close: tried again every longest_poll.
+    for (;;) {
+      auto taking = take_lease(dir);
+      auto l = co_await std::move(taking);
+      if (l || l.error().code != errc::locked || runtime::poll_clock::now() >= deadline) co_return l;
+      asio::steady_timer t(ex, std::max(runtime::poll_clock::duration::zero(),
+                                        std::min<runtime::poll_clock::duration>(longest_poll, deadline - runtime::poll_clock::now())));
+      boost::system::error_code ec;
+      co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
   std::unique_ptr<close_watch> watch;
   bool watched = false;  // a watch was tried
   for (int attempt = 0;; ++attempt) {

@@ -26,7 +26,11 @@ using dir_lock = std::shared_ptr<const void>;
 
 // Takes the lock of directory `dir` (which must exist) without waiting. errc::locked, naming
 // the holder, when another process holds it.
+// An s3:// prefix's counterpart is its writer lease (DIR/meshckpt.lease, taken through the
+// bridge here; coroutines await try_lock_dir_async or lock_dir instead).
 result<dir_lock> try_lock_dir(const std::string& dir);
+// As try_lock_dir, awaiting an s3:// prefix's lease.
+runtime::task<dir_lock> try_lock_dir_async(std::string dir);
 
 // As try_lock_dir, trying again for up to `wait` while another process holds the lock: each
 // time the lock file is closed (an inotify watch on it: a holder on this host releases its

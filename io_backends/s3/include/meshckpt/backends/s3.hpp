@@ -83,6 +83,11 @@ class s3_backend_interface : public io::backend {
   /// unless it has expired or `breakable(its holder)` says its writer is gone (a dead process
   /// on this host): then it is taken over by compare-and-swap, so of two writers breaking one
   /// lease only one wins.
+  /// For the end of a process whose backend lives on (a static): waits up to `grace` for the
+  /// operations in flight, lease releases included, then stops the backend's thread, so that
+  /// nothing runs while the process's statics (OpenSSL's among them) are destroyed. Nothing may
+  /// be started afterwards.
+  virtual void shutdown(std::chrono::milliseconds grace) = 0;
   virtual void acquire_lease(std::string path, std::string holder, std::chrono::milliseconds ttl,
                              std::function<bool(const std::string&)> breakable, io::completion<std::shared_ptr<const void>> done) = 0;
 };
