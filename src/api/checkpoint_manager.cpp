@@ -57,6 +57,18 @@ detail::task<void> remove_unrecorded(io::backend& b, std::string dir_, std::stri
   co_return success();
 }
 
+// The state a manager starts from (and its version), with the unrecorded checkpoints of an
+// s3:// prefix removed.
+detail::task<checkpoint_state> starting_state(io::backend& b, std::string dir, std::string name, std::string* version) {
+  auto read = detail::read_state(b, dir, version);
+  auto st = co_await std::move(read);
+  if (io::is_url(dir) && (st || st.error().code == errc::not_found)) {
+    auto removed = remove_unrecorded(b, dir, name, st ? std::optional(*st) : std::nullopt);
+    BOOST_OUTCOME_CO_TRY(co_await std::move(removed));
+  }
+  co_return st;
+}
+
 }  // namespace
 
 result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoint& ckpt, std::string directory, manager_options opt) {
@@ -81,15 +93,9 @@ result<std::unique_ptr<checkpoint_manager>> checkpoint_manager::create(checkpoin
   double now = now_seconds();
   std::string version;
   auto st = runtime::run_blocking<checkpoint_state>("checkpoint_manager::create", [&](auto ex, auto done) {
-    runtime::spawn<checkpoint_state>(ex, detail::read_state(ckpt.backend(), m->dir_, &version), std::move(done));
+    runtime::spawn<checkpoint_state>(ex, starting_state(ckpt.backend(), m->dir_, m->opt_.checkpoint_name, &version), std::move(done));
   });
   if (st || st.error().code == errc::not_found) m->state_version_ = version;
-  if (io::is_url(m->dir_) && (st || st.error().code == errc::not_found)) {
-    BOOST_OUTCOME_TRY(runtime::run_blocking<void>("checkpoint_manager::create", [&](auto ex, auto done) {
-      runtime::spawn<void>(ex, remove_unrecorded(ckpt.backend(), m->dir_, m->opt_.checkpoint_name, st ? std::optional(*st) : std::nullopt),
-                           std::move(done));
-    }));
-  }
   if (!st) {
     if (st.error().code != errc::not_found) return st.error();
     m->last_preserved_ = now - 1;

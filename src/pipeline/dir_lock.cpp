@@ -181,9 +181,8 @@ runtime::task<dir_lock> take_lease(std::string dir) {
 // allocated is allocated before the open, and a guard closes the descriptor and forgets the
 // table entry on every way out but success.
 result<dir_lock> lock_once(const std::string& dir_in) {
-  if (io::is_url(dir_in))  // never on an engine thread: the async paths take leases with take_lease
-    return runtime::run_blocking<dir_lock>("taking the writer lease",
-                                           [&](auto ex, auto done) { runtime::spawn<dir_lock>(ex, take_lease(dir_in), std::move(done)); });
+  if (io::is_url(dir_in))  // a lease is awaited: every caller goes through lock_dir or try_lock_dir_async
+    return make_error(errc::unsupported, "the writer lease of " + dir_in + " is taken with lock_dir or try_lock_dir_async");
   const std::string dir = dir_in.empty() ? "." : dir_in;
   const std::string path = dir + "/" + std::string(lock_file_name);
   struct stat st {};

@@ -26,10 +26,10 @@ using dir_lock = std::shared_ptr<const void>;
 
 // Takes the lock of directory `dir` (which must exist) without waiting. errc::locked, naming
 // the holder, when another process holds it.
-// An s3:// prefix's counterpart is its writer lease (DIR/meshckpt.lease, taken through the
-// bridge here; coroutines await try_lock_dir_async or lock_dir instead).
+// Local directories only: an s3:// prefix's counterpart, its writer lease (DIR/meshckpt.lease),
+// is awaited through try_lock_dir_async or lock_dir.
 result<dir_lock> try_lock_dir(const std::string& dir);
-// As try_lock_dir, awaiting an s3:// prefix's lease.
+// As try_lock_dir, and for an s3:// prefix its lease, awaited.
 runtime::task<dir_lock> try_lock_dir_async(std::string dir);
 
 // As try_lock_dir, trying again for up to `wait` while another process holds the lock: each

@@ -5,14 +5,7 @@
 #   cli_s3_test.sh CLI TRAINER RGW_DIR
 set -u
 CLI=$1 TRAINER=$2 RGW=$3
-set -a; . "$RGW/env"; set +a
-fails=0 passes=0
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1; shift
-  if "$@"; then passes=$((passes + 1)); else echo "FAIL: $name"; fails=$((fails + 1)); return 1; fi
-}
-run() { out=$("$CLI" "$@" 2>&1); rc=$?; }
-has() { grep -qF -- "$1" <<<"$out"; }
+. "$(dirname "$0")/cli_support.sh" "$CLI" "$RGW"
 
 DIR="s3://meshckpt-test/cli-$$-$(date +%s%N)"
 out=$("$TRAINER" --dir "$DIR" --steps 8 --every 4 --keep 2 --quiet 2>&1); rc=$?

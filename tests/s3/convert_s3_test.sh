@@ -7,14 +7,7 @@
 #   convert_s3_test.sh CLI PYTHON RGW_DIR
 set -u
 CLI=$1 PY=$2 RGW=$3
-set -a; . "$RGW/env"; set +a
-fails=0 passes=0
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1; shift
-  if "$@"; then passes=$((passes + 1)); else echo "FAIL: $name"; fails=$((fails + 1)); return 1; fi
-}
-run() { out=$("$CLI" "$@" 2>&1); rc=$?; }
-has() { grep -qF -- "$1" <<<"$out"; }
+. "$(dirname "$0")/cli_support.sh" "$CLI" "$RGW"
 # Peak RSS in KiB of one CLI run (its output in $out, its status in $rc).
 peak() {
   out=$(/usr/bin/time -f "peak_kib %M" "$CLI" "$@" 2>&1); rc=$?
